@@ -1,0 +1,20 @@
+//! Capstan's API types: the Kubernetes kinds it serves (from k8s-openapi, v1.33), its own
+//! `capstan.dev` kinds, the registry that names them all, and their JSON Schemas.
+//!
+//! This crate does no IO. The manifest loader, the API server and the CLI all look kinds up
+//! here, so a kind added to [`kinds::REGISTRY`] is served, loaded and documented at once.
+
+pub mod capstan;
+pub mod kinds;
+pub mod meta;
+pub mod names;
+pub mod schema;
+
+pub use k8s_openapi;
+pub use kinds::{KindInfo, Origin, REGISTRY};
+pub use meta::ObjectKey;
+
+/// The Kubernetes version the API reports and whose types it serves.
+pub const KUBERNETES_MAJOR: &str = "1";
+/// See [`KUBERNETES_MAJOR`].
+pub const KUBERNETES_MINOR: &str = "33";

@@ -1,0 +1,4 @@
+//! Capstan's Git side: reading manifests out of a repository (the Git source, the YAML loader
+//! with per-object errors) and computing the desired state of each commit.
+
+pub mod yaml;
