@@ -100,6 +100,17 @@ fn schema_of<T: JsonSchema>(generator: SchemaGenerator) -> Schema {
     generator.into_root_schema_for::<T>()
 }
 
+/// Our own kinds' schemas: kube-derive leaves `metadata` out of the root (a CRD's metadata is
+/// the API server's business), but a manifest must have one, so it is added here.
+fn own_schema_of<T: JsonSchema>(mut generator: SchemaGenerator) -> Schema {
+    let metadata = generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+    let mut root = generator.into_root_schema_for::<T>();
+    if let Some(props) = root.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        props.insert("metadata".into(), metadata.to_value());
+    }
+    root
+}
+
 fn check_as<T: DeserializeOwned>(object: serde_json::Value) -> Result<(), TypeError> {
     serde_path_to_error::deserialize::<_, T>(object)
         .map(|_| ())
@@ -172,7 +183,7 @@ pub static REGISTRY: &[KindInfo] = &[
         categories: &[],
         origin: Origin::Git,
         has_status: false,
-        schema: schema_of::<ClusterSettings>,
+        schema: own_schema_of::<ClusterSettings>,
         check: check_as::<ClusterSettings>,
     },
 ];

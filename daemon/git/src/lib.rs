@@ -1,4 +1,8 @@
 //! Capstan's Git side: reading manifests out of a repository (the Git source, the YAML loader
 //! with per-object errors) and computing the desired state of each commit.
 
+pub mod manifest;
+pub mod problem;
+pub mod shape;
+pub mod validate;
 pub mod yaml;

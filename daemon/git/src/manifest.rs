@@ -1,0 +1,331 @@
+//! One manifest file into objects: multi-document streams and `kind: List` are split, each
+//! document is identified (apiVersion, kind, namespace, name), checked against its kind's schema,
+//! decoded into its Rust type and value-checked. Good objects come out ready to apply; bad ones
+//! are named so that they can keep their last good version.
+
+use capstan_api::kinds::{self, KindInfo, Origin};
+use capstan_api::meta::{ANNOTATION_DOCUMENT, ANNOTATION_SOURCE, DEFAULT_NAMESPACE};
+use capstan_api::names::{self, NameRule};
+use capstan_api::ObjectKey;
+use serde_json::Value;
+
+use crate::problem::{FieldPath, Problem, ProblemCode};
+use crate::shape::shape_of;
+use crate::validate;
+use crate::yaml::{self, Node, NodeValue, Pos, ScalarKind};
+
+/// An object read from a manifest, ready to apply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Manifest {
+    pub key: ObjectKey,
+    /// The object as JSON, status removed, with the source and document annotations.
+    pub object: Value,
+    pub file: String,
+    pub document: usize,
+    /// Where the object starts in the file.
+    pub pos: Pos,
+}
+
+/// Everything one file yields.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FileLoad {
+    pub path: String,
+    pub manifests: Vec<Manifest>,
+    /// Objects that were identified but have problems: they keep their last good version.
+    pub quarantined: Vec<(ObjectKey, Pos)>,
+    pub problems: Vec<Problem>,
+    /// False when some document could not even be identified (syntax error, unknown kind,
+    /// missing or invalid name): nothing that came from this file may then be pruned, since the
+    /// broken document may be any of them.
+    pub intact: bool,
+}
+
+/// Whether a path names a manifest file by its extension.
+pub fn is_manifest_path(path: &str) -> bool {
+    path.ends_with(".yaml") || path.ends_with(".yml")
+}
+
+/// Loads one file. `path` is relative to the repository root and is what errors and the source
+/// annotation name.
+pub fn load_file(path: &str, bytes: &[u8]) -> FileLoad {
+    let mut load = FileLoad { path: path.to_owned(), intact: true, ..FileLoad::default() };
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let line = 1 + bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() as u32;
+            load.fail(Problem::new(path, Pos { line, column: 1 }, ProblemCode::Syntax, "file is not valid UTF-8"));
+            return load;
+        }
+    };
+    let documents = match yaml::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            load.fail(Problem::new(path, e.pos, ProblemCode::Syntax, e.message));
+            return load;
+        }
+    };
+    for doc in &documents {
+        load.document(doc.index, &doc.root);
+    }
+    load
+}
+
+impl FileLoad {
+    fn fail(&mut self, problem: Problem) {
+        self.problems.push(problem);
+        self.intact = false;
+    }
+
+    fn document(&mut self, index: usize, root: &Node) {
+        let entries = match &root.value {
+            NodeValue::Scalar(s) if s.is_null() => return, // an empty document
+            NodeValue::Map(entries) => entries,
+            _ => {
+                self.fail(Problem::new(&self.path, root.pos, ProblemCode::NotAnObject, "a manifest must be a mapping with apiVersion, kind and metadata"));
+                return;
+            }
+        };
+        let Some((api_version, kind)) = self.type_meta(root) else { return };
+        if kind == "List" && (api_version == "v1" || api_version.is_empty()) {
+            let items = entries.iter().find(|e| e.key == "items").map(|e| &e.value);
+            match items.map(|n| &n.value) {
+                Some(NodeValue::Seq(items)) => {
+                    for item in items {
+                        if matches!(item.value, NodeValue::Map(_)) {
+                            self.object(index, item);
+                        } else {
+                            self.fail(Problem::new(&self.path, item.pos, ProblemCode::NotAnObject, "items of a List must be objects"));
+                        }
+                    }
+                }
+                None => {}
+                Some(_) => self.fail(Problem::new(&self.path, root.pos, ProblemCode::WrongType, "a List's items must be a list").field("items")),
+            }
+            return;
+        }
+        self.object(index, root);
+    }
+
+    /// Reads apiVersion and kind, reporting (and marking the file broken) when either is missing.
+    fn type_meta(&mut self, node: &Node) -> Option<(String, String)> {
+        let api_version = string_field(node, "apiVersion");
+        let kind = string_field(node, "kind");
+        match (api_version, kind) {
+            (Some(a), Some(k)) => Some((a, k)),
+            (a, k) => {
+                let missing = if a.is_none() { "apiVersion" } else { "kind" };
+                let _ = k;
+                self.fail(Problem::new(&self.path, node.pos, ProblemCode::NotAnObject, format!("missing {missing}: every manifest needs apiVersion and kind")).field(missing));
+                None
+            }
+        }
+    }
+
+    fn object(&mut self, document: usize, node: &Node) {
+        let path = self.path.clone();
+        let Some((api_version, kind_name)) = self.type_meta(node) else { return };
+        let Some(kind) = kinds::by_api_version(&api_version, &kind_name) else {
+            let msg = match kinds::by_kind(&kind_name) {
+                Some(k) => format!("{kind_name} is served as apiVersion {}, not {api_version}", k.api_version()),
+                None => format!(
+                    "unknown kind {kind_name} (apiVersion {api_version}); Capstan serves {}",
+                    kinds::REGISTRY.iter().filter(|k| k.origin == Origin::Git).map(|k| k.kind).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            let pos = FieldPath::parse("kind").locate(node);
+            self.fail(Problem::new(&path, pos, ProblemCode::UnknownKind, msg).field("kind"));
+            return;
+        };
+        if kind.origin == Origin::Cluster {
+            let pos = FieldPath::parse("kind").locate(node);
+            self.problems.push(Problem::new(&path, pos, ProblemCode::NotFromGit, format!("{kind_name} objects are written by Capstan itself and cannot be declared in Git")).field("kind"));
+            return;
+        }
+        let Some(key) = self.identify(kind, node) else { return };
+        let problems_before = self.problems.len();
+        let mut issues = Vec::new();
+        let mut object = shape_of(kind).convert(node, &mut issues);
+        for i in issues {
+            self.problems.push(Problem { field: (!i.path.is_empty()).then_some(i.path), ..Problem::new(&path, i.pos, i.code, i.message) }.object(Some(&key)));
+        }
+        if self.problems.len() == problems_before {
+            if let Some(obj) = object.as_object_mut() {
+                obj.remove("status");
+            }
+            set_namespace(&mut object, kind, &key.namespace);
+            match kind.check(object.clone()) {
+                Err(e) => {
+                    let field = FieldPath::parse(&e.path);
+                    self.problems.push(Problem::new(&path, field.locate(node), ProblemCode::WrongType, e.message).field(field.to_string()).object(Some(&key)));
+                }
+                Ok(()) => {
+                    for finding in validate::check(kind.kind, &object) {
+                        let pos = finding.path.locate_key(node).filter(|_| finding.code == ProblemCode::MissingField)
+                            .unwrap_or_else(|| finding.path.locate(node));
+                        self.problems.push(Problem::new(&path, pos, finding.code, finding.message).field(finding.path.to_string()).object(Some(&key)));
+                    }
+                }
+            }
+        }
+        if self.problems.len() > problems_before {
+            self.quarantined.push((key, node.pos));
+            return;
+        }
+        annotate(&mut object, &path, document);
+        self.manifests.push(Manifest { key, object, file: path, document, pos: node.pos });
+    }
+
+    /// Works out the object's identity, or reports why it has none (and marks the file broken).
+    fn identify(&mut self, kind: &'static KindInfo, node: &Node) -> Option<ObjectKey> {
+        let path = self.path.clone();
+        let name_path = FieldPath::parse("metadata.name");
+        let Some(name) = string_at(node, &["metadata", "name"]) else {
+            let pos = name_path.locate(node);
+            self.fail(Problem::new(&path, pos, ProblemCode::MissingField, "missing required field \"name\": objects from Git need a fixed name").field("metadata.name"));
+            return None;
+        };
+        if let Some(e) = NameRule::for_kind(kind.kind).check(&name) {
+            self.fail(Problem::new(&path, name_path.locate(node), ProblemCode::InvalidName, e).field("metadata.name"));
+            return None;
+        }
+        let ns_path = FieldPath::parse("metadata.namespace");
+        let namespace = string_at(node, &["metadata", "namespace"]);
+        let namespace = match (kind.namespaced, namespace) {
+            (true, None) => DEFAULT_NAMESPACE.to_owned(),
+            (true, Some(ns)) => {
+                if let Some(e) = names::dns1123_label(&ns) {
+                    self.fail(Problem::new(&path, ns_path.locate(node), ProblemCode::InvalidName, e).field("metadata.namespace"));
+                    return None;
+                }
+                ns
+            }
+            (false, None) => String::new(),
+            (false, Some(_)) => {
+                let key = ObjectKey::new(kind, "", &name);
+                self.problems.push(Problem::new(&path, ns_path.locate(node), ProblemCode::InvalidValue, format!("{} objects are cluster-scoped: remove metadata.namespace", kind.kind)).field("metadata.namespace").object(Some(&key)));
+                self.quarantined.push((key, node.pos));
+                return None;
+            }
+        };
+        Some(ObjectKey::new(kind, &namespace, &name))
+    }
+}
+
+/// The text of a string scalar field of a mapping node (not null, not a collection).
+fn string_field(node: &Node, key: &str) -> Option<String> {
+    let NodeValue::Map(entries) = &node.value else { return None };
+    let value = &entries.iter().find(|e| e.key == key)?.value;
+    match &value.value {
+        NodeValue::Scalar(s) if !s.is_null() || s.kind == ScalarKind::Str => Some(s.text.clone()),
+        _ => None,
+    }
+}
+
+fn string_at(node: &Node, path: &[&str]) -> Option<String> {
+    let (last, parents) = path.split_last()?;
+    let mut n = node;
+    for p in parents {
+        let NodeValue::Map(entries) = &n.value else { return None };
+        n = &entries.iter().find(|e| e.key == *p)?.value;
+    }
+    string_field(n, last)
+}
+
+/// Writes the namespace the object lands in, so that a manifest without one reads as it is.
+fn set_namespace(object: &mut Value, kind: &KindInfo, namespace: &str) {
+    if kind.namespaced {
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("namespace".into(), Value::String(namespace.to_owned()));
+        }
+    }
+}
+
+fn annotate(object: &mut Value, file: &str, document: usize) {
+    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+    if let Some(a) = annotations.as_object_mut() {
+        a.insert(ANNOTATION_SOURCE.into(), Value::String(file.to_owned()));
+        a.insert(ANNOTATION_DOCUMENT.into(), Value::String(document.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(load: &FileLoad) -> Vec<String> {
+        load.problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn multi_document_files_and_lists() {
+        let text = "# app\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: b, namespace: shop}\n---\n";
+        let load = load_file("cm.yaml", text.as_bytes());
+        assert!(load.problems.is_empty(), "{:?}", lines(&load));
+        let keys: Vec<String> = load.manifests.iter().map(|m| m.key.to_string()).collect();
+        assert_eq!(keys, ["configmap/a -n default", "configmap/b -n shop"]);
+        assert_eq!(load.manifests[1].document, 1);
+        assert_eq!(load.manifests[1].pos.line, 9);
+        assert_eq!(load.manifests[0].object["metadata"]["annotations"]["capstan.dev/source"], "cm.yaml");
+        assert_eq!(load.manifests[0].object["metadata"]["namespace"], "default");
+    }
+
+    #[test]
+    fn a_bad_object_is_quarantined_and_the_rest_loads() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: good}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: bad}\ndata: {a: [1]}\n";
+        let load = load_file("x.yaml", text.as_bytes());
+        assert_eq!(load.manifests.len(), 1);
+        assert_eq!(load.quarantined.len(), 1);
+        assert!(load.intact);
+        assert_eq!(lines(&load), ["x.yaml:8:11: data.a: expected a string, got a list [configmap/bad -n default]"]);
+    }
+
+    #[test]
+    fn unidentifiable_documents_break_the_file() {
+        for (text, expect) in [
+            ("apiVersion: apps/v1\nkind: Deploymnt\nmetadata: {name: x}\n", "x.yaml:2:7: kind: unknown kind Deploymnt"),
+            ("apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: x}\n", "x.yaml:2:7: kind: Deployment is served as apiVersion apps/v1, not extensions/v1beta1"),
+            ("apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {}}\n", "x.yaml:3:11: metadata.name: missing required field \"name\""),
+            ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Web}\n", "x.yaml:3:18: metadata.name: a lowercase RFC 1123 subdomain"),
+            ("kind: ConfigMap\nmetadata: {name: x}\n", "x.yaml:1:1: apiVersion: missing apiVersion"),
+            ("a: [1\n", "x.yaml:1:4: unclosed bracket"),
+            ("- 1\n- 2\n", "x.yaml:1:1: a manifest must be a mapping"),
+        ] {
+            let load = load_file("x.yaml", text.as_bytes());
+            assert!(!load.intact, "{text}");
+            assert!(load.manifests.is_empty());
+            assert!(lines(&load)[0].starts_with(expect), "{:?} does not start with {expect:?}", lines(&load));
+        }
+    }
+
+    #[test]
+    fn kinds_owned_by_the_cluster_are_refused() {
+        let load = load_file("n.yaml", b"apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n");
+        assert_eq!(lines(&load), ["n.yaml:2:7: kind: Node objects are written by Capstan itself and cannot be declared in Git"]);
+        assert!(load.intact);
+    }
+
+    #[test]
+    fn cluster_scoped_kinds_refuse_a_namespace() {
+        let load = load_file("ns.yaml", b"apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, namespace: x}\n");
+        assert_eq!(load.quarantined.len(), 1);
+        assert!(lines(&load)[0].contains("Namespace objects are cluster-scoped"));
+    }
+
+    #[test]
+    fn type_errors_found_by_decoding_are_located() {
+        // Base64 in a Secret's data is checked by the Rust type, not the schema.
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata:\n  password: '%%%'\n";
+        let load = load_file("s.yaml", text.as_bytes());
+        assert_eq!(load.problems.len(), 1, "{:?}", lines(&load));
+        let p = &load.problems[0];
+        assert_eq!((p.line, p.field.as_deref()), (5, Some("data.password")));
+    }
+
+    #[test]
+    fn value_checks_point_at_the_value() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports:\n  - port: 99999\n";
+        let load = load_file("s.yaml", text.as_bytes());
+        assert_eq!(lines(&load), ["s.yaml:6:11: spec.ports[0].port: must be between 1 and 65535, inclusive (got 99999) [service/web -n default]"]);
+    }
+}
