@@ -1,0 +1,310 @@
+//! Git access for the source (git2, blocking): open a local repository or keep a bare mirror of
+//! a remote one, fetch the tracked branch, resolve its tip, and read a commit's manifests in
+//! full or as the files changed since another commit.
+
+use std::path::{Path, PathBuf};
+
+use git2::{AutotagOption, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
+
+use crate::desired::{FileChange, Snapshot};
+use crate::files::{FileFilter, FilesError};
+
+/// Where the desired state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A repository on this machine, read in place (its refs are watched).
+    Local(PathBuf),
+    /// A repository reached over file://, https or ssh, mirrored into the data directory.
+    Remote(String),
+}
+
+impl Location {
+    /// A path or URL as given on the command line.
+    pub fn parse(spec: &str) -> Location {
+        let is_url = spec.contains("://") || (spec.contains('@') && spec.contains(':') && !Path::new(spec).exists());
+        if is_url { Location::Remote(spec.to_owned()) } else { Location::Local(PathBuf::from(spec)) }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Local(p) => p.display().to_string(),
+            Location::Remote(u) => u.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("opening repository {location}: {message}")]
+    Open { location: String, message: String },
+    #[error("fetching {location}: {message}")]
+    Fetch { location: String, message: String },
+    #[error("branch {branch:?} does not exist in {location}")]
+    BranchMissing { location: String, branch: String },
+    #[error("repository {location} has no commits yet")]
+    Empty { location: String },
+    #[error("reading commit {commit}: {message}")]
+    Read { commit: String, message: String },
+    #[error(transparent)]
+    Files(#[from] FilesError),
+}
+
+/// An opened repository and the branch it tracks.
+pub struct GitRepo {
+    repo: Repository,
+    location: Location,
+    branch: String,
+    subpath: String,
+}
+
+impl std::fmt::Debug for GitRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GitRepo({} {})", self.location.describe(), self.branch)
+    }
+}
+
+/// The manifests of one commit.
+#[derive(Clone, Debug)]
+pub struct LoadedCommit {
+    pub commit: Oid,
+    pub snapshot: Snapshot,
+    pub filter: FileFilter,
+    /// Files read to produce this snapshot (all of them, or only the changed ones).
+    pub files_read: usize,
+}
+
+fn credentials() -> RemoteCallbacks<'static> {
+    let mut callbacks = RemoteCallbacks::new();
+    callbacks.credentials(|url, username, allowed| {
+        if allowed.contains(git2::CredentialType::SSH_KEY) {
+            let user = username.unwrap_or("git");
+            if let Ok(c) = git2::Cred::ssh_key_from_agent(user) {
+                return Ok(c);
+            }
+            if let Some(home) = std::env::var_os("HOME") {
+                for key in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+                    let path = Path::new(&home).join(".ssh").join(key);
+                    if path.exists() {
+                        return git2::Cred::ssh_key(user, None, &path, None);
+                    }
+                }
+            }
+        }
+        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+            if let Ok(token) = std::env::var("CAPSTAN_GIT_TOKEN") {
+                return git2::Cred::userpass_plaintext(username.unwrap_or("git"), &token);
+            }
+            if let Ok(config) = git2::Config::open_default() {
+                return git2::Cred::credential_helper(&config, url, username);
+            }
+        }
+        git2::Cred::default()
+    });
+    callbacks
+}
+
+fn mirror_dir(data_dir: &Path, url: &str) -> PathBuf {
+    // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in url.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    data_dir.join("git").join(format!("{h:016x}"))
+}
+
+impl GitRepo {
+    /// Opens the repository at `location`, tracking `branch` (default: the repository's HEAD
+    /// branch) under `subpath`. A remote is mirrored under `data_dir` and fetched once.
+    pub fn open(location: Location, branch: Option<&str>, subpath: &str, data_dir: &Path) -> Result<GitRepo, RepoError> {
+        let describe = location.describe();
+        let open_err = |e: git2::Error| RepoError::Open { location: describe.clone(), message: e.message().to_owned() };
+        let repo = match &location {
+            Location::Local(path) => Repository::open(path).map_err(open_err)?,
+            Location::Remote(url) => {
+                let dir = mirror_dir(data_dir, url);
+                match Repository::open_bare(&dir) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        std::fs::create_dir_all(&dir).map_err(|e| RepoError::Open { location: describe.clone(), message: e.to_string() })?;
+                        Repository::init_bare(&dir).map_err(open_err)?
+                    }
+                }
+            }
+        };
+        let branch = match branch {
+            Some(b) => b.to_owned(),
+            None => default_branch(&repo, &location)?,
+        };
+        let mut this = GitRepo { repo, location, branch, subpath: subpath.trim_matches('/').to_owned() };
+        this.fetch()?;
+        Ok(this)
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// The directory to watch for ref changes (the git dir of a local repository).
+    pub fn git_dir(&self) -> &Path {
+        self.repo.path()
+    }
+
+    /// Brings the mirror of a remote up to date with the tracked branch; a no-op for a local
+    /// repository, which is read in place.
+    pub fn fetch(&mut self) -> Result<(), RepoError> {
+        let Location::Remote(url) = &self.location else { return Ok(()) };
+        let mut remote = self.repo.remote_anonymous(url).map_err(|e| RepoError::Fetch { location: url.clone(), message: e.message().to_owned() })?;
+        let mut options = FetchOptions::new();
+        options.remote_callbacks(credentials());
+        options.download_tags(AutotagOption::None);
+        let refspec = format!("+refs/heads/{0}:refs/heads/{0}", self.branch);
+        remote.fetch(&[refspec.as_str()], Some(&mut options), None).map_err(|e| RepoError::Fetch {
+            location: url.clone(),
+            message: e.message().to_owned(),
+        })?;
+        // A branch deleted on the remote leaves the mirror's copy behind; check it still exists.
+        let remote_has_branch = remote.list().map(|heads| heads.iter().any(|h| h.name() == format!("refs/heads/{}", self.branch))).unwrap_or(true);
+        if !remote_has_branch {
+            let _ = self.repo.find_reference(&format!("refs/heads/{}", self.branch)).and_then(|mut r| r.delete());
+        }
+        Ok(())
+    }
+
+    /// The commit at the tip of the tracked branch.
+    pub fn tip(&self) -> Result<Oid, RepoError> {
+        let name = format!("refs/heads/{}", self.branch);
+        match self.repo.find_reference(&name) {
+            Ok(r) => r.peel_to_commit().map(|c| c.id()).map_err(|e| RepoError::Read { commit: name, message: e.message().to_owned() }),
+            Err(_) => {
+                let empty = self.repo.references().map(|mut r| r.next().is_none()).unwrap_or(true);
+                if empty {
+                    Err(RepoError::Empty { location: self.location.describe() })
+                } else {
+                    Err(RepoError::BranchMissing { location: self.location.describe(), branch: self.branch.clone() })
+                }
+            }
+        }
+    }
+
+    /// Whether `commit` descends from `ancestor` (false after a force-push that rewrote history).
+    pub fn descends_from(&self, commit: Oid, ancestor: Oid) -> bool {
+        commit == ancestor || self.repo.graph_descendant_of(commit, ancestor).unwrap_or(false)
+    }
+
+    fn read_err(commit: Oid) -> impl Fn(git2::Error) -> RepoError {
+        move |e| RepoError::Read { commit: commit.to_string(), message: e.message().to_owned() }
+    }
+
+    fn filter_at(&self, tree: &git2::Tree<'_>) -> Result<FileFilter, RepoError> {
+        let probe = FileFilter::new(&self.subpath, None)?;
+        let ignore = tree
+            .get_path(Path::new(&probe.ignore_file_path()))
+            .ok()
+            .and_then(|e| self.repo.find_blob(e.id()).ok())
+            .map(|b| b.content().to_vec());
+        Ok(FileFilter::new(&self.subpath, ignore.as_deref())?)
+    }
+
+    /// Reads every manifest of `commit`.
+    pub fn load(&self, commit: Oid) -> Result<LoadedCommit, RepoError> {
+        let err = Self::read_err(commit);
+        let tree = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(&err)?;
+        let filter = self.filter_at(&tree)?;
+        let mut blobs = Vec::new();
+        tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+            let path = format!("{dir}{}", entry.name().unwrap_or_default());
+            if entry.kind() == Some(git2::ObjectType::Tree) {
+                // Skip whole subtrees outside the sub-path or hidden.
+                let inside = filter.root().is_empty() || filter.root().starts_with(&path) || path.starts_with(filter.root());
+                let hidden = entry.name().is_ok_and(|n| n.starts_with('.'));
+                return if inside && !hidden { TreeWalkResult::Ok } else { TreeWalkResult::Skip };
+            }
+            if filter.accepts(&path) {
+                blobs.push((path, entry.id()));
+            }
+            TreeWalkResult::Ok
+        })
+        .map_err(&err)?;
+        let mut files = Vec::with_capacity(blobs.len());
+        for (path, id) in blobs {
+            let blob = self.repo.find_blob(id).map_err(&err)?;
+            files.push((path, blob.content().to_vec()));
+        }
+        let files_read = files.len();
+        Ok(LoadedCommit { commit, snapshot: Snapshot::load(files), filter, files_read })
+    }
+
+    /// Reads `commit` by re-reading only the files changed since `previous`; when the ignore
+    /// file itself changed, falls back to a full read.
+    pub fn load_since(&self, previous: &LoadedCommit, commit: Oid) -> Result<LoadedCommit, RepoError> {
+        if previous.commit == commit {
+            return Ok(LoadedCommit { files_read: 0, ..previous.clone() });
+        }
+        let err = Self::read_err(commit);
+        let old_tree = self.repo.find_commit(previous.commit).and_then(|c| c.tree()).map_err(&err)?;
+        let new_tree = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(&err)?;
+        let mut options = DiffOptions::new();
+        if !self.subpath.is_empty() {
+            options.pathspec(&self.subpath);
+        }
+        let diff = self.repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), Some(&mut options)).map_err(&err)?;
+        let ignore_path = previous.filter.ignore_file_path();
+        let mut changes = Vec::new();
+        for delta in diff.deltas() {
+            let old_path = delta.old_file().path().map(|p| p.to_string_lossy().into_owned());
+            let new_path = delta.new_file().path().map(|p| p.to_string_lossy().into_owned());
+            if old_path.as_deref() == Some(ignore_path.as_str()) || new_path.as_deref() == Some(ignore_path.as_str()) {
+                return self.load(commit);
+            }
+            match delta.status() {
+                Delta::Deleted => {
+                    if let Some(p) = old_path.filter(|p| previous.filter.accepts(p)) {
+                        changes.push(FileChange::Remove(p));
+                    }
+                }
+                _ => {
+                    if let Some(p) = old_path.filter(|p| Some(p) != new_path.as_ref() && previous.filter.accepts(p)) {
+                        changes.push(FileChange::Remove(p));
+                    }
+                    if let Some(p) = new_path.filter(|p| previous.filter.accepts(p)) {
+                        if delta.new_file().mode() == git2::FileMode::Blob || delta.new_file().mode() == git2::FileMode::BlobExecutable {
+                            let blob = self.repo.find_blob(delta.new_file().id()).map_err(&err)?;
+                            changes.push(FileChange::Write(p, blob.content().to_vec()));
+                        } else {
+                            changes.push(FileChange::Remove(p));
+                        }
+                    }
+                }
+            }
+        }
+        let files_read = changes.iter().filter(|c| matches!(c, FileChange::Write(..))).count();
+        Ok(LoadedCommit { commit, snapshot: previous.snapshot.with_changes(changes), filter: previous.filter.clone(), files_read })
+    }
+}
+
+/// The branch HEAD points at: read locally, or asked of the remote.
+fn default_branch(repo: &Repository, location: &Location) -> Result<String, RepoError> {
+    let from_ref = |name: &str| name.strip_prefix("refs/heads/").map(str::to_owned);
+    match location {
+        Location::Local(_) => {
+            let head = repo.find_reference("HEAD").map_err(|e| RepoError::Open { location: location.describe(), message: e.message().to_owned() })?;
+            Ok(head.symbolic_target().ok().flatten().and_then(from_ref).unwrap_or_else(|| "main".to_owned()))
+        }
+        Location::Remote(url) => {
+            let fetch_err = |e: git2::Error| RepoError::Fetch { location: url.clone(), message: e.message().to_owned() };
+            let mut remote = repo.remote_anonymous(url).map_err(fetch_err)?;
+            let connection = remote.connect_auth(git2::Direction::Fetch, Some(credentials()), None).map_err(fetch_err)?;
+            let branch = connection.default_branch().ok().and_then(|b| b.as_str().ok().and_then(from_ref));
+            Ok(branch.unwrap_or_else(|| "main".to_owned()))
+        }
+    }
+}

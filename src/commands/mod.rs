@@ -1,0 +1,5 @@
+//! One module per subcommand.
+
+pub mod plan;
+pub mod schemas;
+pub mod validate;
