@@ -55,6 +55,8 @@ pub struct GitRepo {
     location: Location,
     branch: String,
     subpath: String,
+    /// The branches the remote had at the last fetch (None for a local repository).
+    remote_heads: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for GitRepo {
@@ -136,7 +138,7 @@ impl GitRepo {
             Some(b) => b.to_owned(),
             None => default_branch(&repo, &location)?,
         };
-        let mut this = GitRepo { repo, location, branch, subpath: subpath.trim_matches('/').to_owned() };
+        let mut this = GitRepo { repo, location, branch, subpath: subpath.trim_matches('/').to_owned(), remote_heads: None };
         this.fetch()?;
         Ok(this)
     }
@@ -171,11 +173,16 @@ impl GitRepo {
             location: url.clone(),
             message: e.message().to_owned(),
         })?;
-        // A branch deleted on the remote leaves the mirror's copy behind; check it still exists.
-        let remote_has_branch = remote.list().map(|heads| heads.iter().any(|h| h.name() == format!("refs/heads/{}", self.branch))).unwrap_or(true);
-        if !remote_has_branch {
+        // A branch deleted on the remote leaves the mirror's copy behind; drop it so that the
+        // deletion is reported rather than the stale tip applied.
+        let heads: Vec<String> = remote
+            .list()
+            .map(|heads| heads.iter().filter_map(|h| h.name().strip_prefix("refs/heads/").map(str::to_owned)).collect())
+            .unwrap_or_default();
+        if !heads.contains(&self.branch) {
             let _ = self.repo.find_reference(&format!("refs/heads/{}", self.branch)).and_then(|mut r| r.delete());
         }
+        self.remote_heads = Some(heads);
         Ok(())
     }
 
@@ -185,7 +192,10 @@ impl GitRepo {
         match self.repo.find_reference(&name) {
             Ok(r) => r.peel_to_commit().map(|c| c.id()).map_err(|e| RepoError::Read { commit: name, message: e.message().to_owned() }),
             Err(_) => {
-                let empty = self.repo.references().map(|mut r| r.next().is_none()).unwrap_or(true);
+                let empty = match &self.remote_heads {
+                    Some(heads) => heads.is_empty(),
+                    None => self.repo.references().map(|mut r| r.next().is_none()).unwrap_or(true),
+                };
                 if empty {
                     Err(RepoError::Empty { location: self.location.describe() })
                 } else {
