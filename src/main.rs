@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use crate::output::Format;
 
 #[derive(Parser)]
-#[command(name = "capstan", version, about = "A GitOps-native container orchestrator: Git is the only store of desired state")]
+#[command(
+    name = "capstan",
+    version,
+    about = "A GitOps-native container orchestrator: Git is the only store of desired state"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,12 +108,20 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
         Command::Validate { path, output } => commands::validate::run(&path, output),
-        Command::Plan { repo, path, range, output } => commands::plan::run(&repo, &path, &range, output),
+        Command::Plan {
+            repo,
+            path,
+            range,
+            output,
+        } => commands::plan::run(&repo, &path, &range, output),
         Command::Schemas { out } => commands::schemas::run(&out),
         Command::Up { .. } => not_built("up", 8),
         Command::Daemon { .. } => not_built("daemon", 3),

@@ -5,7 +5,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn capstan(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_capstan")).args(args).current_dir(dir).output().expect("capstan runs")
+    Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("capstan runs")
 }
 
 fn stdout(o: &Output) -> String {
@@ -14,12 +18,23 @@ fn stdout(o: &Output) -> String {
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -43,7 +58,11 @@ fn examples() -> std::path::PathBuf {
 fn validate_accepts_the_example_repository() {
     let o = capstan(&["validate", examples().to_str().unwrap()], Path::new("."));
     assert!(o.status.success(), "{}", stdout(&o));
-    assert!(stdout(&o).starts_with("ok: 7 objects in 5 files"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("ok: 7 objects in 5 files"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -62,14 +81,17 @@ fn validate_prints_every_problem_with_file_line_and_column() {
     assert_eq!(o.status.code(), Some(1));
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines, [
-        "apps/cm.yaml:1:1: configmap/ok -n default is defined more than once; also at apps/cm.yaml:5 [configmap/ok -n default]",
-        "apps/cm.yaml:5:1: configmap/ok -n default is defined more than once; also at apps/cm.yaml:1 [configmap/ok -n default]",
-        "apps/web.yaml:6:13: spec.replicas: expected an integer, got the string \"three\" [deployment.apps/web -n default]",
-        "apps/web.yaml:14:9: spec.template.spec.containers[0].imagePullPolicyy: unknown field \"imagePullPolicyy\" (did you mean \"imagePullPolicy\"?) [deployment.apps/web -n default]",
-        "broken.yml:1:4: unclosed bracket '['",
-        "5 problems in 3 files (0 objects valid, 3 files checked)",
-    ]);
+    assert_eq!(
+        lines,
+        [
+            "apps/cm.yaml:1:1: configmap/ok -n default is defined more than once; also at apps/cm.yaml:5 [configmap/ok -n default]",
+            "apps/cm.yaml:5:1: configmap/ok -n default is defined more than once; also at apps/cm.yaml:1 [configmap/ok -n default]",
+            "apps/web.yaml:6:13: spec.replicas: expected an integer, got the string \"three\" [deployment.apps/web -n default]",
+            "apps/web.yaml:14:9: spec.template.spec.containers[0].imagePullPolicyy: unknown field \"imagePullPolicyy\" (did you mean \"imagePullPolicy\"?) [deployment.apps/web -n default]",
+            "broken.yml:1:4: unclosed bracket '['",
+            "5 problems in 3 files (0 objects valid, 3 files checked)",
+        ]
+    );
 
     let o = capstan(&["validate", ".", "--output", "json"], d);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -88,29 +110,60 @@ fn plan_shows_what_a_branch_changes() {
     git(repo, &["commit", "-q", "-m", "guestbook"]);
     git(repo, &["checkout", "-q", "-b", "bump"]);
     let frontend = repo.join("guestbook/frontend.yaml");
-    let text = std::fs::read_to_string(&frontend).unwrap().replace("guestbook:1", "guestbook:2");
+    let text = std::fs::read_to_string(&frontend)
+        .unwrap()
+        .replace("guestbook:1", "guestbook:2");
     std::fs::write(&frontend, text).unwrap();
     std::fs::remove_file(repo.join("settings.yaml")).unwrap();
-    std::fs::write(repo.join("extra.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra, namespace: guestbook}\n").unwrap();
+    std::fs::write(
+        repo.join("extra.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra, namespace: guestbook}\n",
+    )
+    .unwrap();
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "-q", "-m", "bump"]);
 
     let o = capstan(&["plan", "main..bump"], repo);
     let out = stdout(&o);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("  + create  configmap/extra -n guestbook  (extra.yaml)"), "{out}");
-    assert!(out.contains("  ~ update  deployment.apps/frontend -n guestbook  (guestbook/frontend.yaml)"), "{out}");
+    assert!(
+        out.contains("  + create  configmap/extra -n guestbook  (extra.yaml)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "  ~ update  deployment.apps/frontend -n guestbook  (guestbook/frontend.yaml)"
+        ),
+        "{out}"
+    );
     assert!(out.contains("        ~ spec.template.spec.containers[name=frontend].image: \"capstan.local/guestbook:1\" → \"capstan.local/guestbook:2\""), "{out}");
-    assert!(out.contains("  - prune   clustersettings.capstan.dev/cluster  (was in settings.yaml)"), "{out}");
-    assert!(out.contains("1 to create, 1 to update, 1 to prune, 0 broken, 5 unchanged; 0 problems"), "{out}");
+    assert!(
+        out.contains("  - prune   clustersettings.capstan.dev/cluster  (was in settings.yaml)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 to create, 1 to update, 1 to prune, 0 broken, 5 unchanged; 0 problems"),
+        "{out}"
+    );
 
     // A broken change on top: the plan names the file and line, and exits 1.
-    std::fs::write(&frontend, std::fs::read_to_string(&frontend).unwrap().replace("replicas: 3", "replicas: \"3\"")).unwrap();
+    std::fs::write(
+        &frontend,
+        std::fs::read_to_string(&frontend)
+            .unwrap()
+            .replace("replicas: 3", "replicas: \"3\""),
+    )
+    .unwrap();
     git(repo, &["commit", "-q", "-am", "oops"]);
     let o = capstan(&["plan", "main..HEAD", "-o", "json"], repo);
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let q = v["entries"].as_array().unwrap().iter().find(|e| e["action"] == "quarantine").unwrap();
+    let q = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "quarantine")
+        .unwrap();
     assert_eq!(q["object"]["name"], "frontend");
     assert_eq!(q["kept"], true);
     assert_eq!(q["problems"][0]["file"], "guestbook/frontend.yaml");

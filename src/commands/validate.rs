@@ -28,7 +28,11 @@ pub fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
     let file_count = files.len();
     let snapshot = Snapshot::load(files);
     let desired = snapshot.desired();
-    let outcome = Outcome { files: file_count, objects: desired.objects.len(), problems: &desired.problems };
+    let outcome = Outcome {
+        files: file_count,
+        objects: desired.objects.len(),
+        problems: &desired.problems,
+    };
     if format == Format::Text {
         for p in &desired.problems {
             println!("{p}");
@@ -36,7 +40,12 @@ pub fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
         if desired.problems.is_empty() {
             println!("ok: {} objects in {} files", outcome.objects, outcome.files);
         } else {
-            let bad_files = desired.problems.iter().map(|p| p.file.as_str()).collect::<std::collections::BTreeSet<_>>().len();
+            let bad_files = desired
+                .problems
+                .iter()
+                .map(|p| p.file.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
             println!(
                 "{} problem{} in {} file{} ({} objects valid, {} files checked)",
                 desired.problems.len(),
@@ -50,7 +59,11 @@ pub fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
     } else {
         print_structured(format, &outcome)?;
     }
-    Ok(if desired.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if desired.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub fn plural(n: usize) -> &'static str {

@@ -103,7 +103,8 @@ fn schema_of<T: JsonSchema>(generator: SchemaGenerator) -> Schema {
 /// Our own kinds' schemas: kube-derive leaves `metadata` out of the root (a CRD's metadata is
 /// the API server's business), but a manifest must have one, so it is added here.
 fn own_schema_of<T: JsonSchema>(mut generator: SchemaGenerator) -> Schema {
-    let metadata = generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+    let metadata =
+        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
     let mut root = generator.into_root_schema_for::<T>();
     if let Some(props) = root.get_mut("properties").and_then(|p| p.as_object_mut()) {
         props.insert("metadata".into(), metadata.to_value());
@@ -242,12 +243,18 @@ mod tests {
     #[test]
     fn registry_is_consistent() {
         for k in REGISTRY {
-            assert_eq!(by_api_version(&k.api_version(), k.kind).unwrap().kind, k.kind);
+            assert_eq!(
+                by_api_version(&k.api_version(), k.kind).unwrap().kind,
+                k.kind
+            );
             assert_eq!(by_plural(k.group, k.plural).unwrap().kind, k.kind);
         }
         assert!(!by_api_version("v1", "Namespace").unwrap().namespaced);
         assert!(by_api_version("apps/v1", "Deployment").unwrap().namespaced);
-        assert_eq!(by_api_version("apps/v1", "Deployment").unwrap().plural, "deployments");
+        assert_eq!(
+            by_api_version("apps/v1", "Deployment").unwrap().plural,
+            "deployments"
+        );
     }
 
     #[test]

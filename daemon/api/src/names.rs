@@ -42,7 +42,10 @@ pub fn dns1123_label(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > 63 {
-        return Some(format!("must be no more than 63 characters (is {})", name.len()));
+        return Some(format!(
+            "must be no more than 63 characters (is {})",
+            name.len()
+        ));
     }
     let ok = name.chars().all(|c| is_lower_alnum(c) || c == '-')
         && name.starts_with(is_lower_alnum)
@@ -58,10 +61,10 @@ pub fn dns1123_label(name: &str) -> Option<String> {
 
 /// Checks a DNS-1035 label: a DNS-1123 label whose first character is a letter.
 pub fn dns1035_label(name: &str) -> Option<String> {
-    if let Some(e) = dns1123_label(name) {
-        if name.len() > 63 || name.is_empty() {
-            return Some(e);
-        }
+    if let Some(e) = dns1123_label(name)
+        && (name.len() > 63 || name.is_empty())
+    {
+        return Some(e);
     }
     let ok = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.chars().all(|c| is_lower_alnum(c) || c == '-')
@@ -81,7 +84,10 @@ pub fn dns1123_subdomain(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > 253 {
-        return Some(format!("must be no more than 253 characters (is {})", name.len()));
+        return Some(format!(
+            "must be no more than 253 characters (is {})",
+            name.len()
+        ));
     }
     let ok = name.split('.').all(|part| {
         !part.is_empty()
@@ -110,18 +116,23 @@ pub fn qualified_name(key: &str) -> Option<String> {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    if let Some(p) = prefix {
-        if let Some(e) = dns1123_subdomain(p) {
-            return Some(format!("prefix part {e}"));
-        }
+    if let Some(p) = prefix
+        && let Some(e) = dns1123_subdomain(p)
+    {
+        return Some(format!("prefix part {e}"));
     }
     if name.is_empty() {
         return Some("name part must not be empty".into());
     }
     if name.len() > 63 {
-        return Some(format!("name part must be no more than 63 characters (is {})", name.len()));
+        return Some(format!(
+            "name part must be no more than 63 characters (is {})",
+            name.len()
+        ));
     }
-    let ok = name.chars().all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.'))
+    let ok = name
+        .chars()
+        .all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.'))
         && name.starts_with(is_alnum)
         && name.ends_with(is_alnum);
     (!ok).then(|| {
@@ -140,9 +151,14 @@ pub fn label_value(value: &str) -> Option<String> {
         return None;
     }
     if value.len() > 63 {
-        return Some(format!("must be no more than 63 characters (is {})", value.len()));
+        return Some(format!(
+            "must be no more than 63 characters (is {})",
+            value.len()
+        ));
     }
-    let ok = value.chars().all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.'))
+    let ok = value
+        .chars()
+        .all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.'))
         && value.starts_with(is_alnum)
         && value.ends_with(is_alnum);
     (!ok).then(|| {

@@ -102,7 +102,11 @@ fn close_objects(schema: &mut Value, definition: Option<&str>) {
                 && !map.contains_key("anyOf")
                 && !map.contains_key("type")
             {
-                let number = if definition == Some(QUANTITY_DEFINITION) { "number" } else { "integer" };
+                let number = if definition == Some(QUANTITY_DEFINITION) {
+                    "number"
+                } else {
+                    "integer"
+                };
                 map.insert(
                     "anyOf".into(),
                     json!([{"type": number}, {"type": "string"}]),
@@ -128,7 +132,9 @@ fn close_objects(schema: &mut Value, definition: Option<&str>) {
 /// Pins `apiVersion` and `kind` at the root to this kind and makes them required, so an editor
 /// flags a manifest that names another kind or none.
 fn pin_type_meta(schema: &mut Value, kind: &KindInfo) {
-    let Some(root) = schema.as_object_mut() else { return };
+    let Some(root) = schema.as_object_mut() else {
+        return;
+    };
     let properties = root
         .entry("properties")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -161,9 +167,15 @@ mod tests {
 
     #[test]
     fn file_names_follow_the_community_convention() {
-        assert_eq!(file_name(by_name("deploy").unwrap()), "deployment-apps-v1.json");
+        assert_eq!(
+            file_name(by_name("deploy").unwrap()),
+            "deployment-apps-v1.json"
+        );
         assert_eq!(file_name(by_name("pod").unwrap()), "pod-v1.json");
-        assert_eq!(file_name(by_name("lease").unwrap()), "lease-coordination-v1.json");
+        assert_eq!(
+            file_name(by_name("lease").unwrap()),
+            "lease-coordination-v1.json"
+        );
         assert_eq!(
             file_name(by_name("settings").unwrap()),
             "clustersettings-capstan-v1alpha1.json"
@@ -177,8 +189,8 @@ mod tests {
         assert_eq!(s["properties"]["kind"]["enum"][0], "Deployment");
         let container = &s["definitions"]["io.k8s.api.core.v1.Container"];
         assert_eq!(container["additionalProperties"], false);
-        let labels = &s["definitions"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]
-            ["properties"]["labels"];
+        let labels = &s["definitions"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]
+            ["labels"];
         assert_eq!(labels["additionalProperties"]["type"], "string");
         let quantity = &s["definitions"][QUANTITY_DEFINITION];
         assert_eq!(quantity["anyOf"][0]["type"], "number");

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use capstan_api::meta::{ANNOTATION_COMMIT, ANNOTATION_SOURCE};
 use capstan_api::ObjectKey;
+use capstan_api::meta::{ANNOTATION_COMMIT, ANNOTATION_SOURCE};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -22,34 +22,82 @@ pub enum FileChange {
     Remove(String),
 }
 
-/// The loaded manifests of one tree (a commit, or a directory), file by file.
+/// Where one object is defined: the file, the position, and its index among the file's good
+/// manifests (None when it is quarantined there).
+#[derive(Clone, Debug)]
+struct Place {
+    load: Arc<FileLoad>,
+    line: u32,
+    column: u32,
+    manifest: Option<usize>,
+}
+
+/// What a change of tree touched: the object keys whose desired entry may differ, and the files
+/// that changed. A plan only needs to look at these (see [`plan_delta`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Delta {
+    pub keys: BTreeSet<ObjectKey>,
+    pub files: BTreeSet<String>,
+    /// Changed files that could not be read before the change: objects held because of them
+    /// are not among `keys` and must be looked up by their source.
+    pub broken_before: BTreeSet<String>,
+}
+
+/// The loaded manifests of one tree (a commit, or a directory), file by file, and the desired
+/// state they make, maintained incrementally: applying a change costs in proportion to the
+/// files it names, and cloning a snapshot is cheap (persistent maps share structure).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    files: BTreeMap<String, Arc<FileLoad>>,
+    files: imbl::OrdMap<String, Arc<FileLoad>>,
+    places: imbl::HashMap<ObjectKey, Arc<Vec<Place>>>,
+    objects: imbl::OrdMap<ObjectKey, Arc<Manifest>>,
+    /// Keys defined in more than one place, or defined once but broken.
+    troubled: imbl::OrdSet<ObjectKey>,
+    broken_files: imbl::OrdSet<String>,
+    files_with_problems: imbl::OrdSet<String>,
+    /// What the last [`Self::apply`] changed; None for a snapshot loaded in full.
+    delta: Option<Delta>,
 }
 
 impl Snapshot {
     /// Loads every file, spread over the machine's cores.
     pub fn load(files: Vec<(String, Vec<u8>)>) -> Snapshot {
         let mut snapshot = Snapshot::default();
-        snapshot.apply(files.into_iter().map(|(p, b)| FileChange::Write(p, b)).collect());
+        snapshot.apply(
+            files
+                .into_iter()
+                .map(|(p, b)| FileChange::Write(p, b))
+                .collect(),
+        );
+        snapshot.delta = None;
         snapshot
     }
 
-    /// Applies changes in place, re-reading only the files they name.
+    /// Applies changes in place, re-reading only the files they name, and records the delta.
     pub fn apply(&mut self, changes: Vec<FileChange>) {
+        let mut delta = Delta::default();
         let mut writes = Vec::new();
         for change in changes {
-            match change {
-                FileChange::Write(p, b) => writes.push((p, b)),
-                FileChange::Remove(p) => {
-                    self.files.remove(&p);
+            let path = match change {
+                FileChange::Write(p, b) => {
+                    writes.push((p.clone(), b));
+                    p
                 }
+                FileChange::Remove(p) => p,
+            };
+            if self.broken_files.contains(&path) {
+                delta.broken_before.insert(path.clone());
             }
+            self.forget(&path, &mut delta.keys);
+            delta.files.insert(path);
         }
         for load in load_parallel(writes) {
-            self.files.insert(load.path.clone(), Arc::new(load));
+            self.remember(Arc::new(load), &mut delta.keys);
         }
+        for key in &delta.keys {
+            self.settle(key);
+        }
+        self.delta = Some(delta);
     }
 
     /// The new snapshot after `changes`; this one is left as it was.
@@ -57,6 +105,102 @@ impl Snapshot {
         let mut next = self.clone();
         next.apply(changes);
         next
+    }
+
+    /// What the change that made this snapshot touched; None if it was loaded in full.
+    pub fn delta(&self) -> Option<&Delta> {
+        self.delta.as_ref()
+    }
+
+    /// Drops a file's contributions, noting the keys it defined.
+    fn forget(&mut self, path: &str, dirty: &mut BTreeSet<ObjectKey>) {
+        let Some(old) = self.files.remove(path) else {
+            return;
+        };
+        self.broken_files.remove(path);
+        self.files_with_problems.remove(path);
+        let keys = old
+            .manifests
+            .iter()
+            .map(|m| &m.key)
+            .chain(old.quarantined.iter().map(|(k, _)| k));
+        for key in keys {
+            if let Some(places) = self.places.get(key) {
+                let rest: Vec<Place> = places
+                    .iter()
+                    .filter(|p| p.load.path != path)
+                    .cloned()
+                    .collect();
+                if rest.is_empty() {
+                    self.places.remove(key);
+                } else {
+                    self.places.insert(key.clone(), Arc::new(rest));
+                }
+            }
+            dirty.insert(key.clone());
+        }
+    }
+
+    /// Adds a file's contributions, noting the keys it defines.
+    fn remember(&mut self, load: Arc<FileLoad>, dirty: &mut BTreeSet<ObjectKey>) {
+        let mut add = |snapshot: &mut Snapshot,
+                       key: &ObjectKey,
+                       line: u32,
+                       column: u32,
+                       manifest: Option<usize>| {
+            let place = Place {
+                load: load.clone(),
+                line,
+                column,
+                manifest,
+            };
+            let places = match snapshot.places.get(key) {
+                Some(p) => {
+                    let mut p = (**p).clone();
+                    p.push(place);
+                    p
+                }
+                None => vec![place],
+            };
+            snapshot.places.insert(key.clone(), Arc::new(places));
+            dirty.insert(key.clone());
+        };
+        for (i, m) in load.manifests.iter().enumerate() {
+            add(self, &m.key, m.pos.line, m.pos.column, Some(i));
+        }
+        for (key, pos) in &load.quarantined {
+            add(self, key, pos.line, pos.column, None);
+        }
+        if !load.intact {
+            self.broken_files.insert(load.path.clone());
+        }
+        if !load.problems.is_empty() {
+            self.files_with_problems.insert(load.path.clone());
+        }
+        self.files.insert(load.path.clone(), load.clone());
+    }
+
+    /// Recomputes the desired entry of one key from its places.
+    fn settle(&mut self, key: &ObjectKey) {
+        let good = match self.places.get(key).map(|p| p.as_slice()) {
+            Some([only]) => only.manifest.map(|i| only.load.manifests[i].clone()),
+            _ => None,
+        };
+        let defined = self.places.contains_key(key);
+        match good {
+            Some(m) => {
+                self.objects.insert(key.clone(), m);
+                self.troubled.remove(key);
+            }
+            None => {
+                self.objects.remove(key);
+                if defined {
+                    self.troubled.insert(key.clone());
+                } else {
+                    self.troubled.remove(key);
+                }
+            }
+        }
     }
 
     pub fn files(&self) -> impl Iterator<Item = &FileLoad> {
@@ -67,59 +211,65 @@ impl Snapshot {
         self.files.get(path).map(|f| f.as_ref())
     }
 
-    /// Assembles the objects of all files, finding objects defined more than once.
+    /// The desired state: cheap, since it is maintained as files change.
     pub fn desired(&self) -> DesiredState {
-        let mut state = DesiredState::default();
-        let mut places: BTreeMap<&ObjectKey, Vec<(&str, u32, u32)>> = BTreeMap::new();
-        for file in self.files() {
-            for m in &file.manifests {
-                places.entry(&m.key).or_default().push((&file.path, m.pos.line, m.pos.column));
-            }
-            for (key, pos) in &file.quarantined {
-                places.entry(key).or_default().push((&file.path, pos.line, pos.column));
-            }
-            state.problems.extend(file.problems.iter().cloned());
-            if !file.intact {
-                state.broken_files.insert(file.path.clone());
-            }
+        let mut state = DesiredState {
+            objects: self.objects.clone(),
+            broken_files: self.broken_files.iter().cloned().collect(),
+            ..DesiredState::default()
+        };
+        for path in &self.files_with_problems {
+            state
+                .problems
+                .extend(self.files[path].problems.iter().cloned());
         }
-        let duplicates: BTreeSet<&ObjectKey> = places.iter().filter(|(_, p)| p.len() > 1).map(|(k, _)| *k).collect();
-        for key in &duplicates {
-            let at = &places[key];
-            for (i, (file, line, column)) in at.iter().enumerate() {
-                let others: Vec<String> = at.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (f, l, _))| format!("{f}:{l}")).collect();
-                state.problems.push(Problem {
-                    file: (*file).to_owned(),
-                    line: *line,
-                    column: *column,
-                    code: ProblemCode::Duplicate,
-                    field: None,
-                    object: Some((*key).clone()),
-                    message: format!("{key} is defined more than once; also at {}", others.join(", ")),
-                });
-            }
-        }
-        for file in self.files() {
-            for m in &file.manifests {
-                if !duplicates.contains(&m.key) {
-                    state.objects.insert(m.key.clone(), m.clone());
+        for key in &self.troubled {
+            let places = &self.places[key];
+            if places.len() > 1 {
+                for (i, p) in places.iter().enumerate() {
+                    let others: Vec<String> = places
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, o)| format!("{}:{}", o.load.path, o.line))
+                        .collect();
+                    state.problems.push(Problem {
+                        file: p.load.path.clone(),
+                        line: p.line,
+                        column: p.column,
+                        code: ProblemCode::Duplicate,
+                        field: None,
+                        object: Some(key.clone()),
+                        message: format!(
+                            "{key} is defined more than once; also at {}",
+                            others.join(", ")
+                        ),
+                    });
                 }
             }
         }
         for p in &state.problems {
-            if let Some(key) = &p.object {
-                if !state.objects.contains_key(key) {
-                    state.quarantined.entry(key.clone()).or_default().push(p.clone());
-                }
+            if let Some(key) = &p.object
+                && self.troubled.contains(key)
+            {
+                state
+                    .quarantined
+                    .entry(key.clone())
+                    .or_default()
+                    .push(p.clone());
             }
         }
-        state.problems.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        state
+            .problems
+            .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         state
     }
 }
 
 fn load_parallel(files: Vec<(String, Vec<u8>)>) -> Vec<FileLoad> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len().max(1));
     if threads <= 1 || files.len() < 16 {
         return files.iter().map(|(p, b)| load_file(p, b)).collect();
     }
@@ -127,9 +277,18 @@ fn load_parallel(files: Vec<(String, Vec<u8>)>) -> Vec<FileLoad> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(|(p, b)| load_file(p, b)).collect::<Vec<_>>()))
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(p, b)| load_file(p, b))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("loading a file does not panic")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("loading a file does not panic"))
+            .collect()
     })
 }
 
@@ -137,7 +296,7 @@ fn load_parallel(files: Vec<(String, Vec<u8>)>) -> Vec<FileLoad> {
 #[derive(Clone, Debug, Default)]
 pub struct DesiredState {
     /// Objects that loaded cleanly, by identity.
-    pub objects: BTreeMap<ObjectKey, Manifest>,
+    pub objects: imbl::OrdMap<ObjectKey, Arc<Manifest>>,
     /// Objects that were identified but have problems, with their problems.
     pub quarantined: BTreeMap<ObjectKey, Vec<Problem>>,
     /// Files with a document that could not be identified: their objects are never pruned.
@@ -146,23 +305,51 @@ pub struct DesiredState {
     pub problems: Vec<Problem>,
 }
 
-/// Identity-free content of an object, for deciding whether it changed: the commit annotation
-/// records *when* it last changed, so it is not itself a change.
-pub fn content(object: &Value) -> Value {
-    let mut v = object.clone();
-    if let Some(a) = v.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
-        a.remove(ANNOTATION_COMMIT);
-    }
-    v
+/// An object as applied: its content from Git (with source annotations) and the commit in
+/// which that content last changed. The commit is kept beside the content, not in it, so that
+/// deciding whether an object changed is a pointer or value comparison of the content alone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub object: Arc<Value>,
+    pub commit: Arc<str>,
 }
 
-fn with_commit(object: &Value, commit: &str) -> Value {
-    let mut v = object.clone();
-    if let Some(a) = v.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
-        a.insert(ANNOTATION_COMMIT.into(), Value::String(commit.to_owned()));
+impl Applied {
+    /// The object as it goes into the cluster: the content plus the commit annotation.
+    pub fn to_object(&self) -> Value {
+        let mut v = (*self.object).clone();
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            let annotations = meta
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(a) = annotations.as_object_mut() {
+                a.insert(
+                    ANNOTATION_COMMIT.into(),
+                    Value::String(self.commit.to_string()),
+                );
+            }
+        }
+        v
     }
-    v
+
+    /// Reads back an object written by [`Self::to_object`] (after a restart, from the store).
+    pub fn from_object(mut object: Value) -> Applied {
+        let commit = object
+            .pointer_mut("/metadata/annotations")
+            .and_then(Value::as_object_mut)
+            .and_then(|a| a.remove(ANNOTATION_COMMIT))
+            .and_then(|c| c.as_str().map(Arc::from))
+            .unwrap_or_else(|| Arc::from(""));
+        Applied {
+            object: Arc::new(object),
+            commit,
+        }
+    }
 }
+
+/// The objects applied to the cluster, by identity; a persistent map, so that each plan's
+/// result shares all untouched entries with the one before.
+pub type AppliedSet = imbl::OrdMap<ObjectKey, Applied>;
 
 /// What one commit does to the cluster.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -170,7 +357,7 @@ pub struct Plan {
     pub create: Vec<ObjectKey>,
     pub update: Vec<ObjectKey>,
     pub prune: Vec<ObjectKey>,
-    /// Objects that stay as they are because they did not change.
+    /// Desired objects that stay as they are.
     pub unchanged: usize,
     /// Objects with problems in this commit; `kept` says whether a last good version runs on.
     pub quarantined: Vec<Quarantined>,
@@ -179,9 +366,9 @@ pub struct Plan {
     pub held: Vec<ObjectKey>,
     /// Every problem of the commit.
     pub problems: Vec<Problem>,
-    /// The complete set of objects after this commit, with commit annotations.
+    /// The complete set of applied objects after this commit.
     #[serde(skip)]
-    pub next: BTreeMap<ObjectKey, Value>,
+    pub next: AppliedSet,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -198,46 +385,116 @@ impl Plan {
     }
 }
 
-/// Computes the plan from the objects currently applied (with their annotations, as the
-/// previous plan's `next` holds them) to `desired`, for commit `commit`.
-pub fn plan(applied: &BTreeMap<ObjectKey, Value>, desired: &DesiredState, commit: &str, prune: bool) -> Plan {
-    let mut plan = Plan { problems: desired.problems.clone(), ..Plan::default() };
-    for (key, m) in &desired.objects {
-        match applied.get(key) {
-            None => {
-                plan.create.push(key.clone());
-                plan.next.insert(key.clone(), with_commit(&m.object, commit));
+fn source_of(applied: &Applied) -> Option<&str> {
+    applied
+        .object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(ANNOTATION_SOURCE))
+        .and_then(Value::as_str)
+}
+
+/// Computes the plan from the objects currently applied to `desired`, for commit `commit`,
+/// looking at every object.
+pub fn plan(applied: &AppliedSet, desired: &DesiredState, commit: &str, prune: bool) -> Plan {
+    let keys: BTreeSet<&ObjectKey> = desired
+        .objects
+        .keys()
+        .chain(desired.quarantined.keys())
+        .chain(applied.keys())
+        .collect();
+    plan_keys(applied, desired, keys.into_iter(), commit, prune)
+}
+
+/// Like [`plan`], looking only at what `delta` touched: the keys it names, and the applied
+/// objects held because of a changed file that could not be read. `applied` must be the plan
+/// result of the snapshot `delta` was applied to.
+pub fn plan_delta(
+    applied: &AppliedSet,
+    desired: &DesiredState,
+    delta: &Delta,
+    commit: &str,
+    prune: bool,
+) -> Plan {
+    let mut keys: BTreeSet<&ObjectKey> = delta.keys.iter().collect();
+    if !delta.broken_before.is_empty() {
+        for (key, a) in applied.iter() {
+            if source_of(a).is_some_and(|s| delta.broken_before.contains(s)) {
+                keys.insert(key);
             }
-            Some(old) if content(old) == m.object => {
-                plan.unchanged += 1;
-                plan.next.insert(key.clone(), old.clone());
+        }
+    }
+    plan_keys(applied, desired, keys.into_iter(), commit, prune)
+}
+
+fn plan_keys<'a>(
+    applied: &AppliedSet,
+    desired: &DesiredState,
+    keys: impl Iterator<Item = &'a ObjectKey>,
+    commit: &str,
+    prune: bool,
+) -> Plan {
+    let mut plan = Plan {
+        problems: desired.problems.clone(),
+        next: applied.clone(),
+        ..Plan::default()
+    };
+    let commit: Arc<str> = Arc::from(commit);
+    for key in keys {
+        let old = applied.get(key);
+        if let Some(m) = desired.objects.get(key) {
+            match old {
+                None => {
+                    plan.create.push(key.clone());
+                    plan.next.insert(
+                        key.clone(),
+                        Applied {
+                            object: m.object.clone(),
+                            commit: commit.clone(),
+                        },
+                    );
+                }
+                Some(old) if Arc::ptr_eq(&old.object, &m.object) || old.object == m.object => {
+                    if !Arc::ptr_eq(&old.object, &m.object) {
+                        plan.next.insert(
+                            key.clone(),
+                            Applied {
+                                object: m.object.clone(),
+                                commit: old.commit.clone(),
+                            },
+                        );
+                    }
+                }
+                Some(_) => {
+                    plan.update.push(key.clone());
+                    plan.next.insert(
+                        key.clone(),
+                        Applied {
+                            object: m.object.clone(),
+                            commit: commit.clone(),
+                        },
+                    );
+                }
             }
-            Some(_) => {
-                plan.update.push(key.clone());
-                plan.next.insert(key.clone(), with_commit(&m.object, commit));
+        } else if desired.quarantined.contains_key(key) {
+            // Keeps its last good version, if it has one: nothing to do.
+        } else if let Some(old) = old {
+            let from_broken_file = source_of(old).is_some_and(|s| desired.broken_files.contains(s));
+            if from_broken_file || !prune {
+                plan.held.push(key.clone());
+            } else {
+                plan.prune.push(key.clone());
+                plan.next.remove(key);
             }
         }
     }
     for (key, problems) in &desired.quarantined {
-        let kept = applied.get(key);
-        if let Some(old) = kept {
-            plan.next.insert(key.clone(), old.clone());
-        }
-        plan.quarantined.push(Quarantined { object: key.clone(), kept: kept.is_some(), problems: problems.clone() });
+        plan.quarantined.push(Quarantined {
+            object: key.clone(),
+            kept: applied.contains_key(key),
+            problems: problems.clone(),
+        });
     }
-    for (key, old) in applied {
-        if plan.next.contains_key(key) {
-            continue;
-        }
-        let source = old.pointer("/metadata/annotations").and_then(|a| a.get(ANNOTATION_SOURCE)).and_then(Value::as_str);
-        let from_broken_file = source.is_some_and(|s| desired.broken_files.contains(s));
-        if from_broken_file || !prune {
-            plan.held.push(key.clone());
-            plan.next.insert(key.clone(), old.clone());
-        } else {
-            plan.prune.push(key.clone());
-        }
-    }
+    plan.unchanged = desired.objects.len() - plan.create.len() - plan.update.len();
     plan
 }
 
@@ -249,7 +506,9 @@ mod tests {
     const API: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: api}\ndata: {v: '1'}\n";
 
     fn files(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        list.iter().map(|(p, t)| (p.to_string(), t.as_bytes().to_vec())).collect()
+        list.iter()
+            .map(|(p, t)| (p.to_string(), t.as_bytes().to_vec()))
+            .collect()
     }
 
     fn names(keys: &[ObjectKey]) -> Vec<&str> {
@@ -259,9 +518,13 @@ mod tests {
     #[test]
     fn create_update_unchanged_prune() {
         let s1 = Snapshot::load(files(&[("web.yaml", WEB), ("api.yaml", API)]));
-        let p1 = plan(&BTreeMap::new(), &s1.desired(), "c1", true);
+        let p1 = plan(&AppliedSet::new(), &s1.desired(), "c1", true);
         assert_eq!(names(&p1.create), ["api", "web"]);
-        assert_eq!(p1.next.values().next().unwrap()["metadata"]["annotations"]["capstan.dev/commit"], "c1");
+        assert_eq!(&*p1.next.values().next().unwrap().commit, "c1");
+        assert_eq!(
+            p1.next.values().next().unwrap().to_object()["metadata"]["annotations"]["capstan.dev/commit"],
+            "c1"
+        );
 
         let s2 = s1.with_changes(vec![
             FileChange::Write("web.yaml".into(), WEB.replace("'1'", "'2'").into_bytes()),
@@ -275,14 +538,22 @@ mod tests {
         assert!(p3.is_empty());
         assert_eq!(p3.unchanged, 1);
         // An unchanged object keeps the commit in which it last changed.
-        assert_eq!(p3.next.values().next().unwrap()["metadata"]["annotations"]["capstan.dev/commit"], "c2");
+        assert_eq!(&*p3.next.values().next().unwrap().commit, "c2");
+        let obj = p3.next.values().next().unwrap().to_object();
+        assert_eq!(
+            Applied::from_object(obj),
+            p3.next.values().next().unwrap().clone()
+        );
     }
 
     #[test]
     fn a_broken_file_never_prunes() {
         let s1 = Snapshot::load(files(&[("web.yaml", WEB), ("api.yaml", API)]));
-        let p1 = plan(&BTreeMap::new(), &s1.desired(), "c1", true);
-        let s2 = s1.with_changes(vec![FileChange::Write("web.yaml".into(), b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web\n".to_vec())]);
+        let p1 = plan(&AppliedSet::new(), &s1.desired(), "c1", true);
+        let s2 = s1.with_changes(vec![FileChange::Write(
+            "web.yaml".into(),
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web\n".to_vec(),
+        )]);
         let p2 = plan(&p1.next, &s2.desired(), "c2", true);
         assert!(p2.prune.is_empty());
         assert_eq!(names(&p2.held), ["web"]);
@@ -293,8 +564,11 @@ mod tests {
     #[test]
     fn a_quarantined_object_keeps_its_last_good_version() {
         let s1 = Snapshot::load(files(&[("web.yaml", WEB)]));
-        let p1 = plan(&BTreeMap::new(), &s1.desired(), "c1", true);
-        let s2 = s1.with_changes(vec![FileChange::Write("web.yaml".into(), WEB.replace("{v: '1'}", "{v: [1]}").into_bytes())]);
+        let p1 = plan(&AppliedSet::new(), &s1.desired(), "c1", true);
+        let s2 = s1.with_changes(vec![FileChange::Write(
+            "web.yaml".into(),
+            WEB.replace("{v: '1'}", "{v: [1]}").into_bytes(),
+        )]);
         let p2 = plan(&p1.next, &s2.desired(), "c2", true);
         assert!(p2.is_empty());
         assert_eq!(p2.quarantined.len(), 1);
@@ -304,21 +578,68 @@ mod tests {
 
     #[test]
     fn duplicates_are_quarantined_in_every_file() {
-        let s = Snapshot::load(files(&[("a.yaml", WEB), ("b.yaml", WEB), ("api.yaml", API)]));
+        let s = Snapshot::load(files(&[
+            ("a.yaml", WEB),
+            ("b.yaml", WEB),
+            ("api.yaml", API),
+        ]));
         let d = s.desired();
         assert_eq!(d.objects.len(), 1);
         let msgs: Vec<String> = d.problems.iter().map(|p| p.to_string()).collect();
-        assert_eq!(msgs, [
-            "a.yaml:1:1: configmap/web -n default is defined more than once; also at b.yaml:1 [configmap/web -n default]",
-            "b.yaml:1:1: configmap/web -n default is defined more than once; also at a.yaml:1 [configmap/web -n default]",
-        ]);
-        assert!(d.quarantined.contains_key(&d.problems[0].object.clone().unwrap()));
+        assert_eq!(
+            msgs,
+            [
+                "a.yaml:1:1: configmap/web -n default is defined more than once; also at b.yaml:1 [configmap/web -n default]",
+                "b.yaml:1:1: configmap/web -n default is defined more than once; also at a.yaml:1 [configmap/web -n default]",
+            ]
+        );
+        assert!(
+            d.quarantined
+                .contains_key(&d.problems[0].object.clone().unwrap())
+        );
+    }
+
+    /// A plan from a delta is the plan from the whole tree, whatever the sequence of edits.
+    #[test]
+    fn delta_plans_equal_full_plans() {
+        use proptest::prelude::*;
+        let edit = (0usize..6, 0usize..5);
+        proptest!(ProptestConfig::with_cases(64), |(edits in proptest::collection::vec(edit, 1..12))| {
+            let variants = |file: usize, v: usize| -> Option<String> {
+                let name = format!("o{file}");
+                match v {
+                    0 => None,
+                    1 => Some(format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: '1'}}\n")),
+                    2 => Some(format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: '2'}}\n")),
+                    3 => Some(format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: [x]}}\n")),
+                    // Defines another file's object: a duplicate, or broken YAML.
+                    _ => Some(if file.is_multiple_of(2) { "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: o1}\n".to_string() } else { "a: [".to_string() }),
+                }
+            };
+            let mut snapshot = Snapshot::default();
+            let mut applied = AppliedSet::new();
+            for (i, (file, v)) in edits.into_iter().enumerate() {
+                let path = format!("f{file}.yaml");
+                let change = match variants(file, v) {
+                    Some(text) => FileChange::Write(path, text.into_bytes()),
+                    None => FileChange::Remove(path),
+                };
+                snapshot = snapshot.with_changes(vec![change]);
+                let desired = snapshot.desired();
+                let commit = format!("c{i}");
+                let inc = plan_delta(&applied, &desired, snapshot.delta().unwrap(), &commit, true);
+                let full = plan(&applied, &desired, &commit, true);
+                prop_assert_eq!(&inc.next, &full.next);
+                prop_assert_eq!((&inc.create, &inc.update, &inc.prune), (&full.create, &full.update, &full.prune));
+                applied = inc.next;
+            }
+        });
     }
 
     #[test]
     fn pruning_can_be_turned_off() {
         let s1 = Snapshot::load(files(&[("web.yaml", WEB)]));
-        let p1 = plan(&BTreeMap::new(), &s1.desired(), "c1", true);
+        let p1 = plan(&AppliedSet::new(), &s1.desired(), "c1", true);
         let p2 = plan(&p1.next, &Snapshot::default().desired(), "c2", false);
         assert!(p2.prune.is_empty());
         assert_eq!(names(&p2.held), ["web"]);

@@ -12,9 +12,19 @@ use serde_json::Value;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum FieldChange {
-    Added { path: String, value: String },
-    Removed { path: String, value: String },
-    Changed { path: String, from: String, to: String },
+    Added {
+        path: String,
+        value: String,
+    },
+    Removed {
+        path: String,
+        value: String,
+    },
+    Changed {
+        path: String,
+        from: String,
+        to: String,
+    },
 }
 
 impl fmt::Display for FieldChange {
@@ -51,7 +61,11 @@ fn show(v: &Value, redact: bool) -> String {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 fn walk(out: &mut Vec<FieldChange>, path: String, old: &Value, new: &Value, redact: bool) {
@@ -62,7 +76,10 @@ fn walk(out: &mut Vec<FieldChange>, path: String, old: &Value, new: &Value, reda
         (Value::Object(a), Value::Object(b)) => {
             let skip_own = path == "metadata.annotations";
             // Only the values under data/stringData of a Secret are secret.
-            let child_redact = |k: &str| redact && (path.is_empty() && matches!(k, "data" | "stringData") || !path.is_empty());
+            let child_redact = |k: &str| {
+                redact
+                    && (path.is_empty() && matches!(k, "data" | "stringData") || !path.is_empty())
+            };
             for (k, av) in a {
                 if skip_own && k.starts_with(OWN_ANNOTATIONS) {
                     continue;
@@ -70,7 +87,10 @@ fn walk(out: &mut Vec<FieldChange>, path: String, old: &Value, new: &Value, reda
                 let p = join(&path, k);
                 match b.get(k) {
                     Some(bv) => walk(out, p, av, bv, child_redact(k)),
-                    None => out.push(FieldChange::Removed { path: p, value: show(av, child_redact(k)) }),
+                    None => out.push(FieldChange::Removed {
+                        path: p,
+                        value: show(av, child_redact(k)),
+                    }),
                 }
             }
             for (k, bv) in b {
@@ -78,7 +98,10 @@ fn walk(out: &mut Vec<FieldChange>, path: String, old: &Value, new: &Value, reda
                     continue;
                 }
                 if !a.contains_key(k) {
-                    out.push(FieldChange::Added { path: join(&path, k), value: show(bv, child_redact(k)) });
+                    out.push(FieldChange::Added {
+                        path: join(&path, k),
+                        value: show(bv, child_redact(k)),
+                    });
                 }
             }
         }
@@ -88,12 +111,18 @@ fn walk(out: &mut Vec<FieldChange>, path: String, old: &Value, new: &Value, reda
                     let p = format!("{path}[name={name}]");
                     match bn.iter().position(|n| n == name) {
                         Some(j) => walk(out, p, av, &b[j], redact),
-                        None => out.push(FieldChange::Removed { path: p, value: show(av, redact) }),
+                        None => out.push(FieldChange::Removed {
+                            path: p,
+                            value: show(av, redact),
+                        }),
                     }
                 }
                 for (name, bv) in bn.iter().zip(b) {
                     if !an.contains(name) {
-                        out.push(FieldChange::Added { path: format!("{path}[name={name}]"), value: show(bv, redact) });
+                        out.push(FieldChange::Added {
+                            path: format!("{path}[name={name}]"),
+                            value: show(bv, redact),
+                        });
                     }
                 }
             }
@@ -102,15 +131,26 @@ fn walk(out: &mut Vec<FieldChange>, path: String, old: &Value, new: &Value, reda
                     walk(out, format!("{path}[{i}]"), av, bv, redact);
                 }
             }
-            _ => out.push(FieldChange::Changed { path, from: show(old, redact), to: show(new, redact) }),
+            _ => out.push(FieldChange::Changed {
+                path,
+                from: show(old, redact),
+                to: show(new, redact),
+            }),
         },
-        _ => out.push(FieldChange::Changed { path, from: show(old, redact), to: show(new, redact) }),
+        _ => out.push(FieldChange::Changed {
+            path,
+            from: show(old, redact),
+            to: show(new, redact),
+        }),
     }
 }
 
 /// The `name` of every item, if every item is an object with a distinct name.
 fn names(items: &[Value]) -> Option<Vec<&str>> {
-    let names: Vec<&str> = items.iter().map(|i| i.get("name").and_then(Value::as_str)).collect::<Option<_>>()?;
+    let names: Vec<&str> = items
+        .iter()
+        .map(|i| i.get("name").and_then(Value::as_str))
+        .collect::<Option<_>>()?;
     let mut sorted = names.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -126,22 +166,34 @@ mod tests {
     fn named_lists_match_by_name() {
         let old = json!({"spec": {"containers": [{"name": "web", "image": "web:1"}, {"name": "log", "image": "log:1"}]}});
         let new = json!({"spec": {"containers": [{"name": "init", "image": "i:1"}, {"name": "web", "image": "web:2"}, {"name": "log", "image": "log:1"}]}});
-        let d: Vec<String> = diff(&old, &new, false).iter().map(ToString::to_string).collect();
-        assert_eq!(d, [
-            "~ spec.containers[name=web].image: \"web:1\" → \"web:2\"",
-            "+ spec.containers[name=init]: {\"name\":\"init\",\"image\":\"i:1\"}",
-        ]);
+        let d: Vec<String> = diff(&old, &new, false)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            d,
+            [
+                "~ spec.containers[name=web].image: \"web:1\" → \"web:2\"",
+                "+ spec.containers[name=init]: {\"name\":\"init\",\"image\":\"i:1\"}",
+            ]
+        );
     }
 
     #[test]
     fn own_annotations_are_not_changes_and_secrets_are_hidden() {
         let old = json!({"metadata": {"annotations": {"capstan.dev/commit": "a", "team": "x"}}, "data": {"pw": "YQ=="}});
         let new = json!({"metadata": {"annotations": {"capstan.dev/commit": "b", "team": "y"}}, "data": {"pw": "Yg==", "user": "dQ=="}});
-        let d: Vec<String> = diff(&old, &new, true).iter().map(ToString::to_string).collect();
-        assert_eq!(d, [
-            "~ metadata.annotations.team: \"x\" → \"y\"",
-            "~ data.pw: (hidden) → (hidden)",
-            "+ data.user: (hidden)",
-        ]);
+        let d: Vec<String> = diff(&old, &new, true)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            d,
+            [
+                "~ metadata.annotations.team: \"x\" → \"y\"",
+                "~ data.pw: (hidden) → (hidden)",
+                "+ data.user: (hidden)",
+            ]
+        );
     }
 }

@@ -14,9 +14,16 @@ pub const IGNORE_FILE: &str = ".capstanignore";
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     #[error("{file}:{line}: invalid pattern: {message}")]
-    Pattern { file: String, line: usize, message: String },
+    Pattern {
+        file: String,
+        line: usize,
+        message: String,
+    },
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Decides which paths (relative to the repository root, `/`-separated) are manifests.
@@ -36,11 +43,13 @@ impl FileFilter {
             let text = String::from_utf8_lossy(bytes);
             let mut builder = GitignoreBuilder::new("");
             for (i, line) in text.lines().enumerate() {
-                builder.add_line(None, line).map_err(|e| FilesError::Pattern {
-                    file: filter.ignore_file_path(),
-                    line: i + 1,
-                    message: e.to_string(),
-                })?;
+                builder
+                    .add_line(None, line)
+                    .map_err(|e| FilesError::Pattern {
+                        file: filter.ignore_file_path(),
+                        line: i + 1,
+                        message: e.to_string(),
+                    })?;
             }
             filter.ignore = Some(builder.build().map_err(|e| FilesError::Pattern {
                 file: filter.ignore_file_path(),
@@ -53,7 +62,11 @@ impl FileFilter {
 
     /// The path of the ignore file this filter reads, relative to the repository root.
     pub fn ignore_file_path(&self) -> String {
-        if self.root.is_empty() { IGNORE_FILE.to_owned() } else { format!("{}/{IGNORE_FILE}", self.root) }
+        if self.root.is_empty() {
+            IGNORE_FILE.to_owned()
+        } else {
+            format!("{}/{IGNORE_FILE}", self.root)
+        }
     }
 
     /// The sub-path this filter is rooted at.
@@ -71,7 +84,9 @@ impl FileFilter {
 
     /// Whether the file at `path` (relative to the repository root) is a manifest.
     pub fn accepts(&self, path: &str) -> bool {
-        let Some(rel) = self.relative(path) else { return false };
+        let Some(rel) = self.relative(path) else {
+            return false;
+        };
         if !is_manifest_path(rel) || rel.split('/').any(|part| part.starts_with('.')) {
             return false;
         }
@@ -85,26 +100,48 @@ impl FileFilter {
 /// Reads the manifests of a directory (a working tree, for `capstan validate`), with paths
 /// relative to `dir`. `.git` and other dot-directories are never entered.
 pub fn read_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, FilesError> {
-    let read = |p: &Path| std::fs::read(p).map_err(|source| FilesError::Read { path: p.display().to_string(), source });
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| FilesError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
     let ignore_path = dir.join(IGNORE_FILE);
-    let ignore = if ignore_path.exists() { Some(read(&ignore_path)?) } else { None };
+    let ignore = if ignore_path.exists() {
+        Some(read(&ignore_path)?)
+    } else {
+        None
+    };
     let filter = FileFilter::new("", ignore.as_deref())?;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|source| FilesError::Read { path: d.display().to_string(), source })?;
+        let entries = std::fs::read_dir(&d).map_err(|source| FilesError::Read {
+            path: d.display().to_string(),
+            source,
+        })?;
         for entry in entries {
-            let entry = entry.map_err(|source| FilesError::Read { path: d.display().to_string(), source })?;
+            let entry = entry.map_err(|source| FilesError::Read {
+                path: d.display().to_string(),
+                source,
+            })?;
             let path = entry.path();
             let name = entry.file_name();
             if name.to_string_lossy().starts_with('.') {
                 continue;
             }
-            let file_type = entry.file_type().map_err(|source| FilesError::Read { path: path.display().to_string(), source })?;
+            let file_type = entry.file_type().map_err(|source| FilesError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
             if file_type.is_dir() {
                 stack.push(path);
             } else {
-                let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 if filter.accepts(&rel) {
                     out.push((rel, read(&path)?));
                 }
@@ -134,7 +171,11 @@ mod tests {
 
     #[test]
     fn capstanignore_uses_gitignore_syntax() {
-        let f = FileFilter::new("", Some(b"# comment\ndrafts/\n*.draft.yaml\n!keep.draft.yaml\n/top.yaml\n")).unwrap();
+        let f = FileFilter::new(
+            "",
+            Some(b"# comment\ndrafts/\n*.draft.yaml\n!keep.draft.yaml\n/top.yaml\n"),
+        )
+        .unwrap();
         assert!(!f.accepts("drafts/web.yaml"));
         assert!(!f.accepts("apps/drafts/web.yaml"));
         assert!(!f.accepts("apps/web.draft.yaml"));

@@ -3,10 +3,12 @@
 //! decoded into its Rust type and value-checked. Good objects come out ready to apply; bad ones
 //! are named so that they can keep their last good version.
 
+use capstan_api::ObjectKey;
 use capstan_api::kinds::{self, KindInfo, Origin};
 use capstan_api::meta::{ANNOTATION_DOCUMENT, ANNOTATION_SOURCE, DEFAULT_NAMESPACE};
 use capstan_api::names::{self, NameRule};
-use capstan_api::ObjectKey;
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::problem::{FieldPath, Problem, ProblemCode};
@@ -18,8 +20,9 @@ use crate::yaml::{self, Node, NodeValue, Pos, ScalarKind};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Manifest {
     pub key: ObjectKey,
-    /// The object as JSON, status removed, with the source and document annotations.
-    pub object: Value,
+    /// The object as JSON, status removed, with the source and document annotations. Shared, so
+    /// that the desired state of a new commit reuses the objects of unchanged files.
+    pub object: Arc<Value>,
     pub file: String,
     pub document: usize,
     /// Where the object starts in the file.
@@ -30,7 +33,7 @@ pub struct Manifest {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FileLoad {
     pub path: String,
-    pub manifests: Vec<Manifest>,
+    pub manifests: Vec<Arc<Manifest>>,
     /// Objects that were identified but have problems: they keep their last good version.
     pub quarantined: Vec<(ObjectKey, Pos)>,
     pub problems: Vec<Problem>,
@@ -48,12 +51,24 @@ pub fn is_manifest_path(path: &str) -> bool {
 /// Loads one file. `path` is relative to the repository root and is what errors and the source
 /// annotation name.
 pub fn load_file(path: &str, bytes: &[u8]) -> FileLoad {
-    let mut load = FileLoad { path: path.to_owned(), intact: true, ..FileLoad::default() };
+    let mut load = FileLoad {
+        path: path.to_owned(),
+        intact: true,
+        ..FileLoad::default()
+    };
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            let line = 1 + bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() as u32;
-            load.fail(Problem::new(path, Pos { line, column: 1 }, ProblemCode::Syntax, "file is not valid UTF-8"));
+            let line = 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count() as u32;
+            load.fail(Problem::new(
+                path,
+                Pos { line, column: 1 },
+                ProblemCode::Syntax,
+                "file is not valid UTF-8",
+            ));
             return load;
         }
     };
@@ -81,11 +96,18 @@ impl FileLoad {
             NodeValue::Scalar(s) if s.is_null() => return, // an empty document
             NodeValue::Map(entries) => entries,
             _ => {
-                self.fail(Problem::new(&self.path, root.pos, ProblemCode::NotAnObject, "a manifest must be a mapping with apiVersion, kind and metadata"));
+                self.fail(Problem::new(
+                    &self.path,
+                    root.pos,
+                    ProblemCode::NotAnObject,
+                    "a manifest must be a mapping with apiVersion, kind and metadata",
+                ));
                 return;
             }
         };
-        let Some((api_version, kind)) = self.type_meta(root) else { return };
+        let Some((api_version, kind)) = self.type_meta(root) else {
+            return;
+        };
         if kind == "List" && (api_version == "v1" || api_version.is_empty()) {
             let items = entries.iter().find(|e| e.key == "items").map(|e| &e.value);
             match items.map(|n| &n.value) {
@@ -94,12 +116,25 @@ impl FileLoad {
                         if matches!(item.value, NodeValue::Map(_)) {
                             self.object(index, item);
                         } else {
-                            self.fail(Problem::new(&self.path, item.pos, ProblemCode::NotAnObject, "items of a List must be objects"));
+                            self.fail(Problem::new(
+                                &self.path,
+                                item.pos,
+                                ProblemCode::NotAnObject,
+                                "items of a List must be objects",
+                            ));
                         }
                     }
                 }
                 None => {}
-                Some(_) => self.fail(Problem::new(&self.path, root.pos, ProblemCode::WrongType, "a List's items must be a list").field("items")),
+                Some(_) => self.fail(
+                    Problem::new(
+                        &self.path,
+                        root.pos,
+                        ProblemCode::WrongType,
+                        "a List's items must be a list",
+                    )
+                    .field("items"),
+                ),
             }
             return;
         }
@@ -115,7 +150,15 @@ impl FileLoad {
             (a, k) => {
                 let missing = if a.is_none() { "apiVersion" } else { "kind" };
                 let _ = k;
-                self.fail(Problem::new(&self.path, node.pos, ProblemCode::NotAnObject, format!("missing {missing}: every manifest needs apiVersion and kind")).field(missing));
+                self.fail(
+                    Problem::new(
+                        &self.path,
+                        node.pos,
+                        ProblemCode::NotAnObject,
+                        format!("missing {missing}: every manifest needs apiVersion and kind"),
+                    )
+                    .field(missing),
+                );
                 None
             }
         }
@@ -123,13 +166,23 @@ impl FileLoad {
 
     fn object(&mut self, document: usize, node: &Node) {
         let path = self.path.clone();
-        let Some((api_version, kind_name)) = self.type_meta(node) else { return };
+        let Some((api_version, kind_name)) = self.type_meta(node) else {
+            return;
+        };
         let Some(kind) = kinds::by_api_version(&api_version, &kind_name) else {
             let msg = match kinds::by_kind(&kind_name) {
-                Some(k) => format!("{kind_name} is served as apiVersion {}, not {api_version}", k.api_version()),
+                Some(k) => format!(
+                    "{kind_name} is served as apiVersion {}, not {api_version}",
+                    k.api_version()
+                ),
                 None => format!(
                     "unknown kind {kind_name} (apiVersion {api_version}); Capstan serves {}",
-                    kinds::REGISTRY.iter().filter(|k| k.origin == Origin::Git).map(|k| k.kind).collect::<Vec<_>>().join(", ")
+                    kinds::REGISTRY
+                        .iter()
+                        .filter(|k| k.origin == Origin::Git)
+                        .map(|k| k.kind)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             };
             let pos = FieldPath::parse("kind").locate(node);
@@ -141,12 +194,20 @@ impl FileLoad {
             self.problems.push(Problem::new(&path, pos, ProblemCode::NotFromGit, format!("{kind_name} objects are written by Capstan itself and cannot be declared in Git")).field("kind"));
             return;
         }
-        let Some(key) = self.identify(kind, node) else { return };
+        let Some(key) = self.identify(kind, node) else {
+            return;
+        };
         let problems_before = self.problems.len();
         let mut issues = Vec::new();
         let mut object = shape_of(kind).convert(node, &mut issues);
         for i in issues {
-            self.problems.push(Problem { field: (!i.path.is_empty()).then_some(i.path), ..Problem::new(&path, i.pos, i.code, i.message) }.object(Some(&key)));
+            self.problems.push(
+                Problem {
+                    field: (!i.path.is_empty()).then_some(i.path),
+                    ..Problem::new(&path, i.pos, i.code, i.message)
+                }
+                .object(Some(&key)),
+            );
         }
         if self.problems.len() == problems_before {
             if let Some(obj) = object.as_object_mut() {
@@ -156,13 +217,24 @@ impl FileLoad {
             match kind.check(object.clone()) {
                 Err(e) => {
                     let field = FieldPath::parse(&e.path);
-                    self.problems.push(Problem::new(&path, field.locate(node), ProblemCode::WrongType, e.message).field(field.to_string()).object(Some(&key)));
+                    self.problems.push(
+                        Problem::new(&path, field.locate(node), ProblemCode::WrongType, e.message)
+                            .field(field.to_string())
+                            .object(Some(&key)),
+                    );
                 }
                 Ok(()) => {
                     for finding in validate::check(kind.kind, &object) {
-                        let pos = finding.path.locate_key(node).filter(|_| finding.code == ProblemCode::MissingField)
+                        let pos = finding
+                            .path
+                            .locate_key(node)
+                            .filter(|_| finding.code == ProblemCode::MissingField)
                             .unwrap_or_else(|| finding.path.locate(node));
-                        self.problems.push(Problem::new(&path, pos, finding.code, finding.message).field(finding.path.to_string()).object(Some(&key)));
+                        self.problems.push(
+                            Problem::new(&path, pos, finding.code, finding.message)
+                                .field(finding.path.to_string())
+                                .object(Some(&key)),
+                        );
                     }
                 }
             }
@@ -172,7 +244,13 @@ impl FileLoad {
             return;
         }
         annotate(&mut object, &path, document);
-        self.manifests.push(Manifest { key, object, file: path, document, pos: node.pos });
+        self.manifests.push(Arc::new(Manifest {
+            key,
+            object: Arc::new(object),
+            file: path,
+            document,
+            pos: node.pos,
+        }));
     }
 
     /// Works out the object's identity, or reports why it has none (and marks the file broken).
@@ -181,11 +259,22 @@ impl FileLoad {
         let name_path = FieldPath::parse("metadata.name");
         let Some(name) = string_at(node, &["metadata", "name"]) else {
             let pos = name_path.locate(node);
-            self.fail(Problem::new(&path, pos, ProblemCode::MissingField, "missing required field \"name\": objects from Git need a fixed name").field("metadata.name"));
+            self.fail(
+                Problem::new(
+                    &path,
+                    pos,
+                    ProblemCode::MissingField,
+                    "missing required field \"name\": objects from Git need a fixed name",
+                )
+                .field("metadata.name"),
+            );
             return None;
         };
         if let Some(e) = NameRule::for_kind(kind.kind).check(&name) {
-            self.fail(Problem::new(&path, name_path.locate(node), ProblemCode::InvalidName, e).field("metadata.name"));
+            self.fail(
+                Problem::new(&path, name_path.locate(node), ProblemCode::InvalidName, e)
+                    .field("metadata.name"),
+            );
             return None;
         }
         let ns_path = FieldPath::parse("metadata.namespace");
@@ -194,7 +283,10 @@ impl FileLoad {
             (true, None) => DEFAULT_NAMESPACE.to_owned(),
             (true, Some(ns)) => {
                 if let Some(e) = names::dns1123_label(&ns) {
-                    self.fail(Problem::new(&path, ns_path.locate(node), ProblemCode::InvalidName, e).field("metadata.namespace"));
+                    self.fail(
+                        Problem::new(&path, ns_path.locate(node), ProblemCode::InvalidName, e)
+                            .field("metadata.namespace"),
+                    );
                     return None;
                 }
                 ns
@@ -202,7 +294,19 @@ impl FileLoad {
             (false, None) => String::new(),
             (false, Some(_)) => {
                 let key = ObjectKey::new(kind, "", &name);
-                self.problems.push(Problem::new(&path, ns_path.locate(node), ProblemCode::InvalidValue, format!("{} objects are cluster-scoped: remove metadata.namespace", kind.kind)).field("metadata.namespace").object(Some(&key)));
+                self.problems.push(
+                    Problem::new(
+                        &path,
+                        ns_path.locate(node),
+                        ProblemCode::InvalidValue,
+                        format!(
+                            "{} objects are cluster-scoped: remove metadata.namespace",
+                            kind.kind
+                        ),
+                    )
+                    .field("metadata.namespace")
+                    .object(Some(&key)),
+                );
                 self.quarantined.push((key, node.pos));
                 return None;
             }
@@ -213,7 +317,9 @@ impl FileLoad {
 
 /// The text of a string scalar field of a mapping node (not null, not a collection).
 fn string_field(node: &Node, key: &str) -> Option<String> {
-    let NodeValue::Map(entries) = &node.value else { return None };
+    let NodeValue::Map(entries) = &node.value else {
+        return None;
+    };
     let value = &entries.iter().find(|e| e.key == key)?.value;
     match &value.value {
         NodeValue::Scalar(s) if !s.is_null() || s.kind == ScalarKind::Str => Some(s.text.clone()),
@@ -225,7 +331,9 @@ fn string_at(node: &Node, path: &[&str]) -> Option<String> {
     let (last, parents) = path.split_last()?;
     let mut n = node;
     for p in parents {
-        let NodeValue::Map(entries) = &n.value else { return None };
+        let NodeValue::Map(entries) = &n.value else {
+            return None;
+        };
         n = &entries.iter().find(|e| e.key == *p)?.value;
     }
     string_field(n, last)
@@ -233,19 +341,26 @@ fn string_at(node: &Node, path: &[&str]) -> Option<String> {
 
 /// Writes the namespace the object lands in, so that a manifest without one reads as it is.
 fn set_namespace(object: &mut Value, kind: &KindInfo, namespace: &str) {
-    if kind.namespaced {
-        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("namespace".into(), Value::String(namespace.to_owned()));
-        }
+    if kind.namespaced
+        && let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        meta.insert("namespace".into(), Value::String(namespace.to_owned()));
     }
 }
 
 fn annotate(object: &mut Value, file: &str, document: usize) {
-    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else { return };
-    let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let annotations = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Default::default()));
     if let Some(a) = annotations.as_object_mut() {
         a.insert(ANNOTATION_SOURCE.into(), Value::String(file.to_owned()));
-        a.insert(ANNOTATION_DOCUMENT.into(), Value::String(document.to_string()));
+        a.insert(
+            ANNOTATION_DOCUMENT.into(),
+            Value::String(document.to_string()),
+        );
     }
 }
 
@@ -266,7 +381,10 @@ mod tests {
         assert_eq!(keys, ["configmap/a -n default", "configmap/b -n shop"]);
         assert_eq!(load.manifests[1].document, 1);
         assert_eq!(load.manifests[1].pos.line, 9);
-        assert_eq!(load.manifests[0].object["metadata"]["annotations"]["capstan.dev/source"], "cm.yaml");
+        assert_eq!(
+            load.manifests[0].object["metadata"]["annotations"]["capstan.dev/source"],
+            "cm.yaml"
+        );
         assert_eq!(load.manifests[0].object["metadata"]["namespace"], "default");
     }
 
@@ -277,37 +395,70 @@ mod tests {
         assert_eq!(load.manifests.len(), 1);
         assert_eq!(load.quarantined.len(), 1);
         assert!(load.intact);
-        assert_eq!(lines(&load), ["x.yaml:8:11: data.a: expected a string, got a list [configmap/bad -n default]"]);
+        assert_eq!(
+            lines(&load),
+            ["x.yaml:8:11: data.a: expected a string, got a list [configmap/bad -n default]"]
+        );
     }
 
     #[test]
     fn unidentifiable_documents_break_the_file() {
         for (text, expect) in [
-            ("apiVersion: apps/v1\nkind: Deploymnt\nmetadata: {name: x}\n", "x.yaml:2:7: kind: unknown kind Deploymnt"),
-            ("apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: x}\n", "x.yaml:2:7: kind: Deployment is served as apiVersion apps/v1, not extensions/v1beta1"),
-            ("apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {}}\n", "x.yaml:3:11: metadata.name: missing required field \"name\""),
-            ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Web}\n", "x.yaml:3:18: metadata.name: a lowercase RFC 1123 subdomain"),
-            ("kind: ConfigMap\nmetadata: {name: x}\n", "x.yaml:1:1: apiVersion: missing apiVersion"),
+            (
+                "apiVersion: apps/v1\nkind: Deploymnt\nmetadata: {name: x}\n",
+                "x.yaml:2:7: kind: unknown kind Deploymnt",
+            ),
+            (
+                "apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: x}\n",
+                "x.yaml:2:7: kind: Deployment is served as apiVersion apps/v1, not extensions/v1beta1",
+            ),
+            (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {}}\n",
+                "x.yaml:3:11: metadata.name: missing required field \"name\"",
+            ),
+            (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Web}\n",
+                "x.yaml:3:18: metadata.name: a lowercase RFC 1123 subdomain",
+            ),
+            (
+                "kind: ConfigMap\nmetadata: {name: x}\n",
+                "x.yaml:1:1: apiVersion: missing apiVersion",
+            ),
             ("a: [1\n", "x.yaml:1:4: unclosed bracket"),
             ("- 1\n- 2\n", "x.yaml:1:1: a manifest must be a mapping"),
         ] {
             let load = load_file("x.yaml", text.as_bytes());
             assert!(!load.intact, "{text}");
             assert!(load.manifests.is_empty());
-            assert!(lines(&load)[0].starts_with(expect), "{:?} does not start with {expect:?}", lines(&load));
+            assert!(
+                lines(&load)[0].starts_with(expect),
+                "{:?} does not start with {expect:?}",
+                lines(&load)
+            );
         }
     }
 
     #[test]
     fn kinds_owned_by_the_cluster_are_refused() {
-        let load = load_file("n.yaml", b"apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n");
-        assert_eq!(lines(&load), ["n.yaml:2:7: kind: Node objects are written by Capstan itself and cannot be declared in Git"]);
+        let load = load_file(
+            "n.yaml",
+            b"apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+        );
+        assert_eq!(
+            lines(&load),
+            [
+                "n.yaml:2:7: kind: Node objects are written by Capstan itself and cannot be declared in Git"
+            ]
+        );
         assert!(load.intact);
     }
 
     #[test]
     fn cluster_scoped_kinds_refuse_a_namespace() {
-        let load = load_file("ns.yaml", b"apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, namespace: x}\n");
+        let load = load_file(
+            "ns.yaml",
+            b"apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, namespace: x}\n",
+        );
         assert_eq!(load.quarantined.len(), 1);
         assert!(lines(&load)[0].contains("Namespace objects are cluster-scoped"));
     }
@@ -326,6 +477,11 @@ mod tests {
     fn value_checks_point_at_the_value() {
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports:\n  - port: 99999\n";
         let load = load_file("s.yaml", text.as_bytes());
-        assert_eq!(lines(&load), ["s.yaml:6:11: spec.ports[0].port: must be between 1 and 65535, inclusive (got 99999) [service/web -n default]"]);
+        assert_eq!(
+            lines(&load),
+            [
+                "s.yaml:6:11: spec.ports[0].port: must be between 1 and 65535, inclusive (got 99999) [service/web -n default]"
+            ]
+        );
     }
 }

@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use git2::{AutotagOption, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
+use git2::{
+    AutotagOption, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository,
+    TreeWalkMode, TreeWalkResult,
+};
 
 use crate::desired::{FileChange, Snapshot};
 use crate::files::{FileFilter, FilesError};
@@ -21,8 +24,13 @@ pub enum Location {
 impl Location {
     /// A path or URL as given on the command line.
     pub fn parse(spec: &str) -> Location {
-        let is_url = spec.contains("://") || (spec.contains('@') && spec.contains(':') && !Path::new(spec).exists());
-        if is_url { Location::Remote(spec.to_owned()) } else { Location::Local(PathBuf::from(spec)) }
+        let is_url = spec.contains("://")
+            || (spec.contains('@') && spec.contains(':') && !Path::new(spec).exists());
+        if is_url {
+            Location::Remote(spec.to_owned())
+        } else {
+            Location::Local(PathBuf::from(spec))
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -118,9 +126,17 @@ fn mirror_dir(data_dir: &Path, url: &str) -> PathBuf {
 impl GitRepo {
     /// Opens the repository at `location`, tracking `branch` (default: the repository's HEAD
     /// branch) under `subpath`. A remote is mirrored under `data_dir` and fetched once.
-    pub fn open(location: Location, branch: Option<&str>, subpath: &str, data_dir: &Path) -> Result<GitRepo, RepoError> {
+    pub fn open(
+        location: Location,
+        branch: Option<&str>,
+        subpath: &str,
+        data_dir: &Path,
+    ) -> Result<GitRepo, RepoError> {
         let describe = location.describe();
-        let open_err = |e: git2::Error| RepoError::Open { location: describe.clone(), message: e.message().to_owned() };
+        let open_err = |e: git2::Error| RepoError::Open {
+            location: describe.clone(),
+            message: e.message().to_owned(),
+        };
         let repo = match &location {
             Location::Local(path) => Repository::open(path).map_err(open_err)?,
             Location::Remote(url) => {
@@ -128,7 +144,10 @@ impl GitRepo {
                 match Repository::open_bare(&dir) {
                     Ok(r) => r,
                     Err(_) => {
-                        std::fs::create_dir_all(&dir).map_err(|e| RepoError::Open { location: describe.clone(), message: e.to_string() })?;
+                        std::fs::create_dir_all(&dir).map_err(|e| RepoError::Open {
+                            location: describe.clone(),
+                            message: e.to_string(),
+                        })?;
                         Repository::init_bare(&dir).map_err(open_err)?
                     }
                 }
@@ -138,7 +157,13 @@ impl GitRepo {
             Some(b) => b.to_owned(),
             None => default_branch(&repo, &location)?,
         };
-        let mut this = GitRepo { repo, location, branch, subpath: subpath.trim_matches('/').to_owned(), remote_heads: None };
+        let mut this = GitRepo {
+            repo,
+            location,
+            branch,
+            subpath: subpath.trim_matches('/').to_owned(),
+            remote_heads: None,
+        };
         this.fetch()?;
         Ok(this)
     }
@@ -163,24 +188,42 @@ impl GitRepo {
     /// Brings the mirror of a remote up to date with the tracked branch; a no-op for a local
     /// repository, which is read in place.
     pub fn fetch(&mut self) -> Result<(), RepoError> {
-        let Location::Remote(url) = &self.location else { return Ok(()) };
-        let mut remote = self.repo.remote_anonymous(url).map_err(|e| RepoError::Fetch { location: url.clone(), message: e.message().to_owned() })?;
+        let Location::Remote(url) = &self.location else {
+            return Ok(());
+        };
+        let mut remote = self
+            .repo
+            .remote_anonymous(url)
+            .map_err(|e| RepoError::Fetch {
+                location: url.clone(),
+                message: e.message().to_owned(),
+            })?;
         let mut options = FetchOptions::new();
         options.remote_callbacks(credentials());
         options.download_tags(AutotagOption::None);
         let refspec = format!("+refs/heads/{0}:refs/heads/{0}", self.branch);
-        remote.fetch(&[refspec.as_str()], Some(&mut options), None).map_err(|e| RepoError::Fetch {
-            location: url.clone(),
-            message: e.message().to_owned(),
-        })?;
+        remote
+            .fetch(&[refspec.as_str()], Some(&mut options), None)
+            .map_err(|e| RepoError::Fetch {
+                location: url.clone(),
+                message: e.message().to_owned(),
+            })?;
         // A branch deleted on the remote leaves the mirror's copy behind; drop it so that the
         // deletion is reported rather than the stale tip applied.
         let heads: Vec<String> = remote
             .list()
-            .map(|heads| heads.iter().filter_map(|h| h.name().strip_prefix("refs/heads/").map(str::to_owned)).collect())
+            .map(|heads| {
+                heads
+                    .iter()
+                    .filter_map(|h| h.name().strip_prefix("refs/heads/").map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         if !heads.contains(&self.branch) {
-            let _ = self.repo.find_reference(&format!("refs/heads/{}", self.branch)).and_then(|mut r| r.delete());
+            let _ = self
+                .repo
+                .find_reference(&format!("refs/heads/{}", self.branch))
+                .and_then(|mut r| r.delete());
         }
         self.remote_heads = Some(heads);
         Ok(())
@@ -190,16 +233,31 @@ impl GitRepo {
     pub fn tip(&self) -> Result<Oid, RepoError> {
         let name = format!("refs/heads/{}", self.branch);
         match self.repo.find_reference(&name) {
-            Ok(r) => r.peel_to_commit().map(|c| c.id()).map_err(|e| RepoError::Read { commit: name, message: e.message().to_owned() }),
+            Ok(r) => r
+                .peel_to_commit()
+                .map(|c| c.id())
+                .map_err(|e| RepoError::Read {
+                    commit: name,
+                    message: e.message().to_owned(),
+                }),
             Err(_) => {
                 let empty = match &self.remote_heads {
                     Some(heads) => heads.is_empty(),
-                    None => self.repo.references().map(|mut r| r.next().is_none()).unwrap_or(true),
+                    None => self
+                        .repo
+                        .references()
+                        .map(|mut r| r.next().is_none())
+                        .unwrap_or(true),
                 };
                 if empty {
-                    Err(RepoError::Empty { location: self.location.describe() })
+                    Err(RepoError::Empty {
+                        location: self.location.describe(),
+                    })
                 } else {
-                    Err(RepoError::BranchMissing { location: self.location.describe(), branch: self.branch.clone() })
+                    Err(RepoError::BranchMissing {
+                        location: self.location.describe(),
+                        branch: self.branch.clone(),
+                    })
                 }
             }
         }
@@ -207,11 +265,18 @@ impl GitRepo {
 
     /// Whether `commit` descends from `ancestor` (false after a force-push that rewrote history).
     pub fn descends_from(&self, commit: Oid, ancestor: Oid) -> bool {
-        commit == ancestor || self.repo.graph_descendant_of(commit, ancestor).unwrap_or(false)
+        commit == ancestor
+            || self
+                .repo
+                .graph_descendant_of(commit, ancestor)
+                .unwrap_or(false)
     }
 
     fn read_err(commit: Oid) -> impl Fn(git2::Error) -> RepoError {
-        move |e| RepoError::Read { commit: commit.to_string(), message: e.message().to_owned() }
+        move |e| RepoError::Read {
+            commit: commit.to_string(),
+            message: e.message().to_owned(),
+        }
     }
 
     fn filter_at(&self, tree: &git2::Tree<'_>) -> Result<FileFilter, RepoError> {
@@ -227,16 +292,26 @@ impl GitRepo {
     /// Reads every manifest of `commit`.
     pub fn load(&self, commit: Oid) -> Result<LoadedCommit, RepoError> {
         let err = Self::read_err(commit);
-        let tree = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(&err)?;
+        let tree = self
+            .repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(&err)?;
         let filter = self.filter_at(&tree)?;
         let mut blobs = Vec::new();
         tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
             let path = format!("{dir}{}", entry.name().unwrap_or_default());
             if entry.kind() == Some(git2::ObjectType::Tree) {
                 // Skip whole subtrees outside the sub-path or hidden.
-                let inside = filter.root().is_empty() || filter.root().starts_with(&path) || path.starts_with(filter.root());
+                let inside = filter.root().is_empty()
+                    || filter.root().starts_with(&path)
+                    || path.starts_with(filter.root());
                 let hidden = entry.name().is_ok_and(|n| n.starts_with('.'));
-                return if inside && !hidden { TreeWalkResult::Ok } else { TreeWalkResult::Skip };
+                return if inside && !hidden {
+                    TreeWalkResult::Ok
+                } else {
+                    TreeWalkResult::Skip
+                };
             }
             if filter.accepts(&path) {
                 blobs.push((path, entry.id()));
@@ -250,29 +325,60 @@ impl GitRepo {
             files.push((path, blob.content().to_vec()));
         }
         let files_read = files.len();
-        Ok(LoadedCommit { commit, snapshot: Snapshot::load(files), filter, files_read })
+        Ok(LoadedCommit {
+            commit,
+            snapshot: Snapshot::load(files),
+            filter,
+            files_read,
+        })
     }
 
     /// Reads `commit` by re-reading only the files changed since `previous`; when the ignore
     /// file itself changed, falls back to a full read.
-    pub fn load_since(&self, previous: &LoadedCommit, commit: Oid) -> Result<LoadedCommit, RepoError> {
+    pub fn load_since(
+        &self,
+        previous: &LoadedCommit,
+        commit: Oid,
+    ) -> Result<LoadedCommit, RepoError> {
         if previous.commit == commit {
-            return Ok(LoadedCommit { files_read: 0, ..previous.clone() });
+            return Ok(LoadedCommit {
+                files_read: 0,
+                ..previous.clone()
+            });
         }
         let err = Self::read_err(commit);
-        let old_tree = self.repo.find_commit(previous.commit).and_then(|c| c.tree()).map_err(&err)?;
-        let new_tree = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(&err)?;
+        let old_tree = self
+            .repo
+            .find_commit(previous.commit)
+            .and_then(|c| c.tree())
+            .map_err(&err)?;
+        let new_tree = self
+            .repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(&err)?;
         let mut options = DiffOptions::new();
         if !self.subpath.is_empty() {
             options.pathspec(&self.subpath);
         }
-        let diff = self.repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), Some(&mut options)).map_err(&err)?;
+        let diff = self
+            .repo
+            .diff_tree_to_tree(Some(&old_tree), Some(&new_tree), Some(&mut options))
+            .map_err(&err)?;
         let ignore_path = previous.filter.ignore_file_path();
         let mut changes = Vec::new();
         for delta in diff.deltas() {
-            let old_path = delta.old_file().path().map(|p| p.to_string_lossy().into_owned());
-            let new_path = delta.new_file().path().map(|p| p.to_string_lossy().into_owned());
-            if old_path.as_deref() == Some(ignore_path.as_str()) || new_path.as_deref() == Some(ignore_path.as_str()) {
+            let old_path = delta
+                .old_file()
+                .path()
+                .map(|p| p.to_string_lossy().into_owned());
+            let new_path = delta
+                .new_file()
+                .path()
+                .map(|p| p.to_string_lossy().into_owned());
+            if old_path.as_deref() == Some(ignore_path.as_str())
+                || new_path.as_deref() == Some(ignore_path.as_str())
+            {
                 return self.load(commit);
             }
             match delta.status() {
@@ -282,11 +388,15 @@ impl GitRepo {
                     }
                 }
                 _ => {
-                    if let Some(p) = old_path.filter(|p| Some(p) != new_path.as_ref() && previous.filter.accepts(p)) {
+                    if let Some(p) = old_path
+                        .filter(|p| Some(p) != new_path.as_ref() && previous.filter.accepts(p))
+                    {
                         changes.push(FileChange::Remove(p));
                     }
                     if let Some(p) = new_path.filter(|p| previous.filter.accepts(p)) {
-                        if delta.new_file().mode() == git2::FileMode::Blob || delta.new_file().mode() == git2::FileMode::BlobExecutable {
+                        if delta.new_file().mode() == git2::FileMode::Blob
+                            || delta.new_file().mode() == git2::FileMode::BlobExecutable
+                        {
                             let blob = self.repo.find_blob(delta.new_file().id()).map_err(&err)?;
                             changes.push(FileChange::Write(p, blob.content().to_vec()));
                         } else {
@@ -296,8 +406,16 @@ impl GitRepo {
                 }
             }
         }
-        let files_read = changes.iter().filter(|c| matches!(c, FileChange::Write(..))).count();
-        Ok(LoadedCommit { commit, snapshot: previous.snapshot.with_changes(changes), filter: previous.filter.clone(), files_read })
+        let files_read = changes
+            .iter()
+            .filter(|c| matches!(c, FileChange::Write(..)))
+            .count();
+        Ok(LoadedCommit {
+            commit,
+            snapshot: previous.snapshot.with_changes(changes),
+            filter: previous.filter.clone(),
+            files_read,
+        })
     }
 }
 
@@ -306,14 +424,30 @@ fn default_branch(repo: &Repository, location: &Location) -> Result<String, Repo
     let from_ref = |name: &str| name.strip_prefix("refs/heads/").map(str::to_owned);
     match location {
         Location::Local(_) => {
-            let head = repo.find_reference("HEAD").map_err(|e| RepoError::Open { location: location.describe(), message: e.message().to_owned() })?;
-            Ok(head.symbolic_target().ok().flatten().and_then(from_ref).unwrap_or_else(|| "main".to_owned()))
+            let head = repo.find_reference("HEAD").map_err(|e| RepoError::Open {
+                location: location.describe(),
+                message: e.message().to_owned(),
+            })?;
+            Ok(head
+                .symbolic_target()
+                .ok()
+                .flatten()
+                .and_then(from_ref)
+                .unwrap_or_else(|| "main".to_owned()))
         }
         Location::Remote(url) => {
-            let fetch_err = |e: git2::Error| RepoError::Fetch { location: url.clone(), message: e.message().to_owned() };
+            let fetch_err = |e: git2::Error| RepoError::Fetch {
+                location: url.clone(),
+                message: e.message().to_owned(),
+            };
             let mut remote = repo.remote_anonymous(url).map_err(fetch_err)?;
-            let connection = remote.connect_auth(git2::Direction::Fetch, Some(credentials()), None).map_err(fetch_err)?;
-            let branch = connection.default_branch().ok().and_then(|b| b.as_str().ok().and_then(from_ref));
+            let connection = remote
+                .connect_auth(git2::Direction::Fetch, Some(credentials()), None)
+                .map_err(fetch_err)?;
+            let branch = connection
+                .default_branch()
+                .ok()
+                .and_then(|b| b.as_str().ok().and_then(from_ref));
             Ok(branch.unwrap_or_else(|| "main".to_owned()))
         }
     }

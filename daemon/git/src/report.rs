@@ -2,14 +2,12 @@
 //! updated (with the fields that changed), pruned, quarantined, held. `capstan plan` prints it
 //! for a pull request; the sync records it on each applied commit.
 
-use std::collections::BTreeMap;
-
 use capstan_api::ObjectKey;
 use capstan_api::meta::ANNOTATION_SOURCE;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::desired::{Plan, Quarantined};
+use crate::desired::{Applied, AppliedSet, Plan, Quarantined};
 use crate::diff::{FieldChange, diff};
 use crate::problem::Problem;
 
@@ -17,13 +15,30 @@ use crate::problem::Problem;
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum Entry {
-    Create { object: ObjectKey, file: String },
-    Update { object: ObjectKey, file: String, changes: Vec<FieldChange> },
-    Prune { object: ObjectKey, file: String },
+    Create {
+        object: ObjectKey,
+        file: String,
+    },
+    Update {
+        object: ObjectKey,
+        file: String,
+        changes: Vec<FieldChange>,
+    },
+    Prune {
+        object: ObjectKey,
+        file: String,
+    },
     /// Broken in this commit; `kept` says whether its last good version runs on.
-    Quarantine { object: ObjectKey, kept: bool, problems: Vec<Problem> },
+    Quarantine {
+        object: ObjectKey,
+        kept: bool,
+        problems: Vec<Problem>,
+    },
     /// Gone from the tree but kept: its file cannot be read, or pruning is off.
-    Hold { object: ObjectKey, file: String },
+    Hold {
+        object: ObjectKey,
+        file: String,
+    },
 }
 
 /// A plan between two commits, with field-level changes.
@@ -36,9 +51,9 @@ pub struct Report {
     pub problems: Vec<Problem>,
 }
 
-fn source_of(object: Option<&Value>) -> String {
+fn source_of(object: Option<&Applied>) -> String {
     object
-        .and_then(|o| o.pointer("/metadata/annotations"))
+        .and_then(|o| o.object.pointer("/metadata/annotations"))
         .and_then(|a| a.get(ANNOTATION_SOURCE))
         .and_then(Value::as_str)
         .unwrap_or_default()
@@ -47,26 +62,54 @@ fn source_of(object: Option<&Value>) -> String {
 
 impl Report {
     /// Builds the report of `plan`, which was computed from `applied`.
-    pub fn new(base: &str, head: &str, applied: &BTreeMap<ObjectKey, Value>, plan: &Plan) -> Report {
+    pub fn new(base: &str, head: &str, applied: &AppliedSet, plan: &Plan) -> Report {
         let mut entries = Vec::new();
         for key in &plan.create {
-            entries.push(Entry::Create { object: key.clone(), file: source_of(plan.next.get(key)) });
+            entries.push(Entry::Create {
+                object: key.clone(),
+                file: source_of(plan.next.get(key)),
+            });
         }
         for key in &plan.update {
             let (old, new) = (&applied[key], &plan.next[key]);
             let redact = key.kind == "Secret" && key.group.is_empty();
-            entries.push(Entry::Update { object: key.clone(), file: source_of(Some(new)), changes: diff(old, new, redact) });
+            entries.push(Entry::Update {
+                object: key.clone(),
+                file: source_of(Some(new)),
+                changes: diff(&old.object, &new.object, redact),
+            });
         }
         for key in &plan.prune {
-            entries.push(Entry::Prune { object: key.clone(), file: source_of(applied.get(key)) });
+            entries.push(Entry::Prune {
+                object: key.clone(),
+                file: source_of(applied.get(key)),
+            });
         }
-        for Quarantined { object, kept, problems } in &plan.quarantined {
-            entries.push(Entry::Quarantine { object: object.clone(), kept: *kept, problems: problems.clone() });
+        for Quarantined {
+            object,
+            kept,
+            problems,
+        } in &plan.quarantined
+        {
+            entries.push(Entry::Quarantine {
+                object: object.clone(),
+                kept: *kept,
+                problems: problems.clone(),
+            });
         }
         for key in &plan.held {
-            entries.push(Entry::Hold { object: key.clone(), file: source_of(applied.get(key)) });
+            entries.push(Entry::Hold {
+                object: key.clone(),
+                file: source_of(applied.get(key)),
+            });
         }
-        Report { base: base.to_owned(), head: head.to_owned(), entries, unchanged: plan.unchanged, problems: plan.problems.clone() }
+        Report {
+            base: base.to_owned(),
+            head: head.to_owned(),
+            entries,
+            unchanged: plan.unchanged,
+            problems: plan.problems.clone(),
+        }
     }
 
     pub fn count(&self, f: impl Fn(&Entry) -> bool) -> usize {

@@ -59,7 +59,12 @@ pub struct Issue {
 /// The compiled shape of every registry kind, built once.
 pub fn shape_of(kind: &KindInfo) -> &'static KindShape {
     static SHAPES: OnceLock<Vec<KindShape>> = OnceLock::new();
-    let shapes = SHAPES.get_or_init(|| REGISTRY.iter().map(|k| KindShape::compile(&kind_schema(k))).collect());
+    let shapes = SHAPES.get_or_init(|| {
+        REGISTRY
+            .iter()
+            .map(|k| KindShape::compile(&kind_schema(k)))
+            .collect()
+    });
     let index = REGISTRY
         .iter()
         .position(|k| k.group == kind.group && k.kind == kind.kind)
@@ -76,7 +81,10 @@ impl KindShape {
             by_ref: HashMap::new(),
         };
         let root = compiler.compile(schema, None);
-        KindShape { shapes: compiler.shapes, root }
+        KindShape {
+            shapes: compiler.shapes,
+            root,
+        }
     }
 
     /// Checks `node` against the kind and returns its JSON form; every problem is pushed to
@@ -95,11 +103,11 @@ impl KindShape {
         issues: &mut Vec<Issue>,
     ) -> Value {
         let shape = &self.shapes[id];
-        if let NodeValue::Scalar(s) = &node.value {
-            if s.is_null() {
-                // Kubernetes reads an explicit null as "not set", whatever the field's type.
-                return Value::Null;
-            }
+        if let NodeValue::Scalar(s) = &node.value
+            && s.is_null()
+        {
+            // Kubernetes reads an explicit null as "not set", whatever the field's type.
+            return Value::Null;
         }
         match (shape, &node.value) {
             (Shape::Any, _) => to_json(node),
@@ -119,7 +127,13 @@ impl KindShape {
             (Shape::Integer, NodeValue::Scalar(s)) => match s.resolve() {
                 Resolved::Int(i) if s.kind != ScalarKind::Str => Value::Number(i.into()),
                 _ => {
-                    issue(issues, node.pos, path, ProblemCode::WrongType, wrong_scalar("an integer", s));
+                    issue(
+                        issues,
+                        node.pos,
+                        path,
+                        ProblemCode::WrongType,
+                        wrong_scalar("an integer", s),
+                    );
                     Value::Null
                 }
             },
@@ -129,14 +143,26 @@ impl KindShape {
                     Number::from_f64(f).map_or(Value::Null, Value::Number)
                 }
                 _ => {
-                    issue(issues, node.pos, path, ProblemCode::WrongType, wrong_scalar("a number", s));
+                    issue(
+                        issues,
+                        node.pos,
+                        path,
+                        ProblemCode::WrongType,
+                        wrong_scalar("a number", s),
+                    );
                     Value::Null
                 }
             },
             (Shape::Boolean, NodeValue::Scalar(s)) => match s.resolve() {
                 Resolved::Bool(b) if s.kind != ScalarKind::Str => Value::Bool(b),
                 _ => {
-                    issue(issues, node.pos, path, ProblemCode::WrongType, wrong_scalar("a boolean (true or false)", s));
+                    issue(
+                        issues,
+                        node.pos,
+                        path,
+                        ProblemCode::WrongType,
+                        wrong_scalar("a boolean (true or false)", s),
+                    );
                     Value::Null
                 }
             },
@@ -170,21 +196,43 @@ impl KindShape {
                                 out.insert(e.key.clone(), v);
                             }
                         }
-                        None => issue(issues, e.key_pos, path, ProblemCode::UnknownField, unknown_field(&e.key, fields)),
+                        None => issue(
+                            issues,
+                            e.key_pos,
+                            path,
+                            ProblemCode::UnknownField,
+                            unknown_field(&e.key, fields),
+                        ),
                     }
                     path.pop();
                 }
                 for r in required {
                     if !out.contains_key(r.as_str()) && !entries.iter().any(|e| &e.key == r) {
                         path.push(Seg::Key(r));
-                        issue(issues, node.pos, path, ProblemCode::MissingField, format!("missing required field {r:?}"));
+                        issue(
+                            issues,
+                            node.pos,
+                            path,
+                            ProblemCode::MissingField,
+                            format!("missing required field {r:?}"),
+                        );
                         path.pop();
                     }
                 }
                 Value::Object(out)
             }
             (expected, _) => {
-                issue(issues, node.pos, path, ProblemCode::WrongType, format!("expected {}, got {}", expected.describe(), describe_node(node)));
+                issue(
+                    issues,
+                    node.pos,
+                    path,
+                    ProblemCode::WrongType,
+                    format!(
+                        "expected {}, got {}",
+                        expected.describe(),
+                        describe_node(node)
+                    ),
+                );
                 Value::Null
             }
         }
@@ -234,7 +282,12 @@ fn render_path(path: &[Seg<'_>]) -> String {
 }
 
 fn issue(issues: &mut Vec<Issue>, pos: Pos, path: &[Seg<'_>], code: ProblemCode, message: String) {
-    issues.push(Issue { pos, path: render_path(path), code, message });
+    issues.push(Issue {
+        pos,
+        path: render_path(path),
+        code,
+        message,
+    });
 }
 
 fn describe_node(node: &Node) -> String {
@@ -257,7 +310,16 @@ fn describe_scalar(s: &Scalar) -> String {
 
 fn wrong_scalar(expected: &str, s: &Scalar) -> String {
     let mut msg = format!("expected {expected}, got {}", describe_scalar(s));
-    if s.kind == ScalarKind::Str && !matches!(Scalar { text: s.text.clone(), kind: ScalarKind::Plain }.resolve(), Resolved::Str(_)) {
+    if s.kind == ScalarKind::Str
+        && !matches!(
+            Scalar {
+                text: s.text.clone(),
+                kind: ScalarKind::Plain
+            }
+            .resolve(),
+            Resolved::Str(_)
+        )
+    {
         msg.push_str(" (remove the quotes)");
     }
     msg
@@ -266,7 +328,12 @@ fn wrong_scalar(expected: &str, s: &Scalar) -> String {
 fn unknown_field(key: &str, fields: &HashMap<String, ShapeId>) -> String {
     let best = fields
         .keys()
-        .map(|f| (strsim::jaro_winkler(&key.to_ascii_lowercase(), &f.to_ascii_lowercase()), f))
+        .map(|f| {
+            (
+                strsim::jaro_winkler(&key.to_ascii_lowercase(), &f.to_ascii_lowercase()),
+                f,
+            )
+        })
         .filter(|(score, _)| *score > 0.85)
         .max_by(|a, b| a.0.total_cmp(&b.0));
     match best {
@@ -310,11 +377,18 @@ pub fn to_json(node: &Node) -> Value {
             Resolved::Null => Value::Null,
             Resolved::Bool(b) => Value::Bool(b),
             Resolved::Int(i) => Value::Number(i.into()),
-            Resolved::Float(f) => Number::from_f64(f).map_or_else(|| Value::String(s.text.clone()), Value::Number),
+            Resolved::Float(f) => {
+                Number::from_f64(f).map_or_else(|| Value::String(s.text.clone()), Value::Number)
+            }
             Resolved::Str(t) => Value::String(t.to_owned()),
         },
         NodeValue::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
-        NodeValue::Map(entries) => Value::Object(entries.iter().map(|e| (e.key.clone(), to_json(&e.value))).collect()),
+        NodeValue::Map(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|e| (e.key.clone(), to_json(&e.value)))
+                .collect(),
+        ),
     }
 }
 
@@ -347,7 +421,11 @@ impl Compiler<'_> {
             return id;
         }
         // Draft-07 wraps a `$ref` that has a description beside it in a one-element `allOf`.
-        if let Some([only]) = schema.get("allOf").and_then(Value::as_array).map(Vec::as_slice) {
+        if let Some([only]) = schema
+            .get("allOf")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+        {
             return self.compile(only, definition);
         }
         if definition == Some(QUANTITY_DEFINITION) {
@@ -359,7 +437,11 @@ impl Compiler<'_> {
         let ty = match schema.get("type") {
             Some(Value::String(t)) => t.as_str(),
             // `["string", "null"]` and the like, as schemars writes optional fields of our kinds.
-            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null").unwrap_or(""),
+            Some(Value::Array(ts)) => ts
+                .iter()
+                .filter_map(Value::as_str)
+                .find(|t| *t != "null")
+                .unwrap_or(""),
             _ => "",
         };
         match ty {
@@ -387,7 +469,12 @@ impl Compiler<'_> {
                         let required = schema
                             .get("required")
                             .and_then(Value::as_array)
-                            .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                            .map(|r| {
+                                r.iter()
+                                    .filter_map(Value::as_str)
+                                    .map(str::to_owned)
+                                    .collect()
+                            })
                             .unwrap_or_default();
                         self.push(Shape::Object { fields, required })
                     }
@@ -401,7 +488,10 @@ impl Compiler<'_> {
             _ => {
                 // `anyOf` of optional fields (`[{$ref}, {type: null}]`), as schemars writes them.
                 if let Some(alts) = schema.get("anyOf").and_then(Value::as_array) {
-                    let real: Vec<&Value> = alts.iter().filter(|a| a.get("type") != Some(&Value::String("null".into()))).collect();
+                    let real: Vec<&Value> = alts
+                        .iter()
+                        .filter(|a| a.get("type") != Some(&Value::String("null".into())))
+                        .collect();
                     if let [only] = real.as_slice() {
                         return self.compile(only, None);
                     }
@@ -456,22 +546,53 @@ spec:
         assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
         assert_eq!(c["readinessProbe"]["httpGet"]["port"], 8080);
         assert_eq!(v["metadata"]["labels"]["tier"], "1");
-        capstan_api::kinds::by_name("deploy").unwrap().check(v).unwrap();
+        capstan_api::kinds::by_name("deploy")
+            .unwrap()
+            .check(v)
+            .unwrap();
     }
 
     #[test]
     fn unknown_fields_wrong_types_and_missing_fields() {
         let text = DEPLOY
             .replace("replicas: 3", "replicas: \"3\"")
-            .replace("image: web:1", "image: web:1\n        imagePullPolicyy: Always")
+            .replace(
+                "image: web:1",
+                "image: web:1\n        imagePullPolicyy: Always",
+            )
             .replace("- name: web\n", "- imag: x\n");
         let (_, issues) = check("deploy", &text);
-        let by_path: Vec<(String, u32, &str)> =
-            issues.iter().map(|i| (i.path.clone(), i.pos.line, i.message.as_str())).collect();
-        assert!(by_path.iter().any(|(p, l, m)| p == "spec.replicas" && *l == 7 && m.contains("expected an integer, got the string \"3\" (remove the quotes)")), "{by_path:?}");
-        assert!(by_path.iter().any(|(p, l, m)| p == "spec.template.spec.containers[0].imagePullPolicyy" && *l == 15 && m.contains("did you mean \"imagePullPolicy\"")), "{by_path:?}");
-        assert!(by_path.iter().any(|(p, _, m)| p == "spec.template.spec.containers[0].imag" && m.contains("did you mean \"image\"")), "{by_path:?}");
-        assert!(by_path.iter().any(|(p, _, m)| p == "spec.template.spec.containers[0].name" && m.contains("missing required field")), "{by_path:?}");
+        let by_path: Vec<(String, u32, &str)> = issues
+            .iter()
+            .map(|i| (i.path.clone(), i.pos.line, i.message.as_str()))
+            .collect();
+        assert!(
+            by_path.iter().any(|(p, l, m)| p == "spec.replicas"
+                && *l == 7
+                && m.contains("expected an integer, got the string \"3\" (remove the quotes)")),
+            "{by_path:?}"
+        );
+        assert!(
+            by_path.iter().any(|(p, l, m)| p
+                == "spec.template.spec.containers[0].imagePullPolicyy"
+                && *l == 15
+                && m.contains("did you mean \"imagePullPolicy\"")),
+            "{by_path:?}"
+        );
+        assert!(
+            by_path
+                .iter()
+                .any(|(p, _, m)| p == "spec.template.spec.containers[0].imag"
+                    && m.contains("did you mean \"image\"")),
+            "{by_path:?}"
+        );
+        assert!(
+            by_path
+                .iter()
+                .any(|(p, _, m)| p == "spec.template.spec.containers[0].name"
+                    && m.contains("missing required field")),
+            "{by_path:?}"
+        );
     }
 
     #[test]
@@ -482,25 +603,46 @@ spec:
         assert!(check_quantity("1e3").is_ok());
         assert!(check_quantity("12MB").is_err());
         assert!(check_quantity("lots").is_err());
-        let (_, issues) = check("pod", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    resources: {limits: {memory: 12MB}}\n");
+        let (_, issues) = check(
+            "pod",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    resources: {limits: {memory: 12MB}}\n",
+        );
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].path, "spec.containers[0].resources.limits.memory");
-        assert_eq!(issues[0].pos, Pos { line: 7, column: 34 });
+        assert_eq!(
+            issues[0].pos,
+            Pos {
+                line: 7,
+                column: 34
+            }
+        );
     }
 
     #[test]
     fn nulls_read_as_unset_and_free_form_maps_stay_open() {
-        let (v, issues) = check("cm", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  creationTimestamp: null\ndata:\n  a: \"1\"\n  b: x\n");
+        let (v, issues) = check(
+            "cm",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  creationTimestamp: null\ndata:\n  a: \"1\"\n  b: x\n",
+        );
         assert!(issues.is_empty(), "{issues:?}");
         assert!(v["metadata"].get("creationTimestamp").is_none());
-        let (_, issues) = check("cm", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: [1]}\n");
+        let (_, issues) = check(
+            "cm",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: [1]}\n",
+        );
         assert_eq!(issues[0].message, "expected a string, got a list");
     }
 
     #[test]
     fn our_own_kind_is_closed_too() {
-        let (_, issues) = check("settings", "apiVersion: capstan.dev/v1alpha1\nkind: ClusterSettings\nmetadata: {name: cluster}\nspec:\n  serviceCIDR: 10.96.0.0/16\n  prunne: false\n");
+        let (_, issues) = check(
+            "settings",
+            "apiVersion: capstan.dev/v1alpha1\nkind: ClusterSettings\nmetadata: {name: cluster}\nspec:\n  serviceCIDR: 10.96.0.0/16\n  prunne: false\n",
+        );
         assert_eq!(issues.len(), 1, "{issues:?}");
-        assert!(issues[0].message.contains("did you mean \"prune\""), "{issues:?}");
+        assert!(
+            issues[0].message.contains("did you mean \"prune\""),
+            "{issues:?}"
+        );
     }
 }

@@ -100,7 +100,9 @@ impl GitSource {
 
     /// A cheap handle that can trigger fetches from elsewhere (the webhook handler).
     pub fn trigger_handle(&self) -> SourceTrigger {
-        SourceTrigger { wake: self.wake.clone() }
+        SourceTrigger {
+            wake: self.wake.clone(),
+        }
     }
 }
 
@@ -126,7 +128,12 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.9..1.1))
 }
 
-fn run(config: SourceConfig, tx: mpsc::Sender<SourceEvent>, wake: std_mpsc::Receiver<Wake>, wake_tx: std_mpsc::Sender<Wake>) {
+fn run(
+    config: SourceConfig,
+    tx: mpsc::Sender<SourceEvent>,
+    wake: std_mpsc::Receiver<Wake>,
+    wake_tx: std_mpsc::Sender<Wake>,
+) {
     let mut backoff = Duration::from_secs(1);
     let mut last: Option<Arc<LoadedCommit>> = None;
     let mut last_error: Option<String> = None;
@@ -141,7 +148,12 @@ fn run(config: SourceConfig, tx: mpsc::Sender<SourceEvent>, wake: std_mpsc::Rece
                     r
                 }
                 None => {
-                    let opened = GitRepo::open(config.location.clone(), config.branch.as_deref(), &config.subpath, &config.data_dir)?;
+                    let opened = GitRepo::open(
+                        config.location.clone(),
+                        config.branch.as_deref(),
+                        &config.subpath,
+                        &config.data_dir,
+                    )?;
                     if let Location::Local(_) = config.location {
                         _watcher = watch_refs(&opened, wake_tx.clone());
                     }
@@ -160,7 +172,13 @@ fn run(config: SourceConfig, tx: mpsc::Sender<SourceEvent>, wake: std_mpsc::Rece
                 Some(prev) if !force_pushed => r.load_since(prev, tip)?,
                 _ => r.load(tip)?,
             };
-            Ok(Some(CommitUpdate { loaded: Arc::new(loaded), branch: r.branch().to_owned(), previous, force_pushed, noticed_at }))
+            Ok(Some(CommitUpdate {
+                loaded: Arc::new(loaded),
+                branch: r.branch().to_owned(),
+                previous,
+                force_pushed,
+                noticed_at,
+            }))
         })();
         let wait = match result {
             Ok(update) => {
@@ -214,25 +232,43 @@ fn run(config: SourceConfig, tx: mpsc::Sender<SourceEvent>, wake: std_mpsc::Rece
 
 /// Watches a local repository's refs (loose and packed) so that a commit or push is noticed
 /// at once.
-fn watch_refs(repo: &GitRepo, wake: std_mpsc::Sender<Wake>) -> Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>> {
+fn watch_refs(
+    repo: &GitRepo,
+    wake: std_mpsc::Sender<Wake>,
+) -> Option<
+    notify_debouncer_full::Debouncer<
+        notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+> {
     let git_dir = repo.git_dir().to_path_buf();
-    let mut debouncer = notify_debouncer_full::new_debouncer(Duration::from_millis(20), Some(Duration::from_millis(5)), move |result: notify_debouncer_full::DebounceEventResult| {
-        if let Ok(events) = result {
-            let relevant = events.iter().any(|e| {
-                e.paths.iter().any(|p| {
-                    let s = p.to_string_lossy();
-                    !s.ends_with(".lock") && (s.contains("/refs/") || s.ends_with("packed-refs") || s.ends_with("HEAD"))
-                })
-            });
-            if relevant {
-                let _ = wake.send(Wake::Changed);
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(20),
+        Some(Duration::from_millis(5)),
+        move |result: notify_debouncer_full::DebounceEventResult| {
+            if let Ok(events) = result {
+                let relevant = events.iter().any(|e| {
+                    e.paths.iter().any(|p| {
+                        let s = p.to_string_lossy();
+                        !s.ends_with(".lock")
+                            && (s.contains("/refs/")
+                                || s.ends_with("packed-refs")
+                                || s.ends_with("HEAD"))
+                    })
+                });
+                if relevant {
+                    let _ = wake.send(Wake::Changed);
+                }
             }
-        }
-    })
+        },
+    )
     .map_err(|e| tracing::warn!(error = %e, "cannot watch the repository; falling back to polling"))
     .ok()?;
     let refs = git_dir.join("refs");
-    if let Err(e) = debouncer.watch(&refs, RecursiveMode::Recursive).and_then(|_| debouncer.watch(&git_dir, RecursiveMode::NonRecursive)) {
+    if let Err(e) = debouncer
+        .watch(&refs, RecursiveMode::Recursive)
+        .and_then(|_| debouncer.watch(&git_dir, RecursiveMode::NonRecursive))
+    {
         tracing::warn!(error = %e, "cannot watch the repository; falling back to polling");
         return None;
     }

@@ -22,11 +22,19 @@ struct Findings(Vec<Finding>);
 
 impl Findings {
     fn invalid(&mut self, path: FieldPath, message: impl Into<String>) {
-        self.0.push(Finding { path, code: ProblemCode::InvalidValue, message: message.into() });
+        self.0.push(Finding {
+            path,
+            code: ProblemCode::InvalidValue,
+            message: message.into(),
+        });
     }
 
     fn missing(&mut self, path: FieldPath, message: impl Into<String>) {
-        self.0.push(Finding { path, code: ProblemCode::MissingField, message: message.into() });
+        self.0.push(Finding {
+            path,
+            code: ProblemCode::MissingField,
+            message: message.into(),
+        });
     }
 }
 
@@ -60,12 +68,18 @@ fn check_meta(f: &mut Findings, path: &FieldPath, meta: &Value) {
     if let Some(annotations) = meta["annotations"].as_object() {
         for key in annotations.keys() {
             if let Some(e) = names::qualified_name(key) {
-                f.invalid(path.key("annotations").key(key), format!("invalid annotation key: {e}"));
+                f.invalid(
+                    path.key("annotations").key(key),
+                    format!("invalid annotation key: {e}"),
+                );
             }
         }
     }
     if meta.get("generateName").is_some() && meta.get("name").is_none() {
-        f.invalid(path.key("generateName"), "objects from Git need a fixed metadata.name; generateName is not supported");
+        f.invalid(
+            path.key("generateName"),
+            "objects from Git need a fixed metadata.name; generateName is not supported",
+        );
     }
 }
 
@@ -85,7 +99,9 @@ fn check_config_keys(f: &mut Findings, path: &FieldPath, data: &Value) {
     for key in data.keys() {
         let ok = !key.is_empty()
             && key.len() <= 253
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             && key != "."
             && key != "..";
         if !ok {
@@ -98,16 +114,26 @@ fn check_config_keys(f: &mut Findings, path: &FieldPath, data: &Value) {
 }
 
 fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Value) {
-    if let Some(r) = spec["replicas"].as_i64() {
-        if r < 0 {
-            f.invalid(spec_path.key("replicas"), "must be greater than or equal to 0");
-        }
+    if let Some(r) = spec["replicas"].as_i64()
+        && r < 0
+    {
+        f.invalid(
+            spec_path.key("replicas"),
+            "must be greater than or equal to 0",
+        );
     }
     let selector = &spec["selector"];
-    let has_selector = selector["matchLabels"].as_object().is_some_and(|m| !m.is_empty())
-        || selector["matchExpressions"].as_array().is_some_and(|m| !m.is_empty());
+    let has_selector = selector["matchLabels"]
+        .as_object()
+        .is_some_and(|m| !m.is_empty())
+        || selector["matchExpressions"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty());
     if !has_selector {
-        f.missing(spec_path.key("selector"), "a selector with matchLabels or matchExpressions is required");
+        f.missing(
+            spec_path.key("selector"),
+            "a selector with matchLabels or matchExpressions is required",
+        );
     }
     let template_path = spec_path.key("template");
     let labels = spec["template"]["metadata"]["labels"].as_object();
@@ -120,28 +146,38 @@ fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Va
             "`selector` does not match template `labels`",
         );
     }
-    if kind == "Deployment" {
-        if let Some(t) = spec["strategy"]["type"].as_str() {
-            if !matches!(t, "RollingUpdate" | "Recreate") {
-                f.invalid(spec_path.key("strategy").key("type"), format!("unsupported value {t:?}: supported values: \"Recreate\", \"RollingUpdate\""));
-            }
-        }
+    if kind == "Deployment"
+        && let Some(t) = spec["strategy"]["type"].as_str()
+        && !matches!(t, "RollingUpdate" | "Recreate")
+    {
+        f.invalid(
+            spec_path.key("strategy").key("type"),
+            format!("unsupported value {t:?}: supported values: \"Recreate\", \"RollingUpdate\""),
+        );
     }
-    check_pod_spec(f, &template_path.key("spec"), &spec["template"]["spec"], Some("Always"));
+    check_pod_spec(
+        f,
+        &template_path.key("spec"),
+        &spec["template"]["spec"],
+        Some("Always"),
+    );
 }
 
 /// Whether a label selector (matchLabels and matchExpressions) selects `labels`.
 pub fn selector_matches(selector: &Value, labels: Option<&serde_json::Map<String, Value>>) -> bool {
     let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    if let Some(ml) = selector["matchLabels"].as_object() {
-        if !ml.iter().all(|(k, v)| get(k) == v.as_str()) {
-            return false;
-        }
+    if let Some(ml) = selector["matchLabels"].as_object()
+        && !ml.iter().all(|(k, v)| get(k) == v.as_str())
+    {
+        return false;
     }
     if let Some(exprs) = selector["matchExpressions"].as_array() {
         for e in exprs {
             let key = e["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> = e["values"].as_array().map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .map(|v| v.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
             let ok = match e["operator"].as_str().unwrap_or_default() {
                 "In" => get(key).is_some_and(|v| values.contains(&v)),
                 "NotIn" => !get(key).is_some_and(|v| values.contains(&v)),
@@ -157,7 +193,12 @@ pub fn selector_matches(selector: &Value, labels: Option<&serde_json::Map<String
     true
 }
 
-fn check_pod_spec(f: &mut Findings, path: &FieldPath, spec: &Value, required_restart: Option<&str>) {
+fn check_pod_spec(
+    f: &mut Findings,
+    path: &FieldPath,
+    spec: &Value,
+    required_restart: Option<&str>,
+) {
     let containers = spec["containers"].as_array();
     if containers.is_none_or(|c| c.is_empty()) {
         f.missing(path.key("containers"), "a pod needs at least one container");
@@ -165,13 +206,19 @@ fn check_pod_spec(f: &mut Findings, path: &FieldPath, spec: &Value, required_res
     if let Some(policy) = spec["restartPolicy"].as_str() {
         if !matches!(policy, "Always" | "OnFailure" | "Never") {
             f.invalid(path.key("restartPolicy"), format!("unsupported value {policy:?}: supported values: \"Always\", \"OnFailure\", \"Never\""));
-        } else if let Some(required) = required_restart {
-            if policy != required {
-                f.invalid(path.key("restartPolicy"), format!("unsupported value {policy:?}: supported values: {required:?}"));
-            }
+        } else if let Some(required) = required_restart
+            && policy != required
+        {
+            f.invalid(
+                path.key("restartPolicy"),
+                format!("unsupported value {policy:?}: supported values: {required:?}"),
+            );
         }
     }
-    let volumes: Vec<&str> = spec["volumes"].as_array().map(|v| v.iter().filter_map(|v| v["name"].as_str()).collect()).unwrap_or_default();
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|v| v["name"].as_str()).collect())
+        .unwrap_or_default();
     let mut seen_volumes = HashSet::new();
     for (i, name) in volumes.iter().enumerate() {
         let vp = path.key("volumes").index(i).key("name");
@@ -184,32 +231,39 @@ fn check_pod_spec(f: &mut Findings, path: &FieldPath, spec: &Value, required_res
     }
     let mut seen_containers = HashSet::new();
     for list in ["initContainers", "containers"] {
-        let Some(items) = spec[list].as_array() else { continue };
+        let Some(items) = spec[list].as_array() else {
+            continue;
+        };
         for (i, c) in items.iter().enumerate() {
             let cp = path.key(list).index(i);
             check_container(f, &cp, c, &volumes);
-            if let Some(name) = c["name"].as_str() {
-                if !seen_containers.insert(name.to_owned()) {
-                    f.invalid(cp.key("name"), format!("duplicate container name {name:?}"));
-                }
+            if let Some(name) = c["name"].as_str()
+                && !seen_containers.insert(name.to_owned())
+            {
+                f.invalid(cp.key("name"), format!("duplicate container name {name:?}"));
             }
         }
     }
 }
 
 fn check_container(f: &mut Findings, path: &FieldPath, c: &Value, volumes: &[&str]) {
-    if let Some(name) = c["name"].as_str() {
-        if let Some(e) = names::dns1123_label(name) {
-            f.invalid(path.key("name"), e);
-        }
+    if let Some(name) = c["name"].as_str()
+        && let Some(e) = names::dns1123_label(name)
+    {
+        f.invalid(path.key("name"), e);
     }
     if c["image"].as_str().is_none_or(|i| i.trim().is_empty()) {
         f.missing(path.key("image"), "a container needs an image");
     }
-    if let Some(p) = c["imagePullPolicy"].as_str() {
-        if !matches!(p, "Always" | "IfNotPresent" | "Never") {
-            f.invalid(path.key("imagePullPolicy"), format!("unsupported value {p:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\""));
-        }
+    if let Some(p) = c["imagePullPolicy"].as_str()
+        && !matches!(p, "Always" | "IfNotPresent" | "Never")
+    {
+        f.invalid(
+            path.key("imagePullPolicy"),
+            format!(
+                "unsupported value {p:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\""
+            ),
+        );
     }
     let mut port_names = HashSet::new();
     for (i, port) in c["ports"].as_array().into_iter().flatten().enumerate() {
@@ -227,11 +281,19 @@ fn check_container(f: &mut Findings, path: &FieldPath, c: &Value, volumes: &[&st
             }
         }
     }
-    for (i, m) in c["volumeMounts"].as_array().into_iter().flatten().enumerate() {
-        if let Some(name) = m["name"].as_str() {
-            if !volumes.contains(&name) {
-                f.invalid(path.key("volumeMounts").index(i).key("name"), format!("no volume named {name:?} in the pod's volumes"));
-            }
+    for (i, m) in c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(name) = m["name"].as_str()
+            && !volumes.contains(&name)
+        {
+            f.invalid(
+                path.key("volumeMounts").index(i).key("name"),
+                format!("no volume named {name:?} in the pod's volumes"),
+            );
         }
     }
     for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
@@ -239,26 +301,38 @@ fn check_container(f: &mut Findings, path: &FieldPath, c: &Value, volumes: &[&st
         if p.is_null() {
             continue;
         }
-        let handlers = ["exec", "httpGet", "tcpSocket", "grpc"].iter().filter(|h| !p[**h].is_null()).count();
+        let handlers = ["exec", "httpGet", "tcpSocket", "grpc"]
+            .iter()
+            .filter(|h| !p[**h].is_null())
+            .count();
         if handlers != 1 {
-            f.invalid(path.key(probe), "a probe needs exactly one of exec, httpGet, tcpSocket or grpc");
+            f.invalid(
+                path.key(probe),
+                "a probe needs exactly one of exec, httpGet, tcpSocket or grpc",
+            );
         }
     }
 }
 
 fn check_port_number(f: &mut Findings, path: FieldPath, v: &Value) {
-    if let Some(n) = v.as_i64() {
-        if !(1..=65535).contains(&n) {
-            f.invalid(path, format!("must be between 1 and 65535, inclusive (got {n})"));
-        }
+    if let Some(n) = v.as_i64()
+        && !(1..=65535).contains(&n)
+    {
+        f.invalid(
+            path,
+            format!("must be between 1 and 65535, inclusive (got {n})"),
+        );
     }
 }
 
 fn check_protocol(f: &mut Findings, path: FieldPath, v: &Value) {
-    if let Some(p) = v.as_str() {
-        if !matches!(p, "TCP" | "UDP" | "SCTP") {
-            f.invalid(path, format!("unsupported value {p:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""));
-        }
+    if let Some(p) = v.as_str()
+        && !matches!(p, "TCP" | "UDP" | "SCTP")
+    {
+        f.invalid(
+            path,
+            format!("unsupported value {p:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""),
+        );
     }
 }
 
@@ -267,7 +341,9 @@ fn check_protocol(f: &mut Findings, path: FieldPath, v: &Value) {
 fn port_name(name: &str) -> Option<String> {
     let ok = !name.is_empty()
         && name.len() <= 15
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && name.chars().any(|c| c.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')
@@ -277,15 +353,24 @@ fn port_name(name: &str) -> Option<String> {
 
 fn check_service(f: &mut Findings, path: &FieldPath, spec: &Value) {
     let ty = spec["type"].as_str().unwrap_or("ClusterIP");
-    if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+    if !matches!(
+        ty,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
         f.invalid(path.key("type"), format!("unsupported value {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""));
     }
-    if let Some(a) = spec["sessionAffinity"].as_str() {
-        if !matches!(a, "None" | "ClientIP") {
-            f.invalid(path.key("sessionAffinity"), format!("unsupported value {a:?}: supported values: \"ClientIP\", \"None\""));
-        }
+    if let Some(a) = spec["sessionAffinity"].as_str()
+        && !matches!(a, "None" | "ClientIP")
+    {
+        f.invalid(
+            path.key("sessionAffinity"),
+            format!("unsupported value {a:?}: supported values: \"ClientIP\", \"None\""),
+        );
     }
-    let ports = spec["ports"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let ports = spec["ports"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     if ports.is_empty() && ty != "ExternalName" && spec["clusterIP"].as_str() != Some("None") {
         f.missing(path.key("ports"), "a Service needs at least one port");
     }
@@ -305,9 +390,15 @@ fn check_service(f: &mut Findings, path: &FieldPath, spec: &Value) {
         }
         if let Some(n) = p["nodePort"].as_i64() {
             if ty == "ClusterIP" {
-                f.invalid(pp.key("nodePort"), "may not be used when `type` is 'ClusterIP'");
+                f.invalid(
+                    pp.key("nodePort"),
+                    "may not be used when `type` is 'ClusterIP'",
+                );
             } else if !(30000..=32767).contains(&n) {
-                f.invalid(pp.key("nodePort"), format!("provided port is not in the valid range 30000-32767 (got {n})"));
+                f.invalid(
+                    pp.key("nodePort"),
+                    format!("provided port is not in the valid range 30000-32767 (got {n})"),
+                );
             }
         }
         match p["name"].as_str() {
@@ -318,7 +409,10 @@ fn check_service(f: &mut Findings, path: &FieldPath, spec: &Value) {
                     f.invalid(pp.key("name"), format!("duplicate port name {name:?}"));
                 }
             }
-            None if ports.len() > 1 => f.missing(pp.key("name"), "ports must be named when a Service has more than one"),
+            None if ports.len() > 1 => f.missing(
+                pp.key("name"),
+                "ports must be named when a Service has more than one",
+            ),
             None => {}
         }
     }
@@ -330,7 +424,10 @@ mod tests {
     use serde_json::json;
 
     fn messages(kind: &str, v: Value) -> Vec<String> {
-        check(kind, &v).into_iter().map(|f| format!("{}: {}", f.path, f.message)).collect()
+        check(kind, &v)
+            .into_iter()
+            .map(|f| format!("{}: {}", f.path, f.message))
+            .collect()
     }
 
     #[test]
@@ -338,7 +435,10 @@ mod tests {
         let d = json!({"metadata": {"name": "web"}, "spec": {
             "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
-        assert_eq!(messages("Deployment", d), ["spec.template.metadata.labels: `selector` does not match template `labels`"]);
+        assert_eq!(
+            messages("Deployment", d),
+            ["spec.template.metadata.labels: `selector` does not match template `labels`"]
+        );
     }
 
     #[test]
@@ -347,20 +447,45 @@ mod tests {
             {"name": "web", "image": "i", "ports": [{"containerPort": 70000}], "volumeMounts": [{"name": "data", "mountPath": "/d"}]},
             {"name": "web", "image": "", "imagePullPolicy": "Sometimes"}]}});
         let m = messages("Pod", p);
-        assert!(m.iter().any(|m| m.starts_with("metadata.labels.bad key!: invalid label key")), "{m:?}");
+        assert!(
+            m.iter()
+                .any(|m| m.starts_with("metadata.labels.bad key!: invalid label key")),
+            "{m:?}"
+        );
         assert!(m.contains(&"spec.containers[0].ports[0].containerPort: must be between 1 and 65535, inclusive (got 70000)".to_string()), "{m:?}");
         assert!(m.contains(&"spec.containers[0].volumeMounts[0].name: no volume named \"data\" in the pod's volumes".to_string()), "{m:?}");
-        assert!(m.contains(&"spec.containers[1].name: duplicate container name \"web\"".to_string()), "{m:?}");
-        assert!(m.contains(&"spec.containers[1].image: a container needs an image".to_string()), "{m:?}");
-        assert!(m.iter().any(|m| m.starts_with("spec.containers[1].imagePullPolicy: unsupported value")), "{m:?}");
+        assert!(
+            m.contains(&"spec.containers[1].name: duplicate container name \"web\"".to_string()),
+            "{m:?}"
+        );
+        assert!(
+            m.contains(&"spec.containers[1].image: a container needs an image".to_string()),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|m| m.starts_with("spec.containers[1].imagePullPolicy: unsupported value")),
+            "{m:?}"
+        );
     }
 
     #[test]
     fn services() {
         let s = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}, {"port": 81, "nodePort": 1}]}});
         let m = messages("Service", s);
-        assert!(m.contains(&"spec.ports[1].nodePort: may not be used when `type` is 'ClusterIP'".to_string()), "{m:?}");
-        assert!(m.contains(&"spec.ports[0].name: ports must be named when a Service has more than one".to_string()), "{m:?}");
+        assert!(
+            m.contains(
+                &"spec.ports[1].nodePort: may not be used when `type` is 'ClusterIP'".to_string()
+            ),
+            "{m:?}"
+        );
+        assert!(
+            m.contains(
+                &"spec.ports[0].name: ports must be named when a Service has more than one"
+                    .to_string()
+            ),
+            "{m:?}"
+        );
         let ok = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": "http", "nodePort": 30080}]}});
         assert!(messages("Service", ok).is_empty());
     }
@@ -370,9 +495,21 @@ mod tests {
         let labels = json!({"app": "web", "tier": "front"});
         let l = labels.as_object();
         assert!(selector_matches(&json!({"matchLabels": {"app": "web"}}), l));
-        assert!(!selector_matches(&json!({"matchLabels": {"app": "api"}}), l));
-        assert!(selector_matches(&json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "back"]}]}), l));
-        assert!(selector_matches(&json!({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}), l));
-        assert!(!selector_matches(&json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}), l));
+        assert!(!selector_matches(
+            &json!({"matchLabels": {"app": "api"}}),
+            l
+        ));
+        assert!(selector_matches(
+            &json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "back"]}]}),
+            l
+        ));
+        assert!(selector_matches(
+            &json!({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}),
+            l
+        ));
+        assert!(!selector_matches(
+            &json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}),
+            l
+        ));
     }
 }

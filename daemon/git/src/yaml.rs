@@ -90,8 +90,12 @@ impl Scalar {
         match self.kind {
             ScalarKind::Str => Resolved::Str(t),
             ScalarKind::Tagged(CoreType::Null) => Resolved::Null,
-            ScalarKind::Tagged(CoreType::Bool) => parse_bool(t).map_or(Resolved::Str(t), Resolved::Bool),
-            ScalarKind::Tagged(CoreType::Int) => parse_int(t).map_or(Resolved::Str(t), Resolved::Int),
+            ScalarKind::Tagged(CoreType::Bool) => {
+                parse_bool(t).map_or(Resolved::Str(t), Resolved::Bool)
+            }
+            ScalarKind::Tagged(CoreType::Int) => {
+                parse_int(t).map_or(Resolved::Str(t), Resolved::Int)
+            }
             ScalarKind::Tagged(CoreType::Float) => {
                 parse_float(t).map_or(Resolved::Str(t), Resolved::Float)
             }
@@ -158,10 +162,17 @@ fn parse_float(t: &str) -> Option<f64> {
     }
     // YAML floats need a digit; Rust's parser also accepts "inf" and "nan", which YAML does not.
     let bytes = t.as_bytes();
-    let body = bytes.strip_prefix(b"-").or_else(|| bytes.strip_prefix(b"+")).unwrap_or(bytes);
-    if !body.first().is_some_and(|b| b.is_ascii_digit() || *b == b'.')
+    let body = bytes
+        .strip_prefix(b"-")
+        .or_else(|| bytes.strip_prefix(b"+"))
+        .unwrap_or(bytes);
+    if !body
+        .first()
+        .is_some_and(|b| b.is_ascii_digit() || *b == b'.')
         || !body.iter().any(u8::is_ascii_digit)
-        || !body.iter().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        || !body
+            .iter()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
     {
         return None;
     }
@@ -239,7 +250,10 @@ fn pos_of(span: &Span) -> Pos {
 
 fn null_node(pos: Pos) -> Node {
     Node {
-        value: NodeValue::Scalar(Scalar { text: String::new(), kind: ScalarKind::Plain }),
+        value: NodeValue::Scalar(Scalar {
+            text: String::new(),
+            kind: ScalarKind::Plain,
+        }),
         pos,
     }
 }
@@ -256,7 +270,10 @@ impl Builder {
             }
             Event::DocumentEnd => {
                 let root = self.root.take().unwrap_or_else(|| null_node(pos));
-                self.documents.push(Document { index: self.documents.len(), root });
+                self.documents.push(Document {
+                    index: self.documents.len(),
+                    root,
+                });
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let kind = match tag.as_deref() {
@@ -268,12 +285,19 @@ impl Builder {
                     Cow::Borrowed(t) => t.to_owned(),
                     Cow::Owned(t) => t,
                 };
-                let node = Node { value: NodeValue::Scalar(Scalar { text, kind }), pos };
+                let node = Node {
+                    value: NodeValue::Scalar(Scalar { text, kind }),
+                    pos,
+                };
                 self.finish(node, anchor, pos)?;
             }
             Event::SequenceStart(_, anchor, tag) => {
                 check_collection_tag(tag.as_deref(), "seq", pos)?;
-                self.stack.push(Frame::Seq { items: Vec::new(), pos, anchor });
+                self.stack.push(Frame::Seq {
+                    items: Vec::new(),
+                    pos,
+                    anchor,
+                });
             }
             Event::MappingStart(_, anchor, tag) => {
                 check_collection_tag(tag.as_deref(), "map", pos)?;
@@ -287,13 +311,34 @@ impl Builder {
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq { items, pos, anchor }) = self.stack.pop() {
-                    self.finish(Node { value: NodeValue::Seq(items), pos }, anchor, pos)?;
+                    self.finish(
+                        Node {
+                            value: NodeValue::Seq(items),
+                            pos,
+                        },
+                        anchor,
+                        pos,
+                    )?;
                 }
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map { mut entries, merges, pos, anchor, .. }) = self.stack.pop() {
+                if let Some(Frame::Map {
+                    mut entries,
+                    merges,
+                    pos,
+                    anchor,
+                    ..
+                }) = self.stack.pop()
+                {
                     apply_merges(&mut entries, merges)?;
-                    self.finish(Node { value: NodeValue::Map(entries), pos }, anchor, pos)?;
+                    self.finish(
+                        Node {
+                            value: NodeValue::Map(entries),
+                            pos,
+                        },
+                        anchor,
+                        pos,
+                    )?;
                 }
             }
             Event::Alias(id) => {
@@ -331,7 +376,12 @@ impl Builder {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, merges, key, .. }) => match key.take() {
+            Some(Frame::Map {
+                entries,
+                merges,
+                key,
+                ..
+            }) => match key.take() {
                 None => {
                     let NodeValue::Scalar(scalar) = node.value else {
                         return Err(YamlError {
@@ -354,7 +404,11 @@ impl Builder {
                                 ),
                             });
                         }
-                        entries.push(Entry { key: k, key_pos, value: node });
+                        entries.push(Entry {
+                            key: k,
+                            key_pos,
+                            value: node,
+                        });
                     }
                 }
             },
@@ -494,7 +548,11 @@ mod tests {
     fn duplicate_keys_are_errors() {
         let err = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
         assert_eq!(err.pos, Pos { line: 3, column: 1 });
-        assert!(err.message.contains("duplicate key \"a\" (first at line 1)"), "{err}");
+        assert!(
+            err.message
+                .contains("duplicate key \"a\" (first at line 1)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -507,7 +565,9 @@ mod tests {
 
     #[test]
     fn scalars_resolve_like_kubernetes_yaml() {
-        let docs = parse("a: 80\nb: \"80\"\nc: yes\nd: ~\ne: 0.5\nf: !!str 1\ng: 0x1F\nh: 1.2.3\ni:\n").unwrap();
+        let docs =
+            parse("a: 80\nb: \"80\"\nc: yes\nd: ~\ne: 0.5\nf: !!str 1\ng: 0x1F\nh: 1.2.3\ni:\n")
+                .unwrap();
         let r = |k: &str| scalar(get(&docs[0].root, k)).resolve().clone();
         assert_eq!(r("a"), Resolved::Int(80));
         assert_eq!(r("b"), Resolved::Str("80"));

@@ -2,24 +2,34 @@
 //! repository, and pushes into a bare repository that the source tracks by path (notify) or by
 //! file:// URL (polling and triggers).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use capstan_git::desired::plan;
+use capstan_git::desired::{AppliedSet, plan, plan_delta};
 use capstan_git::repo::{GitRepo, Location, RepoError};
 use capstan_git::source::{CommitUpdate, GitSource, SourceConfig, SourceEvent};
 use tokio::sync::mpsc::Receiver;
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -45,10 +55,18 @@ impl Repos {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&work).unwrap();
         std::fs::create_dir_all(&data).unwrap();
-        git(dir.path(), &["init", "-q", "--bare", bare.to_str().unwrap()]);
+        git(
+            dir.path(),
+            &["init", "-q", "--bare", bare.to_str().unwrap()],
+        );
         git(&work, &["init", "-q"]);
         git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        Repos { _dir: dir, work, bare, data }
+        Repos {
+            _dir: dir,
+            work,
+            bare,
+            data,
+        }
     }
 
     fn write(&self, path: &str, text: &str) {
@@ -78,17 +96,21 @@ impl Repos {
 }
 
 async fn next_commit(rx: &mut Receiver<SourceEvent>) -> CommitUpdate {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("the source reports within 20 s") {
-            Some(SourceEvent::Commit(c)) => return c,
-            Some(SourceEvent::Failed(e)) => panic!("unexpected failure: {e}"),
-            None => panic!("source stopped"),
-        }
+    match tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("the source reports within 20 s")
+    {
+        Some(SourceEvent::Commit(c)) => c,
+        Some(SourceEvent::Failed(e)) => panic!("unexpected failure: {e}"),
+        None => panic!("source stopped"),
     }
 }
 
 async fn next_failure(rx: &mut Receiver<SourceEvent>) -> String {
-    match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("the source reports within 20 s") {
+    match tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("the source reports within 20 s")
+    {
         Some(SourceEvent::Failed(e)) => e,
         Some(SourceEvent::Commit(c)) => panic!("unexpected commit {}", c.loaded.commit),
         None => panic!("source stopped"),
@@ -96,7 +118,14 @@ async fn next_failure(rx: &mut Receiver<SourceEvent>) -> String {
 }
 
 fn names(update: &CommitUpdate) -> Vec<String> {
-    update.loaded.snapshot.desired().objects.keys().map(|k| k.name.clone()).collect()
+    update
+        .loaded
+        .snapshot
+        .desired()
+        .objects
+        .keys()
+        .map(|k| k.name.clone())
+        .collect()
 }
 
 #[tokio::test]
@@ -175,7 +204,8 @@ async fn a_force_push_is_read_in_full_and_reported() {
     r.commit_push("first");
     r.write("b.yaml", &cm("b"));
     r.commit_push("second");
-    let (source, mut rx) = GitSource::spawn(r.config(Location::Remote(format!("file://{}", r.bare.display()))));
+    let (source, mut rx) =
+        GitSource::spawn(r.config(Location::Remote(format!("file://{}", r.bare.display()))));
     assert_eq!(names(&next_commit(&mut rx).await), ["a", "b"]);
     git(&r.work, &["reset", "-q", "--hard", "HEAD~1"]);
     r.write("c.yaml", &cm("c"));
@@ -198,7 +228,8 @@ async fn an_unreachable_remote_and_a_deleted_branch_keep_the_last_state() {
 
     r.write("a.yaml", &cm("a"));
     r.commit_push("first");
-    let (source, mut rx) = GitSource::spawn(r.config(Location::Remote(format!("file://{}", r.bare.display()))));
+    let (source, mut rx) =
+        GitSource::spawn(r.config(Location::Remote(format!("file://{}", r.bare.display()))));
     next_commit(&mut rx).await;
     git(&r.work, &["push", "-q", "origin", "HEAD:other"]);
     git(&r.bare, &["config", "receive.denyDeleteCurrent", "ignore"]);
@@ -207,7 +238,11 @@ async fn an_unreachable_remote_and_a_deleted_branch_keep_the_last_state() {
     let e = next_failure(&mut rx).await;
     assert!(e.contains("branch \"main\" does not exist"), "{e}");
     // Nothing else is reported: the last good commit stays in force.
-    assert!(tokio::time::timeout(Duration::from_millis(300), rx.recv()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err()
+    );
 }
 
 #[test]
@@ -223,28 +258,56 @@ fn an_empty_repository_is_reported_clearly() {
 #[test]
 fn bad_files_quarantine_deleted_files_prune_and_parse_errors_never_prune() {
     let r = Repos::new();
-    r.write("apps/web.yaml", &format!("{}---\n{}", cm("web"), cm("web-extra")));
+    r.write(
+        "apps/web.yaml",
+        &format!("{}---\n{}", cm("web"), cm("web-extra")),
+    );
     r.write("apps/api.yaml", &cm("api"));
     r.write("apps/db.yaml", &cm("db"));
     let c1 = r.commit_push("base");
     let repo = GitRepo::open(Location::Local(r.bare.clone()), None, "", &r.data).unwrap();
     let l1 = repo.load(repo.tip().unwrap()).unwrap();
     assert_eq!(l1.commit.to_string(), c1);
-    let p1 = plan(&BTreeMap::new(), &l1.snapshot.desired(), &c1, true);
+    let p1 = plan(&AppliedSet::new(), &l1.snapshot.desired(), &c1, true);
     assert_eq!(p1.create.len(), 4);
 
     // One bad object, one file that no longer parses, one deleted file.
-    r.write("apps/web.yaml", &format!("{}---\n{}", cm("web").replace("v: \"1\"", "v: [oops]"), cm("web-extra")));
-    r.write("apps/api.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: api\n");
+    r.write(
+        "apps/web.yaml",
+        &format!(
+            "{}---\n{}",
+            cm("web").replace("v: \"1\"", "v: [oops]"),
+            cm("web-extra")
+        ),
+    );
+    r.write(
+        "apps/api.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: api\n",
+    );
     r.remove("apps/db.yaml");
     let c2 = r.commit_push("mixed");
     let l2 = repo.load_since(&l1, repo.tip().unwrap()).unwrap();
     assert_eq!(l2.files_read, 2);
     let d2 = l2.snapshot.desired();
-    let p2 = plan(&p1.next, &d2, &c2, true);
+    let p2 = plan_delta(&p1.next, &d2, l2.snapshot.delta().unwrap(), &c2, true);
+    let full = plan(&p1.next, &d2, &c2, true);
+    assert_eq!(
+        (&p2.create, &p2.update, &p2.prune, &p2.held, &p2.next),
+        (
+            &full.create,
+            &full.update,
+            &full.prune,
+            &full.held,
+            &full.next
+        )
+    );
     let keys = |v: &[capstan_api::ObjectKey]| v.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
     assert_eq!(keys(&p2.prune), ["db"], "only the deleted file prunes");
-    assert_eq!(keys(&p2.held), ["api"], "the unparsable file's object is held");
+    assert_eq!(
+        keys(&p2.held),
+        ["api"],
+        "the unparsable file's object is held"
+    );
     assert_eq!(p2.quarantined.len(), 1);
     assert_eq!(p2.quarantined[0].object.name, "web");
     assert!(p2.quarantined[0].kept);
@@ -252,11 +315,23 @@ fn bad_files_quarantine_deleted_files_prune_and_parse_errors_never_prune() {
     let lines: Vec<String> = d2.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0], "apps/api.yaml:3:11: unclosed bracket '{'");
-    assert_eq!(lines[1], "apps/web.yaml:6:6: data.v: expected a string, got a list [configmap/web -n default]");
+    assert_eq!(
+        lines[1],
+        "apps/web.yaml:6:6: data.v: expected a string, got a list [configmap/web -n default]"
+    );
     // The kept version is the one from the first commit.
-    let web = p2.next.iter().find(|(k, _)| k.name == "web").unwrap().1;
+    let web = p2
+        .next
+        .iter()
+        .find(|(k, _)| k.name == "web")
+        .unwrap()
+        .1
+        .to_object();
     assert_eq!(web["data"]["v"], "1");
-    assert_eq!(web["metadata"]["annotations"]["capstan.dev/commit"], c1.as_str());
+    assert_eq!(
+        web["metadata"]["annotations"]["capstan.dev/commit"],
+        c1.as_str()
+    );
 }
 
 #[test]
@@ -269,12 +344,23 @@ fn sub_paths_and_capstanignore() {
     r.commit_push("one");
     let repo = GitRepo::open(Location::Local(r.bare.clone()), None, "deploy", &r.data).unwrap();
     let l1 = repo.load(repo.tip().unwrap()).unwrap();
-    let names = |l: &capstan_git::repo::LoadedCommit| l.snapshot.desired().objects.keys().map(|k| k.name.clone()).collect::<Vec<_>>();
+    let names = |l: &capstan_git::repo::LoadedCommit| {
+        l.snapshot
+            .desired()
+            .objects
+            .keys()
+            .map(|k| k.name.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(names(&l1), ["a"]);
     // Changing the ignore file re-reads the tree with the new rules.
     r.write("deploy/.capstanignore", "a.yaml\n");
     r.commit_push("two");
     let l2 = repo.load_since(&l1, repo.tip().unwrap()).unwrap();
     assert_eq!(names(&l2), ["b"]);
-    assert_eq!(l2.snapshot.file("deploy/drafts/b.yaml").unwrap().manifests[0].object["metadata"]["annotations"]["capstan.dev/source"], "deploy/drafts/b.yaml");
+    assert_eq!(
+        l2.snapshot.file("deploy/drafts/b.yaml").unwrap().manifests[0].object["metadata"]["annotations"]
+            ["capstan.dev/source"],
+        "deploy/drafts/b.yaml"
+    );
 }

@@ -1,0 +1,305 @@
+//! Loader and source benchmark. Prints:
+//! - full load of a repository of 10,000 manifests (files of 1–5 documents), and the desired
+//!   state and plan computed from it;
+//! - re-load after a one-file change (tree diff, re-read of that file, desired state, plan);
+//! - commit-to-desired-state latency for a local repository (notify path) and for a file://
+//!   remote, polled and triggered (the webhook path).
+//!
+//! `cargo bench -p capstan-git --bench loader` (add `-- --quick` for the small run CI does).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use capstan_git::desired::{AppliedSet, plan, plan_delta};
+use capstan_git::repo::{GitRepo, Location};
+use capstan_git::source::{GitSource, SourceConfig, SourceEvent};
+use git2::{Repository, Signature};
+
+fn manifest(i: usize) -> String {
+    match i % 3 {
+        0 => format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app-{i}\n  namespace: ns-{ns}\n  labels: {{app: app-{i}, team: t{t}}}\nspec:\n  replicas: 3\n  selector:\n    matchLabels: {{app: app-{i}}}\n  template:\n    metadata:\n      labels: {{app: app-{i}, team: t{t}}}\n    spec:\n      containers:\n      - name: web\n        image: registry.local/app:{i}\n        ports:\n        - {{name: http, containerPort: 8080}}\n        env:\n        - {{name: MODE, value: production}}\n        resources:\n          requests: {{cpu: 100m, memory: 64Mi}}\n          limits: {{cpu: 500m, memory: 256Mi}}\n        readinessProbe:\n          httpGet: {{path: /readyz, port: http}}\n",
+            ns = i % 50,
+            t = i % 7
+        ),
+        1 => format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\n  namespace: ns-{ns}\nspec:\n  selector: {{app: app-{i}}}\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n",
+            ns = i % 50
+        ),
+        _ => format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg-{i}\n  namespace: ns-{ns}\ndata:\n  LOG_LEVEL: info\n  FEATURE_X: \"true\"\n  LIMIT: \"100\"\n",
+            ns = i % 50
+        ),
+    }
+}
+
+/// Writes `docs` manifests into files of 1–5 documents under `dir/apps`; returns the file count.
+fn write_repo(dir: &Path, docs: usize) -> usize {
+    let mut i = 0;
+    let mut files = 0;
+    while i < docs {
+        let per_file = 1 + files % 5;
+        let mut text = String::new();
+        for _ in 0..per_file.min(docs - i) {
+            text.push_str("---\n");
+            text.push_str(&manifest(i));
+            i += 1;
+        }
+        let sub = dir.join(format!("apps/group-{}", files % 40));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("file-{files}.yaml")), text).unwrap();
+        files += 1;
+    }
+    files
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Bench",
+            "-c",
+            "user.email=bench@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn median_of(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    let mut v: Vec<Duration> = (0..runs).map(|_| f()).collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Makes a commit on `main` that changes one file, without moving any ref; returns its id.
+fn prepare_commit(repo: &Repository, n: usize) -> git2::Oid {
+    let parent = repo
+        .find_reference("refs/heads/main")
+        .unwrap()
+        .peel_to_commit()
+        .unwrap();
+    let tree = parent.tree().unwrap();
+    let blob = repo.blob(format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bench-change\ndata:\n  n: \"{n}\"\n").as_bytes()).unwrap();
+    let mut builder = git2::build::TreeUpdateBuilder::new();
+    builder.upsert("bench-change.yaml", blob, git2::FileMode::Blob);
+    let new_tree = repo
+        .find_tree(builder.create_updated(repo, &tree).unwrap())
+        .unwrap();
+    let sig = Signature::now("Bench", "bench@example.com").unwrap();
+    repo.commit(
+        None,
+        &sig,
+        &sig,
+        &format!("change {n}"),
+        &new_tree,
+        &[&parent],
+    )
+    .unwrap()
+}
+
+/// Waits for the next commit from the source and computes its desired state.
+fn await_commit(rt: &tokio::runtime::Runtime, rx: &mut tokio::sync::mpsc::Receiver<SourceEvent>) {
+    let event = rt.block_on(tokio::time::timeout(Duration::from_secs(60), rx.recv()));
+    match event.expect("source answers") {
+        Some(SourceEvent::Commit(c)) => {
+            let _ = c.loaded.snapshot.desired();
+        }
+        Some(SourceEvent::Failed(e)) => panic!("{e}"),
+        None => panic!("source stopped"),
+    }
+}
+
+/// A fraction in [0, 1) that differs from sample to sample (no RNG needed for a benchmark).
+fn rand_fraction(n: usize) -> f64 {
+    ((n as f64 + 1.0) * 0.618_033_988_75).fract()
+}
+
+fn latency(
+    label: &str,
+    samples: usize,
+    location: Location,
+    repo_dir: &Path,
+    data: &Path,
+    poll: Option<Duration>,
+) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let repo = Repository::open(repo_dir).unwrap();
+    let mut config = SourceConfig::new(location, data.to_path_buf());
+    config.poll_interval = poll.unwrap_or(Duration::from_secs(600));
+    let (source, mut rx) = GitSource::spawn(config);
+    await_commit(&rt, &mut rx); // the initial full load
+    let mut times = Vec::new();
+    for n in 0..samples {
+        let commit = prepare_commit(&repo, n);
+        if let Some(p) = poll {
+            // Land the commit at a random point of the poll cycle, as real pushes do.
+            std::thread::sleep(p.mul_f64(rand_fraction(n)));
+        }
+        let start = Instant::now();
+        repo.reference("refs/heads/main", commit, true, "bench")
+            .unwrap();
+        if poll.is_none() && matches!(label, l if l.contains("trigger")) {
+            source.trigger();
+        }
+        await_commit(&rt, &mut rx);
+        times.push(start.elapsed());
+    }
+    times.sort();
+    println!(
+        "  {label:<46} p50 {:>9}  p99 {:>9}  ({samples} commits)",
+        ms(percentile(&times, 0.5)),
+        ms(percentile(&times, 0.99))
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick")
+        || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
+    let docs = if quick { 1_000 } else { 10_000 };
+    let runs = if quick { 2 } else { 5 };
+    let samples = if quick { 5 } else { 30 };
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let files = write_repo(&work, docs);
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "bench"]);
+    let data = dir.path().join("data");
+
+    println!(
+        "loader benchmark{}: {docs} manifests in {files} files (1-5 documents each)",
+        if quick { " (quick)" } else { "" }
+    );
+    let repo = GitRepo::open(Location::Local(work.clone()), None, "", &data).unwrap();
+    let tip = repo.tip().unwrap();
+    let mut loaded = None;
+    let full = median_of(runs, || {
+        let t = Instant::now();
+        loaded = Some(repo.load(tip).unwrap());
+        t.elapsed()
+    });
+    let loaded = loaded.unwrap();
+    let in_memory: Vec<(String, Vec<u8>)> = capstan_git::files::read_dir(&work).unwrap();
+    let parse_only = median_of(runs, || {
+        let t = Instant::now();
+        let s = capstan_git::desired::Snapshot::load(in_memory.clone());
+        let e = t.elapsed();
+        drop(s);
+        e
+    });
+
+    let mut desired = None;
+    let assemble = median_of(runs, || {
+        let t = Instant::now();
+        desired = Some(loaded.snapshot.desired());
+        t.elapsed()
+    });
+    let desired = desired.unwrap();
+    assert!(
+        desired.problems.is_empty(),
+        "{:?}",
+        desired.problems.first()
+    );
+    assert_eq!(desired.objects.len(), docs);
+    let applied = plan(&AppliedSet::new(), &desired, &tip.to_string(), true).next;
+    println!(
+        "  full load (read + parse + check)               {:>9}   target < 1000 ms",
+        ms(full)
+    );
+    println!(
+        "    of which parse + check, from memory          {:>9}",
+        ms(parse_only)
+    );
+    println!(
+        "  desired state of the full tree                 {:>9}",
+        ms(assemble)
+    );
+
+    // One changed file.
+    let target = work.join("apps/group-3/file-3.yaml");
+    let text = std::fs::read_to_string(&target)
+        .unwrap()
+        .replacen("LIMIT: \"100\"", "LIMIT: \"200\"", 1)
+        .replacen("replicas: 3", "replicas: 4", 1);
+    std::fs::write(&target, text).unwrap();
+    git(&work, &["commit", "-q", "-am", "one file"]);
+    let repo = GitRepo::open(Location::Local(work.clone()), None, "", &data).unwrap();
+    let tip2 = repo.tip().unwrap();
+    let mut changed_plan = None;
+    let reload = median_of(runs * 4, || {
+        let t = Instant::now();
+        let l2 = repo.load_since(&loaded, tip2).unwrap();
+        let d2 = l2.snapshot.desired();
+        changed_plan = Some(plan_delta(
+            &applied,
+            &d2,
+            l2.snapshot.delta().unwrap(),
+            &tip2.to_string(),
+            true,
+        ));
+        t.elapsed()
+    });
+    let p = changed_plan.unwrap();
+
+    assert!(!p.update.is_empty() && p.create.is_empty() && p.prune.is_empty());
+    println!(
+        "  one-file change: diff, re-read, desired, plan {:>10}   target < 50 ms",
+        ms(reload)
+    );
+
+    println!("commit to desired state:");
+    latency(
+        "local repository (notify)",
+        samples,
+        Location::Local(work.clone()),
+        &work,
+        &data,
+        None,
+    );
+    let bare = dir.path().join("bare.git");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    let url = format!("file://{}", bare.display());
+    latency(
+        "file:// remote, webhook trigger",
+        samples,
+        Location::Remote(url.clone()),
+        &bare,
+        &data,
+        None,
+    );
+    let poll = Duration::from_millis(if quick { 200 } else { 1000 });
+    latency(
+        &format!("file:// remote, polled every {} ms", poll.as_millis()),
+        samples.min(10),
+        Location::Remote(url),
+        &bare,
+        &data,
+        Some(poll),
+    );
+    println!("  (local target < 200 ms; a polled remote waits half the interval on average)");
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need, builds what they use, and runs every
+# test and every benchmark in its quick mode. Safe to run again; CI runs it through .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/capstan/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages"
+scripts/install-deps.sh
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
+
+step "benchmarks (quick mode)"
+cargo bench --locked -p capstan-git --bench loader -- --quick
+
+step "all tests passed"
