@@ -114,7 +114,8 @@ fn prepare_commit(repo: &Repository, n: usize) -> git2::Oid {
 
 /// Waits for the next commit from the source and computes its desired state.
 fn await_commit(rt: &tokio::runtime::Runtime, rx: &mut tokio::sync::mpsc::Receiver<SourceEvent>) {
-    let event = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), rx.recv()).await });
+    let event =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), rx.recv()).await });
     match event.expect("source answers") {
         Some(SourceEvent::Commit(c)) => {
             let _ = c.loaded.snapshot.desired();
