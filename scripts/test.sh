@@ -13,6 +13,18 @@ step() { printf '\n==> %s\n' "$*"; }
 step "system packages"
 scripts/install-deps.sh
 
+step "docker engine"
+if docker info --format 'Docker Engine {{.ServerVersion}}' 2>/dev/null; then
+    # Leftovers of an earlier, interrupted run (tests label everything they make).
+    docker ps -aq --filter label=capstan.test | xargs -r docker rm -f >/dev/null
+    docker network ls -q --filter label=capstan.test | xargs -r docker network rm >/dev/null
+elif [[ "${CI:-}" == "true" ]]; then
+    echo "the Docker Engine does not answer; the tests need it" >&2
+    exit 1
+else
+    echo "*** no Docker Engine: tests that need it will skip ***"
+fi
+
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -1,0 +1,261 @@
+//! Capstan's test program, built as one static binary and put into images without a registry.
+//! It plays every part the tests and the example need:
+//!
+//! - `serve` (default): an HTTP server with probe endpoints that can be switched off, an
+//!   environment and file dump, and a configurable exit, for node-agent and proxy tests;
+//! - `guestbook`: the example's frontend, keeping entries in redis;
+//! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf;
+//! - `pause`: the pod sandbox, which only holds the network namespace;
+//! - `exit CODE [SECONDS]` and `sleep SECONDS`.
+//!
+//! Only the standard library (and signal-hook), so that it links statically.
+
+mod dns;
+mod http;
+mod redis;
+
+use std::io::Write;
+use std::process::exit;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn env_secs(name: &str) -> Option<f64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("serve");
+    match mode {
+        "serve" => serve(),
+        "guestbook" => guestbook(),
+        "get" => get(&args[1..]),
+        "pause" => pause(),
+        "exit" => {
+            let code = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1);
+            if let Some(s) = args.get(2).and_then(|s| s.parse::<f64>().ok()) {
+                std::thread::sleep(Duration::from_secs_f64(s));
+            }
+            println!("exiting with {code}");
+            exit(code);
+        }
+        "sleep" => {
+            let s = args
+                .get(1)
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(3600.0);
+            std::thread::sleep(Duration::from_secs_f64(s));
+        }
+        other => {
+            eprintln!(
+                "unknown mode {other:?}: serve, guestbook, get URL, pause, exit CODE [SECONDS], sleep SECONDS"
+            );
+            exit(2);
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT on a thread and calls `on_signal` once.
+fn on_termination(on_signal: impl FnOnce(i32) + Send + 'static) {
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).expect("signal handlers install");
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            on_signal(sig);
+        }
+    });
+}
+
+fn pause() {
+    on_termination(|_| exit(0));
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The switches of the `serve` mode.
+struct State {
+    healthy: AtomicBool,
+    ready: AtomicBool,
+}
+
+fn serve() {
+    let port: u16 = env_or("PORT", "8080").parse().unwrap_or(8080);
+    let state = Arc::new(State {
+        healthy: AtomicBool::new(true),
+        ready: AtomicBool::new(env_secs("READY_AFTER").is_none()),
+    });
+    if let Some(after) = env_secs("READY_AFTER") {
+        let s = state.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(after));
+            s.ready.store(true, Ordering::SeqCst);
+        });
+    }
+    if let Some(after) = env_secs("EXIT_AFTER") {
+        let code: i32 = env_or("EXIT_CODE", "1").parse().unwrap_or(1);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(after));
+            println!("exiting with {code} after {after}s");
+            exit(code);
+        });
+    }
+    // On SIGTERM: stop being ready at once, then exit after TERM_DELAY seconds (default 0).
+    let term_state = state.clone();
+    on_termination(move |sig| {
+        term_state.ready.store(false, Ordering::SeqCst);
+        let delay = env_secs("TERM_DELAY").unwrap_or(0.0);
+        println!("got signal {sig}, exiting in {delay}s");
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_secs_f64(delay));
+        exit(0);
+    });
+    let host = env_or("HOSTNAME", "unknown");
+    println!("serving on :{port} as {host}");
+    let _ = std::io::stdout().flush();
+    http::serve(port, move |req| {
+        let flag = |b: bool| {
+            if b {
+                (200, "ok\n".to_string())
+            } else {
+                (503, "failing\n".to_string())
+            }
+        };
+        match req.path.as_str() {
+            "/" => (200, format!("hello from {host}\n")),
+            "/healthz" => flag(state.healthy.load(Ordering::SeqCst)),
+            "/readyz" => flag(state.ready.load(Ordering::SeqCst)),
+            "/env" => {
+                let mut vars: Vec<String> =
+                    std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+                vars.sort();
+                (200, vars.join("\n") + "\n")
+            }
+            "/file" => match req.query("path").map(std::fs::read_to_string) {
+                Some(Ok(text)) => (200, text),
+                Some(Err(e)) => (404, format!("{e}\n")),
+                None => (400, "path= is required\n".into()),
+            },
+            "/control/healthy" => {
+                state
+                    .healthy
+                    .store(req.query("v").as_deref() != Some("0"), Ordering::SeqCst);
+                (200, "ok\n".into())
+            }
+            "/control/ready" => {
+                state
+                    .ready
+                    .store(req.query("v").as_deref() != Some("0"), Ordering::SeqCst);
+                (200, "ok\n".into())
+            }
+            "/control/exit" => {
+                let code: i32 = req.query("code").and_then(|c| c.parse().ok()).unwrap_or(1);
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    exit(code);
+                });
+                (200, format!("exiting with {code}\n"))
+            }
+            _ => (404, "not found\n".into()),
+        }
+    });
+}
+
+fn guestbook() {
+    let port: u16 = env_or("PORT", "8080").parse().unwrap_or(8080);
+    let redis_host = env_or("REDIS_HOST", "redis");
+    let redis_port: u16 = env_or("REDIS_PORT", "6379").parse().unwrap_or(6379);
+    let title = env_or("TITLE", "Guestbook");
+    let host = env_or("HOSTNAME", "unknown");
+    on_termination(|_| exit(0));
+    let client = Arc::new(Mutex::new(None::<redis::Client>));
+    let call = move |cmd: &[&str]| -> Result<redis::Reply, String> {
+        let mut guard = client.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(redis::Client::connect(&redis_host, redis_port)?);
+        }
+        let result = guard.as_mut().expect("connected above").call(cmd);
+        if result.is_err() {
+            *guard = None; // reconnect next time
+        }
+        result
+    };
+    println!(
+        "guestbook on :{port}, redis at {}:{redis_port}",
+        env_or("REDIS_HOST", "redis")
+    );
+    let _ = std::io::stdout().flush();
+    http::serve(port, move |req| {
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/healthz") => (200, "ok\n".into()),
+            ("GET", "/readyz") => match call(&["PING"]) {
+                Ok(_) => (200, "ok\n".into()),
+                Err(e) => (503, format!("redis: {e}\n")),
+            },
+            (_, "/entries") | (_, "/add") => {
+                let entry = req
+                    .query("entry")
+                    .or_else(|| req.form("entry"))
+                    .unwrap_or_default();
+                if entry.is_empty() {
+                    return (400, "entry= is required\n".into());
+                }
+                match call(&["RPUSH", "guestbook", &entry]) {
+                    Ok(_) => (200, "added\n".into()),
+                    Err(e) => (503, format!("redis: {e}\n")),
+                }
+            }
+            ("GET", "/") => match call(&["LRANGE", "guestbook", "0", "-1"]) {
+                Ok(redis::Reply::Array(items)) => {
+                    let list: String = items
+                        .iter()
+                        .map(|i| format!("<li>{}</li>", http::escape(i)))
+                        .collect();
+                    (
+                        200,
+                        format!(
+                            "<!doctype html><title>{t}</title><h1>{t}</h1><ul>{list}</ul><form method=post action=/entries><input name=entry><button>Sign</button></form><footer>served by {host}</footer>\n",
+                            t = http::escape(&title)
+                        ),
+                    )
+                }
+                Ok(other) => (500, format!("unexpected reply {other:?}\n")),
+                Err(e) => (503, format!("redis: {e}\n")),
+            },
+            _ => (404, "not found\n".into()),
+        }
+    });
+}
+
+fn get(args: &[String]) {
+    let Some(url) = args.first() else {
+        eprintln!("usage: get URL [COUNT]");
+        exit(2);
+    };
+    let count: usize = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1);
+    let mut failed = false;
+    for _ in 0..count {
+        match http::get(url, Duration::from_secs(5)) {
+            Ok((status, body)) => {
+                print!("{body}");
+                if !(200..300).contains(&status) {
+                    eprintln!("status {status}");
+                    failed = true;
+                }
+            }
+            Err(e) => {
+                eprintln!("get {url}: {e}");
+                failed = true;
+            }
+        }
+    }
+    let _ = std::io::stdout().flush();
+    exit(if failed { 1 } else { 0 });
+}
