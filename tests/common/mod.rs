@@ -30,8 +30,7 @@ pub fn docker_available(test: &str) -> bool {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    out
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
 pub fn run_ok(cmd: &mut Command) -> String {
