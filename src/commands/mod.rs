@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod daemon;
 pub mod plan;
 pub mod schemas;
 pub mod validate;

@@ -59,7 +59,15 @@ pub fn decode_events(revision: Revision, bytes: &[u8]) -> Option<Vec<Event>> {
         let create = r.u64()?;
         let value_len = r.u32()? as usize;
         let value = Bytes::copy_from_slice(r.take(value_len)?);
-        events.push(Event { kind, kv: KeyValue { key, value, create_revision: create, mod_revision: revision } });
+        events.push(Event {
+            kind,
+            kv: KeyValue {
+                key,
+                value,
+                create_revision: create,
+                mod_revision: revision,
+            },
+        });
     }
     Some(events)
 }
@@ -92,10 +100,29 @@ mod tests {
     #[test]
     fn round_trips() {
         let kv = decode_value("/a", &encode_value(3, 7, b"hello")).unwrap();
-        assert_eq!((kv.create_revision, kv.mod_revision, &kv.value[..]), (3, 7, &b"hello"[..]));
+        assert_eq!(
+            (kv.create_revision, kv.mod_revision, &kv.value[..]),
+            (3, 7, &b"hello"[..])
+        );
         let events = vec![
-            Event { kind: EventKind::Put, kv: KeyValue { key: "/a".into(), value: Bytes::from_static(b"x"), create_revision: 2, mod_revision: 9 } },
-            Event { kind: EventKind::Delete, kv: KeyValue { key: "/b".into(), value: Bytes::from_static(b"last"), create_revision: 1, mod_revision: 9 } },
+            Event {
+                kind: EventKind::Put,
+                kv: KeyValue {
+                    key: "/a".into(),
+                    value: Bytes::from_static(b"x"),
+                    create_revision: 2,
+                    mod_revision: 9,
+                },
+            },
+            Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: "/b".into(),
+                    value: Bytes::from_static(b"last"),
+                    create_revision: 1,
+                    mod_revision: 9,
+                },
+            },
         ];
         assert_eq!(decode_events(9, &encode_events(&events)).unwrap(), events);
         assert!(decode_events(9, &[0, 0, 0, 1, 0]).is_none());

@@ -80,7 +80,10 @@ impl Txn {
     }
 
     pub fn put(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Txn {
-        self.ops.push(Op::Put { key: key.into(), value: value.into() });
+        self.ops.push(Op::Put {
+            key: key.into(),
+            value: value.into(),
+        });
         self
     }
 
@@ -120,7 +123,10 @@ pub enum StoreError {
     #[error("store read failed: {0}")]
     Read(String),
     #[error("revision {requested} has been compacted (oldest kept: {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     #[error("the store is shut down")]
     Closed,
 }

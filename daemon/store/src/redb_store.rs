@@ -12,7 +12,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::codec::{decode_events, decode_value, encode_events, encode_value};
-use crate::{BoxFuture, Compare, Event, EventKind, KeyValue, Op, RangeResult, Result, Revision, Store, StoreError, Txn, TxnResult, WatchStream, prefix_end};
+use crate::{
+    BoxFuture, Compare, Event, EventKind, KeyValue, Op, RangeResult, Result, Revision, Store,
+    StoreError, Txn, TxnResult, WatchStream, prefix_end,
+};
 
 const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
@@ -59,7 +62,10 @@ fn write_err(e: impl std::fmt::Display) -> StoreError {
 impl RedbStore {
     /// Opens (or creates) the store in the file at `path`.
     pub fn open(path: &Path) -> Result<RedbStore> {
-        let open_err = |e: &dyn std::fmt::Display| StoreError::Open { path: path.display().to_string(), message: e.to_string() };
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
         }
@@ -70,15 +76,28 @@ impl RedbStore {
                 w.open_table(KV).map_err(|e| open_err(&e))?;
                 w.open_table(LOG).map_err(|e| open_err(&e))?;
                 let meta = w.open_table(META).map_err(|e| open_err(&e))?;
-                let rev = meta.get(META_REVISION).map_err(|e| open_err(&e))?.map(|g| g.value()).unwrap_or(0);
-                let compacted = meta.get(META_COMPACTED).map_err(|e| open_err(&e))?.map(|g| g.value()).unwrap_or(0);
+                let rev = meta
+                    .get(META_REVISION)
+                    .map_err(|e| open_err(&e))?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                let compacted = meta
+                    .get(META_COMPACTED)
+                    .map_err(|e| open_err(&e))?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
                 (rev, compacted)
             };
             w.commit().map_err(|e| open_err(&e))?;
             (rev, compacted)
         };
         let (events, _) = broadcast::channel(1024);
-        let shared = Arc::new(Shared { db, revision: AtomicU64::new(revision), compacted: AtomicU64::new(compacted), events });
+        let shared = Arc::new(Shared {
+            db,
+            revision: AtomicU64::new(revision),
+            compacted: AtomicU64::new(compacted),
+            events,
+        });
         let (writer, requests) = mpsc::unbounded_channel();
         let writer_shared = shared.clone();
         std::thread::Builder::new()
@@ -89,17 +108,26 @@ impl RedbStore {
     }
 
     /// Events of revisions in `(after, upto]` whose key has `prefix`, from the log.
-    fn replay(shared: &Shared, prefix: &str, after: Revision, upto: Revision) -> Result<Vec<Event>> {
+    fn replay(
+        shared: &Shared,
+        prefix: &str,
+        after: Revision,
+        upto: Revision,
+    ) -> Result<Vec<Event>> {
         let compacted = shared.compacted.load(Ordering::SeqCst);
         if after < compacted {
-            return Err(StoreError::Compacted { requested: after, compacted });
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
         }
         let r = shared.db.begin_read().map_err(read_err)?;
         let log = r.open_table(LOG).map_err(read_err)?;
         let mut out = Vec::new();
         for entry in log.range(after + 1..=upto).map_err(read_err)? {
             let (rev, bytes) = entry.map_err(read_err)?;
-            let events = decode_events(rev.value(), bytes.value()).ok_or_else(|| read_err("corrupt log record"))?;
+            let events = decode_events(rev.value(), bytes.value())
+                .ok_or_else(|| read_err("corrupt log record"))?;
             out.extend(events.into_iter().filter(|e| e.kv.key.starts_with(prefix)));
         }
         Ok(out)
@@ -124,13 +152,22 @@ impl Store for RedbStore {
 
     fn range(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<RangeResult> {
         let r = self.shared.db.begin_read().map_err(read_err)?;
-        let revision = r.open_table(META).map_err(read_err)?.get(META_REVISION).map_err(read_err)?.map(|g| g.value()).unwrap_or(0);
+        let revision = r
+            .open_table(META)
+            .map_err(read_err)?
+            .get(META_REVISION)
+            .map_err(read_err)?
+            .map(|g| g.value())
+            .unwrap_or(0);
         let kv = r.open_table(KV).map_err(read_err)?;
         let end = prefix_end(prefix);
         let mut kvs = Vec::new();
         let mut more = false;
         let iter = match start_after {
-            Some(after) => kv.range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Excluded(end.as_str()))),
+            Some(after) => kv.range::<&str>((
+                std::ops::Bound::Excluded(after),
+                std::ops::Bound::Excluded(end.as_str()),
+            )),
             None => kv.range::<&str>(prefix..end.as_str()),
         }
         .map_err(read_err)?;
@@ -144,13 +181,19 @@ impl Store for RedbStore {
                 kvs.push(decoded);
             }
         }
-        Ok(RangeResult { kvs, more, revision })
+        Ok(RangeResult {
+            kvs,
+            more,
+            revision,
+        })
     }
 
     fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnResult>> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            self.writer.send(Request::Txn(txn, tx)).map_err(|_| StoreError::Closed)?;
+            self.writer
+                .send(Request::Txn(txn, tx))
+                .map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
@@ -158,7 +201,10 @@ impl Store for RedbStore {
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
         let compacted = self.compacted_revision();
         if after < compacted {
-            return Err(StoreError::Compacted { requested: after, compacted });
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
         }
         // Subscribe before reading the revision, so that nothing falls between replay and live.
         let mut live = self.shared.events.subscribe();
@@ -170,28 +216,30 @@ impl Store for RedbStore {
             let mut last = after;
             let mut replay_to = Some(upto);
             loop {
-                if let Some(upto) = replay_to.take() {
-                    if upto > last {
-                        match RedbStore::replay(&shared, &prefix, last, upto) {
-                            Ok(events) => {
-                                for e in events {
-                                    if tx.send(Ok(e)).await.is_err() {
-                                        return;
-                                    }
+                if let Some(upto) = replay_to.take()
+                    && upto > last
+                {
+                    match RedbStore::replay(&shared, &prefix, last, upto) {
+                        Ok(events) => {
+                            for e in events {
+                                if tx.send(Ok(e)).await.is_err() {
+                                    return;
                                 }
-                                last = upto;
                             }
-                            Err(e) => {
-                                let _ = tx.send(Err(e)).await;
-                                return;
-                            }
+                            last = upto;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
                         }
                     }
                 }
                 match live.recv().await {
                     Ok(batch) => {
                         for e in batch.iter().filter(|e| e.revision() > last) {
-                            if e.kv.key.starts_with(&prefix) && tx.send(Ok(e.clone())).await.is_err() {
+                            if e.kv.key.starts_with(&prefix)
+                                && tx.send(Ok(e.clone())).await.is_err()
+                            {
                                 return;
                             }
                         }
@@ -200,7 +248,9 @@ impl Store for RedbStore {
                         }
                     }
                     // Fell behind the broadcast: catch up from the log.
-                    Err(broadcast::error::RecvError::Lagged(_)) => replay_to = Some(shared.revision.load(Ordering::SeqCst)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        replay_to = Some(shared.revision.load(Ordering::SeqCst))
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
@@ -211,7 +261,9 @@ impl Store for RedbStore {
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            self.writer.send(Request::Compact(revision, tx)).map_err(|_| StoreError::Closed)?;
+            self.writer
+                .send(Request::Compact(revision, tx))
+                .map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
@@ -245,7 +297,8 @@ fn write_loop(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Request
                 for request in batch.drain(..) {
                     match request {
                         Request::Txn(txn, reply) => {
-                            let result = apply_txn(&mut kv, &mut log, &txn, &mut revision, &mut published)?;
+                            let result =
+                                apply_txn(&mut kv, &mut log, &txn, &mut revision, &mut published)?;
                             outcomes.push(Outcome::Txn(reply, result));
                         }
                         Request::Compact(to, reply) => {
@@ -305,7 +358,10 @@ fn apply_txn(
     published: &mut Vec<Event>,
 ) -> Result<TxnResult> {
     let current = |kv: &redb::Table<'_, &str, &[u8]>, key: &str| -> Result<Option<KeyValue>> {
-        Ok(kv.get(key).map_err(write_err)?.and_then(|v| decode_value(key, v.value())))
+        Ok(kv
+            .get(key)
+            .map_err(write_err)?
+            .and_then(|v| decode_value(key, v.value())))
     };
     for (i, c) in txn.compares.iter().enumerate() {
         let holds = match c {
@@ -314,11 +370,21 @@ fn apply_txn(
             Compare::ModRevision(k, rev) => current(kv, k)?.is_some_and(|v| v.mod_revision == *rev),
         };
         if !holds {
-            return Ok(TxnResult { succeeded: false, revision: *revision, failed_compare: Some(i), prev: Vec::new() });
+            return Ok(TxnResult {
+                succeeded: false,
+                revision: *revision,
+                failed_compare: Some(i),
+                prev: Vec::new(),
+            });
         }
     }
     if txn.ops.is_empty() {
-        return Ok(TxnResult { succeeded: true, revision: *revision, failed_compare: None, prev: Vec::new() });
+        return Ok(TxnResult {
+            succeeded: true,
+            revision: *revision,
+            failed_compare: None,
+            prev: Vec::new(),
+        });
     }
     let new_rev = *revision + 1;
     let mut events = Vec::with_capacity(txn.ops.len());
@@ -328,10 +394,19 @@ fn apply_txn(
             Op::Put { key, value } => {
                 let old = current(kv, key)?;
                 let create = old.as_ref().map_or(new_rev, |o| o.create_revision);
-                kv.insert(key.as_str(), encode_value(create, new_rev, value).as_slice()).map_err(write_err)?;
+                kv.insert(
+                    key.as_str(),
+                    encode_value(create, new_rev, value).as_slice(),
+                )
+                .map_err(write_err)?;
                 events.push(Event {
                     kind: EventKind::Put,
-                    kv: KeyValue { key: key.clone(), value: value.clone(), create_revision: create, mod_revision: new_rev },
+                    kv: KeyValue {
+                        key: key.clone(),
+                        value: value.clone(),
+                        create_revision: create,
+                        mod_revision: new_rev,
+                    },
                 });
                 prev.push(old);
             }
@@ -341,7 +416,12 @@ fn apply_txn(
                     kv.remove(key.as_str()).map_err(write_err)?;
                     events.push(Event {
                         kind: EventKind::Delete,
-                        kv: KeyValue { key: key.clone(), value: o.value.clone(), create_revision: o.create_revision, mod_revision: new_rev },
+                        kv: KeyValue {
+                            key: key.clone(),
+                            value: o.value.clone(),
+                            create_revision: o.create_revision,
+                            mod_revision: new_rev,
+                        },
                     });
                 }
                 prev.push(old);
@@ -349,9 +429,15 @@ fn apply_txn(
         }
     }
     if !events.is_empty() {
-        log.insert(new_rev, encode_events(&events).as_slice()).map_err(write_err)?;
+        log.insert(new_rev, encode_events(&events).as_slice())
+            .map_err(write_err)?;
         *revision = new_rev;
         published.extend(events);
     }
-    Ok(TxnResult { succeeded: true, revision: *revision, failed_compare: None, prev })
+    Ok(TxnResult {
+        succeeded: true,
+        revision: *revision,
+        failed_compare: None,
+        prev,
+    })
 }

@@ -18,27 +18,65 @@ async fn revisions_cas_and_multi_key_transactions() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
     assert_eq!(s.revision(), 0);
-    let r1 = s.txn(Txn::default().when(Compare::Missing("/a".into())).put("/a", "1")).await.unwrap();
+    let r1 = s
+        .txn(
+            Txn::default()
+                .when(Compare::Missing("/a".into()))
+                .put("/a", "1"),
+        )
+        .await
+        .unwrap();
     assert!(r1.succeeded);
     assert_eq!(r1.revision, 1);
     // Creating again fails: the key exists.
-    let again = s.txn(Txn::default().when(Compare::Missing("/a".into())).put("/a", "x")).await.unwrap();
+    let again = s
+        .txn(
+            Txn::default()
+                .when(Compare::Missing("/a".into()))
+                .put("/a", "x"),
+        )
+        .await
+        .unwrap();
     assert!(!again.succeeded);
     assert_eq!(again.failed_compare, Some(0));
     // Compare-and-swap on the modification revision.
-    let stale = s.txn(Txn::default().when(Compare::ModRevision("/a".into(), 0)).put("/a", "2")).await.unwrap();
+    let stale = s
+        .txn(
+            Txn::default()
+                .when(Compare::ModRevision("/a".into(), 0))
+                .put("/a", "2"),
+        )
+        .await
+        .unwrap();
     assert!(!stale.succeeded);
-    let ok = s.txn(Txn::default().when(Compare::ModRevision("/a".into(), 1)).put("/a", "2")).await.unwrap();
+    let ok = s
+        .txn(
+            Txn::default()
+                .when(Compare::ModRevision("/a".into(), 1))
+                .put("/a", "2"),
+        )
+        .await
+        .unwrap();
     assert!(ok.succeeded);
     assert_eq!(ok.prev[0].as_ref().unwrap().value, "1");
     // Several keys at one revision.
-    let multi = s.txn(Txn::default().put("/b", "b").put("/c", "c").delete("/a")).await.unwrap();
+    let multi = s
+        .txn(Txn::default().put("/b", "b").put("/c", "c").delete("/a"))
+        .await
+        .unwrap();
     assert_eq!(multi.revision, 3);
     assert_eq!(s.get("/b").unwrap().unwrap().mod_revision, 3);
     assert_eq!(s.get("/c").unwrap().unwrap().create_revision, 3);
     assert!(s.get("/a").unwrap().is_none());
     // A failed compare writes nothing, not even the ops that would have succeeded.
-    let failed = s.txn(Txn::default().when(Compare::Exists("/nope".into())).put("/d", "d")).await.unwrap();
+    let failed = s
+        .txn(
+            Txn::default()
+                .when(Compare::Exists("/nope".into()))
+                .put("/d", "d"),
+        )
+        .await
+        .unwrap();
     assert!(!failed.succeeded);
     assert!(s.get("/d").unwrap().is_none());
     assert_eq!(s.revision(), 3);
@@ -49,9 +87,13 @@ async fn ranges_by_prefix_with_pages() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
     for i in 0..10 {
-        s.txn(Txn::default().put(format!("/pods/ns/p{i}"), "x")).await.unwrap();
+        s.txn(Txn::default().put(format!("/pods/ns/p{i}"), "x"))
+            .await
+            .unwrap();
     }
-    s.txn(Txn::default().put("/pods/other/q", "x").put("/podsx", "no")).await.unwrap();
+    s.txn(Txn::default().put("/pods/other/q", "x").put("/podsx", "no"))
+        .await
+        .unwrap();
     let all = s.range("/pods/", None, 0).unwrap();
     assert_eq!(all.kvs.len(), 11);
     assert_eq!(all.revision, 11);
@@ -70,7 +112,9 @@ async fn watches_deliver_every_change_in_order_from_any_retained_revision() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
     for i in 1..=5 {
-        s.txn(Txn::default().put(format!("/w/k{}", i % 2), format!("{i}"))).await.unwrap();
+        s.txn(Txn::default().put(format!("/w/k{}", i % 2), format!("{i}")))
+            .await
+            .unwrap();
     }
     s.txn(Txn::default().put("/other", "x")).await.unwrap();
     // From revision 2: the history (3, 4, 5), then live changes.
@@ -79,16 +123,28 @@ async fn watches_deliver_every_change_in_order_from_any_retained_revision() {
     s.txn(Txn::default().put("/w/k9", "9")).await.unwrap();
     let mut got = Vec::new();
     for _ in 0..5 {
-        let e = tokio::time::timeout(Duration::from_secs(5), w.recv()).await.unwrap().unwrap().unwrap();
-        got.push((e.revision(), e.kind, e.kv.key.clone(), String::from_utf8(e.kv.value.to_vec()).unwrap()));
+        let e = tokio::time::timeout(Duration::from_secs(5), w.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push((
+            e.revision(),
+            e.kind,
+            e.kv.key.clone(),
+            String::from_utf8(e.kv.value.to_vec()).unwrap(),
+        ));
     }
-    assert_eq!(got, [
-        (3, EventKind::Put, "/w/k1".to_string(), "3".to_string()),
-        (4, EventKind::Put, "/w/k0".to_string(), "4".to_string()),
-        (5, EventKind::Put, "/w/k1".to_string(), "5".to_string()),
-        (7, EventKind::Delete, "/w/k1".to_string(), "5".to_string()),
-        (8, EventKind::Put, "/w/k9".to_string(), "9".to_string()),
-    ]);
+    assert_eq!(
+        got,
+        [
+            (3, EventKind::Put, "/w/k1".to_string(), "3".to_string()),
+            (4, EventKind::Put, "/w/k0".to_string(), "4".to_string()),
+            (5, EventKind::Put, "/w/k1".to_string(), "5".to_string()),
+            (7, EventKind::Delete, "/w/k1".to_string(), "5".to_string()),
+            (8, EventKind::Put, "/w/k9".to_string(), "9".to_string()),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -101,7 +157,9 @@ async fn many_watchers_and_many_writers_see_the_same_order() {
         let s = s.clone();
         writers.push(tokio::spawn(async move {
             for i in 0..50 {
-                s.txn(Txn::default().put(format!("/k{w}-{i}"), "v")).await.unwrap();
+                s.txn(Txn::default().put(format!("/k{w}-{i}"), "v"))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -112,7 +170,11 @@ async fn many_watchers_and_many_writers_see_the_same_order() {
     for w in &mut watchers {
         let mut revs = Vec::new();
         while revs.len() < 400 {
-            let e = tokio::time::timeout(Duration::from_secs(10), w.recv()).await.unwrap().unwrap().unwrap();
+            let e = tokio::time::timeout(Duration::from_secs(10), w.recv())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             revs.push(e.revision());
         }
         assert_eq!(revs, (1..=400).collect::<Vec<_>>());
@@ -124,16 +186,25 @@ async fn compaction_answers_too_old() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
     for i in 0..10 {
-        s.txn(Txn::default().put("/k", format!("{i}"))).await.unwrap();
+        s.txn(Txn::default().put("/k", format!("{i}")))
+            .await
+            .unwrap();
     }
     s.compact(6).await.unwrap();
     assert_eq!(s.compacted_revision(), 6);
     match s.watch("/", 3) {
-        Err(StoreError::Compacted { requested: 3, compacted: 6 }) => {}
+        Err(StoreError::Compacted {
+            requested: 3,
+            compacted: 6,
+        }) => {}
         other => panic!("expected Compacted, got {other:?}"),
     }
     let mut w = s.watch("/", 6).unwrap();
-    let e = tokio::time::timeout(Duration::from_secs(5), w.recv()).await.unwrap().unwrap().unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), w.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(e.revision(), 7);
     // The data itself is untouched by compaction.
     assert_eq!(s.get("/k").unwrap().unwrap().value, "9");
@@ -145,7 +216,9 @@ async fn a_reopened_store_keeps_everything() {
     {
         let s = open(&dir);
         for i in 0..5 {
-            s.txn(Txn::default().put(format!("/k{i}"), "v")).await.unwrap();
+            s.txn(Txn::default().put(format!("/k{i}"), "v"))
+                .await
+                .unwrap();
         }
         s.compact(2).await.unwrap();
     }
@@ -167,7 +240,9 @@ async fn a_reopened_store_keeps_everything() {
 /// once its write is acknowledged.
 #[tokio::test]
 async fn child_writer() {
-    let Ok(path) = std::env::var("CAPSTAN_STORE_CHILD") else { return };
+    let Ok(path) = std::env::var("CAPSTAN_STORE_CHILD") else {
+        return;
+    };
     let s = RedbStore::open(std::path::Path::new(&path)).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for w in 0..4 {
@@ -176,7 +251,10 @@ async fn child_writer() {
         tokio::spawn(async move {
             for i in 0.. {
                 let key = format!("/k{w}-{i}");
-                let r = s.txn(Txn::default().put(key.clone(), vec![b'x'; 200])).await.unwrap();
+                let r = s
+                    .txn(Txn::default().put(key.clone(), vec![b'x'; 200]))
+                    .await
+                    .unwrap();
                 assert!(r.succeeded);
                 tx.send(key).unwrap();
             }
@@ -192,7 +270,13 @@ fn nothing_acknowledged_is_lost_to_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_writer", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "child_writer",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("CAPSTAN_STORE_CHILD", &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -217,7 +301,10 @@ fn nothing_acknowledged_is_lost_to_kill_9() {
     rt.block_on(async {
         let s = RedbStore::open(&path).unwrap();
         for key in &acked {
-            assert!(s.get(key).unwrap().is_some(), "acknowledged key {key} was lost");
+            assert!(
+                s.get(key).unwrap().is_some(),
+                "acknowledged key {key} was lost"
+            );
         }
         // Revisions stay dense: every revision up to the current one is in the log.
         let mut w = s.watch("/", 0).unwrap();

@@ -1,0 +1,211 @@
+//! API discovery: `/version`, `/api`, `/apis` and the per-group-version resource lists, in both
+//! the aggregated (v2) form kubectl 1.30+ asks for and the legacy form older clients use.
+
+use capstan_api::kinds::Origin;
+use capstan_api::{KUBERNETES_MAJOR, KUBERNETES_MINOR, KindInfo, REGISTRY};
+use serde_json::{Value, json};
+
+/// The media type of aggregated discovery v2; a response must carry exactly this.
+pub const AGGREGATED_V2: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether the client accepts aggregated discovery v2 (kubectl 1.30 and later).
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|part| {
+        let p = part.replace(' ', "");
+        p.contains("g=apidiscovery.k8s.io")
+            && p.contains("v=v2;")
+            && p.contains("as=APIGroupDiscoveryList")
+            || p.ends_with("g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
+    })
+}
+
+pub fn version() -> Value {
+    json!({
+        "major": KUBERNETES_MAJOR,
+        "minor": KUBERNETES_MINOR,
+        "gitVersion": format!("v{KUBERNETES_MAJOR}.{KUBERNETES_MINOR}.0-capstan.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "capstan",
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "rust",
+        "compiler": "rustc",
+        "platform": "linux/amd64"
+    })
+}
+
+fn verbs(kind: &KindInfo) -> Vec<&'static str> {
+    match kind.origin {
+        Origin::Git => vec!["get", "list", "watch"],
+        Origin::Cluster => vec![
+            "create", "delete", "get", "list", "patch", "update", "watch",
+        ],
+    }
+}
+
+/// The groups served, each with its kinds, in registry order.
+fn groups() -> Vec<(&'static str, &'static str, Vec<&'static KindInfo>)> {
+    let mut out: Vec<(&str, &str, Vec<&KindInfo>)> = Vec::new();
+    for k in REGISTRY {
+        match out
+            .iter_mut()
+            .find(|(g, v, _)| *g == k.group && *v == k.version)
+        {
+            Some((_, _, kinds)) => kinds.push(k),
+            None => out.push((k.group, k.version, vec![k])),
+        }
+    }
+    out
+}
+
+fn aggregated_resource(k: &KindInfo) -> Value {
+    let gvk = json!({"group": k.group, "version": k.version, "kind": k.kind});
+    let mut subresources = Vec::new();
+    if k.has_status {
+        subresources.push(json!({"subresource": "status", "responseKind": gvk, "verbs": ["get", "patch", "update"]}));
+    }
+    if k.kind == "Pod" {
+        subresources.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "v1", "kind": "Pod"}, "verbs": ["get"]}));
+    }
+    let mut r = json!({
+        "resource": k.plural,
+        "responseKind": gvk,
+        "scope": if k.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": k.singular,
+        "verbs": verbs(k),
+    });
+    if !k.short_names.is_empty() {
+        r["shortNames"] = json!(k.short_names);
+    }
+    if !k.categories.is_empty() {
+        r["categories"] = json!(k.categories);
+    }
+    if !subresources.is_empty() {
+        r["subresources"] = Value::Array(subresources);
+    }
+    r
+}
+
+fn aggregated(core: bool) -> Value {
+    let items: Vec<Value> = groups()
+        .into_iter()
+        .filter(|(g, _, _)| g.is_empty() == core)
+        .map(|(g, v, kinds)| {
+            json!({
+                "metadata": {"name": g},
+                "versions": [{
+                    "version": v,
+                    "freshness": "Current",
+                    "resources": kinds.iter().map(|k| aggregated_resource(k)).collect::<Vec<_>>()
+                }]
+            })
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+/// `GET /api`.
+pub fn api(aggregated_form: bool, server: &str) -> Value {
+    if aggregated_form {
+        return aggregated(true);
+    }
+    json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server}]})
+}
+
+/// `GET /apis`.
+pub fn apis(aggregated_form: bool) -> Value {
+    if aggregated_form {
+        return aggregated(false);
+    }
+    let groups: Vec<Value> = groups()
+        .into_iter()
+        .filter(|(g, _, _)| !g.is_empty())
+        .map(|(g, v, _)| {
+            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `GET /api/v1` or `GET /apis/{group}/{version}`; None for a group-version not served.
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let (_, _, kinds) = groups()
+        .into_iter()
+        .find(|(g, v, _)| *g == group && *v == version)?;
+    let mut resources = Vec::new();
+    for k in kinds {
+        let mut r = json!({
+            "name": k.plural,
+            "singularName": k.singular,
+            "namespaced": k.namespaced,
+            "kind": k.kind,
+            "verbs": verbs(k),
+        });
+        if !k.short_names.is_empty() {
+            r["shortNames"] = json!(k.short_names);
+        }
+        if !k.categories.is_empty() {
+            r["categories"] = json!(k.categories);
+        }
+        resources.push(r);
+        if k.has_status {
+            resources.push(json!({"name": format!("{}/status", k.plural), "singularName": "", "namespaced": k.namespaced, "kind": k.kind, "verbs": ["get", "patch", "update"]}));
+        }
+        if k.kind == "Pod" {
+            resources.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregated_discovery_is_asked_for_by_v2_only() {
+        let kubectl = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert!(wants_aggregated(kubectl));
+        let old = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert!(!wants_aggregated(old));
+        assert!(!wants_aggregated("application/json, */*"));
+    }
+
+    #[test]
+    fn documents_list_every_kind() {
+        let core = api(true, "");
+        let pods = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .unwrap();
+        assert_eq!(pods["shortNames"][0], "po");
+        assert_eq!(pods["scope"], "Namespaced");
+        let groups = apis(false);
+        assert!(
+            groups["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["name"] == "apps")
+        );
+        let apps = resource_list("apps", "v1").unwrap();
+        assert!(
+            apps["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == "deployments")
+        );
+        assert!(resource_list("batch", "v1").is_none());
+    }
+}

@@ -1,0 +1,201 @@
+//! Who is calling: bearer tokens mapped to identities, and what each identity may do. The admin
+//! and read-only tokens live in the data directory; node credentials are issued when a node
+//! joins (see `join`) and kept, hashed, in the store so that they survive restarts.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use capstan_store::{Store, Txn};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::pki::{PkiError, write_private};
+
+/// Store prefix of node credentials: `/capstan/node-tokens/<node>` holds the token's hash.
+const NODE_TOKEN_PREFIX: &str = "/capstan/node-tokens/";
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// Full read access; writes to desired state are still refused (they go through Git).
+    Admin,
+    /// Reads only.
+    ReadOnly,
+    /// A node agent: reads, and writes its own Node, Lease, pods' status and events.
+    Node(String),
+    /// A pod's service account: reads in its own namespace.
+    ServiceAccount { namespace: String, name: String },
+}
+
+impl Identity {
+    /// The user name Kubernetes would report.
+    pub fn user_name(&self) -> String {
+        match self {
+            Identity::Admin => "capstan:admin".into(),
+            Identity::ReadOnly => "capstan:viewer".into(),
+            Identity::Node(n) => format!("system:node:{n}"),
+            Identity::ServiceAccount { namespace, name } => {
+                format!("system:serviceaccount:{namespace}:{name}")
+            }
+        }
+    }
+}
+
+/// A new random token: 32 bytes, hex.
+pub fn new_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Verifies a token that is not one of the stored ones (service-account JWTs).
+pub type TokenVerifier = Arc<dyn Fn(&str) -> Option<Identity> + Send + Sync>;
+
+/// Maps token hashes to identities.
+pub struct Authenticator {
+    tokens: RwLock<HashMap<String, Identity>>,
+    join_secret_hash: String,
+    store: Arc<dyn Store>,
+    /// Verifies service-account tokens (set once the token controller runs).
+    service_accounts: RwLock<Option<TokenVerifier>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Authenticator({} tokens)",
+            self.tokens.read().map(|t| t.len()).unwrap_or(0)
+        )
+    }
+}
+
+/// The tokens kept in the data directory.
+#[derive(Clone, Debug)]
+pub struct LocalTokens {
+    pub admin: String,
+    pub read_only: String,
+    pub join_secret: String,
+}
+
+fn load_or_create(path: &Path) -> Result<String, PkiError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        _ => {
+            let t = new_token();
+            write_private(path, &t)?;
+            Ok(t)
+        }
+    }
+}
+
+impl LocalTokens {
+    /// Reads the admin, read-only and join tokens from `dir`, creating them on first start.
+    pub fn load_or_create(dir: &Path) -> Result<LocalTokens, PkiError> {
+        Ok(LocalTokens {
+            admin: load_or_create(&dir.join("admin-token"))?,
+            read_only: load_or_create(&dir.join("readonly-token"))?,
+            join_secret: load_or_create(&dir.join("join-secret"))?,
+        })
+    }
+}
+
+impl Authenticator {
+    pub fn new(
+        local: &LocalTokens,
+        store: Arc<dyn Store>,
+    ) -> Result<Authenticator, capstan_store::StoreError> {
+        let mut tokens = HashMap::new();
+        tokens.insert(hash(&local.admin), Identity::Admin);
+        tokens.insert(hash(&local.read_only), Identity::ReadOnly);
+        for kv in store.range(NODE_TOKEN_PREFIX, None, 0)?.kvs {
+            let node = kv.key.trim_start_matches(NODE_TOKEN_PREFIX).to_owned();
+            tokens.insert(
+                String::from_utf8_lossy(&kv.value).into_owned(),
+                Identity::Node(node),
+            );
+        }
+        Ok(Authenticator {
+            tokens: RwLock::new(tokens),
+            join_secret_hash: hash(&local.join_secret),
+            store,
+            service_accounts: RwLock::new(None),
+        })
+    }
+
+    /// The identity a bearer token stands for.
+    pub fn authenticate(&self, token: &str) -> Option<Identity> {
+        if let Some(id) = self.tokens.read().ok()?.get(&hash(token)).cloned() {
+            return Some(id);
+        }
+        let verifier = self.service_accounts.read().ok()?.clone();
+        verifier.and_then(|v| v(token))
+    }
+
+    /// Installs the verifier of service-account tokens.
+    pub fn set_service_account_verifier(&self, verifier: TokenVerifier) {
+        if let Ok(mut v) = self.service_accounts.write() {
+            *v = Some(verifier);
+        }
+    }
+
+    pub fn is_join_secret(&self, secret: &str) -> bool {
+        hash(secret) == self.join_secret_hash
+    }
+
+    /// Issues (or re-issues) the credential of node `name`; the old one stops working.
+    pub async fn issue_node_token(&self, name: &str) -> Result<String, capstan_store::StoreError> {
+        let token = new_token();
+        let key = format!("{NODE_TOKEN_PREFIX}{name}");
+        let old = self.store.get(&key)?;
+        self.store
+            .txn(Txn::default().put(key, hash(&token)))
+            .await?;
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = old {
+            tokens.remove(String::from_utf8_lossy(&old.value).as_ref());
+        }
+        tokens.insert(hash(&token), Identity::Node(name.to_owned()));
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tokens_map_to_identities_and_node_credentials_survive_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = LocalTokens::load_or_create(dir.path()).unwrap();
+        assert_eq!(
+            LocalTokens::load_or_create(dir.path()).unwrap().admin,
+            local.admin
+        );
+        let store: Arc<dyn Store> =
+            Arc::new(capstan_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let auth = Authenticator::new(&local, store.clone()).unwrap();
+        assert_eq!(auth.authenticate(&local.admin), Some(Identity::Admin));
+        assert_eq!(
+            auth.authenticate(&local.read_only),
+            Some(Identity::ReadOnly)
+        );
+        assert_eq!(auth.authenticate("nonsense"), None);
+        assert!(auth.is_join_secret(&local.join_secret));
+        let t1 = auth.issue_node_token("n1").await.unwrap();
+        assert_eq!(auth.authenticate(&t1), Some(Identity::Node("n1".into())));
+        let t2 = auth.issue_node_token("n1").await.unwrap();
+        assert_eq!(
+            auth.authenticate(&t1),
+            None,
+            "a re-issued credential replaces the old one"
+        );
+        let again = Authenticator::new(&local, store).unwrap();
+        assert_eq!(again.authenticate(&t2), Some(Identity::Node("n1".into())));
+    }
+}

@@ -1,0 +1,337 @@
+//! The watch cache: every object of every kind, decoded once and kept serialised, fed by one
+//! store watch; what the API server reads, lists and watches from, as kube-apiserver does. It
+//! keeps a window of recent events so that a watch can start at any recent resourceVersion; an
+//! older one is answered "too old" (410 Expired), and the client lists again.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use capstan_api::{KindInfo, REGISTRY};
+use capstan_store::{EventKind, Revision, Store, StoreError};
+use serde_json::Value;
+use tokio::sync::{broadcast, watch};
+
+use crate::objects::{REGISTRY_PREFIX, decode, name_of, namespace_of};
+
+/// Events kept for watches that start in the past.
+const HISTORY: usize = 20_000;
+
+/// One object as the cache holds it.
+#[derive(Debug)]
+pub struct Entry {
+    pub object: Arc<Value>,
+    /// The object serialised, with its resourceVersion.
+    pub json: Bytes,
+    pub namespace: String,
+    pub name: String,
+    pub revision: Revision,
+}
+
+impl Entry {
+    fn new(object: Value, revision: Revision) -> Entry {
+        let json = Bytes::from(serde_json::to_vec(&object).expect("a JSON value serialises"));
+        Entry {
+            namespace: namespace_of(&object).to_owned(),
+            name: name_of(&object).to_owned(),
+            object: Arc::new(object),
+            json,
+            revision,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Added => "ADDED",
+            Change::Modified => "MODIFIED",
+            Change::Deleted => "DELETED",
+        }
+    }
+}
+
+/// A change to one object.
+#[derive(Debug)]
+pub struct CacheEvent {
+    pub kind: &'static KindInfo,
+    pub change: Change,
+    pub entry: Arc<Entry>,
+}
+
+impl CacheEvent {
+    pub fn revision(&self) -> Revision {
+        self.entry.revision
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("too old resource version: {requested} ({oldest})")]
+    TooOld {
+        requested: Revision,
+        oldest: Revision,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Inner {
+    kinds: Vec<BTreeMap<(String, String), Arc<Entry>>>,
+    history: VecDeque<Arc<CacheEvent>>,
+    /// The cache has every event after this revision in `history`.
+    history_from: Revision,
+    revision: Revision,
+}
+
+/// See the module documentation.
+pub struct Cache {
+    inner: RwLock<Inner>,
+    live: broadcast::Sender<Arc<CacheEvent>>,
+    revision: watch::Sender<Revision>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cache(revision {})", *self.revision.borrow())
+    }
+}
+
+fn kind_index(key: &str) -> Option<usize> {
+    let rest = key.strip_prefix(REGISTRY_PREFIX)?;
+    let mut parts = rest.splitn(3, '/');
+    let group = parts.next()?;
+    let plural = parts.next()?;
+    let group = if group == "core" { "" } else { group };
+    REGISTRY
+        .iter()
+        .position(|k| k.group == group && k.plural == plural)
+}
+
+fn index_of(kind: &KindInfo) -> usize {
+    REGISTRY
+        .iter()
+        .position(|k| k.group == kind.group && k.kind == kind.kind)
+        .expect("kinds come from the registry")
+}
+
+impl Cache {
+    /// Loads every object and follows the store from there.
+    pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Cache>, CacheError> {
+        let initial = store.range(REGISTRY_PREFIX, None, 0)?;
+        let mut kinds: Vec<BTreeMap<(String, String), Arc<Entry>>> =
+            REGISTRY.iter().map(|_| BTreeMap::new()).collect();
+        for kv in &initial.kvs {
+            let Some(i) = kind_index(&kv.key) else {
+                continue;
+            };
+            if let Some(obj) = decode(&REGISTRY[i], kv) {
+                let entry = Entry::new(obj, kv.mod_revision);
+                kinds[i].insert(
+                    (entry.namespace.clone(), entry.name.clone()),
+                    Arc::new(entry),
+                );
+            }
+        }
+        let (live, _) = broadcast::channel(65_536);
+        let (revision, _) = watch::channel(initial.revision);
+        let cache = Arc::new(Cache {
+            inner: RwLock::new(Inner {
+                kinds,
+                history: VecDeque::new(),
+                history_from: initial.revision,
+                revision: initial.revision,
+            }),
+            live,
+            revision,
+        });
+        // Every key, not only objects: the cache's revision must follow the store's, so that
+        // a read can wait for "the cache has seen everything up to now".
+        let mut events = store.watch("/", initial.revision)?;
+        let feeder = Arc::downgrade(&cache);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let Some(cache) = feeder.upgrade() else {
+                    return;
+                };
+                match event {
+                    Ok(e) => cache.apply(e),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the store watch behind the cache failed");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(cache)
+    }
+
+    fn apply(&self, e: capstan_store::Event) {
+        let Some(i) = kind_index(&e.kv.key) else {
+            let rev = e.revision();
+            let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            inner.revision = inner.revision.max(rev);
+            drop(inner);
+            self.revision.send_replace(rev);
+            return;
+        };
+        let kind = &REGISTRY[i];
+        let Some(obj) = decode(kind, &e.kv) else {
+            return;
+        };
+        let entry = Arc::new(Entry::new(obj, e.revision()));
+        let key = (entry.namespace.clone(), entry.name.clone());
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let change = match e.kind {
+            EventKind::Put => {
+                if inner.kinds[i].insert(key, entry.clone()).is_some() {
+                    Change::Modified
+                } else {
+                    Change::Added
+                }
+            }
+            EventKind::Delete => {
+                inner.kinds[i].remove(&key);
+                Change::Deleted
+            }
+        };
+        let event = Arc::new(CacheEvent {
+            kind,
+            change,
+            entry,
+        });
+        inner.history.push_back(event.clone());
+        if inner.history.len() > HISTORY
+            && let Some(old) = inner.history.pop_front()
+        {
+            inner.history_from = old.revision();
+        }
+        inner.revision = inner.revision.max(e.kv.mod_revision);
+        let rev = inner.revision;
+        let _ = self.live.send(event);
+        drop(inner);
+        self.revision.send_replace(rev);
+    }
+
+    pub fn revision(&self) -> Revision {
+        *self.revision.borrow()
+    }
+
+    /// Waits (bounded) until the cache has caught up with `revision`.
+    pub async fn wait_for(&self, revision: Revision) {
+        let mut rx = self.revision.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|r| *r >= revision)).await;
+    }
+
+    pub fn get(&self, kind: &KindInfo, namespace: &str, name: &str) -> Option<Arc<Entry>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let ns = if kind.namespaced { namespace } else { "" };
+        inner.kinds[index_of(kind)]
+            .get(&(ns.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The objects of a kind in one namespace (or all), in namespace/name order, and the
+    /// revision they are current at.
+    pub fn list(&self, kind: &KindInfo, namespace: Option<&str>) -> (Vec<Arc<Entry>>, Revision) {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let map = &inner.kinds[index_of(kind)];
+        let items = match namespace.filter(|_| kind.namespaced) {
+            Some(ns) => map
+                .range((ns.to_owned(), String::new())..)
+                .take_while(|((n, _), _)| n == ns)
+                .map(|(_, e)| e.clone())
+                .collect(),
+            None => map.values().cloned().collect(),
+        };
+        (items, inner.revision)
+    }
+
+    /// Watches a kind (in one namespace or all) for changes after `after`.
+    pub fn watch(
+        &self,
+        kind: &'static KindInfo,
+        namespace: Option<&str>,
+        after: Revision,
+    ) -> Result<CacheWatch, CacheError> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        if after < inner.history_from {
+            return Err(CacheError::TooOld {
+                requested: after,
+                oldest: inner.history_from,
+            });
+        }
+        let live = self.live.subscribe();
+        let namespace = namespace.filter(|_| kind.namespaced).map(str::to_owned);
+        let filter = Filter { kind, namespace };
+        let backlog: VecDeque<Arc<CacheEvent>> = inner
+            .history
+            .iter()
+            .filter(|e| e.revision() > after && filter.accepts(e))
+            .cloned()
+            .collect();
+        Ok(CacheWatch {
+            backlog,
+            live,
+            filter,
+            last: after,
+        })
+    }
+}
+
+struct Filter {
+    kind: &'static KindInfo,
+    namespace: Option<String>,
+}
+
+impl Filter {
+    fn accepts(&self, e: &CacheEvent) -> bool {
+        std::ptr::eq(e.kind, self.kind)
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| &e.entry.namespace == ns)
+    }
+}
+
+/// A running watch on the cache.
+pub struct CacheWatch {
+    backlog: VecDeque<Arc<CacheEvent>>,
+    live: broadcast::Receiver<Arc<CacheEvent>>,
+    filter: Filter,
+    last: Revision,
+}
+
+impl CacheWatch {
+    /// The next event, or `TooOld` when this watcher fell too far behind.
+    pub async fn next(&mut self) -> Result<Arc<CacheEvent>, CacheError> {
+        if let Some(e) = self.backlog.pop_front() {
+            self.last = e.revision();
+            return Ok(e);
+        }
+        loop {
+            match self.live.recv().await {
+                Ok(e) if e.revision() > self.last && self.filter.accepts(&e) => {
+                    self.last = e.revision();
+                    return Ok(e);
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Err(CacheError::TooOld {
+                        requested: self.last,
+                        oldest: self.last + 1,
+                    });
+                }
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Capstan's control plane: the store, the watch cache, the Kubernetes-compatible API server over
+//! HTTPS, the Git source and the sync that applies it. `Daemon::start` builds it all from a
+//! [`DaemonConfig`] (validated first), runs it in the background, and `shutdown` stops it.
+
+pub mod api;
+pub mod auth;
+pub mod cache;
+pub mod join;
+pub mod kubeconfig;
+pub mod objects;
+pub mod pki;
+pub mod server;
+pub mod sync;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_git::repo::Location;
+use capstan_git::source::{GitSource, SourceConfig, SourceEvent, SourceTrigger};
+use capstan_store::{RedbStore, Store};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Authenticator, LocalTokens};
+use crate::cache::Cache;
+use crate::objects::Objects;
+use crate::pki::Ca;
+use crate::sync::{GitSync, SyncStatus};
+
+/// How the daemon is set up.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// Path or URL of the repository to track.
+    pub repo: String,
+    pub branch: Option<String>,
+    /// Directory inside the repository that holds the manifests.
+    pub path: String,
+    pub data_dir: PathBuf,
+    /// Where the API server listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The address nodes and pods reach the API server at (in its certificate).
+    pub advertise: Option<IpAddr>,
+    /// How often a remote repository is fetched.
+    pub poll_interval: Duration,
+    /// Revisions of history kept for watches; older ones are compacted away.
+    pub history_revisions: u64,
+}
+
+impl DaemonConfig {
+    pub fn new(repo: impl Into<String>, data_dir: impl Into<PathBuf>) -> DaemonConfig {
+        DaemonConfig {
+            repo: repo.into(),
+            branch: None,
+            path: String::new(),
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            advertise: None,
+            poll_interval: Duration::from_secs(15),
+            history_revisions: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Store(#[from] capstan_store::StoreError),
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    #[error(transparent)]
+    Objects(#[from] objects::ObjectError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running control plane.
+pub struct Daemon {
+    pub store: Arc<dyn Store>,
+    pub objects: Objects,
+    pub cache: Arc<Cache>,
+    pub auth: Arc<Authenticator>,
+    pub ca: Arc<Ca>,
+    /// The address the API server actually listens on.
+    pub api_addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    pub node_token: PathBuf,
+    pub sync_status: watch::Receiver<SyncStatus>,
+    pub source: Option<SourceTrigger>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    _source: Option<GitSource>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Daemon({})", self.api_addr)
+    }
+}
+
+impl Daemon {
+    /// Starts everything and returns once the API server listens.
+    pub async fn start(config: DaemonConfig) -> Result<Daemon, DaemonError> {
+        let data = &config.data_dir;
+        std::fs::create_dir_all(data).map_err(|source| DaemonError::Write {
+            path: data.display().to_string(),
+            source,
+        })?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&data.join("store.redb"))?);
+        let ca = Arc::new(Ca::load_or_create(&data.join("pki"))?);
+        let tokens = LocalTokens::load_or_create(data)?;
+        let auth = Arc::new(Authenticator::new(&tokens, store.clone())?);
+        let objects = Objects::new(store.clone());
+        let cache = Cache::start(store.clone()).await?;
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let api_addr = listener
+            .local_addr()
+            .map_err(|source| DaemonError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let advertise = config.advertise.unwrap_or(api_addr.ip());
+        let serving = ca.apiserver_cert(advertise, IpAddr::from([10, 96, 0, 1]))?;
+        let tls = pki::server_config(&serving)?;
+        let server_url = format!("https://{}:{}", advertise, api_addr.port());
+
+        let kubeconfig = data.join("kubeconfig");
+        kubeconfig::write(
+            &kubeconfig,
+            &server_url,
+            &ca.cert_pem,
+            &tokens.admin,
+            "capstan-admin",
+        )?;
+        kubeconfig::write(
+            &data.join("kubeconfig-readonly"),
+            &server_url,
+            &ca.cert_pem,
+            &tokens.read_only,
+            "capstan-viewer",
+        )?;
+        let node_token = data.join("node-token");
+        pki::write_private(
+            &node_token,
+            &format!("{}::{}\n", ca.hash(), tokens.join_secret),
+        )?;
+
+        let location = Location::parse(&config.repo);
+        let mut sync = GitSync::new(objects.clone())?;
+        let sync_status = sync.status();
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let mut source_config = SourceConfig::new(location.clone(), data.clone());
+        source_config.branch = config.branch.clone();
+        source_config.subpath = config.path.clone();
+        source_config.poll_interval = config.poll_interval;
+        let (source, mut events) = GitSource::spawn(source_config);
+        let trigger = source.trigger_handle();
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    event = events.recv() => match event {
+                        Some(SourceEvent::Commit(update)) => {
+                            sync.apply(&update).await;
+                        }
+                        Some(SourceEvent::Failed(e)) => sync.source_failed(e).await,
+                        None => return,
+                    }
+                }
+            }
+        }));
+
+        let state = Arc::new(api::ApiState {
+            objects: objects.clone(),
+            cache: cache.clone(),
+            auth: auth.clone(),
+            ca: ca.clone(),
+            git: api::GitInfo {
+                repo: location.describe(),
+                branch: config.branch.clone().unwrap_or_default(),
+                path: config.path.clone(),
+            },
+            server_address: format!("{}:{}", advertise, api_addr.port()),
+            join: Some(Arc::new(join::Joiner {
+                auth: auth.clone(),
+                ca: ca.clone(),
+            })),
+            logs: None,
+            sync: Some(sync_status.clone()),
+            extra: None,
+        });
+        let router = api::router(state);
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            tls,
+            router,
+            shutdown.clone(),
+        )));
+
+        // Compaction: keep a window of history for watches, as kube-apiserver asks etcd to.
+        let compact_store = store.clone();
+        let keep = config.history_revisions;
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        let rev = compact_store.revision();
+                        if rev > keep && compact_store.compacted_revision() < rev - keep
+                            && let Err(e) = compact_store.compact(rev - keep).await {
+                                tracing::warn!(error = %e, "compaction failed");
+                            }
+                    }
+                }
+            }
+        }));
+        tracing::info!(api = %server_url, kubeconfig = %kubeconfig.display(), repo = %location.describe(), "capstan daemon started");
+        Ok(Daemon {
+            store,
+            objects,
+            cache,
+            auth,
+            ca,
+            api_addr,
+            kubeconfig,
+            node_token,
+            sync_status,
+            source: Some(trigger),
+            shutdown,
+            tasks,
+            _source: Some(source),
+        })
+    }
+
+    /// The API server's URL.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.api_addr)
+    }
+
+    /// Waits until the sync has applied a commit for which `done` holds (bounded by `timeout`).
+    pub async fn wait_for_sync(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&SyncStatus) -> bool,
+    ) -> Option<SyncStatus> {
+        let mut rx = self.sync_status.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|s| done(s)))
+            .await
+            .ok()
+            .and_then(|r| r.ok().map(|s| s.clone()))
+    }
+
+    /// Stops every task and waits for them.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

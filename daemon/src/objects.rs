@@ -1,0 +1,379 @@
+//! Kubernetes objects in the store: where each object's key is, and the writes that keep an
+//! object's metadata honest — uid and creationTimestamp set once, generation bumped when the
+//! spec changes, resourceVersion being the store revision and every write a compare-and-swap on
+//! it. Controllers, the sync and the API server all write through here.
+
+use std::sync::Arc;
+
+use capstan_api::KindInfo;
+use capstan_store::{Compare, KeyValue, Revision, Store, StoreError, Txn};
+use serde_json::{Map, Value, json};
+
+/// Root of every object key.
+pub const REGISTRY_PREFIX: &str = "/registry/";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ObjectError {
+    #[error("{plural} {name:?} not found")]
+    NotFound { plural: String, name: String },
+    #[error("{plural} {name:?} already exists")]
+    AlreadyExists { plural: String, name: String },
+    #[error(
+        "operation cannot be fulfilled on {plural} {name:?}: the object has been modified; please apply your changes to the latest version and try again"
+    )]
+    Conflict { plural: String, name: String },
+    #[error("{plural} {name:?} is invalid: {message}")]
+    Invalid {
+        plural: String,
+        name: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The store key of an object.
+pub fn key_of(kind: &KindInfo, namespace: &str, name: &str) -> String {
+    let group = if kind.group.is_empty() {
+        "core"
+    } else {
+        kind.group
+    };
+    if kind.namespaced {
+        format!(
+            "{REGISTRY_PREFIX}{group}/{}/{namespace}/{name}",
+            kind.plural
+        )
+    } else {
+        format!("{REGISTRY_PREFIX}{group}/{}/{name}", kind.plural)
+    }
+}
+
+/// The key prefix of a kind's objects, in one namespace or all.
+pub fn prefix_of(kind: &KindInfo, namespace: Option<&str>) -> String {
+    let group = if kind.group.is_empty() {
+        "core"
+    } else {
+        kind.group
+    };
+    match namespace {
+        Some(ns) if kind.namespaced => format!("{REGISTRY_PREFIX}{group}/{}/{ns}/", kind.plural),
+        _ => format!("{REGISTRY_PREFIX}{group}/{}/", kind.plural),
+    }
+}
+
+/// Reads the object a store value holds, with apiVersion, kind and resourceVersion filled in.
+pub fn decode(kind: &KindInfo, kv: &KeyValue) -> Option<Value> {
+    let mut v: Value = serde_json::from_slice(&kv.value).ok()?;
+    let obj = v.as_object_mut()?;
+    obj.insert("apiVersion".into(), Value::String(kind.api_version()));
+    obj.insert("kind".into(), Value::String(kind.kind.to_owned()));
+    let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+    if let Some(m) = meta.as_object_mut() {
+        m.insert(
+            "resourceVersion".into(),
+            Value::String(kv.mod_revision.to_string()),
+        );
+    }
+    Some(v)
+}
+
+pub fn name_of(v: &Value) -> &str {
+    v.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+pub fn namespace_of(v: &Value) -> &str {
+    v.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+pub fn resource_version_of(v: &Value) -> Option<Revision> {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+}
+
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Reads and writes objects of any registry kind.
+#[derive(Clone)]
+pub struct Objects {
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Objects(revision {})", self.store.revision())
+    }
+}
+
+fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
+    let obj = v.as_object_mut().expect("objects are JSON objects");
+    obj.entry("metadata")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .expect("metadata is an object")
+}
+
+/// What is stored: the object without resourceVersion (the store revision is the truth).
+fn encode(v: &Value) -> Vec<u8> {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&v).expect("a JSON value serialises")
+}
+
+/// Whether a write should bump `metadata.generation`: anything but status and metadata changed.
+fn spec_changed(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| -> Value {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("status");
+            o.remove("metadata");
+            o.remove("apiVersion");
+            o.remove("kind");
+        }
+        v
+    };
+    strip(old) != strip(new)
+}
+
+impl Objects {
+    pub fn new(store: Arc<dyn Store>) -> Objects {
+        Objects { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn get(
+        &self,
+        kind: &KindInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, ObjectError> {
+        Ok(self
+            .store
+            .get(&key_of(kind, namespace, name))?
+            .and_then(|kv| decode(kind, &kv)))
+    }
+
+    /// Every object of a kind (in one namespace or all), with the revision of the read.
+    pub fn list(
+        &self,
+        kind: &KindInfo,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Value>, Revision), ObjectError> {
+        let r = self.store.range(&prefix_of(kind, namespace), None, 0)?;
+        Ok((
+            r.kvs.iter().filter_map(|kv| decode(kind, kv)).collect(),
+            r.revision,
+        ))
+    }
+
+    /// Creates an object: uid, creationTimestamp and generation are set here.
+    pub async fn create(&self, kind: &KindInfo, mut object: Value) -> Result<Value, ObjectError> {
+        let (ns, name) = (
+            namespace_of(&object).to_owned(),
+            name_of(&object).to_owned(),
+        );
+        if name.is_empty() {
+            return Err(ObjectError::Invalid {
+                plural: kind.plural.into(),
+                name,
+                message: "metadata.name is required".into(),
+            });
+        }
+        {
+            let m = meta_mut(&mut object);
+            m.insert(
+                "uid".into(),
+                Value::String(uuid::Uuid::new_v4().to_string()),
+            );
+            m.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+            m.insert("generation".into(), json!(1));
+            m.remove("resourceVersion");
+        }
+        if let Some(o) = object.as_object_mut() {
+            o.insert("apiVersion".into(), Value::String(kind.api_version()));
+            o.insert("kind".into(), Value::String(kind.kind.to_owned()));
+        }
+        let key = key_of(kind, &ns, &name);
+        let r = self
+            .store
+            .txn(
+                Txn::default()
+                    .when(Compare::Missing(key.clone()))
+                    .put(key, encode(&object)),
+            )
+            .await?;
+        if !r.succeeded {
+            return Err(ObjectError::AlreadyExists {
+                plural: kind.plural.into(),
+                name,
+            });
+        }
+        meta_mut(&mut object).insert(
+            "resourceVersion".into(),
+            Value::String(r.revision.to_string()),
+        );
+        Ok(object)
+    }
+
+    /// Replaces an object. With a resourceVersion in `object`, the write only succeeds if the
+    /// stored object is still at that version; without one, it replaces whatever is there.
+    /// uid and creationTimestamp are kept; generation goes up when the spec changed. With
+    /// `status_only`, only `.status` of `object` is taken; otherwise `.status` is kept.
+    pub async fn update(
+        &self,
+        kind: &KindInfo,
+        mut object: Value,
+        status_only: bool,
+    ) -> Result<Value, ObjectError> {
+        let (ns, name) = (
+            namespace_of(&object).to_owned(),
+            name_of(&object).to_owned(),
+        );
+        let key = key_of(kind, &ns, &name);
+        let not_found = || ObjectError::NotFound {
+            plural: kind.plural.into(),
+            name: name.clone(),
+        };
+        let current_kv = self.store.get(&key)?.ok_or_else(not_found)?;
+        let current = decode(kind, &current_kv).ok_or_else(not_found)?;
+        let expected = resource_version_of(&object);
+        if expected.is_some_and(|rv| rv != current_kv.mod_revision) {
+            return Err(ObjectError::Conflict {
+                plural: kind.plural.into(),
+                name,
+            });
+        }
+        if status_only {
+            let status = object.get("status").cloned();
+            object = current.clone();
+            match status {
+                Some(s) => object["status"] = s,
+                None => {
+                    object.as_object_mut().map(|o| o.remove("status"));
+                }
+            }
+        } else if let Some(s) = current.get("status") {
+            object["status"] = s.clone();
+        }
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let bump = spec_changed(&current, &object);
+        {
+            let m = meta_mut(&mut object);
+            for field in ["uid", "creationTimestamp"] {
+                if let Some(v) = current.pointer(&format!("/metadata/{field}")) {
+                    m.insert(field.into(), v.clone());
+                }
+            }
+            m.insert(
+                "generation".into(),
+                json!(if bump { generation + 1 } else { generation }),
+            );
+            if let Some(d) = current.pointer("/metadata/deletionTimestamp") {
+                m.insert("deletionTimestamp".into(), d.clone());
+            }
+        }
+        if let Some(o) = object.as_object_mut() {
+            o.insert("apiVersion".into(), Value::String(kind.api_version()));
+            o.insert("kind".into(), Value::String(kind.kind.to_owned()));
+        }
+        if object == current {
+            return Ok(current);
+        }
+        let r = self
+            .store
+            .txn(
+                Txn::default()
+                    .when(Compare::ModRevision(key.clone(), current_kv.mod_revision))
+                    .put(key, encode(&object)),
+            )
+            .await?;
+        if !r.succeeded {
+            return Err(ObjectError::Conflict {
+                plural: kind.plural.into(),
+                name,
+            });
+        }
+        meta_mut(&mut object).insert(
+            "resourceVersion".into(),
+            Value::String(r.revision.to_string()),
+        );
+        Ok(object)
+    }
+
+    /// Reads, changes and writes an object, retrying on conflicts. `change` returns None to
+    /// leave it as it is. Returns the object as written (or as found).
+    pub async fn modify(
+        &self,
+        kind: &KindInfo,
+        namespace: &str,
+        name: &str,
+        status_only: bool,
+        mut change: impl FnMut(&mut Value) -> bool,
+    ) -> Result<Value, ObjectError> {
+        loop {
+            let mut current =
+                self.get(kind, namespace, name)?
+                    .ok_or_else(|| ObjectError::NotFound {
+                        plural: kind.plural.into(),
+                        name: name.into(),
+                    })?;
+            if !change(&mut current) {
+                return Ok(current);
+            }
+            match self.update(kind, current, status_only).await {
+                Err(ObjectError::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Deletes an object, optionally only if it is still at `expected` revision. Returns the
+    /// object as it was.
+    pub async fn delete(
+        &self,
+        kind: &KindInfo,
+        namespace: &str,
+        name: &str,
+        expected: Option<Revision>,
+    ) -> Result<Value, ObjectError> {
+        let key = key_of(kind, namespace, name);
+        let not_found = || ObjectError::NotFound {
+            plural: kind.plural.into(),
+            name: name.into(),
+        };
+        let current_kv = self.store.get(&key)?.ok_or_else(not_found)?;
+        let rev = expected.unwrap_or(current_kv.mod_revision);
+        let r = self
+            .store
+            .txn(
+                Txn::default()
+                    .when(Compare::ModRevision(key.clone(), rev))
+                    .delete(key),
+            )
+            .await?;
+        if !r.succeeded {
+            return Err(ObjectError::Conflict {
+                plural: kind.plural.into(),
+                name: name.into(),
+            });
+        }
+        decode(kind, &current_kv).ok_or_else(not_found)
+    }
+}

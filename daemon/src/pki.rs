@@ -1,0 +1,294 @@
+//! The cluster's certificate authority: generated at first start and kept in `DATA_DIR/pki`, it
+//! signs the API server's serving certificate (with the SANs DESIGN.md fixes), node serving
+//! certificates, and client certificates. Its SHA-256 is what a node's join token pins.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path}: not a valid PEM certificate or key")]
+    Pem { path: String },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// A certificate and its private key, PEM-encoded.
+#[derive(Clone, Debug)]
+pub struct CertKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The cluster CA, able to sign.
+pub struct Ca {
+    pub cert_pem: String,
+    cert_der: Vec<u8>,
+    key: KeyPair,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ca({})", self.hash())
+    }
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "capstan-ca");
+    dn.push(DnType::OrganizationName, "Capstan");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    params
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Writes a file readable by its owner only (keys, tokens).
+pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn pem_to_der(pem: &str, path: &Path) -> Result<Vec<u8>, PkiError> {
+    let mut reader = pem.as_bytes();
+    rustls_pemfile::certs(&mut reader)
+        .next()
+        .and_then(Result::ok)
+        .map(|c| c.to_vec())
+        .ok_or_else(|| PkiError::Pem {
+            path: path.display().to_string(),
+        })
+}
+
+/// SHA-256 of a certificate's DER bytes, lower-case hex.
+pub fn cert_hash(cert_pem: &str) -> Option<String> {
+    let der = pem_to_der(cert_pem, Path::new("certificate")).ok()?;
+    Some(hex::encode(Sha256::digest(&der)))
+}
+
+impl Ca {
+    /// Loads the CA from `dir`, creating it on first start.
+    pub fn load_or_create(dir: &Path) -> Result<Ca, PkiError> {
+        let (cert_path, key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
+        if cert_path.exists() && key_path.exists() {
+            let cert_pem = read(&cert_path)?;
+            let key = KeyPair::from_pem(&read(&key_path)?).map_err(|_| PkiError::Pem {
+                path: key_path.display().to_string(),
+            })?;
+            let cert_der = pem_to_der(&cert_pem, &cert_path)?;
+            return Ok(Ca {
+                cert_pem,
+                cert_der,
+                key,
+                dir: dir.to_path_buf(),
+            });
+        }
+        let key = KeyPair::generate()?;
+        let cert = ca_params().self_signed(&key)?;
+        write_private(&key_path, &key.serialize_pem())?;
+        write_private(&cert_path, &cert.pem())?;
+        tracing::info!(pki.dir = %dir.display(), "created the cluster CA");
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// SHA-256 of the CA certificate, as the node join token pins it.
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(&self.cert_der))
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// Signs a certificate for `common_name` with the given DNS names and IP addresses;
+    /// `server` and `client` select the extended key usages.
+    pub fn issue(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+        dns: &[String],
+        ips: &[IpAddr],
+        server: bool,
+        client: bool,
+    ) -> Result<CertKey, PkiError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        if let Some(o) = organization {
+            dn.push(DnType::OrganizationName, o);
+        }
+        params.distinguished_name = dn;
+        for name in dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(name.clone().try_into()?));
+        }
+        for ip in ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        if server {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        if client {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+        let key = KeyPair::generate()?;
+        let issuer = Issuer::new(ca_params(), &self.key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(CertKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The API server's serving certificate, reissued when its names change.
+    pub fn apiserver_cert(
+        &self,
+        advertise: IpAddr,
+        cluster_ip: IpAddr,
+    ) -> Result<CertKey, PkiError> {
+        let dns: Vec<String> = [
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "localhost",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut ips = vec![IpAddr::from([127, 0, 0, 1]), cluster_ip];
+        if !ips.contains(&advertise) {
+            ips.push(advertise);
+        }
+        let (cert_path, key_path, names_path) = (
+            self.dir.join("apiserver.crt"),
+            self.dir.join("apiserver.key"),
+            self.dir.join("apiserver.names"),
+        );
+        let names = format!("{dns:?} {ips:?}");
+        if cert_path.exists()
+            && key_path.exists()
+            && read(&names_path).ok().as_deref() == Some(names.as_str())
+        {
+            return Ok(CertKey {
+                cert_pem: read(&cert_path)?,
+                key_pem: read(&key_path)?,
+            });
+        }
+        let ck = self.issue("kube-apiserver", None, &dns, &ips, true, false)?;
+        write_private(&key_path, &ck.key_pem)?;
+        write_private(&cert_path, &ck.cert_pem)?;
+        write_private(&names_path, &names)?;
+        Ok(ck)
+    }
+}
+
+/// A rustls server configuration from a certificate and key.
+pub fn server_config(ck: &CertKey) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut ck.cert_pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut ck.key_pem.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or(PkiError::Pem {
+            path: "serving key".into(),
+        })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| PkiError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| PkiError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_persists_and_signs_serving_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let again = Ca::load_or_create(dir.path()).unwrap();
+        assert_eq!(ca.hash(), again.hash());
+        assert_eq!(cert_hash(&ca.cert_pem).unwrap(), ca.hash());
+        let ck = again
+            .apiserver_cert("10.0.0.5".parse().unwrap(), "10.96.0.1".parse().unwrap())
+            .unwrap();
+        assert!(ck.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        server_config(&ck).unwrap();
+        // Same names: the certificate on disk is reused.
+        let same = ca
+            .apiserver_cert("10.0.0.5".parse().unwrap(), "10.96.0.1".parse().unwrap())
+            .unwrap();
+        assert_eq!(same.cert_pem, ck.cert_pem);
+    }
+}

@@ -1,0 +1,382 @@
+//! The GitOps sync: turns each commit's desired state into objects in the store — create,
+//! update, prune — honouring quarantine (a broken object keeps its last good version) and never
+//! pruning because of an unreadable file. What was applied is recorded beside each object, so
+//! that a restart resumes from it and an update is a three-way merge that keeps what the
+//! cluster added (allocated ClusterIPs and node ports, bound nodes, controller annotations).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use capstan_api::{KindInfo, ObjectKey};
+use capstan_git::desired::{Applied, AppliedSet, Plan, plan, plan_delta};
+use capstan_git::problem::Problem;
+use capstan_git::source::CommitUpdate;
+use capstan_store::{Store, Txn};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::objects::{ObjectError, Objects, key_of};
+
+/// Store prefix of the applied records: `/capstan/applied/<object key>`.
+const APPLIED_PREFIX: &str = "/capstan/applied";
+/// Store key of the sync status.
+pub const STATUS_KEY: &str = "/capstan/sync/status";
+
+/// The cluster-wide sync state, as `capstan status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    pub branch: String,
+    /// The last commit whose plan was applied.
+    pub applied_commit: Option<String>,
+    /// The last commit the source handed over (equal to applied unless applying failed).
+    pub attempted_commit: Option<String>,
+    pub created: usize,
+    pub updated: usize,
+    pub pruned: usize,
+    pub unchanged: usize,
+    pub quarantined: Vec<QuarantinedObject>,
+    pub held: Vec<ObjectKey>,
+    pub problems: Vec<Problem>,
+    /// Errors of the source or of writes, most recent last.
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct QuarantinedObject {
+    pub object: ObjectKey,
+    pub kept: bool,
+}
+
+/// Applies commits; one per daemon.
+pub struct GitSync {
+    objects: Objects,
+    applied: AppliedSet,
+    prune: bool,
+    status: watch::Sender<SyncStatus>,
+}
+
+impl std::fmt::Debug for GitSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GitSync({} applied)", self.applied.len())
+    }
+}
+
+fn applied_key(kind: &KindInfo, namespace: &str, name: &str) -> String {
+    format!("{APPLIED_PREFIX}{}", key_of(kind, namespace, name))
+}
+
+impl GitSync {
+    /// Loads what was applied before a restart.
+    pub fn new(objects: Objects) -> Result<GitSync, ObjectError> {
+        let mut applied = AppliedSet::new();
+        for kv in objects.store().range(APPLIED_PREFIX, None, 0)?.kvs {
+            let Ok(record) = serde_json::from_slice::<Value>(&kv.value) else {
+                continue;
+            };
+            let Ok(key) = serde_json::from_value::<ObjectKey>(record["key"].clone()) else {
+                continue;
+            };
+            let commit = record["commit"].as_str().unwrap_or_default();
+            applied.insert(
+                key,
+                Applied {
+                    object: Arc::new(record["object"].clone()),
+                    commit: Arc::from(commit),
+                },
+            );
+        }
+        let status = objects
+            .store()
+            .get(STATUS_KEY)?
+            .and_then(|kv| serde_json::from_slice::<SyncStatus>(&kv.value).ok())
+            .unwrap_or_default();
+        Ok(GitSync {
+            objects,
+            applied,
+            prune: true,
+            status: watch::channel(status).0,
+        })
+    }
+
+    pub fn status(&self) -> watch::Receiver<SyncStatus> {
+        self.status.subscribe()
+    }
+
+    pub fn applied(&self) -> &AppliedSet {
+        &self.applied
+    }
+
+    /// Applies one commit from the source; returns the plan that was carried out.
+    pub async fn apply(&mut self, update: &CommitUpdate) -> Plan {
+        let desired = update.loaded.snapshot.desired();
+        let commit = update.loaded.commit.to_string();
+        let plan = match update.loaded.snapshot.delta() {
+            // A delta is relative to the previous commit, which must be the one applied.
+            Some(delta)
+                if update.previous.map(|p| p.to_string())
+                    == self.status.borrow().applied_commit =>
+            {
+                plan_delta(&self.applied, &desired, delta, &commit, self.prune)
+            }
+            _ => plan(&self.applied, &desired, &commit, self.prune),
+        };
+        let mut errors = Vec::new();
+        // Namespaces first when creating; last when pruning.
+        let order = |keys: &[ObjectKey]| -> Vec<ObjectKey> {
+            let mut v = keys.to_vec();
+            v.sort_by_key(|k| (k.kind != "Namespace", k.clone()));
+            v
+        };
+        for key in order(&plan.create).iter().chain(order(&plan.update).iter()) {
+            if let Err(e) = self.write(key, &plan.next[key]).await {
+                errors.push(format!("applying {key}: {e}"));
+            }
+        }
+        let mut prune = order(&plan.prune);
+        prune.reverse();
+        for key in &prune {
+            if let Err(e) = self.remove(key).await {
+                errors.push(format!("pruning {key}: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            self.applied = plan.next.clone();
+        } else {
+            // Keep what did get written; a later commit or restart retries the rest.
+            for key in plan.create.iter().chain(&plan.update) {
+                if !errors.iter().any(|e| e.contains(&key.to_string())) {
+                    self.applied.insert(key.clone(), plan.next[key].clone());
+                }
+            }
+            for key in &plan.prune {
+                if !errors.iter().any(|e| e.contains(&key.to_string())) {
+                    self.applied.remove(key);
+                }
+            }
+        }
+        for e in &errors {
+            tracing::warn!(git.commit = %commit, error = %e, "sync write failed");
+        }
+        let status = SyncStatus {
+            branch: update.branch.clone(),
+            applied_commit: if errors.is_empty() {
+                Some(commit.clone())
+            } else {
+                self.status.borrow().applied_commit.clone()
+            },
+            attempted_commit: Some(commit.clone()),
+            created: plan.create.len(),
+            updated: plan.update.len(),
+            pruned: plan.prune.len(),
+            unchanged: plan.unchanged,
+            quarantined: plan
+                .quarantined
+                .iter()
+                .map(|q| QuarantinedObject {
+                    object: q.object.clone(),
+                    kept: q.kept,
+                })
+                .collect(),
+            held: plan.held.clone(),
+            problems: plan.problems.clone(),
+            errors,
+        };
+        self.publish(status).await;
+        tracing::info!(
+            git.commit = %commit, created = plan.create.len(), updated = plan.update.len(), pruned = plan.prune.len(),
+            quarantined = plan.quarantined.len(), problems = plan.problems.len(), "applied commit"
+        );
+        plan
+    }
+
+    /// Records a source failure in the status; the last applied state stays in force.
+    pub async fn source_failed(&mut self, error: String) {
+        let mut status = self.status.borrow().clone();
+        status.errors.push(error);
+        if status.errors.len() > 20 {
+            status.errors.remove(0);
+        }
+        self.publish(status).await;
+    }
+
+    async fn publish(&self, status: SyncStatus) {
+        let bytes = serde_json::to_vec(&status).unwrap_or_default();
+        if let Err(e) = self
+            .objects
+            .store()
+            .txn(Txn::default().put(STATUS_KEY, bytes))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the sync status");
+        }
+        self.status.send_replace(status);
+    }
+
+    async fn write(&self, key: &ObjectKey, applied: &Applied) -> Result<(), ObjectError> {
+        let kind = key
+            .kind_info()
+            .expect("keys of desired objects name registry kinds");
+        let record_key = applied_key(kind, &key.namespace, &key.name);
+        let previous: Option<Value> = self
+            .objects
+            .store()
+            .get(&record_key)?
+            .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+            .map(|r| r["object"].clone());
+        let desired = applied.to_object();
+        loop {
+            let result = match self.objects.get(kind, &key.namespace, &key.name)? {
+                None => self.objects.create(kind, desired.clone()).await.map(|_| ()),
+                Some(live) => {
+                    let mut next = merge_live(kind, &live, previous.as_ref(), &desired);
+                    next["metadata"]["resourceVersion"] =
+                        live["metadata"]["resourceVersion"].clone();
+                    self.objects.update(kind, next, false).await.map(|_| ())
+                }
+            };
+            match result {
+                Err(ObjectError::Conflict { .. } | ObjectError::AlreadyExists { .. }) => continue,
+                other => other?,
+            }
+            break;
+        }
+        let record = json!({"key": key, "commit": &*applied.commit, "object": &*applied.object});
+        self.objects
+            .store()
+            .txn(Txn::default().put(record_key, serde_json::to_vec(&record).unwrap_or_default()))
+            .await?;
+        Ok(())
+    }
+
+    async fn remove(&self, key: &ObjectKey) -> Result<(), ObjectError> {
+        let kind = key
+            .kind_info()
+            .expect("keys of desired objects name registry kinds");
+        match self
+            .objects
+            .delete(kind, &key.namespace, &key.name, None)
+            .await
+        {
+            Ok(_) | Err(ObjectError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.objects
+            .store()
+            .txn(Txn::default().delete(applied_key(kind, &key.namespace, &key.name)))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The object to write when the desired content changed: the desired object, plus what the
+/// cluster owns — status, labels and annotations that the previous desired version did not set,
+/// and the spec fields Capstan's controllers fill in.
+pub fn merge_live(
+    kind: &KindInfo,
+    live: &Value,
+    previous: Option<&Value>,
+    desired: &Value,
+) -> Value {
+    let mut next = desired.clone();
+    for map in ["labels", "annotations"] {
+        let live_map = live["metadata"][map]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let prev_map = previous
+            .and_then(|p| p["metadata"][map].as_object())
+            .cloned()
+            .unwrap_or_default();
+        let mut merged: BTreeMap<String, Value> = BTreeMap::new();
+        for (k, v) in &live_map {
+            if !prev_map.contains_key(k) {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(d) = desired["metadata"][map].as_object() {
+            for (k, v) in d {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        if !merged.is_empty() {
+            next["metadata"][map] = json!(merged);
+        }
+    }
+    for field in ["ownerReferences", "finalizers"] {
+        if let Some(v) = live["metadata"].get(field) {
+            next["metadata"][field] = v.clone();
+        }
+    }
+    match kind.kind {
+        "Service" => {
+            for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                if next["spec"].get(field).is_none()
+                    && let Some(v) = live["spec"].get(field)
+                {
+                    next["spec"][field] = v.clone();
+                }
+            }
+            let live_ports = live["spec"]["ports"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if let Some(ports) = next["spec"]["ports"].as_array_mut() {
+                for p in ports {
+                    if p.get("nodePort").is_none() {
+                        let same = live_ports.iter().find(|lp| {
+                            lp["port"] == p["port"]
+                                && lp["protocol"].as_str().unwrap_or("TCP")
+                                    == p["protocol"].as_str().unwrap_or("TCP")
+                        });
+                        if let Some(np) = same.and_then(|lp| lp.get("nodePort")) {
+                            p["nodePort"] = np.clone();
+                        }
+                    }
+                }
+            }
+        }
+        "Pod" => {
+            if next["spec"].get("nodeName").is_none()
+                && let Some(n) = live["spec"].get("nodeName")
+            {
+                next["spec"]["nodeName"] = n.clone();
+            }
+        }
+        _ => {}
+    }
+    next
+}
+
+/// Drops every applied record and sync status (for tests that reuse a store).
+pub async fn reset(store: &Arc<dyn Store>) -> Result<(), capstan_store::StoreError> {
+    let mut txn = Txn::default().delete(STATUS_KEY);
+    for kv in store.range(APPLIED_PREFIX, None, 0)?.kvs {
+        txn = txn.delete(kv.key);
+    }
+    store.txn(txn).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_three_way_merge_keeps_what_the_cluster_added() {
+        let svc = capstan_api::kinds::by_name("svc").unwrap();
+        let previous = json!({"metadata": {"name": "web", "labels": {"app": "web", "old": "x"}}, "spec": {"ports": [{"port": 80}]}});
+        let live = json!({"metadata": {"name": "web", "labels": {"app": "web", "old": "x", "added-by-cluster": "y"}, "annotations": {"capstan.dev/commit": "c1"}},
+            "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80, "nodePort": 30001, "protocol": "TCP"}]}, "status": {"loadBalancer": {}}});
+        let desired = json!({"metadata": {"name": "web", "labels": {"app": "web"}, "annotations": {"capstan.dev/commit": "c2"}}, "spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 81}]}});
+        let next = merge_live(svc, &live, Some(&previous), &desired);
+        assert_eq!(
+            next["metadata"]["labels"],
+            json!({"added-by-cluster": "y", "app": "web"})
+        );
+        assert_eq!(next["metadata"]["annotations"]["capstan.dev/commit"], "c2");
+        assert_eq!(next["spec"]["clusterIP"], "10.96.0.20");
+        assert_eq!(next["spec"]["ports"][0]["nodePort"], 30001);
+        assert!(next["spec"]["ports"][1].get("nodePort").is_none());
+    }
+}
