@@ -130,3 +130,152 @@ impl Drop for DockerRun {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Runs `git` with a fixed identity in `dir`.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    run_ok(
+        Command::new("git")
+            .args([
+                "-c",
+                "user.name=Test",
+                "-c",
+                "user.email=test@example.com",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir),
+    )
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A `capstan daemon` process tracking a repository made with the git CLI, killed on drop.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub data: PathBuf,
+    pub child: std::process::Child,
+}
+
+impl Cluster {
+    /// Starts a daemon on a new repository holding `files` (path, content).
+    pub fn start(files: &[(&str, &str)]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        git(&repo, &["init", "-q"]);
+        for (path, text) in files {
+            let p = repo.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "--allow-empty", "-m", "initial"]);
+        let data = dir.path().join("data");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args([
+                "daemon",
+                "--repo",
+                path_str(&repo),
+                "--data-dir",
+                path_str(&data),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("CAPSTAN_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let cluster = Cluster {
+            dir,
+            repo,
+            data,
+            child,
+        };
+        cluster.wait_until("the API server answers", || {
+            cluster
+                .kubectl(&["get", "--raw", "/readyz"])
+                .status
+                .success()
+        });
+        cluster
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data.join("kubeconfig")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the real kubectl against the cluster.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        run(Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args))
+    }
+
+    /// Runs kubectl and returns its standard output, failing the test if it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}\n--- daemon log ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Commits `files` (written) and `removed` (deleted) to the tracked repository.
+    pub fn commit(&self, files: &[(&str, &str)], removed: &[&str], message: &str) -> String {
+        for (path, text) in files {
+            let p = self.repo.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        for path in removed {
+            git(&self.repo, &["rm", "-q", path]);
+        }
+        git(&self.repo, &["add", "-A"]);
+        git(&self.repo, &["commit", "-q", "-m", message]);
+        git(&self.repo, &["rev-parse", "HEAD"])
+    }
+
+    pub fn wait_until(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !f() {
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}\n--- daemon log ---\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -756,7 +756,11 @@ fn managed_in_git(
     } else {
         format!("{} (path {})", git.repo, git.path)
     };
-    let what = format!("{} {name:?}", qualified(kind));
+    let what = if name.is_empty() {
+        qualified(kind)
+    } else {
+        format!("{} {name:?}", qualified(kind))
+    };
     let message = match (&existing, source) {
         (_, Some(file)) => format!(
             "{what} is managed in Git: to {verb} it, change {file} in {location} on branch {branch} and commit; Capstan applies the commit"

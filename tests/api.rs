@@ -1,0 +1,537 @@
+//! The API server through the real kubectl (the machine's dispatcher runs its bundled 1.33 for
+//! our server) and through a real Rust client (kube), against a `capstan daemon` tracking a
+//! repository committed with the git CLI.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::Cluster;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::watcher;
+
+const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n";
+const WEB: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, image: 'capstan.local/testapp:latest'}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+";
+const DEBUG_POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: debug
+  namespace: shop
+  labels: {app: debug}
+spec:
+  containers:
+  - {name: shell, image: 'capstan.local/testapp:latest', envFrom: [{secretRef: {name: db}}]}
+";
+const CONFIG: &str = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: a, namespace: shop}
+data: {k: v}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: b, namespace: shop}
+data: {k: v}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: c, namespace: shop}
+data: {k: v}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: db, namespace: shop}
+stringData: {password: hunter2}
+";
+
+fn shop() -> Cluster {
+    let c = Cluster::start(&[
+        ("namespace.yaml", NAMESPACE),
+        ("apps/web.yaml", WEB),
+        ("apps/debug.yaml", DEBUG_POD),
+        ("config.yaml", CONFIG),
+    ]);
+    c.wait_until("the sync applies the commit", || {
+        c.kubectl(&["get", "pod", "debug", "-n", "shop"])
+            .status
+            .success()
+    });
+    c
+}
+
+/// Whether some line of `text` reads `words` (whitespace between them does not matter).
+fn has_line(text: &str, words: &[&str]) -> bool {
+    text.lines().any(|l| {
+        let tokens: Vec<&str> = l.split_whitespace().collect();
+        tokens.windows(words.len()).any(|w| w == words)
+    })
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn kubectl_reads_everything() {
+    let c = shop();
+    let version = c.kubectl_ok(&["version"]);
+    assert!(
+        version.contains("Server Version: v1.33.0-capstan"),
+        "{version}"
+    );
+
+    let resources = c.kubectl_ok(&["api-resources"]);
+    for line in [
+        "pods  ",
+        "deployments ",
+        "deploy ",
+        "apps/v1",
+        "clustersettings",
+        "endpointslices",
+    ] {
+        assert!(
+            resources.contains(line),
+            "api-resources lacks {line:?}:\n{resources}"
+        );
+    }
+
+    let all = c.kubectl_ok(&["get", "deploy,rs,svc,ep", "-n", "shop"]);
+    assert!(has_line(&all, &["deployment.apps/web", "0/2"]), "{all}");
+    assert!(has_line(&all, &["service/web", "ClusterIP"]), "{all}");
+
+    let wide = c.kubectl_ok(&["get", "pods", "-A", "-o", "wide"]);
+    let header = wide.lines().next().unwrap();
+    for col in [
+        "NAMESPACE",
+        "NAME",
+        "READY",
+        "STATUS",
+        "RESTARTS",
+        "AGE",
+        "IP",
+        "NODE",
+        "NOMINATED NODE",
+        "READINESS GATES",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row: Vec<&str> = wide.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..5],
+        &["shop", "debug", "0/1", "Pending", "0"],
+        "{wide}"
+    );
+
+    let yaml = c.kubectl_ok(&["get", "pod", "debug", "-n", "shop", "-o", "yaml"]);
+    assert!(
+        yaml.contains("capstan.dev/source: apps/debug.yaml"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("kind: Pod"), "{yaml}");
+    assert!(yaml.contains("resourceVersion:"), "{yaml}");
+
+    let described = c.kubectl_ok(&["describe", "pod", "debug", "-n", "shop"]);
+    assert!(has_line(&described, &["Name:", "debug"]), "{described}");
+    assert!(has_line(&described, &["Namespace:", "shop"]), "{described}");
+    assert!(
+        described.contains("capstan.local/testapp:latest"),
+        "{described}"
+    );
+
+    // Selectors and pages.
+    let labelled = c.kubectl_ok(&[
+        "get",
+        "pods",
+        "-n",
+        "shop",
+        "-l",
+        "app in (debug),tier!=db",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(labelled.trim(), "pod/debug");
+    assert_eq!(
+        c.kubectl_ok(&[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "metadata.name=nope",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        ""
+    );
+    let paged = c.kubectl_ok(&["get", "cm", "-n", "shop", "--chunk-size=1", "-o", "name"]);
+    assert_eq!(
+        paged.lines().collect::<Vec<_>>(),
+        ["configmap/a", "configmap/b", "configmap/c"]
+    );
+    let secret = c.kubectl_ok(&["get", "secret", "db", "-n", "shop"]);
+    assert!(has_line(&secret, &["db", "Opaque", "0"]), "{secret}");
+}
+
+#[test]
+fn writes_to_desired_state_are_refused_with_the_git_file() {
+    let c = shop();
+    let manifest = c.dir.path().join("web.yaml");
+    std::fs::write(&manifest, WEB.replace("replicas: 2", "replicas: 5")).unwrap();
+    let o = c.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("Error from server (MethodNotAllowed)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "deployments.apps \"web\" is managed in Git: to patch it, change apps/web.yaml in"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("on branch main and commit"), "{err}");
+
+    let o = c.kubectl(&["delete", "svc", "web", "-n", "shop"]);
+    assert!(
+        stderr(&o)
+            .contains("services \"web\" is managed in Git: to delete it, change apps/web.yaml"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = c.kubectl(&[
+        "create",
+        "configmap",
+        "new",
+        "-n",
+        "shop",
+        "--from-literal=a=b",
+    ]);
+    assert!(stderr(&o).contains("cannot be created through the API: desired state is read from Git; add it to a manifest in"), "{}", stderr(&o));
+
+    let o = c.kubectl(&["--token", "not-a-token", "get", "pods", "-A"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("You must be logged in to the server"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The read-only kubeconfig reads.
+    let ro = c.data.join("kubeconfig-readonly");
+    let o = common::run(
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&ro)
+            .args(["get", "deploy", "-n", "shop", "-o", "name"]),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "deployment.apps/web"
+    );
+}
+
+#[test]
+fn kubectl_get_watch_prints_changes_as_they_happen() {
+    let c = shop();
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .args(["get", "pods", "-n", "shop", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("kubectl get -w never printed {needle:?}\n{}", c.log()),
+            }
+        }
+    };
+    wait_for("debug");
+    c.commit(
+        &[(
+            "apps/worker.yaml",
+            &DEBUG_POD.replace("name: debug", "name: worker"),
+        )],
+        &[],
+        "add a worker",
+    );
+    let row = wait_for("worker");
+    assert!(row.contains("Pending"), "{row}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A kube client for `token`, trusting the cluster CA in the admin kubeconfig.
+async fn client(c: &Cluster, token: Option<&str>) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(c.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    if let Some(t) = token {
+        config.auth_info.token = Some(secrecy::SecretString::from(t.to_owned()));
+    }
+    kube::Client::try_from(config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rust_client_lists_gets_and_watches() {
+    let c = tokio::task::spawn_blocking(shop).await.unwrap();
+    let client = client(&c, None).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    let list = deployments.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    let web = deployments.get("web").await.unwrap();
+    assert_eq!(web.spec.unwrap().replicas, Some(2));
+    let pods: Api<Pod> = Api::all(client.clone());
+    let by_label = pods
+        .list(&ListParams::default().labels("app=debug"))
+        .await
+        .unwrap();
+    assert_eq!(by_label.items.len(), 1);
+
+    // A watcher (list, then watch) sees a change committed to Git.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
+    let mut events = watcher(cms, watcher::Config::default()).boxed();
+    let committer = tokio::task::spawn_blocking({
+        let repo = c.repo.clone();
+        move || {
+            std::fs::write(
+                repo.join("config.yaml"),
+                CONFIG.replace(
+                    "metadata: {name: b, namespace: shop}\ndata: {k: v}",
+                    "metadata: {name: b, namespace: shop}\ndata: {k: changed}",
+                ),
+            )
+            .unwrap();
+            common::git(&repo, &["commit", "-q", "-am", "change b"]);
+        }
+    });
+    let changed = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = events.try_next().await.unwrap() {
+            if let watcher::Event::Apply(cm) = e {
+                if cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("k"))
+                    .map(String::as_str)
+                    == Some("changed")
+                {
+                    return cm;
+                }
+            }
+        }
+        panic!("watch ended")
+    })
+    .await
+    .expect("the change arrives through the watch");
+    assert_eq!(changed.metadata.name.as_deref(), Some("b"));
+    committer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_joins_with_the_token_file_and_is_limited_to_its_own_objects() {
+    let c = tokio::task::spawn_blocking(shop).await.unwrap();
+    let token_file = std::fs::read_to_string(c.data.join("node-token")).unwrap();
+    let (ca_hash, secret) = token_file.trim().split_once("::").unwrap();
+    let admin = client(&c, None).await;
+    let base = admin.default_namespace().to_owned();
+    assert_eq!(base, "default");
+
+    // The CA is served without authentication and matches the hash the token pins.
+    let kubeconfig = kube::config::Kubeconfig::read_from(c.kubeconfig()).unwrap();
+    let server = kubeconfig.clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .server
+        .clone()
+        .unwrap();
+    let mut insecure = kube::Config::new(server.parse().unwrap());
+    insecure.accept_invalid_certs = true;
+    let anonymous = kube::Client::try_from(insecure).unwrap();
+    let ca_pem: String = anonymous
+        .request_text(
+            http::Request::get("/capstan/v1/ca")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(capstan_daemon_hash(&ca_pem), ca_hash);
+
+    // Join with the secret: a credential for this node alone.
+    let mut join_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    join_config.auth_info.token = Some(secrecy::SecretString::from(secret.to_owned()));
+    let joiner = kube::Client::try_from(join_config).unwrap();
+    let joined: serde_json::Value = joiner
+        .request(
+            http::Request::post("/capstan/v1/join")
+                .header("content-type", "application/json")
+                .body(br#"{"nodeName":"n1"}"#.to_vec())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let node_token = joined["token"].as_str().unwrap().to_owned();
+    assert!(
+        joined["servingCert"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    let n1 = client(&c, Some(&node_token)).await;
+
+    let nodes: Api<Node> = Api::all(n1.clone());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready"}],
+                   "nodeInfo": {"kubeletVersion": "v1.33.0-capstan", "osImage": "Debian", "kernelVersion": "6", "containerRuntimeVersion": "docker://20", "machineID": "", "systemUUID": "", "bootID": "", "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+                   "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(n1.clone(), "kube-node-lease");
+    let lease: Lease = serde_json::from_value(serde_json::json!({"metadata": {"name": "n1", "namespace": "kube-node-lease"}, "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 40}})).unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+
+    // Not another node's object, and not secrets of pods elsewhere.
+    let other: Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "n2"}})).unwrap();
+    let err = nodes
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("system:node:n1 may not create nodes \"n2\""),
+        "{err}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(n1.clone(), "shop");
+    assert!(
+        secrets.get("db").await.is_err(),
+        "no pod on n1 uses the secret"
+    );
+    assert!(secrets.list(&ListParams::default()).await.is_err());
+    let deployments: Api<Deployment> = Api::namespaced(n1.clone(), "shop");
+    assert!(
+        deployments.list(&ListParams::default()).await.is_ok(),
+        "nodes read desired state"
+    );
+
+    let described = tokio::task::spawn_blocking(move || c.kubectl_ok(&["describe", "node", "n1"]))
+        .await
+        .unwrap();
+    assert!(has_line(&described, &["Name:", "n1"]), "{described}");
+    assert!(
+        has_line(&described, &["HolderIdentity:", "n1"]),
+        "{described}"
+    );
+    assert!(has_line(&described, &["Ready", "True"]), "{described}");
+}
+
+fn capstan_daemon_hash(pem: &str) -> String {
+    use sha2::Digest;
+    let der = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>();
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, der).unwrap();
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn a_restarted_daemon_keeps_objects_and_versions() {
+    let mut c = shop();
+    let before = c.kubectl_ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.uid} {.metadata.resourceVersion}",
+    ]);
+    let _ = c.child.kill();
+    let _ = c.child.wait();
+    let log = std::fs::File::options()
+        .append(true)
+        .open(c.dir.path().join("daemon.log"))
+        .unwrap();
+    c.child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args([
+            "daemon",
+            "--repo",
+            c.repo.to_str().unwrap(),
+            "--data-dir",
+            c.data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // The new process listens on a new port; the kubeconfig is rewritten with it.
+    c.wait_until("the restarted daemon answers", || {
+        c.kubectl(&["get", "deploy", "web", "-n", "shop"])
+            .status
+            .success()
+    });
+    let after = c.kubectl_ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.uid} {.metadata.resourceVersion}",
+    ]);
+    assert_eq!(before, after, "nothing was re-applied after the restart");
+    let _ = &mut c;
+}
