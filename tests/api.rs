@@ -352,16 +352,15 @@ async fn a_rust_client_lists_gets_and_watches() {
     });
     let changed = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(e) = events.try_next().await.unwrap() {
-            if let watcher::Event::Apply(cm) = e {
-                if cm
+            if let watcher::Event::Apply(cm) = e
+                && cm
                     .data
                     .as_ref()
                     .and_then(|d| d.get("k"))
                     .map(String::as_str)
                     == Some("changed")
-                {
-                    return cm;
-                }
+            {
+                return cm;
             }
         }
         panic!("watch ended")
