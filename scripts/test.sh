@@ -38,5 +38,6 @@ fi
 
 step "benchmarks (quick mode)"
 cargo bench --locked -p capstan-git --bench loader -- --quick
+cargo bench --locked -p capstan-daemon --bench api -- --quick
 
 step "all tests passed"

@@ -532,5 +532,16 @@ fn a_restarted_daemon_keeps_objects_and_versions() {
         "jsonpath={.metadata.uid} {.metadata.resourceVersion}",
     ]);
     assert_eq!(before, after, "nothing was re-applied after the restart");
+    // The new process's watch cache starts at the current revision: a watch from before it is
+    // answered 410 Expired, in the stream, as kube-apiserver does; clients list again.
+    let raw = c.kubectl_ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/shop/configmaps?watch=1&resourceVersion=1",
+    ]);
+    let event: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
+    assert_eq!(event["type"], "ERROR");
+    assert_eq!(event["object"]["code"], 410);
+    assert_eq!(event["object"]["reason"], "Expired");
     let _ = &mut c;
 }

@@ -227,6 +227,9 @@ impl Cache {
 
     /// Waits (bounded) until the cache has caught up with `revision`.
     pub async fn wait_for(&self, revision: Revision) {
+        if *self.revision.borrow() >= revision {
+            return;
+        }
         let mut rx = self.revision.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|r| *r >= revision)).await;
     }

@@ -174,7 +174,7 @@ mod tests {
             d,
             [
                 "~ spec.containers[name=web].image: \"web:1\" → \"web:2\"",
-                "+ spec.containers[name=init]: {\"name\":\"init\",\"image\":\"i:1\"}",
+                "+ spec.containers[name=init]: {\"image\":\"i:1\",\"name\":\"init\"}",
             ]
         );
     }
@@ -190,9 +190,9 @@ mod tests {
         assert_eq!(
             d,
             [
-                "~ metadata.annotations.team: \"x\" → \"y\"",
                 "~ data.pw: (hidden) → (hidden)",
                 "+ data.user: (hidden)",
+                "~ metadata.annotations.team: \"x\" → \"y\"",
             ]
         );
     }

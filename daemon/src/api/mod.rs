@@ -457,14 +457,10 @@ async fn read_collection(
         meta["continue"] = json!(c);
     }
     if wants_table(headers) {
-        let now = jiff::Timestamp::now().as_second();
         let include = Include::parse(p.include.as_deref());
-        let rows: Vec<Value> = selected
-            .iter()
-            .map(|e| table_row(kind, &e.object, now, include))
-            .collect();
-        let t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": table::columns(kind), "rows": rows});
-        return Ok(table_response(&t));
+        return Ok(table_response_bytes(table_bytes(
+            kind, &meta, &selected, include,
+        )));
     }
     // Splice the cached, serialised items into the list without re-encoding them.
     let head = serde_json::to_vec(
@@ -489,6 +485,52 @@ async fn read_collection(
         body,
     )
         .into_response())
+}
+
+/// A Table of many objects, written straight into bytes: rows reuse the cached objects'
+/// metadata instead of copying it into a new JSON tree.
+fn table_bytes(kind: &KindInfo, meta: &Value, entries: &[Arc<Entry>], include: Include) -> Vec<u8> {
+    let now = jiff::Timestamp::now().as_second();
+    let mut out = Vec::with_capacity(entries.len() * 512 + 1024);
+    out.extend_from_slice(b"{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":");
+    let _ = serde_json::to_writer(&mut out, meta);
+    out.extend_from_slice(b",\"columnDefinitions\":");
+    let _ = serde_json::to_writer(&mut out, &table::columns(kind));
+    out.extend_from_slice(b",\"rows\":[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"cells\":");
+        let _ = serde_json::to_writer(&mut out, &table::cells(kind, &e.object, now));
+        match include {
+            Include::None => {}
+            Include::Object => {
+                out.extend_from_slice(b",\"object\":");
+                out.extend_from_slice(&e.json);
+            }
+            Include::Metadata => {
+                out.extend_from_slice(b",\"object\":{\"kind\":\"PartialObjectMetadata\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":");
+                let _ = serde_json::to_writer(&mut out, &e.object["metadata"]);
+                out.push(b'}');
+            }
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn table_response_bytes(body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn table_row(kind: &KindInfo, o: &Value, now: i64, include: Include) -> Value {

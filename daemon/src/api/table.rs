@@ -116,8 +116,12 @@ fn selector_text(sel: &Value) -> String {
     or_none(parts.join(","))
 }
 
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 fn containers_images(spec: &Value) -> (String, String) {
-    let cs = spec["containers"].as_array().cloned().unwrap_or_default();
+    let cs = list(&spec["containers"]);
     (
         cs.iter()
             .map(|c| s(&c["name"]))

@@ -1,0 +1,269 @@
+//! API server and store benchmark. Prints:
+//! - store write throughput (durable, group commit) with 1 and 64 concurrent writers;
+//! - GET of one pod over HTTPS, 64 concurrent clients: p50 and p99;
+//! - LIST of 10,000 pods as JSON and as a Table: p50 and p99;
+//! - watch fan-out: delay from a write to its arrival at each of 100 watchers.
+//!
+//! `cargo bench -p capstan-daemon --bench api` (add `-- --quick` for the small run CI does).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capstan_daemon::{Daemon, DaemonConfig};
+use capstan_store::{RedbStore, Store, Txn};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use serde_json::json;
+
+fn pod(i: usize) -> serde_json::Value {
+    json!({
+        "metadata": {"name": format!("pod-{i:05}"), "namespace": format!("ns-{}", i % 20), "labels": {"app": format!("app-{}", i % 100), "tier": "web"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("app-{}-5d8f7c9b4", i % 100), "uid": "0f3c1e2a-7d1b-4c8e-9a55-3b1f2d4e6a7c", "controller": true}]},
+        "spec": {"nodeName": format!("node-{}", i % 5), "containers": [{"name": "web", "image": "capstan.local/testapp:latest", "ports": [{"containerPort": 8080, "name": "http"}],
+                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}},
+                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2}}], "restartPolicy": "Always"},
+        "status": {"phase": "Running", "podIP": format!("10.244.{}.{}", i % 5, i % 250 + 2), "hostIP": "127.0.0.1", "startTime": "2026-11-27T00:00:00Z",
+                   "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
+                   "containerStatuses": [{"name": "web", "ready": true, "restartCount": 0, "image": "capstan.local/testapp:latest", "imageID": "sha256:abc",
+                                          "state": {"running": {"startedAt": "2026-11-27T00:00:01Z"}}, "containerID": "docker://0123456789abcdef"}]}
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn client(d: &Daemon) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&d.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+async fn fetch(c: &kube::Client, path: &str, accept: &str) -> usize {
+    let req = http::Request::get(path)
+        .header("accept", accept)
+        .body(kube::client::Body::empty())
+        .unwrap();
+    let resp = c.send(req).await.unwrap();
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    resp.into_body().collect().await.unwrap().to_bytes().len()
+}
+
+async fn store_throughput(dir: &std::path::Path, writers: usize, per_writer: usize) -> f64 {
+    let store = Arc::new(RedbStore::open(&dir.join(format!("w{writers}.redb"))).unwrap());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                s.txn(Txn::default().put(format!("/k/{w}/{i}"), vec![b'x'; 1024]))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (writers * per_writer) as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick")
+        || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
+    let pods = if quick { 1_000 } else { 10_000 };
+    let rounds = if quick { 5 } else { 20 };
+    let dir = tempfile::tempdir().unwrap();
+    println!(
+        "API benchmark{}: {pods} pods, HTTPS on loopback",
+        if quick { " (quick)" } else { "" }
+    );
+
+    let one = store_throughput(dir.path(), 1, if quick { 100 } else { 500 }).await;
+    let many = store_throughput(dir.path(), 64, if quick { 20 } else { 100 }).await;
+    println!("  store writes (durable), 1 writer              {one:>9.0} /s");
+    println!("  store writes (durable), 64 writers            {many:>9.0} /s   (group commit)");
+
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        assert!(
+            std::process::Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=b",
+                    "-c",
+                    "user.email=b@b",
+                    "-c",
+                    "init.defaultBranch=main"
+                ])
+                .args(args)
+                .current_dir(&repo)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    git(&["init", "-q"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "empty"]);
+    let mut config = DaemonConfig::new(repo.to_str().unwrap(), dir.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let d = Daemon::start(config).await.unwrap();
+    let kind = capstan_api::kinds::by_name("pods").unwrap();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..64 {
+        let objects = d.objects.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < pods {
+                objects.create(kind, pod(i)).await.unwrap();
+                i += 64;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let created = start.elapsed();
+    println!(
+        "  create {pods} pods, 64 writers                {:>9}   ({:.0} objects/s)",
+        ms(created),
+        pods as f64 / created.as_secs_f64()
+    );
+    d.cache.wait_for(d.store.revision()).await;
+
+    let c = client(&d).await;
+    // GET: 64 concurrent clients, each on its own connection.
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let c = client(&d).await;
+        // One request first, so that the TLS handshake is not counted as GET latency.
+        fetch(
+            &c,
+            "/api/v1/namespaces/ns-0/pods/pod-00000",
+            "application/json",
+        )
+        .await;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            for i in 0..rounds * 5 {
+                let t = Instant::now();
+                fetch(
+                    &c,
+                    &format!(
+                        "/api/v1/namespaces/ns-{}/pods/pod-{:05}",
+                        i % 20,
+                        i * 20 % 1000 + i % 20
+                    ),
+                    "application/json",
+                )
+                .await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    lat.sort();
+    println!(
+        "  GET one pod, 64 concurrent clients   p50 {:>9}  p99 {:>9}   target p99 < 10 ms",
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99))
+    );
+
+    for (label, accept) in [
+        ("JSON", "application/json"),
+        (
+            "Table",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        ),
+    ] {
+        let mut lat = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..rounds.min(10) {
+            let t = Instant::now();
+            bytes = fetch(&c, "/api/v1/pods", accept).await;
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+        println!(
+            "  LIST {pods} pods ({label:<5}, {:>5.1} MB)     p50 {:>9}  p99 {:>9}   target < 150 ms",
+            bytes as f64 / 1e6,
+            ms(pct(&lat, 0.5)),
+            ms(pct(&lat, 0.99))
+        );
+    }
+
+    // Watch fan-out: 100 watchers, then writes; delay from the acknowledged write to arrival.
+    let watchers = 100;
+    let rev = d.store.revision();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String, Instant)>();
+    for w in 0..watchers {
+        let c = client(&d).await;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let req = http::Request::get(format!(
+                "/api/v1/namespaces/fanout/pods?watch=1&resourceVersion={rev}"
+            ))
+            .body(kube::client::Body::empty())
+            .unwrap();
+            let resp = c.send(req).await.unwrap();
+            let mut body = resp.into_body().into_data_stream();
+            let mut buf = Vec::new();
+            // The stream ends with an error when the daemon shuts down.
+            while let Some(Ok(chunk)) = body.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+                    let name = v["object"]["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send((w, name, Instant::now()));
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut delays = Vec::new();
+    for i in 0..rounds {
+        let mut p = pod(i);
+        p["metadata"]["namespace"] = json!("fanout");
+        p["metadata"]["name"] = json!(format!("fan-{i}"));
+        let name = format!("fan-{i}");
+        d.objects.create(kind, p).await.unwrap();
+        let written = Instant::now();
+        let mut got = 0;
+        while got < watchers {
+            let (_, n, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("every watcher gets the event")
+                .unwrap();
+            if n == name {
+                delays.push(at.saturating_duration_since(written));
+                got += 1;
+            }
+        }
+    }
+    delays.sort();
+    println!(
+        "  watch fan-out to {watchers} watchers           p50 {:>9}  p99 {:>9}   max {}   target < 50 ms",
+        ms(pct(&delays, 0.5)),
+        ms(pct(&delays, 0.99)),
+        ms(*delays.last().unwrap())
+    );
+    d.shutdown().await;
+}
