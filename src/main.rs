@@ -108,20 +108,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
         Command::Validate { path, output } => commands::validate::run(&path, output),
-        Command::Plan {
-            repo,
-            path,
-            range,
-            output,
-        } => commands::plan::run(&repo, &path, &range, output),
+        Command::Plan { repo, path, range, output } => commands::plan::run(&repo, &path, &range, output),
         Command::Schemas { out } => commands::schemas::run(&out),
         Command::Up { .. } => not_built("up", 8),
         Command::Daemon {

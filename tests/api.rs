@@ -79,9 +79,7 @@ fn shop() -> Cluster {
         ("config.yaml", CONFIG),
     ]);
     c.wait_until("the sync applies the commit", || {
-        c.kubectl(&["get", "pod", "debug", "-n", "shop"])
-            .status
-            .success()
+        c.kubectl(&["get", "pod", "debug", "-n", "shop"]).status.success()
     });
     c
 }
@@ -102,24 +100,11 @@ fn stderr(o: &std::process::Output) -> String {
 fn kubectl_reads_everything() {
     let c = shop();
     let version = c.kubectl_ok(&["version"]);
-    assert!(
-        version.contains("Server Version: v1.33.0-capstan"),
-        "{version}"
-    );
+    assert!(version.contains("Server Version: v1.33.0-capstan"), "{version}");
 
     let resources = c.kubectl_ok(&["api-resources"]);
-    for line in [
-        "pods  ",
-        "deployments ",
-        "deploy ",
-        "apps/v1",
-        "clustersettings",
-        "endpointslices",
-    ] {
-        assert!(
-            resources.contains(line),
-            "api-resources lacks {line:?}:\n{resources}"
-        );
+    for line in ["pods  ", "deployments ", "deploy ", "apps/v1", "clustersettings", "endpointslices"] {
+        assert!(resources.contains(line), "api-resources lacks {line:?}:\n{resources}");
     }
 
     let all = c.kubectl_ok(&["get", "deploy,rs,svc,ep", "-n", "shop"]);
@@ -143,58 +128,28 @@ fn kubectl_reads_everything() {
         assert!(header.contains(col), "{header}");
     }
     let row: Vec<&str> = wide.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(
-        &row[..5],
-        &["shop", "debug", "0/1", "Pending", "0"],
-        "{wide}"
-    );
+    assert_eq!(&row[..5], &["shop", "debug", "0/1", "Pending", "0"], "{wide}");
 
     let yaml = c.kubectl_ok(&["get", "pod", "debug", "-n", "shop", "-o", "yaml"]);
-    assert!(
-        yaml.contains("capstan.dev/source: apps/debug.yaml"),
-        "{yaml}"
-    );
+    assert!(yaml.contains("capstan.dev/source: apps/debug.yaml"), "{yaml}");
     assert!(yaml.contains("kind: Pod"), "{yaml}");
     assert!(yaml.contains("resourceVersion:"), "{yaml}");
 
     let described = c.kubectl_ok(&["describe", "pod", "debug", "-n", "shop"]);
     assert!(has_line(&described, &["Name:", "debug"]), "{described}");
     assert!(has_line(&described, &["Namespace:", "shop"]), "{described}");
-    assert!(
-        described.contains("capstan.local/testapp:latest"),
-        "{described}"
-    );
+    assert!(described.contains("capstan.local/testapp:latest"), "{described}");
 
     // Selectors and pages.
-    let labelled = c.kubectl_ok(&[
-        "get",
-        "pods",
-        "-n",
-        "shop",
-        "-l",
-        "app in (debug),tier!=db",
-        "-o",
-        "name",
-    ]);
+    let labelled = c.kubectl_ok(&["get", "pods", "-n", "shop", "-l", "app in (debug),tier!=db", "-o", "name"]);
     assert_eq!(labelled.trim(), "pod/debug");
     assert_eq!(
-        c.kubectl_ok(&[
-            "get",
-            "pods",
-            "-A",
-            "--field-selector",
-            "metadata.name=nope",
-            "-o",
-            "name"
-        ])
-        .trim(),
+        c.kubectl_ok(&["get", "pods", "-A", "--field-selector", "metadata.name=nope", "-o", "name"])
+            .trim(),
         ""
     );
     let paged = c.kubectl_ok(&["get", "cm", "-n", "shop", "--chunk-size=1", "-o", "name"]);
-    assert_eq!(
-        paged.lines().collect::<Vec<_>>(),
-        ["configmap/a", "configmap/b", "configmap/c"]
-    );
+    assert_eq!(paged.lines().collect::<Vec<_>>(), ["configmap/a", "configmap/b", "configmap/c"]);
     let secret = c.kubectl_ok(&["get", "secret", "db", "-n", "shop"]);
     assert!(has_line(&secret, &["db", "Opaque", "0"]), "{secret}");
 }
@@ -207,43 +162,30 @@ fn writes_to_desired_state_are_refused_with_the_git_file() {
     let o = c.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
     assert!(!o.status.success());
     let err = stderr(&o);
+    assert!(err.contains("Error from server (MethodNotAllowed)"), "{err}");
     assert!(
-        err.contains("Error from server (MethodNotAllowed)"),
-        "{err}"
-    );
-    assert!(
-        err.contains(
-            "deployments.apps \"web\" is managed in Git: to patch it, change apps/web.yaml in"
-        ),
+        err.contains("deployments.apps \"web\" is managed in Git: to patch it, change apps/web.yaml in"),
         "{err}"
     );
     assert!(err.contains("on branch main and commit"), "{err}");
 
     let o = c.kubectl(&["delete", "svc", "web", "-n", "shop"]);
     assert!(
-        stderr(&o)
-            .contains("services \"web\" is managed in Git: to delete it, change apps/web.yaml"),
+        stderr(&o).contains("services \"web\" is managed in Git: to delete it, change apps/web.yaml"),
         "{}",
         stderr(&o)
     );
 
-    let o = c.kubectl(&[
-        "create",
-        "configmap",
-        "new",
-        "-n",
-        "shop",
-        "--from-literal=a=b",
-    ]);
-    assert!(stderr(&o).contains("cannot be created through the API: desired state is read from Git; add it to a manifest in"), "{}", stderr(&o));
+    let o = c.kubectl(&["create", "configmap", "new", "-n", "shop", "--from-literal=a=b"]);
+    assert!(
+        stderr(&o).contains("cannot be created through the API: desired state is read from Git; add it to a manifest in"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = c.kubectl(&["--token", "not-a-token", "get", "pods", "-A"]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("You must be logged in to the server"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("You must be logged in to the server"), "{}", stderr(&o));
 
     // The read-only kubeconfig reads.
     let ro = c.data.join("kubeconfig-readonly");
@@ -253,10 +195,7 @@ fn writes_to_desired_state_are_refused_with_the_git_file() {
             .arg(&ro)
             .args(["get", "deploy", "-n", "shop", "-o", "name"]),
     );
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim(),
-        "deployment.apps/web"
-    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "deployment.apps/web");
 }
 
 #[test]
@@ -292,10 +231,7 @@ fn kubectl_get_watch_prints_changes_as_they_happen() {
     };
     wait_for("debug");
     c.commit(
-        &[(
-            "apps/worker.yaml",
-            &DEBUG_POD.replace("name: debug", "name: worker"),
-        )],
+        &[("apps/worker.yaml", &DEBUG_POD.replace("name: debug", "name: worker"))],
         &[],
         "add a worker",
     );
@@ -308,9 +244,7 @@ fn kubectl_get_watch_prints_changes_as_they_happen() {
 /// A kube client for `token`, trusting the cluster CA in the admin kubeconfig.
 async fn client(c: &Cluster, token: Option<&str>) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(c.kubeconfig()).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
     if let Some(t) = token {
         config.auth_info.token = Some(secrecy::SecretString::from(t.to_owned()));
     }
@@ -327,10 +261,7 @@ async fn a_rust_client_lists_gets_and_watches() {
     let web = deployments.get("web").await.unwrap();
     assert_eq!(web.spec.unwrap().replicas, Some(2));
     let pods: Api<Pod> = Api::all(client.clone());
-    let by_label = pods
-        .list(&ListParams::default().labels("app=debug"))
-        .await
-        .unwrap();
+    let by_label = pods.list(&ListParams::default().labels("app=debug")).await.unwrap();
     assert_eq!(by_label.items.len(), 1);
 
     // A watcher (list, then watch) sees a change committed to Git.
@@ -353,12 +284,7 @@ async fn a_rust_client_lists_gets_and_watches() {
     let changed = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(e) = events.try_next().await.unwrap() {
             if let watcher::Event::Apply(cm) = e
-                && cm
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("k"))
-                    .map(String::as_str)
-                    == Some("changed")
+                && cm.data.as_ref().and_then(|d| d.get("k")).map(String::as_str) == Some("changed")
             {
                 return cm;
             }
@@ -382,30 +308,18 @@ async fn a_node_joins_with_the_token_file_and_is_limited_to_its_own_objects() {
 
     // The CA is served without authentication and matches the hash the token pins.
     let kubeconfig = kube::config::Kubeconfig::read_from(c.kubeconfig()).unwrap();
-    let server = kubeconfig.clusters[0]
-        .cluster
-        .as_ref()
-        .unwrap()
-        .server
-        .clone()
-        .unwrap();
+    let server = kubeconfig.clusters[0].cluster.as_ref().unwrap().server.clone().unwrap();
     let mut insecure = kube::Config::new(server.parse().unwrap());
     insecure.accept_invalid_certs = true;
     let anonymous = kube::Client::try_from(insecure).unwrap();
     let ca_pem: String = anonymous
-        .request_text(
-            http::Request::get("/capstan/v1/ca")
-                .body(Vec::new())
-                .unwrap(),
-        )
+        .request_text(http::Request::get("/capstan/v1/ca").body(Vec::new()).unwrap())
         .await
         .unwrap();
     assert_eq!(capstan_daemon_hash(&ca_pem), ca_hash);
 
     // Join with the secret: a credential for this node alone.
-    let mut join_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
+    let mut join_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
     join_config.auth_info.token = Some(secrecy::SecretString::from(secret.to_owned()));
     let joiner = kube::Client::try_from(join_config).unwrap();
     let joined: serde_json::Value = joiner
@@ -418,12 +332,7 @@ async fn a_node_joins_with_the_token_file_and_is_limited_to_its_own_objects() {
         .await
         .unwrap();
     let node_token = joined["token"].as_str().unwrap().to_owned();
-    assert!(
-        joined["servingCert"]
-            .as_str()
-            .unwrap()
-            .starts_with("-----BEGIN CERTIFICATE-----")
-    );
+    assert!(joined["servingCert"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
     let n1 = client(&c, Some(&node_token)).await;
 
     let nodes: Api<Node> = Api::all(n1.clone());
@@ -440,46 +349,26 @@ async fn a_node_joins_with_the_token_file_and_is_limited_to_its_own_objects() {
     leases.create(&PostParams::default(), &lease).await.unwrap();
 
     // Not another node's object, and not secrets of pods elsewhere.
-    let other: Node =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "n2"}})).unwrap();
-    let err = nodes
-        .create(&PostParams::default(), &other)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("system:node:n1 may not create nodes \"n2\""),
-        "{err}"
-    );
+    let other: Node = serde_json::from_value(serde_json::json!({"metadata": {"name": "n2"}})).unwrap();
+    let err = nodes.create(&PostParams::default(), &other).await.unwrap_err();
+    assert!(err.to_string().contains("system:node:n1 may not create nodes \"n2\""), "{err}");
     let secrets: Api<Secret> = Api::namespaced(n1.clone(), "shop");
-    assert!(
-        secrets.get("db").await.is_err(),
-        "no pod on n1 uses the secret"
-    );
+    assert!(secrets.get("db").await.is_err(), "no pod on n1 uses the secret");
     assert!(secrets.list(&ListParams::default()).await.is_err());
     let deployments: Api<Deployment> = Api::namespaced(n1.clone(), "shop");
-    assert!(
-        deployments.list(&ListParams::default()).await.is_ok(),
-        "nodes read desired state"
-    );
+    assert!(deployments.list(&ListParams::default()).await.is_ok(), "nodes read desired state");
 
     let described = tokio::task::spawn_blocking(move || c.kubectl_ok(&["describe", "node", "n1"]))
         .await
         .unwrap();
     assert!(has_line(&described, &["Name:", "n1"]), "{described}");
-    assert!(
-        has_line(&described, &["HolderIdentity:", "n1"]),
-        "{described}"
-    );
+    assert!(has_line(&described, &["HolderIdentity:", "n1"]), "{described}");
     assert!(has_line(&described, &["Ready", "True"]), "{described}");
 }
 
 fn capstan_daemon_hash(pem: &str) -> String {
     use sha2::Digest;
-    let der = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<String>();
+    let der = pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
     let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, der).unwrap();
     hex::encode(sha2::Sha256::digest(bytes))
 }
@@ -498,10 +387,7 @@ fn a_restarted_daemon_keeps_objects_and_versions() {
     ]);
     let _ = c.child.kill();
     let _ = c.child.wait();
-    let log = std::fs::File::options()
-        .append(true)
-        .open(c.dir.path().join("daemon.log"))
-        .unwrap();
+    let log = std::fs::File::options().append(true).open(c.dir.path().join("daemon.log")).unwrap();
     c.child = Command::new(env!("CARGO_BIN_EXE_capstan"))
         .args([
             "daemon",
@@ -518,9 +404,7 @@ fn a_restarted_daemon_keeps_objects_and_versions() {
         .unwrap();
     // The new process listens on a new port; the kubeconfig is rewritten with it.
     c.wait_until("the restarted daemon answers", || {
-        c.kubectl(&["get", "deploy", "web", "-n", "shop"])
-            .status
-            .success()
+        c.kubectl(&["get", "deploy", "web", "-n", "shop"]).status.success()
     });
     let after = c.kubectl_ok(&[
         "get",
@@ -534,11 +418,7 @@ fn a_restarted_daemon_keeps_objects_and_versions() {
     assert_eq!(before, after, "nothing was re-applied after the restart");
     // The new process's watch cache starts at the current revision: a watch from before it is
     // answered 410 Expired, in the stream, as kube-apiserver does; clients list again.
-    let raw = c.kubectl_ok(&[
-        "get",
-        "--raw",
-        "/api/v1/namespaces/shop/configmaps?watch=1&resourceVersion=1",
-    ]);
+    let raw = c.kubectl_ok(&["get", "--raw", "/api/v1/namespaces/shop/configmaps?watch=1&resourceVersion=1"]);
     let event: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
     assert_eq!(event["type"], "ERROR");
     assert_eq!(event["object"]["code"], 410);

@@ -30,11 +30,7 @@ fn git(dir: &Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -58,11 +54,7 @@ fn examples() -> std::path::PathBuf {
 fn validate_accepts_the_example_repository() {
     let o = capstan(&["validate", examples().to_str().unwrap()], Path::new("."));
     assert!(o.status.success(), "{}", stdout(&o));
-    assert!(
-        stdout(&o).starts_with("ok: 7 objects in 5 files"),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stdout(&o).starts_with("ok: 7 objects in 5 files"), "{}", stdout(&o));
 }
 
 #[test]
@@ -75,7 +67,11 @@ fn validate_prints_every_problem_with_file_line_and_column() {
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: three\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: web\n        image: web:1\n        imagePullPolicyy: Always\n",
     )
     .unwrap();
-    std::fs::write(d.join("apps/cm.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n").unwrap();
+    std::fs::write(
+        d.join("apps/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n",
+    )
+    .unwrap();
     std::fs::write(d.join("broken.yml"), "a: [1\n").unwrap();
     let o = capstan(&["validate", "."], d);
     assert_eq!(o.status.code(), Some(1));
@@ -110,9 +106,7 @@ fn plan_shows_what_a_branch_changes() {
     git(repo, &["commit", "-q", "-m", "guestbook"]);
     git(repo, &["checkout", "-q", "-b", "bump"]);
     let frontend = repo.join("guestbook/frontend.yaml");
-    let text = std::fs::read_to_string(&frontend)
-        .unwrap()
-        .replace("guestbook:1", "guestbook:2");
+    let text = std::fs::read_to_string(&frontend).unwrap().replace("guestbook:1", "guestbook:2");
     std::fs::write(&frontend, text).unwrap();
     std::fs::remove_file(repo.join("settings.yaml")).unwrap();
     std::fs::write(
@@ -126,17 +120,17 @@ fn plan_shows_what_a_branch_changes() {
     let o = capstan(&["plan", "main..bump"], repo);
     let out = stdout(&o);
     assert!(o.status.success(), "{out}");
+    assert!(out.contains("  + create  configmap/extra -n guestbook  (extra.yaml)"), "{out}");
     assert!(
-        out.contains("  + create  configmap/extra -n guestbook  (extra.yaml)"),
+        out.contains("  ~ update  deployment.apps/frontend -n guestbook  (guestbook/frontend.yaml)"),
         "{out}"
     );
     assert!(
         out.contains(
-            "  ~ update  deployment.apps/frontend -n guestbook  (guestbook/frontend.yaml)"
+            "        ~ spec.template.spec.containers[name=frontend].image: \"capstan.local/guestbook:1\" → \"capstan.local/guestbook:2\""
         ),
         "{out}"
     );
-    assert!(out.contains("        ~ spec.template.spec.containers[name=frontend].image: \"capstan.local/guestbook:1\" → \"capstan.local/guestbook:2\""), "{out}");
     assert!(
         out.contains("  - prune   clustersettings.capstan.dev/cluster  (was in settings.yaml)"),
         "{out}"

@@ -24,17 +24,7 @@ fn guestbook_and_redis_images_work_together() {
     build_images();
     let run = DockerRun::new("images");
     let net = run.network();
-    let redis = run.container(
-        "redis",
-        &net,
-        &[
-            "capstan.local/redis:7",
-            "--save",
-            "",
-            "--protected-mode",
-            "no",
-        ],
-    );
+    let redis = run.container("redis", &net, &["capstan.local/redis:7", "--save", "", "--protected-mode", "no"]);
     let frontend = run.container(
         "frontend",
         &net,
@@ -50,34 +40,18 @@ fn guestbook_and_redis_images_work_together() {
     let get = |path: &str| {
         run.oneoff(
             &net,
-            &[
-                "capstan.local/testapp:latest",
-                "get",
-                &format!("http://{frontend}:8080{path}"),
-            ],
+            &["capstan.local/testapp:latest", "get", &format!("http://{frontend}:8080{path}")],
         )
     };
-    eventually("the frontend to be ready", || {
-        get("/readyz").status.success()
-    });
+    eventually("the frontend to be ready", || get("/readyz").status.success());
     assert!(get("/add?entry=first+entry").status.success());
     assert!(get("/add?entry=%3Cb%3Esecond%3C%2Fb%3E").status.success());
     let page = String::from_utf8_lossy(&get("/").stdout).into_owned();
     assert!(page.contains("<h1>Test book</h1>"), "{page}");
-    assert!(
-        page.contains("<li>first entry</li><li>&lt;b&gt;second&lt;/b&gt;</li>"),
-        "{page}"
-    );
+    assert!(page.contains("<li>first entry</li><li>&lt;b&gt;second&lt;/b&gt;</li>"), "{page}");
 
     // Without redis the frontend is alive but not ready.
-    common::run_ok(std::process::Command::new("docker").args([
-        "stop",
-        "-t",
-        "1",
-        &format!("capstan-test-{}-redis", run.id),
-    ]));
-    eventually("the frontend to turn unready", || {
-        !get("/readyz").status.success()
-    });
+    common::run_ok(std::process::Command::new("docker").args(["stop", "-t", "1", &format!("capstan-test-{}-redis", run.id)]));
+    eventually("the frontend to turn unready", || !get("/readyz").status.success());
     assert!(get("/healthz").status.success());
 }

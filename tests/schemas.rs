@@ -29,8 +29,7 @@ fn committed_schemas_are_up_to_date() {
 
 fn validator() -> jsonschema::Validator {
     let dir = root().join("schemas");
-    let all: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("all.json")).unwrap()).unwrap();
+    let all: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("all.json")).unwrap()).unwrap();
     jsonschema::options()
         .with_base_uri(format!("file://{}/all.json", dir.display()))
         .build(&all)
@@ -67,10 +66,7 @@ fn every_example_manifest_passes_and_a_misspelt_field_fails() {
     let mut checked = 0;
     for file in &files {
         for doc in documents(file) {
-            let errors: Vec<String> = v
-                .iter_errors(&doc)
-                .map(|e| format!("{} at {}", e, e.instance_path()))
-                .collect();
+            let errors: Vec<String> = v.iter_errors(&doc).map(|e| format!("{} at {}", e, e.instance_path())).collect();
             assert!(errors.is_empty(), "{}: {errors:?}", file.display());
             checked += 1;
         }
@@ -81,10 +77,7 @@ fn every_example_manifest_passes_and_a_misspelt_field_fails() {
     let container = &mut deploy["spec"]["template"]["spec"]["containers"][0];
     let image = container.as_object_mut().unwrap().remove("image").unwrap();
     container["imagee"] = image;
-    assert!(
-        !v.is_valid(&deploy),
-        "a misspelt container field is refused"
-    );
+    assert!(!v.is_valid(&deploy), "a misspelt container field is refused");
 
     let mut cm = documents(&root().join("examples-repo/guestbook/config.yaml")).remove(0);
     cm["kind"] = Value::String("ConfigMapp".into());

@@ -39,9 +39,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 async fn client(d: &Daemon) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(&d.kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
     kube::Client::try_from(config).unwrap()
 }
 
@@ -63,9 +61,7 @@ async fn store_throughput(dir: &std::path::Path, writers: usize, per_writer: usi
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..per_writer {
-                s.txn(Txn::default().put(format!("/k/{w}/{i}"), vec![b'x'; 1024]))
-                    .await
-                    .unwrap();
+                s.txn(Txn::default().put(format!("/k/{w}/{i}"), vec![b'x'; 1024])).await.unwrap();
             }
         }));
     }
@@ -77,8 +73,7 @@ async fn store_throughput(dir: &std::path::Path, writers: usize, per_writer: usi
 
 #[tokio::main]
 async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick")
-        || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
+    let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
     let pods = if quick { 1_000 } else { 10_000 };
     let rounds = if quick { 5 } else { 20 };
     let dir = tempfile::tempdir().unwrap();
@@ -97,14 +92,7 @@ async fn main() {
     let git = |args: &[&str]| {
         assert!(
             std::process::Command::new("git")
-                .args([
-                    "-c",
-                    "user.name=b",
-                    "-c",
-                    "user.email=b@b",
-                    "-c",
-                    "init.defaultBranch=main"
-                ])
+                .args(["-c", "user.name=b", "-c", "user.email=b@b", "-c", "init.defaultBranch=main"])
                 .args(args)
                 .current_dir(&repo)
                 .status()
@@ -147,23 +135,14 @@ async fn main() {
     for _ in 0..64 {
         let c = client(&d).await;
         // One request first, so that the TLS handshake is not counted as GET latency.
-        fetch(
-            &c,
-            "/api/v1/namespaces/ns-0/pods/pod-00000",
-            "application/json",
-        )
-        .await;
+        fetch(&c, "/api/v1/namespaces/ns-0/pods/pod-00000", "application/json").await;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             for i in 0..rounds * 5 {
                 let t = Instant::now();
                 fetch(
                     &c,
-                    &format!(
-                        "/api/v1/namespaces/ns-{}/pods/pod-{:05}",
-                        i % 20,
-                        i * 20 % 1000 + i % 20
-                    ),
+                    &format!("/api/v1/namespaces/ns-{}/pods/pod-{:05}", i % 20, i * 20 % 1000 + i % 20),
                     "application/json",
                 )
                 .await;
@@ -185,10 +164,7 @@ async fn main() {
 
     for (label, accept) in [
         ("JSON", "application/json"),
-        (
-            "Table",
-            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-        ),
+        ("Table", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
     ] {
         let mut lat = Vec::new();
         let mut bytes = 0;
@@ -214,11 +190,9 @@ async fn main() {
         let c = client(&d).await;
         let tx = tx.clone();
         tokio::spawn(async move {
-            let req = http::Request::get(format!(
-                "/api/v1/namespaces/fanout/pods?watch=1&resourceVersion={rev}"
-            ))
-            .body(kube::client::Body::empty())
-            .unwrap();
+            let req = http::Request::get(format!("/api/v1/namespaces/fanout/pods?watch=1&resourceVersion={rev}"))
+                .body(kube::client::Body::empty())
+                .unwrap();
             let resp = c.send(req).await.unwrap();
             let mut body = resp.into_body().into_data_stream();
             let mut buf = Vec::new();
@@ -228,10 +202,7 @@ async fn main() {
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
                     let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
-                    let name = v["object"]["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
+                    let name = v["object"]["metadata"]["name"].as_str().unwrap_or_default().to_owned();
                     let _ = tx.send((w, name, Instant::now()));
                 }
             }

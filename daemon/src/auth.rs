@@ -67,11 +67,7 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Authenticator({} tokens)",
-            self.tokens.read().map(|t| t.len()).unwrap_or(0)
-        )
+        write!(f, "Authenticator({} tokens)", self.tokens.read().map(|t| t.len()).unwrap_or(0))
     }
 }
 
@@ -106,19 +102,13 @@ impl LocalTokens {
 }
 
 impl Authenticator {
-    pub fn new(
-        local: &LocalTokens,
-        store: Arc<dyn Store>,
-    ) -> Result<Authenticator, capstan_store::StoreError> {
+    pub fn new(local: &LocalTokens, store: Arc<dyn Store>) -> Result<Authenticator, capstan_store::StoreError> {
         let mut tokens = HashMap::new();
         tokens.insert(hash(&local.admin), Identity::Admin);
         tokens.insert(hash(&local.read_only), Identity::ReadOnly);
         for kv in store.range(NODE_TOKEN_PREFIX, None, 0)?.kvs {
             let node = kv.key.trim_start_matches(NODE_TOKEN_PREFIX).to_owned();
-            tokens.insert(
-                String::from_utf8_lossy(&kv.value).into_owned(),
-                Identity::Node(node),
-            );
+            tokens.insert(String::from_utf8_lossy(&kv.value).into_owned(), Identity::Node(node));
         }
         Ok(Authenticator {
             tokens: RwLock::new(tokens),
@@ -153,9 +143,7 @@ impl Authenticator {
         let token = new_token();
         let key = format!("{NODE_TOKEN_PREFIX}{name}");
         let old = self.store.get(&key)?;
-        self.store
-            .txn(Txn::default().put(key, hash(&token)))
-            .await?;
+        self.store.txn(Txn::default().put(key, hash(&token))).await?;
         let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = old {
             tokens.remove(String::from_utf8_lossy(&old.value).as_ref());
@@ -173,28 +161,17 @@ mod tests {
     async fn tokens_map_to_identities_and_node_credentials_survive_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let local = LocalTokens::load_or_create(dir.path()).unwrap();
-        assert_eq!(
-            LocalTokens::load_or_create(dir.path()).unwrap().admin,
-            local.admin
-        );
-        let store: Arc<dyn Store> =
-            Arc::new(capstan_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        assert_eq!(LocalTokens::load_or_create(dir.path()).unwrap().admin, local.admin);
+        let store: Arc<dyn Store> = Arc::new(capstan_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
         let auth = Authenticator::new(&local, store.clone()).unwrap();
         assert_eq!(auth.authenticate(&local.admin), Some(Identity::Admin));
-        assert_eq!(
-            auth.authenticate(&local.read_only),
-            Some(Identity::ReadOnly)
-        );
+        assert_eq!(auth.authenticate(&local.read_only), Some(Identity::ReadOnly));
         assert_eq!(auth.authenticate("nonsense"), None);
         assert!(auth.is_join_secret(&local.join_secret));
         let t1 = auth.issue_node_token("n1").await.unwrap();
         assert_eq!(auth.authenticate(&t1), Some(Identity::Node("n1".into())));
         let t2 = auth.issue_node_token("n1").await.unwrap();
-        assert_eq!(
-            auth.authenticate(&t1),
-            None,
-            "a re-issued credential replaces the old one"
-        );
+        assert_eq!(auth.authenticate(&t1), None, "a re-issued credential replaces the old one");
         let again = Authenticator::new(&local, store).unwrap();
         assert_eq!(again.authenticate(&t2), Some(Identity::Node("n1".into())));
     }

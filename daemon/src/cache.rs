@@ -76,10 +76,7 @@ impl CacheEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("too old resource version: {requested} ({oldest})")]
-    TooOld {
-        requested: Revision,
-        oldest: Revision,
-    },
+    TooOld { requested: Revision, oldest: Revision },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -111,9 +108,7 @@ fn kind_index(key: &str) -> Option<usize> {
     let group = parts.next()?;
     let plural = parts.next()?;
     let group = if group == "core" { "" } else { group };
-    REGISTRY
-        .iter()
-        .position(|k| k.group == group && k.plural == plural)
+    REGISTRY.iter().position(|k| k.group == group && k.plural == plural)
 }
 
 fn index_of(kind: &KindInfo) -> usize {
@@ -127,18 +122,14 @@ impl Cache {
     /// Loads every object and follows the store from there.
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Cache>, CacheError> {
         let initial = store.range(REGISTRY_PREFIX, None, 0)?;
-        let mut kinds: Vec<BTreeMap<(String, String), Arc<Entry>>> =
-            REGISTRY.iter().map(|_| BTreeMap::new()).collect();
+        let mut kinds: Vec<BTreeMap<(String, String), Arc<Entry>>> = REGISTRY.iter().map(|_| BTreeMap::new()).collect();
         for kv in &initial.kvs {
             let Some(i) = kind_index(&kv.key) else {
                 continue;
             };
             if let Some(obj) = decode(&REGISTRY[i], kv) {
                 let entry = Entry::new(obj, kv.mod_revision);
-                kinds[i].insert(
-                    (entry.namespace.clone(), entry.name.clone()),
-                    Arc::new(entry),
-                );
+                kinds[i].insert((entry.namespace.clone(), entry.name.clone()), Arc::new(entry));
             }
         }
         let (live, _) = broadcast::channel(65_536);
@@ -203,11 +194,7 @@ impl Cache {
                 Change::Deleted
             }
         };
-        let event = Arc::new(CacheEvent {
-            kind,
-            change,
-            entry,
-        });
+        let event = Arc::new(CacheEvent { kind, change, entry });
         inner.history.push_back(event.clone());
         if inner.history.len() > HISTORY
             && let Some(old) = inner.history.pop_front()
@@ -237,9 +224,7 @@ impl Cache {
     pub fn get(&self, kind: &KindInfo, namespace: &str, name: &str) -> Option<Arc<Entry>> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let ns = if kind.namespaced { namespace } else { "" };
-        inner.kinds[index_of(kind)]
-            .get(&(ns.to_owned(), name.to_owned()))
-            .cloned()
+        inner.kinds[index_of(kind)].get(&(ns.to_owned(), name.to_owned())).cloned()
     }
 
     /// The objects of a kind in one namespace (or all), in namespace/name order, and the
@@ -259,12 +244,7 @@ impl Cache {
     }
 
     /// Watches a kind (in one namespace or all) for changes after `after`.
-    pub fn watch(
-        &self,
-        kind: &'static KindInfo,
-        namespace: Option<&str>,
-        after: Revision,
-    ) -> Result<CacheWatch, CacheError> {
+    pub fn watch(&self, kind: &'static KindInfo, namespace: Option<&str>, after: Revision) -> Result<CacheWatch, CacheError> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         if after < inner.history_from {
             return Err(CacheError::TooOld {
@@ -297,11 +277,7 @@ struct Filter {
 
 impl Filter {
     fn accepts(&self, e: &CacheEvent) -> bool {
-        std::ptr::eq(e.kind, self.kind)
-            && self
-                .namespace
-                .as_ref()
-                .is_none_or(|ns| &e.entry.namespace == ns)
+        std::ptr::eq(e.kind, self.kind) && self.namespace.as_ref().is_none_or(|ns| &e.entry.namespace == ns)
     }
 }
 

@@ -23,10 +23,7 @@ impl JoinHandler for Joiner {
         let auth = self.auth.clone();
         let ca = self.ca.clone();
         Box::pin(async move {
-            let token = auth
-                .issue_node_token(&node)
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let token = auth.issue_node_token(&node).await.map_err(|e| ApiError::internal(e.to_string()))?;
             let ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
             let serving = ca
                 .issue(
@@ -39,9 +36,7 @@ impl JoinHandler for Joiner {
                 )
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             tracing::info!(node = %node, "node joined");
-            Ok(
-                json!({"token": token, "caCert": ca.cert_pem, "servingCert": serving.cert_pem, "servingKey": serving.key_pem}),
-            )
+            Ok(json!({"token": token, "caCert": ca.cert_pem, "servingCert": serving.cert_pem, "servingKey": serving.key_pem}))
         })
     }
 }

@@ -8,13 +8,7 @@ use base64::Engine;
 use crate::DaemonError;
 
 /// Writes a kubeconfig with one cluster, user and context, readable by its owner only.
-pub fn write(
-    path: &Path,
-    server: &str,
-    ca_pem: &str,
-    token: &str,
-    user: &str,
-) -> Result<(), DaemonError> {
+pub fn write(path: &Path, server: &str, ca_pem: &str, token: &str, user: &str) -> Result<(), DaemonError> {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let text = format!(
         "apiVersion: v1

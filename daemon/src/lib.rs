@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod cache;
+pub mod controllers;
 pub mod join;
 pub mod kubeconfig;
 pub mod objects;
@@ -47,6 +48,10 @@ pub struct DaemonConfig {
     pub poll_interval: Duration,
     /// Revisions of history kept for watches; older ones are compacted away.
     pub history_revisions: u64,
+    /// A node whose Lease is older than this is NotReady.
+    pub node_grace: Duration,
+    /// Pods on a NotReady node are evicted after this, unless they tolerate longer.
+    pub eviction_timeout: Duration,
 }
 
 impl DaemonConfig {
@@ -60,6 +65,8 @@ impl DaemonConfig {
             advertise: None,
             poll_interval: Duration::from_secs(15),
             history_revisions: 10_000,
+            node_grace: Duration::from_secs(40),
+            eviction_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -75,15 +82,9 @@ pub enum DaemonError {
     #[error(transparent)]
     Objects(#[from] objects::ObjectError),
     #[error("listening on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("writing {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
 }
 
 /// A running control plane.
@@ -131,25 +132,17 @@ impl Daemon {
                 addr: config.listen,
                 source,
             })?;
-        let api_addr = listener
-            .local_addr()
-            .map_err(|source| DaemonError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let api_addr = listener.local_addr().map_err(|source| DaemonError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let advertise = config.advertise.unwrap_or(api_addr.ip());
         let serving = ca.apiserver_cert(advertise, IpAddr::from([10, 96, 0, 1]))?;
         let tls = pki::server_config(&serving)?;
         let server_url = format!("https://{}:{}", advertise, api_addr.port());
 
         let kubeconfig = data.join("kubeconfig");
-        kubeconfig::write(
-            &kubeconfig,
-            &server_url,
-            &ca.cert_pem,
-            &tokens.admin,
-            "capstan-admin",
-        )?;
+        kubeconfig::write(&kubeconfig, &server_url, &ca.cert_pem, &tokens.admin, "capstan-admin")?;
         kubeconfig::write(
             &data.join("kubeconfig-readonly"),
             &server_url,
@@ -158,10 +151,7 @@ impl Daemon {
             "capstan-viewer",
         )?;
         let node_token = data.join("node-token");
-        pki::write_private(
-            &node_token,
-            &format!("{}::{}\n", ca.hash(), tokens.join_secret),
-        )?;
+        pki::write_private(&node_token, &format!("{}::{}\n", ca.hash(), tokens.join_secret))?;
 
         let location = Location::parse(&config.repo);
         let mut sync = GitSync::new(objects.clone())?;
@@ -177,9 +167,13 @@ impl Daemon {
         let trigger = source.trigger_handle();
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
+            // Writes that failed (a namespace that does not exist yet, a conflict) are retried
+            // by re-applying the last commit in full, as Flux re-reconciles on an interval.
+            let mut retry = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
+                    _ = retry.tick() => sync.retry().await,
                     event = events.recv() => match event {
                         Some(SourceEvent::Commit(update)) => {
                             sync.apply(&update).await;
@@ -211,12 +205,24 @@ impl Daemon {
             extra: None,
         });
         let router = api::router(state);
-        tasks.push(tokio::spawn(server::serve(
-            listener,
-            tls,
-            router,
-            shutdown.clone(),
-        )));
+        tasks.push(tokio::spawn(server::serve(listener, tls, router, shutdown.clone())));
+
+        let api_ip = match advertise {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => std::net::Ipv4Addr::LOCALHOST,
+        };
+        let settings = controllers::Settings {
+            node_grace: config.node_grace,
+            eviction_timeout: config.eviction_timeout,
+            api_endpoint: (api_ip, api_addr.port()),
+            ..controllers::Settings::default()
+        };
+        let ctx = controllers::Context {
+            objects: objects.clone(),
+            cache: cache.clone(),
+            settings: Arc::new(settings),
+        };
+        tasks.extend(controllers::start(ctx, shutdown.clone()));
 
         // Compaction: keep a window of history for watches, as kube-apiserver asks etcd to.
         let compact_store = store.clone();
@@ -261,11 +267,7 @@ impl Daemon {
     }
 
     /// Waits until the sync has applied a commit for which `done` holds (bounded by `timeout`).
-    pub async fn wait_for_sync(
-        &self,
-        timeout: Duration,
-        done: impl Fn(&SyncStatus) -> bool,
-    ) -> Option<SyncStatus> {
+    pub async fn wait_for_sync(&self, timeout: Duration, done: impl Fn(&SyncStatus) -> bool) -> Option<SyncStatus> {
         let mut rx = self.sync_status.clone();
         tokio::time::timeout(timeout, rx.wait_for(|s| done(s)))
             .await

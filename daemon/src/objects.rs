@@ -23,27 +23,16 @@ pub enum ObjectError {
     )]
     Conflict { plural: String, name: String },
     #[error("{plural} {name:?} is invalid: {message}")]
-    Invalid {
-        plural: String,
-        name: String,
-        message: String,
-    },
+    Invalid { plural: String, name: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// The store key of an object.
 pub fn key_of(kind: &KindInfo, namespace: &str, name: &str) -> String {
-    let group = if kind.group.is_empty() {
-        "core"
-    } else {
-        kind.group
-    };
+    let group = if kind.group.is_empty() { "core" } else { kind.group };
     if kind.namespaced {
-        format!(
-            "{REGISTRY_PREFIX}{group}/{}/{namespace}/{name}",
-            kind.plural
-        )
+        format!("{REGISTRY_PREFIX}{group}/{}/{namespace}/{name}", kind.plural)
     } else {
         format!("{REGISTRY_PREFIX}{group}/{}/{name}", kind.plural)
     }
@@ -51,11 +40,7 @@ pub fn key_of(kind: &KindInfo, namespace: &str, name: &str) -> String {
 
 /// The key prefix of a kind's objects, in one namespace or all.
 pub fn prefix_of(kind: &KindInfo, namespace: Option<&str>) -> String {
-    let group = if kind.group.is_empty() {
-        "core"
-    } else {
-        kind.group
-    };
+    let group = if kind.group.is_empty() { "core" } else { kind.group };
     match namespace {
         Some(ns) if kind.namespaced => format!("{REGISTRY_PREFIX}{group}/{}/{ns}/", kind.plural),
         _ => format!("{REGISTRY_PREFIX}{group}/{}/", kind.plural),
@@ -70,24 +55,17 @@ pub fn decode(kind: &KindInfo, kv: &KeyValue) -> Option<Value> {
     obj.insert("kind".into(), Value::String(kind.kind.to_owned()));
     let meta = obj.entry("metadata").or_insert_with(|| json!({}));
     if let Some(m) = meta.as_object_mut() {
-        m.insert(
-            "resourceVersion".into(),
-            Value::String(kv.mod_revision.to_string()),
-        );
+        m.insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
     }
     Some(v)
 }
 
 pub fn name_of(v: &Value) -> &str {
-    v.pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
+    v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
 }
 
 pub fn namespace_of(v: &Value) -> &str {
-    v.pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
+    v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default()
 }
 
 pub fn resource_version_of(v: &Value) -> Option<Revision> {
@@ -97,9 +75,7 @@ pub fn resource_version_of(v: &Value) -> Option<Revision> {
 }
 
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// Reads and writes objects of any registry kind.
@@ -155,37 +131,19 @@ impl Objects {
         &self.store
     }
 
-    pub fn get(
-        &self,
-        kind: &KindInfo,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<Value>, ObjectError> {
-        Ok(self
-            .store
-            .get(&key_of(kind, namespace, name))?
-            .and_then(|kv| decode(kind, &kv)))
+    pub fn get(&self, kind: &KindInfo, namespace: &str, name: &str) -> Result<Option<Value>, ObjectError> {
+        Ok(self.store.get(&key_of(kind, namespace, name))?.and_then(|kv| decode(kind, &kv)))
     }
 
     /// Every object of a kind (in one namespace or all), with the revision of the read.
-    pub fn list(
-        &self,
-        kind: &KindInfo,
-        namespace: Option<&str>,
-    ) -> Result<(Vec<Value>, Revision), ObjectError> {
+    pub fn list(&self, kind: &KindInfo, namespace: Option<&str>) -> Result<(Vec<Value>, Revision), ObjectError> {
         let r = self.store.range(&prefix_of(kind, namespace), None, 0)?;
-        Ok((
-            r.kvs.iter().filter_map(|kv| decode(kind, kv)).collect(),
-            r.revision,
-        ))
+        Ok((r.kvs.iter().filter_map(|kv| decode(kind, kv)).collect(), r.revision))
     }
 
     /// Creates an object: uid, creationTimestamp and generation are set here.
     pub async fn create(&self, kind: &KindInfo, mut object: Value) -> Result<Value, ObjectError> {
-        let (ns, name) = (
-            namespace_of(&object).to_owned(),
-            name_of(&object).to_owned(),
-        );
+        let (ns, name) = (namespace_of(&object).to_owned(), name_of(&object).to_owned());
         if name.is_empty() {
             return Err(ObjectError::Invalid {
                 plural: kind.plural.into(),
@@ -195,10 +153,7 @@ impl Objects {
         }
         {
             let m = meta_mut(&mut object);
-            m.insert(
-                "uid".into(),
-                Value::String(uuid::Uuid::new_v4().to_string()),
-            );
+            m.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
             m.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
             m.insert("generation".into(), json!(1));
             m.remove("resourceVersion");
@@ -210,11 +165,7 @@ impl Objects {
         let key = key_of(kind, &ns, &name);
         let r = self
             .store
-            .txn(
-                Txn::default()
-                    .when(Compare::Missing(key.clone()))
-                    .put(key, encode(&object)),
-            )
+            .txn(Txn::default().when(Compare::Missing(key.clone())).put(key, encode(&object)))
             .await?;
         if !r.succeeded {
             return Err(ObjectError::AlreadyExists {
@@ -222,10 +173,7 @@ impl Objects {
                 name,
             });
         }
-        meta_mut(&mut object).insert(
-            "resourceVersion".into(),
-            Value::String(r.revision.to_string()),
-        );
+        meta_mut(&mut object).insert("resourceVersion".into(), Value::String(r.revision.to_string()));
         Ok(object)
     }
 
@@ -233,16 +181,8 @@ impl Objects {
     /// stored object is still at that version; without one, it replaces whatever is there.
     /// uid and creationTimestamp are kept; generation goes up when the spec changed. With
     /// `status_only`, only `.status` of `object` is taken; otherwise `.status` is kept.
-    pub async fn update(
-        &self,
-        kind: &KindInfo,
-        mut object: Value,
-        status_only: bool,
-    ) -> Result<Value, ObjectError> {
-        let (ns, name) = (
-            namespace_of(&object).to_owned(),
-            name_of(&object).to_owned(),
-        );
+    pub async fn update(&self, kind: &KindInfo, mut object: Value, status_only: bool) -> Result<Value, ObjectError> {
+        let (ns, name) = (namespace_of(&object).to_owned(), name_of(&object).to_owned());
         let key = key_of(kind, &ns, &name);
         let not_found = || ObjectError::NotFound {
             plural: kind.plural.into(),
@@ -269,10 +209,7 @@ impl Objects {
         } else if let Some(s) = current.get("status") {
             object["status"] = s.clone();
         }
-        let generation = current
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
+        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
         let bump = spec_changed(&current, &object);
         {
             let m = meta_mut(&mut object);
@@ -281,10 +218,7 @@ impl Objects {
                     m.insert(field.into(), v.clone());
                 }
             }
-            m.insert(
-                "generation".into(),
-                json!(if bump { generation + 1 } else { generation }),
-            );
+            m.insert("generation".into(), json!(if bump { generation + 1 } else { generation }));
             if let Some(d) = current.pointer("/metadata/deletionTimestamp") {
                 m.insert("deletionTimestamp".into(), d.clone());
             }
@@ -310,10 +244,7 @@ impl Objects {
                 name,
             });
         }
-        meta_mut(&mut object).insert(
-            "resourceVersion".into(),
-            Value::String(r.revision.to_string()),
-        );
+        meta_mut(&mut object).insert("resourceVersion".into(), Value::String(r.revision.to_string()));
         Ok(object)
     }
 
@@ -328,12 +259,10 @@ impl Objects {
         mut change: impl FnMut(&mut Value) -> bool,
     ) -> Result<Value, ObjectError> {
         loop {
-            let mut current =
-                self.get(kind, namespace, name)?
-                    .ok_or_else(|| ObjectError::NotFound {
-                        plural: kind.plural.into(),
-                        name: name.into(),
-                    })?;
+            let mut current = self.get(kind, namespace, name)?.ok_or_else(|| ObjectError::NotFound {
+                plural: kind.plural.into(),
+                name: name.into(),
+            })?;
             if !change(&mut current) {
                 return Ok(current);
             }
@@ -346,13 +275,7 @@ impl Objects {
 
     /// Deletes an object, optionally only if it is still at `expected` revision. Returns the
     /// object as it was.
-    pub async fn delete(
-        &self,
-        kind: &KindInfo,
-        namespace: &str,
-        name: &str,
-        expected: Option<Revision>,
-    ) -> Result<Value, ObjectError> {
+    pub async fn delete(&self, kind: &KindInfo, namespace: &str, name: &str, expected: Option<Revision>) -> Result<Value, ObjectError> {
         let key = key_of(kind, namespace, name);
         let not_found = || ObjectError::NotFound {
             plural: kind.plural.into(),
@@ -362,11 +285,7 @@ impl Objects {
         let rev = expected.unwrap_or(current_kv.mod_revision);
         let r = self
             .store
-            .txn(
-                Txn::default()
-                    .when(Compare::ModRevision(key.clone(), rev))
-                    .delete(key),
-            )
+            .txn(Txn::default().when(Compare::ModRevision(key.clone(), rev)).delete(key))
             .await?;
         if !r.succeeded {
             return Err(ObjectError::Conflict {

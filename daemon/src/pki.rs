@@ -7,18 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("generating a certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("{path}: not a valid PEM certificate or key")]
@@ -171,26 +168,17 @@ impl Ca {
         }
         params.distinguished_name = dn;
         for name in dns {
-            params
-                .subject_alt_names
-                .push(SanType::DnsName(name.clone().try_into()?));
+            params.subject_alt_names.push(SanType::DnsName(name.clone().try_into()?));
         }
         for ip in ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         if server {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ServerAuth);
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         if client {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ClientAuth);
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2099, 1, 1);
@@ -204,11 +192,7 @@ impl Ca {
     }
 
     /// The API server's serving certificate, reissued when its names change.
-    pub fn apiserver_cert(
-        &self,
-        advertise: IpAddr,
-        cluster_ip: IpAddr,
-    ) -> Result<CertKey, PkiError> {
+    pub fn apiserver_cert(&self, advertise: IpAddr, cluster_ip: IpAddr) -> Result<CertKey, PkiError> {
         let dns: Vec<String> = [
             "kubernetes",
             "kubernetes.default",
@@ -229,10 +213,7 @@ impl Ca {
             self.dir.join("apiserver.names"),
         );
         let names = format!("{dns:?} {ips:?}");
-        if cert_path.exists()
-            && key_path.exists()
-            && read(&names_path).ok().as_deref() == Some(names.as_str())
-        {
+        if cert_path.exists() && key_path.exists() && read(&names_path).ok().as_deref() == Some(names.as_str()) {
             return Ok(CertKey {
                 cert_pem: read(&cert_path)?,
                 key_pem: read(&key_path)?,
@@ -248,23 +229,19 @@ impl Ca {
 
 /// A rustls server configuration from a certificate and key.
 pub fn server_config(ck: &CertKey) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut ck.cert_pem.as_bytes())
-        .filter_map(Result::ok)
-        .collect();
+    let certs: Vec<_> = rustls_pemfile::certs(&mut ck.cert_pem.as_bytes()).filter_map(Result::ok).collect();
     let key = rustls_pemfile::private_key(&mut ck.key_pem.as_bytes())
         .ok()
         .flatten()
         .ok_or(PkiError::Pem {
             path: "serving key".into(),
         })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| PkiError::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| PkiError::Tls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -55,6 +55,8 @@ pub struct GitSync {
     applied: AppliedSet,
     prune: bool,
     status: watch::Sender<SyncStatus>,
+    /// The last commit handed over, kept to retry writes that failed.
+    last: Option<(Arc<capstan_git::repo::LoadedCommit>, String)>,
 }
 
 impl std::fmt::Debug for GitSync {
@@ -97,6 +99,7 @@ impl GitSync {
             applied,
             prune: true,
             status: watch::channel(status).0,
+            last: None,
         })
     }
 
@@ -110,16 +113,27 @@ impl GitSync {
 
     /// Applies one commit from the source; returns the plan that was carried out.
     pub async fn apply(&mut self, update: &CommitUpdate) -> Plan {
-        let desired = update.loaded.snapshot.desired();
-        let commit = update.loaded.commit.to_string();
-        let plan = match update.loaded.snapshot.delta() {
-            // A delta is relative to the previous commit, which must be the one applied.
-            Some(delta)
-                if update.previous.map(|p| p.to_string())
-                    == self.status.borrow().applied_commit =>
-            {
-                plan_delta(&self.applied, &desired, delta, &commit, self.prune)
-            }
+        self.last = Some((update.loaded.clone(), update.branch.clone()));
+        // A delta is relative to the previous commit, which must be the one applied.
+        let follows = update.previous.map(|p| p.to_string()) == self.status.borrow().applied_commit;
+        self.apply_loaded(&update.loaded.clone(), &update.branch.clone(), !follows).await
+    }
+
+    /// Re-applies the last commit in full if its last application left errors.
+    pub async fn retry(&mut self) {
+        if self.status.borrow().errors.is_empty() {
+            return;
+        }
+        if let Some((loaded, branch)) = self.last.clone() {
+            self.apply_loaded(&loaded, &branch, true).await;
+        }
+    }
+
+    async fn apply_loaded(&mut self, loaded: &capstan_git::repo::LoadedCommit, branch: &str, full: bool) -> Plan {
+        let desired = loaded.snapshot.desired();
+        let commit = loaded.commit.to_string();
+        let plan = match loaded.snapshot.delta() {
+            Some(delta) if !full => plan_delta(&self.applied, &desired, delta, &commit, self.prune),
             _ => plan(&self.applied, &desired, &commit, self.prune),
         };
         let mut errors = Vec::new();
@@ -160,7 +174,7 @@ impl GitSync {
             tracing::warn!(git.commit = %commit, error = %e, "sync write failed");
         }
         let status = SyncStatus {
-            branch: update.branch.clone(),
+            branch: branch.to_owned(),
             applied_commit: if errors.is_empty() {
                 Some(commit.clone())
             } else {
@@ -203,21 +217,14 @@ impl GitSync {
 
     async fn publish(&self, status: SyncStatus) {
         let bytes = serde_json::to_vec(&status).unwrap_or_default();
-        if let Err(e) = self
-            .objects
-            .store()
-            .txn(Txn::default().put(STATUS_KEY, bytes))
-            .await
-        {
+        if let Err(e) = self.objects.store().txn(Txn::default().put(STATUS_KEY, bytes)).await {
             tracing::warn!(error = %e, "cannot record the sync status");
         }
         self.status.send_replace(status);
     }
 
     async fn write(&self, key: &ObjectKey, applied: &Applied) -> Result<(), ObjectError> {
-        let kind = key
-            .kind_info()
-            .expect("keys of desired objects name registry kinds");
+        let kind = key.kind_info().expect("keys of desired objects name registry kinds");
         let record_key = applied_key(kind, &key.namespace, &key.name);
         let previous: Option<Value> = self
             .objects
@@ -231,8 +238,7 @@ impl GitSync {
                 None => self.objects.create(kind, desired.clone()).await.map(|_| ()),
                 Some(live) => {
                     let mut next = merge_live(kind, &live, previous.as_ref(), &desired);
-                    next["metadata"]["resourceVersion"] =
-                        live["metadata"]["resourceVersion"].clone();
+                    next["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
                     self.objects.update(kind, next, false).await.map(|_| ())
                 }
             };
@@ -251,14 +257,8 @@ impl GitSync {
     }
 
     async fn remove(&self, key: &ObjectKey) -> Result<(), ObjectError> {
-        let kind = key
-            .kind_info()
-            .expect("keys of desired objects name registry kinds");
-        match self
-            .objects
-            .delete(kind, &key.namespace, &key.name, None)
-            .await
-        {
+        let kind = key.kind_info().expect("keys of desired objects name registry kinds");
+        match self.objects.delete(kind, &key.namespace, &key.name, None).await {
             Ok(_) | Err(ObjectError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -273,22 +273,11 @@ impl GitSync {
 /// The object to write when the desired content changed: the desired object, plus what the
 /// cluster owns — status, labels and annotations that the previous desired version did not set,
 /// and the spec fields Capstan's controllers fill in.
-pub fn merge_live(
-    kind: &KindInfo,
-    live: &Value,
-    previous: Option<&Value>,
-    desired: &Value,
-) -> Value {
+pub fn merge_live(kind: &KindInfo, live: &Value, previous: Option<&Value>, desired: &Value) -> Value {
     let mut next = desired.clone();
     for map in ["labels", "annotations"] {
-        let live_map = live["metadata"][map]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let prev_map = previous
-            .and_then(|p| p["metadata"][map].as_object())
-            .cloned()
-            .unwrap_or_default();
+        let live_map = live["metadata"][map].as_object().cloned().unwrap_or_default();
+        let prev_map = previous.and_then(|p| p["metadata"][map].as_object()).cloned().unwrap_or_default();
         let mut merged: BTreeMap<String, Value> = BTreeMap::new();
         for (k, v) in &live_map {
             if !prev_map.contains_key(k) {
@@ -318,17 +307,12 @@ pub fn merge_live(
                     next["spec"][field] = v.clone();
                 }
             }
-            let live_ports = live["spec"]["ports"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
+            let live_ports = live["spec"]["ports"].as_array().cloned().unwrap_or_default();
             if let Some(ports) = next["spec"]["ports"].as_array_mut() {
                 for p in ports {
                     if p.get("nodePort").is_none() {
                         let same = live_ports.iter().find(|lp| {
-                            lp["port"] == p["port"]
-                                && lp["protocol"].as_str().unwrap_or("TCP")
-                                    == p["protocol"].as_str().unwrap_or("TCP")
+                            lp["port"] == p["port"] && lp["protocol"].as_str().unwrap_or("TCP") == p["protocol"].as_str().unwrap_or("TCP")
                         });
                         if let Some(np) = same.and_then(|lp| lp.get("nodePort")) {
                             p["nodePort"] = np.clone();
@@ -370,10 +354,7 @@ mod tests {
             "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80, "nodePort": 30001, "protocol": "TCP"}]}, "status": {"loadBalancer": {}}});
         let desired = json!({"metadata": {"name": "web", "labels": {"app": "web"}, "annotations": {"capstan.dev/commit": "c2"}}, "spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 81}]}});
         let next = merge_live(svc, &live, Some(&previous), &desired);
-        assert_eq!(
-            next["metadata"]["labels"],
-            json!({"added-by-cluster": "y", "app": "web"})
-        );
+        assert_eq!(next["metadata"]["labels"], json!({"added-by-cluster": "y", "app": "web"}));
         assert_eq!(next["metadata"]["annotations"]["capstan.dev/commit"], "c2");
         assert_eq!(next["spec"]["clusterIP"], "10.96.0.20");
         assert_eq!(next["spec"]["ports"][0]["nodePort"], 30001);

@@ -42,8 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM.
 pub async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -13,56 +13,27 @@ use capstan_git::report::{Entry, Report};
 use crate::commands::validate::plural;
 use crate::output::{Format, print_structured};
 
-pub fn run(
-    repo_path: &Path,
-    subpath: &str,
-    range: &str,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
+pub fn run(repo_path: &Path, subpath: &str, range: &str, format: Format) -> anyhow::Result<ExitCode> {
     let Some((base, head)) = range.split_once("..") else {
         bail!("expected a range BASE..HEAD, got {range:?}");
     };
     let head = if head.is_empty() { "HEAD" } else { head };
     let data_dir = std::env::temp_dir();
-    let repo = GitRepo::open(
-        Location::Local(repo_path.to_path_buf()),
-        Some("HEAD"),
-        subpath,
-        &data_dir,
-    )
-    .with_context(|| format!("opening {}", repo_path.display()))?;
+    let repo = GitRepo::open(Location::Local(repo_path.to_path_buf()), Some("HEAD"), subpath, &data_dir)
+        .with_context(|| format!("opening {}", repo_path.display()))?;
     let resolve = |rev: &str| -> anyhow::Result<git2::Oid> {
         let obj = repo
             .repository()
             .revparse_single(rev)
             .with_context(|| format!("unknown revision {rev:?}"))?;
-        Ok(obj
-            .peel_to_commit()
-            .with_context(|| format!("{rev:?} is not a commit"))?
-            .id())
+        Ok(obj.peel_to_commit().with_context(|| format!("{rev:?} is not a commit"))?.id())
     };
     let (base_id, head_id) = (resolve(base)?, resolve(head)?);
     let base_loaded = repo.load(base_id)?;
     let head_loaded = repo.load_since(&base_loaded, head_id)?;
-    let applied = plan(
-        &AppliedSet::new(),
-        &base_loaded.snapshot.desired(),
-        &base_id.to_string(),
-        true,
-    )
-    .next;
-    let head_plan = plan(
-        &applied,
-        &head_loaded.snapshot.desired(),
-        &head_id.to_string(),
-        true,
-    );
-    let report = Report::new(
-        &base_id.to_string(),
-        &head_id.to_string(),
-        &applied,
-        &head_plan,
-    );
+    let applied = plan(&AppliedSet::new(), &base_loaded.snapshot.desired(), &base_id.to_string(), true).next;
+    let head_plan = plan(&applied, &head_loaded.snapshot.desired(), &head_id.to_string(), true);
+    let report = Report::new(&base_id.to_string(), &head_id.to_string(), &applied, &head_plan);
     if format != Format::Text {
         print_structured(format, &report)?;
     } else {
@@ -80,31 +51,19 @@ fn short(id: &str) -> &str {
 }
 
 fn print_text(report: &Report, base: &str, head: &str) {
-    println!(
-        "Plan {base}..{head} ({}..{})",
-        short(&report.base),
-        short(&report.head)
-    );
+    println!("Plan {base}..{head} ({}..{})", short(&report.base), short(&report.head));
     println!();
     for e in &report.entries {
         match e {
             Entry::Create { object, file } => println!("  + create  {object}  ({file})"),
-            Entry::Update {
-                object,
-                file,
-                changes,
-            } => {
+            Entry::Update { object, file, changes } => {
                 println!("  ~ update  {object}  ({file})");
                 for c in changes {
                     println!("        {c}");
                 }
             }
             Entry::Prune { object, file } => println!("  - prune   {object}  (was in {file})"),
-            Entry::Quarantine {
-                object,
-                kept,
-                problems,
-            } => {
+            Entry::Quarantine { object, kept, problems } => {
                 let what = if *kept {
                     "keeps running its last good version"
                 } else {
@@ -123,11 +82,7 @@ fn print_text(report: &Report, base: &str, head: &str) {
     if report.entries.is_empty() {
         println!("  no changes");
     }
-    let others: Vec<_> = report
-        .problems
-        .iter()
-        .filter(|p| p.object.is_none())
-        .collect();
+    let others: Vec<_> = report.problems.iter().filter(|p| p.object.is_none()).collect();
     if !others.is_empty() {
         println!();
         println!("Problems:");

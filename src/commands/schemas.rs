@@ -10,8 +10,7 @@ pub fn run(out: &Path) -> anyhow::Result<ExitCode> {
     let files = capstan_api::schema::all_files();
     for (name, schema) in &files {
         let path = out.join(name);
-        std::fs::write(&path, capstan_api::schema::render(schema))
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, capstan_api::schema::render(schema)).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("wrote {} schemas to {}", files.len(), out.display());
     Ok(ExitCode::SUCCESS)

@@ -46,9 +46,7 @@ pub fn run_ok(cmd: &mut Command) -> String {
 
 /// Builds the example's and the tests' images (kept when they exist).
 pub fn build_images() {
-    run_ok(&mut Command::new(
-        repo_root().join("examples-repo/images/build.sh"),
-    ));
+    run_ok(&mut Command::new(repo_root().join("examples-repo/images/build.sh")));
 }
 
 /// A run id and the Docker resources made under it, removed on drop.
@@ -78,37 +76,16 @@ impl DockerRun {
         let full = format!("capstan-test-{}-{name}", self.id);
         run_ok(
             Command::new("docker")
-                .args([
-                    "run",
-                    "-d",
-                    "--name",
-                    &full,
-                    "--label",
-                    &self.label(),
-                    "--network",
-                    network,
-                ])
+                .args(["run", "-d", "--name", &full, "--label", &self.label(), "--network", network])
                 .args(args),
         );
-        run_ok(Command::new("docker").args([
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            &full,
-        ]))
+        run_ok(Command::new("docker").args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &full]))
     }
 
     /// Runs a one-off container to completion and returns its output.
     pub fn oneoff(&self, network: &str, args: &[&str]) -> Output {
         run(Command::new("docker")
-            .args([
-                "run",
-                "--rm",
-                "--label",
-                &self.label(),
-                "--network",
-                network,
-            ])
+            .args(["run", "--rm", "--label", &self.label(), "--network", network])
             .args(args))
     }
 }
@@ -200,17 +177,9 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .unwrap();
-        let cluster = Cluster {
-            dir,
-            repo,
-            data,
-            child,
-        };
+        let cluster = Cluster { dir, repo, data, child };
         cluster.wait_until("the API server answers", || {
-            cluster
-                .kubectl(&["get", "--raw", "/readyz"])
-                .status
-                .success()
+            cluster.kubectl(&["get", "--raw", "/readyz"]).status.success()
         });
         cluster
     }
@@ -225,10 +194,7 @@ impl Cluster {
 
     /// Runs the real kubectl against the cluster.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        run(Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args))
+        run(Command::new("kubectl").arg("--kubeconfig").arg(self.kubeconfig()).args(args))
     }
 
     /// Runs kubectl and returns its standard output, failing the test if it fails.
@@ -263,10 +229,7 @@ impl Cluster {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !f() {
             if std::time::Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for {what}\n--- daemon log ---\n{}",
-                    self.log()
-                );
+                panic!("timed out waiting for {what}\n--- daemon log ---\n{}", self.log());
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }

@@ -25,11 +25,7 @@ pub const GROUP: &str = "capstan.dev";
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterSettingsSpec {
     /// Range that Service ClusterIPs are allocated from. Default 10.96.0.0/16.
-    #[serde(
-        default,
-        rename = "serviceCIDR",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "serviceCIDR", skip_serializing_if = "Option::is_none")]
     pub service_cidr: Option<String>,
     /// Range that each node's pod subnet (a /24) is carved from. Default 10.244.0.0/16.
     #[serde(default, rename = "podCIDR", skip_serializing_if = "Option::is_none")]
@@ -58,9 +54,7 @@ impl ClusterSettingsSpec {
     pub const DEFAULT_POD_EVICTION_TIMEOUT_SECONDS: u32 = 300;
 
     pub fn service_cidr(&self) -> &str {
-        self.service_cidr
-            .as_deref()
-            .unwrap_or(Self::DEFAULT_SERVICE_CIDR)
+        self.service_cidr.as_deref().unwrap_or(Self::DEFAULT_SERVICE_CIDR)
     }
 
     pub fn pod_cidr(&self) -> &str {
@@ -68,8 +62,7 @@ impl ClusterSettingsSpec {
     }
 
     pub fn node_grace_period_seconds(&self) -> u32 {
-        self.node_grace_period_seconds
-            .unwrap_or(Self::DEFAULT_NODE_GRACE_PERIOD_SECONDS)
+        self.node_grace_period_seconds.unwrap_or(Self::DEFAULT_NODE_GRACE_PERIOD_SECONDS)
     }
 
     pub fn pod_eviction_timeout_seconds(&self) -> u32 {

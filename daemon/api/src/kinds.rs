@@ -103,8 +103,7 @@ fn schema_of<T: JsonSchema>(generator: SchemaGenerator) -> Schema {
 /// Our own kinds' schemas: kube-derive leaves `metadata` out of the root (a CRD's metadata is
 /// the API server's business), but a manifest must have one, so it is added here.
 fn own_schema_of<T: JsonSchema>(mut generator: SchemaGenerator) -> Schema {
-    let metadata =
-        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+    let metadata = generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
     let mut root = generator.into_root_schema_for::<T>();
     if let Some(props) = root.get_mut("properties").and_then(|p| p.as_object_mut()) {
         props.insert("metadata".into(), metadata.to_value());
@@ -113,12 +112,10 @@ fn own_schema_of<T: JsonSchema>(mut generator: SchemaGenerator) -> Schema {
 }
 
 fn check_as<T: DeserializeOwned>(object: serde_json::Value) -> Result<(), TypeError> {
-    serde_path_to_error::deserialize::<_, T>(object)
-        .map(|_| ())
-        .map_err(|e| TypeError {
-            path: e.path().to_string(),
-            message: e.inner().to_string(),
-        })
+    serde_path_to_error::deserialize::<_, T>(object).map(|_| ()).map_err(|e| TypeError {
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
 }
 
 /// Builds a registry entry for a k8s-openapi type, taking names and scope from its
@@ -192,9 +189,7 @@ pub static REGISTRY: &[KindInfo] = &[
 /// Looks a kind up by `apiVersion` and `kind`, as written in a manifest.
 pub fn by_api_version(api_version: &str, kind: &str) -> Option<&'static KindInfo> {
     let (group, version) = split_api_version(api_version);
-    REGISTRY
-        .iter()
-        .find(|k| k.group == group && k.version == version && k.kind == kind)
+    REGISTRY.iter().find(|k| k.group == group && k.version == version && k.kind == kind)
 }
 
 /// Looks a kind up by group and `kind` only (any version).
@@ -204,9 +199,7 @@ pub fn by_group_kind(group: &str, kind: &str) -> Option<&'static KindInfo> {
 
 /// Looks a kind up by group and plural, as in an API path.
 pub fn by_plural(group: &str, plural: &str) -> Option<&'static KindInfo> {
-    REGISTRY
-        .iter()
-        .find(|k| k.group == group && k.plural == plural)
+    REGISTRY.iter().find(|k| k.group == group && k.plural == plural)
 }
 
 /// Looks a kind up by a name kubectl or a user might type (`po`, `pods`, `deployment.apps`).
@@ -243,18 +236,12 @@ mod tests {
     #[test]
     fn registry_is_consistent() {
         for k in REGISTRY {
-            assert_eq!(
-                by_api_version(&k.api_version(), k.kind).unwrap().kind,
-                k.kind
-            );
+            assert_eq!(by_api_version(&k.api_version(), k.kind).unwrap().kind, k.kind);
             assert_eq!(by_plural(k.group, k.plural).unwrap().kind, k.kind);
         }
         assert!(!by_api_version("v1", "Namespace").unwrap().namespaced);
         assert!(by_api_version("apps/v1", "Deployment").unwrap().namespaced);
-        assert_eq!(
-            by_api_version("apps/v1", "Deployment").unwrap().plural,
-            "deployments"
-        );
+        assert_eq!(by_api_version("apps/v1", "Deployment").unwrap().plural, "deployments");
     }
 
     #[test]

@@ -77,10 +77,7 @@ mod tests {
     #[test]
     fn keys_print_like_kubectl() {
         let deploy = crate::kinds::by_name("deploy").unwrap();
-        assert_eq!(
-            ObjectKey::new(deploy, "shop", "web").to_string(),
-            "deployment.apps/web -n shop"
-        );
+        assert_eq!(ObjectKey::new(deploy, "shop", "web").to_string(), "deployment.apps/web -n shop");
         let ns = crate::kinds::by_name("ns").unwrap();
         assert_eq!(ObjectKey::new(ns, "", "shop").to_string(), "namespace/shop");
     }

@@ -42,14 +42,9 @@ pub fn dns1123_label(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > 63 {
-        return Some(format!(
-            "must be no more than 63 characters (is {})",
-            name.len()
-        ));
+        return Some(format!("must be no more than 63 characters (is {})", name.len()));
     }
-    let ok = name.chars().all(|c| is_lower_alnum(c) || c == '-')
-        && name.starts_with(is_lower_alnum)
-        && name.ends_with(is_lower_alnum);
+    let ok = name.chars().all(|c| is_lower_alnum(c) || c == '-') && name.starts_with(is_lower_alnum) && name.ends_with(is_lower_alnum);
     (!ok).then(|| {
         format!(
             "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or \
@@ -84,10 +79,7 @@ pub fn dns1123_subdomain(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > 253 {
-        return Some(format!(
-            "must be no more than 253 characters (is {})",
-            name.len()
-        ));
+        return Some(format!("must be no more than 253 characters (is {})", name.len()));
     }
     let ok = name.split('.').all(|part| {
         !part.is_empty()
@@ -125,16 +117,9 @@ pub fn qualified_name(key: &str) -> Option<String> {
         return Some("name part must not be empty".into());
     }
     if name.len() > 63 {
-        return Some(format!(
-            "name part must be no more than 63 characters (is {})",
-            name.len()
-        ));
+        return Some(format!("name part must be no more than 63 characters (is {})", name.len()));
     }
-    let ok = name
-        .chars()
-        .all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.'))
-        && name.starts_with(is_alnum)
-        && name.ends_with(is_alnum);
+    let ok = name.chars().all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.')) && name.starts_with(is_alnum) && name.ends_with(is_alnum);
     (!ok).then(|| {
         format!(
             "name part must consist of alphanumeric characters, '-', '_' or '.', and must start \
@@ -151,16 +136,9 @@ pub fn label_value(value: &str) -> Option<String> {
         return None;
     }
     if value.len() > 63 {
-        return Some(format!(
-            "must be no more than 63 characters (is {})",
-            value.len()
-        ));
+        return Some(format!("must be no more than 63 characters (is {})", value.len()));
     }
-    let ok = value
-        .chars()
-        .all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.'))
-        && value.starts_with(is_alnum)
-        && value.ends_with(is_alnum);
+    let ok = value.chars().all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.')) && value.starts_with(is_alnum) && value.ends_with(is_alnum);
     (!ok).then(|| {
         format!(
             "a valid label must be an empty string or consist of alphanumeric characters, '-', \

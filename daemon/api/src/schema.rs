@@ -71,10 +71,7 @@ pub fn all_schema() -> Value {
 
 /// Every schema file: one per kind, then `all.json`, with their file names.
 pub fn all_files() -> Vec<(String, Value)> {
-    let mut files: Vec<(String, Value)> = REGISTRY
-        .iter()
-        .map(|k| (file_name(k), kind_schema(k)))
-        .collect();
+    let mut files: Vec<(String, Value)> = REGISTRY.iter().map(|k| (file_name(k), kind_schema(k))).collect();
     files.push((ALL_FILE_NAME.to_owned(), all_schema()));
     files
 }
@@ -98,19 +95,14 @@ fn close_objects(schema: &mut Value, definition: Option<&str>) {
             {
                 map.insert("additionalProperties".into(), Value::Bool(false));
             }
-            if map.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
-                && !map.contains_key("anyOf")
-                && !map.contains_key("type")
+            if map.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) && !map.contains_key("anyOf") && !map.contains_key("type")
             {
                 let number = if definition == Some(QUANTITY_DEFINITION) {
                     "number"
                 } else {
                     "integer"
                 };
-                map.insert(
-                    "anyOf".into(),
-                    json!([{"type": number}, {"type": "string"}]),
-                );
+                map.insert("anyOf".into(), json!([{"type": number}, {"type": "string"}]));
             }
             for (key, child) in map.iter_mut() {
                 if key == "definitions" || key == "$defs" {
@@ -135,9 +127,7 @@ fn pin_type_meta(schema: &mut Value, kind: &KindInfo) {
     let Some(root) = schema.as_object_mut() else {
         return;
     };
-    let properties = root
-        .entry("properties")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let properties = root.entry("properties").or_insert_with(|| Value::Object(Map::new()));
     if let Some(props) = properties.as_object_mut() {
         props.insert(
             "apiVersion".into(),
@@ -148,9 +138,7 @@ fn pin_type_meta(schema: &mut Value, kind: &KindInfo) {
             json!({"description": "The kind of object.", "type": "string", "enum": [kind.kind]}),
         );
     }
-    let required = root
-        .entry("required")
-        .or_insert_with(|| Value::Array(Vec::new()));
+    let required = root.entry("required").or_insert_with(|| Value::Array(Vec::new()));
     if let Some(req) = required.as_array_mut() {
         for field in ["apiVersion", "kind", "metadata"] {
             if !req.iter().any(|r| r == field) {
@@ -167,19 +155,10 @@ mod tests {
 
     #[test]
     fn file_names_follow_the_community_convention() {
-        assert_eq!(
-            file_name(by_name("deploy").unwrap()),
-            "deployment-apps-v1.json"
-        );
+        assert_eq!(file_name(by_name("deploy").unwrap()), "deployment-apps-v1.json");
         assert_eq!(file_name(by_name("pod").unwrap()), "pod-v1.json");
-        assert_eq!(
-            file_name(by_name("lease").unwrap()),
-            "lease-coordination-v1.json"
-        );
-        assert_eq!(
-            file_name(by_name("settings").unwrap()),
-            "clustersettings-capstan-v1alpha1.json"
-        );
+        assert_eq!(file_name(by_name("lease").unwrap()), "lease-coordination-v1.json");
+        assert_eq!(file_name(by_name("settings").unwrap()), "clustersettings-capstan-v1alpha1.json");
     }
 
     #[test]
@@ -189,8 +168,7 @@ mod tests {
         assert_eq!(s["properties"]["kind"]["enum"][0], "Deployment");
         let container = &s["definitions"]["io.k8s.api.core.v1.Container"];
         assert_eq!(container["additionalProperties"], false);
-        let labels = &s["definitions"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]
-            ["labels"];
+        let labels = &s["definitions"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]["labels"];
         assert_eq!(labels["additionalProperties"]["type"], "string");
         let quantity = &s["definitions"][QUANTITY_DEFINITION];
         assert_eq!(quantity["anyOf"][0]["type"], "number");

@@ -88,34 +88,22 @@ fn median_of(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
 
 /// Makes a commit on `main` that changes one file, without moving any ref; returns its id.
 fn prepare_commit(repo: &Repository, n: usize) -> git2::Oid {
-    let parent = repo
-        .find_reference("refs/heads/main")
-        .unwrap()
-        .peel_to_commit()
-        .unwrap();
+    let parent = repo.find_reference("refs/heads/main").unwrap().peel_to_commit().unwrap();
     let tree = parent.tree().unwrap();
-    let blob = repo.blob(format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bench-change\ndata:\n  n: \"{n}\"\n").as_bytes()).unwrap();
+    let blob = repo
+        .blob(format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bench-change\ndata:\n  n: \"{n}\"\n").as_bytes())
+        .unwrap();
     let mut builder = git2::build::TreeUpdateBuilder::new();
     builder.upsert("bench-change.yaml", blob, git2::FileMode::Blob);
-    let new_tree = repo
-        .find_tree(builder.create_updated(repo, &tree).unwrap())
-        .unwrap();
+    let new_tree = repo.find_tree(builder.create_updated(repo, &tree).unwrap()).unwrap();
     let sig = Signature::now("Bench", "bench@example.com").unwrap();
-    repo.commit(
-        None,
-        &sig,
-        &sig,
-        &format!("change {n}"),
-        &new_tree,
-        &[&parent],
-    )
-    .unwrap()
+    repo.commit(None, &sig, &sig, &format!("change {n}"), &new_tree, &[&parent])
+        .unwrap()
 }
 
 /// Waits for the next commit from the source and computes its desired state.
 fn await_commit(rt: &tokio::runtime::Runtime, rx: &mut tokio::sync::mpsc::Receiver<SourceEvent>) {
-    let event =
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), rx.recv()).await });
+    let event = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), rx.recv()).await });
     match event.expect("source answers") {
         Some(SourceEvent::Commit(c)) => {
             let _ = c.loaded.snapshot.desired();
@@ -130,14 +118,7 @@ fn rand_fraction(n: usize) -> f64 {
     ((n as f64 + 1.0) * 0.618_033_988_75).fract()
 }
 
-fn latency(
-    label: &str,
-    samples: usize,
-    location: Location,
-    repo_dir: &Path,
-    data: &Path,
-    poll: Option<Duration>,
-) {
+fn latency(label: &str, samples: usize, location: Location, repo_dir: &Path, data: &Path, poll: Option<Duration>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let repo = Repository::open(repo_dir).unwrap();
     let mut config = SourceConfig::new(location, data.to_path_buf());
@@ -152,8 +133,7 @@ fn latency(
             std::thread::sleep(p.mul_f64(rand_fraction(n)));
         }
         let start = Instant::now();
-        repo.reference("refs/heads/main", commit, true, "bench")
-            .unwrap();
+        repo.reference("refs/heads/main", commit, true, "bench").unwrap();
         if poll.is_none() && matches!(label, l if l.contains("trigger")) {
             source.trigger();
         }
@@ -169,8 +149,7 @@ fn latency(
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick")
-        || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
+    let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
     let docs = if quick { 1_000 } else { 10_000 };
     let runs = if quick { 2 } else { 5 };
     let samples = if quick { 5 } else { 30 };
@@ -212,25 +191,15 @@ fn main() {
         t.elapsed()
     });
     let desired = desired.unwrap();
-    assert!(
-        desired.problems.is_empty(),
-        "{:?}",
-        desired.problems.first()
-    );
+    assert!(desired.problems.is_empty(), "{:?}", desired.problems.first());
     assert_eq!(desired.objects.len(), docs);
     let applied = plan(&AppliedSet::new(), &desired, &tip.to_string(), true).next;
     println!(
         "  full load (read + parse + check)               {:>9}   target < 1000 ms",
         ms(full)
     );
-    println!(
-        "    of which parse + check, from memory          {:>9}",
-        ms(parse_only)
-    );
-    println!(
-        "  desired state of the full tree                 {:>9}",
-        ms(assemble)
-    );
+    println!("    of which parse + check, from memory          {:>9}", ms(parse_only));
+    println!("  desired state of the full tree                 {:>9}", ms(assemble));
 
     // One changed file.
     let target = work.join("apps/group-3/file-3.yaml");
@@ -247,13 +216,7 @@ fn main() {
         let t = Instant::now();
         let l2 = repo.load_since(&loaded, tip2).unwrap();
         let d2 = l2.snapshot.desired();
-        changed_plan = Some(plan_delta(
-            &applied,
-            &d2,
-            l2.snapshot.delta().unwrap(),
-            &tip2.to_string(),
-            true,
-        ));
+        changed_plan = Some(plan_delta(&applied, &d2, l2.snapshot.delta().unwrap(), &tip2.to_string(), true));
         t.elapsed()
     });
     let p = changed_plan.unwrap();
@@ -276,13 +239,7 @@ fn main() {
     let bare = dir.path().join("bare.git");
     git(
         dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
+        &["clone", "-q", "--bare", work.to_str().unwrap(), bare.to_str().unwrap()],
     );
     let url = format!("file://{}", bare.display());
     latency(

@@ -63,12 +63,7 @@ impl Snapshot {
     /// Loads every file, spread over the machine's cores.
     pub fn load(files: Vec<(String, Vec<u8>)>) -> Snapshot {
         let mut snapshot = Snapshot::default();
-        snapshot.apply(
-            files
-                .into_iter()
-                .map(|(p, b)| FileChange::Write(p, b))
-                .collect(),
-        );
+        snapshot.apply(files.into_iter().map(|(p, b)| FileChange::Write(p, b)).collect());
         snapshot.delta = None;
         snapshot
     }
@@ -119,18 +114,10 @@ impl Snapshot {
         };
         self.broken_files.remove(path);
         self.files_with_problems.remove(path);
-        let keys = old
-            .manifests
-            .iter()
-            .map(|m| &m.key)
-            .chain(old.quarantined.iter().map(|(k, _)| k));
+        let keys = old.manifests.iter().map(|m| &m.key).chain(old.quarantined.iter().map(|(k, _)| k));
         for key in keys {
             if let Some(places) = self.places.get(key) {
-                let rest: Vec<Place> = places
-                    .iter()
-                    .filter(|p| p.load.path != path)
-                    .cloned()
-                    .collect();
+                let rest: Vec<Place> = places.iter().filter(|p| p.load.path != path).cloned().collect();
                 if rest.is_empty() {
                     self.places.remove(key);
                 } else {
@@ -143,11 +130,7 @@ impl Snapshot {
 
     /// Adds a file's contributions, noting the keys it defines.
     fn remember(&mut self, load: Arc<FileLoad>, dirty: &mut BTreeSet<ObjectKey>) {
-        let mut add = |snapshot: &mut Snapshot,
-                       key: &ObjectKey,
-                       line: u32,
-                       column: u32,
-                       manifest: Option<usize>| {
+        let mut add = |snapshot: &mut Snapshot, key: &ObjectKey, line: u32, column: u32, manifest: Option<usize>| {
             let place = Place {
                 load: load.clone(),
                 line,
@@ -219,9 +202,7 @@ impl Snapshot {
             ..DesiredState::default()
         };
         for path in &self.files_with_problems {
-            state
-                .problems
-                .extend(self.files[path].problems.iter().cloned());
+            state.problems.extend(self.files[path].problems.iter().cloned());
         }
         for key in &self.troubled {
             let places = &self.places[key];
@@ -240,10 +221,7 @@ impl Snapshot {
                         code: ProblemCode::Duplicate,
                         field: None,
                         object: Some(key.clone()),
-                        message: format!(
-                            "{key} is defined more than once; also at {}",
-                            others.join(", ")
-                        ),
+                        message: format!("{key} is defined more than once; also at {}", others.join(", ")),
                     });
                 }
             }
@@ -252,24 +230,16 @@ impl Snapshot {
             if let Some(key) = &p.object
                 && self.troubled.contains(key)
             {
-                state
-                    .quarantined
-                    .entry(key.clone())
-                    .or_default()
-                    .push(p.clone());
+                state.quarantined.entry(key.clone()).or_default().push(p.clone());
             }
         }
-        state
-            .problems
-            .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        state.problems.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         state
     }
 }
 
 fn load_parallel(files: Vec<(String, Vec<u8>)>) -> Vec<FileLoad> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(files.len().max(1));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
     if threads <= 1 || files.len() < 16 {
         return files.iter().map(|(p, b)| load_file(p, b)).collect();
     }
@@ -277,13 +247,7 @@ fn load_parallel(files: Vec<(String, Vec<u8>)>) -> Vec<FileLoad> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|(p, b)| load_file(p, b))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|part| scope.spawn(move || part.iter().map(|(p, b)| load_file(p, b)).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()
@@ -319,14 +283,9 @@ impl Applied {
     pub fn to_object(&self) -> Value {
         let mut v = (*self.object).clone();
         if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            let annotations = meta
-                .entry("annotations")
-                .or_insert_with(|| Value::Object(Default::default()));
+            let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
             if let Some(a) = annotations.as_object_mut() {
-                a.insert(
-                    ANNOTATION_COMMIT.into(),
-                    Value::String(self.commit.to_string()),
-                );
+                a.insert(ANNOTATION_COMMIT.into(), Value::String(self.commit.to_string()));
             }
         }
         v
@@ -408,13 +367,7 @@ pub fn plan(applied: &AppliedSet, desired: &DesiredState, commit: &str, prune: b
 /// Like [`plan`], looking only at what `delta` touched: the keys it names, and the applied
 /// objects held because of a changed file that could not be read. `applied` must be the plan
 /// result of the snapshot `delta` was applied to.
-pub fn plan_delta(
-    applied: &AppliedSet,
-    desired: &DesiredState,
-    delta: &Delta,
-    commit: &str,
-    prune: bool,
-) -> Plan {
+pub fn plan_delta(applied: &AppliedSet, desired: &DesiredState, delta: &Delta, commit: &str, prune: bool) -> Plan {
     let mut keys: BTreeSet<&ObjectKey> = delta.keys.iter().collect();
     if !delta.broken_before.is_empty() {
         for (key, a) in applied.iter() {
@@ -506,9 +459,7 @@ mod tests {
     const API: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: api}\ndata: {v: '1'}\n";
 
     fn files(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        list.iter()
-            .map(|(p, t)| (p.to_string(), t.as_bytes().to_vec()))
-            .collect()
+        list.iter().map(|(p, t)| (p.to_string(), t.as_bytes().to_vec())).collect()
     }
 
     fn names(keys: &[ObjectKey]) -> Vec<&str> {
@@ -540,10 +491,7 @@ mod tests {
         // An unchanged object keeps the commit in which it last changed.
         assert_eq!(&*p3.next.values().next().unwrap().commit, "c2");
         let obj = p3.next.values().next().unwrap().to_object();
-        assert_eq!(
-            Applied::from_object(obj),
-            p3.next.values().next().unwrap().clone()
-        );
+        assert_eq!(Applied::from_object(obj), p3.next.values().next().unwrap().clone());
     }
 
     #[test]
@@ -578,11 +526,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_quarantined_in_every_file() {
-        let s = Snapshot::load(files(&[
-            ("a.yaml", WEB),
-            ("b.yaml", WEB),
-            ("api.yaml", API),
-        ]));
+        let s = Snapshot::load(files(&[("a.yaml", WEB), ("b.yaml", WEB), ("api.yaml", API)]));
         let d = s.desired();
         assert_eq!(d.objects.len(), 1);
         let msgs: Vec<String> = d.problems.iter().map(|p| p.to_string()).collect();
@@ -593,10 +537,7 @@ mod tests {
                 "b.yaml:1:1: configmap/web -n default is defined more than once; also at a.yaml:1 [configmap/web -n default]",
             ]
         );
-        assert!(
-            d.quarantined
-                .contains_key(&d.problems[0].object.clone().unwrap())
-        );
+        assert!(d.quarantined.contains_key(&d.problems[0].object.clone().unwrap()));
     }
 
     /// A plan from a delta is the plan from the whole tree, whatever the sequence of edits.

@@ -12,19 +12,9 @@ use serde_json::Value;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum FieldChange {
-    Added {
-        path: String,
-        value: String,
-    },
-    Removed {
-        path: String,
-        value: String,
-    },
-    Changed {
-        path: String,
-        from: String,
-        to: String,
-    },
+    Added { path: String, value: String },
+    Removed { path: String, value: String },
+    Changed { path: String, from: String, to: String },
 }
 
 impl fmt::Display for FieldChange {
@@ -61,11 +51,7 @@ fn show(v: &Value, redact: bool) -> String {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
 fn walk(out: &mut Vec<FieldChange>, path: String, old: &Value, new: &Value, redact: bool) {
@@ -76,10 +62,7 @@ fn walk(out: &mut Vec<FieldChange>, path: String, old: &Value, new: &Value, reda
         (Value::Object(a), Value::Object(b)) => {
             let skip_own = path == "metadata.annotations";
             // Only the values under data/stringData of a Secret are secret.
-            let child_redact = |k: &str| {
-                redact
-                    && (path.is_empty() && matches!(k, "data" | "stringData") || !path.is_empty())
-            };
+            let child_redact = |k: &str| redact && (path.is_empty() && matches!(k, "data" | "stringData") || !path.is_empty());
             for (k, av) in a {
                 if skip_own && k.starts_with(OWN_ANNOTATIONS) {
                     continue;
@@ -147,10 +130,7 @@ fn walk(out: &mut Vec<FieldChange>, path: String, old: &Value, new: &Value, reda
 
 /// The `name` of every item, if every item is an object with a distinct name.
 fn names(items: &[Value]) -> Option<Vec<&str>> {
-    let names: Vec<&str> = items
-        .iter()
-        .map(|i| i.get("name").and_then(Value::as_str))
-        .collect::<Option<_>>()?;
+    let names: Vec<&str> = items.iter().map(|i| i.get("name").and_then(Value::as_str)).collect::<Option<_>>()?;
     let mut sorted = names.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -166,10 +146,7 @@ mod tests {
     fn named_lists_match_by_name() {
         let old = json!({"spec": {"containers": [{"name": "web", "image": "web:1"}, {"name": "log", "image": "log:1"}]}});
         let new = json!({"spec": {"containers": [{"name": "init", "image": "i:1"}, {"name": "web", "image": "web:2"}, {"name": "log", "image": "log:1"}]}});
-        let d: Vec<String> = diff(&old, &new, false)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let d: Vec<String> = diff(&old, &new, false).iter().map(ToString::to_string).collect();
         assert_eq!(
             d,
             [
@@ -183,10 +160,7 @@ mod tests {
     fn own_annotations_are_not_changes_and_secrets_are_hidden() {
         let old = json!({"metadata": {"annotations": {"capstan.dev/commit": "a", "team": "x"}}, "data": {"pw": "YQ=="}});
         let new = json!({"metadata": {"annotations": {"capstan.dev/commit": "b", "team": "y"}}, "data": {"pw": "Yg==", "user": "dQ=="}});
-        let d: Vec<String> = diff(&old, &new, true)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let d: Vec<String> = diff(&old, &new, true).iter().map(ToString::to_string).collect();
         assert_eq!(
             d,
             [

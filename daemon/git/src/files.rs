@@ -14,16 +14,9 @@ pub const IGNORE_FILE: &str = ".capstanignore";
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     #[error("{file}:{line}: invalid pattern: {message}")]
-    Pattern {
-        file: String,
-        line: usize,
-        message: String,
-    },
+    Pattern { file: String, line: usize, message: String },
     #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
 }
 
 /// Decides which paths (relative to the repository root, `/`-separated) are manifests.
@@ -43,13 +36,11 @@ impl FileFilter {
             let text = String::from_utf8_lossy(bytes);
             let mut builder = GitignoreBuilder::new("");
             for (i, line) in text.lines().enumerate() {
-                builder
-                    .add_line(None, line)
-                    .map_err(|e| FilesError::Pattern {
-                        file: filter.ignore_file_path(),
-                        line: i + 1,
-                        message: e.to_string(),
-                    })?;
+                builder.add_line(None, line).map_err(|e| FilesError::Pattern {
+                    file: filter.ignore_file_path(),
+                    line: i + 1,
+                    message: e.to_string(),
+                })?;
             }
             filter.ignore = Some(builder.build().map_err(|e| FilesError::Pattern {
                 file: filter.ignore_file_path(),
@@ -107,11 +98,7 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, FilesError> {
         })
     };
     let ignore_path = dir.join(IGNORE_FILE);
-    let ignore = if ignore_path.exists() {
-        Some(read(&ignore_path)?)
-    } else {
-        None
-    };
+    let ignore = if ignore_path.exists() { Some(read(&ignore_path)?) } else { None };
     let filter = FileFilter::new("", ignore.as_deref())?;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -137,11 +124,7 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, FilesError> {
             if file_type.is_dir() {
                 stack.push(path);
             } else {
-                let rel = path
-                    .strip_prefix(dir)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .replace('\\', "/");
+                let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
                 if filter.accepts(&rel) {
                     out.push((rel, read(&path)?));
                 }
@@ -171,11 +154,7 @@ mod tests {
 
     #[test]
     fn capstanignore_uses_gitignore_syntax() {
-        let f = FileFilter::new(
-            "",
-            Some(b"# comment\ndrafts/\n*.draft.yaml\n!keep.draft.yaml\n/top.yaml\n"),
-        )
-        .unwrap();
+        let f = FileFilter::new("", Some(b"# comment\ndrafts/\n*.draft.yaml\n!keep.draft.yaml\n/top.yaml\n")).unwrap();
         assert!(!f.accepts("drafts/web.yaml"));
         assert!(!f.accepts("apps/drafts/web.yaml"));
         assert!(!f.accepts("apps/web.draft.yaml"));

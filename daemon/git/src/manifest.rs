@@ -59,10 +59,7 @@ pub fn load_file(path: &str, bytes: &[u8]) -> FileLoad {
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            let line = 1 + bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count() as u32;
+            let line = 1 + bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() as u32;
             load.fail(Problem::new(
                 path,
                 Pos { line, column: 1 },
@@ -126,15 +123,9 @@ impl FileLoad {
                     }
                 }
                 None => {}
-                Some(_) => self.fail(
-                    Problem::new(
-                        &self.path,
-                        root.pos,
-                        ProblemCode::WrongType,
-                        "a List's items must be a list",
-                    )
-                    .field("items"),
-                ),
+                Some(_) => {
+                    self.fail(Problem::new(&self.path, root.pos, ProblemCode::WrongType, "a List's items must be a list").field("items"))
+                }
             }
             return;
         }
@@ -171,10 +162,7 @@ impl FileLoad {
         };
         let Some(kind) = kinds::by_api_version(&api_version, &kind_name) else {
             let msg = match kinds::by_kind(&kind_name) {
-                Some(k) => format!(
-                    "{kind_name} is served as apiVersion {}, not {api_version}",
-                    k.api_version()
-                ),
+                Some(k) => format!("{kind_name} is served as apiVersion {}, not {api_version}", k.api_version()),
                 None => format!(
                     "unknown kind {kind_name} (apiVersion {api_version}); Capstan serves {}",
                     kinds::REGISTRY
@@ -191,7 +179,15 @@ impl FileLoad {
         };
         if kind.origin == Origin::Cluster {
             let pos = FieldPath::parse("kind").locate(node);
-            self.problems.push(Problem::new(&path, pos, ProblemCode::NotFromGit, format!("{kind_name} objects are written by Capstan itself and cannot be declared in Git")).field("kind"));
+            self.problems.push(
+                Problem::new(
+                    &path,
+                    pos,
+                    ProblemCode::NotFromGit,
+                    format!("{kind_name} objects are written by Capstan itself and cannot be declared in Git"),
+                )
+                .field("kind"),
+            );
             return;
         }
         let Some(key) = self.identify(kind, node) else {
@@ -271,10 +267,7 @@ impl FileLoad {
             return None;
         };
         if let Some(e) = NameRule::for_kind(kind.kind).check(&name) {
-            self.fail(
-                Problem::new(&path, name_path.locate(node), ProblemCode::InvalidName, e)
-                    .field("metadata.name"),
-            );
+            self.fail(Problem::new(&path, name_path.locate(node), ProblemCode::InvalidName, e).field("metadata.name"));
             return None;
         }
         let ns_path = FieldPath::parse("metadata.namespace");
@@ -283,10 +276,7 @@ impl FileLoad {
             (true, None) => DEFAULT_NAMESPACE.to_owned(),
             (true, Some(ns)) => {
                 if let Some(e) = names::dns1123_label(&ns) {
-                    self.fail(
-                        Problem::new(&path, ns_path.locate(node), ProblemCode::InvalidName, e)
-                            .field("metadata.namespace"),
-                    );
+                    self.fail(Problem::new(&path, ns_path.locate(node), ProblemCode::InvalidName, e).field("metadata.namespace"));
                     return None;
                 }
                 ns
@@ -299,10 +289,7 @@ impl FileLoad {
                         &path,
                         ns_path.locate(node),
                         ProblemCode::InvalidValue,
-                        format!(
-                            "{} objects are cluster-scoped: remove metadata.namespace",
-                            kind.kind
-                        ),
+                        format!("{} objects are cluster-scoped: remove metadata.namespace", kind.kind),
                     )
                     .field("metadata.namespace")
                     .object(Some(&key)),
@@ -352,15 +339,10 @@ fn annotate(object: &mut Value, file: &str, document: usize) {
     let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
         return;
     };
-    let annotations = meta
-        .entry("annotations")
-        .or_insert_with(|| Value::Object(Default::default()));
+    let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
     if let Some(a) = annotations.as_object_mut() {
         a.insert(ANNOTATION_SOURCE.into(), Value::String(file.to_owned()));
-        a.insert(
-            ANNOTATION_DOCUMENT.into(),
-            Value::String(document.to_string()),
-        );
+        a.insert(ANNOTATION_DOCUMENT.into(), Value::String(document.to_string()));
     }
 }
 
@@ -381,10 +363,7 @@ mod tests {
         assert_eq!(keys, ["configmap/a -n default", "configmap/b -n shop"]);
         assert_eq!(load.manifests[1].document, 1);
         assert_eq!(load.manifests[1].pos.line, 9);
-        assert_eq!(
-            load.manifests[0].object["metadata"]["annotations"]["capstan.dev/source"],
-            "cm.yaml"
-        );
+        assert_eq!(load.manifests[0].object["metadata"]["annotations"]["capstan.dev/source"], "cm.yaml");
         assert_eq!(load.manifests[0].object["metadata"]["namespace"], "default");
     }
 
@@ -440,15 +419,10 @@ mod tests {
 
     #[test]
     fn kinds_owned_by_the_cluster_are_refused() {
-        let load = load_file(
-            "n.yaml",
-            b"apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
-        );
+        let load = load_file("n.yaml", b"apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n");
         assert_eq!(
             lines(&load),
-            [
-                "n.yaml:2:7: kind: Node objects are written by Capstan itself and cannot be declared in Git"
-            ]
+            ["n.yaml:2:7: kind: Node objects are written by Capstan itself and cannot be declared in Git"]
         );
         assert!(load.intact);
     }
@@ -479,9 +453,7 @@ mod tests {
         let load = load_file("s.yaml", text.as_bytes());
         assert_eq!(
             lines(&load),
-            [
-                "s.yaml:6:11: spec.ports[0].port: must be between 1 and 65535, inclusive (got 99999) [service/web -n default]"
-            ]
+            ["s.yaml:6:11: spec.ports[0].port: must be between 1 and 65535, inclusive (got 99999) [service/web -n default]"]
         );
     }
 }

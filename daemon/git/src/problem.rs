@@ -147,9 +147,7 @@ impl FieldPath {
         let mut node = root;
         for seg in &self.0 {
             let next = match (seg, &node.value) {
-                (PathSeg::Key(k), NodeValue::Map(entries)) => {
-                    entries.iter().find(|e| &e.key == k).map(|e| &e.value)
-                }
+                (PathSeg::Key(k), NodeValue::Map(entries)) => entries.iter().find(|e| &e.key == k).map(|e| &e.value),
                 (PathSeg::Index(i), NodeValue::Seq(items)) => items.get(*i),
                 _ => None,
             };
@@ -169,9 +167,7 @@ impl FieldPath {
         let mut node = root;
         for seg in &parent_pos.0 {
             node = match (seg, &node.value) {
-                (PathSeg::Key(k), NodeValue::Map(entries)) => {
-                    &entries.iter().find(|e| &e.key == k)?.value
-                }
+                (PathSeg::Key(k), NodeValue::Map(entries)) => &entries.iter().find(|e| &e.key == k)?.value,
                 (PathSeg::Index(i), NodeValue::Seq(items)) => items.get(*i)?,
                 _ => return None,
             };
@@ -210,21 +206,9 @@ mod tests {
     fn paths_round_trip_and_locate() {
         let p = FieldPath::parse("spec.containers[0].ports[1].name");
         assert_eq!(p.to_string(), "spec.containers[0].ports[1].name");
-        let docs = crate::yaml::parse(
-            "spec:\n  containers:\n  - ports:\n    - {name: a}\n    - {name: b}\n",
-        )
-        .unwrap();
-        assert_eq!(
-            p.locate(&docs[0].root),
-            Pos {
-                line: 5,
-                column: 14
-            }
-        );
-        assert_eq!(
-            p.locate_key(&docs[0].root),
-            Some(Pos { line: 5, column: 8 })
-        );
+        let docs = crate::yaml::parse("spec:\n  containers:\n  - ports:\n    - {name: a}\n    - {name: b}\n").unwrap();
+        assert_eq!(p.locate(&docs[0].root), Pos { line: 5, column: 14 });
+        assert_eq!(p.locate_key(&docs[0].root), Some(Pos { line: 5, column: 8 }));
         // A path that goes further than the tree stops at the deepest node that exists.
         let p = FieldPath::parse("spec.containers[0].image");
         assert_eq!(p.locate(&docs[0].root), Pos { line: 3, column: 5 });
@@ -234,17 +218,11 @@ mod tests {
     fn problems_print_like_a_compiler() {
         let p = Problem::new(
             "apps/web.yaml",
-            Pos {
-                line: 12,
-                column: 9,
-            },
+            Pos { line: 12, column: 9 },
             ProblemCode::WrongType,
             "expected an integer",
         )
         .field("spec.replicas");
-        assert_eq!(
-            p.to_string(),
-            "apps/web.yaml:12:9: spec.replicas: expected an integer"
-        );
+        assert_eq!(p.to_string(), "apps/web.yaml:12:9: spec.replicas: expected an integer");
     }
 }

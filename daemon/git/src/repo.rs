@@ -4,10 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use git2::{
-    AutotagOption, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository,
-    TreeWalkMode, TreeWalkResult,
-};
+use git2::{AutotagOption, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
 
 use crate::desired::{FileChange, Snapshot};
 use crate::files::{FileFilter, FilesError};
@@ -24,8 +21,7 @@ pub enum Location {
 impl Location {
     /// A path or URL as given on the command line.
     pub fn parse(spec: &str) -> Location {
-        let is_url = spec.contains("://")
-            || (spec.contains('@') && spec.contains(':') && !Path::new(spec).exists());
+        let is_url = spec.contains("://") || (spec.contains('@') && spec.contains(':') && !Path::new(spec).exists());
         if is_url {
             Location::Remote(spec.to_owned())
         } else {
@@ -126,12 +122,7 @@ fn mirror_dir(data_dir: &Path, url: &str) -> PathBuf {
 impl GitRepo {
     /// Opens the repository at `location`, tracking `branch` (default: the repository's HEAD
     /// branch) under `subpath`. A remote is mirrored under `data_dir` and fetched once.
-    pub fn open(
-        location: Location,
-        branch: Option<&str>,
-        subpath: &str,
-        data_dir: &Path,
-    ) -> Result<GitRepo, RepoError> {
+    pub fn open(location: Location, branch: Option<&str>, subpath: &str, data_dir: &Path) -> Result<GitRepo, RepoError> {
         let describe = location.describe();
         let open_err = |e: git2::Error| RepoError::Open {
             location: describe.clone(),
@@ -191,13 +182,10 @@ impl GitRepo {
         let Location::Remote(url) = &self.location else {
             return Ok(());
         };
-        let mut remote = self
-            .repo
-            .remote_anonymous(url)
-            .map_err(|e| RepoError::Fetch {
-                location: url.clone(),
-                message: e.message().to_owned(),
-            })?;
+        let mut remote = self.repo.remote_anonymous(url).map_err(|e| RepoError::Fetch {
+            location: url.clone(),
+            message: e.message().to_owned(),
+        })?;
         let mut options = FetchOptions::new();
         options.remote_callbacks(credentials());
         options.download_tags(AutotagOption::None);
@@ -233,21 +221,14 @@ impl GitRepo {
     pub fn tip(&self) -> Result<Oid, RepoError> {
         let name = format!("refs/heads/{}", self.branch);
         match self.repo.find_reference(&name) {
-            Ok(r) => r
-                .peel_to_commit()
-                .map(|c| c.id())
-                .map_err(|e| RepoError::Read {
-                    commit: name,
-                    message: e.message().to_owned(),
-                }),
+            Ok(r) => r.peel_to_commit().map(|c| c.id()).map_err(|e| RepoError::Read {
+                commit: name,
+                message: e.message().to_owned(),
+            }),
             Err(_) => {
                 let empty = match &self.remote_heads {
                     Some(heads) => heads.is_empty(),
-                    None => self
-                        .repo
-                        .references()
-                        .map(|mut r| r.next().is_none())
-                        .unwrap_or(true),
+                    None => self.repo.references().map(|mut r| r.next().is_none()).unwrap_or(true),
                 };
                 if empty {
                     Err(RepoError::Empty {
@@ -265,11 +246,7 @@ impl GitRepo {
 
     /// Whether `commit` descends from `ancestor` (false after a force-push that rewrote history).
     pub fn descends_from(&self, commit: Oid, ancestor: Oid) -> bool {
-        commit == ancestor
-            || self
-                .repo
-                .graph_descendant_of(commit, ancestor)
-                .unwrap_or(false)
+        commit == ancestor || self.repo.graph_descendant_of(commit, ancestor).unwrap_or(false)
     }
 
     fn read_err(commit: Oid) -> impl Fn(git2::Error) -> RepoError {
@@ -292,20 +269,14 @@ impl GitRepo {
     /// Reads every manifest of `commit`.
     pub fn load(&self, commit: Oid) -> Result<LoadedCommit, RepoError> {
         let err = Self::read_err(commit);
-        let tree = self
-            .repo
-            .find_commit(commit)
-            .and_then(|c| c.tree())
-            .map_err(&err)?;
+        let tree = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(&err)?;
         let filter = self.filter_at(&tree)?;
         let mut blobs = Vec::new();
         tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
             let path = format!("{dir}{}", entry.name().unwrap_or_default());
             if entry.kind() == Some(git2::ObjectType::Tree) {
                 // Skip whole subtrees outside the sub-path or hidden.
-                let inside = filter.root().is_empty()
-                    || filter.root().starts_with(&path)
-                    || path.starts_with(filter.root());
+                let inside = filter.root().is_empty() || filter.root().starts_with(&path) || path.starts_with(filter.root());
                 let hidden = entry.name().is_ok_and(|n| n.starts_with('.'));
                 return if inside && !hidden {
                     TreeWalkResult::Ok
@@ -335,11 +306,7 @@ impl GitRepo {
 
     /// Reads `commit` by re-reading only the files changed since `previous`; when the ignore
     /// file itself changed, falls back to a full read.
-    pub fn load_since(
-        &self,
-        previous: &LoadedCommit,
-        commit: Oid,
-    ) -> Result<LoadedCommit, RepoError> {
+    pub fn load_since(&self, previous: &LoadedCommit, commit: Oid) -> Result<LoadedCommit, RepoError> {
         if previous.commit == commit {
             return Ok(LoadedCommit {
                 files_read: 0,
@@ -347,16 +314,8 @@ impl GitRepo {
             });
         }
         let err = Self::read_err(commit);
-        let old_tree = self
-            .repo
-            .find_commit(previous.commit)
-            .and_then(|c| c.tree())
-            .map_err(&err)?;
-        let new_tree = self
-            .repo
-            .find_commit(commit)
-            .and_then(|c| c.tree())
-            .map_err(&err)?;
+        let old_tree = self.repo.find_commit(previous.commit).and_then(|c| c.tree()).map_err(&err)?;
+        let new_tree = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(&err)?;
         let mut options = DiffOptions::new();
         if !self.subpath.is_empty() {
             options.pathspec(&self.subpath);
@@ -368,17 +327,9 @@ impl GitRepo {
         let ignore_path = previous.filter.ignore_file_path();
         let mut changes = Vec::new();
         for delta in diff.deltas() {
-            let old_path = delta
-                .old_file()
-                .path()
-                .map(|p| p.to_string_lossy().into_owned());
-            let new_path = delta
-                .new_file()
-                .path()
-                .map(|p| p.to_string_lossy().into_owned());
-            if old_path.as_deref() == Some(ignore_path.as_str())
-                || new_path.as_deref() == Some(ignore_path.as_str())
-            {
+            let old_path = delta.old_file().path().map(|p| p.to_string_lossy().into_owned());
+            let new_path = delta.new_file().path().map(|p| p.to_string_lossy().into_owned());
+            if old_path.as_deref() == Some(ignore_path.as_str()) || new_path.as_deref() == Some(ignore_path.as_str()) {
                 return self.load(commit);
             }
             match delta.status() {
@@ -388,15 +339,11 @@ impl GitRepo {
                     }
                 }
                 _ => {
-                    if let Some(p) = old_path
-                        .filter(|p| Some(p) != new_path.as_ref() && previous.filter.accepts(p))
-                    {
+                    if let Some(p) = old_path.filter(|p| Some(p) != new_path.as_ref() && previous.filter.accepts(p)) {
                         changes.push(FileChange::Remove(p));
                     }
                     if let Some(p) = new_path.filter(|p| previous.filter.accepts(p)) {
-                        if delta.new_file().mode() == git2::FileMode::Blob
-                            || delta.new_file().mode() == git2::FileMode::BlobExecutable
-                        {
+                        if delta.new_file().mode() == git2::FileMode::Blob || delta.new_file().mode() == git2::FileMode::BlobExecutable {
                             let blob = self.repo.find_blob(delta.new_file().id()).map_err(&err)?;
                             changes.push(FileChange::Write(p, blob.content().to_vec()));
                         } else {
@@ -406,10 +353,7 @@ impl GitRepo {
                 }
             }
         }
-        let files_read = changes
-            .iter()
-            .filter(|c| matches!(c, FileChange::Write(..)))
-            .count();
+        let files_read = changes.iter().filter(|c| matches!(c, FileChange::Write(..))).count();
         Ok(LoadedCommit {
             commit,
             snapshot: previous.snapshot.with_changes(changes),
@@ -444,10 +388,7 @@ fn default_branch(repo: &Repository, location: &Location) -> Result<String, Repo
             let connection = remote
                 .connect_auth(git2::Direction::Fetch, Some(credentials()), None)
                 .map_err(fetch_err)?;
-            let branch = connection
-                .default_branch()
-                .ok()
-                .and_then(|b| b.as_str().ok().and_then(from_ref));
+            let branch = connection.default_branch().ok().and_then(|b| b.as_str().ok().and_then(from_ref));
             Ok(branch.unwrap_or_else(|| "main".to_owned()))
         }
     }

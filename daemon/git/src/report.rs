@@ -85,12 +85,7 @@ impl Report {
                 file: source_of(applied.get(key)),
             });
         }
-        for Quarantined {
-            object,
-            kept,
-            problems,
-        } in &plan.quarantined
-        {
+        for Quarantined { object, kept, problems } in &plan.quarantined {
             entries.push(Entry::Quarantine {
                 object: object.clone(),
                 kept: *kept,

@@ -59,12 +59,7 @@ pub struct Issue {
 /// The compiled shape of every registry kind, built once.
 pub fn shape_of(kind: &KindInfo) -> &'static KindShape {
     static SHAPES: OnceLock<Vec<KindShape>> = OnceLock::new();
-    let shapes = SHAPES.get_or_init(|| {
-        REGISTRY
-            .iter()
-            .map(|k| KindShape::compile(&kind_schema(k)))
-            .collect()
-    });
+    let shapes = SHAPES.get_or_init(|| REGISTRY.iter().map(|k| KindShape::compile(&kind_schema(k))).collect());
     let index = REGISTRY
         .iter()
         .position(|k| k.group == kind.group && k.kind == kind.kind)
@@ -95,13 +90,7 @@ impl KindShape {
     }
 
     /// Like [`Self::convert`] for a node below the root, e.g. one field of an object.
-    fn convert_at<'n>(
-        &'n self,
-        id: ShapeId,
-        node: &'n Node,
-        path: &mut Vec<Seg<'n>>,
-        issues: &mut Vec<Issue>,
-    ) -> Value {
+    fn convert_at<'n>(&'n self, id: ShapeId, node: &'n Node, path: &mut Vec<Seg<'n>>, issues: &mut Vec<Issue>) -> Value {
         let shape = &self.shapes[id];
         if let NodeValue::Scalar(s) = &node.value
             && s.is_null()
@@ -127,29 +116,15 @@ impl KindShape {
             (Shape::Integer, NodeValue::Scalar(s)) => match s.resolve() {
                 Resolved::Int(i) if s.kind != ScalarKind::Str => Value::Number(i.into()),
                 _ => {
-                    issue(
-                        issues,
-                        node.pos,
-                        path,
-                        ProblemCode::WrongType,
-                        wrong_scalar("an integer", s),
-                    );
+                    issue(issues, node.pos, path, ProblemCode::WrongType, wrong_scalar("an integer", s));
                     Value::Null
                 }
             },
             (Shape::Number, NodeValue::Scalar(s)) => match s.resolve() {
                 Resolved::Int(i) if s.kind != ScalarKind::Str => Value::Number(i.into()),
-                Resolved::Float(f) if s.kind != ScalarKind::Str && f.is_finite() => {
-                    Number::from_f64(f).map_or(Value::Null, Value::Number)
-                }
+                Resolved::Float(f) if s.kind != ScalarKind::Str && f.is_finite() => Number::from_f64(f).map_or(Value::Null, Value::Number),
                 _ => {
-                    issue(
-                        issues,
-                        node.pos,
-                        path,
-                        ProblemCode::WrongType,
-                        wrong_scalar("a number", s),
-                    );
+                    issue(issues, node.pos, path, ProblemCode::WrongType, wrong_scalar("a number", s));
                     Value::Null
                 }
             },
@@ -196,13 +171,7 @@ impl KindShape {
                                 out.insert(e.key.clone(), v);
                             }
                         }
-                        None => issue(
-                            issues,
-                            e.key_pos,
-                            path,
-                            ProblemCode::UnknownField,
-                            unknown_field(&e.key, fields),
-                        ),
+                        None => issue(issues, e.key_pos, path, ProblemCode::UnknownField, unknown_field(&e.key, fields)),
                     }
                     path.pop();
                 }
@@ -227,11 +196,7 @@ impl KindShape {
                     node.pos,
                     path,
                     ProblemCode::WrongType,
-                    format!(
-                        "expected {}, got {}",
-                        expected.describe(),
-                        describe_node(node)
-                    ),
+                    format!("expected {}, got {}", expected.describe(), describe_node(node)),
                 );
                 Value::Null
             }
@@ -328,12 +293,7 @@ fn wrong_scalar(expected: &str, s: &Scalar) -> String {
 fn unknown_field(key: &str, fields: &HashMap<String, ShapeId>) -> String {
     let best = fields
         .keys()
-        .map(|f| {
-            (
-                strsim::jaro_winkler(&key.to_ascii_lowercase(), &f.to_ascii_lowercase()),
-                f,
-            )
-        })
+        .map(|f| (strsim::jaro_winkler(&key.to_ascii_lowercase(), &f.to_ascii_lowercase()), f))
         .filter(|(score, _)| *score > 0.85)
         .max_by(|a, b| a.0.total_cmp(&b.0));
     match best {
@@ -351,9 +311,7 @@ fn check_quantity(text: &str) -> Result<(), String> {
         ))
     };
     let body = text.strip_prefix(['+', '-']).unwrap_or(text);
-    let number_end = body
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(body.len());
+    let number_end = body.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(body.len());
     let (number, suffix) = body.split_at(number_end);
     if number.is_empty() || number == "." || number.matches('.').count() > 1 {
         return bad();
@@ -377,18 +335,11 @@ pub fn to_json(node: &Node) -> Value {
             Resolved::Null => Value::Null,
             Resolved::Bool(b) => Value::Bool(b),
             Resolved::Int(i) => Value::Number(i.into()),
-            Resolved::Float(f) => {
-                Number::from_f64(f).map_or_else(|| Value::String(s.text.clone()), Value::Number)
-            }
+            Resolved::Float(f) => Number::from_f64(f).map_or_else(|| Value::String(s.text.clone()), Value::Number),
             Resolved::Str(t) => Value::String(t.to_owned()),
         },
         NodeValue::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
-        NodeValue::Map(entries) => Value::Object(
-            entries
-                .iter()
-                .map(|e| (e.key.clone(), to_json(&e.value)))
-                .collect(),
-        ),
+        NodeValue::Map(entries) => Value::Object(entries.iter().map(|e| (e.key.clone(), to_json(&e.value))).collect()),
     }
 }
 
@@ -421,11 +372,7 @@ impl Compiler<'_> {
             return id;
         }
         // Draft-07 wraps a `$ref` that has a description beside it in a one-element `allOf`.
-        if let Some([only]) = schema
-            .get("allOf")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-        {
+        if let Some([only]) = schema.get("allOf").and_then(Value::as_array).map(Vec::as_slice) {
             return self.compile(only, definition);
         }
         if definition == Some(QUANTITY_DEFINITION) {
@@ -437,11 +384,7 @@ impl Compiler<'_> {
         let ty = match schema.get("type") {
             Some(Value::String(t)) => t.as_str(),
             // `["string", "null"]` and the like, as schemars writes optional fields of our kinds.
-            Some(Value::Array(ts)) => ts
-                .iter()
-                .filter_map(Value::as_str)
-                .find(|t| *t != "null")
-                .unwrap_or(""),
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null").unwrap_or(""),
             _ => "",
         };
         match ty {
@@ -469,12 +412,7 @@ impl Compiler<'_> {
                         let required = schema
                             .get("required")
                             .and_then(Value::as_array)
-                            .map(|r| {
-                                r.iter()
-                                    .filter_map(Value::as_str)
-                                    .map(str::to_owned)
-                                    .collect()
-                            })
+                            .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
                             .unwrap_or_default();
                         self.push(Shape::Object { fields, required })
                     }
@@ -546,26 +484,17 @@ spec:
         assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
         assert_eq!(c["readinessProbe"]["httpGet"]["port"], 8080);
         assert_eq!(v["metadata"]["labels"]["tier"], "1");
-        capstan_api::kinds::by_name("deploy")
-            .unwrap()
-            .check(v)
-            .unwrap();
+        capstan_api::kinds::by_name("deploy").unwrap().check(v).unwrap();
     }
 
     #[test]
     fn unknown_fields_wrong_types_and_missing_fields() {
         let text = DEPLOY
             .replace("replicas: 3", "replicas: \"3\"")
-            .replace(
-                "image: web:1",
-                "image: web:1\n        imagePullPolicyy: Always",
-            )
+            .replace("image: web:1", "image: web:1\n        imagePullPolicyy: Always")
             .replace("- name: web\n", "- imag: x\n");
         let (_, issues) = check("deploy", &text);
-        let by_path: Vec<(String, u32, &str)> = issues
-            .iter()
-            .map(|i| (i.path.clone(), i.pos.line, i.message.as_str()))
-            .collect();
+        let by_path: Vec<(String, u32, &str)> = issues.iter().map(|i| (i.path.clone(), i.pos.line, i.message.as_str())).collect();
         assert!(
             by_path.iter().any(|(p, l, m)| p == "spec.replicas"
                 && *l == 7
@@ -573,24 +502,23 @@ spec:
             "{by_path:?}"
         );
         assert!(
-            by_path.iter().any(|(p, l, m)| p
-                == "spec.template.spec.containers[0].imagePullPolicyy"
-                && *l == 15
-                && m.contains("did you mean \"imagePullPolicy\"")),
+            by_path
+                .iter()
+                .any(|(p, l, m)| p == "spec.template.spec.containers[0].imagePullPolicyy"
+                    && *l == 15
+                    && m.contains("did you mean \"imagePullPolicy\"")),
             "{by_path:?}"
         );
         assert!(
             by_path
                 .iter()
-                .any(|(p, _, m)| p == "spec.template.spec.containers[0].imag"
-                    && m.contains("did you mean \"image\"")),
+                .any(|(p, _, m)| p == "spec.template.spec.containers[0].imag" && m.contains("did you mean \"image\"")),
             "{by_path:?}"
         );
         assert!(
             by_path
                 .iter()
-                .any(|(p, _, m)| p == "spec.template.spec.containers[0].name"
-                    && m.contains("missing required field")),
+                .any(|(p, _, m)| p == "spec.template.spec.containers[0].name" && m.contains("missing required field")),
             "{by_path:?}"
         );
     }
@@ -609,13 +537,7 @@ spec:
         );
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].path, "spec.containers[0].resources.limits.memory");
-        assert_eq!(
-            issues[0].pos,
-            Pos {
-                line: 7,
-                column: 34
-            }
-        );
+        assert_eq!(issues[0].pos, Pos { line: 7, column: 34 });
     }
 
     #[test]
@@ -626,10 +548,7 @@ spec:
         );
         assert!(issues.is_empty(), "{issues:?}");
         assert!(v["metadata"].get("creationTimestamp").is_none());
-        let (_, issues) = check(
-            "cm",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: [1]}\n",
-        );
+        let (_, issues) = check("cm", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: [1]}\n");
         assert_eq!(issues[0].message, "expected a string, got a list");
     }
 
@@ -640,9 +559,6 @@ spec:
             "apiVersion: capstan.dev/v1alpha1\nkind: ClusterSettings\nmetadata: {name: cluster}\nspec:\n  serviceCIDR: 10.96.0.0/16\n  prunne: false\n",
         );
         assert_eq!(issues.len(), 1, "{issues:?}");
-        assert!(
-            issues[0].message.contains("did you mean \"prune\""),
-            "{issues:?}"
-        );
+        assert!(issues[0].message.contains("did you mean \"prune\""), "{issues:?}");
     }
 }

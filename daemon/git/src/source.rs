@@ -100,9 +100,7 @@ impl GitSource {
 
     /// A cheap handle that can trigger fetches from elsewhere (the webhook handler).
     pub fn trigger_handle(&self) -> SourceTrigger {
-        SourceTrigger {
-            wake: self.wake.clone(),
-        }
+        SourceTrigger { wake: self.wake.clone() }
     }
 }
 
@@ -128,12 +126,7 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.9..1.1))
 }
 
-fn run(
-    config: SourceConfig,
-    tx: mpsc::Sender<SourceEvent>,
-    wake: std_mpsc::Receiver<Wake>,
-    wake_tx: std_mpsc::Sender<Wake>,
-) {
+fn run(config: SourceConfig, tx: mpsc::Sender<SourceEvent>, wake: std_mpsc::Receiver<Wake>, wake_tx: std_mpsc::Sender<Wake>) {
     let mut backoff = Duration::from_secs(1);
     let mut last: Option<Arc<LoadedCommit>> = None;
     let mut last_error: Option<String> = None;
@@ -148,12 +141,7 @@ fn run(
                     r
                 }
                 None => {
-                    let opened = GitRepo::open(
-                        config.location.clone(),
-                        config.branch.as_deref(),
-                        &config.subpath,
-                        &config.data_dir,
-                    )?;
+                    let opened = GitRepo::open(config.location.clone(), config.branch.as_deref(), &config.subpath, &config.data_dir)?;
                     if let Location::Local(_) = config.location {
                         _watcher = watch_refs(&opened, wake_tx.clone());
                     }
@@ -235,12 +223,7 @@ fn run(
 fn watch_refs(
     repo: &GitRepo,
     wake: std_mpsc::Sender<Wake>,
-) -> Option<
-    notify_debouncer_full::Debouncer<
-        notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
-> {
+) -> Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>> {
     let git_dir = repo.git_dir().to_path_buf();
     let mut debouncer = notify_debouncer_full::new_debouncer(
         Duration::from_millis(20),
@@ -250,10 +233,7 @@ fn watch_refs(
                 let relevant = events.iter().any(|e| {
                     e.paths.iter().any(|p| {
                         let s = p.to_string_lossy();
-                        !s.ends_with(".lock")
-                            && (s.contains("/refs/")
-                                || s.ends_with("packed-refs")
-                                || s.ends_with("HEAD"))
+                        !s.ends_with(".lock") && (s.contains("/refs/") || s.ends_with("packed-refs") || s.ends_with("HEAD"))
                     })
                 });
                 if relevant {

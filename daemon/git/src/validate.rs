@@ -68,10 +68,7 @@ fn check_meta(f: &mut Findings, path: &FieldPath, meta: &Value) {
     if let Some(annotations) = meta["annotations"].as_object() {
         for key in annotations.keys() {
             if let Some(e) = names::qualified_name(key) {
-                f.invalid(
-                    path.key("annotations").key(key),
-                    format!("invalid annotation key: {e}"),
-                );
+                f.invalid(path.key("annotations").key(key), format!("invalid annotation key: {e}"));
             }
         }
     }
@@ -99,9 +96,7 @@ fn check_config_keys(f: &mut Findings, path: &FieldPath, data: &Value) {
     for key in data.keys() {
         let ok = !key.is_empty()
             && key.len() <= 253
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             && key != "."
             && key != "..";
         if !ok {
@@ -117,18 +112,11 @@ fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Va
     if let Some(r) = spec["replicas"].as_i64()
         && r < 0
     {
-        f.invalid(
-            spec_path.key("replicas"),
-            "must be greater than or equal to 0",
-        );
+        f.invalid(spec_path.key("replicas"), "must be greater than or equal to 0");
     }
     let selector = &spec["selector"];
-    let has_selector = selector["matchLabels"]
-        .as_object()
-        .is_some_and(|m| !m.is_empty())
-        || selector["matchExpressions"]
-            .as_array()
-            .is_some_and(|m| !m.is_empty());
+    let has_selector = selector["matchLabels"].as_object().is_some_and(|m| !m.is_empty())
+        || selector["matchExpressions"].as_array().is_some_and(|m| !m.is_empty());
     if !has_selector {
         f.missing(
             spec_path.key("selector"),
@@ -155,12 +143,7 @@ fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Va
             format!("unsupported value {t:?}: supported values: \"Recreate\", \"RollingUpdate\""),
         );
     }
-    check_pod_spec(
-        f,
-        &template_path.key("spec"),
-        &spec["template"]["spec"],
-        Some("Always"),
-    );
+    check_pod_spec(f, &template_path.key("spec"), &spec["template"]["spec"], Some("Always"));
 }
 
 /// Whether a label selector (matchLabels and matchExpressions) selects `labels`.
@@ -193,19 +176,17 @@ pub fn selector_matches(selector: &Value, labels: Option<&serde_json::Map<String
     true
 }
 
-fn check_pod_spec(
-    f: &mut Findings,
-    path: &FieldPath,
-    spec: &Value,
-    required_restart: Option<&str>,
-) {
+fn check_pod_spec(f: &mut Findings, path: &FieldPath, spec: &Value, required_restart: Option<&str>) {
     let containers = spec["containers"].as_array();
     if containers.is_none_or(|c| c.is_empty()) {
         f.missing(path.key("containers"), "a pod needs at least one container");
     }
     if let Some(policy) = spec["restartPolicy"].as_str() {
         if !matches!(policy, "Always" | "OnFailure" | "Never") {
-            f.invalid(path.key("restartPolicy"), format!("unsupported value {policy:?}: supported values: \"Always\", \"OnFailure\", \"Never\""));
+            f.invalid(
+                path.key("restartPolicy"),
+                format!("unsupported value {policy:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
+            );
         } else if let Some(required) = required_restart
             && policy != required
         {
@@ -260,9 +241,7 @@ fn check_container(f: &mut Findings, path: &FieldPath, c: &Value, volumes: &[&st
     {
         f.invalid(
             path.key("imagePullPolicy"),
-            format!(
-                "unsupported value {p:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\""
-            ),
+            format!("unsupported value {p:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\""),
         );
     }
     let mut port_names = HashSet::new();
@@ -281,12 +260,7 @@ fn check_container(f: &mut Findings, path: &FieldPath, c: &Value, volumes: &[&st
             }
         }
     }
-    for (i, m) in c["volumeMounts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, m) in c["volumeMounts"].as_array().into_iter().flatten().enumerate() {
         if let Some(name) = m["name"].as_str()
             && !volumes.contains(&name)
         {
@@ -306,10 +280,7 @@ fn check_container(f: &mut Findings, path: &FieldPath, c: &Value, volumes: &[&st
             .filter(|h| !p[**h].is_null())
             .count();
         if handlers != 1 {
-            f.invalid(
-                path.key(probe),
-                "a probe needs exactly one of exec, httpGet, tcpSocket or grpc",
-            );
+            f.invalid(path.key(probe), "a probe needs exactly one of exec, httpGet, tcpSocket or grpc");
         }
     }
 }
@@ -318,10 +289,7 @@ fn check_port_number(f: &mut Findings, path: FieldPath, v: &Value) {
     if let Some(n) = v.as_i64()
         && !(1..=65535).contains(&n)
     {
-        f.invalid(
-            path,
-            format!("must be between 1 and 65535, inclusive (got {n})"),
-        );
+        f.invalid(path, format!("must be between 1 and 65535, inclusive (got {n})"));
     }
 }
 
@@ -341,9 +309,7 @@ fn check_protocol(f: &mut Findings, path: FieldPath, v: &Value) {
 fn port_name(name: &str) -> Option<String> {
     let ok = !name.is_empty()
         && name.len() <= 15
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && name.chars().any(|c| c.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')
@@ -353,11 +319,11 @@ fn port_name(name: &str) -> Option<String> {
 
 fn check_service(f: &mut Findings, path: &FieldPath, spec: &Value) {
     let ty = spec["type"].as_str().unwrap_or("ClusterIP");
-    if !matches!(
-        ty,
-        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
-    ) {
-        f.invalid(path.key("type"), format!("unsupported value {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""));
+    if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+        f.invalid(
+            path.key("type"),
+            format!("unsupported value {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+        );
     }
     if let Some(a) = spec["sessionAffinity"].as_str()
         && !matches!(a, "None" | "ClientIP")
@@ -367,10 +333,7 @@ fn check_service(f: &mut Findings, path: &FieldPath, spec: &Value) {
             format!("unsupported value {a:?}: supported values: \"ClientIP\", \"None\""),
         );
     }
-    let ports = spec["ports"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let ports = spec["ports"].as_array().map(Vec::as_slice).unwrap_or_default();
     if ports.is_empty() && ty != "ExternalName" && spec["clusterIP"].as_str() != Some("None") {
         f.missing(path.key("ports"), "a Service needs at least one port");
     }
@@ -390,10 +353,7 @@ fn check_service(f: &mut Findings, path: &FieldPath, spec: &Value) {
         }
         if let Some(n) = p["nodePort"].as_i64() {
             if ty == "ClusterIP" {
-                f.invalid(
-                    pp.key("nodePort"),
-                    "may not be used when `type` is 'ClusterIP'",
-                );
+                f.invalid(pp.key("nodePort"), "may not be used when `type` is 'ClusterIP'");
             } else if !(30000..=32767).contains(&n) {
                 f.invalid(
                     pp.key("nodePort"),
@@ -409,10 +369,7 @@ fn check_service(f: &mut Findings, path: &FieldPath, spec: &Value) {
                     f.invalid(pp.key("name"), format!("duplicate port name {name:?}"));
                 }
             }
-            None if ports.len() > 1 => f.missing(
-                pp.key("name"),
-                "ports must be named when a Service has more than one",
-            ),
+            None if ports.len() > 1 => f.missing(pp.key("name"), "ports must be named when a Service has more than one"),
             None => {}
         }
     }
@@ -424,10 +381,7 @@ mod tests {
     use serde_json::json;
 
     fn messages(kind: &str, v: Value) -> Vec<String> {
-        check(kind, &v)
-            .into_iter()
-            .map(|f| format!("{}: {}", f.path, f.message))
-            .collect()
+        check(kind, &v).into_iter().map(|f| format!("{}: {}", f.path, f.message)).collect()
     }
 
     #[test]
@@ -448,12 +402,17 @@ mod tests {
             {"name": "web", "image": "", "imagePullPolicy": "Sometimes"}]}});
         let m = messages("Pod", p);
         assert!(
-            m.iter()
-                .any(|m| m.starts_with("metadata.labels.bad key!: invalid label key")),
+            m.iter().any(|m| m.starts_with("metadata.labels.bad key!: invalid label key")),
             "{m:?}"
         );
-        assert!(m.contains(&"spec.containers[0].ports[0].containerPort: must be between 1 and 65535, inclusive (got 70000)".to_string()), "{m:?}");
-        assert!(m.contains(&"spec.containers[0].volumeMounts[0].name: no volume named \"data\" in the pod's volumes".to_string()), "{m:?}");
+        assert!(
+            m.contains(&"spec.containers[0].ports[0].containerPort: must be between 1 and 65535, inclusive (got 70000)".to_string()),
+            "{m:?}"
+        );
+        assert!(
+            m.contains(&"spec.containers[0].volumeMounts[0].name: no volume named \"data\" in the pod's volumes".to_string()),
+            "{m:?}"
+        );
         assert!(
             m.contains(&"spec.containers[1].name: duplicate container name \"web\"".to_string()),
             "{m:?}"
@@ -474,16 +433,11 @@ mod tests {
         let s = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}, {"port": 81, "nodePort": 1}]}});
         let m = messages("Service", s);
         assert!(
-            m.contains(
-                &"spec.ports[1].nodePort: may not be used when `type` is 'ClusterIP'".to_string()
-            ),
+            m.contains(&"spec.ports[1].nodePort: may not be used when `type` is 'ClusterIP'".to_string()),
             "{m:?}"
         );
         assert!(
-            m.contains(
-                &"spec.ports[0].name: ports must be named when a Service has more than one"
-                    .to_string()
-            ),
+            m.contains(&"spec.ports[0].name: ports must be named when a Service has more than one".to_string()),
             "{m:?}"
         );
         let ok = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": "http", "nodePort": 30080}]}});
@@ -495,10 +449,7 @@ mod tests {
         let labels = json!({"app": "web", "tier": "front"});
         let l = labels.as_object();
         assert!(selector_matches(&json!({"matchLabels": {"app": "web"}}), l));
-        assert!(!selector_matches(
-            &json!({"matchLabels": {"app": "api"}}),
-            l
-        ));
+        assert!(!selector_matches(&json!({"matchLabels": {"app": "api"}}), l));
         assert!(selector_matches(
             &json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "back"]}]}),
             l

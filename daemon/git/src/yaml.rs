@@ -90,15 +90,9 @@ impl Scalar {
         match self.kind {
             ScalarKind::Str => Resolved::Str(t),
             ScalarKind::Tagged(CoreType::Null) => Resolved::Null,
-            ScalarKind::Tagged(CoreType::Bool) => {
-                parse_bool(t).map_or(Resolved::Str(t), Resolved::Bool)
-            }
-            ScalarKind::Tagged(CoreType::Int) => {
-                parse_int(t).map_or(Resolved::Str(t), Resolved::Int)
-            }
-            ScalarKind::Tagged(CoreType::Float) => {
-                parse_float(t).map_or(Resolved::Str(t), Resolved::Float)
-            }
+            ScalarKind::Tagged(CoreType::Bool) => parse_bool(t).map_or(Resolved::Str(t), Resolved::Bool),
+            ScalarKind::Tagged(CoreType::Int) => parse_int(t).map_or(Resolved::Str(t), Resolved::Int),
+            ScalarKind::Tagged(CoreType::Float) => parse_float(t).map_or(Resolved::Str(t), Resolved::Float),
             ScalarKind::Plain => {
                 if is_null(t) {
                     Resolved::Null
@@ -162,13 +156,8 @@ fn parse_float(t: &str) -> Option<f64> {
     }
     // YAML floats need a digit; Rust's parser also accepts "inf" and "nan", which YAML does not.
     let bytes = t.as_bytes();
-    let body = bytes
-        .strip_prefix(b"-")
-        .or_else(|| bytes.strip_prefix(b"+"))
-        .unwrap_or(bytes);
-    if !body
-        .first()
-        .is_some_and(|b| b.is_ascii_digit() || *b == b'.')
+    let body = bytes.strip_prefix(b"-").or_else(|| bytes.strip_prefix(b"+")).unwrap_or(bytes);
+    if !body.first().is_some_and(|b| b.is_ascii_digit() || *b == b'.')
         || !body.iter().any(u8::is_ascii_digit)
         || !body
             .iter()
@@ -376,12 +365,7 @@ impl Builder {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map {
-                entries,
-                merges,
-                key,
-                ..
-            }) => match key.take() {
+            Some(Frame::Map { entries, merges, key, .. }) => match key.take() {
                 None => {
                     let NodeValue::Scalar(scalar) = node.value else {
                         return Err(YamlError {
@@ -398,10 +382,7 @@ impl Builder {
                         if let Some(first) = entries.iter().find(|e| e.key == k) {
                             return Err(YamlError {
                                 pos: key_pos,
-                                message: format!(
-                                    "duplicate key {k:?} (first at line {})",
-                                    first.key_pos.line
-                                ),
+                                message: format!("duplicate key {k:?} (first at line {})", first.key_pos.line),
                             });
                         }
                         entries.push(Entry {
@@ -459,10 +440,7 @@ fn apply_merges(entries: &mut Vec<Entry>, merges: Vec<Node>) -> Result<(), YamlE
     Ok(())
 }
 
-fn scalar_kind_of_tag(
-    tag: &serde_saphyr::granit_parser::Tag,
-    pos: Pos,
-) -> Result<ScalarKind, YamlError> {
+fn scalar_kind_of_tag(tag: &serde_saphyr::granit_parser::Tag, pos: Pos) -> Result<ScalarKind, YamlError> {
     match tag.core_suffix() {
         Some("str") => Ok(ScalarKind::Str),
         Some("int") => Ok(ScalarKind::Tagged(CoreType::Int)),
@@ -476,11 +454,7 @@ fn scalar_kind_of_tag(
     }
 }
 
-fn check_collection_tag(
-    tag: Option<&serde_saphyr::granit_parser::Tag>,
-    expected: &str,
-    pos: Pos,
-) -> Result<(), YamlError> {
+fn check_collection_tag(tag: Option<&serde_saphyr::granit_parser::Tag>, expected: &str, pos: Pos) -> Result<(), YamlError> {
     match tag {
         None => Ok(()),
         Some(t) if t.core_suffix() == Some(expected) => Ok(()),
@@ -548,11 +522,7 @@ mod tests {
     fn duplicate_keys_are_errors() {
         let err = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
         assert_eq!(err.pos, Pos { line: 3, column: 1 });
-        assert!(
-            err.message
-                .contains("duplicate key \"a\" (first at line 1)"),
-            "{err}"
-        );
+        assert!(err.message.contains("duplicate key \"a\" (first at line 1)"), "{err}");
     }
 
     #[test]
@@ -565,9 +535,7 @@ mod tests {
 
     #[test]
     fn scalars_resolve_like_kubernetes_yaml() {
-        let docs =
-            parse("a: 80\nb: \"80\"\nc: yes\nd: ~\ne: 0.5\nf: !!str 1\ng: 0x1F\nh: 1.2.3\ni:\n")
-                .unwrap();
+        let docs = parse("a: 80\nb: \"80\"\nc: yes\nd: ~\ne: 0.5\nf: !!str 1\ng: 0x1F\nh: 1.2.3\ni:\n").unwrap();
         let r = |k: &str| scalar(get(&docs[0].root, k)).resolve().clone();
         assert_eq!(r("a"), Resolved::Int(80));
         assert_eq!(r("b"), Resolved::Str("80"));

@@ -29,9 +29,7 @@ fn real_world_manifests_load_without_a_problem() {
     };
     let worker = get("Deployment", "jobs", "worker");
     assert_eq!(worker["spec"]["replicas"], 2);
-    let containers = worker["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .unwrap();
+    let containers = worker["spec"]["template"]["spec"]["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 2);
     assert_eq!(containers[1]["name"], "sidecar");
     assert_eq!(containers[1]["image"], "worker:1", "merged from the anchor");
@@ -45,22 +43,14 @@ fn real_world_manifests_load_without_a_problem() {
 
     let cm = get("ConfigMap", "default", "api-config");
     assert_eq!(cm["data"]["MAX_CONNECTIONS"], "100");
-    assert!(
-        cm["data"]["config.json"]
-            .as_str()
-            .unwrap()
-            .starts_with("{\"listen\"")
-    );
+    assert!(cm["data"]["config.json"].as_str().unwrap().starts_with("{\"listen\""));
 
     let quota = get("ResourceQuota", "default", "compute");
     assert_eq!(quota["spec"]["hard"]["limits.cpu"], "8");
     let web = get("Service", "default", "web");
     assert_eq!(web["spec"]["ports"][1]["targetPort"], "metrics");
     assert_eq!(web["spec"]["ports"][0]["targetPort"], 8080);
-    assert_eq!(
-        get("Secret", "jobs", "worker-token")["data"]["token"],
-        "dG9rZW4="
-    );
+    assert_eq!(get("Secret", "jobs", "worker-token")["data"]["token"], "dG9rZW4=");
     assert_eq!(
         get("Secret", "jobs", "worker-credentials")["stringData"]["password"],
         "s3cr3t:with:colons"

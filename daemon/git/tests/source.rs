@@ -25,11 +25,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .current_dir(dir)
         .output()
         .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -55,10 +51,7 @@ impl Repos {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&work).unwrap();
         std::fs::create_dir_all(&data).unwrap();
-        git(
-            dir.path(),
-            &["init", "-q", "--bare", bare.to_str().unwrap()],
-        );
+        git(dir.path(), &["init", "-q", "--bare", bare.to_str().unwrap()]);
         git(&work, &["init", "-q"]);
         git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
         Repos {
@@ -118,14 +111,7 @@ async fn next_failure(rx: &mut Receiver<SourceEvent>) -> String {
 }
 
 fn names(update: &CommitUpdate) -> Vec<String> {
-    update
-        .loaded
-        .snapshot
-        .desired()
-        .objects
-        .keys()
-        .map(|k| k.name.clone())
-        .collect()
+    update.loaded.snapshot.desired().objects.keys().map(|k| k.name.clone()).collect()
 }
 
 #[tokio::test]
@@ -204,8 +190,7 @@ async fn a_force_push_is_read_in_full_and_reported() {
     r.commit_push("first");
     r.write("b.yaml", &cm("b"));
     r.commit_push("second");
-    let (source, mut rx) =
-        GitSource::spawn(r.config(Location::Remote(format!("file://{}", r.bare.display()))));
+    let (source, mut rx) = GitSource::spawn(r.config(Location::Remote(format!("file://{}", r.bare.display()))));
     assert_eq!(names(&next_commit(&mut rx).await), ["a", "b"]);
     git(&r.work, &["reset", "-q", "--hard", "HEAD~1"]);
     r.write("c.yaml", &cm("c"));
@@ -228,8 +213,7 @@ async fn an_unreachable_remote_and_a_deleted_branch_keep_the_last_state() {
 
     r.write("a.yaml", &cm("a"));
     r.commit_push("first");
-    let (source, mut rx) =
-        GitSource::spawn(r.config(Location::Remote(format!("file://{}", r.bare.display()))));
+    let (source, mut rx) = GitSource::spawn(r.config(Location::Remote(format!("file://{}", r.bare.display()))));
     next_commit(&mut rx).await;
     git(&r.work, &["push", "-q", "origin", "HEAD:other"]);
     git(&r.bare, &["config", "receive.denyDeleteCurrent", "ignore"]);
@@ -238,11 +222,7 @@ async fn an_unreachable_remote_and_a_deleted_branch_keep_the_last_state() {
     let e = next_failure(&mut rx).await;
     assert!(e.contains("branch \"main\" does not exist"), "{e}");
     // Nothing else is reported: the last good commit stays in force.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), rx.recv())
-            .await
-            .is_err()
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(300), rx.recv()).await.is_err());
 }
 
 #[test]
@@ -258,10 +238,7 @@ fn an_empty_repository_is_reported_clearly() {
 #[test]
 fn bad_files_quarantine_deleted_files_prune_and_parse_errors_never_prune() {
     let r = Repos::new();
-    r.write(
-        "apps/web.yaml",
-        &format!("{}---\n{}", cm("web"), cm("web-extra")),
-    );
+    r.write("apps/web.yaml", &format!("{}---\n{}", cm("web"), cm("web-extra")));
     r.write("apps/api.yaml", &cm("api"));
     r.write("apps/db.yaml", &cm("db"));
     let c1 = r.commit_push("base");
@@ -274,16 +251,9 @@ fn bad_files_quarantine_deleted_files_prune_and_parse_errors_never_prune() {
     // One bad object, one file that no longer parses, one deleted file.
     r.write(
         "apps/web.yaml",
-        &format!(
-            "{}---\n{}",
-            cm("web").replace("v: \"1\"", "v: [oops]"),
-            cm("web-extra")
-        ),
+        &format!("{}---\n{}", cm("web").replace("v: \"1\"", "v: [oops]"), cm("web-extra")),
     );
-    r.write(
-        "apps/api.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: api\n",
-    );
+    r.write("apps/api.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: api\n");
     r.remove("apps/db.yaml");
     let c2 = r.commit_push("mixed");
     let l2 = repo.load_since(&l1, repo.tip().unwrap()).unwrap();
@@ -293,21 +263,11 @@ fn bad_files_quarantine_deleted_files_prune_and_parse_errors_never_prune() {
     let full = plan(&p1.next, &d2, &c2, true);
     assert_eq!(
         (&p2.create, &p2.update, &p2.prune, &p2.held, &p2.next),
-        (
-            &full.create,
-            &full.update,
-            &full.prune,
-            &full.held,
-            &full.next
-        )
+        (&full.create, &full.update, &full.prune, &full.held, &full.next)
     );
     let keys = |v: &[capstan_api::ObjectKey]| v.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
     assert_eq!(keys(&p2.prune), ["db"], "only the deleted file prunes");
-    assert_eq!(
-        keys(&p2.held),
-        ["api"],
-        "the unparsable file's object is held"
-    );
+    assert_eq!(keys(&p2.held), ["api"], "the unparsable file's object is held");
     assert_eq!(p2.quarantined.len(), 1);
     assert_eq!(p2.quarantined[0].object.name, "web");
     assert!(p2.quarantined[0].kept);
@@ -320,18 +280,9 @@ fn bad_files_quarantine_deleted_files_prune_and_parse_errors_never_prune() {
         "apps/web.yaml:6:6: data.v: expected a string, got a list [configmap/web -n default]"
     );
     // The kept version is the one from the first commit.
-    let web = p2
-        .next
-        .iter()
-        .find(|(k, _)| k.name == "web")
-        .unwrap()
-        .1
-        .to_object();
+    let web = p2.next.iter().find(|(k, _)| k.name == "web").unwrap().1.to_object();
     assert_eq!(web["data"]["v"], "1");
-    assert_eq!(
-        web["metadata"]["annotations"]["capstan.dev/commit"],
-        c1.as_str()
-    );
+    assert_eq!(web["metadata"]["annotations"]["capstan.dev/commit"], c1.as_str());
 }
 
 #[test]
@@ -344,14 +295,7 @@ fn sub_paths_and_capstanignore() {
     r.commit_push("one");
     let repo = GitRepo::open(Location::Local(r.bare.clone()), None, "deploy", &r.data).unwrap();
     let l1 = repo.load(repo.tip().unwrap()).unwrap();
-    let names = |l: &capstan_git::repo::LoadedCommit| {
-        l.snapshot
-            .desired()
-            .objects
-            .keys()
-            .map(|k| k.name.clone())
-            .collect::<Vec<_>>()
-    };
+    let names = |l: &capstan_git::repo::LoadedCommit| l.snapshot.desired().objects.keys().map(|k| k.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(&l1), ["a"]);
     // Changing the ignore file re-reads the tree with the new rules.
     r.write("deploy/.capstanignore", "a.yaml\n");
@@ -359,8 +303,7 @@ fn sub_paths_and_capstanignore() {
     let l2 = repo.load_since(&l1, repo.tip().unwrap()).unwrap();
     assert_eq!(names(&l2), ["b"]);
     assert_eq!(
-        l2.snapshot.file("deploy/drafts/b.yaml").unwrap().manifests[0].object["metadata"]["annotations"]
-            ["capstan.dev/source"],
+        l2.snapshot.file("deploy/drafts/b.yaml").unwrap().manifests[0].object["metadata"]["annotations"]["capstan.dev/source"],
         "deploy/drafts/b.yaml"
     );
 }

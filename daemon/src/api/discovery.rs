@@ -6,16 +6,13 @@ use capstan_api::{KUBERNETES_MAJOR, KUBERNETES_MINOR, KindInfo, REGISTRY};
 use serde_json::{Value, json};
 
 /// The media type of aggregated discovery v2; a response must carry exactly this.
-pub const AGGREGATED_V2: &str =
-    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// Whether the client accepts aggregated discovery v2 (kubectl 1.30 and later).
 pub fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').any(|part| {
         let p = part.replace(' ', "");
-        p.contains("g=apidiscovery.k8s.io")
-            && p.contains("v=v2;")
-            && p.contains("as=APIGroupDiscoveryList")
+        p.contains("g=apidiscovery.k8s.io") && p.contains("v=v2;") && p.contains("as=APIGroupDiscoveryList")
             || p.ends_with("g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
     })
 }
@@ -37,9 +34,7 @@ pub fn version() -> Value {
 fn verbs(kind: &KindInfo) -> Vec<&'static str> {
     match kind.origin {
         Origin::Git => vec!["get", "list", "watch"],
-        Origin::Cluster => vec![
-            "create", "delete", "get", "list", "patch", "update", "watch",
-        ],
+        Origin::Cluster => vec!["create", "delete", "get", "list", "patch", "update", "watch"],
     }
 }
 
@@ -47,10 +42,7 @@ fn verbs(kind: &KindInfo) -> Vec<&'static str> {
 fn groups() -> Vec<(&'static str, &'static str, Vec<&'static KindInfo>)> {
     let mut out: Vec<(&str, &str, Vec<&KindInfo>)> = Vec::new();
     for k in REGISTRY {
-        match out
-            .iter_mut()
-            .find(|(g, v, _)| *g == k.group && *v == k.version)
-        {
+        match out.iter_mut().find(|(g, v, _)| *g == k.group && *v == k.version) {
             Some((_, _, kinds)) => kinds.push(k),
             None => out.push((k.group, k.version, vec![k])),
         }
@@ -130,9 +122,7 @@ pub fn apis(aggregated_form: bool) -> Value {
 
 /// `GET /api/v1` or `GET /apis/{group}/{version}`; None for a group-version not served.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let (_, _, kinds) = groups()
-        .into_iter()
-        .find(|(g, v, _)| *g == group && *v == version)?;
+    let (_, _, kinds) = groups().into_iter().find(|(g, v, _)| *g == group && *v == version)?;
     let mut resources = Vec::new();
     for k in kinds {
         let mut r = json!({
@@ -161,9 +151,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     } else {
         format!("{group}/{version}")
     };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
-    )
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
 }
 
 #[cfg(test)]
@@ -191,21 +179,9 @@ mod tests {
         assert_eq!(pods["shortNames"][0], "po");
         assert_eq!(pods["scope"], "Namespaced");
         let groups = apis(false);
-        assert!(
-            groups["groups"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|g| g["name"] == "apps")
-        );
+        assert!(groups["groups"].as_array().unwrap().iter().any(|g| g["name"] == "apps"));
         let apps = resource_list("apps", "v1").unwrap();
-        assert!(
-            apps["resources"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["name"] == "deployments")
-        );
+        assert!(apps["resources"].as_array().unwrap().iter().any(|r| r["name"] == "deployments"));
         assert!(resource_list("batch", "v1").is_none());
     }
 }

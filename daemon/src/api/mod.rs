@@ -51,11 +51,7 @@ pub trait JoinHandler: Send + Sync {
 
 /// Serves container logs (the node agent's part is behind it).
 pub trait LogSource: Send + Sync {
-    fn logs(
-        &self,
-        pod: Value,
-        query: String,
-    ) -> futures::future::BoxFuture<'static, Result<Response, ApiError>>;
+    fn logs(&self, pod: Value, query: String) -> futures::future::BoxFuture<'static, Result<Response, ApiError>>;
 }
 
 /// What the API handlers share.
@@ -93,10 +89,7 @@ pub fn router(state: Shared) -> Router {
         .fallback(resource)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let mut open = Router::new()
-        .route(
-            "/version",
-            get(|| async { json_response(StatusCode::OK, &discovery::version()) }),
-        )
+        .route("/version", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -167,10 +160,7 @@ async fn join(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> R
 }
 
 fn accept(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 async fn api_root(State(state): State<Shared>, headers: HeaderMap) -> Response {
@@ -184,11 +174,7 @@ async fn apis_root(headers: HeaderMap) -> Response {
 }
 
 fn discovery_response(aggregated: bool, v: Value) -> Response {
-    let ct = if aggregated {
-        discovery::AGGREGATED_V2
-    } else {
-        "application/json"
-    };
+    let ct = if aggregated { discovery::AGGREGATED_V2 } else { "application/json" };
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, ct)],
@@ -228,11 +214,7 @@ fn parse_query(query: &str) -> Result<ReadParams, ApiError> {
         match k.as_ref() {
             "labelSelector" => p.labels = LabelSelector::parse(&v)?,
             "fieldSelector" => p.fields = FieldSelector::parse(&v)?,
-            "limit" => {
-                p.limit = v
-                    .parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid limit {v:?}")))?
-            }
+            "limit" => p.limit = v.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {v:?}")))?,
             "continue" if !v.is_empty() => p.continue_token = Some(v.into_owned()),
             "watch" => p.watch = v == "true" || v == "1",
             "resourceVersion" if !v.is_empty() => p.resource_version = Some(v.into_owned()),
@@ -246,20 +228,11 @@ fn parse_query(query: &str) -> Result<ReadParams, ApiError> {
 }
 
 fn wants_table(headers: &HeaderMap) -> bool {
-    accept(headers)
-        .split(',')
-        .next()
-        .is_some_and(|first| first.contains("as=Table"))
+    accept(headers).split(',').next().is_some_and(|first| first.contains("as=Table"))
 }
 
 /// May `id` read objects of `kind` in `namespace`?
-fn authorize_read(
-    state: &ApiState,
-    id: &Identity,
-    kind: &KindInfo,
-    namespace: Option<&str>,
-    name: Option<&str>,
-) -> Result<(), ApiError> {
+fn authorize_read(state: &ApiState, id: &Identity, kind: &KindInfo, namespace: Option<&str>, name: Option<&str>) -> Result<(), ApiError> {
     match id {
         Identity::Admin | Identity::ReadOnly => Ok(()),
         Identity::Node(node) => {
@@ -268,15 +241,13 @@ fn authorize_read(
             }
             // Like the Kubernetes node authoriser: only secrets of pods bound to this node.
             let (Some(ns), Some(name)) = (namespace, name) else {
-                return Err(ApiError::forbidden(format!(
-                    "node {node:?} may not list secrets"
-                )));
+                return Err(ApiError::forbidden(format!("node {node:?} may not list secrets")));
             };
             let pods_kind = capstan_api::kinds::by_name("pods").expect("pods are served");
             let (pods, _) = state.cache.list(pods_kind, Some(ns));
-            let used = pods.iter().any(|p| {
-                p.object["spec"]["nodeName"] == node.as_str() && pod_uses_secret(&p.object, name)
-            });
+            let used = pods
+                .iter()
+                .any(|p| p.object["spec"]["nodeName"] == node.as_str() && pod_uses_secret(&p.object, name));
             if used {
                 Ok(())
             } else {
@@ -285,10 +256,7 @@ fn authorize_read(
                 )))
             }
         }
-        Identity::ServiceAccount {
-            namespace: own,
-            name: sa,
-        } => {
+        Identity::ServiceAccount { namespace: own, name: sa } => {
             if kind.namespaced && namespace == Some(own.as_str()) && kind.kind != "Secret" {
                 Ok(())
             } else {
@@ -334,11 +302,7 @@ fn pod_uses_secret(pod: &Value, secret: &str) -> bool {
 
 /// Every path under `/api` and `/apis` that names resources.
 async fn resource(State(state): State<Shared>, req: Request) -> Response {
-    let id = req
-        .extensions()
-        .get::<Identity>()
-        .cloned()
-        .expect("authenticated");
+    let id = req.extensions().get::<Identity>().cloned().expect("authenticated");
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
@@ -348,14 +312,12 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let result = match (&method, &target) {
-        (&Method::GET, Target::GroupVersion { group, version }) => {
-            match discovery::resource_list(group, version) {
-                Some(v) => Ok(json_response(StatusCode::OK, &v)),
-                None => Err(ApiError::not_found(format!(
-                    "the server could not find the requested resource ({path})"
-                ))),
-            }
-        }
+        (&Method::GET, Target::GroupVersion { group, version }) => match discovery::resource_list(group, version) {
+            Some(v) => Ok(json_response(StatusCode::OK, &v)),
+            None => Err(ApiError::not_found(format!(
+                "the server could not find the requested resource ({path})"
+            ))),
+        },
         (&Method::GET, Target::Collection { kind, namespace }) => {
             read_collection(&state, &id, kind, namespace.as_deref(), &query, &headers).await
         }
@@ -368,12 +330,8 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
                 subresource,
             },
         ) => match subresource.as_deref() {
-            Some("log") if kind.kind == "Pod" => {
-                pod_logs(&state, &id, namespace, name, &query).await
-            }
-            None | Some("status") => {
-                read_object(&state, &id, kind, namespace, name, &headers, &query).await
-            }
+            Some("log") if kind.kind == "Pod" => pod_logs(&state, &id, namespace, name, &query).await,
+            None | Some("status") => read_object(&state, &id, kind, namespace, name, &headers, &query).await,
             Some(other) => Err(ApiError::not_found(format!(
                 "the server could not find the requested resource ({}/{other})",
                 kind.plural
@@ -383,8 +341,7 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
             let body = match axum::body::to_bytes(req.into_body(), 16 << 20).await {
                 Ok(b) => b,
                 Err(e) => {
-                    return ApiError::bad_request(format!("reading the request body: {e}"))
-                        .into_response();
+                    return ApiError::bad_request(format!("reading the request body: {e}")).into_response();
                 }
             };
             write(&state, &id, &method, &target, &headers, body).await
@@ -403,16 +360,8 @@ fn entry_selected(e: &Entry, p: &ReadParams) -> bool {
 
 /// Continue tokens: base64 of `namespace/name` of the last item returned.
 fn continue_after(token: &str) -> Result<(String, String), ApiError> {
-    let bad = || {
-        ApiError::new(
-            StatusCode::GONE,
-            "Expired",
-            "the continue token is invalid or expired; list again",
-        )
-    };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| bad())?;
+    let bad = || ApiError::new(StatusCode::GONE, "Expired", "the continue token is invalid or expired; list again");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let s = String::from_utf8(raw).map_err(|_| bad())?;
     let (ns, name) = s.split_once('/').ok_or_else(bad)?;
     Ok((ns.to_owned(), name.to_owned()))
@@ -433,24 +382,16 @@ async fn read_collection(
     }
     state.cache.wait_for(state.objects.store().revision()).await;
     let (entries, revision) = state.cache.list(kind, namespace);
-    let mut selected: Vec<Arc<Entry>> = entries
-        .into_iter()
-        .filter(|e| entry_selected(e, &p))
-        .collect();
+    let mut selected: Vec<Arc<Entry>> = entries.into_iter().filter(|e| entry_selected(e, &p)).collect();
     if let Some(token) = &p.continue_token {
         let after = continue_after(token)?;
-        selected.retain(|e| {
-            (e.namespace.as_str(), e.name.as_str()) > (after.0.as_str(), after.1.as_str())
-        });
+        selected.retain(|e| (e.namespace.as_str(), e.name.as_str()) > (after.0.as_str(), after.1.as_str()));
     }
     let mut continue_token = None;
     if p.limit > 0 && selected.len() > p.limit {
         selected.truncate(p.limit);
         let last = selected.last().expect("limit > 0");
-        continue_token = Some(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(format!("{}/{}", last.namespace, last.name)),
-        );
+        continue_token = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}/{}", last.namespace, last.name)));
     }
     let mut meta = json!({"resourceVersion": revision.to_string()});
     if let Some(c) = &continue_token {
@@ -458,18 +399,12 @@ async fn read_collection(
     }
     if wants_table(headers) {
         let include = Include::parse(p.include.as_deref());
-        return Ok(table_response_bytes(table_bytes(
-            kind, &meta, &selected, include,
-        )));
+        return Ok(table_response_bytes(table_bytes(kind, &meta, &selected, include)));
     }
     // Splice the cached, serialised items into the list without re-encoding them.
-    let head = serde_json::to_vec(
-        &json!({"kind": list_kind(kind), "apiVersion": kind.api_version(), "metadata": meta}),
-    )
-    .unwrap_or_default();
-    let mut body = Vec::with_capacity(
-        selected.iter().map(|e| e.json.len() + 1).sum::<usize>() + head.len() + 16,
-    );
+    let head =
+        serde_json::to_vec(&json!({"kind": list_kind(kind), "apiVersion": kind.api_version(), "metadata": meta})).unwrap_or_default();
+    let mut body = Vec::with_capacity(selected.iter().map(|e| e.json.len() + 1).sum::<usize>() + head.len() + 16);
     body.extend_from_slice(&head[..head.len() - 1]);
     body.extend_from_slice(b",\"items\":[");
     for (i, e) in selected.iter().enumerate() {
@@ -479,12 +414,7 @@ async fn read_collection(
         body.extend_from_slice(&e.json);
     }
     body.extend_from_slice(b"]}");
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response())
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// A Table of many objects, written straight into bytes: rows reuse the cached objects'
@@ -524,10 +454,7 @@ fn table_bytes(kind: &KindInfo, meta: &Value, entries: &[Arc<Entry>], include: I
 fn table_response_bytes(body: Vec<u8>) -> Response {
     (
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/json;as=Table;v=v1;g=meta.k8s.io",
-        )],
+        [(header::CONTENT_TYPE, "application/json;as=Table;v=v1;g=meta.k8s.io")],
         body,
     )
         .into_response()
@@ -544,10 +471,7 @@ fn table_row(kind: &KindInfo, o: &Value, now: i64, include: Include) -> Value {
 fn table_response(v: &Value) -> Response {
     (
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/json;as=Table;v=v1;g=meta.k8s.io",
-        )],
+        [(header::CONTENT_TYPE, "application/json;as=Table;v=v1;g=meta.k8s.io")],
         serde_json::to_vec(v).unwrap_or_default(),
     )
         .into_response()
@@ -566,11 +490,7 @@ async fn read_object(
     authorize_read(state, id, kind, namespace.as_deref(), Some(name))?;
     state.cache.wait_for(state.objects.store().revision()).await;
     let entry = state.cache.get(kind, ns, name).ok_or_else(|| {
-        ApiError::not_found(format!("{} {name:?} not found", qualified(kind))).with_details(
-            name,
-            kind.group,
-            kind.plural,
-        )
+        ApiError::not_found(format!("{} {name:?} not found", qualified(kind))).with_details(name, kind.group, kind.plural)
     })?;
     if wants_table(headers) {
         let p = parse_query(query)?;
@@ -583,12 +503,7 @@ async fn read_object(
         });
         return Ok(table_response(&t));
     }
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        entry.json.clone(),
-    )
-        .into_response())
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], entry.json.clone()).into_response())
 }
 
 /// `deployments.apps` or `pods`: how Kubernetes names a resource in messages.
@@ -600,13 +515,7 @@ fn qualified(kind: &KindInfo) -> String {
     }
 }
 
-async fn pod_logs(
-    state: &ApiState,
-    id: &Identity,
-    namespace: &Option<String>,
-    name: &str,
-    query: &str,
-) -> Result<Response, ApiError> {
+async fn pod_logs(state: &ApiState, id: &Identity, namespace: &Option<String>, name: &str, query: &str) -> Result<Response, ApiError> {
     let pods = capstan_api::kinds::by_name("pods").expect("pods are served");
     let ns = namespace.as_deref().unwrap_or("default");
     authorize_read(state, id, pods, Some(ns), Some(name))?;
@@ -626,8 +535,7 @@ async fn pod_logs(
 
 /// One watch event line.
 fn event_line(change: &str, object: &Value) -> Bytes {
-    let mut line =
-        serde_json::to_vec(&json!({"type": change, "object": object})).unwrap_or_default();
+    let mut line = serde_json::to_vec(&json!({"type": change, "object": object})).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
 }
@@ -646,27 +554,13 @@ fn expired(requested: u64, oldest: u64) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {requested} ({oldest})"), "reason": "Expired", "code": 410})
 }
 
-async fn watch(
-    state: &ApiState,
-    kind: &'static KindInfo,
-    namespace: Option<&str>,
-    p: ReadParams,
-    table: bool,
-) -> Response {
-    let requested: Option<u64> = p
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .filter(|v| *v > 0);
+async fn watch(state: &ApiState, kind: &'static KindInfo, namespace: Option<&str>, p: ReadParams, table: bool) -> Response {
+    let requested: Option<u64> = p.resource_version.as_deref().and_then(|v| v.parse().ok()).filter(|v| *v > 0);
     let now = || jiff::Timestamp::now().as_second();
     let include = Include::parse(p.include.as_deref());
     let render = move |change: &str, e: &Entry, first: &mut bool| -> Bytes {
         if table {
-            let cols = if std::mem::take(first) {
-                table::columns(kind)
-            } else {
-                Vec::new()
-            };
+            let cols = if std::mem::take(first) { table::columns(kind) } else { Vec::new() };
             let t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": e.revision.to_string()}, "columnDefinitions": cols, "rows": [table_row(kind, &e.object, now(), include)]});
             event_line(change, &t)
         } else {
@@ -678,13 +572,7 @@ async fn watch(
         None => {
             // No resourceVersion: the current state as ADDED events first, then changes.
             let (entries, rev) = state.cache.list(kind, namespace);
-            (
-                entries
-                    .into_iter()
-                    .filter(|e| entry_selected(e, &p))
-                    .collect::<Vec<_>>(),
-                rev,
-            )
+            (entries.into_iter().filter(|e| entry_selected(e, &p)).collect::<Vec<_>>(), rev)
         }
     };
     let mut watcher = match state.cache.watch(kind, namespace, from) {
@@ -760,25 +648,16 @@ async fn watch(
         "application/json"
     };
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     resp
 }
 
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> impl futures::Stream<Item = Bytes> {
+fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> impl futures::Stream<Item = Bytes> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// The message that sends a user to Git for a change to desired state.
-fn managed_in_git(
-    state: &ApiState,
-    kind: &KindInfo,
-    namespace: &str,
-    name: &str,
-    verb: &str,
-) -> ApiError {
+fn managed_in_git(state: &ApiState, kind: &KindInfo, namespace: &str, name: &str, verb: &str) -> ApiError {
     let existing = state.cache.get(kind, namespace, name);
     let source = existing.as_ref().and_then(|e| {
         e.object
@@ -807,9 +686,9 @@ fn managed_in_git(
         (_, Some(file)) => format!(
             "{what} is managed in Git: to {verb} it, change {file} in {location} on branch {branch} and commit; Capstan applies the commit"
         ),
-        (Some(_), None) => format!(
-            "{what} is created by Capstan's controllers from objects in Git: change its owner in {location} on branch {branch}"
-        ),
+        (Some(_), None) => {
+            format!("{what} is created by Capstan's controllers from objects in Git: change its owner in {location} on branch {branch}")
+        }
         (None, None) => format!(
             "{what} cannot be {verb}d through the API: desired state is read from Git; add it to a manifest in {location} on branch {branch} and commit"
         ),
@@ -854,12 +733,7 @@ async fn write(
             namespace,
             name,
             subresource,
-        } => (
-            *kind,
-            namespace.clone().unwrap_or_default(),
-            name.clone(),
-            subresource.clone(),
-        ),
+        } => (*kind, namespace.clone().unwrap_or_default(), name.clone(), subresource.clone()),
         Target::Collection { kind, namespace } => {
             let name = serde_json::from_slice::<Value>(&body)
                 .ok()
@@ -868,9 +742,7 @@ async fn write(
             (*kind, namespace.clone().unwrap_or_default(), name, None)
         }
         Target::GroupVersion { .. } => {
-            return Err(ApiError::method_not_allowed(
-                "discovery documents are read-only",
-            ));
+            return Err(ApiError::method_not_allowed("discovery documents are read-only"));
         }
     };
     let verb = match *method {
@@ -879,23 +751,17 @@ async fn write(
         Method::PATCH => "patch",
         Method::DELETE => "delete",
         _ => {
-            return Err(ApiError::method_not_allowed(format!(
-                "{method} is not supported"
-            )));
+            return Err(ApiError::method_not_allowed(format!("{method} is not supported")));
         }
     };
     let status_write = subresource.as_deref() == Some("status");
     let allowed = match (id, kind.origin) {
         // Desired state changes only through Git, whoever asks...
         (Identity::Node(node), Origin::Git) => {
-            kind.kind == "Pod"
-                && (status_write || verb == "delete")
-                && pod_on_node(state, &namespace, &name, node)
+            kind.kind == "Pod" && (status_write || verb == "delete") && pod_on_node(state, &namespace, &name, node)
         }
         // ...except that an administrator may delete a pod a controller made (to restart it).
-        (Identity::Admin, Origin::Git) => {
-            kind.kind == "Pod" && verb == "delete" && pod_is_owned(state, &namespace, &name)
-        }
+        (Identity::Admin, Origin::Git) => kind.kind == "Pod" && verb == "delete" && pod_is_owned(state, &namespace, &name),
         (Identity::Node(node), Origin::Cluster) => match kind.kind {
             "Node" => name == *node,
             "Lease" => name == *node && namespace == "kube-node-lease",
@@ -924,15 +790,13 @@ async fn write(
     let written = match verb {
         "delete" => {
             if kind.kind == "Pod" {
-                request_pod_deletion(state, &namespace, &name, matches!(id, Identity::Node(_)))
-                    .await?
+                request_pod_deletion(state, &namespace, &name, matches!(id, Identity::Node(_))).await?
             } else {
                 objects.delete(kind, &namespace, &name, None).await?
             }
         }
         "create" => {
-            let mut obj: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+            let mut obj: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
             if kind.namespaced {
                 obj["metadata"]["namespace"] = json!(namespace);
             }
@@ -946,8 +810,7 @@ async fn write(
             objects.create(kind, obj).await?
         }
         "update" => {
-            let mut obj: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+            let mut obj: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
             obj["metadata"]["name"] = json!(name);
             if kind.namespaced {
                 obj["metadata"]["namespace"] = json!(namespace);
@@ -955,21 +818,15 @@ async fn write(
             objects.update(kind, obj, status_write).await?
         }
         _ => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if !(ct.starts_with("application/merge-patch+json")
-                || ct.starts_with("application/strategic-merge-patch+json"))
-            {
+            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if !(ct.starts_with("application/merge-patch+json") || ct.starts_with("application/strategic-merge-patch+json")) {
                 return Err(ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "UnsupportedMediaType",
                     format!("patch type {ct:?} is not supported; use a merge patch"),
                 ));
             }
-            let patch: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+            let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
             objects
                 .modify(kind, &namespace, &name, status_write, |current| {
                     let before = current.clone();
@@ -980,11 +837,7 @@ async fn write(
         }
     };
     Ok(json_response(
-        if verb == "create" {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
+        if verb == "create" { StatusCode::CREATED } else { StatusCode::OK },
         &written,
     ))
 }
@@ -999,36 +852,26 @@ fn pod_on_node(state: &ApiState, namespace: &str, name: &str, node: &str) -> boo
 
 fn pod_is_owned(state: &ApiState, namespace: &str, name: &str) -> bool {
     let pods = capstan_api::kinds::by_name("pods").expect("pods are served");
-    state.cache.get(pods, namespace, name).is_some_and(|p| {
-        p.object["metadata"]["ownerReferences"]
-            .as_array()
-            .is_some_and(|o| !o.is_empty())
-    })
+    state
+        .cache
+        .get(pods, namespace, name)
+        .is_some_and(|p| p.object["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty()))
 }
 
 /// Deleting a pod is graceful: a pod that runs on a node is marked (deletionTimestamp) and its
 /// node agent stops it and then removes the object; a pod on no node, or the agent's own
 /// final delete, removes the object at once.
-async fn request_pod_deletion(
-    state: &ApiState,
-    namespace: &str,
-    name: &str,
-    by_node: bool,
-) -> Result<Value, ApiError> {
+async fn request_pod_deletion(state: &ApiState, namespace: &str, name: &str, by_node: bool) -> Result<Value, ApiError> {
     let pods = capstan_api::kinds::by_name("pods").expect("pods are served");
     let current = state
         .objects
         .get(pods, namespace, name)?
         .ok_or_else(|| ApiError::not_found(format!("pods {name:?} not found")))?;
-    let scheduled = current["spec"]["nodeName"]
-        .as_str()
-        .is_some_and(|n| !n.is_empty());
+    let scheduled = current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
     if by_node || !scheduled {
         return Ok(state.objects.delete(pods, namespace, name, None).await?);
     }
-    let grace = current["spec"]["terminationGracePeriodSeconds"]
-        .as_i64()
-        .unwrap_or(30);
+    let grace = current["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
     Ok(state
         .objects
         .modify(pods, namespace, name, false, |p| {
@@ -1049,13 +892,7 @@ mod tests {
     #[test]
     fn merge_patches() {
         let mut t = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": [1, 2]}});
-        merge_patch(
-            &mut t,
-            &json!({"metadata": {"labels": {"a": null, "c": "3"}}, "spec": {"x": [3]}}),
-        );
-        assert_eq!(
-            t,
-            json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "spec": {"x": [3]}})
-        );
+        merge_patch(&mut t, &json!({"metadata": {"labels": {"a": null, "c": "3"}}, "spec": {"x": [3]}}));
+        assert_eq!(t, json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "spec": {"x": [3]}}));
     }
 }

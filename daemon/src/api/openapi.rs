@@ -18,9 +18,9 @@ pub fn index() -> Value {
     let mut paths = Map::new();
     for k in REGISTRY {
         let p = gv_path(k.group, k.version);
-        paths.entry(p.clone()).or_insert_with(
-            || json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=capstan")}),
-        );
+        paths
+            .entry(p.clone())
+            .or_insert_with(|| json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=capstan")}));
     }
     json!({"paths": paths})
 }
@@ -28,10 +28,7 @@ pub fn index() -> Value {
 /// `GET /openapi/v3/{api/v1 | apis/group/version}`.
 pub fn group_version(path: &str) -> Option<Value> {
     let mut paths = Map::new();
-    for k in REGISTRY
-        .iter()
-        .filter(|k| gv_path(k.group, k.version) == path)
-    {
+    for k in REGISTRY.iter().filter(|k| gv_path(k.group, k.version) == path) {
         let object_path = if k.namespaced {
             format!("/{path}/namespaces/{{namespace}}/{}/{{name}}", k.plural)
         } else {

@@ -25,32 +25,15 @@ pub enum Target {
     },
 }
 
-fn kind(
-    group: &str,
-    version: &str,
-    plural: &str,
-    path: &str,
-) -> Result<&'static KindInfo, ApiError> {
+fn kind(group: &str, version: &str, plural: &str, path: &str) -> Result<&'static KindInfo, ApiError> {
     by_plural(group, plural)
         .filter(|k| k.version == version)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "the server could not find the requested resource ({path})"
-            ))
-        })
+        .ok_or_else(|| ApiError::not_found(format!("the server could not find the requested resource ({path})")))
 }
 
 pub fn parse(path: &str) -> Result<Target, ApiError> {
-    let segs: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let not_found = || {
-        ApiError::not_found(format!(
-            "the server could not find the requested resource ({path})"
-        ))
-    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let not_found = || ApiError::not_found(format!("the server could not find the requested resource ({path})"));
     let (group, version, rest) = match segs.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
@@ -63,9 +46,7 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
             version: gv(version),
         }),
         // `namespaces/{ns}/{plural}...` — unless `namespaces/{name}/status`, the Namespace's own.
-        ["namespaces", ns, plural, tail @ ..]
-            if !(tail.is_empty() && matches!(*plural, "status" | "finalize")) =>
-        {
+        ["namespaces", ns, plural, tail @ ..] if !(tail.is_empty() && matches!(*plural, "status" | "finalize")) => {
             let k = kind(group, version, plural, path)?;
             if !k.namespaced {
                 return Err(not_found());
@@ -91,10 +72,7 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
         [plural, tail @ ..] => {
             let k = kind(group, version, plural, path)?;
             match tail {
-                [] => Ok(Target::Collection {
-                    kind: k,
-                    namespace: None,
-                }),
+                [] => Ok(Target::Collection { kind: k, namespace: None }),
                 [name] if !k.namespaced => Ok(Target::Object {
                     kind: k,
                     namespace: None,
@@ -135,31 +113,19 @@ mod tests {
         let p = |s: &str| describe(parse(s).unwrap());
         assert_eq!(p("/api/v1"), "gv /v1");
         assert_eq!(p("/api/v1/pods"), "list pods None");
-        assert_eq!(
-            p("/api/v1/namespaces/shop/pods"),
-            "list pods Some(\"shop\")"
-        );
+        assert_eq!(p("/api/v1/namespaces/shop/pods"), "list pods Some(\"shop\")");
         assert_eq!(
             p("/api/v1/namespaces/shop/pods/web/log"),
             "get pods Some(\"shop\") web Some(\"log\")"
         );
-        assert_eq!(
-            p("/api/v1/namespaces/shop"),
-            "get namespaces None shop None"
-        );
-        assert_eq!(
-            p("/api/v1/namespaces/shop/status"),
-            "get namespaces None shop Some(\"status\")"
-        );
+        assert_eq!(p("/api/v1/namespaces/shop"), "get namespaces None shop None");
+        assert_eq!(p("/api/v1/namespaces/shop/status"), "get namespaces None shop Some(\"status\")");
         assert_eq!(p("/api/v1/namespaces"), "list namespaces None");
         assert_eq!(
             p("/apis/apps/v1/namespaces/shop/deployments/web"),
             "get deployments Some(\"shop\") web None"
         );
-        assert_eq!(
-            p("/api/v1/nodes/n1/status"),
-            "get nodes None n1 Some(\"status\")"
-        );
+        assert_eq!(p("/api/v1/nodes/n1/status"), "get nodes None n1 Some(\"status\")");
         assert!(parse("/apis/apps/v2/deployments").is_err());
         assert!(parse("/api/v1/widgets").is_err());
         assert!(parse("/api/v1/namespaces/shop/nodes").is_err());

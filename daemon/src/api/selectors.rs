@@ -35,10 +35,7 @@ fn split_terms(s: &str) -> Vec<&str> {
         }
     }
     out.push(&s[start..]);
-    out.into_iter()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .collect()
+    out.into_iter().map(str::trim).filter(|t| !t.is_empty()).collect()
 }
 
 fn values(list: &str) -> Result<Vec<String>, ApiError> {
@@ -46,16 +43,8 @@ fn values(list: &str) -> Result<Vec<String>, ApiError> {
         .trim()
         .strip_prefix('(')
         .and_then(|l| l.strip_suffix(')'))
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "unable to parse requirement: expected a parenthesised list, got {list:?}"
-            ))
-        })?;
-    Ok(inner
-        .split(',')
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .collect())
+        .ok_or_else(|| ApiError::bad_request(format!("unable to parse requirement: expected a parenthesised list, got {list:?}")))?;
+    Ok(inner.split(',').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect())
 }
 
 impl LabelSelector {
@@ -74,15 +63,10 @@ impl LabelSelector {
                 Requirement::NotIn(k.trim().into(), values(v)?)
             } else if let Some((k, v)) = term.split_once(" in ") {
                 Requirement::In(k.trim().into(), values(v)?)
-            } else if term
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-            {
+            } else if term.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
                 Requirement::Exists(term.to_owned())
             } else {
-                return Err(ApiError::bad_request(format!(
-                    "unable to parse requirement: {term:?}"
-                )));
+                return Err(ApiError::bad_request(format!("unable to parse requirement: {term:?}")));
             };
             reqs.push(req);
         }
@@ -122,9 +106,7 @@ impl FieldSelector {
             } else if let Some((k, v)) = term.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(ApiError::bad_request(format!(
-                    "invalid field selector: {term:?}"
-                )));
+                return Err(ApiError::bad_request(format!("invalid field selector: {term:?}")));
             };
             terms.push((path.trim().to_owned(), equal, value.trim().to_owned()));
         }
@@ -137,10 +119,7 @@ impl FieldSelector {
 
     /// The value a term with `path` requires to be equal, if there is one (for indexes).
     pub fn required(&self, path: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(p, eq, _)| p == path && *eq)
-            .map(|(_, _, v)| v.as_str())
+        self.0.iter().find(|(p, eq, _)| p == path && *eq).map(|(_, _, v)| v.as_str())
     }
 
     pub fn matches(&self, object: &Value) -> bool {
@@ -182,16 +161,12 @@ mod tests {
     fn field_selectors() {
         let pod = json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
         let m = |s: &str| FieldSelector::parse(s).unwrap().matches(&pod);
-        assert!(m(
-            "spec.nodeName=n1,status.phase!=Succeeded,status.phase!=Failed"
-        ));
+        assert!(m("spec.nodeName=n1,status.phase!=Succeeded,status.phase!=Failed"));
         assert!(m("metadata.name=p"));
         assert!(!m("metadata.namespace=other"));
         assert!(m("spec.schedulerName="));
         assert_eq!(
-            FieldSelector::parse("spec.nodeName=n1")
-                .unwrap()
-                .required("spec.nodeName"),
+            FieldSelector::parse("spec.nodeName=n1").unwrap().required("spec.nodeName"),
             Some("n1")
         );
     }

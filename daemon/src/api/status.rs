@@ -80,12 +80,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
-        (
-            self.code,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response()
+        (self.code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
     }
 }
 
@@ -94,13 +89,9 @@ impl From<ObjectError> for ApiError {
         let msg = e.to_string();
         match e {
             ObjectError::NotFound { .. } => ApiError::not_found(msg),
-            ObjectError::AlreadyExists { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "AlreadyExists", msg)
-            }
+            ObjectError::AlreadyExists { .. } => ApiError::new(StatusCode::CONFLICT, "AlreadyExists", msg),
             ObjectError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "Conflict", msg),
-            ObjectError::Invalid { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", msg)
-            }
+            ObjectError::Invalid { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", msg),
             ObjectError::Store(_) => ApiError::internal(msg),
         }
     }

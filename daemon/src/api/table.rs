@@ -39,19 +39,11 @@ pub fn human_duration(secs: i64) -> String {
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{}m", m % 60)
-        }
+        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 {
-            format!("{d}d")
-        } else {
-            format!("{d}d{}h", h % 24)
-        }
+        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else if d < 365 * 8 {
@@ -102,10 +94,7 @@ fn selector_text(sel: &Value) -> String {
         .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
         .unwrap_or_default();
     for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-        let vals: Vec<String> = e["values"]
-            .as_array()
-            .map(|v| v.iter().map(s).collect())
-            .unwrap_or_default();
+        let vals: Vec<String> = e["values"].as_array().map(|v| v.iter().map(s).collect()).unwrap_or_default();
         parts.push(match s(&e["operator"]).as_str() {
             "In" => format!("{} in ({})", s(&e["key"]), vals.join(",")),
             "NotIn" => format!("{} notin ({})", s(&e["key"]), vals.join(",")),
@@ -123,14 +112,8 @@ fn list(v: &Value) -> &[Value] {
 fn containers_images(spec: &Value) -> (String, String) {
     let cs = list(&spec["containers"]);
     (
-        cs.iter()
-            .map(|c| s(&c["name"]))
-            .collect::<Vec<_>>()
-            .join(","),
-        cs.iter()
-            .map(|c| s(&c["image"]))
-            .collect::<Vec<_>>()
-            .join(","),
+        cs.iter().map(|c| s(&c["name"])).collect::<Vec<_>>().join(","),
+        cs.iter().map(|c| s(&c["image"])).collect::<Vec<_>>().join(","),
     )
 }
 
@@ -178,13 +161,7 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
             ("Selector", 1),
         ],
         "Endpoints" => &[("Name", 0), ("Endpoints", 0), ("Age", 0)],
-        "EndpointSlice" => &[
-            ("Name", 0),
-            ("AddressType", 0),
-            ("Ports", 0),
-            ("Endpoints", 0),
-            ("Age", 0),
-        ],
+        "EndpointSlice" => &[("Name", 0), ("AddressType", 0), ("Ports", 0), ("Endpoints", 0), ("Age", 0)],
         "Node" => &[
             ("Name", 0),
             ("Status", 0),
@@ -226,10 +203,7 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
     let created = age(&o["metadata"]["creationTimestamp"], now);
     let cells: Vec<String> = match kind.kind {
         "Pod" => {
-            let statuses = o["status"]["containerStatuses"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
+            let statuses = o["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
             let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
             let ready = statuses.iter().filter(|c| c["ready"] == true).count();
             let restarts: i64 = statuses.iter().map(|c| int(&c["restartCount"])).sum();
@@ -309,12 +283,7 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
             };
             let sel = o["spec"]["selector"]
                 .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", s(v)))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(","))
                 .unwrap_or_default();
             vec![
                 name,
@@ -361,13 +330,7 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
             } else {
                 addrs.join(",")
             };
-            vec![
-                name,
-                s(&o["addressType"]),
-                or_none(ports.join(",")),
-                or_none(text),
-                created,
-            ]
+            vec![name, s(&o["addressType"]), or_none(ports.join(",")), or_none(text), created]
         }
         "Node" => {
             let ready = o["status"]["conditions"]
@@ -388,10 +351,7 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 .as_object()
                 .map(|l| {
                     l.keys()
-                        .filter_map(|k| {
-                            k.strip_prefix("node-role.kubernetes.io/")
-                                .map(str::to_owned)
-                        })
+                        .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(str::to_owned))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -418,49 +378,27 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 s(&info["containerRuntimeVersion"]),
             ]
         }
-        "Namespace" => vec![
-            name,
-            o["status"]["phase"].as_str().unwrap_or("Active").to_owned(),
-            created,
-        ],
+        "Namespace" => vec![name, o["status"]["phase"].as_str().unwrap_or("Active").to_owned(), created],
         "ConfigMap" => {
-            let n = o["data"].as_object().map_or(0, |m| m.len())
-                + o["binaryData"].as_object().map_or(0, |m| m.len());
+            let n = o["data"].as_object().map_or(0, |m| m.len()) + o["binaryData"].as_object().map_or(0, |m| m.len());
             vec![name, n.to_string(), created]
         }
         "Secret" => {
             let n = o["data"].as_object().map_or(0, |m| m.len());
-            vec![
-                name,
-                o["type"].as_str().unwrap_or("Opaque").to_owned(),
-                n.to_string(),
-                created,
-            ]
+            vec![name, o["type"].as_str().unwrap_or("Opaque").to_owned(), n.to_string(), created]
         }
-        "ServiceAccount" => vec![
-            name,
-            o["secrets"].as_array().map_or(0, Vec::len).to_string(),
-            created,
-        ],
+        "ServiceAccount" => vec![name, o["secrets"].as_array().map_or(0, Vec::len).to_string(), created],
         "ResourceQuota" => {
             let (mut req, mut lim) = (Vec::new(), Vec::new());
-            if let Some(hard) = o["status"]["hard"]
-                .as_object()
-                .or(o["spec"]["hard"].as_object())
-            {
+            if let Some(hard) = o["status"]["hard"].as_object().or(o["spec"]["hard"].as_object()) {
                 for (k, v) in hard {
                     let used = o["status"]["used"][k].as_str().unwrap_or("0").to_owned();
                     let item = format!(
                         "{}: {used}/{}",
-                        k.trim_start_matches("requests.")
-                            .trim_start_matches("limits."),
+                        k.trim_start_matches("requests.").trim_start_matches("limits."),
                         s(v)
                     );
-                    if k.starts_with("limits.") {
-                        lim.push(item)
-                    } else {
-                        req.push(item)
-                    }
+                    if k.starts_with("limits.") { lim.push(item) } else { req.push(item) }
                 }
             }
             vec![name, req.join(", "), lim.join(", "), created]
@@ -486,11 +424,7 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 last,
                 s(&o["type"]),
                 s(&o["reason"]),
-                format!(
-                    "{}/{}",
-                    s(&inv["kind"]).to_ascii_lowercase(),
-                    s(&inv["name"])
-                ),
+                format!("{}/{}", s(&inv["kind"]).to_ascii_lowercase(), s(&inv["name"])),
                 s(&o["message"]),
                 s(&inv["fieldPath"]),
                 source,
@@ -509,15 +443,8 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
 /// `Init:0/1`, `Completed`, `Terminating`, ...).
 pub fn pod_status(o: &Value) -> String {
     let st = &o["status"];
-    let mut reason = st["reason"]
-        .as_str()
-        .or(st["phase"].as_str())
-        .unwrap_or("Pending")
-        .to_owned();
-    let inits = st["initContainerStatuses"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let mut reason = st["reason"].as_str().or(st["phase"].as_str()).unwrap_or("Pending").to_owned();
+    let inits = st["initContainerStatuses"].as_array().cloned().unwrap_or_default();
     let init_total = o["spec"]["initContainers"].as_array().map_or(0, Vec::len);
     let mut initializing = false;
     for (i, c) in inits.iter().enumerate() {
@@ -543,16 +470,10 @@ pub fn pod_status(o: &Value) -> String {
     }
     if !initializing {
         let mut has_running = false;
-        let containers = st["containerStatuses"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let containers = st["containerStatuses"].as_array().cloned().unwrap_or_default();
         for c in containers.iter().rev() {
             let state = &c["state"];
-            if let Some(r) = state["waiting"]["reason"]
-                .as_str()
-                .filter(|r| !r.is_empty())
-            {
+            if let Some(r) = state["waiting"]["reason"].as_str().filter(|r| !r.is_empty()) {
                 reason = r.to_owned();
             } else if !state["terminated"].is_null() {
                 reason = match state["terminated"]["reason"].as_str() {
@@ -582,9 +503,7 @@ pub fn row_object(o: &Value, include: Include) -> Option<Value> {
     match include {
         Include::None => None,
         Include::Object => Some(o.clone()),
-        Include::Metadata => Some(
-            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}),
-        ),
+        Include::Metadata => Some(json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})),
     }
 }
 
@@ -606,7 +525,8 @@ mod tests {
 
     #[test]
     fn pod_statuses() {
-        let waiting = json!({"status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        let waiting =
+            json!({"status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
         assert_eq!(pod_status(&waiting), "CrashLoopBackOff");
         let running = json!({"status": {"phase": "Running", "containerStatuses": [{"ready": true, "state": {"running": {}}}]}});
         assert_eq!(pod_status(&running), "Running");
@@ -628,9 +548,6 @@ mod tests {
         let c = cells(capstan_api::kinds::by_name("deploy").unwrap(), &d, 0);
         assert_eq!(&c[1..4], &[json!("2/3"), json!("3"), json!("2")]);
         assert_eq!(c[7], "app=web");
-        assert_eq!(
-            columns(capstan_api::kinds::by_name("deploy").unwrap()).len(),
-            c.len()
-        );
+        assert_eq!(columns(capstan_api::kinds::by_name("deploy").unwrap()).len(), c.len());
     }
 }

@@ -100,10 +100,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let kv = decode_value("/a", &encode_value(3, 7, b"hello")).unwrap();
-        assert_eq!(
-            (kv.create_revision, kv.mod_revision, &kv.value[..]),
-            (3, 7, &b"hello"[..])
-        );
+        assert_eq!((kv.create_revision, kv.mod_revision, &kv.value[..]), (3, 7, &b"hello"[..]));
         let events = vec![
             Event {
                 kind: EventKind::Put,

@@ -123,10 +123,7 @@ pub enum StoreError {
     #[error("store read failed: {0}")]
     Read(String),
     #[error("revision {requested} has been compacted (oldest kept: {compacted})")]
-    Compacted {
-        requested: Revision,
-        compacted: Revision,
-    },
+    Compacted { requested: Revision, compacted: Revision },
     #[error("the store is shut down")]
     Closed,
 }

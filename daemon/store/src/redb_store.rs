@@ -13,8 +13,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::codec::{decode_events, decode_value, encode_events, encode_value};
 use crate::{
-    BoxFuture, Compare, Event, EventKind, KeyValue, Op, RangeResult, Result, Revision, Store,
-    StoreError, Txn, TxnResult, WatchStream, prefix_end,
+    BoxFuture, Compare, Event, EventKind, KeyValue, Op, RangeResult, Result, Revision, Store, StoreError, Txn, TxnResult, WatchStream,
+    prefix_end,
 };
 
 const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
@@ -76,16 +76,8 @@ impl RedbStore {
                 w.open_table(KV).map_err(|e| open_err(&e))?;
                 w.open_table(LOG).map_err(|e| open_err(&e))?;
                 let meta = w.open_table(META).map_err(|e| open_err(&e))?;
-                let rev = meta
-                    .get(META_REVISION)
-                    .map_err(|e| open_err(&e))?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
-                let compacted = meta
-                    .get(META_COMPACTED)
-                    .map_err(|e| open_err(&e))?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
+                let rev = meta.get(META_REVISION).map_err(|e| open_err(&e))?.map(|g| g.value()).unwrap_or(0);
+                let compacted = meta.get(META_COMPACTED).map_err(|e| open_err(&e))?.map(|g| g.value()).unwrap_or(0);
                 (rev, compacted)
             };
             w.commit().map_err(|e| open_err(&e))?;
@@ -108,12 +100,7 @@ impl RedbStore {
     }
 
     /// Events of revisions in `(after, upto]` whose key has `prefix`, from the log.
-    fn replay(
-        shared: &Shared,
-        prefix: &str,
-        after: Revision,
-        upto: Revision,
-    ) -> Result<Vec<Event>> {
+    fn replay(shared: &Shared, prefix: &str, after: Revision, upto: Revision) -> Result<Vec<Event>> {
         let compacted = shared.compacted.load(Ordering::SeqCst);
         if after < compacted {
             return Err(StoreError::Compacted {
@@ -126,8 +113,7 @@ impl RedbStore {
         let mut out = Vec::new();
         for entry in log.range(after + 1..=upto).map_err(read_err)? {
             let (rev, bytes) = entry.map_err(read_err)?;
-            let events = decode_events(rev.value(), bytes.value())
-                .ok_or_else(|| read_err("corrupt log record"))?;
+            let events = decode_events(rev.value(), bytes.value()).ok_or_else(|| read_err("corrupt log record"))?;
             out.extend(events.into_iter().filter(|e| e.kv.key.starts_with(prefix)));
         }
         Ok(out)
@@ -164,10 +150,7 @@ impl Store for RedbStore {
         let mut kvs = Vec::new();
         let mut more = false;
         let iter = match start_after {
-            Some(after) => kv.range::<&str>((
-                std::ops::Bound::Excluded(after),
-                std::ops::Bound::Excluded(end.as_str()),
-            )),
+            Some(after) => kv.range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Excluded(end.as_str()))),
             None => kv.range::<&str>(prefix..end.as_str()),
         }
         .map_err(read_err)?;
@@ -181,19 +164,13 @@ impl Store for RedbStore {
                 kvs.push(decoded);
             }
         }
-        Ok(RangeResult {
-            kvs,
-            more,
-            revision,
-        })
+        Ok(RangeResult { kvs, more, revision })
     }
 
     fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnResult>> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            self.writer
-                .send(Request::Txn(txn, tx))
-                .map_err(|_| StoreError::Closed)?;
+            self.writer.send(Request::Txn(txn, tx)).map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
@@ -237,9 +214,7 @@ impl Store for RedbStore {
                 match live.recv().await {
                     Ok(batch) => {
                         for e in batch.iter().filter(|e| e.revision() > last) {
-                            if e.kv.key.starts_with(&prefix)
-                                && tx.send(Ok(e.clone())).await.is_err()
-                            {
+                            if e.kv.key.starts_with(&prefix) && tx.send(Ok(e.clone())).await.is_err() {
                                 return;
                             }
                         }
@@ -248,9 +223,7 @@ impl Store for RedbStore {
                         }
                     }
                     // Fell behind the broadcast: catch up from the log.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        replay_to = Some(shared.revision.load(Ordering::SeqCst))
-                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => replay_to = Some(shared.revision.load(Ordering::SeqCst)),
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
@@ -261,9 +234,7 @@ impl Store for RedbStore {
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            self.writer
-                .send(Request::Compact(revision, tx))
-                .map_err(|_| StoreError::Closed)?;
+            self.writer.send(Request::Compact(revision, tx)).map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
@@ -297,8 +268,7 @@ fn write_loop(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Request
                 for request in batch.drain(..) {
                     match request {
                         Request::Txn(txn, reply) => {
-                            let result =
-                                apply_txn(&mut kv, &mut log, &txn, &mut revision, &mut published)?;
+                            let result = apply_txn(&mut kv, &mut log, &txn, &mut revision, &mut published)?;
                             outcomes.push(Outcome::Txn(reply, result));
                         }
                         Request::Compact(to, reply) => {
@@ -358,10 +328,7 @@ fn apply_txn(
     published: &mut Vec<Event>,
 ) -> Result<TxnResult> {
     let current = |kv: &redb::Table<'_, &str, &[u8]>, key: &str| -> Result<Option<KeyValue>> {
-        Ok(kv
-            .get(key)
-            .map_err(write_err)?
-            .and_then(|v| decode_value(key, v.value())))
+        Ok(kv.get(key).map_err(write_err)?.and_then(|v| decode_value(key, v.value())))
     };
     for (i, c) in txn.compares.iter().enumerate() {
         let holds = match c {
@@ -394,11 +361,8 @@ fn apply_txn(
             Op::Put { key, value } => {
                 let old = current(kv, key)?;
                 let create = old.as_ref().map_or(new_rev, |o| o.create_revision);
-                kv.insert(
-                    key.as_str(),
-                    encode_value(create, new_rev, value).as_slice(),
-                )
-                .map_err(write_err)?;
+                kv.insert(key.as_str(), encode_value(create, new_rev, value).as_slice())
+                    .map_err(write_err)?;
                 events.push(Event {
                     kind: EventKind::Put,
                     kv: KeyValue {
@@ -429,8 +393,7 @@ fn apply_txn(
         }
     }
     if !events.is_empty() {
-        log.insert(new_rev, encode_events(&events).as_slice())
-            .map_err(write_err)?;
+        log.insert(new_rev, encode_events(&events).as_slice()).map_err(write_err)?;
         *revision = new_rev;
         published.extend(events);
     }

@@ -19,62 +19,39 @@ async fn revisions_cas_and_multi_key_transactions() {
     let s = open(&dir);
     assert_eq!(s.revision(), 0);
     let r1 = s
-        .txn(
-            Txn::default()
-                .when(Compare::Missing("/a".into()))
-                .put("/a", "1"),
-        )
+        .txn(Txn::default().when(Compare::Missing("/a".into())).put("/a", "1"))
         .await
         .unwrap();
     assert!(r1.succeeded);
     assert_eq!(r1.revision, 1);
     // Creating again fails: the key exists.
     let again = s
-        .txn(
-            Txn::default()
-                .when(Compare::Missing("/a".into()))
-                .put("/a", "x"),
-        )
+        .txn(Txn::default().when(Compare::Missing("/a".into())).put("/a", "x"))
         .await
         .unwrap();
     assert!(!again.succeeded);
     assert_eq!(again.failed_compare, Some(0));
     // Compare-and-swap on the modification revision.
     let stale = s
-        .txn(
-            Txn::default()
-                .when(Compare::ModRevision("/a".into(), 0))
-                .put("/a", "2"),
-        )
+        .txn(Txn::default().when(Compare::ModRevision("/a".into(), 0)).put("/a", "2"))
         .await
         .unwrap();
     assert!(!stale.succeeded);
     let ok = s
-        .txn(
-            Txn::default()
-                .when(Compare::ModRevision("/a".into(), 1))
-                .put("/a", "2"),
-        )
+        .txn(Txn::default().when(Compare::ModRevision("/a".into(), 1)).put("/a", "2"))
         .await
         .unwrap();
     assert!(ok.succeeded);
     assert_eq!(ok.prev[0].as_ref().unwrap().value, "1");
     // Several keys at one revision.
-    let multi = s
-        .txn(Txn::default().put("/b", "b").put("/c", "c").delete("/a"))
-        .await
-        .unwrap();
+    let multi = s.txn(Txn::default().put("/b", "b").put("/c", "c").delete("/a")).await.unwrap();
     assert_eq!(multi.revision, 3);
     assert_eq!(s.get("/b").unwrap().unwrap().mod_revision, 3);
     assert_eq!(s.get("/c").unwrap().unwrap().create_revision, 3);
     assert!(s.get("/a").unwrap().is_none());
     // A failed compare writes nothing, not even the ops that would have succeeded.
     let failed = s
-        .txn(
-            Txn::default()
-                .when(Compare::Exists("/nope".into()))
-                .put("/d", "d"),
-        )
+        .txn(Txn::default().when(Compare::Exists("/nope".into())).put("/d", "d"))
         .await
         .unwrap();
     assert!(!failed.succeeded);
@@ -87,13 +64,9 @@ async fn ranges_by_prefix_with_pages() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
     for i in 0..10 {
-        s.txn(Txn::default().put(format!("/pods/ns/p{i}"), "x"))
-            .await
-            .unwrap();
+        s.txn(Txn::default().put(format!("/pods/ns/p{i}"), "x")).await.unwrap();
     }
-    s.txn(Txn::default().put("/pods/other/q", "x").put("/podsx", "no"))
-        .await
-        .unwrap();
+    s.txn(Txn::default().put("/pods/other/q", "x").put("/podsx", "no")).await.unwrap();
     let all = s.range("/pods/", None, 0).unwrap();
     assert_eq!(all.kvs.len(), 11);
     assert_eq!(all.revision, 11);
@@ -112,9 +85,7 @@ async fn watches_deliver_every_change_in_order_from_any_retained_revision() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
     for i in 1..=5 {
-        s.txn(Txn::default().put(format!("/w/k{}", i % 2), format!("{i}")))
-            .await
-            .unwrap();
+        s.txn(Txn::default().put(format!("/w/k{}", i % 2), format!("{i}"))).await.unwrap();
     }
     s.txn(Txn::default().put("/other", "x")).await.unwrap();
     // From revision 2: the history (3, 4, 5), then live changes.
@@ -157,9 +128,7 @@ async fn many_watchers_and_many_writers_see_the_same_order() {
         let s = s.clone();
         writers.push(tokio::spawn(async move {
             for i in 0..50 {
-                s.txn(Txn::default().put(format!("/k{w}-{i}"), "v"))
-                    .await
-                    .unwrap();
+                s.txn(Txn::default().put(format!("/k{w}-{i}"), "v")).await.unwrap();
             }
         }));
     }
@@ -186,9 +155,7 @@ async fn compaction_answers_too_old() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
     for i in 0..10 {
-        s.txn(Txn::default().put("/k", format!("{i}")))
-            .await
-            .unwrap();
+        s.txn(Txn::default().put("/k", format!("{i}"))).await.unwrap();
     }
     s.compact(6).await.unwrap();
     assert_eq!(s.compacted_revision(), 6);
@@ -216,9 +183,7 @@ async fn a_reopened_store_keeps_everything() {
     {
         let s = open(&dir);
         for i in 0..5 {
-            s.txn(Txn::default().put(format!("/k{i}"), "v"))
-                .await
-                .unwrap();
+            s.txn(Txn::default().put(format!("/k{i}"), "v")).await.unwrap();
         }
         s.compact(2).await.unwrap();
     }
@@ -251,10 +216,7 @@ async fn child_writer() {
         tokio::spawn(async move {
             for i in 0.. {
                 let key = format!("/k{w}-{i}");
-                let r = s
-                    .txn(Txn::default().put(key.clone(), vec![b'x'; 200]))
-                    .await
-                    .unwrap();
+                let r = s.txn(Txn::default().put(key.clone(), vec![b'x'; 200])).await.unwrap();
                 assert!(r.succeeded);
                 tx.send(key).unwrap();
             }
@@ -270,13 +232,7 @@ fn nothing_acknowledged_is_lost_to_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_writer",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+        .args(["--exact", "child_writer", "--nocapture", "--test-threads", "1"])
         .env("CAPSTAN_STORE_CHILD", &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -301,10 +257,7 @@ fn nothing_acknowledged_is_lost_to_kill_9() {
     rt.block_on(async {
         let s = RedbStore::open(&path).unwrap();
         for key in &acked {
-            assert!(
-                s.get(key).unwrap().is_some(),
-                "acknowledged key {key} was lost"
-            );
+            assert!(s.get(key).unwrap().is_some(), "acknowledged key {key} was lost");
         }
         // Revisions stay dense: every revision up to the current one is in the log.
         let mut w = s.watch("/", 0).unwrap();

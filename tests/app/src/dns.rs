@@ -21,9 +21,7 @@ fn resolv_conf() -> ResolvConf {
     for line in text.lines() {
         let mut words = line.split_whitespace();
         match words.next() {
-            Some("nameserver") => conf
-                .nameservers
-                .extend(words.next().and_then(|w| w.parse::<IpAddr>().ok())),
+            Some("nameserver") => conf.nameservers.extend(words.next().and_then(|w| w.parse::<IpAddr>().ok())),
             Some("search") => conf.search = words.map(str::to_owned).collect(),
             Some("options") => {
                 for w in words {
@@ -60,9 +58,7 @@ pub fn resolve(name: &str) -> Result<IpAddr, String> {
     }
     let conf = resolv_conf();
     if conf.nameservers.is_empty() {
-        return Err(format!(
-            "cannot resolve {name}: no nameserver in /etc/resolv.conf"
-        ));
+        return Err(format!("cannot resolve {name}: no nameserver in /etc/resolv.conf"));
     }
     let absolute = name.ends_with('.');
     let mut candidates = Vec::new();
@@ -82,17 +78,12 @@ pub fn resolve(name: &str) -> Result<IpAddr, String> {
             }
         }
     }
-    Err(format!(
-        "cannot resolve {name} (tried {})",
-        candidates.join(", ")
-    ))
+    Err(format!("cannot resolve {name} (tried {})", candidates.join(", ")))
 }
 
 fn query(server: IpAddr, name: &str) -> Result<Option<Ipv4Addr>, String> {
     let socket = UdpSocket::bind(("0.0.0.0", 0)).map_err(|e| e.to_string())?;
-    socket
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| e.to_string())?;
+    socket.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
     let id: u16 = (std::process::id() as u16) ^ 0x5a5a;
     let mut packet = Vec::with_capacity(64);
     packet.extend_from_slice(&id.to_be_bytes());
@@ -102,9 +93,7 @@ fn query(server: IpAddr, name: &str) -> Result<Option<Ipv4Addr>, String> {
         packet.extend_from_slice(label.as_bytes());
     }
     packet.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
-    socket
-        .send_to(&packet, (server, 53))
-        .map_err(|e| e.to_string())?;
+    socket.send_to(&packet, (server, 53)).map_err(|e| e.to_string())?;
     let mut buf = [0u8; 1500];
     let (n, _) = socket.recv_from(&mut buf).map_err(|e| e.to_string())?;
     parse_answer(&buf[..n], id)
@@ -139,10 +128,7 @@ fn parse_answer(msg: &[u8], id: u16) -> Result<Option<Ipv4Addr>, String> {
     for _ in 0..answers {
         i = skip_name(msg, i).ok_or("truncated")?;
         let rr = msg.get(i..i + 10).ok_or("truncated")?;
-        let (rtype, len) = (
-            u16::from_be_bytes([rr[0], rr[1]]),
-            u16::from_be_bytes([rr[8], rr[9]]) as usize,
-        );
+        let (rtype, len) = (u16::from_be_bytes([rr[0], rr[1]]), u16::from_be_bytes([rr[8], rr[9]]) as usize);
         i += 10;
         if rtype == 1 && len == 4 {
             let d = msg.get(i..i + 4).ok_or("truncated")?;

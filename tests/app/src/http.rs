@@ -112,11 +112,7 @@ pub fn serve(port: u16, handler: impl Fn(&Request) -> (u16, String) + Send + Syn
                     503 => "Service Unavailable",
                     _ => "Status",
                 };
-                let kind = if body.starts_with("<!doctype") {
-                    "text/html"
-                } else {
-                    "text/plain"
-                };
+                let kind = if body.starts_with("<!doctype") { "text/html" } else { "text/plain" };
                 let mut s = &stream;
                 let _ = write!(
                     s,
@@ -130,9 +126,7 @@ pub fn serve(port: u16, handler: impl Fn(&Request) -> (u16, String) + Send + Syn
 
 /// GETs `url` (http only) and returns the status and body.
 pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs are supported")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -147,23 +141,12 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
         .map_err(|e| e.to_string())?
         .next()
         .ok_or("no address")?;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or("malformed response")?;
+    stream.read_to_string(&mut response).map_err(|e| format!("read: {e}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("malformed response")?;
     let status = head
         .split_whitespace()
         .nth(1)

@@ -47,16 +47,11 @@ fn main() {
             exit(code);
         }
         "sleep" => {
-            let s = args
-                .get(1)
-                .and_then(|s| s.parse::<f64>().ok())
-                .unwrap_or(3600.0);
+            let s = args.get(1).and_then(|s| s.parse::<f64>().ok()).unwrap_or(3600.0);
             std::thread::sleep(Duration::from_secs_f64(s));
         }
         other => {
-            eprintln!(
-                "unknown mode {other:?}: serve, guestbook, get URL, pause, exit CODE [SECONDS], sleep SECONDS"
-            );
+            eprintln!("unknown mode {other:?}: serve, guestbook, get URL, pause, exit CODE [SECONDS], sleep SECONDS");
             exit(2);
         }
     }
@@ -64,8 +59,7 @@ fn main() {
 
 /// Waits for SIGTERM or SIGINT on a thread and calls `on_signal` once.
 fn on_termination(on_signal: impl FnOnce(i32) + Send + 'static) {
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).expect("signal handlers install");
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).expect("signal handlers install");
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             on_signal(sig);
@@ -133,8 +127,7 @@ fn serve() {
             "/healthz" => flag(state.healthy.load(Ordering::SeqCst)),
             "/readyz" => flag(state.ready.load(Ordering::SeqCst)),
             "/env" => {
-                let mut vars: Vec<String> =
-                    std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+                let mut vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
                 vars.sort();
                 (200, vars.join("\n") + "\n")
             }
@@ -144,15 +137,11 @@ fn serve() {
                 None => (400, "path= is required\n".into()),
             },
             "/control/healthy" => {
-                state
-                    .healthy
-                    .store(req.query("v").as_deref() != Some("0"), Ordering::SeqCst);
+                state.healthy.store(req.query("v").as_deref() != Some("0"), Ordering::SeqCst);
                 (200, "ok\n".into())
             }
             "/control/ready" => {
-                state
-                    .ready
-                    .store(req.query("v").as_deref() != Some("0"), Ordering::SeqCst);
+                state.ready.store(req.query("v").as_deref() != Some("0"), Ordering::SeqCst);
                 (200, "ok\n".into())
             }
             "/control/exit" => {
@@ -187,50 +176,39 @@ fn guestbook() {
         }
         result
     };
-    println!(
-        "guestbook on :{port}, redis at {}:{redis_port}",
-        env_or("REDIS_HOST", "redis")
-    );
+    println!("guestbook on :{port}, redis at {}:{redis_port}", env_or("REDIS_HOST", "redis"));
     let _ = std::io::stdout().flush();
-    http::serve(port, move |req| {
-        match (req.method.as_str(), req.path.as_str()) {
-            ("GET", "/healthz") => (200, "ok\n".into()),
-            ("GET", "/readyz") => match call(&["PING"]) {
-                Ok(_) => (200, "ok\n".into()),
-                Err(e) => (503, format!("redis: {e}\n")),
-            },
-            (_, "/entries") | (_, "/add") => {
-                let entry = req
-                    .query("entry")
-                    .or_else(|| req.form("entry"))
-                    .unwrap_or_default();
-                if entry.is_empty() {
-                    return (400, "entry= is required\n".into());
-                }
-                match call(&["RPUSH", "guestbook", &entry]) {
-                    Ok(_) => (200, "added\n".into()),
-                    Err(e) => (503, format!("redis: {e}\n")),
-                }
+    http::serve(port, move |req| match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/healthz") => (200, "ok\n".into()),
+        ("GET", "/readyz") => match call(&["PING"]) {
+            Ok(_) => (200, "ok\n".into()),
+            Err(e) => (503, format!("redis: {e}\n")),
+        },
+        (_, "/entries") | (_, "/add") => {
+            let entry = req.query("entry").or_else(|| req.form("entry")).unwrap_or_default();
+            if entry.is_empty() {
+                return (400, "entry= is required\n".into());
             }
-            ("GET", "/") => match call(&["LRANGE", "guestbook", "0", "-1"]) {
-                Ok(redis::Reply::Array(items)) => {
-                    let list: String = items
-                        .iter()
-                        .map(|i| format!("<li>{}</li>", http::escape(i)))
-                        .collect();
-                    (
-                        200,
-                        format!(
-                            "<!doctype html><title>{t}</title><h1>{t}</h1><ul>{list}</ul><form method=post action=/entries><input name=entry><button>Sign</button></form><footer>served by {host}</footer>\n",
-                            t = http::escape(&title)
-                        ),
-                    )
-                }
-                Ok(other) => (500, format!("unexpected reply {other:?}\n")),
+            match call(&["RPUSH", "guestbook", &entry]) {
+                Ok(_) => (200, "added\n".into()),
                 Err(e) => (503, format!("redis: {e}\n")),
-            },
-            _ => (404, "not found\n".into()),
+            }
         }
+        ("GET", "/") => match call(&["LRANGE", "guestbook", "0", "-1"]) {
+            Ok(redis::Reply::Array(items)) => {
+                let list: String = items.iter().map(|i| format!("<li>{}</li>", http::escape(i))).collect();
+                (
+                    200,
+                    format!(
+                        "<!doctype html><title>{t}</title><h1>{t}</h1><ul>{list}</ul><form method=post action=/entries><input name=entry><button>Sign</button></form><footer>served by {host}</footer>\n",
+                        t = http::escape(&title)
+                    ),
+                )
+            }
+            Ok(other) => (500, format!("unexpected reply {other:?}\n")),
+            Err(e) => (503, format!("redis: {e}\n")),
+        },
+        _ => (404, "not found\n".into()),
     });
 }
 

@@ -1,0 +1,194 @@
+//! The Endpoints and EndpointSlice controller: for each Service with a selector, the pods it
+//! selects, ready ones as addresses and the others (and those shutting down) as not ready, with
+//! named target ports resolved against each pod's container ports.
+
+use std::collections::BTreeMap;
+
+use capstan_runtime::{Action, Reconciler};
+use serde_json::{Value, json};
+
+use super::util::{NsName, is_ready, is_terminating, map_selects, owner_ref, safe_encode};
+use super::{Context, kind};
+use crate::cache::Cache;
+use crate::objects::ObjectError;
+
+pub struct EndpointsController {
+    pub ctx: Context,
+}
+
+/// Services in a pod's namespace whose selector matches it.
+pub fn services_selecting(cache: &Cache, pod: &Value) -> Vec<NsName> {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    cache
+        .list(kind("services"), Some(ns))
+        .0
+        .iter()
+        .filter(|s| map_selects(&s.object["spec"]["selector"], pod))
+        .map(|s| (s.namespace.clone(), s.name.clone()))
+        .collect()
+}
+
+/// A Service port's target on one pod: a number, or the container port with that name.
+fn resolve_port(target: &Value, port: i64, pod: &Value) -> Option<i64> {
+    match target {
+        Value::Number(n) => n.as_i64(),
+        Value::String(name) => pod["spec"]["containers"]
+            .as_array()?
+            .iter()
+            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+            .find(|p| p["name"] == name.as_str())
+            .and_then(|p| p["containerPort"].as_i64()),
+        _ => Some(port),
+    }
+}
+
+/// The EndpointSlice name of a Service (stable, and distinct from other Services' names).
+pub fn slice_name(svc: &Value) -> String {
+    let uid = svc["metadata"]["uid"].as_str().unwrap_or_default();
+    let suffix: String = safe_encode(&super::util::fnv32a(uid.as_bytes()).to_string())
+        .chars()
+        .take(5)
+        .collect();
+    format!("{}-{suffix}", svc["metadata"]["name"].as_str().unwrap_or_default())
+}
+
+impl Reconciler<NsName> for EndpointsController {
+    type Error = ObjectError;
+
+    async fn reconcile(&self, (ns, name): NsName) -> Result<Action, ObjectError> {
+        let ctx = &self.ctx;
+        ctx.caught_up().await;
+        let ep_kind = kind("endpoints");
+        let Some(svc) = ctx.cache.get(kind("services"), &ns, &name) else {
+            if ctx
+                .cache
+                .get(ep_kind, &ns, &name)
+                .is_some_and(|e| e.object["metadata"]["labels"]["endpoints.capstan.dev/managed"] == "true")
+            {
+                match ctx.objects.delete(ep_kind, &ns, &name, None).await {
+                    Ok(_) | Err(ObjectError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(Action::AwaitChange);
+        };
+        let svc = (*svc.object).clone();
+        let selector = &svc["spec"]["selector"];
+        if selector.as_object().is_none_or(|s| s.is_empty()) {
+            return Ok(Action::AwaitChange); // endpoints of selector-less services are not ours
+        }
+        let svc_ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+        let (pods, _) = ctx.cache.list(kind("pods"), Some(&ns));
+        // Group addresses by the ports they resolve to (named ports may differ per pod).
+        let mut subsets: BTreeMap<String, (Vec<Value>, Vec<Value>, Vec<Value>)> = BTreeMap::new();
+        let mut slice_endpoints = Vec::new();
+        let mut slice_ports: Option<Vec<Value>> = None;
+        for pe in &pods {
+            let pod = &pe.object;
+            if !map_selects(selector, pod) {
+                continue;
+            }
+            let Some(ip) = pod["status"]["podIP"].as_str().filter(|i| !i.is_empty()) else {
+                continue;
+            };
+            if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+                continue;
+            }
+            let ports: Vec<Value> = svc_ports
+                .iter()
+                .filter_map(|p| {
+                    let port = p["port"].as_i64()?;
+                    let target = resolve_port(&p["targetPort"], port, pod)?;
+                    let mut ep = json!({"port": target, "protocol": p["protocol"].as_str().unwrap_or("TCP")});
+                    if let Some(n) = p["name"].as_str() {
+                        ep["name"] = json!(n);
+                    }
+                    Some(ep)
+                })
+                .collect();
+            let terminating = is_terminating(pod);
+            let ready = is_ready(pod) && !terminating;
+            let address = json!({
+                "ip": ip,
+                "nodeName": pod["spec"]["nodeName"],
+                "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"], "namespace": ns, "uid": pod["metadata"]["uid"]},
+            });
+            let entry = subsets
+                .entry(serde_json::to_string(&ports).unwrap_or_default())
+                .or_insert_with(|| (ports.clone(), Vec::new(), Vec::new()));
+            if ready {
+                entry.1.push(address)
+            } else {
+                entry.2.push(address)
+            }
+            slice_ports.get_or_insert(ports);
+            slice_endpoints.push(json!({
+                "addresses": [ip],
+                "conditions": {"ready": ready, "serving": is_ready(pod), "terminating": terminating},
+                "nodeName": pod["spec"]["nodeName"],
+                "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"], "namespace": ns, "uid": pod["metadata"]["uid"]},
+            }));
+        }
+        let subsets: Vec<Value> = subsets
+            .into_values()
+            .map(|(ports, ready, not_ready)| {
+                let mut s = json!({"ports": ports});
+                if !ready.is_empty() {
+                    s["addresses"] = Value::Array(ready);
+                }
+                if !not_ready.is_empty() {
+                    s["notReadyAddresses"] = Value::Array(not_ready);
+                }
+                s
+            })
+            .collect();
+        let mut labels = svc["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+        labels.insert("endpoints.capstan.dev/managed".into(), json!("true"));
+        let endpoints = json!({"metadata": {"name": name, "namespace": ns, "labels": labels}, "subsets": subsets});
+        upsert(ctx, ep_kind, &ns, &name, endpoints, |cur, new| {
+            cur["subsets"] == new["subsets"] && cur["metadata"]["labels"] == new["metadata"]["labels"]
+        })
+        .await?;
+
+        let slice_kind = kind("endpointslices");
+        let sname = slice_name(&svc);
+        let slice = json!({
+            "metadata": {
+                "name": sname, "namespace": ns,
+                "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.capstan.dev"},
+                "ownerReferences": [owner_ref(&svc)],
+            },
+            "addressType": "IPv4",
+            "endpoints": slice_endpoints,
+            "ports": slice_ports.unwrap_or_default(),
+        });
+        upsert(ctx, slice_kind, &ns, &sname, slice, |cur, new| {
+            cur["endpoints"] == new["endpoints"] && cur["ports"] == new["ports"]
+        })
+        .await?;
+        Ok(Action::AwaitChange)
+    }
+}
+
+/// Creates `object`, or replaces the current one unless `same` says nothing changed.
+async fn upsert(
+    ctx: &Context,
+    kind: &'static capstan_api::KindInfo,
+    ns: &str,
+    name: &str,
+    object: Value,
+    same: impl Fn(&Value, &Value) -> bool,
+) -> Result<(), ObjectError> {
+    match ctx.objects.get(kind, ns, name)? {
+        None => match ctx.objects.create(kind, object).await {
+            Ok(_) | Err(ObjectError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        },
+        Some(cur) if same(&cur, &object) => Ok(()),
+        Some(cur) => {
+            let mut next = object;
+            next["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
+            ctx.objects.update(kind, next, false).await.map(|_| ())
+        }
+    }
+}

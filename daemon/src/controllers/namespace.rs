@@ -1,0 +1,142 @@
+//! Namespaces: the system namespaces and built-in Services exist from the start; an active
+//! namespace says so in its status; a namespace being deleted (its manifest removed from Git)
+//! has its pods drained first, then everything else in it removed, then itself.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use capstan_api::REGISTRY;
+use capstan_runtime::{Action, Reconciler};
+use serde_json::json;
+
+use super::util::is_terminating;
+use super::{Context, delete_pod, kind};
+use crate::objects::ObjectError;
+
+pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+/// The ClusterIP of the `kubernetes` Service and of `kube-dns` (DESIGN.md).
+pub const KUBERNETES_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+pub struct NamespaceController {
+    pub ctx: Context,
+}
+
+impl Reconciler<String> for NamespaceController {
+    type Error = ObjectError;
+
+    async fn reconcile(&self, name: String) -> Result<Action, ObjectError> {
+        let ctx = &self.ctx;
+        ctx.caught_up().await;
+        let ns_kind = kind("namespaces");
+        let Some(ns) = ctx.cache.get(ns_kind, "", &name) else {
+            return Ok(Action::AwaitChange);
+        };
+        if !is_terminating(&ns.object) {
+            if ns.object["status"]["phase"] != "Active" {
+                ctx.objects
+                    .modify(ns_kind, "", &name, true, |n| {
+                        n["status"] = json!({"phase": "Active"});
+                        true
+                    })
+                    .await?;
+            }
+            return Ok(Action::AwaitChange);
+        }
+        if ns.object["status"]["phase"] != "Terminating" {
+            ctx.objects
+                .modify(ns_kind, "", &name, true, |n| {
+                    n["status"] = json!({"phase": "Terminating"});
+                    true
+                })
+                .await?;
+        }
+        // Pods first: their containers stop gracefully on their nodes.
+        let (pods, _) = ctx.cache.list(kind("pods"), Some(&name));
+        if !pods.is_empty() {
+            for p in &pods {
+                delete_pod(ctx, &name, &p.name).await?;
+            }
+            return Ok(Action::Requeue(Duration::from_secs(1)));
+        }
+        let mut left = 0;
+        for k in REGISTRY.iter().filter(|k| k.namespaced) {
+            let (items, _) = ctx.cache.list(k, Some(&name));
+            for item in items {
+                left += 1;
+                match ctx.objects.delete(k, &name, &item.name, None).await {
+                    Ok(_) | Err(ObjectError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if left > 0 {
+            return Ok(Action::Requeue(Duration::from_millis(500)));
+        }
+        match ctx.objects.delete(ns_kind, "", &name, None).await {
+            Ok(_) | Err(ObjectError::NotFound { .. }) => Ok(Action::AwaitChange),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Whether `ns` exists and is not being deleted.
+pub fn is_active(ctx: &Context, ns: &str) -> bool {
+    ctx.cache
+        .get(kind("namespaces"), "", ns)
+        .is_some_and(|n| !is_terminating(&n.object))
+}
+
+/// Creates the system namespaces and the `kubernetes` and `kube-dns` Services if missing.
+pub async fn ensure_builtins(ctx: &Context) -> Result<(), ObjectError> {
+    let ns_kind = kind("namespaces");
+    for ns in SYSTEM_NAMESPACES {
+        if ctx.objects.get(ns_kind, "", ns)?.is_none() {
+            match ctx
+                .objects
+                .create(ns_kind, json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}))
+                .await
+            {
+                Ok(_) | Err(ObjectError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let svc = kind("services");
+    let (api_ip, api_port) = ctx.settings.api_endpoint;
+    let builtins = [
+        json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+               "spec": {"type": "ClusterIP", "clusterIP": KUBERNETES_IP.to_string(), "clusterIPs": [KUBERNETES_IP.to_string()], "ports": [{"name": "https", "port": 443, "targetPort": api_port, "protocol": "TCP"}]}}),
+        json!({"metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "CoreDNS"}},
+               "spec": {"type": "ClusterIP", "clusterIP": DNS_IP.to_string(), "clusterIPs": [DNS_IP.to_string()],
+                        "ports": [{"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "targetPort": 53, "protocol": "TCP"}]}}),
+    ];
+    for s in builtins {
+        let (ns, name) = (
+            s["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
+            s["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+        );
+        if ctx.objects.get(svc, &ns, &name)?.is_none() {
+            match ctx.objects.create(svc, s).await {
+                Ok(_) | Err(ObjectError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    // The API server's own endpoints.
+    let ep = kind("endpoints");
+    let endpoints = json!({"metadata": {"name": "kubernetes", "namespace": "default"},
+        "subsets": [{"addresses": [{"ip": api_ip.to_string()}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}]});
+    match ctx.objects.get(ep, "default", "kubernetes")? {
+        None => {
+            ctx.objects.create(ep, endpoints).await?;
+        }
+        Some(cur) if cur["subsets"] != endpoints["subsets"] => {
+            let mut next = endpoints;
+            next["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
+            ctx.objects.update(ep, next, false).await?;
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}

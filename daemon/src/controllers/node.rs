@@ -1,0 +1,205 @@
+//! Node lifecycle: each node gets a pod range (a /24 of the pod CIDR); a node whose Lease has not
+//! been renewed within the grace period is marked NotReady (Ready=Unknown) and tainted
+//! `node.kubernetes.io/unreachable` (NoSchedule, NoExecute); its pods are evicted once their
+//! toleration of that taint runs out (default: the eviction timeout), so that their ReplicaSets
+//! replace them elsewhere. A node that renews its Lease again loses the taints.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use capstan_runtime::{Action, Reconciler};
+use serde_json::{Value, json};
+
+use super::events::{EventType, Recorder};
+use super::util::{now, seconds};
+use super::{Context, kind};
+use crate::objects::{ObjectError, now_rfc3339};
+
+pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+pub struct NodeLifecycle {
+    pub ctx: Context,
+    pub events: Recorder,
+}
+
+/// How long a pod tolerates `taint` with effect NoExecute: its toleration's seconds, forever
+/// if it tolerates without a limit, or `default` without a toleration.
+pub fn toleration_seconds(pod: &Value, taint: &str, default: i64) -> Option<i64> {
+    let tolerations = pod["spec"]["tolerations"].as_array();
+    let matching = tolerations.into_iter().flatten().find(|t| {
+        let key_ok = t["key"].as_str().is_none_or(|k| k.is_empty() || k == taint) && (t["key"].is_string() || t["operator"] == "Exists");
+        let effect_ok = t["effect"].as_str().is_none_or(|e| e.is_empty() || e == "NoExecute");
+        key_ok && effect_ok
+    });
+    match matching {
+        Some(t) => t["tolerationSeconds"].as_i64(),
+        None => Some(default),
+    }
+}
+
+impl NodeLifecycle {
+    fn allocate_pod_cidr(&self, node: &str) -> Option<String> {
+        let (net, bits) = self.ctx.settings.pod_cidr;
+        let used: HashSet<String> = self
+            .ctx
+            .cache
+            .list(kind("nodes"), None)
+            .0
+            .iter()
+            .filter(|n| n.name != node)
+            .filter_map(|n| n.object["spec"]["podCIDR"].as_str().map(str::to_owned))
+            .collect();
+        let base = u32::from(net);
+        let count = 1u32 << (24 - bits.min(24));
+        (0..count)
+            .map(|i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
+            .find(|c| !used.contains(c))
+    }
+}
+
+impl Reconciler<String> for NodeLifecycle {
+    type Error = ObjectError;
+
+    async fn reconcile(&self, name: String) -> Result<Action, ObjectError> {
+        let ctx = &self.ctx;
+        ctx.caught_up().await;
+        let nodes = kind("nodes");
+        let Some(node) = ctx.cache.get(nodes, "", &name) else {
+            return Ok(Action::AwaitChange);
+        };
+        let node = (*node.object).clone();
+        if node["spec"]["podCIDR"].as_str().is_none_or(str::is_empty)
+            && let Some(cidr) = self.allocate_pod_cidr(&name)
+        {
+            ctx.objects
+                .modify(nodes, "", &name, false, |n| {
+                    n["spec"]["podCIDR"] = json!(cidr);
+                    n["spec"]["podCIDRs"] = json!([cidr]);
+                    true
+                })
+                .await?;
+            return Ok(Action::Requeue(Duration::ZERO));
+        }
+        let grace = ctx.settings.node_grace.as_secs() as i64;
+        let lease = ctx.cache.get(kind("leases"), "kube-node-lease", &name);
+        let renewed = lease
+            .as_ref()
+            .and_then(|l| seconds(&l.object["spec"]["renewTime"]))
+            .or_else(|| seconds(&node["metadata"]["creationTimestamp"]));
+        let t = now();
+        let stale = renewed.is_none_or(|r| t - r > grace);
+        let taints = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
+        let has_taint = taints.iter().any(|tn| tn["key"] == TAINT_UNREACHABLE);
+        if stale && !has_taint {
+            self.events.record(
+                &node,
+                EventType::Normal,
+                "NodeNotReady",
+                format!("Node {name} status is now: NodeNotReady"),
+            );
+            let stamp = now_rfc3339();
+            ctx.objects
+                .modify(nodes, "", &name, false, |n| {
+                    let mut taints = n["spec"]["taints"].as_array().cloned().unwrap_or_default();
+                    taints.retain(|t| t["key"] != TAINT_UNREACHABLE);
+                    taints.push(json!({"key": TAINT_UNREACHABLE, "effect": "NoSchedule", "timeAdded": stamp}));
+                    taints.push(json!({"key": TAINT_UNREACHABLE, "effect": "NoExecute", "timeAdded": stamp}));
+                    n["spec"]["taints"] = Value::Array(taints);
+                    true
+                })
+                .await?;
+            ctx.objects
+                .modify(nodes, "", &name, true, |n| {
+                    let mut conds = n["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                    for c in conds.iter_mut().filter(|c| c["type"] == "Ready") {
+                        c["status"] = json!("Unknown");
+                        c["reason"] = json!("NodeStatusUnknown");
+                        c["message"] = json!("Kubelet stopped posting node status.");
+                        c["lastTransitionTime"] = json!(stamp);
+                    }
+                    if !conds.iter().any(|c| c["type"] == "Ready") {
+                        conds.push(json!({"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.", "lastTransitionTime": stamp}));
+                    }
+                    n["status"]["conditions"] = Value::Array(conds);
+                    true
+                })
+                .await?;
+            return Ok(Action::Requeue(Duration::from_secs(1)));
+        }
+        if !stale && has_taint {
+            ctx.objects
+                .modify(nodes, "", &name, false, |n| {
+                    if let Some(t) = n["spec"]["taints"].as_array_mut() {
+                        t.retain(|t| t["key"] != TAINT_UNREACHABLE);
+                    }
+                    true
+                })
+                .await?;
+            self.events.record(
+                &node,
+                EventType::Normal,
+                "NodeReady",
+                format!("Node {name} status is now: NodeReady"),
+            );
+            return Ok(Action::Requeue(Duration::from_secs(grace.max(1) as u64)));
+        }
+        if stale {
+            // Evict the pods whose toleration has run out.
+            let since = taints
+                .iter()
+                .filter(|t| t["key"] == TAINT_UNREACHABLE)
+                .filter_map(|t| seconds(&t["timeAdded"]))
+                .min()
+                .unwrap_or(t);
+            let default = ctx.settings.eviction_timeout.as_secs() as i64;
+            let (pods, _) = ctx.cache.list(kind("pods"), None);
+            let mut next_check: Option<i64> = None;
+            for p in pods.iter().filter(|p| p.object["spec"]["nodeName"] == name.as_str()) {
+                let Some(tolerate) = toleration_seconds(&p.object, TAINT_UNREACHABLE, default) else {
+                    continue;
+                };
+                let due = since + tolerate;
+                if t >= due {
+                    self.events.record(
+                        &p.object,
+                        EventType::Normal,
+                        "TaintManagerEviction",
+                        format!("Marking for deletion Pod {}/{}", p.namespace, p.name),
+                    );
+                    // The node is gone: nobody will stop the containers, so the object goes now.
+                    match ctx.objects.delete(kind("pods"), &p.namespace, &p.name, None).await {
+                        Ok(_) | Err(ObjectError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    next_check = Some(next_check.map_or(due, |n| n.min(due)));
+                }
+            }
+            return Ok(Action::Requeue(Duration::from_secs(
+                next_check.map_or(5, |n| (n - t).clamp(1, 60)) as u64
+            )));
+        }
+        // Healthy: look again when the lease would go stale.
+        let left = renewed.map_or(grace, |r| grace - (t - r));
+        Ok(Action::Requeue(Duration::from_secs(left.clamp(1, 3600) as u64 + 1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerations_decide_when_pods_go() {
+        let none = json!({"spec": {}});
+        assert_eq!(toleration_seconds(&none, TAINT_UNREACHABLE, 300), Some(300));
+        let short = json!({"spec": {"tolerations": [{"key": TAINT_UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}});
+        assert_eq!(toleration_seconds(&short, TAINT_UNREACHABLE, 300), Some(5));
+        let forever = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        assert_eq!(toleration_seconds(&forever, TAINT_UNREACHABLE, 300), None);
+        let other = json!({"spec": {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "x", "effect": "NoSchedule"}]}});
+        assert_eq!(toleration_seconds(&other, TAINT_UNREACHABLE, 300), Some(300));
+    }
+}

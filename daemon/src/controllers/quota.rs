@@ -1,0 +1,153 @@
+//! ResourceQuota: what a namespace uses (pods, cpu and memory requests and limits, services,
+//! config maps, secrets), kept in each quota's `status.used`, and the admission check that keeps
+//! a controller from creating a pod that would go over.
+
+use capstan_runtime::{Action, Reconciler};
+use serde_json::{Map, Value, json};
+
+use super::util::{NsName, is_active, quantity};
+use super::{Context, kind};
+use crate::objects::ObjectError;
+
+/// The resources a set of pods uses, by quota key.
+fn pod_usage(pods: &[&Value]) -> Vec<(&'static str, f64)> {
+    let mut req_cpu = 0.0;
+    let mut req_mem = 0.0;
+    let mut lim_cpu = 0.0;
+    let mut lim_mem = 0.0;
+    for p in pods {
+        for c in p["spec"]["containers"].as_array().into_iter().flatten() {
+            let r = &c["resources"];
+            req_cpu += quantity(&r["requests"]["cpu"]);
+            req_mem += quantity(&r["requests"]["memory"]);
+            lim_cpu += quantity(&r["limits"]["cpu"]);
+            lim_mem += quantity(&r["limits"]["memory"]);
+        }
+    }
+    vec![
+        ("pods", pods.len() as f64),
+        ("requests.cpu", req_cpu),
+        ("cpu", req_cpu),
+        ("requests.memory", req_mem),
+        ("memory", req_mem),
+        ("limits.cpu", lim_cpu),
+        ("limits.memory", lim_mem),
+    ]
+}
+
+/// How a quantity is written back: cpu in millicores, memory in Mi when whole, counts plain.
+fn format_quantity(key: &str, v: f64) -> String {
+    if key.ends_with("cpu") {
+        let m = (v * 1000.0).round() as i64;
+        if m % 1000 == 0 { (m / 1000).to_string() } else { format!("{m}m") }
+    } else if key.ends_with("memory") {
+        let mi = v / (1024.0 * 1024.0);
+        if mi.fract() == 0.0 && mi >= 1.0 {
+            format!("{}Mi", mi as i64)
+        } else {
+            (v.round() as i64).to_string()
+        }
+    } else {
+        (v.round() as i64).to_string()
+    }
+}
+
+fn usage(ctx: &Context, ns: &str, extra: Option<&Value>) -> Vec<(&'static str, f64)> {
+    let (pods, _) = ctx.cache.list(kind("pods"), Some(ns));
+    let mut active: Vec<&Value> = pods.iter().map(|e| e.object.as_ref()).filter(|p| is_active(p)).collect();
+    if let Some(p) = extra {
+        active.push(p);
+    }
+    let mut u = pod_usage(&active);
+    for (key, plural) in [("services", "services"), ("configmaps", "configmaps"), ("secrets", "secrets")] {
+        u.push((key, ctx.cache.list(kind(plural), Some(ns)).0.len() as f64));
+    }
+    u
+}
+
+/// Admits `pod` into namespace `ns`, or says which quota it would exceed (Kubernetes' message).
+pub fn admit(ctx: &Context, ns: &str, pod: &Value) -> Result<(), String> {
+    let (quotas, _) = ctx.cache.list(kind("resourcequotas"), Some(ns));
+    if quotas.is_empty() {
+        return Ok(());
+    }
+    let after = usage(ctx, ns, Some(pod));
+    let before = usage(ctx, ns, None);
+    let requested = pod_usage(&[pod]);
+    for q in &quotas {
+        let Some(hard) = q.object["spec"]["hard"].as_object() else {
+            continue;
+        };
+        let mut over = Vec::new();
+        for (key, limit) in hard {
+            let Some((_, total)) = after.iter().find(|(k, _)| k == key) else {
+                continue;
+            };
+            let asked = requested.iter().find(|(k, _)| k == key).map_or(0.0, |(_, v)| *v);
+            if asked > 0.0 && *total > quantity(limit) + 1e-9 {
+                let used = before.iter().find(|(k, _)| k == key).map_or(0.0, |(_, v)| *v);
+                over.push((key.clone(), asked, used, limit.clone()));
+            }
+        }
+        if !over.is_empty() {
+            let fmt = |f: &dyn Fn(&(String, f64, f64, Value)) -> String| over.iter().map(f).collect::<Vec<_>>().join(",");
+            return Err(format!(
+                "pods \"{}\" is forbidden: exceeded quota: {}, requested: {}, used: {}, limited: {}",
+                pod["metadata"]["name"].as_str().unwrap_or_default(),
+                q.name,
+                fmt(&|(k, a, _, _)| format!("{k}={}", format_quantity(k, *a))),
+                fmt(&|(k, _, u, _)| format!("{k}={}", format_quantity(k, *u))),
+                fmt(&|(k, _, _, l)| format!("{k}={}", l.as_str().map(str::to_owned).unwrap_or_else(|| l.to_string()))),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Keeps `status.hard` and `status.used` of each ResourceQuota current.
+pub struct QuotaController {
+    pub ctx: Context,
+}
+
+impl Reconciler<NsName> for QuotaController {
+    type Error = ObjectError;
+
+    async fn reconcile(&self, (ns, name): NsName) -> Result<Action, ObjectError> {
+        self.ctx.caught_up().await;
+        let Some(q) = self.ctx.cache.get(kind("resourcequotas"), &ns, &name) else {
+            return Ok(Action::AwaitChange);
+        };
+        let hard = q.object["spec"]["hard"].as_object().cloned().unwrap_or_default();
+        let u = usage(&self.ctx, &ns, None);
+        let mut used = Map::new();
+        for key in hard.keys() {
+            if let Some((_, v)) = u.iter().find(|(k, _)| k == key) {
+                used.insert(key.clone(), json!(format_quantity(key, *v)));
+            }
+        }
+        let status = json!({"hard": hard, "used": used});
+        if q.object["status"] != status {
+            self.ctx
+                .objects
+                .modify(kind("resourcequotas"), &ns, &name, true, |o| {
+                    o["status"] = status.clone();
+                    true
+                })
+                .await?;
+        }
+        Ok(Action::AwaitChange)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_are_written_like_kubernetes() {
+        assert_eq!(format_quantity("requests.cpu", 1.5), "1500m");
+        assert_eq!(format_quantity("limits.cpu", 2.0), "2");
+        assert_eq!(format_quantity("requests.memory", 128.0 * 1024.0 * 1024.0), "128Mi");
+        assert_eq!(format_quantity("pods", 3.0), "3");
+    }
+}
