@@ -10,6 +10,7 @@ pub mod join;
 pub mod kubeconfig;
 pub mod objects;
 pub mod pki;
+pub mod scheduling;
 pub mod server;
 pub mod sync;
 
@@ -222,7 +223,12 @@ impl Daemon {
             cache: cache.clone(),
             settings: Arc::new(settings),
         };
-        tasks.extend(controllers::start(ctx, shutdown.clone()));
+        tasks.extend(controllers::start(ctx.clone(), shutdown.clone()));
+        tasks.push(tokio::spawn(scheduling::run(
+            ctx,
+            capstan_scheduler::Config::default(),
+            shutdown.clone(),
+        )));
 
         // Compaction: keep a window of history for watches, as kube-apiserver asks etcd to.
         let compact_store = store.clone();

@@ -1,0 +1,438 @@
+//! What the scheduler sees: nodes (allocatable, labels, taints, the pods placed on them) and
+//! pods (requests, selectors, affinities, tolerations, spread constraints), read once from the
+//! API objects into plain structs so that the plugins never touch JSON.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// Amounts of resources: cpu in millicores, memory in bytes, a pod count, and extended resources.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_milli: i64,
+    pub memory: i64,
+    pub pods: i64,
+    pub extended: BTreeMap<String, i64>,
+}
+
+impl Resources {
+    pub fn add(&mut self, other: &Resources) {
+        self.cpu_milli += other.cpu_milli;
+        self.memory += other.memory;
+        self.pods += other.pods;
+        for (k, v) in &other.extended {
+            *self.extended.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    pub fn sub(&mut self, other: &Resources) {
+        self.cpu_milli -= other.cpu_milli;
+        self.memory -= other.memory;
+        self.pods -= other.pods;
+        for (k, v) in &other.extended {
+            *self.extended.entry(k.clone()).or_default() -= v;
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taint {
+    pub key: String,
+    pub value: String,
+    pub effect: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Toleration {
+    pub key: String,
+    pub operator: String,
+    pub value: String,
+    pub effect: String,
+}
+
+impl Toleration {
+    pub fn tolerates(&self, t: &Taint) -> bool {
+        if !self.effect.is_empty() && self.effect != t.effect {
+            return false;
+        }
+        if self.operator == "Exists" {
+            return self.key.is_empty() || self.key == t.key;
+        }
+        self.key == t.key && self.value == t.value
+    }
+}
+
+/// A label selector requirement (`key In (a, b)`, `key Exists`, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: String,
+    pub values: Vec<String>,
+}
+
+impl Requirement {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        let v = labels.get(&self.key);
+        match self.operator.as_str() {
+            "In" => v.is_some_and(|v| self.values.contains(v)),
+            "NotIn" => !v.is_some_and(|v| self.values.contains(v)),
+            "Exists" => v.is_some(),
+            "DoesNotExist" => v.is_none(),
+            "Gt" => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .zip(self.values.first().and_then(|x| x.parse::<i64>().ok()))
+                .is_some_and(|(a, b)| a > b),
+            "Lt" => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .zip(self.values.first().and_then(|x| x.parse::<i64>().ok()))
+                .is_some_and(|(a, b)| a < b),
+            _ => false,
+        }
+    }
+}
+
+/// A label selector: all of its requirements (matchLabels become `In` requirements).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector(pub Vec<Requirement>);
+
+impl Selector {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.0.iter().all(|r| r.matches(labels))
+    }
+
+    pub fn from_json(v: &Value) -> Selector {
+        let mut reqs = Vec::new();
+        if let Some(ml) = v["matchLabels"].as_object() {
+            for (k, val) in ml {
+                reqs.push(Requirement {
+                    key: k.clone(),
+                    operator: "In".into(),
+                    values: vec![val.as_str().unwrap_or_default().to_owned()],
+                });
+            }
+        }
+        reqs.extend(requirements(&v["matchExpressions"]));
+        Selector(reqs)
+    }
+
+    /// A canonical text, to key caches by selector.
+    pub fn signature(&self) -> String {
+        let mut parts: Vec<String> = self.0.iter().map(|r| format!("{} {} {:?}", r.key, r.operator, r.values)).collect();
+        parts.sort();
+        parts.join(";")
+    }
+}
+
+fn requirements(v: &Value) -> Vec<Requirement> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| Requirement {
+            key: e["key"].as_str().unwrap_or_default().to_owned(),
+            operator: e["operator"].as_str().unwrap_or_default().to_owned(),
+            values: e["values"]
+                .as_array()
+                .map(|vs| vs.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// A pod affinity or anti-affinity term: pods matching `selector` in `namespaces` (empty: the
+/// pod's own), within the same `topology_key` domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodAffinityTerm {
+    pub selector: Selector,
+    pub namespaces: Vec<String>,
+    pub topology_key: String,
+    pub weight: i64,
+}
+
+impl PodAffinityTerm {
+    pub fn selects(&self, owner_namespace: &str, other: &PodInfo) -> bool {
+        let ns_ok = if self.namespaces.is_empty() {
+            other.namespace == owner_namespace
+        } else {
+            self.namespaces.contains(&other.namespace)
+        };
+        ns_ok && self.selector.matches(&other.labels)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpreadConstraint {
+    pub max_skew: i64,
+    pub topology_key: String,
+    pub do_not_schedule: bool,
+    pub selector: Selector,
+}
+
+/// A pod, as far as scheduling goes.
+#[derive(Clone, Debug, Default)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub labels: Labels,
+    pub requests: Resources,
+    pub priority: i64,
+    /// `spec.nodeName` asked for by the pod itself (the NodeName plugin).
+    pub node_name: Option<String>,
+    pub node_selector: Labels,
+    /// Required node affinity: any of these terms (each all of its requirements).
+    pub node_required: Vec<Vec<Requirement>>,
+    pub node_preferred: Vec<(i64, Vec<Requirement>)>,
+    pub affinity_required: Vec<PodAffinityTerm>,
+    pub affinity_preferred: Vec<PodAffinityTerm>,
+    pub anti_required: Vec<PodAffinityTerm>,
+    pub anti_preferred: Vec<PodAffinityTerm>,
+    pub tolerations: Vec<Toleration>,
+    pub spread: Vec<SpreadConstraint>,
+    pub host_ports: Vec<(String, i64)>,
+}
+
+/// A node and what is placed on it.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: Labels,
+    pub taints: Vec<Taint>,
+    pub unschedulable: bool,
+    pub ready: bool,
+    pub allocatable: Resources,
+    pub requested: Resources,
+    pub pods: Vec<Arc<PodInfo>>,
+    pub host_ports: Vec<(String, i64)>,
+}
+
+impl NodeInfo {
+    pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
+        self.requested.add(&pod.requests);
+        self.host_ports.extend(pod.host_ports.iter().cloned());
+        self.pods.push(pod);
+    }
+
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Option<Arc<PodInfo>> {
+        let i = self.pods.iter().position(|p| p.namespace == namespace && p.name == name)?;
+        let pod = self.pods.swap_remove(i);
+        self.requested.sub(&pod.requests);
+        for hp in &pod.host_ports {
+            if let Some(j) = self.host_ports.iter().position(|h| h == hp) {
+                self.host_ports.swap_remove(j);
+            }
+        }
+        Some(pod)
+    }
+}
+
+fn labels(v: &Value) -> Labels {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Parses a quantity into base units times `scale` (1000 for millicores).
+pub fn quantity(v: &Value, scale: f64) -> i64 {
+    let s = match v {
+        Value::String(s) => s.as_str(),
+        Value::Number(n) => return (n.as_f64().unwrap_or(0.0) * scale).round() as i64,
+        _ => return 0,
+    };
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let n: f64 = num.parse().unwrap_or(0.0);
+    let mult = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1048576.0,
+        "Gi" => 1073741824.0,
+        "Ti" => 1099511627776.0,
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().unwrap_or(0)),
+        _ => 1.0,
+    };
+    (n * mult * scale).round() as i64
+}
+
+fn resources(v: &Value) -> Resources {
+    let mut r = Resources::default();
+    if let Some(m) = v.as_object() {
+        for (k, q) in m {
+            match k.as_str() {
+                "cpu" => r.cpu_milli = quantity(q, 1000.0),
+                "memory" => r.memory = quantity(q, 1.0),
+                "pods" => r.pods = quantity(q, 1.0),
+                "ephemeral-storage" => {}
+                other => {
+                    r.extended.insert(other.to_owned(), quantity(q, 1.0));
+                }
+            }
+        }
+    }
+    r
+}
+
+fn affinity_terms(v: &Value, weighted: bool) -> Vec<PodAffinityTerm> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let (term, weight) = if weighted {
+                (&t["podAffinityTerm"], t["weight"].as_i64().unwrap_or(1))
+            } else {
+                (t, 1)
+            };
+            PodAffinityTerm {
+                selector: Selector::from_json(&term["labelSelector"]),
+                namespaces: term["namespaces"]
+                    .as_array()
+                    .map(|n| n.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default(),
+                topology_key: term["topologyKey"].as_str().unwrap_or_default().to_owned(),
+                weight,
+            }
+        })
+        .collect()
+}
+
+impl PodInfo {
+    /// Reads a Pod object.
+    pub fn from_json(pod: &Value) -> PodInfo {
+        let spec = &pod["spec"];
+        let mut requests = Resources {
+            pods: 1,
+            ..Resources::default()
+        };
+        for c in spec["containers"].as_array().into_iter().flatten() {
+            requests.add(&resources(&c["resources"]["requests"]));
+        }
+        // Init containers run one at a time: the pod needs the largest of them, if larger.
+        for c in spec["initContainers"].as_array().into_iter().flatten() {
+            let r = resources(&c["resources"]["requests"]);
+            requests.cpu_milli = requests.cpu_milli.max(r.cpu_milli);
+            requests.memory = requests.memory.max(r.memory);
+        }
+        let affinity = &spec["affinity"];
+        let host_ports = spec["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| {
+                p["hostPort"]
+                    .as_i64()
+                    .filter(|h| *h > 0)
+                    .map(|h| (p["protocol"].as_str().unwrap_or("TCP").to_owned(), h))
+            })
+            .collect();
+        PodInfo {
+            namespace: pod["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
+            name: pod["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            uid: pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
+            labels: labels(&pod["metadata"]["labels"]),
+            requests,
+            priority: spec["priority"].as_i64().unwrap_or(0),
+            node_name: spec["nodeName"].as_str().filter(|n| !n.is_empty()).map(str::to_owned),
+            node_selector: labels(&spec["nodeSelector"]),
+            node_required: affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| requirements(&t["matchExpressions"]))
+                .collect(),
+            node_preferred: affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p["weight"].as_i64().unwrap_or(1),
+                        requirements(&p["preference"]["matchExpressions"]),
+                    )
+                })
+                .collect(),
+            affinity_required: affinity_terms(&affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"], false),
+            affinity_preferred: affinity_terms(&affinity["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"], true),
+            anti_required: affinity_terms(
+                &affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+                false,
+            ),
+            anti_preferred: affinity_terms(
+                &affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"],
+                true,
+            ),
+            tolerations: spec["tolerations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| Toleration {
+                    key: t["key"].as_str().unwrap_or_default().to_owned(),
+                    operator: t["operator"].as_str().unwrap_or("Equal").to_owned(),
+                    value: t["value"].as_str().unwrap_or_default().to_owned(),
+                    effect: t["effect"].as_str().unwrap_or_default().to_owned(),
+                })
+                .collect(),
+            spread: spec["topologySpreadConstraints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| SpreadConstraint {
+                    max_skew: c["maxSkew"].as_i64().unwrap_or(1).max(1),
+                    topology_key: c["topologyKey"].as_str().unwrap_or_default().to_owned(),
+                    do_not_schedule: c["whenUnsatisfiable"].as_str().unwrap_or("DoNotSchedule") == "DoNotSchedule",
+                    selector: Selector::from_json(&c["labelSelector"]),
+                })
+                .collect(),
+            host_ports,
+        }
+    }
+}
+
+impl NodeInfo {
+    /// Reads a Node object (without its pods).
+    pub fn from_json(node: &Value) -> NodeInfo {
+        let status = &node["status"];
+        let alloc = if status["allocatable"].is_object() {
+            &status["allocatable"]
+        } else {
+            &status["capacity"]
+        };
+        NodeInfo {
+            name: node["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            labels: labels(&node["metadata"]["labels"]),
+            taints: node["spec"]["taints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| Taint {
+                    key: t["key"].as_str().unwrap_or_default().to_owned(),
+                    value: t["value"].as_str().unwrap_or_default().to_owned(),
+                    effect: t["effect"].as_str().unwrap_or_default().to_owned(),
+                })
+                .collect(),
+            unschedulable: node["spec"]["unschedulable"] == true,
+            ready: status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+            allocatable: resources(alloc),
+            ..NodeInfo::default()
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The scheduling loop: keeps the scheduler's snapshot current from the watch cache (nodes, and
+//! pods as they are bound, finish or go), takes pending pods highest priority first, and binds
+//! each with compare-and-swap (a pod bound meanwhile by anyone else is left alone: never two
+//! nodes). A pod that fits nowhere gets PodScheduled=False with the reasons and an event, and is
+//! retried with back-off (1 s to 10 s) and whenever the cluster changes; preemption evicts the
+//! victims and nominates the node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use capstan_scheduler::{Config, Decision, NodeInfo, PodInfo, Scheduler, Snapshot};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{CacheError, Change};
+use crate::controllers::events::{EventType, Recorder};
+use crate::controllers::{Context, delete_pod, kind};
+use crate::objects::{ObjectError, now_rfc3339};
+
+/// The name pods ask for in `spec.schedulerName` (or leave empty).
+pub const SCHEDULER_NAME: &str = "default-scheduler";
+
+type Key = (String, String);
+
+fn is_pending(pod: &Value) -> bool {
+    pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
+        && pod["metadata"]["deletionTimestamp"].is_null()
+        && !matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        && pod["spec"]["schedulerName"]
+            .as_str()
+            .is_none_or(|s| s.is_empty() || s == SCHEDULER_NAME)
+}
+
+fn is_placed(pod: &Value) -> Option<&str> {
+    let node = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())?;
+    (!matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))).then_some(node)
+}
+
+struct Loop {
+    ctx: Context,
+    scheduler: Scheduler,
+    snapshot: Snapshot,
+    /// Where each placed pod is, to remove it from the snapshot later.
+    placed: HashMap<Key, String>,
+    /// Pending pods ready to try: (-priority, seq) → key.
+    active: BTreeMap<(i64, u64), Key>,
+    /// Pending pods waiting out their back-off: key → (attempts, not before).
+    backoff: HashMap<Key, (u32, Instant)>,
+    queued: HashMap<Key, (i64, u64)>,
+    seq: u64,
+    events: Recorder,
+}
+
+impl Loop {
+    fn enqueue(&mut self, key: Key, priority: i64) {
+        if self.queued.contains_key(&key) || self.backoff.contains_key(&key) {
+            return;
+        }
+        self.seq += 1;
+        let slot = (-priority, self.seq);
+        self.active.insert(slot, key.clone());
+        self.queued.insert(key, slot);
+    }
+
+    /// The cluster changed: pods waiting out a back-off get another try now.
+    fn flush_backoff(&mut self) {
+        let waiting: Vec<Key> = self.backoff.keys().cloned().collect();
+        for key in waiting {
+            if let Some((attempts, _)) = self.backoff.get(&key).copied() {
+                self.backoff.insert(key, (attempts, Instant::now()));
+            }
+        }
+    }
+
+    fn on_pod(&mut self, change: Change, pod: &Value) {
+        let key = crate::controllers::util::key_of(pod);
+        if let Some(node) = self.placed.remove(&key) {
+            self.snapshot.remove_pod(&key.0, &key.1, &node);
+            self.flush_backoff();
+        }
+        if change == Change::Deleted {
+            self.queued.remove(&key).map(|slot| self.active.remove(&slot));
+            self.backoff.remove(&key);
+            return;
+        }
+        if let Some(node) = is_placed(pod) {
+            self.queued.remove(&key).map(|slot| self.active.remove(&slot));
+            self.backoff.remove(&key);
+            if self.snapshot.assume(PodInfo::from_json(pod), node) {
+                self.placed.insert(key, node.to_owned());
+            }
+        } else if is_pending(pod) {
+            self.enqueue(key, pod["spec"]["priority"].as_i64().unwrap_or(0));
+        }
+    }
+
+    fn on_node(&mut self, change: Change, node: &Value) {
+        let name = node["metadata"]["name"].as_str().unwrap_or_default();
+        if change == Change::Deleted {
+            self.snapshot.remove_node(name);
+        } else {
+            self.snapshot.upsert_node(NodeInfo::from_json(node));
+        }
+        self.flush_backoff();
+    }
+
+    /// Moves pods whose back-off ran out to the active queue; returns when the next one is due.
+    fn promote(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let due: Vec<Key> = self
+            .backoff
+            .iter()
+            .filter(|(_, (_, t))| *t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.backoff.remove(&key);
+            let priority = self
+                .ctx
+                .cache
+                .get(kind("pods"), &key.0, &key.1)
+                .map(|p| p.object["spec"]["priority"].as_i64().unwrap_or(0));
+            if let Some(p) = priority {
+                self.enqueue(key, p);
+            }
+        }
+        self.backoff.values().map(|(_, t)| *t).min()
+    }
+
+    async fn schedule_one(&mut self, key: Key) -> Result<(), ObjectError> {
+        let Some(entry) = self.ctx.cache.get(kind("pods"), &key.0, &key.1) else {
+            return Ok(());
+        };
+        let pod = (*entry.object).clone();
+        if !is_pending(&pod) {
+            return Ok(());
+        }
+        let info = PodInfo::from_json(&pod);
+        match self.scheduler.schedule(&self.snapshot, &info) {
+            Decision::Bind(node) => {
+                let mut bound = false;
+                let result = self
+                    .ctx
+                    .objects
+                    .modify(kind("pods"), &key.0, &key.1, false, |p| {
+                        if !is_pending(p) {
+                            return false; // bound by someone else meanwhile: never twice
+                        }
+                        p["spec"]["nodeName"] = json!(node);
+                        bound = true;
+                        true
+                    })
+                    .await;
+                match result {
+                    Ok(_) if bound => {
+                        self.snapshot.assume(info, &node);
+                        self.placed.insert(key.clone(), node.clone());
+                        self.set_condition(&key, "True", None, None).await;
+                        self.events.record(
+                            &pod,
+                            EventType::Normal,
+                            "Scheduled",
+                            format!("Successfully assigned {}/{} to {node}", key.0, key.1),
+                        );
+                    }
+                    Ok(_) | Err(ObjectError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Decision::Preempt { node, victims } => {
+                for (ns, name) in &victims {
+                    if let Some(v) = self.ctx.cache.get(kind("pods"), ns, name) {
+                        self.events.record(
+                            &v.object,
+                            EventType::Normal,
+                            "Preempted",
+                            format!(
+                                "Preempted by pod {} on node {node}",
+                                entry.object["metadata"]["uid"].as_str().unwrap_or_default()
+                            ),
+                        );
+                    }
+                    match delete_pod(&self.ctx, ns, name).await {
+                        Ok(()) | Err(ObjectError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let _ = self
+                    .ctx
+                    .objects
+                    .modify(kind("pods"), &key.0, &key.1, true, |p| {
+                        p["status"]["nominatedNodeName"] = json!(node);
+                        true
+                    })
+                    .await;
+                self.retry_later(key);
+            }
+            Decision::Unschedulable(u) => {
+                let message = u.message();
+                let previous = pod["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled"))
+                    .and_then(|c| c["message"].as_str())
+                    .map(str::to_owned);
+                if previous.as_deref() != Some(&message) {
+                    self.events.record(&pod, EventType::Warning, "FailedScheduling", message.clone());
+                    self.set_condition(&key, "False", Some("Unschedulable"), Some(&message)).await;
+                }
+                self.retry_later(key);
+            }
+        }
+        Ok(())
+    }
+
+    fn retry_later(&mut self, key: Key) {
+        let attempts = self.backoff.get(&key).map_or(0, |(a, _)| *a) + 1;
+        let delay = Duration::from_secs(1 << (attempts - 1).min(3)).min(Duration::from_secs(10));
+        self.backoff.insert(key, (attempts, Instant::now() + delay));
+    }
+
+    async fn set_condition(&self, key: &Key, status: &str, reason: Option<&str>, message: Option<&str>) {
+        let now = now_rfc3339();
+        let _ = self
+            .ctx
+            .objects
+            .modify(kind("pods"), &key.0, &key.1, true, |p| {
+                let mut conds = p["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                conds.retain(|c| c["type"] != "PodScheduled");
+                let mut c = json!({"type": "PodScheduled", "status": status, "lastProbeTime": null, "lastTransitionTime": now});
+                if let Some(r) = reason {
+                    c["reason"] = json!(r);
+                }
+                if let Some(m) = message {
+                    c["message"] = json!(m);
+                }
+                conds.push(c);
+                p["status"]["conditions"] = Value::Array(conds);
+                if p["status"]["phase"].is_null() {
+                    p["status"]["phase"] = json!("Pending");
+                }
+                true
+            })
+            .await;
+    }
+}
+
+/// Runs the scheduling loop until `shutdown`.
+pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) {
+    let events = Recorder::new(ctx.objects.clone(), SCHEDULER_NAME, None);
+    let mut l = Loop {
+        ctx: ctx.clone(),
+        scheduler: Scheduler::new(config),
+        snapshot: Snapshot::new(),
+        placed: HashMap::new(),
+        active: BTreeMap::new(),
+        backoff: HashMap::new(),
+        queued: HashMap::new(),
+        seq: 0,
+        events,
+    };
+    'restart: loop {
+        let (nodes, node_rev) = ctx.cache.list(kind("nodes"), None);
+        for n in &nodes {
+            l.on_node(Change::Added, &n.object);
+        }
+        let (pods, pod_rev) = ctx.cache.list(kind("pods"), None);
+        for p in &pods {
+            l.on_pod(Change::Added, &p.object);
+        }
+        let (Ok(mut node_watch), Ok(mut pod_watch)) = (
+            ctx.cache.watch(kind("nodes"), None, node_rev),
+            ctx.cache.watch(kind("pods"), None, pod_rev),
+        ) else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        loop {
+            let next_due = l.promote();
+            if let Some((&slot, _)) = l.active.first_key_value() {
+                let key = l.active.remove(&slot).expect("first entry exists");
+                l.queued.remove(&key);
+                if let Err(e) = l.schedule_one(key.clone()).await {
+                    tracing::warn!(pod = %format!("{}/{}", key.0, key.1), error = %e, "binding failed; retrying");
+                    l.retry_later(key);
+                }
+                // Apply what changed meanwhile before the next decision.
+                while let Some(Ok(e)) = futures::FutureExt::now_or_never(node_watch.next()) {
+                    l.on_node(e.change, &e.entry.object);
+                }
+                while let Some(Ok(e)) = futures::FutureExt::now_or_never(pod_watch.next()) {
+                    l.on_pod(e.change, &e.entry.object);
+                }
+                continue;
+            }
+            let wait = async {
+                match next_due {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wait => {}
+                e = node_watch.next() => match e {
+                    Ok(e) => l.on_node(e.change, &e.entry.object),
+                    Err(CacheError::TooOld { .. }) | Err(_) => continue 'restart,
+                },
+                e = pod_watch.next() => match e {
+                    Ok(e) => l.on_pod(e.change, &e.entry.object),
+                    Err(_) => continue 'restart,
+                },
+            }
+        }
+    }
+}
