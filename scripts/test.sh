@@ -39,5 +39,6 @@ fi
 step "benchmarks (quick mode)"
 cargo bench --locked -p capstan-git --bench loader -- --quick
 cargo bench --locked -p capstan-daemon --bench api -- --quick
+cargo bench --locked -p capstan-scheduler --bench scheduler -- --quick
 
 step "all tests passed"

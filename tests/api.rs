@@ -69,6 +69,11 @@ apiVersion: v1
 kind: Secret
 metadata: {name: db, namespace: shop}
 stringData: {password: hunter2}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: unused, namespace: shop}
+stringData: {token: abc}
 ";
 
 fn shop() -> Cluster {
@@ -353,8 +358,17 @@ async fn a_node_joins_with_the_token_file_and_is_limited_to_its_own_objects() {
     let err = nodes.create(&PostParams::default(), &other).await.unwrap_err();
     assert!(err.to_string().contains("system:node:n1 may not create nodes \"n2\""), "{err}");
     let secrets: Api<Secret> = Api::namespaced(n1.clone(), "shop");
-    assert!(secrets.get("db").await.is_err(), "no pod on n1 uses the secret");
+    assert!(secrets.get("unused").await.is_err(), "no pod on n1 uses that secret");
     assert!(secrets.list(&ListParams::default()).await.is_err());
+    // Once the scheduler binds the debug pod (which reads `db`) to n1, n1 may read `db`.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "shop");
+    for _ in 0..100 {
+        if pods.get("debug").await.unwrap().spec.unwrap().node_name.as_deref() == Some("n1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(secrets.get("db").await.is_ok(), "the pod bound to n1 uses it");
     let deployments: Api<Deployment> = Api::namespaced(n1.clone(), "shop");
     assert!(deployments.list(&ListParams::default()).await.is_ok(), "nodes read desired state");
 

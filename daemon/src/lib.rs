@@ -218,11 +218,7 @@ impl Daemon {
             api_endpoint: (api_ip, api_addr.port()),
             ..controllers::Settings::default()
         };
-        let ctx = controllers::Context {
-            objects: objects.clone(),
-            cache: cache.clone(),
-            settings: Arc::new(settings),
-        };
+        let ctx = controllers::Context::new(objects.clone(), cache.clone(), settings);
         tasks.extend(controllers::start(ctx.clone(), shutdown.clone()));
         tasks.push(tokio::spawn(scheduling::run(
             ctx,

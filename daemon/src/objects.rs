@@ -163,18 +163,49 @@ impl Objects {
             o.insert("kind".into(), Value::String(kind.kind.to_owned()));
         }
         let key = key_of(kind, &ns, &name);
-        let r = self
-            .store
-            .txn(Txn::default().when(Compare::Missing(key.clone())).put(key, encode(&object)))
-            .await?;
-        if !r.succeeded {
-            return Err(ObjectError::AlreadyExists {
-                plural: kind.plural.into(),
-                name,
-            });
+        loop {
+            let mut txn = Txn::default().when(Compare::Missing(key.clone()));
+            // As the API server's namespace lifecycle admission: nothing new in a namespace that
+            // does not exist or is being deleted. The compare on the namespace's revision makes
+            // the check and the create one atomic step.
+            if kind.namespaced {
+                let ns_key = format!("{REGISTRY_PREFIX}core/namespaces/{ns}");
+                let ns_kv = self.store.get(&ns_key)?;
+                let terminating = ns_kv
+                    .as_ref()
+                    .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+                    .is_some_and(|n| !n["metadata"]["deletionTimestamp"].is_null());
+                match ns_kv {
+                    None => {
+                        return Err(ObjectError::Invalid {
+                            plural: kind.plural.into(),
+                            name,
+                            message: format!("namespace {ns:?} not found"),
+                        });
+                    }
+                    Some(_) if terminating => {
+                        return Err(ObjectError::Invalid {
+                            plural: kind.plural.into(),
+                            name,
+                            message: format!("namespace {ns:?} is being terminated"),
+                        });
+                    }
+                    Some(kv) => txn = txn.when(Compare::ModRevision(ns_key, kv.mod_revision)),
+                }
+            }
+            let r = self.store.txn(txn.put(key.clone(), encode(&object))).await?;
+            if r.succeeded {
+                meta_mut(&mut object).insert("resourceVersion".into(), Value::String(r.revision.to_string()));
+                return Ok(object);
+            }
+            if r.failed_compare == Some(0) {
+                return Err(ObjectError::AlreadyExists {
+                    plural: kind.plural.into(),
+                    name,
+                });
+            }
+            // The namespace changed meanwhile: check it again.
         }
-        meta_mut(&mut object).insert("resourceVersion".into(), Value::String(r.revision.to_string()));
-        Ok(object)
     }
 
     /// Replaces an object. With a resourceVersion in `object`, the write only succeeds if the

@@ -289,7 +289,10 @@ impl DeploymentController {
         // Scale down old sets, oldest first: pods that are not available serve nothing and go
         // first; available ones only as far as availability stays at desired - maxUnavailable.
         let min_available = desired - unavailable;
-        let available: i64 = status_i(new_rs, "availableReplicas") + olds.iter().map(|o| status_i(o, "availableReplicas")).sum::<i64>();
+        // A set's availability never counts more than its target: a scale-down already decided
+        // but not yet carried out must not be spent twice.
+        let avail = |r: &Value| status_i(r, "availableReplicas").min(replicas(r));
+        let available: i64 = avail(new_rs) + olds.iter().map(avail).sum::<i64>();
         let mut budget = (available - min_available).max(0);
         let mut olds_sorted: Vec<&Value> = olds.iter().filter(|o| replicas(o) > 0).collect();
         olds_sorted.sort_by_key(|o| revision(o));

@@ -65,6 +65,20 @@ pub struct Context {
     pub objects: Objects,
     pub cache: Arc<Cache>,
     pub settings: Arc<Settings>,
+    /// Held across a quota check and the create it admits, so that two creates cannot both
+    /// fit under the same last unit of quota.
+    pub admission: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Context {
+    pub fn new(objects: Objects, cache: Arc<Cache>, settings: Settings) -> Context {
+        Context {
+            objects,
+            cache,
+            settings: Arc::new(settings),
+            admission: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
 }
 
 impl Context {

@@ -90,13 +90,19 @@ impl Reconciler<NsName> for ReplicaSetController {
         if active.len() < desired && super::namespace::is_active(ctx, &ns) {
             for _ in active.len()..desired {
                 let pod = self.new_pod(&rs);
+                let admission = ctx.admission.lock().await;
+                // The cache must hold every pod created so far before the quota is counted.
+                ctx.caught_up().await;
                 if let Err(message) = quota::admit(ctx, &ns, &pod) {
                     self.events
                         .record(&rs, EventType::Warning, "FailedCreate", format!("Error creating: {message}"));
                     failure = Some(message);
                     break;
                 }
-                match ctx.objects.create(pods_kind, pod).await {
+                let created = ctx.objects.create(pods_kind, pod).await;
+                ctx.caught_up().await;
+                drop(admission);
+                match created {
                     Ok(created) => {
                         self.events.record(
                             &rs,

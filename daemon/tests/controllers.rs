@@ -1,0 +1,505 @@
+//! The controllers and the scheduling loop against the real store, in a real daemon tracking a
+//! git repository: rollouts (and the rolling-update bounds at every moment), revert re-using the
+//! old ReplicaSet, services and endpoints, quota, garbage collection, namespace drain, node loss
+//! and eviction, and two schedulers racing without double-binding. Nodes are registered and pods
+//! marked ready by a stand-in for the node agent (the real one is tested on Docker elsewhere).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use capstan_daemon::controllers::kind;
+use capstan_daemon::{Daemon, DaemonConfig};
+use serde_json::{Value, json};
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    d: Daemon,
+    kubelet_stop: Arc<AtomicBool>,
+}
+
+impl Harness {
+    async fn start(files: &[(&str, &str)], tune: impl FnOnce(&mut DaemonConfig)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        git(&repo, &["init", "-q"]);
+        for (p, t) in files {
+            std::fs::create_dir_all(repo.join(p).parent().unwrap()).unwrap();
+            std::fs::write(repo.join(p), t).unwrap();
+        }
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "--allow-empty", "-m", "init"]);
+        let mut config = DaemonConfig::new(repo.to_str().unwrap(), dir.path().join("data"));
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        tune(&mut config);
+        let d = Daemon::start(config).await.unwrap();
+        Harness {
+            _dir: dir,
+            repo,
+            d,
+            kubelet_stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn commit(&self, files: &[(&str, &str)], removed: &[&str]) {
+        for (p, t) in files {
+            std::fs::create_dir_all(self.repo.join(p).parent().unwrap()).unwrap();
+            std::fs::write(self.repo.join(p), t).unwrap();
+        }
+        for p in removed {
+            git(&self.repo, &["rm", "-q", p]);
+        }
+        git(&self.repo, &["add", "-A"]);
+        git(&self.repo, &["commit", "-q", "-m", "change"]);
+    }
+
+    fn list(&self, plural: &str, ns: Option<&str>) -> Vec<Value> {
+        self.d.cache.list(kind(plural), ns).0.iter().map(|e| (*e.object).clone()).collect()
+    }
+
+    fn get(&self, plural: &str, ns: &str, name: &str) -> Option<Value> {
+        self.d.cache.get(kind(plural), ns, name).map(|e| (*e.object).clone())
+    }
+
+    async fn eventually(&self, what: &str, mut f: impl FnMut(&Harness) -> bool) {
+        for _ in 0..600 {
+            if f(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    async fn add_node(&self, name: &str, cpu: &str) {
+        let node = json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"}, "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}
+        });
+        self.d.objects.create(kind("nodes"), node).await.unwrap();
+        self.renew_lease(name).await;
+    }
+
+    async fn renew_lease(&self, name: &str) {
+        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let leases = kind("leases");
+        match self.d.objects.get(leases, "kube-node-lease", name).unwrap() {
+            None => {
+                let _ = self.d.objects.create(leases, json!({"metadata": {"name": name, "namespace": "kube-node-lease"}, "spec": {"holderIdentity": name, "renewTime": now}})).await;
+            }
+            Some(_) => {
+                let _ = self
+                    .d
+                    .objects
+                    .modify(leases, "kube-node-lease", name, false, |l| {
+                        l["spec"]["renewTime"] = json!(now);
+                        true
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// A stand-in for the node agents of `nodes`: bound pods become Running and Ready (after
+    /// `delay`), pods marked for deletion go away, leases are renewed.
+    fn kubelet(&self, nodes: &[&str], delay: Duration) -> tokio::task::JoinHandle<()> {
+        let objects = self.d.objects.clone();
+        let cache = self.d.cache.clone();
+        let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        let stop = self.kubelet_stop.clone();
+        let mut since: HashMap<String, tokio::time::Instant> = HashMap::new();
+        tokio::spawn(async move {
+            let mut ip = 2;
+            while !stop.load(Ordering::SeqCst) {
+                for p in cache.list(kind("pods"), None).0.iter() {
+                    let node = p.object["spec"]["nodeName"].as_str().unwrap_or_default().to_owned();
+                    if !nodes.contains(&node) {
+                        continue;
+                    }
+                    if !p.object["metadata"]["deletionTimestamp"].is_null() {
+                        let _ = objects.delete(kind("pods"), &p.namespace, &p.name, None).await;
+                        continue;
+                    }
+                    let ready = p.object["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                    if ready {
+                        continue;
+                    }
+                    let first = *since
+                        .entry(p.object["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+                        .or_insert_with(tokio::time::Instant::now);
+                    if first.elapsed() < delay {
+                        continue;
+                    }
+                    ip += 1;
+                    let stamp = capstan_daemon::objects::now_rfc3339();
+                    let _ = objects
+                        .modify(kind("pods"), &p.namespace, &p.name, true, |pod| {
+                            pod["status"]["phase"] = json!("Running");
+                            pod["status"]["podIP"] = json!(format!("10.244.0.{}", ip % 250 + 2));
+                            let mut conds = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                            conds.retain(|c| c["type"] != "Ready");
+                            conds.push(json!({"type": "Ready", "status": "True", "lastTransitionTime": stamp}));
+                            pod["status"]["conditions"] = Value::Array(conds);
+                            true
+                        })
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }
+}
+
+const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+
+fn deployment(image: &str, replicas: i64) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: shop}}
+spec:
+  replicas: {replicas}
+  revisionHistoryLimit: 3
+  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 1, maxUnavailable: 1}}}}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: web
+        image: {image}
+        ports: [{{name: http, containerPort: 8080}}]
+        resources: {{requests: {{cpu: 100m, memory: 32Mi}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: http}}]
+"
+    )
+}
+
+fn ready_count(h: &Harness, pods: &[Value]) -> usize {
+    let _ = h;
+    pods.iter()
+        .filter(|p| {
+            p["metadata"]["deletionTimestamp"].is_null()
+                && p["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+        .count()
+}
+
+fn deployment_done(h: &Harness, image: &str, replicas: i64) -> bool {
+    let Some(d) = h.get("deployments", "shop", "web") else {
+        return false;
+    };
+    let s = &d["status"];
+    let pods = h.list("pods", Some("shop"));
+    s["observedGeneration"] == d["metadata"]["generation"]
+        && s["updatedReplicas"] == replicas
+        && s["replicas"] == replicas
+        && s["availableReplicas"] == replicas
+        && pods.len() as i64 == replicas
+        && pods.iter().all(|p| p["spec"]["containers"][0]["image"] == image)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_stays_within_its_bounds_and_a_revert_reuses_the_old_replicaset() {
+    let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 4))], |_| {}).await;
+    h.add_node("n1", "8").await;
+    let _kubelet = h.kubelet(&["n1"], Duration::from_millis(150));
+    h.eventually("the first rollout", |h| deployment_done(h, "web:1", 4)).await;
+    let first_rs: Vec<String> = h
+        .list("replicasets", Some("shop"))
+        .iter()
+        .map(|r| r["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(first_rs.len(), 1);
+
+    // Service and endpoints follow the pods.
+    let svc = h.get("services", "shop", "web").unwrap();
+    assert!(svc["spec"]["clusterIP"].as_str().unwrap().starts_with("10.96."));
+    h.eventually("endpoints with 4 ready addresses", |h| {
+        h.get("endpoints", "shop", "web").is_some_and(|e| {
+            e["subsets"][0]["addresses"].as_array().is_some_and(|a| a.len() == 4) && e["subsets"][0]["ports"][0]["port"] == 8080
+        })
+    })
+    .await;
+
+    // Roll to web:2, watching the bounds: never more than replicas + maxSurge pods, never fewer
+    // than replicas - maxUnavailable ready.
+    h.commit(&[("web.yaml", &deployment("web:2", 4))], &[]);
+    let mut max_pods = 0;
+    let mut min_ready = usize::MAX;
+    for _ in 0..600 {
+        let pods: Vec<Value> = h
+            .list("pods", Some("shop"))
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect();
+        max_pods = max_pods.max(pods.len());
+        min_ready = min_ready.min(ready_count(&h, &pods));
+        if deployment_done(&h, "web:2", 4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(deployment_done(&h, "web:2", 4), "the rollout finished");
+    assert!(max_pods <= 5, "at most replicas + maxSurge pods: saw {max_pods}");
+    assert!(min_ready >= 3, "at least replicas - maxUnavailable ready: saw {min_ready}");
+    let d = h.get("deployments", "shop", "web").unwrap();
+    let progressing = d["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap();
+    assert_eq!(progressing["reason"], "NewReplicaSetAvailable");
+
+    // Revert: the first ReplicaSet comes back, with the newest revision.
+    h.commit(&[("web.yaml", &deployment("web:1", 4))], &[]);
+    h.eventually("the revert", |h| deployment_done(h, "web:1", 4)).await;
+    let sets = h.list("replicasets", Some("shop"));
+    assert_eq!(sets.len(), 2, "no third ReplicaSet");
+    let active = sets.iter().find(|r| r["spec"]["replicas"] == 4).unwrap();
+    assert_eq!(active["metadata"]["name"].as_str().unwrap(), first_rs[0]);
+    assert_eq!(active["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
+    h.kubelet_stop.store(true, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_stalls_reports_progress_deadline_exceeded() {
+    let stuck = deployment("web:1", 2).replace("replicas: 2\n", "replicas: 2\n  progressDeadlineSeconds: 2\n");
+    let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &stuck)], |_| {}).await;
+    h.add_node("n1", "8").await; // no kubelet: pods never become ready
+    h.eventually("ProgressDeadlineExceeded", |h| {
+        h.get("deployments", "shop", "web").is_some_and(|d| {
+            d["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Progressing" && c["status"] == "False" && c["reason"] == "ProgressDeadlineExceeded")
+            })
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_refuses_pods_and_the_replicaset_says_why() {
+    let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: small, namespace: shop}\nspec:\n  hard: {pods: \"2\"}\n";
+    let h = Harness::start(&[("ns.yaml", NS), ("q.yaml", quota), ("web.yaml", &deployment("web:1", 3))], |_| {}).await;
+    h.eventually("two pods and a FailedCreate", |h| {
+        let rs = h.list("replicasets", Some("shop"));
+        h.list("pods", Some("shop")).len() == 2
+            && rs.first().is_some_and(|r| {
+                r["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c["type"] == "ReplicaFailure"
+                            && c["message"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .contains("exceeded quota: small, requested: pods=1, used: pods=2, limited: pods=2")
+                    })
+                })
+            })
+    })
+    .await;
+    h.eventually("the quota's status", |h| {
+        h.get("resourcequotas", "shop", "small")
+            .is_some_and(|q| q["status"]["used"]["pods"] == "2")
+    })
+    .await;
+    h.eventually("a FailedCreate event", |h| {
+        h.list("events", Some("shop")).iter().any(|e| e["reason"] == "FailedCreate")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_manifests_collects_garbage_and_drains_the_namespace() {
+    let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 2))], |_| {}).await;
+    h.add_node("n1", "8").await;
+    let _k = h.kubelet(&["n1"], Duration::ZERO);
+    h.eventually("the rollout", |h| deployment_done(h, "web:1", 2)).await;
+    h.commit(&[], &["web.yaml"]);
+    h.eventually("the deployment, its replica set and pods to go", |h| {
+        h.list("replicasets", Some("shop")).is_empty()
+            && h.list("pods", Some("shop")).is_empty()
+            && h.list("deployments", Some("shop")).is_empty()
+    })
+    .await;
+    h.eventually("the endpoints to go", |h| h.get("endpoints", "shop", "web").is_none())
+        .await;
+    // Removing the namespace's manifest drains it, then deletes it.
+    h.commit(&[("web.yaml", &deployment("web:1", 2))], &[]);
+    h.eventually("pods back", |h| h.list("pods", Some("shop")).len() == 2).await;
+    h.commit(&[], &["ns.yaml", "web.yaml"]);
+    h.eventually("the namespace to go", |h| h.get("namespaces", "", "shop").is_none())
+        .await;
+    let left: Vec<String> = h
+        .list("pods", Some("shop"))
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} node={} owner={} created={}",
+                p["metadata"]["name"],
+                p["metadata"]["deletionTimestamp"],
+                p["spec"]["nodeName"],
+                p["metadata"]["ownerReferences"][0]["name"],
+                p["metadata"]["creationTimestamp"]
+            )
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(h.list("services", Some("shop")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_is_tainted_and_its_pods_move() {
+    let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 2).replace("    spec:\n      containers:", "    spec:\n      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]\n      containers:"))], |c| {
+        c.node_grace = Duration::from_secs(2);
+    })
+    .await;
+    h.add_node("n1", "8").await;
+    let k1 = h.kubelet(&["n1"], Duration::ZERO);
+    h.eventually("pods on n1", |h| deployment_done(h, "web:1", 2)).await;
+    assert!(
+        h.get("nodes", "", "n1").unwrap()["spec"]["podCIDR"]
+            .as_str()
+            .unwrap()
+            .ends_with("/24")
+    );
+    // n1 stops renewing its lease; n2 arrives.
+    h.kubelet_stop.store(true, Ordering::SeqCst);
+    k1.await.unwrap();
+    h.kubelet_stop.store(false, Ordering::SeqCst);
+    h.add_node("n2", "8").await;
+    let stop_renew = Arc::new(AtomicBool::new(false));
+    let renewer = {
+        let objects = h.d.objects.clone();
+        let stop = stop_renew.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+                let _ = objects
+                    .modify(kind("leases"), "kube-node-lease", "n2", false, |l| {
+                        l["spec"]["renewTime"] = json!(now);
+                        true
+                    })
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let _k2 = h.kubelet(&["n2"], Duration::ZERO);
+    h.eventually("n1 NotReady and tainted", |h| {
+        let n = h.get("nodes", "", "n1").unwrap();
+        n["spec"]["taints"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
+        }) && n["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "Unknown")
+    })
+    .await;
+    h.eventually("the pods replaced on n2", |h| {
+        let pods = h.list("pods", Some("shop"));
+        pods.len() == 2 && pods.iter().all(|p| p["spec"]["nodeName"] == "n2") && ready_count(h, &pods) == 2
+    })
+    .await;
+    stop_renew.store(true, Ordering::SeqCst);
+    renewer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unschedulable_pods_say_why_and_two_schedulers_never_double_bind() {
+    let big = deployment("web:1", 2).replace("cpu: 100m", "cpu: \"6\"");
+    let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &big)], |_| {}).await;
+    h.add_node("n1", "8").await;
+    // A second scheduling loop on the same store races the daemon's own.
+    let ctx = capstan_daemon::controllers::Context::new(h.d.objects.clone(), h.d.cache.clone(), Default::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let second = tokio::spawn(capstan_daemon::scheduling::run(
+        ctx,
+        capstan_scheduler::Config {
+            seed: 7,
+            ..Default::default()
+        },
+        stop.clone(),
+    ));
+    h.eventually("one pod bound, one unschedulable", |h| {
+        let pods = h.list("pods", Some("shop"));
+        pods.len() == 2
+            && pods.iter().filter(|p| p["spec"]["nodeName"] == "n1").count() == 1
+            && pods.iter().any(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c["type"] == "PodScheduled"
+                            && c["status"] == "False"
+                            && c["message"] == "0/1 nodes are available: 1 Insufficient cpu."
+                    })
+                })
+            })
+    })
+    .await;
+    h.eventually("a FailedScheduling event", |h| {
+        h.list("events", Some("shop")).iter().any(|e| e["reason"] == "FailedScheduling")
+    })
+    .await;
+    // A second node arrives: the waiting pod is retried at once and placed there.
+    h.add_node("n2", "8").await;
+    // Pods never become ready here, but deleted ones are removed, as an agent would.
+    let _k = h.kubelet(&["n1", "n2"], Duration::from_secs(3600));
+    h.eventually("both pods bound on different nodes", |h| {
+        let pods = h.list("pods", Some("shop"));
+        let nodes: std::collections::HashSet<&str> = pods.iter().filter_map(|p| p["spec"]["nodeName"].as_str()).collect();
+        nodes.len() == 2
+    })
+    .await;
+    // Many pods at once with two schedulers: each bound exactly once, no node over capacity.
+    h.commit(&[("web.yaml", &deployment("web:1", 40).replace("cpu: 100m", "cpu: 300m"))], &[]);
+    let live = |h: &Harness| -> Vec<Value> {
+        h.list("pods", Some("shop"))
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect()
+    };
+    h.eventually("40 pods bound", |h| {
+        let pods = live(h);
+        pods.len() == 40 && pods.iter().all(|p| p["spec"]["nodeName"].is_string())
+    })
+    .await;
+    let pods = live(&h);
+    let mut per_node: HashMap<String, i64> = HashMap::new();
+    for p in &pods {
+        if let Some(n) = p["spec"]["nodeName"].as_str() {
+            *per_node.entry(n.to_owned()).or_default() += 300;
+        }
+    }
+    assert!(per_node.values().all(|m| *m <= 8000), "no node over its cpu: {per_node:?}");
+    stop.cancel();
+    second.await.unwrap();
+}
