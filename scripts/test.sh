@@ -40,5 +40,6 @@ step "benchmarks (quick mode)"
 cargo bench --locked -p capstan-git --bench loader -- --quick
 cargo bench --locked -p capstan-daemon --bench api -- --quick
 cargo bench --locked -p capstan-scheduler --bench scheduler -- --quick
+cargo bench --locked -p capstan-daemon --bench controllers -- --quick
 
 step "all tests passed"

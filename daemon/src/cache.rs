@@ -3,7 +3,7 @@
 //! keeps a window of recent events so that a watch can start at any recent resourceVersion; an
 //! older one is answered "too old" (410 Expired), and the client lists again.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -27,17 +27,25 @@ pub struct Entry {
     pub namespace: String,
     pub name: String,
     pub revision: Revision,
+    /// The uid of the object's controller, if it has one.
+    pub controller: Option<String>,
 }
 
 impl Entry {
     fn new(object: Value, revision: Revision) -> Entry {
         let json = Bytes::from(serde_json::to_vec(&object).expect("a JSON value serialises"));
+        let controller = object["metadata"]["ownerReferences"]
+            .as_array()
+            .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+            .and_then(|r| r["uid"].as_str())
+            .map(str::to_owned);
         Entry {
             namespace: namespace_of(&object).to_owned(),
             name: name_of(&object).to_owned(),
             object: Arc::new(object),
             json,
             revision,
+            controller,
         }
     }
 }
@@ -81,8 +89,53 @@ pub enum CacheError {
     Store(#[from] StoreError),
 }
 
+/// The objects of one kind, and who controls them.
+#[derive(Default)]
+struct KindIndex {
+    objects: BTreeMap<(String, String), Arc<Entry>>,
+    /// Objects by the uid of their controller (ownerReference with `controller: true`).
+    by_controller: HashMap<String, BTreeSet<(String, String)>>,
+    /// Objects without a controller, per namespace (candidates for adoption).
+    orphans: BTreeSet<(String, String)>,
+}
+
+impl KindIndex {
+    fn insert(&mut self, entry: Arc<Entry>) -> bool {
+        let key = (entry.namespace.clone(), entry.name.clone());
+        let existed = self.remove(&key);
+        match &entry.controller {
+            Some(uid) => {
+                self.by_controller.entry(uid.clone()).or_default().insert(key.clone());
+            }
+            None => {
+                self.orphans.insert(key.clone());
+            }
+        }
+        self.objects.insert(key, entry);
+        existed
+    }
+
+    fn remove(&mut self, key: &(String, String)) -> bool {
+        let Some(old) = self.objects.remove(key) else { return false };
+        match &old.controller {
+            Some(uid) => {
+                if let Some(set) = self.by_controller.get_mut(uid) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.by_controller.remove(uid);
+                    }
+                }
+            }
+            None => {
+                self.orphans.remove(key);
+            }
+        }
+        true
+    }
+}
+
 struct Inner {
-    kinds: Vec<BTreeMap<(String, String), Arc<Entry>>>,
+    kinds: Vec<KindIndex>,
     history: VecDeque<Arc<CacheEvent>>,
     /// The cache has every event after this revision in `history`.
     history_from: Revision,
@@ -122,14 +175,13 @@ impl Cache {
     /// Loads every object and follows the store from there.
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Cache>, CacheError> {
         let initial = store.range(REGISTRY_PREFIX, None, 0)?;
-        let mut kinds: Vec<BTreeMap<(String, String), Arc<Entry>>> = REGISTRY.iter().map(|_| BTreeMap::new()).collect();
+        let mut kinds: Vec<KindIndex> = REGISTRY.iter().map(|_| KindIndex::default()).collect();
         for kv in &initial.kvs {
             let Some(i) = kind_index(&kv.key) else {
                 continue;
             };
             if let Some(obj) = decode(&REGISTRY[i], kv) {
-                let entry = Entry::new(obj, kv.mod_revision);
-                kinds[i].insert((entry.namespace.clone(), entry.name.clone()), Arc::new(entry));
+                kinds[i].insert(Arc::new(Entry::new(obj, kv.mod_revision)));
             }
         }
         let (live, _) = broadcast::channel(65_536);
@@ -183,7 +235,7 @@ impl Cache {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         let change = match e.kind {
             EventKind::Put => {
-                if inner.kinds[i].insert(key, entry.clone()).is_some() {
+                if inner.kinds[i].insert(entry.clone()) {
                     Change::Modified
                 } else {
                     Change::Added
@@ -224,14 +276,14 @@ impl Cache {
     pub fn get(&self, kind: &KindInfo, namespace: &str, name: &str) -> Option<Arc<Entry>> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let ns = if kind.namespaced { namespace } else { "" };
-        inner.kinds[index_of(kind)].get(&(ns.to_owned(), name.to_owned())).cloned()
+        inner.kinds[index_of(kind)].objects.get(&(ns.to_owned(), name.to_owned())).cloned()
     }
 
     /// The objects of a kind in one namespace (or all), in namespace/name order, and the
     /// revision they are current at.
     pub fn list(&self, kind: &KindInfo, namespace: Option<&str>) -> (Vec<Arc<Entry>>, Revision) {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let map = &inner.kinds[index_of(kind)];
+        let map = &inner.kinds[index_of(kind)].objects;
         let items = match namespace.filter(|_| kind.namespaced) {
             Some(ns) => map
                 .range((ns.to_owned(), String::new())..)
@@ -241,6 +293,29 @@ impl Cache {
             None => map.values().cloned().collect(),
         };
         (items, inner.revision)
+    }
+
+    /// The objects of a kind whose controller has uid `owner`.
+    pub fn controlled_by(&self, kind: &KindInfo, owner: &str) -> Vec<Arc<Entry>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let index = &inner.kinds[index_of(kind)];
+        index
+            .by_controller
+            .get(owner)
+            .map(|keys| keys.iter().filter_map(|k| index.objects.get(k).cloned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The objects of a kind in a namespace that have no controller.
+    pub fn orphans(&self, kind: &KindInfo, namespace: &str) -> Vec<Arc<Entry>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let index = &inner.kinds[index_of(kind)];
+        index
+            .orphans
+            .range((namespace.to_owned(), String::new())..)
+            .take_while(|(ns, _)| ns == namespace)
+            .filter_map(|k| index.objects.get(k).cloned())
+            .collect()
     }
 
     /// Watches a kind (in one namespace or all) for changes after `after`.

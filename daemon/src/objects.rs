@@ -109,17 +109,25 @@ fn encode(v: &Value) -> Vec<u8> {
 
 /// Whether a write should bump `metadata.generation`: anything but status and metadata changed.
 fn spec_changed(old: &Value, new: &Value) -> bool {
-    let strip = |v: &Value| -> Value {
-        let mut v = v.clone();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("status");
-            o.remove("metadata");
-            o.remove("apiVersion");
-            o.remove("kind");
-        }
-        v
+    const SKIP: [&str; 4] = ["status", "metadata", "apiVersion", "kind"];
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return old != new;
     };
-    strip(old) != strip(new)
+    o.iter()
+        .filter(|(k, _)| !SKIP.contains(&k.as_str()))
+        .any(|(k, v)| n.get(k) != Some(v))
+        || n.keys().filter(|k| !SKIP.contains(&k.as_str())).any(|k| !o.contains_key(k))
+}
+
+/// Which parts of an object a write may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// Everything but `.status` (what a user's or a controller's update changes).
+    Spec,
+    /// Only `.status` (the status subresource).
+    Status,
+    /// Both at once (internal writers that set a field and its condition together).
+    All,
 }
 
 impl Objects {
@@ -212,7 +220,13 @@ impl Objects {
     /// stored object is still at that version; without one, it replaces whatever is there.
     /// uid and creationTimestamp are kept; generation goes up when the spec changed. With
     /// `status_only`, only `.status` of `object` is taken; otherwise `.status` is kept.
-    pub async fn update(&self, kind: &KindInfo, mut object: Value, status_only: bool) -> Result<Value, ObjectError> {
+    pub async fn update(&self, kind: &KindInfo, object: Value, status_only: bool) -> Result<Value, ObjectError> {
+        self.update_part(kind, object, if status_only { Part::Status } else { Part::Spec })
+            .await
+    }
+
+    /// Like [`Self::update`], choosing which part of `object` is written.
+    pub async fn update_part(&self, kind: &KindInfo, object: Value, part: Part) -> Result<Value, ObjectError> {
         let (ns, name) = (namespace_of(&object).to_owned(), name_of(&object).to_owned());
         let key = key_of(kind, &ns, &name);
         let not_found = || ObjectError::NotFound {
@@ -221,27 +235,47 @@ impl Objects {
         };
         let current_kv = self.store.get(&key)?.ok_or_else(not_found)?;
         let current = decode(kind, &current_kv).ok_or_else(not_found)?;
-        let expected = resource_version_of(&object);
-        if expected.is_some_and(|rv| rv != current_kv.mod_revision) {
+        if resource_version_of(&object).is_some_and(|rv| rv != current_kv.mod_revision) {
             return Err(ObjectError::Conflict {
                 plural: kind.plural.into(),
                 name,
             });
         }
-        if status_only {
-            let status = object.get("status").cloned();
-            object = current.clone();
-            match status {
-                Some(s) => object["status"] = s,
+        self.write_over(kind, &key, current_kv.mod_revision, &current, object, part).await
+    }
+
+    /// Writes `object` over `current` (read at revision `at`) with compare-and-swap.
+    async fn write_over(
+        &self,
+        kind: &KindInfo,
+        key: &str,
+        at: Revision,
+        current: &Value,
+        mut object: Value,
+        part: Part,
+    ) -> Result<Value, ObjectError> {
+        let name = name_of(current).to_owned();
+        match part {
+            Part::Status => {
+                let status = object.get("status").cloned();
+                object = current.clone();
+                match status {
+                    Some(s) => object["status"] = s,
+                    None => {
+                        object.as_object_mut().map(|o| o.remove("status"));
+                    }
+                }
+            }
+            Part::Spec => match current.get("status") {
+                Some(s) => object["status"] = s.clone(),
                 None => {
                     object.as_object_mut().map(|o| o.remove("status"));
                 }
-            }
-        } else if let Some(s) = current.get("status") {
-            object["status"] = s.clone();
+            },
+            Part::All => {}
         }
         let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-        let bump = spec_changed(&current, &object);
+        let bump = spec_changed(current, &object);
         {
             let m = meta_mut(&mut object);
             for field in ["uid", "creationTimestamp"] {
@@ -253,20 +287,21 @@ impl Objects {
             if let Some(d) = current.pointer("/metadata/deletionTimestamp") {
                 m.insert("deletionTimestamp".into(), d.clone());
             }
+            m.insert("resourceVersion".into(), Value::String(at.to_string()));
         }
         if let Some(o) = object.as_object_mut() {
             o.insert("apiVersion".into(), Value::String(kind.api_version()));
             o.insert("kind".into(), Value::String(kind.kind.to_owned()));
         }
-        if object == current {
-            return Ok(current);
+        if object == *current {
+            return Ok(object);
         }
         let r = self
             .store
             .txn(
                 Txn::default()
-                    .when(Compare::ModRevision(key.clone(), current_kv.mod_revision))
-                    .put(key, encode(&object)),
+                    .when(Compare::ModRevision(key.to_owned(), at))
+                    .put(key.to_owned(), encode(&object)),
             )
             .await?;
         if !r.succeeded {
@@ -279,25 +314,43 @@ impl Objects {
         Ok(object)
     }
 
-    /// Reads, changes and writes an object, retrying on conflicts. `change` returns None to
-    /// leave it as it is. Returns the object as written (or as found).
+    /// Reads, changes and writes an object, retrying on conflicts. `change` returns false to
+    /// leave it as it is; it is called afresh on every attempt. Returns the object as written
+    /// (or as found).
     pub async fn modify(
         &self,
         kind: &KindInfo,
         namespace: &str,
         name: &str,
         status_only: bool,
+        change: impl FnMut(&mut Value) -> bool,
+    ) -> Result<Value, ObjectError> {
+        self.modify_part(kind, namespace, name, if status_only { Part::Status } else { Part::Spec }, change)
+            .await
+    }
+
+    /// Like [`Self::modify`], choosing which part of the object the change may touch.
+    pub async fn modify_part(
+        &self,
+        kind: &KindInfo,
+        namespace: &str,
+        name: &str,
+        part: Part,
         mut change: impl FnMut(&mut Value) -> bool,
     ) -> Result<Value, ObjectError> {
+        let key = key_of(kind, namespace, name);
+        let not_found = || ObjectError::NotFound {
+            plural: kind.plural.into(),
+            name: name.into(),
+        };
         loop {
-            let mut current = self.get(kind, namespace, name)?.ok_or_else(|| ObjectError::NotFound {
-                plural: kind.plural.into(),
-                name: name.into(),
-            })?;
-            if !change(&mut current) {
+            let kv = self.store.get(&key)?.ok_or_else(not_found)?;
+            let current = decode(kind, &kv).ok_or_else(not_found)?;
+            let mut next = current.clone();
+            if !change(&mut next) {
                 return Ok(current);
             }
-            match self.update(kind, current, status_only).await {
+            match self.write_over(kind, &key, kv.mod_revision, &current, next, part).await {
                 Err(ObjectError::Conflict { .. }) => continue,
                 other => return other,
             }

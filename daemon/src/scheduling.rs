@@ -50,6 +50,39 @@ struct Loop {
     queued: HashMap<Key, (i64, u64)>,
     seq: u64,
     events: Recorder,
+    /// Pods assumed onto a node whose binding write is in flight.
+    binding: std::collections::HashSet<Key>,
+    bound_tx: tokio::sync::mpsc::UnboundedSender<(Key, String, bool)>,
+}
+
+/// Binds a pod: spec.nodeName with compare-and-swap (a pod bound meanwhile by anyone else is
+/// left alone: never two nodes), then PodScheduled=True. Ok(false) when it was not ours to bind.
+async fn bind(objects: &crate::objects::Objects, key: &Key, node: &str) -> Result<bool, ObjectError> {
+    let mut bound = false;
+    let now = now_rfc3339();
+    // One write: the node, and the PodScheduled condition with it.
+    let result = objects
+        .modify_part(kind("pods"), &key.0, &key.1, crate::objects::Part::All, |p| {
+            // Decided afresh on every attempt: a conflict retry may find the pod bound already.
+            bound = is_pending(p);
+            if bound {
+                p["spec"]["nodeName"] = json!(node);
+                let mut conds = p["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                conds.retain(|c| c["type"] != "PodScheduled");
+                conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+                p["status"]["conditions"] = Value::Array(conds);
+                if p["status"]["phase"].is_null() {
+                    p["status"]["phase"] = json!("Pending");
+                }
+            }
+            bound
+        })
+        .await;
+    match result {
+        Ok(_) => Ok(bound),
+        Err(ObjectError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 impl Loop {
@@ -75,6 +108,12 @@ impl Loop {
 
     fn on_pod(&mut self, change: Change, pod: &Value) {
         let key = crate::controllers::util::key_of(pod);
+        if self.binding.contains(&key) && change != Change::Deleted && is_pending(pod) {
+            return; // assumed; its binding is in flight
+        }
+        if change != Change::Deleted && is_placed(pod).is_some_and(|n| self.placed.get(&key).is_some_and(|p| p == n)) {
+            return; // already accounted on that node (requests do not change)
+        }
         if let Some(node) = self.placed.remove(&key) {
             self.snapshot.remove_pod(&key.0, &key.1, &node);
             self.flush_backoff();
@@ -103,6 +142,25 @@ impl Loop {
             self.snapshot.upsert_node(NodeInfo::from_json(node));
         }
         self.flush_backoff();
+    }
+
+    /// A binding finished: on failure, the assumption is undone and the pod tried again.
+    fn on_bound(&mut self, (key, node, ok): (Key, String, bool)) {
+        self.binding.remove(&key);
+        if !ok {
+            if self.placed.get(&key) == Some(&node) {
+                self.placed.remove(&key);
+                self.snapshot.remove_pod(&key.0, &key.1, &node);
+            }
+            self.retry_later(key);
+        } else if let Some(p) = self.ctx.cache.get(kind("pods"), &key.0, &key.1) {
+            // Whatever the cache says now wins (bound by us, by another, or gone); the pod's
+            // own watch event usually says it first.
+            if is_placed(&p.object) != self.placed.get(&key).map(String::as_str) {
+                let pod = (*p.object).clone();
+                self.on_pod(Change::Modified, &pod);
+            }
+        }
     }
 
     /// Moves pods whose back-off ran out to the active queue; returns when the next one is due.
@@ -139,34 +197,26 @@ impl Loop {
         let info = PodInfo::from_json(&pod);
         match self.scheduler.schedule(&self.snapshot, &info) {
             Decision::Bind(node) => {
-                let mut bound = false;
-                let result = self
-                    .ctx
-                    .objects
-                    .modify(kind("pods"), &key.0, &key.1, false, |p| {
-                        if !is_pending(p) {
-                            return false; // bound by someone else meanwhile: never twice
-                        }
-                        p["spec"]["nodeName"] = json!(node);
-                        bound = true;
-                        true
-                    })
-                    .await;
-                match result {
-                    Ok(_) if bound => {
-                        self.snapshot.assume(info, &node);
-                        self.placed.insert(key.clone(), node.clone());
-                        self.set_condition(&key, "True", None, None).await;
-                        self.events.record(
+                // Assume at once and bind in the background (the binding cycle), so that the
+                // next pod is placed while this write waits for its fsync.
+                self.snapshot.assume(info, &node);
+                self.placed.insert(key.clone(), node.clone());
+                self.binding.insert(key.clone());
+                let objects = self.ctx.objects.clone();
+                let results = self.bound_tx.clone();
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let outcome = bind(&objects, &key, &node).await;
+                    if let Ok(true) = outcome {
+                        events.record(
                             &pod,
                             EventType::Normal,
                             "Scheduled",
                             format!("Successfully assigned {}/{} to {node}", key.0, key.1),
                         );
                     }
-                    Ok(_) | Err(ObjectError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
+                    let _ = results.send((key, node, outcome.is_ok()));
+                });
             }
             Decision::Preempt { node, victims } => {
                 for (ns, name) in &victims {
@@ -248,6 +298,7 @@ impl Loop {
 /// Runs the scheduling loop until `shutdown`.
 pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) {
     let events = Recorder::new(ctx.objects.clone(), SCHEDULER_NAME, None);
+    let (bound_tx, mut bound_rx) = tokio::sync::mpsc::unbounded_channel::<(Key, String, bool)>();
     let mut l = Loop {
         ctx: ctx.clone(),
         scheduler: Scheduler::new(config),
@@ -258,6 +309,8 @@ pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) {
         queued: HashMap::new(),
         seq: 0,
         events,
+        binding: std::collections::HashSet::new(),
+        bound_tx,
     };
     'restart: loop {
         let (nodes, node_rev) = ctx.cache.list(kind("nodes"), None);
@@ -291,6 +344,9 @@ pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) {
                 while let Some(Ok(e)) = futures::FutureExt::now_or_never(pod_watch.next()) {
                     l.on_pod(e.change, &e.entry.object);
                 }
+                while let Ok(r) = bound_rx.try_recv() {
+                    l.on_bound(r);
+                }
                 continue;
             }
             let wait = async {
@@ -310,6 +366,7 @@ pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) {
                     Ok(e) => l.on_pod(e.change, &e.entry.object),
                     Err(_) => continue 'restart,
                 },
+                Some(r) = bound_rx.recv() => l.on_bound(r),
             }
         }
     }

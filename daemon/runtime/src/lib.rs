@@ -14,6 +14,9 @@ use std::time::Duration;
 pub use queue::{Backoff, WorkQueue};
 use tokio_util::sync::CancellationToken;
 
+/// Reconciles run by every controller of this process (for benchmarks and metrics).
+pub static RECONCILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What to do with a key after reconciling it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -51,6 +54,7 @@ where
                         None => return,
                     },
                 };
+                RECONCILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match reconciler.reconcile(key.clone()).await {
                     Ok(action) => {
                         queue.forget(&key);

@@ -11,7 +11,7 @@ use capstan_runtime::{Action, Reconciler};
 use serde_json::{Value, json};
 
 use super::events::{EventType, Recorder};
-use super::util::{NsName, controller_ref, is_controlled_by, is_terminating, now, owner_ref, seconds, template_hash};
+use super::util::{NsName, controller_ref, is_terminating, now, owner_ref, seconds, template_hash};
 use super::{Context, kind};
 use crate::objects::{ObjectError, now_rfc3339};
 
@@ -94,12 +94,15 @@ impl DeploymentController {
         let ctx = &self.ctx;
         let ns = d["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
         let rs_kind = kind("replicasets");
-        let (sets, _) = ctx.cache.list(rs_kind, Some(&ns));
-        let mut owned: Vec<Value> = sets
+        // Its own sets (by the controller index), and the orphans it may adopt.
+        let d_uid = d["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+        let mut owned: Vec<Value> = ctx
+            .cache
+            .controlled_by(rs_kind, &d_uid)
             .iter()
-            .filter(|e| is_controlled_by(&e.object, d))
             .map(|e| (*e.object).clone())
             .collect();
+        let sets = ctx.cache.orphans(rs_kind, &ns);
         // Adopt ReplicaSets that match the selector and have no controller.
         for e in &sets {
             if controller_ref(&e.object).is_none() && super::util::selects(&d["spec"]["selector"], &e.object) && !is_terminating(&e.object)
@@ -228,10 +231,10 @@ impl DeploymentController {
             }
         }
         self.cleanup(d, &olds).await?;
-        let (sets, _) = ctx.cache.list(rs_kind, Some(&ns));
-        let all: Vec<Value> = sets
+        let all: Vec<Value> = ctx
+            .cache
+            .controlled_by(rs_kind, &d_uid)
             .iter()
-            .filter(|e| is_controlled_by(&e.object, d))
             .map(|e| (*e.object).clone())
             .collect();
         let new_rs = new_name.and_then(|n| all.iter().find(|r| r["metadata"]["name"] == n).cloned());

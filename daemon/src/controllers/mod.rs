@@ -165,6 +165,15 @@ fn ns_name(v: &Value) -> Vec<util::NsName> {
     vec![util::key_of(v)]
 }
 
+/// The registry entry of an object's kind.
+fn kind_of(o: &Value) -> &'static KindInfo {
+    let group = o["apiVersion"]
+        .as_str()
+        .map(|a| capstan_api::kinds::split_api_version(a).0)
+        .unwrap_or_default();
+    capstan_api::kinds::by_group_kind(group, o["kind"].as_str().unwrap_or_default()).unwrap_or_else(|| kind("pods"))
+}
+
 /// Starts every controller; they stop when `shutdown` is cancelled.
 pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
@@ -284,16 +293,18 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     let gc_cache = ctx.cache.clone();
     let with_dependents = move |o: &Value| -> Vec<gc::Key> {
         let mut keys = gc::key_for(o);
-        let ns = o["metadata"]["namespace"].as_str().unwrap_or_default();
+        // Only a deleted owner leaves dependents to collect.
+        if o["metadata"]["deletionTimestamp"].is_null()
+            && gc_cache
+                .get(kind_of(o), util::key_of(o).0.as_str(), util::key_of(o).1.as_str())
+                .is_some()
+        {
+            return keys;
+        }
         let owner_uid = util::uid(o);
         for plural in ["pods", "replicasets", "endpointslices"] {
-            for e in gc_cache.list(kind(plural), Some(ns)).0.iter() {
-                let owned = e.object["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner_uid));
-                if owned {
-                    keys.push((plural, e.namespace.clone(), e.name.clone()));
-                }
+            for e in gc_cache.controlled_by(kind(plural), owner_uid) {
+                keys.push((plural, e.namespace.clone(), e.name.clone()));
             }
         }
         keys

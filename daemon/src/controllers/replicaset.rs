@@ -47,7 +47,10 @@ impl Reconciler<NsName> for ReplicaSetController {
             return Ok(Action::AwaitChange);
         }
         let selector = &rs["spec"]["selector"];
-        let (pods, _) = ctx.cache.list(pods_kind, Some(&ns));
+        // Its own pods (by the controller index) and the orphans it may adopt; not every pod.
+        let uid = rs["metadata"]["uid"].as_str().unwrap_or_default();
+        let mut pods = ctx.cache.controlled_by(pods_kind, uid);
+        pods.extend(ctx.cache.orphans(pods_kind, &ns));
         let mut owned = Vec::new();
         for entry in &pods {
             let pod = &entry.object;
@@ -87,7 +90,35 @@ impl Reconciler<NsName> for ReplicaSetController {
         let desired = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
         let mut active: Vec<Value> = owned.iter().filter(|p| is_active(p)).cloned().collect();
         let mut failure: Option<String> = None;
-        if active.len() < desired && super::namespace::is_active(ctx, &ns) {
+        let quota_limited = !ctx.cache.list(kind("resourcequotas"), Some(&ns)).0.is_empty();
+        if active.len() < desired && super::namespace::is_active(ctx, &ns) && !quota_limited {
+            // No quota to count against: create the missing pods all at once (the store's
+            // group commit makes them one write).
+            let pods: Vec<Value> = (active.len()..desired).map(|_| self.new_pod(&rs)).collect();
+            let results = futures::future::join_all(pods.into_iter().map(|p| ctx.objects.create(pods_kind, p))).await;
+            let mut error = None;
+            for r in results {
+                match r {
+                    Ok(created) => {
+                        self.events.record(
+                            &rs,
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default()),
+                        );
+                        active.push(created);
+                    }
+                    Err(e) => {
+                        self.events
+                            .record(&rs, EventType::Warning, "FailedCreate", format!("Error creating: {e}"));
+                        error = Some(e);
+                    }
+                }
+            }
+            if let Some(e) = error {
+                return Err(e);
+            }
+        } else if active.len() < desired && super::namespace::is_active(ctx, &ns) {
             for _ in active.len()..desired {
                 let pod = self.new_pod(&rs);
                 let admission = ctx.admission.lock().await;

@@ -1,0 +1,97 @@
+//! Controller benchmark: one commit declares 1,000 Deployments of 10 replicas; prints the time
+//! until the controllers have created the 10,000 pods (and the scheduler has bound them to 100
+//! nodes), and the CPU time per reconcile.
+//!
+//! `cargo bench -p capstan-daemon --bench controllers` (`-- --quick`: 100 Deployments).
+
+use std::time::{Duration, Instant};
+
+use capstan_daemon::controllers::kind;
+use capstan_daemon::{Daemon, DaemonConfig};
+use serde_json::json;
+
+/// User plus system CPU time of this process.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / 100.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
+    let deployments = if quick { 100 } else { 1_000 };
+    let replicas = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("apps")).unwrap();
+    std::fs::write(repo.join("ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n").unwrap();
+    for f in 0..deployments / 10 {
+        let mut text = String::new();
+        for i in f * 10..f * 10 + 10 {
+            text.push_str(&format!(
+                "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app-{i}, namespace: bench}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: app-{i}}}}}\n  template:\n    metadata: {{labels: {{app: app-{i}}}}}\n    spec:\n      containers: [{{name: c, image: 'capstan.local/testapp:latest', resources: {{requests: {{cpu: 10m, memory: 8Mi}}}}}}]\n"
+            ));
+        }
+        std::fs::write(repo.join(format!("apps/f{f}.yaml")), text).unwrap();
+    }
+    let git = |args: &[&str]| {
+        assert!(
+            std::process::Command::new("git")
+                .args(["-c", "user.name=b", "-c", "user.email=b@b", "-c", "init.defaultBranch=main"])
+                .args(args)
+                .current_dir(&repo)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "bench"]);
+    let mut config = DaemonConfig::new(repo.to_str().unwrap(), dir.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let start = Instant::now();
+    let cpu0 = cpu_time();
+    let r0 = capstan_runtime::RECONCILES.load(std::sync::atomic::Ordering::Relaxed);
+    let d = Daemon::start(config).await.unwrap();
+    for i in 0..100 {
+        let node = json!({"metadata": {"name": format!("node-{i}")}, "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "250"}, "conditions": [{"type": "Ready", "status": "True"}]}});
+        d.objects.create(kind("nodes"), node).await.unwrap();
+    }
+    let want = deployments * replicas;
+    let mut created_at = None;
+    loop {
+        let pods = d.cache.list(kind("pods"), Some("bench")).0;
+        if created_at.is_none() && pods.len() >= want {
+            created_at = Some(start.elapsed());
+        }
+        if pods.len() >= want && pods.iter().all(|p| p.object["spec"]["nodeName"].is_string()) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "timed out with {} pods", pods.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bound_at = start.elapsed();
+    let cpu = cpu_time() - cpu0;
+    let reconciles = capstan_runtime::RECONCILES.load(std::sync::atomic::Ordering::Relaxed) - r0;
+    println!(
+        "controller benchmark{}: one commit with {deployments} Deployments x {replicas} replicas, 100 nodes",
+        if quick { " (quick)" } else { "" }
+    );
+    println!(
+        "  commit to {want} pods created              {:>8.2} s   target < 5 s (for 10,000)",
+        created_at.unwrap().as_secs_f64()
+    );
+    println!("  commit to {want} pods bound by the scheduler {:>6.2} s", bound_at.as_secs_f64());
+    println!(
+        "  reconciles: {reconciles}, CPU {:.2} s in all, {:.0} us per reconcile (sync, scheduling and API included)",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / reconciles.max(1) as f64
+    );
+    d.shutdown().await;
+}
