@@ -507,3 +507,32 @@ async fn unschedulable_pods_say_why_and_two_schedulers_never_double_bind() {
     stop.cancel();
     second.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_rollout_status_follows_a_rollout_and_describe_shows_events() {
+    let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 3))], |_| {}).await;
+    h.add_node("n1", "8").await;
+    let _k = h.kubelet(&["n1"], Duration::from_millis(300));
+    h.eventually("the first rollout", |h| deployment_done(h, "web:1", 3)).await;
+    h.commit(&[("web.yaml", &deployment("web:2", 3))], &[]);
+    let kubeconfig = h.d.kubeconfig.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(["rollout", "status", "deployment/web", "-n", "shop", "--timeout=60s"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("deployment \"web\" successfully rolled out"), "{stdout}");
+    assert!(deployment_done(&h, "web:2", 3));
+    let kubeconfig = h.d.kubeconfig.clone();
+    let described = tokio::task::spawn_blocking(move || {
+        Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(["describe", "deployment", "web", "-n", "shop"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(text.contains("ScalingReplicaSet"), "{text}");
+    assert!(text.contains("NewReplicaSet:"), "{text}");
+    assert!(text.contains("Progressing    True    NewReplicaSetAvailable") || text.contains("NewReplicaSetAvailable"), "{text}");
+}
