@@ -517,7 +517,12 @@ async fn kubectl_rollout_status_follows_a_rollout_and_describe_shows_events() {
     h.commit(&[("web.yaml", &deployment("web:2", 3))], &[]);
     let kubeconfig = h.d.kubeconfig.clone();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(["rollout", "status", "deployment/web", "-n", "shop", "--timeout=60s"]).output().unwrap()
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["rollout", "status", "deployment/web", "-n", "shop", "--timeout=60s"])
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
@@ -527,12 +532,20 @@ async fn kubectl_rollout_status_follows_a_rollout_and_describe_shows_events() {
     assert!(deployment_done(&h, "web:2", 3));
     let kubeconfig = h.d.kubeconfig.clone();
     let described = tokio::task::spawn_blocking(move || {
-        Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(["describe", "deployment", "web", "-n", "shop"]).output().unwrap()
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["describe", "deployment", "web", "-n", "shop"])
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
     let text = String::from_utf8_lossy(&described.stdout);
     assert!(text.contains("ScalingReplicaSet"), "{text}");
     assert!(text.contains("NewReplicaSet:"), "{text}");
-    assert!(text.contains("Progressing    True    NewReplicaSetAvailable") || text.contains("NewReplicaSetAvailable"), "{text}");
+    assert!(
+        text.contains("Progressing    True    NewReplicaSetAvailable") || text.contains("NewReplicaSetAvailable"),
+        "{text}"
+    );
 }
