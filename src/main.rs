@@ -47,22 +47,12 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long)]
         listen: Option<String>,
+        /// The pod range, split into a /24 per node.
+        #[arg(long)]
+        cluster_cidr: Option<String>,
     },
     /// A node agent (and the proxy) joining a running daemon.
-    Node {
-        #[arg(long)]
-        server: String,
-        #[arg(long)]
-        token_file: PathBuf,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        #[arg(long)]
-        listen: Option<String>,
-        #[arg(long)]
-        no_proxy: bool,
-    },
+    Node(Box<commands::node::Args>),
     /// Check every manifest in a directory (or a repository's working tree); exit 1 on any problem.
     Validate {
         /// A directory or a single manifest file.
@@ -122,14 +112,16 @@ fn main() -> ExitCode {
             path,
             data_dir,
             listen,
+            cluster_cidr,
         } => commands::daemon::run(commands::daemon::Args {
             repo,
             branch,
             path,
             data_dir,
             listen,
+            cluster_cidr,
         }),
-        Command::Node { .. } => not_built("node", 6),
+        Command::Node(args) => commands::node::run(*args),
         Command::Status { .. } => not_built("status", 8),
         Command::History { .. } => not_built("history", 8),
     };

@@ -106,6 +106,15 @@ async fn main() {
     config.listen = "127.0.0.1:0".parse().unwrap();
     let d = Daemon::start(config).await.unwrap();
     let kind = capstan_api::kinds::by_name("pods").unwrap();
+    // Pods are admitted only into namespaces that exist.
+    let namespaces = capstan_api::kinds::by_name("namespaces").unwrap();
+    for n in 0..20 {
+        d.objects
+            .create(namespaces, json!({"metadata": {"name": format!("ns-{n}")}}))
+            .await
+            .unwrap();
+    }
+    d.cache.wait_for(d.store.revision()).await;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..64 {

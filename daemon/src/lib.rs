@@ -8,10 +8,10 @@ pub mod cache;
 pub mod controllers;
 pub mod join;
 pub mod kubeconfig;
+pub mod nodelogs;
 pub mod objects;
 pub mod pki;
 pub mod scheduling;
-pub mod server;
 pub mod sync;
 
 use std::net::{IpAddr, SocketAddr};
@@ -53,6 +53,8 @@ pub struct DaemonConfig {
     pub node_grace: Duration,
     /// Pods on a NotReady node are evicted after this, unless they tolerate longer.
     pub eviction_timeout: Duration,
+    /// The pod range, split into a /24 per node.
+    pub pod_cidr: (std::net::Ipv4Addr, u8),
 }
 
 impl DaemonConfig {
@@ -68,6 +70,7 @@ impl DaemonConfig {
             history_revisions: 10_000,
             node_grace: Duration::from_secs(40),
             eviction_timeout: Duration::from_secs(300),
+            pod_cidr: controllers::Settings::default().pod_cidr,
         }
     }
 }
@@ -201,12 +204,12 @@ impl Daemon {
                 auth: auth.clone(),
                 ca: ca.clone(),
             })),
-            logs: None,
+            logs: Some(Arc::new(nodelogs::NodeLogs::new(&ca, cache.clone())?)),
             sync: Some(sync_status.clone()),
             extra: None,
         });
         let router = api::router(state);
-        tasks.push(tokio::spawn(server::serve(listener, tls, router, shutdown.clone())));
+        tasks.push(tokio::spawn(capstan_runtime::https::serve(listener, tls, router, shutdown.clone())));
 
         let api_ip = match advertise {
             IpAddr::V4(v4) => v4,
@@ -216,6 +219,7 @@ impl Daemon {
             node_grace: config.node_grace,
             eviction_timeout: config.eviction_timeout,
             api_endpoint: (api_ip, api_addr.port()),
+            pod_cidr: config.pod_cidr,
             ..controllers::Settings::default()
         };
         let ctx = controllers::Context::new(objects.clone(), cache.clone(), settings);

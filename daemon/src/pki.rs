@@ -34,7 +34,7 @@ pub struct CertKey {
 /// The cluster CA, able to sign.
 pub struct Ca {
     pub cert_pem: String,
-    cert_der: Vec<u8>,
+    pub cert_der: Vec<u8>,
     key: KeyPair,
     dir: PathBuf,
 }

@@ -14,6 +14,14 @@ pub struct Args {
     pub path: Option<String>,
     pub data_dir: PathBuf,
     pub listen: Option<String>,
+    /// The pod range split into a /24 per node (kube-controller-manager's --cluster-cidr).
+    pub cluster_cidr: Option<String>,
+}
+
+/// `~/.capstan`, where commands keep their state unless told otherwise.
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set: pass --data-dir")?;
+    Ok(PathBuf::from(home).join(".capstan"))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -24,6 +32,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.listen = l
             .parse::<SocketAddr>()
             .with_context(|| format!("--listen {l:?}: expected ADDRESS:PORT"))?;
+    }
+    if let Some(c) = args.cluster_cidr {
+        config.pod_cidr = capstan_daemon::controllers::parse_cidr(&c)
+            .filter(|(_, bits)| *bits <= 24)
+            .with_context(|| format!("--cluster-cidr {c:?}: expected an IPv4 range of /24 or larger, such as 10.244.0.0/16"))?;
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

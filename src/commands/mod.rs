@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod daemon;
+pub mod node;
 pub mod plan;
 pub mod schemas;
 pub mod validate;

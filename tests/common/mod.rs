@@ -149,6 +149,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a daemon on a new repository holding `files` (path, content).
     pub fn start(files: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with(files, &[])
+    }
+
+    /// As `start`, with extra daemon flags.
+    pub fn start_with(files: &[(&str, &str)], daemon_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
         std::fs::create_dir_all(&repo).unwrap();
@@ -172,6 +177,7 @@ impl Cluster {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(daemon_args)
             .env("CAPSTAN_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -182,6 +188,30 @@ impl Cluster {
             cluster.kubectl(&["get", "--raw", "/readyz"]).status.success()
         });
         cluster
+    }
+
+    /// The API server's URL, from the kubeconfig the daemon wrote.
+    pub fn server(&self) -> String {
+        let text = std::fs::read_to_string(self.kubeconfig()).unwrap();
+        let line = text.lines().find(|l| l.trim_start().starts_with("server:")).expect("a server line");
+        line.trim_start().trim_start_matches("server:").trim().trim_matches('"').to_owned()
+    }
+
+    /// Starts a node agent `name` joined to this cluster, labelling what it makes with `run`'s
+    /// label, with a short crash-loop back-off and heartbeat for tests.
+    pub fn node(&self, name: &str, run: &DockerRun, extra: &[&str]) -> NodeAgent {
+        let data = self.dir.path().join(format!("node-{name}"));
+        let agent = NodeAgent {
+            name: name.to_owned(),
+            data,
+            log: self.dir.path().join(format!("node-{name}.log")),
+            server: self.server(),
+            token: self.data.join("node-token"),
+            label: run.label(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        agent.spawn()
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -240,5 +270,75 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `capstan node` process, killed on drop (its containers are swept by the `DockerRun`).
+pub struct NodeAgent {
+    pub name: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    server: String,
+    token: PathBuf,
+    label: String,
+    extra: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl NodeAgent {
+    fn spawn(mut self) -> NodeAgent {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args([
+                "node",
+                "--server",
+                &self.server,
+                "--token-file",
+                path_str(&self.token),
+                "--name",
+                &self.name,
+                "--data-dir",
+                path_str(&self.data),
+            ])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--node-ip",
+                "127.0.0.1",
+                "--no-proxy",
+                "--runtime-label",
+                &self.label,
+            ])
+            .args(["--restart-backoff", "1s", "--restart-backoff-max", "4s", "--lease-interval", "2s"])
+            .args(&self.extra)
+            .env("CAPSTAN_LOG", "info,capstan_node=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self
+    }
+
+    /// Kills the agent with SIGKILL (its containers keep running) and starts it again.
+    pub fn kill9_and_restart(mut self) -> NodeAgent {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

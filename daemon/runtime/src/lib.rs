@@ -3,6 +3,7 @@
 //! with capped exponential back-off; the [`queue::WorkQueue`] deduplicates keys and never runs
 //! one key twice at once. Shared by the daemon's controllers and the node agent.
 
+pub mod https;
 pub mod queue;
 
 use std::fmt::{Debug, Display};

@@ -1,5 +1,6 @@
-//! The HTTPS listener: accepts TCP connections, completes TLS with the cluster-signed serving
-//! certificate, and hands each connection (HTTP/1.1 or HTTP/2) to the router until shutdown.
+//! The HTTPS listener shared by the API server and the node agent's endpoint: accepts TCP
+//! connections, completes TLS with a cluster-signed certificate, and hands each connection
+//! (HTTP/1.1 or HTTP/2) to the router until shutdown.
 
 use std::sync::Arc;
 

@@ -1,0 +1,211 @@
+//! The container runtime the node agent drives: a narrow port (what a pod worker needs from a
+//! runtime: networks, images, containers, exec, logs, stats) and its Docker Engine adapter on
+//! bollard. The agent's logic never sees bollard types.
+
+mod docker;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub use docker::Docker;
+use futures::stream::BoxStream;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the container runtime is not reachable: {0}")]
+    Unreachable(String),
+    /// The image could not be pulled (or, with pull policy Never, is not present).
+    #[error("{0}")]
+    Image(String),
+    #[error("container {container}: {message}")]
+    Container { container: String, message: String },
+    #[error("network {network}: {message}")]
+    Network { network: String, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl RuntimeError {
+    /// Whether the runtime answered that the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RuntimeError::Container { message, .. } if message.contains("No such container") || message.contains("404"))
+    }
+}
+
+/// When an image is fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    /// Kubernetes' default: Always for `:latest` or untagged images, else IfNotPresent.
+    pub fn parse(policy: Option<&str>, image: &str) -> PullPolicy {
+        match policy {
+            Some("Always") => PullPolicy::Always,
+            Some("Never") => PullPolicy::Never,
+            Some("IfNotPresent") => PullPolicy::IfNotPresent,
+            _ => {
+                let last = image.rsplit('/').next().unwrap_or(image);
+                if image.contains('@') || (last.contains(':') && !last.ends_with(":latest")) {
+                    PullPolicy::IfNotPresent
+                } else {
+                    PullPolicy::Always
+                }
+            }
+        }
+    }
+}
+
+/// How a container joins the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// On a bridge network (the pod sandbox), with an address from its range.
+    Network(String),
+    /// In the network namespace of another container (the pod's sandbox).
+    Container(String),
+}
+
+/// Everything needed to create one container.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub image: String,
+    /// Replaces the image's entrypoint (Kubernetes' `command`).
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's cmd (Kubernetes' `args`).
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub labels: HashMap<String, String>,
+    pub network: Option<NetworkMode>,
+    pub hostname: Option<String>,
+    /// `host:container[:ro]` bind mounts.
+    pub binds: Vec<String>,
+    pub memory_limit: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub cpu_shares: Option<i64>,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_options: Vec<String>,
+    pub extra_hosts: Vec<String>,
+    pub stop_signal: Option<String>,
+    pub user: Option<String>,
+    pub tty: bool,
+    pub privileged: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Created,
+    Running,
+    Exited,
+    Other,
+}
+
+/// What the runtime knows about a container.
+#[derive(Clone, Debug)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub state: State,
+    pub exit_code: i64,
+    pub oom_killed: bool,
+    pub error: String,
+    /// RFC 3339, as the runtime reports them.
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub image_id: String,
+    /// The address on its network, for a sandbox.
+    pub ip: Option<String>,
+}
+
+/// Resource usage of a container.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// CPU time used so far, in nanoseconds.
+    pub cpu_nanos: u64,
+    pub memory_bytes: u64,
+}
+
+/// The result of running a command in a container.
+#[derive(Clone, Debug)]
+pub struct ExecResult {
+    pub exit_code: i64,
+    pub output: String,
+}
+
+/// Options for reading logs.
+#[derive(Clone, Debug, Default)]
+pub struct LogOptions {
+    pub follow: bool,
+    pub tail: Option<u64>,
+    pub timestamps: bool,
+    pub since_seconds: Option<i64>,
+}
+
+/// Something that happened to a container (Docker's `die`, `start`, `oom`, ...).
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub container_id: String,
+    pub action: String,
+    /// The container's labels (and the runtime's own attributes).
+    pub attributes: HashMap<String, String>,
+}
+
+/// The port. Async methods return boxed futures so that the agent can hold `dyn Runtime`.
+pub trait Runtime: Send + Sync + 'static {
+    fn version(&self) -> futures::future::BoxFuture<'_, Result<String, RuntimeError>>;
+    /// Creates a bridge network with this subnet and gateway unless one with this name exists.
+    fn ensure_network<'a>(
+        &'a self,
+        name: &'a str,
+        subnet: &'a str,
+        gateway: &'a str,
+        labels: HashMap<String, String>,
+    ) -> futures::future::BoxFuture<'a, Result<(), RuntimeError>>;
+    fn remove_network<'a>(&'a self, name: &'a str) -> futures::future::BoxFuture<'a, Result<(), RuntimeError>>;
+    /// Makes sure the image is present per `policy`; returns its id.
+    fn ensure_image<'a>(&'a self, image: &'a str, policy: PullPolicy) -> futures::future::BoxFuture<'a, Result<String, RuntimeError>>;
+    fn create<'a>(&'a self, config: &'a ContainerConfig) -> futures::future::BoxFuture<'a, Result<String, RuntimeError>>;
+    fn start<'a>(&'a self, id: &'a str) -> futures::future::BoxFuture<'a, Result<(), RuntimeError>>;
+    /// Sends `signal` (or the image's stop signal), waits `grace`, then kills.
+    fn stop<'a>(
+        &'a self,
+        id: &'a str,
+        grace: Duration,
+        signal: Option<&'a str>,
+    ) -> futures::future::BoxFuture<'a, Result<(), RuntimeError>>;
+    fn remove<'a>(&'a self, id: &'a str) -> futures::future::BoxFuture<'a, Result<(), RuntimeError>>;
+    fn inspect<'a>(&'a self, id: &'a str) -> futures::future::BoxFuture<'a, Result<ContainerInfo, RuntimeError>>;
+    /// Containers (running or not) carrying all these labels.
+    fn list<'a>(&'a self, labels: &'a [(&'a str, &'a str)]) -> futures::future::BoxFuture<'a, Result<Vec<ContainerInfo>, RuntimeError>>;
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        cmd: &'a [String],
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'a, Result<ExecResult, RuntimeError>>;
+    fn logs<'a>(&'a self, id: &'a str, options: LogOptions) -> BoxStream<'a, Result<bytes::Bytes, RuntimeError>>;
+    /// Container events for containers carrying all these labels, from now on.
+    fn events<'a>(&'a self, labels: &'a [(&'a str, &'a str)]) -> BoxStream<'a, Result<Event, RuntimeError>>;
+    fn usage<'a>(&'a self, id: &'a str) -> futures::future::BoxFuture<'a, Result<Usage, RuntimeError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_pull_policies() {
+        assert_eq!(PullPolicy::parse(None, "redis"), PullPolicy::Always);
+        assert_eq!(PullPolicy::parse(None, "redis:latest"), PullPolicy::Always);
+        assert_eq!(PullPolicy::parse(None, "redis:7"), PullPolicy::IfNotPresent);
+        assert_eq!(PullPolicy::parse(None, "127.0.0.1:5000/app"), PullPolicy::Always);
+        assert_eq!(PullPolicy::parse(None, "127.0.0.1:5000/app:2"), PullPolicy::IfNotPresent);
+        assert_eq!(PullPolicy::parse(Some("Never"), "x:latest"), PullPolicy::Never);
+    }
+}

@@ -1,0 +1,125 @@
+//! The agent's side of the API: a kube client with the node's own credential, and the few
+//! JSON requests a kubelet makes (get, create, merge-patch, delete, the pod watch).
+
+use futures::Stream;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::watcher;
+use serde_json::Value;
+
+/// An API error with its HTTP code (0 when the server was not reached).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    fn from_kube(e: kube::Error) -> ApiError {
+        match e {
+            kube::Error::Api(s) => ApiError {
+                code: s.code,
+                message: s.message,
+            },
+            other => ApiError {
+                code: 0,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// PEM certificates to DER, for kube's root store.
+pub fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+/// A client for `server` trusting `ca_pem` and sending `token`.
+pub fn kube_client(server: &str, ca_pem: Option<&str>, token: Option<&str>) -> Result<kube::Client, String> {
+    let uri: http::Uri = server.parse().map_err(|e| format!("invalid server URL {server:?}: {e}"))?;
+    let mut config = kube::Config::new(uri);
+    match ca_pem {
+        Some(pem) => config.root_cert = Some(pem_certs(pem)),
+        // Only to fetch the CA itself, whose hash is then checked against the join token.
+        None => config.accept_invalid_certs = true,
+    }
+    config.auth_info.token = token.map(|t| secrecy::SecretString::from(t.to_owned()));
+    config.connect_timeout = Some(std::time::Duration::from_secs(5));
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    client: kube::Client,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiClient")
+    }
+}
+
+impl ApiClient {
+    pub fn new(client: kube::Client) -> ApiClient {
+        ApiClient { client }
+    }
+
+    async fn send(&self, req: http::Request<Vec<u8>>) -> Result<Value, ApiError> {
+        self.client.request::<Value>(req).await.map_err(ApiError::from_kube)
+    }
+
+    /// The object at `path`, or None when it does not exist.
+    pub async fn get(&self, path: &str) -> Result<Option<Value>, ApiError> {
+        match self.send(http::Request::get(path).body(Vec::new()).expect("valid request")).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.code == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn create(&self, collection: &str, object: &Value) -> Result<Value, ApiError> {
+        let req = http::Request::post(collection)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(object).unwrap_or_default());
+        self.send(req.expect("valid request")).await
+    }
+
+    pub async fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, ApiError> {
+        let req = http::Request::patch(path)
+            .header("content-type", "application/merge-patch+json")
+            .body(serde_json::to_vec(patch).unwrap_or_default());
+        self.send(req.expect("valid request")).await
+    }
+
+    /// Deletes the object; one already gone is fine.
+    pub async fn delete(&self, path: &str) -> Result<(), ApiError> {
+        match self
+            .send(http::Request::delete(path).body(Vec::new()).expect("valid request"))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Watches the pods bound to `node` (list, then watch; relisting when the server asks).
+    pub fn watch_pods(&self, node: &str) -> impl Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + use<> {
+        let resource = ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&());
+        let api: kube::Api<DynamicObject> = kube::Api::all_with(self.client.clone(), &resource);
+        watcher::watcher(api, watcher::Config::default().fields(&format!("spec.nodeName={node}")))
+    }
+}
+
+/// The path of a namespaced object.
+pub fn path(plural: &str, namespace: &str, name: &str) -> String {
+    let base = match plural {
+        "leases" => "/apis/coordination.k8s.io/v1",
+        "events" => "/api/v1",
+        _ => "/api/v1",
+    };
+    format!("{base}/namespaces/{namespace}/{plural}/{name}")
+}

@@ -1,0 +1,239 @@
+//! The node agent (Capstan's kubelet): joins the cluster, registers its Node, heartbeats a Lease
+//! and runs the pods bound to it on the Docker Engine, serving their logs to the API server.
+
+pub mod backoff;
+pub mod client;
+pub mod join;
+pub mod pods;
+pub mod probes;
+pub mod references;
+pub mod register;
+pub mod server;
+pub mod spec;
+pub mod stats;
+pub mod status;
+pub mod volumes;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_containers::{Docker, Runtime, RuntimeError};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::client::ApiClient;
+
+/// How the agent is set up.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The API server, `https://HOST:PORT`.
+    pub server: String,
+    pub token_file: PathBuf,
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// The node's HTTPS endpoint (logs, stats).
+    pub listen: SocketAddr,
+    /// The address published in the Node (default: the host's address on its default route).
+    pub node_ip: Option<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Value>,
+    /// Capacity overrides (default: the host's).
+    pub cpus: Option<String>,
+    pub memory: Option<String>,
+    pub max_pods: u32,
+    pub backoff: Backoff,
+    pub allow_host_path: bool,
+    pub pause_image: String,
+    /// Labels added to every container and network the agent makes.
+    pub runtime_labels: Vec<(String, String)>,
+    pub cluster_dns: String,
+    pub cluster_domain: String,
+    /// How often the Lease is renewed.
+    pub lease_interval: Duration,
+    /// How long to keep trying to reach the server at start.
+    pub join_patience: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(
+        server: impl Into<String>,
+        token_file: impl Into<PathBuf>,
+        name: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> NodeConfig {
+        NodeConfig {
+            server: server.into(),
+            token_file: token_file.into(),
+            name: name.into(),
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
+            node_ip: None,
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            cpus: None,
+            memory: None,
+            max_pods: 110,
+            backoff: Backoff::default(),
+            allow_host_path: false,
+            pause_image: "capstan.local/pause:3".into(),
+            runtime_labels: Vec::new(),
+            cluster_dns: "10.96.0.10".into(),
+            cluster_domain: "cluster.local".into(),
+            lease_interval: Duration::from_secs(10),
+            join_patience: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("reading the token file {path}: {source}")]
+    TokenFile { path: String, source: std::io::Error },
+    #[error("the token file {path} does not hold <sha256 of the cluster CA>::<secret> (copy DATA_DIR/node-token from the daemon)")]
+    TokenFormat { path: String },
+    #[error("the API server {server} is not reachable: {message}")]
+    Unreachable { server: String, message: String },
+    #[error(
+        "the CA served by {server} has SHA-256 {got}, but the token file pins {pinned}: refusing to join (wrong server, or someone in between)"
+    )]
+    CaMismatch { server: String, got: String, pinned: String },
+    #[error("joining {server} as node {node:?}: {message}")]
+    Join { server: String, node: String, message: String },
+    #[error("the Docker Engine: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("registering node {node:?}: {message}")]
+    Register { node: String, message: String },
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("creating {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+/// The host's address on its default route (no packet is sent), else loopback.
+pub fn default_ip() -> IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("10.255.255.255:9").map(|_| s))
+        .and_then(|s| s.local_addr());
+    match probe {
+        Ok(a) if !a.ip().is_unspecified() => a.ip(),
+        _ => IpAddr::from([127, 0, 0, 1]),
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    pub name: String,
+    /// Where the node's HTTPS endpoint listens.
+    pub endpoint: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Agent({})", self.name)
+    }
+}
+
+impl Agent {
+    /// Joins, registers and starts running pods.
+    pub async fn start(config: NodeConfig) -> Result<Agent, NodeError> {
+        if let Some(e) = capstan_api::names::dns1123_subdomain(&config.name) {
+            return Err(NodeError::Register {
+                node: config.name.clone(),
+                message: format!("not a valid node name: {e}"),
+            });
+        }
+        let pods_dir = config.data_dir.join("pods");
+        std::fs::create_dir_all(&pods_dir).map_err(|source| NodeError::Write {
+            path: pods_dir.display().to_string(),
+            source,
+        })?;
+        let runtime: Arc<dyn Runtime> = Arc::new(Docker::connect().await?);
+        let runtime_version = runtime.version().await?;
+        let creds = join::join(&config.server, &config.token_file, &config.name, config.join_patience).await?;
+        let kube =
+            client::kube_client(&config.server, Some(&creds.ca_pem), Some(&creds.token)).map_err(|message| NodeError::Unreachable {
+                server: config.server.clone(),
+                message,
+            })?;
+        let api = ApiClient::new(kube);
+        let shutdown = CancellationToken::new();
+        let (endpoint, server_task) = server::start(config.listen, &creds, runtime.clone(), config.name.clone(), shutdown.clone()).await?;
+        let ip = config.node_ip.unwrap_or_else(default_ip);
+        let registration = register::Registration {
+            name: config.name.clone(),
+            ip: ip.to_string(),
+            port: endpoint.port(),
+            labels: config.labels.clone(),
+            taints: config.taints.clone(),
+            cpus: config.cpus.clone(),
+            memory: config.memory.clone(),
+            max_pods: config.max_pods,
+            runtime_version,
+            data_dir: config.data_dir.clone(),
+        };
+        let host = register::HostFacts::read(&config.data_dir);
+        register::register(&api, &registration, &host)
+            .await
+            .map_err(|e| NodeError::Register {
+                node: config.name.clone(),
+                message: e.to_string(),
+            })?;
+        tracing::info!(node = %config.name, ip = %ip, endpoint = %endpoint, "node registered");
+
+        let mut tasks = vec![server_task];
+        tasks.push(tokio::spawn(register::heartbeat(
+            api.clone(),
+            config.name.clone(),
+            config.data_dir.clone(),
+            config.lease_interval,
+            shutdown.clone(),
+        )));
+        let env = Arc::new(worker::Env {
+            runtime,
+            api,
+            ctx: spec::NodeContext {
+                node: config.name.clone(),
+                network: pods::network_name(&config.name),
+                host_ip: ip.to_string(),
+                dns_ip: config.cluster_dns.clone(),
+                cluster_domain: config.cluster_domain.clone(),
+                pause_image: config.pause_image.clone(),
+                volumes_dir: pods_dir.clone(),
+            },
+            backoff: config.backoff,
+            allow_host_path: config.allow_host_path,
+            extra_labels: config.runtime_labels.clone(),
+            pods_dir,
+        });
+        let stop = shutdown.clone();
+        let extra = config.runtime_labels.clone();
+        tasks.push(tokio::spawn(async move {
+            if pods::prepare_network(&env, &extra, &stop).await.is_some() {
+                pods::run(env, stop).await;
+            }
+        }));
+        Ok(Agent {
+            name: config.name,
+            endpoint,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops the agent; the pods' containers keep running for the next agent to adopt.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The node's own HTTPS endpoint (the kubelet's port 10250): container logs for the API server's
+//! `pods/log` (follow, tail, previous, timestamps, since, limit) and the Summary API. Callers
+//! must present a client certificate signed by the cluster CA.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use capstan_api::meta::{LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_NODE, LABEL_POD, LABEL_POD_UID};
+use capstan_containers::{LogOptions, Runtime};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::NodeError;
+use crate::join::Credentials;
+use crate::spec::LABEL_ATTEMPT;
+use crate::stats::Sampler;
+
+struct Shared {
+    runtime: Arc<dyn Runtime>,
+    node: String,
+    sampler: Sampler,
+}
+
+/// The TLS configuration: the node's serving certificate; client certificates from the CA required.
+fn tls(creds: &Credentials) -> Result<Arc<rustls::ServerConfig>, NodeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for der in crate::client::pem_certs(&creds.ca_pem) {
+        roots.add(der.into()).map_err(|e| NodeError::Tls(e.to_string()))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| NodeError::Tls(e.to_string()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut creds.serving_cert.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut creds.serving_key.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or_else(|| NodeError::Tls("the serving key is not PEM".into()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NodeError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| NodeError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Binds `listen` and serves until `stop`; returns the bound address.
+pub async fn start(
+    listen: SocketAddr,
+    creds: &Credentials,
+    runtime: Arc<dyn Runtime>,
+    node: String,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NodeError> {
+    let tls = tls(creds)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| NodeError::Listen { addr: listen, source })?;
+    let addr = listener.local_addr().map_err(|source| NodeError::Listen { addr: listen, source })?;
+    let shared = Arc::new(Shared {
+        runtime,
+        node,
+        sampler: Sampler::default(),
+    });
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/containerLogs/{namespace}/{pod}/{container}", get(logs))
+        .route("/stats/summary", get(summary))
+        .with_state(shared);
+    let task = tokio::spawn(capstan_runtime::https::serve(listener, tls, router, stop));
+    Ok((addr, task))
+}
+
+fn error(code: StatusCode, message: String) -> Response {
+    (code, [(header::CONTENT_TYPE, "text/plain")], message).into_response()
+}
+
+async fn summary(State(s): State<Arc<Shared>>) -> Response {
+    let v = crate::stats::summary(s.runtime.as_ref(), &s.node, &s.sampler).await;
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+async fn logs(
+    State(s): State<Arc<Shared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let mut options = LogOptions::default();
+    let (mut previous, mut limit, mut uid) = (false, None::<usize>, None::<String>);
+    for (k, v) in url_pairs(query.as_deref().unwrap_or("")) {
+        let on = v == "true" || v == "1";
+        match k.as_str() {
+            "follow" => options.follow = on,
+            "previous" => previous = on,
+            "timestamps" => options.timestamps = on,
+            "tailLines" => options.tail = v.parse().ok(),
+            "sinceSeconds" => options.since_seconds = v.parse().ok(),
+            "limitBytes" => limit = v.parse().ok(),
+            "podUID" => uid = Some(v),
+            _ => {}
+        }
+    }
+    let labels = [
+        (LABEL_NODE, s.node.as_str()),
+        (LABEL_NAMESPACE, namespace.as_str()),
+        (LABEL_POD, pod.as_str()),
+        (LABEL_CONTAINER, container.as_str()),
+    ];
+    let mut found = match s.runtime.list(&labels).await {
+        Ok(f) => f,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the container runtime did not answer: {e}"),
+            );
+        }
+    };
+    if let Some(uid) = &uid {
+        found.retain(|c| c.labels.get(LABEL_POD_UID) == Some(uid));
+    }
+    let attempt = |c: &capstan_containers::ContainerInfo| c.labels.get(LABEL_ATTEMPT).and_then(|a| a.parse::<u32>().ok()).unwrap_or(0);
+    found.sort_by_key(|c| std::cmp::Reverse((c.started_at.clone(), attempt(c))));
+    let chosen = if previous { found.get(1) } else { found.first() };
+    let Some(chosen) = chosen else {
+        let what = if previous { "previous terminated container" } else { "container" };
+        return error(StatusCode::NOT_FOUND, format!("{what} \"{container}\" in pod \"{pod}\" not found"));
+    };
+    let runtime = s.runtime.clone();
+    let id = chosen.id.clone();
+    let stream = async_stream(runtime, id, options, limit);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], Body::from_stream(stream)).into_response()
+}
+
+/// The log stream, cut at `limit` bytes.
+fn async_stream(
+    runtime: Arc<dyn Runtime>,
+    id: String,
+    options: LogOptions,
+    limit: Option<usize>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut left = limit.unwrap_or(usize::MAX);
+        let mut logs = runtime.logs(&id, options);
+        while let Some(chunk) = logs.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            let chunk = if chunk.len() > left { chunk.slice(..left) } else { chunk };
+            left -= chunk.len();
+            if tx.send(Ok(chunk)).await.is_err() || left == 0 {
+                return;
+            }
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), v.replace('+', " "))
+        })
+        .collect()
+}

@@ -1,0 +1,986 @@
+//! One pod's worker: converges the Docker Engine to the pod's spec — sandbox, volumes, init
+//! containers in order, then the containers — restarts them per the restart policy with
+//! crash-loop back-off, runs their probes, stops them gracefully, and reports the pod's status.
+//! It wakes on a new version of the pod, on a container event, or on its own timers.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_api::meta::{LABEL_CONTAINER, LABEL_POD_UID};
+use capstan_containers::{ContainerInfo, PullPolicy, Runtime, RuntimeError, State};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::backoff::{Backoff, Streak};
+use crate::client::ApiClient;
+use crate::probes::{Probe, ProbeState};
+use crate::spec::{self, LABEL_ATTEMPT, LABEL_SANDBOX, NodeContext, References, SANDBOX};
+use crate::status::{self, ContainerState, ContainerStatus, PodView, Terminated};
+use crate::{references, volumes};
+
+/// What all workers share.
+pub struct Env {
+    pub runtime: Arc<dyn Runtime>,
+    pub api: ApiClient,
+    pub ctx: NodeContext,
+    pub backoff: Backoff,
+    pub allow_host_path: bool,
+    /// Labels added to every container (the tests' sweep label).
+    pub extra_labels: Vec<(String, String)>,
+    /// Where pod directories (volumes) live.
+    pub pods_dir: PathBuf,
+}
+
+/// Messages to a worker.
+#[derive(Debug)]
+pub enum Input {
+    /// A new version of the pod.
+    Pod(Box<Value>),
+    /// The pod is no longer bound to this node (deleted, or gone from the API).
+    Gone,
+    /// Something happened to one of its containers.
+    Poke,
+}
+
+/// How often a worker looks again when nothing wakes it.
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// One container of the pod (or init container).
+struct Slot {
+    name: String,
+    init: bool,
+    spec: Value,
+    /// Containers made so far beyond the first: Kubernetes' restartCount.
+    restarts: u32,
+    /// Whether a container has been made for this slot at all.
+    made: bool,
+    current: Option<ContainerInfo>,
+    /// The container that exited before the current one (for `logs --previous`).
+    previous: Option<String>,
+    last: Option<Terminated>,
+    /// The container whose exit has been handled (the back-off started for it).
+    handled: Option<String>,
+    waiting: Option<(String, String)>,
+    crash: Streak,
+    pull: Streak,
+    pull_error: String,
+    startup: Option<ProbeState>,
+    liveness: Option<ProbeState>,
+    readiness: Option<ProbeState>,
+    started: bool,
+    ready: bool,
+    /// An init container that completed, or a container that will not run again.
+    done: bool,
+}
+
+impl Slot {
+    fn new(spec: &Value, init: bool) -> Slot {
+        Slot {
+            name: spec["name"].as_str().unwrap_or_default().to_owned(),
+            init,
+            spec: spec.clone(),
+            restarts: 0,
+            made: false,
+            current: None,
+            previous: None,
+            last: None,
+            handled: None,
+            waiting: None,
+            crash: Streak::default(),
+            pull: Streak::default(),
+            pull_error: String::new(),
+            startup: None,
+            liveness: None,
+            readiness: None,
+            started: false,
+            ready: false,
+            done: false,
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.current.as_ref().is_some_and(|c| c.state == State::Running)
+    }
+
+    fn arm_probes(&mut self, now: Instant) {
+        let parse = |k: &str| Probe::parse(&self.spec[k], &self.spec).map(|p| ProbeState::new(p, now));
+        self.startup = parse("startupProbe");
+        self.liveness = parse("livenessProbe");
+        self.readiness = parse("readinessProbe");
+        self.started = self.startup.is_none();
+        self.ready = false;
+    }
+}
+
+fn terminated(info: &ContainerInfo) -> Terminated {
+    let reason = if info.oom_killed {
+        "OOMKilled"
+    } else if info.exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    Terminated {
+        exit_code: info.exit_code,
+        reason: reason.to_owned(),
+        message: info.error.clone(),
+        started_at: info.started_at.clone(),
+        finished_at: info.finished_at.clone(),
+        container_id: info.id.clone(),
+    }
+}
+
+fn seconds_between(from: Option<&str>, to: Option<&str>) -> Duration {
+    let parse = |t: Option<&str>| t.and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    match (parse(from), parse(to)) {
+        (Some(a), Some(b)) => Duration::from_secs(b.as_second().saturating_sub(a.as_second()).max(0) as u64),
+        _ => Duration::ZERO,
+    }
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The attempt number a container carries in its labels.
+fn attempt(c: &ContainerInfo) -> u32 {
+    c.labels.get(LABEL_ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(0)
+}
+
+pub struct Worker {
+    env: Arc<Env>,
+    pod: Value,
+    uid: String,
+    sandbox: Option<ContainerInfo>,
+    sandbox_attempt: u32,
+    slots: Vec<Slot>,
+    pod_ip: Option<String>,
+    start_time: String,
+    volumes: Option<HashMap<String, PathBuf>>,
+    /// Why the pod cannot start yet (volumes, sandbox), shown on its containers.
+    blocked: Option<(String, String)>,
+    failed: Option<(String, String)>,
+    terminal: bool,
+    sent: Option<Value>,
+    /// The pod had already finished when this worker started: its status stays as written.
+    frozen: bool,
+    gone: bool,
+}
+
+impl Worker {
+    /// A worker for `pod`, adopting the containers already running for it.
+    pub fn new(env: Arc<Env>, pod: Value, adopted: Vec<ContainerInfo>) -> Worker {
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+        let spec = &pod["spec"];
+        let mut slots: Vec<Slot> = spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| Slot::new(c, true))
+            .collect();
+        slots.extend(spec["containers"].as_array().into_iter().flatten().map(|c| Slot::new(c, false)));
+        let start_time = pod["status"]["startTime"].as_str().map_or_else(now_rfc3339, str::to_owned);
+        let mut w = Worker {
+            env,
+            pod,
+            uid,
+            sandbox: None,
+            sandbox_attempt: 0,
+            slots,
+            pod_ip: None,
+            start_time,
+            volumes: None,
+            blocked: None,
+            failed: None,
+            terminal: false,
+            sent: None,
+            frozen: false,
+            gone: false,
+        };
+        let phase = w.pod["status"]["phase"].as_str().unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            // A finished pod never runs again, even if its containers are gone.
+            w.terminal = true;
+            w.frozen = true;
+        }
+        w.adopt(adopted);
+        w
+    }
+
+    /// Takes over containers a previous agent made: the newest sandbox and, per container, the
+    /// newest attempt (and the one before it, for `--previous`). Older ones go.
+    fn adopt(&mut self, mut found: Vec<ContainerInfo>) {
+        found.sort_by_key(|c| std::cmp::Reverse(attempt(c)));
+        let now = Instant::now();
+        let mut extra = Vec::new();
+        for c in found {
+            let name = c.labels.get(LABEL_CONTAINER).cloned().unwrap_or_default();
+            if c.labels.get(LABEL_SANDBOX).is_some_and(|v| v == "true") || name == SANDBOX {
+                if self.sandbox.is_none() {
+                    self.sandbox_attempt = attempt(&c);
+                    self.pod_ip = c.ip.clone();
+                    self.sandbox = Some(c);
+                } else {
+                    extra.push(c.id);
+                }
+                continue;
+            }
+            let Some(slot) = self.slots.iter_mut().find(|s| s.name == name) else {
+                extra.push(c.id);
+                continue;
+            };
+            if slot.current.is_none() && !slot.made {
+                slot.made = true;
+                slot.restarts = attempt(&c);
+                if c.state == State::Running {
+                    slot.arm_probes(now);
+                    // Adopted: it was already past its startup probe, and readiness is re-checked.
+                    slot.started = true;
+                }
+                if c.state == State::Exited {
+                    slot.handled = Some(c.id.clone());
+                    slot.last = Some(terminated(&c));
+                    if slot.init && c.exit_code == 0 {
+                        slot.done = true;
+                    }
+                }
+                slot.current = Some(c);
+            } else if slot.previous.is_none() {
+                if slot.last.is_none() || slot.current.as_ref().is_some_and(|c| c.state != State::Exited) {
+                    slot.last = Some(terminated(&c));
+                }
+                slot.previous = Some(c.id);
+            } else {
+                extra.push(c.id);
+            }
+        }
+        if !extra.is_empty() {
+            let runtime = self.env.runtime.clone();
+            tokio::spawn(async move {
+                for id in extra {
+                    let _ = runtime.remove(&id).await;
+                }
+            });
+        }
+    }
+
+    fn namespace(&self) -> &str {
+        self.pod["metadata"]["namespace"].as_str().unwrap_or("default")
+    }
+
+    fn name(&self) -> &str {
+        self.pod["metadata"]["name"].as_str().unwrap_or_default()
+    }
+
+    fn restart_policy(&self) -> &str {
+        self.pod["spec"]["restartPolicy"].as_str().unwrap_or("Always")
+    }
+
+    fn grace(&self) -> Duration {
+        let secs = self.pod["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .or_else(|| self.pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30);
+        Duration::from_secs(secs.max(0) as u64)
+    }
+
+    /// Posts a Kubernetes Event about the pod (best effort, in the background).
+    fn event(&self, kind: &str, reason: &str, message: String, field: Option<&str>) {
+        let api = self.env.api.clone();
+        let ns = self.namespace().to_owned();
+        let stamp = now_rfc3339();
+        let mut involved = json!({"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": self.name(), "uid": self.uid});
+        if let Some(f) = field {
+            involved["fieldPath"] = json!(f);
+        }
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"namespace": ns},
+            "involvedObject": involved,
+            "reason": reason, "message": message, "type": kind,
+            "source": {"component": "kubelet", "host": self.env.ctx.node},
+            "reportingComponent": "kubelet", "reportingInstance": self.env.ctx.node,
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        });
+        tokio::spawn(async move {
+            if let Err(e) = api.create(&format!("/api/v1/namespaces/{ns}/events"), &event).await {
+                tracing::debug!(error = %e, "posting an event failed");
+            }
+        });
+    }
+
+    /// Runs the worker until the pod is gone and its containers are removed.
+    pub async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<Input>) {
+        loop {
+            if self.gone || !self.pod["metadata"]["deletionTimestamp"].is_null() {
+                self.terminate().await;
+                return;
+            }
+            let next = self.sync().await;
+            let mut received = tokio::select! {
+                m = inputs.recv() => Some(m),
+                _ = tokio::time::sleep_until(next) => None,
+            };
+            // Take everything queued, keeping the newest pod.
+            while let Some(m) = received.take().or_else(|| inputs.try_recv().ok().map(Some)) {
+                match m {
+                    Some(Input::Pod(p)) => self.update_pod(*p),
+                    Some(Input::Gone) | None => self.gone = true,
+                    Some(Input::Poke) => {}
+                }
+            }
+        }
+    }
+
+    fn update_pod(&mut self, pod: Value) {
+        // A changed container spec (an image update) is picked up at the container's next
+        // (re)creation; the hash label tells the agent it differs.
+        let specs: Vec<Value> = pod["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(pod["spec"]["containers"].as_array().into_iter().flatten())
+            .cloned()
+            .collect();
+        for s in &mut self.slots {
+            if let Some(new) = specs.iter().find(|c| c["name"] == s.name.as_str()) {
+                s.spec = new.clone();
+            }
+        }
+        self.pod = pod;
+    }
+
+    /// One pass: converge, report, and say when to look again.
+    async fn sync(&mut self) -> Instant {
+        let now = Instant::now();
+        let mut next = now + RESYNC;
+        self.converge(now, &mut next).await;
+        self.report().await;
+        next
+    }
+
+    async fn converge(&mut self, now: Instant, next: &mut Instant) {
+        if self.terminal {
+            return;
+        }
+        if !self.ensure_sandbox(now).await {
+            *next = (*next).min(now + Duration::from_secs(2));
+            return;
+        }
+        // Refresh what the Engine says about each container.
+        for i in 0..self.slots.len() {
+            if let Some(id) = self.slots[i].current.as_ref().map(|c| c.id.clone()) {
+                match self.env.runtime.inspect(&id).await {
+                    Ok(info) => self.slots[i].current = Some(info),
+                    Err(e) if e.is_not_found() => self.slots[i].current = None,
+                    Err(e) => tracing::warn!(pod = %self.name(), error = %e, "inspecting a container failed"),
+                }
+            }
+        }
+        // Init containers, one at a time, in order.
+        let first_regular = self.slots.iter().position(|s| !s.init).unwrap_or(self.slots.len());
+        for i in 0..first_regular {
+            if self.slots[i].done {
+                continue;
+            }
+            self.step(i, now, next).await;
+            if !self.slots[i].done || self.failed.is_some() {
+                return;
+            }
+        }
+        for i in first_regular..self.slots.len() {
+            self.step(i, now, next).await;
+        }
+        let view_containers: Vec<ContainerStatus> = self.slots[first_regular..].iter().map(|s| self.container_status(s)).collect();
+        let phase = status::phase(&self.view(&[], &view_containers));
+        if (phase == "Succeeded" || phase == "Failed") && self.restart_policy() != "Always" {
+            // Done for good: release the pod's address; the containers stay for their logs.
+            self.terminal = true;
+            if let Some(sb) = &self.sandbox {
+                let _ = self.env.runtime.stop(&sb.id, Duration::ZERO, None).await;
+            }
+        }
+    }
+
+    /// Makes sure the sandbox runs (volumes first); false while it cannot.
+    async fn ensure_sandbox(&mut self, now: Instant) -> bool {
+        if let Some(sb) = &self.sandbox {
+            match self.env.runtime.inspect(&sb.id).await {
+                Ok(info) if info.state == State::Running => {
+                    if self.pod_ip.is_none() {
+                        self.pod_ip = info.ip.clone();
+                    }
+                    self.sandbox = Some(info);
+                    return true;
+                }
+                Ok(_) | Err(_) => {
+                    tracing::info!(pod = %self.name(), "the pod sandbox is not running; making a new one");
+                    self.event(
+                        "Normal",
+                        "SandboxChanged",
+                        "Pod sandbox changed, it will be killed and re-created.".into(),
+                        None,
+                    );
+                    let old = self.sandbox.take().map(|s| s.id);
+                    self.reset_for_new_sandbox().await;
+                    if let Some(id) = old {
+                        let _ = self.env.runtime.remove(&id).await;
+                    }
+                    self.sandbox_attempt += 1;
+                }
+            }
+        }
+        if self.volumes.is_none() {
+            match self.prepare_volumes().await {
+                Ok(v) => self.volumes = Some(v),
+                Err(message) => {
+                    if self.blocked.as_ref().is_none_or(|b| b.1 != message) {
+                        self.event("Warning", "FailedMount", message.clone(), None);
+                    }
+                    self.blocked = Some(("ContainerCreating".into(), message));
+                    return false;
+                }
+            }
+        }
+        let env = self.env.clone();
+        let made = async {
+            env.runtime.ensure_image(&env.ctx.pause_image, PullPolicy::IfNotPresent).await?;
+            let mut config = spec::sandbox(&self.pod, &env.ctx);
+            config.name = spec::container_name(&self.pod, SANDBOX, self.sandbox_attempt);
+            config.labels.insert(LABEL_ATTEMPT.to_owned(), self.sandbox_attempt.to_string());
+            config.labels.extend(env.extra_labels.iter().cloned());
+            // A leftover with this name (an agent killed mid-way) is replaced.
+            let _ = env.runtime.remove(&config.name).await;
+            let id = env.runtime.create(&config).await?;
+            env.runtime.start(&id).await?;
+            env.runtime.inspect(&id).await
+        };
+        match made.await {
+            Ok(info) => {
+                self.pod_ip = info.ip.clone();
+                self.sandbox = Some(info);
+                self.blocked = None;
+                let _ = now;
+                true
+            }
+            Err(e) => {
+                let message = format!("Failed to create pod sandbox: {e}");
+                if self.blocked.as_ref().is_none_or(|b| b.1 != message) {
+                    self.event("Warning", "FailedCreatePodSandBox", message.clone(), None);
+                }
+                self.blocked = Some(("ContainerCreating".into(), message));
+                false
+            }
+        }
+    }
+
+    /// The sandbox is gone: every container goes with it, and init containers run again.
+    async fn reset_for_new_sandbox(&mut self) {
+        for s in &mut self.slots {
+            if let Some(c) = s.current.take() {
+                let _ = self.env.runtime.stop(&c.id, Duration::ZERO, None).await;
+                if let Ok(info) = self.env.runtime.inspect(&c.id).await {
+                    s.last = Some(terminated(&info));
+                }
+                if let Some(p) = s.previous.replace(c.id) {
+                    let _ = self.env.runtime.remove(&p).await;
+                }
+                s.restarts += 1;
+            }
+            s.done = false;
+            s.handled = None;
+            s.started = false;
+            s.ready = false;
+        }
+        self.pod_ip = None;
+    }
+
+    async fn prepare_volumes(&mut self) -> Result<HashMap<String, PathBuf>, String> {
+        let refs = references::fetch(&self.env.api, &self.pod)
+            .await
+            .map_err(|e| format!("reading the pod's references: {e}"))?;
+        let pod_dir = self.env.pods_dir.join(&self.uid);
+        if let Some(text) = spec::resolv_conf(&self.pod, &self.env.ctx) {
+            std::fs::create_dir_all(&pod_dir)
+                .and_then(|_| std::fs::write(pod_dir.join("resolv.conf"), text))
+                .map_err(|e| format!("writing resolv.conf: {e}"))?;
+        }
+        volumes::prepare(&self.pod, &pod_dir.join("volumes"), &refs, self.env.allow_host_path)
+            .map_err(|e| format!("MountVolume.SetUp failed: {e}"))
+    }
+
+    /// Converges one container.
+    async fn step(&mut self, i: usize, now: Instant, next: &mut Instant) {
+        let policy = self.restart_policy().to_owned();
+        let current_state = self.slots[i].current.as_ref().map(|c| c.state);
+        match current_state {
+            Some(State::Running) => {
+                self.slots[i].waiting = None;
+                self.run_probes(i, now, next).await;
+            }
+            Some(State::Exited) => {
+                let info = self.slots[i].current.clone().expect("checked");
+                let slot = &mut self.slots[i];
+                let fresh = slot.handled.as_deref() != Some(info.id.as_str());
+                let t = terminated(&info);
+                slot.started = false;
+                slot.ready = false;
+                if slot.init && info.exit_code == 0 {
+                    slot.done = true;
+                    slot.handled = Some(info.id.clone());
+                    return;
+                }
+                let restart = match policy.as_str() {
+                    "Never" => false,
+                    "OnFailure" => info.exit_code != 0,
+                    _ => !slot.init || info.exit_code != 0,
+                };
+                if !restart {
+                    slot.done = true;
+                    slot.handled = Some(info.id.clone());
+                    if slot.init {
+                        self.failed = Some((
+                            "Failed".into(),
+                            format!("init container {:?} failed with exit code {}", slot.name, info.exit_code),
+                        ));
+                    }
+                    return;
+                }
+                if fresh {
+                    slot.handled = Some(info.id.clone());
+                    let ran = seconds_between(info.started_at.as_deref(), info.finished_at.as_deref());
+                    slot.crash.failed(&self.env.backoff, ran, now);
+                    slot.last = Some(t);
+                }
+                if !slot.crash.ready(now) {
+                    let wait = human(slot.crash.current(&self.env.backoff));
+                    let until = slot.crash.until();
+                    let (name, init) = (slot.name.clone(), slot.init);
+                    let first = slot.waiting.as_ref().is_none_or(|w| w.0 != "CrashLoopBackOff");
+                    let pod = format!("{}_{}({})", self.name(), self.namespace(), self.uid);
+                    if first {
+                        let field = format!("spec.{}{{{name}}}", if init { "initContainers" } else { "containers" });
+                        self.event(
+                            "Warning",
+                            "BackOff",
+                            format!("Back-off restarting failed container {name} in pod {pod}"),
+                            Some(&field),
+                        );
+                    }
+                    self.slots[i].waiting = Some((
+                        "CrashLoopBackOff".into(),
+                        format!("back-off {wait} restarting failed container={name} pod={pod}"),
+                    ));
+                    if let Some(u) = until {
+                        *next = (*next).min(u);
+                    }
+                    return;
+                }
+                self.create(i, now, next).await;
+            }
+            Some(State::Created) | Some(State::Other) => {
+                // Made but not started (an agent killed mid-way): start it.
+                let id = self.slots[i].current.as_ref().map(|c| c.id.clone()).unwrap_or_default();
+                if let Err(e) = self.env.runtime.start(&id).await {
+                    self.slots[i].waiting = Some(("RunContainerError".into(), e.to_string()));
+                    *next = (*next).min(now + Duration::from_secs(2));
+                } else {
+                    self.slots[i].arm_probes(now);
+                }
+            }
+            None => {
+                if self.slots[i].done {
+                    return;
+                }
+                self.create(i, now, next).await;
+            }
+        }
+    }
+
+    /// Pulls the image and makes and starts the container's next attempt.
+    async fn create(&mut self, i: usize, now: Instant, next: &mut Instant) {
+        let env = self.env.clone();
+        let image = self.slots[i].spec["image"].as_str().unwrap_or_default().to_owned();
+        let field = format!(
+            "spec.{}{{{}}}",
+            if self.slots[i].init { "initContainers" } else { "containers" },
+            self.slots[i].name
+        );
+        if !self.slots[i].pull.ready(now) {
+            let slot = &mut self.slots[i];
+            slot.waiting = Some((
+                "ImagePullBackOff".into(),
+                format!("Back-off pulling image \"{image}\": {}", slot.pull_error),
+            ));
+            if let Some(u) = slot.pull.until() {
+                *next = (*next).min(u);
+            }
+            return;
+        }
+        let policy = PullPolicy::parse(self.slots[i].spec["imagePullPolicy"].as_str(), &image);
+        match env.runtime.ensure_image(&image, policy).await {
+            Ok(_) => self.slots[i].pull.reset(),
+            Err(e) => {
+                let message = e.to_string();
+                self.event(
+                    "Warning",
+                    "Failed",
+                    format!("Failed to pull image \"{image}\": {message}"),
+                    Some(&field),
+                );
+                let slot = &mut self.slots[i];
+                let until = slot.pull.failed(&env.backoff, Duration::ZERO, now);
+                slot.pull_error = message.clone();
+                let reason = if matches!(e, RuntimeError::Image(_)) && policy == PullPolicy::Never {
+                    "ErrImageNeverPull"
+                } else {
+                    "ErrImagePull"
+                };
+                slot.waiting = Some((reason.into(), message));
+                // Look once mid-way, to report the back-off, then pull again when it ends.
+                *next = (*next).min(now + (until - now) / 2);
+                return;
+            }
+        }
+        let refs = match references::fetch(&env.api, &self.pod).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.slots[i].waiting = Some(("CreateContainerConfigError".into(), format!("reading the pod's references: {e}")));
+                *next = (*next).min(now + Duration::from_secs(2));
+                return;
+            }
+        };
+        let attempt = if self.slots[i].made { self.slots[i].restarts + 1 } else { 0 };
+        let config = self.container_config(i, &refs, attempt);
+        let config = match config {
+            Ok(c) => c,
+            Err(message) => {
+                if self.slots[i].waiting.as_ref().is_none_or(|w| w.1 != message) {
+                    self.event("Warning", "Failed", format!("Error: {message}"), Some(&field));
+                }
+                self.slots[i].waiting = Some(("CreateContainerConfigError".into(), message));
+                *next = (*next).min(now + Duration::from_secs(2));
+                return;
+            }
+        };
+        let _ = env.runtime.remove(&config.name).await;
+        let made = async {
+            let id = env.runtime.create(&config).await?;
+            env.runtime.start(&id).await?;
+            env.runtime.inspect(&id).await
+        };
+        match made.await {
+            Ok(info) => {
+                let slot = &mut self.slots[i];
+                // Keep one exited container for `--previous`; older ones go.
+                if let Some(old) = slot.current.take()
+                    && let Some(p) = slot.previous.replace(old.id) {
+                        let _ = env.runtime.remove(&p).await;
+                    }
+                slot.restarts = attempt;
+                slot.made = true;
+                slot.waiting = None;
+                slot.arm_probes(now);
+                slot.current = Some(info);
+                for p in [&slot.startup, &slot.liveness, &slot.readiness].into_iter().flatten() {
+                    *next = (*next).min(p.next_at());
+                }
+                let name = slot.name.clone();
+                self.event("Normal", "Started", format!("Started container {name}"), Some(&field));
+            }
+            Err(e) => {
+                let slot = &mut self.slots[i];
+                slot.waiting = Some(("RunContainerError".into(), e.to_string()));
+                slot.crash.failed(&env.backoff, Duration::ZERO, now);
+                if let Some(u) = slot.crash.until() {
+                    *next = (*next).min(u);
+                }
+                self.event("Warning", "Failed", format!("Error: {e}"), Some(&field));
+            }
+        }
+    }
+
+    fn container_config(&mut self, i: usize, refs: &References, attempt: u32) -> Result<capstan_containers::ContainerConfig, String> {
+        if let Ok(v) = volumes::prepare(
+            &self.pod,
+            &self.env.pods_dir.join(&self.uid).join("volumes"),
+            refs,
+            self.env.allow_host_path,
+        ) {
+            // Fresh ConfigMap and Secret contents for every new container.
+            self.volumes = Some(v);
+        }
+        let vols = self.volumes.clone().unwrap_or_default();
+        let slot = &self.slots[i];
+        let mut binds = volumes::binds(&slot.spec, &vols).map_err(|e| e.0)?;
+        let resolv = self.env.pods_dir.join(&self.uid).join("resolv.conf");
+        if resolv.exists() {
+            // The cluster's DNS and the namespace search path, as the kubelet writes them.
+            binds.push(format!("{}:/etc/resolv.conf:ro", resolv.display()));
+        }
+        let sandbox = self.sandbox.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+        let mut pod = self.pod.clone();
+        if let Some(ip) = &self.pod_ip {
+            pod["status"]["podIP"] = json!(ip);
+        }
+        pod["status"]["hostIP"] = json!(self.env.ctx.host_ip);
+        let mut config = spec::container(&pod, &slot.spec, &sandbox, &self.env.ctx, refs, binds, attempt).map_err(|e| e.0)?;
+        config.labels.extend(self.env.extra_labels.iter().cloned());
+        Ok(config)
+    }
+
+    /// Runs the probes that are due; acts on a verdict.
+    async fn run_probes(&mut self, i: usize, now: Instant, next: &mut Instant) {
+        let Some(id) = self.slots[i].current.as_ref().map(|c| c.id.clone()) else {
+            return;
+        };
+        let ip = self.pod_ip.clone().unwrap_or_default();
+        let runtime = self.env.runtime.clone();
+        let field = format!("spec.containers{{{}}}", self.slots[i].name);
+        // Startup first; liveness and readiness only once it has passed.
+        if !self.slots[i].started {
+            if let Some(mut p) = self.slots[i].startup.take() {
+                if p.due(now) {
+                    let ok = p.probe.run(runtime.as_ref(), &id, &ip).await;
+                    match p.record(ok, Instant::now()) {
+                        Some(true) => self.slots[i].started = true,
+                        Some(false) => {
+                            self.event("Warning", "Unhealthy", "Startup probe failed".into(), Some(&field));
+                            self.slots[i].startup = Some(p);
+                            self.kill(i, "failed startup probe").await;
+                            return;
+                        }
+                        None => {}
+                    }
+                }
+                *next = (*next).min(p.next_at());
+                self.slots[i].startup = Some(p);
+            } else {
+                self.slots[i].started = true;
+            }
+            if !self.slots[i].started {
+                return;
+            }
+        }
+        if let Some(mut p) = self.slots[i].liveness.take() {
+            if p.due(now) {
+                let ok = p.probe.run(runtime.as_ref(), &id, &ip).await;
+                if !ok {
+                    tracing::debug!(pod = %self.name(), container = %self.slots[i].name, "liveness probe failed");
+                }
+                if p.record(ok, Instant::now()) == Some(false) {
+                    self.event("Warning", "Unhealthy", "Liveness probe failed".into(), Some(&field));
+                    self.slots[i].liveness = Some(p);
+                    self.kill(i, "failed liveness probe").await;
+                    return;
+                }
+            }
+            *next = (*next).min(p.next_at());
+            self.slots[i].liveness = Some(p);
+        }
+        match self.slots[i].readiness.take() {
+            Some(mut p) => {
+                if p.due(now) {
+                    let ok = p.probe.run(runtime.as_ref(), &id, &ip).await;
+                    if p.record(ok, Instant::now()) == Some(false) {
+                        self.event("Warning", "Unhealthy", "Readiness probe failed".into(), Some(&field));
+                    }
+                }
+                self.slots[i].ready = p.result == Some(true);
+                *next = (*next).min(p.next_at());
+                self.slots[i].readiness = Some(p);
+            }
+            None => self.slots[i].ready = true,
+        }
+    }
+
+    /// Stops a container the probes gave up on; the restart policy takes it from there.
+    async fn kill(&mut self, i: usize, why: &str) {
+        let Some(c) = self.slots[i].current.clone() else { return };
+        let name = self.slots[i].name.clone();
+        self.event(
+            "Normal",
+            "Killing",
+            format!("Container {name} {why}, will be restarted"),
+            Some(&format!("spec.containers{{{name}}}")),
+        );
+        self.stop_container(&self.slots[i].spec.clone(), &c.id, self.grace()).await;
+        if let Ok(info) = self.env.runtime.inspect(&c.id).await {
+            self.slots[i].current = Some(info);
+        }
+        self.slots[i].ready = false;
+    }
+
+    /// preStop hook, then the stop signal, then SIGKILL after the grace period.
+    async fn stop_container(&self, spec: &Value, id: &str, grace: Duration) {
+        let began = Instant::now();
+        let hook = &spec["lifecycle"]["preStop"];
+        if let Some(cmd) = hook["exec"]["command"].as_array() {
+            let cmd: Vec<String> = cmd.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect();
+            if let Err(e) = self.env.runtime.exec(id, &cmd, grace.max(Duration::from_secs(1))).await {
+                tracing::info!(pod = %self.name(), error = %e, "preStop hook failed");
+            }
+        } else if let Some(Probe { action, .. }) =
+            Probe::parse(&json!({"httpGet": hook["httpGet"], "timeoutSeconds": grace.as_secs().max(1)}), spec)
+            && hook["httpGet"].is_object()
+        {
+            let p = Probe {
+                action,
+                initial_delay: Duration::ZERO,
+                period: Duration::from_secs(1),
+                timeout: grace.max(Duration::from_secs(1)),
+                success_threshold: 1,
+                failure_threshold: 1,
+            };
+            p.run(self.env.runtime.as_ref(), id, self.pod_ip.as_deref().unwrap_or_default())
+                .await;
+        } else if let Some(secs) = hook["sleep"]["seconds"].as_u64() {
+            tokio::time::sleep(Duration::from_secs(secs).min(grace)).await;
+        }
+        let left = grace.saturating_sub(began.elapsed());
+        if let Err(e) = self.env.runtime.stop(id, left, None).await
+            && !e.is_not_found()
+        {
+            tracing::warn!(pod = %self.name(), error = %e, "stopping a container failed");
+        }
+    }
+
+    /// The pod is being deleted: stop everything gracefully, remove it, and let the object go.
+    async fn terminate(&mut self) {
+        let grace = self.grace();
+        let name = self.name().to_owned();
+        tracing::info!(pod = %name, namespace = %self.namespace(), grace_seconds = grace.as_secs(), "stopping the pod");
+        let mut stops = Vec::new();
+        for s in &self.slots {
+            if s.running()
+                && let Some(c) = &s.current
+            {
+                self.event(
+                    "Normal",
+                    "Killing",
+                    format!("Stopping container {}", s.name),
+                    Some(&format!("spec.containers{{{}}}", s.name)),
+                );
+                stops.push(self.stop_container(&s.spec, &c.id, grace));
+            }
+        }
+        futures::future::join_all(stops).await;
+        let uid = self.uid.clone();
+        let labels = [(LABEL_POD_UID, uid.as_str())];
+        if let Ok(all) = self.env.runtime.list(&labels).await {
+            for c in all {
+                let _ = self.env.runtime.remove(&c.id).await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.env.pods_dir.join(&self.uid));
+        if !self.gone {
+            let path = crate::client::path("pods", self.namespace(), &name);
+            // The object may have been replaced by a new pod of the same name: check the uid.
+            if let Ok(Some(current)) = self.env.api.get(&path).await
+                && current["metadata"]["uid"] == self.uid.as_str()
+                && let Err(e) = self.env.api.delete(&path).await
+            {
+                tracing::warn!(pod = %name, error = %e, "deleting the pod object failed");
+            }
+        }
+    }
+
+    fn container_status(&self, s: &Slot) -> ContainerStatus {
+        let image = s.spec["image"].as_str().unwrap_or_default().to_owned();
+        let state = match (&s.waiting, &s.current) {
+            (Some((reason, message)), _) => ContainerState::Waiting {
+                reason: reason.clone(),
+                message: message.clone(),
+            },
+            (None, Some(c)) if c.state == State::Running => ContainerState::Running {
+                started_at: c.started_at.clone().unwrap_or_default(),
+            },
+            (None, Some(c)) if c.state == State::Exited => ContainerState::Terminated(terminated(c)),
+            _ => match &self.blocked {
+                Some((reason, message)) => ContainerState::Waiting {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                },
+                None if !s.init && self.slots.iter().any(|o| o.init && !o.done) => ContainerState::Waiting {
+                    reason: "PodInitializing".into(),
+                    message: String::new(),
+                },
+                None => ContainerState::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: String::new(),
+                },
+            },
+        };
+        // While a new attempt waits, lastState shows how the previous one ended.
+        let last = match &state {
+            ContainerState::Terminated(t) => s.last.clone().filter(|l| l.container_id != t.container_id),
+            _ => s.last.clone(),
+        };
+        ContainerStatus {
+            name: s.name.clone(),
+            image,
+            image_id: s.current.as_ref().map(|c| c.image_id.clone()).unwrap_or_default(),
+            container_id: s.current.as_ref().map(|c| c.id.clone()),
+            restart_count: s.restarts,
+            state,
+            last,
+            ready: s.ready && s.running(),
+            started: s.started && s.running(),
+        }
+    }
+
+    fn view<'a>(&'a self, init: &'a [ContainerStatus], containers: &'a [ContainerStatus]) -> PodView<'a> {
+        PodView {
+            pod: &self.pod,
+            init,
+            containers,
+            initialized: self
+                .slots
+                .iter()
+                .filter(|s| s.init)
+                .all(|s| s.done && s.current.as_ref().is_some_and(|c| c.exit_code == 0)),
+            failed: self.failed.clone(),
+            pod_ip: self.pod_ip.clone(),
+            host_ip: self.env.ctx.host_ip.clone(),
+            start_time: self.start_time.clone(),
+            now: now_rfc3339(),
+        }
+    }
+
+    /// Writes the pod's status when it changed.
+    async fn report(&mut self) {
+        if self.frozen {
+            return;
+        }
+        let init: Vec<ContainerStatus> = self.slots.iter().filter(|s| s.init).map(|s| self.container_status(s)).collect();
+        let containers: Vec<ContainerStatus> = self.slots.iter().filter(|s| !s.init).map(|s| self.container_status(s)).collect();
+        let status = status::pod_status(&self.view(&init, &containers));
+        if self.sent.as_ref() == Some(&status) {
+            return;
+        }
+        let path = format!("{}/status", crate::client::path("pods", self.namespace(), self.name()));
+        match self.env.api.merge_patch(&path, &json!({"status": status})).await {
+            Ok(written) => {
+                self.pod["status"] = written["status"].clone();
+                self.sent = Some(status);
+            }
+            Err(e) if e.code == 404 => self.gone = true,
+            Err(e) => tracing::warn!(pod = %self.name(), error = %e, "writing the pod status failed"),
+        }
+    }
+}
+
+/// `20s`, `5m0s`, `150ms`: durations as the kubelet prints them.
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}

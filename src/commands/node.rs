@@ -1,0 +1,175 @@
+//! `capstan node`: a node agent joining a running daemon with the node-token file, running the
+//! pods bound to it on the local Docker Engine until SIGINT or SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use capstan_node::{Agent, NodeConfig};
+use serde_json::json;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The API server, e.g. https://127.0.0.1:6443.
+    #[arg(long)]
+    pub server: String,
+    /// The daemon's DATA_DIR/node-token (`<sha256 of the CA>::<secret>`).
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// The node's name; default: the host name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the agent keeps pod volumes; default: ~/.capstan/nodes/NAME.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The node's HTTPS endpoint (logs, stats) for the API server.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    pub listen: String,
+    /// Do not run the service proxy (for extra agents on a host that already runs one).
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// The address published in the Node; default: the host's address on its default route.
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+    /// Labels for the Node, `key=value,...`.
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// Taints for the Node at registration, `key=value:Effect,...`.
+    #[arg(long, value_delimiter = ',')]
+    pub register_with_taints: Vec<String>,
+    /// CPU capacity to report instead of the host's (e.g. `4`, `1500m`).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Memory capacity to report instead of the host's (e.g. `8Gi`).
+    #[arg(long)]
+    pub memory: Option<String>,
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// Allow hostPath volumes on this node.
+    #[arg(long)]
+    pub allow_host_path: bool,
+    /// The image of pod sandboxes.
+    #[arg(long, default_value = "capstan.local/pause:3")]
+    pub pause_image: String,
+    /// Crash-loop back-off: first wait, cap, and the clean run that resets it.
+    #[arg(long, default_value = "10s")]
+    pub restart_backoff: String,
+    #[arg(long, default_value = "300s")]
+    pub restart_backoff_max: String,
+    #[arg(long, default_value = "10m")]
+    pub restart_backoff_reset: String,
+    /// How often the node's Lease is renewed.
+    #[arg(long, default_value = "10s")]
+    pub lease_interval: String,
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns: String,
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Extra labels on every container and network the agent makes (`key=value`).
+    #[arg(long, hide = true)]
+    pub runtime_label: Vec<String>,
+}
+
+fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    let d: jiff::SignedDuration = text
+        .parse()
+        .with_context(|| format!("--{flag} {text:?}: expected a duration such as 500ms, 10s or 5m"))?;
+    Duration::try_from(d).with_context(|| format!("--{flag} {text:?}: must not be negative"))
+}
+
+fn pair(flag: &str, text: &str) -> anyhow::Result<(String, String)> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => bail!("--{flag} {text:?}: expected key=value"),
+    }
+}
+
+fn taint(text: &str) -> anyhow::Result<serde_json::Value> {
+    let (kv, effect) = text
+        .rsplit_once(':')
+        .with_context(|| format!("--register-with-taints {text:?}: expected key=value:Effect"))?;
+    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+        bail!("--register-with-taints {text:?}: the effect must be NoSchedule, PreferNoSchedule or NoExecute");
+    }
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    Ok(json!({"key": key, "value": value, "effect": effect}))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "node".into())
+}
+
+/// The agent's configuration from the flags.
+pub fn config(args: Args) -> anyhow::Result<NodeConfig> {
+    let name = args.name.unwrap_or_else(host_name);
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => super::daemon::default_data_dir()?.join("nodes").join(&name),
+    };
+    let mut c = NodeConfig::new(args.server, args.token_file, name, data_dir);
+    c.listen = args
+        .listen
+        .parse::<SocketAddr>()
+        .with_context(|| format!("--listen {:?}: expected ADDRESS:PORT", args.listen))?;
+    c.node_ip = args.node_ip;
+    c.labels = args
+        .node_labels
+        .iter()
+        .map(|l| pair("node-labels", l))
+        .collect::<anyhow::Result<_>>()?;
+    c.taints = args.register_with_taints.iter().map(|t| taint(t)).collect::<anyhow::Result<_>>()?;
+    c.cpus = args.cpus;
+    c.memory = args.memory;
+    c.max_pods = args.max_pods;
+    c.allow_host_path = args.allow_host_path;
+    c.pause_image = args.pause_image;
+    c.backoff.initial = duration("restart-backoff", &args.restart_backoff)?;
+    c.backoff.max = duration("restart-backoff-max", &args.restart_backoff_max)?;
+    c.backoff.reset_after = duration("restart-backoff-reset", &args.restart_backoff_reset)?;
+    c.lease_interval = duration("lease-interval", &args.lease_interval)?;
+    c.cluster_dns = args.cluster_dns;
+    c.cluster_domain = args.cluster_domain;
+    c.runtime_labels = args
+        .runtime_label
+        .iter()
+        .map(|l| pair("runtime-label", l))
+        .collect::<anyhow::Result<_>>()?;
+    if args.no_proxy {
+        tracing::debug!("--no-proxy: this agent runs no service proxy");
+    }
+    Ok(c)
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = config(args)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let agent = Agent::start(config).await?;
+        eprintln!("capstan node {}: running; endpoint {}", agent.name, agent.endpoint);
+        super::daemon::wait_for_signal().await;
+        eprintln!("capstan node {}: stopping (containers keep running)", agent.name);
+        agent.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_and_durations_parse() {
+        assert_eq!(
+            taint("dedicated=db:NoSchedule").unwrap(),
+            json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"})
+        );
+        assert!(taint("x:Sometimes").is_err());
+        assert_eq!(duration("d", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("d", "5m").unwrap(), Duration::from_secs(300));
+        assert!(duration("d", "soon").is_err());
+    }
+}
