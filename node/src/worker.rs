@@ -677,9 +677,10 @@ impl Worker {
                 let slot = &mut self.slots[i];
                 // Keep one exited container for `--previous`; older ones go.
                 if let Some(old) = slot.current.take()
-                    && let Some(p) = slot.previous.replace(old.id) {
-                        let _ = env.runtime.remove(&p).await;
-                    }
+                    && let Some(p) = slot.previous.replace(old.id)
+                {
+                    let _ = env.runtime.remove(&p).await;
+                }
                 slot.restarts = attempt;
                 slot.made = true;
                 slot.waiting = None;
