@@ -1,0 +1,176 @@
+//! Pod start latency on the real Docker Engine: the time from a pod being bound to its node
+//! until its status says Running (p50, p99), one pod at a time and in a burst, beside the raw
+//! create-and-start time of a container of the same image on the same bridge network, measured in
+//! the same run (the physical limit; a pod is two containers, its sandbox and its program).
+//!
+//! `cargo bench --bench pod_start` (`-- --quick`: 10 pods instead of 50). Needs the Docker Engine
+//! and the images from examples-repo/images/build.sh.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use capstan_containers::{ContainerConfig, Docker, NetworkMode, Runtime};
+use capstan_daemon::controllers::kind;
+use capstan_daemon::{Daemon, DaemonConfig};
+use capstan_node::{Agent, NodeConfig};
+use serde_json::json;
+
+const IMAGE: &str = "capstan.local/testapp:latest";
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1;
+    samples[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn pod(i: usize, node: &str) -> serde_json::Value {
+    json!({"metadata": {"name": format!("p-{i:03}"), "namespace": "bench"},
+           "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
+                    "containers": [{"name": "app", "image": IMAGE, "args": ["sleep", "3600"]}]}})
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
+    let n = if quick { 10 } else { 50 };
+    let images = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples-repo/images/build.sh")).status();
+    assert!(images.is_ok_and(|s| s.success()), "building the test images failed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n").unwrap();
+    for args in [&["init", "-q"][..], &["add", "-A"], &["commit", "-q", "-m", "bench"]] {
+        let ok = std::process::Command::new("git")
+            .args(["-c", "user.name=b", "-c", "user.email=b@b", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(&repo)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    let mut config = DaemonConfig::new(repo.to_str().unwrap(), dir.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.pod_cidr = (std::net::Ipv4Addr::new(10, 209, 0, 0), 16);
+    let d = Daemon::start(config).await.unwrap();
+    let run_label = ("capstan.test".to_owned(), format!("bench-{}", std::process::id()));
+    let node = format!("bench-{}", std::process::id());
+    let mut nc = NodeConfig::new(d.url(), d.node_token.clone(), node.clone(), dir.path().join("node"));
+    nc.listen = "127.0.0.1:0".parse().unwrap();
+    nc.node_ip = Some("127.0.0.1".parse().unwrap());
+    nc.runtime_labels = vec![run_label.clone()];
+    let agent = Agent::start(nc).await.unwrap();
+    let pods = kind("pods");
+    let network = capstan_node::pods::network_name(&node);
+    let docker = Docker::connect().await.unwrap();
+
+    // Wait for the namespace and the node's network (a first pod proves both).
+    let wait_running = |name: String| {
+        let cache = d.cache.clone();
+        async move {
+            loop {
+                if let Some(p) = cache.get(pods, "bench", &name)
+                    && p.object["status"]["phase"] == "Running"
+                {
+                    return Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    loop {
+        match d.objects.create(pods, pod(999, &node)).await {
+            Ok(_) => break,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(120), wait_running("p-999".into()))
+        .await
+        .expect("the first pod runs");
+
+    // The physical limit: create and start a container of the same image on the same network.
+    let mut raw = Vec::new();
+    for i in 0..n {
+        let c = ContainerConfig {
+            name: format!("capstan-bench-raw-{}-{i}", std::process::id()),
+            image: IMAGE.into(),
+            cmd: Some(vec!["sleep".into(), "3600".into()]),
+            network: Some(NetworkMode::Network(network.clone())),
+            labels: HashMap::from([run_label.clone()]),
+            ..ContainerConfig::default()
+        };
+        let t = Instant::now();
+        let id = docker.create(&c).await.unwrap();
+        docker.start(&id).await.unwrap();
+        raw.push(t.elapsed());
+        docker.remove(&id).await.unwrap();
+    }
+
+    // One pod at a time: bound, then Running.
+    let mut one = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        d.objects.create(pods, pod(i, &node)).await.unwrap();
+        let done = wait_running(format!("p-{i:03}")).await;
+        one.push(done - t);
+    }
+    // A burst: n pods bound at once.
+    let t = Instant::now();
+    let mut waits = Vec::new();
+    for i in 0..n {
+        d.objects.create(pods, pod(100 + i, &node)).await.unwrap();
+        waits.push(tokio::spawn(wait_running(format!("p-{:03}", 100 + i))));
+    }
+    let mut burst = Vec::new();
+    for w in waits {
+        burst.push(w.await.unwrap() - t);
+    }
+
+    let (r50, r99) = (percentile(&mut raw, 0.5), percentile(&mut raw, 0.99));
+    let (o50, o99) = (percentile(&mut one, 0.5), percentile(&mut one, 0.99));
+    let (b50, b99) = (percentile(&mut burst, 0.5), percentile(&mut burst, 0.99));
+    println!(
+        "Pod start benchmark{}: {n} pods on the real Docker Engine",
+        if quick { " (quick)" } else { "" }
+    );
+    println!(
+        "  raw container create+start (same image, same network)   p50 {:>7}   p99 {:>7}",
+        ms(r50),
+        ms(r99)
+    );
+    println!(
+        "  pod bound -> Running, one at a time                     p50 {:>7}   p99 {:>7}   ({:.2}x raw p99)",
+        ms(o50),
+        ms(o99),
+        o99.as_secs_f64() / r99.as_secs_f64()
+    );
+    println!(
+        "  pod bound -> Running, {n} bound at once                  p50 {:>7}   p99 {:>7}",
+        ms(b50),
+        ms(b99)
+    );
+
+    // Clean up: the agent stops and removes the pods' containers when they are deleted.
+    let (all, _) = d.cache.list(pods, Some("bench"));
+    for p in all.iter() {
+        let _ = d.objects.delete(pods, "bench", &p.name, None).await;
+    }
+    let labels = [(capstan_api::meta::LABEL_NODE, node.as_str())];
+    for _ in 0..600 {
+        if docker.list(&labels).await.map(|l| l.is_empty()).unwrap_or(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.shutdown().await;
+    for c in docker.list(&labels).await.unwrap_or_default() {
+        let _ = docker.remove(&c.id).await;
+    }
+    let _ = docker.remove_network(&network).await;
+    d.shutdown().await;
+}
