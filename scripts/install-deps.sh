@@ -6,6 +6,10 @@ need=()
 command -v git >/dev/null || need+=(git)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+# The service proxy's dataplane and the network-namespace tests.
+command -v nft >/dev/null || need+=(nftables)
+command -v iptables >/dev/null || need+=(iptables)
+command -v ip >/dev/null || need+=(iproute2)
 
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"

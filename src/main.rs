@@ -26,12 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// All in one: the daemon, one local node and the proxy, with the embedded store.
-    Up {
-        /// The repository to track; with none, a demo repository is created in the data dir.
-        repo: Option<String>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
+    Up(Box<commands::up::Args>),
     /// The control plane: Git source, store, API server, controllers, scheduler.
     Daemon {
         /// Path or URL (file://, https://, ssh) of the repository to track.
@@ -105,7 +100,7 @@ fn main() -> ExitCode {
         Command::Validate { path, output } => commands::validate::run(&path, output),
         Command::Plan { repo, path, range, output } => commands::plan::run(&repo, &path, &range, output),
         Command::Schemas { out } => commands::schemas::run(&out),
-        Command::Up { .. } => not_built("up", 8),
+        Command::Up(args) => commands::up::run(*args),
         Command::Daemon {
             repo,
             branch,

@@ -57,6 +57,10 @@ pub struct NodeConfig {
     pub lease_interval: Duration,
     /// How long to keep trying to reach the server at start.
     pub join_patience: Duration,
+    /// The service proxy this agent runs (one per host); `None`: `--no-proxy`. When its DNS
+    /// address is unset, the cluster DNS listens on the node's address, port 53 (unless that is
+    /// a loopback address, which pods cannot be pointed at).
+    pub proxy: Option<capstan_proxy::ProxyConfig>,
 }
 
 impl NodeConfig {
@@ -86,6 +90,7 @@ impl NodeConfig {
             cluster_domain: "cluster.local".into(),
             lease_interval: Duration::from_secs(10),
             join_patience: Duration::from_secs(30),
+            proxy: None,
         }
     }
 }
@@ -114,6 +119,8 @@ pub enum NodeError {
     Tls(String),
     #[error("creating {path}: {source}")]
     Write { path: String, source: std::io::Error },
+    #[error("the service proxy: {0}")]
+    Proxy(#[from] capstan_proxy::ProxyError),
 }
 
 /// The host's address on its default route (no packet is sent), else loopback.
@@ -134,6 +141,7 @@ pub struct Agent {
     pub endpoint: SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    proxy: Option<capstan_proxy::Proxy>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -164,7 +172,7 @@ impl Agent {
                 server: config.server.clone(),
                 message,
             })?;
-        let api = ApiClient::new(kube);
+        let api = ApiClient::new(kube.clone());
         let shutdown = CancellationToken::new();
         let (endpoint, server_task) = server::start(config.listen, &creds, runtime.clone(), config.name.clone(), shutdown.clone()).await?;
         let ip = config.node_ip.unwrap_or_else(default_ip);
@@ -189,6 +197,18 @@ impl Agent {
             })?;
         tracing::info!(node = %config.name, ip = %ip, endpoint = %endpoint, "node registered");
 
+        let proxy = match config.proxy.clone() {
+            Some(mut p) => {
+                if let (None, IpAddr::V4(v4)) = (p.dns, ip)
+                    && !v4.is_loopback()
+                {
+                    p.dns = Some(std::net::SocketAddrV4::new(v4, 53));
+                }
+                p.cluster_domain = config.cluster_domain.clone();
+                Some(capstan_proxy::Proxy::start(kube, p).await?)
+            }
+            None => None,
+        };
         let mut tasks = vec![server_task];
         tasks.push(tokio::spawn(register::heartbeat(
             api.clone(),
@@ -226,6 +246,7 @@ impl Agent {
             endpoint,
             shutdown,
             tasks,
+            proxy,
         })
     }
 
@@ -234,6 +255,9 @@ impl Agent {
         self.shutdown.cancel();
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(p) = self.proxy {
+            p.shutdown().await;
         }
     }
 }

@@ -321,15 +321,19 @@ impl Worker {
             }
             let next = self.sync().await;
             let mut received = tokio::select! {
-                m = inputs.recv() => Some(m),
+                m = inputs.recv() => match m {
+                    Some(m) => Some(m),
+                    // The agent is stopping: leave the containers for the next agent to adopt.
+                    None => return,
+                },
                 _ = tokio::time::sleep_until(next) => None,
             };
             // Take everything queued, keeping the newest pod.
-            while let Some(m) = received.take().or_else(|| inputs.try_recv().ok().map(Some)) {
+            while let Some(m) = received.take().or_else(|| inputs.try_recv().ok()) {
                 match m {
-                    Some(Input::Pod(p)) => self.update_pod(*p),
-                    Some(Input::Gone) | None => self.gone = true,
-                    Some(Input::Poke) => {}
+                    Input::Pod(p) => self.update_pod(*p),
+                    Input::Gone => self.gone = true,
+                    Input::Poke => {}
                 }
             }
         }

@@ -13,11 +13,11 @@ use serde_json::json;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The API server, e.g. https://127.0.0.1:6443.
-    #[arg(long)]
-    pub server: String,
+    #[arg(long, required_unless_present = "cleanup_proxy")]
+    pub server: Option<String>,
     /// The daemon's DATA_DIR/node-token (`<sha256 of the CA>::<secret>`).
-    #[arg(long)]
-    pub token_file: PathBuf,
+    #[arg(long, required_unless_present = "cleanup_proxy")]
+    pub token_file: Option<PathBuf>,
     /// The node's name; default: the host name.
     #[arg(long)]
     pub name: Option<String>,
@@ -67,6 +67,21 @@ pub struct Args {
     pub cluster_dns: String,
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// The proxy's dataplane: `ipvs`, `nftables`, or `auto` (IPVS where the kernel has it).
+    #[arg(long, default_value = "auto")]
+    pub proxy_mode: capstan_proxy::ProxyMode,
+    /// The service range: traffic to it that no service takes is rejected on this host.
+    #[arg(long, default_value = "10.96.0.0/16")]
+    pub service_cidr: String,
+    /// The pod range: connections from outside it to a service are masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// Remove the proxy's rules (nftables table, DOCKER-USER rules) and exit.
+    #[arg(long)]
+    pub cleanup_proxy: bool,
+    /// The nftables table the proxy owns (tests use their own).
+    #[arg(long, default_value = "capstan-proxy", hide = true)]
+    pub proxy_table: String,
     /// Extra labels on every container and network the agent makes (`key=value`).
     #[arg(long, hide = true)]
     pub runtime_label: Vec<String>,
@@ -97,6 +112,22 @@ fn taint(text: &str) -> anyhow::Result<serde_json::Value> {
     Ok(json!({"key": key, "value": value, "effect": effect}))
 }
 
+fn cidr(flag: &str, text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+    text.split_once('/')
+        .and_then(|(ip, bits)| Some((ip.parse().ok()?, bits.parse::<u8>().ok().filter(|b| *b <= 32)?)))
+        .with_context(|| format!("--{flag} {text:?}: expected an IPv4 range such as 10.96.0.0/16"))
+}
+
+/// The proxy's settings from the flags.
+pub fn proxy_config(mode: &capstan_proxy::ProxyMode, service_cidr: &str, cluster_cidr: &str) -> anyhow::Result<capstan_proxy::ProxyConfig> {
+    Ok(capstan_proxy::ProxyConfig {
+        mode: *mode,
+        service_cidr: cidr("service-cidr", service_cidr)?,
+        pod_cidr: cidr("cluster-cidr", cluster_cidr)?,
+        ..capstan_proxy::ProxyConfig::default()
+    })
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_ascii_lowercase())
@@ -110,7 +141,10 @@ pub fn config(args: Args) -> anyhow::Result<NodeConfig> {
         Some(d) => d,
         None => super::daemon::default_data_dir()?.join("nodes").join(&name),
     };
-    let mut c = NodeConfig::new(args.server, args.token_file, name, data_dir);
+    let (Some(server), Some(token_file)) = (args.server, args.token_file) else {
+        bail!("--server and --token-file are required");
+    };
+    let mut c = NodeConfig::new(server, token_file, name, data_dir);
     c.listen = args
         .listen
         .parse::<SocketAddr>()
@@ -138,15 +172,26 @@ pub fn config(args: Args) -> anyhow::Result<NodeConfig> {
         .iter()
         .map(|l| pair("runtime-label", l))
         .collect::<anyhow::Result<_>>()?;
-    if args.no_proxy {
-        tracing::debug!("--no-proxy: this agent runs no service proxy");
-    }
+    c.proxy = (!args.no_proxy)
+        .then(|| proxy_config(&args.proxy_mode, &args.service_cidr, &args.cluster_cidr))
+        .transpose()?
+        .map(|p| capstan_proxy::ProxyConfig {
+            table: args.proxy_table.clone(),
+            ..p
+        });
     Ok(c)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = config(args)?;
     let rt = tokio::runtime::Runtime::new()?;
+    if args.cleanup_proxy {
+        let mut p = proxy_config(&args.proxy_mode, &args.service_cidr, &args.cluster_cidr)?;
+        p.table = args.proxy_table.clone();
+        rt.block_on(capstan_proxy::sync::cleanup(&p))?;
+        eprintln!("capstan node: removed the proxy's table {} and its DOCKER-USER rules", p.table);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = config(args)?;
     rt.block_on(async {
         let agent = Agent::start(config).await?;
         eprintln!("capstan node {}: running; endpoint {}", agent.name, agent.endpoint);

@@ -1,0 +1,240 @@
+//! Cluster DNS, served by each host's proxy from the Services it already watches:
+//! `<service>.<namespace>.svc.<domain>` answers the ClusterIP (a headless Service: its ready
+//! endpoints), other names in the cluster domain are NXDOMAIN, names outside it are REFUSED (the
+//! cluster has no upstream resolver). Pods reach it at the `kube-dns` ClusterIP, which the proxy
+//! points here.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{RData, Record, RecordType};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::model::SERVICE_NAME_LABEL;
+
+/// How long clients may cache an answer; short, since endpoints come and go (CoreDNS: 30 s).
+const TTL: u32 = 5;
+
+/// The names the cluster answers, lower case and fully qualified without the final dot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Records {
+    pub domain: String,
+    pub names: BTreeMap<String, Vec<Ipv4Addr>>,
+}
+
+/// The records for `services` (ready endpoints from `slices` for headless ones).
+pub fn records<'a>(
+    domain: &str,
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice> + Clone,
+) -> Records {
+    let mut names = BTreeMap::new();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let Some(name) = svc.metadata.name.as_deref() else { continue };
+        let mut ips: Vec<Ipv4Addr> = match spec.cluster_ip.as_deref() {
+            Some("None") => slices
+                .clone()
+                .into_iter()
+                .filter(|s| {
+                    s.metadata.namespace.as_deref() == Some(ns)
+                        && s.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                            .map(String::as_str)
+                            == Some(name)
+                })
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+                .flat_map(|e| e.addresses.iter().filter_map(|a| a.parse().ok()))
+                .collect(),
+            Some(ip) => ip.parse().into_iter().collect(),
+            None => continue,
+        };
+        ips.sort();
+        ips.dedup();
+        names.insert(format!("{name}.{ns}.svc.{domain}"), ips);
+    }
+    Records {
+        domain: domain.to_owned(),
+        names,
+    }
+}
+
+/// The answer to one DNS message; None when it is not a query worth answering.
+pub fn answer(request: &[u8], records: &Records) -> Option<Vec<u8>> {
+    let query = Message::from_vec(request).ok()?;
+    if query.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.authoritative = true;
+    let code = match (query.metadata.op_code, query.queries.as_slice()) {
+        (OpCode::Query, [q]) => {
+            reply.add_query(q.clone());
+            let name = q.name().to_lowercase().to_ascii();
+            let name = name.trim_end_matches('.');
+            let suffix = format!(".{}", records.domain);
+            if !name.ends_with(&suffix) && name != records.domain {
+                ResponseCode::Refused
+            } else {
+                match records.names.get(name) {
+                    // The name exists: A records for an A (or ANY) query, an empty answer otherwise.
+                    Some(ips) => {
+                        if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
+                            for ip in ips {
+                                reply.add_answer(Record::from_rdata(q.name().clone(), TTL, RData::A(A(*ip))));
+                            }
+                        }
+                        ResponseCode::NoError
+                    }
+                    None => ResponseCode::NXDomain,
+                }
+            }
+        }
+        (OpCode::Query, _) => ResponseCode::FormErr,
+        _ => ResponseCode::NotImp,
+    };
+    reply.metadata.response_code = code;
+    reply.to_vec().ok()
+}
+
+/// The sockets of a DNS server, bound.
+#[derive(Debug)]
+pub struct Server {
+    udp: Arc<UdpSocket>,
+    tcp: TcpListener,
+}
+
+impl Server {
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Server> {
+        Ok(Server {
+            udp: Arc::new(UdpSocket::bind(addr).await?),
+            tcp: TcpListener::bind(addr).await?,
+        })
+    }
+
+    /// Answers from `records` over UDP and TCP until cancelled.
+    pub async fn serve(self, records: Arc<RwLock<Records>>, cancel: CancellationToken) {
+        if let Ok(addr) = self.tcp.local_addr() {
+            tracing::info!("cluster DNS on {addr} (udp, tcp)");
+        }
+        let (udp, udp_records, udp_cancel) = (self.udp, records.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (n, from) = tokio::select! {
+                    _ = udp_cancel.cancelled() => return,
+                    r = udp.recv_from(&mut buf) => match r { Ok(r) => r, Err(_) => continue },
+                };
+                let reply = answer(&buf[..n], &udp_records.read().expect("records lock"));
+                if let Some(reply) = reply {
+                    let _ = udp.send_to(&reply, from).await;
+                }
+            }
+        });
+        loop {
+            let (mut stream, _) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.tcp.accept() => match r { Ok(r) => r, Err(_) => continue },
+            };
+            let records = records.clone();
+            tokio::spawn(async move {
+                // Length-prefixed messages, as many as the client sends.
+                loop {
+                    let Ok(len) = stream.read_u16().await else { return };
+                    let mut buf = vec![0u8; usize::from(len)];
+                    if stream.read_exact(&mut buf).await.is_err() {
+                        return;
+                    }
+                    let Some(reply) = answer(&buf, &records.read().expect("records lock")) else {
+                        return;
+                    };
+                    let Ok(len) = u16::try_from(reply.len()) else { return };
+                    if stream.write_u16(len).await.is_err() || stream.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+    use serde_json::json;
+
+    fn ask(name: &str, ty: RecordType, records: &Records) -> Message {
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), ty));
+        Message::from_vec(&answer(&q.to_vec().unwrap(), records).unwrap()).unwrap()
+    }
+
+    fn fixture() -> Records {
+        let svc: Service = serde_json::from_value(json!({"metadata": {"name": "redis", "namespace": "guestbook"},
+            "spec": {"clusterIP": "10.96.0.44", "ports": [{"port": 6379}]}}))
+        .unwrap();
+        let headless: Service = serde_json::from_value(json!({"metadata": {"name": "db", "namespace": "guestbook"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}))
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "db-1", "namespace": "guestbook",
+                "labels": {SERVICE_NAME_LABEL: "db"}}, "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.9"]}, {"addresses": ["10.244.0.8"], "conditions": {"ready": true}},
+                          {"addresses": ["10.244.0.7"], "conditions": {"ready": false}}]}))
+        .unwrap();
+        records("cluster.local", [&svc, &headless], [&slice])
+    }
+
+    #[test]
+    fn services_resolve_to_their_cluster_ip_case_insensitively() {
+        let r = ask("Redis.Guestbook.svc.cluster.local.", RecordType::A, &fixture());
+        assert_eq!(r.metadata.id, 7);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(r.metadata.authoritative && r.metadata.recursion_desired);
+        let ips: Vec<_> = r.answers.iter().map(|a| a.data.clone()).collect();
+        assert_eq!(ips, vec![RData::A(A("10.96.0.44".parse().unwrap()))]);
+    }
+
+    #[test]
+    fn headless_services_resolve_to_ready_endpoints() {
+        let r = ask("db.guestbook.svc.cluster.local.", RecordType::A, &fixture());
+        let ips: Vec<_> = r.answers.iter().map(|a| a.data.clone()).collect();
+        assert_eq!(
+            ips,
+            vec![
+                RData::A(A("10.244.0.8".parse().unwrap())),
+                RData::A(A("10.244.0.9".parse().unwrap()))
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_names_other_types_and_outside_names() {
+        let f = fixture();
+        // The search path tries `redis.guestbook.guestbook.svc.cluster.local` first: NXDOMAIN.
+        assert_eq!(
+            ask("redis.guestbook.guestbook.svc.cluster.local.", RecordType::A, &f)
+                .metadata
+                .response_code,
+            ResponseCode::NXDomain
+        );
+        let aaaa = ask("redis.guestbook.svc.cluster.local.", RecordType::AAAA, &f);
+        assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
+        assert!(aaaa.answers.is_empty(), "the name exists, with no IPv6 address");
+        assert_eq!(ask("example.com.", RecordType::A, &f).metadata.response_code, ResponseCode::Refused);
+    }
+}

@@ -1,0 +1,111 @@
+//! Capstan's service proxy: watches Services and EndpointSlices through the API and programs
+//! each service's virtual addresses into the kernel, so that connections to a ClusterIP or a
+//! node port reach one of its ready endpoints.
+//!
+//! [`model`] is the pure core (objects in, virtual services out); [`nft`] renders and applies
+//! them as an nftables table of our own; [`firewall`] opens Docker's FORWARD policy for the pod
+//! range; [`dns`] answers the cluster's names; [`sync`] is the loop that keeps the kernel in line.
+
+pub mod dns;
+pub mod firewall;
+pub mod model;
+pub mod nft;
+pub mod sync;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+pub use nft::Spread;
+pub use sync::Proxy;
+
+/// Which kernel dataplane programs the services.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// IPVS when the kernel has it, nftables otherwise.
+    #[default]
+    Auto,
+    Nftables,
+    Ipvs,
+}
+
+impl std::str::FromStr for ProxyMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ProxyMode, String> {
+        match s {
+            "auto" => Ok(ProxyMode::Auto),
+            "nftables" => Ok(ProxyMode::Nftables),
+            "ipvs" => Ok(ProxyMode::Ipvs),
+            other => Err(format!("unknown proxy mode {other:?}: expected ipvs, nftables or auto")),
+        }
+    }
+}
+
+/// The proxy's settings.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub mode: ProxyMode,
+    /// The nftables table the proxy owns (family `ip`).
+    pub table: String,
+    pub service_cidr: (Ipv4Addr, u8),
+    pub pod_cidr: (Ipv4Addr, u8),
+    pub spread: Spread,
+    /// Run `nft` and `iptables` inside this network namespace (tests); `None`: the host's.
+    pub netns: Option<String>,
+    /// Changes closer together than this are applied together.
+    pub min_sync_interval: Duration,
+    /// How often the whole table is rewritten, repairing changes made by anyone else.
+    pub resync_interval: Duration,
+    /// Where this host's cluster DNS listens; the `kube-dns` ClusterIP is pointed here. `None`:
+    /// no DNS server.
+    pub dns: Option<SocketAddrV4>,
+    pub cluster_domain: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> ProxyConfig {
+        ProxyConfig {
+            mode: ProxyMode::Auto,
+            table: "capstan-proxy".into(),
+            service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 16),
+            pod_cidr: (Ipv4Addr::new(10, 244, 0, 0), 16),
+            spread: Spread::Random,
+            netns: None,
+            min_sync_interval: Duration::from_millis(100),
+            resync_interval: Duration::from_secs(30),
+            dns: None,
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("running {program}: {source} (is the nftables package installed?)")]
+    Spawn {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cluster DNS on {addr}: {source}")]
+    Dns {
+        addr: SocketAddrV4,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nft refused the update: {stderr}")]
+    Nft { stderr: String },
+    #[error("iptables {args}: {stderr}")]
+    Iptables { args: String, stderr: String },
+    #[error(
+        "--proxy-mode ipvs: this kernel has no IPVS (no /proc/net/ip_vs, and `modprobe ip_vs` did not help); use --proxy-mode nftables"
+    )]
+    NoIpvs,
+    #[error("--proxy-mode ipvs: the IPVS backend is not built yet; use --proxy-mode nftables")]
+    IpvsNotBuilt,
+}
+
+/// Whether the kernel (of the current network namespace) has the IPVS family.
+pub fn kernel_has_ipvs() -> bool {
+    std::path::Path::new("/proc/net/ip_vs").exists()
+}

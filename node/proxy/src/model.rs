@@ -1,0 +1,279 @@
+//! The proxy's pure core: Services and their EndpointSlices in, the virtual services the kernel
+//! should hold out — one per (address, protocol, port), each with its ready endpoints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn parse(s: Option<&str>) -> Option<Protocol> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            _ => None, // SCTP: not proxied
+        }
+    }
+
+    /// The name nftables and `/etc/protocols` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where traffic to a service is caught.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Frontend {
+    /// The ClusterIP and the service port.
+    ClusterIp(Ipv4Addr, u16),
+    /// A port on every address of the node.
+    NodePort(u16),
+}
+
+/// One real server: a ready endpoint's address and target port.
+pub type Backend = (Ipv4Addr, u16);
+
+/// One virtual service: a frontend, how it spreads, and the ready endpoints behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualService {
+    pub frontend: Frontend,
+    pub protocol: Protocol,
+    /// `namespace/name:port` of the Service port, for names and logs.
+    pub service: String,
+    /// sessionAffinity ClientIP: how long a client sticks to its endpoint, in seconds.
+    pub affinity: Option<u32>,
+    /// Ready endpoints, sorted; empty means the service has none and its traffic is rejected.
+    pub backends: Vec<Backend>,
+}
+
+impl VirtualService {
+    /// The identity of the virtual service in the kernel.
+    pub fn key(&self) -> (Frontend, Protocol) {
+        (self.frontend, self.protocol)
+    }
+}
+
+/// Kubernetes' default ClientIP affinity timeout (3 hours).
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
+
+/// The virtual services for `services`, with endpoints from `slices` (any order, any namespaces).
+/// Services without a ClusterIP (headless, ExternalName, not yet allocated) get none; IPv6 is
+/// ignored. The result is sorted by frontend and protocol.
+pub fn desired<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> Vec<VirtualService> {
+    // Slices by (namespace, service name).
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        if s.address_type != "IPv4" {
+            continue;
+        }
+        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+        if let Some(name) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+            by_service.entry((ns, name.as_str())).or_default().push(s);
+        }
+    }
+    let mut out = Vec::new();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if ty == "ExternalName" {
+            continue;
+        }
+        let cluster_ip = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+        let Some(cluster_ip) = cluster_ip else { continue };
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+        });
+        let slices = by_service.get(&(ns, name)).map(Vec::as_slice).unwrap_or_default();
+        for port in spec.ports.iter().flatten() {
+            let Some(protocol) = Protocol::parse(port.protocol.as_deref()) else {
+                continue;
+            };
+            let Ok(number) = u16::try_from(port.port) else { continue };
+            let backends = ready_backends(slices, port.name.as_deref(), protocol);
+            let label = format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or(&number.to_string()));
+            let mut push = |frontend| {
+                out.push(VirtualService {
+                    frontend,
+                    protocol,
+                    service: label.clone(),
+                    affinity,
+                    backends: backends.clone(),
+                })
+            };
+            push(Frontend::ClusterIp(cluster_ip, number));
+            if matches!(ty, "NodePort" | "LoadBalancer")
+                && let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0)
+            {
+                push(Frontend::NodePort(node_port));
+            }
+        }
+    }
+    out.sort_by_key(VirtualService::key);
+    // Two Services claiming one frontend (a conflict the allocator should have refused): the
+    // first by name wins, deterministically.
+    out.dedup_by_key(|v| v.key());
+    out
+}
+
+/// The built-in `kube-dns` Service, whose endpoints are each host's own DNS server.
+pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
+
+/// Points the `kube-dns` ports that have no endpoints at this host's DNS server (port for port:
+/// it answers UDP and TCP on one port).
+pub fn with_local_dns(mut services: Vec<VirtualService>, dns: std::net::SocketAddrV4) -> Vec<VirtualService> {
+    let prefix = format!("{}/{}:", DNS_SERVICE.0, DNS_SERVICE.1);
+    for vs in &mut services {
+        if vs.service.starts_with(&prefix) && vs.backends.is_empty() {
+            vs.backends = vec![(*dns.ip(), dns.port())];
+        }
+    }
+    services
+}
+
+/// The ready endpoints of the slice port named `port_name` (a Service port and its slice ports
+/// share names; a single unnamed port matches the unnamed slice port).
+fn ready_backends(slices: &[&EndpointSlice], port_name: Option<&str>, protocol: Protocol) -> Vec<Backend> {
+    let mut out = Vec::new();
+    for slice in slices {
+        let port = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or_default() == port_name.unwrap_or_default()
+                && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
+        });
+        let Some(target) = port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            // An unset `ready` means ready (the API's contract); terminating endpoints are not.
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            for a in &ep.addresses {
+                if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                    out.push((ip, target));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn slice(v: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn web() -> Service {
+        svc(json!({"metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.20", "ports": [
+                {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080},
+                {"name": "dns", "port": 53, "protocol": "UDP"}]}}))
+    }
+
+    fn web_slice() -> EndpointSlice {
+        slice(
+            json!({"metadata": {"name": "web-1", "namespace": "shop", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
+            "endpoints": [
+                {"addresses": ["10.244.0.7"], "conditions": {"ready": true}},
+                {"addresses": ["10.244.0.5"]},
+                {"addresses": ["10.244.0.9"], "conditions": {"ready": false, "serving": true, "terminating": true}}]}),
+        )
+    }
+
+    #[test]
+    fn ports_by_name_protocols_and_node_ports() {
+        let out = desired([&web()], [&web_slice()]);
+        let frontends: Vec<_> = out.iter().map(|v| (v.frontend, v.protocol)).collect();
+        assert_eq!(
+            frontends,
+            vec![
+                (Frontend::ClusterIp("10.96.0.20".parse().unwrap(), 53), Protocol::Udp),
+                (Frontend::ClusterIp("10.96.0.20".parse().unwrap(), 80), Protocol::Tcp),
+                (Frontend::NodePort(30080), Protocol::Tcp),
+            ]
+        );
+        let ready = vec![("10.244.0.5".parse().unwrap(), 8080), ("10.244.0.7".parse().unwrap(), 8080)];
+        assert_eq!(out[1].backends, ready, "not-ready endpoints are left out, the rest sorted");
+        assert_eq!(out[2].backends, ready);
+        assert_eq!(out[0].backends[0].1, 5353);
+        assert_eq!(out[1].service, "shop/web:http");
+        assert_eq!(out[1].affinity, None);
+    }
+
+    #[test]
+    fn services_without_endpoints_stay_with_none() {
+        let out = desired([&web()], []);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|v| v.backends.is_empty()));
+    }
+
+    #[test]
+    fn affinity_headless_external_name_and_slices_of_other_services() {
+        let sticky = svc(json!({"metadata": {"name": "s", "namespace": "a"},
+            "spec": {"clusterIP": "10.96.0.30", "sessionAffinity": "ClientIP", "ports": [{"port": 80}]}}));
+        let timed = svc(json!({"metadata": {"name": "t", "namespace": "a"},
+            "spec": {"clusterIP": "10.96.0.31", "sessionAffinity": "ClientIP",
+                     "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}, "ports": [{"port": 80}]}}));
+        let headless = svc(json!({"metadata": {"name": "h", "namespace": "a"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
+        let external =
+            svc(json!({"metadata": {"name": "e", "namespace": "a"}, "spec": {"type": "ExternalName", "externalName": "x.example"}}));
+        // A slice of a same-named Service in another namespace, and an unnamed port.
+        let other = slice(
+            json!({"metadata": {"name": "s-1", "namespace": "b", "labels": {SERVICE_NAME_LABEL: "s"}},
+            "addressType": "IPv4", "ports": [{"port": 9}], "endpoints": [{"addresses": ["10.244.1.1"]}]}),
+        );
+        let own = slice(
+            json!({"metadata": {"name": "s-1", "namespace": "a", "labels": {SERVICE_NAME_LABEL: "s"}},
+            "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": [{"addresses": ["10.244.0.3"]}]}),
+        );
+        let out = desired([&sticky, &timed, &headless, &external], [&other, &own]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].affinity, Some(DEFAULT_AFFINITY_SECONDS));
+        assert_eq!(out[0].backends, vec![("10.244.0.3".parse().unwrap(), 8080)]);
+        assert_eq!(out[1].affinity, Some(60));
+        assert!(out[1].backends.is_empty());
+    }
+}

@@ -1,0 +1,258 @@
+//! The proxy's loop: watch Services and EndpointSlices, and after each burst of changes apply
+//! the difference to the kernel in one transaction; rewrite the whole table every resync interval
+//! to repair what anyone else changed. Nothing is applied before both lists are complete, so a
+//! restarting proxy never empties the table; a clean exit leaves the rules in place.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::nft::{self, Nft, NftSettings, Ruleset};
+use crate::{ProxyConfig, ProxyError, ProxyMode, firewall};
+use crate::{dns, model};
+
+/// What the watches have seen.
+#[derive(Default)]
+struct View {
+    services: BTreeMap<String, Service>,
+    slices: BTreeMap<String, EndpointSlice>,
+    services_listed: bool,
+    slices_listed: bool,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    applied: watch::Receiver<u64>,
+    pub backend: &'static str,
+}
+
+impl Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("backend", &self.backend).finish()
+    }
+}
+
+fn cidr((ip, bits): (std::net::Ipv4Addr, u8)) -> String {
+    format!("{ip}/{bits}")
+}
+
+impl Proxy {
+    /// Chooses the backend, checks that it works, opens Docker's FORWARD chain for the pod range
+    /// and starts the loop.
+    pub async fn start(client: kube::Client, config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        let has_ipvs = crate::kernel_has_ipvs();
+        match (config.mode, has_ipvs) {
+            (ProxyMode::Ipvs, false) => return Err(ProxyError::NoIpvs),
+            (ProxyMode::Ipvs, true) => return Err(ProxyError::IpvsNotBuilt),
+            (ProxyMode::Auto, true) => {
+                tracing::info!("proxy: the kernel has IPVS, but this build programs services with nftables")
+            }
+            (ProxyMode::Auto, false) => tracing::info!("proxy: the kernel has no IPVS; programming services with nftables"),
+            (ProxyMode::Nftables, _) => tracing::info!("proxy: programming services with nftables (--proxy-mode nftables)"),
+        }
+        let nft = Nft {
+            netns: config.netns.clone(),
+            table: config.table.clone(),
+        };
+        nft.list().await?; // nft is there and answers
+        firewall::open(config.netns.as_deref(), &cidr(config.pod_cidr)).await?;
+
+        let view = Arc::new(Mutex::new(View::default()));
+        let changed = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let records = Arc::new(RwLock::new(dns::Records {
+            domain: config.cluster_domain.clone(),
+            ..dns::Records::default()
+        }));
+        let mut dns_task = None;
+        if let Some(addr) = config.dns {
+            // Bind here, so that a taken port is an error of start, not a log line later.
+            let server = dns::Server::bind(addr.into())
+                .await
+                .map_err(|source| ProxyError::Dns { addr, source })?;
+            dns_task = Some(tokio::spawn(server.serve(records.clone(), cancel.clone())));
+        }
+        let (applied_tx, applied) = watch::channel(0u64);
+        let mut tasks = vec![
+            tokio::spawn(watch_kind(
+                Api::<Service>::all(client.clone()),
+                view.clone(),
+                changed.clone(),
+                cancel.clone(),
+                |v| (&mut v.services, &mut v.services_listed),
+            )),
+            tokio::spawn(watch_kind(
+                Api::<EndpointSlice>::all(client),
+                view.clone(),
+                changed.clone(),
+                cancel.clone(),
+                |v| (&mut v.slices, &mut v.slices_listed),
+            )),
+            tokio::spawn(apply_loop(config, nft, view, changed, records, cancel.clone(), applied_tx)),
+        ];
+        tasks.extend(dns_task);
+        Ok(Proxy {
+            cancel,
+            tasks,
+            applied,
+            backend: "nftables",
+        })
+    }
+
+    /// How many transactions have been applied so far; changes each time one lands.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// Stops the loop; the rules stay, so traffic keeps flowing until the next start.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Removes everything a proxy made (`capstan node --cleanup-proxy`).
+pub async fn cleanup(config: &ProxyConfig) -> Result<(), ProxyError> {
+    let nft = Nft {
+        netns: config.netns.clone(),
+        table: config.table.clone(),
+    };
+    nft.delete_table().await?;
+    firewall::close(config.netns.as_deref(), &cidr(config.pod_cidr)).await
+}
+
+fn key<K: Resource>(o: &K) -> String {
+    format!("{}/{}", o.meta().namespace.as_deref().unwrap_or_default(), o.name_any())
+}
+
+type Pick<K> = fn(&mut View) -> (&mut BTreeMap<String, K>, &mut bool);
+
+async fn watch_kind<K>(api: Api<K>, view: Arc<Mutex<View>>, changed: Arc<Notify>, cancel: CancellationToken, pick: Pick<K>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut listing: Option<BTreeMap<String, K>> = None;
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => return,
+            e = stream.next() => e,
+        };
+        let Some(event) = event else { return };
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("proxy: watching {}: {e}", K::plural(&Default::default()));
+                continue;
+            }
+        };
+        let mut v = view.lock().expect("view lock");
+        let (objects, listed) = pick(&mut v);
+        match event {
+            Event::Init => listing = Some(BTreeMap::new()),
+            Event::InitApply(o) => {
+                if let Some(l) = listing.as_mut() {
+                    l.insert(key(&o), o);
+                }
+            }
+            Event::InitDone => {
+                *objects = listing.take().unwrap_or_default();
+                *listed = true;
+                changed.notify_one();
+            }
+            Event::Apply(o) => {
+                objects.insert(key(&o), o);
+                changed.notify_one();
+            }
+            Event::Delete(o) => {
+                objects.remove(&key(&o));
+                changed.notify_one();
+            }
+        }
+    }
+}
+
+async fn apply_loop(
+    config: ProxyConfig,
+    nft: Nft,
+    view: Arc<Mutex<View>>,
+    changed: Arc<Notify>,
+    records: Arc<RwLock<dns::Records>>,
+    cancel: CancellationToken,
+    applied_tx: watch::Sender<u64>,
+) {
+    let settings = NftSettings {
+        table: config.table.clone(),
+        service_cidr: config.service_cidr,
+        pod_cidr: config.pod_cidr,
+        spread: config.spread,
+    };
+    // What the last successful transaction left in the kernel; None: unknown, rewrite it all.
+    let mut applied: Option<Ruleset> = None;
+    let mut next_full = Instant::now();
+    let mut last_apply = Instant::now() - config.min_sync_interval;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep_until(next_full) => {}
+        }
+        // Let a burst of changes gather into one transaction.
+        tokio::time::sleep_until(last_apply + config.min_sync_interval).await;
+        let services = {
+            let v = view.lock().expect("view lock");
+            if !(v.services_listed && v.slices_listed) {
+                continue; // never apply half a picture
+            }
+            *records.write().expect("records lock") = dns::records(&config.cluster_domain, v.services.values(), v.slices.values());
+            let services = model::desired(v.services.values(), v.slices.values());
+            match config.dns {
+                Some(addr) => model::with_local_dns(services, addr),
+                None => services,
+            }
+        };
+        let wanted = Ruleset::build(&services, &settings);
+        let full = applied.is_none() || Instant::now() >= next_full;
+        let result = match (&applied, full) {
+            (Some(old), false) => nft.apply(&nft::delta_script(old, &wanted, &settings)).await,
+            _ => match nft.list().await {
+                Ok(text) => nft.apply(&nft::full_script(&wanted, &settings, &nft::parse_listing(&text))).await,
+                Err(e) => Err(e),
+            },
+        };
+        last_apply = Instant::now();
+        match result {
+            Ok(()) => {
+                if full {
+                    next_full = Instant::now() + config.resync_interval;
+                }
+                tracing::debug!(services = services.len(), full, "proxy: applied");
+                applied = Some(wanted);
+                applied_tx.send_modify(|n| *n += 1);
+            }
+            Err(e) => {
+                tracing::warn!("proxy: {e}; retrying with a full rewrite");
+                applied = None;
+                next_full = Instant::now() + Duration::from_secs(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! `capstan up`: everything in one process — the daemon with its embedded store, one node agent
+//! on the local Docker Engine and the service proxy — tracking a repository; with none, a demo
+//! repository made once from the example. Ctrl-C stops it; the containers keep running and are
+//! adopted on the next start.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use capstan_daemon::controllers::kind;
+use capstan_daemon::{Daemon, DaemonConfig};
+use capstan_node::{Agent, NodeConfig};
+
+/// The example repository, built into the binary so that `up` works from anywhere.
+const EXAMPLE: &[(&str, &str)] = &[
+    ("README.md", include_str!("../../examples-repo/README.md")),
+    ("namespace.yaml", include_str!("../../examples-repo/namespace.yaml")),
+    ("settings.yaml", include_str!("../../examples-repo/settings.yaml")),
+    ("guestbook/config.yaml", include_str!("../../examples-repo/guestbook/config.yaml")),
+    (
+        "guestbook/frontend.yaml",
+        include_str!("../../examples-repo/guestbook/frontend.yaml"),
+    ),
+    ("redis/redis.yaml", include_str!("../../examples-repo/redis/redis.yaml")),
+];
+
+/// The image recipes, where this binary was built from a source tree.
+const IMAGES_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples-repo/images/build.sh");
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The repository to track (path or URL); with none, a demo repository is created in the
+    /// data dir.
+    pub repo: Option<String>,
+    /// Default: ~/.capstan.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Where the API server listens.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: String,
+    /// The pod range, split into a /24 per node.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// The node's name; default: the host name.
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The node's HTTPS endpoint (logs, stats).
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    pub node_listen: String,
+    /// The proxy's dataplane: `ipvs`, `nftables`, or `auto`.
+    #[arg(long, default_value = "auto")]
+    pub proxy_mode: capstan_proxy::ProxyMode,
+    /// The nftables table the proxy owns (tests use their own).
+    #[arg(long, default_value = "capstan-proxy", hide = true)]
+    pub proxy_table: String,
+    /// Extra labels on every container and network the node makes (`key=value`; tests).
+    #[arg(long, hide = true)]
+    pub runtime_label: Vec<String>,
+}
+
+/// Creates `dir` as a git repository holding the example, committed on `main`.
+fn create_demo_repo(dir: &Path) -> anyhow::Result<()> {
+    for (path, text) in EXAMPLE {
+        let file = dir.join(path);
+        std::fs::create_dir_all(file.parent().expect("files have a parent"))?;
+        // The committed schema modelines point into the Capstan source; here they would dangle.
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("# yaml-language-server:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    }
+    let repo = git2::Repository::init_opts(dir, git2::RepositoryInitOptions::new().initial_head("main"))?;
+    let mut index = repo.index()?;
+    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
+    index.write()?;
+    let tree = repo.find_tree(index.write_tree()?)?;
+    let sig = git2::Signature::now("Capstan", "capstan@localhost")?;
+    repo.commit(Some("HEAD"), &sig, &sig, "The guestbook example", &tree, &[])?;
+    Ok(())
+}
+
+/// Builds the example's images if missing (no registry to pull them from).
+fn build_images() {
+    if !Path::new(IMAGES_SCRIPT).exists() {
+        eprintln!("  (no image recipes at {IMAGES_SCRIPT}: pods whose images are missing will say so)");
+        return;
+    }
+    eprintln!("  checking the example's images (building what is missing; the first time takes a few minutes)");
+    match std::process::Command::new(IMAGES_SCRIPT).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("  building the images failed ({s}); pods whose images are missing will say so"),
+        Err(e) => eprintln!("  running {IMAGES_SCRIPT}: {e}"),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "node".into())
+}
+
+fn is_ready(pod: &serde_json::Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => super::daemon::default_data_dir()?,
+    };
+    let mut daemon_config = DaemonConfig::new(String::new(), data_dir.clone());
+    daemon_config.listen = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?}: expected ADDRESS:PORT", args.listen))?;
+    let mut proxy = super::node::proxy_config(&args.proxy_mode, "10.96.0.0/16", &args.cluster_cidr)?;
+    proxy.table = args.proxy_table;
+    daemon_config.pod_cidr = proxy.pod_cidr;
+    let name = args.node_name.unwrap_or_else(host_name);
+    let mut node = NodeConfig::new(
+        String::new(),
+        data_dir.join("node-token"),
+        name.clone(),
+        data_dir.join("nodes").join(&name),
+    );
+    node.listen = args
+        .node_listen
+        .parse()
+        .with_context(|| format!("--node-listen {:?}: expected ADDRESS:PORT", args.node_listen))?;
+    node.runtime_labels = args
+        .runtime_label
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .context("--runtime-label: expected key=value")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    node.proxy = Some(proxy);
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let (repo, demo) = match args.repo {
+        Some(r) => (r, false),
+        None => {
+            let dir = data_dir.join("demo-repo");
+            if !dir.join(".git").exists() {
+                create_demo_repo(&dir).with_context(|| format!("creating the demo repository {}", dir.display()))?;
+                eprintln!(
+                    "capstan up: created the demo repository {} from the guestbook example",
+                    dir.display()
+                );
+            }
+            (dir.display().to_string(), true)
+        }
+    };
+    build_images();
+
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        daemon_config.repo = repo.clone();
+        let daemon = Daemon::start(daemon_config).await?;
+        eprintln!("capstan up: control plane at {}, tracking {repo}", daemon.url());
+        node.server = daemon.url();
+        node.token_file = daemon.node_token.clone();
+        let agent = match Agent::start(node).await {
+            Ok(a) => a,
+            Err(e) => {
+                daemon.shutdown().await;
+                return Err(anyhow::Error::new(e).context("starting the local node"));
+            }
+        };
+        eprintln!("capstan up: node {name} joined; running pods on the local Docker Engine");
+
+        let outcome = tokio::select! {
+            _ = super::daemon::wait_for_signal() => None,
+            r = settle(&daemon) => Some(r),
+        };
+        if outcome.is_some() {
+            print_summary(&daemon, demo.then_some(repo.as_str()));
+            super::daemon::wait_for_signal().await;
+        }
+        eprintln!("capstan up: stopping (containers keep running and are adopted on the next start)");
+        agent.shutdown().await;
+        daemon.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Shows progress until the commit is applied and its pods are ready (or a few minutes pass).
+async fn settle(daemon: &Daemon) {
+    let pods = kind("pods");
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let status = daemon.sync_status.borrow().clone();
+        let (all, _) = daemon.cache.list(pods, None);
+        let ready = all.iter().filter(|p| is_ready(&p.object)).count();
+        let line = match &status.applied_commit {
+            None if status.errors.is_empty() => "waiting for the first commit".to_owned(),
+            None => format!(
+                "the repository cannot be applied yet: {}",
+                status.errors.last().cloned().unwrap_or_default()
+            ),
+            Some(c) => format!(
+                "commit {} applied ({} objects, {} quarantined); pods ready {ready}/{}",
+                &c[..c.len().min(12)],
+                status.created + status.updated + status.unchanged,
+                status.quarantined.len(),
+                all.len()
+            ),
+        };
+        if line != last {
+            eprintln!("  {line}");
+            last = line;
+        }
+        let settled = status.applied_commit.is_some()
+            && ((!all.is_empty() && ready == all.len()) || (all.is_empty() && start.elapsed() > Duration::from_secs(10)));
+        if settled || start.elapsed() > Duration::from_secs(300) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_summary(daemon: &Daemon, demo: Option<&str>) {
+    let status = daemon.sync_status.borrow().clone();
+    let (pods, _) = daemon.cache.list(kind("pods"), None);
+    let ready = pods.iter().filter(|p| is_ready(&p.object)).count();
+    println!();
+    println!("Capstan is up.");
+    println!("  applied commit   {}", status.applied_commit.as_deref().unwrap_or("(none yet)"));
+    println!("  pods ready       {ready}/{}", pods.len());
+    for p in pods.iter().filter(|p| !is_ready(&p.object)) {
+        let why = p.object["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|c| c["state"]["waiting"]["reason"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| p.object["status"]["phase"].as_str().unwrap_or("Pending").to_owned());
+        println!("    not ready: {}/{} ({why})", p.namespace, p.name);
+    }
+    let (services, _) = daemon.cache.list(kind("services"), None);
+    for s in services
+        .iter()
+        .filter(|s| !["default", "kube-system"].contains(&s.namespace.as_str()))
+    {
+        let spec = &s.object["spec"];
+        let ports: Vec<String> = spec["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| match p["nodePort"].as_i64() {
+                Some(n) => format!("{}:{n}", p["port"]),
+                None => p["port"].to_string(),
+            })
+            .collect();
+        println!(
+            "  service          {}/{}  {}  {}",
+            s.namespace,
+            s.name,
+            spec["clusterIP"].as_str().unwrap_or("-"),
+            ports.join(",")
+        );
+    }
+    let kubeconfig = daemon.kubeconfig.display();
+    println!("  kubeconfig       {kubeconfig}");
+    println!();
+    println!("Try it:");
+    println!("  kubectl --kubeconfig {kubeconfig} get pods -A");
+    if let Some(repo) = demo {
+        println!("  cd {repo} && sed -i 's/guestbook:1/guestbook:2/' guestbook/frontend.yaml && git commit -qam 'frontend 2'");
+        println!("  kubectl --kubeconfig {kubeconfig} -n guestbook rollout status deploy/frontend");
+        println!("  git revert --no-edit HEAD     # and back");
+    }
+    println!("Ctrl-C stops Capstan; the containers keep running.");
+}

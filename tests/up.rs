@@ -1,0 +1,259 @@
+//! `capstan up` end to end on the real Docker Engine and the host's nftables: the demo repository
+//! is created, synced and run; the guestbook answers through its ClusterIP and node port, finding
+//! redis by name through the cluster DNS; a commit rolls the frontend; Ctrl-C leaves the
+//! containers and the rules in place and the next start adopts them; `--cleanup-proxy` removes the
+//! rules.
+//!
+//! Needs the Docker Engine, root and nft: in CI their absence fails the test.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A `capstan up` process; interrupted (then killed) on drop.
+struct Up {
+    child: Child,
+    out: std::path::PathBuf,
+    err: std::path::PathBuf,
+}
+
+impl Up {
+    fn start(data: &Path, run: &DockerRun, table: &str) -> Up {
+        let out = data.join(format!("up-{}.out", Instant::now().elapsed().as_nanos()));
+        let err = out.with_extension("err");
+        let node = format!("up-{}", std::process::id());
+        let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args([
+                "up",
+                "--data-dir",
+                path_str(data),
+                "--listen",
+                "127.0.0.1:0",
+                "--node-listen",
+                "0.0.0.0:0",
+            ])
+            .args(["--node-name", &node, "--cluster-cidr", "10.206.0.0/16", "--proxy-table", table])
+            .args(["--runtime-label", &run.label()])
+            .env("CAPSTAN_LOG", "info")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Up { child, out, err }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits for the summary; returns it.
+    fn wait_up(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let out = self.stdout();
+            if out.contains("Ctrl-C stops Capstan") {
+                return out;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("capstan up exited ({status}):\n{out}\n{}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "no summary in 300 s:\n{out}\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        run_ok(Command::new("kill").args(["-INT", &self.child.id().to_string()]));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "capstan up did not stop on SIGINT:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Removes the test's table and DOCKER-USER rules, also when the test fails.
+struct ProxyRules {
+    table: String,
+}
+
+impl ProxyRules {
+    fn cleanup(&self) -> std::process::Output {
+        run(Command::new(env!("CARGO_BIN_EXE_capstan")).args([
+            "node",
+            "--cleanup-proxy",
+            "--proxy-table",
+            &self.table,
+            "--cluster-cidr",
+            "10.206.0.0/16",
+        ]))
+    }
+}
+
+impl Drop for ProxyRules {
+    fn drop(&mut self) {
+        let _ = self.cleanup();
+    }
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    run_ok(Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args))
+}
+
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn root_and_nft(test: &str) -> bool {
+    let ok = run(Command::new("id").arg("-u")).stdout.starts_with(b"0")
+        && Command::new("nft").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: root and nft are required in CI"
+        );
+        eprintln!("\n*** SKIPPING {test}: needs root and nft ***\n");
+    }
+    ok
+}
+
+#[test]
+fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
+    let test = "up_runs_the_guestbook";
+    if !docker_available(test) || !root_and_nft(test) {
+        return;
+    }
+    build_images();
+    let run = DockerRun::new("up");
+    let table = format!("capstan-test-{}", std::process::id());
+    let rules = ProxyRules { table: table.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+
+    let mut up = Up::start(data, &run, &table);
+    let summary = up.wait_up();
+    assert!(summary.contains("pods ready       4/4"), "{summary}\n{}", up.stderr());
+    let repo = data.join("demo-repo");
+    assert!(repo.join("guestbook/frontend.yaml").exists(), "the demo repository is created");
+    let kubeconfig = data.join("kubeconfig");
+    assert!(summary.contains(path_str(&kubeconfig)));
+
+    // The frontend's ClusterIP and node port, from the API.
+    let vip = kubectl(
+        &kubeconfig,
+        &["-n", "guestbook", "get", "svc", "frontend", "-o", "jsonpath={.spec.clusterIP}"],
+    );
+    let node_ip = kubectl(
+        &kubeconfig,
+        &["get", "nodes", "-o", "jsonpath={.items[0].status.addresses[0].address}"],
+    );
+    let home = http(&format!("{vip}:80"), "GET", "/", "").unwrap();
+    assert!(home.contains("Capstan guestbook"), "{home}");
+    // An entry posted through the node port is read back through the ClusterIP: the frontends
+    // reached redis by its name (cluster DNS) through its ClusterIP.
+    let posted = http(&format!("{node_ip}:30080"), "POST", "/entries", "entry=signed-by-the-test").unwrap();
+    assert!(posted.contains(" 200 ") && posted.contains("added"), "{posted}");
+    let list = http(&format!("{vip}:80"), "GET", "/", "").unwrap();
+    assert!(list.contains("signed-by-the-test"), "{list}");
+    // An address in the service range that no service has is rejected, not routed out.
+    let stray = http("10.96.255.254:80", "GET", "/", "");
+    assert!(
+        matches!(&stray, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{stray:?}"
+    );
+
+    // A commit rolls the frontend to image 2.
+    let frontend = std::fs::read_to_string(repo.join("guestbook/frontend.yaml")).unwrap();
+    std::fs::write(repo.join("guestbook/frontend.yaml"), frontend.replace("guestbook:1", "guestbook:2")).unwrap();
+    git(&repo, &["commit", "-qam", "frontend 2"]);
+    kubectl(
+        &kubeconfig,
+        &["-n", "guestbook", "rollout", "status", "deploy/frontend", "--timeout=180s"],
+    );
+    eventually("three ready pods of image 2", || {
+        let images = kubectl(
+            &kubeconfig,
+            &[
+                "-n",
+                "guestbook",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=frontend",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.containers[0].image}{\" \"}{end}",
+            ],
+        );
+        (images.split_whitespace().filter(|i| *i == "capstan.local/guestbook:2").count() == 3 && !images.contains(":1")).then_some(())
+    });
+    assert!(http(&format!("{vip}:80"), "GET", "/", "").unwrap().contains("signed-by-the-test"));
+
+    // Ctrl-C: a clean exit; the containers and the rules stay, and traffic keeps flowing.
+    let before = run_ok(Command::new("docker").args(["ps", "-q", "--no-trunc", "--filter", &format!("label={}", run.label())]));
+    assert!(up.interrupt().success(), "{}", up.stderr());
+    assert!(http(&format!("{vip}:80"), "GET", "/", "").unwrap().contains("signed-by-the-test"));
+
+    // The next start adopts the same containers.
+    let mut again = Up::start(data, &run, &table);
+    let summary = again.wait_up();
+    assert!(summary.contains("pods ready       4/4"), "{summary}");
+    let after = run_ok(Command::new("docker").args(["ps", "-q", "--no-trunc", "--filter", &format!("label={}", run.label())]));
+    let sorted = |s: &str| {
+        let mut v: Vec<String> = s.split_whitespace().map(str::to_owned).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&before), sorted(&after), "the containers are adopted, not replaced");
+    assert!(again.interrupt().success());
+
+    // The cleanup removes the rules.
+    let out = rules.cleanup();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tables = run_ok(Command::new("nft").args(["list", "tables"]));
+    assert!(!tables.contains(&table), "{tables}");
+}
