@@ -42,5 +42,6 @@ cargo bench --locked -p capstan-daemon --bench api -- --quick
 cargo bench --locked -p capstan-scheduler --bench scheduler -- --quick
 cargo bench --locked -p capstan-daemon --bench controllers -- --quick
 cargo bench --locked --bench pod_start -- --quick
+cargo bench --locked -p capstan-proxy --bench sync -- --quick
 
 step "all tests passed"

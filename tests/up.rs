@@ -200,6 +200,20 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
     assert!(posted.contains(" 200 ") && posted.contains("added"), "{posted}");
     let list = http(&format!("{vip}:80"), "GET", "/", "").unwrap();
     assert!(list.contains("signed-by-the-test"), "{list}");
+    // From inside a pod: the Service by its short name (cluster DNS, namespace search path)
+    // through the proxy, spread over the ready frontends.
+    let inside = run_ok(Command::new("docker").args([
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label={}", run.label()),
+        "--filter",
+        "label=capstan.dev/container=frontend",
+    ]));
+    let container = inside.lines().next().expect("a frontend container");
+    let answers = run_ok(Command::new("docker").args(["exec", container, "/capstan-testapp", "get", "http://frontend/", "12"]));
+    let served: std::collections::BTreeSet<&str> = answers.lines().filter_map(|l| l.split("served by ").nth(1)).collect();
+    assert!(served.len() >= 2, "12 requests reach more than one frontend: {served:?}\n{answers}");
     // An address in the service range that no service has is rejected, not routed out.
     let stray = http("10.96.255.254:80", "GET", "/", "");
     assert!(

@@ -5,7 +5,7 @@
 //! Rendering is pure ([`Ruleset::build`], [`full_script`], [`delta_script`]); [`Nft`] is the thin
 //! edge that runs `nft`, optionally inside a network namespace.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::process::Stdio;
@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::ProxyError;
-use crate::model::{Frontend, VirtualService};
+use crate::model::{Frontend, Protocol, VirtualService};
 
 /// The packet mark that asks the postrouting chain to masquerade (the bit kube-proxy uses).
 const MASQUERADE_MARK: u32 = 0x4000;
@@ -67,6 +67,7 @@ const BASE_CHAINS: [&str; 8] = [
 const SERVICE_IPS: &str = "service-ips";
 const NODE_PORTS: &str = "node-ports";
 const NO_ENDPOINT_NODE_PORTS: &str = "no-endpoint-node-ports";
+const HAIRPIN: &str = "hairpin";
 
 /// The per-service part of the table: what changes when services and endpoints do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -81,6 +82,9 @@ pub struct Ruleset {
     pub node_ports: BTreeMap<String, String>,
     /// Node ports of services with no ready endpoint: rejected.
     pub no_endpoint_node_ports: BTreeSet<String>,
+    /// `ip . ip` of every endpoint: a connection DNAT'ed back to its own source is masqueraded,
+    /// so that a pod can reach itself through its service.
+    pub hairpin: BTreeSet<String>,
 }
 
 fn short_hash(text: &str) -> String {
@@ -119,30 +123,36 @@ impl Ruleset {
                 Frontend::ClusterIp(..) => rules.push(format!("ip saddr != {} {mark}", cidr(settings.pod_cidr))),
                 Frontend::NodePort(_) => rules.push(mark.clone()),
             }
-            let mut targets = Vec::new();
-            for (ip, port) in &vs.backends {
-                let ep_id = short_hash(&format!("{chain}/{ip}:{port}"));
-                let ep_chain = format!("endpoint-{ep_id}-{readable}/{ip}/{port}");
-                let mut ep_rules = vec![format!("ip saddr {ip} {mark}")]; // hairpin: a pod reaching itself
-                if let Some(timeout) = vs.affinity {
-                    let set = format!("affinity-{ep_id}");
-                    rules.push(format!("ip saddr @{set} goto {ep_chain}"));
-                    ep_rules.push(format!("update @{set} {{ ip saddr }}"));
-                    rs.sets.insert(set, timeout);
-                }
-                ep_rules.push(format!("meta l4proto {proto} dnat to {ip}:{port}"));
-                rs.chains.insert(ep_chain.clone(), ep_rules);
-                targets.push(ep_chain);
-            }
-            if let [only] = targets.as_slice() {
-                rules.push(format!("goto {only}"));
-            } else {
-                let generator = match settings.spread {
-                    Spread::Random => "random",
-                    Spread::RoundRobin => "inc",
+            let generator = match settings.spread {
+                Spread::Random => "random",
+                Spread::RoundRobin => "inc",
+            };
+            // A cascade instead of a numgen verdict map: each anonymous map is a kernel set, and
+            // the kernel's cost of adding one grows with the number already there.
+            let n = vs.backends.len();
+            for (i, (ip, port)) in vs.backends.iter().enumerate() {
+                rs.hairpin.insert(format!("{ip} . {ip}"));
+                // Endpoint i of the remaining n-i: uniform overall; with `inc` counters, each
+                // rule's own counter makes the cascade an exact rotation.
+                let pick = if i + 1 < n {
+                    format!("numgen {generator} mod {} == 0 ", n - i)
+                } else {
+                    String::new()
                 };
-                let arms: Vec<String> = targets.iter().enumerate().map(|(i, t)| format!("{i} : goto {t}")).collect();
-                rules.push(format!("numgen {generator} mod {} vmap {{ {} }}", targets.len(), arms.join(", ")));
+                let dnat = format!("meta l4proto {proto} dnat to {ip}:{port}");
+                match vs.affinity {
+                    None => rules.push(format!("{pick}{dnat}")),
+                    Some(timeout) => {
+                        // Sticky clients: one chain per endpoint that records the client.
+                        let ep_id = short_hash(&format!("{chain}/{ip}:{port}"));
+                        let ep_chain = format!("endpoint-{ep_id}-{readable}/{ip}/{port}");
+                        let set = format!("affinity-{ep_id}");
+                        rules.insert(1 + i, format!("ip saddr @{set} goto {ep_chain}"));
+                        rules.push(format!("{pick}goto {ep_chain}"));
+                        rs.chains.insert(ep_chain, vec![format!("update @{set} {{ ip saddr }}"), dnat]);
+                        rs.sets.insert(set, timeout);
+                    }
+                }
             }
             rs.chains.insert(chain.clone(), rules);
             let verdict = format!("goto {chain}");
@@ -152,6 +162,46 @@ impl Ruleset {
             };
         }
         rs
+    }
+}
+
+impl Ruleset {
+    fn extend(&mut self, other: &Ruleset) {
+        self.chains.extend(other.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.sets.extend(other.sets.iter().map(|(k, v)| (k.clone(), *v)));
+        self.service_ips
+            .extend(other.service_ips.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.node_ports.extend(other.node_ports.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.no_endpoint_node_ports.extend(other.no_endpoint_node_ports.iter().cloned());
+        self.hairpin.extend(other.hairpin.iter().cloned());
+    }
+}
+
+/// Renders rules service by service and keeps them, so that a sync renders only the services
+/// that changed since the last one (with 10,000 services, rendering them all costs more than the
+/// transaction of one change).
+#[derive(Debug, Default)]
+pub struct Renderer {
+    parts: HashMap<(Frontend, Protocol), (VirtualService, Ruleset)>,
+}
+
+impl Renderer {
+    /// The rules for `services`, as [`Ruleset::build`] makes them.
+    pub fn render(&mut self, services: &[VirtualService], settings: &NftSettings) -> Ruleset {
+        let mut next = HashMap::with_capacity(services.len());
+        for vs in services {
+            let part = match self.parts.remove(&vs.key()) {
+                Some((old, rules)) if &old == vs => rules,
+                _ => Ruleset::build(std::slice::from_ref(vs), settings),
+            };
+            next.insert(vs.key(), (vs.clone(), part));
+        }
+        self.parts = next;
+        let mut out = Ruleset::default();
+        for vs in services {
+            out.extend(&self.parts[&vs.key()].1);
+        }
+        out
     }
 }
 
@@ -205,6 +255,7 @@ fn base(out: &mut String, s: &NftSettings) {
     );
     let _ = writeln!(out, "add map ip {t} {NODE_PORTS} {{ type inet_proto . inet_service : verdict; }}");
     let _ = writeln!(out, "add set ip {t} {NO_ENDPOINT_NODE_PORTS} {{ type inet_proto . inet_service; }}");
+    let _ = writeln!(out, "add set ip {t} {HAIRPIN} {{ type ipv4_addr . ipv4_addr; }}");
     for chain in BASE_CHAINS {
         let _ = writeln!(out, "flush chain ip {t} {chain}");
     }
@@ -213,6 +264,10 @@ fn base(out: &mut String, s: &NftSettings) {
         ("nat-prerouting", "jump services".to_owned()),
         ("nat-output", "jump services".to_owned()),
         ("nat-postrouting", format!("meta mark & {MASQUERADE_MARK:#x} != 0 masquerade")),
+        (
+            "nat-postrouting",
+            format!("ct status dnat ip saddr . ip daddr @{HAIRPIN} masquerade"),
+        ),
         ("services", format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}")),
         (
             "services",
@@ -289,8 +344,12 @@ pub fn full_script(rs: &Ruleset, s: &NftSettings, kernel: &Listing) -> String {
         let _ = writeln!(out, "flush chain ip {t} {name}");
         write_rules(&mut out, t, name, rules);
     }
-    for map in [SERVICE_IPS, NODE_PORTS, NO_ENDPOINT_NODE_PORTS] {
-        let kind = if map == NO_ENDPOINT_NODE_PORTS { "set" } else { "map" };
+    for map in [SERVICE_IPS, NODE_PORTS, NO_ENDPOINT_NODE_PORTS, HAIRPIN] {
+        let kind = if [NO_ENDPOINT_NODE_PORTS, HAIRPIN].contains(&map) {
+            "set"
+        } else {
+            "map"
+        };
         let _ = writeln!(out, "flush {kind} ip {t} {map}");
     }
     elements(
@@ -314,12 +373,13 @@ pub fn full_script(rs: &Ruleset, s: &NftSettings, kernel: &Listing) -> String {
         NO_ENDPOINT_NODE_PORTS,
         rs.no_endpoint_node_ports.iter().cloned(),
     );
+    elements(&mut out, "add", t, HAIRPIN, rs.hairpin.iter().cloned());
     let stale_chains: Vec<&String> = kernel
         .chains
         .iter()
         .filter(|c| !rs.chains.contains_key(*c) && !BASE_CHAINS.contains(&c.as_str()))
         .collect();
-    let fixed = [SERVICE_IPS, NODE_PORTS, NO_ENDPOINT_NODE_PORTS];
+    let fixed = [SERVICE_IPS, NODE_PORTS, NO_ENDPOINT_NODE_PORTS, HAIRPIN];
     let stale_sets: Vec<&String> = kernel
         .sets
         .iter()
@@ -378,6 +438,8 @@ pub fn delta_script(old: &Ruleset, new: &Ruleset, s: &NftSettings) -> String {
         NO_ENDPOINT_NODE_PORTS,
         new.no_endpoint_node_ports.difference(&old.no_endpoint_node_ports).cloned(),
     );
+    elements(&mut out, "delete", t, HAIRPIN, old.hairpin.difference(&new.hairpin).cloned());
+    elements(&mut out, "add", t, HAIRPIN, new.hairpin.difference(&old.hairpin).cloned());
     let stale_chains: Vec<&String> = old.chains.keys().filter(|c| !new.chains.contains_key(*c)).collect();
     let stale_sets: Vec<&String> = old.sets.keys().filter(|n| !new.sets.contains_key(*n)).collect();
     remove_stale(&mut out, t, stale_chains, stale_sets);
@@ -482,30 +544,31 @@ mod tests {
     }
 
     #[test]
-    fn a_service_spreads_to_endpoint_chains_that_dnat() {
-        let rs = Ruleset::build(&[vs(vip(80), &[("10.244.0.5", 8080), ("10.244.0.7", 8080)], None)], &settings());
+    fn a_service_spreads_over_its_endpoints_by_a_cascade() {
+        let rs = Ruleset::build(
+            &[vs(
+                vip(80),
+                &[("10.244.0.5", 8080), ("10.244.0.7", 8080), ("10.244.0.9", 8080)],
+                None,
+            )],
+            &settings(),
+        );
         assert_eq!(rs.service_ips.len(), 1);
         let (element, verdict) = rs.service_ips.iter().next().unwrap();
         assert_eq!(element, "10.96.0.20 . tcp . 80");
         let chain = verdict.strip_prefix("goto ").unwrap();
         assert!(chain.starts_with("svc-") && chain.ends_with("-shop/web/http"), "{chain}");
-        let rules = &rs.chains[chain];
-        assert_eq!(rules[0], "ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x4000");
-        assert!(
-            rules[1].starts_with("numgen random mod 2 vmap { 0 : goto endpoint-"),
-            "{}",
-            rules[1]
-        );
-        let endpoints: Vec<_> = rs.chains.keys().filter(|c| c.starts_with("endpoint-")).collect();
-        assert_eq!(endpoints.len(), 2);
-        let first = &rs.chains[endpoints.iter().find(|c| c.ends_with("10.244.0.5/8080")).unwrap().as_str()];
         assert_eq!(
-            first,
-            &vec![
-                "ip saddr 10.244.0.5 meta mark set meta mark | 0x4000".to_owned(),
-                "meta l4proto tcp dnat to 10.244.0.5:8080".to_owned()
+            rs.chains[chain],
+            vec![
+                "ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x4000",
+                "numgen random mod 3 == 0 meta l4proto tcp dnat to 10.244.0.5:8080",
+                "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.0.7:8080",
+                "meta l4proto tcp dnat to 10.244.0.9:8080",
             ]
         );
+        assert_eq!(rs.chains.len(), 1, "no chain per endpoint without affinity");
+        assert!(rs.hairpin.contains("10.244.0.5 . 10.244.0.5"));
     }
 
     #[test]
@@ -514,7 +577,7 @@ mod tests {
         s.spread = Spread::RoundRobin;
         let rs = Ruleset::build(
             &[
-                vs(vip(80), &[("10.244.0.5", 8080)], Some(60)),
+                vs(vip(80), &[("10.244.0.5", 8080), ("10.244.0.6", 8080)], Some(60)),
                 vs(vip(81), &[], None),
                 vs(Frontend::NodePort(30080), &[("10.244.0.5", 8080), ("10.244.0.6", 8080)], None),
                 vs(Frontend::NodePort(30081), &[], None),
@@ -522,15 +585,40 @@ mod tests {
             &s,
         );
         assert_eq!(rs.service_ips.len(), 1, "a ClusterIP without endpoints has no element");
-        assert_eq!(rs.sets.values().collect::<Vec<_>>(), vec![&60]);
+        assert_eq!(rs.sets.values().collect::<Vec<_>>(), vec![&60, &60]);
         let svc = rs.service_ips.values().next().unwrap().strip_prefix("goto ").unwrap();
-        assert!(rs.chains[svc][1].starts_with("ip saddr @affinity-"));
-        assert!(rs.chains[svc][2].starts_with("goto endpoint-"));
+        let rules = &rs.chains[svc];
+        assert!(
+            rules[1].starts_with("ip saddr @affinity-") && rules[2].starts_with("ip saddr @affinity-"),
+            "{rules:?}"
+        );
+        assert!(rules[3].starts_with("numgen inc mod 2 == 0 goto endpoint-"), "{rules:?}");
+        assert!(rules[4].starts_with("goto endpoint-"), "{rules:?}");
+        let ep = rules[4].strip_prefix("goto ").unwrap();
+        assert!(rs.chains[ep][0].starts_with("update @affinity-"));
+        assert_eq!(rs.chains[ep][1], "meta l4proto tcp dnat to 10.244.0.6:8080");
         assert_eq!(rs.node_ports.keys().collect::<Vec<_>>(), vec!["tcp . 30080"]);
         let np = rs.node_ports.values().next().unwrap().strip_prefix("goto ").unwrap();
         assert_eq!(rs.chains[np][0], "meta mark set meta mark | 0x4000", "node ports always masquerade");
-        assert!(rs.chains[np][1].starts_with("numgen inc mod 2"));
+        assert!(rs.chains[np][1].starts_with("numgen inc mod 2 == 0 meta l4proto tcp dnat to 10.244.0.5:8080"));
         assert_eq!(rs.no_endpoint_node_ports.iter().collect::<Vec<_>>(), vec!["tcp . 30081"]);
+    }
+
+    #[test]
+    fn the_renderer_matches_a_full_build_and_reuses_unchanged_services() {
+        let s = settings();
+        let mut other = vs(vip(443), &[("10.244.0.9", 8443)], Some(30));
+        other.service = "shop/api:https".into();
+        let first = vec![vs(vip(80), &[("10.244.0.5", 8080)], None), other.clone()];
+        let second = vec![vs(vip(80), &[("10.244.0.6", 8080), ("10.244.0.5", 8080)], None), other];
+        let mut r = Renderer::default();
+        assert_eq!(r.render(&first, &s), Ruleset::build(&first, &s));
+        assert_eq!(r.render(&second, &s), Ruleset::build(&second, &s));
+        assert_eq!(
+            r.render(&second[1..], &s),
+            Ruleset::build(&second[1..], &s),
+            "a removed service goes"
+        );
     }
 
     #[test]
@@ -543,8 +631,11 @@ mod tests {
         let script = delta_script(&old, &new, &s);
         assert!(!script.contains("api"), "the other service is untouched:\n{script}");
         assert!(script.contains("dnat to 10.244.0.6:8080"));
-        assert!(script.contains("delete chain ip capstan-proxy endpoint-"), "{script}");
-        assert!(!script.contains("element"), "the map entry is unchanged:\n{script}");
+        assert!(!script.contains("service-ips"), "the map entry is unchanged:\n{script}");
+        assert!(
+            script.contains("delete element ip capstan-proxy hairpin { 10.244.0.5 . 10.244.0.5 }"),
+            "{script}"
+        );
         assert_eq!(delta_script(&new, &new, &s), "", "no change, no transaction");
     }
 
@@ -562,5 +653,9 @@ mod tests {
         assert!(!script.contains("delete chain ip capstan-proxy services"));
         assert!(!script.contains("delete set ip capstan-proxy service-ips"));
         assert!(script.contains("ct state new ip daddr 10.96.0.0/16 jump reject-service"));
+        assert!(
+            script.contains("add element ip capstan-proxy hairpin { 10.244.0.5 . 10.244.0.5 }"),
+            "{script}"
+        );
     }
 }

@@ -207,6 +207,7 @@ async fn apply_loop(
     };
     // What the last successful transaction left in the kernel; None: unknown, rewrite it all.
     let mut applied: Option<Ruleset> = None;
+    let mut renderer = nft::Renderer::default();
     let mut next_full = Instant::now();
     let mut last_apply = Instant::now() - config.min_sync_interval;
     loop {
@@ -229,7 +230,7 @@ async fn apply_loop(
                 None => services,
             }
         };
-        let wanted = Ruleset::build(&services, &settings);
+        let wanted = renderer.render(&services, &settings);
         let full = applied.is_none() || Instant::now() >= next_full;
         let result = match (&applied, full) {
             (Some(old), false) => nft.apply(&nft::delta_script(old, &wanted, &settings)).await,
