@@ -71,15 +71,23 @@ enum Command {
     },
     /// The sync state: applied commit and per-object health.
     Status {
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
+        /// The tracked repository (Capstan writes the status branch and notes into it).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
         #[arg(long, short, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
     /// Applied commits and their outcome, from the git notes.
     History {
+        /// The tracked repository.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// The branch to walk; default: the checked-out one.
         #[arg(long)]
-        kubeconfig: Option<PathBuf>,
+        branch: Option<String>,
+        /// How many commits to show.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
         #[arg(long, short, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
@@ -117,8 +125,13 @@ fn main() -> ExitCode {
             cluster_cidr,
         }),
         Command::Node(args) => commands::node::run(*args),
-        Command::Status { .. } => not_built("status", 8),
-        Command::History { .. } => not_built("history", 8),
+        Command::Status { repo, output } => commands::status::run(&repo, output),
+        Command::History {
+            repo,
+            branch,
+            limit,
+            output,
+        } => commands::history::run(&repo, branch.as_deref(), limit, output),
     };
     match result {
         Ok(code) => code,
@@ -127,9 +140,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn not_built(command: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    eprintln!("capstan {command}: not built yet (tracked in issue {issue})");
-    Ok(ExitCode::from(3))
 }

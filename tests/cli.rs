@@ -163,10 +163,3 @@ fn plan_shows_what_a_branch_changes() {
     assert_eq!(q["problems"][0]["file"], "guestbook/frontend.yaml");
     assert_eq!(q["problems"][0]["field"], "spec.replicas");
 }
-
-#[test]
-fn commands_not_built_yet_say_so() {
-    let o = capstan(&["status"], Path::new("."));
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not built yet"));
-}

@@ -247,6 +247,44 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
     });
     assert!(http(&format!("{vip}:80"), "GET", "/", "").unwrap().contains("signed-by-the-test"));
 
+    // Git gets the history: a note on each applied commit, the rollout's outcome on the new one,
+    // read by `capstan history`, and by git itself.
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    let capstan = |args: &[&str]| run_ok(Command::new(env!("CARGO_BIN_EXE_capstan")).args(args).current_dir(&repo));
+    let history = eventually("the note on the new commit to say the rollout completed", || {
+        let v: serde_json::Value = serde_json::from_str(&capstan(&["history", "-o", "json"])).ok()?;
+        (v[0]["commit"] == head.as_str() && v[0]["note"]["outcome"] == "complete").then_some(v)
+    });
+    assert_eq!(history[0]["note"]["rollouts"][0]["deployment"], "guestbook/frontend", "{history}");
+    assert_eq!(history[1]["note"]["outcome"], "complete", "{history}");
+    assert_eq!(history[1]["note"]["objects"]["created"], 7, "{history}");
+    let listing = capstan(&["history"]);
+    assert!(listing.contains("complete") && listing.contains("frontend 2"), "{listing}");
+    assert!(git(&repo, &["notes", "--ref=capstan", "show", "HEAD"]).contains(&head));
+    // The status branch: the observed state of each object, for the applied commit.
+    let status = eventually("the status branch to show the new commit, rolled out", || {
+        let v: serde_json::Value = serde_json::from_str(&capstan(&["status", "-o", "json"])).ok()?;
+        let frontend = v["objects"]
+            .as_array()?
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "frontend")?
+            .clone();
+        (v["desiredCommit"] == head.as_str() && frontend["status"]["updatedReplicas"] == 3 && frontend["status"]["readyReplicas"] == 3)
+            .then_some(v)
+    });
+    assert!(status["objects"].as_array().unwrap().iter().all(|o| o["kind"] != "Secret"));
+    let text = capstan(&["status"]);
+    assert!(
+        text.contains("frontend") && text.contains("3/3 ready") && text.contains("guestbook/frontend.yaml"),
+        "{text}"
+    );
+    assert!(!git(&repo, &["log", "--oneline", "capstan/status"]).is_empty());
+    assert_eq!(
+        git(&repo, &["rev-parse", "HEAD"]),
+        head,
+        "write-back never moves the tracked branch"
+    );
+
     // Ctrl-C: a clean exit; the containers and the rules stay, and traffic keeps flowing.
     let before = run_ok(Command::new("docker").args(["ps", "-q", "--no-trunc", "--filter", &format!("label={}", run.label())]));
     assert!(up.interrupt().success(), "{}", up.stderr());

@@ -13,6 +13,7 @@ pub mod objects;
 pub mod pki;
 pub mod scheduling;
 pub mod sync;
+pub mod writeback;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub struct DaemonConfig {
     pub eviction_timeout: Duration,
     /// The pod range, split into a /24 per node.
     pub pod_cidr: (std::net::Ipv4Addr, u8),
+    /// How often the status branch and notes are written (at most one commit per interval).
+    pub status_interval: Duration,
 }
 
 impl DaemonConfig {
@@ -71,6 +74,7 @@ impl DaemonConfig {
             node_grace: Duration::from_secs(40),
             eviction_timeout: Duration::from_secs(300),
             pod_cidr: controllers::Settings::default().pod_cidr,
+            status_interval: Duration::from_secs(3),
         }
     }
 }
@@ -188,6 +192,17 @@ impl Daemon {
                 }
             }
         }));
+
+        match &location {
+            Location::Local(path) => tasks.push(tokio::spawn(writeback::run(
+                path.clone(),
+                sync_status.clone(),
+                cache.clone(),
+                config.status_interval,
+                shutdown.clone(),
+            ))),
+            Location::Remote(url) => tracing::warn!("status write-back to a remote ({url}) is not built yet: no status branch or notes"),
+        }
 
         let state = Arc::new(api::ApiState {
             objects: objects.clone(),

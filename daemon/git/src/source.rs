@@ -233,7 +233,11 @@ fn watch_refs(
                 let relevant = events.iter().any(|e| {
                     e.paths.iter().any(|p| {
                         let s = p.to_string_lossy();
-                        !s.ends_with(".lock") && (s.contains("/refs/") || s.ends_with("packed-refs") || s.ends_with("HEAD"))
+                        !s.ends_with(".lock")
+                            // Capstan's own write-back refs are not news.
+                            && !s.contains("/refs/notes/capstan")
+                            && !s.contains("/refs/heads/capstan/")
+                            && (s.contains("/refs/") || s.ends_with("packed-refs") || s.ends_with("HEAD"))
                     })
                 });
                 if relevant {

@@ -1,0 +1,251 @@
+//! Status written back into Git: a note on each applied commit (`refs/notes/capstan`: when it was
+//! applied, what changed, what was quarantined, how its rollouts ended) and a status branch
+//! (`refs/heads/capstan/status`) holding the observed status of every object, committed at most
+//! once per interval and only when something changed. Secrets are never written.
+//!
+//! The texts are made by pure functions over the sync status and the cache; the thin edge writes
+//! them with git2 into the tracked repository (a local path; remotes are not pushed to yet).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Cache;
+use crate::controllers::kind;
+use crate::sync::SyncStatus;
+
+pub const NOTES_REF: &str = "refs/notes/capstan";
+pub const STATUS_REF: &str = "refs/heads/capstan/status";
+
+/// The kinds whose status goes to the status branch (never Secrets: they have no status, and
+/// their data must not reach Git).
+const STATUS_KINDS: [&str; 8] = [
+    "namespaces",
+    "nodes",
+    "pods",
+    "services",
+    "deployments",
+    "replicasets",
+    "resourcequotas",
+    "endpoints",
+];
+
+/// How a Deployment's rollout stands.
+fn rollout(d: &Value) -> (&'static str, Option<String>) {
+    let status = &d["status"];
+    let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+    let progressing = conditions.iter().find(|c| c["type"] == "Progressing");
+    if let Some(p) = progressing
+        && p["status"] == "False"
+    {
+        return ("failed", p["message"].as_str().map(str::to_owned));
+    }
+    let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
+    let generation_seen = status["observedGeneration"].as_i64() >= d["metadata"]["generation"].as_i64();
+    let done = generation_seen
+        && status["updatedReplicas"].as_i64().unwrap_or(0) == want
+        && status["availableReplicas"].as_i64().unwrap_or(0) == want
+        && status["replicas"].as_i64().unwrap_or(0) == want;
+    if done { ("complete", None) } else { ("progressing", None) }
+}
+
+/// The note for the applied commit: JSON, so that `capstan history` and scripts can read it.
+pub fn note(status: &SyncStatus, cache: &Cache, applied_at: &str) -> Option<Value> {
+    let commit = status.applied_commit.as_deref()?;
+    let (deployments, _) = cache.list(kind("deployments"), None);
+    let mut rollouts = Vec::new();
+    for d in deployments.iter() {
+        // The Deployments this commit changed (their provenance names it).
+        if d.object["metadata"]["annotations"]["capstan.dev/commit"] != commit {
+            continue;
+        }
+        let (state, why) = rollout(&d.object);
+        let mut r = json!({"deployment": format!("{}/{}", d.namespace, d.name), "state": state});
+        if let Some(why) = why {
+            r["message"] = json!(why);
+        }
+        rollouts.push(r);
+    }
+    let outcome = if rollouts.iter().any(|r| r["state"] == "failed") {
+        "failed"
+    } else if rollouts.iter().all(|r| r["state"] == "complete") {
+        "complete"
+    } else {
+        "progressing"
+    };
+    let quarantined: Vec<Value> = status
+        .quarantined
+        .iter()
+        .map(|q| json!({"object": q.object, "keptRunning": q.kept}))
+        .collect();
+    // A problem's message may quote a value; a Secret's values stay out of Git.
+    let problems: Vec<Value> = status
+        .problems
+        .iter()
+        .map(|p| {
+            let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+            if p.object.as_ref().is_some_and(|o| o.kind == "Secret") {
+                v["message"] = json!("(not shown: the object is a Secret)");
+            }
+            v
+        })
+        .collect();
+    Some(json!({
+        "commit": commit,
+        "branch": status.branch,
+        "appliedAt": applied_at,
+        "objects": {"created": status.created, "updated": status.updated, "pruned": status.pruned, "unchanged": status.unchanged},
+        "quarantined": quarantined,
+        "problems": problems,
+        "rollouts": rollouts,
+        "outcome": outcome,
+    }))
+}
+
+/// The status branch's files: `<plural>/<namespace>/<name>.json` (cluster-scoped kinds:
+/// `<plural>/<name>.json`), each with the object's identity and status.
+pub fn status_files(cache: &Cache) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    for plural in STATUS_KINDS {
+        let k = kind(plural);
+        let (objects, _) = cache.list(k, None);
+        for o in objects.iter() {
+            let mut status = o.object.get("status").cloned().unwrap_or(Value::Null);
+            if plural == "endpoints" {
+                status = o.object["subsets"].clone();
+            }
+            if plural == "nodes" {
+                // Heartbeat times change every minute without news; leave them out.
+                if let Some(conditions) = status["conditions"].as_array_mut() {
+                    for c in conditions {
+                        if let Some(m) = c.as_object_mut() {
+                            m.remove("lastHeartbeatTime");
+                        }
+                    }
+                }
+            }
+            let doc = json!({
+                "apiVersion": o.object["apiVersion"],
+                "kind": o.object["kind"],
+                "metadata": {"name": o.name, "namespace": o.object["metadata"]["namespace"],
+                             "source": o.object["metadata"]["annotations"]["capstan.dev/source"]},
+                "status": status,
+            });
+            let path = if o.namespace.is_empty() {
+                format!("{plural}/{}.json", o.name)
+            } else {
+                format!("{plural}/{}/{}.json", o.namespace, o.name)
+            };
+            files.insert(path, serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n");
+        }
+    }
+    files
+}
+
+fn signature() -> Result<git2::Signature<'static>, git2::Error> {
+    git2::Signature::now("Capstan", "capstan@localhost")
+}
+
+/// Writes `text` as the note on `commit` unless it is already there.
+fn write_note(repo: &git2::Repository, commit: &str, text: &str) -> Result<bool, git2::Error> {
+    let oid = git2::Oid::from_str(commit)?;
+    if let Ok(existing) = repo.find_note(Some(NOTES_REF), oid)
+        && existing.message().ok() == Some(text)
+    {
+        return Ok(false);
+    }
+    let sig = signature()?;
+    repo.note(&sig, &sig, Some(NOTES_REF), oid, text, true)?;
+    Ok(true)
+}
+
+/// Commits `files` on the status branch if they differ from its tip.
+fn write_status(repo: &git2::Repository, files: &BTreeMap<String, String>, desired: &str) -> Result<bool, git2::Error> {
+    let empty = repo.find_tree(repo.treebuilder(None)?.write()?)?;
+    let mut update = git2::build::TreeUpdateBuilder::new();
+    for (path, text) in files {
+        update.upsert(path.as_str(), repo.blob(text.as_bytes())?, git2::FileMode::Blob);
+    }
+    let tree = repo.find_tree(update.create_updated(repo, &empty)?)?;
+    let parent = repo.find_reference(STATUS_REF).ok().and_then(|r| r.peel_to_commit().ok());
+    if parent.as_ref().is_some_and(|p| p.tree_id() == tree.id()) {
+        return Ok(false);
+    }
+    let sig = signature()?;
+    let short = &desired[..desired.len().min(12)];
+    let message = format!("Status of {short}\n\nCapstan-Desired-Commit: {desired}\n");
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    repo.commit(Some(STATUS_REF), &sig, &sig, &message, &tree, &parents)?;
+    Ok(true)
+}
+
+/// Writes notes and the status branch into the repository at `path` every `interval` until
+/// cancelled.
+pub async fn run(path: PathBuf, mut sync: watch::Receiver<SyncStatus>, cache: Arc<Cache>, interval: Duration, cancel: CancellationToken) {
+    // When each commit was first seen applied (by this daemon).
+    let mut applied_at: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let status = sync.borrow_and_update().clone();
+        let Some(commit) = status.applied_commit.clone() else { continue };
+        let at = applied_at
+            .entry(commit.clone())
+            .or_insert_with(|| jiff::Timestamp::now().to_string())
+            .clone();
+        let note = note(&status, &cache, &at).map(|n| serde_json::to_string_pretty(&n).unwrap_or_default() + "\n");
+        let files = status_files(&cache);
+        let path = path.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<(bool, bool), git2::Error> {
+            let repo = git2::Repository::open(&path)?;
+            let noted = match &note {
+                Some(text) => write_note(&repo, &commit, text)?,
+                None => false,
+            };
+            let committed = write_status(&repo, &files, &commit)?;
+            Ok((noted, committed))
+        })
+        .await;
+        match result {
+            Ok(Ok((noted, committed))) => {
+                if noted || committed {
+                    tracing::debug!(noted, committed, "status written to git");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("writing status to git: {e}"),
+            Err(e) => tracing::warn!("writing status to git: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_states() {
+        let done = json!({"metadata": {"generation": 2}, "spec": {"replicas": 3},
+            "status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}});
+        assert_eq!(rollout(&done).0, "complete");
+        let rolling = json!({"metadata": {"generation": 2}, "spec": {"replicas": 3},
+            "status": {"observedGeneration": 2, "replicas": 4, "updatedReplicas": 1, "availableReplicas": 3}});
+        assert_eq!(rollout(&rolling).0, "progressing");
+        let stale = json!({"metadata": {"generation": 3}, "spec": {"replicas": 3},
+            "status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}});
+        assert_eq!(rollout(&stale).0, "progressing", "the controller has not seen the new spec yet");
+        let failed = json!({"metadata": {"generation": 2}, "spec": {"replicas": 3},
+            "status": {"conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                       "message": "ReplicaSet \"web-1\" has timed out progressing."}]}});
+        assert_eq!(
+            rollout(&failed),
+            ("failed", Some("ReplicaSet \"web-1\" has timed out progressing.".into()))
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! `capstan status`: the sync state and each object's health, read from what Capstan writes into
+//! Git — the status branch (`capstan/status`) and the note on the applied commit.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::output::{Format, print_structured};
+
+/// One line of health for an object on the status branch.
+fn health(kind: &str, status: &Value) -> String {
+    match kind {
+        "Deployment" => format!(
+            "{}/{} ready, {} up to date",
+            status["readyReplicas"].as_i64().unwrap_or(0),
+            status["replicas"].as_i64().unwrap_or(0),
+            status["updatedReplicas"].as_i64().unwrap_or(0)
+        ),
+        "Pod" => {
+            let ready = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let waiting = status["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|c| c["state"]["waiting"]["reason"].as_str());
+            let phase = status["phase"].as_str().unwrap_or("Pending");
+            match (waiting, ready) {
+                (Some(w), _) => format!("{phase}, {w}"),
+                (None, true) => format!("{phase}, ready"),
+                (None, false) => format!("{phase}, not ready"),
+            }
+        }
+        "Node" => {
+            let ready = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .map(|c| c["status"] == "True");
+            match ready {
+                Some(true) => "Ready".into(),
+                Some(false) => "NotReady".into(),
+                None => "Unknown".into(),
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
+    let git = git2::Repository::discover(repo).with_context(|| format!("{} is not in a git repository", repo.display()))?;
+    let reference = git
+        .find_reference(capstan_daemon::writeback::STATUS_REF)
+        .context("no status branch (capstan/status) in this repository yet: is Capstan tracking it?")?;
+    let status_commit = reference.peel_to_commit()?;
+    let message = status_commit.message().unwrap_or_default();
+    let desired = message
+        .lines()
+        .find_map(|l| l.strip_prefix("Capstan-Desired-Commit: "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let note = git2::Oid::from_str(&desired)
+        .ok()
+        .and_then(|oid| super::history::read_note(&git, oid));
+    let written = jiff::Timestamp::from_second(status_commit.time().seconds())
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+
+    let tree = status_commit.tree()?;
+    let mut objects = Vec::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |_, entry| {
+        if entry.kind() == Some(git2::ObjectType::Blob)
+            && let Ok(blob) = git.find_blob(entry.id())
+            && let Ok(doc) = serde_json::from_slice::<Value>(blob.content())
+        {
+            objects.push(doc);
+        }
+        git2::TreeWalkResult::Ok
+    })?;
+
+    if format != Format::Text {
+        print_structured(
+            format,
+            &json!({"desiredCommit": desired, "statusWrittenAt": written, "note": note, "objects": objects}),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("applied commit  {desired}");
+    if let Some(n) = &note {
+        println!("applied at      {}", n["appliedAt"].as_str().unwrap_or_default());
+        println!("outcome         {}", n["outcome"].as_str().unwrap_or_default());
+        for q in n["quarantined"].as_array().into_iter().flatten() {
+            let o = &q["object"];
+            println!(
+                "quarantined     {} {}/{}",
+                o["kind"].as_str().unwrap_or_default(),
+                o["namespace"].as_str().unwrap_or_default(),
+                o["name"].as_str().unwrap_or_default()
+            );
+        }
+        for p in n["problems"].as_array().into_iter().flatten() {
+            println!(
+                "problem         {}:{}: {}",
+                p["file"].as_str().unwrap_or_default(),
+                p["line"],
+                p["message"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    println!("status as of    {written}");
+    println!();
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::NOTHING);
+    table.set_header(["KIND", "NAMESPACE", "NAME", "HEALTH", "SOURCE"]);
+    for o in objects
+        .iter()
+        .filter(|o| ["Deployment", "Pod", "Node"].contains(&o["kind"].as_str().unwrap_or_default()))
+    {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        table.add_row([
+            kind.to_owned(),
+            o["metadata"]["namespace"].as_str().unwrap_or("").to_owned(),
+            o["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            health(kind, &o["status"]),
+            o["metadata"]["source"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    println!("{table}");
+    Ok(ExitCode::SUCCESS)
+}
