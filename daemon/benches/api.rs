@@ -108,11 +108,9 @@ async fn main() {
     let kind = capstan_api::kinds::by_name("pods").unwrap();
     // Pods are admitted only into namespaces that exist.
     let namespaces = capstan_api::kinds::by_name("namespaces").unwrap();
-    for n in 0..20 {
-        d.objects
-            .create(namespaces, json!({"metadata": {"name": format!("ns-{n}")}}))
-            .await
-            .unwrap();
+    let names = (0..20).map(|n| format!("ns-{n}")).chain(["fanout".to_owned()]);
+    for name in names {
+        d.objects.create(namespaces, json!({"metadata": {"name": name}})).await.unwrap();
     }
     d.cache.wait_for(d.store.revision()).await;
     let start = Instant::now();
