@@ -211,9 +211,10 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
         "label=capstan.dev/container=frontend",
     ]));
     let container = inside.lines().next().expect("a frontend container");
-    let answers = run_ok(Command::new("docker").args(["exec", container, "/capstan-testapp", "get", "http://frontend/", "12"]));
+    let answers = run_ok(Command::new("docker").args(["exec", container, "/capstan-testapp", "get", "http://frontend/", "30"]));
     let served: std::collections::BTreeSet<&str> = answers.lines().filter_map(|l| l.split("served by ").nth(1)).collect();
-    assert!(served.len() >= 2, "12 requests reach more than one frontend: {served:?}\n{answers}");
+    // All three, the asking pod included (hairpin through the bridge).
+    assert_eq!(served.len(), 3, "30 requests reach every frontend: {served:?}\n{answers}");
     // An address in the service range that no service has is rejected, not routed out.
     let stray = http("10.96.255.254:80", "GET", "/", "");
     assert!(
@@ -256,7 +257,11 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
         (v[0]["commit"] == head.as_str() && v[0]["note"]["outcome"] == "complete").then_some(v)
     });
     assert_eq!(history[0]["note"]["rollouts"][0]["deployment"], "guestbook/frontend", "{history}");
-    assert_eq!(history[1]["note"]["outcome"], "complete", "{history}");
+    // The first commit's rollout finished, or was overtaken by the second before the note saw it.
+    assert!(
+        ["complete", "superseded"].contains(&history[1]["note"]["outcome"].as_str().unwrap_or_default()),
+        "{history}"
+    );
     assert_eq!(history[1]["note"]["objects"]["created"], 7, "{history}");
     let listing = capstan(&["history"]);
     assert!(listing.contains("complete") && listing.contains("frontend 2"), "{listing}");

@@ -189,6 +189,9 @@ fn write_status(repo: &git2::Repository, files: &BTreeMap<String, String>, desir
 pub async fn run(path: PathBuf, mut sync: watch::Receiver<SyncStatus>, cache: Arc<Cache>, interval: Duration, cancel: CancellationToken) {
     // When each commit was first seen applied (by this daemon).
     let mut applied_at: BTreeMap<String, String> = BTreeMap::new();
+    // The last note written, and for which commit: when a new commit is applied before the
+    // previous one's rollouts finished, the previous note is closed as superseded.
+    let mut last: Option<(String, Value)> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -200,15 +203,27 @@ pub async fn run(path: PathBuf, mut sync: watch::Receiver<SyncStatus>, cache: Ar
             .entry(commit.clone())
             .or_insert_with(|| jiff::Timestamp::now().to_string())
             .clone();
-        let note = note(&status, &cache, &at).map(|n| serde_json::to_string_pretty(&n).unwrap_or_default() + "\n");
+        let mut notes = Vec::new();
+        if let Some((previous, mut n)) = last.take()
+            && previous != commit
+            && n["outcome"] == "progressing"
+        {
+            n["outcome"] = json!("superseded");
+            n["supersededBy"] = json!(commit);
+            notes.push((previous, n));
+        }
+        if let Some(n) = note(&status, &cache, &at) {
+            last = Some((commit.clone(), n.clone()));
+            notes.push((commit.clone(), n));
+        }
         let files = status_files(&cache);
         let path = path.clone();
         let result = tokio::task::spawn_blocking(move || -> Result<(bool, bool), git2::Error> {
             let repo = git2::Repository::open(&path)?;
-            let noted = match &note {
-                Some(text) => write_note(&repo, &commit, text)?,
-                None => false,
-            };
+            let mut noted = false;
+            for (on, n) in &notes {
+                noted |= write_note(&repo, on, &(serde_json::to_string_pretty(n).unwrap_or_default() + "\n"))?;
+            }
             let committed = write_status(&repo, &files, &commit)?;
             Ok((noted, committed))
         })

@@ -460,6 +460,7 @@ impl Worker {
             let _ = env.runtime.remove(&config.name).await;
             let id = env.runtime.create(&config).await?;
             env.runtime.start(&id).await?;
+            hairpin(&capstan_containers::bridge_name(&env.ctx.network));
             env.runtime.inspect(&id).await
         };
         match made.await {
@@ -674,6 +675,7 @@ impl Worker {
         let made = async {
             let id = env.runtime.create(&config).await?;
             env.runtime.start(&id).await?;
+            hairpin(&capstan_containers::bridge_name(&env.ctx.network));
             env.runtime.inspect(&id).await
         };
         match made.await {
@@ -987,5 +989,25 @@ fn human(d: Duration) -> String {
         format!("{}s", ms / 1000)
     } else {
         format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// Lets a pod reach itself through its own Service: the proxy sends such a connection back out of
+/// the bridge port it came in on, which a Linux bridge does only in hairpin mode (kubelet's
+/// `hairpin-veth`). Set on every port of the node's bridge, after each new sandbox.
+fn hairpin(bridge: &str) {
+    let ports = std::path::Path::new("/sys/class/net").join(bridge).join("brif");
+    let Ok(entries) = std::fs::read_dir(&ports) else {
+        tracing::debug!(bridge, "no bridge ports to set to hairpin mode");
+        return;
+    };
+    for port in entries.flatten() {
+        let mode = port.path().join("hairpin_mode");
+        if std::fs::read_to_string(&mode).is_ok_and(|m| m.trim() == "1") {
+            continue;
+        }
+        if let Err(e) = std::fs::write(&mode, "1") {
+            tracing::warn!(port = %port.file_name().to_string_lossy(), error = %e, "setting hairpin mode failed");
+        }
     }
 }

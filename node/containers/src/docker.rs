@@ -398,7 +398,7 @@ impl Runtime for Docker {
 }
 
 /// A Linux bridge name (at most 15 characters) for a Docker network.
-fn bridge_name(network: &str) -> String {
+pub fn bridge_name(network: &str) -> String {
     let h = network
         .bytes()
         .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));

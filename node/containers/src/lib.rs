@@ -7,7 +7,7 @@ mod docker;
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub use docker::Docker;
+pub use docker::{Docker, bridge_name};
 use futures::stream::BoxStream;
 
 #[derive(Debug, Clone, thiserror::Error)]
