@@ -94,7 +94,7 @@ fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
     Duration::try_from(d).with_context(|| format!("--{flag} {text:?}: must not be negative"))
 }
 
-fn pair(flag: &str, text: &str) -> anyhow::Result<(String, String)> {
+pub fn pair(flag: &str, text: &str) -> anyhow::Result<(String, String)> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => bail!("--{flag} {text:?}: expected key=value"),
@@ -113,9 +113,7 @@ fn taint(text: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 fn cidr(flag: &str, text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
-    text.split_once('/')
-        .and_then(|(ip, bits)| Some((ip.parse().ok()?, bits.parse::<u8>().ok().filter(|b| *b <= 32)?)))
-        .with_context(|| format!("--{flag} {text:?}: expected an IPv4 range such as 10.96.0.0/16"))
+    capstan_daemon::controllers::parse_cidr(text).with_context(|| format!("--{flag} {text:?}: expected an IPv4 range such as 10.96.0.0/16"))
 }
 
 /// The proxy's settings from the flags.
@@ -128,7 +126,7 @@ pub fn proxy_config(mode: &capstan_proxy::ProxyMode, service_cidr: &str, cluster
     })
 }
 
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_ascii_lowercase())
         .unwrap_or_else(|_| "node".into())

@@ -96,12 +96,6 @@ fn build_images() {
     }
 }
 
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_ascii_lowercase())
-        .unwrap_or_else(|_| "node".into())
-}
-
 fn is_ready(pod: &serde_json::Value) -> bool {
     pod["status"]["conditions"]
         .as_array()
@@ -121,7 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut proxy = super::node::proxy_config(&args.proxy_mode, "10.96.0.0/16", &args.cluster_cidr)?;
     proxy.table = args.proxy_table;
     daemon_config.pod_cidr = proxy.pod_cidr;
-    let name = args.node_name.unwrap_or_else(host_name);
+    let name = args.node_name.unwrap_or_else(super::node::host_name);
     let mut node = NodeConfig::new(
         String::new(),
         data_dir.join("node-token"),
@@ -135,11 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     node.runtime_labels = args
         .runtime_label
         .iter()
-        .map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .context("--runtime-label: expected key=value")
-        })
+        .map(|l| super::node::pair("runtime-label", l))
         .collect::<anyhow::Result<_>>()?;
     node.proxy = Some(proxy);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;

@@ -91,7 +91,7 @@ fn short_hash(text: &str) -> String {
     hex::encode(&Sha256::digest(text.as_bytes())[..4])
 }
 
-fn cidr((ip, bits): (Ipv4Addr, u8)) -> String {
+pub(crate) fn cidr((ip, bits): (Ipv4Addr, u8)) -> String {
     format!("{ip}/{bits}")
 }
 

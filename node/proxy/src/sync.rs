@@ -20,7 +20,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::nft::{self, Nft, NftSettings, Ruleset};
+use crate::nft::{self, Nft, NftSettings, Ruleset, cidr};
 use crate::{ProxyConfig, ProxyError, ProxyMode, firewall};
 use crate::{dns, model};
 
@@ -45,10 +45,6 @@ impl Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy").field("backend", &self.backend).finish()
     }
-}
-
-fn cidr((ip, bits): (std::net::Ipv4Addr, u8)) -> String {
-    format!("{ip}/{bits}")
 }
 
 impl Proxy {
