@@ -10,13 +10,32 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v nft >/dev/null || need+=(nftables)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ip >/dev/null || need+=(iproute2)
+command -v curl >/dev/null || need+=(curl) # the webhook test posts with it
+# The IPVS tests boot Debian's kernel under qemu (the host kernel has no IPVS); the harness
+# unpacks the kernel and busybox with dpkg and xz.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v zstd >/dev/null || need+=(zstd)
 
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     sudo_cmd=()
     [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+    target=()
+    # bookworm's qemu-system-x86 would remove a backports qemu-utils (it Breaks older
+    # qemu-system-common); take qemu from backports too where that is what is installed.
+    if [[ " ${need[*]} " == *" qemu-system-x86 "* ]] && dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null | grep -q bpo; then
+        codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+        if ! grep -rqs "$codename-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$codename" |
+                "${sudo_cmd[@]}" tee /etc/apt/sources.list.d/capstan-backports.sources >/dev/null
+            "${sudo_cmd[@]}" apt-get update -qq
+        fi
+        target=(-t "$codename-backports")
+        need+=(qemu-utils)
+    fi
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${target[@]}" "${need[@]}"
 else
     echo "all system packages present"
 fi

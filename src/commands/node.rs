@@ -76,7 +76,11 @@ pub struct Args {
     /// The pod range: connections from outside it to a service are masqueraded.
     #[arg(long, default_value = "10.244.0.0/16")]
     pub cluster_cidr: String,
-    /// Remove the proxy's rules (nftables table, DOCKER-USER rules) and exit.
+    /// The IPVS scheduler for every service in IPVS mode: rr, wrr, lc, sh or mh.
+    #[arg(long, default_value = "rr", value_parser = ["rr", "wrr", "lc", "sh", "mh"])]
+    pub ipvs_scheduler: String,
+    /// Remove the proxy's rules (nftables table, IPVS services and capstan-ipvs0, DOCKER-USER
+    /// rules) and exit.
     #[arg(long)]
     pub cleanup_proxy: bool,
     /// The nftables table the proxy owns (tests use their own).
@@ -175,6 +179,7 @@ pub fn config(args: Args) -> anyhow::Result<NodeConfig> {
         .transpose()?
         .map(|p| capstan_proxy::ProxyConfig {
             table: args.proxy_table.clone(),
+            ipvs_scheduler: args.ipvs_scheduler.clone(),
             ..p
         });
     Ok(c)
@@ -186,7 +191,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut p = proxy_config(&args.proxy_mode, &args.service_cidr, &args.cluster_cidr)?;
         p.table = args.proxy_table.clone();
         rt.block_on(capstan_proxy::sync::cleanup(&p))?;
-        eprintln!("capstan node: removed the proxy's table {} and its DOCKER-USER rules", p.table);
+        eprintln!(
+            "capstan node: removed the proxy's table {}, its IPVS services where the kernel has IPVS, and its DOCKER-USER rules",
+            p.table
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let config = config(args)?;

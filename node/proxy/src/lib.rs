@@ -3,11 +3,12 @@
 //! node port reach one of its ready endpoints.
 //!
 //! [`model`] is the pure core (objects in, virtual services out); [`nft`] renders and applies
-//! them as an nftables table of our own; [`firewall`] opens Docker's FORWARD policy for the pod
+//! them as an nftables table of our own, [`ipvs`] as IPVS virtual servers over generic netlink; [`firewall`] opens Docker's FORWARD policy for the pod
 //! range; [`dns`] answers the cluster's names; [`sync`] is the loop that keeps the kernel in line.
 
 pub mod dns;
 pub mod firewall;
+pub mod ipvs;
 pub mod model;
 pub mod nft;
 pub mod sync;
@@ -60,6 +61,8 @@ pub struct ProxyConfig {
     /// no DNS server.
     pub dns: Option<SocketAddrV4>,
     pub cluster_domain: String,
+    /// The IPVS scheduler for every virtual service: rr, wrr, lc, sh or mh.
+    pub ipvs_scheduler: String,
 }
 
 impl Default for ProxyConfig {
@@ -75,6 +78,7 @@ impl Default for ProxyConfig {
             resync_interval: Duration::from_secs(30),
             dns: None,
             cluster_domain: "cluster.local".into(),
+            ipvs_scheduler: "rr".into(),
         }
     }
 }
@@ -101,11 +105,24 @@ pub enum ProxyError {
         "--proxy-mode ipvs: this kernel has no IPVS (no /proc/net/ip_vs, and `modprobe ip_vs` did not help); use --proxy-mode nftables"
     )]
     NoIpvs,
-    #[error("--proxy-mode ipvs: the IPVS backend is not built yet; use --proxy-mode nftables")]
-    IpvsNotBuilt,
+    #[error("IPVS: {0}")]
+    Ipvs(#[from] ipvs::KernelError),
+    #[error("the IPVS backend programs the proxy's own network namespace; it cannot be combined with a netns setting")]
+    IpvsNetns,
 }
 
 /// Whether the kernel (of the current network namespace) has the IPVS family.
+/// Loads the module once if it is not loaded yet (quietly: most kernels here have none).
 pub fn kernel_has_ipvs() -> bool {
-    std::path::Path::new("/proc/net/ip_vs").exists()
+    let present = || std::path::Path::new("/proc/net/ip_vs").exists();
+    if present() {
+        return true;
+    }
+    let _ = std::process::Command::new("modprobe")
+        .arg("-q")
+        .arg("ip_vs")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    present()
 }

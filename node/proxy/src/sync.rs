@@ -20,6 +20,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::ipvs::IpvsBackend;
 use crate::nft::{self, Nft, NftSettings, Ruleset, cidr};
 use crate::{ProxyConfig, ProxyError, ProxyMode, firewall};
 use crate::{dns, model};
@@ -51,23 +52,10 @@ impl Proxy {
     /// Chooses the backend, checks that it works, opens Docker's FORWARD chain for the pod range
     /// and starts the loop.
     pub async fn start(client: kube::Client, config: ProxyConfig) -> Result<Proxy, ProxyError> {
-        let has_ipvs = crate::kernel_has_ipvs();
-        match (config.mode, has_ipvs) {
-            (ProxyMode::Ipvs, false) => return Err(ProxyError::NoIpvs),
-            (ProxyMode::Ipvs, true) => return Err(ProxyError::IpvsNotBuilt),
-            (ProxyMode::Auto, true) => {
-                tracing::info!("proxy: the kernel has IPVS, but this build programs services with nftables")
-            }
-            (ProxyMode::Auto, false) => tracing::info!("proxy: the kernel has no IPVS; programming services with nftables"),
-            (ProxyMode::Nftables, _) => tracing::info!("proxy: programming services with nftables (--proxy-mode nftables)"),
-        }
-        let nft = Nft {
-            netns: config.netns.clone(),
-            table: config.table.clone(),
-        };
-        nft.list().await?; // nft is there and answers
+        let dataplane = Dataplane::choose(&config).await?;
         firewall::open(config.netns.as_deref(), &cidr(config.pod_cidr)).await?;
 
+        let backend = dataplane.name();
         let view = Arc::new(Mutex::new(View::default()));
         let changed = Arc::new(Notify::new());
         let cancel = CancellationToken::new();
@@ -99,14 +87,14 @@ impl Proxy {
                 cancel.clone(),
                 |v| (&mut v.slices, &mut v.slices_listed),
             )),
-            tokio::spawn(apply_loop(config, nft, view, changed, records, cancel.clone(), applied_tx)),
+            tokio::spawn(apply_loop(config, dataplane, view, changed, records, cancel.clone(), applied_tx)),
         ];
         tasks.extend(dns_task);
         Ok(Proxy {
             cancel,
             tasks,
             applied,
-            backend: "nftables",
+            backend,
         })
     }
 
@@ -124,14 +112,134 @@ impl Proxy {
     }
 }
 
-/// Removes everything a proxy made (`capstan node --cleanup-proxy`).
+/// Removes everything a proxy made (`capstan node --cleanup-proxy`): our nftables table, the
+/// IPVS services and addresses where the kernel has IPVS, and the firewall openings.
 pub async fn cleanup(config: &ProxyConfig) -> Result<(), ProxyError> {
     let nft = Nft {
         netns: config.netns.clone(),
         table: config.table.clone(),
     };
     nft.delete_table().await?;
+    if config.netns.is_none() && config.mode != ProxyMode::Nftables && crate::kernel_has_ipvs() {
+        let service_cidr = config.service_cidr;
+        let scheduler = config.ipvs_scheduler.clone();
+        tokio::task::spawn_blocking(move || IpvsBackend::open(&scheduler, service_cidr)?.cleanup())
+            .await
+            .expect("IPVS cleanup thread")?;
+    }
     firewall::close(config.netns.as_deref(), &cidr(config.pod_cidr)).await
+}
+
+/// The nftables dataplane and what it last applied.
+struct NftPlane {
+    nft: Nft,
+    settings: NftSettings,
+    renderer: nft::Renderer,
+    /// What the last successful transaction left in the kernel; None: unknown.
+    applied: Option<Ruleset>,
+}
+
+/// The kernel dataplane in use, with what it last applied.
+enum Dataplane {
+    Nft(Box<NftPlane>),
+    /// Blocking netlink calls, made on a blocking thread.
+    Ipvs(Arc<Mutex<IpvsBackend>>),
+}
+
+impl Dataplane {
+    /// IPVS when the kernel has it (or it is asked for), nftables otherwise; checks that the
+    /// chosen one answers.
+    async fn choose(config: &ProxyConfig) -> Result<Dataplane, ProxyError> {
+        let has_ipvs = config.mode != ProxyMode::Nftables && crate::kernel_has_ipvs();
+        let use_ipvs = match (config.mode, has_ipvs) {
+            (ProxyMode::Ipvs, false) => return Err(ProxyError::NoIpvs),
+            (ProxyMode::Ipvs | ProxyMode::Auto, true) => {
+                if config.netns.is_some() {
+                    return Err(ProxyError::IpvsNetns);
+                }
+                tracing::info!("proxy: the kernel has IPVS; programming services as IPVS virtual servers");
+                true
+            }
+            (ProxyMode::Auto, false) => {
+                tracing::info!("proxy: the kernel has no IPVS; programming services with nftables");
+                false
+            }
+            (ProxyMode::Nftables, _) => {
+                tracing::info!("proxy: programming services with nftables (--proxy-mode nftables)");
+                false
+            }
+        };
+        if use_ipvs {
+            let (scheduler, cidr) = (config.ipvs_scheduler.clone(), config.service_cidr);
+            let backend = tokio::task::spawn_blocking(move || IpvsBackend::open(&scheduler, cidr))
+                .await
+                .expect("IPVS open thread")?;
+            return Ok(Dataplane::Ipvs(Arc::new(Mutex::new(backend))));
+        }
+        let nft = Nft {
+            netns: config.netns.clone(),
+            table: config.table.clone(),
+        };
+        nft.list().await?; // nft is there and answers
+        Ok(Dataplane::Nft(Box::new(NftPlane {
+            nft,
+            settings: NftSettings {
+                table: config.table.clone(),
+                service_cidr: config.service_cidr,
+                pod_cidr: config.pod_cidr,
+                spread: config.spread,
+            },
+            renderer: nft::Renderer::default(),
+            applied: None,
+        })))
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Dataplane::Nft(_) => "nftables",
+            Dataplane::Ipvs(_) => "ipvs",
+        }
+    }
+
+    /// Applies `services`: the difference from the last apply, or (`full`, or after an error)
+    /// everything against what the kernel holds.
+    async fn apply(&mut self, services: Vec<model::VirtualService>, full: bool) -> Result<(), ProxyError> {
+        match self {
+            Dataplane::Nft(plane) => {
+                let NftPlane {
+                    nft,
+                    settings,
+                    renderer,
+                    applied,
+                } = &mut **plane;
+                let wanted = renderer.render(&services, settings);
+                let result = match (applied.as_ref(), full) {
+                    (Some(old), false) => nft.apply(&nft::delta_script(old, &wanted, settings)).await,
+                    _ => match nft.list().await {
+                        Ok(text) => nft.apply(&nft::full_script(&wanted, settings, &nft::parse_listing(&text))).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                *applied = result.is_ok().then_some(wanted);
+                result
+            }
+            Dataplane::Ipvs(backend) => {
+                let backend = backend.clone();
+                let done = tokio::task::spawn_blocking(move || backend.lock().expect("IPVS backend").apply(&services, full))
+                    .await
+                    .expect("IPVS apply thread")?;
+                tracing::debug!(requests = done.requests, addresses = done.addresses, "proxy: IPVS applied");
+                Ok(())
+            }
+        }
+    }
+
+    fn needs_full(&self) -> bool {
+        match self {
+            Dataplane::Nft(plane) => plane.applied.is_none(),
+            Dataplane::Ipvs(_) => false, // the backend falls back to a full apply by itself
+        }
+    }
 }
 
 fn key<K: Resource>(o: &K) -> String {
@@ -188,22 +296,14 @@ where
 
 async fn apply_loop(
     config: ProxyConfig,
-    nft: Nft,
+    mut dataplane: Dataplane,
     view: Arc<Mutex<View>>,
     changed: Arc<Notify>,
     records: Arc<RwLock<dns::Records>>,
     cancel: CancellationToken,
     applied_tx: watch::Sender<u64>,
 ) {
-    let settings = NftSettings {
-        table: config.table.clone(),
-        service_cidr: config.service_cidr,
-        pod_cidr: config.pod_cidr,
-        spread: config.spread,
-    };
-    // What the last successful transaction left in the kernel; None: unknown, rewrite it all.
-    let mut applied: Option<Ruleset> = None;
-    let mut renderer = nft::Renderer::default();
+    let mut first = true;
     let mut next_full = Instant::now();
     let mut last_apply = Instant::now() - config.min_sync_interval;
     loop {
@@ -226,28 +326,22 @@ async fn apply_loop(
                 None => services,
             }
         };
-        let wanted = renderer.render(&services, &settings);
-        let full = applied.is_none() || Instant::now() >= next_full;
-        let result = match (&applied, full) {
-            (Some(old), false) => nft.apply(&nft::delta_script(old, &wanted, &settings)).await,
-            _ => match nft.list().await {
-                Ok(text) => nft.apply(&nft::full_script(&wanted, &settings, &nft::parse_listing(&text))).await,
-                Err(e) => Err(e),
-            },
-        };
+        let count = services.len();
+        let full = first || dataplane.needs_full() || Instant::now() >= next_full;
+        let result = dataplane.apply(services, full).await;
         last_apply = Instant::now();
         match result {
             Ok(()) => {
+                first = false;
                 if full {
                     next_full = Instant::now() + config.resync_interval;
                 }
-                tracing::debug!(services = services.len(), full, "proxy: applied");
-                applied = Some(wanted);
+                tracing::debug!(services = count, full, "proxy: applied");
                 applied_tx.send_modify(|n| *n += 1);
             }
             Err(e) => {
                 tracing::warn!("proxy: {e}; retrying with a full rewrite");
-                applied = None;
+                first = true;
                 next_full = Instant::now() + Duration::from_secs(1);
             }
         }
