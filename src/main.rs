@@ -45,6 +45,13 @@ enum Command {
         /// The pod range, split into a /24 per node.
         #[arg(long)]
         cluster_cidr: Option<String>,
+        /// Accept `POST /hooks/git` (GitHub, Gitea or GitLab push webhooks) signed with the
+        /// secret in this file, and fetch at once when one arrives.
+        #[arg(long)]
+        webhook_secret_file: Option<PathBuf>,
+        /// How often a remote repository is fetched, in seconds.
+        #[arg(long, default_value_t = 15)]
+        poll_interval: u64,
     },
     /// A node agent (and the proxy) joining a running daemon.
     Node(Box<commands::node::Args>),
@@ -116,6 +123,8 @@ fn main() -> ExitCode {
             data_dir,
             listen,
             cluster_cidr,
+            webhook_secret_file,
+            poll_interval,
         } => commands::daemon::run(commands::daemon::Args {
             repo,
             branch,
@@ -123,6 +132,8 @@ fn main() -> ExitCode {
             data_dir,
             listen,
             cluster_cidr,
+            webhook_secret_file,
+            poll_interval,
         }),
         Command::Node(args) => commands::node::run(*args),
         Command::Status { repo, output } => commands::status::run(&repo, output),

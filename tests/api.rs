@@ -439,3 +439,58 @@ fn a_restarted_daemon_keeps_objects_and_versions() {
     assert_eq!(event["object"]["reason"], "Expired");
     let _ = &mut c;
 }
+
+const SETTINGS: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\ndata:\n  colour: blue\n";
+
+/// POSTs `body` to the daemon's /hooks/git with extra curl arguments; returns the HTTP status.
+fn post_hook(c: &Cluster, body: &str, headers: &[String]) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(c.data.join("pki/ca.crt"))
+        .args(["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(format!("{}/hooks/git", c.server())).output().expect("curl");
+    assert!(out.status.success(), "curl: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_signed_webhook_fetches_a_remote_at_once_and_an_unsigned_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, "s3cret\n").unwrap();
+    // Polling once an hour: only the webhook can bring the new commit in time.
+    let c = Cluster::start_remote(
+        &[("settings.yaml", SETTINGS)],
+        &["--poll-interval", "3600", "--webhook-secret-file", common::path_str(&secret_file)],
+    );
+    let colour = |c: &Cluster| c.kubectl_ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.colour}"]);
+    c.wait_until("the first commit applied", || {
+        c.kubectl(&["get", "configmap", "settings"]).status.success()
+    });
+    assert_eq!(colour(&c), "blue");
+
+    c.commit(&[("settings.yaml", &SETTINGS.replace("blue", "green"))], &[], "green");
+    c.push();
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    // Refused: no signature, a wrong one, a wrong token. Nothing is fetched.
+    assert_eq!(post_hook(&c, body, &[]), "401");
+    let wrong = hex::encode(capstan_daemon::webhook::hmac_sha256(b"guess", body.as_bytes()));
+    assert_eq!(post_hook(&c, body, &[format!("X-Hub-Signature-256: sha256={wrong}")]), "401");
+    assert_eq!(post_hook(&c, body, &["X-Gitlab-Token: guess".into()]), "401");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(colour(&c), "blue", "an unsigned call must not fetch");
+
+    // GitHub's signature over the body with the secret: fetched and applied at once.
+    let good = hex::encode(capstan_daemon::webhook::hmac_sha256(b"s3cret", body.as_bytes()));
+    assert_eq!(post_hook(&c, body, &[format!("X-Hub-Signature-256: sha256={good}")]), "202");
+    c.wait_until("the pushed commit applied after the webhook", || colour(&c) == "green");
+
+    // GitLab's token works too.
+    c.commit(&[("settings.yaml", &SETTINGS.replace("blue", "red"))], &[], "red");
+    c.push();
+    assert_eq!(post_hook(&c, body, &["X-Gitlab-Token: s3cret".into()]), "202");
+    c.wait_until("the next commit applied after the webhook", || colour(&c) == "red");
+}

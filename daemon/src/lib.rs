@@ -13,6 +13,7 @@ pub mod objects;
 pub mod pki;
 pub mod scheduling;
 pub mod sync;
+pub mod webhook;
 pub mod writeback;
 
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +59,8 @@ pub struct DaemonConfig {
     pub pod_cidr: (std::net::Ipv4Addr, u8),
     /// How often the status branch and notes are written (at most one commit per interval).
     pub status_interval: Duration,
+    /// The shared secret of `POST /hooks/git`; `None`: no webhook.
+    pub webhook_secret: Option<Vec<u8>>,
 }
 
 impl DaemonConfig {
@@ -75,6 +78,7 @@ impl DaemonConfig {
             eviction_timeout: Duration::from_secs(300),
             pod_cidr: controllers::Settings::default().pod_cidr,
             status_interval: Duration::from_secs(3),
+            webhook_secret: None,
         }
     }
 }
@@ -221,7 +225,7 @@ impl Daemon {
             })),
             logs: Some(Arc::new(nodelogs::NodeLogs::new(&ca, cache.clone())?)),
             sync: Some(sync_status.clone()),
-            extra: None,
+            extra: config.webhook_secret.clone().map(|secret| webhook::routes(secret, trigger.clone())),
         });
         let router = api::router(state);
         tasks.push(tokio::spawn(capstan_runtime::https::serve(listener, tls, router, shutdown.clone())));

@@ -16,6 +16,8 @@ pub struct Args {
     pub listen: Option<String>,
     /// The pod range split into a /24 per node (kube-controller-manager's --cluster-cidr).
     pub cluster_cidr: Option<String>,
+    pub webhook_secret_file: Option<PathBuf>,
+    pub poll_interval: u64,
 }
 
 /// `~/.capstan`, where commands keep their state unless told otherwise.
@@ -38,6 +40,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .filter(|(_, bits)| *bits <= 24)
             .with_context(|| format!("--cluster-cidr {c:?}: expected an IPv4 range of /24 or larger, such as 10.244.0.0/16"))?;
     }
+    if let Some(f) = &args.webhook_secret_file {
+        let secret = std::fs::read_to_string(f).with_context(|| format!("--webhook-secret-file {}", f.display()))?;
+        let secret = secret.trim();
+        anyhow::ensure!(!secret.is_empty(), "--webhook-secret-file {}: the file is empty", f.display());
+        config.webhook_secret = Some(secret.as_bytes().to_vec());
+    }
+    config.poll_interval = std::time::Duration::from_secs(args.poll_interval.max(1));
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let daemon = Daemon::start(config).await?;

@@ -138,6 +138,22 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A temporary directory with a repository `repo` holding `files` in one commit.
+fn init_repo(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    for (path, text) in files {
+        let p = repo.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "--allow-empty", "-m", "initial"]);
+    (dir, repo)
+}
+
 /// A `capstan daemon` process tracking a repository made with the git CLI, killed on drop.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -154,24 +170,35 @@ impl Cluster {
 
     /// As `start`, with extra daemon flags.
     pub fn start_with(files: &[(&str, &str)], daemon_args: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo");
-        std::fs::create_dir_all(&repo).unwrap();
-        git(&repo, &["init", "-q"]);
-        for (path, text) in files {
-            let p = repo.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        }
-        git(&repo, &["add", "-A"]);
-        git(&repo, &["commit", "-q", "--allow-empty", "-m", "initial"]);
+        let (dir, repo) = init_repo(files);
+        let tracked = path_str(&repo).to_owned();
+        Cluster::launch(dir, repo, &tracked, daemon_args)
+    }
+
+    /// As `start_with`, but the daemon tracks a bare clone of the working repository through a
+    /// file:// URL (a remote: polled, or fetched on a webhook); `push` publishes to it.
+    pub fn start_remote(files: &[(&str, &str)], daemon_args: &[&str]) -> Cluster {
+        let (dir, repo) = init_repo(files);
+        let remote = dir.path().join("remote.git");
+        git(dir.path(), &["clone", "-q", "--bare", path_str(&repo), path_str(&remote)]);
+        git(&repo, &["remote", "add", "origin", path_str(&remote)]);
+        let url = format!("file://{}", path_str(&remote));
+        Cluster::launch(dir, repo, &url, daemon_args)
+    }
+
+    /// Pushes the working repository's branch to the remote of `start_remote`.
+    pub fn push(&self) {
+        git(&self.repo, &["push", "-q", "origin", "HEAD"]);
+    }
+
+    fn launch(dir: tempfile::TempDir, repo: PathBuf, tracked: &str, daemon_args: &[&str]) -> Cluster {
         let data = dir.path().join("data");
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
             .args([
                 "daemon",
                 "--repo",
-                path_str(&repo),
+                tracked,
                 "--data-dir",
                 path_str(&data),
                 "--listen",

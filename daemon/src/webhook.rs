@@ -1,0 +1,153 @@
+//! The Git webhook, `POST /hooks/git`: outside bearer auth, so a forge can call it, but accepted
+//! only with the forge's own proof of the shared secret (GitHub `X-Hub-Signature-256`, Gitea
+//! `X-Gitea-Signature`: HMAC-SHA256 of the body; GitLab `X-Gitlab-Token`: the secret itself). An
+//! accepted call makes the Git source fetch at once instead of at its next poll.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use capstan_git::source::SourceTrigger;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// The forge whose signature was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forge {
+    GitHub,
+    Gitea,
+    GitLab,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WebhookError {
+    #[error("the call carries no signature (X-Hub-Signature-256, X-Gitea-Signature or X-Gitlab-Token)")]
+    Unsigned,
+    #[error("the {0} does not match the webhook secret")]
+    Mismatch(&'static str),
+}
+
+/// Checks the call's proof of the secret.
+pub fn verify(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<Forge, WebhookError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(sig) = header("x-hub-signature-256") {
+        let given = sig.strip_prefix("sha256=").and_then(|h| hex::decode(h).ok()).unwrap_or_default();
+        return equal(&given, &hmac_sha256(secret, body))
+            .then_some(Forge::GitHub)
+            .ok_or(WebhookError::Mismatch("X-Hub-Signature-256"));
+    }
+    if let Some(sig) = header("x-gitea-signature") {
+        let given = hex::decode(sig).unwrap_or_default();
+        return equal(&given, &hmac_sha256(secret, body))
+            .then_some(Forge::Gitea)
+            .ok_or(WebhookError::Mismatch("X-Gitea-Signature"));
+    }
+    if let Some(token) = header("x-gitlab-token") {
+        return equal(token.as_bytes(), secret)
+            .then_some(Forge::GitLab)
+            .ok_or(WebhookError::Mismatch("X-Gitlab-Token"));
+    }
+    Err(WebhookError::Unsigned)
+}
+
+/// HMAC-SHA256 (RFC 2104).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| k.map(|b| b ^ byte);
+    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
+    Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize().into()
+}
+
+/// Compares without stopping at the first difference, so timing tells nothing about the secret.
+fn equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+struct Hook {
+    secret: Vec<u8>,
+    trigger: SourceTrigger,
+}
+
+/// The route, to merge into the API server's unauthenticated routes.
+pub fn routes<S: Clone + Send + Sync + 'static>(secret: Vec<u8>, trigger: SourceTrigger) -> Router<S> {
+    let hook = Arc::new(Hook { secret, trigger });
+    Router::new().route("/hooks/git", post(handle).with_state(hook))
+}
+
+async fn handle(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> Response {
+    match verify(&headers, &body, &hook.secret) {
+        Ok(forge) => {
+            tracing::info!(?forge, "webhook: fetching now");
+            hook.trigger.trigger();
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"status": "accepted", "forge": format!("{forge:?}")})),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::warn!("webhook refused: {e}");
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": e.to_string(), "reason": "Unauthorized", "code": 401});
+            (StatusCode::UNAUTHORIZED, axum::Json(status)).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231_test_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+
+    #[test]
+    fn hmac_with_a_key_longer_than_a_block_hashes_it_first() {
+        // RFC 4231 test case 6.
+        let mac = hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First");
+        assert_eq!(hex::encode(mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+    }
+
+    #[test]
+    fn each_forge_is_accepted_with_the_secret_and_refused_without() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let sig = hex::encode(hmac_sha256(b"s3cret", body));
+        assert_eq!(
+            verify(&headers("x-hub-signature-256", &format!("sha256={sig}")), body, b"s3cret"),
+            Ok(Forge::GitHub)
+        );
+        assert_eq!(verify(&headers("x-gitea-signature", &sig), body, b"s3cret"), Ok(Forge::Gitea));
+        assert_eq!(verify(&headers("x-gitlab-token", "s3cret"), body, b"s3cret"), Ok(Forge::GitLab));
+        assert_eq!(
+            verify(
+                &headers("x-hub-signature-256", &format!("sha256={sig}")),
+                b"another body",
+                b"s3cret"
+            ),
+            Err(WebhookError::Mismatch("X-Hub-Signature-256"))
+        );
+        assert_eq!(
+            verify(&headers("x-gitlab-token", "guess"), body, b"s3cret"),
+            Err(WebhookError::Mismatch("X-Gitlab-Token"))
+        );
+        assert_eq!(verify(&HeaderMap::new(), body, b"s3cret"), Err(WebhookError::Unsigned));
+    }
+}
