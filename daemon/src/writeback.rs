@@ -185,37 +185,57 @@ fn write_status(repo: &git2::Repository, files: &BTreeMap<String, String>, desir
 }
 
 /// Writes notes and the status branch into the repository at `path` every `interval` until
-/// cancelled.
+/// cancelled. Every applied commit gets its note, also one that the next commit replaced within
+/// the same interval.
 pub async fn run(path: PathBuf, mut sync: watch::Receiver<SyncStatus>, cache: Arc<Cache>, interval: Duration, cancel: CancellationToken) {
     // When each commit was first seen applied (by this daemon).
     let mut applied_at: BTreeMap<String, String> = BTreeMap::new();
-    // The last note written, and for which commit: when a new commit is applied before the
-    // previous one's rollouts finished, the previous note is closed as superseded.
+    // The commits applied since the last write, oldest first, each with its latest status; the
+    // first is the one the last write was about.
+    let mut seen: Vec<SyncStatus> = Vec::new();
+    // The last note written for the current commit: a final one (complete, failed) is kept.
     let mut last: Option<(String, Value)> = None;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            changed = sync.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                remember(&mut seen, &mut applied_at, sync.borrow_and_update().clone());
+                continue;
+            }
+            _ = tick.tick() => {}
         }
-        let status = sync.borrow_and_update().clone();
+        remember(&mut seen, &mut applied_at, sync.borrow_and_update().clone());
+        let Some(status) = seen.last().cloned() else { continue };
         let Some(commit) = status.applied_commit.clone() else { continue };
-        let at = applied_at
-            .entry(commit.clone())
-            .or_insert_with(|| jiff::Timestamp::now().to_string())
-            .clone();
         let mut notes = Vec::new();
-        if let Some((previous, mut n)) = last.take()
-            && previous != commit
-            && n["outcome"] == "progressing"
-        {
+        // Commits overtaken by a later one: their rollouts can no longer be told apart.
+        for pair in seen.windows(2) {
+            let (old, next) = (&pair[0], &pair[1]);
+            let Some(old_commit) = old.applied_commit.clone() else { continue };
+            let noted = last.as_ref().filter(|(c, _)| *c == old_commit).map(|(_, n)| n.clone());
+            let mut n = match noted {
+                Some(n) if n["outcome"] != "progressing" => continue, // already final
+                Some(n) => n,
+                None => match note(old, &cache, applied_at.get(&old_commit).map(String::as_str).unwrap_or_default()) {
+                    Some(n) => n,
+                    None => continue,
+                },
+            };
             n["outcome"] = json!("superseded");
-            n["supersededBy"] = json!(commit);
-            notes.push((previous, n));
+            n["supersededBy"] = json!(next.applied_commit);
+            notes.push((old_commit, n));
         }
+        let at = applied_at.get(&commit).cloned().unwrap_or_default();
         if let Some(n) = note(&status, &cache, &at) {
             last = Some((commit.clone(), n.clone()));
             notes.push((commit.clone(), n));
         }
+        seen = vec![status];
         let files = status_files(&cache);
         let path = path.clone();
         let result = tokio::task::spawn_blocking(move || -> Result<(bool, bool), git2::Error> {
@@ -240,9 +260,39 @@ pub async fn run(path: PathBuf, mut sync: watch::Receiver<SyncStatus>, cache: Ar
     }
 }
 
+/// Adds a status to the commits seen since the last write (replacing the status of the same
+/// commit), and records when each commit was first seen applied.
+fn remember(seen: &mut Vec<SyncStatus>, applied_at: &mut BTreeMap<String, String>, status: SyncStatus) {
+    let Some(commit) = status.applied_commit.clone() else { return };
+    applied_at
+        .entry(commit.clone())
+        .or_insert_with(|| jiff::Timestamp::now().to_string());
+    match seen.last_mut() {
+        Some(last) if last.applied_commit.as_deref() == Some(commit.as_str()) => *last = status,
+        _ => seen.push(status),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_applied_commit_is_remembered_until_the_next_write() {
+        let status = |commit: &str, created: usize| SyncStatus {
+            applied_commit: Some(commit.into()),
+            created,
+            ..SyncStatus::default()
+        };
+        let (mut seen, mut at) = (Vec::new(), BTreeMap::new());
+        remember(&mut seen, &mut at, SyncStatus::default());
+        remember(&mut seen, &mut at, status("a", 1));
+        remember(&mut seen, &mut at, status("a", 2));
+        remember(&mut seen, &mut at, status("b", 3));
+        let commits: Vec<_> = seen.iter().map(|s| (s.applied_commit.clone().unwrap(), s.created)).collect();
+        assert_eq!(commits, [("a".to_owned(), 2), ("b".to_owned(), 3)]);
+        assert_eq!(at.len(), 2);
+    }
 
     #[test]
     fn rollout_states() {
