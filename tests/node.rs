@@ -104,6 +104,7 @@ spec:
     - {name: scratch, mountPath: /scratch}
     resources: {limits: {memory: 64Mi, cpu: 500m}}
     readinessProbe: {httpGet: {path: /readyz, port: http}, periodSeconds: 1, failureThreshold: 1}
+    startupProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, failureThreshold: 60}
     livenessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, timeoutSeconds: 3, failureThreshold: 3}
   volumes:
   - {name: conf, configMap: {name: cfg, items: [{key: app.conf, path: app.conf}]}}
