@@ -57,6 +57,8 @@ pub struct GitSync {
     status: watch::Sender<SyncStatus>,
     /// The last commit handed over, kept to retry writes that failed.
     last: Option<(Arc<capstan_git::repo::LoadedCommit>, String)>,
+    /// Warnings about quarantined objects.
+    events: crate::controllers::events::Recorder,
 }
 
 impl std::fmt::Debug for GitSync {
@@ -72,6 +74,7 @@ fn applied_key(kind: &KindInfo, namespace: &str, name: &str) -> String {
 impl GitSync {
     /// Loads what was applied before a restart.
     pub fn new(objects: Objects) -> Result<GitSync, ObjectError> {
+        let objects_for_events = objects.clone();
         let mut applied = AppliedSet::new();
         for kv in objects.store().range(APPLIED_PREFIX, None, 0)?.kvs {
             let Ok(record) = serde_json::from_slice::<Value>(&kv.value) else {
@@ -100,6 +103,7 @@ impl GitSync {
             prune: true,
             status: watch::channel(status).0,
             last: None,
+            events: crate::controllers::events::Recorder::new(objects_for_events, "capstan-sync", None),
         })
     }
 
@@ -198,11 +202,47 @@ impl GitSync {
             errors,
         };
         self.publish(status).await;
+        self.report_quarantine(&plan, &commit);
         tracing::info!(
             git.commit = %commit, created = plan.create.len(), updated = plan.update.len(), pruned = plan.prune.len(),
             quarantined = plan.quarantined.len(), problems = plan.problems.len(), "applied commit"
         );
         plan
+    }
+
+    /// A Warning event on each object that keeps running at its last good version because its
+    /// manifest is broken in this commit, naming file, line and field (`kubectl describe` and
+    /// `kubectl get events` show it). A Secret's problem is not quoted: it may hold a value.
+    fn report_quarantine(&self, plan: &Plan, commit: &str) {
+        let short = &commit[..commit.len().min(12)];
+        for q in plan.quarantined.iter().filter(|q| q.kept) {
+            let Some(kind) = q.object.kind_info() else { continue };
+            let Ok(Some(live)) = self.objects.get(kind, &q.object.namespace, &q.object.name) else {
+                continue;
+            };
+            let problems: Vec<String> = q
+                .problems
+                .iter()
+                .map(|p| {
+                    if q.object.kind == "Secret" {
+                        format!("{}:{}:{}: (not shown: the object is a Secret)", p.file, p.line, p.column)
+                    } else {
+                        let mut p = p.clone();
+                        p.object = None;
+                        p.to_string()
+                    }
+                })
+                .collect();
+            self.events.record(
+                &live,
+                crate::controllers::events::EventType::Warning,
+                "InvalidManifest",
+                format!(
+                    "commit {short} is not applied to this object; its last good version keeps running: {}",
+                    problems.join("; ")
+                ),
+            );
+        }
     }
 
     /// Records a source failure in the status; the last applied state stays in force.
