@@ -63,16 +63,9 @@ impl IpvsBackend {
     /// whatever differs (also re-reads the node's addresses); otherwise only the difference from
     /// the last apply is sent. After an error the next apply is full.
     pub fn apply(&mut self, services: &[VirtualService], full: bool) -> Result<Applied, KernelError> {
-        let result = self.apply_inner(services, full);
-        if result.is_err() {
-            self.applied = None;
-        }
-        result
-    }
-
-    fn apply_inner(&mut self, services: &[VirtualService], full: bool) -> Result<Applied, KernelError> {
-        let (current, current_vips) = match (&self.applied, full) {
-            (Some((t, v)), false) => (t.clone(), v.clone()),
+        // Taken, not copied: after an error it stays None and the next apply reads the kernel.
+        let (current, current_vips) = match (self.applied.take(), full) {
+            (Some(applied), false) => applied,
             _ => {
                 self.settings.node_ips = self.link.node_addresses()?;
                 let table = plan::from_listing(self.ipvs.list()?);
