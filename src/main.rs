@@ -52,6 +52,14 @@ enum Command {
         /// How often a remote repository is fetched, in seconds.
         #[arg(long, default_value_t = 15)]
         poll_interval: u64,
+        /// Seconds without a heartbeat after which a node is NotReady (kube-controller-manager's
+        /// --node-monitor-grace-period).
+        #[arg(long, default_value_t = 40)]
+        node_grace_period: u64,
+        /// Seconds a pod stays on a NotReady node before it is evicted, unless it tolerates
+        /// longer (Kubernetes' default toleration of 300 s).
+        #[arg(long, default_value_t = 300)]
+        pod_eviction_timeout: u64,
     },
     /// A node agent (and the proxy) joining a running daemon.
     Node(Box<commands::node::Args>),
@@ -125,6 +133,8 @@ fn main() -> ExitCode {
             cluster_cidr,
             webhook_secret_file,
             poll_interval,
+            node_grace_period,
+            pod_eviction_timeout,
         } => commands::daemon::run(commands::daemon::Args {
             repo,
             branch,
@@ -134,6 +144,8 @@ fn main() -> ExitCode {
             cluster_cidr,
             webhook_secret_file,
             poll_interval,
+            node_grace_period,
+            pod_eviction_timeout,
         }),
         Command::Node(args) => commands::node::run(*args),
         Command::Status { repo, output } => commands::status::run(&repo, output),

@@ -399,27 +399,7 @@ fn a_restarted_daemon_keeps_objects_and_versions() {
         "-o",
         "jsonpath={.metadata.uid} {.metadata.resourceVersion}",
     ]);
-    let _ = c.child.kill();
-    let _ = c.child.wait();
-    let log = std::fs::File::options().append(true).open(c.dir.path().join("daemon.log")).unwrap();
-    c.child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args([
-            "daemon",
-            "--repo",
-            c.repo.to_str().unwrap(),
-            "--data-dir",
-            c.data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    // The new process listens on a new port; the kubeconfig is rewritten with it.
-    c.wait_until("the restarted daemon answers", || {
-        c.kubectl(&["get", "deploy", "web", "-n", "shop"]).status.success()
-    });
+    c.kill9_and_restart_daemon();
     let after = c.kubectl_ok(&[
         "get",
         "deploy",

@@ -1,7 +1,10 @@
 //! GitOps promises end to end, on the real daemon, node agent, Docker Engine, kubectl and git:
 //! a commit with one broken file applies the rest, keeps the broken file's objects running at
 //! their last good version, and names the file and line in the API (an event), in
-//! `capstan status` and in the commit's git note; the fixing commit then rolls out.
+//! `capstan status` and in the commit's git note; the fixing commit then rolls out. A node agent
+//! killed with SIGKILL: its node goes NotReady and its pods are replaced on a second agent. The
+//! daemon killed with SIGKILL in the middle of a rollout: it converges, no container is
+//! duplicated, no ClusterIP changes.
 
 mod common;
 
@@ -54,13 +57,13 @@ fn wait<T>(what: &str, c: &Cluster, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// The shop's pods that are Ready: (name, COLOUR).
-fn ready_pods(c: &Cluster) -> Vec<(String, String)> {
+/// The shop's pods that are Ready: (name, COLOUR, node).
+fn ready_pods(c: &Cluster) -> Vec<(String, String, String)> {
     let out = c.kubectl(&["get", "pods", "-n", "shop", "-o", "json"]);
     let Ok(list) = serde_json::from_slice::<Value>(&out.stdout) else {
         return Vec::new();
     };
-    let mut pods: Vec<(String, String)> = list["items"]
+    let mut pods: Vec<(String, String, String)> = list["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -77,6 +80,7 @@ fn ready_pods(c: &Cluster) -> Vec<(String, String)> {
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
+                p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned(),
             )
         })
         .collect();
@@ -102,7 +106,7 @@ fn a_broken_file_keeps_its_objects_running_names_file_and_line_and_the_fix_rolls
     let _agent = c.node(&format!("gitops-{}", std::process::id()), &run, &[]);
     let before = wait("two blue pods ready", &c, || {
         let pods = ready_pods(&c);
-        (pods.len() == 2 && pods.iter().all(|(_, colour)| colour == "blue")).then_some(pods)
+        (pods.len() == 2 && pods.iter().all(|(_, colour, _)| colour == "blue")).then_some(pods)
     });
 
     // One commit: the ConfigMap changes, and web.yaml changes too but is broken (a word where
@@ -170,6 +174,147 @@ fn a_broken_file_keeps_its_objects_running_names_file_and_line_and_the_fix_rolls
     c.commit(&[("web.yaml", &web("3", "red"))], &[], "fix the typo");
     wait("three red pods ready", &c, || {
         let pods = ready_pods(&c);
-        (pods.len() == 3 && pods.iter().all(|(_, colour)| colour == "red")).then_some(())
+        (pods.len() == 3 && pods.iter().all(|(_, colour, _)| colour == "red")).then_some(())
     });
+}
+
+#[test]
+fn a_lost_node_goes_not_ready_and_its_pods_are_replaced_on_another() {
+    if !docker_available("a_lost_node_goes_not_ready_and_its_pods_are_replaced_on_another") {
+        return;
+    }
+    build_images();
+    let run = DockerRun::new("gitops-node-loss");
+    let c = Cluster::start_with(
+        &[("ns.yaml", NAMESPACE), ("web.yaml", &web("2", "blue"))],
+        &[
+            "--cluster-cidr",
+            "10.207.0.0/16",
+            "--node-grace-period",
+            "4",
+            "--pod-eviction-timeout",
+            "2",
+        ],
+    );
+    let (first, second) = (format!("loss-a-{}", std::process::id()), format!("loss-b-{}", std::process::id()));
+    let mut a = c.node(&first, &run, &[]);
+    wait("two pods ready on the first node", &c, || {
+        let pods = ready_pods(&c);
+        (pods.len() == 2 && pods.iter().all(|(_, _, node)| *node == first)).then_some(())
+    });
+    let _b = c.node(&second, &run, &[]);
+    wait("the second node ready", &c, || {
+        (c.kubectl_ok(&[
+            "get",
+            "node",
+            &second,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]) == "True")
+            .then_some(())
+    });
+    a.kill9();
+    wait("the first node NotReady", &c, || {
+        (c.kubectl_ok(&[
+            "get",
+            "node",
+            &first,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]) == "Unknown")
+            .then_some(())
+    });
+    let taints = c.kubectl_ok(&["get", "node", &first, "-o", "jsonpath={.spec.taints[*].key}"]);
+    assert!(taints.contains("node.kubernetes.io/unreachable"), "{taints}");
+    wait("two pods ready on the second node, none left on the first", &c, || {
+        let pods = ready_pods(&c);
+        let all = c.kubectl_ok(&["get", "pods", "-n", "shop", "-o", "jsonpath={.items[*].spec.nodeName}"]);
+        (pods.len() == 2 && pods.iter().all(|(_, _, node)| *node == second) && !all.contains(&first)).then_some(())
+    });
+}
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n";
+
+#[test]
+fn a_daemon_killed_mid_rollout_converges_without_duplicates() {
+    if !docker_available("a_daemon_killed_mid_rollout_converges_without_duplicates") {
+        return;
+    }
+    build_images();
+    let run = DockerRun::new("gitops-daemon-kill");
+    // A fixed address, so that the node agent finds the restarted daemon.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut c = Cluster::start_with(
+        &[("ns.yaml", NAMESPACE), ("web.yaml", &web("4", "blue")), ("svc.yaml", SERVICE)],
+        &["--cluster-cidr", "10.208.0.0/16", "--listen", &listen],
+    );
+    let _agent = c.node(&format!("kill-{}", std::process::id()), &run, &[]);
+    wait("four blue pods ready", &c, || {
+        let pods = ready_pods(&c);
+        (pods.len() == 4 && pods.iter().all(|(_, colour, _)| colour == "blue")).then_some(())
+    });
+    let cluster_ip = c.kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "jsonpath={.spec.clusterIP}"]);
+
+    // A slow rollout (new pods turn ready after 3 s), interrupted once it has begun.
+    let slow = web("4", "red").replace(
+        "env: [{name: COLOUR, value: red}]",
+        "env: [{name: COLOUR, value: red}, {name: READY_AFTER, value: \"3\"}]",
+    );
+    c.commit(&[("web.yaml", &slow)], &[], "red, slowly");
+    wait("the rollout to begin", &c, || {
+        let out = c.kubectl_ok(&[
+            "get",
+            "pods",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].env[0].value}",
+        ]);
+        out.contains("red").then_some(())
+    });
+    c.kill9_and_restart_daemon();
+
+    wait("four red pods ready and no blue one", &c, || {
+        let pods = ready_pods(&c);
+        let all = c.kubectl_ok(&[
+            "get",
+            "pods",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].env[0].value}",
+        ]);
+        (pods.len() == 4 && pods.iter().all(|(_, colour, _)| colour == "red") && !all.contains("blue")).then_some(())
+    });
+    let status = c.kubectl_ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.status.updatedReplicas} {.status.availableReplicas} {.status.replicas}",
+    ]);
+    assert_eq!(status, "4 4 4");
+    assert_eq!(
+        c.kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "jsonpath={.spec.clusterIP}"]),
+        cluster_ip,
+        "the ClusterIP survived the restart"
+    );
+    // One running app container per pod, no more.
+    let pods = ready_pods(&c);
+    let listed = run_ok(Command::new("docker").args([
+        "ps",
+        "--filter",
+        &format!("label={}", run.label()),
+        "--filter",
+        "label=capstan.dev/container=app",
+        "--format",
+        "{{.Label \"capstan.dev/pod\"}}",
+    ]));
+    let mut names: Vec<&str> = listed.lines().collect();
+    names.sort();
+    let expected: Vec<&str> = pods.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(names, expected, "running app containers, by pod");
 }

@@ -18,6 +18,8 @@ pub struct Args {
     pub cluster_cidr: Option<String>,
     pub webhook_secret_file: Option<PathBuf>,
     pub poll_interval: u64,
+    pub node_grace_period: u64,
+    pub pod_eviction_timeout: u64,
 }
 
 /// `~/.capstan`, where commands keep their state unless told otherwise.
@@ -47,6 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.webhook_secret = Some(secret.as_bytes().to_vec());
     }
     config.poll_interval = std::time::Duration::from_secs(args.poll_interval.max(1));
+    config.node_grace = std::time::Duration::from_secs(args.node_grace_period.max(1));
+    config.eviction_timeout = std::time::Duration::from_secs(args.pod_eviction_timeout);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let daemon = Daemon::start(config).await?;

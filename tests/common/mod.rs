@@ -160,6 +160,8 @@ pub struct Cluster {
     pub repo: PathBuf,
     pub data: PathBuf,
     pub child: std::process::Child,
+    /// The daemon's command line, for restarts.
+    args: Vec<String>,
 }
 
 impl Cluster {
@@ -193,28 +195,52 @@ impl Cluster {
 
     fn launch(dir: tempfile::TempDir, repo: PathBuf, tracked: &str, daemon_args: &[&str]) -> Cluster {
         let data = dir.path().join("data");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-            .args([
-                "daemon",
-                "--repo",
-                tracked,
-                "--data-dir",
-                path_str(&data),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(daemon_args)
-            .env("CAPSTAN_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let cluster = Cluster { dir, repo, data, child };
+        let mut args: Vec<String> = ["daemon", "--repo", tracked, "--data-dir", path_str(&data)]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if !daemon_args.contains(&"--listen") {
+            args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        }
+        args.extend(daemon_args.iter().map(|s| s.to_string()));
+        let child = Cluster::spawn_daemon(dir.path(), &args);
+        let cluster = Cluster {
+            dir,
+            repo,
+            data,
+            child,
+            args,
+        };
         cluster.wait_until("the API server answers", || {
             cluster.kubectl(&["get", "--raw", "/readyz"]).status.success()
         });
         cluster
+    }
+
+    fn spawn_daemon(dir: &Path, args: &[String]) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.log"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(args)
+            .env("CAPSTAN_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Kills the daemon with SIGKILL and starts it again on the same data (and, given a fixed
+    /// `--listen`, the same address, so that node agents find it again).
+    pub fn kill9_and_restart_daemon(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Cluster::spawn_daemon(self.dir.path(), &self.args);
+        self.wait_until("the restarted API server answers", || {
+            self.kubectl(&["get", "--raw", "/readyz"]).status.success()
+        });
     }
 
     /// The API server's URL, from the kubeconfig the daemon wrote.
@@ -347,12 +373,17 @@ impl NodeAgent {
         self
     }
 
-    /// Kills the agent with SIGKILL (its containers keep running) and starts it again.
-    pub fn kill9_and_restart(mut self) -> NodeAgent {
+    /// Kills the agent with SIGKILL: its containers keep running, nobody renews its lease.
+    pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Kills the agent with SIGKILL (its containers keep running) and starts it again.
+    pub fn kill9_and_restart(mut self) -> NodeAgent {
+        self.kill9();
         self.spawn()
     }
 
