@@ -222,7 +222,26 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
         "{stray:?}"
     );
 
-    // A commit rolls the frontend to image 2.
+    // A commit rolls the frontend to image 2, while a client keeps opening new connections to
+    // the Service: none may fail (a replaced pod leaves every proxy before it gets SIGTERM, and
+    // the guestbook exits at once on SIGTERM).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (stop, target) = (stop.clone(), format!("{vip}:80"));
+        std::thread::spawn(move || {
+            let (mut total, mut failures) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                total += 1;
+                match http(&target, "GET", "/", "") {
+                    Ok(text) if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") => {}
+                    Ok(text) => failures.push(text.lines().next().unwrap_or_default().to_owned()),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (total, failures)
+        })
+    };
     let frontend = std::fs::read_to_string(repo.join("guestbook/frontend.yaml")).unwrap();
     std::fs::write(repo.join("guestbook/frontend.yaml"), frontend.replace("guestbook:1", "guestbook:2")).unwrap();
     git(&repo, &["commit", "-qam", "frontend 2"]);
@@ -246,6 +265,31 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
         );
         (images.split_whitespace().filter(|i| *i == "capstan.local/guestbook:2").count() == 3 && !images.contains(":1")).then_some(())
     });
+    // Until every old pod is gone, not only out of the endpoints.
+    eventually("the old frontends gone", || {
+        let names = kubectl(
+            &kubeconfig,
+            &[
+                "-n",
+                "guestbook",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=frontend",
+                "-o",
+                "name",
+            ],
+        );
+        (names.lines().count() == 3).then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (total, failures) = client.join().unwrap();
+    assert!(total > 50, "the client ran through the rollout ({total} requests)");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed during the rollout: {failures:?}",
+        failures.len()
+    );
     assert!(http(&format!("{vip}:80"), "GET", "/", "").unwrap().contains("signed-by-the-test"));
 
     // Git gets the history: a note on each applied commit, the rollout's outcome on the new one,

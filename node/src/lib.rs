@@ -217,6 +217,14 @@ impl Agent {
             config.lease_interval,
             shutdown.clone(),
         )));
+        if let Some(p) = &proxy {
+            tasks.push(tokio::spawn(register::publish_proxy_sync(
+                api.clone(),
+                config.name.clone(),
+                p.synced(),
+                shutdown.clone(),
+            )));
+        }
         let env = Arc::new(worker::Env {
             runtime,
             api,

@@ -220,6 +220,34 @@ pub fn conditions(previous: &Value, p: &Pressure, now: &str) -> Vec<Value> {
     ]
 }
 
+/// The Lease annotation holding the revision this host's proxy has synced.
+pub const PROXY_SYNCED: &str = "capstan.dev/proxy-synced-revision";
+
+/// Publishes each revision the proxy has synced on the node's Lease, where stopping pods on
+/// every node read it (see `worker::wait_until_unreachable`).
+pub async fn publish_proxy_sync(api: ApiClient, name: String, mut synced: tokio::sync::watch::Receiver<u64>, stop: CancellationToken) {
+    let lease_path = path("leases", "kube-node-lease", &name);
+    let mut published = 0;
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = synced.changed() => if changed.is_err() { return },
+            _ = retry.tick() => {}
+        }
+        let revision = *synced.borrow_and_update();
+        if revision == published {
+            continue;
+        }
+        let patch = json!({"metadata": {"annotations": {PROXY_SYNCED: revision.to_string()}}});
+        match api.merge_patch(&lease_path, &patch).await {
+            Ok(_) => published = revision,
+            Err(e) if e.code == 404 => {} // the heartbeat has not made the Lease yet
+            Err(e) => tracing::debug!(node = %name, error = %e, "publishing the proxy's revision failed"),
+        }
+    }
+}
+
 /// Renews the Lease every `interval` and rewrites the status when the conditions change or a
 /// minute has passed, until `stop`.
 pub async fn heartbeat(api: ApiClient, name: String, data_dir: std::path::PathBuf, interval: Duration, stop: CancellationToken) {

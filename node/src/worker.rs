@@ -45,6 +45,12 @@ pub enum Input {
     Poke,
 }
 
+/// The longest a stopping pod waits for the proxies to drop it before its containers are
+/// signalled (also bounded by its grace period).
+const MAX_UNREACHABLE_WAIT: Duration = Duration::from_secs(10);
+/// After the last proxy dropped a stopping pod: time for connections it accepted just before.
+const SETTLE: Duration = Duration::from_millis(250);
+
 /// How often a worker looks again when nothing wakes it.
 const RESYNC: Duration = Duration::from_secs(10);
 
@@ -855,11 +861,89 @@ impl Worker {
         }
     }
 
+    /// Before a stopping pod's containers are signalled: waits, at most `bound`, until no
+    /// EndpointSlice lists the pod as ready and every live proxy (its node's Lease renewed in
+    /// the last 40 s) has synced the slices that dropped it. Kubernetes leaves this race to
+    /// preStop sleeps; here no new connection reaches a pod once it is told to stop.
+    async fn wait_until_unreachable(&self, bound: Duration) {
+        let Some(ip) = self.pod["status"]["podIP"].as_str().map(str::to_owned) else {
+            return; // never had an address: nothing routes to it
+        };
+        let began = Instant::now();
+        loop {
+            if self.unreachable(&ip).await == Some(true) {
+                // Let connections accepted just before the switch finish their request.
+                tokio::time::sleep(SETTLE.min(bound.saturating_sub(began.elapsed()))).await;
+                tracing::debug!(pod = %self.name(), waited_ms = began.elapsed().as_millis() as u64, "out of every proxy");
+                return;
+            }
+            if began.elapsed() >= bound {
+                tracing::info!(pod = %self.name(), "stopping before every proxy dropped the pod (waited {bound:?})");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether no endpoint lists `ip` as ready and every live proxy has synced past the slices
+    /// that list it as not ready; `None` when the API cannot tell.
+    async fn unreachable(&self, ip: &str) -> Option<bool> {
+        let slices = self
+            .env
+            .api
+            .get(&format!("/apis/discovery.k8s.io/v1/namespaces/{}/endpointslices", self.namespace()))
+            .await
+            .ok()??;
+        let mut revision = 0u64;
+        for slice in slices["items"].as_array().into_iter().flatten() {
+            for e in slice["endpoints"].as_array().into_iter().flatten() {
+                if !e["addresses"].as_array().is_some_and(|a| a.iter().any(|a| a == ip)) {
+                    continue;
+                }
+                if e["conditions"]["ready"] != false {
+                    return Some(false); // still served
+                }
+                let rv = slice["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0);
+                revision = revision.max(rv);
+            }
+        }
+        if revision == 0 {
+            return Some(true); // in no service
+        }
+        let leases = self
+            .env
+            .api
+            .get("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")
+            .await
+            .ok()??;
+        let now = jiff::Timestamp::now();
+        let behind = leases["items"].as_array().into_iter().flatten().any(|l| {
+            let Some(synced) = l["metadata"]["annotations"][crate::register::PROXY_SYNCED]
+                .as_str()
+                .and_then(|r| r.parse::<u64>().ok())
+            else {
+                return false; // no proxy on that node
+            };
+            let live = l["spec"]["renewTime"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| now.duration_since(t).as_secs() < 40);
+            live && synced < revision
+        });
+        Some(!behind)
+    }
+
     /// The pod is being deleted: stop everything gracefully, remove it, and let the object go.
     async fn terminate(&mut self) {
         let grace = self.grace();
         let name = self.name().to_owned();
         tracing::info!(pod = %name, namespace = %self.namespace(), grace_seconds = grace.as_secs(), "stopping the pod");
+        let began = Instant::now();
+        self.wait_until_unreachable(grace.min(MAX_UNREACHABLE_WAIT)).await;
+        let grace = grace.saturating_sub(began.elapsed());
         let mut stops = Vec::new();
         for s in &self.slots {
             if s.running()

@@ -32,6 +32,8 @@ struct View {
     slices: BTreeMap<String, EndpointSlice>,
     services_listed: bool,
     slices_listed: bool,
+    /// The highest resourceVersion seen in any event: what an apply of this view reflects.
+    revision: u64,
 }
 
 /// A running proxy.
@@ -39,6 +41,7 @@ pub struct Proxy {
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     applied: watch::Receiver<u64>,
+    synced: watch::Receiver<u64>,
     pub backend: &'static str,
 }
 
@@ -72,6 +75,7 @@ impl Proxy {
             dns_task = Some(tokio::spawn(server.serve(records.clone(), cancel.clone())));
         }
         let (applied_tx, applied) = watch::channel(0u64);
+        let (synced_tx, synced) = watch::channel(0u64);
         let mut tasks = vec![
             tokio::spawn(watch_kind(
                 Api::<Service>::all(client.clone()),
@@ -87,13 +91,22 @@ impl Proxy {
                 cancel.clone(),
                 |v| (&mut v.slices, &mut v.slices_listed),
             )),
-            tokio::spawn(apply_loop(config, dataplane, view, changed, records, cancel.clone(), applied_tx)),
+            tokio::spawn(apply_loop(
+                config,
+                dataplane,
+                view,
+                changed,
+                records,
+                cancel.clone(),
+                (applied_tx, synced_tx),
+            )),
         ];
         tasks.extend(dns_task);
         Ok(Proxy {
             cancel,
             tasks,
             applied,
+            synced,
             backend,
         })
     }
@@ -101,6 +114,13 @@ impl Proxy {
     /// How many transactions have been applied so far; changes each time one lands.
     pub fn applied(&self) -> watch::Receiver<u64> {
         self.applied.clone()
+    }
+
+    /// The API revision (resourceVersion) of the Services and EndpointSlices the kernel reflects:
+    /// a pod removed from the endpoints at revision R gets no new connection through this proxy
+    /// once this is at least R. Published on the node's Lease for stopping pods to wait on.
+    pub fn synced(&self) -> watch::Receiver<u64> {
+        self.synced.clone()
     }
 
     /// Stops the loop; the rules stay, so traffic keeps flowing until the next start.
@@ -242,6 +262,10 @@ impl Dataplane {
     }
 }
 
+fn revision<K: Resource>(o: &K) -> u64 {
+    o.meta().resource_version.as_deref().and_then(|r| r.parse().ok()).unwrap_or(0)
+}
+
 fn key<K: Resource>(o: &K) -> String {
     format!("{}/{}", o.meta().namespace.as_deref().unwrap_or_default(), o.name_any())
 }
@@ -269,6 +293,11 @@ where
             }
         };
         let mut v = view.lock().expect("view lock");
+        let seen = match &event {
+            Event::InitApply(o) | Event::Apply(o) | Event::Delete(o) => revision(o),
+            _ => 0,
+        };
+        v.revision = v.revision.max(seen);
         let (objects, listed) = pick(&mut v);
         match event {
             Event::Init => listing = Some(BTreeMap::new()),
@@ -301,7 +330,7 @@ async fn apply_loop(
     changed: Arc<Notify>,
     records: Arc<RwLock<dns::Records>>,
     cancel: CancellationToken,
-    applied_tx: watch::Sender<u64>,
+    (applied_tx, synced_tx): (watch::Sender<u64>, watch::Sender<u64>),
 ) {
     let mut first = true;
     let mut next_full = Instant::now();
@@ -314,17 +343,18 @@ async fn apply_loop(
         }
         // Let a burst of changes gather into one transaction.
         tokio::time::sleep_until(last_apply + config.min_sync_interval).await;
-        let services = {
+        let (services, revision) = {
             let v = view.lock().expect("view lock");
             if !(v.services_listed && v.slices_listed) {
                 continue; // never apply half a picture
             }
             *records.write().expect("records lock") = dns::records(&config.cluster_domain, v.services.values(), v.slices.values());
             let services = model::desired(v.services.values(), v.slices.values());
-            match config.dns {
+            let services = match config.dns {
                 Some(addr) => model::with_local_dns(services, addr),
                 None => services,
-            }
+            };
+            (services, v.revision)
         };
         let count = services.len();
         let full = first || dataplane.needs_full() || Instant::now() >= next_full;
@@ -338,6 +368,11 @@ async fn apply_loop(
                 }
                 tracing::debug!(services = count, full, "proxy: applied");
                 applied_tx.send_modify(|n| *n += 1);
+                synced_tx.send_if_modified(|r| {
+                    let newer = revision > *r;
+                    *r = (*r).max(revision);
+                    newer
+                });
             }
             Err(e) => {
                 tracing::warn!("proxy: {e}; retrying with a full rewrite");
