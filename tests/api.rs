@@ -469,8 +469,22 @@ fn a_signed_webhook_fetches_a_remote_at_once_and_an_unsigned_one_is_refused() {
     c.wait_until("the pushed commit applied after the webhook", || colour(&c) == "green");
 
     // GitLab's token works too.
-    c.commit(&[("settings.yaml", &SETTINGS.replace("blue", "red"))], &[], "red");
+    let red = c.commit(&[("settings.yaml", &SETTINGS.replace("blue", "red"))], &[], "red");
     c.push();
     assert_eq!(post_hook(&c, body, &["X-Gitlab-Token: s3cret".into()]), "202");
     c.wait_until("the next commit applied after the webhook", || colour(&c) == "red");
+
+    // The write-back reaches the remote: the note on the commit and the status branch.
+    let remote = c.dir.path().join("remote.git");
+    let in_remote = |args: &[&str]| {
+        let out = Command::new("git").arg("--git-dir").arg(&remote).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // (The status branch commits only when observed status changes; a ConfigMap has none.)
+    c.wait_until("the note and the status branch pushed to the remote", || {
+        in_remote(&["notes", "--ref=capstan", "show", &red]).contains("\"outcome\": \"complete\"")
+            && in_remote(&["log", "-1", "--format=%B", "refs/heads/capstan/status"]).contains("Capstan-Desired-Commit: ")
+    });
+    let status = in_remote(&["show", "refs/heads/capstan/status:namespaces/default.json"]);
+    assert!(status.contains("Active"), "{status}");
 }

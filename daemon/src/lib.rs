@@ -197,16 +197,23 @@ impl Daemon {
             }
         }));
 
-        match &location {
-            Location::Local(path) => tasks.push(tokio::spawn(writeback::run(
-                path.clone(),
-                sync_status.clone(),
-                cache.clone(),
-                config.status_interval,
-                shutdown.clone(),
-            ))),
-            Location::Remote(url) => tracing::warn!("status write-back to a remote ({url}) is not built yet: no status branch or notes"),
-        }
+        let target = match &location {
+            Location::Local(path) => writeback::Target {
+                path: path.clone(),
+                push_to: None,
+            },
+            Location::Remote(url) => writeback::Target {
+                path: capstan_git::repo::mirror_dir(data, url),
+                push_to: Some(url.clone()),
+            },
+        };
+        tasks.push(tokio::spawn(writeback::run(
+            target,
+            sync_status.clone(),
+            cache.clone(),
+            config.status_interval,
+            shutdown.clone(),
+        )));
 
         let state = Arc::new(api::ApiState {
             objects: objects.clone(),

@@ -184,10 +184,30 @@ fn write_status(repo: &git2::Repository, files: &BTreeMap<String, String>, desir
     Ok(true)
 }
 
-/// Writes notes and the status branch into the repository at `path` every `interval` until
-/// cancelled. Every applied commit gets its note, also one that the next commit replaced within
-/// the same interval.
-pub async fn run(path: PathBuf, mut sync: watch::Receiver<SyncStatus>, cache: Arc<Cache>, interval: Duration, cancel: CancellationToken) {
+/// Where the write-back goes.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The repository written into: the tracked one itself, or the mirror of a remote.
+    pub path: PathBuf,
+    /// For a remote: its URL; notes and the status branch are pushed there after each write
+    /// (retried at the next interval after a failure).
+    pub push_to: Option<String>,
+}
+
+/// Our refs, as push and fetch refspecs. Capstan owns them, so they are forced.
+const OUR_REFS: [&str; 2] = [
+    "+refs/notes/capstan:refs/notes/capstan",
+    "+refs/heads/capstan/status:refs/heads/capstan/status",
+];
+
+/// Writes notes and the status branch into the target every `interval` until cancelled. Every
+/// applied commit gets its note, also one that the next commit replaced within the same
+/// interval.
+pub async fn run(target: Target, mut sync: watch::Receiver<SyncStatus>, cache: Arc<Cache>, interval: Duration, cancel: CancellationToken) {
+    let mut push_pending = false;
+    // For a remote: whether its notes and status branch were fetched, to build on what an
+    // earlier daemon wrote there (before the first write of ours).
+    let mut fetched = false;
     // When each commit was first seen applied (by this daemon).
     let mut applied_at: BTreeMap<String, String> = BTreeMap::new();
     // The commits applied since the last write, oldest first, each with its latest status; the
@@ -237,21 +257,38 @@ pub async fn run(path: PathBuf, mut sync: watch::Receiver<SyncStatus>, cache: Ar
         }
         seen = vec![status];
         let files = status_files(&cache);
-        let path = path.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<(bool, bool), git2::Error> {
-            let repo = git2::Repository::open(&path)?;
+        let target = target.clone();
+        let retry_push = push_pending;
+        let must_fetch = target.push_to.is_some() && !fetched;
+        let result = tokio::task::spawn_blocking(move || -> Result<(bool, bool, Option<String>), git2::Error> {
+            let repo = git2::Repository::open(&target.path)?;
+            if must_fetch && let Some(url) = &target.push_to {
+                capstan_git::repo::fetch_refs(&repo, url, &OUR_REFS)?;
+            }
             let mut noted = false;
             for (on, n) in &notes {
                 noted |= write_note(&repo, on, &(serde_json::to_string_pretty(n).unwrap_or_default() + "\n"))?;
             }
             let committed = write_status(&repo, &files, &commit)?;
-            Ok((noted, committed))
+            let mut push_error = None;
+            if let Some(url) = &target.push_to
+                && (noted || committed || retry_push)
+                && let Err(e) = capstan_git::repo::push(&repo, url, &OUR_REFS)
+            {
+                push_error = Some(format!("pushing notes and the status branch to {url}: {}", e.message()));
+            }
+            Ok((noted, committed, push_error))
         })
         .await;
         match result {
-            Ok(Ok((noted, committed))) => {
+            Ok(Ok((noted, committed, push_error))) => {
+                fetched = true;
                 if noted || committed {
                     tracing::debug!(noted, committed, "status written to git");
+                }
+                push_pending = push_error.is_some();
+                if let Some(e) = push_error {
+                    tracing::warn!("{e}; retrying in {interval:?}");
                 }
             }
             Ok(Err(e)) => tracing::warn!("writing status to git: {e}"),

@@ -109,7 +109,8 @@ fn credentials() -> RemoteCallbacks<'static> {
     callbacks
 }
 
-fn mirror_dir(data_dir: &Path, url: &str) -> PathBuf {
+/// Where the bare mirror of the remote `url` lives under `data_dir`.
+pub fn mirror_dir(data_dir: &Path, url: &str) -> PathBuf {
     // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
     let mut h: u64 = 0xcbf29ce484222325;
     for b in url.bytes() {
@@ -117,6 +118,38 @@ fn mirror_dir(data_dir: &Path, url: &str) -> PathBuf {
         h = h.wrapping_mul(0x100000001b3);
     }
     data_dir.join("git").join(format!("{h:016x}"))
+}
+
+/// Pushes `refspecs` from `repo` to the remote `url` (with the source's credentials); an
+/// error carries the first ref the remote refused.
+pub fn push(repo: &Repository, url: &str, refspecs: &[&str]) -> Result<(), git2::Error> {
+    let mut remote = repo.remote_anonymous(url)?;
+    let refused = std::cell::RefCell::new(None::<String>);
+    let mut callbacks = credentials();
+    callbacks.push_update_reference(|name, status| {
+        if let Some(why) = status {
+            refused.borrow_mut().get_or_insert_with(|| format!("{name}: {why}"));
+        }
+        Ok(())
+    });
+    let mut options = git2::PushOptions::new();
+    options.remote_callbacks(callbacks);
+    remote.push(refspecs, Some(&mut options))?;
+    drop(options);
+    match refused.into_inner() {
+        Some(why) => Err(git2::Error::from_str(&format!("the remote refused {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// Fetches `refspecs` from the remote `url` into `repo`; a ref the remote does not have is
+/// not an error.
+pub fn fetch_refs(repo: &Repository, url: &str, refspecs: &[&str]) -> Result<(), git2::Error> {
+    let mut remote = repo.remote_anonymous(url)?;
+    let mut options = FetchOptions::new();
+    options.remote_callbacks(credentials());
+    options.download_tags(AutotagOption::None);
+    remote.fetch(refspecs, Some(&mut options), None)
 }
 
 impl GitRepo {
