@@ -1,6 +1,7 @@
 //! Cluster DNS, served by each host's proxy from the Services it already watches:
 //! `<service>.<namespace>.svc.<domain>` answers the ClusterIP (a headless Service: its ready
-//! endpoints), other names in the cluster domain are NXDOMAIN, names outside it are REFUSED (the
+//! endpoints), `_<port>._<protocol>.<service>.<namespace>.svc.<domain>` an SRV record for each
+//! named port (pointing at the service's own name), other names in the cluster domain are NXDOMAIN, names outside it are REFUSED (the
 //! cluster has no upstream resolver). Pods reach it at the `kube-dns` ClusterIP, which the proxy
 //! points here.
 
@@ -9,8 +10,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::rdata::{A, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +28,8 @@ const TTL: u32 = 5;
 pub struct Records {
     pub domain: String,
     pub names: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// SRV names of named ports: (port, target name).
+    pub services: BTreeMap<String, (u16, String)>,
 }
 
 /// The records for `services` (ready endpoints from `slices` for headless ones).
@@ -36,6 +39,7 @@ pub fn records<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice> + Clone,
 ) -> Records {
     let mut names = BTreeMap::new();
+    let mut srv = BTreeMap::new();
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
         let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
@@ -62,11 +66,31 @@ pub fn records<'a>(
         };
         ips.sort();
         ips.dedup();
-        names.insert(format!("{name}.{ns}.svc.{domain}"), ips);
+        let fqdn = format!("{name}.{ns}.svc.{domain}").to_lowercase();
+        for port in spec.ports.iter().flatten() {
+            let Some(port_name) = port.name.as_deref().filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let protocol = port.protocol.as_deref().unwrap_or("TCP").to_lowercase();
+            // A headless Service's port is its endpoints' port (the target port).
+            let number = if spec.cluster_ip.as_deref() == Some("None") {
+                match &port.target_port {
+                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) => *p,
+                    _ => port.port,
+                }
+            } else {
+                port.port
+            };
+            if let Ok(number) = u16::try_from(number) {
+                srv.insert(format!("_{port_name}._{protocol}.{fqdn}").to_lowercase(), (number, fqdn.clone()));
+            }
+        }
+        names.insert(fqdn, ips);
     }
     Records {
         domain: domain.to_owned(),
         names,
+        services: srv,
     }
 }
 
@@ -89,6 +113,19 @@ pub fn answer(request: &[u8], records: &Records) -> Option<Vec<u8>> {
                 ResponseCode::Refused
             } else {
                 match records.names.get(name) {
+                    _ if records.services.contains_key(name) => {
+                        let (port, target) = &records.services[name];
+                        if matches!(q.query_type(), RecordType::SRV | RecordType::ANY)
+                            && let Ok(target) = Name::from_ascii(format!("{target}."))
+                        {
+                            reply.add_answer(Record::from_rdata(
+                                q.name().clone(),
+                                TTL,
+                                RData::SRV(SRV::new(0, 100, *port, target)),
+                            ));
+                        }
+                        ResponseCode::NoError
+                    }
                     // The name exists: A records for an A (or ANY) query, an empty answer otherwise.
                     Some(ips) => {
                         if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
@@ -174,7 +211,6 @@ impl Server {
 mod tests {
     use super::*;
     use hickory_proto::op::Query;
-    use hickory_proto::rr::Name;
     use serde_json::json;
 
     fn ask(name: &str, ty: RecordType, records: &Records) -> Message {
@@ -186,10 +222,10 @@ mod tests {
 
     fn fixture() -> Records {
         let svc: Service = serde_json::from_value(json!({"metadata": {"name": "redis", "namespace": "guestbook"},
-            "spec": {"clusterIP": "10.96.0.44", "ports": [{"port": 6379}]}}))
+            "spec": {"clusterIP": "10.96.0.44", "ports": [{"port": 6379, "name": "redis"}]}}))
         .unwrap();
         let headless: Service = serde_json::from_value(json!({"metadata": {"name": "db", "namespace": "guestbook"},
-            "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}))
+            "spec": {"clusterIP": "None", "ports": [{"port": 5432, "name": "pg", "targetPort": 15432}]}}))
         .unwrap();
         let slice: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "db-1", "namespace": "guestbook",
                 "labels": {SERVICE_NAME_LABEL: "db"}}, "addressType": "IPv4",
@@ -236,5 +272,23 @@ mod tests {
         assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
         assert!(aaaa.answers.is_empty(), "the name exists, with no IPv6 address");
         assert_eq!(ask("example.com.", RecordType::A, &f).metadata.response_code, ResponseCode::Refused);
+    }
+
+    #[test]
+    fn named_ports_have_srv_records() {
+        let f = fixture();
+        let r = ask("_redis._tcp.redis.guestbook.svc.cluster.local.", RecordType::SRV, &f);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        let want = SRV::new(0, 100, 6379, Name::from_ascii("redis.guestbook.svc.cluster.local.").unwrap());
+        assert_eq!(r.answers.iter().map(|a| a.data.clone()).collect::<Vec<_>>(), vec![RData::SRV(want)]);
+        // A headless Service's SRV carries the endpoints' port.
+        let r = ask("_pg._tcp.db.guestbook.svc.cluster.local.", RecordType::SRV, &f);
+        assert!(matches!(&r.answers[0].data, RData::SRV(s) if s.port == 15432), "{:?}", r.answers);
+        assert_eq!(
+            ask("_nope._tcp.redis.guestbook.svc.cluster.local.", RecordType::SRV, &f)
+                .metadata
+                .response_code,
+            ResponseCode::NXDomain
+        );
     }
 }
