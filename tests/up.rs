@@ -134,6 +134,63 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<Str
     Ok(text)
 }
 
+/// A client opening a new connection to a Service every 10 ms until told to finish; it must
+/// see no failure (a replaced pod leaves every proxy before it gets SIGTERM).
+struct Client {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Client {
+    fn start(target: &str) -> Client {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, target) = (stop.clone(), target.to_owned());
+        let thread = std::thread::spawn(move || {
+            let (mut total, mut failures) = (0, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                total += 1;
+                match http(&target, "GET", "/", "") {
+                    Ok(text) if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") => {}
+                    Ok(text) => failures.push(text.lines().next().unwrap_or_default().to_owned()),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (total, failures)
+        });
+        Client { stop, thread }
+    }
+
+    fn finish(self, during: &str) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (total, failures) = self.thread.join().unwrap();
+        assert!(total > 50, "the client ran through {during} ({total} requests)");
+        assert!(
+            failures.is_empty(),
+            "{} of {total} requests failed during {during}: {failures:?}",
+            failures.len()
+        );
+    }
+}
+
+/// The images of the frontend's pods that are not being deleted.
+fn frontend_images(kubeconfig: &Path) -> Vec<String> {
+    let out = kubectl(
+        kubeconfig,
+        &[
+            "-n",
+            "guestbook",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=frontend",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.containers[0].image}{\" \"}{end}",
+        ],
+    );
+    out.split_whitespace().map(str::to_owned).collect()
+}
+
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     run_ok(Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args))
 }
@@ -225,23 +282,20 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
     // A commit rolls the frontend to image 2, while a client keeps opening new connections to
     // the Service: none may fail (a replaced pod leaves every proxy before it gets SIGTERM, and
     // the guestbook exits at once on SIGTERM).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = {
-        let (stop, target) = (stop.clone(), format!("{vip}:80"));
-        std::thread::spawn(move || {
-            let (mut total, mut failures) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                total += 1;
-                match http(&target, "GET", "/", "") {
-                    Ok(text) if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") => {}
-                    Ok(text) => failures.push(text.lines().next().unwrap_or_default().to_owned()),
-                    Err(e) => failures.push(e.to_string()),
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            (total, failures)
-        })
-    };
+    let first_rs = kubectl(
+        &kubeconfig,
+        &[
+            "-n",
+            "guestbook",
+            "get",
+            "rs",
+            "-l",
+            "app.kubernetes.io/name=frontend",
+            "-o",
+            "name",
+        ],
+    );
+    let client = Client::start(&format!("{vip}:80"));
     let frontend = std::fs::read_to_string(repo.join("guestbook/frontend.yaml")).unwrap();
     std::fs::write(repo.join("guestbook/frontend.yaml"), frontend.replace("guestbook:1", "guestbook:2")).unwrap();
     git(&repo, &["commit", "-qam", "frontend 2"]);
@@ -249,47 +303,12 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
         &kubeconfig,
         &["-n", "guestbook", "rollout", "status", "deploy/frontend", "--timeout=180s"],
     );
-    eventually("three ready pods of image 2", || {
-        let images = kubectl(
-            &kubeconfig,
-            &[
-                "-n",
-                "guestbook",
-                "get",
-                "pods",
-                "-l",
-                "app.kubernetes.io/name=frontend",
-                "-o",
-                "jsonpath={range .items[*]}{.spec.containers[0].image}{\" \"}{end}",
-            ],
-        );
-        (images.split_whitespace().filter(|i| *i == "capstan.local/guestbook:2").count() == 3 && !images.contains(":1")).then_some(())
-    });
     // Until every old pod is gone, not only out of the endpoints.
-    eventually("the old frontends gone", || {
-        let names = kubectl(
-            &kubeconfig,
-            &[
-                "-n",
-                "guestbook",
-                "get",
-                "pods",
-                "-l",
-                "app.kubernetes.io/name=frontend",
-                "-o",
-                "name",
-            ],
-        );
-        (names.lines().count() == 3).then_some(())
+    eventually("three pods of image 2, and only those", || {
+        let images = frontend_images(&kubeconfig);
+        (images.len() == 3 && images.iter().all(|i| i == "capstan.local/guestbook:2")).then_some(())
     });
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (total, failures) = client.join().unwrap();
-    assert!(total > 50, "the client ran through the rollout ({total} requests)");
-    assert!(
-        failures.is_empty(),
-        "{} of {total} requests failed during the rollout: {failures:?}",
-        failures.len()
-    );
+    client.finish("the rollout");
     assert!(http(&format!("{vip}:80"), "GET", "/", "").unwrap().contains("signed-by-the-test"));
 
     // Git gets the history: a note on each applied commit, the rollout's outcome on the new one,
@@ -333,6 +352,38 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
         head,
         "write-back never moves the tracked branch"
     );
+
+    // Rolling back through Git: a branch reverting the commit, `capstan plan` on it, the merge.
+    // The first ReplicaSet comes back (reused, not a new one), and again no request fails.
+    git(&repo, &["checkout", "-qb", "rollback"]);
+    git(&repo, &["revert", "--no-edit", "HEAD"]);
+    let plan = capstan(&["plan", "main..rollback"]);
+    assert!(
+        plan.contains("\"capstan.local/guestbook:2\" → \"capstan.local/guestbook:1\""),
+        "{plan}"
+    );
+    let client = Client::start(&format!("{vip}:80"));
+    git(&repo, &["checkout", "-q", "main"]);
+    git(&repo, &["merge", "-q", "--ff-only", "rollback"]);
+    eventually("three pods of image 1 again, and only those", || {
+        let images = frontend_images(&kubeconfig);
+        (images.len() == 3 && images.iter().all(|i| i == "capstan.local/guestbook:1")).then_some(())
+    });
+    client.finish("the rollback");
+    let scaled = kubectl(
+        &kubeconfig,
+        &[
+            "-n",
+            "guestbook",
+            "get",
+            "rs",
+            "-l",
+            "app.kubernetes.io/name=frontend",
+            "-o",
+            "jsonpath={range .items[?(@.spec.replicas==3)]}replicaset.apps/{.metadata.name}{end}",
+        ],
+    );
+    assert_eq!(scaled.trim(), first_rs.trim(), "the revert reuses the first ReplicaSet");
 
     // Ctrl-C: a clean exit; the containers and the rules stay, and traffic keeps flowing.
     let before = run_ok(Command::new("docker").args(["ps", "-q", "--no-trunc", "--filter", &format!("label={}", run.label())]));
