@@ -19,11 +19,13 @@ mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9 # one preparation at a time; parallel runs share the cache
 
-for tool in qemu-system-x86_64 apt-get dpkg xz zstd gzip; do
+for tool in qemu-system-x86_64 apt-get dpkg xz zstd gzip nft; do
     command -v "$tool" >/dev/null || { echo "ipvs-vm: $tool is missing (scripts/install-deps.sh installs it)" >&2; exit 3; }
 done
 
-modules="crc32c_generic ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh veth dummy nlmon"
+modules="crc32c_generic ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh veth dummy nlmon nf_tables nft_fib_ipv4 nft_reject_ipv4"
+# Bumped whenever what goes into the base image changes, so that cached images are rebuilt.
+image_version=2
 
 # Copies a binary and the libraries ldd names into root $2 (paths kept).
 copy_with_libs() {
@@ -92,6 +94,11 @@ prepare() {
     ipbin=$(readlink -f "$(command -v ip)")
     copy_with_libs "$ipbin" "$img"
     mv "$img$ipbin" "$img/sbin/ip.iproute2"
+    # nft, for the rules the IPVS backend keeps beside the virtual servers.
+    local nftbin
+    nftbin=$(readlink -f "$(command -v nft)")
+    copy_with_libs "$nftbin" "$img"
+    [[ $nftbin == /sbin/nft ]] || mv "$img$nftbin" "$img/sbin/nft"
     rm -rf "${img:?}/root" "${img:?}/usr/sbin" "${img:?}/usr/bin"
     mknod -m 600 "$img/dev/console" c 5 1 2>/dev/null || true
     cat >"$img/init" <<'INIT'
@@ -100,7 +107,7 @@ export PATH=/sbin:/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
 mount -t tmpfs run /run; mount -t tmpfs tmp /tmp
 ip link set lo up # without it IPVS refuses every real server (no local table)
-for m in crc32c_generic ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh veth nlmon; do modprobe $m || echo "IPVS-VM: modprobe $m failed"; done
+for m in crc32c_generic ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh veth nlmon nf_tables nft_fib_ipv4 nft_reject_ipv4; do modprobe $m || echo "IPVS-VM: modprobe $m failed"; done
 modprobe dummy numdummies=0
 echo "IPVS-VM: kernel $(uname -r) ready"
 cd /
@@ -111,10 +118,11 @@ INIT
     (cd "$img" && find . | "$bb" cpio -o -H newc 2>/dev/null | gzip -1 >"$cache/base.img")
     cp "$bb" "$cache/busybox"
     echo "$kpkg" >"$cache/kernel"
+    echo "$image_version" >"$cache/version"
     rm -rf "$work"
 }
 
-[[ -s $cache/vmlinux && -s $cache/base.img && -s $cache/kernel && -x $cache/busybox ]] || prepare
+[[ -s $cache/vmlinux && -s $cache/base.img && -s $cache/kernel && -x $cache/busybox && $(cat "$cache/version" 2>/dev/null) == "$image_version" ]] || prepare
 exec 9>&-
 
 # The overlay: the payload files with their libraries, and the command as /tests/run.sh.

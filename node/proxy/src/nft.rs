@@ -95,6 +95,18 @@ pub(crate) fn cidr((ip, bits): (Ipv4Addr, u8)) -> String {
     format!("{ip}/{bits}")
 }
 
+/// In IPVS mode, the one thing IPVS does not do: traffic to an address of the service range
+/// that is no ClusterIP (not a local address on the VIP interface) is rejected on the host,
+/// from the host and from pods alike, instead of being routed out. Replaces the table `table`.
+pub fn ipvs_guard_script(table: &str, service_cidr: (Ipv4Addr, u8)) -> String {
+    let c = cidr(service_cidr);
+    format!(
+        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n\
+         \tchain output {{ type filter hook output priority 0; policy accept; ip daddr {c} fib daddr type != local reject; }}\n\
+         \tchain forward {{ type filter hook forward priority 0; policy accept; ip daddr {c} fib daddr type != local reject; }}\n}}\n"
+    )
+}
+
 impl Ruleset {
     /// The rules for `services` (as [`crate::model::desired`] returns them).
     pub fn build(services: &[VirtualService], settings: &NftSettings) -> Ruleset {

@@ -208,7 +208,8 @@ fn backend_passes_tcp_and_follows_endpoint_changes() {
     let vip: SocketAddr = "10.96.0.10:80".parse().expect("addr");
     // Someone else's virtual service: never touched.
     sh("ipvsadm -A -t 10.0.0.254:80 -s lc");
-    let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 16)).expect("open the IPVS backend");
+    let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 16), Some("capstan-proxy"))
+        .expect("open the IPVS backend with its nftables guard");
     assert_eq!(backend.link.name, "capstan-ipvs0");
     let mut node_port = service(&[two], None);
     node_port.frontend = Frontend::NodePort(30080);
@@ -236,6 +237,21 @@ fn backend_passes_tcp_and_follows_endpoint_changes() {
         "{from_pod:?}"
     );
     assert_eq!(get("10.0.0.254:30080".parse().expect("addr")), "two");
+    // An address of the service range that is no service is refused at once, from the host and
+    // from a pod, not routed out (the default route leads to a netns that answers nothing).
+    sh("ip route add default via 10.0.0.2 2>/dev/null || true");
+    let stray = TcpStream::connect_timeout(&"10.96.0.99:80".parse().expect("addr"), Duration::from_secs(3));
+    assert!(
+        matches!(&stray, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{stray:?}"
+    );
+    let from_pod = Command::new("sh")
+        .arg("-c")
+        .arg("nsenter -t $(cat /run/client.pid) -n timeout 5 wget -q -O - http://10.96.0.99/ 2>&1")
+        .output()
+        .expect("wget");
+    let said = String::from_utf8_lossy(&from_pod.stdout);
+    assert!(said.contains("refused"), "from a pod: {said}");
 
     // One endpoint leaves: one request, and it gets no new connections.
     let done = backend.apply(&[service(&[two], None), node_port.clone()], false).expect("apply");
@@ -272,7 +288,7 @@ fn backend_passes_tcp_and_follows_endpoint_changes() {
 #[test]
 #[ignore = "runs inside the qemu VM of ipvs_backend_on_a_real_kernel"]
 fn udp_services_and_every_scheduler_are_accepted() {
-    let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 16)).expect("open");
+    let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 16), None).expect("open");
     let dns = VirtualService {
         frontend: Frontend::ClusterIp(Ipv4Addr::new(10, 96, 0, 53), 53),
         protocol: Protocol::Udp,
@@ -285,7 +301,7 @@ fn udp_services_and_every_scheduler_are_accepted() {
     assert!(table.contains("UDP  10.96.0.53:53 rr"), "{table}");
     backend.cleanup().expect("cleanup");
     for scheduler in ["wrr", "lc", "sh", "mh"] {
-        let mut b = IpvsBackend::open(scheduler, (Ipv4Addr::new(10, 96, 0, 0), 16)).expect("open");
+        let mut b = IpvsBackend::open(scheduler, (Ipv4Addr::new(10, 96, 0, 0), 16), None).expect("open");
         b.apply(std::slice::from_ref(&dns), true)
             .unwrap_or_else(|e| panic!("{scheduler}: {e}"));
         assert!(sh("ipvsadm -Ln").contains(&format!("UDP  10.96.0.53:53 {scheduler}")));
