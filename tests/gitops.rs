@@ -287,16 +287,19 @@ fn a_daemon_killed_mid_rollout_converges_without_duplicates() {
         ]);
         (pods.len() == 4 && pods.iter().all(|(_, colour, _)| colour == "red") && !all.contains("blue")).then_some(())
     });
-    let status = c.kubectl_ok(&[
-        "get",
-        "deploy",
-        "web",
-        "-n",
-        "shop",
-        "-o",
-        "jsonpath={.status.updatedReplicas} {.status.availableReplicas} {.status.replicas}",
-    ]);
-    assert_eq!(status, "4 4 4");
+    // The Deployment's status follows its pods (a moment later).
+    wait("the deployment to report 4 updated, 4 available, 4 in all", &c, || {
+        let status = c.kubectl_ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.updatedReplicas} {.status.availableReplicas} {.status.replicas}",
+        ]);
+        (status == "4 4 4").then_some(())
+    });
     assert_eq!(
         c.kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "jsonpath={.spec.clusterIP}"]),
         cluster_ip,
