@@ -88,21 +88,46 @@ fn ready_pods(c: &Cluster) -> Vec<(String, String, String)> {
     pods
 }
 
-#[test]
-fn a_broken_file_keeps_its_objects_running_names_file_and_line_and_the_fix_rolls_out() {
-    if !docker_available("a_broken_file_keeps_its_objects_running_names_file_and_line_and_the_fix_rolls_out") {
-        return;
+/// The test's Docker label and a daemon on `files` with `daemon_args`; `None` (locally, with a
+/// loud message) when there is no Docker Engine.
+fn docker_cluster(test: &str, label: &str, files: &[(&str, &str)], daemon_args: &[&str]) -> Option<(DockerRun, Cluster)> {
+    if !docker_available(test) {
+        return None;
     }
     build_images();
-    let run = DockerRun::new("gitops-broken");
-    let c = Cluster::start_with(
+    Some((DockerRun::new(label), Cluster::start_with(files, daemon_args)))
+}
+
+/// A node's Ready condition: True, False or Unknown.
+fn node_ready(c: &Cluster, node: &str) -> String {
+    c.kubectl_ok(&[
+        "get",
+        "node",
+        node,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ])
+}
+
+/// One field of every pod in the shop, space-separated.
+fn pods_field(c: &Cluster, field: &str) -> String {
+    c.kubectl_ok(&["get", "pods", "-n", "shop", "-o", &format!("jsonpath={{.items[*].{field}}}")])
+}
+
+#[test]
+fn a_broken_file_keeps_its_objects_running_names_file_and_line_and_the_fix_rolls_out() {
+    let Some((run, c)) = docker_cluster(
+        "a_broken_file_keeps_its_objects_running_names_file_and_line_and_the_fix_rolls_out",
+        "gitops-broken",
         &[
             ("ns.yaml", NAMESPACE),
             ("web.yaml", &web("2", "blue")),
             ("settings.yaml", &settings("blue")),
         ],
         &["--cluster-cidr", "10.204.0.0/16"],
-    );
+    ) else {
+        return;
+    };
     let _agent = c.node(&format!("gitops-{}", std::process::id()), &run, &[]);
     let before = wait("two blue pods ready", &c, || {
         let pods = ready_pods(&c);
@@ -180,12 +205,9 @@ fn a_broken_file_keeps_its_objects_running_names_file_and_line_and_the_fix_rolls
 
 #[test]
 fn a_lost_node_goes_not_ready_and_its_pods_are_replaced_on_another() {
-    if !docker_available("a_lost_node_goes_not_ready_and_its_pods_are_replaced_on_another") {
-        return;
-    }
-    build_images();
-    let run = DockerRun::new("gitops-node-loss");
-    let c = Cluster::start_with(
+    let Some((run, c)) = docker_cluster(
+        "a_lost_node_goes_not_ready_and_its_pods_are_replaced_on_another",
+        "gitops-node-loss",
         &[("ns.yaml", NAMESPACE), ("web.yaml", &web("2", "blue"))],
         &[
             "--cluster-cidr",
@@ -195,7 +217,9 @@ fn a_lost_node_goes_not_ready_and_its_pods_are_replaced_on_another() {
             "--pod-eviction-timeout",
             "2",
         ],
-    );
+    ) else {
+        return;
+    };
     let (first, second) = (format!("loss-a-{}", std::process::id()), format!("loss-b-{}", std::process::id()));
     let mut a = c.node(&first, &run, &[]);
     wait("two pods ready on the first node", &c, || {
@@ -203,32 +227,16 @@ fn a_lost_node_goes_not_ready_and_its_pods_are_replaced_on_another() {
         (pods.len() == 2 && pods.iter().all(|(_, _, node)| *node == first)).then_some(())
     });
     let _b = c.node(&second, &run, &[]);
-    wait("the second node ready", &c, || {
-        (c.kubectl_ok(&[
-            "get",
-            "node",
-            &second,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ]) == "True")
-            .then_some(())
-    });
+    wait("the second node ready", &c, || (node_ready(&c, &second) == "True").then_some(()));
     a.kill9();
     wait("the first node NotReady", &c, || {
-        (c.kubectl_ok(&[
-            "get",
-            "node",
-            &first,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ]) == "Unknown")
-            .then_some(())
+        (node_ready(&c, &first) == "Unknown").then_some(())
     });
     let taints = c.kubectl_ok(&["get", "node", &first, "-o", "jsonpath={.spec.taints[*].key}"]);
     assert!(taints.contains("node.kubernetes.io/unreachable"), "{taints}");
     wait("two pods ready on the second node, none left on the first", &c, || {
         let pods = ready_pods(&c);
-        let all = c.kubectl_ok(&["get", "pods", "-n", "shop", "-o", "jsonpath={.items[*].spec.nodeName}"]);
+        let all = pods_field(&c, "spec.nodeName");
         (pods.len() == 2 && pods.iter().all(|(_, _, node)| *node == second) && !all.contains(&first)).then_some(())
     });
 }
@@ -237,18 +245,17 @@ const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, name
 
 #[test]
 fn a_daemon_killed_mid_rollout_converges_without_duplicates() {
-    if !docker_available("a_daemon_killed_mid_rollout_converges_without_duplicates") {
-        return;
-    }
-    build_images();
-    let run = DockerRun::new("gitops-daemon-kill");
     // A fixed address, so that the node agent finds the restarted daemon.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
-    let mut c = Cluster::start_with(
+    let Some((run, mut c)) = docker_cluster(
+        "a_daemon_killed_mid_rollout_converges_without_duplicates",
+        "gitops-daemon-kill",
         &[("ns.yaml", NAMESPACE), ("web.yaml", &web("4", "blue")), ("svc.yaml", SERVICE)],
         &["--cluster-cidr", "10.208.0.0/16", "--listen", &listen],
-    );
+    ) else {
+        return;
+    };
     let _agent = c.node(&format!("kill-{}", std::process::id()), &run, &[]);
     wait("four blue pods ready", &c, || {
         let pods = ready_pods(&c);
@@ -263,28 +270,14 @@ fn a_daemon_killed_mid_rollout_converges_without_duplicates() {
     );
     c.commit(&[("web.yaml", &slow)], &[], "red, slowly");
     wait("the rollout to begin", &c, || {
-        let out = c.kubectl_ok(&[
-            "get",
-            "pods",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.items[*].spec.containers[0].env[0].value}",
-        ]);
+        let out = pods_field(&c, "spec.containers[0].env[0].value");
         out.contains("red").then_some(())
     });
     c.kill9_and_restart_daemon();
 
     wait("four red pods ready and no blue one", &c, || {
         let pods = ready_pods(&c);
-        let all = c.kubectl_ok(&[
-            "get",
-            "pods",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.items[*].spec.containers[0].env[0].value}",
-        ]);
+        let all = pods_field(&c, "spec.containers[0].env[0].value");
         (pods.len() == 4 && pods.iter().all(|(_, colour, _)| colour == "red") && !all.contains("blue")).then_some(())
     });
     // The Deployment's status follows its pods (a moment later).

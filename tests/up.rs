@@ -173,7 +173,24 @@ impl Client {
     }
 }
 
-/// The images of the frontend's pods that are not being deleted.
+/// The frontend's ReplicaSet that holds the replicas (`replicaset.apps/NAME`).
+fn scaled_frontend_rs(kubeconfig: &Path) -> String {
+    kubectl(
+        kubeconfig,
+        &[
+            "-n",
+            "guestbook",
+            "get",
+            "rs",
+            "-l",
+            "app.kubernetes.io/name=frontend",
+            "-o",
+            "jsonpath={range .items[?(@.spec.replicas==3)]}replicaset.apps/{.metadata.name}{end}",
+        ],
+    )
+}
+
+/// The images of the frontend's pods.
 fn frontend_images(kubeconfig: &Path) -> Vec<String> {
     let out = kubectl(
         kubeconfig,
@@ -282,19 +299,7 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
     // A commit rolls the frontend to image 2, while a client keeps opening new connections to
     // the Service: none may fail (a replaced pod leaves every proxy before it gets SIGTERM, and
     // the guestbook exits at once on SIGTERM).
-    let first_rs = kubectl(
-        &kubeconfig,
-        &[
-            "-n",
-            "guestbook",
-            "get",
-            "rs",
-            "-l",
-            "app.kubernetes.io/name=frontend",
-            "-o",
-            "name",
-        ],
-    );
+    let first_rs = scaled_frontend_rs(&kubeconfig);
     let client = Client::start(&format!("{vip}:80"));
     let frontend = std::fs::read_to_string(repo.join("guestbook/frontend.yaml")).unwrap();
     std::fs::write(repo.join("guestbook/frontend.yaml"), frontend.replace("guestbook:1", "guestbook:2")).unwrap();
@@ -370,19 +375,7 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
         (images.len() == 3 && images.iter().all(|i| i == "capstan.local/guestbook:1")).then_some(())
     });
     client.finish("the rollback");
-    let scaled = kubectl(
-        &kubeconfig,
-        &[
-            "-n",
-            "guestbook",
-            "get",
-            "rs",
-            "-l",
-            "app.kubernetes.io/name=frontend",
-            "-o",
-            "jsonpath={range .items[?(@.spec.replicas==3)]}replicaset.apps/{.metadata.name}{end}",
-        ],
-    );
+    let scaled = scaled_frontend_rs(&kubeconfig);
     assert_eq!(scaled.trim(), first_rs.trim(), "the revert reuses the first ReplicaSet");
 
     // Ctrl-C: a clean exit; the containers and the rules stay, and traffic keeps flowing.

@@ -45,7 +45,7 @@ fn ms(d: Duration) -> String {
 /// Inside the VM: the IPVS backend's figures.
 fn ipvs_figures(n: u32, quick: bool) {
     use capstan_proxy::ipvs::IpvsBackend;
-    let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 12), None).expect("IPVS in the VM");
+    let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 12)).expect("IPVS in the VM");
     let t = Instant::now();
     let done = backend.apply(&services(n, None), false).expect("the initial sync");
     let initial = t.elapsed();

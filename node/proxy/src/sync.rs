@@ -143,7 +143,7 @@ pub async fn cleanup(config: &ProxyConfig) -> Result<(), ProxyError> {
     if config.netns.is_none() && config.mode != ProxyMode::Nftables && crate::kernel_has_ipvs() {
         let service_cidr = config.service_cidr;
         let scheduler = config.ipvs_scheduler.clone();
-        tokio::task::spawn_blocking(move || IpvsBackend::open(&scheduler, service_cidr, None)?.cleanup())
+        tokio::task::spawn_blocking(move || IpvsBackend::open(&scheduler, service_cidr)?.cleanup())
             .await
             .expect("IPVS cleanup thread")?;
     }
@@ -190,10 +190,15 @@ impl Dataplane {
             }
         };
         if use_ipvs {
-            let (scheduler, cidr, table) = (config.ipvs_scheduler.clone(), config.service_cidr, config.table.clone());
-            let backend = tokio::task::spawn_blocking(move || IpvsBackend::open(&scheduler, cidr, Some(&table)))
+            let (scheduler, cidr) = (config.ipvs_scheduler.clone(), config.service_cidr);
+            let backend = tokio::task::spawn_blocking(move || IpvsBackend::open(&scheduler, cidr))
                 .await
                 .expect("IPVS open thread")?;
+            let guard = Nft {
+                netns: None,
+                table: config.table.clone(),
+            };
+            guard.apply(&nft::ipvs_guard_script(&config.table, config.service_cidr)).await?;
             return Ok(Dataplane::Ipvs(Arc::new(Mutex::new(backend))));
         }
         let nft = Nft {

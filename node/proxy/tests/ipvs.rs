@@ -13,6 +13,7 @@ use std::time::Duration;
 use capstan_proxy::ipvs::family::{Command as Cmd, Message, RealServer, VirtualServer, encode};
 use capstan_proxy::ipvs::{Ipvs, IpvsBackend};
 use capstan_proxy::model::{Frontend, Protocol, VirtualService};
+use capstan_proxy::nft::{Nft, ipvs_guard_script};
 use netlink_packet_core::ParseableParametrized;
 use netlink_packet_generic::GenlHeader;
 
@@ -208,8 +209,17 @@ fn backend_passes_tcp_and_follows_endpoint_changes() {
     let vip: SocketAddr = "10.96.0.10:80".parse().expect("addr");
     // Someone else's virtual service: never touched.
     sh("ipvsadm -A -t 10.0.0.254:80 -s lc");
-    let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 16), Some("capstan-proxy"))
-        .expect("open the IPVS backend with its nftables guard");
+    let service_cidr = (Ipv4Addr::new(10, 96, 0, 0), 16);
+    let mut backend = IpvsBackend::open("rr", service_cidr).expect("open the IPVS backend");
+    // The nftables table the proxy puts beside it, applied the way the proxy applies it.
+    let guard = Nft {
+        netns: None,
+        table: "capstan-proxy".into(),
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime
+        .block_on(guard.apply(&ipvs_guard_script("capstan-proxy", service_cidr)))
+        .expect("the guard table");
     assert_eq!(backend.link.name, "capstan-ipvs0");
     let mut node_port = service(&[two], None);
     node_port.frontend = Frontend::NodePort(30080);
@@ -288,7 +298,7 @@ fn backend_passes_tcp_and_follows_endpoint_changes() {
 #[test]
 #[ignore = "runs inside the qemu VM of ipvs_backend_on_a_real_kernel"]
 fn udp_services_and_every_scheduler_are_accepted() {
-    let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 16), None).expect("open");
+    let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 16)).expect("open");
     let dns = VirtualService {
         frontend: Frontend::ClusterIp(Ipv4Addr::new(10, 96, 0, 53), 53),
         protocol: Protocol::Udp,
@@ -301,7 +311,7 @@ fn udp_services_and_every_scheduler_are_accepted() {
     assert!(table.contains("UDP  10.96.0.53:53 rr"), "{table}");
     backend.cleanup().expect("cleanup");
     for scheduler in ["wrr", "lc", "sh", "mh"] {
-        let mut b = IpvsBackend::open(scheduler, (Ipv4Addr::new(10, 96, 0, 0), 16), None).expect("open");
+        let mut b = IpvsBackend::open(scheduler, (Ipv4Addr::new(10, 96, 0, 0), 16)).expect("open");
         b.apply(std::slice::from_ref(&dns), true)
             .unwrap_or_else(|e| panic!("{scheduler}: {e}"));
         assert!(sh("ipvsadm -Ln").contains(&format!("UDP  10.96.0.53:53 {scheduler}")));

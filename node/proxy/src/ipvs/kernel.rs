@@ -177,7 +177,13 @@ impl Ipvs {
 
     /// Runs one dump and returns the answers.
     fn dump(&mut self, request: Message) -> Result<Vec<Message>, KernelError> {
-        let (seq, bytes) = self.frame(request, NLM_F_REQUEST | NLM_F_DUMP);
+        self.transact(request, NLM_F_REQUEST | NLM_F_DUMP)
+    }
+
+    /// Sends one request and collects its answers until the kernel ends them (NLMSG_DONE after
+    /// a dump, the acknowledgement after an NLM_F_ACK request).
+    fn transact(&mut self, request: Message, flags: u16) -> Result<Vec<Message>, KernelError> {
+        let (seq, bytes) = self.frame(request, flags);
         self.socket.send(&bytes, 0)?;
         self.sent += 1;
         let mut out = Vec::new();
@@ -236,41 +242,17 @@ impl Ipvs {
     /// GET_INFO: the IPVS version (e.g. 0x010201) and the connection table size.
     pub fn info(&mut self) -> Result<(u32, u32), KernelError> {
         use super::family::{Attr, Command};
-        let (seq, bytes) = self.frame(Message::bare(Command::GetInfo), NLM_F_REQUEST);
-        self.socket.send(&bytes, 0)?;
-        self.sent += 1;
-        loop {
-            let data = self.recv()?;
-            let mut answer = None;
-            for_each_message::<GenlMessage<Message>>(&data, |header, payload| {
-                if header.sequence_number != seq {
-                    return Ok(());
-                }
-                match payload {
-                    NetlinkPayload::InnerMessage(m) => {
-                        let (mut version, mut size) = (0, 0);
-                        for a in &m.payload.attrs {
-                            match a {
-                                Attr::Version(v) => version = *v,
-                                Attr::ConnTabSize(s) => size = *s,
-                                _ => {}
-                            }
-                        }
-                        answer = Some((version, size));
-                    }
-                    NetlinkPayload::Error(e) => {
-                        if let Some(code) = e.code {
-                            return Err(KernelError::Io(io::Error::from_raw_os_error(-code.get())));
-                        }
-                    }
+        let (mut version, mut size) = (0, 0);
+        for m in self.transact(Message::bare(Command::GetInfo), NLM_F_REQUEST | NLM_F_ACK)? {
+            for a in &m.attrs {
+                match a {
+                    Attr::Version(v) => version = *v,
+                    Attr::ConnTabSize(s) => size = *s,
                     _ => {}
                 }
-                Ok(())
-            })?;
-            if let Some(a) = answer {
-                return Ok(a);
             }
         }
+        Ok((version, size))
     }
 
     /// Every IPv4 TCP/UDP virtual service with its real servers.

@@ -15,33 +15,6 @@ pub use plan::{IpvsSettings, Table};
 
 use crate::model::VirtualService;
 
-fn install_guard(table: &str, service_cidr: (Ipv4Addr, u8)) -> Result<(), KernelError> {
-    use std::io::Write;
-    let script = crate::nft::ipvs_guard_script(table, service_cidr);
-    let refused = |message: String| KernelError::Refused {
-        what: format!("the nftables table {table} that rejects unused service addresses"),
-        source: std::io::Error::other(message),
-    };
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| refused(format!("running nft: {e}")))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())
-        .map_err(|e| refused(e.to_string()))?;
-    let out = child.wait_with_output().map_err(|e| refused(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(refused(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
-    }
-}
-
 /// What one apply did, for logs and the benchmark.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -62,14 +35,11 @@ pub struct IpvsBackend {
 
 impl IpvsBackend {
     /// Opens the IPVS family (an error where the kernel has none) and the VIP interface, and
-    /// turns on IPVS connection tracking so that the host's NAT rules see IPVS traffic. With
-    /// `guard_table`, installs (with `nft`) that nftables table rejecting traffic to unused
-    /// service addresses ([`crate::nft::ipvs_guard_script`]).
-    pub fn open(scheduler: &str, service_cidr: (Ipv4Addr, u8), guard_table: Option<&str>) -> Result<IpvsBackend, KernelError> {
+    /// turns on IPVS connection tracking so that the host's NAT rules see IPVS traffic. (What
+    /// IPVS does not do, rejecting unused service addresses, is the nftables table of
+    /// [`crate::nft::ipvs_guard_script`], applied beside it.)
+    pub fn open(scheduler: &str, service_cidr: (Ipv4Addr, u8)) -> Result<IpvsBackend, KernelError> {
         let ipvs = Ipvs::open()?;
-        if let Some(table) = guard_table {
-            install_guard(table, service_cidr)?;
-        }
         let mut link = link::VipLink::open()?;
         let node_ips = link.node_addresses()?;
         if let Err(e) = std::fs::write("/proc/sys/net/ipv4/vs/conntrack", "1") {
