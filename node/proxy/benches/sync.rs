@@ -16,14 +16,24 @@ use std::time::{Duration, Instant};
 use capstan_proxy::model::{Frontend, Protocol, VirtualService};
 use capstan_proxy::nft::{self, Nft, NftSettings};
 
-fn services(n: u32, changed: Option<u32>) -> Vec<VirtualService> {
+/// One endpoint change among the services.
+#[derive(Clone, Copy, PartialEq)]
+enum Change {
+    None,
+    /// Service i's last endpoint moves to a new address (a pod replaced).
+    Moved(u32),
+    /// Service i loses its last endpoint (a pod gone, not yet replaced).
+    Removed(u32),
+}
+
+fn services(n: u32, change: Change) -> Vec<VirtualService> {
     (0..n)
         .map(|i| {
             let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i);
-            let backends = (0..10u32)
+            let count = if change == Change::Removed(i) { 9 } else { 10 };
+            let backends = (0..count)
                 .map(|e| {
-                    // The changed service's last endpoint moves to a new address.
-                    let bump = if Some(i) == changed && e == 9 { 1 << 20 } else { 0 };
+                    let bump = if change == Change::Moved(i) && e == 9 { 1 << 20 } else { 0 };
                     (Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + i * 10 + e + bump), 8080)
                 })
                 .collect();
@@ -39,7 +49,7 @@ fn services(n: u32, changed: Option<u32>) -> Vec<VirtualService> {
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 /// Inside the VM: the IPVS backend's figures.
@@ -47,13 +57,13 @@ fn ipvs_figures(n: u32, quick: bool) {
     use capstan_proxy::ipvs::IpvsBackend;
     let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 12)).expect("IPVS in the VM");
     let t = Instant::now();
-    let done = backend.apply(&services(n, None), false).expect("the initial sync");
+    let done = backend.apply(&services(n, Change::None), false).expect("the initial sync");
     let initial = t.elapsed();
     let mut changes = Vec::new();
     let mut messages = Vec::new();
     for round in 0..20u32 {
         let which = (round * 7919) % n;
-        let wanted = services(n, (round % 2 == 0).then_some(which));
+        let wanted = services(n, if round % 2 == 0 { Change::Moved(which) } else { Change::None });
         let sent = backend.ipvs.sent;
         let t = Instant::now();
         backend.apply(&wanted, false).expect("an endpoint change");
@@ -119,10 +129,7 @@ async fn main() {
         ok,
         "creating a network namespace failed: the proxy benchmark needs root and iproute2"
     );
-    let nft = Nft {
-        netns: Some(ns.clone()),
-        table: "capstan-proxy".into(),
-    };
+    let nft = Nft::new(Some(ns.clone()), "capstan-proxy");
     let settings = NftSettings::new(
         "capstan-proxy",
         (Ipv4Addr::new(10, 96, 0, 0), 12),
@@ -130,33 +137,48 @@ async fn main() {
     );
 
     let t = Instant::now();
-    let before = services(n, None);
+    let before = services(n, Change::None);
     let mut renderer = nft::Renderer::default();
-    let rs = renderer.render(&before, &settings);
-    let script = nft::full_script(&rs, &settings, &nft::Listing::default());
+    renderer.render(&before, &settings);
+    let full = renderer.full_update(&settings, &nft::Listing::default());
     let render = t.elapsed();
     let t = Instant::now();
-    nft.apply(&script).await.expect("the initial sync");
+    nft.apply_update(&full).await.expect("the initial sync");
     let initial = t.elapsed();
 
-    // One endpoint change at a time, alternating back and forth, each its own transaction.
-    let mut changes = Vec::new();
-    let mut nft_times = Vec::new();
-    let mut current = rs;
-    for round in 0..20u32 {
-        let which = (round * 7919) % n;
-        let wanted = services(n, (round % 2 == 0).then_some(which));
-        let t = Instant::now();
-        let next = renderer.render(&wanted, &settings);
-        let delta = nft::delta_script(&current, &next, &settings);
-        let applying = Instant::now();
-        nft.apply(&delta).await.expect("an endpoint change");
-        nft_times.push(applying.elapsed());
-        changes.push(t.elapsed());
-        current = next;
+    // One endpoint change at a time, undone by the next round, each applied on its own: an
+    // endpoint moving to a new address (elements only), and one leaving and coming back (the
+    // service also switches pick chain).
+    let mut figures = Vec::new();
+    for (label, change) in [
+        ("an endpoint moves", Change::Moved as fn(u32) -> Change),
+        ("an endpoint leaves or comes back", Change::Removed),
+    ] {
+        let mut times = Vec::new();
+        let mut applying = Vec::new();
+        let mut ops = Vec::new();
+        for round in 0..20u32 {
+            let which = (round * 7919) % n;
+            let wanted = services(n, if round % 2 == 0 { change(which) } else { Change::None });
+            let t = Instant::now();
+            let update = renderer.render(&wanted, &settings);
+            let kernel = Instant::now();
+            nft.apply_update(&update).await.expect("an endpoint change");
+            applying.push(kernel.elapsed());
+            times.push(t.elapsed());
+            ops.push(update.elements.len() + update.pre.lines().count() + update.post.lines().count());
+        }
+        times.sort();
+        applying.sort();
+        ops.sort_unstable();
+        figures.push(format!(
+            "  one change, {label} (render, diff, apply): p50 {}  max {}  (applying alone: p50 {}; {} element ops and nft lines)",
+            ms(times[times.len() / 2]),
+            ms(times[times.len() - 1]),
+            ms(applying[applying.len() / 2]),
+            ops[ops.len() / 2]
+        ));
     }
-    changes.sort();
-    nft_times.sort();
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();
 
     println!(
@@ -164,16 +186,15 @@ async fn main() {
         if quick { " (quick)" } else { "" }
     );
     println!(
-        "  initial sync: {} ({} to render {} lines, the rest in nft)",
+        "  initial sync: {} ({} to render {} rule lines and {} elements; applying: {})",
         ms(render + initial),
         ms(render),
-        script.lines().count()
+        full.pre.lines().count() + full.post.lines().count(),
+        full.elements.len(),
+        ms(initial)
     );
-    println!(
-        "  one endpoint change (render, diff, transaction): p50 {}  max {}  (the nft transaction alone: p50 {})",
-        ms(changes[changes.len() / 2]),
-        ms(changes[changes.len() - 1]),
-        ms(nft_times[nft_times.len() / 2])
-    );
+    for f in figures {
+        println!("{f}");
+    }
     ipvs_in_vm(quick);
 }

@@ -99,6 +99,10 @@ pub enum ProxyError {
     },
     #[error("nft refused the update: {stderr}")]
     Nft { stderr: String },
+    #[error("nf_tables refused {what}: {reason}")]
+    NfTables { what: String, reason: String },
+    #[error("nf_tables netlink socket: {0}")]
+    NfTablesSocket(#[source] std::io::Error),
     #[error("iptables {args}: {stderr}")]
     Iptables { args: String, stderr: String },
     #[error(

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ipvs::IpvsBackend;
-use crate::nft::{self, Nft, NftSettings, Ruleset, cidr};
+use crate::nft::{self, Nft, NftSettings, cidr};
 use crate::{ProxyConfig, ProxyError, ProxyMode, firewall};
 use crate::{dns, model};
 
@@ -135,10 +135,7 @@ impl Proxy {
 /// Removes everything a proxy made (`capstan node --cleanup-proxy`): our nftables table, the
 /// IPVS services and addresses where the kernel has IPVS, and the firewall openings.
 pub async fn cleanup(config: &ProxyConfig) -> Result<(), ProxyError> {
-    let nft = Nft {
-        netns: config.netns.clone(),
-        table: config.table.clone(),
-    };
+    let nft = Nft::new(config.netns.clone(), config.table.clone());
     nft.delete_table().await?;
     if config.netns.is_none() && config.mode != ProxyMode::Nftables && crate::kernel_has_ipvs() {
         let service_cidr = config.service_cidr;
@@ -155,8 +152,8 @@ struct NftPlane {
     nft: Nft,
     settings: NftSettings,
     renderer: nft::Renderer,
-    /// What the last successful transaction left in the kernel; None: unknown.
-    applied: Option<Ruleset>,
+    /// Whether the kernel holds what the renderer last rendered (false after an error).
+    synced: bool,
 }
 
 /// The kernel dataplane in use, with what it last applied.
@@ -194,17 +191,11 @@ impl Dataplane {
             let backend = tokio::task::spawn_blocking(move || IpvsBackend::open(&scheduler, cidr))
                 .await
                 .expect("IPVS open thread")?;
-            let guard = Nft {
-                netns: None,
-                table: config.table.clone(),
-            };
+            let guard = Nft::new(None, config.table.clone());
             guard.apply(&nft::ipvs_guard_script(&config.table, config.service_cidr)).await?;
             return Ok(Dataplane::Ipvs(Arc::new(Mutex::new(backend))));
         }
-        let nft = Nft {
-            netns: config.netns.clone(),
-            table: config.table.clone(),
-        };
+        let nft = Nft::new(config.netns.clone(), config.table.clone());
         nft.list().await?; // nft is there and answers
         Ok(Dataplane::Nft(Box::new(NftPlane {
             nft,
@@ -215,7 +206,7 @@ impl Dataplane {
                 spread: config.spread,
             },
             renderer: nft::Renderer::default(),
-            applied: None,
+            synced: false,
         })))
     }
 
@@ -235,17 +226,21 @@ impl Dataplane {
                     nft,
                     settings,
                     renderer,
-                    applied,
+                    synced,
                 } = &mut **plane;
-                let wanted = renderer.render(&services, settings);
-                let result = match (applied.as_ref(), full) {
-                    (Some(old), false) => nft.apply(&nft::delta_script(old, &wanted, settings)).await,
-                    _ => match nft.list().await {
-                        Ok(text) => nft.apply(&nft::full_script(&wanted, settings, &nft::parse_listing(&text))).await,
+                let update = renderer.render(&services, settings);
+                let result = if *synced && !full {
+                    nft.apply_update(&update).await
+                } else {
+                    match nft.list().await {
+                        Ok(text) => {
+                            let listing = nft::parse_listing(&text);
+                            nft.apply_update(&renderer.full_update(settings, &listing)).await
+                        }
                         Err(e) => Err(e),
-                    },
+                    }
                 };
-                *applied = result.is_ok().then_some(wanted);
+                *synced = result.is_ok();
                 result
             }
             Dataplane::Ipvs(backend) => {
@@ -261,7 +256,7 @@ impl Dataplane {
 
     fn needs_full(&self) -> bool {
         match self {
-            Dataplane::Nft(plane) => plane.applied.is_none(),
+            Dataplane::Nft(plane) => !plane.synced,
             Dataplane::Ipvs(_) => false, // the backend falls back to a full apply by itself
         }
     }

@@ -212,10 +212,7 @@ fn backend_passes_tcp_and_follows_endpoint_changes() {
     let service_cidr = (Ipv4Addr::new(10, 96, 0, 0), 16);
     let mut backend = IpvsBackend::open("rr", service_cidr).expect("open the IPVS backend");
     // The nftables table the proxy puts beside it, applied the way the proxy applies it.
-    let guard = Nft {
-        netns: None,
-        table: "capstan-proxy".into(),
-    };
+    let guard = Nft::new(None, "capstan-proxy");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime
         .block_on(guard.apply(&ipvs_guard_script("capstan-proxy", service_cidr)))

@@ -76,10 +76,7 @@ impl Net {
     }
 
     fn nft(&self) -> Nft {
-        Nft {
-            netns: Some(self.ns("node")),
-            table: "capstan-proxy".into(),
-        }
+        Nft::new(Some(self.ns("node")), "capstan-proxy")
     }
 
     /// Runs `f` on a thread inside namespace `which`.
@@ -186,7 +183,7 @@ const E2: &str = "10.244.2.2";
 async fn apply_full(net: &Net, rs: &Ruleset, s: &NftSettings) {
     let nft = net.nft();
     let listing = nft::parse_listing(&nft.list().await.unwrap());
-    nft.apply(&nft::full_script(rs, s, &listing)).await.unwrap();
+    nft.apply_update(&nft::full_update(rs, s, &listing)).await.unwrap();
 }
 
 fn refused(r: std::io::Result<String>) -> bool {
@@ -209,8 +206,9 @@ async fn cluster_ips_node_ports_rejection_deltas_drift_and_cleanup() {
         vs(Frontend::NodePort(30081), Protocol::Tcp, &[], 8080, None),
         vs(vip("10.96.0.53", 53), Protocol::Udp, &[E2], 5353, None),
     ];
-    let rs = Ruleset::build(&services, &s);
-    apply_full(&net, &rs, &s).await;
+    let mut renderer = nft::Renderer::default();
+    renderer.render(&services, &s);
+    apply_full(&net, renderer.total(), &s).await;
 
     // A client off the cluster reaches both endpoints through the ClusterIP, and the node port.
     let mut seen = std::collections::BTreeSet::new();
@@ -221,7 +219,13 @@ async fn cluster_ips_node_ports_rejection_deltas_drift_and_cleanup() {
     assert!(net.get("client", "192.168.77.1:30080").unwrap().starts_with("hello from e"));
     // A process on the node itself (the output hook), and UDP.
     assert!(net.get("node", "10.96.0.20:80").unwrap().starts_with("hello from e"));
-    assert_eq!(net.udp("client", "10.96.0.53:53").unwrap(), "udp from e2");
+    let udp = net.udp("client", "10.96.0.53:53");
+    assert_eq!(
+        udp.as_deref().ok(),
+        Some("udp from e2"),
+        "{udp:?}\n{}",
+        net.nft_cli("list table ip capstan-proxy")
+    );
     // No endpoint, no service, wrong port: rejected at once, from the client and from the node.
     for (from, to) in [
         ("client", "10.96.0.21:80"),
@@ -234,23 +238,45 @@ async fn cluster_ips_node_ports_rejection_deltas_drift_and_cleanup() {
         assert!(refused(net.get(from, to)), "{from} -> {to} is rejected");
     }
 
-    // An endpoint leaves: the transaction touches that service's chains only.
+    // An endpoint leaves: the update touches that service's elements only.
     let mut next = services.clone();
     next[0].backends.retain(|(ip, _)| ip.to_string() == E1);
-    let new = Ruleset::build(&next, &s);
-    let delta = nft::delta_script(&rs, &new, &s);
-    assert!(!delta.contains("30080") && !delta.contains("udp"), "{delta}");
-    net.nft().apply(&delta).await.unwrap();
+    let update = renderer.render(&next, &s);
+    let text = update.describe();
+    assert!(!text.contains("30080") && !text.contains("udp"), "{text}");
+    net.nft().apply_update(&update).await.unwrap();
     for _ in 0..8 {
         assert_eq!(net.get("client", "10.96.0.20:80").unwrap(), "hello from e1");
     }
     assert!(net.get("client", "192.168.77.1:30080").is_ok(), "the node port still has both");
+    // The endpoint moves to another address, the count unchanged: elements only, no rule.
+    next[0].backends = vec![(E2.parse().unwrap(), 8080)];
+    let update = renderer.render(&next, &s);
+    assert!(update.pre.is_empty() && update.post.is_empty(), "{}", update.describe());
+    net.nft().apply_update(&update).await.unwrap();
+    for _ in 0..8 {
+        assert_eq!(net.get("client", "10.96.0.20:80").unwrap(), "hello from e2");
+    }
+    // And back to both: the service moves to the two-endpoint pick chain again.
+    let update = renderer.render(&services, &s);
+    net.nft().apply_update(&update).await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        seen.insert(net.get("client", "10.96.0.20:80").unwrap());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let new = renderer.total().clone();
 
     // Someone else empties our map; the periodic full rewrite repairs it.
     net.nft_cli("flush map ip capstan-proxy service-ips");
     assert!(refused(net.get("client", "10.96.0.20:80")));
     apply_full(&net, &new, &s).await;
-    assert_eq!(net.get("client", "10.96.0.20:80").unwrap(), "hello from e1");
+    assert!(net.get("client", "10.96.0.20:80").unwrap().starts_with("hello from e"));
+    // The same for the endpoints map.
+    net.nft_cli("flush map ip capstan-proxy endpoints-tcp");
+    assert!(net.get("client", "10.96.0.20:80").is_err());
+    apply_full(&net, &new, &s).await;
+    assert!(net.get("client", "10.96.0.20:80").unwrap().starts_with("hello from e"));
     // A stray chain someone added inside our table is removed by the rewrite too.
     net.nft_cli("add chain ip capstan-proxy svc-stray");
     apply_full(&net, &new, &s).await;

@@ -1,0 +1,778 @@
+//! The nftables backend: the virtual services as one table of our own. A verdict map sends
+//! VIP . protocol . port to a pick chain shared by every service with the same protocol and
+//! number of endpoints (`pick-tcp-3`: `dnat to ip daddr . tcp dport . numgen random mod 3 map
+//! @endpoints-tcp`); the endpoints themselves are elements of a data map. An endpoint change is then
+//! a few map elements, sent as one nf_tables transaction over netlink: no rule changes, so the
+//! kernel does not re-validate the table, and no `nft` parsing. Services with ClientIP affinity
+//! keep a chain of their own (a cascade with one chain and one timeout set per endpoint).
+//!
+//! An [`Update`] is applied in three steps, each atomic: chains and sets that elements will
+//! point at (`nft -f`), then every element change (one netlink transaction: what traffic sees
+//! switches at once), then chains and sets nothing points at any more (`nft -f`).
+//!
+//! Rendering is pure ([`Ruleset::build`], [`Renderer`], [`full_update`]); [`Nft`] is the thin
+//! edge that runs `nft` and the netlink transaction, optionally inside a network namespace.
+
+mod elements;
+mod netlink;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+pub use elements::{ClusterKey, ElementOp, Entry, PortKey};
+use elements::{FIXED_SETS, HAIRPIN, NO_ENDPOINT_NODE_PORTS, NODE_PORTS, SERVICE_IPS, endpoints_map, node_port_endpoints_map};
+
+use crate::ProxyError;
+use crate::model::{Backend, Frontend, Protocol, VirtualService};
+
+/// The packet mark that asks the postrouting chain to masquerade (the bit kube-proxy uses).
+const MASQUERADE_MARK: u32 = 0x4000;
+
+/// How a service's connections are spread over its endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Spread {
+    /// Each new connection picks an endpoint at random (kube-proxy's nftables mode).
+    #[default]
+    Random,
+    /// New connections take the endpoints in turn (one counter per endpoint count).
+    RoundRobin,
+}
+
+/// What the rules need to know about the cluster.
+#[derive(Clone, Debug)]
+pub struct NftSettings {
+    /// Our table (family `ip`); nothing else is touched.
+    pub table: String,
+    /// Traffic to this range that no service takes is rejected, never routed out.
+    pub service_cidr: (Ipv4Addr, u8),
+    /// Connections from outside this range are masqueraded, so replies come back through us.
+    pub pod_cidr: (Ipv4Addr, u8),
+    pub spread: Spread,
+}
+
+impl NftSettings {
+    pub fn new(table: impl Into<String>, service_cidr: (Ipv4Addr, u8), pod_cidr: (Ipv4Addr, u8)) -> NftSettings {
+        NftSettings {
+            table: table.into(),
+            service_cidr,
+            pod_cidr,
+            spread: Spread::Random,
+        }
+    }
+
+    fn mark(&self) -> String {
+        format!("meta mark set meta mark | {MASQUERADE_MARK:#x}")
+    }
+
+    fn generator(&self) -> &'static str {
+        match self.spread {
+            Spread::Random => "random",
+            Spread::RoundRobin => "inc",
+        }
+    }
+}
+
+/// The base chains every table has; their content never depends on services.
+const BASE_CHAINS: [&str; 8] = [
+    "nat-prerouting",
+    "nat-output",
+    "nat-postrouting",
+    "filter-forward",
+    "filter-output-post-dnat",
+    "filter-input",
+    "services",
+    "reject-service",
+];
+
+/// The per-service part of the table: what changes when services and endpoints do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Pick chains and the chains of services with affinity, by name, with their rules.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// ClientIP affinity sets, by name, with their timeout in seconds.
+    pub sets: BTreeMap<String, u32>,
+    /// `service-ips`: a ClusterIP port → the chain it goes to.
+    pub service_ips: BTreeMap<ClusterKey, String>,
+    /// `node-ports`: a node port → the chain it goes to.
+    pub node_ports: BTreeMap<PortKey, String>,
+    /// `endpoints-<proto>`: (ClusterIP port, slot) → endpoint.
+    pub endpoints: BTreeMap<(ClusterKey, u32), Backend>,
+    /// `node-port-endpoints-<proto>`: (node port, slot) → endpoint.
+    pub node_port_endpoints: BTreeMap<(PortKey, u32), Backend>,
+    /// Node ports of services with no ready endpoint: rejected.
+    pub no_endpoint_node_ports: BTreeSet<PortKey>,
+    /// Endpoint addresses, each with the number of service ports using it: a connection DNAT'ed
+    /// back to its own source is masqueraded, so that a pod can reach itself through its service.
+    pub hairpin: BTreeMap<Ipv4Addr, u32>,
+    /// How many service ports use each chain (pick chains are shared).
+    chain_users: BTreeMap<String, u32>,
+}
+
+fn short_hash(text: &str) -> String {
+    hex::encode(&Sha256::digest(text.as_bytes())[..4])
+}
+
+pub(crate) fn cidr((ip, bits): (Ipv4Addr, u8)) -> String {
+    format!("{ip}/{bits}")
+}
+
+/// In IPVS mode, the one thing IPVS does not do: traffic to an address of the service range
+/// that is no ClusterIP (not a local address on the VIP interface) is rejected on the host,
+/// from the host and from pods alike, instead of being routed out. Replaces the table `table`.
+pub fn ipvs_guard_script(table: &str, service_cidr: (Ipv4Addr, u8)) -> String {
+    let c = cidr(service_cidr);
+    format!(
+        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n\
+         \tchain output {{ type filter hook output priority 0; policy accept; ip daddr {c} fib daddr type != local reject; }}\n\
+         \tchain forward {{ type filter hook forward priority 0; policy accept; ip daddr {c} fib daddr type != local reject; }}\n}}\n"
+    )
+}
+
+/// The shared chain that spreads a frontend of protocol `p` with `n` endpoints: off-cluster
+/// clients marked for masquerade, then DNAT to the endpoint in slot `numgen mod n` of the
+/// frontend's data map.
+fn pick_chain(node_port: bool, p: Protocol, n: usize, s: &NftSettings) -> (String, Vec<String>) {
+    let g = s.generator();
+    if node_port {
+        let map = node_port_endpoints_map(p);
+        let rules = vec![s.mark(), format!("dnat to {p} dport . numgen {g} mod {n} map @{map}")];
+        (format!("nodeport-pick-{p}-{n}"), rules)
+    } else {
+        let rules = vec![
+            format!("ip saddr != {} {}", cidr(s.pod_cidr), s.mark()),
+            format!("dnat to ip daddr . {p} dport . numgen {g} mod {n} map @{}", endpoints_map(p)),
+        ];
+        (format!("pick-{p}-{n}"), rules)
+    }
+}
+
+impl Ruleset {
+    /// The rules for `services` (as [`crate::model::desired`] returns them).
+    pub fn build(services: &[VirtualService], settings: &NftSettings) -> Ruleset {
+        let mut rs = Ruleset::default();
+        for vs in services {
+            rs.add(&Ruleset::part(vs, settings));
+        }
+        rs
+    }
+
+    /// The rules of one virtual service.
+    fn part(vs: &VirtualService, s: &NftSettings) -> Ruleset {
+        let mut rs = Ruleset::default();
+        let node_port = matches!(vs.frontend, Frontend::NodePort(_));
+        if vs.backends.is_empty() {
+            if let Frontend::NodePort(port) = vs.frontend {
+                rs.no_endpoint_node_ports.insert((vs.protocol, port));
+            }
+            // A ClusterIP with no endpoint has no element: the service-range check rejects it.
+            return rs;
+        }
+        for (ip, _) in &vs.backends {
+            *rs.hairpin.entry(*ip).or_default() += 1;
+        }
+        let chain = match vs.affinity {
+            None => {
+                let (name, rules) = pick_chain(node_port, vs.protocol, vs.backends.len(), s);
+                for (slot, b) in vs.backends.iter().enumerate() {
+                    let slot = slot as u32;
+                    match vs.frontend {
+                        Frontend::ClusterIp(ip, port) => rs.endpoints.insert(((ip, vs.protocol, port), slot), *b),
+                        Frontend::NodePort(port) => rs.node_port_endpoints.insert(((vs.protocol, port), slot), *b),
+                    };
+                }
+                rs.chains.insert(name.clone(), rules);
+                name
+            }
+            Some(timeout) => rs.affinity_chains(vs, timeout, s),
+        };
+        rs.chain_users.insert(chain.clone(), 1);
+        match vs.frontend {
+            Frontend::ClusterIp(ip, port) => rs.service_ips.insert((ip, vs.protocol, port), chain),
+            Frontend::NodePort(port) => rs.node_ports.insert((vs.protocol, port), chain),
+        };
+        rs
+    }
+
+    /// A service with ClientIP affinity: a chain of its own sending known clients to their
+    /// endpoint's chain and spreading new ones by a cascade; each endpoint chain records its
+    /// clients in a timeout set. Returns the service chain's name.
+    fn affinity_chains(&mut self, vs: &VirtualService, timeout: u32, s: &NftSettings) -> String {
+        let proto = vs.protocol.name();
+        // Readable and unique: a hash of the frontend, then the service's own name.
+        let (prefix, id) = match vs.frontend {
+            Frontend::ClusterIp(..) => ("svc", short_hash(&format!("{:?}/{proto}", vs.frontend))),
+            Frontend::NodePort(_) => ("nodeport", short_hash(&format!("{:?}/{proto}", vs.frontend))),
+        };
+        let readable = vs.service.replace(':', "/");
+        let chain = format!("{prefix}-{id}-{readable}");
+        let mut rules = vec![match vs.frontend {
+            // Off-cluster clients are masqueraded so that the reply finds its way back.
+            Frontend::ClusterIp(..) => format!("ip saddr != {} {}", cidr(s.pod_cidr), s.mark()),
+            Frontend::NodePort(_) => s.mark(),
+        }];
+        let g = s.generator();
+        let n = vs.backends.len();
+        for (i, (ip, port)) in vs.backends.iter().enumerate() {
+            // Endpoint i of the remaining n-i: uniform overall; with `inc` counters, each
+            // rule's own counter makes the cascade an exact rotation.
+            let pick = if i + 1 < n {
+                format!("numgen {g} mod {} == 0 ", n - i)
+            } else {
+                String::new()
+            };
+            let ep_id = short_hash(&format!("{chain}/{ip}:{port}/{timeout}"));
+            let ep_chain = format!("endpoint-{ep_id}-{readable}/{ip}/{port}");
+            let set = format!("affinity-{ep_id}");
+            rules.insert(1 + i, format!("ip saddr @{set} goto {ep_chain}"));
+            rules.push(format!("{pick}goto {ep_chain}"));
+            let dnat = format!("meta l4proto {proto} dnat to {ip}:{port}");
+            self.chains
+                .insert(ep_chain.clone(), vec![format!("update @{set} {{ ip saddr }}"), dnat]);
+            self.chain_users.insert(ep_chain, 1);
+            self.sets.insert(set, timeout);
+        }
+        self.chains.insert(chain.clone(), rules);
+        chain
+    }
+
+    /// Adds a part (keys of different service ports never collide; shared chains and hairpin
+    /// addresses are counted).
+    fn add(&mut self, part: &Ruleset) {
+        for (name, rules) in &part.chains {
+            self.chains.insert(name.clone(), rules.clone());
+        }
+        for (name, n) in &part.chain_users {
+            *self.chain_users.entry(name.clone()).or_default() += n;
+        }
+        self.sets.extend(part.sets.iter().map(|(k, v)| (k.clone(), *v)));
+        self.service_ips.extend(part.service_ips.iter().map(|(k, v)| (*k, v.clone())));
+        self.node_ports.extend(part.node_ports.iter().map(|(k, v)| (*k, v.clone())));
+        self.endpoints.extend(part.endpoints.iter().map(|(k, v)| (*k, *v)));
+        self.node_port_endpoints
+            .extend(part.node_port_endpoints.iter().map(|(k, v)| (*k, *v)));
+        self.no_endpoint_node_ports.extend(part.no_endpoint_node_ports.iter().copied());
+        for (ip, n) in &part.hairpin {
+            *self.hairpin.entry(*ip).or_default() += n;
+        }
+    }
+
+    /// Takes away a part added before.
+    fn remove(&mut self, part: &Ruleset) {
+        for (name, n) in &part.chain_users {
+            let users = self.chain_users.entry(name.clone()).or_default();
+            *users = users.saturating_sub(*n);
+            if *users == 0 {
+                self.chain_users.remove(name);
+                self.chains.remove(name);
+            }
+        }
+        for name in part.sets.keys() {
+            self.sets.remove(name);
+        }
+        for k in part.service_ips.keys() {
+            self.service_ips.remove(k);
+        }
+        for k in part.node_ports.keys() {
+            self.node_ports.remove(k);
+        }
+        for k in part.endpoints.keys() {
+            self.endpoints.remove(k);
+        }
+        for k in part.node_port_endpoints.keys() {
+            self.node_port_endpoints.remove(k);
+        }
+        for k in &part.no_endpoint_node_ports {
+            self.no_endpoint_node_ports.remove(k);
+        }
+        for (ip, n) in &part.hairpin {
+            let count = self.hairpin.entry(*ip).or_default();
+            *count = count.saturating_sub(*n);
+            if *count == 0 {
+                self.hairpin.remove(ip);
+            }
+        }
+    }
+
+    /// Every element of the fixed maps and sets.
+    fn entries(&self) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(self.service_ips.len() + self.endpoints.len() + self.hairpin.len());
+        out.extend(self.service_ips.iter().map(|(k, c)| Entry::ServiceIp(*k, c.clone())));
+        out.extend(self.node_ports.iter().map(|(k, c)| Entry::NodePort(*k, c.clone())));
+        out.extend(self.endpoints.iter().map(|((k, slot), b)| Entry::Endpoint(*k, *slot, *b)));
+        out.extend(
+            self.node_port_endpoints
+                .iter()
+                .map(|((k, slot), b)| Entry::NodePortEndpoint(*k, *slot, *b)),
+        );
+        out.extend(self.no_endpoint_node_ports.iter().map(|k| Entry::NoEndpointNodePort(*k)));
+        out.extend(self.hairpin.keys().map(|ip| Entry::Hairpin(*ip)));
+        out
+    }
+}
+
+/// A change to the table, applied in three atomic steps (see the module's documentation).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Update {
+    /// `nft -f` script: sets and chains to create or rewrite.
+    pub pre: String,
+    /// One netlink transaction: element changes, deletions first.
+    pub elements: Vec<ElementOp>,
+    /// `nft -f` script: chains and sets no longer used.
+    pub post: String,
+}
+
+impl Update {
+    pub fn is_empty(&self) -> bool {
+        self.pre.is_empty() && self.elements.is_empty() && self.post.is_empty()
+    }
+
+    /// Everything the update does, as text (tests and logs).
+    pub fn describe(&self) -> String {
+        let mut out = self.pre.clone();
+        for op in &self.elements {
+            let _ = writeln!(out, "{op}");
+        }
+        out.push_str(&self.post);
+        out
+    }
+}
+
+/// For each touched key: the value it had, so that the change can be read off afterwards.
+fn before<K: Ord + Clone, V: Clone>(map: &BTreeMap<K, V>, keys: impl IntoIterator<Item = K>) -> BTreeMap<K, Option<V>> {
+    keys.into_iter().map(|k| (k.clone(), map.get(&k).cloned())).collect()
+}
+
+/// The keys whose value changed: (key, old, new), old or new `None` for absent.
+fn changed<K: Ord + Clone, V: Clone + PartialEq>(before: BTreeMap<K, Option<V>>, now: &BTreeMap<K, V>) -> Vec<(K, Option<V>, Option<V>)> {
+    before
+        .into_iter()
+        .filter_map(|(k, old)| {
+            let new = now.get(&k).cloned();
+            (old != new).then_some((k, old, new))
+        })
+        .collect()
+}
+
+/// Renders rules service by service and keeps them, so that a sync renders and diffs only the
+/// services that changed since the last one: with 10,000 services, anything proportional to
+/// all of them costs more than the kernel's work for one change.
+#[derive(Debug, Default)]
+pub struct Renderer {
+    parts: HashMap<(Frontend, Protocol), (VirtualService, Ruleset)>,
+    total: Ruleset,
+    /// Pick chains no service uses any more, left in the kernel: a service whose endpoint
+    /// count comes back (a pod replaced: one less, then one more) needs no rule change. The next
+    /// full update removes them.
+    kept: BTreeSet<String>,
+}
+
+/// Whether a chain is a pick chain (its rules depend on its name only).
+fn is_pick(chain: &str) -> bool {
+    chain.starts_with("pick-") || chain.starts_with("nodeport-pick-")
+}
+
+impl Renderer {
+    /// What the table should hold after the last [`Renderer::render`].
+    pub fn total(&self) -> &Ruleset {
+        &self.total
+    }
+
+    /// The update that makes the kernel's table exactly what was last rendered, whatever it
+    /// holds now (`kernel`, as listed); see [`full_update`].
+    pub fn full_update(&mut self, s: &NftSettings, kernel: &Listing) -> Update {
+        self.kept.clear();
+        full_update(&self.total, s, kernel)
+    }
+
+    /// Takes `services` as the new desired state; returns the update from the previous one.
+    pub fn render(&mut self, services: &[VirtualService], s: &NftSettings) -> Update {
+        let mut seen = HashSet::with_capacity(services.len());
+        let mut gone = Vec::new();
+        let mut came = Vec::new();
+        for vs in services {
+            seen.insert(vs.key());
+            if self.parts.get(&vs.key()).is_some_and(|(old, _)| old == vs) {
+                continue;
+            }
+            if let Some((_, old)) = self.parts.remove(&vs.key()) {
+                gone.push(old);
+            }
+            came.push((vs.clone(), Ruleset::part(vs, s)));
+        }
+        let removed: Vec<_> = self.parts.keys().filter(|k| !seen.contains(*k)).copied().collect();
+        for k in removed {
+            if let Some((_, old)) = self.parts.remove(&k) {
+                gone.push(old);
+            }
+        }
+        let parts = gone.iter().chain(came.iter().map(|(_, p)| p));
+        let t = &self.total;
+        let chains = before(&t.chains, parts.clone().flat_map(|p| p.chains.keys().cloned()));
+        let sets = before(&t.sets, parts.clone().flat_map(|p| p.sets.keys().cloned()));
+        let service_ips = before(&t.service_ips, parts.clone().flat_map(|p| p.service_ips.keys().copied()));
+        let node_ports = before(&t.node_ports, parts.clone().flat_map(|p| p.node_ports.keys().copied()));
+        let endpoints = before(&t.endpoints, parts.clone().flat_map(|p| p.endpoints.keys().copied()));
+        let np_endpoints = before(
+            &t.node_port_endpoints,
+            parts.clone().flat_map(|p| p.node_port_endpoints.keys().copied()),
+        );
+        let no_ep: BTreeMap<PortKey, bool> = parts
+            .clone()
+            .flat_map(|p| p.no_endpoint_node_ports.iter().copied())
+            .map(|k| (k, t.no_endpoint_node_ports.contains(&k)))
+            .collect();
+        let hairpin: BTreeMap<Ipv4Addr, bool> = parts
+            .flat_map(|p| p.hairpin.keys().copied())
+            .map(|ip| (ip, t.hairpin.contains_key(&ip)))
+            .collect();
+
+        for old in &gone {
+            self.total.remove(old);
+        }
+        for (vs, part) in came {
+            self.total.add(&part);
+            self.parts.insert(vs.key(), (vs, part));
+        }
+
+        let t = &self.total;
+        let mut u = Update::default();
+        let table = &s.table;
+        let sets = changed(sets, &t.sets);
+        for (name, _, new) in &sets {
+            if let Some(timeout) = new {
+                add_set(&mut u.pre, table, name, *timeout);
+            }
+        }
+        let mut chains = changed(chains, &t.chains);
+        // A pick chain kept from before is there already, with its rules; one no longer used
+        // is kept.
+        chains.retain(|(name, old, new)| match (old, new) {
+            (None, Some(_)) => !self.kept.remove(name),
+            (Some(_), None) if is_pick(name) => !self.kept.insert(name.clone()),
+            _ => true,
+        });
+        for (name, old, _) in &chains {
+            if old.is_none() {
+                let _ = writeln!(u.pre, "add chain ip {table} {name}");
+            }
+        }
+        for (name, old, new) in &chains {
+            if let Some(rules) = new {
+                if old.is_some() {
+                    let _ = writeln!(u.pre, "flush chain ip {table} {name}");
+                }
+                write_rules(&mut u.pre, table, name, rules);
+            }
+        }
+        let mut adds = Vec::new();
+        let mut element = |old: Option<Entry>, new: Option<Entry>| {
+            u.elements.extend(old.map(ElementOp::Delete));
+            adds.extend(new.map(ElementOp::Add));
+        };
+        for (k, old, new) in changed(service_ips, &t.service_ips) {
+            element(old.map(|c| Entry::ServiceIp(k, c)), new.map(|c| Entry::ServiceIp(k, c)));
+        }
+        for (k, old, new) in changed(node_ports, &t.node_ports) {
+            element(old.map(|c| Entry::NodePort(k, c)), new.map(|c| Entry::NodePort(k, c)));
+        }
+        for ((k, slot), old, new) in changed(endpoints, &t.endpoints) {
+            element(old.map(|b| Entry::Endpoint(k, slot, b)), new.map(|b| Entry::Endpoint(k, slot, b)));
+        }
+        for ((k, slot), old, new) in changed(np_endpoints, &t.node_port_endpoints) {
+            element(
+                old.map(|b| Entry::NodePortEndpoint(k, slot, b)),
+                new.map(|b| Entry::NodePortEndpoint(k, slot, b)),
+            );
+        }
+        for (k, was) in no_ep {
+            let is = t.no_endpoint_node_ports.contains(&k);
+            if was != is {
+                let e = Entry::NoEndpointNodePort(k);
+                if was { element(Some(e), None) } else { element(None, Some(e)) }
+            }
+        }
+        for (ip, was) in hairpin {
+            let is = t.hairpin.contains_key(&ip);
+            if was != is {
+                let e = Entry::Hairpin(ip);
+                if was { element(Some(e), None) } else { element(None, Some(e)) }
+            }
+        }
+        u.elements.extend(adds);
+        let stale_chains: Vec<&String> = chains.iter().filter(|(_, _, new)| new.is_none()).map(|(n, _, _)| n).collect();
+        let stale_sets: Vec<&String> = sets.iter().filter(|(_, _, new)| new.is_none()).map(|(n, _, _)| n).collect();
+        remove_stale(&mut u.post, table, stale_chains, stale_sets);
+        u
+    }
+}
+
+/// The names of the chains and sets a table holds in the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub chains: BTreeSet<String>,
+    pub sets: BTreeSet<String>,
+}
+
+/// Reads the chain and set names out of `nft list table` output.
+pub fn parse_listing(text: &str) -> Listing {
+    let mut out = Listing::default();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["chain", name, "{"] => {
+                out.chains.insert((*name).to_owned());
+            }
+            ["set" | "map", name, "{"] => {
+                out.sets.insert((*name).to_owned());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn base(out: &mut String, s: &NftSettings) {
+    let t = &s.table;
+    let _ = writeln!(out, "add table ip {t}");
+    let hooks = [
+        ("nat-prerouting", "type nat hook prerouting priority -100;"),
+        ("nat-output", "type nat hook output priority -100;"),
+        ("nat-postrouting", "type nat hook postrouting priority 100;"),
+        // Before the filter chains of others, and (for output) after our DNAT: whatever still
+        // goes to the service range was taken by no service.
+        ("filter-forward", "type filter hook forward priority -110;"),
+        ("filter-output-post-dnat", "type filter hook output priority -90;"),
+        ("filter-input", "type filter hook input priority -110;"),
+    ];
+    for (chain, hook) in hooks {
+        let _ = writeln!(out, "add chain ip {t} {chain} {{ {hook} policy accept; }}");
+    }
+    for chain in ["services", "reject-service"] {
+        let _ = writeln!(out, "add chain ip {t} {chain}");
+    }
+    let mut definitions = vec![
+        (
+            SERVICE_IPS,
+            "map",
+            "type ipv4_addr . inet_proto . inet_service : verdict".to_owned(),
+        ),
+        (NODE_PORTS, "map", "type inet_proto . inet_service : verdict".to_owned()),
+    ];
+    for p in [Protocol::Tcp, Protocol::Udp] {
+        // `typeof`: the slot is what `numgen` returns, an integer of the host's byte order.
+        let endpoints = format!("typeof ip daddr . {p} dport . numgen random mod 1 : ip daddr . {p} dport");
+        definitions.push((endpoints_map(p), "map", endpoints));
+        let node_ports = format!("typeof {p} dport . numgen random mod 1 : ip daddr . {p} dport");
+        definitions.push((node_port_endpoints_map(p), "map", node_ports));
+    }
+    definitions.extend([
+        (NO_ENDPOINT_NODE_PORTS, "set", "type inet_proto . inet_service".to_owned()),
+        (HAIRPIN, "set", "type ipv4_addr . ipv4_addr".to_owned()),
+    ]);
+    for (name, kind, definition) in definitions {
+        let _ = writeln!(out, "add {kind} ip {t} {name} {{ {definition}; }}");
+    }
+    for chain in BASE_CHAINS {
+        let _ = writeln!(out, "flush chain ip {t} {chain}");
+    }
+    let range = cidr(s.service_cidr);
+    let rules = [
+        ("nat-prerouting", "jump services".to_owned()),
+        ("nat-output", "jump services".to_owned()),
+        ("nat-postrouting", format!("meta mark & {MASQUERADE_MARK:#x} != 0 masquerade")),
+        (
+            "nat-postrouting",
+            format!("ct status dnat ip saddr . ip daddr @{HAIRPIN} masquerade"),
+        ),
+        ("services", format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}")),
+        (
+            "services",
+            format!("fib daddr type local meta l4proto . th dport vmap @{NODE_PORTS}"),
+        ),
+        ("filter-forward", format!("ct state new ip daddr {range} jump reject-service")),
+        (
+            "filter-output-post-dnat",
+            format!("ct state new ip daddr {range} jump reject-service"),
+        ),
+        (
+            "filter-input",
+            format!("ct state new meta l4proto . th dport @{NO_ENDPOINT_NODE_PORTS} jump reject-service"),
+        ),
+        ("reject-service", "meta l4proto tcp reject with tcp reset".to_owned()),
+        ("reject-service", "reject".to_owned()),
+    ];
+    for (chain, rule) in rules {
+        let _ = writeln!(out, "add rule ip {t} {chain} {rule}");
+    }
+}
+
+fn add_set(out: &mut String, t: &str, name: &str, timeout: u32) {
+    let _ = writeln!(
+        out,
+        "add set ip {t} {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}"
+    );
+}
+
+fn write_rules(out: &mut String, t: &str, chain: &str, rules: &[String]) {
+    for r in rules {
+        let _ = writeln!(out, "add rule ip {t} {chain} {r}");
+    }
+}
+
+/// Deletes chains and sets no longer wanted: chains are flushed first, so that none is still
+/// referenced when it goes.
+fn remove_stale<'a>(
+    out: &mut String,
+    t: &str,
+    chains: impl IntoIterator<Item = &'a String> + Clone,
+    sets: impl IntoIterator<Item = &'a String>,
+) {
+    for c in chains.clone() {
+        let _ = writeln!(out, "flush chain ip {t} {c}");
+    }
+    for c in chains {
+        let _ = writeln!(out, "delete chain ip {t} {c}");
+    }
+    for s in sets {
+        let _ = writeln!(out, "delete set ip {t} {s}");
+    }
+}
+
+/// The update that makes the table exactly `rs` whatever it holds now (`kernel`, as listed):
+/// every chain rewritten, maps and sets refilled in one transaction, strays removed afterwards.
+/// Affinity sets that stay keep their entries.
+pub fn full_update(rs: &Ruleset, s: &NftSettings, kernel: &Listing) -> Update {
+    let t = &s.table;
+    let mut u = Update::default();
+    base(&mut u.pre, s);
+    for (name, timeout) in &rs.sets {
+        add_set(&mut u.pre, t, name, *timeout);
+    }
+    for name in rs.chains.keys() {
+        let _ = writeln!(u.pre, "add chain ip {t} {name}");
+    }
+    for (name, rules) in &rs.chains {
+        let _ = writeln!(u.pre, "flush chain ip {t} {name}");
+        write_rules(&mut u.pre, t, name, rules);
+    }
+    u.elements.extend(FIXED_SETS.iter().map(|set| ElementOp::Flush(set)));
+    u.elements.extend(rs.entries().into_iter().map(ElementOp::Add));
+    let stale_chains: Vec<&String> = kernel
+        .chains
+        .iter()
+        .filter(|c| !rs.chains.contains_key(*c) && !BASE_CHAINS.contains(&c.as_str()))
+        .collect();
+    let stale_sets: Vec<&String> = kernel
+        .sets
+        .iter()
+        .filter(|n| !rs.sets.contains_key(*n) && !FIXED_SETS.contains(&n.as_str()))
+        .collect();
+    remove_stale(&mut u.post, t, stale_chains, stale_sets);
+    u
+}
+
+/// Runs `nft` (inside `netns` when set: tests use namespaces of their own).
+#[derive(Clone, Debug)]
+pub struct Nft {
+    pub netns: Option<String>,
+    pub table: String,
+    /// The netlink socket for element transactions, shared by clones.
+    channel: Arc<Mutex<netlink::Channel>>,
+}
+
+impl Nft {
+    pub fn new(netns: Option<String>, table: impl Into<String>) -> Nft {
+        Nft {
+            netns,
+            table: table.into(),
+            channel: Arc::default(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "nft"]);
+                c
+            }
+            None => Command::new("nft"),
+        };
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    }
+
+    async fn run(&self, args: &[&str], input: Option<&str>) -> Result<String, ProxyError> {
+        let mut cmd = self.command();
+        cmd.args(args);
+        let mut child = cmd.spawn().map_err(|source| ProxyError::Spawn { program: "nft", source })?;
+        let mut stdin = child.stdin.take().expect("piped");
+        if let Some(text) = input {
+            stdin
+                .write_all(text.as_bytes())
+                .await
+                .map_err(|source| ProxyError::Spawn { program: "nft", source })?;
+        }
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|source| ProxyError::Spawn { program: "nft", source })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(ProxyError::Nft {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+
+    /// Applies one script as a single transaction.
+    pub async fn apply(&self, script: &str) -> Result<(), ProxyError> {
+        if script.is_empty() {
+            return Ok(());
+        }
+        self.run(&["-f", "-"], Some(script)).await.map(drop)
+    }
+
+    /// Applies an [`Update`]: its three steps in order, each a transaction of its own.
+    pub async fn apply_update(&self, update: &Update) -> Result<(), ProxyError> {
+        self.apply(&update.pre).await?;
+        if let Some(batch) = elements::encode(&self.table, &update.elements, 1) {
+            let (netns, channel) = (self.netns.clone(), self.channel.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut channel = channel.lock().unwrap_or_else(|e| e.into_inner());
+                netlink::apply(&mut channel, netns.as_deref(), &batch)
+            })
+            .await
+            .expect("nf_tables transaction thread")?;
+        }
+        self.apply(&update.post).await
+    }
+
+    /// The table as the kernel holds it (`nft -t list table`: the elements of maps and sets left
+    /// out, there may be hundreds of thousands); empty when it does not exist.
+    pub async fn list(&self) -> Result<String, ProxyError> {
+        match self.run(&["-t", "list", "table", "ip", &self.table], None).await {
+            Ok(text) => Ok(text),
+            Err(ProxyError::Nft { stderr }) if stderr.contains("No such file or directory") => Ok(String::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes our table, and with it every rule the proxy made.
+    pub async fn delete_table(&self) -> Result<(), ProxyError> {
+        let t = &self.table;
+        self.apply(&format!("add table ip {t}\ndelete table ip {t}\n")).await
+    }
+}
+
+#[cfg(test)]
+mod tests;
