@@ -25,6 +25,11 @@ struct Up {
 
 impl Up {
     fn start(data: &Path, run: &DockerRun, table: &str) -> Up {
+        Up::start_on(data, run, table, CIDR, &[])
+    }
+
+    /// `capstan up` with pod range `cidr` and `extra` arguments (a repository to track).
+    fn start_on(data: &Path, run: &DockerRun, table: &str, cidr: &str, extra: &[&str]) -> Up {
         let out = data.join(format!("up-{}.out", Instant::now().elapsed().as_nanos()));
         let err = out.with_extension("err");
         let node = format!("up-{}", std::process::id());
@@ -38,8 +43,9 @@ impl Up {
                 "--node-listen",
                 "0.0.0.0:0",
             ])
-            .args(["--node-name", &node, "--cluster-cidr", "10.206.0.0/16", "--proxy-table", table])
+            .args(["--node-name", &node, "--cluster-cidr", cidr, "--proxy-table", table])
             .args(["--runtime-label", &run.label()])
+            .args(extra)
             .env("CAPSTAN_LOG", "info")
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap())
@@ -96,9 +102,21 @@ impl Drop for Up {
     }
 }
 
+/// The first test's pod range.
+const CIDR: &str = "10.206.0.0/16";
+
+/// One `capstan up` at a time: both would allocate the same ClusterIPs, and each proxy would
+/// take the other's.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Removes the test's table and DOCKER-USER rules, also when the test fails.
 struct ProxyRules {
     table: String,
+    cidr: &'static str,
 }
 
 impl ProxyRules {
@@ -109,7 +127,7 @@ impl ProxyRules {
             "--proxy-table",
             &self.table,
             "--cluster-cidr",
-            "10.206.0.0/16",
+            self.cidr,
         ]))
     }
 }
@@ -242,10 +260,14 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
     if !docker_available(test) || !root_and_nft(test) {
         return;
     }
+    let _serial = serial();
     build_images();
     let run = DockerRun::new("up");
     let table = format!("capstan-test-{}", std::process::id());
-    let rules = ProxyRules { table: table.clone() };
+    let rules = ProxyRules {
+        table: table.clone(),
+        cidr: CIDR,
+    };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
 
@@ -401,4 +423,152 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let tables = run_ok(Command::new("nft").args(["list", "tables"]));
     assert!(!tables.contains(&table), "{tables}");
+}
+
+/// A network namespace of the test's own, routed to the host over a veth pair: a client that is
+/// not on the cluster. Removed on drop.
+struct ClientNamespace {
+    name: String,
+    host_dev: String,
+}
+
+impl ClientNamespace {
+    fn new(name: &str, host_ip: &str, client_ip: &str) -> ClientNamespace {
+        let ns = ClientNamespace {
+            name: name.to_owned(),
+            host_dev: format!("{name}-h"),
+        };
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+        ]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &ns.host_dev]);
+        ip(&["link", "set", &ns.host_dev, "up"]);
+        ip(&["-n", &ns.name, "addr", "add", &format!("{client_ip}/30"), "dev", "eth0"]);
+        ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns.name, "route", "add", "default", "via", host_ip]);
+        ns
+    }
+
+    /// `curl` from inside the namespace.
+    fn get(&self, url: &str) -> std::process::Output {
+        run(Command::new("ip").args(["netns", "exec", &self.name, "curl", "-sS", "-m", "5", url]))
+    }
+}
+
+impl Drop for ClientNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host_dev]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// The mission end to end from nothing: `capstan up` tracks a bare repository by URL; the
+/// example app, committed and pushed with the git CLI as a user would, comes up; its ClusterIP
+/// answers a client in a network namespace of its own through the proxy; the commit's note and
+/// the status branch are pushed back to the bare repository.
+#[test]
+fn a_push_to_a_bare_repository_brings_the_example_up_for_a_client_off_the_cluster() {
+    let test = "a_push_to_a_bare_repository";
+    if !docker_available(test) || !root_and_nft(test) {
+        return;
+    }
+    let _serial = serial();
+    build_images();
+    let docker = DockerRun::new("up-bare");
+    let cidr = "10.207.0.0/16";
+    let table = format!("capstan-test-b{}", std::process::id());
+    let _rules = ProxyRules {
+        table: table.clone(),
+        cidr,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let remote = dir.path().join("shop.git");
+    let work = dir.path().join("work");
+    git(dir.path(), &["init", "-q", "--bare", "-b", "main", path_str(&remote)]);
+    git(dir.path(), &["clone", "-q", path_str(&remote), path_str(&work)]);
+    std::fs::write(work.join("README.md"), "Our cluster.\n").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "an empty cluster"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+
+    let url = format!("file://{}", path_str(&remote));
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut up = Up::start_on(&data, &docker, &table, cidr, &[&url, "--poll-interval", "1"]);
+    let summary = up.wait_up();
+    let kubeconfig = data.join("kubeconfig");
+    assert_eq!(
+        kubectl(&kubeconfig, &["get", "pods", "-A", "-o", "name"]),
+        "",
+        "an empty cluster: {summary}"
+    );
+
+    // The app, committed and pushed.
+    copy_dir(&repo_root().join("examples-repo"), &work);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "the guestbook"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    eventually("the guestbook's four pods Running and Ready", || {
+        let out = kubectl(
+            &kubeconfig,
+            &[
+                "-n",
+                "guestbook",
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={range .items[*]}{.status.phase}/{.status.conditions[?(@.type==\"Ready\")].status} {end}",
+            ],
+        );
+        let pods: Vec<&str> = out.split_whitespace().collect();
+        (pods.len() == 4 && pods.iter().all(|p| *p == "Running/True")).then_some(())
+    });
+
+    // A client off the cluster reaches the frontend's ClusterIP through the proxy.
+    let vip = kubectl(
+        &kubeconfig,
+        &["-n", "guestbook", "get", "svc", "frontend", "-o", "jsonpath={.spec.clusterIP}"],
+    );
+    let client = ClientNamespace::new(&format!("cpb{}", std::process::id()), "192.168.251.1", "192.168.251.2");
+    let page = eventually("the ClusterIP to answer the client namespace", || {
+        let out = client.get(&format!("http://{vip}/"));
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert!(page.contains("Capstan guestbook"), "{page}");
+
+    // Git has the outcome, in the bare repository: the note on the pushed commit and the status
+    // branch reflecting it.
+    let bare = |args: &[&str]| run(Command::new("git").arg("--git-dir").arg(&remote).args(args));
+    let note: serde_json::Value = eventually("the note on the pushed commit, rollout complete", || {
+        let out = bare(&["notes", "--ref=capstan", "show", &head]);
+        let note: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (note["outcome"] == "complete").then_some(note)
+    });
+    assert_eq!(note["commit"], head.as_str(), "{note}");
+    assert_eq!(note["objects"]["created"], 7, "{note}");
+    let status = eventually("the status branch to reflect the pushed commit", || {
+        let message = bare(&["log", "-1", "--format=%B", "capstan/status"]);
+        String::from_utf8_lossy(&message.stdout)
+            .contains(&format!("Capstan-Desired-Commit: {head}"))
+            .then(|| bare(&["show", "capstan/status:deployments/guestbook/frontend.json"]))
+    });
+    let frontend: serde_json::Value = serde_json::from_slice(&status.stdout).expect("the frontend's status file");
+    assert_eq!(frontend["status"]["readyReplicas"], 3, "{frontend}");
+    assert_eq!(frontend["metadata"]["source"], "guestbook/frontend.yaml", "{frontend}");
+    let tree = String::from_utf8_lossy(&bare(&["ls-tree", "-r", "--name-only", "capstan/status"]).stdout).into_owned();
+    assert!(!tree.contains("secrets/"), "no Secret on the status branch:\n{tree}");
+    assert!(up.interrupt().success(), "{}", up.stderr());
 }

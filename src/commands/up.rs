@@ -48,6 +48,9 @@ pub struct Args {
     /// The node's HTTPS endpoint (logs, stats).
     #[arg(long, default_value = "0.0.0.0:10250")]
     pub node_listen: String,
+    /// How often a remote repository is fetched, in seconds.
+    #[arg(long, default_value_t = 15)]
+    pub poll_interval: u64,
     /// The proxy's dataplane: `ipvs`, `nftables`, or `auto`.
     #[arg(long, default_value = "auto")]
     pub proxy_mode: capstan_proxy::ProxyMode,
@@ -112,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .listen
         .parse()
         .with_context(|| format!("--listen {:?}: expected ADDRESS:PORT", args.listen))?;
+    daemon_config.poll_interval = std::time::Duration::from_secs(args.poll_interval.max(1));
     let mut proxy = super::node::proxy_config(&args.proxy_mode, "10.96.0.0/16", &args.cluster_cidr)?;
     proxy.table = args.proxy_table;
     daemon_config.pod_cidr = proxy.pod_cidr;
