@@ -60,6 +60,10 @@ enum Command {
         /// longer (Kubernetes' default toleration of 300 s).
         #[arg(long, default_value_t = 300)]
         pod_eviction_timeout: u64,
+        /// When the rollout of the tracked branch's tip misses its progress deadline, revert
+        /// that commit by a commit of Capstan's own on the branch (pushed, for a remote).
+        #[arg(long)]
+        revert_failed_rollouts: bool,
     },
     /// A node agent (and the proxy) joining a running daemon.
     Node(Box<commands::node::Args>),
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             poll_interval,
             node_grace_period,
             pod_eviction_timeout,
+            revert_failed_rollouts,
         } => commands::daemon::run(commands::daemon::Args {
             repo,
             branch,
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
             poll_interval,
             node_grace_period,
             pod_eviction_timeout,
+            revert_failed_rollouts,
         }),
         Command::Node(args) => commands::node::run(*args),
         Command::Status { repo, output } => commands::status::run(&repo, output),

@@ -314,3 +314,81 @@ fn a_daemon_killed_mid_rollout_converges_without_duplicates() {
     let expected: Vec<&str> = pods.iter().map(|(name, _, _)| name.as_str()).collect();
     assert_eq!(names, expected, "running app containers, by pod");
 }
+
+/// With `--revert-failed-rollouts`, a commit whose rollout misses its progress deadline is
+/// reverted by a commit Capstan pushes to the remote: the note on the failed commit says why
+/// and names the revert, and the cluster returns to the last good version.
+#[test]
+fn a_rollout_that_misses_its_deadline_is_reverted_by_a_commit_and_the_note_says_why() {
+    let test = "a_rollout_that_misses_its_deadline";
+    if !docker_available(test) {
+        return;
+    }
+    build_images();
+    let run = DockerRun::new("revert");
+    let good = web("2", "blue");
+    let c = Cluster::start_remote(
+        &[("shop/namespace.yaml", NAMESPACE), ("shop/web.yaml", &good)],
+        &["--revert-failed-rollouts", "--poll-interval", "1"],
+    );
+    let _node = c.node("revert-1", &run, &[]);
+    wait("two blue pods", &c, || {
+        let pods = ready_pods(&c);
+        (pods.len() == 2 && pods.iter().all(|p| p.1 == "blue")).then_some(())
+    });
+
+    // An image tag that does not exist: the new pods never become ready.
+    let bad = good
+        .replace("image: capstan.local/testapp:latest", "image: capstan.local/testapp:does-not-exist")
+        .replace("COLOUR, value: blue", "COLOUR, value: green")
+        .replace("  replicas: 2\n", "  replicas: 2\n  progressDeadlineSeconds: 5\n");
+    let failed = c.commit(&[("shop/web.yaml", &bad)], &[], "web: green");
+    c.push();
+    let remote = c.dir.path().join("remote.git");
+    let bare = |args: &[&str]| run_ok(Command::new("git").arg("--git-dir").arg(&remote).args(args));
+    let (revert, parent) = wait("Capstan's revert commit on the remote branch", &c, || {
+        let line = bare(&["log", "-1", "--format=%H %P"]);
+        let (tip, parent) = line.trim().split_once(' ')?;
+        (parent == failed).then(|| (tip.to_owned(), parent.to_owned()))
+    });
+    assert_eq!(parent, failed);
+    let message = bare(&["log", "-1", "--format=%B"]);
+    assert!(message.starts_with("Revert \"web: green\""), "{message}");
+    assert!(message.contains("shop/web: ") && message.contains("progress"), "{message}");
+    assert_eq!(bare(&["log", "-1", "--format=%an"]).trim(), "Capstan");
+
+    // The note on the failed commit: failed, why, and the revert.
+    let note: Value = wait("the failed commit's note to name the revert", &c, || {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(&remote)
+            .args(["notes", "--ref=capstan", "show", &failed])
+            .output()
+            .ok()?;
+        let note: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (note["revertedBy"] == revert.as_str()).then_some(note)
+    });
+    assert_eq!(note["outcome"], "failed", "{note}");
+    assert_eq!(note["rollouts"][0]["deployment"], "shop/web", "{note}");
+    assert!(
+        note["rollouts"][0]["message"].as_str().unwrap_or_default().contains("progress"),
+        "{note}"
+    );
+
+    // The revert is applied: blue again, and nothing of the failed version is left.
+    wait("the cluster back on the last good version", &c, || {
+        let pods = ready_pods(&c);
+        let images = pods_field(&c, "spec.containers[0].image");
+        (pods.len() == 2 && pods.iter().all(|p| p.1 == "blue") && !images.contains("does-not-exist")).then_some(())
+    });
+    let applied = c.kubectl_ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.annotations.capstan\\.dev/commit}",
+    ]);
+    assert_eq!(applied, revert, "the Deployment comes from the revert commit");
+}

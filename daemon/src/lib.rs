@@ -11,6 +11,7 @@ pub mod kubeconfig;
 pub mod nodelogs;
 pub mod objects;
 pub mod pki;
+pub mod revert;
 pub mod scheduling;
 pub mod sync;
 pub mod webhook;
@@ -59,6 +60,8 @@ pub struct DaemonConfig {
     pub pod_cidr: (std::net::Ipv4Addr, u8),
     /// How often the status branch and notes are written (at most one commit per interval).
     pub status_interval: Duration,
+    /// Revert the tracked branch's tip by a commit when its rollout misses the progress deadline.
+    pub revert_failed_rollouts: bool,
     /// The shared secret of `POST /hooks/git`; `None`: no webhook.
     pub webhook_secret: Option<Vec<u8>>,
 }
@@ -78,6 +81,7 @@ impl DaemonConfig {
             eviction_timeout: Duration::from_secs(300),
             pod_cidr: controllers::Settings::default().pod_cidr,
             status_interval: Duration::from_secs(3),
+            revert_failed_rollouts: false,
             webhook_secret: None,
         }
     }
@@ -212,6 +216,7 @@ impl Daemon {
             sync_status.clone(),
             cache.clone(),
             config.status_interval,
+            config.revert_failed_rollouts,
             shutdown.clone(),
         )));
 

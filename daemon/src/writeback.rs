@@ -4,7 +4,7 @@
 //! once per interval and only when something changed. Secrets are never written.
 //!
 //! The texts are made by pure functions over the sync status and the cache; the thin edge writes
-//! them with git2 into the tracked repository (a local path; remotes are not pushed to yet).
+//! them with git2 into the tracked repository (for a remote: into its mirror, then pushed).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -203,8 +203,18 @@ const OUR_REFS: [&str; 2] = [
 /// Writes notes and the status branch into the target every `interval` until cancelled. Every
 /// applied commit gets its note, also one that the next commit replaced within the same
 /// interval.
-pub async fn run(target: Target, mut sync: watch::Receiver<SyncStatus>, cache: Arc<Cache>, interval: Duration, cancel: CancellationToken) {
+/// `revert`: a failed rollout of the branch's tip is reverted by a commit (see [`crate::revert`]).
+pub async fn run(
+    target: Target,
+    mut sync: watch::Receiver<SyncStatus>,
+    cache: Arc<Cache>,
+    interval: Duration,
+    revert: bool,
+    cancel: CancellationToken,
+) {
     let mut push_pending = false;
+    // The failed commits reverted (or tried): what their note says about it.
+    let mut reverted: BTreeMap<String, Value> = BTreeMap::new();
     // For a remote: whether its notes and status branch were fetched, to build on what an
     // earlier daemon wrote there (before the first write of ours).
     let mut fetched = false;
@@ -251,7 +261,16 @@ pub async fn run(target: Target, mut sync: watch::Receiver<SyncStatus>, cache: A
             notes.push((old_commit, n));
         }
         let at = applied_at.get(&commit).cloned().unwrap_or_default();
-        if let Some(n) = note(&status, &cache, &at) {
+        let mut revert_now = None;
+        if let Some(mut n) = note(&status, &cache, &at) {
+            if revert && n["outcome"] == "failed" && !reverted.contains_key(&commit) {
+                revert_now = Some((status.branch.clone(), commit.clone(), failed_rollouts(&n)));
+            }
+            if let Some(Value::Object(extra)) = reverted.get(&commit) {
+                for (k, v) in extra {
+                    n[k] = v.clone();
+                }
+            }
             last = Some((commit.clone(), n.clone()));
             notes.push((commit.clone(), n));
         }
@@ -260,7 +279,27 @@ pub async fn run(target: Target, mut sync: watch::Receiver<SyncStatus>, cache: A
         let target = target.clone();
         let retry_push = push_pending;
         let must_fetch = target.push_to.is_some() && !fetched;
-        let result = tokio::task::spawn_blocking(move || -> Result<(bool, bool, Option<String>), git2::Error> {
+        let result = tokio::task::spawn_blocking(move || -> Result<(bool, bool, Option<String>, Option<(String, Value)>), git2::Error> {
+            // First the revert, so that the failed commit's note names it.
+            let revert_outcome = revert_now.map(|(branch, failed, failures)| {
+                let outcome = match crate::revert::revert_tip(&target.path, &branch, &failed, &failures, target.push_to.as_deref()) {
+                    Ok(crate::revert::Reverted::Committed(oid)) => {
+                        tracing::warn!(commit = %failed, revert = %oid, "a rollout missed its progress deadline; reverted it by a commit on {branch}");
+                        json!({"revertedBy": oid.to_string()})
+                    }
+                    Ok(crate::revert::Reverted::NotTip) => json!({"revertSkipped": format!("{branch} has moved past the commit")}),
+                    Err(e) => {
+                        tracing::warn!(commit = %failed, "reverting a failed rollout: {}", e.message());
+                        json!({"revertError": e.message()})
+                    }
+                };
+                if let Some((_, n)) = notes.iter_mut().find(|(c, _)| *c == failed)
+                    && let (Value::Object(n), Value::Object(extra)) = (n, &outcome)
+                {
+                    n.extend(extra.clone());
+                }
+                (failed, outcome)
+            });
             let repo = git2::Repository::open(&target.path)?;
             if must_fetch && let Some(url) = &target.push_to {
                 capstan_git::repo::fetch_refs(&repo, url, &OUR_REFS)?;
@@ -277,11 +316,24 @@ pub async fn run(target: Target, mut sync: watch::Receiver<SyncStatus>, cache: A
             {
                 push_error = Some(format!("pushing notes and the status branch to {url}: {}", e.message()));
             }
-            Ok((noted, committed, push_error))
+            Ok((noted, committed, push_error, revert_outcome))
         })
         .await;
         match result {
-            Ok(Ok((noted, committed, push_error))) => {
+            Ok(Ok((noted, committed, push_error, revert_outcome))) => {
+                if let Some((failed, outcome)) = revert_outcome {
+                    if let (Some((c, n)), Value::Object(extra)) = (last.as_mut(), &outcome)
+                        && *c == failed
+                    {
+                        for (k, v) in extra {
+                            n[k] = v.clone();
+                        }
+                    }
+                    // An error is tried again at the next interval.
+                    if outcome.get("revertError").is_none() {
+                        reverted.insert(failed, outcome);
+                    }
+                }
                 fetched = true;
                 if noted || committed {
                     tracing::debug!(noted, committed, "status written to git");
@@ -295,6 +347,22 @@ pub async fn run(target: Target, mut sync: watch::Receiver<SyncStatus>, cache: A
             Err(e) => tracing::warn!("writing status to git: {e}"),
         }
     }
+}
+
+/// The failed rollouts of a note: (deployment, why).
+fn failed_rollouts(note: &Value) -> Vec<(String, String)> {
+    note["rollouts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["state"] == "failed")
+        .map(|r| {
+            (
+                r["deployment"].as_str().unwrap_or_default().to_owned(),
+                r["message"].as_str().unwrap_or("missed its progress deadline").to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Adds a status to the commits seen since the last write (replacing the status of the same

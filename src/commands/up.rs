@@ -51,6 +51,10 @@ pub struct Args {
     /// How often a remote repository is fetched, in seconds.
     #[arg(long, default_value_t = 15)]
     pub poll_interval: u64,
+    /// When the rollout of the tracked branch's tip misses its progress deadline, revert that
+    /// commit by a commit of Capstan's own on the branch.
+    #[arg(long)]
+    pub revert_failed_rollouts: bool,
     /// The proxy's dataplane: `ipvs`, `nftables`, or `auto`.
     #[arg(long, default_value = "auto")]
     pub proxy_mode: capstan_proxy::ProxyMode,
@@ -116,6 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .parse()
         .with_context(|| format!("--listen {:?}: expected ADDRESS:PORT", args.listen))?;
     daemon_config.poll_interval = std::time::Duration::from_secs(args.poll_interval.max(1));
+    daemon_config.revert_failed_rollouts = args.revert_failed_rollouts;
     let mut proxy = super::node::proxy_config(&args.proxy_mode, "10.96.0.0/16", &args.cluster_cidr)?;
     proxy.table = args.proxy_table;
     daemon_config.pod_cidr = proxy.pod_cidr;
