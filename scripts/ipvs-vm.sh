@@ -23,9 +23,9 @@ for tool in qemu-system-x86_64 apt-get dpkg xz zstd gzip nft; do
     command -v "$tool" >/dev/null || { echo "ipvs-vm: $tool is missing (scripts/install-deps.sh installs it)" >&2; exit 3; }
 done
 
-modules="crc32c_generic ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh veth dummy nlmon nf_tables nft_fib_ipv4 nft_reject_ipv4"
+modules="crc32c_generic ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh veth dummy nlmon nf_tables nft_fib_ipv4 nft_reject_ipv4 nft_chain_nat nft_masq"
 # Bumped whenever what goes into the base image changes, so that cached images are rebuilt.
-image_version=2
+image_version=3
 
 # Copies a binary and the libraries ldd names into root $2 (paths kept).
 copy_with_libs() {
@@ -107,7 +107,7 @@ export PATH=/sbin:/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
 mount -t tmpfs run /run; mount -t tmpfs tmp /tmp
 ip link set lo up # without it IPVS refuses every real server (no local table)
-for m in crc32c_generic ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh veth nlmon nf_tables nft_fib_ipv4 nft_reject_ipv4; do modprobe $m || echo "IPVS-VM: modprobe $m failed"; done
+for m in crc32c_generic ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh veth nlmon nf_tables nft_fib_ipv4 nft_reject_ipv4 nft_chain_nat nft_masq; do modprobe $m || echo "IPVS-VM: modprobe $m failed"; done
 modprobe dummy numdummies=0
 echo "IPVS-VM: kernel $(uname -r) ready"
 cd /

@@ -3,8 +3,9 @@
 //! to repair what anyone else changed. Nothing is applied before both lists are complete, so a
 //! restarting proxy never empties the table; a clean exit leaves the rules in place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -159,8 +160,16 @@ struct NftPlane {
 /// The kernel dataplane in use, with what it last applied.
 enum Dataplane {
     Nft(Box<NftPlane>),
+    Ipvs(Box<IpvsPlane>),
+}
+
+/// The IPVS dataplane and its nftables guard table.
+struct IpvsPlane {
     /// Blocking netlink calls, made on a blocking thread.
-    Ipvs(Arc<Mutex<IpvsBackend>>),
+    backend: Arc<Mutex<IpvsBackend>>,
+    guard: Nft,
+    /// The guard's hairpin set as last written; `None`: unknown (rewritten whole).
+    hairpin: Option<BTreeSet<Ipv4Addr>>,
 }
 
 impl Dataplane {
@@ -193,7 +202,11 @@ impl Dataplane {
                 .expect("IPVS open thread")?;
             let guard = Nft::new(None, config.table.clone());
             guard.apply(&nft::ipvs_guard_script(&config.table, config.service_cidr)).await?;
-            return Ok(Dataplane::Ipvs(Arc::new(Mutex::new(backend))));
+            return Ok(Dataplane::Ipvs(Box::new(IpvsPlane {
+                backend: Arc::new(Mutex::new(backend)),
+                guard,
+                hairpin: None,
+            })));
         }
         let nft = Nft::new(config.netns.clone(), config.table.clone());
         nft.list().await?; // nft is there and answers
@@ -243,13 +256,17 @@ impl Dataplane {
                 *synced = result.is_ok();
                 result
             }
-            Dataplane::Ipvs(backend) => {
-                let backend = backend.clone();
+            Dataplane::Ipvs(plane) => {
+                let backend = plane.backend.clone();
+                let (known, wanted) = (if full { None } else { plane.hairpin.as_ref() }, services.clone());
+                let (update, hairpin) = nft::hairpin_update(known, &wanted);
                 let done = tokio::task::spawn_blocking(move || backend.lock().expect("IPVS backend").apply(&services, full))
                     .await
                     .expect("IPVS apply thread")?;
                 tracing::debug!(requests = done.requests, addresses = done.addresses, "proxy: IPVS applied");
-                Ok(())
+                let result = plane.guard.apply_update(&update).await;
+                plane.hairpin = result.is_ok().then_some(hairpin);
+                result
             }
         }
     }
@@ -257,7 +274,8 @@ impl Dataplane {
     fn needs_full(&self) -> bool {
         match self {
             Dataplane::Nft(plane) => !plane.synced,
-            Dataplane::Ipvs(_) => false, // the backend falls back to a full apply by itself
+            // The backend falls back to a full apply by itself; the hairpin set needs one.
+            Dataplane::Ipvs(plane) => plane.hairpin.is_none(),
         }
     }
 }

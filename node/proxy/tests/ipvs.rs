@@ -158,6 +158,7 @@ fn topology() {
             while [ "$(readlink /proc/$p/ns/net)" = "$(readlink /proc/self/ns/net)" ]; do sleep 0.05; done
         done
         echo $cli > /run/client.pid
+        echo $srv > /run/server.pid
         /sbin/ip.iproute2 link add veth-h type veth peer name veth-s
         /sbin/ip.iproute2 link set veth-s netns $srv
         /sbin/ip.iproute2 link add veth-p type veth peer name veth-c
@@ -264,6 +265,17 @@ fn backend_passes_tcp_and_follows_endpoint_changes() {
     let done = backend.apply(&[service(&[two], None), node_port.clone()], false).expect("apply");
     assert_eq!(done.requests, 1, "{done:?}");
     assert!((0..4).all(|_| get(vip) == "two"));
+
+    // Hairpin: the endpoint reaches its own service, which sends it back to itself. Without
+    // masquerade its own address comes back to it as the source and the connection fails; with
+    // the guard table's hairpin set (kept as the proxy keeps it) it is answered.
+    let from_itself = || sh("nsenter -t $(cat /run/server.pid) -n timeout 4 wget -q -O - http://10.96.0.10/ 2>&1 || true");
+    let without = from_itself();
+    assert!(!without.contains("two"), "no hairpin without masquerade: {without}");
+    let (update, _) = capstan_proxy::nft::hairpin_update(None, &[service(&[two], None)]);
+    runtime.block_on(guard.apply_update(&update)).expect("the hairpin set");
+    assert!(sh("nft list set ip capstan-proxy hairpin").contains("10.0.0.2 . 10.0.0.2"));
+    assert_eq!(from_itself().trim(), "two", "the endpoint reaches itself through its service");
 
     // Session affinity: persistence, and every answer from one server.
     backend

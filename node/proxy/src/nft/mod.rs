@@ -123,16 +123,40 @@ pub(crate) fn cidr((ip, bits): (Ipv4Addr, u8)) -> String {
     format!("{ip}/{bits}")
 }
 
-/// In IPVS mode, the one thing IPVS does not do: traffic to an address of the service range
-/// that is no ClusterIP (not a local address on the VIP interface) is rejected on the host,
-/// from the host and from pods alike, instead of being routed out. Replaces the table `table`.
+/// In IPVS mode, what IPVS does not do, in a table of our own (replacing the table `table`):
+/// traffic to an address of the service range that is no ClusterIP (not a local address on the
+/// VIP interface) is rejected on the host, from the host and from pods alike, instead of being
+/// routed out; and a pod that IPVS sends back to itself is masqueraded (the `hairpin` set, kept
+/// by [`hairpin_update`]), or its own reply would never return through IPVS.
 pub fn ipvs_guard_script(table: &str, service_cidr: (Ipv4Addr, u8)) -> String {
     let c = cidr(service_cidr);
     format!(
         "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n\
+         \tset {HAIRPIN} {{ type ipv4_addr . ipv4_addr; }}\n\
          \tchain output {{ type filter hook output priority 0; policy accept; ip daddr {c} fib daddr type != local reject; }}\n\
-         \tchain forward {{ type filter hook forward priority 0; policy accept; ip daddr {c} fib daddr type != local reject; }}\n}}\n"
+         \tchain forward {{ type filter hook forward priority 0; policy accept; ip daddr {c} fib daddr type != local reject; }}\n\
+         \tchain postrouting {{ type nat hook postrouting priority 100; policy accept; ip saddr . ip daddr @{HAIRPIN} masquerade; }}\n}}\n"
     )
+}
+
+/// In IPVS mode: the hairpin elements for the endpoints of `services`, as an update from
+/// `old` (what the set holds; `None`: unknown, so it is emptied and refilled). Returns the new
+/// content too.
+pub fn hairpin_update(old: Option<&BTreeSet<Ipv4Addr>>, services: &[VirtualService]) -> (Update, BTreeSet<Ipv4Addr>) {
+    let new: BTreeSet<Ipv4Addr> = services.iter().flat_map(|vs| vs.backends.iter().map(|(ip, _)| *ip)).collect();
+    let mut u = Update::default();
+    match old {
+        Some(old) => {
+            u.elements
+                .extend(old.difference(&new).map(|ip| ElementOp::Delete(Entry::Hairpin(*ip))));
+            u.elements.extend(new.difference(old).map(|ip| ElementOp::Add(Entry::Hairpin(*ip))));
+        }
+        None => {
+            u.elements.push(ElementOp::Flush(HAIRPIN));
+            u.elements.extend(new.iter().map(|ip| ElementOp::Add(Entry::Hairpin(*ip))));
+        }
+    }
+    (u, new)
 }
 
 /// The shared chain that spreads a frontend of protocol `p` with `n` endpoints: off-cluster

@@ -350,3 +350,26 @@ fn kernel_answers_name_the_refused_message() {
         ]
     );
 }
+
+#[test]
+fn the_ipvs_hairpin_set_follows_the_endpoints() {
+    let web = vs(vip(80), &[("10.244.0.5", 8080), ("10.244.0.6", 8080)], None);
+    let (full, held) = hairpin_update(None, std::slice::from_ref(&web));
+    assert_eq!(
+        full.elements[0],
+        ElementOp::Flush(elements::HAIRPIN),
+        "unknown content is rewritten whole"
+    );
+    assert_eq!(full.elements.len(), 3);
+    let moved = vs(vip(80), &[("10.244.0.6", 8080), ("10.244.0.7", 8080)], None);
+    let (update, _) = hairpin_update(Some(&held), &[moved]);
+    assert_eq!(
+        update.elements,
+        vec![
+            ElementOp::Delete(Entry::Hairpin("10.244.0.5".parse().unwrap())),
+            ElementOp::Add(Entry::Hairpin("10.244.0.7".parse().unwrap())),
+        ]
+    );
+    let guard = ipvs_guard_script("capstan-proxy", ("10.96.0.0".parse().unwrap(), 16));
+    assert!(guard.contains("ip saddr . ip daddr @hairpin masquerade"), "{guard}");
+}
