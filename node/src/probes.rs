@@ -121,27 +121,47 @@ async fn http_get(ip: &str, port: u16, path: &str, headers: &[(String, String)])
     (200..400).contains(&code)
 }
 
+/// How soon an eager probe looks again before its first success.
+const EAGER_RETRY: Duration = Duration::from_millis(100);
+
 /// The running state of one probe of one container.
 #[derive(Clone, Debug)]
 pub struct ProbeState {
     pub probe: Probe,
     successes: u32,
     failures: u32,
+    /// When the next probe that counts is due (Kubernetes' schedule).
+    regular: Instant,
+    /// When the next probe runs: the regular one, or an eager look before it.
     next: Instant,
+    /// Until the first success, look again every [`EAGER_RETRY`] between regular probes; those
+    /// looks count only when they succeed. A container that starts listening 200 ms after it
+    /// started is then Ready 200 ms later, not a whole period later, and failures are counted
+    /// on Kubernetes' schedule exactly as before.
+    eager: bool,
+    succeeded: bool,
     /// The verdict after the thresholds: None until decided.
     pub result: Option<bool>,
 }
 
 impl ProbeState {
     pub fn new(probe: Probe, started: Instant) -> ProbeState {
-        let next = started + probe.initial_delay;
+        let regular = started + probe.initial_delay;
         ProbeState {
             probe,
             successes: 0,
             failures: 0,
-            next,
+            regular,
+            next: regular,
+            eager: false,
+            succeeded: false,
             result: None,
         }
+    }
+
+    /// The same, looking again soon until the first success (readiness and startup probes).
+    pub fn eager(self) -> ProbeState {
+        ProbeState { eager: true, ..self }
     }
 
     pub fn due(&self, now: Instant) -> bool {
@@ -154,7 +174,19 @@ impl ProbeState {
 
     /// Records one outcome; returns the verdict when it changes.
     pub fn record(&mut self, ok: bool, now: Instant) -> Option<bool> {
-        self.next = now + self.probe.period;
+        let looking_early = self.eager && !self.succeeded;
+        if !ok && looking_early && now < self.regular {
+            // An eager look that failed: not counted.
+            self.next = (now + EAGER_RETRY).min(self.regular);
+            return None;
+        }
+        self.regular = now + self.probe.period;
+        self.succeeded |= ok;
+        self.next = if self.eager && !self.succeeded {
+            (now + EAGER_RETRY).min(self.regular)
+        } else {
+            self.regular
+        };
         if ok {
             self.successes += 1;
             self.failures = 0;
@@ -221,5 +253,43 @@ mod tests {
         assert_eq!(s.record(false, t0), None);
         assert_eq!(s.record(false, t0), Some(false));
         assert_eq!(s.record(true, t0), Some(true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_eager_probe_looks_again_soon_but_counts_failures_on_schedule() {
+        let probe = Probe {
+            action: Action::Tcp { port: 1 },
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            success_threshold: 1,
+            failure_threshold: 3,
+        };
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut s = ProbeState::new(probe.clone(), t0).eager();
+        assert!(s.due(t0));
+        // The regular probe at 0 fails and counts; the looks in between do not.
+        assert_eq!(s.record(false, t0), None);
+        assert_eq!(s.next_at(), ms(100));
+        assert_eq!(s.record(false, ms(100)), None);
+        assert_eq!(s.record(false, ms(200)), None);
+        // The second and third regular probes fail: the verdict comes on Kubernetes' schedule.
+        assert_eq!(s.record(false, ms(1000)), None);
+        assert_eq!(s.record(false, ms(2000)), Some(false));
+        // Up at 2.3 s: seen at the next look, not at 3 s.
+        assert_eq!(s.next_at(), ms(2100));
+        assert_eq!(s.record(false, ms(2100)), None);
+        assert_eq!(s.record(false, ms(2200)), None);
+        assert_eq!(s.record(true, ms(2300)), Some(true));
+        // From then on, the period.
+        assert_eq!(s.next_at(), ms(3300));
+        assert_eq!(s.record(false, ms(3300)), None);
+        assert_eq!(s.next_at(), ms(4300));
+
+        // Without eagerness: the period between probes, as before.
+        let mut plain = ProbeState::new(probe, t0);
+        assert_eq!(plain.record(false, t0), None);
+        assert_eq!(plain.next_at(), ms(1000));
     }
 }

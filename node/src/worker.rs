@@ -113,9 +113,10 @@ impl Slot {
 
     fn arm_probes(&mut self, now: Instant) {
         let parse = |k: &str| Probe::parse(&self.spec[k], &self.spec).map(|p| ProbeState::new(p, now));
-        self.startup = parse("startupProbe");
+        // Startup and readiness look again soon while a fresh container is not up yet.
+        self.startup = parse("startupProbe").map(ProbeState::eager);
         self.liveness = parse("livenessProbe");
-        self.readiness = parse("readinessProbe");
+        self.readiness = parse("readinessProbe").map(ProbeState::eager);
         self.started = self.startup.is_none();
         self.ready = false;
     }
