@@ -165,8 +165,41 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// The error and its causes, each once: a cause whose text ends what is already written is left
+/// out (many messages quote their source, and the source is in the chain as well).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        // Each layer quotes the one below, as thiserror messages with `{0}` do.
+        let e = anyhow::Error::new(std::io::Error::other("Address already in use"))
+            .context("cluster DNS on 192.0.2.2:53: Address already in use")
+            .context("the service proxy: cluster DNS on 192.0.2.2:53: Address already in use")
+            .context("starting the local node");
+        assert_eq!(
+            super::describe(&e),
+            "starting the local node: the service proxy: cluster DNS on 192.0.2.2:53: Address already in use"
+        );
     }
 }
