@@ -1,9 +1,10 @@
 //! Cluster DNS, served by each host's proxy from the Services it already watches:
 //! `<service>.<namespace>.svc.<domain>` answers the ClusterIP (a headless Service: its ready
 //! endpoints), `_<port>._<protocol>.<service>.<namespace>.svc.<domain>` an SRV record for each
-//! named port (pointing at the service's own name), other names in the cluster domain are NXDOMAIN, names outside it are REFUSED (the
-//! cluster has no upstream resolver). Pods reach it at the `kube-dns` ClusterIP, which the proxy
-//! points here.
+//! named port (pointing at the service's own name), other names in the cluster domain are
+//! NXDOMAIN; names outside it go to the host's resolver (the first `nameserver` of
+//! /etc/resolv.conf, as CoreDNS's default `forward . /etc/resolv.conf`), or are REFUSED where
+//! there is none. Pods reach it at the `kube-dns` ClusterIP, which the proxy points here.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,6 +17,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::time::{Duration, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::SERVICE_NAME_LABEL;
@@ -95,7 +97,7 @@ pub fn records<'a>(
 }
 
 /// The answer to one DNS message; None when it is not a query worth answering.
-pub fn answer(request: &[u8], records: &Records) -> Option<Vec<u8>> {
+pub fn answer(request: &[u8], records: &Records, forwarding: bool) -> Option<Answer> {
     let query = Message::from_vec(request).ok()?;
     if query.metadata.message_type != MessageType::Query {
         return None;
@@ -110,6 +112,9 @@ pub fn answer(request: &[u8], records: &Records) -> Option<Vec<u8>> {
             let name = name.trim_end_matches('.');
             let suffix = format!(".{}", records.domain);
             if !name.ends_with(&suffix) && name != records.domain {
+                if forwarding {
+                    return Some(Answer::Forward);
+                }
                 ResponseCode::Refused
             } else {
                 match records.names.get(name) {
@@ -143,6 +148,73 @@ pub fn answer(request: &[u8], records: &Records) -> Option<Vec<u8>> {
         _ => ResponseCode::NotImp,
     };
     reply.metadata.response_code = code;
+    reply.to_vec().ok().map(Answer::Reply)
+}
+
+/// What to do with a query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    Reply(Vec<u8>),
+    /// A name outside the cluster, for the upstream resolver.
+    Forward,
+}
+
+/// How long the upstream resolver may take (the client's own timeout is usually 5 s).
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Asks `upstream` over UDP; its answer, if it gave one for this query in time.
+pub async fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
+    let local: SocketAddr = if upstream.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await.ok()?;
+    socket.connect(upstream).await.ok()?;
+    socket.send(query).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf)).await.ok()?.ok()?;
+        // The same transaction id, or a stray datagram.
+        if n >= 2 && query.len() >= 2 && buf[..2] == query[..2] {
+            return Some(buf[..n].to_vec());
+        }
+    }
+}
+
+/// The first `nameserver` of a resolv.conf.
+pub fn resolv_conf_upstream(text: &str) -> Option<SocketAddr> {
+    text.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some("nameserver"))
+            .then(|| words.next()?.parse::<std::net::IpAddr>().ok())
+            .flatten()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
+}
+
+/// The answer to `query`: ours, or the upstream's for a name outside the cluster.
+async fn respond(query: &[u8], records: &RwLock<Records>, upstream: Option<SocketAddr>) -> Option<Vec<u8>> {
+    let outcome = answer(query, &records.read().expect("records lock"), upstream.is_some());
+    match (outcome?, upstream) {
+        (Answer::Reply(r), _) => Some(r),
+        (Answer::Forward, Some(up)) => match forward(query, up).await {
+            Some(r) => Some(r),
+            None => failure(query),
+        },
+        (Answer::Forward, None) => None,
+    }
+}
+
+/// SERVFAIL for `query`: the upstream did not answer.
+fn failure(query: &[u8]) -> Option<Vec<u8>> {
+    let q = Message::from_vec(query).ok()?;
+    let mut reply = Message::response(q.metadata.id, q.metadata.op_code);
+    reply.metadata.recursion_desired = q.metadata.recursion_desired;
+    for question in &q.queries {
+        reply.add_query(question.clone());
+    }
+    reply.metadata.response_code = ResponseCode::ServFail;
     reply.to_vec().ok()
 }
 
@@ -151,6 +223,7 @@ pub fn answer(request: &[u8], records: &Records) -> Option<Vec<u8>> {
 pub struct Server {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
+    upstream: Option<SocketAddr>,
 }
 
 impl Server {
@@ -158,13 +231,23 @@ impl Server {
         Ok(Server {
             udp: Arc::new(UdpSocket::bind(addr).await?),
             tcp: TcpListener::bind(addr).await?,
+            upstream: None,
         })
+    }
+
+    /// Names outside the cluster go to `upstream` (none: they are refused).
+    pub fn forwarding_to(self, upstream: Option<SocketAddr>) -> Server {
+        Server { upstream, ..self }
     }
 
     /// Answers from `records` over UDP and TCP until cancelled.
     pub async fn serve(self, records: Arc<RwLock<Records>>, cancel: CancellationToken) {
         if let Ok(addr) = self.tcp.local_addr() {
             tracing::info!("cluster DNS on {addr} (udp, tcp)");
+        }
+        let upstream = self.upstream;
+        if let Some(up) = upstream {
+            tracing::info!("cluster DNS: names outside the cluster go to {up}");
         }
         let (udp, udp_records, udp_cancel) = (self.udp, records.clone(), cancel.clone());
         tokio::spawn(async move {
@@ -174,10 +257,13 @@ impl Server {
                     _ = udp_cancel.cancelled() => return,
                     r = udp.recv_from(&mut buf) => match r { Ok(r) => r, Err(_) => continue },
                 };
-                let reply = answer(&buf[..n], &udp_records.read().expect("records lock"));
-                if let Some(reply) = reply {
-                    let _ = udp.send_to(&reply, from).await;
-                }
+                // Each query on its own task: an upstream answer may take a while.
+                let (udp, records, query) = (udp.clone(), udp_records.clone(), buf[..n].to_vec());
+                tokio::spawn(async move {
+                    if let Some(reply) = respond(&query, &records, upstream).await {
+                        let _ = udp.send_to(&reply, from).await;
+                    }
+                });
             }
         });
         loop {
@@ -194,7 +280,7 @@ impl Server {
                     if stream.read_exact(&mut buf).await.is_err() {
                         return;
                     }
-                    let Some(reply) = answer(&buf, &records.read().expect("records lock")) else {
+                    let Some(reply) = respond(&buf, &records, upstream).await else {
                         return;
                     };
                     let Ok(len) = u16::try_from(reply.len()) else { return };
@@ -217,7 +303,10 @@ mod tests {
         let mut q = Message::new(7, MessageType::Query, OpCode::Query);
         q.metadata.recursion_desired = true;
         q.add_query(Query::query(Name::from_ascii(name).unwrap(), ty));
-        Message::from_vec(&answer(&q.to_vec().unwrap(), records).unwrap()).unwrap()
+        let Some(Answer::Reply(reply)) = answer(&q.to_vec().unwrap(), records, false) else {
+            panic!("no reply");
+        };
+        Message::from_vec(&reply).unwrap()
     }
 
     fn fixture() -> Records {
@@ -290,5 +379,70 @@ mod tests {
                 .response_code,
             ResponseCode::NXDomain
         );
+    }
+
+    #[test]
+    fn the_hosts_resolver_comes_from_resolv_conf() {
+        let text = "# generated\nsearch example.org\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n";
+        assert_eq!(resolv_conf_upstream(text), Some("192.0.2.53:53".parse().unwrap()));
+        assert_eq!(resolv_conf_upstream("search x\n"), None);
+        let mut q = Message::new(9, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(Name::from_ascii("example.org.").unwrap(), RecordType::A));
+        assert_eq!(answer(&q.to_vec().unwrap(), &fixture(), true), Some(Answer::Forward));
+    }
+
+    /// A resolver on loopback answering every A query with 192.0.2.123.
+    async fn fake_upstream() -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut reply = Message::response(q.metadata.id, q.metadata.op_code);
+                let question = q.queries[0].clone();
+                reply.add_answer(Record::from_rdata(question.name().clone(), 60, RData::A(A::new(192, 0, 2, 123))));
+                reply.add_query(question);
+                socket.send_to(&reply.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn names_outside_the_cluster_are_answered_by_the_upstream() {
+        let upstream = fake_upstream().await;
+        let server = Server::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+            .forwarding_to(Some(upstream));
+        let addr = server.udp.local_addr().unwrap();
+        let records = Arc::new(RwLock::new(fixture()));
+        tokio::spawn(server.serve(records, CancellationToken::new()));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ask = |name: &str, id: u16| {
+            let mut q = Message::new(id, MessageType::Query, OpCode::Query);
+            q.metadata.recursion_desired = true;
+            q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+            q.to_vec().unwrap()
+        };
+        let mut buf = vec![0u8; 512];
+        client.send_to(&ask("example.org.", 1), addr).await.unwrap();
+        let n = client.recv(&mut buf).await.unwrap();
+        let reply = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(reply.metadata.id, 1);
+        assert_eq!(reply.answers[0].data, RData::A(A::new(192, 0, 2, 123)), "{reply:?}");
+        // Cluster names are still ours.
+        client.send_to(&ask("redis.guestbook.svc.cluster.local.", 2), addr).await.unwrap();
+        let n = client.recv(&mut buf).await.unwrap();
+        let reply = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(reply.answers[0].data, RData::A(A::new(10, 96, 0, 44)), "{reply:?}");
+        // An upstream that does not answer: SERVFAIL, not silence.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let bytes = ask("example.net.", 3);
+        let failed = respond(&bytes, &RwLock::new(fixture()), Some(silent.local_addr().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(Message::from_vec(&failed).unwrap().metadata.response_code, ResponseCode::ServFail);
     }
 }

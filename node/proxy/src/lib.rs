@@ -61,6 +61,9 @@ pub struct ProxyConfig {
     /// no DNS server.
     pub dns: Option<SocketAddrV4>,
     pub cluster_domain: String,
+    /// Where the cluster DNS sends names outside the cluster; default: the first nameserver of
+    /// the host's /etc/resolv.conf. `None`: they are refused.
+    pub dns_upstream: Option<std::net::SocketAddr>,
     /// The IPVS scheduler for every virtual service: rr, wrr, lc, sh or mh.
     pub ipvs_scheduler: String,
 }
@@ -78,6 +81,9 @@ impl Default for ProxyConfig {
             resync_interval: Duration::from_secs(30),
             dns: None,
             cluster_domain: "cluster.local".into(),
+            dns_upstream: std::fs::read_to_string("/etc/resolv.conf")
+                .ok()
+                .and_then(|text| dns::resolv_conf_upstream(&text)),
             ipvs_scheduler: "rr".into(),
         }
     }

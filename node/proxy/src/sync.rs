@@ -70,9 +70,12 @@ impl Proxy {
         let mut dns_task = None;
         if let Some(addr) = config.dns {
             // Bind here, so that a taken port is an error of start, not a log line later.
+            // The host's resolver for names outside the cluster (never ourselves).
+            let upstream = config.dns_upstream.filter(|up| *up != std::net::SocketAddr::from(addr));
             let server = dns::Server::bind(addr.into())
                 .await
-                .map_err(|source| ProxyError::Dns { addr, source })?;
+                .map_err(|source| ProxyError::Dns { addr, source })?
+                .forwarding_to(upstream);
             dns_task = Some(tokio::spawn(server.serve(records.clone(), cancel.clone())));
         }
         let (applied_tx, applied) = watch::channel(0u64);
