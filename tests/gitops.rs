@@ -109,6 +109,11 @@ fn node_ready(c: &Cluster, node: &str) -> String {
     ])
 }
 
+/// A jsonpath of the shop's Deployment `web`.
+fn web_deployment(c: &Cluster, jsonpath: &str) -> String {
+    c.kubectl_ok(&["get", "deploy", "web", "-n", "shop", "-o", &format!("jsonpath={jsonpath}")])
+}
+
 /// One field of every pod in the shop, space-separated.
 fn pods_field(c: &Cluster, field: &str) -> String {
     c.kubectl_ok(&["get", "pods", "-n", "shop", "-o", &format!("jsonpath={{.items[*].{field}}}")])
@@ -282,15 +287,7 @@ fn a_daemon_killed_mid_rollout_converges_without_duplicates() {
     });
     // The Deployment's status follows its pods (a moment later).
     wait("the deployment to report 4 updated, 4 available, 4 in all", &c, || {
-        let status = c.kubectl_ok(&[
-            "get",
-            "deploy",
-            "web",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.status.updatedReplicas} {.status.availableReplicas} {.status.replicas}",
-        ]);
+        let status = web_deployment(&c, "{.status.updatedReplicas} {.status.availableReplicas} {.status.replicas}");
         (status == "4 4 4").then_some(())
     });
     assert_eq!(
@@ -381,14 +378,6 @@ fn a_rollout_that_misses_its_deadline_is_reverted_by_a_commit_and_the_note_says_
         let images = pods_field(&c, "spec.containers[0].image");
         (pods.len() == 2 && pods.iter().all(|p| p.1 == "blue") && !images.contains("does-not-exist")).then_some(())
     });
-    let applied = c.kubectl_ok(&[
-        "get",
-        "deploy",
-        "web",
-        "-n",
-        "shop",
-        "-o",
-        "jsonpath={.metadata.annotations.capstan\\.dev/commit}",
-    ]);
+    let applied = web_deployment(&c, "{.metadata.annotations.capstan\\.dev/commit}");
     assert_eq!(applied, revert, "the Deployment comes from the revert commit");
 }

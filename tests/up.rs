@@ -109,8 +109,15 @@ const CIDR: &str = "10.206.0.0/16";
 /// take the other's.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// What every `up` test needs first: the Engine, root and nft (else `None`: skipped locally,
+/// failed in CI), its turn, the images, and its Docker label.
+fn prelude(test: &str, label: &str) -> Option<(std::sync::MutexGuard<'static, ()>, DockerRun)> {
+    if !docker_available(test) || !root_and_nft(test) {
+        return None;
+    }
+    let turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    build_images();
+    Some((turn, DockerRun::new(label)))
 }
 
 /// Removes the test's table and DOCKER-USER rules, also when the test fails.
@@ -256,13 +263,9 @@ fn root_and_nft(test: &str) -> bool {
 
 #[test]
 fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
-    let test = "up_runs_the_guestbook";
-    if !docker_available(test) || !root_and_nft(test) {
+    let Some((_serial, run)) = prelude("up_runs_the_guestbook", "up") else {
         return;
-    }
-    let _serial = serial();
-    build_images();
-    let run = DockerRun::new("up");
+    };
     let table = format!("capstan-test-{}", std::process::id());
     let rules = ProxyRules {
         table: table.clone(),
@@ -480,13 +483,9 @@ impl Drop for ClientNamespace {
 /// the status branch are pushed back to the bare repository.
 #[test]
 fn a_push_to_a_bare_repository_brings_the_example_up_for_a_client_off_the_cluster() {
-    let test = "a_push_to_a_bare_repository";
-    if !docker_available(test) || !root_and_nft(test) {
+    let Some((_serial, docker)) = prelude("a_push_to_a_bare_repository", "up-bare") else {
         return;
-    }
-    let _serial = serial();
-    build_images();
-    let docker = DockerRun::new("up-bare");
+    };
     let cidr = "10.207.0.0/16";
     let table = format!("capstan-test-b{}", std::process::id());
     let _rules = ProxyRules {

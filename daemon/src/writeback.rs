@@ -266,10 +266,8 @@ pub async fn run(
             if revert && n["outcome"] == "failed" && !reverted.contains_key(&commit) {
                 revert_now = Some((status.branch.clone(), commit.clone(), failed_rollouts(&n)));
             }
-            if let Some(Value::Object(extra)) = reverted.get(&commit) {
-                for (k, v) in extra {
-                    n[k] = v.clone();
-                }
+            if let Some(extra) = reverted.get(&commit) {
+                extend(&mut n, extra);
             }
             last = Some((commit.clone(), n.clone()));
             notes.push((commit.clone(), n));
@@ -293,10 +291,8 @@ pub async fn run(
                         json!({"revertError": e.message()})
                     }
                 };
-                if let Some((_, n)) = notes.iter_mut().find(|(c, _)| *c == failed)
-                    && let (Value::Object(n), Value::Object(extra)) = (n, &outcome)
-                {
-                    n.extend(extra.clone());
+                if let Some((_, n)) = notes.iter_mut().find(|(c, _)| *c == failed) {
+                    extend(n, &outcome);
                 }
                 (failed, outcome)
             });
@@ -321,18 +317,12 @@ pub async fn run(
         .await;
         match result {
             Ok(Ok((noted, committed, push_error, revert_outcome))) => {
-                if let Some((failed, outcome)) = revert_outcome {
-                    if let (Some((c, n)), Value::Object(extra)) = (last.as_mut(), &outcome)
-                        && *c == failed
-                    {
-                        for (k, v) in extra {
-                            n[k] = v.clone();
-                        }
-                    }
-                    // An error is tried again at the next interval.
-                    if outcome.get("revertError").is_none() {
-                        reverted.insert(failed, outcome);
-                    }
+                // A failed note is final (never rewritten from `last`); an error is tried again
+                // at the next interval.
+                if let Some((failed, outcome)) = revert_outcome
+                    && outcome.get("revertError").is_none()
+                {
+                    reverted.insert(failed, outcome);
                 }
                 fetched = true;
                 if noted || committed {
@@ -346,6 +336,13 @@ pub async fn run(
             Ok(Err(e)) => tracing::warn!("writing status to git: {e}"),
             Err(e) => tracing::warn!("writing status to git: {e}"),
         }
+    }
+}
+
+/// Adds the fields of `extra` (an object) to `note`.
+fn extend(note: &mut Value, extra: &Value) {
+    if let (Value::Object(n), Value::Object(extra)) = (note, extra) {
+        n.extend(extra.clone());
     }
 }
 

@@ -261,8 +261,8 @@ impl Dataplane {
             }
             Dataplane::Ipvs(plane) => {
                 let backend = plane.backend.clone();
-                let (known, wanted) = (if full { None } else { plane.hairpin.as_ref() }, services.clone());
-                let (update, hairpin) = nft::hairpin_update(known, &wanted);
+                let known = if full { None } else { plane.hairpin.as_ref() };
+                let (update, hairpin) = nft::hairpin_update(known, &services);
                 let done = tokio::task::spawn_blocking(move || backend.lock().expect("IPVS backend").apply(&services, full))
                     .await
                     .expect("IPVS apply thread")?;

@@ -411,13 +411,12 @@ pub fn encode(table: &str, ops: &[ElementOp], first_seq: u32) -> Option<Batch> {
     })
 }
 
-/// What the kernel answered to a batch, read from the socket.
+/// The kernel's answer to one message of a batch: `errno` 0 is success.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Answer {
-    /// An acknowledgement or error for message `seq`: `errno` 0 is success.
-    Ack { seq: u32, errno: i32, message: Option<String> },
-    /// Anything else (ignored).
-    Other,
+pub struct Ack {
+    pub seq: u32,
+    pub errno: i32,
+    pub message: Option<String>,
 }
 
 const NLMSG_ERROR: u16 = 2;
@@ -432,9 +431,9 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Splits a read into answers. The socket asks for capped acknowledgements (only the header of
+/// The acknowledgements and errors in a read (anything else is skipped). The socket asks for capped acknowledgements (only the header of
 /// the failed message echoed) and extended ones (the kernel's reason as text).
-pub fn parse_answers(data: &[u8]) -> Vec<Answer> {
+pub fn parse_answers(data: &[u8]) -> Vec<Ack> {
     let mut out = Vec::new();
     let mut at = 0;
     while let (Some(len), Some(kind), Some(flags)) = (u32_at(data, at), u16_at(data, at + 4), u16_at(data, at + 6)) {
@@ -462,9 +461,7 @@ pub fn parse_answers(data: &[u8]) -> Vec<Answer> {
                     a += alen.next_multiple_of(4);
                 }
             }
-            out.push(Answer::Ack { seq, errno, message });
-        } else {
-            out.push(Answer::Other);
+            out.push(Ack { seq, errno, message });
         }
         at += len.next_multiple_of(4);
     }

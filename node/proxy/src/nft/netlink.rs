@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::elements::{Answer, Batch, parse_answers};
+use super::elements::{Ack, Batch, parse_answers};
 use crate::ProxyError;
 
 fn socket_error(source: io::Error) -> ProxyError {
@@ -87,8 +87,7 @@ fn transact(socket: &Socket, batch: &Batch) -> Result<(), ProxyError> {
     let mut refused = None;
     loop {
         let (data, _) = socket.recv_from_full().map_err(socket_error)?;
-        for answer in parse_answers(&data) {
-            let Answer::Ack { seq, errno, message } = answer else { continue };
+        for Ack { seq, errno, message } in parse_answers(&data) {
             // An answer to the batch itself (out of memory, a malformed batch): nothing follows.
             let outside = seq < batch.first_seq || seq > batch.last_seq();
             if errno != 0 && outside {

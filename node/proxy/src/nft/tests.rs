@@ -337,12 +337,12 @@ fn kernel_answers_name_the_refused_message() {
     assert_eq!(
         elements::parse_answers(&data),
         vec![
-            elements::Answer::Ack {
+            elements::Ack {
                 seq: 3,
                 errno: libc::EEXIST,
                 message: Some("busy".into())
             },
-            elements::Answer::Ack {
+            elements::Ack {
                 seq: 4,
                 errno: 0,
                 message: None
