@@ -138,6 +138,15 @@ impl Setup {
         }
     }
 
+    /// How many of `name`'s pods pass `f`.
+    fn count(&self, name: &str, f: impl Fn(&serde_json::Value) -> bool) -> usize {
+        let pods = self.daemon.cache.list(kind("pods"), Some("bench")).0;
+        pods.iter()
+            .filter(|p| p.name.starts_with(name) && p.object["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| f(&p.object))
+            .count()
+    }
+
     fn ready(&self, name: &str) -> bool {
         let pods = self.daemon.cache.list(kind("pods"), Some("bench")).0;
         let ready = pods
@@ -163,8 +172,9 @@ impl Setup {
     }
 
     /// One round: the commit of `name`, timed until the Deployment is in the API (Git noticed and
-    /// applied) and until Ready; then its removal, until gone.
-    async fn round(&self, name: &str) -> (Duration, Duration) {
+    /// applied), until every pod is bound to the node, until every pod runs, and until all are
+    /// Ready and in the endpoints; then its removal, until gone.
+    async fn round(&self, name: &str) -> [Duration; 4] {
         std::fs::write(self.repo.join("web.yaml"), manifest(name)).unwrap();
         let t = Instant::now();
         self.publish(name);
@@ -173,8 +183,18 @@ impl Setup {
         })
         .await;
         let applied = t.elapsed();
+        wait(&format!("{name} bound"), || {
+            self.count(name, |p| p["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())) == REPLICAS
+        })
+        .await;
+        let bound = t.elapsed();
+        wait(&format!("{name} running"), || {
+            self.count(name, |p| p["status"]["phase"] == "Running") == REPLICAS
+        })
+        .await;
+        let running = t.elapsed();
         wait(&format!("{name} ready"), || self.ready(name)).await;
-        let took = (applied, t.elapsed());
+        let took = [applied, bound, running, t.elapsed()];
         std::fs::remove_file(self.repo.join("web.yaml")).unwrap();
         self.publish("remove");
         wait("the pods to go", || self.empty()).await;
@@ -218,20 +238,24 @@ async fn main() {
     ] {
         let setup = Setup::start(remote, cidr).await;
         setup.round("warmup").await; // the node's network, the first image load
-        let (mut applied, mut ready) = (Vec::new(), Vec::new());
+        let mut stages: [Vec<Duration>; 4] = Default::default();
         for r in 0..rounds {
-            let (a, t) = setup.round(&format!("web{r}")).await;
-            applied.push(a);
-            ready.push(t);
+            for (stage, took) in stages.iter_mut().zip(setup.round(&format!("web{r}")).await) {
+                stage.push(took);
+            }
         }
-        applied.sort();
-        ready.sort();
+        for s in &mut stages {
+            s.sort();
+        }
+        let [applied, bound, running, ready] = &stages;
+        let p50 = |s: &Vec<Duration>| secs(s[s.len() / 2]);
         println!(
-            "  {label:<32} ready p50 {}   max {}   (of which commit -> in the API: p50 {}, max {}; {rounds} rounds)",
-            secs(ready[ready.len() / 2]),
+            "  {label:<32} ready p50 {}   max {}   (p50 from the commit: in the API {}, all bound {}, all Running {}; {rounds} rounds)",
+            p50(ready),
             secs(ready[ready.len() - 1]),
-            secs(applied[applied.len() / 2]),
-            secs(applied[applied.len() - 1])
+            p50(applied),
+            p50(bound),
+            p50(running)
         );
         setup.stop().await;
     }

@@ -237,6 +237,20 @@ pub fn service_env(services: &[(String, String, Vec<(String, i64, String)>)]) ->
     out
 }
 
+/// Whether a container's environment takes the pod's IP (so it cannot be made before the
+/// sandbox has one).
+pub fn reads_pod_ip(pod: &Value) -> bool {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|l| pod["spec"][l].as_array().into_iter().flatten())
+        .flat_map(|c| c["env"].as_array().into_iter().flatten())
+        .any(|e| {
+            e["valueFrom"]["fieldRef"]["fieldPath"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("status.podIP"))
+        })
+}
+
 fn field_ref(pod: &Value, path: &str) -> Option<String> {
     let m = &pod["metadata"];
     let s = |v: &Value| v.as_str().map(str::to_owned);
@@ -428,6 +442,15 @@ mod tests {
         json!({"metadata": {"name": "web-1", "namespace": "shop", "uid": "0123456789abcdef", "labels": {"app": "web"}},
                "spec": {"nodeName": "n1", "containers": [{"name": "web", "image": "app:1"}]},
                "status": {"podIP": "10.244.0.5"}})
+    }
+
+    #[test]
+    fn only_an_environment_with_the_pod_ip_needs_the_sandbox_first() {
+        let plain = json!({"spec": {"containers": [{"name": "a", "env": [{"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}});
+        assert!(!reads_pod_ip(&plain));
+        let ip = json!({"spec": {"initContainers": [{"name": "i", "env": [{"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}],
+            "containers": [{"name": "a"}]}});
+        assert!(reads_pod_ip(&ip));
     }
 
     #[test]

@@ -80,6 +80,8 @@ struct Slot {
     ready: bool,
     /// An init container that completed, or a container that will not run again.
     done: bool,
+    /// A container made while the sandbox started, not started yet: (id, attempt).
+    pending: Option<(String, u32)>,
 }
 
 impl Slot {
@@ -104,6 +106,7 @@ impl Slot {
             started: false,
             ready: false,
             done: false,
+            pending: None,
         }
     }
 
@@ -175,6 +178,8 @@ pub struct Worker {
     /// The pod had already finished when this worker started: its status stays as written.
     frozen: bool,
     gone: bool,
+    /// What the pod refers to, read in this pass (by the volumes), for the containers made in it.
+    fresh_refs: Option<References>,
 }
 
 impl Worker {
@@ -206,6 +211,7 @@ impl Worker {
             sent: None,
             frozen: false,
             gone: false,
+            fresh_refs: None,
         };
         let phase = w.pod["status"]["phase"].as_str().unwrap_or_default();
         if phase == "Succeeded" || phase == "Failed" {
@@ -369,6 +375,7 @@ impl Worker {
         let now = Instant::now();
         let mut next = now + RESYNC;
         self.converge(now, &mut next).await;
+        self.fresh_refs = None;
         self.report().await;
         next
     }
@@ -377,7 +384,7 @@ impl Worker {
         if self.terminal {
             return;
         }
-        if !self.ensure_sandbox(now).await {
+        if !self.ensure_sandbox(now, next).await {
             *next = (*next).min(now + Duration::from_secs(2));
             return;
         }
@@ -417,7 +424,7 @@ impl Worker {
     }
 
     /// Makes sure the sandbox runs (volumes first); false while it cannot.
-    async fn ensure_sandbox(&mut self, now: Instant) -> bool {
+    async fn ensure_sandbox(&mut self, now: Instant, next: &mut Instant) -> bool {
         if let Some(sb) = &self.sandbox {
             match self.env.runtime.inspect(&sb.id).await {
                 Ok(info) if info.state == State::Running => {
@@ -463,28 +470,62 @@ impl Worker {
             config.name = spec::container_name(&self.pod, SANDBOX, self.sandbox_attempt);
             config.labels.insert(LABEL_ATTEMPT.to_owned(), self.sandbox_attempt.to_string());
             config.labels.extend(env.extra_labels.iter().cloned());
-            // A leftover with this name (an agent killed mid-way) is replaced.
-            let _ = env.runtime.remove(&config.name).await;
-            let id = env.runtime.create(&config).await?;
-            env.runtime.start(&id).await?;
-            hairpin(&capstan_containers::bridge_name(&env.ctx.network));
-            env.runtime.inspect(&id).await
+            create_replacing(env.runtime.as_ref(), &config).await
         };
-        match made.await {
+        let made = match made.await {
+            Ok(id) => {
+                // Starting a sandbox (its network) is the slow part: the containers that do not
+                // need its address are made meanwhile, and only started once it runs.
+                let (started, ()) = tokio::join!(env.runtime.start(&id), self.make_early(&id, now, next));
+                match started {
+                    Ok(()) => {
+                        hairpin(&capstan_containers::bridge_name(&env.ctx.network));
+                        env.runtime.inspect(&id).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match made {
             Ok(info) => {
                 self.pod_ip = info.ip.clone();
                 self.sandbox = Some(info);
                 self.blocked = None;
-                let _ = now;
                 true
             }
             Err(e) => {
+                for s in &mut self.slots {
+                    if let Some((id, _)) = s.pending.take() {
+                        let _ = env.runtime.remove(&id).await;
+                    }
+                }
                 let message = format!("Failed to create pod sandbox: {e}");
                 if self.blocked.as_ref().is_none_or(|b| b.1 != message) {
                     self.event("Warning", "FailedCreatePodSandBox", message.clone(), None);
                 }
                 self.blocked = Some(("ContainerCreating".into(), message));
                 false
+            }
+        }
+    }
+
+    /// Makes (without starting) the containers that can be made before the sandbox runs: all of
+    /// them when the pod has no init containers and none reads the pod's IP from the API.
+    async fn make_early(&mut self, sandbox: &str, now: Instant, next: &mut Instant) {
+        if self.slots.iter().any(|s| s.init) || spec::reads_pod_ip(&self.pod) {
+            return;
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].current.is_some() || self.slots[i].done {
+                continue;
+            }
+            let Some((config, attempt)) = self.prepare(i, sandbox, now, next).await else {
+                continue;
+            };
+            // A failure here is met again, and reported, when the container is made the usual way.
+            if let Ok(id) = create_replacing(self.env.runtime.as_ref(), &config).await {
+                self.slots[i].pending = Some((id, attempt));
             }
         }
     }
@@ -520,8 +561,11 @@ impl Worker {
                 .and_then(|_| std::fs::write(pod_dir.join("resolv.conf"), text))
                 .map_err(|e| format!("writing resolv.conf: {e}"))?;
         }
-        volumes::prepare(&self.pod, &pod_dir.join("volumes"), &refs, self.env.allow_host_path)
-            .map_err(|e| format!("MountVolume.SetUp failed: {e}"))
+        let v = volumes::prepare(&self.pod, &pod_dir.join("volumes"), &refs, self.env.allow_host_path)
+            .map_err(|e| format!("MountVolume.SetUp failed: {e}"))?;
+        // Fresh enough for the containers made right after.
+        self.fresh_refs = Some(refs);
+        Ok(v)
     }
 
     /// Converges one container.
@@ -612,15 +656,80 @@ impl Worker {
         }
     }
 
-    /// Pulls the image and makes and starts the container's next attempt.
+    /// Makes and starts the container's next attempt (made already when the sandbox started).
     async fn create(&mut self, i: usize, now: Instant, next: &mut Instant) {
         let env = self.env.clone();
+        let field = self.field(i);
+        let (id, attempt) = match self.slots[i].pending.take() {
+            Some(made) => made,
+            None => {
+                let sandbox = self.sandbox.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+                let Some((config, attempt)) = self.prepare(i, &sandbox, now, next).await else {
+                    return;
+                };
+                match create_replacing(env.runtime.as_ref(), &config).await {
+                    Ok(id) => (id, attempt),
+                    Err(e) => return self.run_failed(i, e, now, next),
+                }
+            }
+        };
+        let started = async {
+            env.runtime.start(&id).await?;
+            env.runtime.inspect(&id).await
+        };
+        match started.await {
+            Ok(info) => {
+                let slot = &mut self.slots[i];
+                // Keep one exited container for `--previous`; older ones go.
+                if let Some(old) = slot.current.take()
+                    && let Some(p) = slot.previous.replace(old.id)
+                {
+                    let _ = env.runtime.remove(&p).await;
+                }
+                slot.restarts = attempt;
+                slot.made = true;
+                slot.waiting = None;
+                slot.arm_probes(now);
+                slot.current = Some(info);
+                for p in [&slot.startup, &slot.liveness, &slot.readiness].into_iter().flatten() {
+                    *next = (*next).min(p.next_at());
+                }
+                let name = slot.name.clone();
+                self.event("Normal", "Started", format!("Started container {name}"), Some(&field));
+            }
+            Err(e) => self.run_failed(i, e, now, next),
+        }
+    }
+
+    /// `spec.containers{name}` (or initContainers), the field events name.
+    fn field(&self, i: usize) -> String {
+        let s = &self.slots[i];
+        format!("spec.{}{{{}}}", if s.init { "initContainers" } else { "containers" }, s.name)
+    }
+
+    fn run_failed(&mut self, i: usize, e: RuntimeError, now: Instant, next: &mut Instant) {
+        let field = self.field(i);
+        let slot = &mut self.slots[i];
+        slot.waiting = Some(("RunContainerError".into(), e.to_string()));
+        slot.crash.failed(&self.env.backoff, Duration::ZERO, now);
+        if let Some(u) = slot.crash.until() {
+            *next = (*next).min(u);
+        }
+        self.event("Warning", "Failed", format!("Error: {e}"), Some(&field));
+    }
+
+    /// The image and the configuration of the container's next attempt; None (with the reason
+    /// in the slot) while they cannot be had.
+    async fn prepare(
+        &mut self,
+        i: usize,
+        sandbox: &str,
+        now: Instant,
+        next: &mut Instant,
+    ) -> Option<(capstan_containers::ContainerConfig, u32)> {
+        let env = self.env.clone();
         let image = self.slots[i].spec["image"].as_str().unwrap_or_default().to_owned();
-        let field = format!(
-            "spec.{}{{{}}}",
-            if self.slots[i].init { "initContainers" } else { "containers" },
-            self.slots[i].name
-        );
+        let field = self.field(i);
         if !self.slots[i].pull.ready(now) {
             let slot = &mut self.slots[i];
             slot.waiting = Some((
@@ -630,7 +739,7 @@ impl Worker {
             if let Some(u) = slot.pull.until() {
                 *next = (*next).min(u);
             }
-            return;
+            return None;
         }
         let policy = PullPolicy::parse(self.slots[i].spec["imagePullPolicy"].as_str(), &image);
         match env.runtime.ensure_image(&image, policy).await {
@@ -654,70 +763,41 @@ impl Worker {
                 slot.waiting = Some((reason.into(), message));
                 // Look once mid-way, to report the back-off, then pull again when it ends.
                 *next = (*next).min(now + (until - now) / 2);
-                return;
+                return None;
             }
         }
-        let refs = match references::fetch(&env.api, &self.pod).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.slots[i].waiting = Some(("CreateContainerConfigError".into(), format!("reading the pod's references: {e}")));
-                *next = (*next).min(now + Duration::from_secs(2));
-                return;
-            }
+        let refs = match self.fresh_refs.clone() {
+            Some(r) => r,
+            None => match references::fetch(&env.api, &self.pod).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.slots[i].waiting = Some(("CreateContainerConfigError".into(), format!("reading the pod's references: {e}")));
+                    *next = (*next).min(now + Duration::from_secs(2));
+                    return None;
+                }
+            },
         };
         let attempt = if self.slots[i].made { self.slots[i].restarts + 1 } else { 0 };
-        let config = self.container_config(i, &refs, attempt);
-        let config = match config {
-            Ok(c) => c,
+        match self.container_config(i, sandbox, &refs, attempt) {
+            Ok(c) => Some((c, attempt)),
             Err(message) => {
                 if self.slots[i].waiting.as_ref().is_none_or(|w| w.1 != message) {
                     self.event("Warning", "Failed", format!("Error: {message}"), Some(&field));
                 }
                 self.slots[i].waiting = Some(("CreateContainerConfigError".into(), message));
                 *next = (*next).min(now + Duration::from_secs(2));
-                return;
-            }
-        };
-        let _ = env.runtime.remove(&config.name).await;
-        let made = async {
-            let id = env.runtime.create(&config).await?;
-            env.runtime.start(&id).await?;
-            hairpin(&capstan_containers::bridge_name(&env.ctx.network));
-            env.runtime.inspect(&id).await
-        };
-        match made.await {
-            Ok(info) => {
-                let slot = &mut self.slots[i];
-                // Keep one exited container for `--previous`; older ones go.
-                if let Some(old) = slot.current.take()
-                    && let Some(p) = slot.previous.replace(old.id)
-                {
-                    let _ = env.runtime.remove(&p).await;
-                }
-                slot.restarts = attempt;
-                slot.made = true;
-                slot.waiting = None;
-                slot.arm_probes(now);
-                slot.current = Some(info);
-                for p in [&slot.startup, &slot.liveness, &slot.readiness].into_iter().flatten() {
-                    *next = (*next).min(p.next_at());
-                }
-                let name = slot.name.clone();
-                self.event("Normal", "Started", format!("Started container {name}"), Some(&field));
-            }
-            Err(e) => {
-                let slot = &mut self.slots[i];
-                slot.waiting = Some(("RunContainerError".into(), e.to_string()));
-                slot.crash.failed(&env.backoff, Duration::ZERO, now);
-                if let Some(u) = slot.crash.until() {
-                    *next = (*next).min(u);
-                }
-                self.event("Warning", "Failed", format!("Error: {e}"), Some(&field));
+                None
             }
         }
     }
 
-    fn container_config(&mut self, i: usize, refs: &References, attempt: u32) -> Result<capstan_containers::ContainerConfig, String> {
+    fn container_config(
+        &mut self,
+        i: usize,
+        sandbox: &str,
+        refs: &References,
+        attempt: u32,
+    ) -> Result<capstan_containers::ContainerConfig, String> {
         if let Ok(v) = volumes::prepare(
             &self.pod,
             &self.env.pods_dir.join(&self.uid).join("volumes"),
@@ -735,13 +815,12 @@ impl Worker {
             // The cluster's DNS and the namespace search path, as the kubelet writes them.
             binds.push(format!("{}:/etc/resolv.conf:ro", resolv.display()));
         }
-        let sandbox = self.sandbox.as_ref().map(|s| s.id.clone()).unwrap_or_default();
         let mut pod = self.pod.clone();
         if let Some(ip) = &self.pod_ip {
             pod["status"]["podIP"] = json!(ip);
         }
         pod["status"]["hostIP"] = json!(self.env.ctx.host_ip);
-        let mut config = spec::container(&pod, &slot.spec, &sandbox, &self.env.ctx, refs, binds, attempt).map_err(|e| e.0)?;
+        let mut config = spec::container(&pod, &slot.spec, sandbox, &self.env.ctx, refs, binds, attempt).map_err(|e| e.0)?;
         config.labels.extend(self.env.extra_labels.iter().cloned());
         Ok(config)
     }
@@ -1080,6 +1159,18 @@ fn human(d: Duration) -> String {
 /// Lets a pod reach itself through its own Service: the proxy sends such a connection back out of
 /// the bridge port it came in on, which a Linux bridge does only in hairpin mode (kubelet's
 /// `hairpin-veth`). Set on every port of the node's bridge, after each new sandbox.
+/// Creates the container; a leftover of the same name (an agent killed mid-way, a start that
+/// failed) is removed first. Asking the Engine only on a clash saves a call per container.
+async fn create_replacing(runtime: &dyn Runtime, config: &capstan_containers::ContainerConfig) -> Result<String, RuntimeError> {
+    match runtime.create(config).await {
+        Err(RuntimeError::NameInUse { .. }) => {
+            runtime.remove(&config.name).await?;
+            runtime.create(config).await
+        }
+        made => made,
+    }
+}
+
 fn hairpin(bridge: &str) {
     let ports = std::path::Path::new("/sys/class/net").join(bridge).join("brif");
     let Ok(entries) = std::fs::read_dir(&ports) else {

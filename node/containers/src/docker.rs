@@ -2,6 +2,7 @@
 //! version negotiated (the machines' Engine may be older than bollard's default).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, Ipam, IpamConfig, NetworkCreateRequest, NetworkingConfig};
@@ -9,7 +10,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Shared};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
@@ -19,6 +20,45 @@ use crate::{ContainerConfig, ContainerInfo, Event, ExecResult, LogOptions, Netwo
 #[derive(Clone, Debug)]
 pub struct Docker {
     client: bollard::Docker,
+    pulls: Pulls,
+}
+
+/// Pulls under way, by image: pods starting together with the same image share one pull (as
+/// the kubelet's serialized pulls do) instead of asking the registry once each.
+#[derive(Clone, Default)]
+struct Pulls(Arc<Mutex<HashMap<String, Shared<BoxFuture<'static, Result<(), String>>>>>>);
+
+impl std::fmt::Debug for Pulls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pulls")
+    }
+}
+
+impl Pulls {
+    /// Pulls `image` through the Engine, or waits for the pull of it already under way.
+    async fn pull(&self, client: &bollard::Docker, image: &str) -> Result<(), String> {
+        let (client, (repo, tag)) = (client.clone(), split_image(image));
+        self.once(image, async move {
+            let options = CreateImageOptionsBuilder::default().from_image(&repo).tag(&tag).build();
+            let pulled: Result<Vec<_>, _> = client.create_image(Some(options), None, None).try_collect().await;
+            pulled.map(drop).map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// Runs `pull` for `image` unless a pull of it is under way; then waits for that one.
+    async fn once(&self, image: &str, pull: impl Future<Output = Result<(), String>> + Send + 'static) -> Result<(), String> {
+        let shared = {
+            let mut under_way = self.0.lock().expect("pulls lock");
+            under_way.entry(image.to_owned()).or_insert_with(|| pull.boxed().shared()).clone()
+        };
+        let result = shared.clone().await;
+        let mut under_way = self.0.lock().expect("pulls lock");
+        if under_way.get(image).is_some_and(|s| s.ptr_eq(&shared)) {
+            under_way.remove(image);
+        }
+        result
+    }
 }
 
 fn container_err(id: &str) -> impl Fn(bollard::errors::Error) -> RuntimeError + '_ {
@@ -36,7 +76,10 @@ impl Docker {
             .negotiate_version()
             .await
             .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
-        Ok(Docker { client })
+        Ok(Docker {
+            client,
+            pulls: Pulls::default(),
+        })
     }
 
     pub fn client(&self) -> &bollard::Docker {
@@ -150,10 +193,7 @@ impl Runtime for Docker {
                 (PullPolicy::Never | PullPolicy::IfNotPresent, Some(i)) => return Ok(i.id.clone().unwrap_or_default()),
                 _ => {}
             }
-            let (repo, tag) = split_image(image);
-            let options = CreateImageOptionsBuilder::default().from_image(&repo).tag(&tag).build();
-            let pulled: Result<Vec<_>, _> = self.client.create_image(Some(options), None, None).try_collect().await;
-            match pulled {
+            match self.pulls.pull(&self.client, image).await {
                 Ok(_) => {}
                 // Always, but the registry is unreachable: an image already here still serves.
                 Err(e) => match present {
@@ -214,14 +254,16 @@ impl Runtime for Docker {
                 ..Default::default()
             };
             let options = CreateContainerOptionsBuilder::default().name(&c.name).build();
-            let r = self
-                .client
-                .create_container(Some(options), body)
-                .await
-                .map_err(|e| RuntimeError::Container {
+            let r = self.client.create_container(Some(options), body).await.map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError { status_code: 409, message } => RuntimeError::NameInUse {
+                    container: c.name.clone(),
+                    message,
+                },
+                e => RuntimeError::Container {
                     container: c.name.clone(),
                     message: e.to_string(),
-                })?;
+                },
+            })?;
             Ok(r.id)
         }
         .boxed()
@@ -420,6 +462,30 @@ fn split_image(image: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn pulls_of_one_image_under_way_together_are_one_pull() {
+        let pulls = Pulls::default();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let pull = |image: &'static str| {
+            let count = count.clone();
+            let pulls = pulls.clone();
+            async move {
+                let slow = async move {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err("no registry".to_owned())
+                };
+                pulls.once(image, slow).await
+            }
+        };
+        let together = futures::future::join_all([pull("a:1"), pull("a:1"), pull("a:1"), pull("b:1")]).await;
+        assert!(together.iter().all(|r| r == &Err("no registry".to_owned())));
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2, "one pull per image");
+        // Once done, the next asks again.
+        pull("a:1").await.unwrap_err();
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn image_references() {

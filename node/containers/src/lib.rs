@@ -19,6 +19,9 @@ pub enum RuntimeError {
     Image(String),
     #[error("container {container}: {message}")]
     Container { container: String, message: String },
+    /// A container of that name exists already.
+    #[error("container {container}: the name is in use: {message}")]
+    NameInUse { container: String, message: String },
     #[error("network {network}: {message}")]
     Network { network: String, message: String },
     #[error("{0}")]
