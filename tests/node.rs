@@ -234,6 +234,37 @@ fn a_pod_runs_with_its_environment_volumes_probes_and_logs() {
     let _ = follow.wait();
     assert!(out.contains("serving on :8080"), "{out}");
 
+    // Usage through the resource metrics API, as `kubectl top` reads it (the agent samples every
+    // 10 s, so a new container shows once a sample has seen it).
+    let top = eventually("kubectl top pod to show the pod", &c, &agent, || {
+        let out = c.kubectl(&["top", "pod", "web", "-n", "shop", "--containers", "--no-headers"]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    let fields: Vec<&str> = top.split_whitespace().collect();
+    assert_eq!(fields[..2], ["web", "web"], "{top}");
+    assert!(
+        fields[2].ends_with('m') && fields[3].ends_with("Mi"),
+        "CPU and memory columns: {top}"
+    );
+    let nodes = c.kubectl_ok(&["top", "node", "--no-headers"]);
+    let row = nodes.lines().find(|l| l.starts_with(&node)).unwrap_or_else(|| panic!("{nodes}"));
+    assert!(
+        row.contains('%') && row.contains("Mi"),
+        "CPU and memory with their share of allocatable: {row}"
+    );
+    let api = c.kubectl_ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods"]);
+    let api: Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["kind"], "PodMetricsList");
+    assert_eq!(api["items"][0]["metadata"]["labels"], p["metadata"]["labels"]);
+    let memory = api["items"][0]["containers"][0]["usage"]["memory"].as_str().unwrap_or_default();
+    let kib: u64 = memory.strip_suffix("Ki").and_then(|k| k.parse().ok()).unwrap_or(0);
+    assert!(kib > 0, "the program's working set: {api}");
+    let other = c.kubectl(&["top", "pod", "-n", "default", "--no-headers"]);
+    assert!(
+        !String::from_utf8_lossy(&other.stdout).contains("web"),
+        "another namespace's pods are not listed: {other:?}"
+    );
+
     // Deleting the pod (it is managed in Git, but an administrator may restart... a bare pod
     // may not be deleted): removing it from Git stops it gracefully and removes its containers.
     c.commit(&[], &["shop.yaml"], "remove the shop");

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod controllers;
 pub mod join;
 pub mod kubeconfig;
+pub mod kubelet;
 pub mod nodelogs;
 pub mod objects;
 pub mod pki;
@@ -220,6 +221,7 @@ impl Daemon {
             shutdown.clone(),
         )));
 
+        let kubelets = kubelet::KubeletClient::new(&ca, cache.clone())?;
         let state = Arc::new(api::ApiState {
             objects: objects.clone(),
             cache: cache.clone(),
@@ -235,7 +237,8 @@ impl Daemon {
                 auth: auth.clone(),
                 ca: ca.clone(),
             })),
-            logs: Some(Arc::new(nodelogs::NodeLogs::new(&ca, cache.clone())?)),
+            logs: Some(Arc::new(nodelogs::NodeLogs::new(kubelets.clone()))),
+            metrics: Some(Arc::new(kubelets)),
             sync: Some(sync_status.clone()),
             extra: config.webhook_secret.clone().map(|secret| webhook::routes(secret, trigger.clone())),
         });

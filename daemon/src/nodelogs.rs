@@ -1,51 +1,27 @@
 //! Container logs from the node agents: the API server's `pods/log` is proxied to the HTTPS
-//! endpoint of the pod's node (its address and port from the Node object), authenticated with
-//! the API server's client certificate and checking the node's certificate against the CA.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! endpoint of the pod's node (see `crate::kubelet`).
 
 use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use serde_json::Value;
 
 use crate::api::LogSource;
 use crate::api::status::ApiError;
-use crate::cache::Cache;
-use crate::pki::{Ca, PkiError};
+use crate::kubelet::KubeletClient;
 
 /// The query parameters the node endpoint understands.
 const PASSED: [&str; 6] = ["follow", "previous", "tailLines", "timestamps", "sinceSeconds", "limitBytes"];
 
 pub struct NodeLogs {
-    cache: Arc<Cache>,
-    tls: Arc<rustls::ClientConfig>,
+    kubelets: KubeletClient,
 }
 
 impl NodeLogs {
-    /// Issues the API server's client certificate and trusts only the cluster CA.
-    pub fn new(ca: &Ca, cache: Arc<Cache>) -> Result<NodeLogs, PkiError> {
-        let client = ca.issue("kube-apiserver-kubelet-client", Some("system:masters"), &[], &[], false, true)?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.cert_der.clone().into()).map_err(|e| PkiError::Tls(e.to_string()))?;
-        let certs: Vec<_> = rustls_pemfile::certs(&mut client.cert_pem.as_bytes())
-            .filter_map(Result::ok)
-            .collect();
-        let key = rustls_pemfile::private_key(&mut client.key_pem.as_bytes())
-            .ok()
-            .flatten()
-            .ok_or(PkiError::Pem { path: "client key".into() })?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| PkiError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| PkiError::Tls(e.to_string()))?;
-        Ok(NodeLogs { cache, tls: Arc::new(tls) })
+    pub fn new(kubelets: KubeletClient) -> NodeLogs {
+        NodeLogs { kubelets }
     }
 }
 
@@ -80,8 +56,7 @@ fn pick_container(pod: &Value, asked: Option<&str>) -> Result<String, ApiError> 
 
 impl LogSource for NodeLogs {
     fn logs(&self, pod: Value, query: String) -> BoxFuture<'static, Result<Response, ApiError>> {
-        let cache = self.cache.clone();
-        let tls = self.tls.clone();
+        let kubelets = self.kubelets.clone();
         Box::pin(async move {
             let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
             let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
@@ -91,20 +66,6 @@ impl LogSource for NodeLogs {
             let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
             let asked = params.iter().find(|(k, _)| k == "container").map(|(_, v)| v.as_str());
             let container = pick_container(&pod, asked)?;
-            let nodes = capstan_api::kinds::by_name("nodes").expect("nodes are served");
-            let node_obj = cache
-                .get(nodes, "", &node)
-                .ok_or_else(|| ApiError::not_found(format!("node {node:?} of pod {name} not found")))?;
-            let status = &node_obj.object["status"];
-            let address = status["addresses"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|a| a["type"] == "InternalIP")
-                .and_then(|a| a["address"].as_str())
-                .unwrap_or("127.0.0.1")
-                .to_owned();
-            let port = status["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
             let forwarded = {
                 let mut f = url::form_urlencoded::Serializer::new(String::new());
                 for (k, v) in params.iter().filter(|(k, _)| PASSED.contains(&k.as_str())) {
@@ -114,36 +75,13 @@ impl LogSource for NodeLogs {
                 f.finish()
             };
             let path = format!("/containerLogs/{ns}/{name}/{container}?{forwarded}");
-            let unavailable = |e: String| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    format!("the node agent of {node} at {address}:{port} did not answer: {e}"),
-                )
-            };
-            let tcp = tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio::net::TcpStream::connect((address.as_str(), port as u16)),
-            )
-            .await
-            .map_err(|_| unavailable("timed out".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
-            let server_name = rustls::pki_types::ServerName::try_from(node.clone()).map_err(|e| unavailable(e.to_string()))?;
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(server_name, tcp)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let request = http::Request::get(path)
-                .header(header::HOST, node.as_str())
-                .body(Empty::<bytes::Bytes>::new())
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            let answer = sender.send_request(request).await.map_err(|e| unavailable(e.to_string()))?;
+            let answer = kubelets.get(&node, &path).await.map_err(|e| {
+                if e.code == StatusCode::NOT_FOUND {
+                    ApiError::not_found(format!("node {node:?} of pod {name} not found"))
+                } else {
+                    e
+                }
+            })?;
             let code = answer.status();
             if code != StatusCode::OK {
                 let body = answer.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -152,7 +90,7 @@ impl LogSource for NodeLogs {
                 return Err(if code == StatusCode::NOT_FOUND {
                     ApiError::bad_request(message)
                 } else {
-                    unavailable(message)
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message)
                 });
             }
             Ok((

@@ -1,9 +1,11 @@
 //! The node's own HTTPS endpoint (the kubelet's port 10250): container logs for the API server's
-//! `pods/log` (follow, tail, previous, timestamps, since, limit) and the Summary API. Callers
-//! must present a client certificate signed by the cluster CA.
+//! `pods/log` (follow, tail, previous, timestamps, since, limit) and the Summary API (sampled
+//! every 10 s, so CPU rates span a window). Callers must present a client certificate signed by
+//! the cluster CA.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -21,10 +23,40 @@ use crate::join::Credentials;
 use crate::spec::LABEL_ATTEMPT;
 use crate::stats::Sampler;
 
+/// How often the node's and its containers' usage is sampled, as the kubelet's housekeeping does.
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
 struct Shared {
     runtime: Arc<dyn Runtime>,
     node: String,
     sampler: Sampler,
+    /// The newest sample, with the window its rates span.
+    latest: Mutex<Option<serde_json::Value>>,
+}
+
+impl Shared {
+    async fn sample(&self, window: Duration) -> serde_json::Value {
+        let mut v = crate::stats::summary(self.runtime.as_ref(), &self.node, &self.sampler).await;
+        v["windowSeconds"] = serde_json::json!(window.as_secs_f64());
+        *self.latest.lock().expect("summary lock") = Some(v.clone());
+        v
+    }
+}
+
+/// Samples every `SAMPLE_EVERY` until `stop`.
+async fn sample_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        shared.sample(now - last).await;
+        last = now;
+    }
 }
 
 /// The TLS configuration: the node's serving certificate; client certificates from the CA required.
@@ -71,7 +103,9 @@ pub async fn start(
         runtime,
         node,
         sampler: Sampler::default(),
+        latest: Mutex::new(None),
     });
+    tokio::spawn(sample_loop(shared.clone(), stop.clone()));
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(logs))
@@ -86,7 +120,11 @@ fn error(code: StatusCode, message: String) -> Response {
 }
 
 async fn summary(State(s): State<Arc<Shared>>) -> Response {
-    let v = crate::stats::summary(s.runtime.as_ref(), &s.node, &s.sampler).await;
+    let latest = s.latest.lock().expect("summary lock").clone();
+    let v = match latest {
+        Some(v) => v,
+        None => s.sample(Duration::ZERO).await,
+    };
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
 

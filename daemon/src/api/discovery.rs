@@ -5,6 +5,8 @@ use capstan_api::kinds::Origin;
 use capstan_api::{KUBERNETES_MAJOR, KUBERNETES_MINOR, KindInfo, REGISTRY};
 use serde_json::{Value, json};
 
+use super::metrics;
+
 /// The media type of aggregated discovery v2; a response must carry exactly this.
 pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
@@ -93,7 +95,31 @@ fn aggregated(core: bool) -> Value {
             })
         })
         .collect();
+    let mut items = items;
+    if !core {
+        items.push(metrics_group_aggregated());
+    }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+/// The resource metrics group (served from the node agents, not stored), aggregated form.
+fn metrics_group_aggregated() -> Value {
+    let resources: Vec<Value> = metrics::RESOURCES
+        .iter()
+        .map(|(plural, kind, namespaced)| {
+            json!({
+                "resource": plural,
+                "responseKind": {"group": metrics::GROUP, "version": metrics::VERSION, "kind": kind},
+                "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": "",
+                "verbs": ["get", "list"],
+            })
+        })
+        .collect();
+    json!({
+        "metadata": {"name": metrics::GROUP},
+        "versions": [{"version": metrics::VERSION, "freshness": "Current", "resources": resources}]
+    })
 }
 
 /// `GET /api`.
@@ -117,6 +143,9 @@ pub fn apis(aggregated_form: bool) -> Value {
             json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
         })
         .collect();
+    let mut groups = groups;
+    let gv = json!({"groupVersion": format!("{}/{}", metrics::GROUP, metrics::VERSION), "version": metrics::VERSION});
+    groups.push(json!({"name": metrics::GROUP, "versions": [gv.clone()], "preferredVersion": gv}));
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 

@@ -4,6 +4,7 @@
 //! caller's identity.
 
 mod discovery;
+pub mod metrics;
 mod openapi;
 mod paths;
 pub mod selectors;
@@ -64,6 +65,8 @@ pub struct ApiState {
     pub server_address: String,
     pub join: Option<Arc<dyn JoinHandler>>,
     pub logs: Option<Arc<dyn LogSource>>,
+    /// The node agents' usage, for the resource metrics API.
+    pub metrics: Option<Arc<dyn metrics::SummarySource>>,
     /// The sync's state (the branch actually tracked, for messages).
     pub sync: Option<tokio::sync::watch::Receiver<crate::sync::SyncStatus>>,
     /// Extra routes (webhooks, Capstan's own endpoints) merged in by the daemon.
@@ -86,6 +89,7 @@ pub fn router(state: Shared) -> Router {
         .route("/apis", get(apis_root))
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*path}", get(openapi_gv))
+        .merge(metrics::routes())
         .fallback(resource)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let mut open = Router::new()

@@ -1,0 +1,124 @@
+//! The API server's client of the node agents' HTTPS endpoints (the kubelet port): the node's
+//! address and port from its Node object, the API server's client certificate, and the node's
+//! certificate checked against the cluster CA.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{StatusCode, header};
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::api::metrics::SummarySource;
+use crate::api::status::ApiError;
+use crate::cache::Cache;
+use crate::pki::{Ca, PkiError};
+
+/// How long a node agent has to accept the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct KubeletClient {
+    cache: Arc<Cache>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for KubeletClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KubeletClient")
+    }
+}
+
+impl KubeletClient {
+    /// Issues the API server's client certificate and trusts only the cluster CA.
+    pub fn new(ca: &Ca, cache: Arc<Cache>) -> Result<KubeletClient, PkiError> {
+        let client = ca.issue("kube-apiserver-kubelet-client", Some("system:masters"), &[], &[], false, true)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der.clone().into()).map_err(|e| PkiError::Tls(e.to_string()))?;
+        let certs: Vec<_> = rustls_pemfile::certs(&mut client.cert_pem.as_bytes())
+            .filter_map(Result::ok)
+            .collect();
+        let key = rustls_pemfile::private_key(&mut client.key_pem.as_bytes())
+            .ok()
+            .flatten()
+            .ok_or(PkiError::Pem { path: "client key".into() })?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        Ok(KubeletClient { cache, tls: Arc::new(tls) })
+    }
+
+    /// `GET path` on `node`'s agent. Any answer is returned (the caller reads the code); a node
+    /// that is unknown or does not answer is a 404 or 503 Status naming it.
+    pub async fn get(&self, node: &str, path: &str) -> Result<http::Response<Incoming>, ApiError> {
+        let nodes = capstan_api::kinds::by_name("nodes").expect("nodes are served");
+        let node_obj = self
+            .cache
+            .get(nodes, "", node)
+            .ok_or_else(|| ApiError::not_found(format!("node {node:?} not found")))?;
+        let status = &node_obj.object["status"];
+        let address = status["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str())
+            .unwrap_or("127.0.0.1")
+            .to_owned();
+        let port = status["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
+        let unavailable = |e: String| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("the node agent of {node} at {address}:{port} did not answer: {e}"),
+            )
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((address.as_str(), port as u16)))
+            .await
+            .map_err(|_| unavailable("timed out".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let server_name = rustls::pki_types::ServerName::try_from(node.to_owned()).map_err(|e| unavailable(e.to_string()))?;
+        let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = http::Request::get(path)
+            .header(header::HOST, node)
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        sender.send_request(request).await.map_err(|e| unavailable(e.to_string()))
+    }
+}
+
+impl SummarySource for KubeletClient {
+    fn summary(&self, node: String) -> BoxFuture<'static, Result<Value, ApiError>> {
+        let me = self.clone();
+        Box::pin(async move {
+            let answer = me.get(&node, "/stats/summary").await?;
+            let code = answer.status();
+            let body = answer
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string()))?
+                .to_bytes();
+            if code != StatusCode::OK {
+                let message = format!("node {node}: {}", String::from_utf8_lossy(&body).trim());
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message));
+            }
+            serde_json::from_slice(&body).map_err(|e| ApiError::internal(format!("node {node}: the usage summary is not JSON: {e}")))
+        })
+    }
+}
