@@ -36,6 +36,13 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 
+step "tests that restart the Docker Engine (run alone: nothing else may use the Engine meanwhile)"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked -p capstan --test node --run-ignored only --no-fail-fast
+else
+    cargo test --locked -p capstan --test node -- --ignored
+fi
+
 step "benchmarks (quick mode)"
 cargo bench --locked -p capstan-git --bench loader -- --quick
 cargo bench --locked -p capstan-daemon --bench api -- --quick

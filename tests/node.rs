@@ -556,3 +556,140 @@ fn a_restarted_agent_adopts_its_containers_and_deletion_is_graceful() {
         });
     }
 }
+
+/// How to start the Docker Engine again.
+enum Engine {
+    Systemd,
+    /// The command line and the log file of the process that was stopped.
+    Process(Vec<String>, std::path::PathBuf),
+}
+
+/// Stops the Docker Engine (SIGTERM: it stops every container, as when the Engine is restarted
+/// or upgraded) and waits until it is gone.
+fn stop_the_engine() -> Engine {
+    if Command::new("systemctl")
+        .args(["is-active", "--quiet", "docker"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        run_ok(Command::new("systemctl").args(["stop", "docker.socket", "docker"]));
+        return Engine::Systemd;
+    }
+    let pid = run_ok(Command::new("pidof").arg("dockerd"));
+    let pid = pid.split_whitespace().next().expect("a dockerd process").to_owned();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("dockerd's command line");
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let log = std::fs::read_link(format!("/proc/{pid}/fd/2")).unwrap_or_else(|_| "/var/log/dockerd.log".into());
+    run_ok(Command::new("kill").args(["-TERM", &pid]));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "dockerd did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Engine::Process(args, log)
+}
+
+/// Starts the Engine again as it ran before; waits until it answers.
+fn start_the_engine(engine: Engine) {
+    match engine {
+        Engine::Systemd => {
+            run_ok(Command::new("systemctl").args(["start", "docker"]));
+        }
+        Engine::Process(args, log) => {
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("dockerd's log");
+            // setsid -f: the Engine outlives this test, as it would under an init system.
+            let started = Command::new("setsid")
+                .arg("-f")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .status()
+                .expect("starting dockerd");
+            assert!(started.success(), "starting dockerd again failed");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success()) {
+        assert!(Instant::now() < deadline, "the Docker Engine did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Restarts the Docker Engine itself, so it runs alone: scripts/test.sh runs it after the other
+/// tests (`--run-ignored only`), where nothing else uses the Engine.
+#[test]
+#[ignore = "restarts the Docker Engine; scripts/test.sh runs it on its own after the other tests"]
+fn the_engine_restarting_is_survived() {
+    if !docker_available("the_engine_restarting_is_survived") {
+        return;
+    }
+    let root = run_ok(Command::new("id").arg("-u"));
+    if root.trim() != "0" {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "restarting the Docker Engine needs root, which CI has"
+        );
+        eprintln!("\n*** SKIPPING the_engine_restarting_is_survived: not root ***\n");
+        return;
+    }
+    build_images();
+    let run = DockerRun::new("node-engine");
+    let c = Cluster::start_with(&[("shop.yaml", SHOP)], &["--cluster-cidr", "10.203.0.0/16"]);
+    let node = format!("engine-{}", std::process::id());
+    let agent = c.node(&node, &run, &[]);
+    let ready = |p: &Value| p["status"]["phase"] == "Running" && condition(p, "Ready") == "True";
+    let before = eventually("the pod to run and be ready", &c, &agent, || pod(&c, "shop", "web").filter(ready));
+    let status = |p: &Value| p["status"]["containerStatuses"][0].clone();
+    assert_eq!(status(&before)["restartCount"], 0);
+
+    let engine = stop_the_engine();
+    // While the Engine is away the node says so, as the kubelet does ("container runtime is down").
+    let node_ready = || {
+        let out = c.kubectl_ok(&["get", "node", &node, "-o", "json"]);
+        let n: Value = serde_json::from_str(&out).unwrap();
+        (condition(&n, "Ready"), n.to_string())
+    };
+    let down = eventually("the node to report its runtime down", &c, &agent, || {
+        let (ready, n) = node_ready();
+        (ready == "False").then_some(n)
+    });
+    assert!(down.contains("container runtime is down"), "{down}");
+    start_the_engine(engine);
+
+    // The Engine stopped every container; the agent, still running, notices, makes a new
+    // sandbox (init containers run again) and restarts the container — the pod keeps its name,
+    // node and uid, and is Ready again.
+    let after = eventually("the pod to be ready again on the restarted Engine", &c, &agent, || {
+        pod(&c, "shop", "web").filter(|p| ready(p) && status(p)["containerID"] != status(&before)["containerID"])
+    });
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(after["spec"]["nodeName"], node.as_str());
+    assert!(status(&after)["restartCount"].as_u64().unwrap() >= 1, "{after}");
+    assert_eq!(
+        after["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Completed",
+        "the init container ran again in the new sandbox"
+    );
+    let events = c.kubectl_ok(&["get", "events", "-n", "shop", "--field-selector", "involvedObject.name=web"]);
+    assert!(events.contains("SandboxChanged"), "{events}");
+    // The node is Ready again and its agent still serves logs.
+    eventually("the node to be Ready again", &c, &agent, || {
+        (node_ready().0 == "True").then_some(())
+    });
+    let logs = c.kubectl_ok(&["logs", "web", "-n", "shop"]);
+    assert!(logs.contains("serving on :8080"), "{logs}");
+    let ip = after["status"]["podIP"].as_str().unwrap();
+    assert_eq!(
+        http_get(ip, "/healthz").map(|r| r.0),
+        Some(200),
+        "the restarted program answers at {ip}"
+    );
+}

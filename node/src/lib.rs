@@ -212,6 +212,7 @@ impl Agent {
         let mut tasks = vec![server_task];
         tasks.push(tokio::spawn(register::heartbeat(
             api.clone(),
+            runtime.clone(),
             config.name.clone(),
             config.data_dir.clone(),
             config.lease_interval,

@@ -152,13 +152,19 @@ fn now() -> String {
 pub struct Pressure {
     pub memory: bool,
     pub disk: bool,
+    /// The container runtime does not answer: the node is not Ready, as the kubelet reports it.
+    pub runtime_down: bool,
 }
 
 impl Pressure {
     pub fn read(dir: &Path) -> Pressure {
         let memory = meminfo("MemAvailable").is_some_and(|a| a < 100 * 1024 * 1024);
         let disk = disk(dir).is_some_and(|(total, avail)| total > 0 && avail * 10 < total);
-        Pressure { memory, disk }
+        Pressure {
+            memory,
+            disk,
+            runtime_down: false,
+        }
     }
 }
 
@@ -210,11 +216,11 @@ pub fn conditions(previous: &Value, p: &Pressure, now: &str) -> Vec<Value> {
         ),
         c(
             "Ready",
-            false,
+            p.runtime_down,
             "KubeletReady",
             "KubeletNotReady",
             "capstan node agent is posting ready status",
-            "",
+            "container runtime is down: the Docker Engine does not answer",
             "False",
         ),
     ]
@@ -250,7 +256,14 @@ pub async fn publish_proxy_sync(api: ApiClient, name: String, mut synced: tokio:
 
 /// Renews the Lease every `interval` and rewrites the status when the conditions change or a
 /// minute has passed, until `stop`.
-pub async fn heartbeat(api: ApiClient, name: String, data_dir: std::path::PathBuf, interval: Duration, stop: CancellationToken) {
+pub async fn heartbeat(
+    api: ApiClient,
+    runtime: std::sync::Arc<dyn capstan_containers::Runtime>,
+    name: String,
+    data_dir: std::path::PathBuf,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let lease_path = path("leases", "kube-node-lease", &name);
     let node_status = format!("/api/v1/nodes/{name}/status");
     let mut last: Option<(Pressure, tokio::time::Instant)> = None;
@@ -278,7 +291,8 @@ pub async fn heartbeat(api: ApiClient, name: String, data_dir: std::path::PathBu
             tracing::warn!(node = %name, error = %e, "renewing the node lease failed");
             continue;
         }
-        let pressure = Pressure::read(&data_dir);
+        let mut pressure = Pressure::read(&data_dir);
+        pressure.runtime_down = runtime.version().await.is_err();
         let due = last.is_none_or(|(p, at)| p != pressure || at.elapsed() >= Duration::from_secs(60));
         if !due {
             continue;
@@ -330,6 +344,7 @@ mod tests {
         let ok = Pressure {
             memory: false,
             disk: false,
+            runtime_down: false,
         };
         let first = conditions(&json!({}), &ok, "t1");
         let ready = first.iter().find(|c| c["type"] == "Ready").unwrap();
@@ -337,7 +352,8 @@ mod tests {
             (ready["status"].as_str(), ready["lastTransitionTime"].as_str()),
             (Some("True"), Some("t1"))
         );
-        let again = conditions(&json!({"conditions": first}), &Pressure { memory: true, disk: false }, "t2");
+        let pressed = Pressure { memory: true, ..ok };
+        let again = conditions(&json!({"conditions": first}), &pressed, "t2");
         let mem = again.iter().find(|c| c["type"] == "MemoryPressure").unwrap();
         assert_eq!(
             (mem["status"].as_str(), mem["lastTransitionTime"].as_str()),
@@ -345,5 +361,16 @@ mod tests {
         );
         let ready = again.iter().find(|c| c["type"] == "Ready").unwrap();
         assert_eq!(ready["lastTransitionTime"], "t1");
+        let down = conditions(&json!({"conditions": again}), &Pressure { runtime_down: true, ..ok }, "t3");
+        let ready = down.iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(
+            (
+                ready["status"].as_str(),
+                ready["reason"].as_str(),
+                ready["lastTransitionTime"].as_str()
+            ),
+            (Some("False"), Some("KubeletNotReady"), Some("t3"))
+        );
+        assert!(ready["message"].as_str().unwrap().starts_with("container runtime is down"));
     }
 }
