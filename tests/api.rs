@@ -154,7 +154,11 @@ fn kubectl_reads_everything() {
         ""
     );
     let paged = c.kubectl_ok(&["get", "cm", "-n", "shop", "--chunk-size=1", "-o", "name"]);
-    assert_eq!(paged.lines().collect::<Vec<_>>(), ["configmap/a", "configmap/b", "configmap/c"]);
+    // Three from Git, and the cluster CA every namespace gets (as in Kubernetes).
+    assert_eq!(
+        paged.lines().collect::<Vec<_>>(),
+        ["configmap/a", "configmap/b", "configmap/c", "configmap/kube-root-ca.crt"]
+    );
     let secret = c.kubectl_ok(&["get", "secret", "db", "-n", "shop"]);
     assert!(has_line(&secret, &["db", "Opaque", "0"]), "{secret}");
 }
@@ -369,6 +373,49 @@ async fn a_node_joins_with_the_token_file_and_is_limited_to_its_own_objects() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(secrets.get("db").await.is_ok(), "the pod bound to n1 uses it");
+
+    // Service-account tokens (TokenRequest): a node gets them only for pods bound to it.
+    let ask = |client: kube::Client, body: serde_json::Value| async move {
+        client
+            .request::<serde_json::Value>(
+                http::Request::post("/api/v1/namespaces/shop/serviceaccounts/default/token")
+                    .header("content-type", "application/json")
+                    .body(body.to_string().into_bytes())
+                    .unwrap(),
+            )
+            .await
+    };
+    let debug_uid = pods.get("debug").await.unwrap().metadata.uid.unwrap();
+    let bound = |uid: &str| {
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "debug", "uid": uid}}})
+    };
+    let issued = ask(n1.clone(), bound(&debug_uid)).await.unwrap();
+    assert_eq!(issued["spec"]["expirationSeconds"], 3600);
+    assert_eq!(issued["spec"]["boundObjectRef"]["uid"], debug_uid.as_str());
+    let token = issued["status"]["token"].as_str().unwrap().to_owned();
+    let unbound = serde_json::json!({"spec": {}});
+    let err = ask(n1.clone(), unbound.clone()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("may only ask for tokens bound to pods on the node"),
+        "{err}"
+    );
+    let err = ask(n1.clone(), bound("another-uid")).await.unwrap_err();
+    assert!(err.to_string().contains("does not match the UID of pod debug"), "{err}");
+    let err = ask(admin.clone(), serde_json::json!({"spec": {"expirationSeconds": 60}}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("less than 10 minutes"), "{err}");
+    assert!(
+        ask(admin.clone(), unbound).await.is_ok(),
+        "an administrator may ask for an unbound token"
+    );
+    // The token is the pod's service account: it reads its namespace, not secrets.
+    let as_sa = client(&c, Some(&token)).await;
+    let in_shop: Api<Pod> = Api::namespaced(as_sa.clone(), "shop");
+    assert!(in_shop.get("debug").await.is_ok());
+    let err = Api::<Secret>::namespaced(as_sa, "shop").get("db").await.unwrap_err();
+    assert!(err.to_string().contains("service account shop/default may only read"), "{err}");
     let deployments: Api<Deployment> = Api::namespaced(n1.clone(), "shop");
     assert!(deployments.list(&ListParams::default()).await.is_ok(), "nodes read desired state");
 

@@ -234,6 +234,34 @@ fn a_pod_runs_with_its_environment_volumes_probes_and_logs() {
     let _ = follow.wait();
     assert!(out.contains("serving on :8080"), "{out}");
 
+    // The service-account volume: a token bound to this pod, the cluster CA and the namespace at
+    // the standard path; the token reads the pod's namespace through the API and nothing else.
+    let sa_file = |f: &str| http_get(&ip, &format!("/file?path=/var/run/secrets/kubernetes.io/serviceaccount/{f}"));
+    // (The program exited above and is being restarted.)
+    let (code, token) = eventually("the restarted program to answer", &c, &agent, || sa_file("token"));
+    assert_eq!(code, 200, "{token}");
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    assert_eq!(sa_file("namespace").unwrap(), (200, "shop".to_owned()));
+    let ca = std::fs::read_to_string(c.kubeconfig().parent().unwrap().join("pki/ca.crt")).unwrap();
+    assert_eq!(sa_file("ca.crt").unwrap(), (200, ca));
+    let as_pod = |args: &[&str]| {
+        let mut all = vec!["--token", token.as_str()];
+        all.extend_from_slice(args);
+        c.kubectl(&all)
+    };
+    let own = as_pod(&["get", "pods", "-n", "shop", "-o", "name"]);
+    assert!(
+        own.status.success() && String::from_utf8_lossy(&own.stdout).contains("pod/web"),
+        "{own:?}"
+    );
+    for denied in [&["get", "pods", "-n", "default"][..], &["get", "secrets", "-n", "shop"]] {
+        let out = as_pod(denied);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Forbidden"), "{denied:?}: {out:?}");
+    }
+    let forged = format!("{}x", token.trim_end_matches(|ch: char| ch != '.'));
+    let out = as_pod(&["--token", &forged, "get", "pods", "-n", "shop"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthorized"), "{out:?}");
+
     // Usage through the resource metrics API, as `kubectl top` reads it (the agent samples every
     // 10 s, so a new container shows once a sample has seen it).
     let top = eventually("kubectl top pod to show the pod", &c, &agent, || {
@@ -269,6 +297,11 @@ fn a_pod_runs_with_its_environment_volumes_probes_and_logs() {
     // may not be deleted): removing it from Git stops it gracefully and removes its containers.
     c.commit(&[], &["shop.yaml"], "remove the shop");
     eventually("the pod to be gone", &c, &agent, || pod(&c, "shop", "web").is_none().then_some(()));
+    let out = as_pod(&["get", "pods", "-n", "shop"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
+        "the token died with its pod: {out:?}"
+    );
     let uid = p["metadata"]["uid"].as_str().unwrap();
     eventually("its containers to be removed", &c, &agent, || {
         run_ok(Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=capstan.dev/pod-uid={uid}")]))

@@ -153,6 +153,29 @@ impl Authenticator {
     }
 }
 
+/// Accepts the service-account tokens `signer` issued while what they are bound to exists: the
+/// ServiceAccount (same uid) and, for a pod-bound token, the pod (same uid), as Kubernetes checks.
+pub fn service_account_verifier(signer: Arc<crate::satoken::Signer>, cache: Arc<crate::cache::Cache>) -> TokenVerifier {
+    Arc::new(move |token: &str| {
+        let claims = signer.verify(token, jiff::Timestamp::now().as_second())?;
+        let kind = |plural| capstan_api::kinds::by_name(plural).expect("served kind");
+        let sa = cache.get(kind("serviceaccounts"), &claims.namespace, &claims.service_account)?;
+        if !claims.service_account_uid.is_empty() && sa.object["metadata"]["uid"] != claims.service_account_uid.as_str() {
+            return None;
+        }
+        if let Some((pod, uid)) = &claims.pod {
+            let p = cache.get(kind("pods"), &claims.namespace, pod)?;
+            if p.object["metadata"]["uid"] != uid.as_str() {
+                return None;
+            }
+        }
+        Some(Identity::ServiceAccount {
+            namespace: claims.namespace,
+            name: claims.service_account,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

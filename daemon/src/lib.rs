@@ -13,6 +13,7 @@ pub mod nodelogs;
 pub mod objects;
 pub mod pki;
 pub mod revert;
+pub mod satoken;
 pub mod scheduling;
 pub mod sync;
 pub mod webhook;
@@ -142,6 +143,8 @@ impl Daemon {
         let auth = Arc::new(Authenticator::new(&tokens, store.clone())?);
         let objects = Objects::new(store.clone());
         let cache = Cache::start(store.clone()).await?;
+        let signer = Arc::new(satoken::Signer::load_or_create(&data.join("pki"))?);
+        auth.set_service_account_verifier(auth::service_account_verifier(signer.clone(), cache.clone()));
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -239,6 +242,7 @@ impl Daemon {
             })),
             logs: Some(Arc::new(nodelogs::NodeLogs::new(kubelets.clone()))),
             metrics: Some(Arc::new(kubelets)),
+            tokens: Some(signer.clone()),
             sync: Some(sync_status.clone()),
             extra: config.webhook_secret.clone().map(|secret| webhook::routes(secret, trigger.clone())),
         });
@@ -254,6 +258,7 @@ impl Daemon {
             eviction_timeout: config.eviction_timeout,
             api_endpoint: (api_ip, api_addr.port()),
             pod_cidr: config.pod_cidr,
+            root_ca: ca.cert_pem.clone(),
             ..controllers::Settings::default()
         };
         let ctx = controllers::Context::new(objects.clone(), cache.clone(), settings);

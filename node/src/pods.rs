@@ -107,6 +107,14 @@ pub async fn run(env: Arc<Env>, stop: CancellationToken) {
     let mut listing: Option<Vec<Value>> = None;
     let mut cleanup = tokio::time::interval(Duration::from_secs(60));
     let mut listed_once = false;
+    // The pods that have containers already (made by an earlier agent): only their workers need
+    // to look for containers to adopt; a pod bound later has none, and its start skips the call.
+    let had_containers: Option<HashSet<String>> = env
+        .runtime
+        .list(&[(LABEL_NODE, env.ctx.node.as_str())])
+        .await
+        .ok()
+        .map(|all| all.into_iter().filter_map(|c| c.labels.get(LABEL_POD_UID).cloned()).collect());
 
     let spawn = |pod: Value, workers: &mut HashMap<String, mpsc::UnboundedSender<Input>>| {
         let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
@@ -115,12 +123,16 @@ pub async fn run(env: Arc<Env>, stop: CancellationToken) {
         let env = env.clone();
         let done = done_tx.clone();
         let stop = stop.clone();
+        let adopt = had_containers.as_ref().is_none_or(|had| had.contains(&uid));
         tokio::spawn(async move {
-            let adopted = env
-                .runtime
-                .list(&[(LABEL_POD_UID, uid.as_str()), (LABEL_NODE, env.ctx.node.as_str())])
-                .await
-                .unwrap_or_default();
+            let adopted = if adopt {
+                env.runtime
+                    .list(&[(LABEL_POD_UID, uid.as_str()), (LABEL_NODE, env.ctx.node.as_str())])
+                    .await
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             let worker = Worker::new(env, pod, adopted);
             tokio::select! {
                 _ = worker.run(rx) => {}

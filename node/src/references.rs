@@ -130,7 +130,8 @@ pub async fn fetch(api: &ApiClient, pod: &Value) -> Result<References, ApiError>
     Ok(refs)
 }
 
-fn wants_token(pod: &Value) -> bool {
+/// Whether the pod mounts a service-account token (which expires, so it is renewed).
+pub fn wants_token(pod: &Value) -> bool {
     pod["spec"]["volumes"].as_array().into_iter().flatten().any(|v| {
         v["projected"]["sources"]
             .as_array()

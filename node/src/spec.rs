@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use capstan_api::meta::{LABEL_COMMIT, LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_NODE, LABEL_POD, LABEL_POD_UID, LABEL_SPEC_HASH};
 use capstan_containers::{ContainerConfig, NetworkMode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The name of the sandbox in container labels.
 pub const SANDBOX: &str = "POD";
@@ -237,6 +237,53 @@ pub fn service_env(services: &[(String, String, Vec<(String, i64, String)>)]) ->
     out
 }
 
+/// Where Kubernetes mounts the pod's service-account token, CA and namespace.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The pod with the service-account volume Kubernetes' ServiceAccount admission adds (a token
+/// bound to the pod, the cluster CA, the namespace) mounted read-only at [`SERVICE_ACCOUNT_DIR`]
+/// in every container that does not mount something there itself; unchanged when the pod says
+/// `automountServiceAccountToken: false` or has the volume already.
+pub fn with_api_access(mut pod: Value) -> Value {
+    const VOLUME: &str = "kube-api-access";
+    let spec = &pod["spec"];
+    let has = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v["name"].as_str().is_some_and(|n| n.starts_with(VOLUME)));
+    if spec["automountServiceAccountToken"] == false || has {
+        return pod;
+    }
+    let volume = json!({"name": VOLUME, "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+    ]}});
+    match pod["spec"]["volumes"].as_array_mut() {
+        Some(list) => list.push(volume),
+        None => pod["spec"]["volumes"] = json!([volume]),
+    }
+    for list in ["initContainers", "containers"] {
+        for c in pod["spec"][list].as_array_mut().into_iter().flatten() {
+            let mounted = c["volumeMounts"].as_array().into_iter().flatten().any(|m| {
+                m["mountPath"]
+                    .as_str()
+                    .is_some_and(|p| p.trim_end_matches('/') == SERVICE_ACCOUNT_DIR)
+            });
+            if mounted {
+                continue;
+            }
+            let mount = json!({"name": VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": true});
+            match c["volumeMounts"].as_array_mut() {
+                Some(m) => m.push(mount),
+                None => c["volumeMounts"] = json!([mount]),
+            }
+        }
+    }
+    pod
+}
+
 /// Whether a container's environment takes the pod's IP (so it cannot be made before the
 /// sandbox has one).
 pub fn reads_pod_ip(pod: &Value) -> bool {
@@ -442,6 +489,25 @@ mod tests {
         json!({"metadata": {"name": "web-1", "namespace": "shop", "uid": "0123456789abcdef", "labels": {"app": "web"}},
                "spec": {"nodeName": "n1", "containers": [{"name": "web", "image": "app:1"}]},
                "status": {"podIP": "10.244.0.5"}})
+    }
+
+    #[test]
+    fn the_service_account_volume_is_added_unless_declined() {
+        let pod = json!({"spec": {"containers": [{"name": "a"}, {"name": "b", "volumeMounts": [{"name": "own", "mountPath": SERVICE_ACCOUNT_DIR}]}],
+            "volumes": [{"name": "own", "emptyDir": {}}]}});
+        let p = with_api_access(pod.clone());
+        assert_eq!(p["spec"]["volumes"][1]["name"], "kube-api-access");
+        assert_eq!(p["spec"]["containers"][0]["volumeMounts"][0]["mountPath"], SERVICE_ACCOUNT_DIR);
+        assert_eq!(p["spec"]["containers"][0]["volumeMounts"][0]["readOnly"], true);
+        assert_eq!(
+            p["spec"]["containers"][1]["volumeMounts"].as_array().unwrap().len(),
+            1,
+            "its own mount stays"
+        );
+        assert_eq!(with_api_access(p.clone()), p, "added once");
+        let mut declined = pod;
+        declined["spec"]["automountServiceAccountToken"] = json!(false);
+        assert_eq!(with_api_access(declined.clone()), declined);
     }
 
     #[test]

@@ -51,6 +51,10 @@ const MAX_UNREACHABLE_WAIT: Duration = Duration::from_secs(10);
 /// After the last proxy dropped a stopping pod: time for connections it accepted just before.
 const SETTLE: Duration = Duration::from_millis(250);
 
+/// A mounted service-account token is renewed when this old: 80 % of the 3607 s it is asked for,
+/// as the kubelet renews at 80 % of a token's lifetime.
+const TOKEN_RENEW_AFTER: Duration = Duration::from_secs(2885);
+
 /// How often a worker looks again when nothing wakes it.
 const RESYNC: Duration = Duration::from_secs(10);
 
@@ -180,11 +184,14 @@ pub struct Worker {
     gone: bool,
     /// What the pod refers to, read in this pass (by the volumes), for the containers made in it.
     fresh_refs: Option<References>,
+    /// When the volumes were last written, if they hold a service-account token.
+    token_written: Option<Instant>,
 }
 
 impl Worker {
     /// A worker for `pod`, adopting the containers already running for it.
     pub fn new(env: Arc<Env>, pod: Value, adopted: Vec<ContainerInfo>) -> Worker {
+        let pod = spec::with_api_access(pod);
         let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
         let spec = &pod["spec"];
         let mut slots: Vec<Slot> = spec["initContainers"]
@@ -212,6 +219,7 @@ impl Worker {
             frozen: false,
             gone: false,
             fresh_refs: None,
+            token_written: None,
         };
         let phase = w.pod["status"]["phase"].as_str().unwrap_or_default();
         if phase == "Succeeded" || phase == "Failed" {
@@ -353,6 +361,7 @@ impl Worker {
     }
 
     fn update_pod(&mut self, pod: Value) {
+        let pod = spec::with_api_access(pod);
         // A changed container spec (an image update) is picked up at the container's next
         // (re)creation; the hash label tells the agent it differs.
         let specs: Vec<Value> = pod["spec"]["initContainers"]
@@ -387,6 +396,9 @@ impl Worker {
         if !self.ensure_sandbox(now, next).await {
             *next = (*next).min(now + Duration::from_secs(2));
             return;
+        }
+        if self.token_written.is_some_and(|at| now.duration_since(at) >= TOKEN_RENEW_AFTER) {
+            self.renew_volumes(now).await;
         }
         // Refresh what the Engine says about each container.
         for i in 0..self.slots.len() {
@@ -565,7 +577,25 @@ impl Worker {
             .map_err(|e| format!("MountVolume.SetUp failed: {e}"))?;
         // Fresh enough for the containers made right after.
         self.fresh_refs = Some(refs);
+        self.token_written = references::wants_token(&self.pod).then(Instant::now);
         Ok(v)
+    }
+
+    /// Writes the volumes again with what the pod refers to now (a new token); a failure keeps
+    /// the old files and is tried again on the next pass.
+    async fn renew_volumes(&mut self, now: Instant) {
+        let refs = match references::fetch(&self.env.api, &self.pod).await {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!(pod = %self.name(), error = %e, "renewing the pod's token failed"),
+        };
+        let dir = self.env.pods_dir.join(&self.uid).join("volumes");
+        match volumes::prepare(&self.pod, &dir, &refs, self.env.allow_host_path) {
+            Ok(v) => {
+                self.volumes = Some(v);
+                self.token_written = Some(now);
+            }
+            Err(e) => tracing::warn!(pod = %self.name(), error = %e.0, "rewriting the pod's volumes failed"),
+        }
     }
 
     /// Converges one container.
@@ -806,6 +836,7 @@ impl Worker {
         ) {
             // Fresh ConfigMap and Secret contents for every new container.
             self.volumes = Some(v);
+            self.token_written = references::wants_token(&self.pod).then(Instant::now);
         }
         let vols = self.volumes.clone().unwrap_or_default();
         let slot = &self.slots[i];

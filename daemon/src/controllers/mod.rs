@@ -38,6 +38,8 @@ pub struct Settings {
     pub eviction_timeout: Duration,
     /// Where the `kubernetes` Service's endpoints point.
     pub api_endpoint: (Ipv4Addr, u16),
+    /// The cluster CA (PEM), published in every namespace as ConfigMap `kube-root-ca.crt`.
+    pub root_ca: String,
 }
 
 impl Default for Settings {
@@ -48,6 +50,7 @@ impl Default for Settings {
             node_grace: Duration::from_secs(40),
             eviction_timeout: Duration::from_secs(300),
             api_endpoint: (Ipv4Addr::LOCALHOST, 6443),
+            root_ca: String::new(),
         }
     }
 }
@@ -264,6 +267,13 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
             ("serviceaccounts", |s: &Value| vec![
                 s["metadata"]["namespace"].as_str().unwrap_or_default().to_owned()
             ]),
+            ("configmaps", |c: &Value| {
+                if c["metadata"]["name"] == serviceaccount::ROOT_CA_CONFIG_MAP {
+                    vec![c["metadata"]["namespace"].as_str().unwrap_or_default().to_owned()]
+                } else {
+                    Vec::new()
+                }
+            }),
         ]
     );
     let quota_cache = ctx.cache.clone();

@@ -1,10 +1,15 @@
-//! ServiceAccounts: every active namespace has a `default` ServiceAccount.
+//! ServiceAccounts: every active namespace has a `default` ServiceAccount, and the cluster CA in
+//! ConfigMap `kube-root-ca.crt` (Kubernetes' root-CA publisher), which the service-account
+//! volume the node agents mount into pods reads its `ca.crt` from.
 
 use capstan_runtime::{Action, Reconciler};
 use serde_json::json;
 
 use super::{Context, kind};
 use crate::objects::ObjectError;
+
+/// The ConfigMap holding the cluster CA in every namespace.
+pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
 
 pub struct ServiceAccountController {
     pub ctx: Context,
@@ -26,6 +31,15 @@ impl Reconciler<String> for ServiceAccountController {
                 .create(sa, json!({"metadata": {"name": "default", "namespace": ns}}))
                 .await
             {
+                Ok(_) | Err(ObjectError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let ca = &ctx.settings.root_ca;
+        let cms = kind("configmaps");
+        if !ca.is_empty() && ctx.cache.get(cms, &ns, ROOT_CA_CONFIG_MAP).is_none() {
+            let cm = json!({"metadata": {"name": ROOT_CA_CONFIG_MAP, "namespace": ns}, "data": {"ca.crt": ca}});
+            match ctx.objects.create(cms, cm).await {
                 Ok(_) | Err(ObjectError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
