@@ -280,13 +280,17 @@ fn a_pod_runs_with_its_environment_volumes_probes_and_logs() {
         row.contains('%') && row.contains("Mi"),
         "CPU and memory with their share of allocatable: {row}"
     );
-    let api = c.kubectl_ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods"]);
-    let api: Value = serde_json::from_str(&api).unwrap();
+    // The working set of a container sampled right as it started can read 0: the next sample
+    // (10 s later) has it.
+    let api = eventually("a sample with the program's working set", &c, &agent, || {
+        let api = c.kubectl_ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods"]);
+        let api: Value = serde_json::from_str(&api).unwrap();
+        let memory = api["items"][0]["containers"][0]["usage"]["memory"].as_str().unwrap_or_default();
+        let kib: u64 = memory.strip_suffix("Ki").and_then(|k| k.parse().ok()).unwrap_or(0);
+        (kib > 0).then_some(api)
+    });
     assert_eq!(api["kind"], "PodMetricsList");
     assert_eq!(api["items"][0]["metadata"]["labels"], p["metadata"]["labels"]);
-    let memory = api["items"][0]["containers"][0]["usage"]["memory"].as_str().unwrap_or_default();
-    let kib: u64 = memory.strip_suffix("Ki").and_then(|k| k.parse().ok()).unwrap_or(0);
-    assert!(kib > 0, "the program's working set: {api}");
     let other = c.kubectl(&["top", "pod", "-n", "default", "--no-headers"]);
     assert!(
         !String::from_utf8_lossy(&other.stdout).contains("web"),

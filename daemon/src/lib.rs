@@ -12,6 +12,7 @@ pub mod kubelet;
 pub mod nodelogs;
 pub mod objects;
 pub mod pki;
+pub mod priority;
 pub mod revert;
 pub mod satoken;
 pub mod scheduling;

@@ -17,6 +17,7 @@ use crate::cache::{CacheError, Change};
 use crate::controllers::events::{EventType, Recorder};
 use crate::controllers::{Context, delete_pod, kind};
 use crate::objects::{ObjectError, now_rfc3339};
+use crate::priority::{self, Priority};
 
 /// The name pods ask for in `spec.schedulerName` (or leave empty).
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -57,7 +58,7 @@ struct Loop {
 
 /// Binds a pod: spec.nodeName with compare-and-swap (a pod bound meanwhile by anyone else is
 /// left alone: never two nodes), then PodScheduled=True. Ok(false) when it was not ours to bind.
-async fn bind(objects: &crate::objects::Objects, key: &Key, node: &str) -> Result<bool, ObjectError> {
+async fn bind(objects: &crate::objects::Objects, key: &Key, node: &str, priority: Priority) -> Result<bool, ObjectError> {
     let mut bound = false;
     let now = now_rfc3339();
     // One write: the node, and the PodScheduled condition with it.
@@ -67,6 +68,7 @@ async fn bind(objects: &crate::objects::Objects, key: &Key, node: &str) -> Resul
             bound = is_pending(p);
             if bound {
                 p["spec"]["nodeName"] = json!(node);
+                priority::apply(p, priority);
                 let mut conds = p["status"]["conditions"].as_array().cloned().unwrap_or_default();
                 conds.retain(|c| c["type"] != "PodScheduled");
                 conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
@@ -86,6 +88,23 @@ async fn bind(objects: &crate::objects::Objects, key: &Key, node: &str) -> Resul
 }
 
 impl Loop {
+    /// The pod's priority from its PriorityClass (see `crate::priority`).
+    fn priority_of(&self, pod: &Value) -> Result<Priority, String> {
+        let (classes, _) = self.ctx.cache.list(kind("priorityclasses"), None);
+        let classes: Vec<&Value> = classes.iter().map(|c| c.object.as_ref()).collect();
+        priority::resolve(pod, &classes)
+    }
+
+    /// The pod as the scheduler sees it, its priority resolved (0 for a class that is missing).
+    fn info(&self, pod: &Value) -> PodInfo {
+        let mut info = PodInfo::from_json(pod);
+        if let Ok(p) = self.priority_of(pod) {
+            info.priority = p.value;
+            info.preempts = p.preempts;
+        }
+        info
+    }
+
     fn enqueue(&mut self, key: Key, priority: i64) {
         if self.queued.contains_key(&key) || self.backoff.contains_key(&key) {
             return;
@@ -126,11 +145,12 @@ impl Loop {
         if let Some(node) = is_placed(pod) {
             self.queued.remove(&key).map(|slot| self.active.remove(&slot));
             self.backoff.remove(&key);
-            if self.snapshot.assume(PodInfo::from_json(pod), node) {
+            if self.snapshot.assume(self.info(pod), node) {
                 self.placed.insert(key, node.to_owned());
             }
         } else if is_pending(pod) {
-            self.enqueue(key, pod["spec"]["priority"].as_i64().unwrap_or(0));
+            let priority = self.info(pod).priority;
+            self.enqueue(key, priority);
         }
     }
 
@@ -178,7 +198,7 @@ impl Loop {
                 .ctx
                 .cache
                 .get(kind("pods"), &key.0, &key.1)
-                .map(|p| p.object["spec"]["priority"].as_i64().unwrap_or(0));
+                .map(|p| self.info(&p.object).priority);
             if let Some(p) = priority {
                 self.enqueue(key, p);
             }
@@ -194,7 +214,17 @@ impl Loop {
         if !is_pending(&pod) {
             return Ok(());
         }
-        let info = PodInfo::from_json(&pod);
+        let resolved = match self.priority_of(&pod) {
+            Ok(p) => p,
+            Err(message) => {
+                // As Kubernetes' admission refuses such a pod: it waits, saying why.
+                self.unschedulable(&key, &pod, message).await;
+                return Ok(());
+            }
+        };
+        let mut info = PodInfo::from_json(&pod);
+        info.priority = resolved.value;
+        info.preempts = resolved.preempts;
         match self.scheduler.schedule(&self.snapshot, &info) {
             Decision::Bind(node) => {
                 // Assume at once and bind in the background (the binding cycle), so that the
@@ -206,7 +236,7 @@ impl Loop {
                 let results = self.bound_tx.clone();
                 let events = self.events.clone();
                 tokio::spawn(async move {
-                    let outcome = bind(&objects, &key, &node).await;
+                    let outcome = bind(&objects, &key, &node, resolved).await;
                     if let Ok(true) = outcome {
                         events.record(
                             &pod,
@@ -246,21 +276,24 @@ impl Loop {
                     .await;
                 self.retry_later(key);
             }
-            Decision::Unschedulable(u) => {
-                let message = u.message();
-                let previous = pod["status"]["conditions"]
-                    .as_array()
-                    .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled"))
-                    .and_then(|c| c["message"].as_str())
-                    .map(str::to_owned);
-                if previous.as_deref() != Some(&message) {
-                    self.events.record(&pod, EventType::Warning, "FailedScheduling", message.clone());
-                    self.set_condition(&key, "False", Some("Unschedulable"), Some(&message)).await;
-                }
-                self.retry_later(key);
-            }
+            Decision::Unschedulable(u) => self.unschedulable(&key, &pod, u.message()).await,
         }
         Ok(())
+    }
+
+    /// PodScheduled=False with `message` and a FailedScheduling event (once per message); tried
+    /// again later.
+    async fn unschedulable(&mut self, key: &Key, pod: &Value, message: String) {
+        let previous = pod["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled"))
+            .and_then(|c| c["message"].as_str())
+            .map(str::to_owned);
+        if previous.as_deref() != Some(&message) {
+            self.events.record(pod, EventType::Warning, "FailedScheduling", message.clone());
+            self.set_condition(key, "False", Some("Unschedulable"), Some(&message)).await;
+        }
+        self.retry_later(key.clone());
     }
 
     fn retry_later(&mut self, key: Key) {

@@ -141,10 +141,18 @@ impl GitSync {
             _ => plan(&self.applied, &desired, &commit, self.prune),
         };
         let mut errors = Vec::new();
-        // Namespaces first when creating; last when pruning.
+        // What others need goes first when creating (as Helm orders an install) and last when
+        // pruning: a pod is scheduled with its PriorityClass and counted by its quota.
+        let rank = |kind: &str| match kind {
+            "Namespace" => 0,
+            "PriorityClass" => 1,
+            "ResourceQuota" | "ServiceAccount" | "ConfigMap" | "Secret" => 2,
+            "Service" => 3,
+            _ => 4,
+        };
         let order = |keys: &[ObjectKey]| -> Vec<ObjectKey> {
             let mut v = keys.to_vec();
-            v.sort_by_key(|k| (k.kind != "Namespace", k.clone()));
+            v.sort_by_key(|k| (rank(&k.kind), k.clone()));
             v
         };
         for key in order(&plan.create).iter().chain(order(&plan.update).iter()) {

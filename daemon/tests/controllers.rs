@@ -549,3 +549,101 @@ async fn kubectl_rollout_status_follows_a_rollout_and_describe_shows_events() {
         "{text}"
     );
 }
+
+const CLASSES: &str = "apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: batch}
+value: 100
+globalDefault: true
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: critical}
+value: 100000
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: polite}
+value: 100000
+preemptionPolicy: Never
+";
+
+/// A bare pod asking for `cpu` with `class` (none: the global default).
+fn classed_pod(name: &str, cpu: &str, class: Option<&str>) -> String {
+    let class = class.map(|c| format!("\n  priorityClassName: {c}")).unwrap_or_default();
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: shop}}
+spec:{class}
+  containers: [{{name: app, image: app:1, resources: {{requests: {{cpu: \"{cpu}\"}}}}}}]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_classes_from_git_decide_which_pods_are_preempted() {
+    let h = Harness::start(
+        &[
+            ("ns.yaml", NS),
+            ("classes.yaml", CLASSES),
+            (
+                "batch.yaml",
+                &(classed_pod("batch-1", "3", None) + "---\n" + &classed_pod("batch-2", "3", None)),
+            ),
+        ],
+        |_| {},
+    )
+    .await;
+    h.add_node("n1", "8").await;
+    let _k = h.kubelet(&["n1"], Duration::from_millis(10));
+    h.eventually("the batch pods bound with the default class's priority", |h| {
+        ["batch-1", "batch-2"].iter().all(|n| {
+            h.get("pods", "shop", n)
+                .is_some_and(|p| p["spec"]["nodeName"] == "n1" && p["spec"]["priority"] == 100)
+        })
+    })
+    .await;
+
+    // A pod whose class does not preempt waits, saying why it fits nowhere.
+    h.commit(&[("polite.yaml", &classed_pod("polite", "4", Some("polite")))], &[]);
+    h.eventually("the polite pod unschedulable", |h| {
+        h.get("pods", "shop", "polite").is_some_and(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "False"))
+        })
+    })
+    .await;
+    assert!(h.get("pods", "shop", "batch-1").is_some() && h.get("pods", "shop", "batch-2").is_some());
+    // A class that does not exist: the pod waits with Kubernetes' words for it.
+    h.commit(&[("typo.yaml", &classed_pod("typo", "1", Some("critcal")))], &[]);
+    h.eventually("the typo named", |h| {
+        h.list("events", Some("shop"))
+            .iter()
+            .any(|e| e["reason"] == "FailedScheduling" && e["message"] == "no PriorityClass with name critcal was found")
+    })
+    .await;
+
+    // A critical pod evicts one batch pod (the fewest victims that make room), which gets an
+    // event, and is placed on the node.
+    h.commit(&[("critical.yaml", &classed_pod("critical", "4", Some("critical")))], &[]);
+    h.eventually("the critical pod bound with its class's priority", |h| {
+        h.get("pods", "shop", "critical")
+            .is_some_and(|p| p["spec"]["nodeName"] == "n1" && p["spec"]["priority"] == 100_000)
+    })
+    .await;
+    let left = ["batch-1", "batch-2"].iter().filter(|n| h.get("pods", "shop", n).is_some()).count();
+    assert_eq!(left, 1, "one batch pod made room");
+    let preempted: Vec<Value> = h
+        .list("events", Some("shop"))
+        .into_iter()
+        .filter(|e| e["reason"] == "Preempted")
+        .collect();
+    assert_eq!(preempted.len(), 1, "{preempted:?}");
+    assert!(preempted[0]["message"].as_str().unwrap().ends_with("on node n1"), "{preempted:?}");
+    assert!(
+        h.get("pods", "shop", "polite").is_some_and(|p| p["spec"]["nodeName"].is_null()),
+        "the polite pod still waits"
+    );
+}

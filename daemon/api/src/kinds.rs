@@ -3,7 +3,7 @@
 //!
 //! The manifest loader, the API server (discovery, routing) and the CLI all read this one table.
 
-use k8s_openapi::api::{apps, coordination, core, discovery};
+use k8s_openapi::api::{apps, coordination, core, discovery, scheduling};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
@@ -170,6 +170,8 @@ pub static REGISTRY: &[KindInfo] = &[
         origin: Cluster, status: false, namespaced: true),
     k8s_kind!(coordination::v1::Lease, singular: "lease", short: [], categories: [],
         origin: Cluster, status: false, namespaced: true),
+    k8s_kind!(scheduling::v1::PriorityClass, singular: "priorityclass", short: ["pc"], categories: [],
+        origin: Git, status: false, namespaced: false),
     KindInfo {
         group: crate::capstan::GROUP,
         version: "v1alpha1",

@@ -213,6 +213,9 @@ impl Scheduler {
     /// Finds a node where evicting pods of lower priority lets `pod` in: the candidate whose
     /// most important victim is least important, then with the fewest victims.
     fn preempt(&self, snapshot: &Snapshot, pod: &PodInfo) -> Option<(String, Vec<(String, String)>)> {
+        if !pod.preempts {
+            return None;
+        }
         let mut best: Option<(i64, usize, String, Vec<(String, String)>)> = None;
         for node in snapshot.nodes() {
             let mut lower: Vec<&std::sync::Arc<PodInfo>> = node.pods.iter().filter(|p| p.priority < pod.priority).collect();

@@ -179,6 +179,8 @@ pub struct PodInfo {
     pub labels: Labels,
     pub requests: Resources,
     pub priority: i64,
+    /// Whether it may evict lower-priority pods (`preemptionPolicy` is not `Never`).
+    pub preempts: bool,
     /// `spec.nodeName` asked for by the pod itself (the NodeName plugin).
     pub node_name: Option<String>,
     pub node_selector: Labels,
@@ -347,6 +349,7 @@ impl PodInfo {
             labels: labels(&pod["metadata"]["labels"]),
             requests,
             priority: spec["priority"].as_i64().unwrap_or(0),
+            preempts: spec["preemptionPolicy"] != "Never",
             node_name: spec["nodeName"].as_str().filter(|n| !n.is_empty()).map(str::to_owned),
             node_selector: labels(&spec["nodeSelector"]),
             node_required: affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]

@@ -253,6 +253,14 @@ fn a_high_priority_pod_preempts_the_lowest_priority_pods() {
         }
         other => panic!("expected preemption, got {other:?}"),
     }
+    let polite = PodInfo {
+        preempts: false,
+        ..important.clone()
+    };
+    assert!(
+        matches!(scheduler().schedule(&s, &polite), Decision::Unschedulable(_)),
+        "preemptionPolicy: Never waits instead"
+    );
     let equal = PodInfo {
         priority: 10,
         ..pod("peer", "1500m", json!({}))

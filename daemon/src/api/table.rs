@@ -192,6 +192,13 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
             ("Name", 1),
         ],
         "Lease" => &[("Name", 0), ("Holder", 0), ("Age", 0)],
+        "PriorityClass" => &[
+            ("Name", 0),
+            ("Value", 0),
+            ("Global-Default", 0),
+            ("Age", 0),
+            ("PreemptionPolicy", 0),
+        ],
         _ => &[("Name", 0), ("Age", 0)],
     };
     names.iter().map(|(n, p)| col(n, *p)).collect()
@@ -434,6 +441,13 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
             ]
         }
         "Lease" => vec![name, or_none(s(&o["spec"]["holderIdentity"])), created],
+        "PriorityClass" => vec![
+            name,
+            o["value"].as_i64().unwrap_or(0).to_string(),
+            (o["globalDefault"] == true).to_string(),
+            created,
+            o["preemptionPolicy"].as_str().unwrap_or("PreemptLowerPriority").to_owned(),
+        ],
         _ => vec![name, created],
     };
     cells.into_iter().map(Value::String).collect()
