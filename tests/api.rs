@@ -161,6 +161,19 @@ fn kubectl_reads_everything() {
     );
     let secret = c.kubectl_ok(&["get", "secret", "db", "-n", "shop"]);
     assert!(has_line(&secret, &["db", "Opaque", "0"]), "{secret}");
+
+    // `kubectl create token` (TokenRequest) for an administrator; the token is the account's.
+    let token = c.kubectl_ok(&["create", "token", "default", "-n", "shop", "--duration", "20m"]);
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let own = c.kubectl_ok(&["--token", token, "get", "configmaps", "-n", "shop", "-o", "name"]);
+    assert!(own.contains("configmap/a"), "{own}");
+    let denied = c.kubectl(&["--token", token, "get", "pods", "-n", "default"]);
+    assert!(
+        stderr(&denied).contains("may only read objects (not secrets) in namespace"),
+        "{}",
+        stderr(&denied)
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod discovery;
 pub mod metrics;
 mod openapi;
 mod paths;
+mod protobuf;
 pub mod selectors;
 pub mod status;
 pub mod table;
@@ -357,7 +358,8 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
                     name,
                     subresource: Some(sub),
                 } if method == Method::POST && kind.plural == "serviceaccounts" && sub == "token" => {
-                    token_request(&state, &id, namespace.as_deref().unwrap_or("default"), name, &body)
+                    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    token_request(&state, &id, namespace.as_deref().unwrap_or("default"), name, content_type, &body)
                 }
                 _ => write(&state, &id, &method, &target, &headers, body).await,
             }
@@ -552,7 +554,7 @@ async fn pod_logs(state: &ApiState, id: &Identity, namespace: &Option<String>, n
 /// `POST .../serviceaccounts/NAME/token` (TokenRequest): a signed token for the ServiceAccount,
 /// bound to a pod when asked. Administrators may ask for any; a node only for a pod bound to it
 /// (as Kubernetes' node authoriser allows); nobody else.
-fn token_request(state: &ApiState, id: &Identity, ns: &str, sa_name: &str, body: &[u8]) -> Result<Response, ApiError> {
+fn token_request(state: &ApiState, id: &Identity, ns: &str, sa_name: &str, content_type: &str, body: &[u8]) -> Result<Response, ApiError> {
     use crate::satoken::{Claims, DEFAULT_SECONDS, ISSUER, MIN_SECONDS};
     let signer = state.tokens.as_ref().ok_or_else(|| {
         ApiError::new(
@@ -561,7 +563,11 @@ fn token_request(state: &ApiState, id: &Identity, ns: &str, sa_name: &str, body:
             "no service-account signing key",
         )
     })?;
-    let request: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the TokenRequest is not JSON: {e}")))?;
+    let request: Value = if content_type.starts_with(protobuf::MEDIA_TYPE) {
+        protobuf::token_request(body).ok_or_else(|| ApiError::bad_request("the TokenRequest is not a Kubernetes protobuf body"))?
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the TokenRequest is not JSON: {e}")))?
+    };
     let kind = |plural| capstan_api::kinds::by_name(plural).expect("served kind");
     let sa = state
         .cache
