@@ -53,6 +53,8 @@ struct Loop {
     events: Recorder,
     /// Pods assumed onto a node whose binding write is in flight.
     binding: std::collections::HashSet<Key>,
+    /// Where pods that preempted others wait for their victims to stop.
+    nominated: HashMap<Key, String>,
     bound_tx: tokio::sync::mpsc::UnboundedSender<(Key, String, bool)>,
 }
 
@@ -138,11 +140,13 @@ impl Loop {
             self.flush_backoff();
         }
         if change == Change::Deleted {
+            self.nominated.remove(&key);
             self.queued.remove(&key).map(|slot| self.active.remove(&slot));
             self.backoff.remove(&key);
             return;
         }
         if let Some(node) = is_placed(pod) {
+            self.nominated.remove(&key);
             self.queued.remove(&key).map(|slot| self.active.remove(&slot));
             self.backoff.remove(&key);
             if self.snapshot.assume(self.info(pod), node) {
@@ -225,7 +229,26 @@ impl Loop {
         let mut info = PodInfo::from_json(&pod);
         info.priority = resolved.value;
         info.preempts = resolved.preempts;
-        match self.scheduler.schedule(&self.snapshot, &info) {
+        // Room made by preemption is kept for the pod it was made for: pods nominated to a node,
+        // of this pod's priority or higher, count as placed there while this one is scheduled.
+        let mut reserved = Vec::new();
+        for (k, node) in &self.nominated {
+            if *k == key {
+                continue;
+            }
+            let Some(p) = self.ctx.cache.get(kind("pods"), &k.0, &k.1) else {
+                continue;
+            };
+            let other = self.info(&p.object);
+            if is_pending(&p.object) && other.priority >= info.priority && self.snapshot.assume(other, node) {
+                reserved.push((k.clone(), node.clone()));
+            }
+        }
+        let decision = self.scheduler.schedule(&self.snapshot, &info);
+        for (k, node) in reserved {
+            self.snapshot.remove_pod(&k.0, &k.1, &node);
+        }
+        match decision {
             Decision::Bind(node) => {
                 // Assume at once and bind in the background (the binding cycle), so that the
                 // next pod is placed while this write waits for its fsync.
@@ -249,6 +272,21 @@ impl Loop {
                 });
             }
             Decision::Preempt { node, victims } => {
+                // Victims of an earlier preemption for this pod still stopping: wait for them
+                // rather than evict more (Kubernetes' PodEligibleToPreemptOthers).
+                let nominated = self.nominated.get(&key).cloned();
+                if let Some(nominated) = nominated.as_deref().or(pod["status"]["nominatedNodeName"].as_str()) {
+                    let (all, _) = self.ctx.cache.list(kind("pods"), None);
+                    let stopping = all.iter().any(|p| {
+                        p.object["spec"]["nodeName"] == nominated
+                            && !p.object["metadata"]["deletionTimestamp"].is_null()
+                            && self.info(&p.object).priority < info.priority
+                    });
+                    if stopping {
+                        self.retry_later(key);
+                        return Ok(());
+                    }
+                }
                 for (ns, name) in &victims {
                     if let Some(v) = self.ctx.cache.get(kind("pods"), ns, name) {
                         self.events.record(
@@ -266,6 +304,7 @@ impl Loop {
                         Err(e) => return Err(e),
                     }
                 }
+                self.nominated.insert(key.clone(), node.clone());
                 let _ = self
                     .ctx
                     .objects
@@ -343,6 +382,7 @@ pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) {
         seq: 0,
         events,
         binding: std::collections::HashSet::new(),
+        nominated: HashMap::new(),
         bound_tx,
     };
     'restart: loop {

@@ -634,7 +634,12 @@ async fn priority_classes_from_git_decide_which_pods_are_preempted() {
     })
     .await;
     let left = ["batch-1", "batch-2"].iter().filter(|n| h.get("pods", "shop", n).is_some()).count();
-    assert_eq!(left, 1, "one batch pod made room");
+    let said: Vec<String> = h
+        .list("events", Some("shop"))
+        .iter()
+        .map(|e| format!("{} {}: {}", e["involvedObject"]["name"], e["reason"], e["message"]))
+        .collect();
+    assert_eq!(left, 1, "one batch pod made room: {said:#?}");
     let preempted: Vec<Value> = h
         .list("events", Some("shop"))
         .into_iter()
