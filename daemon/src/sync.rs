@@ -54,6 +54,8 @@ pub struct GitSync {
     objects: Objects,
     applied: AppliedSet,
     prune: bool,
+    /// The prune setting the previous commit was applied with.
+    last_prune: bool,
     status: watch::Sender<SyncStatus>,
     /// The last commit handed over, kept to retry writes that failed.
     last: Option<(Arc<capstan_git::repo::LoadedCommit>, String)>,
@@ -101,6 +103,7 @@ impl GitSync {
             objects,
             applied,
             prune: true,
+            last_prune: true,
             status: watch::channel(status).0,
             last: None,
             events: crate::controllers::events::Recorder::new(objects_for_events, "capstan-sync", None),
@@ -136,9 +139,13 @@ impl GitSync {
     async fn apply_loaded(&mut self, loaded: &capstan_git::repo::LoadedCommit, branch: &str, full: bool) -> Plan {
         let desired = loaded.snapshot.desired();
         let commit = loaded.commit.to_string();
+        let prune = prune_setting(&desired).unwrap_or(self.prune);
+        // Turning pruning back on must look at every applied object, not only the changed ones.
+        let full = full || prune != self.last_prune;
+        self.last_prune = prune;
         let plan = match loaded.snapshot.delta() {
-            Some(delta) if !full => plan_delta(&self.applied, &desired, delta, &commit, self.prune),
-            _ => plan(&self.applied, &desired, &commit, self.prune),
+            Some(delta) if !full => plan_delta(&self.applied, &desired, delta, &commit, prune),
+            _ => plan(&self.applied, &desired, &commit, prune),
         };
         let mut errors = Vec::new();
         // What others need goes first when creating (as Helm orders an install) and last when
@@ -388,6 +395,16 @@ pub async fn reset(store: &Arc<dyn Store>) -> Result<(), capstan_store::StoreErr
         txn = txn.delete(kv.key);
     }
     store.txn(txn).await.map(|_| ())
+}
+
+/// `spec.prune` of the commit's ClusterSettings (`prune: false`: objects removed from Git are
+/// reported and left running), if it says.
+fn prune_setting(desired: &capstan_git::desired::DesiredState) -> Option<bool> {
+    desired
+        .objects
+        .iter()
+        .find(|(k, _)| k.kind == "ClusterSettings")
+        .and_then(|(_, m)| m.object["spec"]["prune"].as_bool())
 }
 
 #[cfg(test)]

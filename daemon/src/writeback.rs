@@ -263,6 +263,10 @@ pub async fn run(
         let at = applied_at.get(&commit).cloned().unwrap_or_default();
         let mut revert_now = None;
         if let Some(mut n) = note(&status, &cache, &at) {
+            // The repository's ClusterSettings decide when they say; the daemon's flag otherwise.
+            let revert = crate::controllers::cluster_settings(&cache)
+                .and_then(|g| g.revert_failed_rollouts)
+                .unwrap_or(revert);
             if revert && n["outcome"] == "failed" && !reverted.contains_key(&commit) {
                 revert_now = Some((status.branch.clone(), commit.clone(), failed_rollouts(&n)));
             }

@@ -652,3 +652,74 @@ async fn priority_classes_from_git_decide_which_pods_are_preempted() {
         "the polite pod still waits"
     );
 }
+
+fn settings(prune: bool, grace_seconds: u32) -> String {
+    format!(
+        "apiVersion: capstan.dev/v1alpha1
+kind: ClusterSettings
+metadata: {{name: cluster}}
+spec: {{prune: {prune}, nodeGracePeriodSeconds: {grace_seconds}}}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_settings_from_git_take_effect_with_the_commit() {
+    let h = Harness::start(
+        &[
+            ("ns.yaml", NS),
+            ("settings.yaml", &settings(false, 600)),
+            ("web.yaml", &deployment("web:1", 1)),
+        ],
+        |_| {},
+    )
+    .await;
+    h.add_node("n1", "8").await;
+    h.eventually("the Deployment applied", |h| h.get("deployments", "shop", "web").is_some())
+        .await;
+
+    // prune: false — a manifest removed from Git is reported as held and keeps running.
+    h.commit(&[], &["web.yaml"]);
+    let head = git_head(&h.repo);
+    let mut status = h.d.sync_status.clone();
+    h.eventually("the removal applied", |_| {
+        status.borrow_and_update().applied_commit.as_deref() == Some(&head)
+    })
+    .await;
+    assert!(h.get("deployments", "shop", "web").is_some(), "not pruned");
+    assert!(
+        h.d.sync_status
+            .borrow()
+            .held
+            .iter()
+            .any(|k| k.kind == "Deployment" && k.name == "web"),
+        "reported as held"
+    );
+    // prune: true again — what was held goes with that commit.
+    h.commit(&[("settings.yaml", &settings(true, 600))], &[]);
+    h.eventually("the held Deployment pruned", |h| h.get("deployments", "shop", "web").is_none())
+        .await;
+
+    // The node grace period follows Git: n1 stops renewing and, with 600 s, stays Ready...
+    let ready = |h: &Harness| {
+        h.get("nodes", "", "n1").unwrap()["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(ready(&h), "600 s of grace");
+    // ...and a commit setting 1 s makes it NotReady at once.
+    h.commit(&[("settings.yaml", &settings(true, 1))], &[]);
+    h.eventually("n1 NotReady under the new grace period", |h| !ready(h)).await;
+}
+
+fn git_head(repo: &Path) -> String {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

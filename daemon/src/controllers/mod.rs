@@ -84,7 +84,30 @@ impl Context {
     }
 }
 
+/// The ClusterSettings object from Git, if the repository has one.
+pub fn cluster_settings(cache: &Cache) -> Option<capstan_api::capstan::ClusterSettingsSpec> {
+    let (all, _) = cache.list(kind("clustersettings"), None);
+    all.first().and_then(|e| serde_json::from_value(e.object["spec"].clone()).ok())
+}
+
 impl Context {
+    /// The settings in force now: the ones the daemon started with, overridden by what the
+    /// repository's ClusterSettings says about node grace and eviction (read live, so that a
+    /// commit changes them). Address ranges are taken at start only: changing them under running
+    /// Services and nodes would renumber them.
+    pub fn live(&self) -> Settings {
+        let mut s = (*self.settings).clone();
+        if let Some(git) = cluster_settings(&self.cache) {
+            if let Some(secs) = git.node_grace_period_seconds {
+                s.node_grace = Duration::from_secs(secs.into());
+            }
+            if let Some(secs) = git.pod_eviction_timeout_seconds {
+                s.eviction_timeout = Duration::from_secs(secs.into());
+            }
+        }
+        s
+    }
+
     /// Waits until the cache reflects every write made so far, so that a reconcile never acts on
     /// a state older than its own previous writes (this is what keeps a ReplicaSet from
     /// creating a pod twice).
@@ -332,6 +355,7 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
             ("services", d3),
         ]
     );
+    let node_cache = ctx.cache.clone();
     controller!(
         "node-lifecycle",
         node::NodeLifecycle {
@@ -350,6 +374,13 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
                     vec![]
                 }
             }),
+            // New grace or eviction settings from Git: every node is looked at again.
+            ("clustersettings", move |_: &Value| node_cache
+                .list(kind("nodes"), None)
+                .0
+                .iter()
+                .map(|e| e.name.clone())
+                .collect()),
         ]
     );
     // The built-in objects: system namespaces, the `kubernetes` and `kube-dns` Services.

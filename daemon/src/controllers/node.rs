@@ -82,7 +82,7 @@ impl Reconciler<String> for NodeLifecycle {
                 .await?;
             return Ok(Action::Requeue(Duration::ZERO));
         }
-        let grace = ctx.settings.node_grace.as_secs() as i64;
+        let grace = ctx.live().node_grace.as_secs() as i64;
         let lease = ctx.cache.get(kind("leases"), "kube-node-lease", &name);
         let renewed = lease
             .as_ref()
@@ -153,7 +153,7 @@ impl Reconciler<String> for NodeLifecycle {
                 .filter_map(|t| seconds(&t["timeAdded"]))
                 .min()
                 .unwrap_or(t);
-            let default = ctx.settings.eviction_timeout.as_secs() as i64;
+            let default = ctx.live().eviction_timeout.as_secs() as i64;
             let (pods, _) = ctx.cache.list(kind("pods"), None);
             let mut next_check: Option<i64> = None;
             for p in pods.iter().filter(|p| p.object["spec"]["nodeName"] == name.as_str()) {
