@@ -398,7 +398,7 @@ impl Worker {
             return;
         }
         if self.token_written.is_some_and(|at| now.duration_since(at) >= TOKEN_RENEW_AFTER) {
-            self.renew_volumes(now).await;
+            self.renew_volumes().await;
         }
         // Refresh what the Engine says about each container.
         for i in 0..self.slots.len() {
@@ -465,7 +465,7 @@ impl Worker {
         }
         if self.volumes.is_none() {
             match self.prepare_volumes().await {
-                Ok(v) => self.volumes = Some(v),
+                Ok(()) => {}
                 Err(message) => {
                     if self.blocked.as_ref().is_none_or(|b| b.1 != message) {
                         self.event("Warning", "FailedMount", message.clone(), None);
@@ -563,7 +563,7 @@ impl Worker {
         self.pod_ip = None;
     }
 
-    async fn prepare_volumes(&mut self) -> Result<HashMap<String, PathBuf>, String> {
+    async fn prepare_volumes(&mut self) -> Result<(), String> {
         let refs = references::fetch(&self.env.api, &self.pod)
             .await
             .map_err(|e| format!("reading the pod's references: {e}"))?;
@@ -573,28 +573,29 @@ impl Worker {
                 .and_then(|_| std::fs::write(pod_dir.join("resolv.conf"), text))
                 .map_err(|e| format!("writing resolv.conf: {e}"))?;
         }
-        let v = volumes::prepare(&self.pod, &pod_dir.join("volumes"), &refs, self.env.allow_host_path)
-            .map_err(|e| format!("MountVolume.SetUp failed: {e}"))?;
+        self.write_volumes(&refs).map_err(|e| format!("MountVolume.SetUp failed: {e}"))?;
         // Fresh enough for the containers made right after.
         self.fresh_refs = Some(refs);
+        Ok(())
+    }
+
+    /// Writes the pod's volumes from `refs`, noting when a token was written (to renew it).
+    fn write_volumes(&mut self, refs: &References) -> Result<(), spec::ConfigError> {
+        let dir = self.env.pods_dir.join(&self.uid).join("volumes");
+        self.volumes = Some(volumes::prepare(&self.pod, &dir, refs, self.env.allow_host_path)?);
         self.token_written = references::wants_token(&self.pod).then(Instant::now);
-        Ok(v)
+        Ok(())
     }
 
     /// Writes the volumes again with what the pod refers to now (a new token); a failure keeps
     /// the old files and is tried again on the next pass.
-    async fn renew_volumes(&mut self, now: Instant) {
+    async fn renew_volumes(&mut self) {
         let refs = match references::fetch(&self.env.api, &self.pod).await {
             Ok(r) => r,
             Err(e) => return tracing::warn!(pod = %self.name(), error = %e, "renewing the pod's token failed"),
         };
-        let dir = self.env.pods_dir.join(&self.uid).join("volumes");
-        match volumes::prepare(&self.pod, &dir, &refs, self.env.allow_host_path) {
-            Ok(v) => {
-                self.volumes = Some(v);
-                self.token_written = Some(now);
-            }
-            Err(e) => tracing::warn!(pod = %self.name(), error = %e.0, "rewriting the pod's volumes failed"),
+        if let Err(e) = self.write_volumes(&refs) {
+            tracing::warn!(pod = %self.name(), error = %e.0, "rewriting the pod's volumes failed");
         }
     }
 
@@ -828,15 +829,10 @@ impl Worker {
         refs: &References,
         attempt: u32,
     ) -> Result<capstan_containers::ContainerConfig, String> {
-        if let Ok(v) = volumes::prepare(
-            &self.pod,
-            &self.env.pods_dir.join(&self.uid).join("volumes"),
-            refs,
-            self.env.allow_host_path,
-        ) {
-            // Fresh ConfigMap and Secret contents for every new container.
-            self.volumes = Some(v);
-            self.token_written = references::wants_token(&self.pod).then(Instant::now);
+        // Fresh ConfigMap and Secret contents for every new container (written already when the
+        // references were read in this pass); a failure keeps the last files.
+        if self.fresh_refs.is_none() {
+            let _ = self.write_volumes(refs);
         }
         let vols = self.volumes.clone().unwrap_or_default();
         let slot = &self.slots[i];

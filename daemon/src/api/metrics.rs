@@ -179,13 +179,17 @@ async fn nodes(state: &super::ApiState, id: &Identity, name: Option<String>, que
     };
     let got = summaries(source, wanted.keys().cloned().collect()).await;
     let items: Vec<Value> = got.iter().map(|(n, s)| node_metrics(&wanted[n], s)).collect();
+    answer("NodeMetrics", name, items)
+}
+
+/// The one object asked for by name, or the list.
+fn answer(kind: &str, name: Option<String>, items: Vec<Value>) -> Result<Response, ApiError> {
     match name {
-        Some(n) => items
-            .into_iter()
-            .next()
-            .map(|m| json_response(StatusCode::OK, &m))
-            .ok_or_else(|| ApiError::not_found(format!("nodemetrics.metrics.k8s.io {n:?} not found"))),
-        None => Ok(json_response(StatusCode::OK, &list("NodeMetrics", items))),
+        Some(n) => items.into_iter().next().map(|m| json_response(StatusCode::OK, &m)).ok_or_else(|| {
+            let resource = kind.to_ascii_lowercase();
+            ApiError::not_found(format!("{resource}.{GROUP} {n:?} not found"))
+        }),
+        None => Ok(json_response(StatusCode::OK, &list(kind, items))),
     }
 }
 
@@ -220,14 +224,7 @@ async fn pods(
         let key = |v: &Value| (v["metadata"]["namespace"].to_string(), v["metadata"]["name"].to_string());
         key(a).cmp(&key(b))
     });
-    match name {
-        Some(n) => items
-            .into_iter()
-            .next()
-            .map(|m| json_response(StatusCode::OK, &m))
-            .ok_or_else(|| ApiError::not_found(format!("podmetrics.metrics.k8s.io {n:?} not found"))),
-        None => Ok(json_response(StatusCode::OK, &list("PodMetrics", items))),
-    }
+    answer("PodMetrics", name, items)
 }
 
 fn identity(req_id: Option<axum::Extension<Identity>>) -> Identity {
