@@ -170,6 +170,10 @@ fn a_pod_runs_with_its_environment_volumes_probes_and_logs() {
         resolv.contains("nameserver 10.96.0.10") && resolv.contains("search shop.svc.cluster.local svc.cluster.local cluster.local"),
         "{resolv}"
     );
+    // The agent connected the sandbox itself (no Docker network): its own name resolves to its
+    // address, as in the kubelet's hosts file.
+    let hosts = http_get(&ip, "/file?path=/etc/hosts").unwrap().1;
+    assert!(hosts.lines().any(|l| l.split_whitespace().eq([ip.as_str(), "web"])), "{hosts}");
     // Limits reach Docker.
     let cid = p["status"]["containerStatuses"][0]["containerID"]
         .as_str()
@@ -725,8 +729,16 @@ fn the_engine_restarting_is_survived() {
     assert!(logs.contains("serving on :8080"), "{logs}");
     let ip = after["status"]["podIP"].as_str().unwrap();
     assert_eq!(
+        after["status"]["podIP"], before["status"]["podIP"],
+        "the new sandbox keeps the pod's address"
+    );
+    assert_eq!(
         http_get(ip, "/healthz").map(|r| r.0),
         Some(200),
         "the restarted program answers at {ip}"
     );
+    // The old sandbox's interface went with it: nothing else on the bridge answers for the address.
+    let bridge = capstan_containers::bridge_name(&capstan_node::pods::network_name(&node));
+    let ports = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif")).unwrap().count();
+    assert_eq!(ports, 1, "one interface on {bridge}: the new sandbox's");
 }

@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod client;
 pub mod join;
+pub mod podnet;
 pub mod pods;
 pub mod probes;
 pub mod references;
@@ -229,6 +230,7 @@ impl Agent {
         let env = Arc::new(worker::Env {
             runtime,
             api,
+            net: podnet::PodNet::new(capstan_containers::bridge_name(&pods::network_name(&config.name))),
             ctx: spec::NodeContext {
                 node: config.name.clone(),
                 network: pods::network_name(&config.name),

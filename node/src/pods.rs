@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::spec::{LABEL_POD_IP, LABEL_SANDBOX};
 use crate::worker::{Env, Input, Worker};
 
 /// The node's Docker network name.
@@ -44,6 +45,7 @@ pub async fn prepare_network(env: &Env, extra_labels: &[(String, String)], stop:
             labels.extend(extra_labels.iter().cloned());
             match env.runtime.ensure_network(&env.ctx.network, &cidr, &gw, labels).await {
                 Ok(()) => {
+                    env.net.set_range(&cidr);
                     tracing::info!(node = %node, pod_cidr = %cidr, network = %env.ctx.network, "pod network ready");
                     return Some(cidr);
                 }
@@ -109,12 +111,15 @@ pub async fn run(env: Arc<Env>, stop: CancellationToken) {
     let mut listed_once = false;
     // The pods that have containers already (made by an earlier agent): only their workers need
     // to look for containers to adopt; a pod bound later has none, and its start skips the call.
-    let had_containers: Option<HashSet<String>> = env
-        .runtime
-        .list(&[(LABEL_NODE, env.ctx.node.as_str())])
-        .await
-        .ok()
-        .map(|all| all.into_iter().filter_map(|c| c.labels.get(LABEL_POD_UID).cloned()).collect());
+    let existing = env.runtime.list(&[(LABEL_NODE, env.ctx.node.as_str())]).await.ok();
+    // Their sandboxes' addresses are taken before any new pod is given one.
+    for c in existing.iter().flatten() {
+        if let (Some(uid), Some(ip)) = (c.labels.get(LABEL_POD_UID), c.labels.get(LABEL_POD_IP).or(c.ip.as_ref())) {
+            env.net.reserve(uid, ip);
+        }
+    }
+    let had_containers: Option<HashSet<String>> =
+        existing.map(|all| all.into_iter().filter_map(|c| c.labels.get(LABEL_POD_UID).cloned()).collect());
 
     let spawn = |pod: Value, workers: &mut HashMap<String, mpsc::UnboundedSender<Input>>| {
         let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
@@ -218,9 +223,13 @@ async fn remove_orphans(env: &Env, workers: &HashMap<String, mpsc::UnboundedSend
         tracing::info!(container = %c.name, "removing a container of a pod no longer bound to this node");
         let _ = env.runtime.stop(&c.id, Duration::from_secs(2), None).await;
         let _ = env.runtime.remove(&c.id).await;
+        if c.labels.contains_key(LABEL_SANDBOX) {
+            env.net.detach(&c.id).await;
+        }
         gone_pods.insert(uid.clone());
     }
     for uid in gone_pods {
+        env.net.release(&uid);
         let _ = std::fs::remove_dir_all(env.pods_dir.join(uid));
     }
 }

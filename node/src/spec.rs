@@ -14,6 +14,8 @@ pub const SANDBOX: &str = "POD";
 pub const LABEL_ATTEMPT: &str = "capstan.dev/attempt";
 /// Container label: marks the pod's sandbox.
 pub const LABEL_SANDBOX: &str = "capstan.dev/sandbox";
+/// Sandbox label: the pod's address (the Engine does not know it: the agent connects the sandbox).
+pub const LABEL_POD_IP: &str = "capstan.dev/pod-ip";
 
 /// What the node tells every pod: its own name, the cluster DNS, where volumes live.
 #[derive(Clone, Debug)]
@@ -110,12 +112,14 @@ fn quantity(v: &Value, scale: f64) -> Option<i64> {
     Some((n * mult * scale) as i64)
 }
 
-/// The sandbox container: it holds the pod's network namespace, hostname and DNS settings.
-pub fn sandbox(pod: &Value, ctx: &NodeContext) -> ContainerConfig {
+/// The sandbox container: it holds the pod's network namespace (made without a network: the
+/// agent connects it with address `ip`), hostname, hosts file and DNS settings.
+pub fn sandbox(pod: &Value, ctx: &NodeContext, ip: std::net::Ipv4Addr) -> ContainerConfig {
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let mut labels = labels(pod, &ctx.node, SANDBOX, "", 0);
     labels.insert(LABEL_SANDBOX.to_owned(), "true".to_owned());
+    labels.insert(LABEL_POD_IP.to_owned(), ip.to_string());
     let dns_policy = pod["spec"]["dnsPolicy"].as_str().unwrap_or("ClusterFirst");
     let (dns, search, options) = if dns_policy == "Default" {
         (Vec::new(), Vec::new(), Vec::new())
@@ -127,14 +131,14 @@ pub fn sandbox(pod: &Value, ctx: &NodeContext) -> ContainerConfig {
             vec!["ndots:5".to_owned()],
         )
     };
-    let hostname = pod["spec"]["hostname"].as_str().unwrap_or(name);
+    let hostname: String = pod["spec"]["hostname"].as_str().unwrap_or(name).chars().take(63).collect();
     ContainerConfig {
         name: container_name(pod, SANDBOX, 0),
         image: ctx.pause_image.clone(),
         cmd: Some(vec!["pause".into()]),
         labels,
-        network: Some(NetworkMode::Network(ctx.network.clone())),
-        hostname: Some(hostname.chars().take(63).collect()),
+        network: Some(NetworkMode::Isolated),
+        hostname: Some(hostname.clone()),
         dns,
         dns_search: search,
         dns_options: options,
@@ -150,6 +154,8 @@ pub fn sandbox(pod: &Value, ctx: &NodeContext) -> ContainerConfig {
                     .into_iter()
                     .map(move |h| format!("{}:{}", h.as_str().unwrap_or_default(), a["ip"].as_str().unwrap_or_default()))
             })
+            // As the kubelet's hosts file: the pod's own name resolves to its address.
+            .chain([format!("{hostname}:{ip}")])
             .collect(),
         ..ContainerConfig::default()
     }
@@ -586,9 +592,12 @@ mod tests {
             resolv_conf(&pod(), &ctx).unwrap(),
             "nameserver 10.96.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
         );
-        let sb = sandbox(&pod(), &ctx);
+        let sb = sandbox(&pod(), &ctx, std::net::Ipv4Addr::new(10, 244, 0, 7));
         assert_eq!(sb.dns, ["10.96.0.10"]);
         assert_eq!(sb.dns_search, ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"]);
         assert_eq!(sb.hostname.as_deref(), Some("web-1"));
+        assert_eq!(sb.network, Some(NetworkMode::Isolated));
+        assert_eq!(sb.extra_hosts, ["web-1:10.244.0.7"]);
+        assert_eq!(sb.labels[LABEL_POD_IP], "10.244.0.7");
     }
 }

@@ -16,8 +16,9 @@ use tokio::time::Instant;
 
 use crate::backoff::{Backoff, Streak};
 use crate::client::ApiClient;
+use crate::podnet::{PodNet, PodNetError};
 use crate::probes::{Probe, ProbeState};
-use crate::spec::{self, LABEL_ATTEMPT, LABEL_SANDBOX, NodeContext, References, SANDBOX};
+use crate::spec::{self, LABEL_ATTEMPT, LABEL_POD_IP, LABEL_SANDBOX, NodeContext, References, SANDBOX};
 use crate::status::{self, ContainerState, ContainerStatus, PodView, Terminated};
 use crate::{references, volumes};
 
@@ -26,6 +27,8 @@ pub struct Env {
     pub runtime: Arc<dyn Runtime>,
     pub api: ApiClient,
     pub ctx: NodeContext,
+    /// Pod addresses and the sandboxes' connection to the node's bridge.
+    pub net: PodNet,
     pub backoff: Backoff,
     pub allow_host_path: bool,
     /// Labels added to every container (the tests' sweep label).
@@ -228,6 +231,9 @@ impl Worker {
             w.frozen = true;
         }
         w.adopt(adopted);
+        if w.terminal {
+            w.env.net.release(&w.uid);
+        }
         w
     }
 
@@ -242,7 +248,11 @@ impl Worker {
             if c.labels.get(LABEL_SANDBOX).is_some_and(|v| v == "true") || name == SANDBOX {
                 if self.sandbox.is_none() {
                     self.sandbox_attempt = attempt(&c);
-                    self.pod_ip = c.ip.clone();
+                    // Given by the agent (the label), or by Docker to a sandbox of an older agent.
+                    self.pod_ip = c.labels.get(LABEL_POD_IP).cloned().or_else(|| c.ip.clone());
+                    if let Some(ip) = &self.pod_ip {
+                        self.env.net.reserve(&self.uid, ip);
+                    }
                     self.sandbox = Some(c);
                 } else {
                     extra.push(c.id);
@@ -431,7 +441,9 @@ impl Worker {
             self.terminal = true;
             if let Some(sb) = &self.sandbox {
                 let _ = self.env.runtime.stop(&sb.id, Duration::ZERO, None).await;
+                self.env.net.detach(&sb.id).await;
             }
+            self.env.net.release(&self.uid);
         }
     }
 
@@ -458,6 +470,7 @@ impl Worker {
                     self.reset_for_new_sandbox().await;
                     if let Some(id) = old {
                         let _ = self.env.runtime.remove(&id).await;
+                        self.env.net.detach(&id).await;
                     }
                     self.sandbox_attempt += 1;
                 }
@@ -476,26 +489,36 @@ impl Worker {
             }
         }
         let env = self.env.clone();
+        let uid = self.uid.clone();
         let made = async {
+            let ip = env.net.assign(&uid).map_err(SandboxError::Network)?;
             env.runtime.ensure_image(&env.ctx.pause_image, PullPolicy::IfNotPresent).await?;
-            let mut config = spec::sandbox(&self.pod, &env.ctx);
+            let mut config = spec::sandbox(&self.pod, &env.ctx, ip);
             config.name = spec::container_name(&self.pod, SANDBOX, self.sandbox_attempt);
             config.labels.insert(LABEL_ATTEMPT.to_owned(), self.sandbox_attempt.to_string());
             config.labels.extend(env.extra_labels.iter().cloned());
-            create_replacing(env.runtime.as_ref(), &config).await
+            let id = create_replacing(env.runtime.as_ref(), &config).await?;
+            Ok::<_, SandboxError>((id, ip))
         };
         let made = match made.await {
-            Ok(id) => {
-                // Starting a sandbox (its network) is the slow part: the containers that do not
-                // need its address are made meanwhile, and only started once it runs.
+            Ok((id, ip)) => {
+                // Starting a sandbox is the slow part: the containers that do not need its
+                // address are made meanwhile, and only started once it is connected.
                 let (started, ()) = tokio::join!(env.runtime.start(&id), self.make_early(&id, now, next));
-                match started {
-                    Ok(()) => {
-                        hairpin(&capstan_containers::bridge_name(&env.ctx.network));
-                        env.runtime.inspect(&id).await
-                    }
-                    Err(e) => Err(e),
+                let connected = async {
+                    started?;
+                    let mut info = env.runtime.inspect(&id).await?;
+                    let pid = info.pid.ok_or(SandboxError::Network(PodNetError::NotRunning))?;
+                    env.net.attach(pid, &id, ip).await.map_err(SandboxError::Network)?;
+                    info.ip = Some(ip.to_string());
+                    Ok(info)
+                };
+                let connected = connected.await;
+                if connected.is_err() {
+                    // Of no use unconnected; the next attempt makes a new one.
+                    let _ = env.runtime.remove(&id).await;
                 }
+                connected
             }
             Err(e) => Err(e),
         };
@@ -1071,8 +1094,12 @@ impl Worker {
         if let Ok(all) = self.env.runtime.list(&labels).await {
             for c in all {
                 let _ = self.env.runtime.remove(&c.id).await;
+                if c.labels.contains_key(LABEL_SANDBOX) {
+                    self.env.net.detach(&c.id).await;
+                }
             }
         }
+        self.env.net.release(&self.uid);
         let _ = std::fs::remove_dir_all(self.env.pods_dir.join(&self.uid));
         if !self.gone {
             let path = crate::client::path("pods", self.namespace(), &name);
@@ -1183,9 +1210,6 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// Lets a pod reach itself through its own Service: the proxy sends such a connection back out of
-/// the bridge port it came in on, which a Linux bridge does only in hairpin mode (kubelet's
-/// `hairpin-veth`). Set on every port of the node's bridge, after each new sandbox.
 /// Creates the container; a leftover of the same name (an agent killed mid-way, a start that
 /// failed) is removed first. Asking the Engine only on a clash saves a call per container.
 async fn create_replacing(runtime: &dyn Runtime, config: &capstan_containers::ContainerConfig) -> Result<String, RuntimeError> {
@@ -1198,19 +1222,11 @@ async fn create_replacing(runtime: &dyn Runtime, config: &capstan_containers::Co
     }
 }
 
-fn hairpin(bridge: &str) {
-    let ports = std::path::Path::new("/sys/class/net").join(bridge).join("brif");
-    let Ok(entries) = std::fs::read_dir(&ports) else {
-        tracing::debug!(bridge, "no bridge ports to set to hairpin mode");
-        return;
-    };
-    for port in entries.flatten() {
-        let mode = port.path().join("hairpin_mode");
-        if std::fs::read_to_string(&mode).is_ok_and(|m| m.trim() == "1") {
-            continue;
-        }
-        if let Err(e) = std::fs::write(&mode, "1") {
-            tracing::warn!(port = %port.file_name().to_string_lossy(), error = %e, "setting hairpin mode failed");
-        }
-    }
+/// Why a sandbox could not be made.
+#[derive(Debug, thiserror::Error)]
+enum SandboxError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("setting up the pod network: {0}")]
+    Network(PodNetError),
 }

@@ -102,6 +102,7 @@ impl Docker {
             .and_then(|n| n.networks.as_ref())
             .and_then(|nets| nets.values().find_map(|e| e.ip_address.clone().filter(|ip| !ip.is_empty())));
         let nonzero_time = |t: Option<String>| t.filter(|t| !t.starts_with("0001-"));
+        let pid = state.pid.and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
         ContainerInfo {
             id: r.id.unwrap_or_default(),
             name: r.name.unwrap_or_default().trim_start_matches('/').to_owned(),
@@ -114,6 +115,7 @@ impl Docker {
             finished_at: nonzero_time(state.finished_at),
             image_id: r.image.unwrap_or_default(),
             ip,
+            pid,
         }
     }
 }
@@ -221,6 +223,7 @@ impl Runtime for Docker {
                     }),
                 ),
                 Some(NetworkMode::Container(id)) => (Some(format!("container:{id}")), None),
+                Some(NetworkMode::Isolated) => (Some("none".to_owned()), None),
                 None => (None, None),
             };
             let joins_other = matches!(c.network, Some(NetworkMode::Container(_)));

@@ -69,6 +69,8 @@ pub enum NetworkMode {
     Network(String),
     /// In the network namespace of another container (the pod's sandbox).
     Container(String),
+    /// In a namespace of its own with only loopback, for the caller to connect (Docker's `none`).
+    Isolated,
 }
 
 /// Everything needed to create one container.
@@ -124,6 +126,8 @@ pub struct ContainerInfo {
     pub image_id: String,
     /// The address on its network, for a sandbox.
     pub ip: Option<String>,
+    /// Its main process on the host, while it runs (for its namespaces).
+    pub pid: Option<u32>,
 }
 
 /// Resource usage of a container.

@@ -4,13 +4,15 @@
 //!
 //! [`model`] is the pure core (objects in, virtual services out); [`nft`] renders and applies
 //! them as an nftables table of our own, [`ipvs`] as IPVS virtual servers over generic netlink; [`firewall`] opens Docker's FORWARD policy for the pod
-//! range; [`dns`] answers the cluster's names; [`sync`] is the loop that keeps the kernel in line.
+//! range; [`dns`] answers the cluster's names; [`sync`] is the loop that keeps the kernel in line;
+//! [`rtnl`] speaks route netlink (also for the node agent's pod interfaces).
 
 pub mod dns;
 pub mod firewall;
 pub mod ipvs;
 pub mod model;
 pub mod nft;
+pub mod rtnl;
 pub mod sync;
 
 use std::net::{Ipv4Addr, SocketAddrV4};

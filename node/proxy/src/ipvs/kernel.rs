@@ -278,7 +278,7 @@ impl Ipvs {
 }
 
 /// Walks the netlink messages of one datagram.
-pub(super) fn for_each_message<T>(
+pub(crate) fn for_each_message<T>(
     data: &[u8],
     mut f: impl FnMut(&NetlinkHeader, NetlinkPayload<T>) -> Result<(), KernelError>,
 ) -> Result<(), KernelError>

@@ -6,13 +6,13 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use super::kernel::{KernelError, for_each_message};
+use super::kernel::KernelError;
+use crate::rtnl::Rtnl;
 
 /// The interface the proxy makes for service addresses.
 pub const VIP_INTERFACE: &str = "capstan-ipvs0";
@@ -20,8 +20,7 @@ pub const VIP_INTERFACE: &str = "capstan-ipvs0";
 /// Where the VIPs live.
 #[derive(Debug)]
 pub struct VipLink {
-    socket: Socket,
-    seq: u32,
+    rtnl: Rtnl,
     pub name: String,
     pub index: u32,
 }
@@ -30,12 +29,8 @@ impl VipLink {
     /// Finds or makes `capstan-ipvs0` (up), falling back to `lo` where the kernel refuses dummy
     /// interfaces.
     pub fn open() -> Result<VipLink, KernelError> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
         let mut link = VipLink {
-            socket,
-            seq: 0,
+            rtnl: Rtnl::open()?,
             name: VIP_INTERFACE.into(),
             index: 0,
         };
@@ -63,15 +58,8 @@ impl VipLink {
     }
 
     fn index_of(&mut self, name: &str) -> Result<u32, KernelError> {
-        let mut get = LinkMessage::default();
-        get.attributes = vec![LinkAttribute::IfName(name.into())];
-        let answers = self.request(RouteNetlinkMessage::GetLink(get), 0)?;
-        answers
-            .into_iter()
-            .find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
-                _ => None,
-            })
+        self.rtnl
+            .index_of(name)?
             .ok_or_else(|| KernelError::Decode(format!("no index for interface {name}")))
     }
 
@@ -161,42 +149,7 @@ impl VipLink {
         Ok(())
     }
 
-    /// One request; its answers (for gets and dumps) or an error with the kernel's errno.
     fn request(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut msg = NetlinkMessage::from(message);
-        msg.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        msg.header.sequence_number = seq;
-        msg.finalize();
-        let mut buf = vec![0; msg.buffer_len()];
-        msg.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
-        let mut out = Vec::new();
-        loop {
-            let (data, _) = self.socket.recv_from_full()?;
-            let mut done = None;
-            for_each_message::<RouteNetlinkMessage>(&data, |header, payload| {
-                if header.sequence_number != seq {
-                    return Ok(());
-                }
-                match payload {
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
-                    NetlinkPayload::Done(_) => done = Some(Ok(())),
-                    NetlinkPayload::Error(e) => {
-                        done = Some(match e.code {
-                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                            None => Ok(()),
-                        })
-                    }
-                    _ => {}
-                }
-                Ok(())
-            })
-            .map_err(io::Error::other)?;
-            if let Some(r) = done {
-                return r.map(|()| out);
-            }
-        }
+        self.rtnl.request(message, flags)
     }
 }

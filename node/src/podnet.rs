@@ -1,0 +1,342 @@
+//! The node's pod network: the Engine starts each pod sandbox with no network (loopback only),
+//! and this module connects it — an address from the node's range, kept per pod so that a new
+//! sandbox keeps the pod's IP, and a veth pair from the sandbox's namespace to the node's bridge
+//! (the bridge and its masquerading come with the node's Docker network). Attaching the sandbox
+//! through Docker instead would start Docker's embedded DNS in every sandbox (iptables run inside
+//! each namespace): the slowest part of a pod's start, for a resolver pods do not use.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use capstan_proxy::rtnl::Rtnl;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+/// The pod's interface inside its sandbox.
+pub const POD_INTERFACE: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetError {
+    #[error("the node has no pod range yet")]
+    NoRange,
+    #[error("no free address left in the node's pod range {0}")]
+    Full(String),
+    #[error("the sandbox is not running (no process to find its network namespace by)")]
+    NotRunning,
+    #[error("{step}: {source}{}", if source.raw_os_error() == Some(libc::EPERM) { " (the node agent needs CAP_NET_ADMIN)" } else { "" })]
+    Kernel {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn kernel(step: impl Into<String>) -> impl FnOnce(io::Error) -> PodNetError {
+    let step = step.into();
+    move |source| PodNetError::Kernel { step, source }
+}
+
+/// Addresses of one range, handed out per pod uid. The next address is looked for after the
+/// last one given, so that a freed address is not reused at once (connections to the old pod
+/// may still be on their way).
+#[derive(Debug)]
+pub struct Ipam {
+    cidr: String,
+    network: u32,
+    size: u32,
+    prefix: u8,
+    by_pod: HashMap<String, Ipv4Addr>,
+    owner: HashMap<Ipv4Addr, String>,
+    /// The last address given, as an index of the usable ones (offset 2 is index 0).
+    last: u32,
+}
+
+impl Ipam {
+    /// A range like `10.244.1.0/24`; its first address is the gateway (the bridge).
+    pub fn new(cidr: &str) -> Option<Ipam> {
+        let (ip, prefix) = cidr.split_once('/')?;
+        let ip: Ipv4Addr = ip.parse().ok()?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| (8..=30).contains(p))?;
+        let size = 1u32 << (32 - prefix);
+        Some(Ipam {
+            cidr: cidr.to_owned(),
+            network: u32::from(ip) & !(size - 1),
+            size,
+            prefix,
+            by_pod: HashMap::new(),
+            owner: HashMap::new(),
+            last: size - 4,
+        })
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.network + 1)
+    }
+
+    fn offset(&self, ip: Ipv4Addr) -> Option<u32> {
+        let off = u32::from(ip).wrapping_sub(self.network);
+        (off < self.size).then_some(off)
+    }
+
+    /// Records an address found in use (an adopted sandbox); false when it is outside the range
+    /// or another pod holds it.
+    pub fn reserve(&mut self, uid: &str, ip: Ipv4Addr) -> bool {
+        if self.offset(ip).is_none() || self.owner.get(&ip).is_some_and(|o| o != uid) {
+            return false;
+        }
+        if let Some(old) = self.by_pod.insert(uid.to_owned(), ip) {
+            self.owner.remove(&old);
+        }
+        self.owner.insert(ip, uid.to_owned());
+        true
+    }
+
+    /// The pod's address: the one it has, else the next free one.
+    pub fn assign(&mut self, uid: &str) -> Result<Ipv4Addr, PodNetError> {
+        if let Some(ip) = self.by_pod.get(uid) {
+            return Ok(*ip);
+        }
+        // Offsets 0 (the network), 1 (the gateway) and the last (broadcast) are never given.
+        let usable = self.size - 3;
+        for step in 1..=usable {
+            let index = (self.last + step) % usable;
+            let ip = Ipv4Addr::from(self.network + 2 + index);
+            if !self.owner.contains_key(&ip) {
+                self.last = index;
+                self.reserve(uid, ip);
+                return Ok(ip);
+            }
+        }
+        Err(PodNetError::Full(self.cidr.clone()))
+    }
+
+    pub fn release(&mut self, uid: &str) {
+        if let Some(ip) = self.by_pod.remove(uid) {
+            self.owner.remove(&ip);
+        }
+    }
+}
+
+/// The node's pod network: its bridge and the addresses given out.
+#[derive(Debug)]
+pub struct PodNet {
+    bridge: String,
+    ipam: Mutex<Option<Ipam>>,
+}
+
+impl PodNet {
+    pub fn new(bridge: String) -> PodNet {
+        PodNet {
+            bridge,
+            ipam: Mutex::new(None),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Ipam) -> T) -> Option<T> {
+        self.ipam.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(f)
+    }
+
+    /// Sets the node's range (once it is known, or when it changed: the old addresses went with
+    /// the old network).
+    pub fn set_range(&self, cidr: &str) {
+        let mut ipam = self.ipam.lock().unwrap_or_else(|e| e.into_inner());
+        if ipam.as_ref().is_none_or(|i| i.cidr != cidr) {
+            *ipam = Ipam::new(cidr);
+        }
+    }
+
+    pub fn reserve(&self, uid: &str, ip: &str) {
+        let Ok(ip) = ip.parse() else { return };
+        if self.with(|i| i.reserve(uid, ip)) == Some(false) {
+            tracing::warn!(pod_uid = uid, %ip, "an adopted sandbox holds an address outside the range or taken by another pod");
+        }
+    }
+
+    pub fn assign(&self, uid: &str) -> Result<Ipv4Addr, PodNetError> {
+        self.with(|i| i.assign(uid)).unwrap_or(Err(PodNetError::NoRange))
+    }
+
+    pub fn release(&self, uid: &str) {
+        self.with(|i| i.release(uid));
+    }
+
+    /// Connects the running sandbox (main process `pid`, container `sandbox_id`) to the bridge
+    /// with address `ip`.
+    pub async fn attach(&self, pid: u32, sandbox_id: &str, ip: Ipv4Addr) -> Result<(), PodNetError> {
+        let (prefix, gateway) = self.with(|i| (i.prefix(), i.gateway())).ok_or(PodNetError::NoRange)?;
+        let link = Link {
+            pid,
+            host: host_interface(sandbox_id),
+            bridge: self.bridge.clone(),
+            ip,
+            prefix,
+            gateway,
+        };
+        tokio::task::spawn_blocking(move || link.attach())
+            .await
+            .unwrap_or_else(|e| Err(kernel("the attaching thread")(io::Error::other(e.to_string()))))
+    }
+}
+
+impl PodNet {
+    /// Removes a sandbox's veth pair (both ends go together). The Engine may keep a stopped
+    /// sandbox's namespace (seen after it restarts), and with it an interface answering ARP for
+    /// the pod's address, which a new sandbox of the pod takes.
+    pub async fn detach(&self, sandbox_id: &str) {
+        let name = host_interface(sandbox_id);
+        let removed = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut rtnl = Rtnl::open()?;
+            if let Some(index) = rtnl.index_of(&name)? {
+                let mut del = LinkMessage::default();
+                del.header.index = index;
+                match rtnl.request(RouteNetlinkMessage::DelLink(del), 0) {
+                    Err(e) if e.raw_os_error() != Some(libc::ENODEV) => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!(sandbox = sandbox_id, error = %e, "removing the sandbox's interface failed");
+        }
+    }
+}
+
+/// The host end of a sandbox's veth pair: unique per sandbox, at most 15 characters.
+pub fn host_interface(sandbox_id: &str) -> String {
+    format!("cap{}", &sandbox_id[..sandbox_id.len().min(12)])
+}
+
+/// One sandbox's connection, made with blocking netlink calls.
+struct Link {
+    pid: u32,
+    host: String,
+    bridge: String,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+}
+
+impl Link {
+    fn attach(&self) -> Result<(), PodNetError> {
+        let mut host = Rtnl::open().map_err(kernel("opening a route netlink socket"))?;
+        let bridge = host
+            .index_of(&self.bridge)
+            .map_err(kernel(format!("looking up bridge {}", self.bridge)))?
+            .ok_or_else(|| kernel(format!("looking up bridge {}", self.bridge))(io::Error::from_raw_os_error(libc::ENODEV)))?;
+        // A leftover of an attempt that failed half-way.
+        if let Some(index) = host.index_of(&self.host).map_err(kernel(format!("looking up {}", self.host)))? {
+            let mut del = LinkMessage::default();
+            del.header.index = index;
+            let _ = host.request(RouteNetlinkMessage::DelLink(del), 0);
+        }
+        // The pair is made with its far end already inside the sandbox, named eth0 there, and the
+        // near end on the bridge.
+        let mut peer = LinkMessage::default();
+        peer.attributes = vec![LinkAttribute::IfName(POD_INTERFACE.into()), LinkAttribute::NetNsPid(self.pid)];
+        let mut veth = LinkMessage::default();
+        veth.header.flags = LinkFlags::Up;
+        veth.header.change_mask = LinkFlags::Up;
+        veth.attributes = vec![
+            LinkAttribute::IfName(self.host.clone()),
+            LinkAttribute::Controller(bridge),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+            ]),
+        ];
+        host.request(RouteNetlinkMessage::NewLink(veth), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(kernel(format!("making the veth pair {} on bridge {}", self.host, self.bridge)))?;
+        // A pod reaching itself through its own Service is sent back out of the bridge port it
+        // came in on, which a Linux bridge does only in hairpin mode (kubelet's `hairpin-veth`).
+        let hairpin = PathBuf::from("/sys/class/net").join(&self.host).join("brport/hairpin_mode");
+        if let Err(e) = std::fs::write(&hairpin, "1") {
+            tracing::warn!(interface = %self.host, error = %e, "setting hairpin mode failed");
+        }
+
+        let netns = PathBuf::from(format!("/proc/{}/ns/net", self.pid));
+        let mut pod = Rtnl::open_in(&netns).map_err(kernel("entering the sandbox's network namespace"))?;
+        let eth0 = pod
+            .index_of(POD_INTERFACE)
+            .map_err(kernel("looking up eth0 in the sandbox"))?
+            .ok_or_else(|| kernel("looking up eth0 in the sandbox")(io::Error::from_raw_os_error(libc::ENODEV)))?;
+        let mut address = AddressMessage::default();
+        address.header.family = AddressFamily::Inet;
+        address.header.prefix_len = self.prefix;
+        address.header.index = eth0;
+        address.attributes = vec![
+            AddressAttribute::Local(IpAddr::V4(self.ip)),
+            AddressAttribute::Address(IpAddr::V4(self.ip)),
+            AddressAttribute::Broadcast(Ipv4Addr::from(u32::from(self.ip) | (u32::MAX >> self.prefix))),
+        ];
+        pod.request(RouteNetlinkMessage::NewAddress(address), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(kernel(format!("giving the sandbox address {}/{}", self.ip, self.prefix)))?;
+        let mut up = LinkMessage::default();
+        up.header.index = eth0;
+        up.header.flags = LinkFlags::Up;
+        up.header.change_mask = LinkFlags::Up;
+        pod.request(RouteNetlinkMessage::SetLink(up), 0)
+            .map_err(kernel("setting eth0 up in the sandbox"))?;
+        let mut route = RouteMessage::default();
+        route.header.address_family = AddressFamily::Inet;
+        route.header.table = RouteHeader::RT_TABLE_MAIN;
+        route.header.protocol = RouteProtocol::Boot;
+        route.header.scope = RouteScope::Universe;
+        route.header.kind = RouteType::Unicast;
+        route.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(self.gateway)), RouteAttribute::Oif(eth0)];
+        pod.request(RouteNetlinkMessage::NewRoute(route), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(kernel(format!("adding the sandbox's default route via {}", self.gateway)))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_skip_network_gateway_and_broadcast_and_are_not_reused_at_once() {
+        let mut ipam = Ipam::new("10.244.3.0/29").unwrap();
+        assert_eq!(ipam.gateway(), Ipv4Addr::new(10, 244, 3, 1));
+        let got: Vec<Ipv4Addr> = ["a", "b", "c", "d", "e"].iter().map(|u| ipam.assign(u).unwrap()).collect();
+        assert_eq!(got, (2..=6).map(|i| Ipv4Addr::new(10, 244, 3, i)).collect::<Vec<_>>());
+        assert!(matches!(ipam.assign("f"), Err(PodNetError::Full(_))));
+        // The same pod keeps its address.
+        assert_eq!(ipam.assign("c").unwrap(), Ipv4Addr::new(10, 244, 3, 4));
+        ipam.release("b");
+        ipam.release("d");
+        // The search goes on after the last address given: .3 before .5, then nothing.
+        assert_eq!(ipam.assign("g").unwrap(), Ipv4Addr::new(10, 244, 3, 3));
+        assert_eq!(ipam.assign("h").unwrap(), Ipv4Addr::new(10, 244, 3, 5));
+        assert!(ipam.assign("i").is_err());
+    }
+
+    #[test]
+    fn adopted_addresses_are_kept_and_conflicts_refused() {
+        let mut ipam = Ipam::new("10.244.0.0/24").unwrap();
+        assert!(ipam.reserve("old", Ipv4Addr::new(10, 244, 0, 2)));
+        assert!(!ipam.reserve("other", Ipv4Addr::new(10, 244, 0, 2)));
+        assert!(!ipam.reserve("outside", Ipv4Addr::new(10, 245, 0, 2)));
+        assert_eq!(ipam.assign("old").unwrap(), Ipv4Addr::new(10, 244, 0, 2));
+        assert_eq!(ipam.assign("new").unwrap(), Ipv4Addr::new(10, 244, 0, 3));
+        assert!(Ipam::new("10.0.0.0/31").is_none());
+        assert!(Ipam::new("nonsense").is_none());
+    }
+
+    #[test]
+    fn host_interfaces_fit_a_linux_name() {
+        assert_eq!(host_interface("0123456789abcdef0123"), "cap0123456789ab");
+        assert!(host_interface("0123456789abcdef").len() <= 15);
+    }
+}
