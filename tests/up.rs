@@ -39,7 +39,7 @@ impl Up {
                 "--data-dir",
                 path_str(data),
                 "--listen",
-                "127.0.0.1:0",
+                "0.0.0.0:0",
                 "--node-listen",
                 "0.0.0.0:0",
             ])
@@ -314,6 +314,32 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
     let served: std::collections::BTreeSet<&str> = answers.lines().filter_map(|l| l.split("served by ").nth(1)).collect();
     // All three, the asking pod included (hairpin through the bridge).
     assert_eq!(served.len(), 3, "30 requests reach every frontend: {served:?}\n{answers}");
+    // The API from a pod, as in-cluster clients find it: the `kubernetes` Service's address and
+    // port from the environment, through the proxy, to the API server on the host's address.
+    let env = run_ok(Command::new("docker").args(["inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", container]));
+    let var = |name: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} missing from the pod's environment:\n{env}"))
+            .to_owned()
+    };
+    let api = format!("{}:{}", var("KUBERNETES_SERVICE_HOST"), var("KUBERNETES_SERVICE_PORT"));
+    assert_eq!(api, "10.96.0.1:443");
+    let endpoint = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "endpoints",
+            "kubernetes",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.subsets[0].addresses[0].ip}",
+        ],
+    );
+    assert_eq!(endpoint, node_ip, "the API is advertised at the host's address, which pods reach");
+    let connected = run_ok(Command::new("docker").args(["exec", container, "/capstan-testapp", "connect", &api]));
+    assert!(connected.contains("connected to 10.96.0.1:443"), "{connected}");
     // An address in the service range that no service has is rejected, not routed out.
     let stray = http("10.96.255.254:80", "GET", "/", "");
     assert!(

@@ -115,6 +115,7 @@ pub struct Daemon {
     pub ca: Arc<Ca>,
     /// The address the API server actually listens on.
     pub api_addr: SocketAddr,
+    url: String,
     pub kubeconfig: PathBuf,
     pub node_token: PathBuf,
     pub sync_status: watch::Receiver<SyncStatus>,
@@ -157,7 +158,12 @@ impl Daemon {
             addr: config.listen,
             source,
         })?;
-        let advertise = config.advertise.unwrap_or(api_addr.ip());
+        // Listening on every interface: clients, and pods through the `kubernetes` Service, reach
+        // the API at the host's own address.
+        let advertise = config.advertise.unwrap_or(match api_addr.ip() {
+            ip if ip.is_unspecified() => capstan_runtime::https::default_ip(),
+            ip => ip,
+        });
         let serving = ca.apiserver_cert(advertise, IpAddr::from([10, 96, 0, 1]))?;
         let tls = pki::server_config(&serving)?;
         let server_url = format!("https://{}:{}", advertise, api_addr.port());
@@ -297,6 +303,7 @@ impl Daemon {
             auth,
             ca,
             api_addr,
+            url: server_url,
             kubeconfig,
             node_token,
             sync_status,
@@ -308,8 +315,9 @@ impl Daemon {
     }
 
     /// The API server's URL.
+    /// The API server's URL at its advertised address (what kubeconfigs and nodes use).
     pub fn url(&self) -> String {
-        format!("https://{}", self.api_addr)
+        self.url.clone()
     }
 
     /// Waits until the sync has applied a commit for which `done` holds (bounded by `timeout`).

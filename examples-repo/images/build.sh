@@ -20,6 +20,12 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 have() { [[ $force == false ]] && docker image inspect "$1" >/dev/null 2>&1; }
+# The test program's images carry the hash of its source: a changed program is built again.
+app_source=$(cat "$src/tests/app/Cargo.toml" "$src"/tests/app/src/*.rs | sha256sum | cut -c1-16)
+have_app() {
+    [[ $force == false ]] &&
+        [[ "$(docker image inspect -f '{{index .Config.Labels "dev.capstan.source"}}' "$1" 2>/dev/null)" == "$app_source" ]]
+}
 
 build_scratch() { # tag context-dir
     docker build -q -t "$1" "$2" >/dev/null 2>"$work/build.log" || { cat "$work/build.log" >&2; exit 1; }
@@ -27,7 +33,7 @@ build_scratch() { # tag context-dir
 }
 
 # The static test program.
-if ! (have capstan.local/guestbook:1 && have capstan.local/guestbook:2 && have capstan.local/testapp:latest && have capstan.local/pause:3); then
+if ! (have_app capstan.local/guestbook:1 && have_app capstan.local/guestbook:2 && have_app capstan.local/testapp:latest && have_app capstan.local/pause:3); then
     target_dir="${CARGO_TARGET_DIR:-$src/target}"
     # +crt-static with an explicit --target applies to the program only, not to build scripts.
     (cd "$src" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
@@ -37,11 +43,11 @@ if ! (have capstan.local/guestbook:1 && have capstan.local/guestbook:2 && have c
     cp "$bin" "$work/app/capstan-testapp"
     for spec in "guestbook:1 1 guestbook" "guestbook:2 2 guestbook" "testapp:latest test serve" "pause:3 pause pause"; do
         read -r tag version mode <<<"$spec"
-        have "capstan.local/$tag" && continue
+        have_app "capstan.local/$tag" && continue
         cat >"$work/app/Dockerfile" <<DOCKERFILE
 FROM scratch
 COPY capstan-testapp /capstan-testapp
-LABEL dev.capstan.version="$version"
+LABEL dev.capstan.version="$version" dev.capstan.source="$app_source"
 ENTRYPOINT ["/capstan-testapp"]
 CMD ["$mode"]
 DOCKERFILE

@@ -124,16 +124,7 @@ pub enum NodeError {
     Proxy(#[from] capstan_proxy::ProxyError),
 }
 
-/// The host's address on its default route (no packet is sent), else loopback.
-pub fn default_ip() -> IpAddr {
-    let probe = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect("10.255.255.255:9").map(|_| s))
-        .and_then(|s| s.local_addr());
-    match probe {
-        Ok(a) if !a.ip().is_unspecified() => a.ip(),
-        _ => IpAddr::from([127, 0, 0, 1]),
-    }
-}
+pub use capstan_runtime::https::default_ip;
 
 /// A running agent.
 pub struct Agent {

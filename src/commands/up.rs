@@ -36,8 +36,9 @@ pub struct Args {
     /// Default: ~/.capstan.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Where the API server listens.
-    #[arg(long, default_value = "127.0.0.1:6443")]
+    /// Where the API server listens. On every interface by default, so that pods reach it
+    /// through the `kubernetes` Service at the host's address (TLS and tokens guard it).
+    #[arg(long, default_value = "0.0.0.0:6443")]
     pub listen: String,
     /// The pod range, split into a /24 per node.
     #[arg(long, default_value = "10.244.0.0/16")]

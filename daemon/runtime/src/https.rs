@@ -12,6 +12,18 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+/// The host's address on its default route (no packet is sent), else loopback: where a server
+/// listening on every interface is reached from elsewhere.
+pub fn default_ip() -> std::net::IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("10.255.255.255:9").map(|_| s))
+        .and_then(|s| s.local_addr());
+    match probe {
+        Ok(a) if !a.ip().is_unspecified() => a.ip(),
+        _ => std::net::IpAddr::from([127, 0, 0, 1]),
+    }
+}
+
 /// Serves `router` over TLS on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router: Router, shutdown: CancellationToken) {
     let acceptor = TlsAcceptor::from(tls);

@@ -5,6 +5,7 @@
 //!   environment and file dump, and a configurable exit, for node-agent and proxy tests;
 //! - `guestbook`: the example's frontend, keeping entries in redis;
 //! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf;
+//! - `connect ADDRESS:PORT`: whether a TCP connection is accepted (the API from a pod);
 //! - `pause`: the pod sandbox, which only holds the network namespace;
 //! - `exit CODE [SECONDS]` and `sleep SECONDS`.
 //!
@@ -37,6 +38,7 @@ fn main() {
         "serve" => serve(),
         "guestbook" => guestbook(),
         "get" => get(&args[1..]),
+        "connect" => connect(&args[1..]),
         "pause" => pause(),
         "exit" => {
             let code = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1);
@@ -51,7 +53,7 @@ fn main() {
             std::thread::sleep(Duration::from_secs_f64(s));
         }
         other => {
-            eprintln!("unknown mode {other:?}: serve, guestbook, get URL, pause, exit CODE [SECONDS], sleep SECONDS");
+            eprintln!("unknown mode {other:?}: serve, guestbook, get URL, connect ADDRESS:PORT, pause, exit CODE [SECONDS], sleep SECONDS");
             exit(2);
         }
     }
@@ -210,6 +212,21 @@ fn guestbook() {
         },
         _ => (404, "not found\n".into()),
     });
+}
+
+/// Opens a TCP connection to ADDRESS:PORT (a numeric address) and says whether it was accepted.
+fn connect(args: &[String]) {
+    let Some(addr) = args.first().and_then(|a| a.parse::<std::net::SocketAddr>().ok()) else {
+        eprintln!("usage: connect ADDRESS:PORT");
+        exit(2);
+    };
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(_) => println!("connected to {addr}"),
+        Err(e) => {
+            eprintln!("connect {addr}: {e}");
+            exit(1);
+        }
+    }
 }
 
 fn get(args: &[String]) {
