@@ -4,10 +4,12 @@
 //! named port (pointing at the service's own name), other names in the cluster domain are
 //! NXDOMAIN; names outside it go to the host's resolver (the first `nameserver` of
 //! /etc/resolv.conf, as CoreDNS's default `forward . /etc/resolv.conf`), or are REFUSED where
-//! there is none. Pods reach it at the `kube-dns` ClusterIP, which the proxy points here.
+//! there is none. Pods reach it at the `kube-dns` ClusterIP, which the proxy points here; it
+//! answers only pods (the pod range) and this host (its own address), so that the host's address
+//! is no open resolver for its network.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
@@ -224,15 +226,51 @@ pub struct Server {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
     upstream: Option<SocketAddr>,
+    clients: Clients,
+}
+
+/// Who may ask: the server's own address (this host) and, if set, one range (the pods').
+#[derive(Clone, Copy, Debug)]
+struct Clients {
+    own: IpAddr,
+    range: Option<(Ipv4Addr, u8)>,
+}
+
+impl Clients {
+    fn allows(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        ip == self.own
+            || matches!((ip, self.range), (IpAddr::V4(v4), Some((net, bits)))
+                if bits == 0 || (u32::from(v4) ^ u32::from(net)) >> (32 - u32::from(bits.min(32))) == 0)
+    }
 }
 
 impl Server {
+    /// Binds `addr`; only this address itself may ask until [`Server::answering`] adds a range.
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Server> {
         Ok(Server {
             udp: Arc::new(UdpSocket::bind(addr).await?),
             tcp: TcpListener::bind(addr).await?,
             upstream: None,
+            clients: Clients {
+                own: addr.ip(),
+                range: None,
+            },
         })
+    }
+
+    /// Also answers clients in `range` (the pods).
+    pub fn answering(self, range: (Ipv4Addr, u8)) -> Server {
+        Server {
+            clients: Clients {
+                range: Some(range),
+                ..self.clients
+            },
+            ..self
+        }
     }
 
     /// Names outside the cluster go to `upstream` (none: they are refused).
@@ -245,7 +283,7 @@ impl Server {
         if let Ok(addr) = self.tcp.local_addr() {
             tracing::info!("cluster DNS on {addr} (udp, tcp)");
         }
-        let upstream = self.upstream;
+        let (upstream, clients) = (self.upstream, self.clients);
         if let Some(up) = upstream {
             tracing::info!("cluster DNS: names outside the cluster go to {up}");
         }
@@ -257,6 +295,9 @@ impl Server {
                     _ = udp_cancel.cancelled() => return,
                     r = udp.recv_from(&mut buf) => match r { Ok(r) => r, Err(_) => continue },
                 };
+                if !clients.allows(from.ip()) {
+                    continue;
+                }
                 // Each query on its own task: an upstream answer may take a while.
                 let (udp, records, query) = (udp.clone(), udp_records.clone(), buf[..n].to_vec());
                 tokio::spawn(async move {
@@ -267,10 +308,13 @@ impl Server {
             }
         });
         loop {
-            let (mut stream, _) = tokio::select! {
+            let (mut stream, from) = tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = self.tcp.accept() => match r { Ok(r) => r, Err(_) => continue },
             };
+            if !clients.allows(from.ip()) {
+                continue;
+            }
             let records = records.clone();
             tokio::spawn(async move {
                 // Length-prefixed messages, as many as the client sends.
@@ -415,7 +459,8 @@ mod tests {
         let server = Server::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap()
-            .forwarding_to(Some(upstream));
+            .forwarding_to(Some(upstream))
+            .answering((Ipv4Addr::new(10, 244, 0, 0), 16));
         let addr = server.udp.local_addr().unwrap();
         let records = Arc::new(RwLock::new(fixture()));
         tokio::spawn(server.serve(records, CancellationToken::new()));
@@ -437,6 +482,11 @@ mod tests {
         let n = client.recv(&mut buf).await.unwrap();
         let reply = Message::from_vec(&buf[..n]).unwrap();
         assert_eq!(reply.answers[0].data, RData::A(A::new(10, 96, 0, 44)), "{reply:?}");
+        // Another address (here another loopback one) is neither this host's own nor a pod's.
+        let stranger = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        stranger.send_to(&ask("redis.guestbook.svc.cluster.local.", 4), addr).await.unwrap();
+        let unanswered = timeout(Duration::from_millis(300), stranger.recv(&mut buf)).await;
+        assert!(unanswered.is_err(), "a client outside the pod range is not answered");
         // An upstream that does not answer: SERVFAIL, not silence.
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let bytes = ask("example.net.", 3);

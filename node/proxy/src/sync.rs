@@ -75,7 +75,8 @@ impl Proxy {
             let server = dns::Server::bind(addr.into())
                 .await
                 .map_err(|source| ProxyError::Dns { addr, source })?
-                .forwarding_to(upstream);
+                .forwarding_to(upstream)
+                .answering(config.pod_cidr);
             dns_task = Some(tokio::spawn(server.serve(records.clone(), cancel.clone())));
         }
         let (applied_tx, applied) = watch::channel(0u64);
