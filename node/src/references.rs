@@ -106,14 +106,17 @@ pub async fn fetch(api: &ApiClient, pod: &Value) -> Result<References, ApiError>
             Err(e) => return Err(e),
         }
     }
-    if pod["spec"]["enableServiceLinks"] != false {
+    let links = pod["spec"]["enableServiceLinks"] != false;
+    if links {
         let list = api.get(&format!("/api/v1/namespaces/{ns}/services")).await?.unwrap_or_default();
         refs.services = list["items"].as_array().into_iter().flatten().map(service_entry).collect();
-        if ns != "default"
-            && let Some(k) = api.get("/api/v1/namespaces/default/services/kubernetes").await?
-        {
-            refs.services.push(service_entry(&k));
-        }
+    }
+    // The API's own Service is in every pod's environment, links or not (in-cluster clients
+    // find the API by it).
+    if (ns != "default" || !links)
+        && let Some(k) = api.get("/api/v1/namespaces/default/services/kubernetes").await?
+    {
+        refs.services.push(service_entry(&k));
     }
     if wants_token(pod) {
         let sa = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default");

@@ -331,6 +331,10 @@ pub fn environment(pod: &Value, container: &Value, refs: &References) -> Result<
     let mut env: Vec<(String, String)> = Vec::new();
     if pod["spec"]["enableServiceLinks"] != false {
         env.extend(service_env(&refs.services));
+    } else {
+        // The API's own Service stays, as the kubelet keeps it.
+        let api: Vec<_> = refs.services.iter().filter(|s| s.0 == "kubernetes").cloned().collect();
+        env.extend(service_env(&api));
     }
     for from in container["envFrom"].as_array().into_iter().flatten() {
         let prefix = from["prefix"].as_str().unwrap_or_default();
@@ -546,6 +550,17 @@ mod tests {
                     {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
                     {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                     {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]});
+        let mut no_links = pod();
+        no_links["spec"]["enableServiceLinks"] = json!(false);
+        let mut with_api = refs.clone();
+        with_api.services.push((
+            "kubernetes".to_owned(),
+            "10.96.0.1".to_owned(),
+            vec![("https".to_owned(), 443, "TCP".to_owned())],
+        ));
+        let env = environment(&no_links, &json!({"name": "web"}), &with_api).unwrap();
+        assert!(env.contains(&"KUBERNETES_SERVICE_HOST=10.96.0.1".to_owned()), "{env:?}");
+        assert!(!env.iter().any(|e| e.starts_with("REDIS_MAIN_")), "{env:?}");
         let env = environment(&pod(), &c, &refs).unwrap();
         for want in [
             "REDIS_MAIN_SERVICE_HOST=10.96.0.12",
