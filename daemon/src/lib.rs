@@ -314,7 +314,6 @@ impl Daemon {
         })
     }
 
-    /// The API server's URL.
     /// The API server's URL at its advertised address (what kubeconfigs and nodes use).
     pub fn url(&self) -> String {
         self.url.clone()

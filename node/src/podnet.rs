@@ -186,30 +186,37 @@ impl PodNet {
             .await
             .unwrap_or_else(|e| Err(kernel("the attaching thread")(io::Error::other(e.to_string()))))
     }
-}
 
-impl PodNet {
     /// Removes a sandbox's veth pair (both ends go together). The Engine may keep a stopped
     /// sandbox's namespace (seen after it restarts), and with it an interface answering ARP for
     /// the pod's address, which a new sandbox of the pod takes.
     pub async fn detach(&self, sandbox_id: &str) {
         let name = host_interface(sandbox_id);
-        let removed = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let mut rtnl = Rtnl::open()?;
-            if let Some(index) = rtnl.index_of(&name)? {
-                let mut del = LinkMessage::default();
-                del.header.index = index;
-                match rtnl.request(RouteNetlinkMessage::DelLink(del), 0) {
-                    Err(e) if e.raw_os_error() != Some(libc::ENODEV) => return Err(e),
-                    _ => {}
-                }
-            }
-            Ok(())
-        })
-        .await;
+        let removed = tokio::task::spawn_blocking(move || delete_link(&mut Rtnl::open()?, &name)).await;
         if let Ok(Err(e)) = removed {
             tracing::warn!(sandbox = sandbox_id, error = %e, "removing the sandbox's interface failed");
         }
+    }
+}
+
+/// Deletes interface `name` if there is one.
+fn delete_link(rtnl: &mut Rtnl, name: &str) -> io::Result<()> {
+    let Some(index) = rtnl.index_of(name)? else { return Ok(()) };
+    let mut del = LinkMessage::default();
+    del.header.index = index;
+    match rtnl.request(RouteNetlinkMessage::DelLink(del), 0) {
+        Err(e) if e.raw_os_error() != Some(libc::ENODEV) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The index of interface `name`, which must exist (`what` names it in the error).
+fn index_of(rtnl: &mut Rtnl, name: &str, what: &str) -> Result<u32, PodNetError> {
+    let step = format!("looking up {what}");
+    match rtnl.index_of(name) {
+        Ok(Some(index)) => Ok(index),
+        Ok(None) => Err(kernel(step)(io::Error::from_raw_os_error(libc::ENODEV))),
+        Err(e) => Err(kernel(step)(e)),
     }
 }
 
@@ -231,16 +238,9 @@ struct Link {
 impl Link {
     fn attach(&self) -> Result<(), PodNetError> {
         let mut host = Rtnl::open().map_err(kernel("opening a route netlink socket"))?;
-        let bridge = host
-            .index_of(&self.bridge)
-            .map_err(kernel(format!("looking up bridge {}", self.bridge)))?
-            .ok_or_else(|| kernel(format!("looking up bridge {}", self.bridge))(io::Error::from_raw_os_error(libc::ENODEV)))?;
+        let bridge = index_of(&mut host, &self.bridge, &format!("bridge {}", self.bridge))?;
         // A leftover of an attempt that failed half-way.
-        if let Some(index) = host.index_of(&self.host).map_err(kernel(format!("looking up {}", self.host)))? {
-            let mut del = LinkMessage::default();
-            del.header.index = index;
-            let _ = host.request(RouteNetlinkMessage::DelLink(del), 0);
-        }
+        delete_link(&mut host, &self.host).map_err(kernel(format!("removing the leftover {}", self.host)))?;
         // The pair is made with its far end already inside the sandbox, named eth0 there, and the
         // near end on the bridge.
         let mut peer = LinkMessage::default();
@@ -267,10 +267,7 @@ impl Link {
 
         let netns = PathBuf::from(format!("/proc/{}/ns/net", self.pid));
         let mut pod = Rtnl::open_in(&netns).map_err(kernel("entering the sandbox's network namespace"))?;
-        let eth0 = pod
-            .index_of(POD_INTERFACE)
-            .map_err(kernel("looking up eth0 in the sandbox"))?
-            .ok_or_else(|| kernel("looking up eth0 in the sandbox")(io::Error::from_raw_os_error(libc::ENODEV)))?;
+        let eth0 = index_of(&mut pod, POD_INTERFACE, "eth0 in the sandbox")?;
         let mut address = AddressMessage::default();
         address.header.family = AddressFamily::Inet;
         address.header.prefix_len = self.prefix;

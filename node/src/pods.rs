@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::spec::{LABEL_POD_IP, LABEL_SANDBOX};
+use crate::spec;
 use crate::worker::{Env, Input, Worker};
 
 /// The node's Docker network name.
@@ -114,7 +114,7 @@ pub async fn run(env: Arc<Env>, stop: CancellationToken) {
     let existing = env.runtime.list(&[(LABEL_NODE, env.ctx.node.as_str())]).await.ok();
     // Their sandboxes' addresses are taken before any new pod is given one.
     for c in existing.iter().flatten() {
-        if let (Some(uid), Some(ip)) = (c.labels.get(LABEL_POD_UID), c.labels.get(LABEL_POD_IP).or(c.ip.as_ref())) {
+        if let (Some(uid), Some(ip)) = (c.labels.get(LABEL_POD_UID), spec::sandbox_ip(c)) {
             env.net.reserve(uid, ip);
         }
     }
@@ -222,10 +222,7 @@ async fn remove_orphans(env: &Env, workers: &HashMap<String, mpsc::UnboundedSend
         }
         tracing::info!(container = %c.name, "removing a container of a pod no longer bound to this node");
         let _ = env.runtime.stop(&c.id, Duration::from_secs(2), None).await;
-        let _ = env.runtime.remove(&c.id).await;
-        if c.labels.contains_key(LABEL_SANDBOX) {
-            env.net.detach(&c.id).await;
-        }
+        env.remove_container(&c.id, spec::is_sandbox(&c)).await;
         gone_pods.insert(uid.clone());
     }
     for uid in gone_pods {

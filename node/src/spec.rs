@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use capstan_api::meta::{LABEL_COMMIT, LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_NODE, LABEL_POD, LABEL_POD_UID, LABEL_SPEC_HASH};
-use capstan_containers::{ContainerConfig, NetworkMode};
+use capstan_containers::{ContainerConfig, ContainerInfo, NetworkMode};
 use serde_json::{Value, json};
 
 /// The name of the sandbox in container labels.
@@ -16,6 +16,17 @@ pub const LABEL_ATTEMPT: &str = "capstan.dev/attempt";
 pub const LABEL_SANDBOX: &str = "capstan.dev/sandbox";
 /// Sandbox label: the pod's address (the Engine does not know it: the agent connects the sandbox).
 pub const LABEL_POD_IP: &str = "capstan.dev/pod-ip";
+
+/// Whether a container is a pod's sandbox.
+pub fn is_sandbox(c: &ContainerInfo) -> bool {
+    c.labels.get(LABEL_SANDBOX).is_some_and(|v| v == "true") || c.labels.get(LABEL_CONTAINER).is_some_and(|n| n == SANDBOX)
+}
+
+/// A sandbox's pod address: given by the agent (the label), or by Docker to a sandbox of an
+/// older agent.
+pub fn sandbox_ip(c: &ContainerInfo) -> Option<&String> {
+    is_sandbox(c).then(|| c.labels.get(LABEL_POD_IP).or(c.ip.as_ref())).flatten()
+}
 
 /// What the node tells every pod: its own name, the cluster DNS, where volumes live.
 #[derive(Clone, Debug)]

@@ -18,7 +18,7 @@ use crate::backoff::{Backoff, Streak};
 use crate::client::ApiClient;
 use crate::podnet::{PodNet, PodNetError};
 use crate::probes::{Probe, ProbeState};
-use crate::spec::{self, LABEL_ATTEMPT, LABEL_POD_IP, LABEL_SANDBOX, NodeContext, References, SANDBOX};
+use crate::spec::{self, LABEL_ATTEMPT, NodeContext, References, SANDBOX};
 use crate::status::{self, ContainerState, ContainerStatus, PodView, Terminated};
 use crate::{references, volumes};
 
@@ -35,6 +35,16 @@ pub struct Env {
     pub extra_labels: Vec<(String, String)>,
     /// Where pod directories (volumes) live.
     pub pods_dir: PathBuf,
+}
+
+impl Env {
+    /// Removes a container; a sandbox's veth pair goes with it (see [`PodNet::detach`]).
+    pub async fn remove_container(&self, id: &str, sandbox: bool) {
+        let _ = self.runtime.remove(id).await;
+        if sandbox {
+            self.net.detach(id).await;
+        }
+    }
 }
 
 /// Messages to a worker.
@@ -245,22 +255,21 @@ impl Worker {
         let mut extra = Vec::new();
         for c in found {
             let name = c.labels.get(LABEL_CONTAINER).cloned().unwrap_or_default();
-            if c.labels.get(LABEL_SANDBOX).is_some_and(|v| v == "true") || name == SANDBOX {
+            if spec::is_sandbox(&c) {
                 if self.sandbox.is_none() {
                     self.sandbox_attempt = attempt(&c);
-                    // Given by the agent (the label), or by Docker to a sandbox of an older agent.
-                    self.pod_ip = c.labels.get(LABEL_POD_IP).cloned().or_else(|| c.ip.clone());
+                    self.pod_ip = spec::sandbox_ip(&c).cloned();
                     if let Some(ip) = &self.pod_ip {
                         self.env.net.reserve(&self.uid, ip);
                     }
                     self.sandbox = Some(c);
                 } else {
-                    extra.push(c.id);
+                    extra.push((c.id, true));
                 }
                 continue;
             }
             let Some(slot) = self.slots.iter_mut().find(|s| s.name == name) else {
-                extra.push(c.id);
+                extra.push((c.id, false));
                 continue;
             };
             if slot.current.is_none() && !slot.made {
@@ -285,14 +294,14 @@ impl Worker {
                 }
                 slot.previous = Some(c.id);
             } else {
-                extra.push(c.id);
+                extra.push((c.id, false));
             }
         }
         if !extra.is_empty() {
-            let runtime = self.env.runtime.clone();
+            let env = self.env.clone();
             tokio::spawn(async move {
-                for id in extra {
-                    let _ = runtime.remove(&id).await;
+                for (id, sandbox) in extra {
+                    env.remove_container(&id, sandbox).await;
                 }
             });
         }
@@ -469,8 +478,7 @@ impl Worker {
                     let old = self.sandbox.take().map(|s| s.id);
                     self.reset_for_new_sandbox().await;
                     if let Some(id) = old {
-                        let _ = self.env.runtime.remove(&id).await;
-                        self.env.net.detach(&id).await;
+                        self.env.remove_container(&id, true).await;
                     }
                     self.sandbox_attempt += 1;
                 }
@@ -489,9 +497,8 @@ impl Worker {
             }
         }
         let env = self.env.clone();
-        let uid = self.uid.clone();
         let made = async {
-            let ip = env.net.assign(&uid).map_err(SandboxError::Network)?;
+            let ip = env.net.assign(&self.uid).map_err(SandboxError::Network)?;
             env.runtime.ensure_image(&env.ctx.pause_image, PullPolicy::IfNotPresent).await?;
             let mut config = spec::sandbox(&self.pod, &env.ctx, ip);
             config.name = spec::container_name(&self.pod, SANDBOX, self.sandbox_attempt);
@@ -516,7 +523,7 @@ impl Worker {
                 let connected = connected.await;
                 if connected.is_err() {
                     // Of no use unconnected; the next attempt makes a new one.
-                    let _ = env.runtime.remove(&id).await;
+                    env.remove_container(&id, true).await;
                 }
                 connected
             }
@@ -1093,10 +1100,7 @@ impl Worker {
         let labels = [(LABEL_POD_UID, uid.as_str())];
         if let Ok(all) = self.env.runtime.list(&labels).await {
             for c in all {
-                let _ = self.env.runtime.remove(&c.id).await;
-                if c.labels.contains_key(LABEL_SANDBOX) {
-                    self.env.net.detach(&c.id).await;
-                }
+                self.env.remove_container(&c.id, spec::is_sandbox(&c)).await;
             }
         }
         self.env.net.release(&self.uid);

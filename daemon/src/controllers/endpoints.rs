@@ -171,7 +171,7 @@ impl Reconciler<NsName> for EndpointsController {
 }
 
 /// Creates `object`, or replaces the current one unless `same` says nothing changed.
-async fn upsert(
+pub(super) async fn upsert(
     ctx: &Context,
     kind: &'static capstan_api::KindInfo,
     ns: &str,

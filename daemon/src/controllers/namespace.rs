@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use capstan_api::REGISTRY;
 use capstan_runtime::{Action, Reconciler};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use super::endpoints::upsert;
 use super::util::is_terminating;
 use super::{Context, delete_pod, kind};
 use crate::objects::ObjectError;
@@ -126,32 +127,17 @@ pub async fn ensure_builtins(ctx: &Context) -> Result<(), ObjectError> {
     // The API server's own endpoints, as Endpoints and as the EndpointSlice the proxies read.
     let endpoints = json!({"metadata": {"name": "kubernetes", "namespace": "default"},
         "subsets": [{"addresses": [{"ip": api_ip.to_string()}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}]});
-    keep(ctx, kind("endpoints"), endpoints, &["subsets"]).await?;
+    upsert(ctx, kind("endpoints"), "default", "kubernetes", endpoints, |cur, new| {
+        cur["subsets"] == new["subsets"]
+    })
+    .await?;
     let slice = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
         "addressType": "IPv4",
         "endpoints": [{"addresses": [api_ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}],
         "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]});
-    keep(ctx, kind("endpointslices"), slice, &["endpoints", "ports"]).await?;
-    Ok(())
-}
-
-/// Creates `object` (in its namespace), or updates it where one of `fields` differs.
-async fn keep(ctx: &Context, kind: &'static capstan_api::KindInfo, object: Value, fields: &[&str]) -> Result<(), ObjectError> {
-    let (ns, name) = (
-        object["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
-        object["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
-    );
-    match ctx.objects.get(kind, &ns, &name)? {
-        None => match ctx.objects.create(kind, object).await {
-            Ok(_) | Err(ObjectError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
-        },
-        Some(cur) if fields.iter().any(|f| cur[*f] != object[*f]) => {
-            let mut next = object;
-            next["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
-            ctx.objects.update(kind, next, false).await?;
-        }
-        Some(_) => {}
-    }
+    upsert(ctx, kind("endpointslices"), "default", "kubernetes", slice, |cur, new| {
+        cur["endpoints"] == new["endpoints"] && cur["ports"] == new["ports"]
+    })
+    .await?;
     Ok(())
 }

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::{Duration, timeout};
 use tokio_util::sync::CancellationToken;
 
+use crate::ipvs::plan::in_cidr;
 use crate::model::SERVICE_NAME_LABEL;
 
 /// How long clients may cache an answer; short, since endpoints come and go (CoreDNS: 30 s).
@@ -242,9 +243,7 @@ impl Clients {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
-        ip == self.own
-            || matches!((ip, self.range), (IpAddr::V4(v4), Some((net, bits)))
-                if bits == 0 || (u32::from(v4) ^ u32::from(net)) >> (32 - u32::from(bits.min(32))) == 0)
+        ip == self.own || matches!((ip, self.range), (IpAddr::V4(v4), Some(range)) if in_cidr(v4, range))
     }
 }
 
