@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use capstan_git::desired::Snapshot;
-use capstan_git::files::read_dir;
+use capstan_git::files::{read_dir, read_file};
 use serde::Serialize;
 
-use crate::output::{Format, print_structured};
+use crate::output::{Format, outln, print_structured};
 
 #[derive(Serialize)]
 struct Outcome<'a> {
@@ -19,12 +19,8 @@ struct Outcome<'a> {
 }
 
 pub fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
-    let files = if path.is_file() {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        vec![(path.display().to_string(), bytes)]
-    } else {
-        read_dir(path)?
-    };
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let files = if meta.is_dir() { read_dir(path)? } else { vec![read_file(path)] };
     let file_count = files.len();
     let snapshot = Snapshot::load(files);
     let desired = snapshot.desired();
@@ -35,10 +31,10 @@ pub fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
     };
     if format == Format::Text {
         for p in &desired.problems {
-            println!("{p}");
+            outln!("{p}");
         }
         if desired.problems.is_empty() {
-            println!("ok: {} objects in {} files", outcome.objects, outcome.files);
+            outln!("ok: {} objects in {} files", outcome.objects, outcome.files);
         } else {
             let bad_files = desired
                 .problems
@@ -46,7 +42,7 @@ pub fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
                 .map(|p| p.file.as_str())
                 .collect::<std::collections::BTreeSet<_>>()
                 .len();
-            println!(
+            outln!(
                 "{} problem{} in {} file{} ({} objects valid, {} files checked)",
                 desired.problems.len(),
                 plural(desired.problems.len()),

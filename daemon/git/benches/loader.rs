@@ -175,7 +175,7 @@ fn main() {
         t.elapsed()
     });
     let loaded = loaded.unwrap();
-    let in_memory: Vec<(String, Vec<u8>)> = capstan_git::files::read_dir(&work).unwrap();
+    let in_memory = capstan_git::files::read_dir(&work).unwrap();
     let parse_only = median_of(runs, || {
         let t = Instant::now();
         let s = capstan_git::desired::Snapshot::load(in_memory.clone());

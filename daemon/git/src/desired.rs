@@ -19,6 +19,9 @@ use crate::problem::{Problem, ProblemCode};
 pub enum FileChange {
     /// Added or modified, with its new content.
     Write(String, Vec<u8>),
+    /// Present but not readable as a manifest (a symbolic link that leaves the tree or
+    /// dangles, a device): a located error that keeps the file's objects, never a prune.
+    Unreadable(String, String),
     Remove(String),
 }
 
@@ -60,10 +63,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Loads every file, spread over the machine's cores.
-    pub fn load(files: Vec<(String, Vec<u8>)>) -> Snapshot {
+    /// Loads every file (writes and unreadable files), spread over the machine's cores.
+    pub fn load(files: Vec<FileChange>) -> Snapshot {
         let mut snapshot = Snapshot::default();
-        snapshot.apply(files.into_iter().map(|(p, b)| FileChange::Write(p, b)).collect());
+        snapshot.apply(files);
         snapshot.delta = None;
         snapshot
     }
@@ -72,10 +75,15 @@ impl Snapshot {
     pub fn apply(&mut self, changes: Vec<FileChange>) {
         let mut delta = Delta::default();
         let mut writes = Vec::new();
+        let mut unreadable = Vec::new();
         for change in changes {
             let path = match change {
                 FileChange::Write(p, b) => {
                     writes.push((p.clone(), b));
+                    p
+                }
+                FileChange::Unreadable(p, why) => {
+                    unreadable.push(FileLoad::unreadable(&p, why));
                     p
                 }
                 FileChange::Remove(p) => p,
@@ -86,7 +94,7 @@ impl Snapshot {
             self.forget(&path, &mut delta.keys);
             delta.files.insert(path);
         }
-        for load in load_parallel(writes) {
+        for load in load_parallel(writes).into_iter().chain(unreadable) {
             self.remember(Arc::new(load), &mut delta.keys);
         }
         for key in &delta.keys {
@@ -458,8 +466,10 @@ mod tests {
     const WEB: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {v: '1'}\n";
     const API: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: api}\ndata: {v: '1'}\n";
 
-    fn files(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        list.iter().map(|(p, t)| (p.to_string(), t.as_bytes().to_vec())).collect()
+    fn files(list: &[(&str, &str)]) -> Vec<FileChange> {
+        list.iter()
+            .map(|(p, t)| FileChange::Write(p.to_string(), t.as_bytes().to_vec()))
+            .collect()
     }
 
     fn names(keys: &[ObjectKey]) -> Vec<&str> {

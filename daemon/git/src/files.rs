@@ -2,11 +2,13 @@
 //! outside dot-directories (and not dot-files, such as CI configs), and not named by the
 //! `.capstanignore` file (gitignore syntax) at the top of the sub-path.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
+use crate::desired::FileChange;
 use crate::manifest::is_manifest_path;
+use crate::yaml::Budget;
 
 /// Name of the ignore file, read from the top of the tracked sub-path.
 pub const IGNORE_FILE: &str = ".capstanignore";
@@ -17,6 +19,8 @@ pub enum FilesError {
     Pattern { file: String, line: usize, message: String },
     #[error("reading {path}: {source}")]
     Read { path: String, source: std::io::Error },
+    #[error("{path}: {why}")]
+    Unreadable { path: String, why: String },
 }
 
 /// Decides which paths (relative to the repository root, `/`-separated) are manifests.
@@ -88,51 +92,164 @@ impl FileFilter {
     }
 }
 
+/// Most bytes of manifests one commit or directory may hold in all, so that reading a tree is
+/// bounded too; files past it are reported, not read.
+pub const MAX_TREE_BYTES: usize = 256 << 20;
+
+/// Counts the bytes of a tree as its files are read, so that a huge tree is refused file by file.
+#[derive(Debug, Default)]
+pub struct TreeBudget {
+    spent: usize,
+}
+
+impl TreeBudget {
+    /// Takes `len` bytes for one file, or says why the file is not read.
+    pub fn take(&mut self, len: u64) -> Result<(), String> {
+        if let Some(why) = Budget::MANIFEST.file_too_large(len) {
+            return Err(why);
+        }
+        self.spent = self.spent.saturating_add(len as usize);
+        if self.spent > MAX_TREE_BYTES {
+            return Err(format!(
+                "the manifests of this tree exceed {} MiB in all; this file and the rest are not read",
+                MAX_TREE_BYTES >> 20
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a symbolic link stored at `link` (a `/`-separated path in the tree) with target text
+/// `target` leads, worked out without a filesystem; an error when it leaves `root` (the tracked
+/// sub-path, empty for the whole tree) or is absolute.
+pub fn resolve_link(link: &str, target: &str, root: &str) -> Result<String, String> {
+    let leaves = || format!("symbolic link to {target:?} leaves the tracked tree: only files inside it are read");
+    if target.starts_with('/') {
+        return Err(leaves());
+    }
+    let mut parts: Vec<&str> = link.split('/').collect();
+    parts.pop();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop().ok_or_else(leaves)?;
+            }
+            p => parts.push(p),
+        }
+    }
+    let resolved = parts.join("/");
+    let root = root.trim_matches('/');
+    if !root.is_empty() && !resolved.starts_with(&format!("{root}/")) {
+        return Err(leaves());
+    }
+    Ok(resolved)
+}
+
+/// Reads a regular file of at most the per-file limit. Devices, FIFOs and sockets are refused
+/// without blocking (the file is opened non-blocking and checked after opening).
+fn read_regular(path: &Path, budget: &mut TreeBudget) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file: only files are read as manifests".into());
+    }
+    budget.take(meta.len())?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // Bounded even if the file grows while it is read.
+    file.take(Budget::MANIFEST.file_bytes as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if let Some(why) = Budget::MANIFEST.file_too_large(bytes.len() as u64) {
+        return Err(why);
+    }
+    Ok(bytes)
+}
+
+/// A path of the directory being read, followed through symbolic links: the file it stands
+/// for, which must be inside `top` (canonical). Links are followed only for manifests, so a
+/// link to a directory is never entered.
+fn inside(top: &Path, path: &Path) -> Result<PathBuf, String> {
+    let target = std::fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default();
+    let real = std::fs::canonicalize(path).map_err(|_| format!("symbolic link to {target:?} dangles"))?;
+    if !real.starts_with(top) {
+        return Err(format!(
+            "symbolic link to {target:?} leaves the tracked tree: only files inside it are read"
+        ));
+    }
+    Ok(real)
+}
+
 /// Reads the manifests of a directory (a working tree, for `capstan validate`), with paths
-/// relative to `dir`. `.git` and other dot-directories are never entered.
-pub fn read_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, FilesError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| FilesError::Read {
-            path: p.display().to_string(),
-            source,
-        })
+/// relative to `dir`. `.git` and other dot-directories are never entered. Symbolic links are
+/// read as the file they point to when it is inside `dir`, and reported otherwise, as in the
+/// Git reader; only regular files are read.
+pub fn read_dir(dir: &Path) -> Result<Vec<FileChange>, FilesError> {
+    let io_err = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| FilesError::Read { path, source }
     };
+    let top = std::fs::canonicalize(dir).map_err(io_err(dir))?;
+    let mut budget = TreeBudget::default();
     let ignore_path = dir.join(IGNORE_FILE);
-    let ignore = if ignore_path.exists() { Some(read(&ignore_path)?) } else { None };
+    let ignore = match std::fs::symlink_metadata(&ignore_path) {
+        Err(_) => None,
+        Ok(_) => {
+            let bytes = inside(&top, &ignore_path)
+                .and_then(|real| read_regular(&real, &mut budget))
+                .map_err(|why| FilesError::Unreadable {
+                    path: IGNORE_FILE.to_owned(),
+                    why,
+                })?;
+            Some(bytes)
+        }
+    };
     let filter = FileFilter::new("", ignore.as_deref())?;
-    let mut out = Vec::new();
+    let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|source| FilesError::Read {
-            path: d.display().to_string(),
-            source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| FilesError::Read {
-                path: d.display().to_string(),
-                source,
-            })?;
+        for entry in std::fs::read_dir(&d).map_err(io_err(&d))? {
+            let entry = entry.map_err(io_err(&d))?;
             let path = entry.path();
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with('.') {
+            if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            let file_type = entry.file_type().map_err(|source| FilesError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let file_type = entry.file_type().map_err(io_err(&path))?;
             if file_type.is_dir() {
                 stack.push(path);
-            } else {
-                let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-                if filter.accepts(&rel) {
-                    out.push((rel, read(&path)?));
-                }
+                continue;
+            }
+            let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+            if filter.accepts(&rel) {
+                found.push((rel, path, file_type.is_symlink()));
             }
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    found.sort();
+    let mut out = Vec::with_capacity(found.len());
+    for (rel, path, link) in found {
+        let real = if link { inside(&top, &path) } else { Ok(path) };
+        out.push(match real.and_then(|p| read_regular(&p, &mut budget)) {
+            Ok(bytes) => FileChange::Write(rel, bytes),
+            Err(why) => FileChange::Unreadable(rel, why),
+        });
+    }
     Ok(out)
+}
+
+/// Reads one file named on the command line, with the same rules as [`read_dir`].
+pub fn read_file(path: &Path) -> FileChange {
+    let name = path.display().to_string();
+    match read_regular(path, &mut TreeBudget::default()) {
+        Ok(bytes) => FileChange::Write(name, bytes),
+        Err(why) => FileChange::Unreadable(name, why),
+    }
 }
 
 #[cfg(test)]
@@ -173,7 +290,13 @@ mod tests {
         std::fs::write(dir.path().join("apps/skip.yaml"), "a: 1").unwrap();
         std::fs::write(dir.path().join(".capstanignore"), "skip.yaml\n").unwrap();
         let files = read_dir(dir.path()).unwrap();
-        let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+        let names: Vec<&str> = files
+            .iter()
+            .map(|f| match f {
+                FileChange::Write(p, _) => p.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
         assert_eq!(names, ["apps/web.yaml"]);
     }
 }

@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use git2::{AutotagOption, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
 
 use crate::desired::{FileChange, Snapshot};
-use crate::files::{FileFilter, FilesError};
+use crate::files::{FileFilter, FilesError, TreeBudget};
+use crate::yaml::Budget;
+
+/// Most symbolic links followed from one manifest to the file it stands for.
+const MAX_LINK_HOPS: usize = 8;
 
 /// Where the desired state lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +53,8 @@ pub enum RepoError {
     Empty { location: String },
     #[error("reading commit {commit}: {message}")]
     Read { commit: String, message: String },
+    #[error("the tracked path {path:?} is not a directory in commit {commit}: nothing is applied or pruned until it is (check --path)")]
+    MissingPath { commit: String, path: String },
     #[error(transparent)]
     Files(#[from] FilesError),
 }
@@ -75,6 +81,9 @@ pub struct LoadedCommit {
     pub commit: Oid,
     pub snapshot: Snapshot,
     pub filter: FileFilter,
+    /// Manifests stored as symbolic links: read as their targets, and again whenever the tree
+    /// changes.
+    pub links: std::collections::BTreeSet<String>,
     /// Files read to produce this snapshot (all of them, or only the changed ones).
     pub files_read: usize,
 }
@@ -299,12 +308,33 @@ impl GitRepo {
         Ok(FileFilter::new(&self.subpath, ignore.as_deref())?)
     }
 
+    /// The commit's tree, checked to hold the tracked sub-path: a mistyped `--path` is an
+    /// error, never an empty tree whose "removed" objects would all be pruned.
+    fn tree_of(&self, commit: Oid) -> Result<git2::Tree<'_>, RepoError> {
+        let tree = self
+            .repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(Self::read_err(commit))?;
+        if !self.subpath.is_empty() {
+            let found = tree.get_path(Path::new(&self.subpath)).ok();
+            if found.is_none_or(|e| e.kind() != Some(git2::ObjectType::Tree)) {
+                return Err(RepoError::MissingPath {
+                    commit: commit.to_string(),
+                    path: self.subpath.clone(),
+                });
+            }
+        }
+        Ok(tree)
+    }
+
     /// Reads every manifest of `commit`.
     pub fn load(&self, commit: Oid) -> Result<LoadedCommit, RepoError> {
         let err = Self::read_err(commit);
-        let tree = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(&err)?;
+        let tree = self.tree_of(commit)?;
         let filter = self.filter_at(&tree)?;
         let mut blobs = Vec::new();
+        let mut links = Vec::new();
         tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
             let path = format!("{dir}{}", entry.name().unwrap_or_default());
             if entry.kind() == Some(git2::ObjectType::Tree) {
@@ -318,23 +348,65 @@ impl GitRepo {
                 };
             }
             if filter.accepts(&path) {
-                blobs.push((path, entry.id()));
+                if entry.filemode() == i32::from(git2::FileMode::Link) {
+                    links.push(path);
+                } else {
+                    blobs.push((path, entry.id()));
+                }
             }
             TreeWalkResult::Ok
         })
         .map_err(&err)?;
-        let mut files = Vec::with_capacity(blobs.len());
+        let mut files = Vec::with_capacity(blobs.len() + links.len());
+        let odb = self.repo.odb().map_err(&err)?;
+        let mut budget = TreeBudget::default();
         for (path, id) in blobs {
-            let blob = self.repo.find_blob(id).map_err(&err)?;
-            files.push((path, blob.content().to_vec()));
+            // The size is read from the object's header, so an oversized blob is never loaded.
+            let (size, _) = odb.read_header(id).map_err(&err)?;
+            files.push(match budget.take(size as u64) {
+                Ok(()) => FileChange::Write(path, self.repo.find_blob(id).map_err(&err)?.content().to_vec()),
+                Err(why) => FileChange::Unreadable(path, why),
+            });
+        }
+        for link in &links {
+            files.push(self.read_link(&tree, filter.root(), link).map_err(&err)?);
         }
         let files_read = files.len();
         Ok(LoadedCommit {
             commit,
             snapshot: Snapshot::load(files),
             filter,
+            links: links.into_iter().collect(),
             files_read,
         })
+    }
+
+    /// Reads a manifest stored as a symbolic link as the file it points to, which must be a
+    /// file inside the tracked tree (as a checkout and `kubectl apply -f` would read it).
+    fn read_link(&self, tree: &git2::Tree<'_>, root: &str, link: &str) -> Result<FileChange, git2::Error> {
+        let unreadable = |why: String| Ok(FileChange::Unreadable(link.to_owned(), why));
+        let mut path = link.to_owned();
+        for _ in 0..MAX_LINK_HOPS {
+            let Ok(entry) = tree.get_path(Path::new(&path)) else {
+                return unreadable(format!("symbolic link dangles: {path} is not in this commit"));
+            };
+            if entry.kind() != Some(git2::ObjectType::Blob) {
+                return unreadable(format!("symbolic link leads to {path}, which is not a file"));
+            }
+            let blob = self.repo.find_blob(entry.id())?;
+            if entry.filemode() != i32::from(git2::FileMode::Link) {
+                if let Some(why) = Budget::MANIFEST.file_too_large(blob.size() as u64) {
+                    return unreadable(why);
+                }
+                return Ok(FileChange::Write(link.to_owned(), blob.content().to_vec()));
+            }
+            let target = String::from_utf8_lossy(blob.content());
+            path = match crate::files::resolve_link(&path, &target, root) {
+                Ok(p) => p,
+                Err(why) => return unreadable(why),
+            };
+        }
+        unreadable(format!("symbolic link does not lead to a file within {MAX_LINK_HOPS} links"))
     }
 
     /// Reads `commit` by re-reading only the files changed since `previous`; when the ignore
@@ -348,7 +420,7 @@ impl GitRepo {
         }
         let err = Self::read_err(commit);
         let old_tree = self.repo.find_commit(previous.commit).and_then(|c| c.tree()).map_err(&err)?;
-        let new_tree = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(&err)?;
+        let new_tree = self.tree_of(commit)?;
         let mut options = DiffOptions::new();
         if !self.subpath.is_empty() {
             options.pathspec(&self.subpath);
@@ -359,6 +431,8 @@ impl GitRepo {
             .map_err(&err)?;
         let ignore_path = previous.filter.ignore_file_path();
         let mut changes = Vec::new();
+        let mut links = previous.links.clone();
+        let is_link = |f: &git2::DiffFile<'_>| f.mode() == git2::FileMode::Link;
         for delta in diff.deltas() {
             let old_path = delta.old_file().path().map(|p| p.to_string_lossy().into_owned());
             let new_path = delta.new_file().path().map(|p| p.to_string_lossy().into_owned());
@@ -368,22 +442,40 @@ impl GitRepo {
             match delta.status() {
                 Delta::Deleted => {
                     if let Some(p) = old_path.filter(|p| previous.filter.accepts(p)) {
+                        links.remove(&p);
                         changes.push(FileChange::Remove(p));
                     }
                 }
                 _ => {
                     if let Some(p) = old_path.filter(|p| Some(p) != new_path.as_ref() && previous.filter.accepts(p)) {
+                        links.remove(&p);
                         changes.push(FileChange::Remove(p));
                     }
                     if let Some(p) = new_path.filter(|p| previous.filter.accepts(p)) {
-                        if delta.new_file().mode() == git2::FileMode::Blob || delta.new_file().mode() == git2::FileMode::BlobExecutable {
-                            let blob = self.repo.find_blob(delta.new_file().id()).map_err(&err)?;
-                            changes.push(FileChange::Write(p, blob.content().to_vec()));
+                        let mode = delta.new_file().mode();
+                        if is_link(&delta.new_file()) {
+                            // Read below with every other link, whose targets may have changed.
+                            links.insert(p);
+                        } else if mode == git2::FileMode::Blob || mode == git2::FileMode::BlobExecutable {
+                            links.remove(&p);
+                            let id = delta.new_file().id();
+                            changes.push(match Budget::MANIFEST.file_too_large(delta.new_file().size()) {
+                                None => FileChange::Write(p, self.repo.find_blob(id).map_err(&err)?.content().to_vec()),
+                                Some(why) => FileChange::Unreadable(p, why),
+                            });
                         } else {
+                            links.remove(&p);
                             changes.push(FileChange::Remove(p));
                         }
                     }
                 }
+            }
+        }
+        // A link's content is its target's: re-read every link when anything changed (links are
+        // few, and a target, even one not read on its own, may change while the link stays).
+        if diff.deltas().len() > 0 && !links.is_empty() {
+            for link in &links {
+                changes.push(self.read_link(&new_tree, previous.filter.root(), link).map_err(&err)?);
             }
         }
         let files_read = changes.iter().filter(|c| matches!(c, FileChange::Write(..))).count();
@@ -391,6 +483,7 @@ impl GitRepo {
             commit,
             snapshot: previous.snapshot.with_changes(changes),
             filter: previous.filter.clone(),
+            links,
             files_read,
         })
     }

@@ -6,8 +6,9 @@
 //! that the schema, not a guess, decides whether `80` is a number or a string.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::BuildHasher;
 
 use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
 
@@ -183,13 +184,63 @@ pub struct YamlError {
     pub message: String,
 }
 
-/// Most nodes one file may expand to, so that an alias bomb is an error rather than an outage.
-const MAX_NODES: usize = 2_000_000;
+/// What one file may hold and expand to, so that hostile YAML is a located error rather than an
+/// outage: every limit is checked before the memory it guards is spent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes of the file as written.
+    pub file_bytes: usize,
+    /// Size of the tree once aliases are expanded: scalar and key text, plus a fixed cost per
+    /// node ([`NODE_COST`]), which is about what a node takes in memory.
+    pub expanded_bytes: usize,
+    /// Deepest nesting of collections, counted through aliases. Everything that walks a tree
+    /// afterwards (conversion, JSON, the store) recurses, and JSON readers refuse more than 128.
+    pub depth: usize,
+}
 
-/// Parses a multi-document stream. Documents that are empty (only comments, or a bare `---`)
-/// are returned as null scalars so that document indexes count every document.
+/// What a node costs in [`Budget::expanded_bytes`] beside its text.
+pub const NODE_COST: usize = 64;
+
+impl Budget {
+    /// The limits manifests are read with, in `capstan validate` and in the daemon alike.
+    /// Kubernetes stores an object of at most 1.5 MiB; a file may hold several.
+    pub const MANIFEST: Budget = Budget {
+        file_bytes: 8 << 20,
+        expanded_bytes: 32 << 20,
+        depth: 100,
+    };
+
+    /// Why a file of `len` bytes is not read, if it is over the limit.
+    pub fn file_too_large(&self, len: u64) -> Option<String> {
+        let limit = self.file_bytes;
+        (len > limit as u64).then(|| {
+            format!(
+                "file is {len} bytes; a manifest file may hold at most {limit} ({} MiB)",
+                limit >> 20
+            )
+        })
+    }
+}
+
+/// Parses a multi-document stream within [`Budget::MANIFEST`]. Documents that are empty (only
+/// comments, or a bare `---`) are returned as null scalars so that document indexes count every
+/// document.
 pub fn parse(text: &str) -> Result<Vec<Document>, YamlError> {
-    let mut builder = Builder::default();
+    parse_with(text, Budget::MANIFEST)
+}
+
+/// Parses a multi-document stream within `budget`.
+pub fn parse_with(text: &str, budget: Budget) -> Result<Vec<Document>, YamlError> {
+    if let Some(message) = budget.file_too_large(text.len() as u64) {
+        return Err(YamlError {
+            pos: Pos { line: 1, column: 1 },
+            message,
+        });
+    }
+    let mut builder = Builder {
+        budget,
+        ..Builder::default()
+    };
     let mut parser = Parser::new_from_str(text);
     while let Some(event) = parser.next_event() {
         let (event, span) = event.map_err(|e| YamlError {
@@ -197,7 +248,11 @@ pub fn parse(text: &str) -> Result<Vec<Document>, YamlError> {
                 line: e.marker().line() as u32,
                 column: e.marker().col() as u32 + 1,
             },
-            message: e.info(),
+            // The parser has a nesting limit of its own, for flow collections.
+            message: match e.info() {
+                info if info.contains("recursion limit") => too_deep(budget.depth),
+                info => info,
+            },
         })?;
         if builder.event(event, span)? {
             break;
@@ -206,13 +261,34 @@ pub fn parse(text: &str) -> Result<Vec<Document>, YamlError> {
     Ok(builder.documents)
 }
 
+fn too_deep(depth: usize) -> String {
+    format!("nesting deeper than {depth} levels (counting through aliases)")
+}
+
+/// The size of a finished subtree, kept beside anchors so that an alias is priced before it
+/// is copied.
+#[derive(Clone, Copy, Debug, Default)]
+struct Size {
+    bytes: usize,
+    /// Levels of collections in the subtree (0 for a scalar).
+    height: usize,
+}
+
 #[derive(Default)]
 struct Builder {
+    budget: Budget,
     documents: Vec<Document>,
     root: Option<Node>,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
-    nodes: usize,
+    anchors: HashMap<usize, (Node, Size)>,
+    /// Expanded bytes of the whole file so far.
+    spent: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget::MANIFEST
+    }
 }
 
 enum Frame {
@@ -220,14 +296,27 @@ enum Frame {
         items: Vec<Node>,
         pos: Pos,
         anchor: usize,
+        size: Size,
     },
     Map {
         entries: Vec<Entry>,
+        /// Hashes of the keys so far: duplicate keys are found in linear time (a hit is
+        /// confirmed against the entries, so a hash collision is never reported).
+        seen: HashSet<u64>,
         merges: Vec<Node>,
         key: Option<(String, Pos)>,
         pos: Pos,
         anchor: usize,
+        size: Size,
     },
+}
+
+impl Frame {
+    fn size_mut(&mut self) -> &mut Size {
+        match self {
+            Frame::Seq { size, .. } | Frame::Map { size, .. } => size,
+        }
+    }
 }
 
 fn pos_of(span: &Span) -> Pos {
@@ -245,6 +334,11 @@ fn null_node(pos: Pos) -> Node {
         }),
         pos,
     }
+}
+
+fn key_hash(key: &str) -> u64 {
+    static STATE: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(std::hash::RandomState::new).hash_one(key)
 }
 
 impl Builder {
@@ -270,6 +364,11 @@ impl Builder {
                     None if style == ScalarStyle::Plain => ScalarKind::Plain,
                     None => ScalarKind::Str,
                 };
+                let size = Size {
+                    bytes: NODE_COST + text.len(),
+                    height: 0,
+                };
+                self.spend(size, pos)?;
                 let text = match text {
                     Cow::Borrowed(t) => t.to_owned(),
                     Cow::Owned(t) => t,
@@ -278,36 +377,38 @@ impl Builder {
                     value: NodeValue::Scalar(Scalar { text, kind }),
                     pos,
                 };
-                self.finish(node, anchor, pos)?;
+                self.finish(node, size, anchor, pos)?;
             }
             Event::SequenceStart(_, anchor, tag) => {
                 check_collection_tag(tag.as_deref(), "seq", pos)?;
+                self.open(pos)?;
                 self.stack.push(Frame::Seq {
                     items: Vec::new(),
                     pos,
                     anchor,
+                    size: Size::default(),
                 });
             }
             Event::MappingStart(_, anchor, tag) => {
                 check_collection_tag(tag.as_deref(), "map", pos)?;
+                self.open(pos)?;
                 self.stack.push(Frame::Map {
                     entries: Vec::new(),
+                    seen: HashSet::new(),
                     merges: Vec::new(),
                     key: None,
                     pos,
                     anchor,
+                    size: Size::default(),
                 });
             }
             Event::SequenceEnd => {
-                if let Some(Frame::Seq { items, pos, anchor }) = self.stack.pop() {
-                    self.finish(
-                        Node {
-                            value: NodeValue::Seq(items),
-                            pos,
-                        },
-                        anchor,
+                if let Some(Frame::Seq { items, pos, anchor, size }) = self.stack.pop() {
+                    let node = Node {
+                        value: NodeValue::Seq(items),
                         pos,
-                    )?;
+                    };
+                    self.finish(node, size.closed(), anchor, pos)?;
                 }
             }
             Event::MappingEnd => {
@@ -316,33 +417,30 @@ impl Builder {
                     merges,
                     pos,
                     anchor,
+                    size,
                     ..
                 }) = self.stack.pop()
                 {
                     apply_merges(&mut entries, merges)?;
-                    self.finish(
-                        Node {
-                            value: NodeValue::Map(entries),
-                            pos,
-                        },
-                        anchor,
+                    let node = Node {
+                        value: NodeValue::Map(entries),
                         pos,
-                    )?;
+                    };
+                    self.finish(node, size.closed(), anchor, pos)?;
                 }
             }
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().ok_or_else(|| YamlError {
-                    pos,
-                    message: "alias refers to no anchor defined before it in this document".into(),
-                })?;
-                self.nodes += count_nodes(&node);
-                if self.nodes > MAX_NODES {
+                let Some((_, size)) = self.anchors.get(&id) else {
                     return Err(YamlError {
                         pos,
-                        message: format!("aliases expand this file to more than {MAX_NODES} nodes"),
+                        message: "alias refers to no anchor defined before it in this document".into(),
                     });
-                }
-                self.finish(node, 0, pos)?;
+                };
+                let size = *size;
+                self.fits(size.height, pos)?;
+                self.spend(size, pos)?;
+                let node = self.anchors[&id].0.clone();
+                self.finish(node, size, 0, pos)?;
             }
             Event::UnresolvedAlias(name) => {
                 return Err(YamlError {
@@ -355,17 +453,66 @@ impl Builder {
         Ok(false)
     }
 
+    /// A collection opens: one more level of nesting, one more node.
+    fn open(&mut self, pos: Pos) -> Result<(), YamlError> {
+        self.fits(1, pos)?;
+        self.spend(
+            Size {
+                bytes: NODE_COST,
+                height: 1,
+            },
+            pos,
+        )
+    }
+
+    /// Whether a subtree `height` levels high may sit at the current depth.
+    fn fits(&self, height: usize, pos: Pos) -> Result<(), YamlError> {
+        if self.stack.len() + height > self.budget.depth {
+            return Err(YamlError {
+                pos,
+                message: too_deep(self.budget.depth),
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a new node (or an alias's copy) against the file's expansion budget.
+    fn spend(&mut self, size: Size, pos: Pos) -> Result<(), YamlError> {
+        self.spent = self.spent.saturating_add(size.bytes);
+        if self.spent > self.budget.expanded_bytes {
+            return Err(YamlError {
+                pos,
+                message: format!(
+                    "this file expands to more than {} MiB of YAML (anchors and aliases counted where they are used)",
+                    self.budget.expanded_bytes >> 20
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Delivers a finished node to the collection being built, or makes it the document's root.
     /// `used_at` is where the node appears (an alias's own position, not its anchor's).
-    fn finish(&mut self, node: Node, anchor: usize, used_at: Pos) -> Result<(), YamlError> {
-        self.nodes += 1;
+    fn finish(&mut self, node: Node, size: Size, anchor: usize, used_at: Pos) -> Result<(), YamlError> {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), size));
         }
-        match self.stack.last_mut() {
-            None => self.root = Some(node),
-            Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, merges, key, .. }) => match key.take() {
+        let Some(frame) = self.stack.last_mut() else {
+            self.root = Some(node);
+            return Ok(());
+        };
+        let parent = frame.size_mut();
+        parent.bytes = parent.bytes.saturating_add(size.bytes);
+        parent.height = parent.height.max(size.height);
+        match frame {
+            Frame::Seq { items, .. } => items.push(node),
+            Frame::Map {
+                entries,
+                seen,
+                merges,
+                key,
+                ..
+            } => match key.take() {
                 None => {
                     let NodeValue::Scalar(scalar) = node.value else {
                         return Err(YamlError {
@@ -379,7 +526,9 @@ impl Builder {
                     if k == "<<" {
                         merges.push(node);
                     } else {
-                        if let Some(first) = entries.iter().find(|e| e.key == k) {
+                        if !seen.insert(key_hash(&k))
+                            && let Some(first) = entries.iter().find(|e| e.key == k)
+                        {
                             return Err(YamlError {
                                 pos: key_pos,
                                 message: format!("duplicate key {k:?} (first at line {})", first.key_pos.line),
@@ -398,17 +547,23 @@ impl Builder {
     }
 }
 
-fn count_nodes(node: &Node) -> usize {
-    1 + match &node.value {
-        NodeValue::Scalar(_) => 0,
-        NodeValue::Seq(items) => items.iter().map(count_nodes).sum(),
-        NodeValue::Map(entries) => entries.iter().map(|e| count_nodes(&e.value)).sum(),
+impl Size {
+    /// The size of a collection once closed: its own node and cost, plus its children.
+    fn closed(self) -> Size {
+        Size {
+            bytes: self.bytes + NODE_COST,
+            height: self.height + 1,
+        }
     }
 }
 
 /// Applies `<<` merge keys: entries of the merged mappings are added where the mapping does not
 /// set the key itself; earlier merge sources win over later ones.
 fn apply_merges(entries: &mut Vec<Entry>, merges: Vec<Node>) -> Result<(), YamlError> {
+    if merges.is_empty() {
+        return Ok(());
+    }
+    let mut keys: HashSet<String> = entries.iter().map(|e| e.key.clone()).collect();
     for merge in merges {
         let sources = match merge.value {
             NodeValue::Map(m) => vec![m],
@@ -431,7 +586,7 @@ fn apply_merges(entries: &mut Vec<Entry>, merges: Vec<Node>) -> Result<(), YamlE
         };
         for source in sources {
             for entry in source {
-                if !entries.iter().any(|e| e.key == entry.key) {
+                if keys.insert(entry.key.clone()) {
                     entries.push(entry);
                 }
             }
@@ -468,6 +623,7 @@ fn check_collection_tag(tag: Option<&serde_saphyr::granit_parser::Tag>, expected
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hostile as bombs;
 
     fn map(node: &Node) -> &[Entry] {
         match &node.value {
@@ -550,14 +706,60 @@ mod tests {
 
     #[test]
     fn alias_bombs_are_refused() {
-        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
-        for i in 1..8 {
-            let prev = i - 1;
-            text.push_str(&format!(
-                "a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
-            ));
+        let err = parse(&bombs::fan_out(10, 8)).unwrap_err();
+        assert!(err.message.contains("expands to more than 32 MiB"), "{err}");
+    }
+
+    #[test]
+    fn large_strings_aliased_many_times_are_counted_in_bytes() {
+        // 100 KB of text used 10,000 times: few nodes, a gigabyte of text.
+        let err = parse(&bombs::string_fan_out(100_000, 10_000)).unwrap_err();
+        assert!(err.message.contains("expands to more than"), "{err}");
+        // Used a few times, the same string is fine.
+        assert!(parse(&bombs::string_fan_out(100_000, 20)).is_ok());
+    }
+
+    #[test]
+    fn nesting_is_bounded_also_through_chained_aliases() {
+        let err = parse(&bombs::alias_chain(500)).unwrap_err();
+        assert!(err.message.contains("nesting deeper than 100 levels"), "{err}");
+        assert!(parse(&bombs::alias_chain(90)).is_ok());
+        for depth in [101, 100_000] {
+            let err = parse(&bombs::flow_nesting(depth)).unwrap_err();
+            assert!(err.message.contains("nesting deeper than"), "{depth}: {err}");
         }
+        let err = parse(&bombs::block_nesting(300)).unwrap_err();
+        assert!(err.message.contains("nesting deeper than"), "{err}");
+    }
+
+    #[test]
+    fn wide_mappings_are_read_in_linear_time() {
+        let docs = parse(&bombs::wide_map(200_000)).unwrap();
+        assert_eq!(map(&docs[0].root).len(), 200_000);
+        let mut text = bombs::wide_map(50_000);
+        text.push_str("k17: again\n");
         let err = parse(&text).unwrap_err();
-        assert!(err.message.contains("more than"), "{err}");
+        assert!(err.message.contains("duplicate key \"k17\" (first at line 18)"), "{err}");
+    }
+
+    #[test]
+    fn files_over_the_size_limit_are_refused_before_parsing() {
+        let text = "a: b\n".repeat((8 << 20) / 5 + 1);
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.pos, Pos { line: 1, column: 1 });
+        assert!(err.message.contains("at most 8388608 (8 MiB)"), "{err}");
+    }
+
+    #[test]
+    fn merge_keys_over_wide_mappings_stay_linear() {
+        let mut text = String::from("base: &b {");
+        for i in 0..50_000 {
+            text.push_str(&format!("k{i}: {i}, "));
+        }
+        text.push_str("}\nderived:\n  <<: *b\n  k1: own\n");
+        let docs = parse(&text).unwrap();
+        let d = get(&docs[0].root, "derived");
+        assert_eq!(map(d).len(), 50_000);
+        assert_eq!(scalar(get(d, "k1")).text, "own");
     }
 }

@@ -307,3 +307,141 @@ fn sub_paths_and_capstanignore() {
         "deploy/drafts/b.yaml"
     );
 }
+
+/// Problems of one file, as printed.
+fn file_problems(l: &capstan_git::repo::LoadedCommit, path: &str) -> Vec<String> {
+    l.snapshot
+        .file(path)
+        .map_or_else(Vec::new, |f| f.problems.iter().map(|p| p.to_string()).collect())
+}
+
+#[test]
+fn symbolic_links_are_read_as_their_targets_inside_the_tree_and_nothing_else() {
+    let r = Repos::new();
+    // The target sits in a dot-directory, which is not read on its own (else the object would
+    // be defined twice).
+    r.write("deploy/.base/web.yaml", &cm("web"));
+    r.write("deploy/plain.yaml", &cm("plain"));
+    std::fs::write(r._dir.path().join("outside.yaml"), cm("outside")).unwrap();
+    let link = |name: &str, target: &str| {
+        let p = r.work.join(name);
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink(target, p).unwrap();
+    };
+    link("deploy/web-link.yaml", ".base/web.yaml");
+    link("deploy/escape.yaml", "../../outside.yaml");
+    link("deploy/absolute.yaml", "/etc/passwd");
+    link("deploy/dangling.yaml", ".base/missing.yaml");
+    r.commit_push("links");
+    let repo = GitRepo::open(Location::Local(r.bare.clone()), None, "deploy", &r.data).unwrap();
+    let l1 = repo.load(repo.tip().unwrap()).unwrap();
+    let web_link = l1.snapshot.file("deploy/web-link.yaml").unwrap();
+    assert!(web_link.problems.is_empty());
+    assert_eq!(web_link.manifests[0].key.name, "web");
+    for (path, expect) in [
+        ("deploy/escape.yaml", "leaves the tracked tree"),
+        ("deploy/absolute.yaml", "leaves the tracked tree"),
+        ("deploy/dangling.yaml", "dangles"),
+    ] {
+        let problems = file_problems(&l1, path);
+        assert_eq!(problems.len(), 1, "{path}: {problems:?}");
+        assert!(
+            problems[0].starts_with(&format!("{path}:1:1: symbolic link")) && problems[0].contains(expect),
+            "{problems:?}"
+        );
+        assert!(!l1.snapshot.file(path).unwrap().intact);
+    }
+    // The directory reader (capstan validate) reads the same way.
+    let from_dir = capstan_git::desired::Snapshot::load(capstan_git::files::read_dir(&r.work.join("deploy")).unwrap());
+    let dir_problems: Vec<String> = from_dir.desired().problems.iter().map(|p| p.message.clone()).collect();
+    let git_problems: Vec<String> = l1.snapshot.desired().problems.iter().map(|p| p.message.clone()).collect();
+    assert_eq!(dir_problems.len(), 3, "{dir_problems:?}");
+    assert!(
+        dir_problems.iter().filter(|m| m.contains("leaves the tracked tree")).count() == 2,
+        "{dir_problems:?}"
+    );
+    assert_eq!(git_problems.len(), 3);
+    assert_eq!(from_dir.desired().objects.len(), l1.snapshot.desired().objects.len());
+
+    // The target changes while the link stays: the incremental read sees the new content.
+    r.write("deploy/.base/web.yaml", &cm("web").replace("v: \"1\"", "v: \"2\""));
+    r.commit_push("target changes");
+    let l2 = repo.load_since(&l1, repo.tip().unwrap()).unwrap();
+    let web = &l2.snapshot.file("deploy/web-link.yaml").unwrap().manifests[0].object;
+    assert_eq!(web["data"]["v"], "2");
+
+    // A manifest replaced by a link to a file outside the tree: an error that keeps its objects.
+    std::fs::remove_file(r.work.join("deploy/plain.yaml")).unwrap();
+    link("deploy/plain.yaml", "../../outside.yaml");
+    let c3 = r.commit_push("plain becomes a link");
+    let l3 = repo.load_since(&l2, repo.tip().unwrap()).unwrap();
+    let applied = plan(&AppliedSet::new(), &l2.snapshot.desired(), "c2", true).next;
+    let p3 = plan_delta(&applied, &l3.snapshot.desired(), l3.snapshot.delta().unwrap(), &c3, true);
+    assert!(p3.prune.is_empty(), "nothing is pruned: {:?}", p3.prune);
+    assert!(p3.held.iter().any(|k| k.name == "plain"), "{:?}", p3.held);
+    // Read in full (a restart), the same commit reads the same way.
+    let full = repo.load(repo.tip().unwrap()).unwrap();
+    assert_eq!(file_problems(&full, "deploy/plain.yaml"), file_problems(&l3, "deploy/plain.yaml"));
+
+    // The link goes back to a file inside: read again.
+    link("deploy/plain.yaml", ".base/other.yaml");
+    r.write("deploy/.base/other.yaml", &cm("plain"));
+    r.commit_push("link inside");
+    let l4 = repo.load_since(&l3, repo.tip().unwrap()).unwrap();
+    assert!(file_problems(&l4, "deploy/plain.yaml").is_empty());
+}
+
+#[test]
+fn a_tracked_path_that_does_not_exist_is_an_error_not_an_empty_tree() {
+    let r = Repos::new();
+    r.write("deploy/a.yaml", &cm("a"));
+    r.commit_push("one");
+    let repo = GitRepo::open(Location::Local(r.bare.clone()), None, "deplyo", &r.data).unwrap();
+    match repo.load(repo.tip().unwrap()) {
+        Err(e @ RepoError::MissingPath { .. }) => assert!(e.to_string().contains("\"deplyo\" is not a directory"), "{e}"),
+        other => panic!("expected MissingPath, got {:?}", other.map(|l| l.commit)),
+    }
+    // A later commit that removes the tracked directory is refused the same way.
+    let repo = GitRepo::open(Location::Local(r.bare.clone()), None, "deploy", &r.data).unwrap();
+    let l1 = repo.load(repo.tip().unwrap()).unwrap();
+    r.remove("deploy/a.yaml");
+    r.commit_push("the directory goes");
+    assert!(matches!(
+        repo.load_since(&l1, repo.tip().unwrap()),
+        Err(RepoError::MissingPath { .. })
+    ));
+}
+
+#[test]
+fn devices_fifos_and_links_out_of_the_directory_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("ok.yaml"), cm("ok")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", d.join("zero.yaml")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", d.join("host.yaml")).unwrap();
+    assert!(Command::new("mkfifo").arg(d.join("fifo.yaml")).status().unwrap().success());
+    std::os::unix::fs::symlink("/etc/shadow", d.join(".capstanignore")).unwrap();
+    match capstan_git::files::read_dir(d) {
+        Err(e) => assert!(
+            e.to_string()
+                .contains(".capstanignore: symbolic link to \"/etc/shadow\" leaves the tracked tree"),
+            "{e}"
+        ),
+        Ok(_) => panic!("an ignore file outside the tree is refused"),
+    }
+    std::fs::remove_file(d.join(".capstanignore")).unwrap();
+    let files = capstan_git::files::read_dir(d).unwrap();
+    let snapshot = capstan_git::desired::Snapshot::load(files);
+    let problems: Vec<String> = snapshot.desired().problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].starts_with("fifo.yaml:1:1: not a regular file"), "{problems:?}");
+    assert!(
+        problems[1].starts_with("host.yaml:1:1: symbolic link to \"/etc/hostname\" leaves"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[2].starts_with("zero.yaml:1:1: symbolic link to \"/dev/zero\" leaves"),
+        "{problems:?}"
+    );
+    assert_eq!(snapshot.desired().objects.len(), 1);
+}
