@@ -159,8 +159,11 @@ fn kubectl_reads_everything() {
         paged.lines().collect::<Vec<_>>(),
         ["configmap/a", "configmap/b", "configmap/c", "configmap/kube-root-ca.crt"]
     );
+    // stringData is folded into data, as the API server stores it.
     let secret = c.kubectl_ok(&["get", "secret", "db", "-n", "shop"]);
-    assert!(has_line(&secret, &["db", "Opaque", "0"]), "{secret}");
+    assert!(has_line(&secret, &["db", "Opaque", "1"]), "{secret}");
+    let password = c.kubectl_ok(&["get", "secret", "db", "-n", "shop", "-o", "jsonpath={.data.password}"]);
+    assert_eq!(password, "aHVudGVyMg==");
 
     // `kubectl create token` (TokenRequest) for an administrator; the token is the account's.
     let token = c.kubectl_ok(&["create", "token", "default", "-n", "shop", "--duration", "20m"]);

@@ -59,6 +59,12 @@ pub struct TypeError {
 }
 
 impl KindInfo {
+    /// Whether the kind's values are secret (the core Secret): never shown in messages, plans,
+    /// logs or Git, and encrypted at rest.
+    pub fn is_secret(&self) -> bool {
+        is_secret(self.group, self.kind)
+    }
+
     /// `group/version`, or just `version` for the core group.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -189,6 +195,11 @@ pub static REGISTRY: &[KindInfo] = &[
 ];
 
 /// Looks a kind up by `apiVersion` and `kind`, as written in a manifest.
+/// Whether objects of `group`/`kind` hold secret values; see [`KindInfo::is_secret`].
+pub fn is_secret(group: &str, kind: &str) -> bool {
+    group.is_empty() && kind == "Secret"
+}
+
 pub fn by_api_version(api_version: &str, kind: &str) -> Option<&'static KindInfo> {
     let (group, version) = split_api_version(api_version);
     REGISTRY.iter().find(|k| k.group == group && k.version == version && k.kind == kind)

@@ -83,6 +83,16 @@ pub fn load_file(path: &str, bytes: &[u8]) -> FileLoad {
 }
 
 impl FileLoad {
+    /// A file that is there but could not be read: its objects keep their last good version.
+    pub fn unreadable(path: &str, why: String) -> FileLoad {
+        let mut load = FileLoad {
+            path: path.to_owned(),
+            ..FileLoad::default()
+        };
+        load.fail(Problem::new(path, Pos { line: 1, column: 1 }, ProblemCode::Syntax, why));
+        load
+    }
+
     fn fail(&mut self, problem: Problem) {
         self.problems.push(problem);
         self.intact = false;
@@ -213,8 +223,14 @@ impl FileLoad {
             match kind.check(object.clone()) {
                 Err(e) => {
                     let field = FieldPath::parse(&e.path);
+                    // The decoder quotes what it could not read (a base64 symbol, say).
+                    let message = if kind.is_secret() {
+                        "cannot be decoded: data values must be base64 (the values of a Secret are not shown)".to_owned()
+                    } else {
+                        e.message
+                    };
                     self.problems.push(
-                        Problem::new(&path, field.locate(node), ProblemCode::WrongType, e.message)
+                        Problem::new(&path, field.locate(node), ProblemCode::WrongType, message)
                             .field(field.to_string())
                             .object(Some(&key)),
                     );
@@ -238,6 +254,9 @@ impl FileLoad {
         if self.problems.len() > problems_before {
             self.quarantined.push((key, node.pos));
             return;
+        }
+        if kind.is_secret() {
+            merge_string_data(&mut object);
         }
         annotate(&mut object, &path, document);
         self.manifests.push(Arc::new(Manifest {
@@ -332,6 +351,25 @@ fn set_namespace(object: &mut Value, kind: &KindInfo, namespace: &str) {
         && let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut)
     {
         meta.insert("namespace".into(), Value::String(namespace.to_owned()));
+    }
+}
+
+/// Folds a Secret's `stringData` into `data`, base64-encoded, as the API server does on write:
+/// `stringData` wins over `data` for the same key, and is never stored or served itself.
+fn merge_string_data(object: &mut Value) {
+    use base64::Engine as _;
+    let Some(obj) = object.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(string_data)) = obj.remove("stringData") else {
+        return;
+    };
+    let data = obj.entry("data").or_insert_with(|| Value::Object(Default::default()));
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in string_data {
+            let text = value.as_str().unwrap_or_default();
+            data.insert(key, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
+        }
     }
 }
 
@@ -455,5 +493,57 @@ mod tests {
             lines(&load),
             ["s.yaml:6:11: spec.ports[0].port: must be between 1 and 65535, inclusive (got 99999) [service/web -n default]"]
         );
+    }
+
+    #[test]
+    fn secret_values_never_appear_in_messages() {
+        let secret = "hunter2-do-not-print";
+        for text in [
+            format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\nstringData: {secret}\n"),
+            format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\nimmutable: {secret}\n"),
+            format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\ndata: {{a: '{secret}%'}}\n"),
+            format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\ntype: [{secret}]\ndata: {secret}\n"),
+            format!(
+                "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Secret\n  metadata: {{name: s}}\n  stringData: {secret}\n"
+            ),
+        ] {
+            let load = load_file("s.yaml", text.as_bytes());
+            assert!(!load.problems.is_empty(), "{text}");
+            for line in lines(&load) {
+                assert!(!line.contains("hunter2"), "{line}");
+                let json = serde_json::to_string(&load.problems).unwrap();
+                assert!(!json.contains("hunter2"), "{json}");
+            }
+        }
+        // Other kinds still quote what they got.
+        let load = load_file("c.yaml", b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: plain\n");
+        assert!(lines(&load)[0].contains("the string \"plain\""), "{:?}", lines(&load));
+    }
+
+    #[test]
+    fn string_data_is_folded_into_data() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {a: YQ==, b: YQ==}\nstringData: {b: bee, c: see}\n";
+        let load = load_file("s.yaml", text.as_bytes());
+        let object = &load.manifests[0].object;
+        assert_eq!(object["data"], serde_json::json!({"a": "YQ==", "b": "YmVl", "c": "c2Vl"}));
+        assert!(object.get("stringData").is_none());
+    }
+
+    #[test]
+    fn hostile_files_are_located_errors_that_break_only_their_file() {
+        for text in [
+            crate::hostile::alias_chain(500),
+            crate::hostile::string_fan_out(100_000, 1_000),
+            crate::hostile::fan_out(10, 9),
+            crate::hostile::flow_nesting(1_000_000),
+        ] {
+            let load = load_file("bomb.yaml", text.as_bytes());
+            assert!(!load.intact);
+            assert_eq!(load.problems.len(), 1, "{:?}", lines(&load));
+            assert_eq!(load.problems[0].code, ProblemCode::Syntax);
+        }
+        let load = load_file("wide.yaml", crate::hostile::wide_config_map(100_000).as_bytes());
+        assert!(load.problems.is_empty(), "{:?}", lines(&load));
+        assert_eq!(load.manifests[0].object["data"].as_object().unwrap().len(), 100_000);
     }
 }

@@ -44,6 +44,8 @@ enum Shape {
 pub struct KindShape {
     shapes: Vec<Shape>,
     root: ShapeId,
+    /// Whether values are secret: messages then say what a value is, never what it says.
+    redact: bool,
 }
 
 /// A problem found in a document, with the path and position of the offending node.
@@ -59,7 +61,15 @@ pub struct Issue {
 /// The compiled shape of every registry kind, built once.
 pub fn shape_of(kind: &KindInfo) -> &'static KindShape {
     static SHAPES: OnceLock<Vec<KindShape>> = OnceLock::new();
-    let shapes = SHAPES.get_or_init(|| REGISTRY.iter().map(|k| KindShape::compile(&kind_schema(k))).collect());
+    let shapes = SHAPES.get_or_init(|| {
+        REGISTRY
+            .iter()
+            .map(|k| KindShape {
+                redact: k.is_secret(),
+                ..KindShape::compile(&kind_schema(k))
+            })
+            .collect()
+    });
     let index = REGISTRY
         .iter()
         .position(|k| k.group == kind.group && k.kind == kind.kind)
@@ -79,6 +89,7 @@ impl KindShape {
         KindShape {
             shapes: compiler.shapes,
             root,
+            redact: false,
         }
     }
 
@@ -116,7 +127,7 @@ impl KindShape {
             (Shape::Integer, NodeValue::Scalar(s)) => match s.resolve() {
                 Resolved::Int(i) if s.kind != ScalarKind::Str => Value::Number(i.into()),
                 _ => {
-                    issue(issues, node.pos, path, ProblemCode::WrongType, wrong_scalar("an integer", s));
+                    issue(issues, node.pos, path, ProblemCode::WrongType, self.wrong_scalar("an integer", s));
                     Value::Null
                 }
             },
@@ -124,7 +135,7 @@ impl KindShape {
                 Resolved::Int(i) if s.kind != ScalarKind::Str => Value::Number(i.into()),
                 Resolved::Float(f) if s.kind != ScalarKind::Str && f.is_finite() => Number::from_f64(f).map_or(Value::Null, Value::Number),
                 _ => {
-                    issue(issues, node.pos, path, ProblemCode::WrongType, wrong_scalar("a number", s));
+                    issue(issues, node.pos, path, ProblemCode::WrongType, self.wrong_scalar("a number", s));
                     Value::Null
                 }
             },
@@ -136,7 +147,7 @@ impl KindShape {
                         node.pos,
                         path,
                         ProblemCode::WrongType,
-                        wrong_scalar("a boolean (true or false)", s),
+                        self.wrong_scalar("a boolean (true or false)", s),
                     );
                     Value::Null
                 }
@@ -196,7 +207,7 @@ impl KindShape {
                     node.pos,
                     path,
                     ProblemCode::WrongType,
-                    format!("expected {}, got {}", expected.describe(), describe_node(node)),
+                    format!("expected {}, got {}", expected.describe(), self.describe_node(node)),
                 );
                 Value::Null
             }
@@ -255,39 +266,45 @@ fn issue(issues: &mut Vec<Issue>, pos: Pos, path: &[Seg<'_>], code: ProblemCode,
     });
 }
 
-fn describe_node(node: &Node) -> String {
-    match &node.value {
-        NodeValue::Seq(_) => "a list".into(),
-        NodeValue::Map(_) => "a mapping".into(),
-        NodeValue::Scalar(s) => describe_scalar(s),
+impl KindShape {
+    fn describe_node(&self, node: &Node) -> String {
+        match &node.value {
+            NodeValue::Seq(_) => "a list".into(),
+            NodeValue::Map(_) => "a mapping".into(),
+            NodeValue::Scalar(s) => self.describe_scalar(s),
+        }
     }
-}
 
-fn describe_scalar(s: &Scalar) -> String {
-    match (s.kind, s.resolve()) {
-        (ScalarKind::Str, _) => format!("the string {:?}", s.text),
-        (_, Resolved::Bool(_)) => format!("the boolean {}", s.text),
-        (_, Resolved::Int(_) | Resolved::Float(_)) => format!("the number {}", s.text),
-        (_, Resolved::Null) => "null".into(),
-        (_, Resolved::Str(t)) => format!("the string {t:?}"),
+    fn describe_scalar(&self, s: &Scalar) -> String {
+        let (what, text) = match (s.kind, s.resolve()) {
+            (ScalarKind::Str, _) | (_, Resolved::Str(_)) => ("string", format!("{:?}", s.text)),
+            (_, Resolved::Bool(_)) => ("boolean", s.text.clone()),
+            (_, Resolved::Int(_) | Resolved::Float(_)) => ("number", s.text.clone()),
+            (_, Resolved::Null) => return "null".into(),
+        };
+        if self.redact {
+            format!("a {what} (the values of a Secret are not shown)")
+        } else {
+            format!("the {what} {text}")
+        }
     }
-}
 
-fn wrong_scalar(expected: &str, s: &Scalar) -> String {
-    let mut msg = format!("expected {expected}, got {}", describe_scalar(s));
-    if s.kind == ScalarKind::Str
-        && !matches!(
-            Scalar {
-                text: s.text.clone(),
-                kind: ScalarKind::Plain
-            }
-            .resolve(),
-            Resolved::Str(_)
-        )
-    {
-        msg.push_str(" (remove the quotes)");
+    fn wrong_scalar(&self, expected: &str, s: &Scalar) -> String {
+        let mut msg = format!("expected {expected}, got {}", self.describe_scalar(s));
+        if s.kind == ScalarKind::Str
+            && !matches!(
+                Scalar {
+                    text: s.text.clone(),
+                    kind: ScalarKind::Plain
+                }
+                .resolve(),
+                Resolved::Str(_)
+            )
+        {
+            msg.push_str(" (remove the quotes)");
+        }
+        msg
     }
-    msg
 }
 
 fn unknown_field(key: &str, fields: &HashMap<String, ShapeId>) -> String {
@@ -302,30 +319,11 @@ fn unknown_field(key: &str, fields: &HashMap<String, ShapeId>) -> String {
     }
 }
 
-/// Checks Kubernetes quantity syntax: a signed decimal number and an optional binary (Ki..Ei),
-/// decimal (n, u, m, k, M..E) or exponent (e3) suffix.
+/// Checks a quantity as the API server does: syntax, and Kubernetes' range.
 fn check_quantity(text: &str) -> Result<(), String> {
-    let bad = || {
-        Err(format!(
-            "invalid quantity {text:?}: expected a number with an optional suffix, e.g. 500m, 0.5, 128Mi, 1G"
-        ))
-    };
-    let body = text.strip_prefix(['+', '-']).unwrap_or(text);
-    let number_end = body.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(body.len());
-    let (number, suffix) = body.split_at(number_end);
-    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
-        return bad();
-    }
-    let ok = match suffix {
-        "" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
-        "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => true,
-        s if s.starts_with(['e', 'E']) => {
-            let exp = s[1..].strip_prefix(['+', '-']).unwrap_or(&s[1..]);
-            !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit())
-        }
-        _ => false,
-    };
-    if ok { Ok(()) } else { bad() }
+    text.parse::<capstan_api::quantity::Quantity>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Converts a node by YAML's own rules, for free-form fields.
