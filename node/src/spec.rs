@@ -2,6 +2,7 @@
 //! resource references, service links), limits, volume mounts, DNS, labels and the spec hash that
 //! tells when a running container no longer matches its spec.
 
+use capstan_api::quantity::Quantity;
 use std::collections::{BTreeMap, HashMap};
 
 use capstan_api::meta::{LABEL_COMMIT, LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_NODE, LABEL_POD, LABEL_POD_UID, LABEL_SPEC_HASH};
@@ -97,30 +98,6 @@ pub fn container_name(pod: &Value, container: &str, attempt: u32) -> String {
         m["namespace"].as_str().unwrap_or_default(),
         &uid[..uid.len().min(8)]
     )
-}
-
-/// Kubernetes quantity parsing for limits: (cpu in nano-cores, memory in bytes).
-fn quantity(v: &Value, scale: f64) -> Option<i64> {
-    let s = match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => return n.as_f64().map(|f| (f * scale) as i64),
-        _ => return None,
-    };
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "Ki" => 1024.0,
-        "Mi" => 1048576.0,
-        "Gi" => 1073741824.0,
-        _ => 1.0,
-    };
-    Some((n * mult * scale) as i64)
 }
 
 /// The sandbox container: it holds the pod's network namespace (made without a network: the
@@ -377,9 +354,10 @@ pub fn environment(pod: &Value, container: &Value, refs: &References) -> Result<
                 let (section, what) = res.split_once('.').unwrap_or(("limits", res));
                 let q = &container["resources"][section][what];
                 let divisor = vf["resourceFieldRef"]["divisor"].as_str().unwrap_or("1");
-                let div = quantity(&Value::String(divisor.into()), 1000.0).unwrap_or(1000).max(1);
-                quantity(q, 1000.0)
-                    .map(|v| ((v + div - 1) / div).to_string())
+                // As the kubelet: the value in units of the divisor, rounded up.
+                let div = divisor.parse::<Quantity>().map_or(1000, |d| d.milli_value()).max(1);
+                Quantity::from_json(q)
+                    .map(|v| (v.milli_value().saturating_add(div - 1) / div).to_string())
                     .unwrap_or_else(|| "0".into())
             } else if let Some(r) = vf.get("configMapKeyRef") {
                 let (cm, key) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
@@ -480,7 +458,10 @@ pub fn container(
     };
     let limits = &c["resources"]["limits"];
     let requests = &c["resources"]["requests"];
-    let cpu_request = quantity(&requests["cpu"], 1024.0).or_else(|| quantity(&limits["cpu"], 1024.0));
+    // cgroup CPU shares are cores × 1024, as the kubelet sets them.
+    let cpu_request = Quantity::from_json(&requests["cpu"])
+        .or_else(|| Quantity::from_json(&limits["cpu"]))
+        .map(|q| q.milli_value().saturating_mul(1024) / 1000);
     Ok(ContainerConfig {
         name: container_name(pod, name, attempt),
         image: c["image"].as_str().unwrap_or_default().to_owned(),
@@ -491,8 +472,8 @@ pub fn container(
         labels: labels(pod, &ctx.node, name, &spec_hash(c), attempt),
         network: Some(NetworkMode::Container(sandbox_id.to_owned())),
         binds,
-        memory_limit: quantity(&limits["memory"], 1.0),
-        nano_cpus: quantity(&limits["cpu"], 1e9),
+        memory_limit: Quantity::from_json(&limits["memory"]).map(|q| q.value()),
+        nano_cpus: Quantity::from_json(&limits["cpu"]).map(|q| q.nano_value()),
         cpu_shares: cpu_request.map(|s| s.max(2)),
         user: c["securityContext"]["runAsUser"].as_i64().map(|u| u.to_string()),
         tty: c["tty"] == true,

@@ -8,7 +8,9 @@ pub mod capstan;
 pub mod kinds;
 pub mod meta;
 pub mod names;
+pub mod quantity;
 pub mod schema;
+pub mod text;
 
 pub use k8s_openapi;
 pub use kinds::{KindInfo, Origin, REGISTRY};

@@ -108,11 +108,76 @@ fn check_config_keys(f: &mut Findings, path: &FieldPath, data: &Value) {
     }
 }
 
-fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Value) {
-    if let Some(r) = spec["replicas"].as_i64()
-        && r < 0
+/// Reports `field` of `object` (an integer) when it is below `min`, in the API server's words.
+fn at_least(f: &mut Findings, path: &FieldPath, object: &Value, field: &str, min: i64) {
+    if let Some(n) = object[field].as_i64()
+        && n < min
     {
-        f.invalid(spec_path.key("replicas"), "must be greater than or equal to 0");
+        let rule = if min == 0 {
+            "must be greater than or equal to 0".to_owned()
+        } else if min == 1 {
+            "must be greater than 0".to_owned()
+        } else {
+            format!("must be greater than or equal to {min}")
+        };
+        f.invalid(path.key(field), format!("{rule} (got {n})"));
+    }
+}
+
+/// An int-or-percent field (`maxSurge: 25%`, `maxUnavailable: 1`): non-negative, a percent at
+/// most 100 where `max_percent` says so; returns whether it is zero.
+fn int_or_percent(f: &mut Findings, path: FieldPath, v: &Value, max_percent: bool) -> bool {
+    match v {
+        Value::Number(n) => {
+            let n = n.as_i64().unwrap_or(-1);
+            if n < 0 {
+                f.invalid(path, format!("must be greater than or equal to 0 (got {n})"));
+            }
+            n == 0
+        }
+        Value::String(s) => match s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) {
+            Some(p) if p < 0 => {
+                f.invalid(path, format!("must be greater than or equal to 0 (got {s:?})"));
+                false
+            }
+            Some(p) if max_percent && p > 100 => {
+                f.invalid(path, format!("must not be greater than 100% (got {s:?})"));
+                false
+            }
+            Some(p) => p == 0,
+            None => {
+                f.invalid(
+                    path,
+                    format!("a valid percent string must be a numeric string followed by an ending '%' (got {s:?})"),
+                );
+                false
+            }
+        },
+        _ => false,
+    }
+}
+
+fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Value) {
+    at_least(f, spec_path, spec, "replicas", 0);
+    at_least(f, spec_path, spec, "minReadySeconds", 0);
+    if kind == "Deployment" {
+        at_least(f, spec_path, spec, "revisionHistoryLimit", 0);
+        at_least(f, spec_path, spec, "progressDeadlineSeconds", 1);
+        if let (Some(deadline), Some(ready)) = (spec["progressDeadlineSeconds"].as_i64(), spec["minReadySeconds"].as_i64())
+            && deadline > 0
+            && deadline <= ready
+        {
+            f.invalid(spec_path.key("progressDeadlineSeconds"), "must be greater than minReadySeconds");
+        }
+        let rolling = &spec["strategy"]["rollingUpdate"];
+        if rolling.is_object() {
+            let rp = spec_path.key("strategy").key("rollingUpdate");
+            let surge_zero = int_or_percent(f, rp.key("maxSurge"), &rolling["maxSurge"], false);
+            let unavailable_zero = int_or_percent(f, rp.key("maxUnavailable"), &rolling["maxUnavailable"], true);
+            if surge_zero && unavailable_zero {
+                f.invalid(rp.key("maxUnavailable"), "may not be 0 when `maxSurge` is 0");
+            }
+        }
     }
     let selector = &spec["selector"];
     let has_selector = selector["matchLabels"].as_object().is_some_and(|m| !m.is_empty())
@@ -177,6 +242,8 @@ pub fn selector_matches(selector: &Value, labels: Option<&serde_json::Map<String
 }
 
 fn check_pod_spec(f: &mut Findings, path: &FieldPath, spec: &Value, required_restart: Option<&str>) {
+    at_least(f, path, spec, "terminationGracePeriodSeconds", 0);
+    at_least(f, path, spec, "activeDeadlineSeconds", 1);
     let containers = spec["containers"].as_array();
     if containers.is_none_or(|c| c.is_empty()) {
         f.missing(path.key("containers"), "a pod needs at least one container");
@@ -281,6 +348,48 @@ fn check_container(f: &mut Findings, path: &FieldPath, c: &Value, volumes: &[&st
             .count();
         if handlers != 1 {
             f.invalid(path.key(probe), "a probe needs exactly one of exec, httpGet, tcpSocket or grpc");
+        }
+        let pp = path.key(probe);
+        for field in [
+            "initialDelaySeconds",
+            "timeoutSeconds",
+            "periodSeconds",
+            "successThreshold",
+            "failureThreshold",
+        ] {
+            at_least(f, &pp, p, field, 0);
+        }
+        if probe != "readinessProbe"
+            && let Some(n) = p["successThreshold"].as_i64()
+            && n > 1
+        {
+            f.invalid(pp.key("successThreshold"), format!("must be 1 (got {n})"));
+        }
+        at_least(f, &pp, p, "terminationGracePeriodSeconds", 1);
+    }
+    check_resources(f, &path.key("resources"), &c["resources"]);
+}
+
+/// Requests and limits: each a non-negative quantity (the syntax and range are checked with the
+/// types), and no request above its limit.
+fn check_resources(f: &mut Findings, path: &FieldPath, resources: &Value) {
+    use capstan_api::quantity::Quantity;
+    for section in ["requests", "limits"] {
+        for (name, q) in resources[section].as_object().into_iter().flatten() {
+            if Quantity::from_json(q).is_some_and(|q| q.is_negative()) {
+                f.invalid(path.key(section).key(name), "must be greater than or equal to 0");
+            }
+        }
+    }
+    for (name, request) in resources["requests"].as_object().into_iter().flatten() {
+        let limit = resources["limits"].get(name).and_then(Quantity::from_json);
+        if let (Some(request), Some(limit)) = (Quantity::from_json(request), limit)
+            && request > limit
+        {
+            f.invalid(
+                path.key("requests").key(name),
+                format!("must be less than or equal to {name} limit of {limit}"),
+            );
         }
     }
 }
@@ -462,5 +571,34 @@ mod tests {
             &json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}),
             l
         ));
+    }
+
+    #[test]
+    fn negative_durations_counts_and_resources_are_refused() {
+        let d = json!({"metadata": {"name": "web"}, "spec": {
+            "replicas": 1, "progressDeadlineSeconds": -5, "revisionHistoryLimit": -1, "minReadySeconds": -2,
+            "strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}},
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                "terminationGracePeriodSeconds": -1,
+                "containers": [{"name": "c", "image": "i",
+                    "readinessProbe": {"httpGet": {"port": 80}, "periodSeconds": -3},
+                    "livenessProbe": {"tcpSocket": {"port": 80}, "successThreshold": 2},
+                    "resources": {"requests": {"cpu": "2", "memory": "-1Mi"}, "limits": {"cpu": "1"}}}]}}}});
+        let m = messages("Deployment", d);
+        for expect in [
+            "spec.progressDeadlineSeconds: must be greater than 0 (got -5)",
+            "spec.revisionHistoryLimit: must be greater than or equal to 0 (got -1)",
+            "spec.minReadySeconds: must be greater than or equal to 0 (got -2)",
+            "spec.strategy.rollingUpdate.maxUnavailable: may not be 0 when `maxSurge` is 0",
+            "spec.template.spec.terminationGracePeriodSeconds: must be greater than or equal to 0 (got -1)",
+            "spec.template.spec.containers[0].readinessProbe.periodSeconds: must be greater than or equal to 0 (got -3)",
+            "spec.template.spec.containers[0].livenessProbe.successThreshold: must be 1 (got 2)",
+            "spec.template.spec.containers[0].resources.requests.memory: must be greater than or equal to 0",
+            "spec.template.spec.containers[0].resources.requests.cpu: must be less than or equal to cpu limit of 1",
+        ] {
+            assert!(m.contains(&expect.to_owned()), "{expect}\nnot in {m:#?}");
+        }
+        assert_eq!(m.len(), 9, "{m:#?}");
     }
 }

@@ -2,6 +2,7 @@
 //! pods (requests, selectors, affinities, tolerations, spread constraints), read once from the
 //! API objects into plain structs so that the plugins never touch JSON.
 
+use capstan_api::quantity::Quantity;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -19,21 +20,24 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// Adds `other`, saturating: sums of absurd requests must read as "full", never wrap.
     pub fn add(&mut self, other: &Resources) {
-        self.cpu_milli += other.cpu_milli;
-        self.memory += other.memory;
-        self.pods += other.pods;
+        self.cpu_milli = self.cpu_milli.saturating_add(other.cpu_milli);
+        self.memory = self.memory.saturating_add(other.memory);
+        self.pods = self.pods.saturating_add(other.pods);
         for (k, v) in &other.extended {
-            *self.extended.entry(k.clone()).or_default() += v;
+            let sum = self.extended.entry(k.clone()).or_default();
+            *sum = sum.saturating_add(*v);
         }
     }
 
     pub fn sub(&mut self, other: &Resources) {
-        self.cpu_milli -= other.cpu_milli;
-        self.memory -= other.memory;
-        self.pods -= other.pods;
+        self.cpu_milli = self.cpu_milli.saturating_sub(other.cpu_milli);
+        self.memory = self.memory.saturating_sub(other.memory);
+        self.pods = self.pods.saturating_sub(other.pods);
         for (k, v) in &other.extended {
-            *self.extended.entry(k.clone()).or_default() -= v;
+            let sum = self.extended.entry(k.clone()).or_default();
+            *sum = sum.saturating_sub(*v);
         }
     }
 }
@@ -240,48 +244,17 @@ fn labels(v: &Value) -> Labels {
         .unwrap_or_default()
 }
 
-/// Parses a quantity into base units times `scale` (1000 for millicores).
-pub fn quantity(v: &Value, scale: f64) -> i64 {
-    let s = match v {
-        Value::String(s) => s.as_str(),
-        Value::Number(n) => return (n.as_f64().unwrap_or(0.0) * scale).round() as i64,
-        _ => return 0,
-    };
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let n: f64 = num.parse().unwrap_or(0.0);
-    let mult = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1048576.0,
-        "Gi" => 1073741824.0,
-        "Ti" => 1099511627776.0,
-        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().unwrap_or(0)),
-        _ => 1.0,
-    };
-    (n * mult * scale).round() as i64
-}
-
 fn resources(v: &Value) -> Resources {
     let mut r = Resources::default();
     if let Some(m) = v.as_object() {
         for (k, q) in m {
             match k.as_str() {
-                "cpu" => r.cpu_milli = quantity(q, 1000.0),
-                "memory" => r.memory = quantity(q, 1.0),
-                "pods" => r.pods = quantity(q, 1.0),
+                "cpu" => r.cpu_milli = Quantity::of(q).milli_value(),
+                "memory" => r.memory = Quantity::of(q).value(),
+                "pods" => r.pods = Quantity::of(q).value(),
                 "ephemeral-storage" => {}
                 other => {
-                    r.extended.insert(other.to_owned(), quantity(q, 1.0));
+                    r.extended.insert(other.to_owned(), Quantity::of(q).value());
                 }
             }
         }

@@ -187,10 +187,10 @@ impl FilterPlugin for NodeResourcesFit {
         if a.pods > 0 && r.pods + 1 > a.pods {
             return no("Too many pods");
         }
-        if p.cpu_milli > 0 && r.cpu_milli + p.cpu_milli > a.cpu_milli {
+        if p.cpu_milli > 0 && r.cpu_milli.saturating_add(p.cpu_milli) > a.cpu_milli {
             return no("Insufficient cpu");
         }
-        if p.memory > 0 && r.memory + p.memory > a.memory {
+        if p.memory > 0 && r.memory.saturating_add(p.memory) > a.memory {
             return no("Insufficient memory");
         }
         for (name, want) in &p.extended {
@@ -207,7 +207,7 @@ fn used_percent(requested: i64, pod: i64, allocatable: i64) -> i64 {
     if allocatable <= 0 {
         return 100;
     }
-    ((requested + pod) * 100 / allocatable).clamp(0, 100)
+    ((i128::from(requested) + i128::from(pod)) * 100 / i128::from(allocatable)).clamp(0, 100) as i64
 }
 
 impl ScorePlugin for NodeResourcesFit {

@@ -5,9 +5,10 @@
 use capstan_runtime::{Action, Reconciler};
 use serde_json::{Map, Value, json};
 
-use super::util::{NsName, is_active, quantity};
+use super::util::{NsName, is_active};
 use super::{Context, kind};
 use crate::objects::ObjectError;
+use capstan_api::quantity::Quantity;
 
 /// The resources a set of pods uses, by quota key.
 fn pod_usage(pods: &[&Value]) -> Vec<(&'static str, f64)> {
@@ -18,10 +19,10 @@ fn pod_usage(pods: &[&Value]) -> Vec<(&'static str, f64)> {
     for p in pods {
         for c in p["spec"]["containers"].as_array().into_iter().flatten() {
             let r = &c["resources"];
-            req_cpu += quantity(&r["requests"]["cpu"]);
-            req_mem += quantity(&r["requests"]["memory"]);
-            lim_cpu += quantity(&r["limits"]["cpu"]);
-            lim_mem += quantity(&r["limits"]["memory"]);
+            req_cpu += Quantity::of(&r["requests"]["cpu"]).as_f64();
+            req_mem += Quantity::of(&r["requests"]["memory"]).as_f64();
+            lim_cpu += Quantity::of(&r["limits"]["cpu"]).as_f64();
+            lim_mem += Quantity::of(&r["limits"]["memory"]).as_f64();
         }
     }
     vec![
@@ -84,7 +85,7 @@ pub fn admit(ctx: &Context, ns: &str, pod: &Value) -> Result<(), String> {
                 continue;
             };
             let asked = requested.iter().find(|(k, _)| k == key).map_or(0.0, |(_, v)| *v);
-            if asked > 0.0 && *total > quantity(limit) + 1e-9 {
+            if asked > 0.0 && *total > Quantity::of(limit).as_f64() + 1e-9 {
                 let used = before.iter().find(|(k, _)| k == key).map_or(0.0, |(_, v)| *v);
                 over.push((key.clone(), asked, used, limit.clone()));
             }

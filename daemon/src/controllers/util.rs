@@ -127,42 +127,6 @@ pub fn template_hash(template: &Value, collision_count: i64) -> String {
     safe_encode(&fnv32a(&bytes).to_string())
 }
 
-/// Parses a Kubernetes quantity into a number of base units (cores, bytes); milli-units keep
-/// their fraction.
-pub fn quantity(q: &Value) -> f64 {
-    let s = match q {
-        Value::String(s) => s.as_str(),
-        Value::Number(n) => return n.as_f64().unwrap_or(0.0),
-        _ => return 0.0,
-    };
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let n: f64 = num.parse().unwrap_or(0.0);
-    let mult = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().unwrap_or(0)),
-        _ => 1.0,
-    };
-    n * mult
-}
-
 /// A short random suffix for generated names (`web-7d4f9c8b5-x2k9p`).
 pub fn random_suffix() -> String {
     use rand::Rng;
@@ -174,15 +138,6 @@ pub fn random_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities() {
-        assert_eq!(quantity(&json!("500m")), 0.5);
-        assert_eq!(quantity(&json!("2")), 2.0);
-        assert_eq!(quantity(&json!("128Mi")), 134217728.0);
-        assert_eq!(quantity(&json!("1G")), 1e9);
-        assert_eq!(quantity(&json!(3)), 3.0);
-    }
 
     #[test]
     fn template_hashes_are_stable_and_ignore_their_own_label() {
