@@ -164,6 +164,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // As `head` closing a pipe ends `git log`: at once, with SIGPIPE's status, no message.
+        Err(e) if output::closed_pipe(&e) => ExitCode::from(141),
         Err(e) => {
             eprintln!("error: {}", describe(&e));
             ExitCode::from(2)

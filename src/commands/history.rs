@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::output::{Format, print_structured};
+use crate::output::{Format, outln, print_structured};
 
 /// The note Capstan wrote on `commit`, if any.
 pub fn read_note(repo: &git2::Repository, commit: git2::Oid) -> Option<Value> {
@@ -88,6 +88,6 @@ pub fn run(repo: &Path, branch: Option<&str>, limit: usize, format: Format) -> a
             r["subject"].as_str().unwrap_or_default().to_owned(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(ExitCode::SUCCESS)
 }

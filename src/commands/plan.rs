@@ -2,6 +2,7 @@
 //! created, updated (field by field), pruned, quarantined — for review on a pull request. Exit
 //! status 1 if HEAD has problems.
 
+use capstan_api::text::printable;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -11,7 +12,7 @@ use capstan_git::repo::{GitRepo, Location};
 use capstan_git::report::{Entry, Report};
 
 use crate::commands::validate::plural;
-use crate::output::{Format, print_structured};
+use crate::output::{Format, outln, print_structured};
 
 pub fn run(repo_path: &Path, subpath: &str, range: &str, format: Format) -> anyhow::Result<ExitCode> {
     let Some((base, head)) = range.split_once("..") else {
@@ -37,7 +38,7 @@ pub fn run(repo_path: &Path, subpath: &str, range: &str, format: Format) -> anyh
     if format != Format::Text {
         print_structured(format, &report)?;
     } else {
-        print_text(&report, base, head);
+        print_text(&report, base, head)?;
     }
     Ok(if report.problems.is_empty() {
         ExitCode::SUCCESS
@@ -50,49 +51,55 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(10)]
 }
 
-fn print_text(report: &Report, base: &str, head: &str) {
-    println!("Plan {base}..{head} ({}..{})", short(&report.base), short(&report.head));
-    println!();
+fn print_text(report: &Report, base: &str, head: &str) -> anyhow::Result<()> {
+    outln!(
+        "Plan {}..{} ({}..{})",
+        printable(base),
+        printable(head),
+        short(&report.base),
+        short(&report.head)
+    );
+    outln!();
     for e in &report.entries {
         match e {
-            Entry::Create { object, file } => println!("  + create  {object}  ({file})"),
+            Entry::Create { object, file } => outln!("  + create  {object}  ({})", printable(file)),
             Entry::Update { object, file, changes } => {
-                println!("  ~ update  {object}  ({file})");
+                outln!("  ~ update  {object}  ({})", printable(file));
                 for c in changes {
-                    println!("        {c}");
+                    outln!("        {}", printable(&c.to_string()));
                 }
             }
-            Entry::Prune { object, file } => println!("  - prune   {object}  (was in {file})"),
+            Entry::Prune { object, file } => outln!("  - prune   {object}  (was in {})", printable(file)),
             Entry::Quarantine { object, kept, problems } => {
                 let what = if *kept {
                     "keeps running its last good version"
                 } else {
                     "will not be created"
                 };
-                println!("  ! broken  {object}: {what}");
+                outln!("  ! broken  {object}: {what}");
                 for p in problems {
-                    println!("        {p}");
+                    outln!("        {p}");
                 }
             }
             Entry::Hold { object, file } => {
-                println!("  = hold    {object}  ({file} cannot be read; not pruned)")
+                outln!("  = hold    {object}  ({} cannot be read; not pruned)", printable(file))
             }
         }
     }
     if report.entries.is_empty() {
-        println!("  no changes");
+        outln!("  no changes");
     }
     let others: Vec<_> = report.problems.iter().filter(|p| p.object.is_none()).collect();
     if !others.is_empty() {
-        println!();
-        println!("Problems:");
+        outln!();
+        outln!("Problems:");
         for p in others {
-            println!("  {p}");
+            outln!("  {p}");
         }
     }
-    println!();
+    outln!();
     let n = |f: fn(&Entry) -> bool| report.count(f);
-    println!(
+    outln!(
         "{} to create, {} to update, {} to prune, {} broken, {} unchanged; {} problem{}",
         n(|e| matches!(e, Entry::Create { .. })),
         n(|e| matches!(e, Entry::Update { .. })),
@@ -102,4 +109,5 @@ fn print_text(report: &Report, base: &str, head: &str) {
         report.problems.len(),
         plural(report.problems.len())
     );
+    Ok(())
 }

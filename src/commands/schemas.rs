@@ -1,5 +1,6 @@
 //! `capstan schemas`: writes the JSON Schema of every kind, for editors and CI linters.
 
+use crate::output::outln;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -12,6 +13,6 @@ pub fn run(out: &Path) -> anyhow::Result<ExitCode> {
         let path = out.join(name);
         std::fs::write(&path, capstan_api::schema::render(schema)).with_context(|| format!("writing {}", path.display()))?;
     }
-    println!("wrote {} schemas to {}", files.len(), out.display());
+    outln!("wrote {} schemas to {}", files.len(), out.display());
     Ok(ExitCode::SUCCESS)
 }

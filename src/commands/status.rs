@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::output::{Format, print_structured};
+use crate::output::{Format, outln, print_structured};
 
 /// One line of health for an object on the status branch.
 fn health(kind: &str, status: &Value) -> String {
@@ -92,13 +92,13 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("applied commit  {desired}");
+    outln!("applied commit  {desired}");
     if let Some(n) = &note {
-        println!("applied at      {}", n["appliedAt"].as_str().unwrap_or_default());
-        println!("outcome         {}", n["outcome"].as_str().unwrap_or_default());
+        outln!("applied at      {}", n["appliedAt"].as_str().unwrap_or_default());
+        outln!("outcome         {}", n["outcome"].as_str().unwrap_or_default());
         for q in n["quarantined"].as_array().into_iter().flatten() {
             let o = &q["object"];
-            println!(
+            outln!(
                 "quarantined     {} {}/{}",
                 o["kind"].as_str().unwrap_or_default(),
                 o["namespace"].as_str().unwrap_or_default(),
@@ -106,7 +106,7 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
             );
         }
         for p in n["problems"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "problem         {}:{}: {}",
                 p["file"].as_str().unwrap_or_default(),
                 p["line"],
@@ -114,8 +114,8 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    println!("status as of    {written}");
-    println!();
+    outln!("status as of    {written}");
+    outln!();
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::NOTHING);
     table.set_header(["KIND", "NAMESPACE", "NAME", "HEALTH", "SOURCE"]);
@@ -132,6 +132,6 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
             o["metadata"]["source"].as_str().unwrap_or("").to_owned(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(ExitCode::SUCCESS)
 }

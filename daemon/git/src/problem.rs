@@ -5,6 +5,7 @@
 use std::fmt;
 
 use capstan_api::ObjectKey;
+use capstan_api::text::printable;
 use serde::{Deserialize, Serialize};
 
 use crate::yaml::{Node, NodeValue, Pos};
@@ -85,13 +86,14 @@ impl Problem {
 /// `file:line:col: field: message (object)`, the shape compilers and linters use.
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        // Names come from the repository: escaped, so that none can forge a line.
+        write!(f, "{}:{}:{}: ", printable(&self.file), self.line, self.column)?;
         if let Some(field) = &self.field {
-            write!(f, "{field}: ")?;
+            write!(f, "{}: ", printable(field))?;
         }
-        write!(f, "{}", self.message)?;
+        write!(f, "{}", printable(&self.message))?;
         if let Some(obj) = &self.object {
-            write!(f, " [{obj}]")?;
+            write!(f, " [{}]", printable(&obj.to_string()))?;
         }
         Ok(())
     }
