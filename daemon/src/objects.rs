@@ -358,7 +358,9 @@ impl Objects {
     }
 
     /// Deletes an object, optionally only if it is still at `expected` revision. Returns the
-    /// object as it was.
+    /// object as it was. A Namespace is deleted as Kubernetes does it: the first delete marks it
+    /// Terminating (nothing new may be created in it), the namespace controller removes what is
+    /// in it, and its own delete then removes the namespace.
     pub async fn delete(&self, kind: &KindInfo, namespace: &str, name: &str, expected: Option<Revision>) -> Result<Value, ObjectError> {
         let key = key_of(kind, namespace, name);
         let not_found = || ObjectError::NotFound {
@@ -366,6 +368,17 @@ impl Objects {
             name: name.into(),
         };
         let current_kv = self.store.get(&key)?.ok_or_else(not_found)?;
+        if kind.group.is_empty() && kind.kind == "Namespace" {
+            let current = decode(kind, &current_kv).ok_or_else(not_found)?;
+            if current["metadata"]["deletionTimestamp"].is_null() {
+                let mut next = current.clone();
+                next["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                next["status"] = json!({"phase": "Terminating"});
+                return self
+                    .write_over(kind, &key, current_kv.mod_revision, &current, next, Part::All)
+                    .await;
+            }
+        }
         let rev = expected.unwrap_or(current_kv.mod_revision);
         let r = self
             .store

@@ -373,6 +373,13 @@ async fn removing_manifests_collects_garbage_and_drains_the_namespace() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     assert!(h.list("services", Some("shop")).is_empty());
+    // What Capstan itself put in the namespace goes with it.
+    assert!(
+        h.list("configmaps", Some("shop")).is_empty(),
+        "{:?}",
+        h.list("configmaps", Some("shop"))
+    );
+    assert!(h.list("serviceaccounts", Some("shop")).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
