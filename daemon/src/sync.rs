@@ -38,6 +38,9 @@ pub struct SyncStatus {
     pub unchanged: usize,
     pub quarantined: Vec<QuarantinedObject>,
     pub held: Vec<ObjectKey>,
+    /// Why the commit's prunes are held (it would prune more than the prune limit allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_held: Option<String>,
     pub problems: Vec<Problem>,
     /// Errors of the source or of writes, most recent last.
     pub errors: Vec<String>,
@@ -61,6 +64,8 @@ pub struct GitSync {
     last: Option<(Arc<capstan_git::repo::LoadedCommit>, String)>,
     /// Warnings about quarantined objects.
     events: crate::controllers::events::Recorder,
+    /// Whether the last application left writes undone (retried on an interval).
+    write_failed: bool,
 }
 
 impl std::fmt::Debug for GitSync {
@@ -107,6 +112,7 @@ impl GitSync {
             status: watch::channel(status).0,
             last: None,
             events: crate::controllers::events::Recorder::new(objects_for_events, "capstan-sync", None),
+            write_failed: false,
         })
     }
 
@@ -126,9 +132,10 @@ impl GitSync {
         self.apply_loaded(&update.loaded.clone(), &update.branch.clone(), !follows).await
     }
 
-    /// Re-applies the last commit in full if its last application left errors.
+    /// Re-applies the last commit in full if its last application left write errors (not for
+    /// errors of the source: a branch that went missing is reported, nothing is re-applied).
     pub async fn retry(&mut self) {
-        if self.status.borrow().errors.is_empty() {
+        if !self.write_failed {
             return;
         }
         if let Some((loaded, branch)) = self.last.clone() {
@@ -139,14 +146,31 @@ impl GitSync {
     async fn apply_loaded(&mut self, loaded: &capstan_git::repo::LoadedCommit, branch: &str, full: bool) -> Plan {
         let desired = loaded.snapshot.desired();
         let commit = loaded.commit.to_string();
-        let prune = prune_setting(&desired).unwrap_or(self.prune);
-        // Turning pruning back on must look at every applied object, not only the changed ones.
-        let full = full || prune != self.last_prune;
-        self.last_prune = prune;
-        let plan = match loaded.snapshot.delta() {
+        let settings = settings_of(&desired);
+        let allowed = settings.prune.unwrap_or(self.prune);
+        // Pruning again after it was off (or held) must look at every applied object, not only
+        // the changed ones.
+        let full = full || !self.last_prune;
+        let make = |prune: bool| match loaded.snapshot.delta() {
             Some(delta) if !full => plan_delta(&self.applied, &desired, delta, &commit, prune),
             _ => plan(&self.applied, &desired, &commit, prune),
         };
+        let mut next = make(allowed);
+        let limit = settings.prune_limit_percent();
+        let prune_held = (allowed && mass_prune(next.prune.len(), self.applied.len(), limit)).then(|| {
+            format!(
+                "commit {} would prune {} of the {} objects applied, more than the prune limit of {limit} %: nothing is pruned until a commit sets ClusterSettings spec.pruneLimitPercent higher (or brings the objects back)",
+                &commit[..commit.len().min(12)],
+                next.prune.len(),
+                self.applied.len()
+            )
+        });
+        if let Some(why) = &prune_held {
+            tracing::warn!(git.commit = %commit, "{why}");
+            next = plan(&self.applied, &desired, &commit, false);
+        }
+        let plan = next;
+        self.last_prune = allowed && prune_held.is_none();
         let mut errors = Vec::new();
         // What others need goes first when creating (as Helm orders an install) and last when
         // pruning: a pod is scheduled with its PriorityClass and counted by its quota.
@@ -174,6 +198,7 @@ impl GitSync {
                 errors.push(format!("pruning {key}: {e}"));
             }
         }
+        self.write_failed = !errors.is_empty();
         if errors.is_empty() {
             self.applied = plan.next.clone();
         } else {
@@ -213,6 +238,7 @@ impl GitSync {
                 })
                 .collect(),
             held: plan.held.clone(),
+            prune_held,
             problems: plan.problems.clone(),
             errors,
         };
@@ -397,14 +423,24 @@ pub async fn reset(store: &Arc<dyn Store>) -> Result<(), capstan_store::StoreErr
     store.txn(txn).await.map(|_| ())
 }
 
-/// `spec.prune` of the commit's ClusterSettings (`prune: false`: objects removed from Git are
-/// reported and left running), if it says.
-fn prune_setting(desired: &capstan_git::desired::DesiredState) -> Option<bool> {
+/// The commit's ClusterSettings, or none set.
+fn settings_of(desired: &capstan_git::desired::DesiredState) -> capstan_api::capstan::ClusterSettingsSpec {
     desired
         .objects
         .iter()
         .find(|(k, _)| k.kind == "ClusterSettings")
-        .and_then(|(_, m)| m.object["spec"]["prune"].as_bool())
+        .and_then(|(_, m)| serde_json::from_value(m.object["spec"].clone()).ok())
+        .unwrap_or_default()
+}
+
+/// Fewest prunes that the prune limit holds back: removing one small app (a Deployment, its
+/// Service, config and namespace) is an ordinary change even in a small cluster.
+const MASS_PRUNE_MIN: usize = 10;
+
+/// Whether pruning `prunes` of `applied` objects exceeds `limit_percent` of them (a tree emptied
+/// by a mistake — a wrong path, a bad merge — rather than a change someone meant).
+fn mass_prune(prunes: usize, applied: usize, limit_percent: u32) -> bool {
+    prunes >= MASS_PRUNE_MIN && prunes * 100 > applied * limit_percent as usize
 }
 
 #[cfg(test)]
@@ -424,5 +460,15 @@ mod tests {
         assert_eq!(next["spec"]["clusterIP"], "10.96.0.20");
         assert_eq!(next["spec"]["ports"][0]["nodePort"], 30001);
         assert!(next["spec"]["ports"][1].get("nodePort").is_none());
+    }
+
+    #[test]
+    fn a_commit_that_prunes_most_objects_is_held() {
+        assert!(!mass_prune(9, 9, 50), "one small app is an ordinary change");
+        assert!(mass_prune(10, 10, 50));
+        assert!(!mass_prune(10, 20, 50));
+        assert!(mass_prune(11, 20, 50));
+        assert!(!mass_prune(100, 100, 100), "100 % turns the check off");
+        assert!(mass_prune(1_000, 10_000, 0), "0 % holds any mass prune");
     }
 }

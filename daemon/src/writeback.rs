@@ -71,12 +71,16 @@ pub fn note(status: &SyncStatus, cache: &Cache, applied_at: &str) -> Option<Valu
         }
         rollouts.push(r);
     }
+    // A commit with objects that did not apply (quarantined) is not complete, even with no
+    // rollout to wait for.
     let outcome = if rollouts.iter().any(|r| r["state"] == "failed") {
         "failed"
-    } else if rollouts.iter().all(|r| r["state"] == "complete") {
-        "complete"
-    } else {
+    } else if rollouts.iter().any(|r| r["state"] != "complete") {
         "progressing"
+    } else if !status.quarantined.is_empty() {
+        "quarantined"
+    } else {
+        "complete"
     };
     let quarantined: Vec<Value> = status
         .quarantined
@@ -105,6 +109,12 @@ pub fn note(status: &SyncStatus, cache: &Cache, applied_at: &str) -> Option<Valu
         "rollouts": rollouts,
         "outcome": outcome,
     }))
+    .map(|mut n| {
+        if let Some(why) = &status.prune_held {
+            n["pruneHeld"] = json!(why);
+        }
+        n
+    })
 }
 
 /// The status branch's files: `<plural>/<namespace>/<name>.json` (cluster-scoped kinds:
@@ -154,10 +164,18 @@ fn signature() -> Result<git2::Signature<'static>, git2::Error> {
 /// Writes `text` as the note on `commit` unless it is already there.
 fn write_note(repo: &git2::Repository, commit: &str, text: &str) -> Result<bool, git2::Error> {
     let oid = git2::Oid::from_str(commit)?;
-    if let Ok(existing) = repo.find_note(Some(NOTES_REF), oid)
-        && existing.message().ok() == Some(text)
-    {
-        return Ok(false);
+    if let Ok(existing) = repo.find_note(Some(NOTES_REF), oid) {
+        // Append-only: once a note has its outcome, the audit trail keeps it; the note may only
+        // gain facts about that same application (a revert tried again). A commit applied again
+        // later, after a restart, keeps its first note.
+        let message = existing.message().unwrap_or_default();
+        let old: Value = serde_json::from_str(message).unwrap_or(Value::Null);
+        let new: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let settled = old["outcome"].as_str().is_some_and(|o| o != "progressing");
+        let same_application = old["outcome"] == new["outcome"] && old["appliedAt"] == new["appliedAt"];
+        if message == text || (settled && !same_application) {
+            return Ok(false);
+        }
     }
     let sig = signature()?;
     repo.note(&sig, &sig, Some(NOTES_REF), oid, text, true)?;
@@ -173,12 +191,17 @@ fn write_status(repo: &git2::Repository, files: &BTreeMap<String, String>, desir
     }
     let tree = repo.find_tree(update.create_updated(repo, &empty)?)?;
     let parent = repo.find_reference(STATUS_REF).ok().and_then(|r| r.peel_to_commit().ok());
-    if parent.as_ref().is_some_and(|p| p.tree_id() == tree.id()) {
+    let short = &desired[..desired.len().min(12)];
+    let message = format!("Status of {short}\n\nCapstan-Desired-Commit: {desired}\n");
+    // A new applied commit is a new status even when no object's status moved: `capstan
+    // status` reads the applied commit from here.
+    if parent
+        .as_ref()
+        .is_some_and(|p| p.tree_id() == tree.id() && p.message().ok() == Some(message.as_str()))
+    {
         return Ok(false);
     }
     let sig = signature()?;
-    let short = &desired[..desired.len().min(12)];
-    let message = format!("Status of {short}\n\nCapstan-Desired-Commit: {desired}\n");
     let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
     repo.commit(Some(STATUS_REF), &sig, &sig, &message, &tree, &parents)?;
     Ok(true)
@@ -418,5 +441,52 @@ mod tests {
             rollout(&failed),
             ("failed", Some("ReplicaSet \"web-1\" has timed out progressing.".into()))
         );
+    }
+
+    fn repo_with_commit() -> (tempfile::TempDir, git2::Repository, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init(dir.path()).unwrap();
+        let sig = signature().unwrap();
+        let tree = repo.find_tree(repo.treebuilder(None).unwrap().write().unwrap()).unwrap();
+        let oid = repo.commit(Some("HEAD"), &sig, &sig, "first", &tree, &[]).unwrap();
+        drop(tree);
+        (dir, repo, oid.to_string())
+    }
+
+    fn note_text(outcome: &str, at: &str, extra: &str) -> String {
+        format!("{{\"outcome\": \"{outcome}\", \"appliedAt\": \"{at}\"{extra}}}")
+    }
+
+    #[test]
+    fn notes_are_append_only_once_they_have_an_outcome() {
+        let (_dir, repo, commit) = repo_with_commit();
+        let read = || {
+            repo.find_note(Some(NOTES_REF), git2::Oid::from_str(&commit).unwrap())
+                .unwrap()
+                .message()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(write_note(&repo, &commit, &note_text("progressing", "t1", "")).unwrap());
+        assert!(write_note(&repo, &commit, &note_text("complete", "t1", "")).unwrap());
+        // Applied again later (a restart, a branch gone and back): the first note stays.
+        assert!(!write_note(&repo, &commit, &note_text("progressing", "t2", "")).unwrap());
+        assert!(!write_note(&repo, &commit, &note_text("failed", "t1", "")).unwrap());
+        assert_eq!(read(), note_text("complete", "t1", ""));
+        // Facts about the same application may be added (a revert that was tried again).
+        assert!(write_note(&repo, &commit, &note_text("complete", "t1", ", \"revertedBy\": \"x\"")).unwrap());
+    }
+
+    #[test]
+    fn a_new_applied_commit_is_written_to_the_status_branch_even_with_the_same_statuses() {
+        let (_dir, repo, _) = repo_with_commit();
+        let files = BTreeMap::from([("pods/default/web.json".to_owned(), "{}".to_owned())]);
+        let c1 = "1".repeat(40);
+        let c2 = "2".repeat(40);
+        assert!(write_status(&repo, &files, &c1).unwrap());
+        assert!(!write_status(&repo, &files, &c1).unwrap());
+        assert!(write_status(&repo, &files, &c2).unwrap());
+        let tip = repo.find_reference(STATUS_REF).unwrap().peel_to_commit().unwrap();
+        assert!(tip.message().unwrap().contains(&format!("Capstan-Desired-Commit: {c2}")));
     }
 }

@@ -41,6 +41,12 @@ pub struct ClusterSettingsSpec {
     /// With false, removed objects are reported and left running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<bool>,
+    /// The largest share (percent) of the applied objects one commit may prune. A commit that
+    /// would prune more (and at least 10 objects) prunes nothing and is reported, until a commit
+    /// raises the limit: a mistyped path or a bad merge must not empty the cluster. Default 50;
+    /// 100 turns the check off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_limit_percent: Option<u32>,
     /// Whether Capstan reverts, with a commit of its own, a commit whose rollout missed its
     /// progress deadline. Default false: the failure is only reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,6 +58,7 @@ impl ClusterSettingsSpec {
     pub const DEFAULT_POD_CIDR: &'static str = "10.244.0.0/16";
     pub const DEFAULT_NODE_GRACE_PERIOD_SECONDS: u32 = 40;
     pub const DEFAULT_POD_EVICTION_TIMEOUT_SECONDS: u32 = 300;
+    pub const DEFAULT_PRUNE_LIMIT_PERCENT: u32 = 50;
 
     pub fn service_cidr(&self) -> &str {
         self.service_cidr.as_deref().unwrap_or(Self::DEFAULT_SERVICE_CIDR)
@@ -72,6 +79,10 @@ impl ClusterSettingsSpec {
 
     pub fn prune(&self) -> bool {
         self.prune.unwrap_or(true)
+    }
+
+    pub fn prune_limit_percent(&self) -> u32 {
+        self.prune_limit_percent.unwrap_or(Self::DEFAULT_PRUNE_LIMIT_PERCENT).min(100)
     }
 
     pub fn revert_failed_rollouts(&self) -> bool {
