@@ -730,3 +730,35 @@ fn git_head(repo: &Path) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_would_prune_most_of_the_cluster_is_held_until_the_limit_is_raised() {
+    let configs: String = (0..12)
+        .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c{i}, namespace: shop}}\n"))
+        .collect();
+    let h = Harness::start(&[("ns.yaml", NS), ("configs.yaml", &configs)], |_| {}).await;
+    h.eventually("the ConfigMaps applied", |h| h.get("configmaps", "shop", "c11").is_some())
+        .await;
+    // A bad merge empties the file: 12 of 13 objects would go.
+    h.commit(&[("configs.yaml", "# emptied by mistake\n")], &[]);
+    let head = git_head(&h.repo);
+    let mut status = h.d.sync_status.clone();
+    h.eventually("the commit applied", |_| {
+        status.borrow_and_update().applied_commit.as_deref() == Some(&head)
+    })
+    .await;
+    let why = h.d.sync_status.borrow().prune_held.clone().expect("the prunes are held");
+    assert!(why.contains("would prune 12 of the 13 objects applied, more than the prune limit of 50 %"), "{why}");
+    assert!(h.get("configmaps", "shop", "c0").is_some(), "nothing is pruned");
+    // Raising the limit in Git is the confirmation: the held prunes go with that commit.
+    h.commit(
+        &[(
+            "settings.yaml",
+            "apiVersion: capstan.dev/v1alpha1\nkind: ClusterSettings\nmetadata: {name: cluster}\nspec: {pruneLimitPercent: 100}\n",
+        )],
+        &[],
+    );
+    h.eventually("the ConfigMaps pruned", |h| h.get("configmaps", "shop", "c0").is_none())
+        .await;
+    assert!(h.d.sync_status.borrow().prune_held.is_none());
+}
