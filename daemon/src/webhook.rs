@@ -3,7 +3,9 @@
 //! `X-Gitea-Signature`: HMAC-SHA256 of the body; GitLab `X-Gitlab-Token`: the secret itself). An
 //! accepted call makes the Git source fetch at once instead of at its next poll.
 
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -12,8 +14,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use capstan_git::source::SourceTrigger;
+use capstan_runtime::ratelog::RateLimitedLog;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
 /// The forge whose signature was accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,20 +77,90 @@ fn equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How long a delivery is remembered, and how many at most: a replay within the window is
+/// refused (GitHub and Gitea sign only the body, and a forge never sends one body twice; a
+/// redelivery of an old push has nothing new to fetch anyway).
+const REPLAY_WINDOW: Duration = Duration::from_secs(3600);
+const REPLAY_MEMORY: usize = 10_000;
+
+/// The deliveries seen within the window: their delivery ids and body digests.
+#[derive(Default)]
+struct Seen {
+    order: VecDeque<(Instant, String)>,
+    keys: HashSet<String>,
+}
+
+impl Seen {
+    /// Records a delivery's keys; false if any was seen within the window.
+    fn first_time(&mut self, keys: &[String], now: Instant) -> bool {
+        while let Some((at, key)) = self.order.front() {
+            if now.duration_since(*at) < REPLAY_WINDOW && self.order.len() < REPLAY_MEMORY {
+                break;
+            }
+            self.keys.remove(key);
+            self.order.pop_front();
+        }
+        if keys.iter().any(|k| self.keys.contains(k)) {
+            return false;
+        }
+        for k in keys {
+            self.keys.insert(k.clone());
+            self.order.push_back((now, k.clone()));
+        }
+        true
+    }
+}
+
+/// The keys a delivery is known by: the forge's delivery id, and the digest of its body.
+fn delivery_keys(headers: &HeaderMap, body: &[u8]) -> Vec<String> {
+    let mut keys = vec![format!("body:{}", hex::encode(Sha256::digest(body)))];
+    for name in ["x-github-delivery", "x-gitea-delivery", "x-gitlab-event-uuid"] {
+        if let Some(id) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            keys.push(format!("{name}:{id}"));
+        }
+    }
+    keys
+}
+
 struct Hook {
     secret: Vec<u8>,
     trigger: SourceTrigger,
+    seen: Mutex<Seen>,
+    refused: Mutex<RateLimitedLog>,
 }
 
 /// The route, to merge into the API server's unauthenticated routes.
 pub fn routes<S: Clone + Send + Sync + 'static>(secret: Vec<u8>, trigger: SourceTrigger) -> Router<S> {
-    let hook = Arc::new(Hook { secret, trigger });
+    let hook = Arc::new(Hook {
+        secret,
+        trigger,
+        seen: Mutex::new(Seen::default()),
+        refused: Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
+    });
     Router::new().route("/hooks/git", post(handle).with_state(hook))
+}
+
+fn failure(code: StatusCode, reason: &str, message: String) -> Response {
+    let status =
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()});
+    (code, axum::Json(status)).into_response()
 }
 
 async fn handle(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> Response {
     match verify(&headers, &body, &hook.secret) {
         Ok(forge) => {
+            let fresh = hook
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .first_time(&delivery_keys(&headers, &body), Instant::now());
+            if !fresh {
+                return failure(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    "this delivery was received before: replays are refused".into(),
+                );
+            }
             tracing::info!(?forge, "webhook: fetching now");
             hook.trigger.trigger();
             (
@@ -96,9 +170,12 @@ async fn handle(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) 
                 .into_response()
         }
         Err(e) => {
-            tracing::warn!("webhook refused: {e}");
-            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": e.to_string(), "reason": "Unauthorized", "code": 401});
-            (StatusCode::UNAUTHORIZED, axum::Json(status)).into_response()
+            // Anyone can call: refusals are logged at a bounded rate.
+            hook.refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .warn(|suppressed| tracing::warn!(suppressed, "webhook refused: {e}"));
+            failure(StatusCode::UNAUTHORIZED, "Unauthorized", e.to_string())
         }
     }
 }
@@ -149,5 +226,24 @@ mod tests {
             Err(WebhookError::Mismatch("X-Gitlab-Token"))
         );
         assert_eq!(verify(&HeaderMap::new(), body, b"s3cret"), Err(WebhookError::Unsigned));
+    }
+
+    #[test]
+    fn a_delivery_is_accepted_once_within_the_window() {
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        let a = delivery_keys(&headers("x-github-delivery", "id-1"), b"push 1");
+        assert!(seen.first_time(&a, t0));
+        assert!(!seen.first_time(&a, t0), "the same delivery again");
+        let new_id_same_body = delivery_keys(&headers("x-github-delivery", "id-2"), b"push 1");
+        assert!(
+            !seen.first_time(&new_id_same_body, t0),
+            "the delivery id is not signed: the body decides"
+        );
+        assert!(seen.first_time(&delivery_keys(&HeaderMap::new(), b"push 2"), t0));
+        assert!(
+            seen.first_time(&a, t0 + REPLAY_WINDOW + Duration::from_secs(1)),
+            "forgotten after the window"
+        );
     }
 }

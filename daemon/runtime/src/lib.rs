@@ -5,6 +5,7 @@
 
 pub mod https;
 pub mod queue;
+pub mod ratelog;
 
 use std::fmt::{Debug, Display};
 use std::future::Future;
