@@ -139,6 +139,25 @@ impl Authenticator {
     }
 
     /// Issues (or re-issues) the credential of node `name`; the old one stops working.
+    /// Whether `name` holds a node credential: such a node re-joins with that credential, not
+    /// with the shared join secret (which would let anyone holding it take the node over).
+    pub fn node_has_credential(&self, name: &str) -> Result<bool, capstan_store::StoreError> {
+        Ok(self.store.get(&format!("{NODE_TOKEN_PREFIX}{name}"))?.is_some())
+    }
+
+    /// Revokes a node's credential (`capstan node forget`): its agent can no longer call the
+    /// API, and a new agent may join under the name with the join secret.
+    pub async fn revoke_node(&self, name: &str) -> Result<bool, capstan_store::StoreError> {
+        let key = format!("{NODE_TOKEN_PREFIX}{name}");
+        let Some(old) = self.store.get(&key)? else {
+            return Ok(false);
+        };
+        self.store.txn(Txn::default().delete(key)).await?;
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        tokens.remove(String::from_utf8_lossy(&old.value).as_ref());
+        Ok(true)
+    }
+
     pub async fn issue_node_token(&self, name: &str) -> Result<String, capstan_store::StoreError> {
         let token = new_token();
         let key = format!("{NODE_TOKEN_PREFIX}{name}");
@@ -197,5 +216,20 @@ mod tests {
         assert_eq!(auth.authenticate(&t1), None, "a re-issued credential replaces the old one");
         let again = Authenticator::new(&local, store).unwrap();
         assert_eq!(again.authenticate(&t2), Some(Identity::Node("n1".into())));
+    }
+
+    #[tokio::test]
+    async fn a_revoked_node_credential_stops_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(capstan_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let local = LocalTokens::load_or_create(dir.path()).unwrap();
+        let auth = Authenticator::new(&local, store).unwrap();
+        assert!(!auth.node_has_credential("n1").unwrap());
+        let t = auth.issue_node_token("n1").await.unwrap();
+        assert!(auth.node_has_credential("n1").unwrap());
+        assert!(auth.revoke_node("n1").await.unwrap());
+        assert_eq!(auth.authenticate(&t), None);
+        assert!(!auth.node_has_credential("n1").unwrap());
+        assert!(!auth.revoke_node("n1").await.unwrap());
     }
 }

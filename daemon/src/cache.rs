@@ -17,6 +17,8 @@ use crate::objects::{REGISTRY_PREFIX, decode, name_of, namespace_of};
 
 /// Events kept for watches that start in the past.
 const HISTORY: usize = 20_000;
+/// Most bytes of object JSON the watch history keeps.
+const HISTORY_BYTES: usize = 64 << 20;
 
 /// One object as the cache holds it.
 #[derive(Debug)]
@@ -137,6 +139,8 @@ impl KindIndex {
 struct Inner {
     kinds: Vec<KindIndex>,
     history: VecDeque<Arc<CacheEvent>>,
+    /// Bytes of the objects' JSON in `history`.
+    history_bytes: usize,
     /// The cache has every event after this revision in `history`.
     history_from: Revision,
     revision: Revision,
@@ -190,6 +194,7 @@ impl Cache {
             inner: RwLock::new(Inner {
                 kinds,
                 history: VecDeque::new(),
+                history_bytes: 0,
                 history_from: initial.revision,
                 revision: initial.revision,
             }),
@@ -247,10 +252,13 @@ impl Cache {
             }
         };
         let event = Arc::new(CacheEvent { kind, change, entry });
+        inner.history_bytes += event.entry.json.len();
         inner.history.push_back(event.clone());
-        if inner.history.len() > HISTORY
-            && let Some(old) = inner.history.pop_front()
-        {
+        // Bounded in events and in bytes: a large object changed often must not pin its old
+        // versions (watchers resuming from before the window get 410 and re-list).
+        while inner.history.len() > HISTORY || (inner.history_bytes > HISTORY_BYTES && inner.history.len() > 1) {
+            let Some(old) = inner.history.pop_front() else { break };
+            inner.history_bytes -= old.entry.json.len();
             inner.history_from = old.revision();
         }
         inner.revision = inner.revision.max(e.kv.mod_revision);

@@ -49,19 +49,56 @@ pub fn ca_hash(pem: &str) -> Option<String> {
     pem_certs(pem).first().map(|der| hex::encode(Sha256::digest(der)))
 }
 
+/// Where a joined node keeps its own credential, so that it re-joins as itself.
+fn credential_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("credential")
+}
+
 /// Joins `server` as `node`, retrying while the server cannot be reached (it may be starting)
-/// for up to `patience`.
-pub async fn join(server: &str, token_file: &Path, node: &str, patience: Duration) -> Result<Credentials, NodeError> {
+/// for up to `patience`. A node that joined before presents its own credential (kept in
+/// `data_dir`, 0600); the join secret is for the first time, or after `capstan node forget`.
+pub async fn join(server: &str, token_file: &Path, node: &str, data_dir: &Path, patience: Duration) -> Result<Credentials, NodeError> {
     let (pinned, secret) = read_token(token_file)?;
+    let saved = std::fs::read_to_string(credential_path(data_dir))
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
     let deadline = tokio::time::Instant::now() + patience;
+    let mut own = saved;
     loop {
-        match try_join(server, &pinned, &secret, node).await {
+        let presented = own.as_deref().unwrap_or(&secret);
+        match try_join(server, &pinned, presented, node).await {
             Err(NodeError::Unreachable { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            // The saved credential was revoked (the node was forgotten): join anew.
+            Err(NodeError::Join { .. }) if own.is_some() => own = None,
+            Ok(creds) => {
+                save_credential(data_dir, &creds.token)?;
+                return Ok(creds);
             }
             other => return other,
         }
     }
+}
+
+fn save_credential(data_dir: &Path, token: &str) -> Result<(), NodeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = credential_path(data_dir);
+    let write_err = |source| NodeError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(write_err)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(write_err)?;
+    f.write_all(token.as_bytes()).map_err(write_err)
 }
 
 async fn try_join(server: &str, pinned: &str, secret: &str, node: &str) -> Result<Credentials, NodeError> {

@@ -158,7 +158,14 @@ impl Agent {
         })?;
         let runtime: Arc<dyn Runtime> = Arc::new(Docker::connect().await?);
         let runtime_version = runtime.version().await?;
-        let creds = join::join(&config.server, &config.token_file, &config.name, config.join_patience).await?;
+        let creds = join::join(
+            &config.server,
+            &config.token_file,
+            &config.name,
+            &config.data_dir,
+            config.join_patience,
+        )
+        .await?;
         let kube =
             client::kube_client(&config.server, Some(&creds.ca_pem), Some(&creds.token)).map_err(|message| NodeError::Unreachable {
                 server: config.server.clone(),

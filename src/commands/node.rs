@@ -11,7 +11,10 @@ use capstan_node::{Agent, NodeConfig};
 use serde_json::json;
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub action: Option<Action>,
     /// The API server, e.g. https://127.0.0.1:6443.
     #[arg(long, required_unless_present = "cleanup_proxy")]
     pub server: Option<String>,
@@ -89,6 +92,52 @@ pub struct Args {
     /// Extra labels on every container and network the agent makes (`key=value`).
     #[arg(long, hide = true)]
     pub runtime_label: Vec<String>,
+}
+
+/// What `capstan node` does besides running an agent.
+#[derive(clap::Subcommand, Debug)]
+pub enum Action {
+    /// Forget a node: revoke its credential and remove its Node and Lease (its pods are
+    /// replaced elsewhere), so that a new machine may join under the name.
+    Forget {
+        name: String,
+        /// An administrator's kubeconfig; default: ~/.capstan/kubeconfig.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+fn forget(name: &str, kubeconfig: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let path = match kubeconfig {
+        Some(p) => p,
+        None => super::daemon::default_data_dir()?.join("kubeconfig"),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let file = kube::config::Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let request = http::Request::delete(format!("/capstan/v1/nodes/{name}")).body(Vec::new())?;
+        let answer: serde_json::Value = client
+            .request(request)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) => anyhow::anyhow!("{}", s.message),
+                other => anyhow::Error::new(other),
+            })
+            .with_context(|| format!("forgetting node {name}"))?;
+        eprintln!(
+            "capstan node forget: {name}: credential {}, removed {}",
+            if answer["credentialRevoked"] == true {
+                "revoked"
+            } else {
+                "none held"
+            },
+            answer["removed"].as_array().map_or(0, Vec::len)
+        );
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
@@ -186,6 +235,9 @@ pub fn config(args: Args) -> anyhow::Result<NodeConfig> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(Action::Forget { name, kubeconfig }) = &args.action {
+        return forget(name, kubeconfig.clone());
+    }
     let rt = tokio::runtime::Runtime::new()?;
     if args.cleanup_proxy {
         let mut p = proxy_config(&args.proxy_mode, &args.service_cidr, &args.cluster_cidr)?;

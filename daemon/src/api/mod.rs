@@ -93,10 +93,13 @@ pub fn router(state: Shared) -> Router {
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*path}", get(openapi_gv))
         .merge(metrics::routes())
+        .route("/capstan/v1/nodes/{name}", axum::routing::delete(forget_node))
         .fallback(resource)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let mut open = Router::new()
         .route("/version", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
+        // The Python client's VersionApi asks for /version/.
+        .route("/version/", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -142,8 +145,46 @@ async fn ca_cert(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
+/// `capstan node forget NAME` (administrators): revokes the node's credential and removes its
+/// Node and Lease, so that its pods are replaced elsewhere and the name may join again.
+async fn forget_node(
+    State(state): State<Shared>,
+    axum::Extension(id): axum::Extension<Identity>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    if id != Identity::Admin {
+        return ApiError::forbidden(format!("{} may not forget nodes", id.user_name())).into_response();
+    }
+    let revoked = match state.auth.revoke_node(&name).await {
+        Ok(r) => r,
+        Err(e) => return ApiError::internal(e.to_string()).into_response(),
+    };
+    let mut removed = Vec::new();
+    for (plural, namespace) in [("leases", "kube-node-lease"), ("nodes", "")] {
+        let kind = capstan_api::kinds::by_name(plural).expect("served kind");
+        match state.objects.delete(kind, namespace, &name, None).await {
+            Ok(_) => removed.push(plural),
+            Err(crate::objects::ObjectError::NotFound { .. }) => {}
+            Err(e) => return ApiError::internal(e.to_string()).into_response(),
+        }
+    }
+    if !revoked && removed.is_empty() {
+        return ApiError::not_found(format!("no node named {name:?}")).into_response();
+    }
+    tracing::info!(node = %name, "node forgotten");
+    json_response(
+        StatusCode::OK,
+        &json!({"node": name, "credentialRevoked": revoked, "removed": removed}),
+    )
+}
+
+/// A node joins with the join secret the first time, and again with its own credential: the
+/// shared secret cannot take over a name that already has one (`capstan node forget` frees it).
 async fn join(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    if !bearer(&headers).is_some_and(|t| state.auth.is_join_secret(t)) {
+    let token = bearer(&headers);
+    let by_secret = token.is_some_and(|t| state.auth.is_join_secret(t));
+    let caller = token.and_then(|t| state.auth.authenticate(t));
+    if !by_secret && !matches!(caller, Some(Identity::Node(_))) {
         return ApiError::unauthorized().into_response();
     }
     let node = serde_json::from_slice::<Value>(&body)
@@ -152,6 +193,26 @@ async fn join(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> R
     let Some(node) = node.filter(|n| capstan_api::names::dns1123_subdomain(n).is_none()) else {
         return ApiError::bad_request("a join request needs a valid nodeName").into_response();
     };
+    match &caller {
+        Some(Identity::Node(own)) if *own == node => {}
+        Some(Identity::Node(own)) => {
+            return ApiError::forbidden(format!("node {own:?} may not join as {node:?}")).into_response();
+        }
+        _ => match state.auth.node_has_credential(&node) {
+            Ok(false) => {}
+            Ok(true) => {
+                return ApiError::new(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    format!(
+                        "node {node:?} has joined already: it re-joins with its own credential (kept in its data directory); to give the name to a new machine, run `capstan node forget {node}` first"
+                    ),
+                )
+                .into_response();
+            }
+            Err(e) => return ApiError::internal(e.to_string()).into_response(),
+        },
+    }
     match &state.join {
         Some(j) => match j.join(node).await {
             Ok(v) => json_response(StatusCode::OK, &v),
@@ -224,7 +285,14 @@ fn parse_query(query: &str) -> Result<ReadParams, ApiError> {
             "limit" => p.limit = v.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {v:?}")))?,
             "continue" if !v.is_empty() => p.continue_token = Some(v.into_owned()),
             "watch" => p.watch = v == "true" || v == "1",
-            "resourceVersion" if !v.is_empty() => p.resource_version = Some(v.into_owned()),
+            "resourceVersion" if !v.is_empty() => {
+                if v.parse::<u64>().is_err() {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid resource version {v:?}: a resourceVersion is a number"
+                    )));
+                }
+                p.resource_version = Some(v.into_owned());
+            }
             "timeoutSeconds" => p.timeout = v.parse().ok().map(Duration::from_secs),
             "allowWatchBookmarks" => p.bookmarks = v == "true" || v == "1",
             "includeObject" => p.include = Some(v.into_owned()),
@@ -664,21 +732,29 @@ fn token_request(state: &ApiState, id: &Identity, ns: &str, sa_name: &str, conte
 }
 
 /// One watch event line.
-fn event_line(change: &str, object: &Value) -> Bytes {
+/// One watch event as it goes on the wire: a few chunks, so that an object's JSON is sent from
+/// the cache's own copy, shared by every watcher, never copied per watcher.
+type EventChunks = Vec<Bytes>;
+
+fn event_line(change: &str, object: &Value) -> EventChunks {
     let mut line = serde_json::to_vec(&json!({"type": change, "object": object})).unwrap_or_default();
     line.push(b'\n');
-    Bytes::from(line)
+    vec![Bytes::from(line)]
 }
 
-fn event_line_raw(change: &str, object_json: &[u8]) -> Bytes {
-    let mut line = Vec::with_capacity(object_json.len() + 32);
-    line.extend_from_slice(b"{\"type\":\"");
-    line.extend_from_slice(change.as_bytes());
-    line.extend_from_slice(b"\",\"object\":");
-    line.extend_from_slice(object_json);
-    line.extend_from_slice(b"}\n");
-    Bytes::from(line)
+fn event_line_raw(change: &str, object_json: &Bytes) -> EventChunks {
+    let head = match change {
+        "ADDED" => Bytes::from_static(b"{\"type\":\"ADDED\",\"object\":"),
+        "MODIFIED" => Bytes::from_static(b"{\"type\":\"MODIFIED\",\"object\":"),
+        "DELETED" => Bytes::from_static(b"{\"type\":\"DELETED\",\"object\":"),
+        other => Bytes::from(format!("{{\"type\":\"{other}\",\"object\":")),
+    };
+    vec![head, object_json.clone(), Bytes::from_static(b"}\n")]
 }
+
+/// Events one watcher may have waiting to be sent. A watcher that falls this far behind is
+/// closed (as kube-apiserver closes unresponsive watchers); its client lists and watches again.
+const WATCH_BUFFER: usize = 1024;
 
 fn expired(requested: u64, oldest: u64) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {requested} ({oldest})"), "reason": "Expired", "code": 410})
@@ -688,7 +764,7 @@ async fn watch(state: &ApiState, kind: &'static KindInfo, namespace: Option<&str
     let requested: Option<u64> = p.resource_version.as_deref().and_then(|v| v.parse().ok()).filter(|v| *v > 0);
     let now = || jiff::Timestamp::now().as_second();
     let include = Include::parse(p.include.as_deref());
-    let render = move |change: &str, e: &Entry, first: &mut bool| -> Bytes {
+    let render = move |change: &str, e: &Entry, first: &mut bool| -> EventChunks {
         if table {
             let cols = if std::mem::take(first) { table::columns(kind) } else { Vec::new() };
             let t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": e.revision.to_string()}, "columnDefinitions": cols, "rows": [table_row(kind, &e.object, now(), include)]});
@@ -711,13 +787,13 @@ async fn watch(state: &ApiState, kind: &'static KindInfo, namespace: Option<&str
             return (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
-                event_line("ERROR", &expired(requested, oldest)),
+                event_line("ERROR", &expired(requested, oldest)).concat(),
             )
                 .into_response();
         }
         Err(e) => return ApiError::internal(e.to_string()).into_response(),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let (tx, rx) = tokio::sync::mpsc::channel::<EventChunks>(WATCH_BUFFER);
     let labels = p.labels.clone();
     let fields = p.fields.clone();
     let timeout = p.timeout.unwrap_or(Duration::from_secs(3600));
@@ -757,8 +833,11 @@ async fn watch(state: &ApiState, kind: &'static KindInfo, namespace: Option<&str
                             Change::Modified if now_selected => Some("MODIFIED"),
                             _ => None,
                         };
+                        // The initial events wait for the client; later ones never do: a
+                        // full buffer ends the watch rather than holding events for it.
                         if let Some(c) = change
-                            && tx.send(render(c, &ev.entry, &mut first)).await.is_err() {
+                            && tx.try_send(render(c, &ev.entry, &mut first)).is_err() {
+                                tracing::debug!(kind = kind.kind, "closing a watch that fell behind");
                                 return;
                             }
                     }
@@ -782,8 +861,8 @@ async fn watch(state: &ApiState, kind: &'static KindInfo, namespace: Option<&str
     resp
 }
 
-fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> impl futures::Stream<Item = Bytes> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<EventChunks>) -> impl futures::Stream<Item = Bytes> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).flat_map(futures::stream::iter)
 }
 
 /// The message that sends a user to Git for a change to desired state.

@@ -15,6 +15,36 @@ enum Requirement {
     DoesNotExist(String),
 }
 
+impl Requirement {
+    /// Keys must be qualified names and values label values, as the API server requires: a
+    /// selector that can match nothing by its syntax is a 400, not an empty list.
+    fn check(&self) -> Result<(), ApiError> {
+        let (key, values): (&str, &[String]) = match self {
+            Requirement::Equals(k, v) | Requirement::NotEquals(k, v) => (k, std::slice::from_ref(v)),
+            Requirement::In(k, vs) | Requirement::NotIn(k, vs) => (k, vs),
+            Requirement::Exists(k) | Requirement::DoesNotExist(k) => (k, &[]),
+        };
+        if let Some(e) = capstan_api::names::qualified_name(key) {
+            return Err(ApiError::bad_request(format!(
+                "unable to parse requirement: invalid label key {key:?}: {e}"
+            )));
+        }
+        if matches!(self, Requirement::In(..) | Requirement::NotIn(..)) && values.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "unable to parse requirement: for 'in', 'notin' operators, values set can't be empty (key {key:?})"
+            )));
+        }
+        for v in values {
+            if let Some(e) = capstan_api::names::label_value(v) {
+                return Err(ApiError::bad_request(format!(
+                    "unable to parse requirement: invalid label value: {e}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A parsed label selector; the empty selector selects everything.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LabelSelector(Vec<Requirement>);
@@ -68,6 +98,7 @@ impl LabelSelector {
             } else {
                 return Err(ApiError::bad_request(format!("unable to parse requirement: {term:?}")));
             };
+            req.check()?;
             reqs.push(req);
         }
         Ok(LabelSelector(reqs))
@@ -155,6 +186,17 @@ mod tests {
         assert!(!m("app=api"));
         assert!(m(""));
         assert!(LabelSelector::parse("a b c").is_err());
+        for bad in [
+            "app=we b",
+            "a=b=c",
+            "bad key!=x",
+            "app in ()",
+            "x=-leading",
+            &format!("k={}", "v".repeat(64)),
+        ] {
+            assert!(LabelSelector::parse(bad).is_err(), "{bad}");
+        }
+        assert!(LabelSelector::parse("app.kubernetes.io/name=web,tier in (a,b)").is_ok());
     }
 
     #[test]
