@@ -748,7 +748,10 @@ async fn a_commit_that_would_prune_most_of_the_cluster_is_held_until_the_limit_i
     })
     .await;
     let why = h.d.sync_status.borrow().prune_held.clone().expect("the prunes are held");
-    assert!(why.contains("would prune 12 of the 13 objects applied, more than the prune limit of 50 %"), "{why}");
+    assert!(
+        why.contains("would prune 12 of the 13 objects applied, more than the prune limit of 50 %"),
+        "{why}"
+    );
     assert!(h.get("configmaps", "shop", "c0").is_some(), "nothing is pruned");
     // Raising the limit in Git is the confirmation: the held prunes go with that commit.
     h.commit(

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use capstan_api::text::printable;
 use serde_json::{Value, json};
 
 use crate::output::{Format, outln, print_structured};
@@ -82,10 +83,10 @@ pub fn run(repo: &Path, branch: Option<&str>, limit: usize, format: Format) -> a
         table.add_row([
             short(r["commit"].as_str().unwrap_or_default()).to_owned(),
             applied,
-            outcome,
+            printable(&outcome).into_owned(),
             changed,
             quarantined,
-            r["subject"].as_str().unwrap_or_default().to_owned(),
+            printable(r["subject"].as_str().unwrap_or_default()).into_owned(),
         ]);
     }
     outln!("{table}");

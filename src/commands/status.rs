@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use capstan_api::text::printable;
 use serde_json::{Value, json};
 
 use crate::output::{Format, outln, print_structured};
@@ -108,10 +109,13 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
         for p in n["problems"].as_array().into_iter().flatten() {
             outln!(
                 "problem         {}:{}: {}",
-                p["file"].as_str().unwrap_or_default(),
+                printable(p["file"].as_str().unwrap_or_default()),
                 p["line"],
-                p["message"].as_str().unwrap_or_default()
+                printable(p["message"].as_str().unwrap_or_default())
             );
+        }
+        if let Some(why) = n["pruneHeld"].as_str() {
+            outln!("prunes held     {}", printable(why));
         }
     }
     outln!("status as of    {written}");
@@ -129,7 +133,7 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
             o["metadata"]["namespace"].as_str().unwrap_or("").to_owned(),
             o["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
             health(kind, &o["status"]),
-            o["metadata"]["source"].as_str().unwrap_or("").to_owned(),
+            printable(o["metadata"]["source"].as_str().unwrap_or("")).into_owned(),
         ]);
     }
     outln!("{table}");
