@@ -360,6 +360,23 @@ async fn a_node_joins_with_the_token_file_and_is_limited_to_its_own_objects() {
     assert!(joined["servingCert"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
     let n1 = client(&c, Some(&node_token)).await;
 
+    // The join secret cannot take the name over now; the node itself re-joins with its own
+    // credential, which stays valid.
+    let join_n1 = || {
+        http::Request::post("/capstan/v1/join")
+            .header("content-type", "application/json")
+            .body(br#"{"nodeName":"n1"}"#.to_vec())
+            .unwrap()
+    };
+    let err = joiner.request::<serde_json::Value>(join_n1()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("node \"n1\" has joined already") && err.to_string().contains("capstan node forget n1"),
+        "{err}"
+    );
+    let rejoined: serde_json::Value = n1.request(join_n1()).await.unwrap();
+    let node_token = rejoined["token"].as_str().unwrap().to_owned();
+    let n1 = client(&c, Some(&node_token)).await;
+
     let nodes: Api<Node> = Api::all(n1.clone());
     let node: Node = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}},
@@ -435,12 +452,32 @@ async fn a_node_joins_with_the_token_file_and_is_limited_to_its_own_objects() {
     let deployments: Api<Deployment> = Api::namespaced(n1.clone(), "shop");
     assert!(deployments.list(&ListParams::default()).await.is_ok(), "nodes read desired state");
 
-    let described = tokio::task::spawn_blocking(move || c.kubectl_ok(&["describe", "node", "n1"]))
+    let (described, c) = tokio::task::spawn_blocking(move || (c.kubectl_ok(&["describe", "node", "n1"]), c))
         .await
         .unwrap();
     assert!(has_line(&described, &["Name:", "n1"]), "{described}");
     assert!(has_line(&described, &["HolderIdentity:", "n1"]), "{described}");
     assert!(has_line(&described, &["Ready", "True"]), "{described}");
+
+    // An administrator forgets the node: its credential stops working, Node and Lease go, and
+    // the name may join again with the secret.
+    let kubeconfig = c.kubeconfig();
+    let forget = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["node", "forget", "n1", "--kubeconfig"])
+            .arg(kubeconfig)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(forget.status.success(), "{}", stderr(&forget));
+    assert!(stderr(&forget).contains("n1: credential revoked, removed 2"), "{}", stderr(&forget));
+    let err = Api::<Node>::all(n1).get("n1").await.unwrap_err();
+    assert!(err.to_string().contains("Unauthorized"), "{err}");
+    assert!(Api::<Node>::all(admin.clone()).get_opt("n1").await.unwrap().is_none());
+    let again: serde_json::Value = joiner.request(join_n1()).await.unwrap();
+    assert!(again["token"].is_string());
 }
 
 fn capstan_daemon_hash(pem: &str) -> String {
@@ -530,11 +567,22 @@ fn a_signed_webhook_fetches_a_remote_at_once_and_an_unsigned_one_is_refused() {
     let good = hex::encode(capstan_daemon::webhook::hmac_sha256(b"s3cret", body.as_bytes()));
     assert_eq!(post_hook(&c, body, &[format!("X-Hub-Signature-256: sha256={good}")]), "202");
     c.wait_until("the pushed commit applied after the webhook", || colour(&c) == "green");
+    // The same signed delivery again is a replay: refused, whatever its delivery id says.
+    assert_eq!(post_hook(&c, body, &[format!("X-Hub-Signature-256: sha256={good}")]), "409");
+    assert_eq!(
+        post_hook(
+            &c,
+            body,
+            &[format!("X-Hub-Signature-256: sha256={good}"), "X-GitHub-Delivery: new-id".into()]
+        ),
+        "409"
+    );
 
-    // GitLab's token works too.
+    // GitLab's token works too (a new push, a new body).
     let red = c.commit(&[("settings.yaml", &SETTINGS.replace("blue", "red"))], &[], "red");
     c.push();
-    assert_eq!(post_hook(&c, body, &["X-Gitlab-Token: s3cret".into()]), "202");
+    let next_body = r#"{"ref":"refs/heads/main","after":"2"}"#;
+    assert_eq!(post_hook(&c, next_body, &["X-Gitlab-Token: s3cret".into()]), "202");
     c.wait_until("the next commit applied after the webhook", || colour(&c) == "red");
 
     // The write-back reaches the remote: the note on the commit and the status branch.
