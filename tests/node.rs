@@ -446,7 +446,12 @@ spec:
       containers:
       - name: api
         image: capstan.local/testapp:latest
-        env: [{name: TERM_DELAY, value: "1"}]
+        # Answers one byte at a time: probes read the status line whole, so the pods stay
+        # Ready and are never restarted.
+        env: [{name: TERM_DELAY, value: "1"}, {name: TRICKLE, value: "1"}]
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
+        livenessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, failureThreshold: 1}
         lifecycle: {preStop: {exec: {command: ["/capstan-testapp", "exit", "0"]}}}
 ---
 apiVersion: v1
@@ -531,6 +536,8 @@ fn a_restarted_agent_adopts_its_containers_and_deletion_is_graceful() {
     for p in list["items"].as_array().unwrap() {
         assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0, "{}", p["metadata"]["name"]);
     }
+    let unhealthy = c.kubectl_ok(&["get", "events", "--field-selector", "reason=Unhealthy", "-o", "name"]);
+    assert!(unhealthy.trim().is_empty(), "no probe of a trickling server failed: {unhealthy}");
 
     // Graceful stop: a pod whose program exits on SIGTERM within its grace period exits 0 (its
     // preStop hook ran first); one that ignores it is killed when its grace period ends.

@@ -88,37 +88,136 @@ impl Probe {
         })
     }
 
-    /// Runs the probe once: true on success.
-    pub async fn run(&self, runtime: &dyn Runtime, container_id: &str, pod_ip: &str) -> bool {
+    /// Runs the probe once; a failure says why, in the kubelet's words (it goes into the
+    /// `Unhealthy` event).
+    pub async fn run(&self, runtime: &dyn Runtime, container_id: &str, pod_ip: &str) -> Result<(), String> {
         match &self.action {
-            Action::Exec(cmd) => runtime.exec(container_id, cmd, self.timeout).await.is_ok_and(|r| r.exit_code == 0),
-            Action::Tcp { port } => tokio::time::timeout(self.timeout, TcpStream::connect((pod_ip, *port)))
-                .await
-                .is_ok_and(|r| r.is_ok()),
-            Action::Http { path, port, headers } => tokio::time::timeout(self.timeout, http_get(pod_ip, *port, path, headers))
-                .await
-                .unwrap_or(false),
+            Action::Exec(cmd) => match runtime.exec(container_id, cmd, self.timeout).await {
+                Ok(r) if r.exit_code == 0 => Ok(()),
+                Ok(r) => Err(format!(
+                    "command {:?} exited with {}: {}",
+                    cmd.join(" "),
+                    r.exit_code,
+                    r.output.trim()
+                )),
+                Err(e) => Err(format!("command {:?} failed: {e}", cmd.join(" "))),
+            },
+            _ => self.run_network(pod_ip).await,
+        }
+    }
+
+    /// Runs a TCP or HTTP probe against the pod's address.
+    async fn run_network(&self, pod_ip: &str) -> Result<(), String> {
+        match &self.action {
+            Action::Exec(_) => Err("an exec probe runs in the container, not over the network".into()),
+            Action::Tcp { port } => match tokio::time::timeout(self.timeout, TcpStream::connect((pod_ip, *port))).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("dial tcp {pod_ip}:{port}: connect: {}", io_reason(&e))),
+                Err(_) => Err(format!("dial tcp {pod_ip}:{port}: i/o timeout")),
+            },
+            Action::Http { path, port, headers } => {
+                let url = format!("http://{pod_ip}:{port}{path}");
+                match tokio::time::timeout(self.timeout, http_get(pod_ip, *port, path, headers)).await {
+                    Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
+                    Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
+                    Ok(Err(why)) => Err(format!("Get {url:?}: {why}")),
+                    Err(_) => Err(format!(
+                        "Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+                    )),
+                }
+            }
         }
     }
 }
 
-async fn http_get(ip: &str, port: u16, path: &str, headers: &[(String, String)]) -> bool {
-    let Ok(mut s) = TcpStream::connect((ip, port)).await else {
-        return false;
-    };
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: capstan-probe/1.0\r\nConnection: close\r\n");
+/// An IO error as Go's net package says it (what users of the kubelet know).
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::ConnectionReset => "connection reset by peer".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Most bytes of a response's status line and headers the prober reads.
+const MAX_HEAD: usize = 64 << 10;
+/// Redirects followed to the same host, as the kubelet's prober does.
+const MAX_REDIRECTS: usize = 10;
+
+/// GETs `path` and returns the status code, following redirects to the same host and port.
+/// The answer is read until its headers end, however the server splits it into writes.
+async fn http_get(ip: &str, port: u16, path: &str, headers: &[(String, String)]) -> Result<u16, String> {
+    let mut path = path.to_owned();
+    for _ in 0..=MAX_REDIRECTS {
+        let (code, location) = http_request(ip, port, &path, headers).await?;
+        let Some(location) = location.filter(|_| (300..400).contains(&code)) else {
+            return Ok(code);
+        };
+        // Another host: the kubelet stops following and counts the redirect as success.
+        match same_host_path(&location, ip, port) {
+            Some(next) => path = next,
+            None => return Ok(code),
+        }
+    }
+    Err(format!("stopped after {MAX_REDIRECTS} redirects"))
+}
+
+/// The path of a redirect target on this same host and port, if it is one.
+fn same_host_path(location: &str, ip: &str, port: u16) -> Option<String> {
+    if location.starts_with('/') {
+        return Some(location.to_owned());
+    }
+    let rest = location.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let same = host == format!("{ip}:{port}") || (port == 80 && host == ip);
+    same.then_some(path)
+}
+
+async fn http_request(ip: &str, port: u16, path: &str, headers: &[(String, String)]) -> Result<(u16, Option<String>), String> {
+    let mut s = TcpStream::connect((ip, port))
+        .await
+        .map_err(|e| format!("dial tcp {ip}:{port}: connect: {}", io_reason(&e)))?;
+    let mut req =
+        format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut head = [0u8; 32];
-    let Ok(n) = s.read(&mut head).await else { return false };
-    let line = String::from_utf8_lossy(&head[..n]);
-    let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (200..400).contains(&code)
+    s.write_all(req.as_bytes()).await.map_err(|e| io_reason(&e))?;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        if head.len() > MAX_HEAD {
+            return Err(format!("the response's headers exceed {MAX_HEAD} bytes"));
+        }
+        let n = s.read(&mut buf).await.map_err(|e| io_reason(&e))?;
+        if n == 0 {
+            return Err(if head.is_empty() { "EOF".into() } else { "unexpected EOF".into() });
+        }
+        head.extend_from_slice(&buf[..n]);
+    };
+    parse_head(&head[..end])
+}
+
+/// The status code and Location of a response head (status line and headers, no blank line).
+fn parse_head(head: &[u8]) -> Result<(u16, Option<String>), String> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let status = lines.next().unwrap_or_default();
+    let mut parts = status.splitn(3, ' ');
+    let (version, code) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let code: u16 = match (version.starts_with("HTTP/1."), code.parse()) {
+        (true, Ok(c)) if (100..600).contains(&c) => c,
+        _ => return Err(format!("malformed HTTP response {status:?}")),
+    };
+    let location = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("location"))
+        .map(|(_, v)| v.trim().to_owned());
+    Ok((code, location))
 }
 
 /// How soon an eager probe looks again before its first success.
@@ -291,5 +390,83 @@ mod tests {
         let mut plain = ProbeState::new(probe, t0);
         assert_eq!(plain.record(false, t0), None);
         assert_eq!(plain.next_at(), ms(1000));
+    }
+
+    /// A server on loopback that answers every connection with `answer`, written `chunk` bytes
+    /// at a time with a pause between writes (as the example's frontend splits its status line).
+    async fn trickling_server(answer: &'static [u8], chunk: usize) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    for part in answer.chunks(chunk) {
+                        if s.write_all(part).await.is_err() {
+                            return;
+                        }
+                        let _ = s.flush().await;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn the_status_line_is_read_however_the_server_splits_it() {
+        let ok = trickling_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1).await;
+        for _ in 0..5 {
+            assert_eq!(http_get("127.0.0.1", ok, "/healthz", &[]).await, Ok(200));
+        }
+        let split = trickling_server(b"HTTP/1.1 \r\n", 9).await;
+        assert!(
+            http_get("127.0.0.1", split, "/", &[]).await.is_err(),
+            "a status line with no code is malformed"
+        );
+        let failing = trickling_server(b"HTTP/1.1 503 Service Unavailable\r\n\r\n", 3).await;
+        assert_eq!(http_get("127.0.0.1", failing, "/", &[]).await, Ok(503));
+        // Redirects elsewhere count as success, as in the kubelet.
+        let away = trickling_server(b"HTTP/1.1 302 Found\r\nLocation: http://example.invalid/\r\n\r\n", 5).await;
+        assert_eq!(http_get("127.0.0.1", away, "/", &[]).await, Ok(302));
+    }
+
+    #[test]
+    fn redirects_are_followed_only_on_the_same_host() {
+        assert_eq!(same_host_path("/next", "10.0.0.1", 8080), Some("/next".into()));
+        assert_eq!(same_host_path("http://10.0.0.1:8080/x", "10.0.0.1", 8080), Some("/x".into()));
+        assert_eq!(same_host_path("http://10.0.0.1/x", "10.0.0.1", 80), Some("/x".into()));
+        assert_eq!(same_host_path("http://other:8080/x", "10.0.0.1", 8080), None);
+        assert_eq!(parse_head(b"HTTP/1.0 301 Moved\r\nlocation: /a"), Ok((301, Some("/a".into()))));
+        assert!(parse_head(b"SSH-2.0-OpenSSH").is_err());
+    }
+
+    #[tokio::test]
+    async fn failures_say_why_in_the_kubelets_words() {
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let probe = |action| Probe {
+            action,
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            success_threshold: 1,
+            failure_threshold: 1,
+        };
+        let tcp = probe(Action::Tcp { port: refused }).run_network("127.0.0.1").await;
+        assert_eq!(tcp, Err(format!("dial tcp 127.0.0.1:{refused}: connect: connection refused")));
+        let failing = trickling_server(b"HTTP/1.1 503 Service Unavailable\r\n\r\n", 64).await;
+        let http = probe(Action::Http {
+            path: "/healthz".into(),
+            port: failing,
+            headers: vec![],
+        })
+        .run_network("127.0.0.1")
+        .await;
+        assert_eq!(http, Err("HTTP probe failed with statuscode: 503".into()));
     }
 }

@@ -894,11 +894,12 @@ impl Worker {
         if !self.slots[i].started {
             if let Some(mut p) = self.slots[i].startup.take() {
                 if p.due(now) {
-                    let ok = p.probe.run(runtime.as_ref(), &id, &ip).await;
-                    match p.record(ok, Instant::now()) {
+                    let outcome = p.probe.run(runtime.as_ref(), &id, &ip).await;
+                    match p.record(outcome.is_ok(), Instant::now()) {
                         Some(true) => self.slots[i].started = true,
                         Some(false) => {
-                            self.event("Warning", "Unhealthy", "Startup probe failed".into(), Some(&field));
+                            let why = outcome.err().unwrap_or_default();
+                            self.event("Warning", "Unhealthy", format!("Startup probe failed: {why}"), Some(&field));
                             self.slots[i].startup = Some(p);
                             self.kill(i, "failed startup probe").await;
                             return;
@@ -917,12 +918,13 @@ impl Worker {
         }
         if let Some(mut p) = self.slots[i].liveness.take() {
             if p.due(now) {
-                let ok = p.probe.run(runtime.as_ref(), &id, &ip).await;
-                if !ok {
-                    tracing::debug!(pod = %self.name(), container = %self.slots[i].name, "liveness probe failed");
+                let outcome = p.probe.run(runtime.as_ref(), &id, &ip).await;
+                if let Err(why) = &outcome {
+                    tracing::debug!(pod = %self.name(), container = %self.slots[i].name, "liveness probe failed: {why}");
                 }
-                if p.record(ok, Instant::now()) == Some(false) {
-                    self.event("Warning", "Unhealthy", "Liveness probe failed".into(), Some(&field));
+                if p.record(outcome.is_ok(), Instant::now()) == Some(false) {
+                    let why = outcome.err().unwrap_or_default();
+                    self.event("Warning", "Unhealthy", format!("Liveness probe failed: {why}"), Some(&field));
                     self.slots[i].liveness = Some(p);
                     self.kill(i, "failed liveness probe").await;
                     return;
@@ -934,9 +936,10 @@ impl Worker {
         match self.slots[i].readiness.take() {
             Some(mut p) => {
                 if p.due(now) {
-                    let ok = p.probe.run(runtime.as_ref(), &id, &ip).await;
-                    if p.record(ok, Instant::now()) == Some(false) {
-                        self.event("Warning", "Unhealthy", "Readiness probe failed".into(), Some(&field));
+                    let outcome = p.probe.run(runtime.as_ref(), &id, &ip).await;
+                    if p.record(outcome.is_ok(), Instant::now()) == Some(false) {
+                        let why = outcome.err().unwrap_or_default();
+                        self.event("Warning", "Unhealthy", format!("Readiness probe failed: {why}"), Some(&field));
                     }
                 }
                 self.slots[i].ready = p.result == Some(true);
@@ -985,8 +988,12 @@ impl Worker {
                 success_threshold: 1,
                 failure_threshold: 1,
             };
-            p.run(self.env.runtime.as_ref(), id, self.pod_ip.as_deref().unwrap_or_default())
-                .await;
+            if let Err(why) = p
+                .run(self.env.runtime.as_ref(), id, self.pod_ip.as_deref().unwrap_or_default())
+                .await
+            {
+                tracing::info!(pod = %self.name(), "preStop hook failed: {why}");
+            }
         } else if let Some(secs) = hook["sleep"]["seconds"].as_u64() {
             tokio::time::sleep(Duration::from_secs(secs).min(grace)).await;
         }

@@ -113,12 +113,25 @@ pub fn serve(port: u16, handler: impl Fn(&Request) -> (u16, String) + Send + Syn
                     _ => "Status",
                 };
                 let kind = if body.starts_with("<!doctype") { "text/html" } else { "text/plain" };
-                let mut s = &stream;
-                let _ = write!(
-                    s,
+                let answer = format!(
                     "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
+                let mut s = &stream;
+                if std::env::var_os("TRICKLE").is_some() {
+                    // One byte per write, as slow or oddly buffered servers send: probes must
+                    // read the whole status line however it arrives.
+                    let _ = stream.set_nodelay(true);
+                    for b in answer.as_bytes() {
+                        if s.write_all(&[*b]).is_err() {
+                            break;
+                        }
+                        let _ = s.flush();
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                } else {
+                    let _ = s.write_all(answer.as_bytes());
+                }
             }
         });
     }

@@ -2,7 +2,8 @@
 //! It plays every part the tests and the example need:
 //!
 //! - `serve` (default): an HTTP server with probe endpoints that can be switched off, an
-//!   environment and file dump, and a configurable exit, for node-agent and proxy tests;
+//!   environment and file dump, and a configurable exit, for node-agent and proxy tests
+//!   (`TRICKLE=1`: every answer written one byte at a time);
 //! - `guestbook`: the example's frontend, keeping entries in redis;
 //! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf;
 //! - `connect ADDRESS:PORT`: whether a TCP connection is accepted (the API from a pod);
