@@ -38,6 +38,8 @@ impl Backoff {
 pub struct Streak {
     count: u32,
     until: Option<Instant>,
+    /// The length of the wait in progress.
+    wait: Duration,
 }
 
 impl Streak {
@@ -46,9 +48,27 @@ impl Streak {
         if ran_for >= curve.reset_after {
             self.count = 0;
         }
-        let until = now + curve.delay(self.count);
+        self.wait_for(curve.delay(self.count), now)
+    }
+
+    /// Records a container that exited, as the kubelet counts restarts: the first exit (of a
+    /// streak) is restarted at once, the next after the curve's first wait, and so on.
+    pub fn crashed(&mut self, curve: &Backoff, ran_for: Duration, now: Instant) -> Instant {
+        if ran_for >= curve.reset_after {
+            self.count = 0;
+        }
+        let wait = match self.count {
+            0 => Duration::ZERO,
+            n => curve.delay(n - 1),
+        };
+        self.wait_for(wait, now)
+    }
+
+    fn wait_for(&mut self, wait: Duration, now: Instant) -> Instant {
+        let until = now + wait;
         self.count = self.count.saturating_add(1);
         self.until = Some(until);
+        self.wait = wait;
         until
     }
 
@@ -63,8 +83,8 @@ impl Streak {
     }
 
     /// The length of the wait in progress, for messages (`back-off 20s restarting ...`).
-    pub fn current(&self, curve: &Backoff) -> Duration {
-        curve.delay(self.count.saturating_sub(1))
+    pub fn current(&self) -> Duration {
+        self.wait
     }
 
     pub fn reset(&mut self) {
@@ -90,7 +110,7 @@ mod tests {
             waits.push((until - now).as_secs());
         }
         assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300, 300]);
-        assert_eq!(s.current(&curve), Duration::from_secs(300));
+        assert_eq!(s.current(), Duration::from_secs(300));
         // Ten minutes of clean running start the curve over.
         let now = Instant::now();
         let until = s.failed(&curve, Duration::from_secs(600), now);
@@ -110,4 +130,22 @@ mod tests {
         );
         assert_eq!(curve.delay(1000), Duration::from_millis(400));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_exit_restarts_at_once_and_the_next_ones_back_off() {
+        let curve = Backoff::default();
+        let mut s = Streak::default();
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let now = Instant::now();
+            let until = s.crashed(&curve, Duration::from_secs(1), now);
+            waits.push((until - now).as_secs());
+            tokio::time::advance(until - now).await;
+        }
+        assert_eq!(waits, [0, 10, 20, 40, 80]);
+        // A clean run of ten minutes: the next exit is restarted at once again.
+        let now = Instant::now();
+        assert_eq!(s.crashed(&curve, Duration::from_secs(600), now), now);
+    }
+
 }

@@ -669,11 +669,11 @@ impl Worker {
                 if fresh {
                     slot.handled = Some(info.id.clone());
                     let ran = seconds_between(info.started_at.as_deref(), info.finished_at.as_deref());
-                    slot.crash.failed(&self.env.backoff, ran, now);
+                    slot.crash.crashed(&self.env.backoff, ran, now);
                     slot.last = Some(t);
                 }
                 if !slot.crash.ready(now) {
-                    let wait = human(slot.crash.current(&self.env.backoff));
+                    let wait = human(slot.crash.current());
                     let until = slot.crash.until();
                     let (name, init) = (slot.name.clone(), slot.init);
                     let first = slot.waiting.as_ref().is_none_or(|w| w.0 != "CrashLoopBackOff");
