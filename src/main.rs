@@ -117,10 +117,15 @@ enum Command {
     },
 }
 
+/// The default log filter. The join fetches the cluster CA before it can check the server's
+/// certificate (the CA's hash is then checked against the token file); kube-rs warns about that
+/// one unverified request, which is no news to the user.
+const DEFAULT_LOG: &str = "info,kube_client::client::tls=error";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()))
         .with_writer(std::io::stderr)
         // Colours only on a terminal: a log written to a file stays plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

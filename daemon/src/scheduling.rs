@@ -56,7 +56,12 @@ struct Loop {
     /// Where pods that preempted others wait for their victims to stop.
     nominated: HashMap<Key, String>,
     bound_tx: tokio::sync::mpsc::UnboundedSender<(Key, String, bool)>,
+    /// When the loop started (see [`STARTUP_GRACE`]).
+    started: Instant,
 }
+
+/// How long after start an unschedulable pod is retried quietly: the nodes are registering.
+const STARTUP_GRACE: Duration = Duration::from_secs(15);
 
 /// Binds a pod: spec.nodeName with compare-and-swap (a pod bound meanwhile by anyone else is
 /// left alone: never two nodes), then PodScheduled=True. Ok(false) when it was not ours to bind.
@@ -323,6 +328,12 @@ impl Loop {
     /// PodScheduled=False with `message` and a FailedScheduling event (once per message); tried
     /// again later.
     async fn unschedulable(&mut self, key: &Key, pod: &Value, message: String) {
+        // At start, pods are often read before the first node has registered (or reported
+        // Ready): no warning for what the next seconds settle, only a quick retry.
+        if self.started.elapsed() < STARTUP_GRACE {
+            self.backoff.insert(key.clone(), (0, Instant::now() + Duration::from_millis(500)));
+            return;
+        }
         let previous = pod["status"]["conditions"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled"))
@@ -384,6 +395,7 @@ pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) {
         binding: std::collections::HashSet::new(),
         nominated: HashMap::new(),
         bound_tx,
+        started: Instant::now(),
     };
     'restart: loop {
         let (nodes, node_rev) = ctx.cache.list(kind("nodes"), None);
