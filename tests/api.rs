@@ -221,6 +221,31 @@ fn writes_to_desired_state_are_refused_with_the_git_file() {
             .args(["get", "deploy", "-n", "shop", "-o", "name"]),
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "deployment.apps/web");
+    // ...everything but Secrets, as Kubernetes' `view`.
+    let o = common::run(
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&ro)
+            .args(["get", "secret", "db", "-n", "shop"]),
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("may not read secrets"), "{}", stderr(&o));
+
+    // The data directory and the store are the daemon's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&c.data), 0o700);
+    assert_eq!(mode(&c.data.join("store.redb")), 0o600);
+    // Secrets are encrypted at rest: their values are nowhere in the store file.
+    let store = std::fs::read(c.data.join("store.redb")).unwrap();
+    for clear in [&b"hunter2"[..], b"aHVudGVyMg"] {
+        assert!(
+            !store.windows(clear.len()).any(|w| w == clear),
+            "{}",
+            String::from_utf8_lossy(clear)
+        );
+    }
+    assert!(store.windows(22).any(|w| w == b"capstan:enc:aesgcm:v1:"));
 }
 
 #[test]

@@ -104,6 +104,44 @@ pub enum DaemonError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("writing {path}: {source}")]
     Write { path: String, source: std::io::Error },
+    #[error("the encryption keys in {path}: {message}")]
+    Keyring { path: String, message: String },
+}
+
+/// Where the keys that encrypt Secrets at rest are kept (see [`capstan_store::Keyring`]).
+pub const ENCRYPTION_KEYS: &str = "pki/encryption-keys";
+
+/// The store keys whose values are encrypted at rest: Secrets, and the sync's record of the
+/// Secrets it applied (which holds their content).
+fn sealed_prefixes() -> Vec<String> {
+    let secrets = objects::prefix_of(capstan_api::kinds::by_name("secrets").expect("served kind"), None);
+    vec![secrets.clone(), format!("{}{secrets}", sync::APPLIED_PREFIX)]
+}
+
+/// Opens the embedded store with Secrets encrypted at rest (a keyring is made on first start);
+/// values not sealed with the keyring's first key (written before, or with an older key) are
+/// sealed again now.
+async fn open_store(data: &std::path::Path) -> Result<Arc<dyn Store>, DaemonError> {
+    let raw: Arc<dyn Store> = Arc::new(RedbStore::open(&data.join("store.redb"))?);
+    let path = data.join(ENCRYPTION_KEYS);
+    if !path.exists() {
+        pki::write_private(&path, &capstan_store::Keyring::generate("key1"))?;
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| DaemonError::Write {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let keyring = capstan_store::Keyring::parse(&text).map_err(|e| DaemonError::Keyring {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let primary = keyring.primary().to_owned();
+    let store = capstan_store::EncryptedStore::new(raw, keyring, sealed_prefixes());
+    let resealed = store.reseal().await?;
+    if resealed > 0 {
+        tracing::info!(key = %primary, values = resealed, "encrypted Secrets at rest with the keyring's first key");
+    }
+    Ok(Arc::new(store))
 }
 
 /// A running control plane.
@@ -139,7 +177,15 @@ impl Daemon {
             path: data.display().to_string(),
             source,
         })?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&data.join("store.redb"))?);
+        // Tokens, keys and the store live here: the daemon's user alone may enter.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).map_err(|source| DaemonError::Write {
+                path: data.display().to_string(),
+                source,
+            })?;
+        }
+        let store = open_store(data).await?;
         let ca = Arc::new(Ca::load_or_create(&data.join("pki"))?);
         let tokens = LocalTokens::load_or_create(data)?;
         let auth = Arc::new(Authenticator::new(&tokens, store.clone())?);

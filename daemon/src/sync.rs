@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::objects::{ObjectError, Objects, key_of};
 
 /// Store prefix of the applied records: `/capstan/applied/<object key>`.
-const APPLIED_PREFIX: &str = "/capstan/applied";
+pub const APPLIED_PREFIX: &str = "/capstan/applied";
 /// Store key of the sync status.
 pub const STATUS_KEY: &str = "/capstan/sync/status";
 

@@ -309,9 +309,16 @@ fn wants_table(headers: &HeaderMap) -> bool {
 /// May `id` read objects of `kind` in `namespace`?
 fn authorize_read(state: &ApiState, id: &Identity, kind: &KindInfo, namespace: Option<&str>, name: Option<&str>) -> Result<(), ApiError> {
     match id {
-        Identity::Admin | Identity::ReadOnly => Ok(()),
+        Identity::Admin => Ok(()),
+        // Kubernetes' `view`: everything but Secrets (their values would let a viewer act as
+        // the workloads that use them).
+        Identity::ReadOnly if kind.is_secret() => Err(ApiError::forbidden(format!(
+            "{} may not read secrets: the read-only credential has Kubernetes' view rights, which exclude Secrets",
+            id.user_name()
+        ))),
+        Identity::ReadOnly => Ok(()),
         Identity::Node(node) => {
-            if kind.kind != "Secret" {
+            if !kind.is_secret() {
                 return Ok(());
             }
             // Like the Kubernetes node authoriser: only secrets of pods bound to this node.

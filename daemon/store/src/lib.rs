@@ -6,12 +6,14 @@
 //! etcd backend can implement the same trait without changing callers.
 
 mod codec;
+pub mod encrypted;
 mod redb_store;
 
 use std::future::Future;
 use std::pin::Pin;
 
 pub use bytes::Bytes;
+pub use encrypted::{EncryptedStore, Keyring};
 pub use redb_store::RedbStore;
 use tokio::sync::mpsc;
 

@@ -69,6 +69,19 @@ impl RedbStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
         }
+        // The store holds every object, Secrets among them: readable by its owner alone, also
+        // when it already exists with wider permissions.
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| open_err(&e))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| open_err(&e))?;
         let db = Database::create(path).map_err(|e| open_err(&e))?;
         let (revision, compacted) = {
             let w = db.begin_write().map_err(|e| open_err(&e))?;
