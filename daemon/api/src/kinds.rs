@@ -40,7 +40,7 @@ pub struct KindInfo {
     /// Whether the kind has a `/status` subresource.
     pub has_status: bool,
     schema: fn(SchemaGenerator) -> Schema,
-    check: fn(serde_json::Value) -> Result<(), TypeError>,
+    check: fn(&serde_json::Value) -> Result<(), TypeError>,
 }
 
 impl std::fmt::Debug for KindInfo {
@@ -80,7 +80,7 @@ impl KindInfo {
     }
 
     /// Decodes `object` into the kind's Rust type; the error names the field that failed.
-    pub fn check(&self, object: serde_json::Value) -> Result<(), TypeError> {
+    pub fn check(&self, object: &serde_json::Value) -> Result<(), TypeError> {
         (self.check)(object)
     }
 
@@ -117,7 +117,7 @@ fn own_schema_of<T: JsonSchema>(mut generator: SchemaGenerator) -> Schema {
     root
 }
 
-fn check_as<T: DeserializeOwned>(object: serde_json::Value) -> Result<(), TypeError> {
+fn check_as<T: DeserializeOwned>(object: &serde_json::Value) -> Result<(), TypeError> {
     serde_path_to_error::deserialize::<_, T>(object).map(|_| ()).map_err(|e| TypeError {
         path: e.path().to_string(),
         message: e.inner().to_string(),
@@ -263,7 +263,7 @@ mod tests {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
             "spec": {"containers": [{"name": "c", "ports": [{"containerPort": "eighty"}]}]}
         });
-        let err = by_name("pod").unwrap().check(pod).unwrap_err();
+        let err = by_name("pod").unwrap().check(&pod).unwrap_err();
         assert_eq!(err.path, "spec.containers[0].ports[0].containerPort");
     }
 }

@@ -3,7 +3,9 @@
 //!   state and plan computed from it;
 //! - re-load after a one-file change (tree diff, re-read of that file, desired state, plan);
 //! - commit-to-desired-state latency for a local repository (notify path) and for a file://
-//!   remote, polled and triggered (the webhook path).
+//!   remote, polled and triggered (the webhook path);
+//! - a 1 MiB file of 100,000 keys, and the worst alias bombs the reader's budget allows (time to
+//!   refuse them and the peak memory of a process that does, beside a trivial file's).
 //!
 //! `cargo bench -p capstan-git --bench loader` (add `-- --quick` for the small run CI does).
 
@@ -148,7 +150,129 @@ fn latency(label: &str, samples: usize, location: Location, repo_dir: &Path, dat
     );
 }
 
+/// Peak resident memory of this process so far (VmHWM), in MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+/// Run in a child process of its own (so that its peak memory is its own): loads one file and
+/// prints `milliseconds peak-MB problems`.
+fn child_load(which: &str) {
+    let text = match which {
+        "floor" => "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: small}\n".to_owned(),
+        // The worst bomb the budget lets through to its limit: ten-fold fan-out, nine levels.
+        "bomb" => capstan_git::hostile::fan_out(10, 9),
+        "string-bomb" => capstan_git::hostile::string_fan_out(1 << 20, 10_000),
+        other => panic!("unknown load {other}"),
+    };
+    let t = Instant::now();
+    let load = capstan_git::manifest::load_file("bomb.yaml", text.as_bytes());
+    let elapsed = t.elapsed();
+    println!("{:.2} {:.1} {}", elapsed.as_secs_f64() * 1e3, peak_rss_mb(), load.problems.len());
+}
+
+/// Loads `which` in a child process: (ms, peak MB, problems).
+fn in_child(which: &str) -> (f64, f64, usize) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("CAPSTAN_BENCH_CHILD", which)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    let mut next = || parts.next().and_then(|p| p.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (next(), next(), next() as usize)
+}
+
+/// Hostile and large files: a 1 MiB file of 100,000 keys, and the worst bombs the budget
+/// allows, each beside the floor of loading a trivial file in the same kind of process.
+fn hostile_figures(runs: usize) {
+    let mut wide = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: wide}\ndata:\n");
+    for i in 0..100_000 {
+        wide.push_str(&format!(" k{i}: v\n"));
+    }
+    let keys = median_of(runs, || {
+        let t = Instant::now();
+        let load = capstan_git::manifest::load_file("wide.yaml", wide.as_bytes());
+        assert!(load.problems.is_empty(), "{:?}", load.problems.first());
+        t.elapsed()
+    });
+    let parse = median_of(runs, || {
+        let t = Instant::now();
+        let docs = capstan_git::yaml::parse(&wide).unwrap();
+        let e = t.elapsed();
+        drop(docs);
+        e
+    });
+    let raw = median_of(runs, || {
+        let t = Instant::now();
+        let mut parser = serde_saphyr::granit_parser::Parser::new_from_str(&wide);
+        let mut n = 0usize;
+        while let Some(e) = parser.next_event() {
+            let _ = e.unwrap();
+            n += 1;
+        }
+        assert!(n > 200_000);
+        t.elapsed()
+    });
+    let docs = capstan_git::yaml::parse(&wide).unwrap();
+    let kind = capstan_api::kinds::by_kind("ConfigMap").unwrap();
+    let convert = median_of(runs, || {
+        let t = Instant::now();
+        let mut issues = Vec::new();
+        let v = capstan_git::shape::shape_of(kind).convert(&docs[0].root, &mut issues);
+        let e = t.elapsed();
+        drop(v);
+        e
+    });
+    let object = capstan_git::shape::shape_of(kind).convert(&docs[0].root, &mut Vec::new());
+    let decode = median_of(runs, || {
+        let t = Instant::now();
+        let r = kind.check(&object);
+        assert!(r.is_ok());
+        t.elapsed()
+    });
+    let values = median_of(runs, || {
+        let t = Instant::now();
+        let f = capstan_git::validate::check("ConfigMap", &object);
+        assert!(f.is_empty());
+        t.elapsed()
+    });
+    println!("hostile and large input:");
+    println!(
+        "  {:.2} MiB file of 100,000 keys, loaded       {:>9}   target < 100 ms",
+        wide.len() as f64 / (1 << 20) as f64,
+        ms(keys)
+    );
+    println!(
+        "    YAML tree {} (floor: the event parser alone {}), schema and JSON {}, typed decode {}, value checks {}",
+        ms(parse),
+        ms(raw),
+        ms(convert),
+        ms(decode),
+        ms(values)
+    );
+    let (_, floor_mb, _) = in_child("floor");
+    for (which, label) in [
+        ("bomb", "alias bomb (10-fold, 9 levels)"),
+        ("string-bomb", "1 MiB string aliased 10,000 times"),
+    ] {
+        let (t, mb, problems) = in_child(which);
+        assert_eq!(problems, 1, "{which} is refused");
+        println!("  {label:<38} refused in {t:>6.1} ms, peak {mb:>5.1} MB (floor {floor_mb:.1} MB)   target < 100 ms, < 64 MB");
+    }
+}
+
 fn main() {
+    if let Ok(which) = std::env::var("CAPSTAN_BENCH_CHILD") {
+        child_load(&which);
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
     let docs = if quick { 1_000 } else { 10_000 };
     let runs = if quick { 2 } else { 5 };
@@ -226,6 +350,8 @@ fn main() {
         "  one-file change: diff, re-read, desired, plan {:>10}   target < 50 ms",
         ms(reload)
     );
+
+    hostile_figures(runs);
 
     println!("commit to desired state:");
     latency(

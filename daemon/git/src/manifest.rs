@@ -220,7 +220,7 @@ impl FileLoad {
                 obj.remove("status");
             }
             set_namespace(&mut object, kind, &key.namespace);
-            match kind.check(object.clone()) {
+            match kind.check(&object) {
                 Err(e) => {
                     let field = FieldPath::parse(&e.path);
                     // The decoder quotes what it could not read (a base64 symbol, say).

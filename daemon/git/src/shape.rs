@@ -482,7 +482,7 @@ spec:
         assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
         assert_eq!(c["readinessProbe"]["httpGet"]["port"], 8080);
         assert_eq!(v["metadata"]["labels"]["tier"], "1");
-        capstan_api::kinds::by_name("deploy").unwrap().check(v).unwrap();
+        capstan_api::kinds::by_name("deploy").unwrap().check(&v).unwrap();
     }
 
     #[test]
