@@ -1,6 +1,7 @@
 //! API server and store benchmark. Prints:
 //! - store write throughput (durable, group commit) with 1 and 64 concurrent writers;
-//! - GET of one pod over HTTPS, 64 concurrent clients: p50 and p99;
+//! - GET of one pod over HTTPS, 64 concurrent clients: p50 and p99, also with 2,000 idle
+//!   connections held open beside them;
 //! - LIST of 10,000 pods as JSON and as a Table: p50 and p99;
 //! - watch fan-out: delay from a write to its arrival at each of 100 watchers.
 //!
@@ -71,6 +72,36 @@ async fn store_throughput(dir: &std::path::Path, writers: usize, per_writer: usi
     (writers * per_writer) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// GET latencies of 64 concurrent clients, each on its own (warmed-up) connection.
+async fn get_latencies(d: &Daemon, rounds: usize) -> Vec<Duration> {
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let c = client(d).await;
+        // One request first, so that the TLS handshake is not counted as GET latency.
+        fetch(&c, "/api/v1/namespaces/ns-0/pods/pod-00000", "application/json").await;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            for i in 0..rounds * 5 {
+                let t = Instant::now();
+                fetch(
+                    &c,
+                    &format!("/api/v1/namespaces/ns-{}/pods/pod-{:05}", i % 20, i * 20 % 1000 + i % 20),
+                    "application/json",
+                )
+                .await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    lat.sort();
+    lat
+}
+
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
@@ -137,36 +168,38 @@ async fn main() {
     d.cache.wait_for(d.store.revision()).await;
 
     let c = client(&d).await;
-    // GET: 64 concurrent clients, each on its own connection.
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let c = client(&d).await;
-        // One request first, so that the TLS handshake is not counted as GET latency.
-        fetch(&c, "/api/v1/namespaces/ns-0/pods/pod-00000", "application/json").await;
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            for i in 0..rounds * 5 {
-                let t = Instant::now();
-                fetch(
-                    &c,
-                    &format!("/api/v1/namespaces/ns-{}/pods/pod-{:05}", i % 20, i * 20 % 1000 + i % 20),
-                    "application/json",
-                )
-                .await;
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
+    // GET: 64 concurrent clients, each on its own connection; then again with 2,000 idle
+    // connections held open (clients that connect and send nothing).
+    // A first round warms the server up (allocator, caches), so that both figures are warm.
+    // Then rounds without and with the idle connections, alternately (the machine's noise hits
+    // both alike), each with fresh idle connections (the server closes them after 10 s).
+    get_latencies(&d, rounds).await;
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let mut last = Vec::new();
+    for _ in 0..3 {
+        let lat = get_latencies(&d, rounds).await;
+        without.push(pct(&lat, 0.99));
+        last = lat;
+        let mut idle = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            idle.push(tokio::net::TcpStream::connect(d.api_addr).await.unwrap());
+        }
+        // Connected in the kernel is not yet accepted by the server: let it take them all first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        with.push(pct(&get_latencies(&d, rounds).await, 0.99));
+        drop(idle);
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    lat.sort();
+    without.sort();
+    with.sort();
     println!(
         "  GET one pod, 64 concurrent clients   p50 {:>9}  p99 {:>9}   target p99 < 10 ms",
-        ms(pct(&lat, 0.5)),
-        ms(pct(&lat, 0.99))
+        ms(pct(&last, 0.5)),
+        ms(without[1])
+    );
+    println!(
+        "  the same with 2,000 idle connections               p99 {:>9}   {:.2}x without   target <= 1.1x",
+        ms(with[1]),
+        with[1].as_secs_f64() / without[1].as_secs_f64()
     );
 
     for (label, accept) in [
