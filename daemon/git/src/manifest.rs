@@ -215,41 +215,54 @@ impl FileLoad {
                 .object(Some(&key)),
             );
         }
-        if self.problems.len() == problems_before {
-            if let Some(obj) = object.as_object_mut() {
-                obj.remove("status");
+        // Every problem of the object at once: the type errors above, then what the typed
+        // decode finds, then the value checks — except where a field already has a problem
+        // (a value check would only say again that it is missing).
+        let mut troubled: Vec<FieldPath> = self.problems[problems_before..]
+            .iter()
+            .filter_map(|p| p.field.as_deref().map(FieldPath::parse))
+            .collect();
+        if let Some(obj) = object.as_object_mut() {
+            obj.remove("status");
+        }
+        set_namespace(&mut object, kind, &key.namespace);
+        let mut decoding = object.clone();
+        for _ in 0..MAX_DECODE_ERRORS {
+            let Err(e) = kind.check(&decoding) else { break };
+            let field = FieldPath::parse(&e.path);
+            // A field the schema pass already reported (left null there) is not news.
+            if !troubled.iter().any(|t| related(t, &field)) {
+                // The decoder quotes what it could not read (a base64 symbol, say).
+                let message = if kind.is_secret() {
+                    "cannot be decoded: data values must be base64 (the values of a Secret are not shown)".to_owned()
+                } else {
+                    e.message
+                };
+                self.problems.push(
+                    Problem::new(&path, field.locate(node), ProblemCode::WrongType, message)
+                        .field(field.to_string())
+                        .object(Some(&key)),
+                );
+                troubled.push(field.clone());
             }
-            set_namespace(&mut object, kind, &key.namespace);
-            match kind.check(&object) {
-                Err(e) => {
-                    let field = FieldPath::parse(&e.path);
-                    // The decoder quotes what it could not read (a base64 symbol, say).
-                    let message = if kind.is_secret() {
-                        "cannot be decoded: data values must be base64 (the values of a Secret are not shown)".to_owned()
-                    } else {
-                        e.message
-                    };
-                    self.problems.push(
-                        Problem::new(&path, field.locate(node), ProblemCode::WrongType, message)
-                            .field(field.to_string())
-                            .object(Some(&key)),
-                    );
-                }
-                Ok(()) => {
-                    for finding in validate::check(kind.kind, &object) {
-                        let pos = finding
-                            .path
-                            .locate_key(node)
-                            .filter(|_| finding.code == ProblemCode::MissingField)
-                            .unwrap_or_else(|| finding.path.locate(node));
-                        self.problems.push(
-                            Problem::new(&path, pos, finding.code, finding.message)
-                                .field(finding.path.to_string())
-                                .object(Some(&key)),
-                        );
-                    }
-                }
+            if field.0.is_empty() || !remove_at(&mut decoding, &field) {
+                break;
             }
+        }
+        for finding in validate::check(kind.kind, &object) {
+            if troubled.iter().any(|t| related(t, &finding.path)) {
+                continue;
+            }
+            let pos = finding
+                .path
+                .locate_key(node)
+                .filter(|_| finding.code == ProblemCode::MissingField)
+                .unwrap_or_else(|| finding.path.locate(node));
+            self.problems.push(
+                Problem::new(&path, pos, finding.code, finding.message)
+                    .field(finding.path.to_string())
+                    .object(Some(&key)),
+            );
         }
         if self.problems.len() > problems_before {
             self.quarantined.push((key, node.pos));
@@ -318,6 +331,43 @@ impl FileLoad {
             }
         };
         Some(ObjectKey::new(kind, &namespace, &name))
+    }
+}
+
+/// Most errors the typed decode reports for one object (each is removed and decoding tried
+/// again, so that every one is reported, not only the first).
+const MAX_DECODE_ERRORS: usize = 20;
+
+/// Whether one path is the other or lies under it.
+fn related(a: &FieldPath, b: &FieldPath) -> bool {
+    let n = a.0.len().min(b.0.len());
+    a.0[..n] == b.0[..n]
+}
+
+/// Removes the value at `path` from `object`; false if there is none.
+fn remove_at(object: &mut Value, path: &FieldPath) -> bool {
+    use crate::problem::PathSeg;
+    let Some((last, parents)) = path.0.split_last() else {
+        return false;
+    };
+    let mut v = object;
+    for seg in parents {
+        let next = match seg {
+            PathSeg::Key(k) => v.get_mut(k.as_str()),
+            PathSeg::Index(i) => v.get_mut(*i),
+        };
+        match next {
+            Some(n) => v = n,
+            None => return false,
+        }
+    }
+    match (last, v) {
+        (PathSeg::Key(k), Value::Object(m)) => m.remove(k.as_str()).is_some(),
+        (PathSeg::Index(i), Value::Array(a)) if *i < a.len() => {
+            a[*i] = Value::Null;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -545,5 +595,31 @@ mod tests {
         let load = load_file("wide.yaml", crate::hostile::wide_config_map(100_000).as_bytes());
         assert!(load.problems.is_empty(), "{:?}", lines(&load));
         assert_eq!(load.manifests[0].object["data"].as_object().unwrap().len(), 100_000);
+    }
+
+    #[test]
+    fn every_problem_of_an_object_is_reported_at_once() {
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: three\n  revisionHistoryLimit: -1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - {name: web, image: i, ports: [{containerPort: 99999}], imagePullPolicy: Sometimes}\n      - {name: side, image: [i]}\n";
+        let load = load_file("d.yaml", text.as_bytes());
+        let lines = lines(&load);
+        for expect in [
+            "spec.replicas: expected an integer",
+            "spec.template.spec.containers[1].image: expected a string",
+            "spec.revisionHistoryLimit: must be greater than or equal to 0",
+            "spec.template.spec.containers[0].ports[0].containerPort: must be between 1 and 65535",
+            "spec.template.spec.containers[0].imagePullPolicy: unsupported value",
+        ] {
+            assert!(lines.iter().any(|l| l.contains(expect)), "{expect}\nnot in {lines:#?}");
+        }
+        // The image with a type error is not reported again as missing.
+        assert!(!lines.iter().any(|l| l.contains("a container needs an image")), "{lines:#?}");
+    }
+
+    #[test]
+    fn every_decoding_error_is_reported() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {a: '%%%', b: '&&&', c: YQ==}\n";
+        let load = load_file("s.yaml", text.as_bytes());
+        let fields: Vec<_> = load.problems.iter().map(|p| p.field.clone().unwrap_or_default()).collect();
+        assert_eq!(fields, ["data.a", "data.b"], "{:?}", lines(&load));
     }
 }
