@@ -147,5 +147,4 @@ mod tests {
         let now = Instant::now();
         assert_eq!(s.crashed(&curve, Duration::from_secs(600), now), now);
     }
-
 }
