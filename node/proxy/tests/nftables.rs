@@ -219,6 +219,11 @@ async fn cluster_ips_node_ports_rejection_deltas_drift_and_cleanup() {
     assert!(net.get("client", "192.168.77.1:30080").unwrap().starts_with("hello from e"));
     // A process on the node itself (the output hook), and UDP.
     assert!(net.get("node", "10.96.0.20:80").unwrap().starts_with("hello from e"));
+    assert!(net.get("node", "192.168.77.1:30080").unwrap().starts_with("hello from e"));
+    // Node ports are served on the node's addresses, not on loopback (a pod's reply cannot
+    // reach 127.0.0.1): refused at once there, never a hang.
+    // (A hang would end in a timeout after 3 s, not in a refusal.)
+    assert!(refused(net.get("node", "127.0.0.1:30080")), "localhost node ports are refused");
     let udp = net.udp("client", "10.96.0.53:53");
     assert_eq!(
         udp.as_deref().ok(),

@@ -618,7 +618,10 @@ fn base(out: &mut String, s: &NftSettings) {
         ("services", format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}")),
         (
             "services",
-            format!("fib daddr type local meta l4proto . th dport vmap @{NODE_PORTS}"),
+            // Not on loopback: a reply from a pod cannot reach 127.0.0.1 (kube-proxy's
+            // nftables mode does the same), so `curl localhost:NODEPORT` is refused at once
+            // instead of hanging; the node's own addresses serve node ports.
+            format!("fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @{NODE_PORTS}"),
         ),
         ("filter-forward", format!("ct state new ip daddr {range} jump reject-service")),
         (
