@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// All in one: the daemon, one local node and the proxy, with the embedded store.
     Up(Box<commands::up::Args>),
+    /// Remove what `up` made: stop it, remove its containers, network and proxy rules, and
+    /// with --purge its data directory.
+    Down(commands::down::Args),
     /// The control plane: Git source, store, API server, controllers, scheduler.
     Daemon {
         /// Path or URL (file://, https://, ssh) of the repository to track.
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
         Command::Plan { repo, path, range, output } => commands::plan::run(&repo, &path, &range, output),
         Command::Schemas { out } => commands::schemas::run(&out),
         Command::Up(args) => commands::up::run(*args),
+        Command::Down(args) => commands::down::run(args),
         Command::Daemon {
             repo,
             branch,

@@ -447,11 +447,27 @@ fn up_runs_the_guestbook_rolls_it_by_commit_and_adopts_it_after_a_restart() {
     assert_eq!(sorted(&before), sorted(&after), "the containers are adopted, not replaced");
     assert!(again.interrupt().success());
 
-    // The cleanup removes the rules.
-    let out = rules.cleanup();
+    // `capstan down --purge` stops a running up and removes everything it made.
+    let mut third = Up::start(data, &run, &table);
+    third.wait_up();
+    let made = run_ok(Command::new("docker").args(["ps", "-aq", "--filter", &format!("label={}", run.label())]));
+    let made = made.split_whitespace().count();
+    let out = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["down", "--purge", "--data-dir", path_str(data), "--proxy-table", &table])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&format!("removed {made} containers")), "{said}");
+    assert!(third.child.try_wait().unwrap().is_some(), "the running up was stopped");
+    let left = run_ok(Command::new("docker").args(["ps", "-aq", "--filter", &format!("label={}", run.label())]));
+    assert!(left.trim().is_empty(), "{left}");
+    let networks = run_ok(Command::new("docker").args(["network", "ls", "--format", "{{.Name}}"]));
+    assert!(!networks.contains(&format!("capstan-up-{}", std::process::id())), "{networks}");
     let tables = run_ok(Command::new("nft").args(["list", "tables"]));
     assert!(!tables.contains(&table), "{tables}");
+    assert!(!data.exists(), "the data directory is purged");
+    drop(rules);
 }
 
 /// A network namespace of the test's own, routed to the host over a veth pair: a client that is

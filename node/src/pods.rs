@@ -23,6 +23,24 @@ pub fn network_name(node: &str) -> String {
     format!("capstan-{node}")
 }
 
+/// Removes everything agent `node` made on the Engine: its containers (stopped first, one
+/// second's grace) and its network (`capstan down`). Returns how many containers went.
+pub async fn remove_all(runtime: &dyn capstan_containers::Runtime, node: &str) -> Result<usize, capstan_containers::RuntimeError> {
+    let containers = runtime.list(&[(LABEL_NODE, node)]).await?;
+    for c in &containers {
+        let _ = runtime.stop(&c.id, std::time::Duration::from_secs(1), None).await;
+        match runtime.remove(&c.id).await {
+            Err(e) if !e.is_not_found() => return Err(e),
+            _ => {}
+        }
+    }
+    match runtime.remove_network(&network_name(node)).await {
+        Err(e) if !e.is_not_found() => return Err(e),
+        _ => {}
+    }
+    Ok(containers.len())
+}
+
 /// `10.244.3.0/24` → its gateway `10.244.3.1`.
 pub fn gateway(cidr: &str) -> Option<String> {
     let (ip, _) = cidr.split_once('/')?;

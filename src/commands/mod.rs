@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod daemon;
+pub mod down;
 pub mod history;
 pub mod node;
 pub mod plan;

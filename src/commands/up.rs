@@ -143,6 +143,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<_>>()?;
     node.proxy = Some(proxy);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    // So that `capstan down` can stop this process.
+    let pid_file = data_dir.join(super::down::PID_FILE);
+    std::fs::write(&pid_file, std::process::id().to_string()).with_context(|| format!("writing {}", pid_file.display()))?;
     let (repo, demo) = match args.repo {
         Some(r) => (r, false),
         None => {
@@ -186,6 +189,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("capstan up: stopping (containers keep running and are adopted on the next start)");
         agent.shutdown().await;
         daemon.shutdown().await;
+        let _ = std::fs::remove_file(&pid_file);
         Ok(ExitCode::SUCCESS)
     })
 }
