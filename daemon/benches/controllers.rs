@@ -2,6 +2,9 @@
 //! until the controllers have created the 10,000 pods (and the scheduler has bound them to 100
 //! nodes), and the CPU time per reconcile.
 //!
+//! Then every Deployment is removed and the pods go: the resident memory at start, with the pods
+//! and after they went.
+//!
 //! `cargo bench -p capstan-daemon --bench controllers` (`-- --quick`: 100 Deployments).
 
 use std::time::{Duration, Instant};
@@ -30,6 +33,12 @@ async fn main() {
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(repo.join("apps")).unwrap();
     std::fs::write(repo.join("ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n").unwrap();
+    // Removing every Deployment at the end is meant: no prune limit.
+    std::fs::write(
+        repo.join("settings.yaml"),
+        "apiVersion: capstan.dev/v1alpha1\nkind: ClusterSettings\nmetadata: {name: cluster}\nspec: {pruneLimitPercent: 100}\n",
+    )
+    .unwrap();
     for f in 0..deployments / 10 {
         let mut text = String::new();
         for i in f * 10..f * 10 + 10 {
@@ -59,6 +68,7 @@ async fn main() {
     let cpu0 = cpu_time();
     let r0 = capstan_runtime::RECONCILES.load(std::sync::atomic::Ordering::Relaxed);
     let d = Daemon::start(config).await.unwrap();
+    let rss_start = rss_mb();
     for i in 0..100 {
         let node = json!({"metadata": {"name": format!("node-{i}")}, "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "250"}, "conditions": [{"type": "Ready", "status": "True"}]}});
         d.objects.create(kind("nodes"), node).await.unwrap();
@@ -93,5 +103,42 @@ async fn main() {
         cpu.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / reconciles.max(1) as f64
     );
+
+    // The pods go: every Deployment is removed from Git, and a stand-in kubelet confirms each
+    // pod's deletion; then the memory the daemon still holds.
+    let rss_full = rss_mb();
+    git(&["rm", "-q", "-r", "apps"]);
+    git(&["commit", "-q", "-m", "remove every deployment"]);
+    let gone = Instant::now();
+    loop {
+        let pods = d.cache.list(kind("pods"), Some("bench")).0;
+        if pods.is_empty() && d.cache.list(kind("replicasets"), Some("bench")).0.is_empty() {
+            break;
+        }
+        for p in pods.iter().filter(|p| !p.object["metadata"]["deletionTimestamp"].is_null()) {
+            let _ = d.objects.delete(kind("pods"), "bench", &p.name, None).await;
+        }
+        assert!(gone.elapsed() < Duration::from_secs(300), "timed out with {} pods left", pods.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone_after = gone.elapsed();
+    // Let the queues, caches and event recorders settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_after = rss_mb();
+    println!(
+        "  the {want} pods removed in {:.2} s; resident memory: {rss_start:.0} MB at start, {rss_full:.0} MB with the pods, {rss_after:.0} MB after they went",
+        gone_after.as_secs_f64()
+    );
     d.shutdown().await;
+}
+
+/// This process's resident memory (VmRSS), in MB.
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }

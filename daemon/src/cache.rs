@@ -18,7 +18,7 @@ use crate::objects::{REGISTRY_PREFIX, decode, name_of, namespace_of};
 /// Events kept for watches that start in the past.
 const HISTORY: usize = 20_000;
 /// Most bytes of object JSON the watch history keeps.
-const HISTORY_BYTES: usize = 64 << 20;
+const HISTORY_BYTES: usize = 32 << 20;
 
 /// One object as the cache holds it.
 #[derive(Debug)]
@@ -36,6 +36,10 @@ pub struct Entry {
 impl Entry {
     fn new(object: Value, revision: Revision) -> Entry {
         let json = Bytes::from(serde_json::to_vec(&object).expect("a JSON value serialises"));
+        Entry::with_json(object, json, revision)
+    }
+
+    fn with_json(object: Value, json: Bytes, revision: Revision) -> Entry {
         let controller = object["metadata"]["ownerReferences"]
             .as_array()
             .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
@@ -66,6 +70,38 @@ impl Change {
             Change::Modified => "MODIFIED",
             Change::Deleted => "DELETED",
         }
+    }
+}
+
+/// A change as the watch history keeps it: the object's JSON alone (shared with the cache's
+/// copy while that version is current), decoded again only for a watch that starts in the
+/// past. A decoded object takes several times its JSON: old versions must not.
+struct Past {
+    kind: &'static KindInfo,
+    change: Change,
+    revision: Revision,
+    namespace: String,
+    json: Bytes,
+}
+
+impl Past {
+    fn of(e: &CacheEvent) -> Past {
+        Past {
+            kind: e.kind,
+            change: e.change,
+            revision: e.entry.revision,
+            namespace: e.entry.namespace.clone(),
+            json: e.entry.json.clone(),
+        }
+    }
+
+    fn revive(&self) -> Option<Arc<CacheEvent>> {
+        let object: Value = serde_json::from_slice(&self.json).ok()?;
+        Some(Arc::new(CacheEvent {
+            kind: self.kind,
+            change: self.change,
+            entry: Arc::new(Entry::with_json(object, self.json.clone(), self.revision)),
+        }))
     }
 }
 
@@ -138,7 +174,7 @@ impl KindIndex {
 
 struct Inner {
     kinds: Vec<KindIndex>,
-    history: VecDeque<Arc<CacheEvent>>,
+    history: VecDeque<Past>,
     /// Bytes of the objects' JSON in `history`.
     history_bytes: usize,
     /// The cache has every event after this revision in `history`.
@@ -253,13 +289,13 @@ impl Cache {
         };
         let event = Arc::new(CacheEvent { kind, change, entry });
         inner.history_bytes += event.entry.json.len();
-        inner.history.push_back(event.clone());
+        inner.history.push_back(Past::of(&event));
         // Bounded in events and in bytes: a large object changed often must not pin its old
         // versions (watchers resuming from before the window get 410 and re-list).
         while inner.history.len() > HISTORY || (inner.history_bytes > HISTORY_BYTES && inner.history.len() > 1) {
             let Some(old) = inner.history.pop_front() else { break };
-            inner.history_bytes -= old.entry.json.len();
-            inner.history_from = old.revision();
+            inner.history_bytes -= old.json.len();
+            inner.history_from = old.revision;
         }
         inner.revision = inner.revision.max(e.kv.mod_revision);
         let rev = inner.revision;
@@ -341,8 +377,8 @@ impl Cache {
         let backlog: VecDeque<Arc<CacheEvent>> = inner
             .history
             .iter()
-            .filter(|e| e.revision() > after && filter.accepts(e))
-            .cloned()
+            .filter(|p| p.revision > after && filter.accepts_kind(p.kind, &p.namespace))
+            .filter_map(Past::revive)
             .collect();
         Ok(CacheWatch {
             backlog,
@@ -360,7 +396,11 @@ struct Filter {
 
 impl Filter {
     fn accepts(&self, e: &CacheEvent) -> bool {
-        std::ptr::eq(e.kind, self.kind) && self.namespace.as_ref().is_none_or(|ns| &e.entry.namespace == ns)
+        self.accepts_kind(e.kind, &e.entry.namespace)
+    }
+
+    fn accepts_kind(&self, kind: &KindInfo, namespace: &str) -> bool {
+        std::ptr::eq(kind, self.kind) && self.namespace.as_ref().is_none_or(|ns| ns == namespace)
     }
 }
 
