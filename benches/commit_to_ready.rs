@@ -123,7 +123,17 @@ impl Setup {
         git(&self.repo, &["commit", "-q", "-m", message]);
         if self.remote {
             git(&self.repo, &["push", "-q", "origin", "HEAD"]);
-            let body = r#"{"ref":"refs/heads/main"}"#;
+            // As a forge sends it: each push names its commit (the same body twice is a replay).
+            let head = Command::new("git")
+                .args(["rev-parse", "HEAD"])
+                .current_dir(&self.repo)
+                .output()
+                .expect("git");
+            let body = format!(
+                r#"{{"ref":"refs/heads/main","after":"{}"}}"#,
+                String::from_utf8_lossy(&head.stdout).trim()
+            );
+            let body = body.as_str();
             let sig = hex::encode(capstan_daemon::webhook::hmac_sha256(SECRET.as_bytes(), body.as_bytes()));
             let ca = self.daemon.kubeconfig.parent().unwrap().join("pki/ca.crt");
             let out = Command::new("curl")

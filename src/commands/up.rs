@@ -90,17 +90,36 @@ fn create_demo_repo(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the example's image recipes are: `$CAPSTAN_SOURCE`, a source tree the binary sits in
+/// (target/release/capstan), or the tree it was built from — so a moved binary still finds them.
+fn images_script() -> Option<PathBuf> {
+    const RELATIVE: &str = "examples-repo/images/build.sh";
+    let from_env = std::env::var_os("CAPSTAN_SOURCE").map(|s| PathBuf::from(s).join(RELATIVE));
+    let from_binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().skip(1).map(|dir| dir.join(RELATIVE)).find(|p| p.exists()));
+    [from_env, from_binary, Some(PathBuf::from(IMAGES_SCRIPT))]
+        .into_iter()
+        .flatten()
+        .find(|p| p.exists())
+}
+
 /// Builds the example's images if missing (no registry to pull them from).
 fn build_images() {
-    if !Path::new(IMAGES_SCRIPT).exists() {
-        eprintln!("  (no image recipes at {IMAGES_SCRIPT}: pods whose images are missing will say so)");
+    let Some(script) = images_script() else {
+        eprintln!(
+            "  (no image recipes found: set CAPSTAN_SOURCE to a Capstan source tree to build the example's images; pods whose images are missing will say so)"
+        );
         return;
-    }
-    eprintln!("  checking the example's images (building what is missing; the first time takes a few minutes)");
-    match std::process::Command::new(IMAGES_SCRIPT).status() {
+    };
+    eprintln!(
+        "  checking the example's images with {} (building what is missing; the first time takes a few minutes)",
+        script.display()
+    );
+    match std::process::Command::new(&script).status() {
         Ok(s) if s.success() => {}
         Ok(s) => eprintln!("  building the images failed ({s}); pods whose images are missing will say so"),
-        Err(e) => eprintln!("  running {IMAGES_SCRIPT}: {e}"),
+        Err(e) => eprintln!("  running {}: {e}", script.display()),
     }
 }
 
