@@ -150,12 +150,11 @@ impl GitSync {
         let allowed = settings.prune.unwrap_or(self.prune);
         // Pruning again after it was off (or held) must look at every applied object, not only
         // the changed ones.
-        let full = full || !self.last_prune;
-        let make = |prune: bool| match loaded.snapshot.delta() {
-            Some(delta) if !full => plan_delta(&self.applied, &desired, delta, &commit, prune),
-            _ => plan(&self.applied, &desired, &commit, prune),
+        let full = full || allowed != self.last_prune;
+        let mut next = match loaded.snapshot.delta() {
+            Some(delta) if !full => plan_delta(&self.applied, &desired, delta, &commit, allowed),
+            _ => plan(&self.applied, &desired, &commit, allowed),
         };
-        let mut next = make(allowed);
         let limit = settings.prune_limit_percent();
         let prune_held = (allowed && mass_prune(next.prune.len(), self.applied.len(), limit)).then(|| {
             format!(
@@ -265,7 +264,7 @@ impl GitSync {
                 .problems
                 .iter()
                 .map(|p| {
-                    if q.object.kind == "Secret" {
+                    if capstan_api::kinds::is_secret(&q.object.group, &q.object.kind) {
                         format!("{}:{}:{}: (not shown: the object is a Secret)", p.file, p.line, p.column)
                     } else {
                         let mut p = p.clone();

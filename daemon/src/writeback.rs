@@ -93,7 +93,7 @@ pub fn note(status: &SyncStatus, cache: &Cache, applied_at: &str) -> Option<Valu
         .iter()
         .map(|p| {
             let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
-            if p.object.as_ref().is_some_and(|o| o.kind == "Secret") {
+            if p.object.as_ref().is_some_and(|o| capstan_api::kinds::is_secret(&o.group, &o.kind)) {
                 v["message"] = json!("(not shown: the object is a Secret)");
             }
             v

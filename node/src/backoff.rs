@@ -45,23 +45,26 @@ pub struct Streak {
 impl Streak {
     /// Records a failure after a run of `ran_for`; returns when the next attempt may start.
     pub fn failed(&mut self, curve: &Backoff, ran_for: Duration, now: Instant) -> Instant {
-        if ran_for >= curve.reset_after {
-            self.count = 0;
-        }
+        self.start_over_after(curve, ran_for);
         self.wait_for(curve.delay(self.count), now)
     }
 
     /// Records a container that exited, as the kubelet counts restarts: the first exit (of a
     /// streak) is restarted at once, the next after the curve's first wait, and so on.
     pub fn crashed(&mut self, curve: &Backoff, ran_for: Duration, now: Instant) -> Instant {
-        if ran_for >= curve.reset_after {
-            self.count = 0;
-        }
+        self.start_over_after(curve, ran_for);
         let wait = match self.count {
             0 => Duration::ZERO,
             n => curve.delay(n - 1),
         };
         self.wait_for(wait, now)
+    }
+
+    /// A clean run of the curve's reset time starts the streak over.
+    fn start_over_after(&mut self, curve: &Backoff, ran_for: Duration) {
+        if ran_for >= curve.reset_after {
+            self.count = 0;
+        }
     }
 
     fn wait_for(&mut self, wait: Duration, now: Instant) -> Instant {
@@ -96,19 +99,27 @@ impl Streak {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn the_default_curve_doubles_from_10s_to_300s_and_resets_after_10_minutes() {
+    /// The waits (seconds) of `n` failures in a row, each after a one-second run, waiting
+    /// each out in paused time.
+    async fn waits(s: &mut Streak, n: usize, fail: fn(&mut Streak, &Backoff, Duration, Instant) -> Instant) -> Vec<u64> {
         let curve = Backoff::default();
-        let mut s = Streak::default();
         let mut waits = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..n {
             let now = Instant::now();
-            let until = s.failed(&curve, Duration::from_secs(1), now);
+            let until = fail(s, &curve, Duration::from_secs(1), now);
             assert!(!s.ready(now) || until == now);
             tokio::time::advance(until - now).await;
             assert!(s.ready(Instant::now()));
             waits.push((until - now).as_secs());
         }
+        waits
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_default_curve_doubles_from_10s_to_300s_and_resets_after_10_minutes() {
+        let curve = Backoff::default();
+        let mut s = Streak::default();
+        let waits = waits(&mut s, 8, Streak::failed).await;
         assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(s.current(), Duration::from_secs(300));
         // Ten minutes of clean running start the curve over.
@@ -135,14 +146,7 @@ mod tests {
     async fn the_first_exit_restarts_at_once_and_the_next_ones_back_off() {
         let curve = Backoff::default();
         let mut s = Streak::default();
-        let mut waits = Vec::new();
-        for _ in 0..5 {
-            let now = Instant::now();
-            let until = s.crashed(&curve, Duration::from_secs(1), now);
-            waits.push((until - now).as_secs());
-            tokio::time::advance(until - now).await;
-        }
-        assert_eq!(waits, [0, 10, 20, 40, 80]);
+        assert_eq!(waits(&mut s, 5, Streak::crashed).await, [0, 10, 20, 40, 80]);
         // A clean run of ten minutes: the next exit is restarted at once again.
         let now = Instant::now();
         assert_eq!(s.crashed(&curve, Duration::from_secs(600), now), now);

@@ -226,9 +226,12 @@ impl FileLoad {
             obj.remove("status");
         }
         set_namespace(&mut object, kind, &key.namespace);
-        let mut decoding = object.clone();
+        // A copy to remove fields from is made only once a decode fails.
+        let mut decoding: Option<Value> = None;
         for _ in 0..MAX_DECODE_ERRORS {
-            let Err(e) = kind.check(&decoding) else { break };
+            let Err(e) = kind.check(decoding.as_ref().unwrap_or(&object)) else {
+                break;
+            };
             let field = FieldPath::parse(&e.path);
             // A field the schema pass already reported (left null there) is not news.
             if !troubled.iter().any(|t| related(t, &field)) {
@@ -245,7 +248,7 @@ impl FileLoad {
                 );
                 troubled.push(field.clone());
             }
-            if field.0.is_empty() || !remove_at(&mut decoding, &field) {
+            if field.0.is_empty() || !remove_at(decoding.get_or_insert_with(|| object.clone()), &field) {
                 break;
             }
         }

@@ -393,13 +393,17 @@ impl GitRepo {
             if entry.kind() != Some(git2::ObjectType::Blob) {
                 return unreadable(format!("symbolic link leads to {path}, which is not a file"));
             }
-            let blob = self.repo.find_blob(entry.id())?;
             if entry.filemode() != i32::from(git2::FileMode::Link) {
-                if let Some(why) = Budget::MANIFEST.file_too_large(blob.size() as u64) {
+                // Sized from the object's header, as every other file: an oversized target is
+                // never loaded.
+                let (size, _) = self.repo.odb()?.read_header(entry.id())?;
+                if let Some(why) = Budget::MANIFEST.file_too_large(size as u64) {
                     return unreadable(why);
                 }
+                let blob = self.repo.find_blob(entry.id())?;
                 return Ok(FileChange::Write(link.to_owned(), blob.content().to_vec()));
             }
+            let blob = self.repo.find_blob(entry.id())?;
             let target = String::from_utf8_lossy(blob.content());
             path = match crate::files::resolve_link(&path, &target, root) {
                 Ok(p) => p,

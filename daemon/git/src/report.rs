@@ -72,7 +72,7 @@ impl Report {
         }
         for key in &plan.update {
             let (old, new) = (&applied[key], &plan.next[key]);
-            let redact = key.kind == "Secret" && key.group.is_empty();
+            let redact = capstan_api::kinds::is_secret(&key.group, &key.kind);
             entries.push(Entry::Update {
                 object: key.clone(),
                 file: source_of(Some(new)),

@@ -222,6 +222,12 @@ impl Budget {
     }
 }
 
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget::MANIFEST
+    }
+}
+
 /// Parses a multi-document stream within [`Budget::MANIFEST`]. Documents that are empty (only
 /// comments, or a bare `---`) are returned as null scalars so that document indexes count every
 /// document.
@@ -283,12 +289,6 @@ struct Builder {
     anchors: HashMap<usize, (Node, Size)>,
     /// Expanded bytes of the whole file so far.
     spent: usize,
-}
-
-impl Default for Budget {
-    fn default() -> Budget {
-        Budget::MANIFEST
-    }
 }
 
 enum Frame {

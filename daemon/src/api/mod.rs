@@ -339,7 +339,7 @@ fn authorize_read(state: &ApiState, id: &Identity, kind: &KindInfo, namespace: O
             }
         }
         Identity::ServiceAccount { namespace: own, name: sa } => {
-            if kind.namespaced && namespace == Some(own.as_str()) && kind.kind != "Secret" {
+            if kind.namespaced && namespace == Some(own.as_str()) && !kind.is_secret() {
                 Ok(())
             } else {
                 Err(ApiError::forbidden(format!(
