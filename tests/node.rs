@@ -447,11 +447,12 @@ spec:
       - name: api
         image: capstan.local/testapp:latest
         # Answers one byte at a time: probes read the status line whole, so the pods stay
-        # Ready and are never restarted.
+        # Ready and are never restarted. (A prober that misread it would fail every probe; the
+        # threshold of 3 and the timeout only keep a loaded CI machine's stalls from counting.)
         env: [{name: TERM_DELAY, value: "1"}, {name: TRICKLE, value: "1"}]
         ports: [{name: http, containerPort: 8080}]
-        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
-        livenessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, failureThreshold: 1}
+        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, timeoutSeconds: 5}
+        livenessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, timeoutSeconds: 5, failureThreshold: 3}
         lifecycle: {preStop: {exec: {command: ["/capstan-testapp", "exit", "0"]}}}
 ---
 apiVersion: v1
