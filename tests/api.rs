@@ -145,6 +145,26 @@ fn kubectl_reads_everything() {
     assert!(has_line(&described, &["Namespace:", "shop"]), "{described}");
     assert!(described.contains("capstan.local/testapp:latest"), "{described}");
 
+    // Kubernetes' defaults are filled in on write, as kube-apiserver does: what users read is
+    // what runs.
+    let d: serde_json::Value = serde_json::from_str(&c.kubectl_ok(&["get", "deploy", "web", "-n", "shop", "-o", "json"])).unwrap();
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%", "{d}");
+    assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
+    assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
+    let t = &d["spec"]["template"]["spec"];
+    assert_eq!(t["restartPolicy"], "Always");
+    assert_eq!(t["terminationGracePeriodSeconds"], 30);
+    assert_eq!(t["containers"][0]["imagePullPolicy"], "Always", "the tag is latest");
+    let svc: serde_json::Value = serde_json::from_str(&c.kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "json"])).unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP", "{svc}");
+    assert_eq!(svc["spec"]["sessionAffinity"], "None");
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    let described_svc = c.kubectl_ok(&["describe", "svc", "web", "-n", "shop"]);
+    assert!(has_line(&described_svc, &["Port:", "http", "80/TCP"]), "{described_svc}");
+    assert!(has_line(&described_svc, &["Session", "Affinity:", "None"]), "{described_svc}");
+    let sa = c.kubectl_ok(&["get", "pod", "debug", "-n", "shop", "-o", "jsonpath={.spec.serviceAccountName}"]);
+    assert_eq!(sa, "default", "admission names the service account");
+
     // Selectors and pages.
     let labelled = c.kubectl_ok(&["get", "pods", "-n", "shop", "-l", "app in (debug),tier!=db", "-o", "name"]);
     assert_eq!(labelled.trim(), "pod/debug");
@@ -193,6 +213,14 @@ fn writes_to_desired_state_are_refused_with_the_git_file() {
         "{err}"
     );
     assert!(err.contains("on branch main and commit"), "{err}");
+    // ...and said first, on a line of its own, before kubectl's own warnings and the patch it
+    // quotes.
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("Warning: deployments.apps \"web\" is managed in Git: to patch it, change apps/web.yaml in"),
+        "{err}"
+    );
+    assert_eq!(err.matches("Warning: deployments.apps").count(), 1, "said once: {err}");
 
     let o = c.kubectl(&["delete", "svc", "web", "-n", "shop"]);
     assert!(

@@ -520,6 +520,14 @@ fn a_restarted_agent_adopts_its_containers_and_deletion_is_graceful() {
         })
     };
     let before = eventually("three pods running", &c, &agent, || running(&c));
+    // describe reads the defaults the API filled in: the port's protocol, the probe's threshold.
+    let api_pod = before.iter().find(|(n, _)| n.starts_with("api-")).unwrap().0.clone();
+    let described = c.kubectl_ok(&["describe", "pod", &api_pod]);
+    assert!(described.contains("8080/TCP"), "{described}");
+    assert!(
+        described.contains("http-get http://:http/healthz delay=0s timeout=5s period=1s #success=1 #failure=3"),
+        "{described}"
+    );
 
     // SIGKILL the agent; a new one adopts the running containers instead of recreating them.
     let agent = agent.kill9_and_restart();
@@ -549,7 +557,6 @@ fn a_restarted_agent_adopts_its_containers_and_deletion_is_graceful() {
         - 1;
     let stubborn = pod(&c, "default", "stubborn").unwrap();
     let stubborn_uid = stubborn["metadata"]["uid"].as_str().unwrap().to_owned();
-    let api_pod = before.iter().find(|(n, _)| n.starts_with("api-")).unwrap().0.clone();
     let api_uid = pod(&c, "default", &api_pod).unwrap()["metadata"]["uid"]
         .as_str()
         .unwrap()

@@ -1,7 +1,8 @@
 //! Kubernetes objects in the store: where each object's key is, and the writes that keep an
 //! object's metadata honest — uid and creationTimestamp set once, generation bumped when the
 //! spec changes, resourceVersion being the store revision and every write a compare-and-swap on
-//! it. Controllers, the sync and the API server all write through here.
+//! it — and its spec defaulted as kube-apiserver does. Controllers, the sync and the API server
+//! all write through here.
 
 use std::sync::Arc;
 
@@ -159,6 +160,10 @@ impl Objects {
                 message: "metadata.name is required".into(),
             });
         }
+        capstan_api::defaults::apply(kind, &mut object);
+        if kind.group.is_empty() && kind.kind == "Pod" {
+            capstan_api::defaults::admit_pod(&mut object);
+        }
         {
             let m = meta_mut(&mut object);
             m.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
@@ -273,6 +278,9 @@ impl Objects {
                 }
             },
             Part::All => {}
+        }
+        if part != Part::Status {
+            capstan_api::defaults::apply(kind, &mut object);
         }
         let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
         let bump = spec_changed(current, &object);

@@ -802,7 +802,11 @@ impl Worker {
             }
             return None;
         }
-        let policy = PullPolicy::parse(self.slots[i].spec["imagePullPolicy"].as_str(), &image);
+        let policy = PullPolicy::parse(
+            self.slots[i].spec["imagePullPolicy"]
+                .as_str()
+                .unwrap_or_else(|| capstan_api::defaults::image_pull_policy(&image)),
+        );
         match env.runtime.ensure_image(&image, policy).await {
             Ok(_) => self.slots[i].pull.reset(),
             Err(e) => {

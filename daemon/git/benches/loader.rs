@@ -192,10 +192,7 @@ fn in_child(which: &str) -> (f64, f64, usize) {
 /// Hostile and large files: a 1 MiB file of 100,000 keys, and the worst bombs the budget
 /// allows, each beside the floor of loading a trivial file in the same kind of process.
 fn hostile_figures(runs: usize) {
-    let mut wide = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: wide}\ndata:\n");
-    for i in 0..100_000 {
-        wide.push_str(&format!(" k{i}: v\n"));
-    }
+    let wide = capstan_git::hostile::wide_config_map(100_000);
     let keys = median_of(runs, || {
         let t = Instant::now();
         let load = capstan_git::manifest::load_file("wide.yaml", wide.as_bytes());

@@ -43,6 +43,34 @@ pub struct FileLoad {
     pub intact: bool,
 }
 
+/// The largest object Kubernetes stores, as JSON: etcd's default request limit, 1.5 MiB.
+pub const OBJECT_BYTES: usize = 3 << 19;
+
+/// Why `object` is too large to store, if it is.
+fn too_large(object: &Value) -> Option<String> {
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, object).ok()?;
+    (counter.0 > OBJECT_BYTES).then(|| {
+        format!(
+            "the object is {} bytes as JSON; Kubernetes stores objects of at most {OBJECT_BYTES} bytes (1.5 MiB, etcd's request limit)",
+            counter.0
+        )
+    })
+}
+
+/// Counts what is written to it.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Whether a path names a manifest file by its extension.
 pub fn is_manifest_path(path: &str) -> bool {
     path.ends_with(".yaml") || path.ends_with(".yml")
@@ -77,7 +105,10 @@ pub fn load_file(path: &str, bytes: &[u8]) -> FileLoad {
         }
     };
     for doc in &documents {
-        load.document(doc.index, &doc.root);
+        // Only a document this large can hold an object over the limit: JSON writes a scalar
+        // at most six times as long as its text (`\u0001` for a control character), and every
+        // node costs far more in the budget than its commas and quotes.
+        load.document(doc.index, &doc.root, doc.expanded_bytes > OBJECT_BYTES / 6);
     }
     load
 }
@@ -98,7 +129,8 @@ impl FileLoad {
         self.intact = false;
     }
 
-    fn document(&mut self, index: usize, root: &Node) {
+    /// Reads one document; `measure` says whether its objects may be too large to store.
+    fn document(&mut self, index: usize, root: &Node, measure: bool) {
         let entries = match &root.value {
             NodeValue::Scalar(s) if s.is_null() => return, // an empty document
             NodeValue::Map(entries) => entries,
@@ -121,7 +153,7 @@ impl FileLoad {
                 Some(NodeValue::Seq(items)) => {
                     for item in items {
                         if matches!(item.value, NodeValue::Map(_)) {
-                            self.object(index, item);
+                            self.object(index, item, measure);
                         } else {
                             self.fail(Problem::new(
                                 &self.path,
@@ -139,7 +171,7 @@ impl FileLoad {
             }
             return;
         }
-        self.object(index, root);
+        self.object(index, root, measure);
     }
 
     /// Reads apiVersion and kind, reporting (and marking the file broken) when either is missing.
@@ -165,7 +197,7 @@ impl FileLoad {
         }
     }
 
-    fn object(&mut self, document: usize, node: &Node) {
+    fn object(&mut self, document: usize, node: &Node, measure: bool) {
         let path = self.path.clone();
         let Some((api_version, kind_name)) = self.type_meta(node) else {
             return;
@@ -266,6 +298,10 @@ impl FileLoad {
                     .field(finding.path.to_string())
                     .object(Some(&key)),
             );
+        }
+        if measure && let Some(message) = too_large(&object) {
+            self.problems
+                .push(Problem::new(&path, node.pos, ProblemCode::InvalidValue, message).object(Some(&key)));
         }
         if self.problems.len() > problems_before {
             self.quarantined.push((key, node.pos));
@@ -580,6 +616,25 @@ mod tests {
         let object = &load.manifests[0].object;
         assert_eq!(object["data"], serde_json::json!({"a": "YQ==", "b": "YmVl", "c": "c2Vl"}));
         assert!(object.get("stringData").is_none());
+    }
+
+    #[test]
+    fn an_object_larger_than_kubernetes_stores_is_quarantined_with_the_limit() {
+        let pod = |name: &str, bytes: usize| {
+            let arg = "x".repeat(1000);
+            let args = vec![arg.as_str(); bytes / 1000].join(", ");
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers: [{{name: c, image: i, args: [{args}]}}]\n")
+        };
+        let text = format!("{}---\n{}", pod("big", OBJECT_BYTES), pod("small", 10_000));
+        let load = load_file("big.yaml", text.as_bytes());
+        assert_eq!(load.manifests.len(), 1, "the small one loads");
+        assert_eq!(load.quarantined.len(), 1);
+        let problem = &load.problems[0];
+        assert_eq!((problem.line, problem.code), (1, ProblemCode::InvalidValue), "{problem}");
+        assert!(problem.message.contains("at most 1572864 bytes (1.5 MiB"), "{problem}");
+        // Just under the limit is stored.
+        let fits = pod("fits", OBJECT_BYTES - 100_000);
+        assert_eq!(load_file("fits.yaml", fits.as_bytes()).manifests.len(), 1);
     }
 
     #[test]

@@ -51,10 +51,12 @@ pub fn check(kind: &str, object: &Value) -> Vec<Finding> {
         "ConfigMap" => {
             check_config_keys(&mut f, &root.key("data"), &object["data"]);
             check_config_keys(&mut f, &root.key("binaryData"), &object["binaryData"]);
+            check_data_size(&mut f, &root.key("data"), &object["data"], &object["binaryData"]);
         }
         "Secret" => {
             check_config_keys(&mut f, &root.key("data"), &object["data"]);
             check_config_keys(&mut f, &root.key("stringData"), &object["stringData"]);
+            check_data_size(&mut f, &root.key("data"), &object["stringData"], &object["data"]);
         }
         _ => {}
     }
@@ -105,6 +107,30 @@ fn check_config_keys(f: &mut Findings, path: &FieldPath, data: &Value) {
                 format!("a valid config key must consist of alphanumeric characters, '-', '_' or '.', got {key:?}"),
             );
         }
+    }
+}
+
+/// The most a ConfigMap's or Secret's values may hold in all (Kubernetes' MaxSecretSize).
+pub const MAX_DATA_BYTES: usize = 1 << 20;
+
+/// Refuses values that add up to more than [`MAX_DATA_BYTES`]: `text` holds them as written,
+/// `base64` encoded (counted as the bytes they decode to).
+fn check_data_size(f: &mut Findings, path: &FieldPath, text: &Value, base64: &Value) {
+    fn values(v: &Value) -> impl Iterator<Item = &str> {
+        v.as_object().into_iter().flat_map(|m| m.values()).filter_map(Value::as_str)
+    }
+    let written: usize = values(text).map(str::len).sum();
+    let decoded: usize = values(base64)
+        .map(|v| (v.len() / 4 * 3).saturating_sub(v.bytes().rev().take_while(|b| *b == b'=').count()))
+        .sum();
+    if written + decoded > MAX_DATA_BYTES {
+        f.invalid(
+            path.clone(),
+            format!(
+                "Too long: the values hold {} bytes; Kubernetes allows at most {MAX_DATA_BYTES} (1 MiB)",
+                written + decoded
+            ),
+        );
     }
 }
 
@@ -491,6 +517,24 @@ mod tests {
 
     fn messages(kind: &str, v: Value) -> Vec<String> {
         check(kind, &v).into_iter().map(|f| format!("{}: {}", f.path, f.message)).collect()
+    }
+
+    #[test]
+    fn config_maps_and_secrets_hold_at_most_a_mebibyte() {
+        let half = "x".repeat(MAX_DATA_BYTES / 2);
+        let fits = json!({"metadata": {"name": "c"}, "data": {"a": half, "b": half}});
+        assert!(messages("ConfigMap", fits).is_empty());
+        let over = json!({"metadata": {"name": "c"}, "data": {"a": half, "b": half, "c": "y"}});
+        assert_eq!(
+            messages("ConfigMap", over),
+            ["data: Too long: the values hold 1048577 bytes; Kubernetes allows at most 1048576 (1 MiB)"]
+        );
+        // A Secret's data counts as the bytes it decodes to: 1 MiB of "x" is about 1.33 MiB of base64.
+        let encoded = "eHh4".repeat(MAX_DATA_BYTES / 3);
+        let secret = json!({"metadata": {"name": "s"}, "data": {"a": encoded}});
+        assert!(messages("Secret", secret).is_empty());
+        let more = json!({"metadata": {"name": "s"}, "data": {"a": encoded}, "stringData": {"b": "yy"}});
+        assert_eq!(messages("Secret", more).len(), 1);
     }
 
     #[test]

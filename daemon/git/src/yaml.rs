@@ -174,6 +174,9 @@ fn parse_float(t: &str) -> Option<f64> {
 pub struct Document {
     pub index: usize,
     pub root: Node,
+    /// What the document costs in [`Budget::expanded_bytes`]: an upper bound of its size in
+    /// YAML text with aliases expanded (each node counted at [`NODE_COST`] beside its text).
+    pub expanded_bytes: usize,
 }
 
 /// A stream that is not well-formed YAML, or that uses something Capstan does not accept.
@@ -289,6 +292,8 @@ struct Builder {
     anchors: HashMap<usize, (Node, Size)>,
     /// Expanded bytes of the whole file so far.
     spent: usize,
+    /// `spent` when the current document started.
+    document_start: usize,
 }
 
 enum Frame {
@@ -350,12 +355,14 @@ impl Builder {
             Event::DocumentStart(..) => {
                 self.anchors.clear();
                 self.root = None;
+                self.document_start = self.spent;
             }
             Event::DocumentEnd => {
                 let root = self.root.take().unwrap_or_else(|| null_node(pos));
                 self.documents.push(Document {
                     index: self.documents.len(),
                     root,
+                    expanded_bytes: self.spent - self.document_start,
                 });
             }
             Event::Scalar(text, style, anchor, tag) => {

@@ -413,7 +413,24 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
             },
         ) => match subresource.as_deref() {
             Some("log") if kind.kind == "Pod" => pod_logs(&state, &id, namespace, name, &query).await,
-            None | Some("status") => read_object(&state, &id, kind, namespace, name, &headers, &query).await,
+            None | Some("status") => {
+                let read = read_object(&state, &id, kind, namespace, name, &headers, &query).await;
+                // `kubectl apply` reads the object before it patches: the refusal it is about to
+                // get is said first, on its own line, not only inside an error that quotes the patch.
+                let applying = headers
+                    .get("kubectl-command")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|c| c.starts_with("kubectl apply"));
+                match read {
+                    Ok(mut resp) if applying && kind.origin == Origin::Git && resp.status() == StatusCode::OK => {
+                        let ns = namespace.as_deref().unwrap_or_default();
+                        let refusal = managed_in_git(&state, kind, ns, name, "patch");
+                        status::add_warning(&mut resp, &refusal.message);
+                        Ok(resp)
+                    }
+                    other => other,
+                }
+            }
             Some(other) => Err(ApiError::not_found(format!(
                 "the server could not find the requested resource ({}/{other})",
                 kind.plural
@@ -909,7 +926,9 @@ fn managed_in_git(state: &ApiState, kind: &KindInfo, namespace: &str, name: &str
             "{what} cannot be {verb}d through the API: desired state is read from Git; add it to a manifest in {location} on branch {branch} and commit"
         ),
     };
-    ApiError::method_not_allowed(message).with_details(name, kind.group, kind.plural)
+    ApiError::method_not_allowed(message)
+        .with_details(name, kind.group, kind.plural)
+        .warned()
 }
 
 /// JSON merge patch (RFC 7386); strategic merge patches are applied the same way.

@@ -14,6 +14,9 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// Whether the message is also sent as a `Warning` header: kubectl prints warnings on a line
+    /// of their own, before an error it would otherwise bury under the request it made.
+    pub warn: bool,
 }
 
 impl ApiError {
@@ -23,7 +26,14 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            warn: false,
         }
+    }
+
+    /// The same error, with its message sent as a `Warning` header too.
+    pub fn warned(mut self) -> ApiError {
+        self.warn = true;
+        self
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
@@ -80,7 +90,20 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
-        (self.code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        let mut resp = (self.code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
+        if self.warn {
+            add_warning(&mut resp, &self.message);
+        }
+        resp
+    }
+}
+
+/// Adds a `Warning: 299 - "text"` header (RFC 7234, as kube-apiserver sends them); kubectl
+/// prints each distinct warning once. Text that cannot be a header value is left out.
+pub fn add_warning(resp: &mut Response, text: &str) {
+    let quoted = text.replace('\\', "\\\\").replace('"', "\\\"");
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("299 - \"{quoted}\"")) {
+        resp.headers_mut().append(axum::http::header::WARNING, v);
     }
 }
 

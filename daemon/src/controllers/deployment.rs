@@ -56,12 +56,16 @@ fn status_i(v: &Value, f: &str) -> i64 {
     v["status"][f].as_i64().unwrap_or(0)
 }
 
-/// The template without the hash label, for comparing a ReplicaSet with its Deployment.
+/// The template without the hash label and with its defaults, for comparing a ReplicaSet with
+/// its Deployment (as Kubernetes' `EqualIgnoreHash`): a ReplicaSet written before the API
+/// defaulted templates still matches its Deployment's defaulted template, so an upgrade rolls
+/// nothing out.
 fn plain_template(t: &Value) -> Value {
     let mut t = t.clone();
-    if let Some(l) = t["metadata"]["labels"].as_object_mut() {
+    if let Some(l) = t.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
         l.remove("pod-template-hash");
     }
+    capstan_api::defaults::pod_template(Some(&mut t));
     t
 }
 
@@ -122,10 +126,8 @@ impl DeploymentController {
         let template = &d["spec"]["template"];
         let desired = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
         let max_revision = owned.iter().map(revision).max().unwrap_or(0);
-        let mut new_rs = owned
-            .iter()
-            .find(|r| plain_template(&r["spec"]["template"]) == plain_template(template))
-            .cloned();
+        let wanted = plain_template(template);
+        let mut new_rs = owned.iter().find(|r| plain_template(&r["spec"]["template"]) == wanted).cloned();
         let paused = d["spec"]["paused"] == true;
         let recreate = d["spec"]["strategy"]["type"] == "Recreate";
 
@@ -484,6 +486,20 @@ pub fn keys_for(obj: &Value) -> Vec<NsName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replicaset_written_before_defaulting_matches_its_defaulted_deployment() {
+        let written = json!({"metadata": {"labels": {"app": "web", "pod-template-hash": "abc"}}, "spec": {
+            "containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 80}]}]}});
+        let mut defaulted = written.clone();
+        defaulted["metadata"]["labels"].as_object_mut().unwrap().remove("pod-template-hash");
+        capstan_api::defaults::pod_template(Some(&mut defaulted));
+        assert_ne!(written, defaulted);
+        assert_eq!(plain_template(&written), plain_template(&defaulted));
+        let mut other = defaulted.clone();
+        other["spec"]["containers"][0]["image"] = json!("web:2");
+        assert_ne!(plain_template(&written), plain_template(&other));
+    }
 
     #[test]
     fn surge_and_unavailability_resolve_like_kubernetes() {

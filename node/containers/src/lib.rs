@@ -44,20 +44,13 @@ pub enum PullPolicy {
 }
 
 impl PullPolicy {
-    /// Kubernetes' default: Always for `:latest` or untagged images, else IfNotPresent.
-    pub fn parse(policy: Option<&str>, image: &str) -> PullPolicy {
+    /// A container's `imagePullPolicy`; anything else reads as `IfNotPresent`, as the API
+    /// server's defaults (capstan_api::defaults) have filled it in for every stored pod.
+    pub fn parse(policy: &str) -> PullPolicy {
         match policy {
-            Some("Always") => PullPolicy::Always,
-            Some("Never") => PullPolicy::Never,
-            Some("IfNotPresent") => PullPolicy::IfNotPresent,
-            _ => {
-                let last = image.rsplit('/').next().unwrap_or(image);
-                if image.contains('@') || (last.contains(':') && !last.ends_with(":latest")) {
-                    PullPolicy::IfNotPresent
-                } else {
-                    PullPolicy::Always
-                }
-            }
+            "Always" => PullPolicy::Always,
+            "Never" => PullPolicy::Never,
+            _ => PullPolicy::IfNotPresent,
         }
     }
 }
@@ -207,12 +200,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_pull_policies() {
-        assert_eq!(PullPolicy::parse(None, "redis"), PullPolicy::Always);
-        assert_eq!(PullPolicy::parse(None, "redis:latest"), PullPolicy::Always);
-        assert_eq!(PullPolicy::parse(None, "redis:7"), PullPolicy::IfNotPresent);
-        assert_eq!(PullPolicy::parse(None, "127.0.0.1:5000/app"), PullPolicy::Always);
-        assert_eq!(PullPolicy::parse(None, "127.0.0.1:5000/app:2"), PullPolicy::IfNotPresent);
-        assert_eq!(PullPolicy::parse(Some("Never"), "x:latest"), PullPolicy::Never);
+    fn pull_policies() {
+        assert_eq!(PullPolicy::parse("Always"), PullPolicy::Always);
+        assert_eq!(PullPolicy::parse("Never"), PullPolicy::Never);
+        assert_eq!(PullPolicy::parse("IfNotPresent"), PullPolicy::IfNotPresent);
     }
 }
