@@ -258,6 +258,17 @@ impl FileLoad {
             obj.remove("status");
         }
         set_namespace(&mut object, kind, &key.namespace);
+        // A ConfigMap's `data` whose values are all strings cannot fail the typed decode (a map
+        // of strings is all it is), and it may hold 100,000 entries: it is set aside meanwhile.
+        let strings_aside = (kind.group.is_empty() && kind.kind == "ConfigMap")
+            .then(|| object.as_object_mut())
+            .flatten()
+            .filter(|o| {
+                o.get("data")
+                    .and_then(Value::as_object)
+                    .is_some_and(|d| d.values().all(Value::is_string))
+            })
+            .and_then(|o| o.remove("data"));
         // A copy to remove fields from is made only once a decode fails.
         let mut decoding: Option<Value> = None;
         for _ in 0..MAX_DECODE_ERRORS {
@@ -283,6 +294,9 @@ impl FileLoad {
             if field.0.is_empty() || !remove_at(decoding.get_or_insert_with(|| object.clone()), &field) {
                 break;
             }
+        }
+        if let Some(data) = strings_aside {
+            object["data"] = data;
         }
         for finding in validate::check(kind.kind, &object) {
             if troubled.iter().any(|t| related(t, &finding.path)) {
