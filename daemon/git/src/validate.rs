@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use capstan_api::names;
+use capstan_api::selector::Selector;
 use serde_json::Value;
 
 use crate::problem::{FieldPath, ProblemCode};
@@ -219,7 +220,7 @@ fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Va
     if let Some(tl) = labels {
         check_labels(f, &template_path.key("metadata").key("labels"), tl);
     }
-    if has_selector && !selector_matches(selector, labels) {
+    if has_selector && !Selector::from_json(selector).matches_json(spec["template"]["metadata"].get("labels")) {
         f.invalid(
             template_path.key("metadata").key("labels"),
             "`selector` does not match template `labels`",
@@ -235,36 +236,6 @@ fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Va
         );
     }
     check_pod_spec(f, &template_path.key("spec"), &spec["template"]["spec"], Some("Always"));
-}
-
-/// Whether a label selector (matchLabels and matchExpressions) selects `labels`.
-pub fn selector_matches(selector: &Value, labels: Option<&serde_json::Map<String, Value>>) -> bool {
-    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    if let Some(ml) = selector["matchLabels"].as_object()
-        && !ml.iter().all(|(k, v)| get(k) == v.as_str())
-    {
-        return false;
-    }
-    if let Some(exprs) = selector["matchExpressions"].as_array() {
-        for e in exprs {
-            let key = e["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> = e["values"]
-                .as_array()
-                .map(|v| v.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let ok = match e["operator"].as_str().unwrap_or_default() {
-                "In" => get(key).is_some_and(|v| values.contains(&v)),
-                "NotIn" => !get(key).is_some_and(|v| values.contains(&v)),
-                "Exists" => get(key).is_some(),
-                "DoesNotExist" => get(key).is_none(),
-                _ => false,
-            };
-            if !ok {
-                return false;
-            }
-        }
-    }
-    true
 }
 
 fn check_pod_spec(f: &mut Findings, path: &FieldPath, spec: &Value, required_restart: Option<&str>) {
@@ -595,26 +566,6 @@ mod tests {
         );
         let ok = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": "http", "nodePort": 30080}]}});
         assert!(messages("Service", ok).is_empty());
-    }
-
-    #[test]
-    fn selectors() {
-        let labels = json!({"app": "web", "tier": "front"});
-        let l = labels.as_object();
-        assert!(selector_matches(&json!({"matchLabels": {"app": "web"}}), l));
-        assert!(!selector_matches(&json!({"matchLabels": {"app": "api"}}), l));
-        assert!(selector_matches(
-            &json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "back"]}]}),
-            l
-        ));
-        assert!(selector_matches(
-            &json!({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}),
-            l
-        ));
-        assert!(!selector_matches(
-            &json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}),
-            l
-        ));
     }
 
     #[test]

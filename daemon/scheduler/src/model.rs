@@ -3,6 +3,7 @@
 //! API objects into plain structs so that the plugins never touch JSON.
 
 use capstan_api::quantity::Quantity;
+pub use capstan_api::selector::Selector;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -69,82 +70,6 @@ impl Toleration {
     }
 }
 
-/// A label selector requirement (`key In (a, b)`, `key Exists`, ...).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Requirement {
-    pub key: String,
-    pub operator: String,
-    pub values: Vec<String>,
-}
-
-impl Requirement {
-    pub fn matches(&self, labels: &Labels) -> bool {
-        let v = labels.get(&self.key);
-        match self.operator.as_str() {
-            "In" => v.is_some_and(|v| self.values.contains(v)),
-            "NotIn" => !v.is_some_and(|v| self.values.contains(v)),
-            "Exists" => v.is_some(),
-            "DoesNotExist" => v.is_none(),
-            "Gt" => v
-                .and_then(|v| v.parse::<i64>().ok())
-                .zip(self.values.first().and_then(|x| x.parse::<i64>().ok()))
-                .is_some_and(|(a, b)| a > b),
-            "Lt" => v
-                .and_then(|v| v.parse::<i64>().ok())
-                .zip(self.values.first().and_then(|x| x.parse::<i64>().ok()))
-                .is_some_and(|(a, b)| a < b),
-            _ => false,
-        }
-    }
-}
-
-/// A label selector: all of its requirements (matchLabels become `In` requirements).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Selector(pub Vec<Requirement>);
-
-impl Selector {
-    pub fn matches(&self, labels: &Labels) -> bool {
-        self.0.iter().all(|r| r.matches(labels))
-    }
-
-    pub fn from_json(v: &Value) -> Selector {
-        let mut reqs = Vec::new();
-        if let Some(ml) = v["matchLabels"].as_object() {
-            for (k, val) in ml {
-                reqs.push(Requirement {
-                    key: k.clone(),
-                    operator: "In".into(),
-                    values: vec![val.as_str().unwrap_or_default().to_owned()],
-                });
-            }
-        }
-        reqs.extend(requirements(&v["matchExpressions"]));
-        Selector(reqs)
-    }
-
-    /// A canonical text, to key caches by selector.
-    pub fn signature(&self) -> String {
-        let mut parts: Vec<String> = self.0.iter().map(|r| format!("{} {} {:?}", r.key, r.operator, r.values)).collect();
-        parts.sort();
-        parts.join(";")
-    }
-}
-
-fn requirements(v: &Value) -> Vec<Requirement> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| Requirement {
-            key: e["key"].as_str().unwrap_or_default().to_owned(),
-            operator: e["operator"].as_str().unwrap_or_default().to_owned(),
-            values: e["values"]
-                .as_array()
-                .map(|vs| vs.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-                .unwrap_or_default(),
-        })
-        .collect()
-}
-
 /// A pod affinity or anti-affinity term: pods matching `selector` in `namespaces` (empty: the
 /// pod's own), within the same `topology_key` domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,8 +114,8 @@ pub struct PodInfo {
     pub node_name: Option<String>,
     pub node_selector: Labels,
     /// Required node affinity: any of these terms (each all of its requirements).
-    pub node_required: Vec<Vec<Requirement>>,
-    pub node_preferred: Vec<(i64, Vec<Requirement>)>,
+    pub node_required: Vec<Selector>,
+    pub node_preferred: Vec<(i64, Selector)>,
     pub affinity_required: Vec<PodAffinityTerm>,
     pub affinity_preferred: Vec<PodAffinityTerm>,
     pub anti_required: Vec<PodAffinityTerm>,
@@ -329,7 +254,7 @@ impl PodInfo {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|t| requirements(&t["matchExpressions"]))
+                .map(|t| Selector::from_expressions(&t["matchExpressions"]))
                 .collect(),
             node_preferred: affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
                 .as_array()
@@ -338,7 +263,7 @@ impl PodInfo {
                 .map(|p| {
                     (
                         p["weight"].as_i64().unwrap_or(1),
-                        requirements(&p["preference"]["matchExpressions"]),
+                        Selector::from_expressions(&p["preference"]["matchExpressions"]),
                     )
                 })
                 .collect(),

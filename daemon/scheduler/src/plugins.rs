@@ -149,7 +149,7 @@ impl FilterPlugin for NodeAffinity {
     }
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         let selector_ok = pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
-        let required_ok = pod.node_required.is_empty() || pod.node_required.iter().any(|term| term.iter().all(|r| r.matches(&node.labels)));
+        let required_ok = pod.node_required.is_empty() || pod.node_required.iter().any(|term| term.matches(&node.labels));
         if selector_ok && required_ok {
             Status::Success
         } else {
@@ -168,7 +168,7 @@ impl ScorePlugin for NodeAffinity {
     fn score(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64 {
         pod.node_preferred
             .iter()
-            .filter(|(_, reqs)| reqs.iter().all(|r| r.matches(&node.labels)))
+            .filter(|(_, term)| term.matches(&node.labels))
             .map(|(w, _)| *w)
             .sum()
     }

@@ -14,6 +14,7 @@ use super::events::{EventType, Recorder};
 use super::util::{NsName, controller_ref, is_terminating, now, owner_ref, seconds, template_hash};
 use super::{Context, kind};
 use crate::objects::{ObjectError, now_rfc3339};
+use capstan_api::selector::workload_selects;
 
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 
@@ -109,8 +110,7 @@ impl DeploymentController {
         let sets = ctx.cache.orphans(rs_kind, &ns);
         // Adopt ReplicaSets that match the selector and have no controller.
         for e in &sets {
-            if controller_ref(&e.object).is_none() && super::util::selects(&d["spec"]["selector"], &e.object) && !is_terminating(&e.object)
-            {
+            if controller_ref(&e.object).is_none() && workload_selects(&d["spec"]["selector"], &e.object) && !is_terminating(&e.object) {
                 let adopted = ctx
                     .objects
                     .modify(rs_kind, &ns, &e.name, false, |r| {

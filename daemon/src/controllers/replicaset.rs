@@ -12,10 +12,11 @@ use serde_json::{Value, json};
 use super::events::{EventType, Recorder};
 use super::quota;
 use super::util::{
-    NsName, controller_ref, is_active, is_available, is_controlled_by, is_ready, is_terminating, now, owner_ref, random_suffix, selects,
+    NsName, controller_ref, is_active, is_available, is_controlled_by, is_ready, is_terminating, now, owner_ref, random_suffix,
 };
 use super::{Context, kind};
 use crate::objects::ObjectError;
+use capstan_api::selector::workload_selects;
 
 pub struct ReplicaSetController {
     pub ctx: Context,
@@ -54,7 +55,7 @@ impl Reconciler<NsName> for ReplicaSetController {
         let mut owned = Vec::new();
         for entry in &pods {
             let pod = &entry.object;
-            let matches = selects(selector, pod);
+            let matches = workload_selects(selector, pod);
             if is_controlled_by(pod, &rs) {
                 if matches {
                     owned.push((**pod).clone());

@@ -83,13 +83,6 @@ pub fn owner_ref(owner: &Value) -> Value {
     })
 }
 
-/// Whether a label selector (`matchLabels`, `matchExpressions`) selects an object's labels.
-pub fn selects(selector: &Value, object: &Value) -> bool {
-    let has_terms = selector["matchLabels"].as_object().is_some_and(|m| !m.is_empty())
-        || selector["matchExpressions"].as_array().is_some_and(|m| !m.is_empty());
-    has_terms && capstan_git::validate::selector_matches(selector, object["metadata"]["labels"].as_object())
-}
-
 /// Whether a Service's plain selector map selects a pod.
 pub fn map_selects(selector: &Value, object: &Value) -> bool {
     let Some(sel) = selector.as_object().filter(|s| !s.is_empty()) else {

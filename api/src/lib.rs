@@ -11,6 +11,7 @@ pub mod meta;
 pub mod names;
 pub mod quantity;
 pub mod schema;
+pub mod selector;
 pub mod text;
 
 pub use k8s_openapi;
