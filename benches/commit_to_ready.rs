@@ -76,7 +76,7 @@ struct Setup {
 }
 
 impl Setup {
-    async fn start(remote: bool, cidr: (std::net::Ipv4Addr, u8)) -> Setup {
+    async fn start(remote: bool, cidr: capstan_api::cidr::Cidr) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
         std::fs::create_dir_all(&repo).unwrap();
@@ -243,8 +243,8 @@ async fn main() {
         if quick { " (quick)" } else { "" }
     );
     for (remote, label, cidr) in [
-        (false, "local repository (notify)", (std::net::Ipv4Addr::new(10, 211, 0, 0), 16)),
-        (true, "file:// remote, push + webhook", (std::net::Ipv4Addr::new(10, 212, 0, 0), 16)),
+        (false, "local repository (notify)", "10.211.0.0/16".parse().unwrap()),
+        (true, "file:// remote, push + webhook", "10.212.0.0/16".parse().unwrap()),
     ] {
         let setup = Setup::start(remote, cidr).await;
         setup.round("warmup").await; // the node's network, the first image load

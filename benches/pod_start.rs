@@ -56,7 +56,7 @@ async fn main() {
     }
     let mut config = DaemonConfig::new(repo.to_str().unwrap(), dir.path().join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.pod_cidr = (std::net::Ipv4Addr::new(10, 209, 0, 0), 16);
+    config.pod_cidr = "10.209.0.0/16".parse().unwrap();
     let d = Daemon::start(config).await.unwrap();
     let run_label = ("capstan.test".to_owned(), format!("bench-{}", std::process::id()));
     let node = format!("bench-{}", std::process::id());

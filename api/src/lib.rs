@@ -5,6 +5,7 @@
 //! here, so a kind added to [`kinds::REGISTRY`] is served, loaded and documented at once.
 
 pub mod capstan;
+pub mod cidr;
 pub mod defaults;
 pub mod kinds;
 pub mod meta;

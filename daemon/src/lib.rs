@@ -60,7 +60,7 @@ pub struct DaemonConfig {
     /// Pods on a NotReady node are evicted after this, unless they tolerate longer.
     pub eviction_timeout: Duration,
     /// The pod range, split into a /24 per node.
-    pub pod_cidr: (std::net::Ipv4Addr, u8),
+    pub pod_cidr: capstan_api::cidr::Cidr,
     /// How often the status branch and notes are written (at most one commit per interval).
     pub status_interval: Duration,
     /// Revert the tracked branch's tip by a commit when its rollout misses the progress deadline.

@@ -5,6 +5,7 @@
 //! through Docker instead would start Docker's embedded DNS in every sandbox (iptables run inside
 //! each namespace): the slowest part of a pod's start, for a resolver pods do not use.
 
+use capstan_api::cidr::Cidr;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -42,15 +43,17 @@ fn kernel(step: impl Into<String>) -> impl FnOnce(io::Error) -> PodNetError {
     move |source| PodNetError::Kernel { step, source }
 }
 
+/// A pod range's gateway (the node's bridge): its first address.
+pub fn gateway(range: Cidr) -> Ipv4Addr {
+    range.nth(1).unwrap_or(range.network())
+}
+
 /// Addresses of one range, handed out per pod uid. The next address is looked for after the
 /// last one given, so that a freed address is not reused at once (connections to the old pod
 /// may still be on their way).
 #[derive(Debug)]
 pub struct Ipam {
-    cidr: String,
-    network: u32,
-    size: u32,
-    prefix: u8,
+    range: Cidr,
     by_pod: HashMap<String, Ipv4Addr>,
     owner: HashMap<Ipv4Addr, String>,
     /// The last address given, as an index of the usable ones (offset 2 is index 0).
@@ -60,38 +63,27 @@ pub struct Ipam {
 impl Ipam {
     /// A range like `10.244.1.0/24`; its first address is the gateway (the bridge).
     pub fn new(cidr: &str) -> Option<Ipam> {
-        let (ip, prefix) = cidr.split_once('/')?;
-        let ip: Ipv4Addr = ip.parse().ok()?;
-        let prefix: u8 = prefix.parse().ok().filter(|p| (8..=30).contains(p))?;
-        let size = 1u32 << (32 - prefix);
+        let range: Cidr = cidr.parse().ok().filter(|r: &Cidr| (8..=30).contains(&r.prefix()))?;
         Some(Ipam {
-            cidr: cidr.to_owned(),
-            network: u32::from(ip) & !(size - 1),
-            size,
-            prefix,
+            range,
             by_pod: HashMap::new(),
             owner: HashMap::new(),
-            last: size - 4,
+            last: range.size() as u32 - 4,
         })
     }
 
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.range.prefix()
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.network + 1)
-    }
-
-    fn offset(&self, ip: Ipv4Addr) -> Option<u32> {
-        let off = u32::from(ip).wrapping_sub(self.network);
-        (off < self.size).then_some(off)
+        gateway(self.range)
     }
 
     /// Records an address found in use (an adopted sandbox); false when it is outside the range
     /// or another pod holds it.
     pub fn reserve(&mut self, uid: &str, ip: Ipv4Addr) -> bool {
-        if self.offset(ip).is_none() || self.owner.get(&ip).is_some_and(|o| o != uid) {
+        if !self.range.contains(ip) || self.owner.get(&ip).is_some_and(|o| o != uid) {
             return false;
         }
         if let Some(old) = self.by_pod.insert(uid.to_owned(), ip) {
@@ -107,17 +99,17 @@ impl Ipam {
             return Ok(*ip);
         }
         // Offsets 0 (the network), 1 (the gateway) and the last (broadcast) are never given.
-        let usable = self.size - 3;
+        let usable = self.range.size() as u32 - 3;
         for step in 1..=usable {
             let index = (self.last + step) % usable;
-            let ip = Ipv4Addr::from(self.network + 2 + index);
+            let Some(ip) = self.range.nth(u64::from(2 + index)) else { break };
             if !self.owner.contains_key(&ip) {
                 self.last = index;
                 self.reserve(uid, ip);
                 return Ok(ip);
             }
         }
-        Err(PodNetError::Full(self.cidr.clone()))
+        Err(PodNetError::Full(self.range.to_string()))
     }
 
     pub fn release(&mut self, uid: &str) {
@@ -150,7 +142,7 @@ impl PodNet {
     /// the old network).
     pub fn set_range(&self, cidr: &str) {
         let mut ipam = self.ipam.lock().unwrap_or_else(|e| e.into_inner());
-        if ipam.as_ref().is_none_or(|i| i.cidr != cidr) {
+        if ipam.as_ref().is_none_or(|i| Some(i.range) != cidr.parse().ok()) {
             *ipam = Ipam::new(cidr);
         }
     }

@@ -41,13 +41,6 @@ pub async fn remove_all(runtime: &dyn capstan_containers::Runtime, node: &str) -
     Ok(containers.len())
 }
 
-/// `10.244.3.0/24` → its gateway `10.244.3.1`.
-pub fn gateway(cidr: &str) -> Option<String> {
-    let (ip, _) = cidr.split_once('/')?;
-    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
-    Some(std::net::Ipv4Addr::from(u32::from(ip) + 1).to_string())
-}
-
 /// Waits for the node's pod range and makes the bridge network for it.
 pub async fn prepare_network(env: &Env, extra_labels: &[(String, String)], stop: &CancellationToken) -> Option<String> {
     let node = &env.ctx.node;
@@ -58,7 +51,7 @@ pub async fn prepare_network(env: &Env, extra_labels: &[(String, String)], stop:
             _ => None,
         };
         if let Some(cidr) = cidr {
-            let gw = gateway(&cidr).unwrap_or_default();
+            let gw = cidr.parse().map(|r| crate::podnet::gateway(r).to_string()).unwrap_or_default();
             let mut labels: HashMap<String, String> = HashMap::from([(LABEL_NODE.to_owned(), node.clone())]);
             labels.extend(extra_labels.iter().cloned());
             match env.runtime.ensure_network(&env.ctx.network, &cidr, &gw, labels).await {
@@ -246,16 +239,5 @@ async fn remove_orphans(env: &Env, workers: &HashMap<String, mpsc::UnboundedSend
     for uid in gone_pods {
         env.net.release(&uid);
         let _ = std::fs::remove_dir_all(env.pods_dir.join(uid));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gateways() {
-        assert_eq!(gateway("10.244.3.0/24").as_deref(), Some("10.244.3.1"));
-        assert_eq!(gateway("nonsense"), None);
     }
 }

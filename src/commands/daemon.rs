@@ -39,8 +39,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--listen {l:?}: expected ADDRESS:PORT"))?;
     }
     if let Some(c) = args.cluster_cidr {
-        config.pod_cidr = capstan_daemon::controllers::parse_cidr(&c)
-            .filter(|(_, bits)| *bits <= 24)
+        config.pod_cidr = c
+            .parse::<capstan_api::cidr::Cidr>()
+            .ok()
+            .filter(|r| r.prefix() <= capstan_api::cidr::NODE_PREFIX)
             .with_context(|| format!("--cluster-cidr {c:?}: expected an IPv4 range of /24 or larger, such as 10.244.0.0/16"))?;
     }
     if let Some(f) = &args.webhook_secret_file {

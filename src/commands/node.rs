@@ -165,8 +165,8 @@ fn taint(text: &str) -> anyhow::Result<serde_json::Value> {
     Ok(json!({"key": key, "value": value, "effect": effect}))
 }
 
-fn cidr(flag: &str, text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
-    capstan_daemon::controllers::parse_cidr(text).with_context(|| format!("--{flag} {text:?}: expected an IPv4 range such as 10.96.0.0/16"))
+fn cidr(flag: &str, text: &str) -> anyhow::Result<capstan_api::cidr::Cidr> {
+    text.parse().with_context(|| format!("--{flag}"))
 }
 
 /// The proxy's settings from the flags.

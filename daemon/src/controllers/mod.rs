@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use capstan_api::cidr::Cidr;
+
 use crate::cache::Cache;
 use crate::objects::{ObjectError, Objects};
 use events::Recorder;
@@ -30,8 +32,8 @@ use events::Recorder;
 /// Cluster settings the controllers follow (from ClusterSettings in Git, or defaults).
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub service_cidr: (Ipv4Addr, u8),
-    pub pod_cidr: (Ipv4Addr, u8),
+    pub service_cidr: Cidr,
+    pub pod_cidr: Cidr,
     /// A node whose Lease is older than this is NotReady.
     pub node_grace: Duration,
     /// Pods on a NotReady node are evicted after this, unless they tolerate longer.
@@ -45,21 +47,14 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
-            service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 16),
-            pod_cidr: (Ipv4Addr::new(10, 244, 0, 0), 16),
+            service_cidr: capstan_api::cidr::SERVICE_RANGE,
+            pod_cidr: capstan_api::cidr::POD_RANGE,
             node_grace: Duration::from_secs(40),
             eviction_timeout: Duration::from_secs(300),
             api_endpoint: (Ipv4Addr::LOCALHOST, 6443),
             root_ca: String::new(),
         }
     }
-}
-
-/// Parses `10.96.0.0/16`.
-pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (ip, bits) = s.split_once('/')?;
-    let bits: u8 = bits.parse().ok().filter(|b| *b <= 32)?;
-    Some((ip.parse().ok()?, bits))
 }
 
 /// What every controller gets.

@@ -5,7 +5,6 @@
 //! replace them elsewhere. A node that renews its Lease again loses the taints.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use capstan_runtime::{Action, Reconciler};
@@ -15,6 +14,7 @@ use super::events::{EventType, Recorder};
 use super::util::{now, seconds};
 use super::{Context, kind};
 use crate::objects::{ObjectError, now_rfc3339};
+use capstan_api::cidr::NODE_PREFIX;
 
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -41,7 +41,6 @@ pub fn toleration_seconds(pod: &Value, taint: &str, default: i64) -> Option<i64>
 
 impl NodeLifecycle {
     fn allocate_pod_cidr(&self, node: &str) -> Option<String> {
-        let (net, bits) = self.ctx.settings.pod_cidr;
         let used: HashSet<String> = self
             .ctx
             .cache
@@ -51,10 +50,10 @@ impl NodeLifecycle {
             .filter(|n| n.name != node)
             .filter_map(|n| n.object["spec"]["podCIDR"].as_str().map(str::to_owned))
             .collect();
-        let base = u32::from(net);
-        let count = 1u32 << (24 - bits.min(24));
-        (0..count)
-            .map(|i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
+        let range = self.ctx.settings.pod_cidr;
+        (0..)
+            .map_while(|i| range.subnet(NODE_PREFIX, i))
+            .map(|c| c.to_string())
             .find(|c| !used.contains(c))
     }
 }

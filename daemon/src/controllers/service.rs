@@ -22,11 +22,6 @@ pub struct ServiceController {
     pub events: Recorder,
 }
 
-pub fn in_cidr(ip: Ipv4Addr, (net, bits): (Ipv4Addr, u8)) -> bool {
-    let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
-    u32::from(ip) & mask == u32::from(net) & mask
-}
-
 impl ServiceController {
     fn used(&self, except: &NsName) -> (HashSet<Ipv4Addr>, HashSet<i64>) {
         let (svcs, _) = self.ctx.cache.list(kind("services"), None);
@@ -50,11 +45,9 @@ impl ServiceController {
 
     /// The lowest free address of the range above the reserved ones (.1 kubernetes, .10 DNS).
     fn free_ip(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-        let (net, bits) = self.ctx.settings.service_cidr;
-        let base = u32::from(net) & if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
-        let size = 1u64 << (32 - bits);
-        (11..size.saturating_sub(1))
-            .map(|i| Ipv4Addr::from(base + i as u32))
+        let range = self.ctx.settings.service_cidr;
+        (11..range.size().saturating_sub(1))
+            .filter_map(|i| range.nth(i))
             .find(|ip| !used.contains(ip))
     }
 }
@@ -83,11 +76,10 @@ impl Reconciler<NsName> for ServiceController {
                 None => problem = Some(("ClusterIPRangeFull", "no free address is left in the service range".into())),
             },
             Some(fixed) => match fixed.parse::<Ipv4Addr>() {
-                Ok(ip) if !in_cidr(ip, ctx.settings.service_cidr) => {
-                    let (net, bits) = ctx.settings.service_cidr;
+                Ok(ip) if !ctx.settings.service_cidr.contains(ip) => {
                     problem = Some((
                         "ClusterIPOutOfRange",
-                        format!("spec.clusterIP {ip} is not in the service range {net}/{bits}"),
+                        format!("spec.clusterIP {ip} is not in the service range {}", ctx.settings.service_cidr),
                     ));
                 }
                 Ok(ip) if used_ips.contains(&ip) => {
@@ -171,17 +163,5 @@ impl Reconciler<NsName> for ServiceController {
                 .await?;
         }
         Ok(Action::AwaitChange)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidr_membership() {
-        let range = (Ipv4Addr::new(10, 96, 0, 0), 16);
-        assert!(in_cidr(Ipv4Addr::new(10, 96, 3, 4), range));
-        assert!(!in_cidr(Ipv4Addr::new(10, 97, 0, 1), range));
     }
 }

@@ -55,7 +55,7 @@ fn ms(d: Duration) -> String {
 /// Inside the VM: the IPVS backend's figures.
 fn ipvs_figures(n: u32, quick: bool) {
     use capstan_proxy::ipvs::IpvsBackend;
-    let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 12)).expect("IPVS in the VM");
+    let mut backend = IpvsBackend::open("rr", capstan_api::cidr::Cidr::fixed(Ipv4Addr::new(10, 96, 0, 0), 12)).expect("IPVS in the VM");
     let t = Instant::now();
     let done = backend.apply(&services(n, Change::None), false).expect("the initial sync");
     let initial = t.elapsed();
@@ -132,8 +132,8 @@ async fn main() {
     let nft = Nft::new(Some(ns.clone()), "capstan-proxy");
     let settings = NftSettings::new(
         "capstan-proxy",
-        (Ipv4Addr::new(10, 96, 0, 0), 12),
-        (Ipv4Addr::new(10, 244, 0, 0), 12),
+        capstan_api::cidr::Cidr::fixed(Ipv4Addr::new(10, 96, 0, 0), 12),
+        capstan_api::cidr::Cidr::fixed(Ipv4Addr::new(10, 240, 0, 0), 12),
     );
 
     let t = Instant::now();

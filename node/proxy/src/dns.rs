@@ -8,6 +8,7 @@
 //! answers only pods (the pod range) and this host (its own address), so that the host's address
 //! is no open resolver for its network.
 
+use capstan_api::cidr::Cidr;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -22,7 +23,6 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::{Duration, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::ipvs::plan::in_cidr;
 use crate::model::SERVICE_NAME_LABEL;
 
 /// How long clients may cache an answer; short, since endpoints come and go (CoreDNS: 30 s).
@@ -234,7 +234,7 @@ pub struct Server {
 #[derive(Clone, Copy, Debug)]
 struct Clients {
     own: IpAddr,
-    range: Option<(Ipv4Addr, u8)>,
+    range: Option<Cidr>,
 }
 
 impl Clients {
@@ -243,7 +243,7 @@ impl Clients {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
-        ip == self.own || matches!((ip, self.range), (IpAddr::V4(v4), Some(range)) if in_cidr(v4, range))
+        ip == self.own || matches!((ip, self.range), (IpAddr::V4(v4), Some(range)) if range.contains(v4))
     }
 }
 
@@ -262,7 +262,7 @@ impl Server {
     }
 
     /// Also answers clients in `range` (the pods).
-    pub fn answering(self, range: (Ipv4Addr, u8)) -> Server {
+    pub fn answering(self, range: Cidr) -> Server {
         Server {
             clients: Clients {
                 range: Some(range),
@@ -459,7 +459,7 @@ mod tests {
             .await
             .unwrap()
             .forwarding_to(Some(upstream))
-            .answering((Ipv4Addr::new(10, 244, 0, 0), 16));
+            .answering(capstan_api::cidr::POD_RANGE);
         let addr = server.udp.local_addr().unwrap();
         let records = Arc::new(RwLock::new(fixture()));
         tokio::spawn(server.serve(records, CancellationToken::new()));

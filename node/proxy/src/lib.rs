@@ -15,7 +15,8 @@ pub mod nft;
 pub mod rtnl;
 pub mod sync;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use capstan_api::cidr::Cidr;
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 pub use nft::Spread;
@@ -50,8 +51,8 @@ pub struct ProxyConfig {
     pub mode: ProxyMode,
     /// The nftables table the proxy owns (family `ip`).
     pub table: String,
-    pub service_cidr: (Ipv4Addr, u8),
-    pub pod_cidr: (Ipv4Addr, u8),
+    pub service_cidr: Cidr,
+    pub pod_cidr: Cidr,
     pub spread: Spread,
     /// Run `nft` and `iptables` inside this network namespace (tests); `None`: the host's.
     pub netns: Option<String>,
@@ -75,8 +76,8 @@ impl Default for ProxyConfig {
         ProxyConfig {
             mode: ProxyMode::Auto,
             table: "capstan-proxy".into(),
-            service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 16),
-            pod_cidr: (Ipv4Addr::new(10, 244, 0, 0), 16),
+            service_cidr: capstan_api::cidr::SERVICE_RANGE,
+            pod_cidr: capstan_api::cidr::POD_RANGE,
             spread: Spread::Random,
             netns: None,
             min_sync_interval: Duration::from_millis(100),

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ipvs::IpvsBackend;
-use crate::nft::{self, Nft, NftSettings, cidr};
+use crate::nft::{self, Nft, NftSettings};
 use crate::{ProxyConfig, ProxyError, ProxyMode, firewall};
 use crate::{dns, model};
 
@@ -57,7 +57,7 @@ impl Proxy {
     /// and starts the loop.
     pub async fn start(client: kube::Client, config: ProxyConfig) -> Result<Proxy, ProxyError> {
         let dataplane = Dataplane::choose(&config).await?;
-        firewall::open(config.netns.as_deref(), &cidr(config.pod_cidr)).await?;
+        firewall::open(config.netns.as_deref(), &config.pod_cidr.to_string()).await?;
 
         let backend = dataplane.name();
         let view = Arc::new(Mutex::new(View::default()));
@@ -149,7 +149,7 @@ pub async fn cleanup(config: &ProxyConfig) -> Result<(), ProxyError> {
             .await
             .expect("IPVS cleanup thread")?;
     }
-    firewall::close(config.netns.as_deref(), &cidr(config.pod_cidr)).await
+    firewall::close(config.netns.as_deref(), &config.pod_cidr.to_string()).await
 }
 
 /// The nftables dataplane and what it last applied.

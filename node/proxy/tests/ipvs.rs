@@ -210,7 +210,7 @@ fn backend_passes_tcp_and_follows_endpoint_changes() {
     let vip: SocketAddr = "10.96.0.10:80".parse().expect("addr");
     // Someone else's virtual service: never touched.
     sh("ipvsadm -A -t 10.0.0.254:80 -s lc");
-    let service_cidr = (Ipv4Addr::new(10, 96, 0, 0), 16);
+    let service_cidr = capstan_api::cidr::SERVICE_RANGE;
     let mut backend = IpvsBackend::open("rr", service_cidr).expect("open the IPVS backend");
     // The nftables table the proxy puts beside it, applied the way the proxy applies it.
     let guard = Nft::new(None, "capstan-proxy");
@@ -307,7 +307,7 @@ fn backend_passes_tcp_and_follows_endpoint_changes() {
 #[test]
 #[ignore = "runs inside the qemu VM of ipvs_backend_on_a_real_kernel"]
 fn udp_services_and_every_scheduler_are_accepted() {
-    let mut backend = IpvsBackend::open("rr", (Ipv4Addr::new(10, 96, 0, 0), 16)).expect("open");
+    let mut backend = IpvsBackend::open("rr", capstan_api::cidr::SERVICE_RANGE).expect("open");
     let dns = VirtualService {
         frontend: Frontend::ClusterIp(Ipv4Addr::new(10, 96, 0, 53), 53),
         protocol: Protocol::Udp,
@@ -320,7 +320,7 @@ fn udp_services_and_every_scheduler_are_accepted() {
     assert!(table.contains("UDP  10.96.0.53:53 rr"), "{table}");
     backend.cleanup().expect("cleanup");
     for scheduler in ["wrr", "lc", "sh", "mh"] {
-        let mut b = IpvsBackend::open(scheduler, (Ipv4Addr::new(10, 96, 0, 0), 16)).expect("open");
+        let mut b = IpvsBackend::open(scheduler, capstan_api::cidr::SERVICE_RANGE).expect("open");
         b.apply(std::slice::from_ref(&dns), true)
             .unwrap_or_else(|e| panic!("{scheduler}: {e}"));
         assert!(sh("ipvsadm -Ln").contains(&format!("UDP  10.96.0.53:53 {scheduler}")));

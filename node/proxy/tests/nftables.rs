@@ -5,7 +5,7 @@
 //! Needs root, `ip` and `nft`: in CI (CI=true) their absence fails the test; elsewhere it skips.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::Duration;
@@ -154,11 +154,7 @@ impl Drop for Net {
 }
 
 fn settings(spread: Spread) -> NftSettings {
-    let mut s = NftSettings::new(
-        "capstan-proxy",
-        (Ipv4Addr::new(10, 96, 0, 0), 16),
-        (Ipv4Addr::new(10, 244, 0, 0), 16),
-    );
+    let mut s = NftSettings::new("capstan-proxy", capstan_api::cidr::SERVICE_RANGE, capstan_api::cidr::POD_RANGE);
     s.spread = spread;
     s
 }

@@ -7,6 +7,7 @@ pub mod kernel;
 pub mod link;
 pub mod plan;
 
+use capstan_api::cidr::Cidr;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
@@ -38,7 +39,7 @@ impl IpvsBackend {
     /// turns on IPVS connection tracking so that the host's NAT rules see IPVS traffic. (What
     /// IPVS does not do, rejecting unused service addresses, is the nftables table of
     /// [`crate::nft::ipvs_guard_script`], applied beside it.)
-    pub fn open(scheduler: &str, service_cidr: (Ipv4Addr, u8)) -> Result<IpvsBackend, KernelError> {
+    pub fn open(scheduler: &str, service_cidr: Cidr) -> Result<IpvsBackend, KernelError> {
         let ipvs = Ipvs::open()?;
         let mut link = link::VipLink::open()?;
         let node_ips = link.node_addresses()?;
@@ -75,7 +76,7 @@ impl IpvsBackend {
                     .link
                     .addresses()?
                     .into_iter()
-                    .filter(|ip| plan::in_cidr(*ip, self.settings.service_cidr))
+                    .filter(|ip| self.settings.service_cidr.contains(*ip))
                     .collect();
                 (table, vips)
             }

@@ -2,6 +2,7 @@
 //! servers, and two such tables become the least list of requests that turns one into the other
 //! (one endpoint change is one destination request).
 
+use capstan_api::cidr::Cidr;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -24,14 +25,9 @@ pub type Table = BTreeMap<Key, (VirtualServer, Vec<RealServer>)>;
 pub struct IpvsSettings {
     /// IPVS scheduler name: rr (default), wrr, lc, sh, mh.
     pub scheduler: String,
-    pub service_cidr: (Ipv4Addr, u8),
+    pub service_cidr: Cidr,
     /// The node's own addresses: node ports get a virtual service on each.
     pub node_ips: Vec<Ipv4Addr>,
-}
-
-pub fn in_cidr(ip: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
-    u32::from(ip) & mask == u32::from(net) & mask
 }
 
 /// The kernel table for `services`.
@@ -73,7 +69,7 @@ pub fn vips(table: &Table, settings: &IpvsSettings) -> BTreeSet<Ipv4Addr> {
     table
         .keys()
         .map(|(_, ip, _)| *ip)
-        .filter(|ip| in_cidr(*ip, settings.service_cidr))
+        .filter(|ip| settings.service_cidr.contains(*ip))
         .collect()
 }
 
@@ -82,7 +78,7 @@ pub fn vips(table: &Table, settings: &IpvsSettings) -> BTreeSet<Ipv4Addr> {
 /// else's and is never touched.
 pub fn owned(key: &Key, settings: &IpvsSettings) -> bool {
     let (_, ip, port) = *key;
-    in_cidr(ip, settings.service_cidr) || (settings.node_ips.contains(&ip) && NODE_PORTS.contains(&port))
+    settings.service_cidr.contains(ip) || (settings.node_ips.contains(&ip) && NODE_PORTS.contains(&port))
 }
 
 /// The requests that turn `current` into `wanted`. Entries of `current` that are not ours are
@@ -177,7 +173,7 @@ mod tests {
     fn settings() -> IpvsSettings {
         IpvsSettings {
             scheduler: "rr".into(),
-            service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 16),
+            service_cidr: capstan_api::cidr::SERVICE_RANGE,
             node_ips: vec![Ipv4Addr::new(192, 168, 1, 5)],
         }
     }

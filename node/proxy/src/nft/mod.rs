@@ -16,6 +16,7 @@
 mod elements;
 mod netlink;
 
+use capstan_api::cidr::Cidr;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -51,14 +52,14 @@ pub struct NftSettings {
     /// Our table (family `ip`); nothing else is touched.
     pub table: String,
     /// Traffic to this range that no service takes is rejected, never routed out.
-    pub service_cidr: (Ipv4Addr, u8),
+    pub service_cidr: Cidr,
     /// Connections from outside this range are masqueraded, so replies come back through us.
-    pub pod_cidr: (Ipv4Addr, u8),
+    pub pod_cidr: Cidr,
     pub spread: Spread,
 }
 
 impl NftSettings {
-    pub fn new(table: impl Into<String>, service_cidr: (Ipv4Addr, u8), pod_cidr: (Ipv4Addr, u8)) -> NftSettings {
+    pub fn new(table: impl Into<String>, service_cidr: Cidr, pod_cidr: Cidr) -> NftSettings {
         NftSettings {
             table: table.into(),
             service_cidr,
@@ -119,17 +120,13 @@ fn short_hash(text: &str) -> String {
     hex::encode(&Sha256::digest(text.as_bytes())[..4])
 }
 
-pub(crate) fn cidr((ip, bits): (Ipv4Addr, u8)) -> String {
-    format!("{ip}/{bits}")
-}
-
 /// In IPVS mode, what IPVS does not do, in a table of our own (replacing the table `table`):
 /// traffic to an address of the service range that is no ClusterIP (not a local address on the
 /// VIP interface) is rejected on the host, from the host and from pods alike, instead of being
 /// routed out; and a pod that IPVS sends back to itself is masqueraded (the `hairpin` set, kept
 /// by [`hairpin_update`]), or its own reply would never return through IPVS.
-pub fn ipvs_guard_script(table: &str, service_cidr: (Ipv4Addr, u8)) -> String {
-    let c = cidr(service_cidr);
+pub fn ipvs_guard_script(table: &str, service_cidr: Cidr) -> String {
+    let c = service_cidr;
     format!(
         "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n\
          \tset {HAIRPIN} {{ type ipv4_addr . ipv4_addr; }}\n\
@@ -170,7 +167,7 @@ fn pick_chain(node_port: bool, p: Protocol, n: usize, s: &NftSettings) -> (Strin
         (format!("nodeport-pick-{p}-{n}"), rules)
     } else {
         let rules = vec![
-            format!("ip saddr != {} {}", cidr(s.pod_cidr), s.mark()),
+            format!("ip saddr != {} {}", s.pod_cidr, s.mark()),
             format!("dnat to ip daddr . {p} dport . numgen {g} mod {n} map @{}", endpoints_map(p)),
         ];
         (format!("pick-{p}-{n}"), rules)
@@ -238,7 +235,7 @@ impl Ruleset {
         let chain = format!("{prefix}-{id}-{readable}");
         let mut rules = vec![match vs.frontend {
             // Off-cluster clients are masqueraded so that the reply finds its way back.
-            Frontend::ClusterIp(..) => format!("ip saddr != {} {}", cidr(s.pod_cidr), s.mark()),
+            Frontend::ClusterIp(..) => format!("ip saddr != {} {}", s.pod_cidr, s.mark()),
             Frontend::NodePort(_) => s.mark(),
         }];
         let g = s.generator();
@@ -606,7 +603,7 @@ fn base(out: &mut String, s: &NftSettings) {
     for chain in BASE_CHAINS {
         let _ = writeln!(out, "flush chain ip {t} {chain}");
     }
-    let range = cidr(s.service_cidr);
+    let range = s.service_cidr;
     let rules = [
         ("nat-prerouting", "jump services".to_owned()),
         ("nat-output", "jump services".to_owned()),

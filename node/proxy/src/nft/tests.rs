@@ -2,11 +2,7 @@ use super::*;
 use crate::model::Protocol;
 
 fn settings() -> NftSettings {
-    NftSettings::new(
-        "capstan-proxy",
-        ("10.96.0.0".parse().unwrap(), 16),
-        ("10.244.0.0".parse().unwrap(), 16),
-    )
+    NftSettings::new("capstan-proxy", capstan_api::cidr::SERVICE_RANGE, capstan_api::cidr::POD_RANGE)
 }
 
 fn vs(frontend: Frontend, backends: &[(&str, u16)], affinity: Option<u32>) -> VirtualService {
@@ -370,6 +366,6 @@ fn the_ipvs_hairpin_set_follows_the_endpoints() {
             ElementOp::Add(Entry::Hairpin("10.244.0.7".parse().unwrap())),
         ]
     );
-    let guard = ipvs_guard_script("capstan-proxy", ("10.96.0.0".parse().unwrap(), 16));
+    let guard = ipvs_guard_script("capstan-proxy", capstan_api::cidr::SERVICE_RANGE);
     assert!(guard.contains("ip saddr . ip daddr @hairpin masquerade"), "{guard}");
 }
