@@ -14,6 +14,7 @@ pub mod quantity;
 pub mod schema;
 pub mod selector;
 pub mod text;
+pub mod time;
 
 pub use k8s_openapi;
 pub use kinds::{KindInfo, Origin, REGISTRY};

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use capstan_api::KindInfo;
+use capstan_api::time::now_rfc3339;
 use capstan_store::{Compare, KeyValue, Revision, Store, StoreError, Txn};
 use serde_json::{Map, Value, json};
 
@@ -73,10 +74,6 @@ pub fn resource_version_of(v: &Value) -> Option<Revision> {
     v.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok())
-}
-
-pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// Reads and writes objects of any registry kind.

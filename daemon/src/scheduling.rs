@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{CacheError, Change};
 use crate::controllers::events::{EventType, Recorder};
 use crate::controllers::{Context, delete_pod, kind};
-use crate::objects::{ObjectError, now_rfc3339};
+use crate::objects::ObjectError;
 use crate::priority::{self, Priority};
+use capstan_api::time::now_rfc3339;
 
 /// The name pods ask for in `spec.schedulerName` (or leave empty).
 pub const SCHEDULER_NAME: &str = "default-scheduler";

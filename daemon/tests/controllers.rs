@@ -149,7 +149,7 @@ impl Harness {
                         continue;
                     }
                     ip += 1;
-                    let stamp = capstan_daemon::objects::now_rfc3339();
+                    let stamp = capstan_api::time::now_rfc3339();
                     let _ = objects
                         .modify(kind("pods"), &p.namespace, &p.name, true, |pod| {
                             pod["status"]["phase"] = json!("Running");

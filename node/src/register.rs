@@ -142,9 +142,7 @@ pub async fn register(api: &ApiClient, r: &Registration, host: &HostFacts) -> Re
     api.merge_patch(&format!("{at}/status"), &json!({"status": status})).await
 }
 
-fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
+use capstan_api::time::now_rfc3339 as now;
 
 /// Memory and disk pressure, with the kubelet's default hard eviction thresholds
 /// (memory.available < 100Mi, nodefs.available < 10%).
@@ -273,7 +271,7 @@ pub async fn heartbeat(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let renew = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string();
+        let renew = capstan_api::time::now_micro();
         let renewed = match api
             .merge_patch(&lease_path, &json!({"spec": {"renewTime": renew, "holderIdentity": name}}))
             .await

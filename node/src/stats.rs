@@ -60,7 +60,7 @@ fn meminfo(field: &str) -> u64 {
 /// The summary of the node and its pods' running containers.
 pub async fn summary(runtime: &dyn Runtime, node: &str, sampler: &Sampler) -> Value {
     let now = Instant::now();
-    let stamp = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let stamp = capstan_api::time::now_rfc3339();
     let node_cpu = node_cpu_nanos();
     let total = meminfo("MemTotal");
     let available = meminfo("MemAvailable");

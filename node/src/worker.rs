@@ -161,16 +161,14 @@ fn terminated(info: &ContainerInfo) -> Terminated {
 }
 
 fn seconds_between(from: Option<&str>, to: Option<&str>) -> Duration {
-    let parse = |t: Option<&str>| t.and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let parse = |t: Option<&str>| t.and_then(capstan_api::time::parse);
     match (parse(from), parse(to)) {
         (Some(a), Some(b)) => Duration::from_secs(b.as_second().saturating_sub(a.as_second()).max(0) as u64),
         _ => Duration::ZERO,
     }
 }
 
-fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
+use capstan_api::time::now_rfc3339;
 
 /// The attempt number a container carries in its labels.
 fn attempt(c: &ContainerInfo) -> u32 {

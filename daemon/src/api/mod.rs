@@ -739,7 +739,7 @@ fn token_request(state: &ApiState, id: &Identity, ns: &str, sa_name: &str, conte
     };
     let token = signer.issue(&claims).map_err(|e| ApiError::internal(e.to_string()))?;
     let expires = jiff::Timestamp::from_second(now + seconds)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .map(capstan_api::time::format)
         .unwrap_or_default();
     let mut spec_out = json!({"audiences": audiences, "expirationSeconds": seconds});
     if let Some((name, uid, _)) = &pod {
@@ -1113,7 +1113,7 @@ async fn request_pod_deletion(state: &ApiState, namespace: &str, name: &str, by_
             if !p["metadata"]["deletionTimestamp"].is_null() {
                 return false;
             }
-            p["metadata"]["deletionTimestamp"] = json!(crate::objects::now_rfc3339());
+            p["metadata"]["deletionTimestamp"] = json!(capstan_api::time::now_rfc3339());
             p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             true
         })

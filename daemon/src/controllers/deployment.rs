@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use super::events::{EventType, Recorder};
 use super::util::{NsName, controller_ref, is_terminating, now, owner_ref, seconds, template_hash};
 use super::{Context, kind};
-use crate::objects::{ObjectError, now_rfc3339};
+use crate::objects::ObjectError;
 use capstan_api::selector::workload_selects;
+use capstan_api::time::now_rfc3339;
 
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::objects::{Objects, now_rfc3339};
+use crate::objects::Objects;
+use capstan_api::time::now_rfc3339;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {

@@ -133,7 +133,7 @@ pub async fn delete_pod(ctx: &Context, ns: &str, name: &str) -> Result<(), Objec
                 if !p["metadata"]["deletionTimestamp"].is_null() {
                     return false;
                 }
-                p["metadata"]["deletionTimestamp"] = json!(crate::objects::now_rfc3339());
+                p["metadata"]["deletionTimestamp"] = json!(capstan_api::time::now_rfc3339());
                 p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
                 true
             })

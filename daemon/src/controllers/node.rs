@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use super::events::{EventType, Recorder};
 use super::util::{now, seconds};
 use super::{Context, kind};
-use crate::objects::{ObjectError, now_rfc3339};
+use crate::objects::ObjectError;
 use capstan_api::cidr::NODE_PREFIX;
+use capstan_api::time::now_rfc3339;
 
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";

@@ -179,7 +179,7 @@ impl Reconciler<NsName> for ReplicaSetController {
             "observedGeneration": rs["metadata"]["generation"],
         });
         if let Some(message) = &failure {
-            status["conditions"] = json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message, "lastTransitionTime": crate::objects::now_rfc3339()}]);
+            status["conditions"] = json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message, "lastTransitionTime": capstan_api::time::now_rfc3339()}]);
         }
         let current = &rs["status"];
         let changed = [

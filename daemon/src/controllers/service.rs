@@ -141,10 +141,10 @@ impl Reconciler<NsName> for ServiceController {
         }
         let condition = match &problem {
             Some((reason, message)) => {
-                json!([{"type": "Allocated", "status": "False", "reason": reason, "message": message, "lastTransitionTime": crate::objects::now_rfc3339()}])
+                json!([{"type": "Allocated", "status": "False", "reason": reason, "message": message, "lastTransitionTime": capstan_api::time::now_rfc3339()}])
             }
             None => {
-                json!([{"type": "Allocated", "status": "True", "reason": "Allocated", "message": "", "lastTransitionTime": crate::objects::now_rfc3339()}])
+                json!([{"type": "Allocated", "status": "True", "reason": "Allocated", "message": "", "lastTransitionTime": capstan_api::time::now_rfc3339()}])
             }
         };
         let current = svc["status"]["conditions"].as_array().and_then(|c| c.first()).cloned();

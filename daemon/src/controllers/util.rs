@@ -37,14 +37,7 @@ pub fn is_ready(pod: &Value) -> bool {
     condition(pod, "Ready").is_some_and(|c| c["status"] == "True")
 }
 
-/// Seconds since the epoch of an RFC 3339 timestamp field.
-pub fn seconds(v: &Value) -> Option<i64> {
-    v.as_str()?.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
-}
-
-pub fn now() -> i64 {
-    jiff::Timestamp::now().as_second()
-}
+pub use capstan_api::time::{now_seconds as now, seconds};
 
 /// Ready for at least `min_ready_seconds` (Kubernetes' "available").
 pub fn is_available(pod: &Value, min_ready_seconds: i64, now: i64) -> bool {
