@@ -7,6 +7,7 @@
 pub mod capstan;
 pub mod cidr;
 pub mod defaults;
+pub mod event;
 pub mod kinds;
 pub mod meta;
 pub mod names;

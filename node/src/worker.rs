@@ -168,6 +168,7 @@ fn seconds_between(from: Option<&str>, to: Option<&str>) -> Duration {
     }
 }
 
+use capstan_api::event::{EventType, Report, Source};
 use capstan_api::time::now_rfc3339;
 
 /// The attempt number a container carries in its labels.
@@ -326,23 +327,22 @@ impl Worker {
     }
 
     /// Posts a Kubernetes Event about the pod (best effort, in the background).
-    fn event(&self, kind: &str, reason: &str, message: String, field: Option<&str>) {
+    fn event(&self, kind: EventType, reason: &str, message: String, field: Option<&str>) {
         let api = self.env.api.clone();
         let ns = self.namespace().to_owned();
-        let stamp = now_rfc3339();
-        let mut involved = json!({"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": self.name(), "uid": self.uid});
-        if let Some(f) = field {
-            involved["fieldPath"] = json!(f);
-        }
-        let event = json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"namespace": ns},
-            "involvedObject": involved,
-            "reason": reason, "message": message, "type": kind,
-            "source": {"component": "kubelet", "host": self.env.ctx.node},
-            "reportingComponent": "kubelet", "reportingInstance": self.env.ctx.node,
-            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
-        });
+        let involved = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"namespace": ns, "name": self.name(), "uid": self.uid}});
+        let kubelet = Source {
+            component: "kubelet".into(),
+            host: Some(self.env.ctx.node.clone()),
+        };
+        let report = Report {
+            involved: &involved,
+            field_path: field,
+            kind,
+            reason,
+            message: &message,
+        };
+        let event = kubelet.event(&report, &now_rfc3339());
         tokio::spawn(async move {
             if let Err(e) = api.create(&format!("/api/v1/namespaces/{ns}/events"), &event).await {
                 tracing::debug!(error = %e, "posting an event failed");
@@ -468,7 +468,7 @@ impl Worker {
                 Ok(_) | Err(_) => {
                     tracing::info!(pod = %self.name(), "the pod sandbox is not running; making a new one");
                     self.event(
-                        "Normal",
+                        EventType::Normal,
                         "SandboxChanged",
                         "Pod sandbox changed, it will be killed and re-created.".into(),
                         None,
@@ -487,7 +487,7 @@ impl Worker {
                 Ok(()) => {}
                 Err(message) => {
                     if self.blocked.as_ref().is_none_or(|b| b.1 != message) {
-                        self.event("Warning", "FailedMount", message.clone(), None);
+                        self.event(EventType::Warning, "FailedMount", message.clone(), None);
                     }
                     self.blocked = Some(("ContainerCreating".into(), message));
                     return false;
@@ -542,7 +542,7 @@ impl Worker {
                 }
                 let message = format!("Failed to create pod sandbox: {e}");
                 if self.blocked.as_ref().is_none_or(|b| b.1 != message) {
-                    self.event("Warning", "FailedCreatePodSandBox", message.clone(), None);
+                    self.event(EventType::Warning, "FailedCreatePodSandBox", message.clone(), None);
                 }
                 self.blocked = Some(("ContainerCreating".into(), message));
                 false
@@ -679,7 +679,7 @@ impl Worker {
                     if first {
                         let field = format!("spec.{}{{{name}}}", if init { "initContainers" } else { "containers" });
                         self.event(
-                            "Warning",
+                            EventType::Warning,
                             "BackOff",
                             format!("Back-off restarting failed container {name} in pod {pod}"),
                             Some(&field),
@@ -754,7 +754,7 @@ impl Worker {
                     *next = (*next).min(p.next_at());
                 }
                 let name = slot.name.clone();
-                self.event("Normal", "Started", format!("Started container {name}"), Some(&field));
+                self.event(EventType::Normal, "Started", format!("Started container {name}"), Some(&field));
             }
             Err(e) => self.run_failed(i, e, now, next),
         }
@@ -774,7 +774,7 @@ impl Worker {
         if let Some(u) = slot.crash.until() {
             *next = (*next).min(u);
         }
-        self.event("Warning", "Failed", format!("Error: {e}"), Some(&field));
+        self.event(EventType::Warning, "Failed", format!("Error: {e}"), Some(&field));
     }
 
     /// The image and the configuration of the container's next attempt; None (with the reason
@@ -810,7 +810,7 @@ impl Worker {
             Err(e) => {
                 let message = e.to_string();
                 self.event(
-                    "Warning",
+                    EventType::Warning,
                     "Failed",
                     format!("Failed to pull image \"{image}\": {message}"),
                     Some(&field),
@@ -845,7 +845,7 @@ impl Worker {
             Ok(c) => Some((c, attempt)),
             Err(message) => {
                 if self.slots[i].waiting.as_ref().is_none_or(|w| w.1 != message) {
-                    self.event("Warning", "Failed", format!("Error: {message}"), Some(&field));
+                    self.event(EventType::Warning, "Failed", format!("Error: {message}"), Some(&field));
                 }
                 self.slots[i].waiting = Some(("CreateContainerConfigError".into(), message));
                 *next = (*next).min(now + Duration::from_secs(2));
@@ -901,7 +901,12 @@ impl Worker {
                         Some(true) => self.slots[i].started = true,
                         Some(false) => {
                             let why = outcome.err().unwrap_or_default();
-                            self.event("Warning", "Unhealthy", format!("Startup probe failed: {why}"), Some(&field));
+                            self.event(
+                                EventType::Warning,
+                                "Unhealthy",
+                                format!("Startup probe failed: {why}"),
+                                Some(&field),
+                            );
                             self.slots[i].startup = Some(p);
                             self.kill(i, "failed startup probe").await;
                             return;
@@ -926,7 +931,12 @@ impl Worker {
                 }
                 if p.record(outcome.is_ok(), Instant::now()) == Some(false) {
                     let why = outcome.err().unwrap_or_default();
-                    self.event("Warning", "Unhealthy", format!("Liveness probe failed: {why}"), Some(&field));
+                    self.event(
+                        EventType::Warning,
+                        "Unhealthy",
+                        format!("Liveness probe failed: {why}"),
+                        Some(&field),
+                    );
                     self.slots[i].liveness = Some(p);
                     self.kill(i, "failed liveness probe").await;
                     return;
@@ -941,7 +951,12 @@ impl Worker {
                     let outcome = p.probe.run(runtime.as_ref(), &id, &ip).await;
                     if p.record(outcome.is_ok(), Instant::now()) == Some(false) {
                         let why = outcome.err().unwrap_or_default();
-                        self.event("Warning", "Unhealthy", format!("Readiness probe failed: {why}"), Some(&field));
+                        self.event(
+                            EventType::Warning,
+                            "Unhealthy",
+                            format!("Readiness probe failed: {why}"),
+                            Some(&field),
+                        );
                     }
                 }
                 self.slots[i].ready = p.result == Some(true);
@@ -957,7 +972,7 @@ impl Worker {
         let Some(c) = self.slots[i].current.clone() else { return };
         let name = self.slots[i].name.clone();
         self.event(
-            "Normal",
+            EventType::Normal,
             "Killing",
             format!("Container {name} {why}, will be restarted"),
             Some(&format!("spec.containers{{{name}}}")),
@@ -1096,7 +1111,7 @@ impl Worker {
                 && let Some(c) = &s.current
             {
                 self.event(
-                    "Normal",
+                    EventType::Normal,
                     "Killing",
                     format!("Stopping container {}", s.name),
                     Some(&format!("spec.containers{{{}}}", s.name)),

@@ -9,25 +9,21 @@ use serde_json::{Value, json};
 use crate::objects::Objects;
 use capstan_api::time::now_rfc3339;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
+pub use capstan_api::event::EventType;
+use capstan_api::event::{Report, Source};
 
 /// Records events for one component (`deployment-controller`, `default-scheduler`, ...).
 #[derive(Clone)]
 pub struct Recorder {
     objects: Objects,
-    component: String,
-    host: Option<String>,
+    source: Source,
     /// (involved uid, reason, message) → event name, for counting repeats.
     seen: Arc<Mutex<HashMap<(String, String, String), String>>>,
 }
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Recorder({})", self.component)
+        write!(f, "Recorder({})", self.source.component)
     }
 }
 
@@ -39,8 +35,10 @@ impl Recorder {
     pub fn new(objects: Objects, component: impl Into<String>, host: Option<String>) -> Recorder {
         Recorder {
             objects,
-            component: component.into(),
-            host,
+            source: Source {
+                component: component.into(),
+                host,
+            },
             seen: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -79,30 +77,15 @@ impl Recorder {
                 return Ok(());
             }
         }
-        let name = format!(
-            "{}.{}",
-            meta["name"].as_str().unwrap_or("object"),
-            &uuid::Uuid::new_v4().simple().to_string()[..16]
-        );
-        let mut source = json!({"component": self.component});
-        if let Some(h) = &self.host {
-            source["host"] = json!(h);
-        }
-        let event = json!({
-            "metadata": {"name": name, "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": involved["apiVersion"], "kind": involved["kind"], "name": meta["name"],
-                "namespace": meta["namespace"], "uid": meta["uid"], "resourceVersion": meta["resourceVersion"],
-            },
-            "reason": reason,
-            "message": message,
-            "type": match ty { EventType::Normal => "Normal", EventType::Warning => "Warning" },
-            "count": 1,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "source": source,
-            "reportingComponent": self.component,
-        });
+        let report = Report {
+            involved,
+            field_path: None,
+            kind: ty,
+            reason,
+            message,
+        };
+        let event = self.source.event(&report, &now);
+        let name = event["metadata"]["name"].as_str().unwrap_or_default().to_owned();
         self.objects.create(events_kind(), event).await?;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() > 10_000 {
