@@ -36,22 +36,8 @@ impl KubeletClient {
     /// Issues the API server's client certificate and trusts only the cluster CA.
     pub fn new(ca: &Ca, cache: Arc<Cache>) -> Result<KubeletClient, PkiError> {
         let client = ca.issue("kube-apiserver-kubelet-client", Some("system:masters"), &[], &[], false, true)?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.cert_der.clone().into()).map_err(|e| PkiError::Tls(e.to_string()))?;
-        let certs: Vec<_> = rustls_pemfile::certs(&mut client.cert_pem.as_bytes())
-            .filter_map(Result::ok)
-            .collect();
-        let key = rustls_pemfile::private_key(&mut client.key_pem.as_bytes())
-            .ok()
-            .flatten()
-            .ok_or(PkiError::Pem { path: "client key".into() })?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| PkiError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| PkiError::Tls(e.to_string()))?;
-        Ok(KubeletClient { cache, tls: Arc::new(tls) })
+        let tls = capstan_runtime::tls::client(&ca.cert_pem, &client.cert_pem, &client.key_pem).map_err(|e| PkiError::Tls(e.0))?;
+        Ok(KubeletClient { cache, tls })
     }
 
     /// `GET path` on `node`'s agent. Any answer is returned (the caller reads the code); a node

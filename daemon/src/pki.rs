@@ -94,10 +94,8 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
 }
 
 fn pem_to_der(pem: &str, path: &Path) -> Result<Vec<u8>, PkiError> {
-    let mut reader = pem.as_bytes();
-    rustls_pemfile::certs(&mut reader)
-        .next()
-        .and_then(Result::ok)
+    capstan_runtime::tls::certs(pem)
+        .first()
         .map(|c| c.to_vec())
         .ok_or_else(|| PkiError::Pem {
             path: path.display().to_string(),
@@ -229,21 +227,7 @@ impl Ca {
 
 /// A rustls server configuration from a certificate and key.
 pub fn server_config(ck: &CertKey) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut ck.cert_pem.as_bytes()).filter_map(Result::ok).collect();
-    let key = rustls_pemfile::private_key(&mut ck.key_pem.as_bytes())
-        .ok()
-        .flatten()
-        .ok_or(PkiError::Pem {
-            path: "serving key".into(),
-        })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| PkiError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| PkiError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    capstan_runtime::tls::server(&ck.cert_pem, &ck.key_pem, None).map_err(|e| PkiError::Tls(e.0))
 }
 
 #[cfg(test)]

@@ -31,10 +31,7 @@ impl ApiError {
 
 /// PEM certificates to DER, for kube's root store.
 pub fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
-        .filter_map(Result::ok)
-        .map(|c| c.to_vec())
-        .collect()
+    capstan_runtime::tls::certs(pem).into_iter().map(|c| c.to_vec()).collect()
 }
 
 /// A client for `server` trusting `ca_pem` and sending `token`.

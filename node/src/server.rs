@@ -61,29 +61,7 @@ async fn sample_loop(shared: Arc<Shared>, stop: CancellationToken) {
 
 /// The TLS configuration: the node's serving certificate; client certificates from the CA required.
 fn tls(creds: &Credentials) -> Result<Arc<rustls::ServerConfig>, NodeError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for der in crate::client::pem_certs(&creds.ca_pem) {
-        roots.add(der.into()).map_err(|e| NodeError::Tls(e.to_string()))?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| NodeError::Tls(e.to_string()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut creds.serving_cert.as_bytes())
-        .filter_map(Result::ok)
-        .collect();
-    let key = rustls_pemfile::private_key(&mut creds.serving_key.as_bytes())
-        .ok()
-        .flatten()
-        .ok_or_else(|| NodeError::Tls("the serving key is not PEM".into()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| NodeError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| NodeError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    capstan_runtime::tls::server(&creds.serving_cert, &creds.serving_key, Some(&creds.ca_pem)).map_err(|e| NodeError::Tls(e.0))
 }
 
 /// Binds `listen` and serves until `stop`; returns the bound address.

@@ -6,6 +6,7 @@
 pub mod https;
 pub mod queue;
 pub mod ratelog;
+pub mod tls;
 
 use std::fmt::{Debug, Display};
 use std::future::Future;
