@@ -7,7 +7,6 @@
 //! `cargo bench --bench commit_to_ready` (3 rounds per way in; `-- --quick`: 1). Needs the Docker
 //! Engine, curl, and the images from examples-repo/images/build.sh.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,24 +18,7 @@ use capstan_node::{Agent, NodeConfig};
 const REPLICAS: usize = 10;
 const SECRET: &str = "bench-secret";
 
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .args([
-            "-c",
-            "user.name=bench",
-            "-c",
-            "user.email=bench@capstan.local",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git")
-        .status
-        .success();
-    assert!(ok, "git {args:?} failed");
-}
+use capstan_git::fixture::git;
 
 fn manifest(name: &str) -> String {
     format!(

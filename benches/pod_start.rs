@@ -45,14 +45,7 @@ async fn main() {
     std::fs::create_dir_all(&repo).unwrap();
     std::fs::write(repo.join("ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n").unwrap();
     for args in [&["init", "-q"][..], &["add", "-A"], &["commit", "-q", "-m", "bench"]] {
-        let ok = std::process::Command::new("git")
-            .args(["-c", "user.name=b", "-c", "user.email=b@b", "-c", "init.defaultBranch=main"])
-            .args(args)
-            .current_dir(&repo)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        capstan_git::fixture::git(&repo, args);
     }
     let mut config = DaemonConfig::new(repo.to_str().unwrap(), dir.path().join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();

@@ -121,15 +121,7 @@ async fn main() {
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     let git = |args: &[&str]| {
-        assert!(
-            std::process::Command::new("git")
-                .args(["-c", "user.name=b", "-c", "user.email=b@b", "-c", "init.defaultBranch=main"])
-                .args(args)
-                .current_dir(&repo)
-                .status()
-                .unwrap()
-                .success()
-        )
+        capstan_git::fixture::git(&repo, args);
     };
     git(&["init", "-q"]);
     git(&["commit", "-q", "--allow-empty", "-m", "empty"]);

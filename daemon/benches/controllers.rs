@@ -49,15 +49,7 @@ async fn main() {
         std::fs::write(repo.join(format!("apps/f{f}.yaml")), text).unwrap();
     }
     let git = |args: &[&str]| {
-        assert!(
-            std::process::Command::new("git")
-                .args(["-c", "user.name=b", "-c", "user.email=b@b", "-c", "init.defaultBranch=main"])
-                .args(args)
-                .current_dir(&repo)
-                .status()
-                .unwrap()
-                .success()
-        )
+        capstan_git::fixture::git(&repo, args);
     };
     git(&["init", "-q"]);
     git(&["add", "-A"]);

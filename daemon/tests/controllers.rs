@@ -15,15 +15,7 @@ use capstan_daemon::controllers::kind;
 use capstan_daemon::{Daemon, DaemonConfig};
 use serde_json::{Value, json};
 
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(ok.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
-}
+use capstan_git::fixture::git;
 
 struct Harness {
     _dir: tempfile::TempDir,

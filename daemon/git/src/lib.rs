@@ -4,6 +4,7 @@
 pub mod desired;
 pub mod diff;
 pub mod files;
+pub mod fixture;
 pub mod hostile;
 pub mod manifest;
 pub mod problem;

@@ -2,7 +2,7 @@
 //! repository, and pushes into a bare repository that the source tracks by path (notify) or by
 //! file:// URL (polling and triggers).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -11,23 +11,7 @@ use capstan_git::repo::{GitRepo, Location, RepoError};
 use capstan_git::source::{CommitUpdate, GitSource, SourceConfig, SourceEvent};
 use tokio::sync::mpsc::Receiver;
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Test",
-            "-c",
-            "user.email=test@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+use capstan_git::fixture::git;
 
 const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: NAME\ndata:\n  v: \"1\"\n";
 
