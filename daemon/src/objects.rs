@@ -362,6 +362,36 @@ impl Objects {
         }
     }
 
+    /// Deletes a pod as the API server does: a pod bound to a node is marked (deletionTimestamp
+    /// and its grace period) and its node agent stops it and then removes the object; a pod on
+    /// no node, or with `at_once` (the agent's own final delete), goes at once. Returns the pod
+    /// as it is afterwards, or `None` if there was none.
+    pub async fn delete_pod(&self, namespace: &str, name: &str, at_once: bool) -> Result<Option<Value>, ObjectError> {
+        let pods = capstan_api::kinds::by_name("pods").expect("pods are served");
+        let Some(current) = self.get(pods, namespace, name)? else {
+            return Ok(None);
+        };
+        let scheduled = current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+        if at_once || !scheduled {
+            return match self.delete(pods, namespace, name, None).await {
+                Ok(v) => Ok(Some(v)),
+                Err(ObjectError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        let grace = current["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
+        self.modify(pods, namespace, name, false, |p| {
+            if !p["metadata"]["deletionTimestamp"].is_null() {
+                return false;
+            }
+            p["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            true
+        })
+        .await
+        .map(Some)
+    }
+
     /// Deletes an object, optionally only if it is still at `expected` revision. Returns the
     /// object as it was. A Namespace is deleted as Kubernetes does it: the first delete marks it
     /// Terminating (nothing new may be created in it), the namespace controller removes what is

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheError, Change};
 use crate::controllers::events::{EventType, Recorder};
-use crate::controllers::{Context, delete_pod, kind};
+use crate::controllers::{Context, kind};
 use crate::objects::ObjectError;
 use crate::priority::{self, Priority};
 use capstan_api::time::now_rfc3339;
@@ -305,7 +305,7 @@ impl Loop {
                             ),
                         );
                     }
-                    match delete_pod(&self.ctx, ns, name).await {
+                    match self.ctx.objects.delete_pod(ns, name, false).await.map(drop) {
                         Ok(()) | Err(ObjectError::NotFound { .. }) => {}
                         Err(e) => return Err(e),
                     }

@@ -1097,27 +1097,11 @@ fn pod_is_owned(state: &ApiState, namespace: &str, name: &str) -> bool {
 /// node agent stops it and then removes the object; a pod on no node, or the agent's own
 /// final delete, removes the object at once.
 async fn request_pod_deletion(state: &ApiState, namespace: &str, name: &str, by_node: bool) -> Result<Value, ApiError> {
-    let pods = capstan_api::kinds::by_name("pods").expect("pods are served");
-    let current = state
+    state
         .objects
-        .get(pods, namespace, name)?
-        .ok_or_else(|| ApiError::not_found(format!("pods {name:?} not found")))?;
-    let scheduled = current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
-    if by_node || !scheduled {
-        return Ok(state.objects.delete(pods, namespace, name, None).await?);
-    }
-    let grace = current["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
-    Ok(state
-        .objects
-        .modify(pods, namespace, name, false, |p| {
-            if !p["metadata"]["deletionTimestamp"].is_null() {
-                return false;
-            }
-            p["metadata"]["deletionTimestamp"] = json!(capstan_api::time::now_rfc3339());
-            p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            true
-        })
-        .await?)
+        .delete_pod(namespace, name, by_node)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("pods {name:?} not found")))
 }
 
 #[cfg(test)]

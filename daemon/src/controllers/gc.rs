@@ -6,7 +6,7 @@ use capstan_runtime::{Action, Reconciler};
 use serde_json::Value;
 
 use super::util::uid;
-use super::{Context, delete_pod, kind};
+use super::{Context, kind};
 use crate::objects::ObjectError;
 
 /// (plural, namespace, name) of an object that has owners.
@@ -71,7 +71,7 @@ impl Reconciler<Key> for GarbageCollector {
         }
         tracing::debug!(object = %format!("{plural}/{ns}/{name}"), "owners are gone; deleting");
         let result = if plural == "pods" {
-            delete_pod(ctx, &ns, &name).await
+            ctx.objects.delete_pod(&ns, &name, false).await.map(drop)
         } else {
             ctx.objects.delete(k, &ns, &name, None).await.map(|_| ())
         };

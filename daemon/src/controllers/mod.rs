@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use capstan_api::KindInfo;
 use capstan_runtime::{Backoff, WorkQueue};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use capstan_api::cidr::Cidr;
 
 use crate::cache::Cache;
-use crate::objects::{ObjectError, Objects};
+use crate::objects::Objects;
 use events::Recorder;
 
 /// Cluster settings the controllers follow (from ClusterSettings in Git, or defaults).
@@ -117,31 +117,6 @@ pub fn kind(plural: &str) -> &'static KindInfo {
         .iter()
         .find(|k| k.plural == plural)
         .expect("the plural is served")
-}
-
-/// Deletes a pod the way the API does: a pod on a node is marked for graceful deletion (its
-/// agent stops it, then removes the object); an unscheduled one goes at once.
-pub async fn delete_pod(ctx: &Context, ns: &str, name: &str) -> Result<(), ObjectError> {
-    let pods = kind("pods");
-    let Some(pod) = ctx.objects.get(pods, ns, name)? else {
-        return Ok(());
-    };
-    if pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
-        let grace = pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
-        ctx.objects
-            .modify(pods, ns, name, false, |p| {
-                if !p["metadata"]["deletionTimestamp"].is_null() {
-                    return false;
-                }
-                p["metadata"]["deletionTimestamp"] = json!(capstan_api::time::now_rfc3339());
-                p["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-                true
-            })
-            .await?;
-    } else {
-        ctx.objects.delete(pods, ns, name, None).await?;
-    }
-    Ok(())
 }
 
 /// Feeds a queue from the cache: every object of `kind` now, then every change, each mapped to

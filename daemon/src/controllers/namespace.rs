@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::endpoints::upsert;
 use super::util::is_terminating;
-use super::{Context, delete_pod, kind};
+use super::{Context, kind};
 use crate::objects::ObjectError;
 
 pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -56,7 +56,7 @@ impl Reconciler<String> for NamespaceController {
         let (pods, _) = ctx.cache.list(kind("pods"), Some(&name));
         if !pods.is_empty() {
             for p in &pods {
-                delete_pod(ctx, &name, &p.name).await?;
+                ctx.objects.delete_pod(&name, &p.name, false).await?;
             }
             return Ok(Action::Requeue(Duration::from_secs(1)));
         }

@@ -156,7 +156,7 @@ impl Reconciler<NsName> for ReplicaSetController {
             let excess = active.len() - desired;
             for pod in active.drain(..excess) {
                 let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-                match super::delete_pod(ctx, &ns, &pod_name).await {
+                match ctx.objects.delete_pod(&ns, &pod_name, false).await.map(drop) {
                     Ok(()) | Err(ObjectError::NotFound { .. }) => {
                         self.events
                             .record(&rs, EventType::Normal, "SuccessfulDelete", format!("Deleted pod: {pod_name}"));
