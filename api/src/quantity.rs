@@ -51,6 +51,14 @@ impl Quantity {
         self.milli as f64 / 1000.0
     }
 
+    /// The sum, held at Kubernetes' range when it would leave it (a sum of valid quantities
+    /// cannot wrap).
+    pub fn saturating_add(self, other: Quantity) -> Quantity {
+        Quantity {
+            milli: (self.milli + other.milli).clamp(-MAX * 1000, MAX * 1000),
+        }
+    }
+
     pub fn is_negative(&self) -> bool {
         self.milli < 0
     }

@@ -11,22 +11,20 @@ use crate::objects::ObjectError;
 use capstan_api::quantity::Quantity;
 
 /// The resources a set of pods uses, by quota key.
-fn pod_usage(pods: &[&Value]) -> Vec<(&'static str, f64)> {
-    let mut req_cpu = 0.0;
-    let mut req_mem = 0.0;
-    let mut lim_cpu = 0.0;
-    let mut lim_mem = 0.0;
+fn pod_usage(pods: &[&Value]) -> Vec<(&'static str, Quantity)> {
+    let zero = Quantity::default();
+    let (mut req_cpu, mut req_mem, mut lim_cpu, mut lim_mem) = (zero, zero, zero, zero);
     for p in pods {
         for c in p["spec"]["containers"].as_array().into_iter().flatten() {
             let r = &c["resources"];
-            req_cpu += Quantity::of(&r["requests"]["cpu"]).as_f64();
-            req_mem += Quantity::of(&r["requests"]["memory"]).as_f64();
-            lim_cpu += Quantity::of(&r["limits"]["cpu"]).as_f64();
-            lim_mem += Quantity::of(&r["limits"]["memory"]).as_f64();
+            req_cpu = req_cpu.saturating_add(Quantity::of(&r["requests"]["cpu"]));
+            req_mem = req_mem.saturating_add(Quantity::of(&r["requests"]["memory"]));
+            lim_cpu = lim_cpu.saturating_add(Quantity::of(&r["limits"]["cpu"]));
+            lim_mem = lim_mem.saturating_add(Quantity::of(&r["limits"]["memory"]));
         }
     }
     vec![
-        ("pods", pods.len() as f64),
+        ("pods", count(pods.len())),
         ("requests.cpu", req_cpu),
         ("cpu", req_cpu),
         ("requests.memory", req_mem),
@@ -36,24 +34,24 @@ fn pod_usage(pods: &[&Value]) -> Vec<(&'static str, f64)> {
     ]
 }
 
-/// How a quantity is written back: cpu in millicores, memory in Mi when whole, counts plain.
-fn format_quantity(key: &str, v: f64) -> String {
+fn count(n: usize) -> Quantity {
+    Quantity::from_units(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// How a quantity is written back: cpu in cores or millicores, memory in Mi when whole,
+/// counts plain.
+fn format_quantity(key: &str, v: Quantity) -> String {
+    const MI_MILLI: i64 = 1024 * 1024 * 1000;
     if key.ends_with("cpu") {
-        let m = (v * 1000.0).round() as i64;
-        if m % 1000 == 0 { (m / 1000).to_string() } else { format!("{m}m") }
-    } else if key.ends_with("memory") {
-        let mi = v / (1024.0 * 1024.0);
-        if mi.fract() == 0.0 && mi >= 1.0 {
-            format!("{}Mi", mi as i64)
-        } else {
-            (v.round() as i64).to_string()
-        }
+        v.to_string()
+    } else if key.ends_with("memory") && v.milli_value() >= MI_MILLI && v.milli_value() % MI_MILLI == 0 {
+        format!("{}Mi", v.milli_value() / MI_MILLI)
     } else {
-        (v.round() as i64).to_string()
+        v.value().to_string()
     }
 }
 
-fn usage(ctx: &Context, ns: &str, extra: Option<&Value>) -> Vec<(&'static str, f64)> {
+fn usage(ctx: &Context, ns: &str, extra: Option<&Value>) -> Vec<(&'static str, Quantity)> {
     let (pods, _) = ctx.cache.list(kind("pods"), Some(ns));
     let mut active: Vec<&Value> = pods.iter().map(|e| e.object.as_ref()).filter(|p| is_active(p)).collect();
     if let Some(p) = extra {
@@ -61,7 +59,7 @@ fn usage(ctx: &Context, ns: &str, extra: Option<&Value>) -> Vec<(&'static str, f
     }
     let mut u = pod_usage(&active);
     for (key, plural) in [("services", "services"), ("configmaps", "configmaps"), ("secrets", "secrets")] {
-        u.push((key, ctx.cache.list(kind(plural), Some(ns)).0.len() as f64));
+        u.push((key, count(ctx.cache.list(kind(plural), Some(ns)).0.len())));
     }
     u
 }
@@ -84,14 +82,14 @@ pub fn admit(ctx: &Context, ns: &str, pod: &Value) -> Result<(), String> {
             let Some((_, total)) = after.iter().find(|(k, _)| k == key) else {
                 continue;
             };
-            let asked = requested.iter().find(|(k, _)| k == key).map_or(0.0, |(_, v)| *v);
-            if asked > 0.0 && *total > Quantity::of(limit).as_f64() + 1e-9 {
-                let used = before.iter().find(|(k, _)| k == key).map_or(0.0, |(_, v)| *v);
+            let asked = requested.iter().find(|(k, _)| k == key).map_or_else(Quantity::default, |(_, v)| *v);
+            if asked > Quantity::default() && *total > Quantity::of(limit) {
+                let used = before.iter().find(|(k, _)| k == key).map_or_else(Quantity::default, |(_, v)| *v);
                 over.push((key.clone(), asked, used, limit.clone()));
             }
         }
         if !over.is_empty() {
-            let fmt = |f: &dyn Fn(&(String, f64, f64, Value)) -> String| over.iter().map(f).collect::<Vec<_>>().join(",");
+            let fmt = |f: &dyn Fn(&(String, Quantity, Quantity, Value)) -> String| over.iter().map(f).collect::<Vec<_>>().join(",");
             return Err(format!(
                 "pods \"{}\" is forbidden: exceeded quota: {}, requested: {}, used: {}, limited: {}",
                 pod["metadata"]["name"].as_str().unwrap_or_default(),
@@ -146,9 +144,13 @@ mod tests {
 
     #[test]
     fn quantities_are_written_like_kubernetes() {
-        assert_eq!(format_quantity("requests.cpu", 1.5), "1500m");
-        assert_eq!(format_quantity("limits.cpu", 2.0), "2");
-        assert_eq!(format_quantity("requests.memory", 128.0 * 1024.0 * 1024.0), "128Mi");
-        assert_eq!(format_quantity("pods", 3.0), "3");
+        let q = |s: &str| s.parse::<Quantity>().unwrap();
+        assert_eq!(format_quantity("requests.cpu", q("1.5")), "1500m");
+        assert_eq!(format_quantity("limits.cpu", q("2")), "2");
+        assert_eq!(format_quantity("requests.memory", q("128Mi")), "128Mi");
+        assert_eq!(format_quantity("requests.memory", q("1G")), "1000000000");
+        assert_eq!(format_quantity("pods", count(3)), "3");
+        let sum = q("100m").saturating_add(q("0.2"));
+        assert_eq!(format_quantity("cpu", sum), "300m", "exact: no floating-point residue");
     }
 }
