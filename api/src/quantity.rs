@@ -46,11 +46,6 @@ impl Quantity {
         saturate(self.milli.saturating_mul(1_000_000))
     }
 
-    /// As a floating-point number of units, for ratios and display.
-    pub fn as_f64(&self) -> f64 {
-        self.milli as f64 / 1000.0
-    }
-
     /// The sum, held at Kubernetes' range when it would leave it (a sum of valid quantities
     /// cannot wrap).
     pub fn saturating_add(self, other: Quantity) -> Quantity {
