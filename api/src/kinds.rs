@@ -65,6 +65,15 @@ impl KindInfo {
         is_secret(self.group, self.kind)
     }
 
+    /// `deployments.apps` or `pods`: how Kubernetes names a resource in messages.
+    pub fn resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_owned()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
     /// `group/version`, or just `version` for the core group.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {

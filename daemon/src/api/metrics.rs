@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::{Shared, authorize_read, json_response};
+use super::{Shared, authorize, json_response};
 use crate::auth::Identity;
+use crate::auth::{Attributes, Verb};
 
 pub const GROUP: &str = "metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";
@@ -158,7 +159,12 @@ fn kind(plural: &str) -> &'static capstan_api::KindInfo {
 }
 
 async fn nodes(state: &super::ApiState, id: &Identity, name: Option<String>, query: Option<&str>) -> Result<Response, ApiError> {
-    authorize_read(state, id, kind("nodes"), None, name.as_deref())?;
+    let verb = if name.is_some() { Verb::Get } else { Verb::List };
+    authorize(
+        state,
+        id,
+        &Attributes::new(verb, kind("nodes"), None, name.as_deref().unwrap_or_default()),
+    )?;
     let source = source(state)?;
     let (labels, fields) = selectors(query)?;
     let wanted: BTreeMap<String, Value> = match &name {
@@ -200,7 +206,12 @@ async fn pods(
     name: Option<String>,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    authorize_read(state, id, kind("pods"), namespace.as_deref(), name.as_deref())?;
+    let verb = if name.is_some() { Verb::Get } else { Verb::List };
+    authorize(
+        state,
+        id,
+        &Attributes::new(verb, kind("pods"), namespace.as_deref(), name.as_deref().unwrap_or_default()),
+    )?;
     let source = source(state)?;
     let (labels, fields) = selectors(query)?;
     let (all, _) = state.cache.list(kind("pods"), namespace.as_deref());

@@ -1,6 +1,10 @@
-//! Who is calling: bearer tokens mapped to identities, and what each identity may do. The admin
-//! and read-only tokens live in the data directory; node credentials are issued when a node
-//! joins (see `join`) and kept, hashed, in the store so that they survive restarts.
+//! Who is calling: bearer tokens mapped to identities (what each may do is `authorize`). The
+//! admin and read-only tokens live in the data directory; node credentials are issued when a
+//! node joins (see `join`) and kept, hashed, in the store so that they survive restarts.
+
+mod authorize;
+
+pub use authorize::{Attributes, Denial, Facts, Verb, authorize};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -169,6 +173,18 @@ impl Authenticator {
         }
         tokens.insert(hash(&token), Identity::Node(name.to_owned()));
         Ok(token)
+    }
+}
+
+impl Facts for crate::cache::Cache {
+    fn pod(&self, namespace: &str, name: &str) -> Option<Arc<serde_json::Value>> {
+        let pods = capstan_api::kinds::by_name("pods").expect("pods are served");
+        self.get(pods, namespace, name).map(|e| e.object.clone())
+    }
+
+    fn pods(&self, namespace: &str) -> Vec<Arc<serde_json::Value>> {
+        let pods = capstan_api::kinds::by_name("pods").expect("pods are served");
+        self.list(pods, Some(namespace)).0.into_iter().map(|e| e.object.clone()).collect()
     }
 }
 
