@@ -122,14 +122,25 @@ impl Ipam {
 /// The node's pod network: its bridge and the addresses given out.
 #[derive(Debug)]
 pub struct PodNet {
-    bridge: String,
+    /// None: addresses are handed out but nothing is wired (see [`PodNet::addresses_only`]).
+    bridge: Option<String>,
     ipam: Mutex<Option<Ipam>>,
 }
 
 impl PodNet {
     pub fn new(bridge: String) -> PodNet {
         PodNet {
-            bridge,
+            bridge: Some(bridge),
+            ipam: Mutex::new(None),
+        }
+    }
+
+    /// A pod network that hands out addresses and wires nothing: for unit tests of the worker
+    /// on the fake runtime, whose sandboxes have no network namespace.
+    #[cfg(test)]
+    pub fn addresses_only() -> PodNet {
+        PodNet {
+            bridge: None,
             ipam: Mutex::new(None),
         }
     }
@@ -166,10 +177,11 @@ impl PodNet {
     /// with address `ip`.
     pub async fn attach(&self, pid: u32, sandbox_id: &str, ip: Ipv4Addr) -> Result<(), PodNetError> {
         let (prefix, gateway) = self.with(|i| (i.prefix(), i.gateway())).ok_or(PodNetError::NoRange)?;
+        let Some(bridge) = self.bridge.clone() else { return Ok(()) };
         let link = Link {
             pid,
             host: host_interface(sandbox_id),
-            bridge: self.bridge.clone(),
+            bridge,
             ip,
             prefix,
             gateway,
@@ -183,6 +195,9 @@ impl PodNet {
     /// sandbox's namespace (seen after it restarts), and with it an interface answering ARP for
     /// the pod's address, which a new sandbox of the pod takes.
     pub async fn detach(&self, sandbox_id: &str) {
+        if self.bridge.is_none() {
+            return;
+        }
         let name = host_interface(sandbox_id);
         let removed = tokio::task::spawn_blocking(move || delete_link(&mut Rtnl::open()?, &name)).await;
         if let Ok(Err(e)) = removed {

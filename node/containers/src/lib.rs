@@ -1,8 +1,10 @@
 //! The container runtime the node agent drives: a narrow port (what a pod worker needs from a
 //! runtime: networks, images, containers, exec, logs, stats) and its Docker Engine adapter on
-//! bollard. The agent's logic never sees bollard types.
+//! bollard (and, for unit tests, an in-memory fake). The agent's logic never sees bollard types.
 
 mod docker;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 
 use std::collections::HashMap;
 use std::time::Duration;
