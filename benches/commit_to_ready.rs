@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use capstan_containers::Runtime;
-use capstan_daemon::controllers::kind;
+use capstan_daemon::context::kind;
 use capstan_daemon::{Daemon, DaemonConfig};
 use capstan_node::{Agent, NodeConfig};
 

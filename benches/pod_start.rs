@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use capstan_containers::{ContainerConfig, Docker, NetworkMode, Runtime};
-use capstan_daemon::controllers::kind;
+use capstan_daemon::context::kind;
 use capstan_daemon::{Daemon, DaemonConfig};
 use capstan_node::{Agent, NodeConfig};
 use serde_json::json;

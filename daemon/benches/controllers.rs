@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use capstan_daemon::controllers::kind;
+use capstan_daemon::context::kind;
 use capstan_daemon::{Daemon, DaemonConfig};
 use serde_json::json;
 

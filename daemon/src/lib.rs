@@ -5,7 +5,9 @@
 pub mod api;
 pub mod auth;
 pub mod cache;
+pub mod context;
 pub mod controllers;
+pub mod events;
 pub mod join;
 pub mod kubeconfig;
 pub mod kubelet;
@@ -82,7 +84,7 @@ impl DaemonConfig {
             history_revisions: 10_000,
             node_grace: Duration::from_secs(40),
             eviction_timeout: Duration::from_secs(300),
-            pod_cidr: controllers::Settings::default().pod_cidr,
+            pod_cidr: context::Settings::default().pod_cidr,
             status_interval: Duration::from_secs(3),
             revert_failed_rollouts: false,
             webhook_secret: None,
@@ -306,15 +308,15 @@ impl Daemon {
             IpAddr::V4(v4) => v4,
             IpAddr::V6(_) => std::net::Ipv4Addr::LOCALHOST,
         };
-        let settings = controllers::Settings {
+        let settings = context::Settings {
             node_grace: config.node_grace,
             eviction_timeout: config.eviction_timeout,
             api_endpoint: (api_ip, api_addr.port()),
             pod_cidr: config.pod_cidr,
             root_ca: ca.cert_pem.clone(),
-            ..controllers::Settings::default()
+            ..context::Settings::default()
         };
-        let ctx = controllers::Context::new(objects.clone(), cache.clone(), settings);
+        let ctx = context::Context::new(objects.clone(), cache.clone(), settings);
         tasks.extend(controllers::start(ctx.clone(), shutdown.clone()));
         tasks.push(tokio::spawn(scheduling::run(
             ctx,

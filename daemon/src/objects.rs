@@ -30,6 +30,19 @@ pub enum ObjectError {
     Store(#[from] StoreError),
 }
 
+/// How a controller retries after each error: a conflict is re-read at once (another writer won
+/// the race), an invalid object waits for a change to it, the rest back off.
+impl capstan_runtime::ReconcileError for ObjectError {
+    fn retry(&self) -> capstan_runtime::Retry {
+        use capstan_runtime::Retry;
+        match self {
+            ObjectError::Conflict { .. } => Retry::After(std::time::Duration::ZERO),
+            ObjectError::Invalid { .. } => Retry::Stalled,
+            ObjectError::NotFound { .. } | ObjectError::AlreadyExists { .. } | ObjectError::Store(_) => Retry::Backoff,
+        }
+    }
+}
+
 /// The store key of an object.
 pub fn key_of(kind: &KindInfo, namespace: &str, name: &str) -> String {
     let group = if kind.group.is_empty() { "core" } else { kind.group };

@@ -4,6 +4,10 @@
 //! nodes). A pod that fits nowhere gets PodScheduled=False with the reasons and an event, and is
 //! retried with back-off (1 s to 10 s) and whenever the cluster changes; preemption evicts the
 //! victims and nominates the node.
+//!
+//! It stands apart from the controllers' work queue, as kube-scheduler does: its queue is
+//! ordered by priority, not by arrival, and every decision reads one snapshot of the whole
+//! cluster that the loop keeps incrementally, instead of reading the cache per key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -14,8 +18,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheError, Change};
-use crate::controllers::events::{EventType, Recorder};
-use crate::controllers::{Context, kind};
+use crate::context::{Context, kind};
+use crate::events::{EventType, Recorder};
 use crate::objects::ObjectError;
 use crate::priority::{self, Priority};
 use capstan_api::time::now_rfc3339;

@@ -63,7 +63,7 @@ pub struct GitSync {
     /// The last commit handed over, kept to retry writes that failed.
     last: Option<(Arc<capstan_git::repo::LoadedCommit>, String)>,
     /// Warnings about quarantined objects.
-    events: crate::controllers::events::Recorder,
+    events: crate::events::Recorder,
     /// Whether the last application left writes undone (retried on an interval).
     write_failed: bool,
 }
@@ -111,7 +111,7 @@ impl GitSync {
             last_prune: true,
             status: watch::channel(status).0,
             last: None,
-            events: crate::controllers::events::Recorder::new(objects_for_events, "capstan-sync", None),
+            events: crate::events::Recorder::new(objects_for_events, "capstan-sync", None),
             write_failed: false,
         })
     }
@@ -275,7 +275,7 @@ impl GitSync {
                 .collect();
             self.events.record(
                 &live,
-                crate::controllers::events::EventType::Warning,
+                crate::events::EventType::Warning,
                 "InvalidManifest",
                 format!(
                     "commit {short} is not applied to this object; its last good version keeps running: {}",

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
-use crate::controllers::kind;
+use crate::context::kind;
 use crate::sync::SyncStatus;
 
 pub const NOTES_REF: &str = "refs/notes/capstan";
@@ -287,7 +287,7 @@ pub async fn run(
         let mut revert_now = None;
         if let Some(mut n) = note(&status, &cache, &at) {
             // The repository's ClusterSettings decide when they say; the daemon's flag otherwise.
-            let revert = crate::controllers::cluster_settings(&cache)
+            let revert = crate::context::cluster_settings(&cache)
                 .and_then(|g| g.revert_failed_rollouts)
                 .unwrap_or(revert);
             if revert && n["outcome"] == "failed" && !reverted.contains_key(&commit) {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use capstan_daemon::controllers::kind;
+use capstan_daemon::context::kind;
 use capstan_daemon::{Daemon, DaemonConfig};
 use serde_json::{Value, json};
 
@@ -439,7 +439,7 @@ async fn unschedulable_pods_say_why_and_two_schedulers_never_double_bind() {
     let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &big)], |_| {}).await;
     h.add_node("n1", "8").await;
     // A second scheduling loop on the same store races the daemon's own.
-    let ctx = capstan_daemon::controllers::Context::new(h.d.objects.clone(), h.d.cache.clone(), Default::default());
+    let ctx = capstan_daemon::context::Context::new(h.d.objects.clone(), h.d.cache.clone(), Default::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let second = tokio::spawn(capstan_daemon::scheduling::run(
         ctx,

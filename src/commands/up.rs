@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use capstan_daemon::controllers::kind;
+use capstan_daemon::context::kind;
 use capstan_daemon::{Daemon, DaemonConfig};
 use capstan_node::{Agent, NodeConfig};
 

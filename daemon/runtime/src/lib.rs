@@ -1,7 +1,8 @@
 //! Capstan's controller runtime, in the kube-rs style: a reconcile function returns an
-//! [`Action`] (requeue after a delay, or wait for the next change); errors go back on the queue
-//! with capped exponential back-off; the [`queue::WorkQueue`] deduplicates keys and never runs
-//! one key twice at once. Shared by the daemon's controllers and the node agent.
+//! [`Action`] (requeue after a delay, or wait for the next change); an error says what to do
+//! next ([`Retry`]: back off, wait a given time, or stall until the object changes — Flux's
+//! error classes); the [`queue::WorkQueue`] deduplicates keys and never runs one key twice at
+//! once. Shared by the daemon's controllers and the node agent.
 
 pub mod https;
 pub mod queue;
@@ -29,9 +30,29 @@ pub enum Action {
     AwaitChange,
 }
 
+/// What a failed reconcile asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// A transient failure: again with capped exponential back-off.
+    Backoff,
+    /// Again after this long (a known wait, such as a conflict to re-read at once).
+    After(Duration),
+    /// Retrying cannot help (the object is invalid as it stands): nothing until it changes.
+    Stalled,
+}
+
+/// A reconcile error, classified.
+pub trait ReconcileError: Display + Send {
+    fn retry(&self) -> Retry {
+        Retry::Backoff
+    }
+}
+
+impl ReconcileError for String {}
+
 /// A reconcile loop for one kind of key.
 pub trait Reconciler<K>: Send + Sync + 'static {
-    type Error: Display + Send;
+    type Error: ReconcileError;
     /// Brings the world in line for `key`. Level-triggered: it reads the current state and is
     /// never told what changed.
     fn reconcile(&self, key: K) -> impl Future<Output = Result<Action, Self::Error>> + Send;
@@ -65,11 +86,21 @@ where
                             queue.add_after(key.clone(), d);
                         }
                     }
-                    Err(e) => {
-                        let failures = queue.failures(&key) + 1;
-                        tracing::warn!(controller = name, key = ?key, failures, error = %e, "reconcile failed; retrying with back-off");
-                        queue.add_rate_limited(key.clone());
-                    }
+                    Err(e) => match e.retry() {
+                        Retry::Backoff => {
+                            let failures = queue.failures(&key) + 1;
+                            tracing::warn!(controller = name, key = ?key, failures, error = %e, "reconcile failed; retrying with back-off");
+                            queue.add_rate_limited(key.clone());
+                        }
+                        Retry::After(d) => {
+                            tracing::debug!(controller = name, key = ?key, error = %e, "reconcile deferred");
+                            queue.add_after(key.clone(), d);
+                        }
+                        Retry::Stalled => {
+                            tracing::warn!(controller = name, key = ?key, error = %e, "reconcile stalled until the object changes");
+                            queue.forget(&key);
+                        }
+                    },
                 }
                 queue.done(&key);
             }
@@ -105,6 +136,69 @@ mod tests {
                 Ok(Action::AwaitChange)
             }
         }
+    }
+
+    /// Fails with the given class every time.
+    struct Failing {
+        retry: Retry,
+        calls: AtomicU32,
+    }
+
+    #[derive(Debug)]
+    struct Classified(Retry);
+
+    impl Display for Classified {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{:?}", self.0)
+        }
+    }
+
+    impl ReconcileError for Classified {
+        fn retry(&self) -> Retry {
+            self.0
+        }
+    }
+
+    impl Reconciler<u32> for Failing {
+        type Error = Classified;
+        async fn reconcile(&self, _key: u32) -> Result<Action, Classified> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Err(Classified(self.retry))
+        }
+    }
+
+    /// Reconciles of one key failing with `retry` for 10 s.
+    async fn calls_in_ten_seconds(retry: Retry) -> (u32, WorkQueue<u32>) {
+        let q = WorkQueue::new(
+            Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+            Duration::ZERO,
+        );
+        let r = Arc::new(Failing {
+            retry,
+            calls: AtomicU32::new(0),
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run("test", q.clone(), r.clone(), 1, stop.clone()));
+        q.add(1);
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        stop.cancel();
+        task.await.unwrap();
+        (r.calls.load(Ordering::SeqCst), q)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_says_whether_to_back_off_wait_or_stall() {
+        // Back-off 1, 2, 4 s after the first try: tries at 0, 1, 3, 7.
+        assert_eq!(calls_in_ten_seconds(Retry::Backoff).await.0, 4);
+        // A fixed wait of 2 s: tries at 0, 2, 4, 6, 8, 10.
+        assert_eq!(calls_in_ten_seconds(Retry::After(Duration::from_secs(2))).await.0, 6);
+        // Stalled: once, and the key is not held back when it changes next.
+        let (calls, q) = calls_in_ten_seconds(Retry::Stalled).await;
+        assert_eq!(calls, 1);
+        assert_eq!(q.failures(&1), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,9 +10,10 @@ use std::time::Duration;
 use capstan_runtime::{Action, Reconciler};
 use serde_json::{Value, json};
 
-use super::events::{EventType, Recorder};
 use super::util::{NsName, controller_ref, is_terminating, now, owner_ref, seconds, template_hash};
-use super::{Context, kind};
+use super::{Controller, watches};
+use crate::context::{Context, kind};
+use crate::events::{EventType, Recorder};
 use crate::objects::ObjectError;
 use capstan_api::selector::workload_selects;
 use capstan_api::time::now_rfc3339;
@@ -77,6 +78,19 @@ struct Outcome {
     all: Vec<Value>,
 }
 
+/// Watches Deployments and the ReplicaSets they own.
+pub fn controller(ctx: &Context) -> Controller<NsName, DeploymentController> {
+    Controller {
+        name: "deployment",
+        reconciler: DeploymentController {
+            ctx: ctx.clone(),
+            events: Recorder::new(ctx.objects.clone(), "deployment-controller", None),
+        },
+        workers: 4,
+        triggers: vec![watches("deployments", keys_for), watches("replicasets", keys_for)],
+    }
+}
+
 impl Reconciler<NsName> for DeploymentController {
     type Error = ObjectError;
 
@@ -90,13 +104,16 @@ impl Reconciler<NsName> for DeploymentController {
         if is_terminating(&d) {
             return Ok(Action::AwaitChange);
         }
-        let outcome = self.roll(&d).await?;
+        // None: a hash collision was recorded; again at once, with the next hash.
+        let Some(outcome) = self.roll(&d).await? else {
+            return Ok(Action::Requeue(Duration::ZERO));
+        };
         self.update_status(&d, &outcome).await
     }
 }
 
 impl DeploymentController {
-    async fn roll(&self, d: &Value) -> Result<Outcome, ObjectError> {
+    async fn roll(&self, d: &Value) -> Result<Option<Outcome>, ObjectError> {
         let ctx = &self.ctx;
         let ns = d["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
         let rs_kind = kind("replicasets");
@@ -182,10 +199,7 @@ impl DeploymentController {
                             },
                         )
                         .await?;
-                    return Err(ObjectError::Conflict {
-                        plural: "replicasets".into(),
-                        name: rs_name,
-                    });
+                    return Ok(None);
                 }
                 Err(e) => return Err(e),
             }
@@ -241,7 +255,7 @@ impl DeploymentController {
             .map(|e| (*e.object).clone())
             .collect();
         let new_rs = new_name.and_then(|n| all.iter().find(|r| r["metadata"]["name"] == n).cloned());
-        Ok(Outcome { new_rs, all })
+        Ok(Some(Outcome { new_rs, all }))
     }
 
     async fn scale(&self, d: &Value, rs: &Value, to: i64) -> Result<Value, ObjectError> {

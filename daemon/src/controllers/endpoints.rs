@@ -8,8 +8,9 @@ use capstan_runtime::{Action, Reconciler};
 use serde_json::{Value, json};
 
 use super::util::{NsName, is_ready, is_terminating, map_selects, owner_ref, safe_encode};
-use super::{Context, kind};
+use super::{Controller, ns_name, watches};
 use crate::cache::Cache;
+use crate::context::{Context, kind};
 use crate::objects::ObjectError;
 
 pub struct EndpointsController {
@@ -50,6 +51,20 @@ pub fn slice_name(svc: &Value) -> String {
         .take(5)
         .collect();
     format!("{}-{suffix}", svc["metadata"]["name"].as_str().unwrap_or_default())
+}
+
+/// Watches Services and the pods they select.
+pub fn controller(ctx: &Context) -> Controller<NsName, EndpointsController> {
+    let cache = ctx.cache.clone();
+    Controller {
+        name: "endpoints",
+        reconciler: EndpointsController { ctx: ctx.clone() },
+        workers: 2,
+        triggers: vec![
+            watches("services", ns_name),
+            watches("pods", move |p: &Value| services_selecting(&cache, p)),
+        ],
+    }
 }
 
 impl Reconciler<NsName> for EndpointsController {

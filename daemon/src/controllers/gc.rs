@@ -6,7 +6,10 @@ use capstan_runtime::{Action, Reconciler};
 use serde_json::Value;
 
 use super::util::uid;
-use super::{Context, kind};
+use std::sync::Arc;
+
+use super::{Controller, util, watches};
+use crate::context::{Context, kind};
 use crate::objects::ObjectError;
 
 /// (plural, namespace, name) of an object that has owners.
@@ -41,6 +44,46 @@ fn owner_kind(owner: &Value) -> Option<&'static KindInfo> {
         .map(|a| capstan_api::kinds::split_api_version(a).0)
         .unwrap_or_default();
     capstan_api::kinds::by_group_kind(group, owner["kind"].as_str()?)
+}
+
+/// Watches dependents (pods, EndpointSlices) and owners (ReplicaSets, Deployments, Services):
+/// an owner's deletion is a reason to look at each of its dependents.
+pub fn controller(ctx: &Context) -> Controller<Key, GarbageCollector> {
+    let with_dependents = |cache: Arc<crate::cache::Cache>| {
+        move |o: &Value| -> Vec<Key> {
+            let mut keys = key_for(o);
+            // Only a deleted owner leaves dependents to collect.
+            let (ns, name) = util::key_of(o);
+            if o["metadata"]["deletionTimestamp"].is_null() && cache.get(kind_of(o), &ns, &name).is_some() {
+                return keys;
+            }
+            let owner_uid = util::uid(o);
+            for plural in ["pods", "replicasets", "endpointslices"] {
+                for e in cache.controlled_by(kind(plural), owner_uid) {
+                    keys.push((plural, e.namespace.clone(), e.name.clone()));
+                }
+            }
+            keys
+        }
+    };
+    let owners = ["replicasets", "deployments", "services"].map(|plural| watches(plural, with_dependents(ctx.cache.clone())));
+    let mut triggers = vec![watches("pods", key_for), watches("endpointslices", key_for)];
+    triggers.extend(owners);
+    Controller {
+        name: "garbage-collector",
+        reconciler: GarbageCollector { ctx: ctx.clone() },
+        workers: 2,
+        triggers,
+    }
+}
+
+/// The registry entry of an object's kind.
+fn kind_of(o: &Value) -> &'static capstan_api::KindInfo {
+    let group = o["apiVersion"]
+        .as_str()
+        .map(|a| capstan_api::kinds::split_api_version(a).0)
+        .unwrap_or_default();
+    capstan_api::kinds::by_group_kind(group, o["kind"].as_str().unwrap_or_default()).unwrap_or_else(|| kind("pods"))
 }
 
 impl Reconciler<Key> for GarbageCollector {

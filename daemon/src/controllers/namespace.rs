@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::endpoints::upsert;
 use super::util::is_terminating;
-use super::{Context, kind};
+use super::{Controller, name_of, watches};
+use crate::context::{Context, kind};
 use crate::objects::ObjectError;
 
 pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -21,6 +22,16 @@ pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 pub struct NamespaceController {
     pub ctx: Context,
+}
+
+/// Watches Namespaces.
+pub fn controller(ctx: &Context) -> Controller<String, NamespaceController> {
+    Controller {
+        name: "namespace",
+        reconciler: NamespaceController { ctx: ctx.clone() },
+        workers: 2,
+        triggers: vec![watches("namespaces", name_of)],
+    }
 }
 
 impl Reconciler<String> for NamespaceController {

@@ -10,9 +10,10 @@ use std::time::Duration;
 use capstan_runtime::{Action, Reconciler};
 use serde_json::{Value, json};
 
-use super::events::{EventType, Recorder};
 use super::util::{now, seconds};
-use super::{Context, kind};
+use super::{Controller, name_of, watches};
+use crate::context::{Context, kind};
+use crate::events::{EventType, Recorder};
 use crate::objects::ObjectError;
 use capstan_api::cidr::NODE_PREFIX;
 use capstan_api::time::now_rfc3339;
@@ -56,6 +57,33 @@ impl NodeLifecycle {
             .map_while(|i| range.subnet(NODE_PREFIX, i))
             .map(|c| c.to_string())
             .find(|c| !used.contains(c))
+    }
+}
+
+/// Keyed by node name: watches Nodes, their Leases, and ClusterSettings (new grace or eviction
+/// settings from Git: every node is looked at again).
+pub fn controller(ctx: &Context) -> Controller<String, NodeLifecycle> {
+    let cache = ctx.cache.clone();
+    let lease = |l: &Value| {
+        if l["metadata"]["namespace"] == "kube-node-lease" {
+            name_of(l)
+        } else {
+            Vec::new()
+        }
+    };
+    let all_nodes = move |_: &Value| cache.list(kind("nodes"), None).0.iter().map(|e| e.name.clone()).collect();
+    Controller {
+        name: "node-lifecycle",
+        reconciler: NodeLifecycle {
+            ctx: ctx.clone(),
+            events: Recorder::new(ctx.objects.clone(), "node-controller", None),
+        },
+        workers: 1,
+        triggers: vec![
+            watches("nodes", name_of),
+            watches("leases", lease),
+            watches("clustersettings", all_nodes),
+        ],
     }
 }
 

@@ -6,7 +6,10 @@ use capstan_runtime::{Action, Reconciler};
 use serde_json::{Map, Value, json};
 
 use super::util::{NsName, is_active};
-use super::{Context, kind};
+use std::sync::Arc;
+
+use super::{Controller, ns_name, watches};
+use crate::context::{Context, kind};
 use crate::objects::ObjectError;
 use capstan_api::quantity::Quantity;
 
@@ -106,6 +109,31 @@ pub fn admit(ctx: &Context, ns: &str, pod: &Value) -> Result<(), String> {
 /// Keeps `status.hard` and `status.used` of each ResourceQuota current.
 pub struct QuotaController {
     pub ctx: Context,
+}
+
+/// Watches ResourceQuotas and what they count (pods, Services, ConfigMaps, Secrets): a change
+/// concerns every quota of its namespace.
+pub fn controller(ctx: &Context) -> Controller<NsName, QuotaController> {
+    let quotas_of = |cache: Arc<crate::cache::Cache>| {
+        move |v: &Value| -> Vec<NsName> {
+            let ns = v["metadata"]["namespace"].as_str().unwrap_or_default();
+            cache
+                .list(kind("resourcequotas"), Some(ns))
+                .0
+                .iter()
+                .map(|e| (e.namespace.clone(), e.name.clone()))
+                .collect()
+        }
+    };
+    let counted = ["pods", "services", "configmaps", "secrets"].map(|plural| watches(plural, quotas_of(ctx.cache.clone())));
+    let mut triggers = vec![watches("resourcequotas", ns_name)];
+    triggers.extend(counted);
+    Controller {
+        name: "resourcequota",
+        reconciler: QuotaController { ctx: ctx.clone() },
+        workers: 1,
+        triggers,
+    }
 }
 
 impl Reconciler<NsName> for QuotaController {

@@ -9,12 +9,13 @@ use std::time::Duration;
 use capstan_runtime::{Action, Reconciler};
 use serde_json::{Value, json};
 
-use super::events::{EventType, Recorder};
 use super::quota;
 use super::util::{
     NsName, controller_ref, is_active, is_available, is_controlled_by, is_ready, is_terminating, now, owner_ref, random_suffix,
 };
-use super::{Context, kind};
+use super::{Controller, watches};
+use crate::context::{Context, kind};
+use crate::events::{EventType, Recorder};
 use crate::objects::ObjectError;
 use capstan_api::selector::workload_selects;
 
@@ -30,6 +31,34 @@ fn deletion_rank(p: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
     let running = p["status"]["phase"] == "Running";
     let created = p["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_owned();
     (scheduled as u8, running as u8, is_ready(p) as u8, std::cmp::Reverse(created))
+}
+
+/// Watches ReplicaSets and their pods; an orphan pod concerns every ReplicaSet of its
+/// namespace (one of them may adopt it).
+pub fn controller(ctx: &Context) -> Controller<NsName, ReplicaSetController> {
+    let cache = ctx.cache.clone();
+    let pods = move |p: &Value| {
+        let keys = keys_for(p);
+        if !keys.is_empty() || controller_ref(p).is_some() {
+            return keys;
+        }
+        let ns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+        cache
+            .list(kind("replicasets"), Some(ns))
+            .0
+            .iter()
+            .map(|e| (e.namespace.clone(), e.name.clone()))
+            .collect()
+    };
+    Controller {
+        name: "replicaset",
+        reconciler: ReplicaSetController {
+            ctx: ctx.clone(),
+            events: Recorder::new(ctx.objects.clone(), "replicaset-controller", None),
+        },
+        workers: 4,
+        triggers: vec![watches("replicasets", keys_for), watches("pods", pods)],
+    }
 }
 
 impl Reconciler<NsName> for ReplicaSetController {

@@ -10,9 +10,10 @@ use std::net::Ipv4Addr;
 use capstan_runtime::{Action, Reconciler};
 use serde_json::{Value, json};
 
-use super::events::{EventType, Recorder};
 use super::util::NsName;
-use super::{Context, kind};
+use super::{Controller, ns_name, watches};
+use crate::context::{Context, kind};
+use crate::events::{EventType, Recorder};
 use crate::objects::ObjectError;
 
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<i64> = 30000..=32767;
@@ -49,6 +50,19 @@ impl ServiceController {
         (11..range.size().saturating_sub(1))
             .filter_map(|i| range.nth(i))
             .find(|ip| !used.contains(ip))
+    }
+}
+
+/// Watches Services. One worker: address and port allocations must not race each other.
+pub fn controller(ctx: &Context) -> Controller<NsName, ServiceController> {
+    Controller {
+        name: "service",
+        reconciler: ServiceController {
+            ctx: ctx.clone(),
+            events: Recorder::new(ctx.objects.clone(), "service-controller", None),
+        },
+        workers: 1,
+        triggers: vec![watches("services", ns_name)],
     }
 }
 

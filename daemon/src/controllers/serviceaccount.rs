@@ -5,7 +5,10 @@
 use capstan_runtime::{Action, Reconciler};
 use serde_json::json;
 
-use super::{Context, kind};
+use serde_json::Value;
+
+use super::{Controller, name_of, watches};
+use crate::context::{Context, kind};
 use crate::objects::ObjectError;
 
 /// The ConfigMap holding the cluster CA in every namespace.
@@ -13,6 +16,27 @@ pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
 
 pub struct ServiceAccountController {
     pub ctx: Context,
+}
+
+/// Keyed by namespace: watches Namespaces, their ServiceAccounts and root CA ConfigMaps.
+pub fn controller(ctx: &Context) -> Controller<String, ServiceAccountController> {
+    let namespace = |v: &Value| vec![v["metadata"]["namespace"].as_str().unwrap_or_default().to_owned()];
+    Controller {
+        name: "serviceaccount",
+        reconciler: ServiceAccountController { ctx: ctx.clone() },
+        workers: 1,
+        triggers: vec![
+            watches("namespaces", name_of),
+            watches("serviceaccounts", namespace),
+            watches("configmaps", move |c: &Value| {
+                if c["metadata"]["name"] == ROOT_CA_CONFIG_MAP {
+                    namespace(c)
+                } else {
+                    Vec::new()
+                }
+            }),
+        ],
+    }
 }
 
 impl Reconciler<String> for ServiceAccountController {
