@@ -1,5 +1,8 @@
+use super::elements::FIXED_SETS;
 use super::*;
-use crate::model::Protocol;
+use crate::model::{Backend, Frontend, Protocol, VirtualService};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 
 fn settings() -> NftSettings {
     NftSettings::new("capstan-proxy", capstan_api::cidr::SERVICE_RANGE, capstan_api::cidr::POD_RANGE)
