@@ -2,11 +2,12 @@
 //! each service's virtual addresses into the kernel, so that connections to a ClusterIP or a
 //! node port reach one of its ready endpoints.
 //!
-//! [`model`] is the pure core (objects in, virtual services out); [`nft`] renders and applies
-//! them as an nftables table of our own, [`ipvs`] as IPVS virtual servers over generic netlink; [`firewall`] opens Docker's FORWARD policy for the pod
-//! range; [`dns`] answers the cluster's names; [`sync`] is the loop that keeps the kernel in line;
-//! [`rtnl`] speaks route netlink (also for the node agent's pod interfaces).
+//! [`model`] is the pure core (objects in, virtual services out); [`dataplane`] is the seam to
+//! the kernel, implemented by [`nft`] (an nftables table of our own) and [`ipvs`] (IPVS virtual
+//! servers over generic netlink); [`firewall`] opens Docker's FORWARD policy for the pod range;
+//! [`dns`] answers the cluster's names; [`sync`] is the loop that keeps the kernel in line.
 
+pub mod dataplane;
 pub mod dns;
 pub mod firewall;
 pub mod ipvs;

@@ -3,9 +3,8 @@
 //! to repair what anyone else changed. Nothing is applied before both lists are complete, so a
 //! restarting proxy never empties the table; a clean exit leaves the rules in place.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -21,9 +20,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::ipvs::IpvsBackend;
-use crate::nft::{self, Nft, NftSettings};
-use crate::{ProxyConfig, ProxyError, ProxyMode, firewall};
+pub use crate::dataplane::cleanup;
+use crate::dataplane::{self, Dataplane};
+use crate::{ProxyConfig, ProxyError, firewall};
 use crate::{dns, model};
 
 /// What the watches have seen.
@@ -56,7 +55,7 @@ impl Proxy {
     /// Chooses the backend, checks that it works, opens Docker's FORWARD chain for the pod range
     /// and starts the loop.
     pub async fn start(client: kube::Client, config: ProxyConfig) -> Result<Proxy, ProxyError> {
-        let dataplane = Dataplane::choose(&config).await?;
+        let dataplane = dataplane::choose(&config).await?;
         firewall::open(config.netns.as_deref(), &config.pod_cidr.to_string()).await?;
 
         let backend = dataplane.name();
@@ -137,153 +136,6 @@ impl Proxy {
     }
 }
 
-/// Removes everything a proxy made (`capstan node --cleanup-proxy`): our nftables table, the
-/// IPVS services and addresses where the kernel has IPVS, and the firewall openings.
-pub async fn cleanup(config: &ProxyConfig) -> Result<(), ProxyError> {
-    let nft = Nft::new(config.netns.clone(), config.table.clone());
-    nft.delete_table().await?;
-    if config.netns.is_none() && config.mode != ProxyMode::Nftables && crate::kernel_has_ipvs() {
-        let service_cidr = config.service_cidr;
-        let scheduler = config.ipvs_scheduler.clone();
-        tokio::task::spawn_blocking(move || IpvsBackend::open(&scheduler, service_cidr)?.cleanup())
-            .await
-            .expect("IPVS cleanup thread")?;
-    }
-    firewall::close(config.netns.as_deref(), &config.pod_cidr.to_string()).await
-}
-
-/// The nftables dataplane and what it last applied.
-struct NftPlane {
-    nft: Nft,
-    settings: NftSettings,
-    renderer: nft::Renderer,
-    /// Whether the kernel holds what the renderer last rendered (false after an error).
-    synced: bool,
-}
-
-/// The kernel dataplane in use, with what it last applied.
-enum Dataplane {
-    Nft(Box<NftPlane>),
-    Ipvs(Box<IpvsPlane>),
-}
-
-/// The IPVS dataplane and its nftables guard table.
-struct IpvsPlane {
-    /// Blocking netlink calls, made on a blocking thread.
-    backend: Arc<Mutex<IpvsBackend>>,
-    guard: Nft,
-    /// The guard's hairpin set as last written; `None`: unknown (rewritten whole).
-    hairpin: Option<BTreeSet<Ipv4Addr>>,
-}
-
-impl Dataplane {
-    /// IPVS when the kernel has it (or it is asked for), nftables otherwise; checks that the
-    /// chosen one answers.
-    async fn choose(config: &ProxyConfig) -> Result<Dataplane, ProxyError> {
-        let has_ipvs = config.mode != ProxyMode::Nftables && crate::kernel_has_ipvs();
-        let use_ipvs = match (config.mode, has_ipvs) {
-            (ProxyMode::Ipvs, false) => return Err(ProxyError::NoIpvs),
-            (ProxyMode::Ipvs | ProxyMode::Auto, true) => {
-                if config.netns.is_some() {
-                    return Err(ProxyError::IpvsNetns);
-                }
-                tracing::info!("proxy: the kernel has IPVS; programming services as IPVS virtual servers");
-                true
-            }
-            (ProxyMode::Auto, false) => {
-                tracing::info!("proxy: the kernel has no IPVS; programming services with nftables");
-                false
-            }
-            (ProxyMode::Nftables, _) => {
-                tracing::info!("proxy: programming services with nftables (--proxy-mode nftables)");
-                false
-            }
-        };
-        if use_ipvs {
-            let (scheduler, cidr) = (config.ipvs_scheduler.clone(), config.service_cidr);
-            let backend = tokio::task::spawn_blocking(move || IpvsBackend::open(&scheduler, cidr))
-                .await
-                .expect("IPVS open thread")?;
-            let guard = Nft::new(None, config.table.clone());
-            guard.apply(&nft::ipvs_guard_script(&config.table, config.service_cidr)).await?;
-            return Ok(Dataplane::Ipvs(Box::new(IpvsPlane {
-                backend: Arc::new(Mutex::new(backend)),
-                guard,
-                hairpin: None,
-            })));
-        }
-        let nft = Nft::new(config.netns.clone(), config.table.clone());
-        nft.list().await?; // nft is there and answers
-        Ok(Dataplane::Nft(Box::new(NftPlane {
-            nft,
-            settings: NftSettings {
-                table: config.table.clone(),
-                service_cidr: config.service_cidr,
-                pod_cidr: config.pod_cidr,
-                spread: config.spread,
-            },
-            renderer: nft::Renderer::default(),
-            synced: false,
-        })))
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Dataplane::Nft(_) => "nftables",
-            Dataplane::Ipvs(_) => "ipvs",
-        }
-    }
-
-    /// Applies `services`: the difference from the last apply, or (`full`, or after an error)
-    /// everything against what the kernel holds.
-    async fn apply(&mut self, services: Vec<model::VirtualService>, full: bool) -> Result<(), ProxyError> {
-        match self {
-            Dataplane::Nft(plane) => {
-                let NftPlane {
-                    nft,
-                    settings,
-                    renderer,
-                    synced,
-                } = &mut **plane;
-                let update = renderer.render(&services, settings);
-                let result = if *synced && !full {
-                    nft.apply_update(&update).await
-                } else {
-                    match nft.list().await {
-                        Ok(text) => {
-                            let listing = nft::parse_listing(&text);
-                            nft.apply_update(&renderer.full_update(settings, &listing)).await
-                        }
-                        Err(e) => Err(e),
-                    }
-                };
-                *synced = result.is_ok();
-                result
-            }
-            Dataplane::Ipvs(plane) => {
-                let backend = plane.backend.clone();
-                let known = if full { None } else { plane.hairpin.as_ref() };
-                let (update, hairpin) = nft::hairpin_update(known, &services);
-                let done = tokio::task::spawn_blocking(move || backend.lock().expect("IPVS backend").apply(&services, full))
-                    .await
-                    .expect("IPVS apply thread")?;
-                tracing::debug!(requests = done.requests, addresses = done.addresses, "proxy: IPVS applied");
-                let result = plane.guard.apply_update(&update).await;
-                plane.hairpin = result.is_ok().then_some(hairpin);
-                result
-            }
-        }
-    }
-
-    fn needs_full(&self) -> bool {
-        match self {
-            Dataplane::Nft(plane) => !plane.synced,
-            // The backend falls back to a full apply by itself; the hairpin set needs one.
-            Dataplane::Ipvs(plane) => plane.hairpin.is_none(),
-        }
-    }
-}
-
 fn revision<K: Resource>(o: &K) -> u64 {
     o.meta().resource_version.as_deref().and_then(|r| r.parse().ok()).unwrap_or(0)
 }
@@ -347,7 +199,7 @@ where
 
 async fn apply_loop(
     config: ProxyConfig,
-    mut dataplane: Dataplane,
+    mut dataplane: Box<dyn Dataplane>,
     view: Arc<Mutex<View>>,
     changed: Arc<Notify>,
     records: Arc<RwLock<dns::Records>>,
@@ -357,17 +209,22 @@ async fn apply_loop(
     let mut first = true;
     let mut next_full = Instant::now();
     let mut last_apply = Instant::now() - config.min_sync_interval;
+    // Until both lists are in, only a change wakes the loop (the timer would spin it).
+    let mut complete = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = changed.notified() => {}
-            _ = tokio::time::sleep_until(next_full) => {}
+            _ = tokio::time::sleep_until(next_full), if complete => {}
         }
-        // Let a burst of changes gather into one transaction.
+        // Let a burst of changes gather into one transaction: what arrived meanwhile is in the
+        // view read below, so its wake-up is spent here.
         tokio::time::sleep_until(last_apply + config.min_sync_interval).await;
+        let _ = futures::FutureExt::now_or_never(changed.notified());
         let (services, revision) = {
             let v = view.lock().expect("view lock");
-            if !(v.services_listed && v.slices_listed) {
+            complete = v.services_listed && v.slices_listed;
+            if !complete {
                 continue; // never apply half a picture
             }
             *records.write().expect("records lock") = dns::records(&config.cluster_domain, v.services.values(), v.slices.values());
@@ -402,5 +259,132 @@ async fn apply_loop(
                 next_full = Instant::now() + Duration::from_secs(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Loop {
+        view: Arc<Mutex<View>>,
+        changed: Arc<Notify>,
+        fake: dataplane::Fake,
+        applied: watch::Receiver<u64>,
+        synced: watch::Receiver<u64>,
+        cancel: CancellationToken,
+    }
+
+    /// The loop on a fake dataplane, with one Service and its slice in view (not yet listed).
+    fn start(failures: u32) -> Loop {
+        let mut view = View::default();
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "resourceVersion": "40"},
+            "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80, "protocol": "TCP"}]},
+        }))
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "default", "resourceVersion": "42", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}}],
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+        }))
+        .unwrap();
+        view.services.insert(key(&service), service);
+        view.slices.insert(key(&slice), slice);
+        view.revision = 42;
+        let view = Arc::new(Mutex::new(view));
+        let changed = Arc::new(Notify::new());
+        let fake = dataplane::Fake::default();
+        *fake.failures.lock().unwrap() = failures;
+        let (applied_tx, applied) = watch::channel(0u64);
+        let (synced_tx, synced) = watch::channel(0u64);
+        let cancel = CancellationToken::new();
+        let config = ProxyConfig {
+            dns_upstream: None,
+            ..ProxyConfig::default()
+        };
+        tokio::spawn(apply_loop(
+            config,
+            Box::new(fake.clone()),
+            view.clone(),
+            changed.clone(),
+            Arc::default(),
+            cancel.clone(),
+            (applied_tx, synced_tx),
+        ));
+        Loop {
+            view,
+            changed,
+            fake,
+            applied,
+            synced,
+            cancel,
+        }
+    }
+
+    impl Loop {
+        fn applies(&self) -> Vec<(usize, bool)> {
+            self.fake.applies.lock().unwrap().clone()
+        }
+
+        fn list_both(&self) {
+            let mut v = self.view.lock().unwrap();
+            v.services_listed = true;
+            v.slices_listed = true;
+            drop(v);
+            self.changed.notify_one();
+        }
+    }
+
+    async fn wait(ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_applied_before_both_lists_are_complete() {
+        let l = start(0);
+        l.view.lock().unwrap().services_listed = true;
+        l.changed.notify_one();
+        wait(5_000).await;
+        assert!(l.applies().is_empty(), "half a picture is never applied: {:?}", l.applies());
+        l.list_both();
+        wait(500).await;
+        assert_eq!(l.applies(), [(1, true)], "the first apply is a full one");
+        assert_eq!(*l.applied.borrow(), 1);
+        assert_eq!(*l.synced.borrow(), 42, "the revision the kernel now reflects is published");
+        l.cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_changes_is_one_apply_and_the_table_is_rewritten_every_resync() {
+        let l = start(0);
+        l.list_both();
+        wait(500).await;
+        for _ in 0..5 {
+            l.changed.notify_one();
+        }
+        wait(500).await;
+        assert_eq!(l.applies(), [(1, true), (1, false)]);
+        // Nothing changes: the resync interval (30 s) rewrites the whole table anyway.
+        wait(30_000).await;
+        assert_eq!(l.applies(), [(1, true), (1, false), (1, true)]);
+        l.cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_apply_is_followed_by_a_full_rewrite_a_second_later() {
+        let l = start(1);
+        l.list_both();
+        wait(500).await;
+        assert_eq!(l.applies(), [(1, true)]);
+        assert_eq!(*l.applied.borrow(), 0, "a failed apply is not counted");
+        assert_eq!(*l.synced.borrow(), 0);
+        wait(1_000).await;
+        assert_eq!(l.applies(), [(1, true), (1, true)]);
+        assert_eq!(*l.applied.borrow(), 1);
+        assert_eq!(*l.synced.borrow(), 42);
+        l.cancel.cancel();
     }
 }
