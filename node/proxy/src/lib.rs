@@ -13,7 +13,6 @@ pub mod firewall;
 pub mod ipvs;
 pub mod model;
 pub mod nft;
-pub mod rtnl;
 pub mod sync;
 
 use capstan_api::cidr::Cidr;

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use capstan_netlink::for_each_message;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_generic::GenlMessage;
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
@@ -91,7 +92,7 @@ impl Ipvs {
         let mut done = false;
         while !done {
             let data = self.recv()?;
-            for_each_message::<GenlMessage<GenlCtrl>>(&data, |header, payload| {
+            for_each_message::<GenlMessage<GenlCtrl>, KernelError>(&data, |header, payload| {
                 match payload {
                     NetlinkPayload::InnerMessage(m) => {
                         for a in &m.payload.nlas {
@@ -157,7 +158,7 @@ impl Ipvs {
             self.sent += chunk.len() as u64;
             while !pending.is_empty() {
                 let data = self.recv()?;
-                for_each_message::<GenlMessage<Message>>(&data, |header, payload| {
+                for_each_message::<GenlMessage<Message>, KernelError>(&data, |header, payload| {
                     if let NetlinkPayload::Error(e) = payload
                         && let Some(i) = pending.remove(&header.sequence_number)
                         && let Some(code) = e.code
@@ -190,7 +191,7 @@ impl Ipvs {
         loop {
             let data = self.recv()?;
             let mut done = false;
-            for_each_message::<GenlMessage<Message>>(&data, |header, payload| {
+            for_each_message::<GenlMessage<Message>, KernelError>(&data, |header, payload| {
                 if header.sequence_number != seq {
                     return Ok(());
                 }
@@ -277,25 +278,8 @@ impl Ipvs {
     }
 }
 
-/// Walks the netlink messages of one datagram.
-pub(crate) fn for_each_message<T>(
-    data: &[u8],
-    mut f: impl FnMut(&NetlinkHeader, NetlinkPayload<T>) -> Result<(), KernelError>,
-) -> Result<(), KernelError>
-where
-    T: NetlinkDeserializable + std::fmt::Debug,
-    T::Error: std::fmt::Display,
-{
-    let mut offset = 0;
-    while offset < data.len() {
-        let msg = NetlinkMessage::<T>::deserialize(&data[offset..]).map_err(|e| KernelError::Decode(e.to_string()))?;
-        let len = msg.header.length as usize;
-        if len == 0 {
-            break;
-        }
-        let (header, payload) = msg.into_parts();
-        f(&header, payload)?;
-        offset += len.next_multiple_of(4);
+impl From<capstan_netlink::Undecodable> for KernelError {
+    fn from(e: capstan_netlink::Undecodable) -> KernelError {
+        KernelError::Decode(e.0)
     }
-    Ok(())
 }

@@ -12,7 +12,7 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, L
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::kernel::KernelError;
-use crate::rtnl::Rtnl;
+use capstan_netlink::rtnl::Rtnl;
 
 /// The interface the proxy makes for service addresses.
 pub const VIP_INTERFACE: &str = "capstan-ipvs0";

@@ -11,7 +11,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use crate::ipvs::kernel::for_each_message;
+use crate::for_each_message;
 
 /// A route netlink socket and its request counter.
 #[derive(Debug)]
@@ -71,7 +71,7 @@ impl Rtnl {
         loop {
             let (data, _) = self.socket.recv_from_full()?;
             let mut done = None;
-            for_each_message::<RouteNetlinkMessage>(&data, |header, payload| {
+            for_each_message::<RouteNetlinkMessage, io::Error>(&data, |header, payload| {
                 if header.sequence_number != seq {
                     return Ok(());
                 }
@@ -87,8 +87,7 @@ impl Rtnl {
                     _ => {}
                 }
                 Ok(())
-            })
-            .map_err(io::Error::other)?;
+            })?;
             if let Some(r) = done {
                 return r.map(|()| out);
             }
