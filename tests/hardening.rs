@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use capstan_git::hostile;
+use capstan_manifest::hostile;
 use common::*;
 
 /// Runs `capstan ARGS` with its address space limited to `mib` MiB, killed after `timeout`:

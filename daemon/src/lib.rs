@@ -15,7 +15,6 @@ pub mod nodelogs;
 pub mod objects;
 pub mod pki;
 pub mod priority;
-pub mod revert;
 pub mod satoken;
 pub mod scheduling;
 pub mod sync;

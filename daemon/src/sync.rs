@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use capstan_api::{KindInfo, ObjectKey};
-use capstan_git::desired::{Applied, AppliedSet, Plan, plan, plan_delta};
-use capstan_git::problem::Problem;
 use capstan_git::source::CommitUpdate;
+use capstan_manifest::desired::{Applied, AppliedSet, Plan, plan, plan_delta};
+use capstan_manifest::problem::Problem;
 use capstan_store::{Store, Txn};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -423,7 +423,7 @@ pub async fn reset(store: &Arc<dyn Store>) -> Result<(), capstan_store::StoreErr
 }
 
 /// The commit's ClusterSettings, or none set.
-fn settings_of(desired: &capstan_git::desired::DesiredState) -> capstan_api::capstan::ClusterSettingsSpec {
+fn settings_of(desired: &capstan_manifest::desired::DesiredState) -> capstan_api::capstan::ClusterSettingsSpec {
     desired
         .objects
         .iter()

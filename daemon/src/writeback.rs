@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use capstan_git::notes::{self, Counts, Note, Outcome, QuarantinedObject, Revert, Rollout};
+use capstan_git::{refs, status_branch};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -18,9 +20,6 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Cache;
 use crate::context::kind;
 use crate::sync::SyncStatus;
-
-pub const NOTES_REF: &str = "refs/notes/capstan";
-pub const STATUS_REF: &str = "refs/heads/capstan/status";
 
 /// The kinds whose status goes to the status branch (never Secrets: they have no status, and
 /// their data must not reach Git).
@@ -54,8 +53,8 @@ fn rollout(d: &Value) -> (&'static str, Option<String>) {
     if done { ("complete", None) } else { ("progressing", None) }
 }
 
-/// The note for the applied commit: JSON, so that `capstan history` and scripts can read it.
-pub fn note(status: &SyncStatus, cache: &Cache, applied_at: &str) -> Option<Value> {
+/// The note for the applied commit (see [`capstan_git::notes`]).
+pub fn note(status: &SyncStatus, cache: &Cache, applied_at: &str) -> Option<Note> {
     let commit = status.applied_commit.as_deref()?;
     let (deployments, _) = cache.list(kind("deployments"), None);
     let mut rollouts = Vec::new();
@@ -64,28 +63,31 @@ pub fn note(status: &SyncStatus, cache: &Cache, applied_at: &str) -> Option<Valu
         if d.object["metadata"]["annotations"]["capstan.dev/commit"] != commit {
             continue;
         }
-        let (state, why) = rollout(&d.object);
-        let mut r = json!({"deployment": format!("{}/{}", d.namespace, d.name), "state": state});
-        if let Some(why) = why {
-            r["message"] = json!(why);
-        }
-        rollouts.push(r);
+        let (state, message) = rollout(&d.object);
+        rollouts.push(Rollout {
+            deployment: format!("{}/{}", d.namespace, d.name),
+            state: state.to_owned(),
+            message,
+        });
     }
     // A commit with objects that did not apply (quarantined) is not complete, even with no
     // rollout to wait for.
-    let outcome = if rollouts.iter().any(|r| r["state"] == "failed") {
-        "failed"
-    } else if rollouts.iter().any(|r| r["state"] != "complete") {
-        "progressing"
+    let outcome = if rollouts.iter().any(|r| r.state == "failed") {
+        Outcome::Failed
+    } else if rollouts.iter().any(|r| r.state != "complete") {
+        Outcome::Progressing
     } else if !status.quarantined.is_empty() {
-        "quarantined"
+        Outcome::Quarantined
     } else {
-        "complete"
+        Outcome::Complete
     };
-    let quarantined: Vec<Value> = status
+    let quarantined = status
         .quarantined
         .iter()
-        .map(|q| json!({"object": q.object, "keptRunning": q.kept}))
+        .map(|q| QuarantinedObject {
+            object: serde_json::to_value(&q.object).unwrap_or(Value::Null),
+            kept_running: q.kept,
+        })
         .collect();
     // A problem's message may quote a value; a Secret's values stay out of Git.
     let problems: Vec<Value> = status
@@ -99,21 +101,23 @@ pub fn note(status: &SyncStatus, cache: &Cache, applied_at: &str) -> Option<Valu
             v
         })
         .collect();
-    Some(json!({
-        "commit": commit,
-        "branch": status.branch,
-        "appliedAt": applied_at,
-        "objects": {"created": status.created, "updated": status.updated, "pruned": status.pruned, "unchanged": status.unchanged},
-        "quarantined": quarantined,
-        "problems": problems,
-        "rollouts": rollouts,
-        "outcome": outcome,
-    }))
-    .map(|mut n| {
-        if let Some(why) = &status.prune_held {
-            n["pruneHeld"] = json!(why);
-        }
-        n
+    Some(Note {
+        commit: commit.to_owned(),
+        branch: status.branch.clone(),
+        applied_at: applied_at.to_owned(),
+        objects: Counts {
+            created: status.created,
+            updated: status.updated,
+            pruned: status.pruned,
+            unchanged: status.unchanged,
+        },
+        quarantined,
+        problems,
+        rollouts,
+        outcome,
+        prune_held: status.prune_held.clone(),
+        superseded_by: None,
+        revert: Revert::default(),
     })
 }
 
@@ -157,56 +161,6 @@ pub fn status_files(cache: &Cache) -> BTreeMap<String, String> {
     files
 }
 
-fn signature() -> Result<git2::Signature<'static>, git2::Error> {
-    git2::Signature::now("Capstan", "capstan@localhost")
-}
-
-/// Writes `text` as the note on `commit` unless it is already there.
-fn write_note(repo: &git2::Repository, commit: &str, text: &str) -> Result<bool, git2::Error> {
-    let oid = git2::Oid::from_str(commit)?;
-    if let Ok(existing) = repo.find_note(Some(NOTES_REF), oid) {
-        // Append-only: once a note has its outcome, the audit trail keeps it; the note may only
-        // gain facts about that same application (a revert tried again). A commit applied again
-        // later, after a restart, keeps its first note.
-        let message = existing.message().unwrap_or_default();
-        let old: Value = serde_json::from_str(message).unwrap_or(Value::Null);
-        let new: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-        let settled = old["outcome"].as_str().is_some_and(|o| o != "progressing");
-        let same_application = old["outcome"] == new["outcome"] && old["appliedAt"] == new["appliedAt"];
-        if message == text || (settled && !same_application) {
-            return Ok(false);
-        }
-    }
-    let sig = signature()?;
-    repo.note(&sig, &sig, Some(NOTES_REF), oid, text, true)?;
-    Ok(true)
-}
-
-/// Commits `files` on the status branch if they differ from its tip.
-fn write_status(repo: &git2::Repository, files: &BTreeMap<String, String>, desired: &str) -> Result<bool, git2::Error> {
-    let empty = repo.find_tree(repo.treebuilder(None)?.write()?)?;
-    let mut update = git2::build::TreeUpdateBuilder::new();
-    for (path, text) in files {
-        update.upsert(path.as_str(), repo.blob(text.as_bytes())?, git2::FileMode::Blob);
-    }
-    let tree = repo.find_tree(update.create_updated(repo, &empty)?)?;
-    let parent = repo.find_reference(STATUS_REF).ok().and_then(|r| r.peel_to_commit().ok());
-    let short = &desired[..desired.len().min(12)];
-    let message = format!("Status of {short}\n\nCapstan-Desired-Commit: {desired}\n");
-    // A new applied commit is a new status even when no object's status moved: `capstan
-    // status` reads the applied commit from here.
-    if parent
-        .as_ref()
-        .is_some_and(|p| p.tree_id() == tree.id() && p.message().ok() == Some(message.as_str()))
-    {
-        return Ok(false);
-    }
-    let sig = signature()?;
-    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-    repo.commit(Some(STATUS_REF), &sig, &sig, &message, &tree, &parents)?;
-    Ok(true)
-}
-
 /// Where the write-back goes.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -217,16 +171,11 @@ pub struct Target {
     pub push_to: Option<String>,
 }
 
-/// Our refs, as push and fetch refspecs. Capstan owns them, so they are forced.
-const OUR_REFS: [&str; 2] = [
-    "+refs/notes/capstan:refs/notes/capstan",
-    "+refs/heads/capstan/status:refs/heads/capstan/status",
-];
-
 /// Writes notes and the status branch into the target every `interval` until cancelled. Every
 /// applied commit gets its note, also one that the next commit replaced within the same
 /// interval.
-/// `revert`: a failed rollout of the branch's tip is reverted by a commit (see [`crate::revert`]).
+/// `revert`: a failed rollout of the branch's tip is reverted by a commit (see
+/// [`capstan_git::revert`]).
 pub async fn run(
     target: Target,
     mut sync: watch::Receiver<SyncStatus>,
@@ -237,7 +186,7 @@ pub async fn run(
 ) {
     let mut push_pending = false;
     // The failed commits reverted (or tried): what their note says about it.
-    let mut reverted: BTreeMap<String, Value> = BTreeMap::new();
+    let mut reverted: BTreeMap<String, Revert> = BTreeMap::new();
     // For a remote: whether its notes and status branch were fetched, to build on what an
     // earlier daemon wrote there (before the first write of ours).
     let mut fetched = false;
@@ -247,7 +196,7 @@ pub async fn run(
     // first is the one the last write was about.
     let mut seen: Vec<SyncStatus> = Vec::new();
     // The last note written for the current commit: a final one (complete, failed) is kept.
-    let mut last: Option<(String, Value)> = None;
+    let mut last: Option<(String, Note)> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -272,15 +221,15 @@ pub async fn run(
             let Some(old_commit) = old.applied_commit.clone() else { continue };
             let noted = last.as_ref().filter(|(c, _)| *c == old_commit).map(|(_, n)| n.clone());
             let mut n = match noted {
-                Some(n) if n["outcome"] != "progressing" => continue, // already final
+                Some(n) if n.outcome != Outcome::Progressing => continue, // already final
                 Some(n) => n,
                 None => match note(old, &cache, applied_at.get(&old_commit).map(String::as_str).unwrap_or_default()) {
                     Some(n) => n,
                     None => continue,
                 },
             };
-            n["outcome"] = json!("superseded");
-            n["supersededBy"] = json!(next.applied_commit);
+            n.outcome = Outcome::Superseded;
+            n.superseded_by = next.applied_commit.clone();
             notes.push((old_commit, n));
         }
         let at = applied_at.get(&commit).cloned().unwrap_or_default();
@@ -290,11 +239,11 @@ pub async fn run(
             let revert = crate::context::cluster_settings(&cache)
                 .and_then(|g| g.revert_failed_rollouts)
                 .unwrap_or(revert);
-            if revert && n["outcome"] == "failed" && !reverted.contains_key(&commit) {
-                revert_now = Some((status.branch.clone(), commit.clone(), failed_rollouts(&n)));
+            if revert && n.outcome == Outcome::Failed && !reverted.contains_key(&commit) {
+                revert_now = Some((status.branch.clone(), commit.clone(), n.failed_rollouts()));
             }
-            if let Some(extra) = reverted.get(&commit) {
-                extend(&mut n, extra);
+            if let Some(done) = reverted.get(&commit) {
+                n.revert = done.clone();
             }
             last = Some((commit.clone(), n.clone()));
             notes.push((commit.clone(), n));
@@ -304,38 +253,48 @@ pub async fn run(
         let target = target.clone();
         let retry_push = push_pending;
         let must_fetch = target.push_to.is_some() && !fetched;
-        let result = tokio::task::spawn_blocking(move || -> Result<(bool, bool, Option<String>, Option<(String, Value)>), git2::Error> {
+        let result = tokio::task::spawn_blocking(move || -> Result<(bool, bool, Option<String>, Option<(String, Revert)>), git2::Error> {
             // First the revert, so that the failed commit's note names it.
             let revert_outcome = revert_now.map(|(branch, failed, failures)| {
-                let outcome = match crate::revert::revert_tip(&target.path, &branch, &failed, &failures, target.push_to.as_deref()) {
-                    Ok(crate::revert::Reverted::Committed(oid)) => {
+                use capstan_git::revert::{Reverted, revert_tip};
+                let outcome = match revert_tip(&target.path, &branch, &failed, &failures, target.push_to.as_deref()) {
+                    Ok(Reverted::Committed(oid)) => {
                         tracing::warn!(commit = %failed, revert = %oid, "a rollout missed its progress deadline; reverted it by a commit on {branch}");
-                        json!({"revertedBy": oid.to_string()})
+                        Revert {
+                            reverted_by: Some(oid.to_string()),
+                            ..Revert::default()
+                        }
                     }
-                    Ok(crate::revert::Reverted::NotTip) => json!({"revertSkipped": format!("{branch} has moved past the commit")}),
+                    Ok(Reverted::NotTip) => Revert {
+                        revert_skipped: Some(format!("{branch} has moved past the commit")),
+                        ..Revert::default()
+                    },
                     Err(e) => {
                         tracing::warn!(commit = %failed, "reverting a failed rollout: {}", e.message());
-                        json!({"revertError": e.message()})
+                        Revert {
+                            revert_error: Some(e.message().to_owned()),
+                            ..Revert::default()
+                        }
                     }
                 };
                 if let Some((_, n)) = notes.iter_mut().find(|(c, _)| *c == failed) {
-                    extend(n, &outcome);
+                    n.revert = outcome.clone();
                 }
                 (failed, outcome)
             });
             let repo = git2::Repository::open(&target.path)?;
             if must_fetch && let Some(url) = &target.push_to {
-                capstan_git::repo::fetch_refs(&repo, url, &OUR_REFS)?;
+                capstan_git::repo::fetch_refs(&repo, url, &refs::REFSPECS)?;
             }
             let mut noted = false;
             for (on, n) in &notes {
-                noted |= write_note(&repo, on, &(serde_json::to_string_pretty(n).unwrap_or_default() + "\n"))?;
+                noted |= notes::write(&repo, on, n)?;
             }
-            let committed = write_status(&repo, &files, &commit)?;
+            let committed = status_branch::write(&repo, &files, &commit)?;
             let mut push_error = None;
             if let Some(url) = &target.push_to
                 && (noted || committed || retry_push)
-                && let Err(e) = capstan_git::repo::push(&repo, url, &OUR_REFS)
+                && let Err(e) = capstan_git::repo::push(&repo, url, &refs::REFSPECS)
             {
                 push_error = Some(format!("pushing notes and the status branch to {url}: {}", e.message()));
             }
@@ -347,7 +306,7 @@ pub async fn run(
                 // A failed note is final (never rewritten from `last`); an error is tried again
                 // at the next interval.
                 if let Some((failed, outcome)) = revert_outcome
-                    && outcome.get("revertError").is_none()
+                    && outcome.revert_error.is_none()
                 {
                     reverted.insert(failed, outcome);
                 }
@@ -364,29 +323,6 @@ pub async fn run(
             Err(e) => tracing::warn!("writing status to git: {e}"),
         }
     }
-}
-
-/// Adds the fields of `extra` (an object) to `note`.
-fn extend(note: &mut Value, extra: &Value) {
-    if let (Value::Object(n), Value::Object(extra)) = (note, extra) {
-        n.extend(extra.clone());
-    }
-}
-
-/// The failed rollouts of a note: (deployment, why).
-fn failed_rollouts(note: &Value) -> Vec<(String, String)> {
-    note["rollouts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["state"] == "failed")
-        .map(|r| {
-            (
-                r["deployment"].as_str().unwrap_or_default().to_owned(),
-                r["message"].as_str().unwrap_or("missed its progress deadline").to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// Adds a status to the commits seen since the last write (replacing the status of the same
@@ -441,52 +377,5 @@ mod tests {
             rollout(&failed),
             ("failed", Some("ReplicaSet \"web-1\" has timed out progressing.".into()))
         );
-    }
-
-    fn repo_with_commit() -> (tempfile::TempDir, git2::Repository, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = git2::Repository::init(dir.path()).unwrap();
-        let sig = signature().unwrap();
-        let tree = repo.find_tree(repo.treebuilder(None).unwrap().write().unwrap()).unwrap();
-        let oid = repo.commit(Some("HEAD"), &sig, &sig, "first", &tree, &[]).unwrap();
-        drop(tree);
-        (dir, repo, oid.to_string())
-    }
-
-    fn note_text(outcome: &str, at: &str, extra: &str) -> String {
-        format!("{{\"outcome\": \"{outcome}\", \"appliedAt\": \"{at}\"{extra}}}")
-    }
-
-    #[test]
-    fn notes_are_append_only_once_they_have_an_outcome() {
-        let (_dir, repo, commit) = repo_with_commit();
-        let read = || {
-            repo.find_note(Some(NOTES_REF), git2::Oid::from_str(&commit).unwrap())
-                .unwrap()
-                .message()
-                .unwrap()
-                .to_owned()
-        };
-        assert!(write_note(&repo, &commit, &note_text("progressing", "t1", "")).unwrap());
-        assert!(write_note(&repo, &commit, &note_text("complete", "t1", "")).unwrap());
-        // Applied again later (a restart, a branch gone and back): the first note stays.
-        assert!(!write_note(&repo, &commit, &note_text("progressing", "t2", "")).unwrap());
-        assert!(!write_note(&repo, &commit, &note_text("failed", "t1", "")).unwrap());
-        assert_eq!(read(), note_text("complete", "t1", ""));
-        // Facts about the same application may be added (a revert that was tried again).
-        assert!(write_note(&repo, &commit, &note_text("complete", "t1", ", \"revertedBy\": \"x\"")).unwrap());
-    }
-
-    #[test]
-    fn a_new_applied_commit_is_written_to_the_status_branch_even_with_the_same_statuses() {
-        let (_dir, repo, _) = repo_with_commit();
-        let files = BTreeMap::from([("pods/default/web.json".to_owned(), "{}".to_owned())]);
-        let c1 = "1".repeat(40);
-        let c2 = "2".repeat(40);
-        assert!(write_status(&repo, &files, &c1).unwrap());
-        assert!(!write_status(&repo, &files, &c1).unwrap());
-        assert!(write_status(&repo, &files, &c2).unwrap());
-        let tip = repo.find_reference(STATUS_REF).unwrap().peel_to_commit().unwrap();
-        assert!(tip.message().unwrap().contains(&format!("Capstan-Desired-Commit: {c2}")));
     }
 }

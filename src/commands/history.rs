@@ -7,15 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use capstan_api::text::printable;
-use serde_json::{Value, json};
+use capstan_git::notes;
+use serde_json::json;
 
 use crate::output::{Format, outln, print_structured};
-
-/// The note Capstan wrote on `commit`, if any.
-pub fn read_note(repo: &git2::Repository, commit: git2::Oid) -> Option<Value> {
-    let note = repo.find_note(Some(capstan_daemon::writeback::NOTES_REF), commit).ok()?;
-    serde_json::from_str(note.message().ok()?).ok()
-}
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(10)]
@@ -36,57 +31,46 @@ pub fn run(repo: &Path, branch: Option<&str>, limit: usize, format: Format) -> a
     let mut rows = Vec::new();
     for oid in walk.take(limit) {
         let commit = git.find_commit(oid?)?;
-        let note = read_note(&git, commit.id());
-        rows.push(json!({
-            "commit": commit.id().to_string(),
-            "subject": commit.summary().unwrap_or_default(),
-            "note": note,
-        }));
+        let note = notes::read(&git, commit.id());
+        let subject = commit.summary().ok().flatten().unwrap_or_default().to_owned();
+        rows.push((commit.id().to_string(), subject, note));
     }
     if format != Format::Text {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(commit, subject, note)| json!({"commit": commit, "subject": subject, "note": note}))
+            .collect();
         print_structured(format, &rows)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::NOTHING);
     table.set_header(["COMMIT", "APPLIED", "OUTCOME", "CHANGED", "QUARANTINED", "SUBJECT"]);
-    for r in &rows {
-        let n = &r["note"];
-        let (applied, outcome, changed, quarantined) = if n.is_null() {
-            ("-".to_owned(), "not applied".to_owned(), "-".to_owned(), "-".to_owned())
-        } else {
-            let o = &n["objects"];
-            let failed: Vec<String> = n["rollouts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["state"] == "failed")
-                .map(|r| {
-                    format!(
-                        "{}: {}",
-                        r["deployment"].as_str().unwrap_or_default(),
-                        r["message"].as_str().unwrap_or_default()
-                    )
-                })
-                .collect();
-            let mut outcome = n["outcome"].as_str().unwrap_or_default().to_owned();
-            if !failed.is_empty() {
-                outcome = format!("{outcome} ({})", failed.join("; "));
+    for (commit, subject, note) in &rows {
+        let (applied, outcome, changed, quarantined) = match note {
+            None => ("-".to_owned(), "not applied".to_owned(), "-".to_owned(), "-".to_owned()),
+            Some(n) => {
+                let failed: Vec<String> = n.failed_rollouts().iter().map(|(d, why)| format!("{d}: {why}")).collect();
+                let mut outcome = n.outcome.as_str().to_owned();
+                if !failed.is_empty() {
+                    outcome = format!("{outcome} ({})", failed.join("; "));
+                }
+                let o = &n.objects;
+                (
+                    n.applied_at.clone(),
+                    outcome,
+                    format!("+{} ~{} -{}", o.created, o.updated, o.pruned),
+                    n.quarantined.len().to_string(),
+                )
             }
-            (
-                n["appliedAt"].as_str().unwrap_or_default().to_owned(),
-                outcome,
-                format!("+{} ~{} -{}", o["created"], o["updated"], o["pruned"]),
-                n["quarantined"].as_array().map_or(0, Vec::len).to_string(),
-            )
         };
         table.add_row([
-            short(r["commit"].as_str().unwrap_or_default()).to_owned(),
+            short(commit).to_owned(),
             applied,
             printable(&outcome).into_owned(),
             changed,
             quarantined,
-            printable(r["subject"].as_str().unwrap_or_default()).into_owned(),
+            printable(subject).into_owned(),
         ]);
     }
     outln!("{table}");

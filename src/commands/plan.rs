@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use capstan_git::desired::{AppliedSet, plan};
 use capstan_git::repo::{GitRepo, Location};
-use capstan_git::report::{Entry, Report};
+use capstan_manifest::desired::{AppliedSet, plan};
+use capstan_manifest::report::{Entry, Report};
 
 use crate::commands::validate::plural;
 use crate::output::{Format, outln, print_structured};

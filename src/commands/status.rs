@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use capstan_api::text::printable;
+use capstan_git::{notes, status_branch};
 use serde_json::{Value, json};
 
 use crate::output::{Format, outln, print_structured};
@@ -56,35 +57,13 @@ fn health(kind: &str, status: &Value) -> String {
 
 pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
     let git = git2::Repository::discover(repo).with_context(|| format!("{} is not in a git repository", repo.display()))?;
-    let reference = git
-        .find_reference(capstan_daemon::writeback::STATUS_REF)
-        .context("no status branch (capstan/status) in this repository yet: is Capstan tracking it?")?;
-    let status_commit = reference.peel_to_commit()?;
-    let message = status_commit.message().unwrap_or_default();
-    let desired = message
-        .lines()
-        .find_map(|l| l.strip_prefix("Capstan-Desired-Commit: "))
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    let note = git2::Oid::from_str(&desired)
-        .ok()
-        .and_then(|oid| super::history::read_note(&git, oid));
-    let written = jiff::Timestamp::from_second(status_commit.time().seconds())
+    let status = status_branch::read(&git)?.context("no status branch (capstan/status) in this repository yet: is Capstan tracking it?")?;
+    let desired = status.desired;
+    let note = git2::Oid::from_str(&desired).ok().and_then(|oid| notes::read(&git, oid));
+    let written = jiff::Timestamp::from_second(status.written_at)
         .map(|t| t.to_string())
         .unwrap_or_default();
-
-    let tree = status_commit.tree()?;
-    let mut objects = Vec::new();
-    tree.walk(git2::TreeWalkMode::PreOrder, |_, entry| {
-        if entry.kind() == Some(git2::ObjectType::Blob)
-            && let Ok(blob) = git.find_blob(entry.id())
-            && let Ok(doc) = serde_json::from_slice::<Value>(blob.content())
-        {
-            objects.push(doc);
-        }
-        git2::TreeWalkResult::Ok
-    })?;
+    let objects = status.objects;
 
     if format != Format::Text {
         print_structured(
@@ -95,10 +74,10 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
     }
     outln!("applied commit  {desired}");
     if let Some(n) = &note {
-        outln!("applied at      {}", n["appliedAt"].as_str().unwrap_or_default());
-        outln!("outcome         {}", n["outcome"].as_str().unwrap_or_default());
-        for q in n["quarantined"].as_array().into_iter().flatten() {
-            let o = &q["object"];
+        outln!("applied at      {}", n.applied_at);
+        outln!("outcome         {}", n.outcome.as_str());
+        for q in &n.quarantined {
+            let o = &q.object;
             outln!(
                 "quarantined     {} {}/{}",
                 o["kind"].as_str().unwrap_or_default(),
@@ -106,7 +85,7 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
                 o["name"].as_str().unwrap_or_default()
             );
         }
-        for p in n["problems"].as_array().into_iter().flatten() {
+        for p in &n.problems {
             outln!(
                 "problem         {}:{}: {}",
                 printable(p["file"].as_str().unwrap_or_default()),
@@ -114,7 +93,7 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
                 printable(p["message"].as_str().unwrap_or_default())
             );
         }
-        if let Some(why) = n["pruneHeld"].as_str() {
+        if let Some(why) = &n.prune_held {
             outln!("prunes held     {}", printable(why));
         }
     }

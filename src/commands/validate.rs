@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use capstan_git::desired::Snapshot;
-use capstan_git::files::{read_dir, read_file};
+use capstan_manifest::desired::Snapshot;
+use capstan_manifest::files::{read_dir, read_file};
 use serde::Serialize;
 
 use crate::output::{Format, outln, print_structured};
@@ -15,7 +15,7 @@ use crate::output::{Format, outln, print_structured};
 struct Outcome<'a> {
     files: usize,
     objects: usize,
-    problems: &'a [capstan_git::problem::Problem],
+    problems: &'a [capstan_manifest::problem::Problem],
 }
 
 pub fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {

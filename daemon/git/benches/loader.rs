@@ -13,9 +13,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use capstan_git::desired::{AppliedSet, plan, plan_delta};
 use capstan_git::repo::{GitRepo, Location};
 use capstan_git::source::{GitSource, SourceConfig, SourceEvent};
+use capstan_manifest::desired::{AppliedSet, plan, plan_delta};
 use git2::{Repository, Signature};
 
 fn manifest(i: usize) -> String {
@@ -151,12 +151,12 @@ fn child_load(which: &str) {
     let text = match which {
         "floor" => "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: small}\n".to_owned(),
         // The worst bomb the budget lets through to its limit: ten-fold fan-out, nine levels.
-        "bomb" => capstan_git::hostile::fan_out(10, 9),
-        "string-bomb" => capstan_git::hostile::string_fan_out(1 << 20, 10_000),
+        "bomb" => capstan_manifest::hostile::fan_out(10, 9),
+        "string-bomb" => capstan_manifest::hostile::string_fan_out(1 << 20, 10_000),
         other => panic!("unknown load {other}"),
     };
     let t = Instant::now();
-    let load = capstan_git::manifest::load_file("bomb.yaml", text.as_bytes());
+    let load = capstan_manifest::manifest::load_file("bomb.yaml", text.as_bytes());
     let elapsed = t.elapsed();
     println!("{:.2} {:.1} {}", elapsed.as_secs_f64() * 1e3, peak_rss_mb(), load.problems.len());
 }
@@ -176,16 +176,16 @@ fn in_child(which: &str) -> (f64, f64, usize) {
 /// Hostile and large files: a 1 MiB file of 100,000 keys, and the worst bombs the budget
 /// allows, each beside the floor of loading a trivial file in the same kind of process.
 fn hostile_figures(runs: usize) {
-    let wide = capstan_git::hostile::wide_config_map(100_000);
+    let wide = capstan_manifest::hostile::wide_config_map(100_000);
     let keys = median_of(runs, || {
         let t = Instant::now();
-        let load = capstan_git::manifest::load_file("wide.yaml", wide.as_bytes());
+        let load = capstan_manifest::manifest::load_file("wide.yaml", wide.as_bytes());
         assert!(load.problems.is_empty(), "{:?}", load.problems.first());
         t.elapsed()
     });
     let parse = median_of(runs, || {
         let t = Instant::now();
-        let docs = capstan_git::yaml::parse(&wide).unwrap();
+        let docs = capstan_manifest::yaml::parse(&wide).unwrap();
         let e = t.elapsed();
         drop(docs);
         e
@@ -201,17 +201,17 @@ fn hostile_figures(runs: usize) {
         assert!(n > 200_000);
         t.elapsed()
     });
-    let docs = capstan_git::yaml::parse(&wide).unwrap();
+    let docs = capstan_manifest::yaml::parse(&wide).unwrap();
     let kind = capstan_api::kinds::by_kind("ConfigMap").unwrap();
     let convert = median_of(runs, || {
         let t = Instant::now();
         let mut issues = Vec::new();
-        let v = capstan_git::shape::shape_of(kind).convert(&docs[0].root, &mut issues);
+        let v = capstan_manifest::shape::shape_of(kind).convert(&docs[0].root, &mut issues);
         let e = t.elapsed();
         drop(v);
         e
     });
-    let object = capstan_git::shape::shape_of(kind).convert(&docs[0].root, &mut Vec::new());
+    let object = capstan_manifest::shape::shape_of(kind).convert(&docs[0].root, &mut Vec::new());
     let decode = median_of(runs, || {
         let t = Instant::now();
         let r = kind.check(&object);
@@ -220,7 +220,7 @@ fn hostile_figures(runs: usize) {
     });
     let values = median_of(runs, || {
         let t = Instant::now();
-        let f = capstan_git::validate::check("ConfigMap", &object);
+        let f = capstan_manifest::validate::check("ConfigMap", &object);
         assert!(f.is_empty());
         t.elapsed()
     });
@@ -280,10 +280,10 @@ fn main() {
         t.elapsed()
     });
     let loaded = loaded.unwrap();
-    let in_memory = capstan_git::files::read_dir(&work).unwrap();
+    let in_memory = capstan_manifest::files::read_dir(&work).unwrap();
     let parse_only = median_of(runs, || {
         let t = Instant::now();
-        let s = capstan_git::desired::Snapshot::load(in_memory.clone());
+        let s = capstan_manifest::desired::Snapshot::load(in_memory.clone());
         let e = t.elapsed();
         drop(s);
         e

@@ -1,16 +1,11 @@
-//! Capstan's Git side: reading manifests out of a repository (the Git source, the YAML loader
-//! with per-object errors) and computing the desired state of each commit.
+//! Capstan's Git side, over git2: reading a repository's trees (local, or a mirror of a remote),
+//! the Git source that follows a branch, and the refs and notes Capstan writes back. The
+//! manifests themselves are read by capstan-manifest.
 
-pub mod desired;
-pub mod diff;
-pub mod files;
 pub mod fixture;
-pub mod hostile;
-pub mod manifest;
-pub mod problem;
+pub mod notes;
+pub mod refs;
 pub mod repo;
-pub mod report;
-pub mod shape;
+pub mod revert;
 pub mod source;
-pub mod validate;
-pub mod yaml;
+pub mod status_branch;

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use git2::{AutotagOption, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
 
-use crate::desired::{FileChange, Snapshot};
-use crate::files::{FileFilter, FilesError, TreeBudget};
-use crate::yaml::Budget;
+use capstan_manifest::desired::{FileChange, Snapshot};
+use capstan_manifest::files::{FileFilter, FilesError, TreeBudget};
+use capstan_manifest::yaml::Budget;
 
 /// Most symbolic links followed from one manifest to the file it stands for.
 const MAX_LINK_HOPS: usize = 8;
@@ -127,6 +127,11 @@ pub fn mirror_dir(data_dir: &Path, url: &str) -> PathBuf {
         h = h.wrapping_mul(0x100000001b3);
     }
     data_dir.join("git").join(format!("{h:016x}"))
+}
+
+/// The identity Capstan commits and writes notes as.
+pub fn capstan_signature() -> Result<git2::Signature<'static>, git2::Error> {
+    git2::Signature::now("Capstan", "capstan@localhost")
 }
 
 /// Pushes `refspecs` from `repo` to the remote `url` (with the source's credentials); an
@@ -405,7 +410,7 @@ impl GitRepo {
             }
             let blob = self.repo.find_blob(entry.id())?;
             let target = String::from_utf8_lossy(blob.content());
-            path = match crate::files::resolve_link(&path, &target, root) {
+            path = match capstan_manifest::files::resolve_link(&path, &target, root) {
                 Ok(p) => p,
                 Err(why) => return unreadable(why),
             };

@@ -235,8 +235,7 @@ fn watch_refs(
                         let s = p.to_string_lossy();
                         !s.ends_with(".lock")
                             // Capstan's own write-back refs are not news.
-                            && !s.contains("/refs/notes/capstan")
-                            && !s.contains("/refs/heads/capstan/")
+                            && !crate::refs::is_ours(&s)
                             && (s.contains("/refs/") || s.ends_with("packed-refs") || s.ends_with("HEAD"))
                     })
                 });

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use capstan_git::desired::{AppliedSet, plan, plan_delta};
 use capstan_git::repo::{GitRepo, Location, RepoError};
 use capstan_git::source::{CommitUpdate, GitSource, SourceConfig, SourceEvent};
+use capstan_manifest::desired::{AppliedSet, plan, plan_delta};
 use tokio::sync::mpsc::Receiver;
 
 use capstan_git::fixture::git;
@@ -336,7 +336,7 @@ fn symbolic_links_are_read_as_their_targets_inside_the_tree_and_nothing_else() {
         assert!(!l1.snapshot.file(path).unwrap().intact);
     }
     // The directory reader (capstan validate) reads the same way.
-    let from_dir = capstan_git::desired::Snapshot::load(capstan_git::files::read_dir(&r.work.join("deploy")).unwrap());
+    let from_dir = capstan_manifest::desired::Snapshot::load(capstan_manifest::files::read_dir(&r.work.join("deploy")).unwrap());
     let dir_problems: Vec<String> = from_dir.desired().problems.iter().map(|p| p.message.clone()).collect();
     let git_problems: Vec<String> = l1.snapshot.desired().problems.iter().map(|p| p.message.clone()).collect();
     assert_eq!(dir_problems.len(), 3, "{dir_problems:?}");
@@ -405,7 +405,7 @@ fn devices_fifos_and_links_out_of_the_directory_are_not_read() {
     std::os::unix::fs::symlink("/etc/hostname", d.join("host.yaml")).unwrap();
     assert!(Command::new("mkfifo").arg(d.join("fifo.yaml")).status().unwrap().success());
     std::os::unix::fs::symlink("/etc/shadow", d.join(".capstanignore")).unwrap();
-    match capstan_git::files::read_dir(d) {
+    match capstan_manifest::files::read_dir(d) {
         Err(e) => assert!(
             e.to_string()
                 .contains(".capstanignore: symbolic link to \"/etc/shadow\" leaves the tracked tree"),
@@ -414,8 +414,8 @@ fn devices_fifos_and_links_out_of_the_directory_are_not_read() {
         Ok(_) => panic!("an ignore file outside the tree is refused"),
     }
     std::fs::remove_file(d.join(".capstanignore")).unwrap();
-    let files = capstan_git::files::read_dir(d).unwrap();
-    let snapshot = capstan_git::desired::Snapshot::load(files);
+    let files = capstan_manifest::files::read_dir(d).unwrap();
+    let snapshot = capstan_manifest::desired::Snapshot::load(files);
     let problems: Vec<String> = snapshot.desired().problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(problems.len(), 3, "{problems:?}");
     assert!(problems[0].starts_with("fifo.yaml:1:1: not a regular file"), "{problems:?}");

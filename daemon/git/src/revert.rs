@@ -5,12 +5,11 @@
 //!
 //! The message is pure ([`message`]); [`revert_tip`] is the git2 edge.
 
-/// A ref of our own in a remote's mirror, for the push.
-const REVERT_REF: &str = "refs/capstan/revert";
-
 use std::path::Path;
 
-use git2::{BranchType, Oid, Repository, Signature};
+use git2::{BranchType, Oid, Repository};
+
+use crate::refs::REVERT as REVERT_REF;
 
 /// The revert commit's message: git's own first lines, then why.
 pub fn message(summary: &str, commit: &str, failures: &[(String, String)]) -> String {
@@ -45,7 +44,7 @@ pub fn revert_tip(
     let repo = Repository::open(path)?;
     let refname = format!("refs/heads/{branch}");
     if let Some(url) = push_to {
-        capstan_git::repo::fetch_refs(&repo, url, &[&format!("+{refname}:{refname}")])?;
+        crate::repo::fetch_refs(&repo, url, &[&format!("+{refname}:{refname}")])?;
     }
     let tip = repo.find_branch(branch, BranchType::Local)?.get().peel_to_commit()?;
     let failed = Oid::from_str(commit)?;
@@ -57,7 +56,7 @@ pub fn revert_tip(
         return Err(git2::Error::from_str("the revert conflicts"));
     }
     let tree = repo.find_tree(index.write_tree_to(&repo)?)?;
-    let sig = Signature::now("Capstan", "capstan@localhost")?;
+    let sig = crate::repo::capstan_signature()?;
     let text = message(tip.summary().ok().flatten().unwrap_or_default(), commit, failures);
     let new = repo.commit(None, &sig, &sig, &text, &tree, &[&tip])?;
     // A working tree on the branch follows first (while HEAD still names the failed commit, so
@@ -71,7 +70,7 @@ pub fn revert_tip(
         // our own, so that a refused push leaves nothing behind.
         Some(url) => {
             let mut ours = repo.reference(REVERT_REF, new, true, "capstan: revert a failed rollout")?;
-            let pushed = capstan_git::repo::push(&repo, url, &[&format!("{REVERT_REF}:{refname}")]);
+            let pushed = crate::repo::push(&repo, url, &[&format!("{REVERT_REF}:{refname}")]);
             ours.delete()?;
             pushed?;
         }
@@ -94,7 +93,7 @@ mod tests {
         index.add_path(Path::new(file)).unwrap();
         index.write().unwrap();
         let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = Signature::now("t", "t@t").unwrap();
+        let sig = git2::Signature::now("t", "t@t").unwrap();
         let parents: Vec<git2::Commit<'_>> = repo.head().ok().and_then(|h| h.peel_to_commit().ok()).into_iter().collect();
         let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
         repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).unwrap()

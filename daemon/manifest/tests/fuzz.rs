@@ -4,8 +4,8 @@
 //! odd scalars and broken syntax — and checks that loading never panics, never exceeds the
 //! reader's budget, and either yields objects or located problems.
 
-use capstan_git::manifest::load_file;
-use capstan_git::yaml;
+use capstan_manifest::manifest::load_file;
+use capstan_manifest::yaml;
 use proptest::prelude::*;
 
 /// One piece of a YAML stream.
@@ -34,9 +34,9 @@ fn token() -> impl Strategy<Value = String> {
         "\\PC{0,40}\n",
         (1usize..200).prop_map(|d| format!("{}{}\n", "[".repeat(d), "]".repeat(d))),
         (1usize..60).prop_map(|d| (0..d).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect::<String>()),
-        (1usize..400).prop_map(capstan_git::hostile::alias_chain),
-        (1usize..12, 1usize..9).prop_map(|(w, l)| capstan_git::hostile::fan_out(w, l)),
-        (1usize..20_000, 1usize..3_000).prop_map(|(b, u)| capstan_git::hostile::string_fan_out(b, u)),
+        (1usize..400).prop_map(capstan_manifest::hostile::alias_chain),
+        (1usize..12, 1usize..9).prop_map(|(w, l)| capstan_manifest::hostile::fan_out(w, l)),
+        (1usize..20_000, 1usize..3_000).prop_map(|(b, u)| capstan_manifest::hostile::string_fan_out(b, u)),
     ]
 }
 

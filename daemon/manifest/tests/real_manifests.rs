@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use capstan_git::desired::Snapshot;
-use capstan_git::files::read_dir;
+use capstan_manifest::desired::Snapshot;
+use capstan_manifest::files::read_dir;
 
 #[test]
 fn real_world_manifests_load_without_a_problem() {
