@@ -1,13 +1,10 @@
-//! The scheduling loop: keeps the scheduler's snapshot current from the watch cache (nodes, and
-//! pods as they are bound, finish or go), takes pending pods highest priority first, and binds
-//! each with compare-and-swap (a pod bound meanwhile by anyone else is left alone: never two
-//! nodes). A pod that fits nowhere gets PodScheduled=False with the reasons and an event, and is
+//! The scheduling loop, apart from the controllers' work queue (its queue is ordered by priority
+//! and each decision reads one snapshot of the whole cluster): keeps the scheduler's snapshot
+//! current from the watch cache (nodes, and pods as they are bound, finish or go), takes pending
+//! pods highest priority first, and binds each with compare-and-swap (a pod bound meanwhile by
+//! anyone else is left alone: never two nodes). A pod that fits nowhere gets PodScheduled=False with the reasons and an event, and is
 //! retried with back-off (1 s to 10 s) and whenever the cluster changes; preemption evicts the
 //! victims and nominates the node.
-//!
-//! It stands apart from the controllers' work queue, as kube-scheduler does: its queue is
-//! ordered by priority, not by arrival, and every decision reads one snapshot of the whole
-//! cluster that the loop keeps incrementally, instead of reading the cache per key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
