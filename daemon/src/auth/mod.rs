@@ -178,13 +178,12 @@ impl Authenticator {
 
 impl Facts for crate::cache::Cache {
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<serde_json::Value>> {
-        let pods = capstan_api::kinds::by_name("pods").expect("pods are served");
-        self.get(pods, namespace, name).map(|e| e.object.clone())
+        self.get(crate::context::kind("pods"), namespace, name).map(|e| e.object.clone())
     }
 
     fn pods(&self, namespace: &str) -> Vec<Arc<serde_json::Value>> {
-        let pods = capstan_api::kinds::by_name("pods").expect("pods are served");
-        self.list(pods, Some(namespace)).0.into_iter().map(|e| e.object.clone()).collect()
+        let (pods, _) = self.list(crate::context::kind("pods"), Some(namespace));
+        pods.into_iter().map(|e| e.object.clone()).collect()
     }
 }
 

@@ -16,7 +16,7 @@ impl Worker {
         };
         let ip = self.pod_ip.clone().unwrap_or_default();
         let runtime = self.env.runtime.clone();
-        let field = format!("spec.containers{{{}}}", self.slots[i].name);
+        let field = self.slots[i].field();
         // Startup first; liveness and readiness only once it has passed.
         if !self.slots[i].started {
             if let Some(mut p) = self.slots[i].startup.take() {
@@ -101,7 +101,7 @@ impl Worker {
             EventType::Normal,
             "Killing",
             format!("Container {name} {why}, will be restarted"),
-            Some(&format!("spec.containers{{{name}}}")),
+            Some(&self.slots[i].field()),
         );
         self.stop_container(&self.slots[i].spec.clone(), &c.id, self.grace()).await;
         if let Ok(info) = self.env.runtime.inspect(&c.id).await {

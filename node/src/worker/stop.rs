@@ -149,7 +149,7 @@ impl Worker {
                     EventType::Normal,
                     "Killing",
                     format!("Stopping container {}", s.name),
-                    Some(&format!("spec.containers{{{}}}", s.name)),
+                    Some(&s.field()),
                 );
                 stops.push(self.stop_container(&s.spec, &c.id, grace));
             }
