@@ -45,6 +45,9 @@ impl Up {
             ])
             .args(["--node-name", &node, "--cluster-cidr", cidr, "--proxy-table", table])
             .args(["--runtime-label", &run.label()])
+            // One host: the pod network across hosts (a device and a table in the machine's own
+            // namespace) is the lab's to test.
+            .args(["--pod-network", "none"])
             .args(extra)
             .env("CAPSTAN_LOG", "info")
             .stdout(std::fs::File::create(&out).unwrap())

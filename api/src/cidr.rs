@@ -14,7 +14,7 @@ pub const POD_RANGE: Cidr = Cidr::fixed(Ipv4Addr::new(10, 244, 0, 0), 16);
 pub const NODE_PREFIX: u8 = 24;
 
 /// An IPv4 range; the address is the network's (host bits cleared, as Go's `net.ParseCIDR`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
     network: Ipv4Addr,
     prefix: u8,

@@ -109,6 +109,13 @@ impl ApiClient {
         let api: kube::Api<DynamicObject> = kube::Api::all_with(self.client.clone(), &resource);
         watcher::watcher(api, watcher::Config::default().fields(&format!("spec.nodeName={node}")))
     }
+
+    /// Watches every Node (the pod network follows them).
+    pub fn watch_nodes(&self) -> impl Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + use<> {
+        let resource = ApiResource::erase::<k8s_openapi::api::core::v1::Node>(&());
+        let api: kube::Api<DynamicObject> = kube::Api::all_with(self.client.clone(), &resource);
+        watcher::watcher(api, watcher::Config::default())
+    }
 }
 
 /// The path of a namespaced object.

@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod client;
 pub mod join;
+pub mod mesh;
 pub mod podnet;
 pub mod pods;
 pub mod probes;
@@ -58,6 +59,12 @@ pub struct NodeConfig {
     pub lease_interval: Duration,
     /// How long to keep trying to reach the server at start.
     pub join_patience: Duration,
+    /// How pods reach the pods of other hosts.
+    pub pod_network: mesh::Backend,
+    /// The whole pod range (pod-to-pod traffic is never masqueraded).
+    pub cluster_cidr: capstan_api::cidr::Cidr,
+    /// The Docker Engine (`unix:///path`, `tcp://host:port`); `None`: DOCKER_HOST or the local one.
+    pub docker_host: Option<String>,
     /// The service proxy this agent runs (one per host); `None`: `--no-proxy`. When its DNS
     /// address is unset, the cluster DNS listens on the node's address, port 53 (unless that is
     /// a loopback address, which pods cannot be pointed at).
@@ -91,6 +98,9 @@ impl NodeConfig {
             cluster_domain: "cluster.local".into(),
             lease_interval: Duration::from_secs(10),
             join_patience: Duration::from_secs(30),
+            pod_network: mesh::Backend::default(),
+            cluster_cidr: capstan_api::cidr::POD_RANGE,
+            docker_host: None,
             proxy: None,
         }
     }
@@ -120,6 +130,8 @@ pub enum NodeError {
     Tls(String),
     #[error("creating {path}: {source}")]
     Write { path: String, source: std::io::Error },
+    #[error("the pod network: {0}")]
+    PodNetwork(#[from] mesh::kernel::KernelError),
     #[error("the service proxy: {0}")]
     Proxy(#[from] capstan_proxy::ProxyError),
 }
@@ -156,7 +168,7 @@ impl Agent {
             path: pods_dir.display().to_string(),
             source,
         })?;
-        let runtime: Arc<dyn Runtime> = Arc::new(Docker::connect().await?);
+        let runtime: Arc<dyn Runtime> = Arc::new(Docker::connect_to(config.docker_host.as_deref()).await?);
         let runtime_version = runtime.version().await?;
         let creds = join::join(
             &config.server,
@@ -196,6 +208,18 @@ impl Agent {
             })?;
         tracing::info!(node = %config.name, ip = %ip, endpoint = %endpoint, "node registered");
 
+        let mesh = match ip {
+            IpAddr::V4(v4) => {
+                let underlay = mesh::detect(v4).await?;
+                Some(mesh::MeshConfig {
+                    node: config.name.clone(),
+                    backend: config.pod_network,
+                    underlay,
+                    cluster_cidr: config.cluster_cidr,
+                })
+            }
+            IpAddr::V6(_) => None,
+        };
         let proxy = match config.proxy.clone() {
             Some(mut p) => {
                 if let (None, IpAddr::V4(v4)) = (p.dns, ip)
@@ -228,7 +252,10 @@ impl Agent {
         let env = Arc::new(worker::Env {
             runtime,
             api,
-            net: podnet::PodNet::new(capstan_containers::bridge_name(&pods::network_name(&config.name))),
+            net: podnet::PodNet::new(
+                capstan_containers::bridge_name(&pods::network_name(&config.name)),
+                mesh.as_ref().map(mesh::MeshConfig::pod_mtu),
+            ),
             ctx: spec::NodeContext {
                 node: config.name.clone(),
                 network: pods::network_name(&config.name),
@@ -245,8 +272,13 @@ impl Agent {
         });
         let stop = shutdown.clone();
         let extra = config.runtime_labels.clone();
+        let mesh_api = env.api.clone();
         tasks.push(tokio::spawn(async move {
-            if pods::prepare_network(&env, &extra, &stop).await.is_some() {
+            let masquerade = !mesh.as_ref().is_some_and(mesh::MeshConfig::active);
+            if let Some(cidr) = pods::prepare_network(&env, &extra, masquerade, &stop).await {
+                if let (Some(m), Ok(range)) = (mesh, cidr.parse()) {
+                    tokio::spawn(mesh::run(mesh_api, m, range, stop.clone()));
+                }
                 pods::run(env, stop).await;
             }
         }));

@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use capstan_netlink::rtnl::Rtnl;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -124,15 +124,22 @@ impl Ipam {
 pub struct PodNet {
     /// None: addresses are handed out but nothing is wired (see [`PodNet::addresses_only`]).
     bridge: Option<String>,
+    /// The pods' MTU (the underlay's, less what the overlay adds); `None`: the kernel's default.
+    mtu: Option<u32>,
     ipam: Mutex<Option<Ipam>>,
 }
 
 impl PodNet {
-    pub fn new(bridge: String) -> PodNet {
+    pub fn new(bridge: String, mtu: Option<u32>) -> PodNet {
         PodNet {
             bridge: Some(bridge),
+            mtu,
             ipam: Mutex::new(None),
         }
+    }
+
+    pub fn mtu(&self) -> Option<u32> {
+        self.mtu
     }
 
     /// A pod network that hands out addresses and wires nothing: for unit tests of the worker
@@ -141,6 +148,7 @@ impl PodNet {
     pub fn addresses_only() -> PodNet {
         PodNet {
             bridge: None,
+            mtu: None,
             ipam: Mutex::new(None),
         }
     }
@@ -185,6 +193,7 @@ impl PodNet {
             ip,
             prefix,
             gateway,
+            mtu: self.mtu,
         };
         tokio::task::spawn_blocking(move || link.attach())
             .await
@@ -217,6 +226,20 @@ fn delete_link(rtnl: &mut Rtnl, name: &str) -> io::Result<()> {
     }
 }
 
+/// `bridge link set dev NAME hairpin on`: the port's IFLA_BRPORT_MODE, in an AF_BRIDGE SetLink.
+fn set_hairpin(rtnl: &mut Rtnl, name: &str) -> io::Result<()> {
+    const IFLA_BRPORT_MODE: u16 = 4;
+    let index = rtnl.index_of(name)?.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+    let mut set = LinkMessage::default();
+    set.header.interface_family = AddressFamily::Bridge;
+    set.header.index = index;
+    set.attributes = vec![LinkAttribute::ProtoInfoBridge(vec![LinkProtoInfoBridge::Other(DefaultNla::new(
+        IFLA_BRPORT_MODE,
+        vec![1],
+    ))])];
+    rtnl.request(RouteNetlinkMessage::SetLink(set), 0).map(|_| ())
+}
+
 /// The index of interface `name`, which must exist (`what` names it in the error).
 fn index_of(rtnl: &mut Rtnl, name: &str, what: &str) -> Result<u32, PodNetError> {
     let step = format!("looking up {what}");
@@ -240,6 +263,7 @@ struct Link {
     ip: Ipv4Addr,
     prefix: u8,
     gateway: Ipv4Addr,
+    mtu: Option<u32>,
 }
 
 impl Link {
@@ -252,6 +276,7 @@ impl Link {
         // near end on the bridge.
         let mut peer = LinkMessage::default();
         peer.attributes = vec![LinkAttribute::IfName(POD_INTERFACE.into()), LinkAttribute::NetNsPid(self.pid)];
+        peer.attributes.extend(self.mtu.map(LinkAttribute::Mtu));
         let mut veth = LinkMessage::default();
         veth.header.flags = LinkFlags::Up;
         veth.header.change_mask = LinkFlags::Up;
@@ -263,12 +288,13 @@ impl Link {
                 LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
             ]),
         ];
+        veth.attributes.extend(self.mtu.map(LinkAttribute::Mtu));
         host.request(RouteNetlinkMessage::NewLink(veth), NLM_F_CREATE | NLM_F_EXCL)
             .map_err(kernel(format!("making the veth pair {} on bridge {}", self.host, self.bridge)))?;
         // A pod reaching itself through its own Service is sent back out of the bridge port it
         // came in on, which a Linux bridge does only in hairpin mode (kubelet's `hairpin-veth`).
-        let hairpin = PathBuf::from("/sys/class/net").join(&self.host).join("brport/hairpin_mode");
-        if let Err(e) = std::fs::write(&hairpin, "1") {
+        // Over netlink, not sysfs: /sys shows the interfaces of the namespace it was mounted in.
+        if let Err(e) = set_hairpin(&mut host, &self.host) {
             tracing::warn!(interface = %self.host, error = %e, "setting hairpin mode failed");
         }
 

@@ -42,7 +42,9 @@ pub async fn remove_all(runtime: &dyn capstan_containers::Runtime, node: &str) -
 }
 
 /// Waits for the node's pod range and makes the bridge network for it.
-pub async fn prepare_network(env: &Env, extra_labels: &[(String, String)], stop: &CancellationToken) -> Option<String> {
+/// `masquerade`: whether the Engine masquerades what leaves the bridge (not when pod traffic
+/// crosses hosts: see [`crate::mesh::masquerade`]).
+pub async fn prepare_network(env: &Env, extra_labels: &[(String, String)], masquerade: bool, stop: &CancellationToken) -> Option<String> {
     let node = &env.ctx.node;
     let mut logged = false;
     loop {
@@ -54,7 +56,15 @@ pub async fn prepare_network(env: &Env, extra_labels: &[(String, String)], stop:
             let gw = cidr.parse().map(|r| crate::podnet::gateway(r).to_string()).unwrap_or_default();
             let mut labels: HashMap<String, String> = HashMap::from([(LABEL_NODE.to_owned(), node.clone())]);
             labels.extend(extra_labels.iter().cloned());
-            match env.runtime.ensure_network(&env.ctx.network, &cidr, &gw, labels).await {
+            let spec = capstan_containers::NetworkSpec {
+                name: env.ctx.network.clone(),
+                subnet: cidr.clone(),
+                gateway: gw,
+                labels,
+                mtu: env.net.mtu(),
+                masquerade,
+            };
+            match env.runtime.ensure_network(&spec).await {
                 Ok(()) => {
                     env.net.set_range(&cidr);
                     tracing::info!(node = %node, pod_cidr = %cidr, network = %env.ctx.network, "pod network ready");

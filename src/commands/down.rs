@@ -1,5 +1,5 @@
 //! `capstan down [--purge]`: removes what `capstan up` made — stops a running `up`, removes its
-//! node's containers and Docker network and the proxy's rules, and with `--purge` the data
+//! node's containers and Docker network, the proxy's rules and the pod network across hosts, and with `--purge` the data
 //! directory (store, keys, kubeconfigs, the demo repository).
 
 use std::path::{Path, PathBuf};
@@ -71,6 +71,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         proxy.table = args.proxy_table.clone();
         capstan_proxy::sync::cleanup(&proxy).await?;
         eprintln!("capstan down: removed the proxy's rules (table {})", proxy.table);
+        capstan_node::mesh::teardown()
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("removing the pod network")?;
+        eprintln!("capstan down: removed the pod network across hosts (device capstan.1, its routes, table capstan-podnet)");
         anyhow::Ok(())
     })?;
     if args.purge && data.exists() {

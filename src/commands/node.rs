@@ -36,6 +36,13 @@ pub struct Args {
     /// The address published in the Node; default: the host's address on its default route.
     #[arg(long)]
     pub node_ip: Option<IpAddr>,
+    /// How pods reach pods on other hosts: `vxlan` (works across routed networks), `host-gw`
+    /// (routes via each node's address; the nodes share one L2 segment) or `none`.
+    #[arg(long, default_value = "vxlan")]
+    pub pod_network: capstan_node::mesh::Backend,
+    /// The Docker Engine to run pods on (`unix:///path`, `tcp://host:port`).
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
     /// Labels for the Node, `key=value,...`.
     #[arg(long, value_delimiter = ',')]
     pub node_labels: Vec<String>,
@@ -201,6 +208,9 @@ pub fn config(args: Args) -> anyhow::Result<NodeConfig> {
         .parse::<SocketAddr>()
         .with_context(|| format!("--listen {:?}: expected ADDRESS:PORT", args.listen))?;
     c.node_ip = args.node_ip;
+    c.pod_network = args.pod_network;
+    c.docker_host = args.docker_host;
+    c.cluster_cidr = cidr("cluster-cidr", &args.cluster_cidr)?;
     c.labels = args
         .node_labels
         .iter()

@@ -56,6 +56,16 @@ pub struct Args {
     /// commit by a commit of Capstan's own on the branch.
     #[arg(long)]
     pub revert_failed_rollouts: bool,
+    /// How pods reach pods on other hosts (nodes joined with `capstan node`): `vxlan`,
+    /// `host-gw` or `none`.
+    #[arg(long, default_value = "vxlan")]
+    pub pod_network: capstan_node::mesh::Backend,
+    /// The address published in the Node; default: the host's address on its default route.
+    #[arg(long)]
+    pub node_ip: Option<std::net::IpAddr>,
+    /// The Docker Engine to run pods on (`unix:///path`, `tcp://host:port`).
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
     /// The proxy's dataplane: `ipvs`, `nftables`, or `auto`.
     #[arg(long, default_value = "auto")]
     pub proxy_mode: capstan_proxy::ProxyMode,
@@ -160,6 +170,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|l| super::node::pair("runtime-label", l))
         .collect::<anyhow::Result<_>>()?;
+    node.pod_network = args.pod_network;
+    node.node_ip = args.node_ip;
+    node.docker_host = args.docker_host.clone();
+    node.cluster_cidr = proxy.pod_cidr;
     node.proxy = Some(proxy);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     // So that `capstan down` can stop this process.

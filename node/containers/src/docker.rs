@@ -14,7 +14,10 @@ use futures::future::{BoxFuture, Shared};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
-use crate::{ContainerConfig, ContainerInfo, Event, ExecResult, LogOptions, NetworkMode, PullPolicy, Runtime, RuntimeError, State, Usage};
+use crate::{
+    ContainerConfig, ContainerInfo, Event, ExecResult, LogOptions, NetworkMode, NetworkSpec, PullPolicy, Runtime, RuntimeError, State,
+    Usage,
+};
 
 /// The Docker Engine, through bollard.
 #[derive(Clone, Debug)]
@@ -69,13 +72,29 @@ fn container_err(id: &str) -> impl Fn(bollard::errors::Error) -> RuntimeError + 
 }
 
 impl Docker {
-    /// Connects to the local Engine and negotiates the API version.
+    /// Connects to the local Engine (DOCKER_HOST when set) and negotiates the API version.
     pub async fn connect() -> Result<Docker, RuntimeError> {
-        let client = bollard::Docker::connect_with_local_defaults().map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
-        let client = client
-            .negotiate_version()
-            .await
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        Docker::connect_to(None).await
+    }
+
+    /// Connects to the Engine at `host` (`unix:///path`, `tcp://h:p`, `http://h:p`), or the
+    /// local one, and negotiates the API version.
+    pub async fn connect_to(host: Option<&str>) -> Result<Docker, RuntimeError> {
+        let unreachable = |e: bollard::errors::Error| RuntimeError::Unreachable(format!("{}: {e}", host.unwrap_or("the local Engine")));
+        let client = match host {
+            None => bollard::Docker::connect_with_local_defaults(),
+            Some(h) if h.starts_with("unix://") => bollard::Docker::connect_with_socket(h, 120, bollard::API_DEFAULT_VERSION),
+            Some(h) if h.starts_with("tcp://") || h.starts_with("http://") => {
+                bollard::Docker::connect_with_http(h, 120, bollard::API_DEFAULT_VERSION)
+            }
+            Some(h) => {
+                return Err(RuntimeError::Unreachable(format!(
+                    "{h:?} is no Engine address: expected unix:///path, tcp://host:port or http://host:port"
+                )));
+            }
+        }
+        .map_err(unreachable)?;
+        let client = client.negotiate_version().await.map_err(unreachable)?;
         Ok(Docker {
             client,
             pulls: Pulls::default(),
@@ -129,20 +148,29 @@ impl Runtime for Docker {
         .boxed()
     }
 
-    fn ensure_network<'a>(
-        &'a self,
-        name: &'a str,
-        subnet: &'a str,
-        gateway: &'a str,
-        labels: HashMap<String, String>,
-    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+    fn ensure_network<'a>(&'a self, spec: &'a NetworkSpec) -> BoxFuture<'a, Result<(), RuntimeError>> {
         async move {
+            let name = spec.name.as_str();
             if let Ok(existing) = self.client.inspect_network(name, None).await {
+                let masquerading = existing
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get(MASQUERADE_OPTION))
+                    .is_none_or(|v| v != "false");
                 let same = existing
                     .ipam
                     .and_then(|i| i.config)
-                    .is_some_and(|c| c.iter().any(|c| c.subnet.as_deref() == Some(subnet)));
+                    .is_some_and(|c| c.iter().any(|c| c.subnet.as_deref() == Some(spec.subnet.as_str())));
                 if same {
+                    if masquerading != spec.masquerade {
+                        // Making it again would cut every running pod off its bridge.
+                        tracing::warn!(
+                            network = name,
+                            "the node's network was made with the Engine's masquerading {}: pod traffic across hosts is {}; `capstan down` and start again to change it",
+                            if masquerading { "on" } else { "off" },
+                            if masquerading { "masqueraded" } else { "not masqueraded by the Engine" },
+                        );
+                    }
                     return Ok(());
                 }
                 // The node's range changed: the old network goes (its pods went with it).
@@ -154,14 +182,14 @@ impl Runtime for Docker {
                 ipam: Some(Ipam {
                     driver: Some("default".into()),
                     config: Some(vec![IpamConfig {
-                        subnet: Some(subnet.into()),
-                        gateway: Some(gateway.into()),
+                        subnet: Some(spec.subnet.clone()),
+                        gateway: Some(spec.gateway.clone()),
                         ..Default::default()
                     }]),
                     ..Default::default()
                 }),
-                labels: Some(labels),
-                options: Some(HashMap::from([("com.docker.network.bridge.name".to_owned(), bridge_name(name))])),
+                labels: Some(spec.labels.clone()),
+                options: Some(network_options(spec)),
                 ..Default::default()
             };
             self.client.create_network(request).await.map_err(|e| RuntimeError::Network {
@@ -440,6 +468,20 @@ impl Runtime for Docker {
         }
         .boxed()
     }
+}
+
+/// The bridge driver's option that turns its masquerading off.
+const MASQUERADE_OPTION: &str = "com.docker.network.bridge.enable_ip_masquerade";
+
+fn network_options(spec: &NetworkSpec) -> HashMap<String, String> {
+    let mut options = HashMap::from([
+        ("com.docker.network.bridge.name".to_owned(), bridge_name(&spec.name)),
+        (MASQUERADE_OPTION.to_owned(), spec.masquerade.to_string()),
+    ]);
+    if let Some(mtu) = spec.mtu {
+        options.insert("com.docker.network.driver.mtu".to_owned(), mtu.to_string());
+    }
+    options
 }
 
 /// A Linux bridge name (at most 15 characters) for a Docker network.

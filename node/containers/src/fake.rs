@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
 
-use crate::{ContainerConfig, ContainerInfo, Event, ExecResult, LogOptions, PullPolicy, Runtime, RuntimeError, State, Usage};
+use crate::{ContainerConfig, ContainerInfo, Event, ExecResult, LogOptions, NetworkSpec, PullPolicy, Runtime, RuntimeError, State, Usage};
 
 /// What a container of an image does once started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,13 +173,7 @@ impl Runtime for FakeRuntime {
         ready(Ok("fake".into()))
     }
 
-    fn ensure_network<'a>(
-        &'a self,
-        _name: &'a str,
-        _subnet: &'a str,
-        _gateway: &'a str,
-        _labels: HashMap<String, String>,
-    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+    fn ensure_network<'a>(&'a self, _spec: &'a NetworkSpec) -> BoxFuture<'a, Result<(), RuntimeError>> {
         ready(Ok(()))
     }
 

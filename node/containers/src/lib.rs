@@ -158,17 +158,25 @@ pub struct Event {
     pub attributes: HashMap<String, String>,
 }
 
+/// A node's bridge network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub subnet: String,
+    pub gateway: String,
+    pub labels: HashMap<String, String>,
+    /// The bridge's MTU; `None`: the Engine's default.
+    pub mtu: Option<u32>,
+    /// Whether the Engine masquerades traffic leaving the bridge. Off when pod traffic crosses
+    /// hosts: pod-to-pod must keep its source address, and the node masquerades the rest.
+    pub masquerade: bool,
+}
+
 /// The port. Async methods return boxed futures so that the agent can hold `dyn Runtime`.
 pub trait Runtime: Send + Sync + 'static {
     fn version(&self) -> futures::future::BoxFuture<'_, Result<String, RuntimeError>>;
-    /// Creates a bridge network with this subnet and gateway unless one with this name exists.
-    fn ensure_network<'a>(
-        &'a self,
-        name: &'a str,
-        subnet: &'a str,
-        gateway: &'a str,
-        labels: HashMap<String, String>,
-    ) -> futures::future::BoxFuture<'a, Result<(), RuntimeError>>;
+    /// Creates the bridge network `spec` describes unless one with its name and subnet exists.
+    fn ensure_network<'a>(&'a self, spec: &'a NetworkSpec) -> futures::future::BoxFuture<'a, Result<(), RuntimeError>>;
     fn remove_network<'a>(&'a self, name: &'a str) -> futures::future::BoxFuture<'a, Result<(), RuntimeError>>;
     /// Makes sure the image is present per `policy`; returns its id.
     fn ensure_image<'a>(&'a self, image: &'a str, policy: PullPolicy) -> futures::future::BoxFuture<'a, Result<String, RuntimeError>>;

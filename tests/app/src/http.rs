@@ -11,6 +11,8 @@ pub struct Request {
     pub path: String,
     query: String,
     body: String,
+    /// The client's address as this server sees it.
+    pub peer: String,
 }
 
 fn decode(s: &str) -> String {
@@ -89,6 +91,7 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
         path,
         query,
         body: String::from_utf8_lossy(&body).into_owned(),
+        peer: stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
     })
 }
 

@@ -2,8 +2,8 @@
 //! It plays every part the tests and the example need:
 //!
 //! - `serve` (default): an HTTP server with probe endpoints that can be switched off, an
-//!   environment and file dump, and a configurable exit, for node-agent and proxy tests
-//!   (`TRICKLE=1`: every answer written one byte at a time);
+//!   environment and file dump, the client's address as seen (`/whoami`), and a configurable
+//!   exit, for node-agent and proxy tests (`TRICKLE=1`: every answer written one byte at a time);
 //! - `guestbook`: the example's frontend, keeping entries in redis;
 //! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf;
 //! - `connect ADDRESS:PORT`: whether a TCP connection is accepted (the API from a pod);
@@ -128,6 +128,8 @@ fn serve() {
         match req.path.as_str() {
             "/" => (200, format!("hello from {host}\n")),
             "/healthz" => flag(state.healthy.load(Ordering::SeqCst)),
+            // Who is asking, as this server sees it (no NAT between pods).
+            "/whoami" => (200, format!("{}\n", req.peer)),
             "/readyz" => flag(state.ready.load(Ordering::SeqCst)),
             "/env" => {
                 let mut vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
