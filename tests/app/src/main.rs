@@ -8,6 +8,8 @@
 //! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf;
 //! - `connect ADDRESS:PORT`: whether a TCP connection is accepted (the API from a pod);
 //! - `pause`: the pod sandbox, which only holds the network namespace;
+//! - `sink PORT`, `blast ADDRESS:PORT SECONDS`, `dial ADDRESS:PORT COUNT`: the network benchmark's
+//!   TCP server that discards what it reads, its throughput sender, and its connection timer;
 //! - `exit CODE [SECONDS]` and `sleep SECONDS`.
 //!
 //! Only the standard library (and signal-hook), so that it links statically.
@@ -41,6 +43,9 @@ fn main() {
         "get" => get(&args[1..]),
         "connect" => connect(&args[1..]),
         "pause" => pause(),
+        "sink" => sink(&args[1..]),
+        "blast" => blast(&args[1..]),
+        "dial" => dial(&args[1..]),
         "exit" => {
             let code = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1);
             if let Some(s) = args.get(2).and_then(|s| s.parse::<f64>().ok()) {
@@ -54,7 +59,9 @@ fn main() {
             std::thread::sleep(Duration::from_secs_f64(s));
         }
         other => {
-            eprintln!("unknown mode {other:?}: serve, guestbook, get URL, connect ADDRESS:PORT, pause, exit CODE [SECONDS], sleep SECONDS");
+            eprintln!(
+                "unknown mode {other:?}: serve, guestbook, get URL, connect ADDRESS:PORT, pause, sink PORT, blast ADDRESS:PORT SECONDS, dial ADDRESS:PORT COUNT, exit CODE [SECONDS], sleep SECONDS"
+            );
             exit(2);
         }
     }
@@ -230,6 +237,69 @@ fn connect(args: &[String]) {
             exit(1);
         }
     }
+}
+
+fn socket_arg(args: &[String], usage: &str) -> std::net::SocketAddr {
+    args.first().and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+        eprintln!("usage: {usage}");
+        exit(2)
+    })
+}
+
+/// Accepts connections on `PORT` and reads each to its end.
+fn sink(args: &[String]) {
+    let port: u16 = args.first().and_then(|p| p.parse().ok()).unwrap_or(9000);
+    on_termination(|_| exit(0));
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| {
+        eprintln!("cannot listen on :{port}: {e}");
+        exit(1)
+    });
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let _ = std::io::copy(&mut stream, &mut std::io::sink());
+        });
+    }
+}
+
+/// Writes to a sink for SECONDS; prints the bytes per second.
+fn blast(args: &[String]) {
+    let addr = socket_arg(args, "blast ADDRESS:PORT SECONDS");
+    let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_or_else(|e| {
+        eprintln!("connect {addr}: {e}");
+        exit(1)
+    });
+    let buf = vec![0x5au8; 128 * 1024];
+    let start = std::time::Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        match stream.write(&buf) {
+            Ok(n) => sent += n as u64,
+            Err(e) => {
+                eprintln!("write: {e}");
+                exit(1)
+            }
+        }
+    }
+    println!("{:.0}", sent as f64 / start.elapsed().as_secs_f64());
+}
+
+/// Opens and closes COUNT connections one after another; prints the median set-up time (µs).
+fn dial(args: &[String]) {
+    let addr = socket_arg(args, "dial ADDRESS:PORT COUNT");
+    let count: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100).max(1);
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = std::time::Instant::now();
+        if let Err(e) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            eprintln!("connect {addr}: {e}");
+            exit(1)
+        }
+        samples.push(start.elapsed().as_micros());
+    }
+    samples.sort();
+    println!("{}", samples[samples.len() / 2]);
 }
 
 fn get(args: &[String]) {

@@ -1,0 +1,215 @@
+//! The pod network across hosts, measured on the lab (`scripts/lab.sh`: hosts in network
+//! namespaces with their own Engines on one switch): TCP throughput and connection set-up time
+//! host→host over the switch (the floor), pod→pod on one host, pod→pod across hosts for each
+//! backend, and pod→ClusterIP→remote pod; and the time from a host's agent starting until its pod
+//! answers from another host. Targets: cross-host throughput ≥ 0.8× host→host, ClusterIP set-up
+//! within 1.2× of a direct pod-IP connection, a joining host reachable in < 2 s.
+//!
+//! `cargo bench --bench pod_network` (`-- --quick`: 1 s per throughput run and 200 connections
+//! instead of 5 s and 1,000). Needs root and the Docker Engine; builds the test images.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use common::lab::{Lab, LabNode, MACHINE, host_ip};
+
+const IMAGE: &str = "capstan.local/testapp:latest";
+
+fn workloads() -> String {
+    let pod = |name: &str, app: &str, host: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: {host}}}\n  containers: [{{name: app, image: \"{IMAGE}\", imagePullPolicy: Never}}]\n---\n"
+        )
+    };
+    pod("client", "client", "h1")
+        + &pod("local", "local", "h1")
+        + &pod("remote", "remote", "h2")
+        + &pod("joiner", "joiner", "h3")
+        + "apiVersion: v1\nkind: Service\nmetadata: {name: remote}\nspec:\n  selector: {app: remote}\n  ports: [{port: 9000, targetPort: 9000}]\n"
+}
+
+struct Bench {
+    lab: Lab,
+    cluster: Cluster,
+    nodes: Vec<LabNode>,
+    seconds: String,
+    dials: String,
+}
+
+fn out(o: &std::process::Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+impl Bench {
+    fn kubectl(&self, args: &[&str]) -> String {
+        out(&self.cluster.kubectl(args), &format!("kubectl {args:?}"))
+    }
+
+    fn wait(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            let refs: Vec<&LabNode> = self.nodes.iter().collect();
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.lab.diagnostics(&refs)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_nodes(&mut self, backend: &str) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        self.nodes = (1..=self.lab.hosts)
+            .map(|n| self.lab.node(&self.cluster, n, &["--pod-network", backend]))
+            .collect();
+    }
+
+    fn pods_ready(&self) -> bool {
+        let o = self.cluster.kubectl(&[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ]);
+        String::from_utf8_lossy(&o.stdout).lines().filter(|l| *l == "True").count() == 4
+    }
+
+    fn pod_ip(&self, pod: &str) -> String {
+        self.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
+    }
+
+    /// (bytes/s, median connection set-up µs) from the client pod to `target`.
+    fn client_to(&self, target: &str) -> (f64, f64) {
+        let bps = out(&self.lab.in_pod(1, "client", "app", &["blast", target, &self.seconds]), "blast");
+        let us = out(&self.lab.in_pod(1, "client", "app", &["dial", target, &self.dials]), "dial");
+        (bps.parse().unwrap(), us.parse().unwrap())
+    }
+
+    /// The same between the hosts themselves: host 1 to a sink on host 2's own network.
+    fn host_to_host(&self) -> (f64, f64) {
+        let target = format!("{}:9100", host_ip(2));
+        let run = |extra: &[&str]| {
+            let mut args = vec!["docker", "run", "--rm", "--network", "host", IMAGE];
+            args.extend(extra);
+            out(&self.lab.exec(1, &args), "host run")
+        };
+        let bps = run(&["blast", &target, &self.seconds]);
+        let us = run(&["dial", &target, &self.dials]);
+        (bps.parse().unwrap(), us.parse().unwrap())
+    }
+
+    fn start_sinks(&self) {
+        for (host, pod) in [(1, "local"), (2, "remote")] {
+            let id = self.lab.container_of(host, pod, "app");
+            out(
+                &self
+                    .lab
+                    .exec(host, &["docker", "exec", "-d", &id, "/capstan-testapp", "sink", "9000"]),
+                "sink",
+            );
+        }
+    }
+}
+
+fn gbit(bps: f64) -> String {
+    format!("{:.2} Gbit/s", bps * 8.0 / 1e9)
+}
+
+fn row(what: &str, (bps, us): (f64, f64)) {
+    println!("  {what:<44} {:>12}   set-up {:>6.0} µs", gbit(bps), us);
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
+    assert!(
+        common::lab::lab_available("pod_network bench"),
+        "the lab needs root and the Docker Engine"
+    );
+    let lab = Lab::up(3);
+    let cluster = Cluster::start_with(&[("workloads.yaml", &workloads())], &["--listen", &format!("{MACHINE}:0")]);
+    let mut b = Bench {
+        lab,
+        cluster,
+        nodes: Vec::new(),
+        seconds: if quick { "1" } else { "5" }.into(),
+        dials: if quick { "200" } else { "1000" }.into(),
+    };
+    // The floor: a sink on host 2's own network.
+    out(
+        &b.lab.exec(
+            2,
+            &["docker", "run", "-d", "--network", "host", "--name", "sink", IMAGE, "sink", "9100"],
+        ),
+        "host sink",
+    );
+    println!(
+        "pod_network: 3 lab hosts, {} s per throughput run, median of {} connections",
+        b.seconds, b.dials
+    );
+    b.start_nodes("vxlan");
+    b.wait("four Ready pods", 120, || b.pods_ready());
+    b.start_sinks();
+    let floor = b.host_to_host();
+    row("host → host (the switch; the floor)", floor);
+    let local = b.client_to(&format!("{}:9000", b.pod_ip("local")));
+    row("pod → pod, one host", local);
+    let vxlan = b.client_to(&format!("{}:9000", b.pod_ip("remote")));
+    row("pod → pod across hosts, vxlan", vxlan);
+    let cluster_ip = b.kubectl(&["get", "service", "remote", "-o", "jsonpath={.spec.clusterIP}"]);
+    let service = b.client_to(&format!("{cluster_ip}:9000"));
+    row("pod → ClusterIP → remote pod, vxlan", service);
+
+    // A host joining: from its agent's start until its pod answers from host 1.
+    b.nodes[2].kill();
+    b.kubectl(&["delete", "node", "h3"]);
+    let joiner_ip = b.pod_ip("joiner");
+    let target = format!("{joiner_ip}:8080");
+    b.wait("h3's pod unreachable", 30, || {
+        !b.lab.in_pod(1, "client", "app", &["connect", &target]).status.success()
+    });
+    let started = Instant::now();
+    b.nodes[2] = b.lab.node(&b.cluster, 3, &["--pod-network", "vxlan"]);
+    b.wait("h3's pod reachable from h1", 60, || {
+        let ip = b.pod_ip("joiner");
+        !ip.is_empty()
+            && b.lab
+                .in_pod(1, "client", "app", &["connect", &format!("{ip}:8080")])
+                .status
+                .success()
+    });
+    let join = started.elapsed();
+
+    b.start_nodes("host-gw");
+    b.wait("host-gw routes on h1", 60, || {
+        let routes = out(&b.lab.exec(1, &["ip", "route"]), "ip route");
+        routes.contains("via 10.250.0.12 dev eth0")
+    });
+    let host_gw = b.client_to(&format!("{}:9000", b.pod_ip("remote")));
+    row("pod → pod across hosts, host-gw", host_gw);
+
+    println!(
+        "\n  cross-host pod throughput / host→host   vxlan {:.2}×, host-gw {:.2}×   (target ≥ 0.8×)",
+        vxlan.0 / floor.0,
+        host_gw.0 / floor.0
+    );
+    println!(
+        "  ClusterIP set-up / direct pod-IP set-up  {:.2}×   (target ≤ 1.2×)",
+        service.1 / vxlan.1
+    );
+    println!(
+        "  host joining → its pod reachable from h1 {:.2} s   (agent start to answer: registration, VXLAN endpoint, peers' routes; target < 2 s)",
+        join.as_secs_f64()
+    );
+}
