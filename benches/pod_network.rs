@@ -76,16 +76,6 @@ impl Bench {
             .collect();
     }
 
-    fn pods_ready(&self) -> bool {
-        let o = self.cluster.kubectl(&[
-            "get",
-            "pods",
-            "-o",
-            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-        ]);
-        String::from_utf8_lossy(&o.stdout).lines().filter(|l| *l == "True").count() == 4
-    }
-
     fn pod_ip(&self, pod: &str) -> String {
         self.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
     }
@@ -159,7 +149,7 @@ fn main() {
         b.seconds, b.dials
     );
     b.start_nodes("vxlan");
-    b.wait("four Ready pods", 120, || b.pods_ready());
+    b.wait("four Ready pods", 120, || common::lab::ready_count(&b.cluster, "pods") == 4);
     b.start_sinks();
     let floor = b.host_to_host();
     row("host → host (the switch; the floor)", floor);

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{Lab, LabNode, MACHINE, host_ip, lab_available};
+use common::lab::{Lab, LabNode, MACHINE, host_ip, lab_available, ready_count};
 use common::{Cluster, run};
 
 const WORKLOADS: &str = r#"
@@ -96,26 +96,6 @@ impl Setup {
         self.nodes = (1..=self.lab.hosts)
             .map(|n| self.lab.node(&self.cluster, n, &["--pod-network", backend]))
             .collect();
-    }
-
-    fn ready_nodes(&self) -> usize {
-        let out = stdout(&self.cluster.kubectl(&[
-            "get",
-            "nodes",
-            "-o",
-            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-        ]));
-        out.lines().filter(|l| *l == "True").count()
-    }
-
-    fn pods_ready(&self) -> bool {
-        let out = stdout(&self.cluster.kubectl(&[
-            "get",
-            "pods",
-            "-o",
-            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-        ]));
-        out.lines().filter(|l| *l == "True").count() == 3
     }
 }
 
@@ -208,8 +188,8 @@ fn setup(backend: &str) -> Option<Setup> {
         nodes: Vec::new(),
     };
     s.start_nodes(backend);
-    wait("three Ready nodes", 60, || s.context(), || s.ready_nodes() == 3);
-    wait("three Ready pods", 90, || s.context(), || s.pods_ready());
+    wait("three Ready nodes", 60, || s.context(), || ready_count(&s.cluster, "nodes") == 3);
+    wait("three Ready pods", 90, || s.context(), || ready_count(&s.cluster, "pods") == 3);
     Some(s)
 }
 
@@ -311,6 +291,11 @@ fn vxlan_and_host_gw_connect_pods_across_hosts_and_follow_hosts_leaving_and_join
             routes.contains(&format!("{r2} via 10.250.0.12 dev eth0"))
         },
     );
-    wait("three Ready pods again", 90, || s.context(), || s.pods_ready());
+    wait(
+        "three Ready pods again",
+        90,
+        || s.context(),
+        || ready_count(&s.cluster, "pods") == 3,
+    );
     check_connectivity(&s, "host-gw");
 }

@@ -37,6 +37,17 @@ pub fn lab_available(test: &str) -> bool {
     ok
 }
 
+/// How many objects of `resource` (nodes, pods) have the condition Ready=True.
+pub fn ready_count(cluster: &Cluster, resource: &str) -> usize {
+    let out = cluster.kubectl(&[
+        "get",
+        resource,
+        "-o",
+        "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+    ]);
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| *l == "True").count()
+}
+
 /// A lab of `n` hosts, torn down on drop.
 pub struct Lab {
     pub hosts: usize,

@@ -74,7 +74,7 @@ pub fn underlay(rtnl: &mut Rtnl, address: Ipv4Addr) -> Result<Underlay, KernelEr
             step: format!("finding the interface with the node's address {address}"),
             source: io::Error::from_raw_os_error(libc::EADDRNOTAVAIL),
         })?;
-    let link = get_link(rtnl, LinkAttribute::IfName(String::new()), Some(index))?
+    let link = get_link(rtnl, Some(index))?
         .ok_or_else(|| step(format!("reading interface {index}"))(io::Error::from_raw_os_error(libc::ENODEV)))?;
     let mut name = String::new();
     let mut mtu = 1500;
@@ -95,11 +95,12 @@ pub fn underlay(rtnl: &mut Rtnl, address: Ipv4Addr) -> Result<Underlay, KernelEr
     })
 }
 
-fn get_link(rtnl: &mut Rtnl, by_name: LinkAttribute, index: Option<u32>) -> Result<Option<LinkMessage>, KernelError> {
+/// An interface by index (`Some`) or, without one, the VXLAN device by name.
+fn get_link(rtnl: &mut Rtnl, index: Option<u32>) -> Result<Option<LinkMessage>, KernelError> {
     let mut get = LinkMessage::default();
     match index {
         Some(i) => get.header.index = i,
-        None => get.attributes = vec![by_name],
+        None => get.attributes = vec![LinkAttribute::IfName(DEVICE.into())],
     }
     match rtnl.request(RouteNetlinkMessage::GetLink(get), 0) {
         Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
@@ -139,7 +140,7 @@ fn vxlan_data(link: &LinkMessage) -> Vec<InfoVxlan> {
 /// differ; its MTU and MAC set in place), up, with the pod range's `.0` as its only address.
 /// Returns its index.
 pub fn ensure_vtep(rtnl: &mut Rtnl, vtep: &Vtep) -> Result<u32, KernelError> {
-    let existing = get_link(rtnl, LinkAttribute::IfName(DEVICE.into()), None)?;
+    let existing = get_link(rtnl, None)?;
     let mut index = None;
     if let Some(link) = existing {
         let data = vxlan_data(&link);
@@ -185,7 +186,7 @@ pub fn ensure_vtep(rtnl: &mut Rtnl, vtep: &Vtep) -> Result<u32, KernelError> {
             ];
             rtnl.request(RouteNetlinkMessage::NewLink(new), NLM_F_CREATE | NLM_F_EXCL)
                 .map_err(step(format!("making the VXLAN device {DEVICE} on {}", vtep.underlay.name)))?;
-            get_link(rtnl, LinkAttribute::IfName(DEVICE.into()), None)?
+            get_link(rtnl, None)?
                 .ok_or_else(|| step(format!("reading {DEVICE}"))(io::Error::from_raw_os_error(libc::ENODEV)))?
                 .header
                 .index
@@ -233,7 +234,7 @@ fn set_only_address(rtnl: &mut Rtnl, index: u32, ip: Ipv4Addr) -> Result<(), Ker
 /// Removes the VXLAN device, if there is one (its neighbour and forwarding entries and the
 /// routes through it go with it).
 pub fn delete_vtep(rtnl: &mut Rtnl) -> Result<(), KernelError> {
-    let Some(link) = get_link(rtnl, LinkAttribute::IfName(DEVICE.into()), None)? else {
+    let Some(link) = get_link(rtnl, None)? else {
         return Ok(());
     };
     let mut del = LinkMessage::default();

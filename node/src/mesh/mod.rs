@@ -103,10 +103,14 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, stop: Cance
     let mut tick = tokio::time::interval(RESYNC);
     let mut last_skipped: Vec<Skipped> = Vec::new();
     let mut last_peers: Vec<String> = Vec::new();
+    let mut last_desired: Option<Mesh> = None;
     loop {
+        // A full sync on the tick; on a Node event only when the plan changed (Nodes change
+        // often, with every status update, and a sync dumps the kernel's tables).
+        let mut full = false;
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tick.tick() => full = true,
             e = watch.next() => match e {
                 Some(Ok(Event::Apply(n) | Event::InitApply(n))) => {
                     let v = serde_json::to_value(&n).unwrap_or_default();
@@ -137,6 +141,10 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, stop: Cance
             }
             last_skipped = skipped;
         }
+        if !full && last_desired.as_ref() == Some(&desired) {
+            continue;
+        }
+        last_desired = Some(desired.clone());
         match sync(desired.clone(), vtep).await {
             Ok(changes) if !changes.is_empty() => {
                 tracing::debug!(node = %config.node, ?changes, "pod network changed");
