@@ -4,6 +4,7 @@
 
 use capstan_api::quantity::Quantity;
 pub use capstan_api::selector::Selector;
+use capstan_api::selector::{Operator, Requirement};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -96,7 +97,13 @@ pub struct SpreadConstraint {
     pub max_skew: i64,
     pub topology_key: String,
     pub do_not_schedule: bool,
+    /// The label selector, with `matchLabelKeys` turned into requirements on the pod's values.
     pub selector: Selector,
+    /// `nodeAffinityPolicy: Honor` (the default): only nodes the pod's node selector and
+    /// required node affinity admit count.
+    pub honor_affinity: bool,
+    /// `nodeTaintsPolicy: Honor` (default Ignore): only nodes whose taints the pod tolerates count.
+    pub honor_taints: bool,
 }
 
 /// A pod, as far as scheduling goes.
@@ -211,6 +218,19 @@ fn affinity_terms(v: &Value, weighted: bool) -> Vec<PodAffinityTerm> {
 }
 
 impl PodInfo {
+    /// Whether the pod's node selector and required node affinity admit `node`.
+    pub fn admitted_by(&self, node: &NodeInfo) -> bool {
+        self.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+            && (self.node_required.is_empty() || self.node_required.iter().any(|term| term.matches(&node.labels)))
+    }
+
+    /// The first of `node`'s NoSchedule or NoExecute taints the pod does not tolerate.
+    pub fn untolerated<'a>(&self, node: &'a NodeInfo) -> Option<&'a Taint> {
+        node.taints
+            .iter()
+            .find(|t| (t.effect == "NoSchedule" || t.effect == "NoExecute") && !self.tolerations.iter().any(|tol| tol.tolerates(t)))
+    }
+
     /// Reads a Pod object.
     pub fn from_json(pod: &Value) -> PodInfo {
         let spec = &pod["spec"];
@@ -292,11 +312,25 @@ impl PodInfo {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|c| SpreadConstraint {
-                    max_skew: c["maxSkew"].as_i64().unwrap_or(1).max(1),
-                    topology_key: c["topologyKey"].as_str().unwrap_or_default().to_owned(),
-                    do_not_schedule: c["whenUnsatisfiable"].as_str().unwrap_or("DoNotSchedule") == "DoNotSchedule",
-                    selector: Selector::from_json(&c["labelSelector"]),
+                .map(|c| {
+                    let mut selector = Selector::from_json(&c["labelSelector"]);
+                    for key in c["matchLabelKeys"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                        if let Some(v) = pod["metadata"]["labels"][key].as_str() {
+                            selector.0.push(Requirement {
+                                key: key.to_owned(),
+                                operator: Operator::In,
+                                values: vec![v.to_owned()],
+                            });
+                        }
+                    }
+                    SpreadConstraint {
+                        max_skew: c["maxSkew"].as_i64().unwrap_or(1).max(1),
+                        topology_key: c["topologyKey"].as_str().unwrap_or_default().to_owned(),
+                        do_not_schedule: c["whenUnsatisfiable"].as_str().unwrap_or("DoNotSchedule") == "DoNotSchedule",
+                        selector,
+                        honor_affinity: c["nodeAffinityPolicy"].as_str() != Some("Ignore"),
+                        honor_taints: c["nodeTaintsPolicy"].as_str() == Some("Honor"),
+                    }
                 })
                 .collect(),
             host_ports,

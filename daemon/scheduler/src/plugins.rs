@@ -101,10 +101,8 @@ impl FilterPlugin for TaintToleration {
         "TaintToleration"
     }
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        for t in &node.taints {
-            if (t.effect == "NoSchedule" || t.effect == "NoExecute") && !pod.tolerations.iter().any(|tol| tol.tolerates(t)) {
-                return no(format!("node(s) had untolerated taint {}", taint_text(t)));
-            }
+        if let Some(t) = pod.untolerated(node) {
+            return no(format!("node(s) had untolerated taint {}", taint_text(t)));
         }
         // A node that does not report Ready carries Kubernetes' implicit not-ready taint.
         if !node.ready {
@@ -148,9 +146,7 @@ impl FilterPlugin for NodeAffinity {
         pod.node_selector.is_empty() && pod.node_required.is_empty()
     }
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        let selector_ok = pod.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v));
-        let required_ok = pod.node_required.is_empty() || pod.node_required.iter().any(|term| term.matches(&node.labels));
-        if selector_ok && required_ok {
+        if pod.admitted_by(node) {
             Status::Success
         } else {
             no("node(s) didn't match Pod's node affinity/selector")

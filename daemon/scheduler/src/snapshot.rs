@@ -241,6 +241,23 @@ impl Snapshot {
         counts
     }
 
+    /// Matching pods per domain and the smallest count, over the nodes `eligible` admits only
+    /// (a spread constraint honouring the pod's node affinity or the nodes' taints; not cached).
+    fn spread_counts_on(&self, ns: &str, selector: &Selector, key: &str, eligible: impl Fn(&NodeInfo) -> bool) -> (Arc<SpreadCounts>, i64) {
+        let mut counts = SpreadCounts::default();
+        for node in self.nodes.iter().filter(|n| eligible(n)) {
+            let Some(d) = node.labels.get(key) else { continue };
+            let n = node
+                .pods
+                .iter()
+                .filter(|p| p.namespace == ns && selector.matches(&p.labels))
+                .count() as i64;
+            *counts.counts.entry(d.clone()).or_default() += n;
+        }
+        let min = counts.counts.values().copied().min().unwrap_or(0);
+        (Arc::new(counts), min)
+    }
+
     /// The cycle state of `pod`.
     pub fn cycle_state(&self, pod: &PodInfo) -> CycleState {
         self.cycle_state_without(pod, &[])
@@ -295,12 +312,21 @@ impl Snapshot {
             state.affinity_allowed.push((term.topology_key.clone(), allowed));
         }
         for c in &pod.spread {
-            let counts = self.spread_counts(&pod.namespace, &c.selector, &c.topology_key);
-            let min = self
-                .domains
-                .get(&c.topology_key)
-                .map(|ds| ds.iter().map(|d| counts.counts.get(d).copied().unwrap_or(0)).min().unwrap_or(0))
-                .unwrap_or(0);
+            let narrowed = (c.honor_affinity && (!pod.node_selector.is_empty() || !pod.node_required.is_empty()))
+                || (c.honor_taints && self.nodes.iter().any(|n| pod.untolerated(n).is_some()));
+            let (counts, min) = if narrowed {
+                let eligible =
+                    |n: &NodeInfo| (!c.honor_affinity || pod.admitted_by(n)) && (!c.honor_taints || pod.untolerated(n).is_none());
+                self.spread_counts_on(&pod.namespace, &c.selector, &c.topology_key, eligible)
+            } else {
+                let counts = self.spread_counts(&pod.namespace, &c.selector, &c.topology_key);
+                let min = self
+                    .domains
+                    .get(&c.topology_key)
+                    .map(|ds| ds.iter().map(|d| counts.counts.get(d).copied().unwrap_or(0)).min().unwrap_or(0))
+                    .unwrap_or(0);
+                (counts, min)
+            };
             state
                 .spread
                 .push((c.topology_key.clone(), counts, min, c.max_skew, c.do_not_schedule));

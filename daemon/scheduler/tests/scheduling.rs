@@ -341,3 +341,75 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn spread_policies_and_match_label_keys_narrow_what_counts() {
+    let unreachable = json!([{"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"}, {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]);
+    let web = |name: &str, hash: &str, extra: Value| {
+        let mut c = json!({"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        PodInfo::from_json(
+            &json!({"metadata": {"name": name, "namespace": "ns", "labels": {"app": "web", "pod-template-hash": hash}}, "spec": {
+            "topologySpreadConstraints": [c],
+            "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 15}],
+            "containers": [{"name": "c", "image": "i"}]}}),
+        )
+    };
+    let hosts = |h2_taints: Value| {
+        snapshot(vec![
+            node("h1", "2", "8Gi", json!({"zone": "a"}), json!([])),
+            node("h2", "2", "8Gi", json!({"zone": "a"}), h2_taints),
+            node("h3", "2", "8Gi", json!({"zone": "b"}), json!([])),
+        ])
+    };
+    let mut sch = scheduler();
+
+    // h2 lost (tainted unreachable, its pod evicted): by default its empty domain still counts
+    // and the replacement cannot go anywhere; with nodeTaintsPolicy Honor it goes to h1 or h3.
+    let mut s = hosts(unreachable);
+    s.assume(web("web-1", "1", json!({})), "h1");
+    s.assume(web("web-3", "1", json!({})), "h3");
+    let ignored = message(sch.schedule(&s, &web("web-2", "1", json!({}))));
+    assert!(ignored.contains("didn't match pod topology spread constraints"), "{ignored}");
+    let honoured = bind(sch.schedule(&s, &web("web-2", "1", json!({"nodeTaintsPolicy": "Honor"}))));
+    assert!(honoured == "h1" || honoured == "h3", "{honoured}");
+
+    // matchLabelKeys: a new revision spreads by itself, whatever the old one's placement.
+    let mut s = hosts(json!([]));
+    s.assume(web("old-1", "1", json!({})), "h1");
+    s.assume(web("old-2", "1", json!({})), "h1");
+    s.assume(web("old-3", "1", json!({})), "h3");
+    let keys = json!({"matchLabelKeys": ["pod-template-hash"]});
+    let mut placed: Vec<String> = (0..3)
+        .map(|i| {
+            let p = web(&format!("new-{i}"), "2", keys.clone());
+            let n = bind(sch.schedule(&s, &p));
+            s.assume(p, &n);
+            n
+        })
+        .collect();
+    placed.sort();
+    assert_eq!(placed, ["h1", "h2", "h3"]);
+
+    // nodeAffinityPolicy Honor (the default): nodes the pod's selector excludes do not count.
+    let mut s = hosts(json!([]));
+    let in_zone_a = |name: &str, policy: &str| {
+        let mut p = web(name, "1", json!({"nodeAffinityPolicy": policy}));
+        p.node_selector.insert("zone".into(), "a".into());
+        p
+    };
+    for i in 0..4 {
+        let p = in_zone_a(&format!("a-{i}"), "Honor");
+        let n = bind(sch.schedule(&s, &p));
+        s.assume(p, &n);
+    }
+    assert_eq!(s.node("h1").unwrap().pods.len(), 2);
+    assert_eq!(s.node("h2").unwrap().pods.len(), 2);
+    let ignored = message(sch.schedule(&s, &in_zone_a("a-4", "Ignore")));
+    assert!(
+        ignored.contains("spread"),
+        "h3's empty domain counts when the policy is Ignore: {ignored}"
+    );
+}
