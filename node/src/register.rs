@@ -287,6 +287,9 @@ pub async fn heartbeat(
         };
         if let Err(e) = renewed {
             tracing::warn!(node = %name, error = %e, "renewing the node lease failed");
+            // Cut off for long enough, the node controller marks the node Unknown: the
+            // conditions are written again once the API answers, changed here or not.
+            last = None;
             continue;
         }
         let mut pressure = Pressure::read(&data_dir);

@@ -2,7 +2,9 @@
 //! been renewed within the grace period is marked NotReady (Ready=Unknown) and tainted
 //! `node.kubernetes.io/unreachable` (NoSchedule, NoExecute); its pods are evicted once their
 //! toleration of that taint runs out (default: the eviction timeout), so that their ReplicaSets
-//! replace them elsewhere. A node that renews its Lease again loses the taints.
+//! replace them elsewhere. Until then its pods are marked not Ready, so that Services stop
+//! sending to them (the agent, once back, says Ready again). A node that renews its Lease again
+//! loses the taints.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -58,6 +60,51 @@ impl NodeLifecycle {
             .map(|c| c.to_string())
             .find(|c| !used.contains(c))
     }
+}
+
+impl NodeLifecycle {
+    /// Sets Ready=False on the node's pods that still say Ready (Kubernetes' MarkPodsNotReady):
+    /// nobody can tell whether they serve, so endpoints move them to notReadyAddresses.
+    async fn mark_pods_not_ready(&self, node: &str) -> Result<(), ObjectError> {
+        let pods = kind("pods");
+        let (all, _) = self.ctx.cache.list(pods, None);
+        for p in all
+            .iter()
+            .filter(|p| p.object["spec"]["nodeName"] == node && pod_says_ready(&p.object))
+        {
+            let stamp = now_rfc3339();
+            let changed = self
+                .ctx
+                .objects
+                .modify(pods, &p.namespace, &p.name, true, |pod| {
+                    let Some(conds) = pod["status"]["conditions"].as_array_mut() else {
+                        return false;
+                    };
+                    let mut changed = false;
+                    for c in conds.iter_mut().filter(|c| c["type"] == "Ready" && c["status"] == "True") {
+                        c["status"] = json!("False");
+                        c["lastTransitionTime"] = json!(stamp);
+                        changed = true;
+                    }
+                    changed
+                })
+                .await;
+            match changed {
+                Ok(_) => self
+                    .events
+                    .record(&p.object, EventType::Warning, "NodeNotReady", "Node is not ready"),
+                Err(ObjectError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pod_says_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 /// Keyed by node name: watches Nodes, their Leases, and ClusterSettings (new grace or eviction
@@ -174,6 +221,7 @@ impl Reconciler<String> for NodeLifecycle {
             return Ok(Action::Requeue(Duration::from_secs(grace.max(1) as u64)));
         }
         if stale {
+            self.mark_pods_not_ready(&name).await?;
             // Evict the pods whose toleration has run out.
             let since = taints
                 .iter()

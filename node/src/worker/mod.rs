@@ -290,6 +290,17 @@ impl Worker {
                 s.spec = new.clone();
             }
         }
+        // Someone else changed the pod's readiness (the node controller marks the pods of a node
+        // it lost touch with not Ready): say again what this agent sees.
+        let ready = |s: &Value| {
+            s["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| c["status"].clone())
+        };
+        if self.sent.as_ref().is_some_and(|sent| ready(sent) != ready(&pod["status"])) {
+            self.sent = None;
+        }
         self.pod = pod;
     }
 

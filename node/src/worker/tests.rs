@@ -381,3 +381,39 @@ async fn a_deleted_pod_is_stopped_within_its_grace_and_removed() {
     assert_eq!(h.api.lock().unwrap().deleted, [POD]);
     assert!(h.events().iter().any(|e| e == "Killing"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn readiness_changed_by_someone_else_is_said_again() {
+    let h = Harness::new();
+    h.runtime.image("serve", Behaviour::Serve);
+    let pod = h.pod("Always", json!([]), json!([container("app", "serve")]));
+    let worker = Worker::new(h.env.clone(), pod, Vec::new());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let run = tokio::spawn(worker.run(rx));
+    let poke = tx.clone();
+    let runtime = h.runtime.clone();
+    let events = tokio::spawn(async move {
+        let mut events = runtime.events(&[]);
+        while events.next().await.is_some() {
+            let _ = poke.send(Input::Poke);
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ready = |s: &Value| s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["status"].clone();
+    assert_eq!(ready(&h.last_status()), "True", "{}", h.last_status());
+    let written = h.api.lock().unwrap().statuses.len();
+    // The node controller lost touch with the node and marked the pod not Ready.
+    let mut marked = h.api.lock().unwrap().objects[POD].clone();
+    for c in marked["status"]["conditions"].as_array_mut().unwrap() {
+        if c["type"] == "Ready" {
+            c["status"] = json!("False");
+        }
+    }
+    tx.send(Input::Pod(Box::new(marked))).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let statuses = h.api.lock().unwrap().statuses.clone();
+    assert_eq!(statuses.len(), written + 1, "one write saying Ready again: {statuses:?}");
+    assert_eq!(ready(&h.last_status()), "True");
+    run.abort();
+    events.abort();
+}
