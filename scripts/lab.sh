@@ -8,6 +8,8 @@
 #   scripts/lab.sh up N        make hosts 1..N (what exists is kept) and print how to reach them
 #   scripts/lab.sh exec N CMD  run CMD on host N (its network, DOCKER_HOST set to its Engine)
 #   scripts/lab.sh unplug N / plug N    take host N's cable out of the switch / put it back
+#   scripts/lab.sh cut N / mend N       host N stops / starts talking to the machine (the
+#                              control plane), still reaching the other hosts
 #   scripts/lab.sh kill N      host N dies: its link goes down, every process of it is killed
 #   scripts/lab.sh down        remove everything the lab made, also after a failure
 #
@@ -133,6 +135,16 @@ exec)
     DOCKER_HOST="$(socket "$n")" exec nsenter --net="/run/netns/$(host_ns "$n")" "$@"
     ;;
 unplug) ip -n "$switch" link set "capstan-lab-v${2:?}" down ;;
+cut)
+    nsenter --net="/run/netns/$(host_ns "${2:?}")" nft -f - <<EOF
+table inet capstan-lab-cut {
+    chain input { type filter hook input priority -10; ip saddr 10.250.0.1 drop; }
+    chain output { type filter hook output priority -10; ip daddr 10.250.0.1 drop; }
+    chain forward { type filter hook forward priority -10; ip saddr 10.250.0.1 drop; ip daddr 10.250.0.1 drop; }
+}
+EOF
+    ;;
+mend) nsenter --net="/run/netns/$(host_ns "${2:?}")" nft delete table inet capstan-lab-cut ;;
 plug) ip -n "$switch" link set "capstan-lab-v${2:?}" up ;;
 kill)
     ip -n "$switch" link set "capstan-lab-v${2:?}" down
@@ -145,7 +157,7 @@ down)
     rm -rf "$dir"
     ;;
 *)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -3,7 +3,10 @@
 //! reach pods on other hosts by their own address without NAT, Services whose endpoints are on
 //! another host answer by ClusterIP, by name and by NodePort, every host's pods reach the API;
 //! the kernel holds the device, routes, neighbour and forwarding entries the backend needs, they
-//! follow a host leaving and joining, and host-gw passes the same test.
+//! follow a host leaving and joining, and host-gw passes the same test. Failures across hosts:
+//! the control plane cut off from a host (its pods keep running), a host cut off at the switch
+//! and one killed (their pods replaced on the others, the Service answering throughout), a
+//! spread Deployment rolling under a client loop.
 
 mod common;
 
@@ -173,13 +176,14 @@ fn check_connectivity(s: &Setup, backend: &str) {
     }
 }
 
-fn setup(backend: &str) -> Option<Setup> {
+/// Three hosts running `workloads` (`pods` of them Ready) with the node grace period at 6 s.
+fn setup(backend: &str, workloads: &str, pods: usize) -> Option<Setup> {
     if !lab_available("lab") {
         return None;
     }
     let lab = Lab::up(3);
     let cluster = Cluster::start_with(
-        &[("workloads.yaml", WORKLOADS)],
+        &[("workloads.yaml", workloads)],
         &["--listen", &format!("{MACHINE}:0"), "--node-grace-period", "6"],
     );
     let mut s = Setup {
@@ -189,13 +193,18 @@ fn setup(backend: &str) -> Option<Setup> {
     };
     s.start_nodes(backend);
     wait("three Ready nodes", 60, || s.context(), || ready_count(&s.cluster, "nodes") == 3);
-    wait("three Ready pods", 90, || s.context(), || ready_count(&s.cluster, "pods") == 3);
+    wait(
+        &format!("{pods} Ready pods"),
+        90,
+        || s.context(),
+        || ready_count(&s.cluster, "pods") == pods,
+    );
     Some(s)
 }
 
 #[test]
 fn vxlan_and_host_gw_connect_pods_across_hosts_and_follow_hosts_leaving_and_joining() {
-    let Some(mut s) = setup("vxlan") else { return };
+    let Some(mut s) = setup("vxlan", WORKLOADS, 3) else { return };
     check_connectivity(&s, "vxlan");
 
     // The kernel state on host 1: the device as fixed (VNI 1, port 8472, no learning, MTU
@@ -298,4 +307,295 @@ fn vxlan_and_host_gw_connect_pods_across_hosts_and_follow_hosts_leaving_and_join
         || ready_count(&s.cluster, "pods") == 3,
     );
     check_connectivity(&s, "host-gw");
+}
+
+/// A Deployment spread over the hosts (each revision by itself; a lost, tainted host not
+/// counted), tolerating an unreachable node for 15 s; a client on
+/// host 1 and a pod on host 3 that tolerates it for the eviction timeout (300 s).
+const FAILOVER: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  strategy: {rollingUpdate: {maxUnavailable: 0, maxSurge: 1}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector: {matchLabels: {app: web}}
+        matchLabelKeys: [pod-template-hash]
+        nodeTaintsPolicy: Honor
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 15}
+      containers:
+      - name: app
+        image: capstan.local/testapp:latest
+        imagePullPolicy: Never
+        env: [{name: TERM_DELAY, value: "2"}, {name: VERSION, value: "1"}]
+        readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-a}
+spec:
+  nodeSelector: {kubernetes.io/hostname: h1}
+  containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: keeper-c}
+spec:
+  nodeSelector: {kubernetes.io/hostname: h3}
+  containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never}]
+"#;
+
+/// A pod as the API has it.
+#[derive(Debug, Clone)]
+struct PodRow {
+    name: String,
+    node: String,
+    ip: String,
+    ready: bool,
+}
+
+impl Setup {
+    /// The pods labelled `app=web`, not being deleted.
+    fn web(&self) -> Vec<PodRow> {
+        let out = self.cluster.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP} {.status.conditions[?(@.type==\"Ready\")].status} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+        ]);
+        stdout(&out)
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                // Pods being deleted (a deletion time in the fifth field) are left out.
+                (f.len() == 5 && f[4].is_empty()).then(|| PodRow {
+                    name: f[0].into(),
+                    node: f[1].into(),
+                    ip: f[2].into(),
+                    ready: f[3] == "True",
+                })
+            })
+            .collect()
+    }
+
+    fn web_on(&self, node: &str) -> Option<PodRow> {
+        self.web().into_iter().find(|p| p.node == node)
+    }
+
+    fn node_ready(&self, node: &str) -> bool {
+        let out = self.cluster.kubectl(&[
+            "get",
+            "node",
+            node,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        stdout(&out) == "True"
+    }
+
+    /// Three Ready web pods, none on `avoid`.
+    fn web_replaced(&self, avoid: &str) -> bool {
+        let web = self.web();
+        web.len() == 3 && web.iter().all(|p| p.ready && p.node != avoid)
+    }
+
+    /// The running containers on host `n`, by id.
+    fn containers_on(&self, n: usize) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .lab
+            .exec_ok(n, &["docker", "ps", "-q", "--no-trunc"])
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The pods whose app container runs on host `n`.
+    fn running_pods_on(&self, n: usize) -> Vec<String> {
+        self.lab
+            .exec_ok(
+                n,
+                &[
+                    "docker",
+                    "ps",
+                    "--filter",
+                    "label=capstan.dev/container=app",
+                    "--format",
+                    "{{.Label \"capstan.dev/pod\"}}",
+                ],
+            )
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Runs the test app's client loop in client-a (host 1) against the web Service for `secs`,
+    /// on a thread; its output says how many requests failed.
+    fn client_loop(&self, secs: u32) -> std::thread::JoinHandle<std::process::Output> {
+        let id = self.lab.container_of(1, "client-a", "app");
+        let script = common::repo_root().join("scripts/lab.sh");
+        let secs = secs.to_string();
+        std::thread::spawn(move || {
+            let url = "http://web.default.svc.cluster.local/readyz";
+            run(std::process::Command::new(script).args([
+                "exec",
+                "1",
+                "docker",
+                "exec",
+                &id,
+                "/capstan-testapp",
+                "loop",
+                url,
+                &secs,
+                "100",
+            ]))
+        })
+    }
+}
+
+fn loop_result(s: &Setup, what: &str, handle: std::thread::JoinHandle<std::process::Output>) {
+    let out = handle.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: the client loop saw failures:\n{}{}\n{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr),
+        s.context()
+    );
+    eprintln!("{what}: {}", stdout(&out).trim());
+}
+
+#[test]
+fn hosts_cut_off_partitioned_or_killed_are_handled_as_kubernetes_users_expect() {
+    // The Deployment comes once the hosts are there, so that the scheduler can spread it.
+    let pods_only = &FAILOVER[FAILOVER.find("---\napiVersion: v1\nkind: Pod").unwrap() + 4..];
+    let Some(s) = setup("vxlan", pods_only, 2) else { return };
+    s.cluster.commit(&[("workloads.yaml", FAILOVER)], &[], "web");
+    wait("five Ready pods", 60, || s.context(), || ready_count(&s.cluster, "pods") == 5);
+    wait(
+        "web spread over the three hosts",
+        30,
+        || format!("{:?}\n{}", s.web(), s.context()),
+        || {
+            let mut nodes: Vec<String> = s.web().into_iter().map(|p| p.node).collect();
+            nodes.sort();
+            nodes == ["h1", "h2", "h3"]
+        },
+    );
+
+    // 1. The control plane cannot reach host 3 for longer than the grace period (6 s) but less
+    // than the pods' tolerations: its pods keep running and serving a client on host 3, and
+    // nothing restarts when it comes back.
+    let before = s.containers_on(3);
+    let web_c = s.web_on("h3").unwrap();
+    s.lab.host("cut", 3);
+    wait("h3 NotReady", 30, || s.context(), || !s.node_ready("h3"));
+    wait(
+        "h3's web pod marked not Ready",
+        10,
+        || s.context(),
+        || s.web_on("h3").is_some_and(|p| !p.ready),
+    );
+    let o = s
+        .lab
+        .in_pod(3, "keeper-c", "app", &["loop", &format!("http://{}:8080/", web_c.ip), "5", "100"]);
+    assert!(o.status.success(), "h3's pods serving h3 while cut off: {o:?}\n{}", s.context());
+    s.lab.host("mend", 3);
+    wait(
+        "h3 Ready again, its pods Ready",
+        30,
+        || s.context(),
+        || s.node_ready("h3") && ready_count(&s.cluster, "pods") == 5,
+    );
+    assert_eq!(s.containers_on(3), before, "no container on h3 restarted or replaced");
+    assert_eq!(s.web_on("h3").map(|p| p.name), Some(web_c.name), "h3's web pod kept");
+
+    // 2. Host 2 cut off at the switch: NotReady, its pod out of the Service at once and replaced
+    // on the others when its toleration runs out, while a client loop on host 1 sees no failure.
+    let web_b = s.web_on("h2").unwrap();
+    s.lab.host("unplug", 2);
+    wait("h2 NotReady", 30, || s.context(), || !s.node_ready("h2"));
+    wait(
+        "h2's pod out of the Service",
+        10,
+        || s.context(),
+        || {
+            !stdout(
+                &s.cluster
+                    .kubectl(&["get", "endpoints", "web", "-o", "jsonpath={.subsets[*].addresses[*].ip}"]),
+            )
+            .contains(&web_b.ip)
+        },
+    );
+    let client = s.client_loop(22);
+    wait("h2's web pod replaced on h1 or h3", 40, || s.context(), || s.web_replaced("h2"));
+    loop_result(&s, "partition", client);
+    let gone = s.cluster.kubectl(&["get", "pod", &web_b.name]);
+    assert!(!gone.status.success(), "the evicted pod {} is gone from the API", web_b.name);
+    // The cable back: h2 is Ready again and stops the pod that was replaced; no pod runs twice.
+    s.lab.host("plug", 2);
+    wait("h2 Ready again", 30, || s.context(), || s.node_ready("h2"));
+    wait(
+        "h2's replaced pod stopped",
+        30,
+        || s.context(),
+        || !s.running_pods_on(2).contains(&web_b.name),
+    );
+    let mut running: Vec<String> = (1..=3).flat_map(|n| s.running_pods_on(n)).collect();
+    running.sort();
+    let mut expected: Vec<String> = s
+        .web()
+        .into_iter()
+        .map(|p| p.name)
+        .chain(["client-a".into(), "keeper-c".into()])
+        .collect();
+    expected.sort();
+    assert_eq!(running, expected, "every pod runs once, on one host");
+
+    // 3. A rolling update of the spread Deployment while the client loop runs: no failed
+    // request, and the new pods spread over the three hosts again.
+    let client = s.client_loop(30);
+    s.cluster.commit(
+        &[("workloads.yaml", &FAILOVER.replace(r#"value: "1""#, r#"value: "2""#))],
+        &[],
+        "web: version 2",
+    );
+    let rollout = s.cluster.kubectl(&["rollout", "status", "deployment/web", "--timeout", "60s"]);
+    assert!(rollout.status.success(), "{rollout:?}\n{}", s.context());
+    loop_result(&s, "rolling update", client);
+    let mut nodes: Vec<String> = s.web().into_iter().map(|p| p.node).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["h1", "h2", "h3"], "the new pods are spread over the hosts");
+
+    // 4. Host 2 dies (its Engine, agent and containers killed, its link down): replaced as in
+    // 2, and its pod's address no longer answers.
+    let web_b = s.web_on("h2").unwrap();
+    s.lab.host("kill", 2);
+    wait("h2 NotReady after dying", 30, || s.context(), || !s.node_ready("h2"));
+    wait("the dead host's pod replaced", 40, || s.context(), || s.web_replaced("h2"));
+    let o = s.lab.in_pod(1, "client-a", "app", &["get", &format!("http://{}:8080/", web_b.ip)]);
+    assert!(!o.status.success(), "the dead host's pod address {} still answers: {o:?}", web_b.ip);
+    let o = s
+        .lab
+        .in_pod(1, "client-a", "app", &["get", "http://web.default.svc.cluster.local/readyz", "20"]);
+    assert!(o.status.success(), "the Service after h2 died: {o:?}\n{}", s.context());
 }

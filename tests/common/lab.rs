@@ -79,6 +79,11 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `scripts/lab.sh ACTION N`: unplug, plug, cut, mend, kill (see the script).
+    pub fn host(&self, action: &str, n: usize) {
+        run_ok(Command::new(script()).args([action, &n.to_string()]));
+    }
+
     /// The id of the running container `container` of pod `pod` on host `n`.
     pub fn container_of(&self, n: usize, pod: &str, container: &str) -> String {
         let out = self.exec_ok(

@@ -6,6 +6,8 @@
 //!   exit, for node-agent and proxy tests (`TRICKLE=1`: every answer written one byte at a time);
 //! - `guestbook`: the example's frontend, keeping entries in redis;
 //! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf;
+//! - `loop URL SECONDS [MILLIS]`: a client loop, one GET every MILLIS (default 100) for SECONDS,
+//!   each failure printed, and how many failed (the exit code says whether any did);
 //! - `connect ADDRESS:PORT`: whether a TCP connection is accepted (the API from a pod);
 //! - `pause`: the pod sandbox, which only holds the network namespace;
 //! - `sink PORT`, `blast ADDRESS:PORT SECONDS`, `dial ADDRESS:PORT COUNT`: the network benchmark's
@@ -41,6 +43,7 @@ fn main() {
         "serve" => serve(),
         "guestbook" => guestbook(),
         "get" => get(&args[1..]),
+        "loop" => client_loop(&args[1..]),
         "connect" => connect(&args[1..]),
         "pause" => pause(),
         "sink" => sink(&args[1..]),
@@ -60,7 +63,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown mode {other:?}: serve, guestbook, get URL, connect ADDRESS:PORT, pause, sink PORT, blast ADDRESS:PORT SECONDS, dial ADDRESS:PORT COUNT, exit CODE [SECONDS], sleep SECONDS"
+                "unknown mode {other:?}: serve, guestbook, get URL, loop URL SECONDS [MILLIS], connect ADDRESS:PORT, pause, sink PORT, blast ADDRESS:PORT SECONDS, dial ADDRESS:PORT COUNT, exit CODE [SECONDS], sleep SECONDS"
             );
             exit(2);
         }
@@ -300,6 +303,33 @@ fn dial(args: &[String]) {
     }
     samples.sort();
     println!("{}", samples[samples.len() / 2]);
+}
+
+fn client_loop(args: &[String]) {
+    let (Some(url), Some(secs)) = (args.first(), args.get(1).and_then(|s| s.parse::<f64>().ok())) else {
+        eprintln!("usage: loop URL SECONDS [MILLIS]");
+        exit(2);
+    };
+    let every = Duration::from_millis(args.get(2).and_then(|m| m.parse().ok()).unwrap_or(100));
+    let end = std::time::Instant::now() + Duration::from_secs_f64(secs);
+    let (mut sent, mut failed) = (0, 0);
+    while std::time::Instant::now() < end {
+        sent += 1;
+        match http::get(url, Duration::from_secs(2)) {
+            Ok((status, _)) if (200..300).contains(&status) => {}
+            Ok((status, _)) => {
+                failed += 1;
+                println!("request {sent}: status {status}");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("request {sent}: {e}");
+            }
+        }
+        std::thread::sleep(every);
+    }
+    println!("{sent} requests, {failed} failed");
+    exit(if failed == 0 { 0 } else { 1 });
 }
 
 fn get(args: &[String]) {
