@@ -3,7 +3,9 @@
 //! host→host over the switch (the floor), pod→pod on one host, pod→pod across hosts for each
 //! backend, and pod→ClusterIP→remote pod; and the time from a host's agent starting until its pod
 //! answers from another host. Targets: cross-host throughput ≥ 0.8× host→host, ClusterIP set-up
-//! within 1.2× of a direct pod-IP connection, a joining host reachable in < 2 s.
+//! within 1.2× of a direct pod-IP connection, a joining host reachable in < 2 s. Last, a host cut
+//! off at the switch: how long until its Node is NotReady and its pod is Ready on another host,
+//! with the lab's short settings (grace period, eviction timeout) beside their sum, the floor.
 //!
 //! `cargo bench --bench pod_network` (`-- --quick`: 1 s per throughput run and 200 connections
 //! instead of 5 s and 1,000). Needs root and the Docker Engine; builds the test images.
@@ -14,7 +16,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Cluster;
-use common::lab::{Lab, LabNode, MACHINE, host_ip};
+use common::lab::{LEASE_INTERVAL_SECS, Lab, LabNode, MACHINE, host_ip};
 
 const IMAGE: &str = "capstan.local/testapp:latest";
 
@@ -29,7 +31,36 @@ fn workloads() -> String {
         + &pod("remote", "remote", "h2")
         + &pod("joiner", "joiner", "h3")
         + "apiVersion: v1\nkind: Service\nmetadata: {name: remote}\nspec:\n  selector: {app: remote}\n  ports: [{port: 9000, targetPort: 9000}]\n"
+        + MOVING
 }
+
+/// One replica that prefers host 2 and may run on host 3: the pod the cut-off measurement moves.
+const MOVING: &str = r#"---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: moving}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: moving}}
+  template:
+    metadata: {labels: {app: moving}}
+    spec:
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [h2, h3]}]}]
+          preferredDuringSchedulingIgnoredDuringExecution:
+            - {weight: 100, preference: {matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [h2]}]}}
+      containers:
+      - name: app
+        image: capstan.local/testapp:latest
+        imagePullPolicy: Never
+        readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}
+"#;
+
+/// The lab's short failure settings (the daemon's flags).
+const GRACE: u64 = 4;
+const EVICTION: u64 = 2;
 
 struct Bench {
     lab: Lab,
@@ -128,7 +159,18 @@ fn main() {
         "the lab needs root and the Docker Engine"
     );
     let lab = Lab::up(3);
-    let cluster = Cluster::start_with(&[("workloads.yaml", &workloads())], &["--listen", &format!("{MACHINE}:0")]);
+    let (grace, eviction) = (GRACE.to_string(), EVICTION.to_string());
+    let cluster = Cluster::start_with(
+        &[("workloads.yaml", &workloads())],
+        &[
+            "--listen",
+            &format!("{MACHINE}:0"),
+            "--node-grace-period",
+            &grace,
+            "--pod-eviction-timeout",
+            &eviction,
+        ],
+    );
     let mut b = Bench {
         lab,
         cluster,
@@ -149,7 +191,7 @@ fn main() {
         b.seconds, b.dials
     );
     b.start_nodes("vxlan");
-    b.wait("four Ready pods", 120, || common::lab::ready_count(&b.cluster, "pods") == 4);
+    b.wait("five Ready pods", 120, || common::lab::ready_count(&b.cluster, "pods") == 5);
     b.start_sinks();
     let floor = b.host_to_host();
     row("host → host (the switch; the floor)", floor);
@@ -189,6 +231,34 @@ fn main() {
     let host_gw = b.client_to(&format!("{}:9000", b.pod_ip("remote")));
     row("pod → pod across hosts, host-gw", host_gw);
 
+    // Host 2 cut off at the switch: until its Node is NotReady, and until its pod is Ready on h3.
+    let moving = || {
+        b.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=moving",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ])
+    };
+    b.wait("the moving pod Ready on h2", 60, || moving().lines().any(|l| l == "h2 True"));
+    b.lab.host("unplug", 2);
+    let cut = Instant::now();
+    b.wait("h2 NotReady", 60, || {
+        b.kubectl(&[
+            "get",
+            "node",
+            "h2",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]) != "True"
+    });
+    let not_ready = cut.elapsed();
+    b.wait("the moving pod Ready on h3", 60, || moving().lines().any(|l| l == "h3 True"));
+    let replaced = cut.elapsed();
+    b.lab.host("plug", 2);
+
     println!(
         "\n  cross-host pod throughput / host→host   vxlan {:.2}×, host-gw {:.2}×   (target ≥ 0.8×)",
         vxlan.0 / floor.0,
@@ -201,5 +271,11 @@ fn main() {
     println!(
         "  host joining → its pod reachable from h1 {:.2} s   (agent start to answer: registration, VXLAN endpoint, peers' routes; target < 2 s)",
         join.as_secs_f64()
+    );
+    println!(
+        "  host cut off → Node NotReady {:.1} s, → its pod Ready on another host {:.1} s   (settings: --node-grace-period {GRACE}, --pod-eviction-timeout {EVICTION}, lease every {LEASE_INTERVAL_SECS} s; floor grace + eviction = {} s)",
+        not_ready.as_secs_f64(),
+        replaced.as_secs_f64(),
+        GRACE + EVICTION
     );
 }

@@ -146,6 +146,19 @@ fn check_connectivity(s: &Setup, backend: &str) {
         client_ip,
         "{backend}: svc-c by name keeps the pod's source: {o:?}"
     );
+    // The cluster DNS answers the same on every host: h2's and h3's pods reach Services by name.
+    for (host, pod, service, answer) in [
+        (2, "server-b", "svc-c", "hello from server-c"),
+        (3, "server-c", "svc-a", "hello from client-a"),
+    ] {
+        let o = s
+            .lab
+            .in_pod(host, pod, "app", &["get", &format!("http://{service}.default.svc.cluster.local/")]);
+        assert!(
+            stdout(&o).contains(answer),
+            "{backend}: {pod} on h{host} reaching {service} by name: {o:?}"
+        );
+    }
     // A pod reaches itself through its own Service (hairpin).
     let o = s
         .lab

@@ -9,6 +9,9 @@ use super::{Cluster, build_images, docker_available, path_str, repo_root, run, r
 /// The machine's own address on the lab's switch (where the control plane listens).
 pub const MACHINE: &str = "10.250.0.1";
 
+/// How often the lab's agents renew their Lease.
+pub const LEASE_INTERVAL_SECS: u64 = 2;
+
 pub fn host_ip(n: usize) -> String {
     format!("10.250.0.{}", 10 + n)
 }
@@ -128,7 +131,8 @@ impl Lab {
                 path_str(&cluster.data.join("node-token")),
             ])
             .args(["--name", &name, "--data-dir", path_str(&data), "--listen", &listen])
-            .args(["--restart-backoff", "1s", "--restart-backoff-max", "4s", "--lease-interval", "2s"])
+            .args(["--restart-backoff", "1s", "--restart-backoff-max", "4s"])
+            .args(["--lease-interval", &format!("{LEASE_INTERVAL_SECS}s")])
             .args(extra)
             .env("CAPSTAN_LOG", "info,capstan_node=debug")
             .stdout(file.try_clone().unwrap())
