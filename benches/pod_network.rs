@@ -16,20 +16,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Cluster;
-use common::lab::{LEASE_INTERVAL_SECS, Lab, LabNode, MACHINE, host_ip};
+use common::lab::{LEASE_INTERVAL_SECS, Lab, LabNode, MACHINE, host_ip, pinned_pod};
 
 const IMAGE: &str = "capstan.local/testapp:latest";
 
 fn workloads() -> String {
-    let pod = |name: &str, app: &str, host: &str| {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: {host}}}\n  containers: [{{name: app, image: \"{IMAGE}\", imagePullPolicy: Never}}]\n---\n"
-        )
-    };
-    pod("client", "client", "h1")
-        + &pod("local", "local", "h1")
-        + &pod("remote", "remote", "h2")
-        + &pod("joiner", "joiner", "h3")
+    pinned_pod("client", "client", 1)
+        + &pinned_pod("local", "local", 1)
+        + &pinned_pod("remote", "remote", 2)
+        + &pinned_pod("joiner", "joiner", 3)
         + "apiVersion: v1\nkind: Service\nmetadata: {name: remote}\nspec:\n  selector: {app: remote}\n  ports: [{port: 9000, targetPort: 9000}]\n"
         + MOVING
 }

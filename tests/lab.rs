@@ -12,31 +12,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{Lab, LabNode, MACHINE, host_ip, lab_available, ready_count};
+use common::lab::{Lab, LabNode, MACHINE, host_ip, lab_available, pinned_pod, ready_count};
 use common::{Cluster, run};
 
-const WORKLOADS: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: client-a, labels: {app: a}}
-spec:
-  nodeSelector: {kubernetes.io/hostname: h1}
-  containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server-b, labels: {app: b}}
-spec:
-  nodeSelector: {kubernetes.io/hostname: h2}
-  containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server-c, labels: {app: c}}
-spec:
-  nodeSelector: {kubernetes.io/hostname: h3}
-  containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never}]
----
+/// Pods on each host and Services in front of them.
+fn workloads() -> String {
+    pinned_pod("client-a", "a", 1) + &pinned_pod("server-b", "b", 2) + &pinned_pod("server-c", "c", 3) + SERVICES
+}
+
+const SERVICES: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: svc-c}
@@ -217,7 +201,7 @@ fn setup(backend: &str, workloads: &str, pods: usize) -> Option<Setup> {
 
 #[test]
 fn vxlan_and_host_gw_connect_pods_across_hosts_and_follow_hosts_leaving_and_joining() {
-    let Some(mut s) = setup("vxlan", WORKLOADS, 3) else { return };
+    let Some(mut s) = setup("vxlan", &workloads(), 3) else { return };
     check_connectivity(&s, "vxlan");
 
     // The kernel state on host 1: the device as fixed (VNI 1, port 8472, no learning, MTU
@@ -323,9 +307,8 @@ fn vxlan_and_host_gw_connect_pods_across_hosts_and_follow_hosts_leaving_and_join
 }
 
 /// A Deployment spread over the hosts (each revision by itself; a lost, tainted host not
-/// counted), tolerating an unreachable node for 15 s; a client on
-/// host 1 and a pod on host 3 that tolerates it for the eviction timeout (300 s).
-const FAILOVER: &str = r#"
+/// counted), tolerating an unreachable node for 15 s, and its Service.
+const WEB: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -358,21 +341,13 @@ metadata: {name: web}
 spec:
   selector: {app: web}
   ports: [{port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client-a}
-spec:
-  nodeSelector: {kubernetes.io/hostname: h1}
-  containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: keeper-c}
-spec:
-  nodeSelector: {kubernetes.io/hostname: h3}
-  containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never}]
 "#;
+
+/// A client on host 1 and a pod on host 3 that tolerates a lost node for the eviction timeout
+/// (300 s).
+fn failover_pods() -> String {
+    pinned_pod("client-a", "client", 1) + &pinned_pod("keeper-c", "keeper", 3)
+}
 
 /// A pod as the API has it.
 #[derive(Debug, Clone)]
@@ -500,9 +475,9 @@ fn loop_result(s: &Setup, what: &str, handle: std::thread::JoinHandle<std::proce
 #[test]
 fn hosts_cut_off_partitioned_or_killed_are_handled_as_kubernetes_users_expect() {
     // The Deployment comes once the hosts are there, so that the scheduler can spread it.
-    let pods_only = &FAILOVER[FAILOVER.find("---\napiVersion: v1\nkind: Pod").unwrap() + 4..];
-    let Some(s) = setup("vxlan", pods_only, 2) else { return };
-    s.cluster.commit(&[("workloads.yaml", FAILOVER)], &[], "web");
+    let pods = failover_pods();
+    let Some(s) = setup("vxlan", &pods, 2) else { return };
+    s.cluster.commit(&[("workloads.yaml", &(pods.clone() + WEB))], &[], "web");
     wait("five Ready pods", 60, || s.context(), || ready_count(&s.cluster, "pods") == 5);
     wait(
         "web spread over the three hosts",
@@ -588,7 +563,7 @@ fn hosts_cut_off_partitioned_or_killed_are_handled_as_kubernetes_users_expect() 
     // request, and the new pods spread over the three hosts again.
     let client = s.client_loop(30);
     s.cluster.commit(
-        &[("workloads.yaml", &FAILOVER.replace(r#"value: "1""#, r#"value: "2""#))],
+        &[("workloads.yaml", &(pods.clone() + &WEB.replace(r#"value: "1""#, r#"value: "2""#)))],
         &[],
         "web: version 2",
     );

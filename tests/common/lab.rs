@@ -16,6 +16,15 @@ pub fn host_ip(n: usize) -> String {
     format!("10.250.0.{}", 10 + n)
 }
 
+/// A test-app pod `name` labelled `app: APP`, pinned to lab host `n`, as a YAML document
+/// ending in `---`.
+pub fn pinned_pod(name: &str, app: &str, n: usize) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: {}}}\n  containers: [{{name: app, image: \"capstan.local/testapp:latest\", imagePullPolicy: Never}}]\n---\n",
+        host_name(n)
+    )
+}
+
 pub fn host_name(n: usize) -> String {
     format!("h{n}")
 }

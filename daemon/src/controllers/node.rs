@@ -7,6 +7,7 @@
 //! loses the taints.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_runtime::{Action, Reconciler};
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::util::{now, seconds};
 use super::{Controller, name_of, watches};
+use crate::cache::Entry;
 use crate::context::{Context, kind};
 use crate::events::{EventType, Recorder};
 use crate::objects::ObjectError;
@@ -65,13 +67,9 @@ impl NodeLifecycle {
 impl NodeLifecycle {
     /// Sets Ready=False on the node's pods that still say Ready (Kubernetes' MarkPodsNotReady):
     /// nobody can tell whether they serve, so endpoints move them to notReadyAddresses.
-    async fn mark_pods_not_ready(&self, node: &str) -> Result<(), ObjectError> {
+    async fn mark_pods_not_ready(&self, on_node: &[Arc<Entry>]) -> Result<(), ObjectError> {
         let pods = kind("pods");
-        let (all, _) = self.ctx.cache.list(pods, None);
-        for p in all
-            .iter()
-            .filter(|p| p.object["spec"]["nodeName"] == node && pod_says_ready(&p.object))
-        {
+        for p in on_node.iter().filter(|p| pod_says_ready(&p.object)) {
             let stamp = now_rfc3339();
             let changed = self
                 .ctx
@@ -221,7 +219,9 @@ impl Reconciler<String> for NodeLifecycle {
             return Ok(Action::Requeue(Duration::from_secs(grace.max(1) as u64)));
         }
         if stale {
-            self.mark_pods_not_ready(&name).await?;
+            let (all, _) = ctx.cache.list(kind("pods"), None);
+            let on_node: Vec<Arc<Entry>> = all.into_iter().filter(|p| p.object["spec"]["nodeName"] == name.as_str()).collect();
+            self.mark_pods_not_ready(&on_node).await?;
             // Evict the pods whose toleration has run out.
             let since = taints
                 .iter()
@@ -230,9 +230,8 @@ impl Reconciler<String> for NodeLifecycle {
                 .min()
                 .unwrap_or(t);
             let default = ctx.live().eviction_timeout.as_secs() as i64;
-            let (pods, _) = ctx.cache.list(kind("pods"), None);
             let mut next_check: Option<i64> = None;
-            for p in pods.iter().filter(|p| p.object["spec"]["nodeName"] == name.as_str()) {
+            for p in &on_node {
                 let Some(tolerate) = toleration_seconds(&p.object, TAINT_UNREACHABLE, default) else {
                     continue;
                 };
