@@ -228,6 +228,7 @@ impl Agent {
                     p.dns = Some(std::net::SocketAddrV4::new(v4, 53));
                 }
                 p.cluster_domain = config.cluster_domain.clone();
+                p.node_name = Some(config.name.clone());
                 Some(capstan_proxy::Proxy::start(kube, p).await?)
             }
             None => None,

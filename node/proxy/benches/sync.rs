@@ -43,6 +43,7 @@ fn services(n: u32, change: Change) -> Vec<VirtualService> {
                 service: format!("bench/svc-{i}:http"),
                 affinity: None,
                 backends,
+                policy: Default::default(),
             }
         })
         .collect()

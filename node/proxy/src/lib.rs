@@ -69,6 +69,9 @@ pub struct ProxyConfig {
     pub dns_upstream: Option<std::net::SocketAddr>,
     /// The IPVS scheduler for every virtual service: rr, wrr, lc, sh or mh.
     pub ipvs_scheduler: String,
+    /// The node this proxy runs on: its endpoints are the local ones of the Local traffic
+    /// policies. `None`: every policy acts as Cluster.
+    pub node_name: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -88,6 +91,7 @@ impl Default for ProxyConfig {
                 .ok()
                 .and_then(|text| dns::resolv_conf_upstream(&text)),
             ipvs_scheduler: "rr".into(),
+            node_name: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The proxy's pure core: Services and their EndpointSlices in, the virtual services the kernel
-//! should hold out — one per (address, protocol, port), each with its ready endpoints.
+//! should hold out — one per (address, protocol, port), each with the endpoints its traffic
+//! policy lets it reach.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,7 +54,21 @@ pub enum Frontend {
 /// One real server: a ready endpoint's address and target port.
 pub type Backend = (Ipv4Addr, u16);
 
-/// One virtual service: a frontend, how it spreads, and the ready endpoints behind it.
+/// Which endpoints a frontend's traffic may reach: Kubernetes' `internalTrafficPolicy` (for a
+/// ClusterIP) and `externalTrafficPolicy` (for a node port).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Endpoints anywhere in the cluster (the `backends`).
+    #[default]
+    Cluster,
+    /// Only this node's endpoints (the `backends`); with none here but some elsewhere, traffic
+    /// is dropped. A node port keeps its clients' addresses (no masquerade), but traffic from
+    /// pods and from the node itself goes to `cluster`, the endpoints anywhere (kube-proxy's
+    /// short cut: in-cluster clients never depend on where the endpoints run).
+    Local { cluster: Vec<Backend> },
+}
+
+/// One virtual service: a frontend, how it spreads, and the endpoints behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VirtualService {
     pub frontend: Frontend,
@@ -62,8 +77,11 @@ pub struct VirtualService {
     pub service: String,
     /// sessionAffinity ClientIP: how long a client sticks to its endpoint, in seconds.
     pub affinity: Option<u32>,
-    /// Ready endpoints, sorted; empty means the service has none and its traffic is rejected.
+    /// The endpoints traffic goes to, sorted: the ready ones, or the serving terminating ones
+    /// when none is ready (as kube-proxy does). Empty under the Cluster policy: the service has
+    /// none and its traffic is rejected.
     pub backends: Vec<Backend>,
+    pub policy: Policy,
 }
 
 impl VirtualService {
@@ -71,17 +89,33 @@ impl VirtualService {
     pub fn key(&self) -> (Frontend, Protocol) {
         (self.frontend, self.protocol)
     }
+
+    /// Every endpoint the frontend may send to, whatever the client.
+    pub fn all_backends(&self) -> impl Iterator<Item = &Backend> {
+        let cluster = match &self.policy {
+            Policy::Cluster => &[][..],
+            Policy::Local { cluster } => cluster,
+        };
+        self.backends.iter().chain(cluster)
+    }
+
+    /// Whether the service has no endpoint anywhere (its traffic is rejected).
+    pub fn has_no_endpoints(&self) -> bool {
+        self.all_backends().next().is_none()
+    }
 }
 
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 
-/// The virtual services for `services`, with endpoints from `slices` (any order, any namespaces).
-/// Services without a ClusterIP (headless, ExternalName, not yet allocated) get none; IPv6 is
-/// ignored. The result is sorted by frontend and protocol.
+/// The virtual services for `services`, with endpoints from `slices` (any order, any namespaces),
+/// as the proxy on node `node` programs them (its endpoints are the local ones; `None`: no node,
+/// every policy acts as Cluster). Services without a ClusterIP (headless, ExternalName, not yet
+/// allocated) get none; IPv6 is ignored. The result is sorted by frontend and protocol.
 pub fn desired<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: Option<&str>,
 ) -> Vec<VirtualService> {
     // Slices by (namespace, service name).
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
@@ -120,22 +154,34 @@ pub fn desired<'a>(
                 continue;
             };
             let Ok(number) = u16::try_from(port.port) else { continue };
-            let backends = ready_backends(slices, port.name.as_deref(), protocol);
+            let endpoints = port_endpoints(slices, port.name.as_deref(), protocol);
+            let cluster = usable(&endpoints, |_| true);
+            let policy = |local: Option<&str>| match (local, node) {
+                (Some("Local"), Some(node)) => {
+                    let here = usable(&endpoints, |e| e.node == Some(node));
+                    (here, Policy::Local { cluster: cluster.clone() })
+                }
+                _ => (cluster.clone(), Policy::Cluster),
+            };
             let label = format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or(&number.to_string()));
-            let mut push = |frontend| {
+            let mut push = |frontend, (backends, policy)| {
                 out.push(VirtualService {
                     frontend,
                     protocol,
                     service: label.clone(),
                     affinity,
-                    backends: backends.clone(),
+                    backends,
+                    policy,
                 })
             };
-            push(Frontend::ClusterIp(cluster_ip, number));
+            push(
+                Frontend::ClusterIp(cluster_ip, number),
+                policy(spec.internal_traffic_policy.as_deref()),
+            );
             if matches!(ty, "NodePort" | "LoadBalancer")
                 && let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0)
             {
-                push(Frontend::NodePort(node_port));
+                push(Frontend::NodePort(node_port), policy(spec.external_traffic_policy.as_deref()));
             }
         }
     }
@@ -161,9 +207,18 @@ pub fn with_local_dns(mut services: Vec<VirtualService>, dns: std::net::SocketAd
     services
 }
 
-/// The ready endpoints of the slice port named `port_name` (a Service port and its slice ports
-/// share names; a single unnamed port matches the unnamed slice port).
-fn ready_backends(slices: &[&EndpointSlice], port_name: Option<&str>, protocol: Protocol) -> Vec<Backend> {
+/// One address of an endpoint, with what the proxy needs to choose it.
+struct Endpoint<'a> {
+    backend: Backend,
+    node: Option<&'a str>,
+    ready: bool,
+    /// Terminating but still serving: used when no endpoint is ready.
+    serving_terminating: bool,
+}
+
+/// The endpoints of the slice port named `port_name` (a Service port and its slice ports share
+/// names; a single unnamed port matches the unnamed slice port).
+fn port_endpoints<'a>(slices: &[&'a EndpointSlice], port_name: Option<&str>, protocol: Protocol) -> Vec<Endpoint<'a>> {
     let mut out = Vec::new();
     for slice in slices {
         let port = slice.ports.iter().flatten().find(|p| {
@@ -174,21 +229,43 @@ fn ready_backends(slices: &[&EndpointSlice], port_name: Option<&str>, protocol: 
             continue;
         };
         for ep in &slice.endpoints {
-            // An unset `ready` means ready (the API's contract); terminating endpoints are not.
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if !ready {
-                continue;
-            }
+            // Unset conditions: `ready` and `serving` mean true, `terminating` false (the API's
+            // contract).
+            let c = ep.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
             for a in &ep.addresses {
                 if let Ok(ip) = a.parse::<Ipv4Addr>() {
-                    out.push((ip, target));
+                    out.push(Endpoint {
+                        backend: (ip, target),
+                        node: ep.node_name.as_deref(),
+                        ready,
+                        serving_terminating: serving && terminating,
+                    });
                 }
             }
         }
     }
-    out.sort();
-    out.dedup();
     out
+}
+
+/// The endpoints of those `endpoints` that `wanted` takes which traffic may use: the ready ones,
+/// or when none is ready the serving terminating ones (so that a rollout's last old pod still
+/// answers while it drains); sorted, without duplicates.
+fn usable(endpoints: &[Endpoint<'_>], wanted: impl Fn(&Endpoint<'_>) -> bool) -> Vec<Backend> {
+    let pick = |f: &dyn Fn(&Endpoint<'_>) -> bool| -> Vec<Backend> {
+        let mut out: Vec<Backend> = endpoints.iter().filter(|e| wanted(e) && f(e)).map(|e| e.backend).collect();
+        out.sort();
+        out.dedup();
+        out
+    };
+    let ready = pick(&|e| e.ready);
+    if ready.is_empty() {
+        pick(&|e| e.serving_terminating)
+    } else {
+        ready
+    }
 }
 
 #[cfg(test)]
@@ -225,7 +302,7 @@ mod tests {
 
     #[test]
     fn ports_by_name_protocols_and_node_ports() {
-        let out = desired([&web()], [&web_slice()]);
+        let out = desired([&web()], [&web_slice()], None);
         let frontends: Vec<_> = out.iter().map(|v| (v.frontend, v.protocol)).collect();
         assert_eq!(
             frontends,
@@ -245,7 +322,7 @@ mod tests {
 
     #[test]
     fn services_without_endpoints_stay_with_none() {
-        let out = desired([&web()], []);
+        let out = desired([&web()], [], None);
         assert_eq!(out.len(), 3);
         assert!(out.iter().all(|v| v.backends.is_empty()));
     }
@@ -269,11 +346,85 @@ mod tests {
             json!({"metadata": {"name": "s-1", "namespace": "a", "labels": {SERVICE_NAME_LABEL: "s"}},
             "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": [{"addresses": ["10.244.0.3"]}]}),
         );
-        let out = desired([&sticky, &timed, &headless, &external], [&other, &own]);
+        let out = desired([&sticky, &timed, &headless, &external], [&other, &own], None);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].affinity, Some(DEFAULT_AFFINITY_SECONDS));
         assert_eq!(out[0].backends, vec![("10.244.0.3".parse().unwrap(), 8080)]);
         assert_eq!(out[1].affinity, Some(60));
         assert!(out[1].backends.is_empty());
+    }
+
+    fn addr(ip: &str, port: u16) -> Backend {
+        (ip.parse().unwrap(), port)
+    }
+
+    /// `web` with the given traffic policies, and endpoints on nodes n1 (ready and terminating)
+    /// and n2 (ready).
+    fn local_web(internal: &str, external: &str) -> (Service, EndpointSlice) {
+        let mut s = web();
+        let spec = s.spec.as_mut().unwrap();
+        spec.internal_traffic_policy = Some(internal.into());
+        spec.external_traffic_policy = Some(external.into());
+        let slice = slice(
+            json!({"metadata": {"name": "web-1", "namespace": "shop", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
+            "endpoints": [
+                {"addresses": ["10.244.1.5"], "nodeName": "n1"},
+                {"addresses": ["10.244.1.6"], "nodeName": "n1", "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.244.2.5"], "nodeName": "n2", "conditions": {"ready": true}}]}),
+        );
+        (s, slice)
+    }
+
+    #[test]
+    fn traffic_policies_choose_this_nodes_endpoints_and_keep_the_clusters_beside() {
+        let all = vec![addr("10.244.1.5", 8080), addr("10.244.2.5", 8080)];
+        let (s, sl) = local_web("Cluster", "Local");
+        let out = desired([&s], [&sl], Some("n2"));
+        assert_eq!(
+            (out[1].backends.clone(), out[1].policy.clone()),
+            (all.clone(), Policy::Cluster),
+            "ClusterIP"
+        );
+        let node_port = &out[2];
+        assert_eq!(node_port.backends, vec![addr("10.244.2.5", 8080)], "node port: n2's own");
+        assert_eq!(node_port.policy, Policy::Local { cluster: all.clone() });
+        // A node with no endpoint: none local (dropped), the cluster's still known.
+        let out = desired([&s], [&sl], Some("n3"));
+        assert!(out[2].backends.is_empty() && !out[2].has_no_endpoints());
+        // Internal Local applies to the ClusterIP only.
+        let (s, sl) = local_web("Local", "Cluster");
+        let out = desired([&s], [&sl], Some("n1"));
+        assert_eq!(out[1].backends, vec![addr("10.244.1.5", 8080)]);
+        assert_eq!(out[1].policy, Policy::Local { cluster: all.clone() });
+        assert_eq!(
+            (out[2].backends.clone(), out[2].policy.clone()),
+            (all, Policy::Cluster),
+            "node port"
+        );
+        // Without a node name, Local cannot be told apart: Cluster.
+        let out = desired([&s], [&sl], None);
+        assert!(out.iter().all(|v| v.policy == Policy::Cluster));
+    }
+
+    #[test]
+    fn serving_terminating_endpoints_are_used_only_when_none_is_ready() {
+        let (s, mut sl) = local_web("Local", "Local");
+        // n1's ready endpoint goes: its terminating one is all n1 has left, and is used there;
+        // the cluster as a whole still has n2's ready one.
+        sl.endpoints.remove(0);
+        let out = desired([&s], [&sl], Some("n1"));
+        assert_eq!(out[1].backends, vec![addr("10.244.1.6", 8080)]);
+        assert_eq!(
+            out[1].policy,
+            Policy::Local {
+                cluster: vec![addr("10.244.2.5", 8080)]
+            }
+        );
+        // Nothing ready anywhere: the serving terminating endpoint takes the traffic.
+        sl.endpoints.pop();
+        let out = desired([&s], [&sl], None);
+        assert_eq!(out[1].backends, vec![addr("10.244.1.6", 8080)]);
     }
 }

@@ -228,7 +228,7 @@ async fn apply_loop(
                 continue; // never apply half a picture
             }
             *records.write().expect("records lock") = dns::records(&config.cluster_domain, v.services.values(), v.slices.values());
-            let services = model::desired(v.services.values(), v.slices.values());
+            let services = model::desired(v.services.values(), v.slices.values(), config.node_name.as_deref());
             let services = match config.dns {
                 Some(addr) => model::with_local_dns(services, addr),
                 None => services,

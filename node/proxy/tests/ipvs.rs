@@ -199,6 +199,7 @@ fn service(backends: &[Ipv4Addr], affinity: Option<u32>) -> VirtualService {
         service: "default/web:http".into(),
         affinity,
         backends: backends.iter().map(|ip| (*ip, 8080)).collect(),
+        policy: Default::default(),
     }
 }
 
@@ -314,6 +315,7 @@ fn udp_services_and_every_scheduler_are_accepted() {
         service: "kube-system/kube-dns:dns".into(),
         affinity: None,
         backends: vec![(Ipv4Addr::new(10, 0, 0, 2), 53), (Ipv4Addr::new(10, 0, 0, 3), 53)],
+        policy: Default::default(),
     };
     backend.apply(std::slice::from_ref(&dns), true).expect("apply");
     let table = sh("ipvsadm -Ln");

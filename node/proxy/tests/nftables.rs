@@ -166,6 +166,7 @@ fn vs(frontend: Frontend, protocol: Protocol, backends: &[&str], port: u16, affi
         service: format!("test/svc:{}", protocol.name()),
         affinity,
         backends: backends.iter().map(|b| (b.parse().unwrap(), port)).collect(),
+        policy: Default::default(),
     }
 }
 

@@ -185,6 +185,7 @@ mod tests {
             service: "default/web:http".into(),
             affinity: None,
             backends: backends.iter().map(|(h, p)| (Ipv4Addr::new(10, 244, 0, *h), *p)).collect(),
+            policy: Default::default(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use sha2::{Digest, Sha256};
 
 use super::elements::{ClusterKey, Entry, PortKey, endpoints_map, node_port_endpoints_map};
-use crate::model::{Backend, Frontend, Protocol, VirtualService};
+use crate::model::{Backend, Frontend, Policy, Protocol, VirtualService};
 
 /// The packet mark that asks the postrouting chain to masquerade (the bit kube-proxy uses).
 pub(super) const MASQUERADE_MARK: u32 = 0x4000;
@@ -97,6 +97,17 @@ fn short_hash(text: &str) -> String {
     hex::encode(&Sha256::digest(text.as_bytes())[..4])
 }
 
+/// The name of a frontend's own chain: readable and unique (a hash of the frontend, then the
+/// service's own name).
+fn own_chain(vs: &VirtualService) -> String {
+    let prefix = match vs.frontend {
+        Frontend::ClusterIp(..) => "svc",
+        Frontend::NodePort(_) => "nodeport",
+    };
+    let id = short_hash(&format!("{:?}/{}", vs.frontend, vs.protocol.name()));
+    format!("{prefix}-{id}-{}", vs.service.replace(':', "/"))
+}
+
 /// The shared chain that spreads a frontend of protocol `p` with `n` endpoints: off-cluster
 /// clients marked for masquerade, then DNAT to the endpoint in slot `numgen mod n` of the
 /// frontend's data map.
@@ -129,18 +140,18 @@ impl Ruleset {
     pub(super) fn part(vs: &VirtualService, s: &NftSettings) -> Ruleset {
         let mut rs = Ruleset::default();
         let node_port = matches!(vs.frontend, Frontend::NodePort(_));
-        if vs.backends.is_empty() {
+        if vs.has_no_endpoints() {
             if let Frontend::NodePort(port) = vs.frontend {
                 rs.no_endpoint_node_ports.insert((vs.protocol, port));
             }
             // A ClusterIP with no endpoint has no element: the service-range check rejects it.
             return rs;
         }
-        for (ip, _) in &vs.backends {
+        for (ip, _) in vs.all_backends() {
             *rs.hairpin.entry(*ip).or_default() += 1;
         }
-        let chain = match vs.affinity {
-            None => {
+        let chain = match (&vs.policy, vs.affinity) {
+            (Policy::Cluster, None) => {
                 let (name, rules) = pick_chain(node_port, vs.protocol, vs.backends.len(), s);
                 for (slot, b) in vs.backends.iter().enumerate() {
                     let slot = slot as u32;
@@ -150,11 +161,19 @@ impl Ruleset {
                     };
                 }
                 rs.chains.insert(name.clone(), rules);
+                rs.chain_users.insert(name.clone(), 1);
                 name
             }
-            Some(timeout) => rs.affinity_chains(vs, timeout, s),
+            (Policy::Cluster, Some(_)) => {
+                // Off-cluster clients are masqueraded so that the reply finds its way back.
+                let first = match vs.frontend {
+                    Frontend::ClusterIp(..) => format!("ip saddr != {} {}", s.pod_cidr, s.mark()),
+                    Frontend::NodePort(_) => s.mark(),
+                };
+                rs.cascade(own_chain(vs), vec![first], &vs.backends, vs, "goto reject-service", s)
+            }
+            (Policy::Local { cluster }, _) => rs.local_chains(vs, cluster, s),
         };
-        rs.chain_users.insert(chain.clone(), 1);
         match vs.frontend {
             Frontend::ClusterIp(ip, port) => rs.service_ips.insert((ip, vs.protocol, port), chain),
             Frontend::NodePort(port) => rs.node_ports.insert((vs.protocol, port), chain),
@@ -162,26 +181,44 @@ impl Ruleset {
         rs
     }
 
-    /// A service with ClientIP affinity: a chain of its own sending known clients to their
-    /// endpoint's chain and spreading new ones by a cascade; each endpoint chain records its
-    /// clients in a timeout set. Returns the service chain's name.
-    fn affinity_chains(&mut self, vs: &VirtualService, timeout: u32, s: &NftSettings) -> String {
-        let proto = vs.protocol.name();
-        // Readable and unique: a hash of the frontend, then the service's own name.
-        let (prefix, id) = match vs.frontend {
-            Frontend::ClusterIp(..) => ("svc", short_hash(&format!("{:?}/{proto}", vs.frontend))),
-            Frontend::NodePort(_) => ("nodeport", short_hash(&format!("{:?}/{proto}", vs.frontend))),
+    /// A frontend under the Local policy (this node's endpoints only, dropped when it has none):
+    /// a ClusterIP masquerades off-cluster clients as usual; a node port keeps its clients'
+    /// addresses, except that pods and the node itself go to the endpoints of the whole cluster
+    /// (`cluster`, in a chain of its own; the node masqueraded, as it must be for the reply to
+    /// come back). Returns the frontend's chain.
+    fn local_chains(&mut self, vs: &VirtualService, cluster: &[Backend], s: &NftSettings) -> String {
+        let chain = own_chain(vs);
+        let first = match vs.frontend {
+            Frontend::ClusterIp(..) => vec![format!("ip saddr != {} {}", s.pod_cidr, s.mark())],
+            Frontend::NodePort(_) => {
+                let whole = self.cascade(format!("{chain}/cluster"), Vec::new(), cluster, vs, "goto reject-service", s);
+                vec![
+                    format!("ip saddr {} goto {whole}", s.pod_cidr),
+                    format!("fib saddr type local {} goto {whole}", s.mark()),
+                ]
+            }
         };
+        self.cascade(chain, first, &vs.backends, vs, "drop", s)
+    }
+
+    /// A chain of its own named `chain`: `first`, then the `backends` picked by a cascade of
+    /// rules, or `empty` when there are none. With ClientIP affinity, known clients go first to
+    /// their endpoint's chain, which records its clients in a timeout set. Returns the name.
+    fn cascade(
+        &mut self,
+        chain: String,
+        mut rules: Vec<String>,
+        backends: &[Backend],
+        vs: &VirtualService,
+        empty: &str,
+        s: &NftSettings,
+    ) -> String {
+        let proto = vs.protocol.name();
         let readable = vs.service.replace(':', "/");
-        let chain = format!("{prefix}-{id}-{readable}");
-        let mut rules = vec![match vs.frontend {
-            // Off-cluster clients are masqueraded so that the reply finds its way back.
-            Frontend::ClusterIp(..) => format!("ip saddr != {} {}", s.pod_cidr, s.mark()),
-            Frontend::NodePort(_) => s.mark(),
-        }];
         let g = s.generator();
-        let n = vs.backends.len();
-        for (i, (ip, port)) in vs.backends.iter().enumerate() {
+        let n = backends.len();
+        let known = rules.len();
+        for (i, (ip, port)) in backends.iter().enumerate() {
             // Endpoint i of the remaining n-i: uniform overall; with `inc` counters, each
             // rule's own counter makes the cascade an exact rotation.
             let pick = if i + 1 < n {
@@ -189,18 +226,26 @@ impl Ruleset {
             } else {
                 String::new()
             };
+            let dnat = format!("meta l4proto {proto} dnat to {ip}:{port}");
+            let Some(timeout) = vs.affinity else {
+                rules.push(format!("{pick}{dnat}"));
+                continue;
+            };
             let ep_id = short_hash(&format!("{chain}/{ip}:{port}/{timeout}"));
             let ep_chain = format!("endpoint-{ep_id}-{readable}/{ip}/{port}");
             let set = format!("affinity-{ep_id}");
-            rules.insert(1 + i, format!("ip saddr @{set} goto {ep_chain}"));
+            rules.insert(known + i, format!("ip saddr @{set} goto {ep_chain}"));
             rules.push(format!("{pick}goto {ep_chain}"));
-            let dnat = format!("meta l4proto {proto} dnat to {ip}:{port}");
             self.chains
                 .insert(ep_chain.clone(), vec![format!("update @{set} {{ ip saddr }}"), dnat]);
             self.chain_users.insert(ep_chain, 1);
             self.sets.insert(set, timeout);
         }
+        if backends.is_empty() {
+            rules.push(empty.to_owned());
+        }
         self.chains.insert(chain.clone(), rules);
+        self.chain_users.insert(chain.clone(), 1);
         chain
     }
 

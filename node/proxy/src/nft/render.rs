@@ -33,7 +33,7 @@ pub fn ipvs_guard_script(table: &str, service_cidr: Cidr) -> String {
 /// `old` (what the set holds; `None`: unknown, so it is emptied and refilled). Returns the new
 /// content too.
 pub fn hairpin_update(old: Option<&BTreeSet<Ipv4Addr>>, services: &[VirtualService]) -> (Update, BTreeSet<Ipv4Addr>) {
-    let new: BTreeSet<Ipv4Addr> = services.iter().flat_map(|vs| vs.backends.iter().map(|(ip, _)| *ip)).collect();
+    let new: BTreeSet<Ipv4Addr> = services.iter().flat_map(|vs| vs.all_backends().map(|(ip, _)| *ip)).collect();
     let mut u = Update::default();
     match old {
         Some(old) => {

@@ -1,6 +1,6 @@
 use super::elements::FIXED_SETS;
 use super::*;
-use crate::model::{Backend, Frontend, Protocol, VirtualService};
+use crate::model::{Backend, Frontend, Policy, Protocol, VirtualService};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
@@ -15,6 +15,7 @@ fn vs(frontend: Frontend, backends: &[(&str, u16)], affinity: Option<u32>) -> Vi
         service: "shop/web:http".into(),
         affinity,
         backends: backends.iter().map(|(ip, p)| (ip.parse().unwrap(), *p)).collect(),
+        policy: Default::default(),
     }
 }
 
@@ -100,6 +101,69 @@ fn affinity_node_ports_and_services_without_endpoints() {
     assert_eq!(rs.node_port_endpoints[&((Protocol::Tcp, 30080), 1)], ep("10.244.0.6", 8080));
     assert_eq!(rs.no_endpoint_node_ports.iter().collect::<Vec<_>>(), vec![&(Protocol::Tcp, 30081)]);
     assert_eq!(rs.hairpin[&"10.244.0.5".parse().unwrap()], 2, "two service ports use it");
+}
+
+#[test]
+fn local_policies_send_to_this_nodes_endpoints_and_node_ports_keep_the_client() {
+    let cluster = vec![ep("10.244.1.5", 8080), ep("10.244.2.5", 8080)];
+    let local = |frontend, backends: &[(&str, u16)]| {
+        let mut v = vs(frontend, backends, None);
+        v.policy = Policy::Local { cluster: cluster.clone() };
+        v
+    };
+    let rs = Ruleset::build(
+        &[
+            local(vip(80), &[("10.244.2.5", 8080)]),
+            local(vip(81), &[]),
+            local(Frontend::NodePort(30080), &[("10.244.2.5", 8080)]),
+            local(Frontend::NodePort(30081), &[]),
+        ],
+        &settings(),
+    );
+    let chain = |name: &str| rs.chains[name].iter().map(String::as_str).collect::<Vec<_>>();
+    // ClusterIP: off-cluster clients masqueraded as always, then this node's endpoint only.
+    let svc = &rs.service_ips[&key(80)];
+    assert_eq!(
+        chain(svc),
+        vec![
+            "ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x4000",
+            "meta l4proto tcp dnat to 10.244.2.5:8080"
+        ]
+    );
+    // None here but some elsewhere: dropped, not rejected (the service has endpoints).
+    assert_eq!(chain(&rs.service_ips[&key(81)]).last(), Some(&"drop"));
+    // Node port: pods and the node itself take the whole cluster's endpoints (the node
+    // masqueraded); everyone else this node's, keeping the client's address (no mark).
+    let np = &rs.node_ports[&(Protocol::Tcp, 30080)];
+    let whole = format!("{np}/cluster");
+    assert_eq!(
+        chain(np),
+        vec![
+            format!("ip saddr 10.244.0.0/16 goto {whole}").as_str(),
+            format!("fib saddr type local meta mark set meta mark | 0x4000 goto {whole}").as_str(),
+            "meta l4proto tcp dnat to 10.244.2.5:8080",
+        ]
+    );
+    assert_eq!(
+        chain(&whole),
+        vec![
+            "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.5:8080",
+            "meta l4proto tcp dnat to 10.244.2.5:8080"
+        ]
+    );
+    let empty = &rs.node_ports[&(Protocol::Tcp, 30081)];
+    assert_eq!(chain(empty).last(), Some(&"drop"));
+    assert!(rs.no_endpoint_node_ports.is_empty(), "endpoints elsewhere: not rejected");
+    assert!(rs.endpoints.is_empty() && rs.node_port_endpoints.is_empty());
+    assert!(
+        rs.hairpin.contains_key(&"10.244.1.5".parse().unwrap()),
+        "every endpoint it may reach"
+    );
+    // No endpoint anywhere: rejected as under the Cluster policy.
+    let mut none = local(Frontend::NodePort(30082), &[]);
+    none.policy = Policy::Local { cluster: Vec::new() };
+    let rs = Ruleset::build(&[none], &settings());
+    assert!(rs.node_ports.is_empty() && rs.no_endpoint_node_ports.contains(&(Protocol::Tcp, 30082)));
 }
 
 #[test]
