@@ -1,7 +1,9 @@
 //! The pod network across hosts, on a lab of three real hosts (network namespaces with their own
 //! Docker Engines, on one switch; `scripts/lab.sh`) and a control plane on the machine: pods
 //! reach pods on other hosts by their own address without NAT, Services whose endpoints are on
-//! another host answer by ClusterIP, by name and by NodePort, every host's pods reach the API;
+//! another host answer by ClusterIP, by name and by NodePort, the Local traffic policies keep
+//! to a host's own endpoints (a Local node port keeping the client's address), every host's pods
+//! reach the API;
 //! the kernel holds the device, routes, neighbour and forwarding entries the backend needs, they
 //! follow a host leaving and joining, and host-gw passes the same test. Failures across hosts:
 //! the control plane cut off from a host (its pods keep running), a host cut off at the switch
@@ -42,6 +44,23 @@ spec:
   type: NodePort
   selector: {app: b}
   ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: np-local-b}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {app: b}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30081}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: itp-local-b}
+spec:
+  internalTrafficPolicy: Local
+  selector: {app: b}
+  ports: [{port: 80, targetPort: 8080}]
 "#;
 
 /// Waits up to `secs` for `f`, failing with `context()` when it never holds.
@@ -157,11 +176,9 @@ fn check_connectivity(s: &Setup, backend: &str) {
         &format!("{backend}: NodePort {node_port} reaching server-b"),
         30,
         || s.context(),
-        || {
-            let o = run(std::process::Command::new("curl").args(["-s", "-m", "3", &node_port]));
-            stdout(&o).contains("hello from server-b")
-        },
+        || curl(&node_port).0.contains("hello from server-b"),
     );
+    check_traffic_policies(s, backend);
     // The API through the `kubernetes` Service, from every host's pod.
     for (host, pod) in [(1, "client-a"), (2, "server-b"), (3, "server-c")] {
         let o = s.lab.in_pod(host, pod, "app", &["connect", "10.96.0.1:443"]);
@@ -171,6 +188,64 @@ fn check_connectivity(s: &Setup, backend: &str) {
             s.context()
         );
     }
+}
+
+/// `curl` from the machine (outside every host and pod range): its output and exit code.
+fn curl(url: &str) -> (String, Option<i32>) {
+    let o = run(std::process::Command::new("curl").args(["-s", "-m", "3", url]));
+    (stdout(&o), o.status.code())
+}
+
+/// Kubernetes' traffic policies across hosts, with server-b's only endpoint on h2.
+fn check_traffic_policies(s: &Setup, backend: &str) {
+    // externalTrafficPolicy Cluster: any host's node port answers, the client masqueraded.
+    let (seen, _) = curl(&format!("http://{}:30080/whoami", host_ip(1)));
+    assert!(
+        !seen.is_empty() && seen.trim() != MACHINE,
+        "{backend}: Cluster node port masquerades the client: {seen:?}"
+    );
+    // Local: the host with the endpoint answers and the server sees the client's own address;
+    // a host without one drops (a timeout, not a refusal).
+    let local = format!("http://{}:30081/whoami", host_ip(2));
+    wait(
+        &format!("{backend}: {local} keeping the client's address"),
+        30,
+        || s.context(),
+        || curl(&local).0.trim() == MACHINE,
+    );
+    let (out, code) = curl(&format!("http://{}:30081/whoami", host_ip(1)));
+    assert_eq!(code, Some(28), "{backend}: Local node port on h1 (no endpoint) drops: {out:?}");
+    // Pods take the whole cluster's endpoints through a Local node port (kube-proxy's short cut),
+    // and so does the host itself.
+    let o = s
+        .lab
+        .in_pod(1, "client-a", "app", &["get", &format!("http://{}:30081/", host_ip(1))]);
+    assert!(
+        stdout(&o).contains("hello from server-b"),
+        "{backend}: client-a through h1's Local node port: {o:?}"
+    );
+    let o = s.lab.exec(1, &["curl", "-s", "-m", "3", &format!("http://{}:30081/", host_ip(1))]);
+    assert!(
+        stdout(&o).contains("hello from server-b"),
+        "{backend}: h1 itself through its Local node port: {o:?}"
+    );
+    // internalTrafficPolicy Local: the ClusterIP answers on h2 (pod and host), drops on h1.
+    let ip = stdout(
+        &s.cluster
+            .kubectl(&["get", "service", "itp-local-b", "-o", "jsonpath={.spec.clusterIP}"]),
+    );
+    let o = s.lab.in_pod(2, "server-b", "app", &["get", &format!("http://{ip}/")]);
+    assert!(
+        stdout(&o).contains("hello from server-b"),
+        "{backend}: itp-local-b from h2's pod: {o:?}"
+    );
+    let o = s.lab.exec(2, &["curl", "-s", "-m", "3", &format!("http://{ip}/")]);
+    assert!(stdout(&o).contains("hello from server-b"), "{backend}: itp-local-b from h2: {o:?}");
+    let o = s.lab.in_pod(1, "client-a", "app", &["get", &format!("http://{ip}/")]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("timed out"),
+        "{backend}: itp-local-b from h1's pod is dropped: {o:?}"
+    );
 }
 
 /// Three hosts running `workloads` (`pods` of them Ready) with the node grace period at 6 s.
@@ -245,6 +320,22 @@ fn vxlan_and_host_gw_connect_pods_across_hosts_and_follow_hosts_leaving_and_join
     // Pod-to-pod keeps its source (checked above); what leaves the cluster is masqueraded.
     let nat = s.lab.exec_ok(1, &["nft", "list", "table", "ip", "capstan-podnet"]);
     assert!(nat.contains("masquerade"), "{nat}");
+    // The tunnel's port takes the peers only: a datagram from the machine (no node) is dropped.
+    let guard = |s: &Setup| s.lab.exec_ok(1, &["nft", "list", "set", "ip", "capstan-podnet", "vxlan-peers"]);
+    let peers = guard(&s);
+    assert!(peers.contains("10.250.0.12") && peers.contains("10.250.0.13"), "{peers}");
+    let dropped = |s: &Setup| {
+        let chain = s.lab.exec_ok(1, &["nft", "list", "chain", "ip", "capstan-podnet", "input"]);
+        let packets = chain
+            .split("counter packets ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
+        packets.unwrap_or_else(|| panic!("no counter in {chain}"))
+    };
+    let before = dropped(&s);
+    let sent = std::net::UdpSocket::bind((MACHINE, 0)).and_then(|u| u.send_to(b"not a VXLAN frame", (host_ip(1).as_str(), 8472)));
+    assert!(sent.is_ok(), "{sent:?}");
+    wait("the stray datagram dropped", 10, || s.context(), || dropped(&s) > before);
 
     // Host 3 leaves (its agent stops, its Node is removed): host 1 forgets its range.
     s.nodes[2].kill();

@@ -1,12 +1,12 @@
 //! The pod network across hosts: every pod reaches every pod on any node by its own address.
 //! The agent publishes how to reach this node (its underlay address and VTEP MAC, as Node
 //! annotations), watches the Nodes, and keeps the kernel's routes to the other nodes' pod ranges
-//! in line ([`plan`] is the pure core, [`kernel`] the netlink edge, [`masquerade`] the NAT for
-//! traffic leaving the cluster): at every change of a Node, and in a full sync every
+//! in line ([`plan`] is the pure core, [`kernel`] the netlink edge, [`nftables`] the NAT for
+//! traffic leaving the cluster and the guard of the VXLAN port): at every change of a Node, and in a full sync every
 //! [`RESYNC`] that repairs what anyone else changed.
 
 pub mod kernel;
-pub mod masquerade;
+pub mod nftables;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -144,6 +144,12 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, stop: Cance
         if !full && last_desired.as_ref() == Some(&desired) {
             continue;
         }
+        if vtep.is_some() {
+            let peers = desired.fdb.values().copied().collect();
+            if let Err(e) = nftables::set_peers(&peers).await {
+                tracing::warn!(node = %config.node, error = %e, "letting the peers' VXLAN in failed; retrying");
+            }
+        }
         last_desired = Some(desired.clone());
         match sync(desired.clone(), vtep).await {
             Ok(changes) if !changes.is_empty() => {
@@ -170,10 +176,10 @@ async fn remove_device_and_routes() -> Result<(), kernel::KernelError> {
 }
 
 /// Removes what the pod network made on this host: the VXLAN device, the routes to other
-/// nodes, the masquerade table (`capstan down`).
+/// nodes, its nftables table (`capstan down`).
 pub async fn teardown() -> Result<(), String> {
     remove_device_and_routes().await.map_err(|e| e.to_string())?;
-    masquerade::remove().await
+    nftables::remove().await
 }
 
 /// One full sync: reads what the kernel holds of ours and makes what differs.
@@ -191,13 +197,13 @@ async fn sync(desired: Mesh, vtep: Option<u32>) -> Result<plan::Changes, kernel:
 enum PrepareError {
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
-    #[error("the masquerade rules: {0}")]
-    Masquerade(String),
+    #[error("the pod network's nftables table: {0}")]
+    Nftables(String),
     #[error("publishing the node's VXLAN endpoint: {0}")]
     Publish(#[from] crate::client::ApiError),
 }
 
-/// The device, the masquerade and the annotations; returns the VXLAN device's index.
+/// The device, the nftables table and the annotations; returns the VXLAN device's index.
 async fn prepare(api: &ApiClient, config: &MeshConfig, pod_cidr: Cidr) -> Result<Option<u32>, PrepareError> {
     let underlay = config.underlay.clone();
     let vxlan = config.active() && config.backend == Backend::Vxlan;
@@ -219,7 +225,7 @@ async fn prepare(api: &ApiClient, config: &MeshConfig, pod_cidr: Cidr) -> Result
         None
     };
     if config.active() {
-        masquerade::ensure(config.cluster_cidr).await.map_err(PrepareError::Masquerade)?;
+        nftables::ensure(config.cluster_cidr, vxlan).await.map_err(PrepareError::Nftables)?;
     }
     let annotations = json!({
         plan::ANNOTATION_UNDERLAY_IP: config.active().then(|| underlay.address.to_string()),
