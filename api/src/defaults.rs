@@ -49,14 +49,39 @@ pub fn apply(kind: &KindInfo, object: &mut Value) {
     }
 }
 
-/// What kube-apiserver's ServiceAccount admission adds to a Pod when it is created: the
-/// `default` service account. (The eviction tolerations that DefaultTolerationSeconds would add
-/// stay implicit: the node lifecycle controller gives a pod without them the cluster's eviction
-/// timeout, which ClusterSettings may change for running pods too.)
-pub fn admit_pod(pod: &mut Value) {
-    if let Some(spec) = pod.get_mut("spec") {
-        set(spec, "serviceAccountName", json!("default"));
+/// The taints a node lifecycle controller puts on a node that is not ready or unreachable.
+pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+/// What kube-apiserver's admission adds to a Pod when it is created: the `default` service
+/// account (ServiceAccount), and a toleration of the not-ready and unreachable taints for
+/// `eviction_seconds` where the pod tolerates neither taint's NoExecute already
+/// (DefaultTolerationSeconds: the cluster's eviction timeout, written into the pod).
+pub fn admit_pod(pod: &mut Value, eviction_seconds: u32) {
+    let Some(spec) = pod.get_mut("spec").filter(|s| s.is_object()) else {
+        return;
+    };
+    set(spec, "serviceAccountName", json!("default"));
+    for taint in [TAINT_NOT_READY, TAINT_UNREACHABLE] {
+        if tolerates_no_execute(spec, taint) {
+            continue;
+        }
+        let toleration = json!({"key": taint, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": eviction_seconds});
+        match spec.get_mut("tolerations").and_then(Value::as_array_mut) {
+            Some(list) => list.push(toleration),
+            None => spec["tolerations"] = json!([toleration]),
+        }
     }
+}
+
+/// Whether a pod spec has a toleration for the NoExecute effect of `taint` (by its key, or by
+/// tolerating every key or every effect), as DefaultTolerationSeconds asks.
+pub fn tolerates_no_execute(spec: &Value, taint: &str) -> bool {
+    spec["tolerations"].as_array().into_iter().flatten().any(|t| {
+        let key = t["key"].as_str().unwrap_or_default();
+        let effect = t["effect"].as_str().unwrap_or_default();
+        (key == taint || key.is_empty()) && (effect == "NoExecute" || effect.is_empty())
+    })
 }
 
 /// The pull policy Kubernetes gives a container that names none: `Always` for an untagged or
@@ -395,13 +420,31 @@ mod tests {
     }
 
     #[test]
-    fn admission_adds_the_service_account() {
+    fn admission_adds_the_service_account_and_the_eviction_tolerations() {
         let mut p = json!({"spec": {"containers": []}});
-        admit_pod(&mut p);
+        admit_pod(&mut p, 300);
         assert_eq!(p["spec"]["serviceAccountName"], "default");
-        let mut own = json!({"spec": {"serviceAccountName": "builder"}});
-        admit_pod(&mut own);
+        assert_eq!(
+            p["spec"]["tolerations"],
+            json!([
+                {"key": TAINT_NOT_READY, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": TAINT_UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+            ])
+        );
+        // A pod's own tolerations of either taint (or of every NoExecute taint) are left as they are.
+        let mut own = json!({"spec": {"serviceAccountName": "builder", "tolerations": [
+            {"key": TAINT_UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 15},
+            {"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}});
+        admit_pod(&mut own, 60);
         assert_eq!(own["spec"]["serviceAccountName"], "builder");
+        let tolerations = own["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(tolerations.len(), 3);
+        assert_eq!(tolerations[0]["tolerationSeconds"], 15);
+        assert_eq!(tolerations[2]["key"], TAINT_NOT_READY);
+        assert_eq!(tolerations[2]["tolerationSeconds"], 60);
+        let mut everything = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        admit_pod(&mut everything, 300);
+        assert_eq!(everything["spec"]["tolerations"].as_array().unwrap().len(), 1);
     }
 
     #[test]

@@ -39,6 +39,21 @@ impl Default for Settings {
     }
 }
 
+/// The settings in force: `flags`, overridden by the ClusterSettings in `cache` (see
+/// [`Context::live`]).
+fn live(flags: &Settings, cache: &Cache) -> Settings {
+    let mut s = flags.clone();
+    if let Some(git) = cluster_settings(cache) {
+        if let Some(secs) = git.node_grace_period_seconds {
+            s.node_grace = Duration::from_secs(secs.into());
+        }
+        if let Some(secs) = git.pod_eviction_timeout_seconds {
+            s.eviction_timeout = Duration::from_secs(secs.into());
+        }
+    }
+    s
+}
+
 /// What every controller gets.
 #[derive(Clone)]
 pub struct Context {
@@ -52,10 +67,15 @@ pub struct Context {
 
 impl Context {
     pub fn new(objects: Objects, cache: Arc<Cache>, settings: Settings) -> Context {
+        let settings = Arc::new(settings);
+        let (c, s) = (cache.clone(), settings.clone());
+        objects.admit_pods_with(Box::new(move || {
+            u32::try_from(live(&s, &c).eviction_timeout.as_secs()).unwrap_or(u32::MAX)
+        }));
         Context {
             objects,
             cache,
-            settings: Arc::new(settings),
+            settings,
             admission: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -73,16 +93,7 @@ impl Context {
     /// commit changes them). Address ranges are taken at start only: changing them under running
     /// Services and nodes would renumber them.
     pub fn live(&self) -> Settings {
-        let mut s = (*self.settings).clone();
-        if let Some(git) = cluster_settings(&self.cache) {
-            if let Some(secs) = git.node_grace_period_seconds {
-                s.node_grace = Duration::from_secs(secs.into());
-            }
-            if let Some(secs) = git.pod_eviction_timeout_seconds {
-                s.eviction_timeout = Duration::from_secs(secs.into());
-            }
-        }
-        s
+        live(&self.settings, &self.cache)
     }
 
     /// Waits until the cache reflects every write made so far, so that a reconcile never acts on

@@ -89,11 +89,20 @@ pub fn resource_version_of(v: &Value) -> Option<Revision> {
         .and_then(|s| s.parse().ok())
 }
 
+/// Where pod admission reads the cluster's eviction timeout, in seconds (the settings in force).
+pub type EvictionSeconds = Box<dyn Fn() -> u32 + Send + Sync>;
+
 /// Reads and writes objects of any registry kind.
 #[derive(Clone)]
 pub struct Objects {
     store: Arc<dyn Store>,
+    /// Set once the settings are known ([`Objects::admit_pods_with`]); until then, and in tests
+    /// without it, Kubernetes' default of 300 s.
+    eviction: Arc<std::sync::OnceLock<EvictionSeconds>>,
 }
+
+/// Kubernetes' default eviction timeout (DefaultTolerationSeconds).
+const DEFAULT_EVICTION_SECONDS: u32 = 300;
 
 impl std::fmt::Debug for Objects {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,7 +152,16 @@ pub enum Part {
 
 impl Objects {
     pub fn new(store: Arc<dyn Store>) -> Objects {
-        Objects { store }
+        Objects {
+            store,
+            eviction: Arc::default(),
+        }
+    }
+
+    /// Pods created from now on tolerate not-ready and unreachable nodes for what `seconds`
+    /// says at their creation. The first call counts.
+    pub fn admit_pods_with(&self, seconds: EvictionSeconds) {
+        let _ = self.eviction.set(seconds);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -172,7 +190,8 @@ impl Objects {
         }
         capstan_api::defaults::apply(kind, &mut object);
         if kind.group.is_empty() && kind.kind == "Pod" {
-            capstan_api::defaults::admit_pod(&mut object);
+            let seconds = self.eviction.get().map_or(DEFAULT_EVICTION_SECONDS, |f| f());
+            capstan_api::defaults::admit_pod(&mut object, seconds);
         }
         {
             let m = meta_mut(&mut object);

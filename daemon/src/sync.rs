@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use capstan_api::defaults::{TAINT_NOT_READY, TAINT_UNREACHABLE, tolerates_no_execute};
 use capstan_api::{KindInfo, ObjectKey};
 use capstan_git::source::CommitUpdate;
 use capstan_manifest::desired::{Applied, AppliedSet, Plan, plan, plan_delta};
@@ -172,9 +173,10 @@ impl GitSync {
         self.last_prune = allowed && prune_held.is_none();
         let mut errors = Vec::new();
         // What others need goes first when creating (as Helm orders an install) and last when
-        // pruning: a pod is scheduled with its PriorityClass and counted by its quota.
+        // pruning: a pod is scheduled with its PriorityClass and counted by its quota, and
+        // admitted under the ClusterSettings of its commit.
         let rank = |kind: &str| match kind {
-            "Namespace" => 0,
+            "ClusterSettings" | "Namespace" => 0,
             "PriorityClass" => 1,
             "ResourceQuota" | "ServiceAccount" | "ConfigMap" | "Secret" => 2,
             "Service" => 3,
@@ -185,8 +187,10 @@ impl GitSync {
             v.sort_by_key(|k| (rank(&k.kind), k.clone()));
             v
         };
-        for key in order(&plan.create).iter().chain(order(&plan.update).iter()) {
-            if let Err(e) = self.write(key, &plan.next[key]).await {
+        // Creates and updates in one order: a ClusterSettings change comes before the objects
+        // created with it.
+        for key in order(&[plan.create.as_slice(), plan.update.as_slice()].concat()) {
+            if let Err(e) = self.write(&key, &plan.next[&key]).await {
                 errors.push(format!("applying {key}: {e}"));
             }
         }
@@ -402,10 +406,30 @@ pub fn merge_live(kind: &KindInfo, live: &Value, previous: Option<&Value>, desir
             }
         }
         "Pod" => {
-            if next["spec"].get("nodeName").is_none()
-                && let Some(n) = live["spec"].get("nodeName")
-            {
-                next["spec"]["nodeName"] = n.clone();
+            for field in ["nodeName", "serviceAccountName"] {
+                if next["spec"].get(field).is_none()
+                    && let Some(v) = live["spec"].get(field)
+                {
+                    next["spec"][field] = v.clone();
+                }
+            }
+            // The eviction tolerations admission added stay while the manifest has none of its own.
+            let admitted: Vec<Value> = live["spec"]["tolerations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| {
+                    [TAINT_NOT_READY, TAINT_UNREACHABLE].contains(&t["key"].as_str().unwrap_or_default())
+                        && t["effect"] == "NoExecute"
+                        && !tolerates_no_execute(&next["spec"], t["key"].as_str().unwrap_or_default())
+                })
+                .cloned()
+                .collect();
+            if !admitted.is_empty() && next["spec"].is_object() {
+                match next["spec"].get_mut("tolerations").and_then(Value::as_array_mut) {
+                    Some(list) => list.extend(admitted),
+                    None => next["spec"]["tolerations"] = Value::Array(admitted),
+                }
             }
         }
         _ => {}

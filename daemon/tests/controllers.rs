@@ -676,6 +676,24 @@ async fn cluster_settings_from_git_take_effect_with_the_commit() {
     h.add_node("n1", "8").await;
     h.eventually("the Deployment applied", |h| h.get("deployments", "shop", "web").is_some())
         .await;
+    // Pods are admitted with the eviction timeout in force (DefaultTolerationSeconds): the
+    // daemon's 300 s, as no ClusterSettings says otherwise.
+    let tolerated = |h: &Harness, image: &str, seconds: u64| {
+        let pods: Vec<Value> = h
+            .list("pods", Some("shop"))
+            .into_iter()
+            .filter(|p| p["spec"]["containers"][0]["image"] == image)
+            .collect();
+        !pods.is_empty()
+            && pods.iter().all(|p| {
+                ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"].iter().all(|key| {
+                    p["spec"]["tolerations"].as_array().is_some_and(|t| {
+                        t.contains(&json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}))
+                    })
+                })
+            })
+    };
+    h.eventually("the pod tolerating lost nodes for 300 s", |h| tolerated(h, "web:1", 300)).await;
 
     // prune: false — a manifest removed from Git is reported as held and keeps running.
     h.commit(&[], &["web.yaml"]);
@@ -712,6 +730,13 @@ async fn cluster_settings_from_git_take_effect_with_the_commit() {
     // ...and a commit setting 1 s makes it NotReady at once.
     h.commit(&[("settings.yaml", &settings(true, 1))], &[]);
     h.eventually("n1 NotReady under the new grace period", |h| !ready(h)).await;
+
+    // An eviction timeout from Git is what pods created from then on tolerate.
+    let evict_in_120 = settings(true, 1).replace("grace", "").replace("1}", "1, podEvictionTimeoutSeconds: 120}");
+    assert!(evict_in_120.contains("nodeGracePeriodSeconds: 1, podEvictionTimeoutSeconds: 120}"), "{evict_in_120}");
+    h.commit(&[("settings.yaml", &evict_in_120), ("web.yaml", &deployment("web:2", 1))], &[]);
+    h.eventually("the new pod tolerating lost nodes for 120 s", |h| tolerated(h, "web:2", 120))
+        .await;
 }
 
 fn git_head(repo: &Path) -> String {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use git2::{AutotagOption, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
 
 use capstan_manifest::desired::{FileChange, Snapshot};
-use capstan_manifest::files::{FileFilter, FilesError, TreeBudget};
+use capstan_manifest::files::{FileFilter, FilesError, MAX_TREE_BYTES, TreeBudget};
 use capstan_manifest::yaml::Budget;
 
 /// Most symbolic links followed from one manifest to the file it stands for.
@@ -67,6 +67,8 @@ pub struct GitRepo {
     subpath: String,
     /// The branches the remote had at the last fetch (None for a local repository).
     remote_heads: Option<Vec<String>>,
+    /// Most bytes of manifests one commit may hold in all.
+    tree_bytes: usize,
 }
 
 impl std::fmt::Debug for GitRepo {
@@ -86,6 +88,11 @@ pub struct LoadedCommit {
     pub links: std::collections::BTreeSet<String>,
     /// Files read to produce this snapshot (all of them, or only the changed ones).
     pub files_read: usize,
+    /// The size of each file counted against the tree's budget ([`TreeBudget`]), kept so that
+    /// a commit read by its changes is held to the same limit as one read in full.
+    pub sizes: imbl::HashMap<String, u64>,
+    /// Whether some file was left unread because the tree as a whole is over its budget.
+    pub over_budget: bool,
 }
 
 fn credentials() -> RemoteCallbacks<'static> {
@@ -201,6 +208,7 @@ impl GitRepo {
             branch,
             subpath: subpath.trim_matches('/').to_owned(),
             remote_heads: None,
+            tree_bytes: MAX_TREE_BYTES,
         };
         this.fetch()?;
         Ok(this)
@@ -333,6 +341,11 @@ impl GitRepo {
         Ok(tree)
     }
 
+    /// Holds each commit to `bytes` of manifests in all instead of [`MAX_TREE_BYTES`] (tests).
+    pub fn limit_tree_bytes(&mut self, bytes: usize) {
+        self.tree_bytes = bytes;
+    }
+
     /// Reads every manifest of `commit`.
     pub fn load(&self, commit: Oid) -> Result<LoadedCommit, RepoError> {
         let err = Self::read_err(commit);
@@ -364,12 +377,16 @@ impl GitRepo {
         .map_err(&err)?;
         let mut files = Vec::with_capacity(blobs.len() + links.len());
         let odb = self.repo.odb().map_err(&err)?;
-        let mut budget = TreeBudget::default();
+        let mut budget = TreeBudget::new(self.tree_bytes);
+        let mut sizes = imbl::HashMap::new();
         for (path, id) in blobs {
             // The size is read from the object's header, so an oversized blob is never loaded.
             let (size, _) = odb.read_header(id).map_err(&err)?;
             files.push(match budget.take(size as u64) {
-                Ok(()) => FileChange::Write(path, self.repo.find_blob(id).map_err(&err)?.content().to_vec()),
+                Ok(()) => {
+                    sizes.insert(path.clone(), size as u64);
+                    FileChange::Write(path, self.repo.find_blob(id).map_err(&err)?.content().to_vec())
+                }
                 Err(why) => FileChange::Unreadable(path, why),
             });
         }
@@ -383,6 +400,8 @@ impl GitRepo {
             filter,
             links: links.into_iter().collect(),
             files_read,
+            sizes,
+            over_budget: budget.exceeded(),
         })
     }
 
@@ -419,13 +438,18 @@ impl GitRepo {
     }
 
     /// Reads `commit` by re-reading only the files changed since `previous`; when the ignore
-    /// file itself changed, falls back to a full read.
+    /// file itself changed, or the tree grew past its budget (which a full read applies file by
+    /// file, in tree order), falls back to a full read.
     pub fn load_since(&self, previous: &LoadedCommit, commit: Oid) -> Result<LoadedCommit, RepoError> {
         if previous.commit == commit {
             return Ok(LoadedCommit {
                 files_read: 0,
                 ..previous.clone()
             });
+        }
+        if previous.over_budget {
+            // Files left unread for the whole tree's sake may fit now: read it as a full read would.
+            return self.load(commit);
         }
         let err = Self::read_err(commit);
         let old_tree = self.repo.find_commit(previous.commit).and_then(|c| c.tree()).map_err(&err)?;
@@ -441,6 +465,8 @@ impl GitRepo {
         let ignore_path = previous.filter.ignore_file_path();
         let mut changes = Vec::new();
         let mut links = previous.links.clone();
+        let mut sizes = previous.sizes.clone();
+        let odb = self.repo.odb().map_err(&err)?;
         let is_link = |f: &git2::DiffFile<'_>| f.mode() == git2::FileMode::Link;
         for delta in diff.deltas() {
             let old_path = delta.old_file().path().map(|p| p.to_string_lossy().into_owned());
@@ -452,24 +478,32 @@ impl GitRepo {
                 Delta::Deleted => {
                     if let Some(p) = old_path.filter(|p| previous.filter.accepts(p)) {
                         links.remove(&p);
+                        sizes.remove(&p);
                         changes.push(FileChange::Remove(p));
                     }
                 }
                 _ => {
                     if let Some(p) = old_path.filter(|p| Some(p) != new_path.as_ref() && previous.filter.accepts(p)) {
                         links.remove(&p);
+                        sizes.remove(&p);
                         changes.push(FileChange::Remove(p));
                     }
                     if let Some(p) = new_path.filter(|p| previous.filter.accepts(p)) {
                         let mode = delta.new_file().mode();
+                        sizes.remove(&p);
                         if is_link(&delta.new_file()) {
                             // Read below with every other link, whose targets may have changed.
                             links.insert(p);
                         } else if mode == git2::FileMode::Blob || mode == git2::FileMode::BlobExecutable {
                             links.remove(&p);
                             let id = delta.new_file().id();
-                            changes.push(match Budget::MANIFEST.file_too_large(delta.new_file().size()) {
-                                None => FileChange::Write(p, self.repo.find_blob(id).map_err(&err)?.content().to_vec()),
+                            // Sized from the object's header, as in a full read.
+                            let (size, _) = odb.read_header(id).map_err(&err)?;
+                            changes.push(match Budget::MANIFEST.file_too_large(size as u64) {
+                                None => {
+                                    sizes.insert(p.clone(), size as u64);
+                                    FileChange::Write(p, self.repo.find_blob(id).map_err(&err)?.content().to_vec())
+                                }
                                 Some(why) => FileChange::Unreadable(p, why),
                             });
                         } else {
@@ -487,6 +521,9 @@ impl GitRepo {
                 changes.push(self.read_link(&new_tree, previous.filter.root(), link).map_err(&err)?);
             }
         }
+        if sizes.values().sum::<u64>() > self.tree_bytes as u64 {
+            return self.load(commit);
+        }
         let files_read = changes.iter().filter(|c| matches!(c, FileChange::Write(..))).count();
         Ok(LoadedCommit {
             commit,
@@ -494,6 +531,8 @@ impl GitRepo {
             filter: previous.filter.clone(),
             links,
             files_read,
+            sizes,
+            over_budget: false,
         })
     }
 }

@@ -300,6 +300,43 @@ fn file_problems(l: &capstan_git::repo::LoadedCommit, path: &str) -> Vec<String>
 }
 
 #[test]
+fn a_commit_read_by_its_changes_is_held_to_the_trees_byte_budget_as_a_full_read_is() {
+    let r = Repos::new();
+    // Three files of one size under a budget that holds two: the third is not read.
+    let sized = |name: &str| format!("{}# {}\n", cm(name), "x".repeat(100));
+    let budget = 2 * sized("a").len() + 10;
+    r.write("a.yaml", &sized("a"));
+    let c1 = r.commit_push("one file");
+    let mut repo = GitRepo::open(Location::Local(r.bare.clone()), None, "", &r.data).unwrap();
+    repo.limit_tree_bytes(budget);
+    let l1 = repo.load(repo.tip().unwrap()).unwrap();
+    assert_eq!(l1.commit.to_string(), c1);
+    r.write("b.yaml", &sized("b"));
+    r.write("c.yaml", &sized("c"));
+    r.commit_push("two more, over the budget");
+    let tip = repo.tip().unwrap();
+    let by_changes = repo.load_since(&l1, tip).unwrap();
+    let full = repo.load(tip).unwrap();
+    for l in [&by_changes, &full] {
+        assert!(l.over_budget);
+        assert_eq!(file_problems(l, "a.yaml"), Vec::<String>::new());
+        assert_eq!(file_problems(l, "b.yaml"), Vec::<String>::new());
+        let c = file_problems(l, "c.yaml");
+        assert!(
+            c.len() == 1 && c[0].contains(&format!("the manifests of this tree exceed {budget} bytes in all")),
+            "{c:?}"
+        );
+    }
+    // One file goes: the one left unread fits again, and is read.
+    r.remove("a.yaml");
+    r.commit_push("room again");
+    let l3 = repo.load_since(&by_changes, repo.tip().unwrap()).unwrap();
+    assert!(!l3.over_budget);
+    assert_eq!(file_problems(&l3, "c.yaml"), Vec::<String>::new());
+    assert_eq!(l3.snapshot.desired().objects.len(), 2);
+}
+
+#[test]
 fn symbolic_links_are_read_as_their_targets_inside_the_tree_and_nothing_else() {
     let r = Repos::new();
     // The target sits in a dot-directory, which is not read on its own (else the object would

@@ -97,25 +97,57 @@ impl FileFilter {
 pub const MAX_TREE_BYTES: usize = 256 << 20;
 
 /// Counts the bytes of a tree as its files are read, so that a huge tree is refused file by file.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TreeBudget {
+    limit: usize,
     spent: usize,
+    exceeded: bool,
+}
+
+impl Default for TreeBudget {
+    fn default() -> TreeBudget {
+        TreeBudget::new(MAX_TREE_BYTES)
+    }
 }
 
 impl TreeBudget {
+    /// A budget of `limit` bytes in all (tests use small ones).
+    pub fn new(limit: usize) -> TreeBudget {
+        TreeBudget {
+            limit,
+            spent: 0,
+            exceeded: false,
+        }
+    }
+
     /// Takes `len` bytes for one file, or says why the file is not read.
     pub fn take(&mut self, len: u64) -> Result<(), String> {
         if let Some(why) = Budget::MANIFEST.file_too_large(len) {
             return Err(why);
         }
         self.spent = self.spent.saturating_add(len as usize);
-        if self.spent > MAX_TREE_BYTES {
+        if self.spent > self.limit {
+            self.exceeded = true;
             return Err(format!(
-                "the manifests of this tree exceed {} MiB in all; this file and the rest are not read",
-                MAX_TREE_BYTES >> 20
+                "the manifests of this tree exceed {} in all; this file and the rest are not read",
+                mib(self.limit)
             ));
         }
         Ok(())
+    }
+
+    /// Whether some file was refused because the tree as a whole is too large.
+    pub fn exceeded(&self) -> bool {
+        self.exceeded
+    }
+}
+
+/// A byte count as users read it: whole MiB when it is, bytes otherwise.
+fn mib(bytes: usize) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 

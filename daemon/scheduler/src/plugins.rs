@@ -107,7 +107,7 @@ impl FilterPlugin for TaintToleration {
         // A node that does not report Ready carries Kubernetes' implicit not-ready taint.
         if !node.ready {
             let t = Taint {
-                key: "node.kubernetes.io/not-ready".into(),
+                key: capstan_api::defaults::TAINT_NOT_READY.into(),
                 value: String::new(),
                 effect: "NoSchedule".into(),
             };

@@ -22,8 +22,7 @@ use crate::objects::ObjectError;
 use capstan_api::cidr::NODE_PREFIX;
 use capstan_api::time::now_rfc3339;
 
-pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
-pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+pub use capstan_api::defaults::{TAINT_NOT_READY, TAINT_UNREACHABLE};
 
 pub struct NodeLifecycle {
     pub ctx: Context,
