@@ -63,6 +63,9 @@ enum Command {
         /// longer (Kubernetes' default toleration of 300 s).
         #[arg(long, default_value_t = 300)]
         pod_eviction_timeout: u64,
+        /// Seconds an Event is kept after it was last seen (kube-apiserver's --event-ttl).
+        #[arg(long, default_value_t = 3600)]
+        event_ttl: u64,
         /// When the rollout of the tracked branch's tip misses its progress deadline, revert
         /// that commit by a commit of Capstan's own on the branch (pushed, for a remote).
         #[arg(long)]
@@ -150,6 +153,7 @@ fn main() -> ExitCode {
             poll_interval,
             node_grace_period,
             pod_eviction_timeout,
+            event_ttl,
             revert_failed_rollouts,
         } => commands::daemon::run(commands::daemon::Args {
             repo,
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
             poll_interval,
             node_grace_period,
             pod_eviction_timeout,
+            event_ttl,
             revert_failed_rollouts,
         }),
         Command::Node(args) => commands::node::run(*args),

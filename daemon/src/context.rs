@@ -24,6 +24,8 @@ pub struct Settings {
     pub api_endpoint: (Ipv4Addr, u16),
     /// The cluster CA (PEM), published in every namespace as ConfigMap `kube-root-ca.crt`.
     pub root_ca: String,
+    /// How long an Event lives after it was last seen.
+    pub event_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -35,6 +37,7 @@ impl Default for Settings {
             eviction_timeout: Duration::from_secs(300),
             api_endpoint: (Ipv4Addr::LOCALHOST, 6443),
             root_ca: String::new(),
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct DaemonConfig {
     pub node_grace: Duration,
     /// Pods on a NotReady node are evicted after this, unless they tolerate longer.
     pub eviction_timeout: Duration,
+    /// How long an Event lives after it was last seen (kube-apiserver's --event-ttl).
+    pub event_ttl: Duration,
     /// The pod range, split into a /24 per node.
     pub pod_cidr: capstan_api::cidr::Cidr,
     /// How often the status branch and notes are written (at most one commit per interval).
@@ -83,6 +85,7 @@ impl DaemonConfig {
             history_revisions: 10_000,
             node_grace: Duration::from_secs(40),
             eviction_timeout: Duration::from_secs(300),
+            event_ttl: context::Settings::default().event_ttl,
             pod_cidr: context::Settings::default().pod_cidr,
             status_interval: Duration::from_secs(3),
             revert_failed_rollouts: false,
@@ -310,6 +313,7 @@ impl Daemon {
         let settings = context::Settings {
             node_grace: config.node_grace,
             eviction_timeout: config.eviction_timeout,
+            event_ttl: config.event_ttl,
             api_endpoint: (api_ip, api_addr.port()),
             pod_cidr: config.pod_cidr,
             root_ca: ca.cert_pem.clone(),

@@ -375,6 +375,23 @@ async fn removing_manifests_collects_garbage_and_drains_the_namespace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_expire_their_ttl_after_they_were_last_seen() {
+    let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 2))], |c| {
+        c.event_ttl = Duration::from_secs(2);
+    })
+    .await;
+    h.add_node("n1", "8").await;
+    h.eventually("the rollout's events recorded", |h| {
+        let reasons: Vec<Value> = h.list("events", Some("shop")).iter().map(|e| e["reason"].clone()).collect();
+        reasons.contains(&json!("ScalingReplicaSet")) && reasons.contains(&json!("SuccessfulCreate"))
+    })
+    .await;
+    h.eventually("every event gone after its two seconds", |h| h.list("events", None).is_empty())
+        .await;
+    assert_eq!(h.list("pods", Some("shop")).len(), 2, "only the events go");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_node_is_tainted_and_its_pods_move() {
     let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 2).replace("    spec:\n      containers:", "    spec:\n      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]\n      containers:"))], |c| {
         c.node_grace = Duration::from_secs(2);
@@ -686,14 +703,17 @@ async fn cluster_settings_from_git_take_effect_with_the_commit() {
             .collect();
         !pods.is_empty()
             && pods.iter().all(|p| {
-                ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"].iter().all(|key| {
-                    p["spec"]["tolerations"].as_array().is_some_and(|t| {
-                        t.contains(&json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}))
+                ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"]
+                    .iter()
+                    .all(|key| {
+                        p["spec"]["tolerations"].as_array().is_some_and(|t| {
+                            t.contains(&json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}))
+                        })
                     })
-                })
             })
     };
-    h.eventually("the pod tolerating lost nodes for 300 s", |h| tolerated(h, "web:1", 300)).await;
+    h.eventually("the pod tolerating lost nodes for 300 s", |h| tolerated(h, "web:1", 300))
+        .await;
 
     // prune: false — a manifest removed from Git is reported as held and keeps running.
     h.commit(&[], &["web.yaml"]);
@@ -732,8 +752,13 @@ async fn cluster_settings_from_git_take_effect_with_the_commit() {
     h.eventually("n1 NotReady under the new grace period", |h| !ready(h)).await;
 
     // An eviction timeout from Git is what pods created from then on tolerate.
-    let evict_in_120 = settings(true, 1).replace("grace", "").replace("1}", "1, podEvictionTimeoutSeconds: 120}");
-    assert!(evict_in_120.contains("nodeGracePeriodSeconds: 1, podEvictionTimeoutSeconds: 120}"), "{evict_in_120}");
+    let evict_in_120 = settings(true, 1)
+        .replace("grace", "")
+        .replace("1}", "1, podEvictionTimeoutSeconds: 120}");
+    assert!(
+        evict_in_120.contains("nodeGracePeriodSeconds: 1, podEvictionTimeoutSeconds: 120}"),
+        "{evict_in_120}"
+    );
     h.commit(&[("settings.yaml", &evict_in_120), ("web.yaml", &deployment("web:2", 1))], &[]);
     h.eventually("the new pod tolerating lost nodes for 120 s", |h| tolerated(h, "web:2", 120))
         .await;

@@ -20,6 +20,7 @@ pub struct Args {
     pub poll_interval: u64,
     pub node_grace_period: u64,
     pub pod_eviction_timeout: u64,
+    pub event_ttl: u64,
     pub revert_failed_rollouts: bool,
 }
 
@@ -54,6 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.poll_interval = std::time::Duration::from_secs(args.poll_interval.max(1));
     config.node_grace = std::time::Duration::from_secs(args.node_grace_period.max(1));
     config.eviction_timeout = std::time::Duration::from_secs(args.pod_eviction_timeout);
+    config.event_ttl = std::time::Duration::from_secs(args.event_ttl.max(1));
     config.revert_failed_rollouts = args.revert_failed_rollouts;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

@@ -4,6 +4,7 @@
 
 pub mod deployment;
 pub mod endpoints;
+pub mod eventttl;
 pub mod gc;
 pub mod namespace;
 pub mod node;
@@ -135,6 +136,7 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     tasks.extend(quota::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(gc::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(node::controller(&ctx).spawn(&ctx, &shutdown));
+    tasks.extend(eventttl::controller(&ctx).spawn(&ctx, &shutdown));
     // The built-in objects: system namespaces, the `kubernetes` and `kube-dns` Services.
     let builtin_ctx = ctx.clone();
     tasks.push(tokio::spawn(async move {
