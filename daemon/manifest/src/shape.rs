@@ -162,14 +162,16 @@ impl KindShape {
                 Value::Array(out)
             }
             (Shape::Map(value), NodeValue::Map(entries)) => {
-                let mut out = Map::with_capacity(entries.len());
+                // Collected, then built in one go (sorted, then filled bottom up): inserting
+                // 100,000 keys one by one shifts keys within the tree's nodes at every step.
+                let mut out = Vec::with_capacity(entries.len());
                 for e in entries {
                     path.push(Seg::Key(&e.key));
                     let v = self.convert_at(*value, &e.value, path, issues);
                     path.pop();
-                    out.insert(e.key.clone(), v);
+                    out.push((e.key.clone(), v));
                 }
-                Value::Object(out)
+                Value::Object(out.into_iter().collect())
             }
             (Shape::Object { fields, required }, NodeValue::Map(entries)) => {
                 let mut out = Map::with_capacity(entries.len());
