@@ -1,7 +1,8 @@
 //! Hostile and careless input through the public surfaces, as an attacker or a careless user
 //! would send it: YAML bombs to `capstan validate` (under a memory limit and a timeout) and to
 //! the daemon in a commit, thousands of idle and slow connections to the API while kubectl
-//! works, output that could forge lines, and a closed pipe.
+//! works, watchers that never read while large objects change, output that could forge lines,
+//! and a closed pipe.
 
 mod common;
 
@@ -162,6 +163,77 @@ fn idle_and_slow_clients_do_not_stop_the_api() {
     assert!(c.kubectl(&["get", "cm"]).status.success());
     let log = c.log();
     assert!(log.lines().filter(|l| l.contains("accept")).count() < 5, "{log}");
+}
+
+/// The daemon's resident memory, in MB.
+fn rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+/// A ConfigMap of about 900 KB whose values change with `n`.
+fn big_config_map(n: usize) -> String {
+    let mut text = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: big}\ndata:\n");
+    for k in 0..9 {
+        text.push_str(&format!("  k{k}: \"{n}{}\"\n", "x".repeat(100_000)));
+    }
+    text
+}
+
+#[test]
+fn watchers_that_never_read_do_not_make_changes_cost_memory() {
+    let c = Cluster::start(&[("big.yaml", &big_config_map(0))]);
+    c.wait_until("the big ConfigMap applied", || c.kubectl(&["get", "cm", "big"]).status.success());
+    let addr = c.server().trim_start_matches("https://").to_owned();
+    let kubeconfig = std::fs::read_to_string(c.kubeconfig()).unwrap();
+    let token = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    // 40 watches whose clients never read what they are sent (their output is never drained).
+    let request =
+        format!("GET /api/v1/namespaces/default/configmaps?watch=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let mut watchers: Vec<std::process::Child> = (0..40)
+        .map(|_| {
+            let mut w = Command::new("openssl")
+                .args(["s_client", "-quiet", "-connect", &addr])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            w.stdin.as_mut().unwrap().write_all(request.as_bytes()).unwrap();
+            w
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let before = rss_mb(c.child.id());
+    // Each change of the 900 KB object reaches 40 stalled watchers: copied per watcher, ten
+    // changes would cost about 360 MB; shared, they cost nothing per watcher.
+    for n in 1..=10 {
+        c.commit(&[("big.yaml", &big_config_map(n))], &[], "a change of the big ConfigMap");
+        c.wait_until("the change applied", || {
+            c.kubectl_ok(&["get", "cm", "big", "-o", "jsonpath={.data.k0}"])
+                .starts_with(&n.to_string())
+        });
+    }
+    let after = rss_mb(c.child.id());
+    assert!(
+        after < before + 150,
+        "ten changes under 40 stalled watchers took the daemon from {before} MB to {after} MB"
+    );
+    assert!(c.kubectl(&["get", "cm", "big", "-o", "name"]).status.success());
+    for w in &mut watchers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
 }
 
 fn wait_exit(child: &mut std::process::Child, within: Duration) -> Option<std::process::ExitStatus> {
