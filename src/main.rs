@@ -66,6 +66,10 @@ enum Command {
         /// Seconds an Event is kept after it was last seen (kube-apiserver's --event-ttl).
         #[arg(long, default_value_t = 3600)]
         event_ttl: u64,
+        /// The kustomize that builds kustomize roots (a `kustomize` or `kubectl` binary);
+        /// default: `kustomize` on the PATH, else `kubectl kustomize`.
+        #[arg(long)]
+        kustomize: Option<PathBuf>,
         /// When the rollout of the tracked branch's tip misses its progress deadline, revert
         /// that commit by a commit of Capstan's own on the branch (pushed, for a remote).
         #[arg(long)]
@@ -77,6 +81,10 @@ enum Command {
     Validate {
         /// A directory or a single manifest file.
         path: PathBuf,
+        /// The kustomize that builds kustomize roots (a `kustomize` or `kubectl` binary);
+        /// default: `kustomize` on the PATH, else `kubectl kustomize`.
+        #[arg(long)]
+        kustomize: Option<PathBuf>,
         #[arg(long, short, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
@@ -91,6 +99,9 @@ enum Command {
         path: String,
         /// Two revisions, `BASE..HEAD` (e.g. `main..feature`).
         range: String,
+        /// The kustomize that builds kustomize roots (as for validate).
+        #[arg(long)]
+        kustomize: Option<PathBuf>,
         #[arg(long, short, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
@@ -137,8 +148,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Validate { path, output } => commands::validate::run(&path, output),
-        Command::Plan { repo, path, range, output } => commands::plan::run(&repo, &path, &range, output),
+        Command::Validate { path, kustomize, output } => commands::validate::run(&path, kustomize.as_deref(), output),
+        Command::Plan {
+            repo,
+            path,
+            range,
+            kustomize,
+            output,
+        } => commands::plan::run(&repo, &path, &range, kustomize, output),
         Command::Schemas { out } => commands::schemas::run(&out),
         Command::Up(args) => commands::up::run(*args),
         Command::Down(args) => commands::down::run(args),
@@ -154,6 +171,7 @@ fn main() -> ExitCode {
             node_grace_period,
             pod_eviction_timeout,
             event_ttl,
+            kustomize,
             revert_failed_rollouts,
         } => commands::daemon::run(commands::daemon::Args {
             repo,
@@ -167,6 +185,7 @@ fn main() -> ExitCode {
             node_grace_period,
             pod_eviction_timeout,
             event_ttl,
+            kustomize,
             revert_failed_rollouts,
         }),
         Command::Node(args) => commands::node::run(*args),

@@ -13,6 +13,9 @@ pub const ANNOTATION_COMMIT: &str = "capstan.dev/commit";
 pub const ANNOTATION_SOURCE: &str = "capstan.dev/source";
 /// Annotation: zero-based index of the document in that file.
 pub const ANNOTATION_DOCUMENT: &str = "capstan.dev/document";
+/// Annotation: the kustomization file of the root whose build made the object (objects of
+/// plain files have none).
+pub const ANNOTATION_KUSTOMIZATION: &str = "capstan.dev/kustomization";
 
 /// Container labels (see DESIGN.md): the pod's UID, name and namespace, the container's name,
 /// the node running it, the hash of its spec, and the commit the pod came from.

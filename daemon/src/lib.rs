@@ -70,6 +70,8 @@ pub struct DaemonConfig {
     pub revert_failed_rollouts: bool,
     /// The shared secret of `POST /hooks/git`; `None`: no webhook.
     pub webhook_secret: Option<Vec<u8>>,
+    /// `--kustomize`: the kustomize that builds the tree's roots; `None`: the one found.
+    pub kustomize: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -90,6 +92,7 @@ impl DaemonConfig {
             status_interval: Duration::from_secs(3),
             revert_failed_rollouts: false,
             webhook_secret: None,
+            kustomize: None,
         }
     }
 }
@@ -240,6 +243,7 @@ impl Daemon {
         source_config.branch = config.branch.clone();
         source_config.subpath = config.path.clone();
         source_config.poll_interval = config.poll_interval;
+        source_config.kustomize = config.kustomize.clone();
         let (source, mut events) = GitSource::spawn(source_config);
         let trigger = source.trigger_handle();
         let stop = shutdown.clone();

@@ -14,14 +14,21 @@ use capstan_manifest::report::{Entry, Report};
 use crate::commands::validate::plural;
 use crate::output::{Format, outln, print_structured};
 
-pub fn run(repo_path: &Path, subpath: &str, range: &str, format: Format) -> anyhow::Result<ExitCode> {
+pub fn run(
+    repo_path: &Path,
+    subpath: &str,
+    range: &str,
+    kustomize: Option<std::path::PathBuf>,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     let Some((base, head)) = range.split_once("..") else {
         bail!("expected a range BASE..HEAD, got {range:?}");
     };
     let head = if head.is_empty() { "HEAD" } else { head };
     let data_dir = std::env::temp_dir();
-    let repo = GitRepo::open(Location::Local(repo_path.to_path_buf()), Some("HEAD"), subpath, &data_dir)
+    let mut repo = GitRepo::open(Location::Local(repo_path.to_path_buf()), Some("HEAD"), subpath, &data_dir)
         .with_context(|| format!("opening {}", repo_path.display()))?;
+    repo.use_kustomize(kustomize);
     let resolve = |rev: &str| -> anyhow::Result<git2::Oid> {
         let obj = repo
             .repository()

@@ -5,36 +5,50 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use capstan_manifest::desired::Snapshot;
-use capstan_manifest::files::{read_dir, read_file};
+use capstan_manifest::desired::{FileChange, Snapshot};
+use capstan_manifest::files::read_file;
 use serde::Serialize;
 
 use crate::output::{Format, outln, print_structured};
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Outcome<'a> {
     files: usize,
     objects: usize,
+    kustomize_roots: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kustomize: Option<String>,
     problems: &'a [capstan_manifest::problem::Problem],
 }
 
-pub fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
+pub fn run(path: &Path, kustomize: Option<&Path>, format: Format) -> anyhow::Result<ExitCode> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    let files = if meta.is_dir() { read_dir(path)? } else { vec![read_file(path)] };
-    let file_count = files.len();
+    let (files, built) = if meta.is_dir() {
+        capstan_kustomize::dir::load(path, kustomize)?
+    } else {
+        (vec![read_file(path)], Default::default())
+    };
+    let file_count = files.iter().filter(|f| !matches!(f, FileChange::Loaded(_))).count();
     let snapshot = Snapshot::load(files);
     let desired = snapshot.desired();
     let outcome = Outcome {
         files: file_count,
         objects: desired.objects.len(),
+        kustomize_roots: built.roots,
+        kustomize: built.kustomize,
         problems: &desired.problems,
+    };
+    let roots = match (&outcome.kustomize, outcome.kustomize_roots) {
+        (Some(by), n) => format!(", {n} kustomize root{} built with {by}", plural(n)),
+        (None, _) => String::new(),
     };
     if format == Format::Text {
         for p in &desired.problems {
             outln!("{p}");
         }
         if desired.problems.is_empty() {
-            outln!("ok: {} objects in {} files", outcome.objects, outcome.files);
+            outln!("ok: {} objects in {} files{roots}", outcome.objects, outcome.files);
         } else {
             let bad_files = desired
                 .problems
@@ -43,7 +57,7 @@ pub fn run(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
                 .collect::<std::collections::BTreeSet<_>>()
                 .len();
             outln!(
-                "{} problem{} in {} file{} ({} objects valid, {} files checked)",
+                "{} problem{} in {} file{} ({} objects valid, {} files checked{roots})",
                 desired.problems.len(),
                 plural(desired.problems.len()),
                 bad_files,

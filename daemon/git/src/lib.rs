@@ -9,3 +9,4 @@ pub mod repo;
 pub mod revert;
 pub mod source;
 pub mod status_branch;
+pub mod tree;

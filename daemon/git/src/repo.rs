@@ -2,11 +2,16 @@
 //! a remote one, fetch the tracked branch, resolve its tip, and read a commit's manifests in
 //! full or as the files changed since another commit.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use git2::{AutotagOption, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
 
+use capstan_kustomize::{Graph, Kustomizer, root_of};
 use capstan_manifest::desired::{FileChange, Snapshot};
+
+use crate::tree::{CommitTree, Paths};
 use capstan_manifest::files::{FileFilter, FilesError, MAX_TREE_BYTES, TreeBudget};
 use capstan_manifest::yaml::Budget;
 
@@ -69,6 +74,9 @@ pub struct GitRepo {
     remote_heads: Option<Vec<String>>,
     /// Most bytes of manifests one commit may hold in all.
     tree_bytes: usize,
+    /// `--kustomize`: the kustomize to build with; `None`: look for one.
+    kustomize: Option<PathBuf>,
+    kustomizer: std::sync::OnceLock<Result<Kustomizer, String>>,
 }
 
 impl std::fmt::Debug for GitRepo {
@@ -93,6 +101,9 @@ pub struct LoadedCommit {
     pub sizes: imbl::HashMap<String, u64>,
     /// Whether some file was left unread because the tree as a whole is over its budget.
     pub over_budget: bool,
+    /// Every file of the tracked tree (kustomize builds may read any), and its kustomizations.
+    pub paths: Paths,
+    pub kustomize: Arc<Graph>,
 }
 
 fn credentials() -> RemoteCallbacks<'static> {
@@ -209,6 +220,8 @@ impl GitRepo {
             subpath: subpath.trim_matches('/').to_owned(),
             remote_heads: None,
             tree_bytes: MAX_TREE_BYTES,
+            kustomize: None,
+            kustomizer: std::sync::OnceLock::new(),
         };
         this.fetch()?;
         Ok(this)
@@ -351,6 +364,15 @@ impl GitRepo {
         let err = Self::read_err(commit);
         let tree = self.tree_of(commit)?;
         let filter = self.filter_at(&tree)?;
+        let listing = CommitTree {
+            repo: &self.repo,
+            tree: tree.clone(),
+            root: filter.root().to_owned(),
+            paths: Arc::new(crate::tree::list(&tree, filter.root()).map_err(&err)?),
+        };
+        let graph = self.kustomizations(&listing, &filter);
+        // Files inside a kustomize root are read through its kustomization only.
+        let plain = |path: &str| filter.accepts(path) && root_of(path).is_none() && !graph.inside_a_root(path);
         let mut blobs = Vec::new();
         let mut links = Vec::new();
         tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
@@ -365,7 +387,7 @@ impl GitRepo {
                     TreeWalkResult::Skip
                 };
             }
-            if filter.accepts(&path) {
+            if plain(&path) {
                 if entry.filemode() == i32::from(git2::FileMode::Link) {
                     links.push(path);
                 } else {
@@ -393,6 +415,8 @@ impl GitRepo {
         for link in &links {
             files.push(self.read_link(&tree, filter.root(), link).map_err(&err)?);
         }
+        let applied: Vec<String> = graph.applied().map(|k| k.dir.clone()).collect();
+        files.extend(self.builds(&graph, &applied, &listing));
         let files_read = files.len();
         Ok(LoadedCommit {
             commit,
@@ -402,39 +426,51 @@ impl GitRepo {
             files_read,
             sizes,
             over_budget: budget.exceeded(),
+            paths: listing.paths,
+            kustomize: Arc::new(graph),
         })
     }
 
     /// Reads a manifest stored as a symbolic link as the file it points to, which must be a
     /// file inside the tracked tree (as a checkout and `kubectl apply -f` would read it).
     fn read_link(&self, tree: &git2::Tree<'_>, root: &str, link: &str) -> Result<FileChange, git2::Error> {
-        let unreadable = |why: String| Ok(FileChange::Unreadable(link.to_owned(), why));
-        let mut path = link.to_owned();
-        for _ in 0..MAX_LINK_HOPS {
-            let Ok(entry) = tree.get_path(Path::new(&path)) else {
-                return unreadable(format!("symbolic link dangles: {path} is not in this commit"));
-            };
-            if entry.kind() != Some(git2::ObjectType::Blob) {
-                return unreadable(format!("symbolic link leads to {path}, which is not a file"));
-            }
-            if entry.filemode() != i32::from(git2::FileMode::Link) {
-                // Sized from the object's header, as every other file: an oversized target is
-                // never loaded.
-                let (size, _) = self.repo.odb()?.read_header(entry.id())?;
-                if let Some(why) = Budget::MANIFEST.file_too_large(size as u64) {
-                    return unreadable(why);
-                }
-                let blob = self.repo.find_blob(entry.id())?;
-                return Ok(FileChange::Write(link.to_owned(), blob.content().to_vec()));
-            }
-            let blob = self.repo.find_blob(entry.id())?;
-            let target = String::from_utf8_lossy(blob.content());
-            path = match capstan_manifest::files::resolve_link(&path, &target, root) {
-                Ok(p) => p,
-                Err(why) => return unreadable(why),
-            };
+        read_entry(&self.repo, tree, root, link)
+    }
+
+    /// The kustomize that builds this repository's roots (found at first use).
+    pub fn kustomizer(&self) -> Result<&Kustomizer, &str> {
+        self.kustomizer
+            .get_or_init(|| Kustomizer::find(self.kustomize.as_deref()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    /// Builds with the kustomize at `path` (`--kustomize`) instead of looking for one.
+    pub fn use_kustomize(&mut self, path: Option<PathBuf>) {
+        self.kustomize = path;
+        self.kustomizer = std::sync::OnceLock::new();
+    }
+
+    /// The kustomizations of a tree: every kustomization file the filter does not leave out.
+    fn kustomizations(&self, tree: &CommitTree<'_>, filter: &FileFilter) -> Graph {
+        let files: Vec<String> = tree
+            .paths
+            .iter()
+            .filter(|p| root_of(p).is_some() && !filter.ignores(p))
+            .cloned()
+            .collect();
+        capstan_kustomize::graph(tree, &files, filter.root())
+    }
+
+    /// The builds of `dirs` (roots of `graph`), as changes to the snapshot.
+    fn builds(&self, graph: &Graph, dirs: &[String], tree: &CommitTree<'_>) -> Vec<FileChange> {
+        if dirs.is_empty() {
+            return Vec::new();
         }
-        unreadable(format!("symbolic link does not lead to a file within {MAX_LINK_HOPS} links"))
+        capstan_kustomize::build_roots(self.kustomizer(), graph, dirs, tree)
+            .into_iter()
+            .map(FileChange::Loaded)
+            .collect()
     }
 
     /// Reads `commit` by re-reading only the files changed since `previous`; when the ignore
@@ -468,12 +504,24 @@ impl GitRepo {
         let mut sizes = previous.sizes.clone();
         let odb = self.repo.odb().map_err(&err)?;
         let is_link = |f: &git2::DiffFile<'_>| f.mode() == git2::FileMode::Link;
+        // Every path the diff touched, manifest or not (a kustomize build reads any file).
+        let (mut gone, mut came, mut touched) = (Vec::new(), Vec::new(), Vec::new());
         for delta in diff.deltas() {
             let old_path = delta.old_file().path().map(|p| p.to_string_lossy().into_owned());
             let new_path = delta.new_file().path().map(|p| p.to_string_lossy().into_owned());
             if old_path.as_deref() == Some(ignore_path.as_str()) || new_path.as_deref() == Some(ignore_path.as_str()) {
                 return self.load(commit);
             }
+            match delta.status() {
+                Delta::Added | Delta::Copied => came.extend(new_path.clone()),
+                Delta::Deleted => gone.extend(old_path.clone()),
+                Delta::Renamed => {
+                    gone.extend(old_path.clone());
+                    came.extend(new_path.clone());
+                }
+                _ => {}
+            }
+            touched.extend(old_path.iter().chain(new_path.iter()).cloned());
             match delta.status() {
                 Delta::Deleted => {
                     if let Some(p) = old_path.filter(|p| previous.filter.accepts(p)) {
@@ -514,6 +562,17 @@ impl GitRepo {
                 }
             }
         }
+        let listing = CommitTree {
+            repo: &self.repo,
+            tree: new_tree.clone(),
+            root: previous.filter.root().to_owned(),
+            paths: if gone.is_empty() && came.is_empty() {
+                previous.paths.clone()
+            } else {
+                Arc::new(crate::tree::update(&previous.paths, &gone, &came))
+            },
+        };
+        let kustomize = self.kustomize_changes(previous, &listing, &touched, &mut changes, &mut links, &mut sizes)?;
         // A link's content is its target's: re-read every link when anything changed (links are
         // few, and a target, even one not read on its own, may change while the link stays).
         if diff.deltas().len() > 0 && !links.is_empty() {
@@ -533,8 +592,109 @@ impl GitRepo {
             files_read,
             sizes,
             over_budget: false,
+            paths: listing.paths,
+            kustomize,
         })
     }
+
+    /// What a change does to the kustomize side of the tree: the graph, re-read when a
+    /// kustomization file changed; plain manifests that are now inside a root dropped (and ones
+    /// that left every root read); roots that are no longer applied removed; and the applied
+    /// roots whose builds read a changed file (or that are new) built again. `changes` and
+    /// `links` come in as the plain files' changes, and go out fitted to the new graph.
+    fn kustomize_changes(
+        &self,
+        previous: &LoadedCommit,
+        listing: &CommitTree<'_>,
+        touched: &[String],
+        changes: &mut Vec<FileChange>,
+        links: &mut BTreeSet<String>,
+        sizes: &mut imbl::HashMap<String, u64>,
+    ) -> Result<Arc<Graph>, RepoError> {
+        let filter = &previous.filter;
+        let old = &previous.kustomize;
+        let regraph = touched.iter().any(|p| root_of(p).is_some());
+        if !regraph && old.is_empty() {
+            return Ok(old.clone());
+        }
+        let graph = if regraph {
+            Arc::new(self.kustomizations(listing, filter))
+        } else {
+            old.clone()
+        };
+        let plain = |g: &Graph, p: &str| filter.accepts(p) && root_of(p).is_none() && !g.inside_a_root(p);
+        changes.retain(|c| matches!(c, FileChange::Remove(_)) || plain(&graph, c.path()));
+        links.retain(|l| plain(&graph, l));
+        let mut dirty = graph.touched(touched.iter().map(String::as_str));
+        if regraph {
+            let err = Self::read_err(previous.commit);
+            // Plain manifests that entered a root, or left one.
+            let unchanged: BTreeSet<&str> = touched.iter().map(String::as_str).collect();
+            for p in listing.paths.iter().filter(|p| !unchanged.contains(p.as_str())) {
+                match (plain(old, p), plain(&graph, p)) {
+                    (true, false) => {
+                        links.remove(p);
+                        sizes.remove(p);
+                        changes.push(FileChange::Remove(p.clone()));
+                    }
+                    (false, true) if filter.accepts(p) => {
+                        let read = read_entry(&self.repo, &listing.tree, filter.root(), p).map_err(&err)?;
+                        if let FileChange::Write(_, bytes) = &read {
+                            sizes.insert(p.clone(), bytes.len() as u64);
+                        }
+                        changes.push(read);
+                    }
+                    _ => {}
+                }
+            }
+            // Roots applied before and not now (or under another file name) go; new ones build.
+            for k in old.applied() {
+                if graph.get(&k.dir).is_none_or(|n| n.file != k.file || graph.is_base(&k.dir)) {
+                    changes.push(FileChange::Remove(k.file.clone()));
+                }
+            }
+            for k in graph.applied() {
+                if old.get(&k.dir).is_none_or(|o| o.file != k.file || old.is_base(&k.dir) || *o != *k) {
+                    dirty.insert(k.dir.clone());
+                }
+            }
+        }
+        let dirty: Vec<String> = dirty.into_iter().collect();
+        changes.extend(self.builds(&graph, &dirty, listing));
+        Ok(graph)
+    }
+}
+
+/// Reads `path` of `tree` as manifests are read: a symbolic link as the file it leads to, which
+/// must be inside the tracked tree `root`; only files, within the per-file limit.
+pub(crate) fn read_entry(repo: &Repository, tree: &git2::Tree<'_>, root: &str, path: &str) -> Result<FileChange, git2::Error> {
+    let unreadable = |why: String| Ok(FileChange::Unreadable(path.to_owned(), why));
+    let mut at = path.to_owned();
+    for _ in 0..MAX_LINK_HOPS {
+        let Ok(entry) = tree.get_path(Path::new(&at)) else {
+            return unreadable(format!("symbolic link dangles: {at} is not in this commit"));
+        };
+        if entry.kind() != Some(git2::ObjectType::Blob) {
+            return unreadable(format!("symbolic link leads to {at}, which is not a file"));
+        }
+        if entry.filemode() != i32::from(git2::FileMode::Link) {
+            // Sized from the object's header, as every other file: an oversized target is
+            // never loaded.
+            let (size, _) = repo.odb()?.read_header(entry.id())?;
+            if let Some(why) = Budget::MANIFEST.file_too_large(size as u64) {
+                return unreadable(why);
+            }
+            let blob = repo.find_blob(entry.id())?;
+            return Ok(FileChange::Write(path.to_owned(), blob.content().to_vec()));
+        }
+        let blob = repo.find_blob(entry.id())?;
+        let target = String::from_utf8_lossy(blob.content());
+        at = match capstan_manifest::files::resolve_link(&at, &target, root) {
+            Ok(p) => p,
+            Err(why) => return unreadable(why),
+        };
+    }
+    unreadable(format!("symbolic link does not lead to a file within {MAX_LINK_HOPS} links"))
 }
 
 /// The branch HEAD points at: read locally, or asked of the remote.

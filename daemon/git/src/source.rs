@@ -31,6 +31,8 @@ pub struct SourceConfig {
     pub poll_interval: Duration,
     /// The longest wait between retries after failures.
     pub max_backoff: Duration,
+    /// `--kustomize`: the kustomize that builds the tree's roots; `None`: the one found.
+    pub kustomize: Option<PathBuf>,
 }
 
 impl SourceConfig {
@@ -42,6 +44,7 @@ impl SourceConfig {
             data_dir,
             poll_interval: Duration::from_secs(15),
             max_backoff: Duration::from_secs(300),
+            kustomize: None,
         }
     }
 }
@@ -141,7 +144,12 @@ fn run(config: SourceConfig, tx: mpsc::Sender<SourceEvent>, wake: std_mpsc::Rece
                     r
                 }
                 None => {
-                    let opened = GitRepo::open(config.location.clone(), config.branch.as_deref(), &config.subpath, &config.data_dir)?;
+                    let mut opened = GitRepo::open(config.location.clone(), config.branch.as_deref(), &config.subpath, &config.data_dir)?;
+                    opened.use_kustomize(config.kustomize.clone());
+                    match opened.kustomizer() {
+                        Ok(k) => tracing::info!(kustomize = %k.describe(), "kustomize roots are built with"),
+                        Err(why) => tracing::warn!("kustomize roots cannot be built: {why}"),
+                    }
                     if let Location::Local(_) = config.location {
                         _watcher = watch_refs(&opened, wake_tx.clone());
                     }

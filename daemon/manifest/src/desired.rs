@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use capstan_api::ObjectKey;
-use capstan_api::meta::{ANNOTATION_COMMIT, ANNOTATION_SOURCE};
+use capstan_api::meta::{ANNOTATION_COMMIT, ANNOTATION_KUSTOMIZATION, ANNOTATION_SOURCE};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -23,6 +23,18 @@ pub enum FileChange {
     /// dangles, a device): a located error that keeps the file's objects, never a prune.
     Unreadable(String, String),
     Remove(String),
+    /// Loaded already (the build of a kustomize root, keyed by its kustomization file).
+    Loaded(FileLoad),
+}
+
+impl FileChange {
+    /// The path the change is about.
+    pub fn path(&self) -> &str {
+        match self {
+            FileChange::Write(p, _) | FileChange::Unreadable(p, _) | FileChange::Remove(p) => p,
+            FileChange::Loaded(l) => &l.path,
+        }
+    }
 }
 
 /// Where one object is defined: the file, the position, and its index among the file's good
@@ -75,7 +87,7 @@ impl Snapshot {
     pub fn apply(&mut self, changes: Vec<FileChange>) {
         let mut delta = Delta::default();
         let mut writes = Vec::new();
-        let mut unreadable = Vec::new();
+        let mut loaded = Vec::new();
         for change in changes {
             let path = match change {
                 FileChange::Write(p, b) => {
@@ -83,10 +95,15 @@ impl Snapshot {
                     p
                 }
                 FileChange::Unreadable(p, why) => {
-                    unreadable.push(FileLoad::unreadable(&p, why));
+                    loaded.push(FileLoad::unreadable(&p, why));
                     p
                 }
                 FileChange::Remove(p) => p,
+                FileChange::Loaded(load) => {
+                    let p = load.path.clone();
+                    loaded.push(load);
+                    p
+                }
             };
             if self.broken_files.contains(&path) {
                 delta.broken_before.insert(path.clone());
@@ -94,7 +111,7 @@ impl Snapshot {
             self.forget(&path, &mut delta.keys);
             delta.files.insert(path);
         }
-        for load in load_parallel(writes).into_iter().chain(unreadable) {
+        for load in load_parallel(writes).into_iter().chain(loaded) {
             self.remember(Arc::new(load), &mut delta.keys);
         }
         for key in &delta.keys {
@@ -352,11 +369,13 @@ impl Plan {
     }
 }
 
+/// The file an applied object is held by when it cannot be read: the kustomization of the root
+/// that built it, or the plain file it came from.
 fn source_of(applied: &Applied) -> Option<&str> {
-    applied
-        .object
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(ANNOTATION_SOURCE))
+    let annotations = applied.object.pointer("/metadata/annotations")?;
+    annotations
+        .get(ANNOTATION_KUSTOMIZATION)
+        .or_else(|| annotations.get(ANNOTATION_SOURCE))
         .and_then(Value::as_str)
 }
 

@@ -77,18 +77,23 @@ impl FileFilter {
         path.strip_prefix(self.root.as_str())?.strip_prefix('/')
     }
 
+    /// Whether the file at `path` is left out whatever it is: outside the sub-path, in a
+    /// dot-directory (or a dot-file), or named by the ignore file.
+    pub fn ignores(&self, path: &str) -> bool {
+        let Some(rel) = self.relative(path) else {
+            return true;
+        };
+        if rel.split('/').any(|part| part.starts_with('.')) {
+            return true;
+        }
+        self.ignore
+            .as_ref()
+            .is_some_and(|ig| ig.matched_path_or_any_parents(rel, false).is_ignore())
+    }
+
     /// Whether the file at `path` (relative to the repository root) is a manifest.
     pub fn accepts(&self, path: &str) -> bool {
-        let Some(rel) = self.relative(path) else {
-            return false;
-        };
-        if !is_manifest_path(rel) || rel.split('/').any(|part| part.starts_with('.')) {
-            return false;
-        }
-        match &self.ignore {
-            Some(ig) => !ig.matched_path_or_any_parents(rel, false).is_ignore(),
-            None => true,
-        }
+        is_manifest_path(path) && !self.ignores(path)
     }
 }
 
@@ -202,6 +207,17 @@ fn read_regular(path: &Path, budget: &mut TreeBudget) -> Result<Vec<u8>, String>
         return Err(why);
     }
     Ok(bytes)
+}
+
+/// Reads `path`, a file of the directory `top` (canonical), with the same rules as manifests:
+/// a symbolic link is read as the file it leads to inside `top`, only regular files are read,
+/// within the per-file limit.
+pub fn read_in_tree(top: &Path, path: &Path) -> Result<Vec<u8>, String> {
+    let link = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("cannot read: {e}"))?
+        .is_symlink();
+    let real = if link { inside(top, path)? } else { path.to_path_buf() };
+    read_regular(&real, &mut TreeBudget::default())
 }
 
 /// A path of the directory being read, followed through symbolic links: the file it stands

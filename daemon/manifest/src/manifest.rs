@@ -130,7 +130,7 @@ impl FileLoad {
     }
 
     /// Reads one document; `measure` says whether its objects may be too large to store.
-    fn document(&mut self, index: usize, root: &Node, measure: bool) {
+    pub fn document(&mut self, index: usize, root: &Node, measure: bool) {
         let entries = match &root.value {
             NodeValue::Scalar(s) if s.is_null() => return, // an empty document
             NodeValue::Map(entries) => entries,
