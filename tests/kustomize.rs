@@ -214,6 +214,22 @@ fn overlays_are_built_applied_rolled_and_kept_when_broken() {
         c.kubectl(&["get", "deployment", "-n", "staging", "staging-web"]).status.success(),
         "the broken overlay's objects keep running"
     );
+    c.wait_until(
+        "an event on the kept Deployment naming the kustomization and kustomize's message",
+        || {
+            let events = c.kubectl_ok(&[
+                "get",
+                "events",
+                "-n",
+                "staging",
+                "--field-selector",
+                "reason=InvalidManifest",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ]);
+            events.contains("overlays/staging/kustomization.yaml:1:1: kustomize build failed:") && events.contains("missing.yaml")
+        },
+    );
     c.wait_until("the note of the broken commit", || note(&c, &broken).contains("missing.yaml"));
     let text = note(&c, &broken);
     assert!(text.contains("overlays/staging/kustomization.yaml"), "{text}");
@@ -260,10 +276,14 @@ fn validate_builds_the_roots_of_a_directory() {
     )
     .unwrap();
     std::fs::write(dir.path().join("overlays/staging/replicas.yaml"), "spec: [\n").unwrap();
+    let scratch = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
         .args(["validate", path_str(dir.path())])
+        .env("TMPDIR", scratch.path())
         .output()
         .unwrap();
+    let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().collect();
+    assert!(left.is_empty(), "the builds left {left:?} behind");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(

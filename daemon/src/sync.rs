@@ -259,16 +259,23 @@ impl GitSync {
     /// `kubectl get events` show it). A Secret's problem is not quoted: it may hold a value.
     fn report_quarantine(&self, plan: &Plan, commit: &str) {
         let short = &commit[..commit.len().min(12)];
-        for q in plan.quarantined.iter().filter(|q| q.kept) {
-            let Some(kind) = q.object.kind_info() else { continue };
-            let Ok(Some(live)) = self.objects.get(kind, &q.object.namespace, &q.object.name) else {
+        // Objects whose own manifest is broken, and objects held because the file (or the
+        // kustomization) they come from cannot be read or built.
+        let held = plan.held.iter().filter_map(|key| {
+            let source = capstan_manifest::desired::source_of(self.applied.get(key)?)?;
+            let problems: Vec<Problem> = plan.problems.iter().filter(|p| p.file == source).cloned().collect();
+            (!problems.is_empty()).then(|| (key, problems))
+        });
+        let quarantined = plan.quarantined.iter().filter(|q| q.kept).map(|q| (&q.object, q.problems.clone()));
+        for (key, problems) in quarantined.chain(held) {
+            let Some(kind) = key.kind_info() else { continue };
+            let Ok(Some(live)) = self.objects.get(kind, &key.namespace, &key.name) else {
                 continue;
             };
-            let problems: Vec<String> = q
-                .problems
+            let problems: Vec<String> = problems
                 .iter()
                 .map(|p| {
-                    if capstan_api::kinds::is_secret(&q.object.group, &q.object.kind) {
+                    if capstan_api::kinds::is_secret(&key.group, &key.kind) {
                         format!("{}:{}:{}: (not shown: the object is a Secret)", p.file, p.line, p.column)
                     } else {
                         let mut p = p.clone();

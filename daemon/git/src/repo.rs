@@ -104,6 +104,8 @@ pub struct LoadedCommit {
     /// Every file of the tracked tree (kustomize builds may read any), and its kustomizations.
     pub paths: Paths,
     pub kustomize: Arc<Graph>,
+    /// Kustomize roots built to produce this snapshot (all applied ones, or the touched ones).
+    pub roots_built: usize,
 }
 
 fn credentials() -> RemoteCallbacks<'static> {
@@ -417,7 +419,7 @@ impl GitRepo {
         }
         let applied: Vec<String> = graph.applied().map(|k| k.dir.clone()).collect();
         files.extend(self.builds(&graph, &applied, &listing));
-        let files_read = files.len();
+        let files_read = files.iter().filter(|f| !matches!(f, FileChange::Loaded(_))).count();
         Ok(LoadedCommit {
             commit,
             snapshot: Snapshot::load(files),
@@ -428,6 +430,7 @@ impl GitRepo {
             over_budget: budget.exceeded(),
             paths: listing.paths,
             kustomize: Arc::new(graph),
+            roots_built: applied.len(),
         })
     }
 
@@ -480,6 +483,7 @@ impl GitRepo {
         if previous.commit == commit {
             return Ok(LoadedCommit {
                 files_read: 0,
+                roots_built: 0,
                 ..previous.clone()
             });
         }
@@ -584,6 +588,7 @@ impl GitRepo {
             return self.load(commit);
         }
         let files_read = changes.iter().filter(|c| matches!(c, FileChange::Write(..))).count();
+        let roots_built = changes.iter().filter(|c| matches!(c, FileChange::Loaded(_))).count();
         Ok(LoadedCommit {
             commit,
             snapshot: previous.snapshot.with_changes(changes),
@@ -594,6 +599,7 @@ impl GitRepo {
             over_budget: false,
             paths: listing.paths,
             kustomize,
+            roots_built,
         })
     }
 

@@ -466,3 +466,124 @@ fn devices_fifos_and_links_out_of_the_directory_are_not_read() {
     );
     assert_eq!(snapshot.desired().objects.len(), 1);
 }
+
+/// The names of the objects a loaded commit declares, sorted.
+fn declared(l: &capstan_git::repo::LoadedCommit) -> Vec<String> {
+    let desired = l.snapshot.desired();
+    let mut names: Vec<String> = desired.objects.keys().map(|k| format!("{}/{}", k.namespace, k.name)).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn kustomize_roots_are_rebuilt_only_when_what_they_read_changes() {
+    let r = Repos::new();
+    r.write("base/kustomization.yaml", "resources: [cm.yaml]\n");
+    r.write("base/cm.yaml", &cm("app"));
+    for env in ["dev", "qa", "prod"] {
+        r.write(
+            &format!("overlays/{env}/kustomization.yaml"),
+            &format!("resources: [../../base]\nnamePrefix: {env}-\n"),
+        );
+    }
+    r.write("plain/one.yaml", &cm("plain"));
+    r.commit_push("three overlays of one base, and a plain file");
+    let repo = GitRepo::open(Location::Local(r.bare.clone()), None, "", &r.data).unwrap();
+    let l1 = repo.load(repo.tip().unwrap()).unwrap();
+    assert_eq!(l1.roots_built, 3, "the base is not built by itself");
+    assert_eq!(
+        declared(&l1),
+        ["default/dev-app", "default/plain", "default/prod-app", "default/qa-app"]
+    );
+
+    // The base changes: its three overlays are built again, nothing else.
+    r.write("base/cm.yaml", &cm("app").replace("\"1\"", "\"2\""));
+    r.commit_push("base changed");
+    let l2 = repo.load_since(&l1, repo.tip().unwrap()).unwrap();
+    assert_eq!(l2.roots_built, 3);
+    let prod = &l2.snapshot.desired().objects;
+    let prod = prod.iter().find(|(k, _)| k.name == "prod-app").unwrap().1;
+    assert_eq!(prod.object["data"]["v"], "2");
+    assert_eq!(prod.object["metadata"]["annotations"]["capstan.dev/source"], "base/cm.yaml");
+    assert_eq!(
+        prod.object["metadata"]["annotations"]["capstan.dev/kustomization"],
+        "overlays/prod/kustomization.yaml"
+    );
+
+    // One overlay changes: only it is built.
+    r.write("overlays/qa/kustomization.yaml", "resources: [../../base]\nnamePrefix: test-\n");
+    r.commit_push("qa renamed");
+    let l3 = repo.load_since(&l2, repo.tip().unwrap()).unwrap();
+    assert_eq!(l3.roots_built, 1);
+    assert_eq!(
+        declared(&l3),
+        ["default/dev-app", "default/plain", "default/prod-app", "default/test-app"]
+    );
+
+    // A kustomization added over plain files takes them over; removed, they are plain again.
+    r.write("plain/kustomization.yaml", "resources: [one.yaml]\nnameSuffix: -kept\n");
+    r.commit_push("plain is a root now");
+    let l4 = repo.load_since(&l3, repo.tip().unwrap()).unwrap();
+    assert_eq!(l4.roots_built, 1);
+    assert_eq!(
+        declared(&l4),
+        ["default/dev-app", "default/plain-kept", "default/prod-app", "default/test-app"]
+    );
+    r.remove("plain/kustomization.yaml");
+    r.commit_push("plain again");
+    let l5 = repo.load_since(&l4, repo.tip().unwrap()).unwrap();
+    assert_eq!(l5.roots_built, 0);
+    assert_eq!(
+        declared(&l5),
+        ["default/dev-app", "default/plain", "default/prod-app", "default/test-app"]
+    );
+
+    // An overlay that names the other: the named one is a base from now on.
+    r.write("overlays/dev/kustomization.yaml", "resources: [../prod]\nnameSuffix: -x\n");
+    r.commit_push("dev on top of prod");
+    let l6 = repo.load_since(&l5, repo.tip().unwrap()).unwrap();
+    assert_eq!(declared(&l6), ["default/plain", "default/prod-app-x", "default/test-app"]);
+    // Every step read by its changes equals a full read of the same commit.
+    let full = repo.load(l6.commit).unwrap();
+    assert_eq!(declared(&full), declared(&l6));
+    assert!(full.snapshot.desired().problems.is_empty() && l6.snapshot.desired().problems.is_empty());
+}
+
+#[test]
+fn a_kustomization_that_fails_to_build_holds_its_objects_and_names_kustomizes_message() {
+    let r = Repos::new();
+    r.write("app/kustomization.yaml", "resources: [cm.yaml]\n");
+    r.write("app/cm.yaml", &cm("app"));
+    let c1 = r.commit_push("an app");
+    let repo = GitRepo::open(Location::Local(r.bare.clone()), None, "", &r.data).unwrap();
+    let l1 = repo.load(repo.tip().unwrap()).unwrap();
+    let p1 = plan(&AppliedSet::new(), &l1.snapshot.desired(), &c1, true);
+    assert_eq!(p1.create.len(), 1);
+    for (broken, message) in [
+        ("resources: [cm.yaml, gone.yaml]\n", "gone.yaml"),
+        (
+            "resources: [cm.yaml, cm.yaml]\n",
+            "may not add resource with an already registered id",
+        ),
+        ("resources: [cm.yaml]\npatches:\n- path: nope.yaml\n", "nope.yaml"),
+        ("resources: [cm.yaml\n", "kustomization.yaml:"),
+        ("resources: [../app]\n", "cycle"),
+        (
+            "resources: [cm.yaml]\nconfigMapGenerator:\n- name: g\n  files: [missing.txt]\n",
+            "missing.txt",
+        ),
+    ] {
+        r.write("app/kustomization.yaml", broken);
+        let c2 = r.commit_push("broken");
+        let l2 = repo.load_since(&l1, repo.tip().unwrap()).unwrap();
+        let d2 = l2.snapshot.desired();
+        let p2 = plan_delta(&p1.next, &d2, l2.snapshot.delta().unwrap(), &c2, true);
+        assert!(p2.prune.is_empty(), "{broken}: nothing pruned");
+        assert_eq!(p2.held.len(), 1, "{broken}: the app is held at its last good version");
+        let lines: Vec<String> = d2.problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("app/kustomization.yaml:") && lines[0].contains(message),
+            "{broken}: {lines:?}"
+        );
+    }
+}

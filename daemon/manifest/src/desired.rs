@@ -371,7 +371,7 @@ impl Plan {
 
 /// The file an applied object is held by when it cannot be read: the kustomization of the root
 /// that built it, or the plain file it came from.
-fn source_of(applied: &Applied) -> Option<&str> {
+pub fn source_of(applied: &Applied) -> Option<&str> {
     let annotations = applied.object.pointer("/metadata/annotations")?;
     annotations
         .get(ANNOTATION_KUSTOMIZATION)
