@@ -264,7 +264,7 @@ impl GitSync {
         let held = plan.held.iter().filter_map(|key| {
             let source = capstan_manifest::desired::source_of(self.applied.get(key)?)?;
             let problems: Vec<Problem> = plan.problems.iter().filter(|p| p.file == source).cloned().collect();
-            (!problems.is_empty()).then(|| (key, problems))
+            (!problems.is_empty()).then_some((key, problems))
         });
         let quarantined = plan.quarantined.iter().filter(|q| q.kept).map(|q| (&q.object, q.problems.clone()));
         for (key, problems) in quarantined.chain(held) {
