@@ -5,7 +5,10 @@
 //! - commit-to-desired-state latency for a local repository (notify path) and for a file://
 //!   remote, polled and triggered (the webhook path);
 //! - a 1 MiB file of 100,000 keys, and the worst alias bombs the reader's budget allows (time to
-//!   refuse them and the peak memory of a process that does, beside a trivial file's).
+//!   refuse them and the peak memory of a process that does, beside a trivial file's);
+//! - a repository of 100 kustomize roots (an app each, base and overlay; one base shared by
+//!   three overlays): full load, and a one-file change in the shared base (three roots built
+//!   again), each beside the same kustomize builds run directly, one after another.
 //!
 //! `cargo bench -p capstan-git --bench loader` (add `-- --quick` for the small run CI does).
 
@@ -333,6 +336,7 @@ fn main() {
     );
 
     hostile_figures(runs);
+    kustomize_figures(if quick { 10 } else { 100 });
 
     println!("commit to desired state:");
     latency(
@@ -367,4 +371,111 @@ fn main() {
         Some(poll),
     );
     println!("  (local target < 200 ms; a polled remote waits half the interval on average)");
+}
+
+/// A repository of `roots` kustomize roots: apps with a base and an overlay each, and one base
+/// shared by three overlays. Full load and a change in the shared base, beside `kubectl
+/// kustomize` run on the same roots one after another (the floor; the loader runs as many
+/// builds at once as there are cores).
+fn kustomize_figures(roots: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let write = |path: &str, text: &str| {
+        let p = work.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    let app = |name: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers: [{{name: web, image: \"registry.local/{name}:1\"}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 80}}]\n"
+        )
+    };
+    let overlay = |base: &str, ns: &str| {
+        format!(
+            "resources: [{base}]\nnamespace: {ns}\nimages:\n- name: registry.local/app\n  newTag: \"2\"\nconfigMapGenerator:\n- name: settings\n  literals: [MODE={ns}]\n"
+        )
+    };
+    let mut overlays = Vec::new();
+    for i in 0..roots - 3 {
+        write(&format!("apps/app-{i}/base/kustomization.yaml"), "resources: [app.yaml]\n");
+        write(&format!("apps/app-{i}/base/app.yaml"), &app(&format!("app-{i}")));
+        write(
+            &format!("apps/app-{i}/overlay/kustomization.yaml"),
+            &overlay("../base", &format!("ns-{i}")),
+        );
+        overlays.push(format!("apps/app-{i}/overlay"));
+    }
+    write("shared/base/kustomization.yaml", "resources: [app.yaml]\n");
+    write("shared/base/app.yaml", &app("shared"));
+    let shared: Vec<String> = ["a", "b", "c"].iter().map(|e| format!("shared/overlay-{e}")).collect();
+    for (i, o) in shared.iter().enumerate() {
+        write(&format!("{o}/kustomization.yaml"), &overlay("../base", &format!("shared-{i}")));
+    }
+    overlays.extend(shared.iter().cloned());
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "kustomize roots"]);
+    let build = |d: &String| {
+        let out = Command::new("kubectl")
+            .args(["kustomize", work.join(d).to_str().unwrap()])
+            .output()
+            .expect("kubectl kustomize runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let direct = |dirs: &[String]| {
+        let t = Instant::now();
+        dirs.iter().for_each(build);
+        t.elapsed()
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The same builds, as many at once as there are cores: what the machine can do.
+    let direct_parallel = |dirs: &[String]| {
+        let t = Instant::now();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..cores {
+                s.spawn(|| {
+                    while let Some(d) = dirs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        build(d);
+                    }
+                });
+            }
+        });
+        t.elapsed()
+    };
+    let repo = GitRepo::open(Location::Local(work.clone()), None, "", &dir.path().join("data")).unwrap();
+    let kustomize = repo.kustomizer().expect("a kustomize to build with").describe();
+    let t = Instant::now();
+    let loaded = repo.load(repo.tip().unwrap()).unwrap();
+    let full = t.elapsed();
+    assert_eq!(loaded.roots_built, roots);
+    assert!(
+        loaded.snapshot.desired().problems.is_empty(),
+        "{:?}",
+        loaded.snapshot.desired().problems.first()
+    );
+    let full_direct = direct(&overlays);
+    let full_parallel = direct_parallel(&overlays);
+    write("shared/base/app.yaml", &app("shared").replace(":1", ":7"));
+    git(&work, &["commit", "-q", "-am", "shared base changed"]);
+    let t = Instant::now();
+    let changed = repo.load_since(&loaded, repo.tip().unwrap()).unwrap();
+    let change = t.elapsed();
+    let change_direct = direct(&shared);
+    println!("kustomize roots ({kustomize}):");
+    println!(
+        "  full load of {roots} roots                  {:>9}   direct builds one after another {} ({:.2}x of direct / {cores} cores; target <= 1.2x); {cores} at a time {} ({:.2}x)",
+        ms(full),
+        ms(full_direct),
+        full.as_secs_f64() / (full_direct.as_secs_f64() / cores as f64),
+        ms(full_parallel),
+        full.as_secs_f64() / full_parallel.as_secs_f64()
+    );
+    println!(
+        "  one-file change in a base of 3 overlays   {:>9}   {} roots built again; the 3 built directly {} ({:.2}x; target <= 1.2x)",
+        ms(change),
+        changed.roots_built,
+        ms(change_direct),
+        change.as_secs_f64() / change_direct.as_secs_f64()
+    );
 }
