@@ -392,6 +392,49 @@ async fn events_expire_their_ttl_after_they_were_last_seen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_declared_in_git_for_an_external_service_are_mirrored_into_slices() {
+    let external = "apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: db, namespace: shop}
+subsets:
+- addresses: [{ip: 192.0.2.10}, {ip: 192.0.2.11}]
+  ports: [{name: pg, port: 5432}]
+";
+    let h = Harness::start(
+        &[("ns.yaml", NS), ("db.yaml", external), ("web.yaml", &deployment("web:1", 1))],
+        |_| {},
+    )
+    .await;
+    h.eventually("the declared Endpoints mirrored into a slice", |h| {
+        h.list("endpointslices", Some("shop")).iter().any(|s| {
+            s["metadata"]["labels"]["kubernetes.io/service-name"] == "db"
+                && s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "endpointslicemirroring-controller.k8s.io"
+                && s["endpoints"].as_array().is_some_and(|e| e.len() == 2)
+                && s["ports"][0]["port"] == 5432
+        })
+    })
+    .await;
+    let ep = h.get("endpoints", "shop", "db").unwrap();
+    assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "192.0.2.10", "left as declared");
+    // The declared Endpoints go: so does their slice.
+    h.commit(&[("db.yaml", external.split("---").next().unwrap())], &[]);
+    h.eventually("the mirrored slice gone with the Endpoints", |h| {
+        h.get("endpoints", "shop", "db").is_none()
+            && !h
+                .list("endpointslices", Some("shop"))
+                .iter()
+                .any(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "db")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_node_is_tainted_and_its_pods_move() {
     let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 2).replace("    spec:\n      containers:", "    spec:\n      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]\n      containers:"))], |c| {
         c.node_grace = Duration::from_secs(2);

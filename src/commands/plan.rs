@@ -104,6 +104,12 @@ fn print_text(report: &Report, base: &str, head: &str) -> anyhow::Result<()> {
             outln!("  {p}");
         }
     }
+    if !report.warnings.is_empty() {
+        outln!();
+        for w in &report.warnings {
+            outln!("warning: {w}");
+        }
+    }
     outln!();
     let n = |f: fn(&Entry) -> bool| report.count(f);
     outln!(

@@ -20,6 +20,8 @@ struct Outcome<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     kustomize: Option<String>,
     problems: &'a [capstan_manifest::problem::Problem],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    warnings: &'a [capstan_manifest::problem::Problem],
 }
 
 pub fn run(path: &Path, kustomize: Option<&Path>, format: Format) -> anyhow::Result<ExitCode> {
@@ -38,6 +40,7 @@ pub fn run(path: &Path, kustomize: Option<&Path>, format: Format) -> anyhow::Res
         kustomize_roots: built.roots,
         kustomize: built.kustomize,
         problems: &desired.problems,
+        warnings: &desired.warnings,
     };
     let roots = match (&outcome.kustomize, outcome.kustomize_roots) {
         (Some(by), n) => format!(", {n} kustomize root{} built with {by}", plural(n)),
@@ -46,6 +49,9 @@ pub fn run(path: &Path, kustomize: Option<&Path>, format: Format) -> anyhow::Res
     if format == Format::Text {
         for p in &desired.problems {
             outln!("{p}");
+        }
+        for w in &desired.warnings {
+            outln!("warning: {w}");
         }
         if desired.problems.is_empty() {
             outln!("ok: {} objects in {} files{roots}", outcome.objects, outcome.files);

@@ -52,13 +52,15 @@ pub fn load(k: &Kustomization, yaml: &[u8], tree: &dyn Tree) -> FileLoad {
         };
         one.document(doc.index, &doc.root, doc.expanded_bytes > OBJECT_BYTES / 6);
         let found = sources.find(&source, &doc.root);
-        for mut p in one.problems {
+        let located = |mut p: Problem| {
             if let Some((_, node)) = found {
                 let pos = p.field.as_deref().map_or(node.pos, |f| FieldPath::parse(f).locate(node));
                 (p.line, p.column) = (pos.line, pos.column);
             }
-            load.problems.push(p);
-        }
+            p
+        };
+        load.problems.extend(one.problems.into_iter().map(located));
+        load.warnings.extend(one.warnings.into_iter().map(located));
         for (key, pos) in one.quarantined {
             load.quarantined.push((key, found.map_or(pos, |(_, n)| n.pos)));
         }

@@ -70,6 +70,7 @@ pub struct Snapshot {
     troubled: imbl::OrdSet<ObjectKey>,
     broken_files: imbl::OrdSet<String>,
     files_with_problems: imbl::OrdSet<String>,
+    files_with_warnings: imbl::OrdSet<String>,
     /// What the last [`Self::apply`] changed; None for a snapshot loaded in full.
     delta: Option<Delta>,
 }
@@ -114,6 +115,21 @@ impl Snapshot {
         for load in load_parallel(writes).into_iter().chain(loaded) {
             self.remember(Arc::new(load), &mut delta.keys);
         }
+        // Whether a Service has a selector decides whether its Endpoints may come from Git:
+        // a changed Service looks at the endpoints declared for it again.
+        let services: Vec<ObjectKey> = delta
+            .keys
+            .iter()
+            .filter(|k| k.group.is_empty() && k.kind == "Service")
+            .cloned()
+            .collect();
+        for svc in services {
+            let theirs: Vec<ObjectKey> = endpoints_keys(&self.objects, Some(&svc.namespace))
+                .filter(|k| endpoints_service(k, &self.objects).as_deref() == Some(svc.name.as_str()))
+                .cloned()
+                .collect();
+            delta.keys.extend(theirs);
+        }
         for key in &delta.keys {
             self.settle(key);
         }
@@ -139,6 +155,7 @@ impl Snapshot {
         };
         self.broken_files.remove(path);
         self.files_with_problems.remove(path);
+        self.files_with_warnings.remove(path);
         let keys = old.manifests.iter().map(|m| &m.key).chain(old.quarantined.iter().map(|(k, _)| k));
         for key in keys {
             if let Some(places) = self.places.get(key) {
@@ -185,6 +202,9 @@ impl Snapshot {
         if !load.problems.is_empty() {
             self.files_with_problems.insert(load.path.clone());
         }
+        if !load.warnings.is_empty() {
+            self.files_with_warnings.insert(load.path.clone());
+        }
         self.files.insert(load.path.clone(), load.clone());
     }
 
@@ -229,6 +249,44 @@ impl Snapshot {
         for path in &self.files_with_problems {
             state.problems.extend(self.files[path].problems.iter().cloned());
         }
+        for path in &self.files_with_warnings {
+            state.warnings.extend(self.files[path].warnings.iter().cloned());
+        }
+        // Endpoints declared in Git for a Service with a selector are the controller's.
+        let declared: Vec<ObjectKey> = endpoints_keys(&self.objects, None).cloned().collect();
+        for key in &declared {
+            let Some(m) = state.objects.get(key).cloned() else { continue };
+            let Some(service) = endpoints_service(key, &self.objects) else {
+                continue;
+            };
+            let svc_key = ObjectKey {
+                group: String::new(),
+                kind: "Service".into(),
+                namespace: key.namespace.clone(),
+                name: service.clone(),
+            };
+            let selects = self
+                .objects
+                .get(&svc_key)
+                .is_some_and(|s| s.object["spec"]["selector"].as_object().is_some_and(|m| !m.is_empty()));
+            if selects {
+                state.objects.remove(key);
+                let problem = Problem {
+                    file: m.file.clone(),
+                    line: m.pos.line,
+                    column: m.pos.column,
+                    code: ProblemCode::NotFromGit,
+                    field: Some("kind".into()),
+                    object: Some(key.clone()),
+                    message: format!(
+                        "{} objects are written by Capstan itself for a Service with a selector ({}/{service} selects pods); declare endpoints in Git only for a Service without one",
+                        key.kind, key.namespace
+                    ),
+                };
+                state.quarantined.entry(key.clone()).or_default().push(problem.clone());
+                state.problems.push(problem);
+            }
+        }
         for key in &self.troubled {
             let places = &self.places[key];
             if places.len() > 1 {
@@ -263,6 +321,37 @@ impl Snapshot {
     }
 }
 
+/// The Endpoints and EndpointSlices among `objects` (in `namespace`, or all), found by range.
+fn endpoints_keys<'a>(
+    objects: &'a imbl::OrdMap<ObjectKey, Arc<Manifest>>,
+    namespace: Option<&'a str>,
+) -> impl Iterator<Item = &'a ObjectKey> + 'a {
+    [("", "Endpoints"), ("discovery.k8s.io", "EndpointSlice")]
+        .into_iter()
+        .flat_map(move |(group, kind)| {
+            let from = ObjectKey {
+                group: group.into(),
+                kind: kind.into(),
+                namespace: namespace.unwrap_or_default().into(),
+                name: String::new(),
+            };
+            objects
+                .range(from..)
+                .map(|(k, _)| k)
+                .take_while(move |k| k.group == group && k.kind == kind && namespace.is_none_or(|n| k.namespace == n))
+        })
+}
+
+/// The Service an Endpoints (its own name) or an EndpointSlice (its service-name label) belongs to.
+fn endpoints_service(key: &ObjectKey, objects: &imbl::OrdMap<ObjectKey, Arc<Manifest>>) -> Option<String> {
+    if key.kind == "Endpoints" {
+        return Some(key.name.clone());
+    }
+    objects.get(key)?.object["metadata"]["labels"]["kubernetes.io/service-name"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 fn load_parallel(files: Vec<(String, Vec<u8>)>) -> Vec<FileLoad> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
     if threads <= 1 || files.len() < 16 {
@@ -292,6 +381,8 @@ pub struct DesiredState {
     pub broken_files: BTreeSet<String>,
     /// Every problem, sorted by file and position.
     pub problems: Vec<Problem>,
+    /// What is applied, but not quite as written (see [`FileLoad::warnings`]).
+    pub warnings: Vec<Problem>,
 }
 
 /// An object as applied: its content from Git (with source annotations) and the commit in
@@ -350,6 +441,9 @@ pub struct Plan {
     pub held: Vec<ObjectKey>,
     /// Every problem of the commit.
     pub problems: Vec<Problem>,
+    /// What is applied, but not quite as written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Problem>,
     /// The complete set of applied objects after this commit.
     #[serde(skip)]
     pub next: AppliedSet,
@@ -415,6 +509,7 @@ fn plan_keys<'a>(
 ) -> Plan {
     let mut plan = Plan {
         problems: desired.problems.clone(),
+        warnings: desired.warnings.clone(),
         next: applied.clone(),
         ..Plan::default()
     };
@@ -613,5 +708,37 @@ mod tests {
         let p2 = plan(&p1.next, &Snapshot::default().desired(), "c2", false);
         assert!(p2.prune.is_empty());
         assert_eq!(names(&p2.held), ["web"]);
+    }
+
+    #[test]
+    fn endpoints_from_git_belong_to_services_without_a_selector() {
+        let external = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  ports: [{port: 5432}]\n";
+        let selecting = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  selector: {app: db}\n  ports: [{port: 5432}]\n";
+        let endpoints = "apiVersion: v1\nkind: Endpoints\nmetadata: {name: db}\nsubsets:\n- addresses: [{ip: 192.0.2.10}]\n  ports: [{port: 5432}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: db-1\n  labels: {kubernetes.io/service-name: db}\naddressType: IPv4\nendpoints: [{addresses: [192.0.2.10]}]\nports: [{port: 5432}]\n";
+        let s1 = Snapshot::load(files(&[("svc.yaml", external), ("ep.yaml", endpoints)]));
+        let d1 = s1.desired();
+        assert!(d1.problems.is_empty(), "{:?}", d1.problems);
+        assert_eq!(d1.objects.len(), 3, "the Service, its Endpoints and its slice");
+        // The Service gains a selector: its endpoints are the controller's now.
+        let s2 = s1.with_changes(files(&[("svc.yaml", selecting)]));
+        let d2 = s2.desired();
+        let lines: Vec<String> = d2.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "ep.yaml:1:1: kind: Endpoints objects are written by Capstan itself for a Service with a selector (default/db selects pods)"
+            ),
+            "{lines:?}"
+        );
+        assert!(lines[1].starts_with("ep.yaml:8:1: kind: EndpointSlice objects"), "{lines:?}");
+        assert_eq!(d2.objects.len(), 1);
+        let delta = s2.delta().unwrap();
+        assert!(
+            delta.keys.iter().any(|k| k.kind == "Endpoints"),
+            "the Service's change looks at its endpoints"
+        );
+        let p1 = plan(&AppliedSet::new(), &d1, "c1", true);
+        let p2 = plan_delta(&p1.next, &d2, delta, "c2", true);
+        assert!(p2.prune.is_empty() && p2.quarantined.len() == 2 && p2.quarantined.iter().all(|q| q.kept));
     }
 }

@@ -37,6 +37,9 @@ pub struct FileLoad {
     /// Objects that were identified but have problems: they keep their last good version.
     pub quarantined: Vec<(ObjectKey, Pos)>,
     pub problems: Vec<Problem>,
+    /// What is accepted but changed on the way, as the API server warns (a namespace on a
+    /// cluster-scoped object, cleared).
+    pub warnings: Vec<Problem>,
     /// False when some document could not even be identified (syntax error, unknown kind,
     /// missing or invalid name): nothing that came from this file may then be pruned, since the
     /// broken document may be any of them.
@@ -188,7 +191,10 @@ impl FileLoad {
                         &self.path,
                         node.pos,
                         ProblemCode::NotAnObject,
-                        format!("missing {missing}: every manifest needs apiVersion and kind"),
+                        format!(
+                            "missing {missing}: every manifest needs apiVersion and kind{}",
+                            not_a_manifest(node)
+                        ),
                     )
                     .field(missing),
                 );
@@ -205,6 +211,9 @@ impl FileLoad {
         let Some(kind) = kinds::by_api_version(&api_version, &kind_name) else {
             let msg = match kinds::by_kind(&kind_name) {
                 Some(k) => format!("{kind_name} is served as apiVersion {}, not {api_version}", k.api_version()),
+                None if !not_a_manifest(node).is_empty() => {
+                    format!("unknown kind {kind_name} (apiVersion {api_version}){}", not_a_manifest(node))
+                }
                 None => format!(
                     "unknown kind {kind_name} (apiVersion {api_version}); Capstan serves {}",
                     kinds::REGISTRY
@@ -219,7 +228,7 @@ impl FileLoad {
             self.fail(Problem::new(&path, pos, ProblemCode::UnknownKind, msg).field("kind"));
             return;
         };
-        if kind.origin == Origin::Cluster {
+        if kind.origin == Origin::Cluster && !endpoints_kind(kind) {
             let pos = FieldPath::parse("kind").locate(node);
             self.problems.push(
                 Problem::new(
@@ -367,20 +376,23 @@ impl FileLoad {
                 ns
             }
             (false, None) => String::new(),
-            (false, Some(_)) => {
+            (false, Some(ns)) => {
+                // The API server clears it and warns; so does Capstan.
                 let key = ObjectKey::new(kind, "", &name);
-                self.problems.push(
+                self.warnings.push(
                     Problem::new(
                         &path,
                         ns_path.locate(node),
                         ProblemCode::InvalidValue,
-                        format!("{} objects are cluster-scoped: remove metadata.namespace", kind.kind),
+                        format!(
+                            "{} objects are cluster-scoped: metadata.namespace {ns:?} is ignored (remove it)",
+                            kind.kind
+                        ),
                     )
                     .field("metadata.namespace")
                     .object(Some(&key)),
                 );
-                self.quarantined.push((key, node.pos));
-                return None;
+                String::new()
             }
         };
         Some(ObjectKey::new(kind, &namespace, &name))
@@ -450,10 +462,13 @@ fn string_at(node: &Node, path: &[&str]) -> Option<String> {
 
 /// Writes the namespace the object lands in, so that a manifest without one reads as it is.
 fn set_namespace(object: &mut Value, kind: &KindInfo, namespace: &str) {
-    if kind.namespaced
-        && let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut)
-    {
+    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if kind.namespaced {
         meta.insert("namespace".into(), Value::String(namespace.to_owned()));
+    } else {
+        meta.remove("namespace");
     }
 }
 
@@ -474,6 +489,40 @@ fn merge_string_data(object: &mut Value) {
             data.insert(key, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
         }
     }
+}
+
+/// Endpoints and EndpointSlices: written by the endpoints controller for a Service with a
+/// selector, but declared in Git for one without (an external service, Kubernetes' documented
+/// pattern); the desired state tells the two apart (it knows the Services).
+pub fn endpoints_kind(kind: &KindInfo) -> bool {
+    matches!((kind.group, kind.kind), ("", "Endpoints") | ("discovery.k8s.io", "EndpointSlice"))
+}
+
+/// For a document that is no Kubernetes object: what it looks like instead (the configs of the
+/// tools repositories keep beside their manifests), and how to leave the file out.
+fn not_a_manifest(node: &Node) -> String {
+    let api = string_field(node, "apiVersion").unwrap_or_default();
+    let has = |key: &str| matches!(&node.value, NodeValue::Map(entries) if entries.iter().any(|e| e.key == key));
+    let tool = if api.starts_with("skaffold/") {
+        "a Skaffold config"
+    } else if api.starts_with("kind.x-k8s.io/") {
+        "a kind cluster config"
+    } else if api.starts_with("ctlptl.dev/") {
+        "a ctlptl config"
+    } else if api.starts_with("kustomize.config.k8s.io/") {
+        "a kustomization outside a kustomize root (its file must be named kustomization.yaml)"
+    } else if (api == "v1" || api == "v2") && has("name") && has("version") {
+        "a Helm chart's Chart.yaml"
+    } else if has("steps") {
+        "a CI pipeline (Cloud Build or similar)"
+    } else if has("services") && !has("kind") {
+        "a Docker Compose file"
+    } else if has("kind") || has("apiVersion") {
+        return String::new();
+    } else {
+        "not a Kubernetes object"
+    };
+    format!("; this looks like {tool}: if the file is not a manifest, name it in .capstanignore to leave it out")
 }
 
 fn annotate(object: &mut Value, file: &str, document: usize) {
@@ -533,6 +582,14 @@ mod tests {
                 "x.yaml:2:7: kind: Deployment is served as apiVersion apps/v1, not extensions/v1beta1",
             ),
             (
+                "apiVersion: skaffold/v4beta6\nkind: Config\nbuild: {}\n",
+                "x.yaml:2:7: kind: unknown kind Config (apiVersion skaffold/v4beta6); this looks like a Skaffold config: if the file is not a manifest, name it in .capstanignore to leave it out",
+            ),
+            (
+                "steps:\n- name: gcr.io/cloud-builders/docker\n",
+                "x.yaml:1:1: apiVersion: missing apiVersion: every manifest needs apiVersion and kind; this looks like a CI pipeline (Cloud Build or similar): if the file is not a manifest, name it in .capstanignore to leave it out",
+            ),
+            (
                 "apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {}}\n",
                 "x.yaml:3:11: metadata.name: missing required field \"name\"",
             ),
@@ -569,13 +626,22 @@ mod tests {
     }
 
     #[test]
-    fn cluster_scoped_kinds_refuse_a_namespace() {
+    fn a_namespace_on_a_cluster_scoped_object_is_cleared_with_a_warning() {
         let load = load_file(
             "ns.yaml",
             b"apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, namespace: x}\n",
         );
-        assert_eq!(load.quarantined.len(), 1);
-        assert!(lines(&load)[0].contains("Namespace objects are cluster-scoped"));
+        assert!(load.problems.is_empty() && load.quarantined.is_empty(), "{:?}", lines(&load));
+        let m = &load.manifests[0];
+        assert_eq!((m.key.namespace.as_str(), m.key.name.as_str()), ("", "shop"));
+        assert!(m.object["metadata"].get("namespace").is_none(), "cleared, as the API server does");
+        let w: Vec<String> = load.warnings.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            w,
+            [
+                "ns.yaml:3:35: metadata.namespace: Namespace objects are cluster-scoped: metadata.namespace \"x\" is ignored (remove it) [namespace/shop]"
+            ]
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct Report {
     pub entries: Vec<Entry>,
     pub unchanged: usize,
     pub problems: Vec<Problem>,
+    /// What HEAD applies, but not quite as written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Problem>,
 }
 
 fn source_of(object: Option<&Applied>) -> String {
@@ -104,6 +107,7 @@ impl Report {
             entries,
             unchanged: plan.unchanged,
             problems: plan.problems.clone(),
+            warnings: plan.warnings.clone(),
         }
     }
 

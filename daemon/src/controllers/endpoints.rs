@@ -1,6 +1,9 @@
 //! The Endpoints and EndpointSlice controller: for each Service with a selector, the pods it
 //! selects, ready ones as addresses and the others (and those shutting down) as not ready, with
-//! named target ports resolved against each pod's container ports.
+//! named target ports resolved against each pod's container ports. For a Service without one,
+//! the Endpoints declared for it (in Git: an external service) are mirrored into
+//! EndpointSlices, which the proxies and the cluster DNS read (Kubernetes' EndpointSlice
+//! mirroring).
 
 use std::collections::BTreeMap;
 
@@ -63,6 +66,14 @@ pub fn controller(ctx: &Context) -> Controller<NsName, EndpointsController> {
         triggers: vec![
             watches("services", ns_name),
             watches("pods", move |p: &Value| services_selecting(&cache, p)),
+            // Endpoints someone declared (ours change with the pods and need no second look).
+            watches("endpoints", |e: &Value| {
+                if e["metadata"]["labels"][MANAGED] == "true" {
+                    Vec::new()
+                } else {
+                    ns_name(e)
+                }
+            }),
         ],
     }
 }
@@ -78,7 +89,7 @@ impl Reconciler<NsName> for EndpointsController {
             if ctx
                 .cache
                 .get(ep_kind, &ns, &name)
-                .is_some_and(|e| e.object["metadata"]["labels"]["endpoints.capstan.dev/managed"] == "true")
+                .is_some_and(|e| e.object["metadata"]["labels"][MANAGED] == "true")
             {
                 match ctx.objects.delete(ep_kind, &ns, &name, None).await {
                     Ok(_) | Err(ObjectError::NotFound { .. }) => {}
@@ -90,7 +101,9 @@ impl Reconciler<NsName> for EndpointsController {
         let svc = (*svc.object).clone();
         let selector = &svc["spec"]["selector"];
         if selector.as_object().is_none_or(|s| s.is_empty()) {
-            return Ok(Action::AwaitChange); // endpoints of selector-less services are not ours
+            // Endpoints of a selector-less Service are not ours; their slices are.
+            mirror(ctx, &svc).await?;
+            return Ok(Action::AwaitChange);
         }
         let svc_ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
         let (pods, _) = ctx.cache.list(kind("pods"), Some(&ns));
@@ -158,7 +171,7 @@ impl Reconciler<NsName> for EndpointsController {
             })
             .collect();
         let mut labels = svc["metadata"]["labels"].as_object().cloned().unwrap_or_default();
-        labels.insert("endpoints.capstan.dev/managed".into(), json!("true"));
+        labels.insert(MANAGED.into(), json!("true"));
         let endpoints = json!({"metadata": {"name": name, "namespace": ns, "labels": labels}, "subsets": subsets});
         upsert(ctx, ep_kind, &ns, &name, endpoints, |cur, new| {
             cur["subsets"] == new["subsets"] && cur["metadata"]["labels"] == new["metadata"]["labels"]
@@ -183,6 +196,88 @@ impl Reconciler<NsName> for EndpointsController {
         .await?;
         Ok(Action::AwaitChange)
     }
+}
+
+/// The label on the Endpoints this controller writes.
+const MANAGED: &str = "endpoints.capstan.dev/managed";
+/// Who manages a mirrored slice (Kubernetes' own name for the mirroring controller).
+const MIRRORED_BY: &str = "endpointslicemirroring-controller.k8s.io";
+
+/// A selector-less Service's declared Endpoints as EndpointSlices, one per subset (none when it
+/// has no Endpoints, or they say `endpointslice.kubernetes.io/skip-mirror: "true"`); slices
+/// mirrored before and no longer wanted go.
+async fn mirror(ctx: &Context, svc: &Value) -> Result<(), ObjectError> {
+    let ns = svc["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = svc["metadata"]["name"].as_str().unwrap_or_default();
+    let slice_kind = kind("endpointslices");
+    let endpoints = ctx.cache.get(kind("endpoints"), ns, name).map(|e| (*e.object).clone());
+    let skip = endpoints
+        .as_ref()
+        .is_some_and(|e| e["metadata"]["labels"]["endpointslice.kubernetes.io/skip-mirror"] == "true");
+    let mut wanted = Vec::new();
+    for (i, subset) in endpoints
+        .iter()
+        .filter(|_| !skip)
+        .flat_map(|e| e["subsets"].as_array().cloned().unwrap_or_default())
+        .enumerate()
+    {
+        let endpoint = |a: &Value, ready: bool| {
+            json!({
+                "addresses": [a["ip"]],
+                "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                "nodeName": a["nodeName"],
+                "targetRef": a["targetRef"],
+            })
+        };
+        let mut list: Vec<Value> = subset["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| endpoint(a, true))
+            .collect();
+        list.extend(
+            subset["notReadyAddresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| endpoint(a, false)),
+        );
+        let ports: Vec<Value> = subset["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| json!({"name": p["name"], "port": p["port"], "protocol": p["protocol"].as_str().unwrap_or("TCP")}))
+            .collect();
+        let sname = format!("{}-m{i}", slice_name(svc));
+        let slice = json!({
+            "metadata": {
+                "name": sname, "namespace": ns,
+                "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": MIRRORED_BY},
+                "ownerReferences": [owner_ref(svc)],
+            },
+            "addressType": "IPv4",
+            "endpoints": list,
+            "ports": ports,
+        });
+        upsert(ctx, slice_kind, ns, &sname, slice, |cur, new| {
+            cur["endpoints"] == new["endpoints"] && cur["ports"] == new["ports"]
+        })
+        .await?;
+        wanted.push(sname);
+    }
+    let (slices, _) = ctx.cache.list(slice_kind, Some(ns));
+    for s in slices.iter().filter(|s| {
+        let labels = &s.object["metadata"]["labels"];
+        labels["kubernetes.io/service-name"] == name && labels["endpointslice.kubernetes.io/managed-by"] == MIRRORED_BY
+    }) {
+        if !wanted.contains(&s.name) {
+            match ctx.objects.delete(slice_kind, ns, &s.name, None).await {
+                Ok(_) | Err(ObjectError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Creates `object`, or replaces the current one unless `same` says nothing changed.

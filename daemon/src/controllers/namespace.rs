@@ -135,11 +135,12 @@ pub async fn ensure_builtins(ctx: &Context) -> Result<(), ObjectError> {
             }
         }
     }
-    // The API server's own endpoints, as Endpoints and as the EndpointSlice the proxies read.
-    let endpoints = json!({"metadata": {"name": "kubernetes", "namespace": "default"},
+    // The API server's own endpoints, as Endpoints and as the EndpointSlice the proxies read
+    // (written here, so the Endpoints are not mirrored).
+    let endpoints = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": api_ip.to_string()}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}]});
     upsert(ctx, kind("endpoints"), "default", "kubernetes", endpoints, |cur, new| {
-        cur["subsets"] == new["subsets"]
+        cur["subsets"] == new["subsets"] && cur["metadata"]["labels"] == new["metadata"]["labels"]
     })
     .await?;
     let slice = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
