@@ -64,6 +64,8 @@ fn every_example_manifest_passes_and_a_misspelt_field_fails() {
     yaml_files(&root().join("examples-repo"), &mut files);
     assert!(files.len() >= 4, "examples-repo has manifests");
     let mut checked = 0;
+    // A kustomization is kustomize's file, not an object: the schemas are not for it.
+    files.retain(|f| f.file_name().is_some_and(|n| n != "kustomization.yaml"));
     for file in &files {
         for doc in documents(file) {
             let errors: Vec<String> = v.iter_errors(&doc).map(|e| format!("{} at {}", e, e.instance_path())).collect();

@@ -19,6 +19,10 @@ const EXAMPLE: &[(&str, &str)] = &[
     ("settings.yaml", include_str!("../../examples-repo/settings.yaml")),
     ("guestbook/config.yaml", include_str!("../../examples-repo/guestbook/config.yaml")),
     (
+        "guestbook/kustomization.yaml",
+        include_str!("../../examples-repo/guestbook/kustomization.yaml"),
+    ),
+    (
         "guestbook/frontend.yaml",
         include_str!("../../examples-repo/guestbook/frontend.yaml"),
     ),
