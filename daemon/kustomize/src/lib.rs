@@ -91,11 +91,14 @@ pub fn build_roots(kustomizer: Result<&Kustomizer, &str>, graph: &Graph, dirs: &
         wanted.extend(inputs.dirs.iter().flat_map(|d| tree.files_under(d)));
         wanted.extend(inputs.files);
     }
+    // Held to the same budget as a tree's manifests: what is past it is not read (and a build
+    // that needs it says the file is missing, naming it).
+    let mut budget = capstan_manifest::files::TreeBudget::default();
     let tree = MemoryTree(
         wanted
             .into_iter()
             .map(|p| {
-                let read = tree.read(&p);
+                let read = tree.read(&p).and_then(|bytes| budget.take(bytes.len() as u64).map(|()| bytes));
                 (p, read)
             })
             .collect(),
