@@ -294,4 +294,30 @@ fn validate_builds_the_roots_of_a_directory() {
         text.contains("overlays/staging/kustomization.yaml:1:1: kustomize build failed:"),
         "{text}"
     );
+    // A value a patch sets is located in the patch; one from the base, in the base.
+    std::fs::write(dir.path().join("overlays/prod/kustomization.yaml"), overlay("prod", "3", 3)).unwrap();
+    std::fs::write(
+        dir.path().join("overlays/prod/replicas.yaml"),
+        replicas_patch(3).replace("replicas: 3", "replicas: -1"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("base/service.yaml"),
+        BASE_SERVICE.replace("port: 80", "port: 70000"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["validate", path_str(dir.path())])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("overlays/prod/replicas.yaml:5:13: spec.replicas: must be greater than or equal to 0")
+            && text.contains("[deployment.apps/prod-web -n prod]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("base/service.yaml:7:18: spec.ports[0].port:") && text.contains("[service/prod-web -n prod]"),
+        "{text}"
+    );
 }

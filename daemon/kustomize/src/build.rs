@@ -189,7 +189,17 @@ fn scratch() -> PathBuf {
 /// What kustomize said, without the logger's decoration: kubectl prints
 /// `E1205 02:23:16.625968 27398 run.go:72] "command failed" err="…"`, kustomize `Error: …`.
 fn kustomize_message(stderr: &str) -> String {
-    let line = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let mut lines = stderr.lines().skip_while(|l| l.trim().is_empty());
+    let line = lines.next().unwrap_or_default();
+    // A message of several lines: `err=<` then the lines, tab-indented, then ` >`.
+    if line.ends_with(" err=<") {
+        let parts: Vec<&str> = lines
+            .take_while(|l| l.trim() != ">")
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty() && *l != "`")
+            .collect();
+        return parts.join(" ");
+    }
     if let Some((_, quoted)) = line.split_once(" err=\"") {
         let inner = quoted.strip_suffix('"').unwrap_or(quoted);
         return inner.replace("\\\"", "\"").replace("\\\\", "\\");

@@ -103,6 +103,24 @@ impl Graph {
         inputs
     }
 
+    /// Every file the kustomizations of `dir`'s build name (its own, and those of the roots it
+    /// names), sorted: patches, resources, generator inputs.
+    pub fn named_files(&self, dir: &str) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        let mut files = BTreeSet::new();
+        let mut todo = vec![dir.to_owned()];
+        while let Some(d) = todo.pop() {
+            if !seen.insert(d.clone()) {
+                continue;
+            }
+            if let Some(k) = self.roots.get(&d) {
+                files.extend(k.files.iter().cloned());
+                todo.extend(k.dirs.iter().cloned());
+            }
+        }
+        files.into_iter().collect()
+    }
+
     /// The applied roots whose builds read any of `changed`.
     pub fn touched<'a>(&self, changed: impl IntoIterator<Item = &'a str> + Clone) -> BTreeSet<String> {
         self.applied()

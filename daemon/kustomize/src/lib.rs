@@ -120,7 +120,7 @@ pub fn build_roots(kustomizer: Result<&Kustomizer, &str>, graph: &Graph, dirs: &
         match kustomizer {
             Err(why) => failed(why.to_owned()),
             Ok(kz) => match kz.build(k, &graph.inputs(dir), tree) {
-                Ok(yaml) => output::load(k, &yaml, tree),
+                Ok(yaml) => output::load(k, &yaml, tree, &graph.named_files(dir)),
                 Err(why) => failed(why),
             },
         }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use capstan_api::meta::{ANNOTATION_DOCUMENT, ANNOTATION_KUSTOMIZATION};
 use capstan_manifest::manifest::{FileLoad, OBJECT_BYTES};
-use capstan_manifest::problem::{FieldPath, Problem, ProblemCode};
+use capstan_manifest::problem::{FieldPath, PathSeg, Problem, ProblemCode};
 use capstan_manifest::yaml::{self, Document, Node, NodeValue, Pos};
 use serde_json::Value;
 
@@ -17,8 +17,10 @@ use crate::refs::{Kustomization, resolve};
 /// The annotation kustomize records each object's origin in.
 pub const ORIGIN: &str = "config.kubernetes.io/origin";
 
-/// The objects of `k`'s build output `yaml`; `tree` gives the source files for locating.
-pub fn load(k: &Kustomization, yaml: &[u8], tree: &dyn Tree) -> FileLoad {
+/// The objects of `k`'s build output `yaml`; `tree` gives the source files for locating, and
+/// `named` the files the build's kustomizations name (patches among them): a field that a
+/// patch set, and the source file does not have, is located in the patch.
+pub fn load(k: &Kustomization, yaml: &[u8], tree: &dyn Tree, named: &[String]) -> FileLoad {
     let mut load = FileLoad {
         path: k.file.clone(),
         intact: true,
@@ -51,11 +53,33 @@ pub fn load(k: &Kustomization, yaml: &[u8], tree: &dyn Tree) -> FileLoad {
             ..FileLoad::default()
         };
         one.document(doc.index, &doc.root, doc.expanded_bytes > OBJECT_BYTES / 6);
+        sources.read(&source);
+        for f in named {
+            sources.read(f);
+        }
         let found = sources.find(&source, &doc.root);
+        let patched = |field: &FieldPath| {
+            named
+                .iter()
+                .filter(|f| **f != source)
+                .find_map(|f| Some((f, exact(field, sources.find(f, &doc.root)?.1)?)))
+        };
         let located = |mut p: Problem| {
-            if let Some((_, node)) = found {
-                let pos = p.field.as_deref().map_or(node.pos, |f| FieldPath::parse(f).locate(node));
-                (p.line, p.column) = (pos.line, pos.column);
+            let field = p.field.as_deref().map(FieldPath::parse);
+            let in_source = found.and_then(|(_, node)| exact(field.as_ref()?, node));
+            // A patch that sets the field wins over the file the object came from: what the
+            // patch says is what was built.
+            match (field.as_ref().and_then(patched), in_source, found) {
+                (Some((patch, pos)), _, _) => {
+                    p.file = patch.clone();
+                    (p.line, p.column) = (pos.line, pos.column);
+                }
+                (None, Some(pos), _) => (p.line, p.column) = (pos.line, pos.column),
+                (None, None, Some((_, node))) => {
+                    let pos = field.map_or(node.pos, |f| f.locate(node));
+                    (p.line, p.column) = (pos.line, pos.column);
+                }
+                (None, None, None) => {}
             }
             p
         };
@@ -130,9 +154,8 @@ impl<'a> Sources<'a> {
         }
     }
 
-    /// The document of `file` that `built` came from: same kind, and a name the built one
-    /// contains (prefixes, suffixes and hashes are added by the build); its index and node.
-    fn find(&mut self, file: &str, built: &Node) -> Option<(usize, &Node)> {
+    /// Reads and parses `file`, once.
+    fn read(&mut self, file: &str) {
         if !self.parsed.contains_key(file) {
             let docs = self
                 .tree
@@ -143,6 +166,12 @@ impl<'a> Sources<'a> {
                 .unwrap_or_default();
             self.parsed.insert(file.to_owned(), docs);
         }
+    }
+
+    /// The document of `file` (read before) that `built` came from: same kind, and a name the
+    /// built one contains (prefixes, suffixes and hashes are added by the build); its index
+    /// and node.
+    fn find(&self, file: &str, built: &Node) -> Option<(usize, &Node)> {
         let kind = text_at(built, &["kind"])?;
         let name = text_at(built, &["metadata", "name"])?;
         let docs = self.parsed.get(file)?;
@@ -153,6 +182,19 @@ impl<'a> Sources<'a> {
             .max_by_key(|(_, n)| n.len())
             .map(|(d, _)| (d.index, &d.root))
     }
+}
+
+/// Where `path` is in `root`, when all of it is there.
+fn exact(path: &FieldPath, root: &Node) -> Option<Pos> {
+    let mut node = root;
+    for seg in &path.0 {
+        node = match (seg, &node.value) {
+            (PathSeg::Key(k), NodeValue::Map(entries)) => &entries.iter().find(|e| &e.key == k)?.value,
+            (PathSeg::Index(i), NodeValue::Seq(items)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(node.pos)
 }
 
 fn text_at<'n>(node: &'n Node, path: &[&str]) -> Option<&'n str> {
