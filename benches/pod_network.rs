@@ -6,6 +6,8 @@
 //! within 1.2× of a direct pod-IP connection, a joining host reachable in < 2 s. Last, a host cut
 //! off at the switch: how long until its Node is NotReady and its pod is Ready on another host,
 //! with the lab's short settings (grace period, eviction timeout) beside their sum, the floor.
+//! Beside the ratios, the kernel's own: two bare namespaces on a veth pair, plain and through a
+//! VXLAN device on it (no bridge, no pod, no firewall), measured in the same run.
 //!
 //! `cargo bench --bench pod_network` (`-- --quick`: 1 s per throughput run and 200 connections
 //! instead of 5 s and 1,000). Needs root and the Docker Engine; builds the test images.
@@ -265,10 +267,17 @@ fn main() {
     let replaced = cut.elapsed();
     b.lab.host("plug", host);
 
+    let (bare, bare_vxlan) = bare_vxlan(&b.seconds);
     println!(
         "\n  cross-host pod throughput / host→host   vxlan {:.2}×, host-gw {:.2}×   (target ≥ 0.8×)",
         vxlan.0 / floor.0,
         host_gw.0 / floor.0
+    );
+    println!(
+        "  the kernel's own VXLAN, two bare namespaces: {} plain, {} through VXLAN = {:.2}×   (the floor of encapsulation on this machine)",
+        gbit(bare),
+        gbit(bare_vxlan),
+        bare_vxlan / bare
     );
     println!(
         "  ClusterIP set-up / direct pod-IP set-up  {:.2}×   (target ≤ 1.2×)",
@@ -284,4 +293,52 @@ fn main() {
         replaced.as_secs_f64(),
         GRACE + EVICTION
     );
+}
+
+/// Throughput between two bare network namespaces of the bench's own on a veth pair, plain and
+/// through a VXLAN device over it (VNI and port as the pod network's, MTU underlay − 50): what
+/// the kernel itself makes of encapsulation on this machine, with nothing else in the path.
+fn bare_vxlan(seconds: &str) -> (f64, f64) {
+    let sh = |script: &str| {
+        let o = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    // The test program, out of its image (no registry, no build here).
+    let program = "/tmp/capstan-bench-testapp";
+    sh(&format!(
+        "id=$(docker create {IMAGE}) && docker cp $id:/capstan-testapp {program} && docker rm $id >/dev/null"
+    ));
+    let (a, b) = ("capstan-bench-va", "capstan-bench-vb");
+    let cleanup = format!("ip netns del {a} 2>/dev/null; ip netns del {b} 2>/dev/null; true");
+    sh(&cleanup);
+    sh(&format!(
+        "set -e
+        ip netns add {a}; ip netns add {b}
+        ip link add cb-va type veth peer name cb-vb
+        ip link set cb-va netns {a}; ip link set cb-vb netns {b}
+        ip -n {a} addr add 10.253.0.1/24 dev cb-va; ip -n {b} addr add 10.253.0.2/24 dev cb-vb
+        for n in {a} {b}; do ip -n $n link set lo up; done
+        ip -n {a} link set cb-va up; ip -n {b} link set cb-vb up
+        ip -n {a} link add vx type vxlan id 1 local 10.253.0.1 remote 10.253.0.2 dstport 8472 dev cb-va
+        ip -n {b} link add vx type vxlan id 1 local 10.253.0.2 remote 10.253.0.1 dstport 8472 dev cb-vb
+        ip -n {a} addr add 10.254.0.1/24 dev vx; ip -n {b} addr add 10.254.0.2/24 dev vx
+        ip -n {a} link set vx mtu 1450 up; ip -n {b} link set vx mtu 1450 up"
+    ));
+    let mut sink = std::process::Command::new("ip")
+        .args(["netns", "exec", b, program, "sink", "9300"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let blast = |to: &str| -> f64 {
+        sh(&format!("ip netns exec {a} {program} blast {to}:9300 {seconds}"))
+            .parse()
+            .unwrap_or(f64::NAN)
+    };
+    let plain = blast("10.253.0.2");
+    let vxlan = blast("10.254.0.2");
+    let _ = sink.kill();
+    let _ = sink.wait();
+    sh(&cleanup);
+    let _ = std::fs::remove_file(program);
+    (plain, vxlan)
 }
