@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::Tree;
@@ -26,6 +26,9 @@ pub struct Kustomizer {
     subcommand: &'static str,
     /// What it says its version is (`v5.5.0`).
     pub version: String,
+    /// How long one build may take, and how much YAML it may print.
+    pub timeout: Duration,
+    pub max_output: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,8 @@ impl Kustomizer {
             program,
             subcommand,
             version,
+            timeout: BUILD_TIMEOUT,
+            max_output: MAX_OUTPUT_BYTES,
         })
     }
 
@@ -121,53 +126,43 @@ impl Kustomizer {
             .spawn()
             .map_err(|e| format!("running {}: {e}", self.program.display()))?;
         let mut stdout = child.stdout.take().expect("piped");
-        let reader = std::thread::spawn(move || {
+        let (timeout, max_output) = (self.timeout, self.max_output);
+        // The build ends when kustomize closes its output (it exits): no polling, a build takes
+        // tens of milliseconds. Past the time limit it is killed; a process it left behind that
+        // still holds the output is not waited for (its reader is left to end with it).
+        let (read_tx, read_rx) = mpsc::channel();
+        std::thread::spawn(move || {
             let mut out = Vec::new();
-            let read = (&mut stdout).take(MAX_OUTPUT_BYTES as u64 + 1).read_to_end(&mut out);
-            read.map(|_| out)
+            let read = (&mut stdout).take(max_output as u64 + 1).read_to_end(&mut out);
+            let _ = read_tx.send(read.map(|_| out).unwrap_or_default());
         });
         let mut stderr = child.stderr.take().expect("piped");
-        let errors = std::thread::spawn(move || {
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
             let mut err = Vec::new();
             let _ = (&mut stderr).take(64 << 10).read_to_end(&mut err);
             // The rest is drained, so that kustomize never blocks on a full pipe.
             let _ = std::io::copy(&mut stderr, &mut std::io::sink());
-            err
+            let _ = err_tx.send(err);
         });
-        // The build ends when kustomize closes its output (it exits); a watchdog kills it past
-        // the time limit. No polling: a build takes tens of milliseconds, a poll would add some.
-        let child = Arc::new(Mutex::new(child));
-        let (done, finished) = mpsc::channel::<()>();
-        let watchdog = {
-            let child = child.clone();
-            std::thread::spawn(move || {
-                let late = matches!(finished.recv_timeout(BUILD_TIMEOUT), Err(mpsc::RecvTimeoutError::Timeout));
-                if late {
-                    let _ = child.lock().unwrap_or_else(|p| p.into_inner()).kill();
-                }
-                late
-            })
-        };
-        let out = reader.join().unwrap_or_else(|_| Ok(Vec::new())).unwrap_or_default();
-        if out.len() > MAX_OUTPUT_BYTES {
-            let _ = child.lock().unwrap_or_else(|p| p.into_inner()).kill();
+        let out = read_rx.recv_timeout(timeout).ok();
+        if out.as_ref().is_none_or(|o| o.len() > max_output) {
+            let _ = child.kill();
         }
-        let err = errors.join().unwrap_or_default();
-        let waited = child.lock().unwrap_or_else(|p| p.into_inner()).wait();
-        let _ = done.send(());
-        let late = watchdog.join().unwrap_or(false);
-        let status = match waited {
-            Ok(_) if late => None,
-            Ok(status) => Some(status),
-            Err(e) => return Err(format!("waiting for kustomize: {e}")),
+        let waited = child.wait();
+        let err = err_rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+        let (status, out) = match (waited, out) {
+            (Err(e), _) => return Err(format!("waiting for kustomize: {e}")),
+            (Ok(_), None) => (None, Vec::new()),
+            (Ok(status), Some(out)) => (Some(status), out),
         };
         let scrub = |text: &str| {
             let prefix = format!("{}/", top.display());
             text.replace(&prefix, "").replace(&top.display().to_string(), ".").trim().to_owned()
         };
         match status {
-            None => Err(format!("the build took longer than {} s and was stopped", BUILD_TIMEOUT.as_secs())),
-            Some(_) if out.len() > MAX_OUTPUT_BYTES => Err(format!("the build printed more than {} MiB of YAML", MAX_OUTPUT_BYTES >> 20)),
+            None => Err(format!("the build took longer than {} s and was stopped", timeout.as_secs_f64())),
+            Some(_) if out.len() > max_output => Err(format!("the build printed more than {max_output} bytes of YAML and was stopped")),
             Some(s) if s.success() => Ok(out),
             Some(_) => Err(kustomize_message(&scrub(&String::from_utf8_lossy(&err)))),
         }
