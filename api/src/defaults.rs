@@ -44,6 +44,11 @@ pub fn apply(kind: &KindInfo, object: &mut Value) {
                 pod_template(spec.get_mut("template"));
             }
         }
+        ("batch", "Job") => {
+            if let Some(spec) = object.get_mut("spec") {
+                job(spec);
+            }
+        }
         ("scheduling.k8s.io", "PriorityClass") => set(object, "preemptionPolicy", json!("PreemptLowerPriority")),
         _ => {}
     }
@@ -118,6 +123,54 @@ fn deployment(spec: &mut Value) {
         }
     }
     pod_template(spec.get_mut("template"));
+}
+
+/// A Job's defaults: one pod at a time, and one completion when neither count is given (a
+/// parallelism alone makes a work queue, which has no completion count).
+fn job(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    if spec["completions"].is_null() && spec["parallelism"].is_null() {
+        set(spec, "completions", json!(1));
+    }
+    set(spec, "parallelism", json!(1));
+    set(spec, "backoffLimit", json!(6));
+    set(spec, "completionMode", json!("NonIndexed"));
+    set(spec, "suspend", json!(false));
+    set(spec, "manualSelector", json!(false));
+    set(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    pod_template(spec.get_mut("template"));
+}
+
+/// The labels a Job's selector matches and its pods carry, made from the Job's uid and name when
+/// it is created (the API server's, so that a Job never adopts another's pods).
+pub fn job_selector(job: &mut Value) {
+    let (Some(uid), Some(name)) = (
+        job["metadata"]["uid"].as_str().map(str::to_owned),
+        job["metadata"]["name"].as_str().map(str::to_owned),
+    ) else {
+        return;
+    };
+    let Some(spec) = job.get_mut("spec").filter(|s| s.is_object()) else {
+        return;
+    };
+    if spec["manualSelector"] == true {
+        return;
+    }
+    let labels = json!({
+        "batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
+        "controller-uid": uid, "job-name": name,
+    });
+    spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    if let Some(template) = place(spec, "template")
+        && let Some(meta) = place(template, "metadata")
+        && let Some(pod_labels) = place(meta, "labels")
+    {
+        for (k, v) in labels.as_object().into_iter().flatten() {
+            set(pod_labels, k, v.clone());
+        }
+    }
 }
 
 fn pod(pod: &mut Value) {

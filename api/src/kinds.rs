@@ -3,7 +3,7 @@
 //!
 //! The manifest loader, the API server (discovery, routing) and the CLI all read this one table.
 
-use k8s_openapi::api::{apps, coordination, core, discovery, scheduling};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, scheduling};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
@@ -180,6 +180,8 @@ pub static REGISTRY: &[KindInfo] = &[
     k8s_kind!(apps::v1::Deployment, singular: "deployment", short: ["deploy"], categories: ["all"],
         origin: Git, status: true, namespaced: true),
     k8s_kind!(apps::v1::ReplicaSet, singular: "replicaset", short: ["rs"], categories: ["all"],
+        origin: Git, status: true, namespaced: true),
+    k8s_kind!(batch::v1::Job, singular: "job", short: [], categories: ["all"],
         origin: Git, status: true, namespaced: true),
     k8s_kind!(discovery::v1::EndpointSlice, singular: "endpointslice", short: [], categories: [],
         origin: Cluster, status: false, namespaced: true),

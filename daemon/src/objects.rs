@@ -200,6 +200,9 @@ impl Objects {
             m.insert("generation".into(), json!(1));
             m.remove("resourceVersion");
         }
+        if kind.group == "batch" && kind.kind == "Job" {
+            capstan_api::defaults::job_selector(&mut object);
+        }
         if let Some(o) = object.as_object_mut() {
             o.insert("apiVersion".into(), Value::String(kind.api_version()));
             o.insert("kind".into(), Value::String(kind.kind.to_owned()));

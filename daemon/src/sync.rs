@@ -327,6 +327,15 @@ impl GitSync {
         loop {
             let result = match self.objects.get(kind, &key.namespace, &key.name)? {
                 None => self.objects.create(kind, desired.clone()).await.map(|_| ()),
+                Some(live) if job_runs_anew(kind, &live, &desired) => {
+                    // A Job's pod template and counts cannot change under it (the API server
+                    // refuses); a commit that changes them means a new run: the Job is replaced
+                    // (its pods go with it), as Flux's `force` does.
+                    match self.objects.delete(kind, &key.namespace, &key.name, None).await {
+                        Ok(_) | Err(ObjectError::NotFound { .. }) => continue,
+                        Err(e) => Err(e),
+                    }
+                }
                 Some(live) => {
                     let mut next = merge_live(kind, &live, previous.as_ref(), &desired);
                     next["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
@@ -412,6 +421,28 @@ pub fn merge_live(kind: &KindInfo, live: &Value, previous: Option<&Value>, desir
                 }
             }
         }
+        "Job" => {
+            // The selector and pod labels the API server made from the Job's uid stay.
+            if next["spec"].get("selector").is_none()
+                && let Some(selector) = live["spec"].get("selector")
+            {
+                next["spec"]["selector"] = selector.clone();
+            }
+            if let Some(live_labels) = live["spec"]["template"]["metadata"]["labels"].as_object() {
+                for key in [
+                    "batch.kubernetes.io/controller-uid",
+                    "batch.kubernetes.io/job-name",
+                    "controller-uid",
+                    "job-name",
+                ] {
+                    if let Some(v) = live_labels.get(key)
+                        && next["spec"]["template"].is_object()
+                    {
+                        next["spec"]["template"]["metadata"]["labels"][key] = v.clone();
+                    }
+                }
+            }
+        }
         "Pod" => {
             for field in ["nodeName", "serviceAccountName"] {
                 if next["spec"].get(field).is_none()
@@ -442,6 +473,59 @@ pub fn merge_live(kind: &KindInfo, live: &Value, previous: Option<&Value>, desir
         _ => {}
     }
     next
+}
+
+/// Whether the desired version of a Job changes what the API server keeps fixed once a Job
+/// exists (everything in its spec but parallelism, the deadline, suspension, the back-off limit
+/// and the time to live), so that it must run anew.
+pub fn job_runs_anew(kind: &KindInfo, live: &Value, desired: &Value) -> bool {
+    if kind.group != "batch" || kind.kind != "Job" {
+        return false;
+    }
+    let generated = live["spec"]["manualSelector"] != true;
+    // Both with their defaults (the live one has them), without what may change and without
+    // what the API server generated.
+    let fixed = |spec: &Value| -> Value {
+        let mut job = json!({"spec": spec.clone()});
+        capstan_api::defaults::apply(kind, &mut job);
+        let mut spec = job["spec"].take();
+        if let Some(s) = spec.as_object_mut() {
+            for mutable in [
+                "parallelism",
+                "activeDeadlineSeconds",
+                "suspend",
+                "backoffLimit",
+                "ttlSecondsAfterFinished",
+            ] {
+                s.remove(mutable);
+            }
+            if generated {
+                s.remove("selector");
+            }
+        }
+        if generated && let Some(labels) = spec.pointer_mut("/template/metadata/labels").and_then(Value::as_object_mut) {
+            for key in [
+                "batch.kubernetes.io/controller-uid",
+                "batch.kubernetes.io/job-name",
+                "controller-uid",
+                "job-name",
+            ] {
+                labels.remove(key);
+            }
+            if labels.is_empty()
+                && let Some(meta) = spec.pointer_mut("/template/metadata").and_then(Value::as_object_mut)
+            {
+                meta.remove("labels");
+            }
+        }
+        if spec["template"]["metadata"].as_object().is_some_and(|m| m.is_empty())
+            && let Some(t) = spec["template"].as_object_mut()
+        {
+            t.remove("metadata");
+        }
+        spec
+    };
+    fixed(&live["spec"]) != fixed(&desired["spec"])
 }
 
 /// Drops every applied record and sync status (for tests that reuse a store).

@@ -434,6 +434,124 @@ subsets:
     .await;
 }
 
+/// A stand-in kubelet for Jobs: a bound pod ends at once, succeeding unless its image says
+/// `fail` (exit code 1).
+fn job_kubelet(h: &Harness) -> tokio::task::JoinHandle<()> {
+    let (objects, cache, stop) = (h.d.objects.clone(), h.d.cache.clone(), h.kubelet_stop.clone());
+    tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) {
+            for p in cache.list(kind("pods"), None).0.iter() {
+                if p.object["spec"]["nodeName"].is_null() {
+                    continue;
+                }
+                if !p.object["metadata"]["deletionTimestamp"].is_null() {
+                    let _ = objects.delete(kind("pods"), &p.namespace, &p.name, None).await;
+                    continue;
+                }
+                if p.object["status"]["phase"] == "Succeeded" || p.object["status"]["phase"] == "Failed" {
+                    continue;
+                }
+                let fail = p.object["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("fail");
+                let code = if fail { 1 } else { 0 };
+                let at = capstan_api::time::now_rfc3339();
+                let _ = objects
+                    .modify(kind("pods"), &p.namespace, &p.name, true, |pod| {
+                        pod["status"]["phase"] = json!(if fail { "Failed" } else { "Succeeded" });
+                        pod["status"]["containerStatuses"] = json!([{"name": "c", "ready": false, "restartCount": 0,
+                            "state": {"terminated": {"exitCode": code, "finishedAt": at, "reason": if fail { "Error" } else { "Completed" }}}}]);
+                        true
+                    })
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+fn job_manifest(name: &str, image: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: batch/v1
+kind: Job
+metadata: {{name: {name}, namespace: shop}}
+spec:
+{extra}  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: c, image: {image}}}]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_fail_at_their_limit_and_go_after_their_ttl() {
+    let jobs = job_manifest(
+        "batch",
+        "job:ok",
+        "  completions: 3\n  parallelism: 2\n  ttlSecondsAfterFinished: 2\n",
+    ) + "---\n"
+        + &job_manifest("broken", "job:fail", "  backoffLimit: 0\n");
+    let h = Harness::start(&[("ns.yaml", NS), ("jobs.yaml", &jobs)], |_| {}).await;
+    h.add_node("n1", "8").await;
+    let _k = job_kubelet(&h);
+    let condition = |h: &Harness, job: &str, ty: &str| {
+        h.get("jobs", "shop", job).and_then(|j| {
+            j["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == ty && c["status"] == "True")
+                .map(|c| c["reason"].as_str().unwrap_or_default().to_owned())
+        })
+    };
+    h.eventually("the batch Job complete", |h| condition(h, "batch", "Complete").is_some())
+        .await;
+    let batch = h.get("jobs", "shop", "batch").unwrap();
+    assert_eq!(batch["status"]["succeeded"], 3);
+    assert!(batch["status"]["completionTime"].is_string());
+    // The API server's selector, from the Job's uid, and the labels its pods carry.
+    let uid = batch["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(batch["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], uid);
+    let pods: Vec<Value> = h
+        .list("pods", Some("shop"))
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["batch.kubernetes.io/job-name"] == "batch")
+        .collect();
+    assert_eq!(pods.len(), 3, "its pods are kept for their logs");
+    h.eventually("the broken Job failed at its limit", |h| {
+        condition(h, "broken", "Failed").as_deref() == Some("BackoffLimitExceeded")
+    })
+    .await;
+    // Past its time to live the finished Job goes, and its pods with it.
+    h.eventually("the batch Job and its pods removed after 2 s", |h| {
+        h.get("jobs", "shop", "batch").is_none()
+            && !h
+                .list("pods", Some("shop"))
+                .iter()
+                .any(|p| p["metadata"]["labels"]["batch.kubernetes.io/job-name"] == "batch")
+    })
+    .await;
+    assert!(h.get("jobs", "shop", "broken").is_some(), "no TTL, kept");
+
+    // A commit that changes only what may change keeps the Job; one that changes its pods runs
+    // it anew.
+    let broken_uid = h.get("jobs", "shop", "broken").unwrap()["metadata"]["uid"].clone();
+    let jobs = job_manifest("broken", "job:fail", "  backoffLimit: 1\n");
+    h.commit(&[("jobs.yaml", &jobs)], &[]);
+    h.eventually("the limit raised on the same Job", |h| {
+        h.get("jobs", "shop", "broken")
+            .is_some_and(|j| j["spec"]["backoffLimit"] == 1 && j["metadata"]["uid"] == broken_uid)
+    })
+    .await;
+    let jobs = job_manifest("broken", "job:ok", "  backoffLimit: 1\n");
+    h.commit(&[("jobs.yaml", &jobs)], &[]);
+    h.eventually("a new run of the fixed Job, complete", |h| {
+        h.get("jobs", "shop", "broken").is_some_and(|j| j["metadata"]["uid"] != broken_uid) && condition(h, "broken", "Complete").is_some()
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_node_is_tainted_and_its_pods_move() {
     let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 2).replace("    spec:\n      containers:", "    spec:\n      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]\n      containers:"))], |c| {

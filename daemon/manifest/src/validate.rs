@@ -48,6 +48,7 @@ pub fn check(kind: &str, object: &Value) -> Vec<Finding> {
     match kind {
         "Pod" => check_pod_spec(&mut f, &spec, &object["spec"], None),
         "Deployment" | "ReplicaSet" => check_workload(&mut f, kind, &spec, &object["spec"]),
+        "Job" => check_job(&mut f, &spec, &object["spec"]),
         "Service" => check_service(&mut f, &spec, &object["spec"]),
         "ConfigMap" => {
             check_config_keys(&mut f, &root.key("data"), &object["data"]);
@@ -236,6 +237,57 @@ fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Va
         );
     }
     check_pod_spec(f, &template_path.key("spec"), &spec["template"]["spec"], Some("Always"));
+}
+
+/// A Job as the API server checks it: counts not negative, a deadline above zero, the Indexed
+/// mode's rules, a template whose pods end (restartPolicy OnFailure or Never), no selector of
+/// its own unless `manualSelector` says so (the API server makes one from the Job's uid).
+fn check_job(f: &mut Findings, path: &FieldPath, spec: &Value) {
+    for field in ["parallelism", "completions", "backoffLimit", "ttlSecondsAfterFinished"] {
+        at_least(f, path, spec, field, 0);
+    }
+    at_least(f, path, spec, "activeDeadlineSeconds", 1);
+    match spec["completionMode"].as_str() {
+        None | Some("NonIndexed") => {}
+        Some("Indexed") => {
+            if spec["completions"].is_null() {
+                f.missing(path.key("completions"), "when completionMode is Indexed, completions is required");
+            }
+            if spec["completions"].as_i64().is_some_and(|c| c > 100_000) {
+                f.invalid(
+                    path.key("completions"),
+                    "must be less than or equal to 100000 when completionMode is Indexed",
+                );
+            }
+        }
+        Some(other) => f.invalid(
+            path.key("completionMode"),
+            format!("unsupported value {other:?}: supported values: \"NonIndexed\", \"Indexed\""),
+        ),
+    }
+    if !spec["selector"].is_null() && spec["manualSelector"] != true {
+        f.invalid(
+            path.key("selector"),
+            "`selector` will be auto-generated: leave it out, or set manualSelector: true",
+        );
+    }
+    let template = path.key("template");
+    if let Some(labels) = spec["template"]["metadata"]["labels"].as_object() {
+        check_labels(f, &template.key("metadata").key("labels"), labels);
+    }
+    let restart = &spec["template"]["spec"]["restartPolicy"];
+    match restart.as_str() {
+        Some("OnFailure" | "Never") => {}
+        Some(other) => f.invalid(
+            template.key("spec").key("restartPolicy"),
+            format!("unsupported value {other:?}: supported values: \"OnFailure\", \"Never\""),
+        ),
+        None => f.missing(
+            template.key("spec").key("restartPolicy"),
+            "a Job's pods must end: restartPolicy OnFailure or Never",
+        ),
+    }
+    check_pod_spec(f, &template.key("spec"), &spec["template"]["spec"], None);
 }
 
 fn check_pod_spec(f: &mut Findings, path: &FieldPath, spec: &Value, required_restart: Option<&str>) {
@@ -566,6 +618,28 @@ mod tests {
         );
         let ok = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": "http", "nodePort": 30080}]}});
         assert!(messages("Service", ok).is_empty());
+    }
+
+    #[test]
+    fn jobs_as_the_api_server_checks_them() {
+        let j = json!({"metadata": {"name": "j"}, "spec": {
+            "parallelism": -1, "backoffLimit": -2, "activeDeadlineSeconds": 0, "completionMode": "Indexed",
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {"spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "i"}]}}}});
+        let m = messages("Job", j);
+        for expect in [
+            "spec.parallelism: must be greater than or equal to 0 (got -1)",
+            "spec.backoffLimit: must be greater than or equal to 0 (got -2)",
+            "spec.activeDeadlineSeconds: must be greater than 0 (got 0)",
+            "spec.completions: when completionMode is Indexed, completions is required",
+            "spec.selector: `selector` will be auto-generated: leave it out, or set manualSelector: true",
+            "spec.template.spec.restartPolicy: unsupported value \"Always\": supported values: \"OnFailure\", \"Never\"",
+        ] {
+            assert!(m.contains(&expect.to_owned()), "{expect}\nnot in {m:#?}");
+        }
+        assert_eq!(m.len(), 6, "{m:#?}");
+        let ok = json!({"metadata": {"name": "j"}, "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}});
+        assert!(messages("Job", ok).is_empty());
     }
 
     #[test]

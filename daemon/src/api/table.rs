@@ -117,6 +117,36 @@ fn containers_images(spec: &Value) -> (String, String) {
     )
 }
 
+/// A Job's status as kubectl 1.33 prints it.
+fn job_status(o: &Value) -> String {
+    let holds = |t: &str| {
+        list(&o["status"]["conditions"])
+            .iter()
+            .any(|c| c["type"] == t && c["status"] == "True")
+    };
+    if holds("Complete") {
+        "Complete"
+    } else if holds("Failed") {
+        "Failed"
+    } else if holds("FailureTarget") {
+        "FailureTarget"
+    } else if holds("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else if holds("Suspended") {
+        "Suspended"
+    } else {
+        "Running"
+    }
+    .to_owned()
+}
+
+/// How long a Job ran: from its start to its completion, or until now.
+fn job_duration(o: &Value, now: i64) -> String {
+    let start = capstan_api::time::seconds(&o["status"]["startTime"]);
+    let end = capstan_api::time::seconds(&o["status"]["completionTime"]).unwrap_or(now);
+    start.map_or_else(String::new, |s| human_duration(end - s))
+}
+
 /// The column definitions for a kind.
 pub fn columns(kind: &KindInfo) -> Vec<Value> {
     let names: &[(&str, u8)] = match kind.kind {
@@ -146,6 +176,16 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
             ("Desired", 0),
             ("Current", 0),
             ("Ready", 0),
+            ("Age", 0),
+            ("Containers", 1),
+            ("Images", 1),
+            ("Selector", 1),
+        ],
+        "Job" => &[
+            ("Name", 0),
+            ("Status", 0),
+            ("Completions", 0),
+            ("Duration", 0),
             ("Age", 0),
             ("Containers", 1),
             ("Images", 1),
@@ -261,6 +301,26 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 o["spec"]["replicas"].as_i64().unwrap_or(1).to_string(),
                 int(&o["status"]["replicas"]).to_string(),
                 int(&o["status"]["readyReplicas"]).to_string(),
+                created,
+                c,
+                i,
+                selector_text(&o["spec"]["selector"]),
+            ]
+        }
+        "Job" => {
+            let (c, i) = containers_images(&o["spec"]["template"]["spec"]);
+            vec![
+                name,
+                job_status(o),
+                match o["spec"]["completions"].as_i64() {
+                    Some(n) => format!("{}/{n}", int(&o["status"]["succeeded"])),
+                    None => format!(
+                        "{}/1 of {}",
+                        int(&o["status"]["succeeded"]),
+                        o["spec"]["parallelism"].as_i64().unwrap_or(1)
+                    ),
+                },
+                job_duration(o, now),
                 created,
                 c,
                 i,

@@ -46,7 +46,7 @@ fn owner_kind(owner: &Value) -> Option<&'static KindInfo> {
     capstan_api::kinds::by_group_kind(group, owner["kind"].as_str()?)
 }
 
-/// Watches dependents (pods, EndpointSlices) and owners (ReplicaSets, Deployments, Services):
+/// Watches dependents (pods, EndpointSlices) and owners (ReplicaSets, Deployments, Services, Jobs):
 /// an owner's deletion is a reason to look at each of its dependents.
 pub fn controller(ctx: &Context) -> Controller<Key, GarbageCollector> {
     let with_dependents = |cache: Arc<crate::cache::Cache>| {
@@ -66,7 +66,7 @@ pub fn controller(ctx: &Context) -> Controller<Key, GarbageCollector> {
             keys
         }
     };
-    let owners = ["replicasets", "deployments", "services"].map(|plural| watches(plural, with_dependents(ctx.cache.clone())));
+    let owners = ["replicasets", "deployments", "services", "jobs"].map(|plural| watches(plural, with_dependents(ctx.cache.clone())));
     let mut triggers = vec![watches("pods", key_for), watches("endpointslices", key_for)];
     triggers.extend(owners);
     Controller {

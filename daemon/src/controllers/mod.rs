@@ -6,6 +6,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod eventttl;
 pub mod gc;
+pub mod job;
 pub mod namespace;
 pub mod node;
 pub mod quota;
@@ -137,6 +138,7 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     tasks.extend(gc::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(node::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(eventttl::controller(&ctx).spawn(&ctx, &shutdown));
+    tasks.extend(job::controller(&ctx).spawn(&ctx, &shutdown));
     // The built-in objects: system namespaces, the `kubernetes` and `kube-dns` Services.
     let builtin_ctx = ctx.clone();
     tasks.push(tokio::spawn(async move {

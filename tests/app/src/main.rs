@@ -12,7 +12,7 @@
 //! - `pause`: the pod sandbox, which only holds the network namespace;
 //! - `sink PORT`, `blast ADDRESS:PORT SECONDS`, `dial ADDRESS:PORT COUNT`: the network benchmark's
 //!   TCP server that discards what it reads, its throughput sender, and its connection timer;
-//! - `exit CODE [SECONDS]` and `sleep SECONDS`.
+//! - `exit CODE [SECONDS]`, `sleep SECONDS`, and `env NAME...` (the named variables).
 //!
 //! Only the standard library (and signal-hook), so that it links statically.
 
@@ -56,6 +56,12 @@ fn main() {
             }
             println!("exiting with {code}");
             exit(code);
+        }
+        "env" => {
+            // The named variables as NAME=value lines (a Job's pod shows its index this way).
+            for name in &args[1..] {
+                println!("{name}={}", std::env::var(name).unwrap_or_default());
+            }
         }
         "sleep" => {
             let s = args.get(1).and_then(|s| s.parse::<f64>().ok()).unwrap_or(3600.0);
