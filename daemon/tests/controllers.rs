@@ -553,6 +553,47 @@ async fn jobs_complete_fail_at_their_limit_and_go_after_their_ttl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disruption_budgets_report_what_may_be_evicted() {
+    let pdbs = "apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web-min, namespace: shop}
+spec:
+  minAvailable: 2
+  selector: {matchLabels: {app: web}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web-max, namespace: shop}
+spec:
+  maxUnavailable: 25%
+  selector: {matchLabels: {app: web}}
+";
+    let h = Harness::start(
+        &[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 3)), ("pdb.yaml", pdbs)],
+        |_| {},
+    )
+    .await;
+    h.add_node("n1", "8").await;
+    let _k = h.kubelet(&["n1"], Duration::ZERO);
+    h.eventually("both budgets counting three healthy pods", |h| {
+        let status = |n: &str| {
+            h.get("poddisruptionbudgets", "shop", n)
+                .map(|p| p["status"].clone())
+                .unwrap_or_default()
+        };
+        let (min, max) = (status("web-min"), status("web-max"));
+        min["currentHealthy"] == 3
+            && min["desiredHealthy"] == 2
+            && min["disruptionsAllowed"] == 1
+            && max["expectedPods"] == 3
+            && max["desiredHealthy"] == 2
+            && max["disruptionsAllowed"] == 1
+            && max["conditions"][0]["reason"] == "SufficientPods"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_node_is_tainted_and_its_pods_move() {
     let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 2).replace("    spec:\n      containers:", "    spec:\n      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]\n      containers:"))], |c| {
         c.node_grace = Duration::from_secs(2);

@@ -49,6 +49,7 @@ pub fn check(kind: &str, object: &Value) -> Vec<Finding> {
         "Pod" => check_pod_spec(&mut f, &spec, &object["spec"], None),
         "Deployment" | "ReplicaSet" => check_workload(&mut f, kind, &spec, &object["spec"]),
         "Job" => check_job(&mut f, &spec, &object["spec"]),
+        "PodDisruptionBudget" => check_pdb(&mut f, &spec, &object["spec"]),
         "Service" => check_service(&mut f, &spec, &object["spec"]),
         "ConfigMap" => {
             check_config_keys(&mut f, &root.key("data"), &object["data"]);
@@ -237,6 +238,29 @@ fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Va
         );
     }
     check_pod_spec(f, &template_path.key("spec"), &spec["template"]["spec"], Some("Always"));
+}
+
+/// A PodDisruptionBudget: one of minAvailable and maxUnavailable (a count or a percentage), and
+/// a valid unhealthy-pod policy.
+fn check_pdb(f: &mut Findings, path: &FieldPath, spec: &Value) {
+    let (min, max) = (&spec["minAvailable"], &spec["maxUnavailable"]);
+    if !min.is_null() && !max.is_null() {
+        f.invalid(path.key("minAvailable"), "minAvailable and maxUnavailable cannot be both set");
+    }
+    if !min.is_null() {
+        int_or_percent(f, path.key("minAvailable"), min, true);
+    }
+    if !max.is_null() {
+        int_or_percent(f, path.key("maxUnavailable"), max, true);
+    }
+    if let Some(policy) = spec["unhealthyPodEvictionPolicy"].as_str()
+        && !matches!(policy, "IfHealthyBudget" | "AlwaysAllow")
+    {
+        f.invalid(
+            path.key("unhealthyPodEvictionPolicy"),
+            format!("unsupported value {policy:?}: supported values: \"AlwaysAllow\", \"IfHealthyBudget\""),
+        );
+    }
 }
 
 /// A Job as the API server checks it: counts not negative, a deadline above zero, the Indexed
@@ -618,6 +642,21 @@ mod tests {
         );
         let ok = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": "http", "nodePort": 30080}]}});
         assert!(messages("Service", ok).is_empty());
+    }
+
+    #[test]
+    fn disruption_budgets_take_one_bound() {
+        let both = json!({"metadata": {"name": "p"}, "spec": {"minAvailable": 1, "maxUnavailable": "150%", "selector": {"matchLabels": {"a": "b"}}}});
+        let m = messages("PodDisruptionBudget", both);
+        assert_eq!(
+            m,
+            [
+                "spec.minAvailable: minAvailable and maxUnavailable cannot be both set",
+                "spec.maxUnavailable: must not be greater than 100% (got \"150%\")"
+            ]
+        );
+        let ok = json!({"metadata": {"name": "p"}, "spec": {"minAvailable": "50%", "selector": {"matchLabels": {"a": "b"}}}});
+        assert!(messages("PodDisruptionBudget", ok).is_empty());
     }
 
     #[test]

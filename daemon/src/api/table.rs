@@ -181,6 +181,13 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
             ("Images", 1),
             ("Selector", 1),
         ],
+        "PodDisruptionBudget" => &[
+            ("Name", 0),
+            ("Min Available", 0),
+            ("Max Unavailable", 0),
+            ("Allowed Disruptions", 0),
+            ("Age", 0),
+        ],
         "Job" => &[
             ("Name", 0),
             ("Status", 0),
@@ -305,6 +312,20 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 c,
                 i,
                 selector_text(&o["spec"]["selector"]),
+            ]
+        }
+        "PodDisruptionBudget" => {
+            let bound = |v: &Value| match v {
+                Value::Null => "N/A".to_owned(),
+                Value::String(t) => t.clone(),
+                other => other.to_string(),
+            };
+            vec![
+                name,
+                bound(&o["spec"]["minAvailable"]),
+                bound(&o["spec"]["maxUnavailable"]),
+                int(&o["status"]["disruptionsAllowed"]).to_string(),
+                created,
             ]
         }
         "Job" => {

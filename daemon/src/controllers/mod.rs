@@ -3,6 +3,7 @@
 //! triggers each controller declares beside its reconcile. Started by the daemon.
 
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod eventttl;
 pub mod gc;
@@ -139,6 +140,7 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     tasks.extend(node::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(eventttl::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(job::controller(&ctx).spawn(&ctx, &shutdown));
+    tasks.extend(disruption::controller(&ctx).spawn(&ctx, &shutdown));
     // The built-in objects: system namespaces, the `kubernetes` and `kube-dns` Services.
     let builtin_ctx = ctx.clone();
     tasks.push(tokio::spawn(async move {
