@@ -254,6 +254,16 @@ fn note(c: &Cluster, commit: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `capstan validate DIR`, with builds under `tmp` when given.
+fn validate(dir: &std::path::Path, tmp: Option<&std::path::Path>) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"));
+    cmd.args(["validate", path_str(dir)]);
+    if let Some(t) = tmp {
+        cmd.env("TMPDIR", t);
+    }
+    cmd.output().unwrap()
+}
+
 #[test]
 fn validate_builds_the_roots_of_a_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -262,10 +272,7 @@ fn validate_builds_the_roots_of_a_directory() {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["validate", path_str(dir.path())])
-        .output()
-        .unwrap();
+    let out = validate(dir.path(), None);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("2 kustomize roots built"), "{text}");
@@ -277,11 +284,7 @@ fn validate_builds_the_roots_of_a_directory() {
     .unwrap();
     std::fs::write(dir.path().join("overlays/staging/replicas.yaml"), "spec: [\n").unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["validate", path_str(dir.path())])
-        .env("TMPDIR", scratch.path())
-        .output()
-        .unwrap();
+    let out = validate(dir.path(), Some(scratch.path()));
     let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().collect();
     assert!(left.is_empty(), "the builds left {left:?} behind");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -306,10 +309,7 @@ fn validate_builds_the_roots_of_a_directory() {
         BASE_SERVICE.replace("port: 80", "port: 70000"),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["validate", path_str(dir.path())])
-        .output()
-        .unwrap();
+    let out = validate(dir.path(), None);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("overlays/prod/replicas.yaml:5:13: spec.replicas: must be greater than or equal to 0")

@@ -143,6 +143,15 @@ fn job(spec: &mut Value) {
     pod_template(spec.get_mut("template"));
 }
 
+/// The labels the API server puts on a Job's pod template (uid, name, uid, name); the first is
+/// what its selector matches.
+pub const JOB_LABELS: [&str; 4] = [
+    "batch.kubernetes.io/controller-uid",
+    "batch.kubernetes.io/job-name",
+    "controller-uid",
+    "job-name",
+];
+
 /// The labels a Job's selector matches and its pods carry, made from the Job's uid and name when
 /// it is created (the API server's, so that a Job never adopts another's pods).
 pub fn job_selector(job: &mut Value) {
@@ -158,17 +167,13 @@ pub fn job_selector(job: &mut Value) {
     if spec["manualSelector"] == true {
         return;
     }
-    let labels = json!({
-        "batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
-        "controller-uid": uid, "job-name": name,
-    });
-    spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    spec["selector"] = json!({"matchLabels": {JOB_LABELS[0]: uid}});
     if let Some(template) = place(spec, "template")
         && let Some(meta) = place(template, "metadata")
         && let Some(pod_labels) = place(meta, "labels")
     {
-        for (k, v) in labels.as_object().into_iter().flatten() {
-            set(pod_labels, k, v.clone());
+        for (key, value) in JOB_LABELS.iter().zip([&uid, &name, &uid, &name]) {
+            set(pod_labels, key, json!(value));
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use git2::{AutotagOption, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
+use git2::{AutotagOption, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository};
 
 use capstan_kustomize::{Graph, Kustomizer, root_of};
 use capstan_manifest::desired::{FileChange, Snapshot};
@@ -366,39 +366,25 @@ impl GitRepo {
         let err = Self::read_err(commit);
         let tree = self.tree_of(commit)?;
         let filter = self.filter_at(&tree)?;
+        let entries = crate::tree::list(&tree, filter.root()).map_err(&err)?;
         let listing = CommitTree {
             repo: &self.repo,
             tree: tree.clone(),
             root: filter.root().to_owned(),
-            paths: Arc::new(crate::tree::list(&tree, filter.root()).map_err(&err)?),
+            paths: Arc::new(entries.iter().map(|(p, _, _)| p.clone()).collect()),
         };
         let graph = self.kustomizations(&listing, &filter);
         // Files inside a kustomize root are read through its kustomization only.
         let plain = |path: &str| filter.accepts(path) && root_of(path).is_none() && !graph.inside_a_root(path);
         let mut blobs = Vec::new();
         let mut links = Vec::new();
-        tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
-            let path = format!("{dir}{}", entry.name().unwrap_or_default());
-            if entry.kind() == Some(git2::ObjectType::Tree) {
-                // Skip whole subtrees outside the sub-path or hidden.
-                let inside = filter.root().is_empty() || filter.root().starts_with(&path) || path.starts_with(filter.root());
-                let hidden = entry.name().is_ok_and(|n| n.starts_with('.'));
-                return if inside && !hidden {
-                    TreeWalkResult::Ok
-                } else {
-                    TreeWalkResult::Skip
-                };
+        for (path, id, link) in entries.into_iter().filter(|(p, _, _)| plain(p)) {
+            if link {
+                links.push(path);
+            } else {
+                blobs.push((path, id));
             }
-            if plain(&path) {
-                if entry.filemode() == i32::from(git2::FileMode::Link) {
-                    links.push(path);
-                } else {
-                    blobs.push((path, entry.id()));
-                }
-            }
-            TreeWalkResult::Ok
-        })
-        .map_err(&err)?;
+        }
         let mut files = Vec::with_capacity(blobs.len() + links.len());
         let odb = self.repo.odb().map_err(&err)?;
         let mut budget = TreeBudget::new(self.tree_bytes);

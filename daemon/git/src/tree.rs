@@ -46,9 +46,13 @@ impl Tree for CommitTree<'_> {
     }
 }
 
-/// Every file under `root` in `tree` (blobs and links), leaving out dot-directories.
-pub fn list(tree: &git2::Tree<'_>, root: &str) -> Result<BTreeSet<String>, git2::Error> {
-    let mut out = BTreeSet::new();
+/// One file of a tree: its path, blob and whether it is a symbolic link.
+pub type Entry = (String, git2::Oid, bool);
+
+/// Every file under `root` in `tree` (blobs and links), in tree order, leaving out
+/// dot-directories: the one walk a full read makes.
+pub fn list(tree: &git2::Tree<'_>, root: &str) -> Result<Vec<Entry>, git2::Error> {
+    let mut out = Vec::new();
     tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
         let name = entry.name().unwrap_or_default();
         let path = format!("{dir}{name}");
@@ -61,7 +65,8 @@ pub fn list(tree: &git2::Tree<'_>, root: &str) -> Result<BTreeSet<String>, git2:
             };
         }
         if inside && entry.kind() == Some(git2::ObjectType::Blob) {
-            out.insert(path);
+            let link = entry.filemode() == i32::from(git2::FileMode::Link);
+            out.push((path, entry.id(), link));
         }
         git2::TreeWalkResult::Ok
     })?;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use capstan_api::meta::{ANNOTATION_DOCUMENT, ANNOTATION_KUSTOMIZATION};
-use capstan_manifest::manifest::{FileLoad, OBJECT_BYTES};
+use capstan_manifest::manifest::{FileLoad, OBJECT_BYTES, string_at};
 use capstan_manifest::problem::{FieldPath, PathSeg, Problem, ProblemCode};
 use capstan_manifest::yaml::{self, Document, Node, NodeValue, Pos};
 use serde_json::Value;
@@ -172,13 +172,13 @@ impl<'a> Sources<'a> {
     /// built one contains (prefixes, suffixes and hashes are added by the build); its index
     /// and node.
     fn find(&self, file: &str, built: &Node) -> Option<(usize, &Node)> {
-        let kind = text_at(built, &["kind"])?;
-        let name = text_at(built, &["metadata", "name"])?;
+        let kind = string_at(built, &["kind"])?;
+        let name = string_at(built, &["metadata", "name"])?;
         let docs = self.parsed.get(file)?;
         docs.iter()
-            .filter(|d| text_at(&d.root, &["kind"]) == Some(kind))
-            .filter_map(|d| Some((d, text_at(&d.root, &["metadata", "name"])?)))
-            .filter(|(_, n)| name.contains(n))
+            .filter(|d| string_at(&d.root, &["kind"]).as_ref() == Some(&kind))
+            .filter_map(|d| Some((d, string_at(&d.root, &["metadata", "name"])?)))
+            .filter(|(_, n)| name.contains(n.as_str()))
             .max_by_key(|(_, n)| n.len())
             .map(|(d, _)| (d.index, &d.root))
     }
@@ -195,18 +195,6 @@ fn exact(path: &FieldPath, root: &Node) -> Option<Pos> {
         };
     }
     Some(node.pos)
-}
-
-fn text_at<'n>(node: &'n Node, path: &[&str]) -> Option<&'n str> {
-    let mut n = node;
-    for key in path {
-        let NodeValue::Map(entries) = &n.value else { return None };
-        n = &entries.iter().find(|e| e.key == *key)?.value;
-    }
-    match &n.value {
-        NodeValue::Scalar(s) => Some(s.text.as_str()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -228,7 +216,7 @@ mod tests {
         let mut docs =
             yaml::parse("metadata:\n  name: a\n  annotations:\n    config.kubernetes.io/origin: |\n      path: x.yaml\n").unwrap();
         assert_eq!(take_origin(&mut docs[0].root).as_deref(), Some("path: x.yaml\n"));
-        assert_eq!(text_at(&docs[0].root, &["metadata", "name"]), Some("a"));
+        assert_eq!(string_at(&docs[0].root, &["metadata", "name"]).as_deref(), Some("a"));
         let NodeValue::Map(entries) = &docs[0].root.value else { panic!() };
         let NodeValue::Map(meta) = &entries[0].value.value else { panic!() };
         assert!(meta.iter().all(|e| e.key != "annotations"), "no annotations left, none kept");

@@ -6,6 +6,7 @@
 //! Confinement rests here: a build only sees the files its references name (see the build), and
 //! a reference that would read anything else is a located problem before kustomize runs.
 
+pub use capstan_manifest::files::join as resolve;
 use capstan_manifest::problem::{Problem, ProblemCode};
 use capstan_manifest::yaml::{self, Node, NodeValue, Pos, ScalarKind};
 
@@ -218,21 +219,6 @@ fn is_remote(text: &str) -> bool {
         || text.contains("?ref=")
         || text.contains("?version=")
         || ["github.com/", "gitlab.com/", "bitbucket.org/"].iter().any(|h| text.starts_with(h))
-}
-
-/// `text` relative to `dir`, normalised; `None` when it climbs above the repository's top.
-pub fn resolve(dir: &str, text: &str) -> Option<String> {
-    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
-    for part in text.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            p => parts.push(p),
-        }
-    }
-    Some(parts.join("/"))
 }
 
 fn items(node: &Node) -> impl Iterator<Item = (usize, &Node)> {

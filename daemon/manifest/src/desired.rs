@@ -326,20 +326,18 @@ fn endpoints_keys<'a>(
     objects: &'a imbl::OrdMap<ObjectKey, Arc<Manifest>>,
     namespace: Option<&'a str>,
 ) -> impl Iterator<Item = &'a ObjectKey> + 'a {
-    [("", "Endpoints"), ("discovery.k8s.io", "EndpointSlice")]
-        .into_iter()
-        .flat_map(move |(group, kind)| {
-            let from = ObjectKey {
-                group: group.into(),
-                kind: kind.into(),
-                namespace: namespace.unwrap_or_default().into(),
-                name: String::new(),
-            };
-            objects
-                .range(from..)
-                .map(|(k, _)| k)
-                .take_while(move |k| k.group == group && k.kind == kind && namespace.is_none_or(|n| k.namespace == n))
-        })
+    crate::manifest::ENDPOINTS_KINDS.into_iter().flat_map(move |(group, kind)| {
+        let from = ObjectKey {
+            group: group.into(),
+            kind: kind.into(),
+            namespace: namespace.unwrap_or_default().into(),
+            name: String::new(),
+        };
+        objects
+            .range(from..)
+            .map(|(k, _)| k)
+            .take_while(move |k| k.group == group && k.kind == kind && namespace.is_none_or(|n| k.namespace == n))
+    })
 }
 
 /// The Service an Endpoints (its own name) or an EndpointSlice (its service-name label) belongs to.

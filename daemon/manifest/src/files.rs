@@ -156,6 +156,22 @@ fn mib(bytes: usize) -> String {
     }
 }
 
+/// `rel`, a `/`-separated relative path, taken from the directory `dir` of the tree and
+/// normalised (`.` and `..` worked out, no filesystem); `None` when it climbs above the top.
+pub fn join(dir: &str, rel: &str) -> Option<String> {
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
 /// Where a symbolic link stored at `link` (a `/`-separated path in the tree) with target text
 /// `target` leads, worked out without a filesystem; an error when it leaves `root` (the tracked
 /// sub-path, empty for the whole tree) or is absolute.
@@ -164,18 +180,8 @@ pub fn resolve_link(link: &str, target: &str, root: &str) -> Result<String, Stri
     if target.starts_with('/') {
         return Err(leaves());
     }
-    let mut parts: Vec<&str> = link.split('/').collect();
-    parts.pop();
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop().ok_or_else(leaves)?;
-            }
-            p => parts.push(p),
-        }
-    }
-    let resolved = parts.join("/");
+    let dir = link.rsplit_once('/').map_or("", |(d, _)| d);
+    let resolved = join(dir, target).ok_or_else(leaves)?;
     let root = root.trim_matches('/');
     if !root.is_empty() && !resolved.starts_with(&format!("{root}/")) {
         return Err(leaves());

@@ -448,7 +448,8 @@ fn string_field(node: &Node, key: &str) -> Option<String> {
     }
 }
 
-fn string_at(node: &Node, path: &[&str]) -> Option<String> {
+/// The string at `path` (map keys) in `node`, if there is one.
+pub fn string_at(node: &Node, path: &[&str]) -> Option<String> {
     let (last, parents) = path.split_last()?;
     let mut n = node;
     for p in parents {
@@ -495,8 +496,11 @@ fn merge_string_data(object: &mut Value) {
 /// selector, but declared in Git for one without (an external service, Kubernetes' documented
 /// pattern); the desired state tells the two apart (it knows the Services).
 pub fn endpoints_kind(kind: &KindInfo) -> bool {
-    matches!((kind.group, kind.kind), ("", "Endpoints") | ("discovery.k8s.io", "EndpointSlice"))
+    ENDPOINTS_KINDS.contains(&(kind.group, kind.kind))
 }
+
+/// The kinds a Service's endpoints are written as: (group, kind).
+pub const ENDPOINTS_KINDS: [(&str, &str); 2] = [("", "Endpoints"), ("discovery.k8s.io", "EndpointSlice")];
 
 /// For a document that is no Kubernetes object: what it looks like instead (the configs of the
 /// tools repositories keep beside their manifests), and how to leave the file out.

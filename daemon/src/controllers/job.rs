@@ -11,7 +11,7 @@ use std::time::Duration;
 use capstan_runtime::{Action, Reconciler};
 use serde_json::{Value, json};
 
-use super::util::{NsName, controller_ref, is_ready, is_terminating, owner_ref, random_suffix, seconds};
+use super::util::{NsName, is_ready, is_terminating, owner_ref, random_suffix, seconds};
 use super::{Controller, watches};
 use crate::context::{Context, kind};
 use crate::events::{EventType, Recorder};
@@ -32,15 +32,7 @@ pub struct JobController {
 
 /// A Job's key from itself, or from a pod it controls.
 fn keys_for(obj: &Value) -> Vec<NsName> {
-    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
-    match obj["kind"].as_str() {
-        Some("Job") => vec![(ns, obj["metadata"]["name"].as_str().unwrap_or_default().to_owned())],
-        _ => controller_ref(obj)
-            .filter(|r| r["kind"] == "Job")
-            .and_then(|r| r["name"].as_str())
-            .map(|n| vec![(ns, n.to_owned())])
-            .unwrap_or_default(),
-    }
+    super::util::owner_keys(obj, "Job")
 }
 
 pub fn controller(ctx: &Context) -> Controller<NsName, JobController> {

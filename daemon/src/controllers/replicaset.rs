@@ -264,15 +264,7 @@ impl ReplicaSetController {
 
 /// A ReplicaSet's key from any object that may concern it: itself, or a pod it controls.
 pub fn keys_for(obj: &Value) -> Vec<NsName> {
-    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
-    match obj["kind"].as_str() {
-        Some("ReplicaSet") => vec![(ns, obj["metadata"]["name"].as_str().unwrap_or_default().to_owned())],
-        _ => controller_ref(obj)
-            .filter(|r| r["kind"] == "ReplicaSet")
-            .and_then(|r| r["name"].as_str())
-            .map(|n| vec![(ns, n.to_owned())])
-            .unwrap_or_default(),
-    }
+    super::util::owner_keys(obj, "ReplicaSet")
 }
 
 pub type Shared = Arc<ReplicaSetController>;

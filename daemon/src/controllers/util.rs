@@ -76,6 +76,19 @@ pub fn owner_ref(owner: &Value) -> Value {
     })
 }
 
+/// The key of an object of `kind` from itself, or from an object it controls (its pods).
+pub fn owner_keys(obj: &Value, kind: &str) -> Vec<NsName> {
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+    if obj["kind"] == kind {
+        return vec![(ns, obj["metadata"]["name"].as_str().unwrap_or_default().to_owned())];
+    }
+    controller_ref(obj)
+        .filter(|r| r["kind"] == kind)
+        .and_then(|r| r["name"].as_str())
+        .map(|n| vec![(ns, n.to_owned())])
+        .unwrap_or_default()
+}
+
 /// Whether a Service's plain selector map selects a pod.
 pub fn map_selects(selector: &Value, object: &Value) -> bool {
     let Some(sel) = selector.as_object().filter(|s| !s.is_empty()) else {
