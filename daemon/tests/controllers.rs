@@ -553,6 +553,22 @@ async fn jobs_complete_fail_at_their_limit_and_go_after_their_ttl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_pods_are_held_to_the_namespaces_quota() {
+    let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: small, namespace: shop}\nspec:\n  hard: {pods: \"1\"}\n";
+    let job = job_manifest("wide", "job:ok", "  completions: 3\n  parallelism: 3\n");
+    let h = Harness::start(&[("ns.yaml", NS), ("q.yaml", quota), ("job.yaml", &job)], |_| {}).await;
+    h.eventually("one pod, and the Job saying why not more", |h| {
+        h.list("pods", Some("shop")).len() == 1
+            && h.list("events", Some("shop"))
+                .iter()
+                .any(|e| e["reason"] == "FailedCreate" && e["message"].as_str().is_some_and(|m| m.contains("exceeded quota")))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.list("pods", Some("shop")).len(), 1, "never past the quota");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disruption_budgets_report_what_may_be_evicted() {
     let pdbs = "apiVersion: policy/v1
 kind: PodDisruptionBudget

@@ -21,6 +21,10 @@ use crate::objects::ObjectError;
 /// Job's pod its index.
 pub const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
 
+/// Most pods one look at a Job creates (Kubernetes' MaxPodCreateDeletePerSync): a parallelism of
+/// a million starts in steps, never all at once.
+pub const MAX_CREATE_PER_SYNC: usize = 500;
+
 /// Kubernetes' back-off after a failed pod: 10 s, doubling, at most 6 minutes.
 const BACKOFF_BASE: i64 = 10;
 const BACKOFF_MAX: i64 = 360;
@@ -341,7 +345,7 @@ pub fn decide(job: &Value, pods: &[&Value], now: i64) -> Decision {
             let room = (parallelism - running).max(0) as usize;
             d.create = (0..c)
                 .filter(|i| !succeeded_indexes.contains(i) && !busy.contains(i))
-                .take(room)
+                .take(room.min(MAX_CREATE_PER_SYNC))
                 .map(Some)
                 .collect();
         } else {
@@ -352,7 +356,7 @@ pub fn decide(job: &Value, pods: &[&Value], now: i64) -> Decision {
             };
             let wanted = parallelism.min(remaining);
             if running < wanted {
-                d.create = vec![None; (wanted - running) as usize];
+                d.create = vec![None; ((wanted - running) as usize).min(MAX_CREATE_PER_SYNC)];
             } else if running > wanted {
                 let mut extra: Vec<&&&Value> = active.iter().collect();
                 extra.sort_by_key(|p| {
@@ -461,16 +465,42 @@ impl Reconciler<NsName> for JobController {
                 Err(e) => return Err(e),
             }
         }
+        let mut quota_refused = false;
         if !d.create.is_empty() && super::namespace::is_active(ctx, &ns) {
-            let created = futures::future::join_all(d.create.iter().map(|i| ctx.objects.create(pods_kind, Self::new_pod(&job, *i)))).await;
+            let quota_limited = !ctx.cache.list(kind("resourcequotas"), Some(&ns)).0.is_empty();
+            let pods: Vec<Value> = d.create.iter().map(|i| Self::new_pod(&job, *i)).collect();
+            let created: Vec<Result<Result<Value, String>, ObjectError>> = if quota_limited {
+                // One at a time, each counted against the quota (as the ReplicaSet controller).
+                let mut out = Vec::new();
+                for pod in pods {
+                    let r = super::quota::create_pod(ctx, &ns, pod).await;
+                    let refused = matches!(r, Ok(Err(_)));
+                    out.push(r);
+                    if refused {
+                        break;
+                    }
+                }
+                out
+            } else {
+                futures::future::join_all(pods.into_iter().map(|p| ctx.objects.create(pods_kind, p)))
+                    .await
+                    .into_iter()
+                    .map(|r| r.map(Ok))
+                    .collect()
+            };
             for r in created {
                 match r {
-                    Ok(p) => self.events.record(
+                    Ok(Ok(p)) => self.events.record(
                         &job,
                         EventType::Normal,
                         "SuccessfulCreate",
                         format!("Created pod: {}", p["metadata"]["name"].as_str().unwrap_or_default()),
                     ),
+                    Ok(Err(why)) => {
+                        self.events
+                            .record(&job, EventType::Warning, "FailedCreate", format!("Error creating: {why}"));
+                        quota_refused = true;
+                    }
                     Err(e) => {
                         self.events
                             .record(&job, EventType::Warning, "FailedCreate", format!("Error creating: {e}"));
@@ -491,7 +521,11 @@ impl Reconciler<NsName> for JobController {
                 })
                 .await?;
         }
+        // A quota refusal is tried again; so is a Job with more pods to start than one look makes.
+        let more = d.create.len() >= MAX_CREATE_PER_SYNC;
         Ok(match d.requeue {
+            _ if quota_refused => Action::Requeue(Duration::from_secs(5)),
+            _ if more => Action::Requeue(Duration::ZERO),
             Some(secs) => Action::Requeue(Duration::from_secs(secs.max(1) as u64)),
             None => Action::AwaitChange,
         })
@@ -564,6 +598,12 @@ mod tests {
             ]
         );
         assert!(d.status["completionTime"].is_string());
+    }
+
+    #[test]
+    fn a_huge_parallelism_starts_in_steps() {
+        let j = job(json!({"completions": 1_000_000, "parallelism": 1_000_000}));
+        assert_eq!(decide(&j, &[], NOW).create.len(), MAX_CREATE_PER_SYNC);
     }
 
     #[test]

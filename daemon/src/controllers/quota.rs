@@ -68,6 +68,21 @@ fn usage(ctx: &Context, ns: &str, extra: Option<&Value>) -> Vec<(&'static str, Q
 }
 
 /// Admits `pod` into namespace `ns`, or says which quota it would exceed (Kubernetes' message).
+/// Creates `pod` if the namespace's quotas admit it: `Ok(Err(why))` when they do not. The check
+/// and the create are one step (no other create fits under the same last unit of quota).
+pub async fn create_pod(ctx: &Context, ns: &str, pod: Value) -> Result<Result<Value, String>, ObjectError> {
+    let admission = ctx.admission.lock().await;
+    // The cache must hold every pod created so far before the quota is counted.
+    ctx.caught_up().await;
+    if let Err(why) = admit(ctx, ns, &pod) {
+        return Ok(Err(why));
+    }
+    let created = ctx.objects.create(kind("pods"), pod).await;
+    ctx.caught_up().await;
+    drop(admission);
+    created.map(Ok)
+}
+
 pub fn admit(ctx: &Context, ns: &str, pod: &Value) -> Result<(), String> {
     let (quotas, _) = ctx.cache.list(kind("resourcequotas"), Some(ns));
     if quotas.is_empty() {

@@ -150,21 +150,14 @@ impl Reconciler<NsName> for ReplicaSetController {
             }
         } else if active.len() < desired && super::namespace::is_active(ctx, &ns) {
             for _ in active.len()..desired {
-                let pod = self.new_pod(&rs);
-                let admission = ctx.admission.lock().await;
-                // The cache must hold every pod created so far before the quota is counted.
-                ctx.caught_up().await;
-                if let Err(message) = quota::admit(ctx, &ns, &pod) {
-                    self.events
-                        .record(&rs, EventType::Warning, "FailedCreate", format!("Error creating: {message}"));
-                    failure = Some(message);
-                    break;
-                }
-                let created = ctx.objects.create(pods_kind, pod).await;
-                ctx.caught_up().await;
-                drop(admission);
-                match created {
-                    Ok(created) => {
+                match quota::create_pod(ctx, &ns, self.new_pod(&rs)).await {
+                    Ok(Err(message)) => {
+                        self.events
+                            .record(&rs, EventType::Warning, "FailedCreate", format!("Error creating: {message}"));
+                        failure = Some(message);
+                        break;
+                    }
+                    Ok(Ok(created)) => {
                         self.events.record(
                             &rs,
                             EventType::Normal,
