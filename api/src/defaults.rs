@@ -44,6 +44,11 @@ pub fn apply(kind: &KindInfo, object: &mut Value) {
                 pod_template(spec.get_mut("template"));
             }
         }
+        ("apps", "DaemonSet") => {
+            if let Some(spec) = object.get_mut("spec") {
+                daemon_set(spec);
+            }
+        }
         ("batch", "Job") => {
             if let Some(spec) = object.get_mut("spec") {
                 job(spec);
@@ -120,6 +125,24 @@ fn deployment(spec: &mut Value) {
         {
             set(rolling, "maxUnavailable", json!("25%"));
             set(rolling, "maxSurge", json!("25%"));
+        }
+    }
+    pod_template(spec.get_mut("template"));
+}
+
+/// A DaemonSet's defaults: rolling updates one node at a time, without surge.
+fn daemon_set(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    set(spec, "revisionHistoryLimit", json!(10));
+    if let Some(strategy) = place(spec, "updateStrategy") {
+        set(strategy, "type", json!("RollingUpdate"));
+        if strategy["type"] == "RollingUpdate"
+            && let Some(rolling) = place(strategy, "rollingUpdate")
+        {
+            set(rolling, "maxUnavailable", json!(1));
+            set(rolling, "maxSurge", json!(0));
         }
     }
     pod_template(spec.get_mut("template"));

@@ -1025,3 +1025,149 @@ async fn a_commit_that_would_prune_most_of_the_cluster_is_held_until_the_limit_i
         .await;
     assert!(h.d.sync_status.borrow().prune_held.is_none());
 }
+
+fn daemon_set(image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  updateStrategy: {{type: RollingUpdate, rollingUpdate: {{maxUnavailable: 1}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      nodeSelector: {{role: worker}}
+      containers: [{{name: c, image: {image}, resources: {{requests: {{cpu: 100m}}}}}}]
+"
+    )
+}
+
+/// Registers a node with `labels` (and a lease).
+async fn labelled_node(h: &Harness, name: &str, labels: Value) {
+    let node = json!({
+        "metadata": {"name": name, "labels": labels},
+        "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}
+    });
+    h.d.objects.create(kind("nodes"), node).await.unwrap();
+    h.renew_lease(name).await;
+}
+
+/// The DaemonSet's live pods by node, with their images.
+fn agents(h: &Harness) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = h
+        .list("pods", Some("shop"))
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && p["metadata"]["labels"]["app"] == "agent")
+        .map(|p| {
+            (
+                p["spec"]["nodeName"].as_str().unwrap_or("-").to_owned(),
+                p["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_set_runs_one_pod_per_matching_node_and_rolls_node_by_node() {
+    let h = Harness::start(&[("ns.yaml", NS), ("ds.yaml", &daemon_set("agent:1"))], |_| {}).await;
+    for n in ["w1", "w2"] {
+        labelled_node(&h, n, json!({"role": "worker"})).await;
+    }
+    labelled_node(&h, "db1", json!({"role": "db"})).await;
+    let _k = h.kubelet(&["w1", "w2", "w3"], Duration::from_millis(300));
+    let both = |image: &str| vec![("w1".to_owned(), image.to_owned()), ("w2".to_owned(), image.to_owned())];
+    h.eventually("a pod bound on each worker, none on db1", |h| agents(h) == both("agent:1"))
+        .await;
+    // A node joining gets one; the scheduler bound it where the controller pinned it.
+    labelled_node(&h, "w3", json!({"role": "worker"})).await;
+    h.eventually("a pod on the new worker", |h| agents(h).iter().any(|(n, _)| n == "w3"))
+        .await;
+    h.eventually("the status counts three ready", |h| {
+        h.get("daemonsets", "shop", "agent")
+            .is_some_and(|d| d["status"]["numberReady"] == 3 && d["status"]["desiredNumberScheduled"] == 3)
+    })
+    .await;
+    // An update rolls one node at a time: never more than one worker without an available pod.
+    h.commit(&[("ds.yaml", &daemon_set("agent:2"))], &[]);
+    let mut worst = 0;
+    for _ in 0..600 {
+        let pods = h.list("pods", Some("shop"));
+        let serving = ["w1", "w2", "w3"]
+            .iter()
+            .filter(|n| {
+                pods.iter().any(|p| {
+                    p["spec"]["nodeName"] == **n
+                        && p["metadata"]["deletionTimestamp"].is_null()
+                        && p["status"]["conditions"]
+                            .as_array()
+                            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                })
+            })
+            .count();
+        worst = worst.max(3 - serving);
+        let done = h.get("daemonsets", "shop", "agent").is_some_and(|d| {
+            d["status"]["updatedNumberScheduled"] == 3
+                && d["status"]["numberAvailable"] == 3
+                && d["status"]["observedGeneration"] == d["metadata"]["generation"]
+        });
+        if done && agents(&h).iter().all(|(_, i)| i == "agent:2") && agents(&h).len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(agents(&h).len(), 3, "{:?}", agents(&h));
+    assert!(agents(&h).iter().all(|(_, i)| i == "agent:2"), "{:?}", agents(&h));
+    assert!(worst <= 1, "{worst} workers were without an available pod at once");
+    // One ControllerRevision per template, numbered in order, read by kubectl.
+    let mut revisions: Vec<i64> = h
+        .list("controllerrevisions", Some("shop"))
+        .iter()
+        .map(|r| r["revision"].as_i64().unwrap())
+        .collect();
+    revisions.sort();
+    assert_eq!(revisions, [1, 2]);
+    let kubeconfig = h.d.kubeconfig.clone();
+    let (status, history) = tokio::task::spawn_blocking(move || {
+        let kubectl = |args: &[&str]| {
+            let out = Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        (
+            kubectl(&["rollout", "status", "ds/agent", "-n", "shop", "--timeout=30s"]),
+            kubectl(&["rollout", "history", "ds/agent", "-n", "shop"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(status.contains("daemon set \"agent\" successfully rolled out"), "{status}");
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    // A node that leaves takes its pod; a node relabelled out of the selector loses its pod.
+    h.d.objects.delete(kind("nodes"), "", "w3", None).await.unwrap();
+    h.d.objects
+        .modify(kind("nodes"), "", "w2", false, |n| {
+            n["metadata"]["labels"]["role"] = json!("db");
+            true
+        })
+        .await
+        .unwrap();
+    h.eventually("only w1 keeps a pod", |h| {
+        agents(h) == vec![("w1".to_owned(), "agent:2".to_owned())]
+    })
+    .await;
+    // Removing the DaemonSet from Git takes its pods and revisions.
+    h.commit(&[], &["ds.yaml"]);
+    h.eventually("pods and revisions collected", |h| {
+        agents(h).is_empty() && h.list("controllerrevisions", Some("shop")).is_empty()
+    })
+    .await;
+}

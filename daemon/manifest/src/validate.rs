@@ -47,7 +47,7 @@ pub fn check(kind: &str, object: &Value) -> Vec<Finding> {
     let spec = root.key("spec");
     match kind {
         "Pod" => check_pod_spec(&mut f, &spec, &object["spec"], None),
-        "Deployment" | "ReplicaSet" => check_workload(&mut f, kind, &spec, &object["spec"]),
+        "Deployment" | "ReplicaSet" | "DaemonSet" => check_workload(&mut f, kind, &spec, &object["spec"]),
         "Job" => check_job(&mut f, &spec, &object["spec"]),
         "PodDisruptionBudget" => check_pdb(&mut f, &spec, &object["spec"]),
         "Service" => check_service(&mut f, &spec, &object["spec"]),
@@ -204,6 +204,26 @@ fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Va
             let surge_zero = int_or_percent(f, rp.key("maxSurge"), &rolling["maxSurge"], false);
             let unavailable_zero = int_or_percent(f, rp.key("maxUnavailable"), &rolling["maxUnavailable"], true);
             if surge_zero && unavailable_zero {
+                f.invalid(rp.key("maxUnavailable"), "may not be 0 when `maxSurge` is 0");
+            }
+        }
+    }
+    if kind == "DaemonSet" {
+        at_least(f, spec_path, spec, "revisionHistoryLimit", 0);
+        let strategy = spec_path.key("updateStrategy");
+        match spec["updateStrategy"]["type"].as_str() {
+            None | Some("RollingUpdate" | "OnDelete") => {}
+            Some(t) => f.invalid(
+                strategy.key("type"),
+                format!("unsupported value {t:?}: supported values: \"OnDelete\", \"RollingUpdate\""),
+            ),
+        }
+        let rolling = &spec["updateStrategy"]["rollingUpdate"];
+        if rolling.is_object() {
+            let rp = strategy.key("rollingUpdate");
+            let surge_zero = rolling["maxSurge"].is_null() || int_or_percent(f, rp.key("maxSurge"), &rolling["maxSurge"], true);
+            let unavailable_zero = int_or_percent(f, rp.key("maxUnavailable"), &rolling["maxUnavailable"], true);
+            if surge_zero && unavailable_zero && !rolling["maxUnavailable"].is_null() {
                 f.invalid(rp.key("maxUnavailable"), "may not be 0 when `maxSurge` is 0");
             }
         }
@@ -592,6 +612,29 @@ mod tests {
         assert_eq!(
             messages("Deployment", d),
             ["spec.template.metadata.labels: `selector` does not match template `labels`"]
+        );
+    }
+
+    #[test]
+    fn daemon_sets_as_the_api_server_checks_them() {
+        let ds = |strategy: Value| {
+            json!({"metadata": {"name": "agent"}, "spec": {
+                "selector": {"matchLabels": {"app": "agent"}},
+                "updateStrategy": strategy,
+                "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+        };
+        assert!(messages("DaemonSet", ds(json!({"type": "OnDelete"}))).is_empty());
+        assert!(messages("DaemonSet", ds(json!({"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}))).is_empty());
+        assert_eq!(
+            messages("DaemonSet", ds(json!({"rollingUpdate": {"maxUnavailable": 0}}))),
+            ["spec.updateStrategy.rollingUpdate.maxUnavailable: may not be 0 when `maxSurge` is 0"]
+        );
+        assert_eq!(
+            messages("DaemonSet", ds(json!({"type": "Rolling", "rollingUpdate": {"maxSurge": "150%"}}))),
+            [
+                "spec.updateStrategy.type: unsupported value \"Rolling\": supported values: \"OnDelete\", \"RollingUpdate\"",
+                "spec.updateStrategy.rollingUpdate.maxSurge: must not be greater than 100% (got \"150%\")"
+            ]
         );
     }
 

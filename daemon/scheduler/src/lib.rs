@@ -154,8 +154,21 @@ impl Scheduler {
         let mut feasible: Vec<usize> = Vec::with_capacity(want);
         let start = self.next_start % nodes.len();
         let mut visited = 0;
-        for offset in 0..nodes.len() {
-            let i = (start + offset) % nodes.len();
+        // A pod pinned to named nodes is checked against those only; the rest fail its affinity.
+        let pinned: Option<Vec<usize>> = pod
+            .pinned_nodes()
+            .map(|names| names.iter().filter_map(|n| snapshot.position(n)).collect());
+        let order: Box<dyn Iterator<Item = usize>> = match &pinned {
+            Some(only) => {
+                let others = nodes.len() - only.len();
+                if others > 0 {
+                    *unschedulable.reasons.entry(plugins::AFFINITY_MISMATCH.into()).or_default() += others;
+                }
+                Box::new(only.iter().copied())
+            }
+            None => Box::new((0..nodes.len()).map(|offset| (start + offset) % nodes.len())),
+        };
+        for i in order {
             visited += 1;
             match filters
                 .iter()

@@ -71,6 +71,37 @@ impl Toleration {
     }
 }
 
+/// A required node-affinity term: requirements on the node's labels (`matchExpressions`) and
+/// on its fields (`matchFields`; Kubernetes knows one, `metadata.name`, which pins a
+/// DaemonSet's pod to its node).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeTerm {
+    pub labels: Selector,
+    pub fields: Selector,
+}
+
+impl NodeTerm {
+    pub fn from_json(term: &Value) -> NodeTerm {
+        NodeTerm {
+            labels: Selector::from_expressions(&term["matchExpressions"]),
+            fields: Selector::from_expressions(&term["matchFields"]),
+        }
+    }
+
+    pub fn matches(&self, node: &NodeInfo) -> bool {
+        self.labels.matches(&node.labels) && self.fields.matches_with(|f| (f == "metadata.name").then_some(node.name.as_str()))
+    }
+
+    /// The node names the term allows, when its fields pin it to a list of names.
+    pub fn names(&self) -> Option<&[String]> {
+        self.fields
+            .0
+            .iter()
+            .find(|r| r.key == "metadata.name" && r.operator == Operator::In)
+            .map(|r| r.values.as_slice())
+    }
+}
+
 /// A pod affinity or anti-affinity term: pods matching `selector` in `namespaces` (empty: the
 /// pod's own), within the same `topology_key` domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,7 +152,7 @@ pub struct PodInfo {
     pub node_name: Option<String>,
     pub node_selector: Labels,
     /// Required node affinity: any of these terms (each all of its requirements).
-    pub node_required: Vec<Selector>,
+    pub node_required: Vec<NodeTerm>,
     pub node_preferred: Vec<(i64, Selector)>,
     pub affinity_required: Vec<PodAffinityTerm>,
     pub affinity_preferred: Vec<PodAffinityTerm>,
@@ -221,7 +252,21 @@ impl PodInfo {
     /// Whether the pod's node selector and required node affinity admit `node`.
     pub fn admitted_by(&self, node: &NodeInfo) -> bool {
         self.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
-            && (self.node_required.is_empty() || self.node_required.iter().any(|term| term.matches(&node.labels)))
+            && (self.node_required.is_empty() || self.node_required.iter().any(|term| term.matches(node)))
+    }
+
+    /// The only nodes the pod's required node affinity allows, when every term pins it to names
+    /// (a DaemonSet's pod): the scheduler need not look at the others (Kubernetes' NodeAffinity
+    /// PreFilter).
+    pub fn pinned_nodes(&self) -> Option<Vec<&str>> {
+        if self.node_required.is_empty() {
+            return None;
+        }
+        let mut names = Vec::new();
+        for term in &self.node_required {
+            names.extend(term.names()?.iter().map(String::as_str));
+        }
+        Some(names)
     }
 
     /// The first of `node`'s NoSchedule or NoExecute taints the pod does not tolerate.
@@ -274,7 +319,7 @@ impl PodInfo {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|t| Selector::from_expressions(&t["matchExpressions"]))
+                .map(NodeTerm::from_json)
                 .collect(),
             node_preferred: affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
                 .as_array()

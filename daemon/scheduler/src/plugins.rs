@@ -136,6 +136,9 @@ impl ScorePlugin for TaintToleration {
     }
 }
 
+/// Why a node fails a pod's node selector or required node affinity.
+pub const AFFINITY_MISMATCH: &str = "node(s) didn't match Pod's node affinity/selector";
+
 struct NodeAffinity;
 
 impl FilterPlugin for NodeAffinity {
@@ -149,7 +152,7 @@ impl FilterPlugin for NodeAffinity {
         if pod.admitted_by(node) {
             Status::Success
         } else {
-            no("node(s) didn't match Pod's node affinity/selector")
+            no(AFFINITY_MISMATCH)
         }
     }
 }

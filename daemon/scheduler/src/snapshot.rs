@@ -96,6 +96,11 @@ impl Snapshot {
         self.index.get(name).map(|i| &self.nodes[*i])
     }
 
+    /// Where node `name` is in [`Snapshot::nodes`].
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
     fn index_domains(&mut self, node: &NodeInfo) {
         self.prefer_no_schedule |= node.taints.iter().any(|t| t.effect == "PreferNoSchedule");
         for (k, v) in &node.labels {

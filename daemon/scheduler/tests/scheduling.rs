@@ -125,6 +125,33 @@ fn node_name_selector_affinity_and_unschedulable() {
 }
 
 #[test]
+fn a_pod_pinned_by_node_name_fields_goes_there_or_says_why_not() {
+    let s = snapshot(vec![
+        node("a", "4", "4Gi", json!({}), json!([])),
+        node("b", "4", "4Gi", json!({}), json!([])),
+        node("c", "100m", "4Gi", json!({}), json!([])),
+    ]);
+    let pinned = |to: &str| {
+        json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [to]}]}]}}}})
+    };
+    let mut sch = scheduler();
+    for _ in 0..5 {
+        assert_eq!(bind(sch.schedule(&s, &pod("d", "100m", pinned("b")))), "b");
+    }
+    // The pinned node's resources still count.
+    assert_eq!(
+        message(sch.schedule(&s, &pod("d", "1", pinned("c")))),
+        "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match Pod's node affinity/selector."
+    );
+    // Fields and labels together: both must hold.
+    let mut both = pinned("a");
+    both["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"] =
+        json!([{"key": "disk", "operator": "In", "values": ["ssd"]}]);
+    assert!(matches!(sch.schedule(&s, &pod("d", "100m", both)), Decision::Unschedulable(_)));
+}
+
+#[test]
 fn taints_and_tolerations() {
     let s = snapshot(vec![
         node(

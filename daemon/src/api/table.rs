@@ -188,6 +188,20 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
             ("Allowed Disruptions", 0),
             ("Age", 0),
         ],
+        "DaemonSet" => &[
+            ("Name", 0),
+            ("Desired", 0),
+            ("Current", 0),
+            ("Ready", 0),
+            ("Up-to-date", 0),
+            ("Available", 0),
+            ("Node Selector", 0),
+            ("Age", 0),
+            ("Containers", 1),
+            ("Images", 1),
+            ("Selector", 1),
+        ],
+        "ControllerRevision" => &[("Name", 0), ("Controller", 0), ("Revision", 0), ("Age", 0)],
         "Job" => &[
             ("Name", 0),
             ("Status", 0),
@@ -313,6 +327,42 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 i,
                 selector_text(&o["spec"]["selector"]),
             ]
+        }
+        "DaemonSet" => {
+            let (c, i) = containers_images(&o["spec"]["template"]["spec"]);
+            let node_selector: Vec<String> = o["spec"]["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            let st = &o["status"];
+            vec![
+                name,
+                int(&st["desiredNumberScheduled"]).to_string(),
+                int(&st["currentNumberScheduled"]).to_string(),
+                int(&st["numberReady"]).to_string(),
+                int(&st["updatedNumberScheduled"]).to_string(),
+                int(&st["numberAvailable"]).to_string(),
+                or_none(node_selector.join(",")),
+                created,
+                c,
+                i,
+                selector_text(&o["spec"]["selector"]),
+            ]
+        }
+        "ControllerRevision" => {
+            let controller = list(&o["metadata"]["ownerReferences"])
+                .iter()
+                .find(|r| r["controller"] == true)
+                .map(|r| {
+                    let group = s(&r["apiVersion"]).split_once('/').map(|(g, _)| g.to_owned()).unwrap_or_default();
+                    let kind = s(&r["kind"]).to_lowercase();
+                    let resource = if group.is_empty() { kind } else { format!("{kind}.{group}") };
+                    format!("{resource}/{}", s(&r["name"]))
+                })
+                .unwrap_or_default();
+            vec![name, or_none(controller), int(&o["revision"]).to_string(), created]
         }
         "PodDisruptionBudget" => {
             let bound = |v: &Value| match v {

@@ -25,6 +25,7 @@ pub fn key_for(obj: &Value) -> Vec<Key> {
         Some("Pod") => "pods",
         Some("ReplicaSet") => "replicasets",
         Some("EndpointSlice") => "endpointslices",
+        Some("ControllerRevision") => "controllerrevisions",
         _ => return Vec::new(),
     };
     let has_owners = obj["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty());
@@ -46,7 +47,11 @@ fn owner_kind(owner: &Value) -> Option<&'static KindInfo> {
     capstan_api::kinds::by_group_kind(group, owner["kind"].as_str()?)
 }
 
-/// Watches dependents (pods, EndpointSlices) and owners (ReplicaSets, Deployments, Services, Jobs):
+/// The kinds whose objects have owners to outlive.
+const DEPENDENTS: [&str; 4] = ["pods", "replicasets", "endpointslices", "controllerrevisions"];
+
+/// Watches dependents (pods, ReplicaSets, EndpointSlices, ControllerRevisions) and owners
+/// (ReplicaSets, Deployments, Services, Jobs, DaemonSets):
 /// an owner's deletion is a reason to look at each of its dependents.
 pub fn controller(ctx: &Context) -> Controller<Key, GarbageCollector> {
     let with_dependents = |cache: Arc<crate::cache::Cache>| {
@@ -58,7 +63,7 @@ pub fn controller(ctx: &Context) -> Controller<Key, GarbageCollector> {
                 return keys;
             }
             let owner_uid = util::uid(o);
-            for plural in ["pods", "replicasets", "endpointslices"] {
+            for plural in DEPENDENTS {
                 for e in cache.controlled_by(kind(plural), owner_uid) {
                     keys.push((plural, e.namespace.clone(), e.name.clone()));
                 }
@@ -66,8 +71,13 @@ pub fn controller(ctx: &Context) -> Controller<Key, GarbageCollector> {
             keys
         }
     };
-    let owners = ["replicasets", "deployments", "services", "jobs"].map(|plural| watches(plural, with_dependents(ctx.cache.clone())));
-    let mut triggers = vec![watches("pods", key_for), watches("endpointslices", key_for)];
+    let owners =
+        ["replicasets", "deployments", "services", "jobs", "daemonsets"].map(|plural| watches(plural, with_dependents(ctx.cache.clone())));
+    let mut triggers = vec![
+        watches("pods", key_for),
+        watches("endpointslices", key_for),
+        watches("controllerrevisions", key_for),
+    ];
     triggers.extend(owners);
     Controller {
         name: "garbage-collector",

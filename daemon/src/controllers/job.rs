@@ -467,28 +467,8 @@ impl Reconciler<NsName> for JobController {
         }
         let mut quota_refused = false;
         if !d.create.is_empty() && super::namespace::is_active(ctx, &ns) {
-            let quota_limited = !ctx.cache.list(kind("resourcequotas"), Some(&ns)).0.is_empty();
             let pods: Vec<Value> = d.create.iter().map(|i| Self::new_pod(&job, *i)).collect();
-            let created: Vec<Result<Result<Value, String>, ObjectError>> = if quota_limited {
-                // One at a time, each counted against the quota (as the ReplicaSet controller).
-                let mut out = Vec::new();
-                for pod in pods {
-                    let r = super::quota::create_pod(ctx, &ns, pod).await;
-                    let refused = matches!(r, Ok(Err(_)));
-                    out.push(r);
-                    if refused {
-                        break;
-                    }
-                }
-                out
-            } else {
-                futures::future::join_all(pods.into_iter().map(|p| ctx.objects.create(pods_kind, p)))
-                    .await
-                    .into_iter()
-                    .map(|r| r.map(Ok))
-                    .collect()
-            };
-            for r in created {
+            for r in super::quota::create_pods(ctx, &ns, pods).await {
                 match r {
                     Ok(Ok(p)) => self.events.record(
                         &job,

@@ -120,16 +120,12 @@ impl Reconciler<NsName> for ReplicaSetController {
         let desired = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
         let mut active: Vec<Value> = owned.iter().filter(|p| is_active(p)).cloned().collect();
         let mut failure: Option<String> = None;
-        let quota_limited = !ctx.cache.list(kind("resourcequotas"), Some(&ns)).0.is_empty();
-        if active.len() < desired && super::namespace::is_active(ctx, &ns) && !quota_limited {
-            // No quota to count against: create the missing pods all at once (the store's
-            // group commit makes them one write).
+        if active.len() < desired && super::namespace::is_active(ctx, &ns) {
             let pods: Vec<Value> = (active.len()..desired).map(|_| self.new_pod(&rs)).collect();
-            let results = futures::future::join_all(pods.into_iter().map(|p| ctx.objects.create(pods_kind, p))).await;
             let mut error = None;
-            for r in results {
+            for r in quota::create_pods(ctx, &ns, pods).await {
                 match r {
-                    Ok(created) => {
+                    Ok(Ok(created)) => {
                         self.events.record(
                             &rs,
                             EventType::Normal,
@@ -137,6 +133,11 @@ impl Reconciler<NsName> for ReplicaSetController {
                             format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default()),
                         );
                         active.push(created);
+                    }
+                    Ok(Err(message)) => {
+                        self.events
+                            .record(&rs, EventType::Warning, "FailedCreate", format!("Error creating: {message}"));
+                        failure = Some(message);
                     }
                     Err(e) => {
                         self.events
@@ -147,31 +148,6 @@ impl Reconciler<NsName> for ReplicaSetController {
             }
             if let Some(e) = error {
                 return Err(e);
-            }
-        } else if active.len() < desired && super::namespace::is_active(ctx, &ns) {
-            for _ in active.len()..desired {
-                match quota::create_pod(ctx, &ns, self.new_pod(&rs)).await {
-                    Ok(Err(message)) => {
-                        self.events
-                            .record(&rs, EventType::Warning, "FailedCreate", format!("Error creating: {message}"));
-                        failure = Some(message);
-                        break;
-                    }
-                    Ok(Ok(created)) => {
-                        self.events.record(
-                            &rs,
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default()),
-                        );
-                        active.push(created);
-                    }
-                    Err(e) => {
-                        self.events
-                            .record(&rs, EventType::Warning, "FailedCreate", format!("Error creating: {e}"));
-                        return Err(e);
-                    }
-                }
             }
         } else if active.len() > desired {
             active.sort_by_key(deletion_rank);
