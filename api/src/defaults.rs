@@ -54,6 +54,17 @@ pub fn apply(kind: &KindInfo, object: &mut Value) {
                 job(spec);
             }
         }
+        ("batch", "CronJob") => {
+            if let Some(spec) = object.get_mut("spec").filter(|s| s.is_object()) {
+                set(spec, "concurrencyPolicy", json!("Allow"));
+                set(spec, "suspend", json!(false));
+                set(spec, "successfulJobsHistoryLimit", json!(3));
+                set(spec, "failedJobsHistoryLimit", json!(1));
+                if let Some(template) = spec.get_mut("jobTemplate").and_then(|t| t.get_mut("spec")) {
+                    job(template);
+                }
+            }
+        }
         ("scheduling.k8s.io", "PriorityClass") => set(object, "preemptionPolicy", json!("PreemptLowerPriority")),
         _ => {}
     }

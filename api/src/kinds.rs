@@ -187,6 +187,8 @@ pub static REGISTRY: &[KindInfo] = &[
         origin: Cluster, status: false, namespaced: true),
     k8s_kind!(batch::v1::Job, singular: "job", short: [], categories: ["all"],
         origin: Git, status: true, namespaced: true),
+    k8s_kind!(batch::v1::CronJob, singular: "cronjob", short: ["cj"], categories: ["all"],
+        origin: Git, status: true, namespaced: true),
     k8s_kind!(policy::v1::PodDisruptionBudget, singular: "poddisruptionbudget", short: ["pdb"], categories: [],
         origin: Git, status: true, namespaced: true),
     k8s_kind!(discovery::v1::EndpointSlice, singular: "endpointslice", short: [], categories: [],

@@ -6,6 +6,7 @@
 
 pub mod capstan;
 pub mod cidr;
+pub mod cron;
 pub mod defaults;
 pub mod event;
 pub mod kinds;

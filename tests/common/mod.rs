@@ -222,8 +222,14 @@ impl Cluster {
     /// Kills the daemon with SIGKILL and starts it again on the same data (and, given a fixed
     /// `--listen`, the same address, so that node agents find it again).
     pub fn kill9_and_restart_daemon(&mut self) {
+        self.kill9_and_restart_daemon_after(std::time::Duration::ZERO);
+    }
+
+    /// As `kill9_and_restart_daemon`, with the daemon down for `down`.
+    pub fn kill9_and_restart_daemon_after(&mut self, down: std::time::Duration) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        std::thread::sleep(down);
         self.child = Cluster::spawn_daemon(self.dir.path(), &self.args);
         self.wait_until("the restarted API server answers", || {
             self.kubectl(&["get", "--raw", "/readyz"]).status.success()

@@ -49,6 +49,7 @@ pub fn check(kind: &str, object: &Value) -> Vec<Finding> {
         "Pod" => check_pod_spec(&mut f, &spec, &object["spec"], None),
         "Deployment" | "ReplicaSet" | "DaemonSet" => check_workload(&mut f, kind, &spec, &object["spec"]),
         "Job" => check_job(&mut f, &spec, &object["spec"]),
+        "CronJob" => check_cron_job(&mut f, &spec, &object["spec"]),
         "PodDisruptionBudget" => check_pdb(&mut f, &spec, &object["spec"]),
         "Service" => check_service(&mut f, &spec, &object["spec"]),
         "ConfigMap" => {
@@ -332,6 +333,43 @@ fn check_job(f: &mut Findings, path: &FieldPath, spec: &Value) {
         ),
     }
     check_pod_spec(f, &template.key("spec"), &spec["template"]["spec"], None);
+}
+
+/// A CronJob: a schedule cron can read, a time zone the system knows, a known concurrency
+/// policy, counts not negative, and a Job template that is a valid Job.
+fn check_cron_job(f: &mut Findings, path: &FieldPath, spec: &Value) {
+    match spec["schedule"].as_str() {
+        Some(text) => {
+            if let Err(e) = capstan_api::cron::Schedule::parse(text) {
+                f.invalid(path.key("schedule"), format!("invalid schedule {text:?}: {e}"));
+            }
+        }
+        None => f.missing(path.key("schedule"), "a schedule is required"),
+    }
+    if let Some(zone) = spec["timeZone"].as_str()
+        && jiff::tz::db().get(zone).is_err()
+    {
+        f.invalid(
+            path.key("timeZone"),
+            format!("unknown time zone {zone:?}: use an IANA name such as \"Europe/Berlin\" or \"Etc/UTC\""),
+        );
+    }
+    if let Some(p) = spec["concurrencyPolicy"].as_str()
+        && !matches!(p, "Allow" | "Forbid" | "Replace")
+    {
+        f.invalid(
+            path.key("concurrencyPolicy"),
+            format!("unsupported value {p:?}: supported values: \"Allow\", \"Forbid\", \"Replace\""),
+        );
+    }
+    for field in ["startingDeadlineSeconds", "successfulJobsHistoryLimit", "failedJobsHistoryLimit"] {
+        at_least(f, path, spec, field, 0);
+    }
+    let template = path.key("jobTemplate");
+    if let Some(labels) = spec["jobTemplate"]["metadata"]["labels"].as_object() {
+        check_labels(f, &template.key("metadata").key("labels"), labels);
+    }
+    check_job(f, &template.key("spec"), &spec["jobTemplate"]["spec"]);
 }
 
 fn check_pod_spec(f: &mut Findings, path: &FieldPath, spec: &Value, required_restart: Option<&str>) {
@@ -635,6 +673,29 @@ mod tests {
                 "spec.updateStrategy.type: unsupported value \"Rolling\": supported values: \"OnDelete\", \"RollingUpdate\"",
                 "spec.updateStrategy.rollingUpdate.maxSurge: must not be greater than 100% (got \"150%\")"
             ]
+        );
+    }
+
+    #[test]
+    fn cron_jobs_name_what_is_wrong_in_their_schedule_and_zone() {
+        let cj = |schedule: &str, zone: &str| {
+            json!({"metadata": {"name": "backup"}, "spec": {
+                "schedule": schedule, "timeZone": zone, "concurrencyPolicy": "Forbid",
+                "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}}})
+        };
+        assert!(messages("CronJob", cj("*/5 * * * *", "Europe/Berlin")).is_empty());
+        assert_eq!(
+            messages("CronJob", cj("*/5 25 * * *", "Mars/Olympus")),
+            [
+                "spec.schedule: invalid schedule \"*/5 25 * * *\": hour: \"25\" is out of range 0-23",
+                "spec.timeZone: unknown time zone \"Mars/Olympus\": use an IANA name such as \"Europe/Berlin\" or \"Etc/UTC\""
+            ]
+        );
+        let mut no_restart = cj("@hourly", "Etc/UTC");
+        no_restart["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+        assert_eq!(
+            messages("CronJob", no_restart),
+            ["spec.jobTemplate.spec.template.spec.restartPolicy: unsupported value \"Always\": supported values: \"OnFailure\", \"Never\""]
         );
     }
 

@@ -2,7 +2,10 @@
 //! offered (`kubectl create token` posts its TokenRequest as protobuf): the `k8s\0` envelope
 //! (runtime.Unknown: raw = 2) and TokenRequest (spec = 2: audiences = 1, boundObjectRef = 3
 //! {kind = 1, apiVersion = 2, name = 3, uid = 4}, expirationSeconds = 4), read into the JSON shape
-//! the handlers take. Unknown fields are skipped, as protobuf readers do.
+//! the handlers take; and the metadata of any object (ObjectMeta = 1: name = 1, namespace = 3,
+//! labels = 11, annotations = 12, ownerReferences = 13 {kind = 1, name = 3, uid = 4,
+//! apiVersion = 5, controller = 6}), enough to recognise a Job that `kubectl create job --from`
+//! made from a CronJob's template. Unknown fields are skipped, as protobuf readers do.
 
 use serde_json::{Value, json};
 
@@ -97,6 +100,53 @@ pub fn token_request(body: &[u8]) -> Option<Value> {
     Some(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}))
 }
 
+fn string_map(fs: &[(u64, Field<'_>)], number: u64) -> Option<Value> {
+    let mut map = serde_json::Map::new();
+    for (n, f) in fs {
+        if let Field::Bytes(entry) = f
+            && *n == number
+        {
+            let e = fields(entry)?;
+            map.insert(text(&e, 1).unwrap_or_default(), json!(text(&e, 2).unwrap_or_default()));
+        }
+    }
+    Some(Value::Object(map))
+}
+
+/// The kind (`apiVersion`, `kind`) and metadata of an object in the protobuf envelope.
+pub fn object_meta(body: &[u8]) -> Option<Value> {
+    let envelope = fields(body.strip_prefix(MAGIC)?)?;
+    let type_meta = fields(bytes(&envelope, 1)?)?;
+    let object = fields(bytes(&envelope, 2)?)?;
+    let meta = fields(bytes(&object, 1)?)?;
+    let owners: Option<Vec<Value>> = meta
+        .iter()
+        .filter_map(|(n, f)| match f {
+            Field::Bytes(b) if *n == 13 => Some(*b),
+            _ => None,
+        })
+        .map(|b| {
+            let r = fields(b)?;
+            let controller = r.iter().rev().find_map(|(n, f)| match f {
+                Field::Varint(v) if *n == 6 => Some(*v != 0),
+                _ => None,
+            });
+            Some(json!({"apiVersion": text(&r, 5), "kind": text(&r, 1), "name": text(&r, 3), "uid": text(&r, 4), "controller": controller}))
+        })
+        .collect();
+    Some(json!({
+        "apiVersion": text(&type_meta, 1),
+        "kind": text(&type_meta, 2),
+        "metadata": {
+            "name": text(&meta, 1),
+            "namespace": text(&meta, 3),
+            "labels": string_map(&meta, 11)?,
+            "annotations": string_map(&meta, 12)?,
+            "ownerReferences": owners?,
+        },
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +178,37 @@ mod tests {
         assert_eq!(r["spec"]["boundObjectRef"]["uid"], "u1");
         assert!(token_request(b"{\"spec\": {}}").is_none());
         assert!(token_request(b"k8s\0\x12\x05ab").is_none(), "cut short");
+    }
+
+    /// A length-delimited field.
+    fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![number << 3 | 2, bytes.len() as u8];
+        out.extend(bytes);
+        out
+    }
+
+    #[test]
+    fn the_metadata_of_a_job_kubectl_made_from_a_cron_job() {
+        let entry = [field(1, b"cronjob.kubernetes.io/instantiate"), field(2, b"manual")].concat();
+        let owner = [
+            field(1, b"CronJob"),
+            field(3, b"backup"),
+            field(4, b"u1"),
+            field(5, b"batch/v1"),
+            vec![6 << 3, 1],
+        ]
+        .concat();
+        let meta = [field(1, b"by-hand"), field(12, &entry), field(13, &owner)].concat();
+        let job = [field(1, &meta), field(2, b"")].concat();
+        let type_meta = [field(1, b"batch/v1"), field(2, b"Job")].concat();
+        let body = [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &job)].concat();
+        let m = object_meta(&body).unwrap();
+        assert_eq!(m["kind"], "Job");
+        assert_eq!(m["metadata"]["name"], "by-hand");
+        assert_eq!(m["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"], "manual");
+        assert_eq!(
+            m["metadata"]["ownerReferences"][0],
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "name": "backup", "uid": "u1", "controller": true})
+        );
     }
 }

@@ -202,6 +202,18 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
             ("Selector", 1),
         ],
         "ControllerRevision" => &[("Name", 0), ("Controller", 0), ("Revision", 0), ("Age", 0)],
+        "CronJob" => &[
+            ("Name", 0),
+            ("Schedule", 0),
+            ("Timezone", 0),
+            ("Suspend", 0),
+            ("Active", 0),
+            ("Last Schedule", 0),
+            ("Age", 0),
+            ("Containers", 1),
+            ("Images", 1),
+            ("Selector", 1),
+        ],
         "Job" => &[
             ("Name", 0),
             ("Status", 0),
@@ -349,6 +361,22 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 c,
                 i,
                 selector_text(&o["spec"]["selector"]),
+            ]
+        }
+        "CronJob" => {
+            let (c, i) = containers_images(&o["spec"]["jobTemplate"]["spec"]["template"]["spec"]);
+            let last = &o["status"]["lastScheduleTime"];
+            vec![
+                name,
+                s(&o["spec"]["schedule"]),
+                or_none(s(&o["spec"]["timeZone"])),
+                (o["spec"]["suspend"] == true).to_string(),
+                list(&o["status"]["active"]).len().to_string(),
+                if last.is_string() { age(last, now) } else { "<none>".into() },
+                created,
+                c,
+                i,
+                or_none(selector_text(&o["spec"]["jobTemplate"]["spec"]["selector"])),
             ]
         }
         "ControllerRevision" => {

@@ -115,10 +115,24 @@ pub(super) async fn write(
     };
     let status_write = subresource.as_deref() == Some("status");
     let ns = Some(namespace.as_str()).filter(|n| !n.is_empty());
+    let body = if verb == Verb::Create && is_job(kind) && is_protobuf(headers) {
+        manual_run_from_protobuf(state, &namespace, &body).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "a Job is created through the API only as a run of a CronJob (kubectl create job NAME --from=cronjob/CRONJOB); other Jobs are declared in Git".to_owned(),
+            )
+        })?
+    } else {
+        body
+    };
+    let manual_run = verb == Verb::Create && is_manual_run(state, kind, &namespace, &body);
     authorize(
         state,
         id,
-        &Attributes::new(verb, kind, ns, &name).subresource(subresource.as_deref()),
+        &Attributes::new(verb, kind, ns, &name)
+            .subresource(subresource.as_deref())
+            .manual_run(manual_run),
     )?;
     let objects = &state.objects;
     let written = match verb {
@@ -178,6 +192,58 @@ pub(super) async fn write(
         },
         &written,
     ))
+}
+
+fn is_job(kind: &KindInfo) -> bool {
+    kind.group == "batch" && kind.kind == "Job"
+}
+
+fn is_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with(super::protobuf::MEDIA_TYPE))
+}
+
+/// The JSON of a Job that `kubectl create job --from=cronjob/x` sent as protobuf: its metadata
+/// from the body, its spec the CronJob's Job template (which is all kubectl copies), so the
+/// rest of the body need not be read. None when it is not such a Job.
+fn manual_run_from_protobuf(state: &ApiState, namespace: &str, body: &[u8]) -> Option<Bytes> {
+    let mut job = super::protobuf::object_meta(body)?;
+    let owner = job["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["kind"] == "CronJob" && r["controller"] == true)?
+        .clone();
+    let cron_job = state
+        .cache
+        .get(crate::context::kind("cronjobs"), namespace, owner["name"].as_str()?)?;
+    job["spec"] = cron_job.object["spec"]["jobTemplate"]["spec"].clone();
+    serde_json::to_vec(&job).ok().map(Bytes::from)
+}
+
+/// Whether `body` is a Job that `kubectl create job --from=cronjob/x` made: marked as a manual
+/// run and controlled by a CronJob that exists. Such a Job is a run, not desired state.
+fn is_manual_run(state: &ApiState, kind: &KindInfo, namespace: &str, body: &[u8]) -> bool {
+    if !is_job(kind) {
+        return false;
+    }
+    let Ok(job) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let manual = job["metadata"]["annotations"][crate::controllers::cronjob::MANUAL_ANNOTATION] == "manual";
+    let owner = job["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["kind"] == "CronJob" && r["controller"] == true);
+    manual
+        && owner.is_some_and(|r| {
+            state
+                .cache
+                .get(crate::context::kind("cronjobs"), namespace, r["name"].as_str().unwrap_or_default())
+                .is_some_and(|c| c.object["metadata"]["uid"] == r["uid"])
+        })
 }
 
 /// Deleting a pod is graceful: a pod that runs on a node is marked (deletionTimestamp) and its

@@ -54,6 +54,9 @@ pub struct Attributes<'a> {
     pub name: &'a str,
     /// The pod a requested service-account token is to be bound to.
     pub bound_pod: Option<&'a str>,
+    /// The object created is a run of something in Git, not desired state: a Job made by hand
+    /// from a CronJob (`kubectl create job --from=cronjob/x`).
+    pub manual_run: bool,
 }
 
 impl<'a> Attributes<'a> {
@@ -65,6 +68,7 @@ impl<'a> Attributes<'a> {
             namespace: namespace.filter(|n| !n.is_empty()),
             name,
             bound_pod: None,
+            manual_run: false,
         }
     }
 
@@ -75,6 +79,11 @@ impl<'a> Attributes<'a> {
 
     pub fn bound_pod(mut self, pod: Option<&'a str>) -> Attributes<'a> {
         self.bound_pod = pod;
+        self
+    }
+
+    pub fn manual_run(mut self, manual: bool) -> Attributes<'a> {
+        self.manual_run = manual;
         self
     }
 }
@@ -158,11 +167,13 @@ fn write(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Den
         (Identity::Node(node), Origin::Git) => {
             kind.kind == "Pod" && (status || verb == Verb::Delete) && pod().is_some_and(|p| p["spec"]["nodeName"] == node.as_str())
         }
-        // ...except that an administrator may delete a pod a controller made (to restart it).
+        // ...except that an administrator may delete a pod a controller made (to restart it)
+        // and run a CronJob's Job by hand.
         (Identity::Admin, Origin::Git) => {
-            kind.kind == "Pod"
+            (kind.kind == "Pod"
                 && verb == Verb::Delete
-                && pod().is_some_and(|p| p["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty()))
+                && pod().is_some_and(|p| p["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty())))
+                || (kind.kind == "Job" && verb == Verb::Create && a.manual_run)
         }
         (Identity::Node(node), Origin::Cluster) => match kind.kind {
             "Node" => name == node,
@@ -332,6 +343,10 @@ mod tests {
             // Writes to desired state go to Git...
             (&admin, at(Patch, "deployments", Some("app"), "web"), "in-git", ""),
             (&viewer, at(Create, "configmaps", Some("app"), "c"), "in-git", ""),
+            // A run of a CronJob by hand is not desired state; another Job is.
+            (&admin, at(Create, "jobs", Some("app"), "by-hand").manual_run(true), "allowed", ""),
+            (&admin, at(Create, "jobs", Some("app"), "other"), "in-git", ""),
+            (&viewer, at(Create, "jobs", Some("app"), "by-hand").manual_run(true), "in-git", ""),
             (&app_sa, at(Delete, "services", Some("app"), "s"), "in-git", ""),
             (&admin, at(Delete, "pods", Some("app"), "bare"), "in-git", ""),
             // ...but an administrator restarts a controller's pod by deleting it,

@@ -26,6 +26,7 @@ pub fn key_for(obj: &Value) -> Vec<Key> {
         Some("ReplicaSet") => "replicasets",
         Some("EndpointSlice") => "endpointslices",
         Some("ControllerRevision") => "controllerrevisions",
+        Some("Job") => "jobs",
         _ => return Vec::new(),
     };
     let has_owners = obj["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty());
@@ -48,10 +49,10 @@ fn owner_kind(owner: &Value) -> Option<&'static KindInfo> {
 }
 
 /// The kinds whose objects have owners to outlive.
-const DEPENDENTS: [&str; 4] = ["pods", "replicasets", "endpointslices", "controllerrevisions"];
+const DEPENDENTS: [&str; 5] = ["pods", "replicasets", "endpointslices", "controllerrevisions", "jobs"];
 
-/// Watches dependents (pods, ReplicaSets, EndpointSlices, ControllerRevisions) and owners
-/// (ReplicaSets, Deployments, Services, Jobs, DaemonSets):
+/// Watches dependents (pods, ReplicaSets, EndpointSlices, ControllerRevisions, Jobs) and owners
+/// (ReplicaSets, Deployments, Services, Jobs, DaemonSets, CronJobs):
 /// an owner's deletion is a reason to look at each of its dependents.
 pub fn controller(ctx: &Context) -> Controller<Key, GarbageCollector> {
     let with_dependents = |cache: Arc<crate::cache::Cache>| {
@@ -77,6 +78,7 @@ pub fn controller(ctx: &Context) -> Controller<Key, GarbageCollector> {
         watches("pods", key_for),
         watches("endpointslices", key_for),
         watches("controllerrevisions", key_for),
+        watches("jobs", key_for),
     ];
     triggers.extend(owners);
     Controller {

@@ -1,0 +1,316 @@
+//! Workload controllers on the real node agents, Docker Engine, daemon and kubectl. Jobs: a
+//! parallel Job runs its completions two at a time and `kubectl wait --for=condition=complete`
+//! returns; an Indexed Job's pods see their index; a failing Job stops at its backoff limit with
+//! Kubernetes' reason. DaemonSets: one pod per matching node agent, a joining agent gets one,
+//! an update rolls out and `kubectl rollout status` follows it. CronJobs: runs on schedule, never
+//! two at once under Forbid when a run is slow, exactly one catch-up run after the daemon was
+//! down across several scheduled times, and `kubectl create job --from=cronjob/x`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, DockerRun, build_images, docker_available};
+use serde_json::Value;
+
+const JOBS: &str = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: count}
+spec:
+  completions: 5
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never, args: ["exit", "0", "0.5"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: indexed}
+spec:
+  completions: 3
+  parallelism: 3
+  completionMode: Indexed
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never, args: ["env", "JOB_COMPLETION_INDEX"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: failing}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never, args: ["exit", "4"]}]
+"#;
+
+fn json(c: &Cluster, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&c.kubectl_ok(&all)).unwrap()
+}
+
+#[test]
+fn jobs_run_to_completion_by_index_and_stop_at_their_backoff_limit() {
+    if !docker_available("jobs_run_to_completion_by_index_and_stop_at_their_backoff_limit") {
+        return;
+    }
+    build_images();
+    let run = DockerRun::new("jobs");
+    let c = Cluster::start_with(&[("jobs.yaml", JOBS)], &["--cluster-cidr", "10.203.0.0/16"]);
+    let _agent = c.node(&format!("jobs-{}", std::process::id()), &run, &[]);
+
+    // kubectl waits for the condition as it would on Kubernetes.
+    let waited = c.kubectl(&["wait", "--for=condition=complete", "job/count", "--timeout=120s"]);
+    assert!(waited.status.success(), "{}\n{}", String::from_utf8_lossy(&waited.stderr), c.log());
+    let count = json(&c, &["get", "job", "count"]);
+    assert_eq!(count["status"]["succeeded"], 5);
+    let table = c.kubectl_ok(&["get", "job", "count"]);
+    assert!(table.contains("Complete") && table.contains("5/5"), "{table}");
+
+    let waited = c.kubectl(&["wait", "--for=condition=complete", "job/indexed", "--timeout=120s"]);
+    assert!(waited.status.success(), "{}", String::from_utf8_lossy(&waited.stderr));
+    let indexed = json(&c, &["get", "job", "indexed"]);
+    assert_eq!(indexed["status"]["completedIndexes"], "0-2");
+    let pods = json(&c, &["get", "pods", "-l", "batch.kubernetes.io/job-name=indexed"]);
+    let mut seen: Vec<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let name = p["metadata"]["name"].as_str().unwrap();
+            let index = p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let logs = c.kubectl_ok(&["logs", name]);
+            assert_eq!(logs.trim(), format!("JOB_COMPLETION_INDEX={index}"), "{name}");
+            index
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["0", "1", "2"]);
+
+    // Two failures with a limit of one (the second after the 10 s back-off): Failed.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let failed = loop {
+        let job = json(&c, &["get", "job", "failing"]);
+        let reason = job["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Failed" && c["status"] == "True")
+            .map(|c| c["reason"].clone());
+        if let Some(r) = reason {
+            break (r, job);
+        }
+        assert!(Instant::now() < deadline, "the failing Job never failed: {job}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(failed.0, "BackoffLimitExceeded");
+    assert_eq!(failed.1["status"]["failed"], 2);
+    let events = c.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=failing"]);
+    assert!(events.contains("BackoffLimitExceeded"), "{events}");
+}
+
+fn daemon_set(version: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      nodeSelector: {{role: worker}}
+      containers:
+      - name: app
+        image: "capstan.local/testapp:latest"
+        imagePullPolicy: Never
+        env: [{{name: VERSION, value: "{version}"}}]
+        readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}
+"#
+    )
+}
+
+/// The DaemonSet's pods: (node, VERSION, ready), sorted.
+fn agents(c: &Cluster) -> Vec<(String, String, bool)> {
+    let pods = json(c, &["get", "pods", "-l", "app=agent"]);
+    let mut v: Vec<(String, String, bool)> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let ready = p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            (
+                p["spec"]["nodeName"].as_str().unwrap_or("-").to_owned(),
+                p["spec"]["containers"][0]["env"][0]["value"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                ready,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_for(c: &Cluster, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_daemon_set_runs_on_every_matching_node_agent_and_rolls_out() {
+    if !docker_available("a_daemon_set_runs_on_every_matching_node_agent_and_rolls_out") {
+        return;
+    }
+    build_images();
+    let run = DockerRun::new("daemonsets");
+    let c = Cluster::start_with(&[("ds.yaml", &daemon_set("1"))], &["--cluster-cidr", "10.210.0.0/16"]);
+    let id = std::process::id();
+    let (w1, db, w2) = (format!("ds-w1-{id}"), format!("ds-db-{id}"), format!("ds-w2-{id}"));
+    let _a = c.node(&w1, &run, &["--node-labels", "role=worker"]);
+    let _b = c.node(&db, &run, &["--node-labels", "role=db"]);
+    wait_for(&c, "a ready pod on the worker", 90, || {
+        agents(&c) == [(w1.clone(), "1".into(), true)]
+    });
+    // A worker joining gets its pod within seconds; the db node still has none.
+    let _c = c.node(&w2, &run, &["--node-labels", "role=worker"]);
+    wait_for(&c, "a ready pod on each worker", 60, || {
+        agents(&c) == [(w1.clone(), "1".into(), true), (w2.clone(), "1".into(), true)]
+    });
+    let table = c.kubectl_ok(&["get", "ds", "agent"]);
+    assert!(table.contains("role=worker"), "{table}");
+    let ds = json(&c, &["get", "ds", "agent"]);
+    assert_eq!(ds["status"]["desiredNumberScheduled"], 2, "{ds}");
+    assert_eq!(ds["status"]["numberReady"], 2, "{ds}");
+
+    // An update rolls node by node; kubectl follows it to the end.
+    c.commit(&[("ds.yaml", &daemon_set("2"))], &[], "agent 2");
+    let out = c.kubectl(&["rollout", "status", "ds/agent", "--timeout=120s"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), c.log());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("successfully rolled out"), "{said}");
+    wait_for(&c, "both workers on version 2", 30, || {
+        agents(&c) == [(w1.clone(), "2".into(), true), (w2.clone(), "2".into(), true)]
+    });
+    let history = c.kubectl_ok(&["rollout", "history", "ds/agent"]);
+    assert!(
+        history.lines().filter(|l| l.trim_start().starts_with(['1', '2'])).count() == 2,
+        "{history}"
+    );
+}
+
+/// Two CronJobs every 5 s (`@every`, so the test takes seconds, not minutes; the five-field
+/// schedules are the same code past parsing): a slow one under Forbid, a quick one under Allow.
+const CRON_JOBS: &str = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: slow}
+spec:
+  schedule: "@every 5s"
+  concurrencyPolicy: Forbid
+  successfulJobsHistoryLimit: 50
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never, args: ["exit", "0", "8"]}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: quick}
+spec:
+  schedule: "@every 5s"
+  successfulJobsHistoryLimit: 50
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never, args: ["exit", "0"]}]
+"#;
+
+/// The Jobs of CronJob `owner`: (name, scheduled time, start, end) in Unix seconds.
+fn runs(c: &Cluster, owner: &str) -> Vec<(String, i64, Option<i64>, Option<i64>)> {
+    let jobs = json(c, &["get", "jobs"]);
+    let secs = |v: &Value| v.as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()).map(|t| t.as_second());
+    let mut v: Vec<_> = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["metadata"]["ownerReferences"][0]["name"] == owner)
+        .map(|j| {
+            (
+                j["metadata"]["name"].as_str().unwrap().to_owned(),
+                secs(&j["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]).unwrap_or(0),
+                secs(&j["status"]["startTime"]),
+                secs(&j["status"]["completionTime"]),
+            )
+        })
+        .collect();
+    v.sort_by_key(|r| r.1);
+    v
+}
+
+#[test]
+fn cron_jobs_run_on_schedule_never_overlap_under_forbid_and_catch_up_once() {
+    if !docker_available("cron_jobs_run_on_schedule_never_overlap_under_forbid_and_catch_up_once") {
+        return;
+    }
+    build_images();
+    let run = DockerRun::new("cronjobs");
+    // A fixed address, so that the node agent finds the restarted daemon.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut c = Cluster::start_with(
+        &[("cron.yaml", CRON_JOBS)],
+        &["--cluster-cidr", "10.213.0.0/16", "--listen", &listen],
+    );
+    let _agent = c.node(&format!("cron-{}", std::process::id()), &run, &[]);
+    wait_for(&c, "three finished runs of the slow CronJob", 120, || {
+        runs(&c, "slow").iter().filter(|r| r.3.is_some()).count() >= 3
+    });
+    // Under Forbid a run starts only after the one before it finished.
+    let slow = runs(&c, "slow");
+    for pair in slow.windows(2) {
+        let (ended, started) = (pair[0].3, pair[1].2);
+        if let (Some(e), Some(s)) = (ended, started) {
+            assert!(s >= e, "{} started at {s} before {} ended at {e}: {slow:?}", pair[1].0, pair[0].0);
+        }
+    }
+    let table = c.kubectl_ok(&["get", "cronjob", "quick"]);
+    assert!(table.contains("@every 5s"), "{table}");
+
+    // Down across several scheduled times: on restart, one catch-up run, not one per time missed.
+    let before = runs(&c, "quick").len();
+    let down_at = jiff::Timestamp::now().as_second();
+    c.kill9_and_restart_daemon_after(Duration::from_secs(16));
+    let up_at = jiff::Timestamp::now().as_second();
+    wait_for(&c, "the catch-up run", 30, || runs(&c, "quick").len() > before);
+    std::thread::sleep(Duration::from_secs(2));
+    let missed: Vec<_> = runs(&c, "quick")
+        .into_iter()
+        .filter(|r| r.1 > down_at + 1 && r.1 < up_at - 1)
+        .collect();
+    assert_eq!(missed.len(), 1, "one run for the times missed while down: {missed:?}");
+
+    // A run by hand is allowed: it is a run of what Git declares, not a change to it.
+    c.kubectl_ok(&["create", "job", "by-hand", "--from=cronjob/quick"]);
+    let waited = c.kubectl(&["wait", "--for=condition=complete", "job/by-hand", "--timeout=60s"]);
+    assert!(waited.status.success(), "{}", String::from_utf8_lossy(&waited.stderr));
+}
