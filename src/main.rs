@@ -30,6 +30,16 @@ enum Command {
     /// Remove what `up` made: stop it, remove its containers, network and proxy rules, and
     /// with --purge its data directory.
     Down(commands::down::Args),
+    /// Take a node out of service: cordon it and evict its pods (but the DaemonSets') as their
+    /// PodDisruptionBudgets allow, waiting until they are gone.
+    Drain(commands::drain::Args),
+    /// Put a cordoned node back into service.
+    Uncordon {
+        node: String,
+        /// An administrator's kubeconfig; default: ~/.capstan/kubeconfig.
+        #[arg(long)]
+        kubeconfig: Option<std::path::PathBuf>,
+    },
     /// The control plane: Git source, store, API server, controllers, scheduler.
     Daemon {
         /// Path or URL (file://, https://, ssh) of the repository to track.
@@ -159,6 +169,8 @@ fn main() -> ExitCode {
         Command::Schemas { out } => commands::schemas::run(&out),
         Command::Up(args) => commands::up::run(*args),
         Command::Down(args) => commands::down::run(args),
+        Command::Drain(args) => commands::drain::drain(args),
+        Command::Uncordon { node, kubeconfig } => commands::drain::uncordon(&node, kubeconfig),
         Command::Daemon {
             repo,
             branch,

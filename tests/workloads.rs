@@ -5,12 +5,14 @@
 //! an update rolls out and `kubectl rollout status` follows it. CronJobs: runs on schedule, never
 //! two at once under Forbid when a run is slow, exactly one catch-up run after the daemon was
 //! down across several scheduled times, and `kubectl create job --from=cronjob/x`.
+//! PodDisruptionBudgets: `capstan drain` and `kubectl drain` move a Deployment's pods to the other
+//! node one eviction at a time and never leave fewer ready than `minAvailable`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, DockerRun, build_images, docker_available};
+use common::{Cluster, DockerRun, build_images, docker_available, path_str};
 use serde_json::Value;
 
 const JOBS: &str = r#"
@@ -313,4 +315,135 @@ fn cron_jobs_run_on_schedule_never_overlap_under_forbid_and_catch_up_once() {
     c.kubectl_ok(&["create", "job", "by-hand", "--from=cronjob/quick"]);
     let waited = c.kubectl(&["wait", "--for=condition=complete", "job/by-hand", "--timeout=60s"]);
     assert!(waited.status.success(), "{}", String::from_utf8_lossy(&waited.stderr));
+}
+
+const GUARDED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: app
+        image: "capstan.local/testapp:latest"
+        imagePullPolicy: Never
+        readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  minAvailable: 2
+  selector: {matchLabels: {app: web}}
+"#;
+
+/// The web pods that are ready and not being deleted, by node.
+fn ready_web(c: &Cluster) -> Vec<String> {
+    let pods = json(c, &["get", "pods", "-l", "app=web"]);
+    let mut v: Vec<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap_or("-").to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs `drain` while watching the ready web pods; returns its output and the fewest ready seen.
+fn drain_watched(c: &Cluster, drain: &mut std::process::Command) -> (std::process::Output, usize) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let watch = s.spawn(|| {
+            let mut fewest = usize::MAX;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                fewest = fewest.min(ready_web(c).len());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            fewest
+        });
+        let out = drain.output().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (out, watch.join().unwrap())
+    })
+}
+
+#[test]
+fn draining_a_node_keeps_the_disruption_budget() {
+    if !docker_available("draining_a_node_keeps_the_disruption_budget") {
+        return;
+    }
+    build_images();
+    let run = DockerRun::new("drain");
+    let c = Cluster::start_with(&[("web.yaml", GUARDED)], &["--cluster-cidr", "10.214.0.0/16"]);
+    let id = std::process::id();
+    let (a, b) = (format!("drain-a-{id}"), format!("drain-b-{id}"));
+    let _a = c.node(&a, &run, &[]);
+    wait_for(&c, "three ready pods on the first node", 90, || {
+        ready_web(&c) == [a.clone(), a.clone(), a.clone()]
+    });
+    let _b = c.node(&b, &run, &[]);
+    wait_for(&c, "the second node ready", 60, || {
+        c.kubectl_ok(&[
+            "get",
+            "node",
+            &b,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]) == "True"
+    });
+    wait_for(&c, "the budget to allow one disruption", 30, || {
+        json(&c, &["get", "pdb", "web"])["status"]["disruptionsAllowed"] == 1
+    });
+
+    let (out, fewest) = drain_watched(
+        &c,
+        std::process::Command::new(env!("CARGO_BIN_EXE_capstan")).args(["drain", &a, "--kubeconfig", path_str(&c.kubeconfig())]),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}\n{}", String::from_utf8_lossy(&out.stderr), c.log());
+    assert!(said.contains(&format!("node/{a} drained")), "{said}");
+    assert!(said.contains("will retry after 5s"), "the budget held some evictions back: {said}");
+    assert!(fewest >= 2, "only {fewest} ready pods during the drain\n{said}");
+    assert_eq!(ready_web(&c), [b.clone(), b.clone(), b.clone()]);
+    let node = json(&c, &["get", "node", &a]);
+    assert_eq!(node["spec"]["unschedulable"], true, "cordoned");
+
+    // And back, with kubectl itself.
+    c.kubectl_ok(&["uncordon", &a]);
+    wait_for(&c, "the budget to allow one disruption again", 30, || {
+        json(&c, &["get", "pdb", "web"])["status"]["disruptionsAllowed"] == 1
+    });
+    let (out, fewest) = drain_watched(
+        &c,
+        std::process::Command::new("kubectl").arg("--kubeconfig").arg(c.kubeconfig()).args([
+            "drain",
+            &b,
+            "--ignore-daemonsets",
+            "--timeout=180s",
+        ]),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(fewest >= 2, "only {fewest} ready pods during kubectl drain\n{said}");
+    assert_eq!(ready_web(&c), [a.clone(), a.clone(), a.clone()]);
+    // A node is observed state: anything but cordoning is refused.
+    let refused = c.kubectl(&["label", "node", &a, "team=web"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only cordoning"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }

@@ -1171,3 +1171,60 @@ async fn a_daemon_set_runs_one_pod_per_matching_node_and_rolls_node_by_node() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_keep_the_disruption_budget() {
+    let pdb = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web, namespace: shop}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: web}}\n";
+    let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 3)), ("pdb.yaml", pdb)], |_| {}).await;
+    h.add_node("n1", "8").await;
+    let _k = h.kubelet(&["n1"], Duration::from_millis(300));
+    h.eventually("three ready and one disruption allowed", |h| {
+        deployment_done(h, "web:1", 3)
+            && h.get("poddisruptionbudgets", "shop", "web")
+                .is_some_and(|b| b["status"]["disruptionsAllowed"] == 1)
+    })
+    .await;
+    let kubeconfig = h.d.kubeconfig.clone();
+    let pods: Vec<String> = h
+        .list("pods", Some("shop"))
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        pods.iter()
+            .map(|p| {
+                let path = format!("/api/v1/namespaces/shop/pods/{p}/eviction");
+                let body = format!(
+                    "{{\"apiVersion\":\"policy/v1\",\"kind\":\"Eviction\",\"metadata\":{{\"name\":\"{p}\",\"namespace\":\"shop\"}}}}"
+                );
+                let file = std::env::temp_dir().join(format!("eviction-{p}.json"));
+                std::fs::write(&file, body).unwrap();
+                let out = Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["create", "--raw", &path, "-f"])
+                    .arg(&file)
+                    .output()
+                    .unwrap();
+                (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    // One eviction spends the one disruption; the others are refused until the budget recovers.
+    assert_eq!(outcomes.iter().filter(|(ok, _)| *ok).count(), 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .any(|(_, e)| e.contains("Cannot evict pod as it would violate the pod's disruption budget")),
+        "{outcomes:?}"
+    );
+    // The evicted pod is replaced; once its replacement is ready the budget allows one again.
+    h.eventually("the budget recovered", |h| {
+        deployment_done(h, "web:1", 3)
+            && h.get("poddisruptionbudgets", "shop", "web")
+                .is_some_and(|b| b["status"]["disruptionsAllowed"] == 1)
+    })
+    .await;
+}

@@ -115,16 +115,9 @@ pub enum Action {
 }
 
 fn forget(name: &str, kubeconfig: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let path = match kubeconfig {
-        Some(p) => p,
-        None => super::daemon::default_data_dir()?.join("kubeconfig"),
-    };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let file = kube::config::Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
-        let config = kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default()).await?;
-        let client = kube::Client::try_from(config)?;
+        let client = super::admin_client(kubeconfig).await?;
         let request = http::Request::delete(format!("/capstan/v1/nodes/{name}")).body(Vec::new())?;
         let answer: serde_json::Value = client
             .request(request)

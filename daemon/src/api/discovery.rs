@@ -60,6 +60,7 @@ fn aggregated_resource(k: &KindInfo) -> Value {
     }
     if k.kind == "Pod" {
         subresources.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "v1", "kind": "Pod"}, "verbs": ["get"]}));
+        subresources.push(json!({"subresource": "eviction", "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"}, "verbs": ["create"]}));
     }
     let mut r = json!({
         "resource": k.plural,
@@ -173,6 +174,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         }
         if k.kind == "Pod" {
             resources.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
+            resources.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
         }
     }
     let gv = if group.is_empty() {

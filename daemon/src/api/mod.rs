@@ -4,6 +4,7 @@
 //! Git) or token requests.
 
 mod discovery;
+mod eviction;
 pub mod metrics;
 mod nodes;
 mod openapi;

@@ -134,6 +134,9 @@ pub(super) async fn write(
             .subresource(subresource.as_deref())
             .manual_run(manual_run),
     )?;
+    if kind.kind == "Pod" && subresource.as_deref() == Some("eviction") {
+        return super::eviction::evict(state, &namespace, &name).await;
+    }
     let objects = &state.objects;
     let written = match verb {
         Verb::Delete => {
@@ -175,13 +178,22 @@ pub(super) async fn write(
                 ));
             }
             let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-            objects
+            let cordon_only = kind.kind == "Node" && !matches!(id, Identity::Node(_));
+            let mut beyond_cordon = false;
+            let written = objects
                 .modify(kind, &namespace, &name, status_write, |current| {
                     let before = current.clone();
                     merge_patch(current, &patch);
-                    *current != before
+                    beyond_cordon = cordon_only && !only_unschedulable_changed(&before, current);
+                    !beyond_cordon && *current != before
                 })
-                .await?
+                .await?;
+            if beyond_cordon {
+                return Err(ApiError::forbidden(format!(
+                    "nodes {name:?}: a node is observed state, written by its agent; only cordoning (spec.unschedulable, as kubectl cordon and drain do) may be changed through the API"
+                )));
+            }
+            written
         }
     };
     Ok(json_response(
@@ -192,6 +204,24 @@ pub(super) async fn write(
         },
         &written,
     ))
+}
+
+/// Whether `after` differs from `before` at most in `spec.unschedulable` (and the metadata the
+/// store keeps).
+fn only_unschedulable_changed(before: &Value, after: &Value) -> bool {
+    let plain = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("unschedulable");
+        }
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            for kept in ["resourceVersion", "managedFields", "generation"] {
+                meta.remove(kept);
+            }
+        }
+        v
+    };
+    plain(before) == plain(after)
 }
 
 fn is_job(kind: &KindInfo) -> bool {

@@ -167,12 +167,13 @@ fn write(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Den
         (Identity::Node(node), Origin::Git) => {
             kind.kind == "Pod" && (status || verb == Verb::Delete) && pod().is_some_and(|p| p["spec"]["nodeName"] == node.as_str())
         }
-        // ...except that an administrator may delete a pod a controller made (to restart it)
-        // and run a CronJob's Job by hand.
+        // ...except that an administrator may delete a pod a controller made (to restart it),
+        // evict a pod (as its disruption budget allows), and run a CronJob's Job by hand.
         (Identity::Admin, Origin::Git) => {
             (kind.kind == "Pod"
                 && verb == Verb::Delete
                 && pod().is_some_and(|p| p["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty())))
+                || (kind.kind == "Pod" && verb == Verb::Create && a.subresource == Some("eviction"))
                 || (kind.kind == "Job" && verb == Verb::Create && a.manual_run)
         }
         (Identity::Node(node), Origin::Cluster) => match kind.kind {
@@ -181,8 +182,9 @@ fn write(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Den
             "Event" => matches!(verb, Verb::Create | Verb::Patch | Verb::Update),
             _ => false,
         },
-        // Observed state an administrator acts on: removing a node (and forgetting it).
-        (Identity::Admin, Origin::Cluster) => kind.kind == "Node" && verb == Verb::Delete,
+        // Observed state an administrator acts on: removing a node (and forgetting it), and
+        // cordoning it (the write checks that only `spec.unschedulable` changes).
+        (Identity::Admin, Origin::Cluster) => kind.kind == "Node" && matches!(verb, Verb::Delete | Verb::Patch) && !status,
         _ => false,
     };
     if allowed {
@@ -346,6 +348,25 @@ mod tests {
             // A run of a CronJob by hand is not desired state; another Job is.
             (&admin, at(Create, "jobs", Some("app"), "by-hand").manual_run(true), "allowed", ""),
             (&admin, at(Create, "jobs", Some("app"), "other"), "in-git", ""),
+            (
+                &admin,
+                at(Create, "pods", Some("app"), "web-1").subresource(Some("eviction")),
+                "allowed",
+                "",
+            ),
+            (
+                &viewer,
+                at(Create, "pods", Some("app"), "web-1").subresource(Some("eviction")),
+                "in-git",
+                "",
+            ),
+            (&admin, at(Patch, "nodes", None, "n1"), "allowed", ""),
+            (
+                &admin,
+                at(Patch, "nodes", None, "n1").subresource(Some("status")),
+                "forbidden",
+                "may not patch",
+            ),
             (&viewer, at(Create, "jobs", Some("app"), "by-hand").manual_run(true), "in-git", ""),
             (&app_sa, at(Delete, "services", Some("app"), "s"), "in-git", ""),
             (&admin, at(Delete, "pods", Some("app"), "bare"), "in-git", ""),
@@ -393,9 +414,9 @@ mod tests {
             (&admin, at(Delete, "nodes", None, "n2"), "allowed", ""),
             (
                 &admin,
-                at(Patch, "nodes", None, "n2"),
+                at(Update, "nodes", None, "n2"),
                 "forbidden",
-                "capstan:admin may not patch nodes",
+                "capstan:admin may not update nodes",
             ),
             (
                 &viewer,

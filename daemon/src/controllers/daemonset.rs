@@ -139,6 +139,8 @@ pub struct Decision {
     pub create: Vec<String>,
     /// Pods to delete.
     pub delete: Vec<String>,
+    /// Pods of nodes that left: removed at once, as no agent will stop them.
+    pub gone: Vec<String>,
     /// The counts of the DaemonSet's status.
     pub status: Value,
     /// Warning events: (reason, message).
@@ -202,14 +204,10 @@ pub fn decide(ds: &Value, nodes: &[&Value], pods: &[&Value], hash: &str, now: i6
         });
     }
     let known: std::collections::HashSet<&str> = nodes.iter().filter_map(|n| n["metadata"]["name"].as_str()).collect();
-    // Unbound pods for nodes that are gone never start: delete them (bound ones go with their node).
+    // A node that left loses its daemon pods (no agent will stop them: they go at once).
     for (node, list) in &by_node {
         if !known.contains(node) {
-            d.delete.extend(
-                list.iter()
-                    .filter(|p| !is_terminating(p) && p["spec"]["nodeName"].as_str().is_none_or(str::is_empty))
-                    .map(|p| name_of(p)),
-            );
+            d.gone.extend(list.iter().map(|p| name_of(p)));
         }
     }
 
@@ -498,8 +496,9 @@ impl Reconciler<NsName> for DaemonSetController {
         for (reason, message) in &d.warnings {
             self.events.record(&ds, EventType::Warning, reason, message.clone());
         }
-        for pod in &d.delete {
-            match ctx.objects.delete_pod(&ns, pod, false).await {
+        let deletes = d.delete.iter().map(|p| (p, false)).chain(d.gone.iter().map(|p| (p, true)));
+        for (pod, at_once) in deletes {
+            match ctx.objects.delete_pod(&ns, pod, at_once).await {
                 Ok(_) | Err(ObjectError::NotFound { .. }) => {
                     self.events
                         .record(&ds, EventType::Normal, "SuccessfulDelete", format!("Deleted pod: {pod}"));

@@ -1,7 +1,9 @@
 //! The disruption controller: each PodDisruptionBudget's status, as Kubernetes computes it — the
 //! pods it covers that are healthy (Ready), how many must stay so (from minAvailable, or from
 //! maxUnavailable against the replicas their controllers want), and so how many may be evicted
-//! now. [`budget`] is the pure core.
+//! now — and what the eviction subresource may do to a pod under them ([`eviction`]). A pod the
+//! eviction subresource let go is listed in the budget's `disruptedPods` and not counted healthy
+//! until it is gone (or two minutes have passed). [`budget`] and [`eviction`] are the pure cores.
 
 use capstan_runtime::{Action, Reconciler};
 use serde_json::{Value, json};
@@ -34,6 +36,63 @@ pub fn controller(ctx: &Context) -> Controller<NsName, DisruptionController> {
         workers: 1,
         triggers: vec![watches("poddisruptionbudgets", ns_name), watches("pods", pods)],
     }
+}
+
+/// How long a pod the eviction subresource let go stays out of its budget's healthy count while
+/// it is being deleted (Kubernetes' DeletionTimeout).
+pub const DISRUPTION_TIMEOUT: i64 = 120;
+
+/// What the eviction subresource may do to a pod.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// Delete it; no budget is concerned.
+    Free,
+    /// Delete it, taking one disruption from this budget.
+    Counted(String),
+    /// Not now: the budget's reason (HTTP 429, kubectl drain tries again).
+    Refused(String),
+    /// More than one budget covers the pod: Kubernetes refuses such evictions.
+    Ambiguous,
+}
+
+/// Decides the eviction of `pod` under the budgets of its namespace, from their status (as the
+/// eviction subresource does; the disruption controller keeps the status current).
+pub fn eviction(pod: &Value, pdbs: &[&Value]) -> Eviction {
+    let ended = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed" | "Pending"));
+    if ended || is_terminating(pod) {
+        return Eviction::Free;
+    }
+    let covering: Vec<&&Value> = pdbs
+        .iter()
+        .filter(|b| b["spec"]["selector"].is_object() && workload_selects(&b["spec"]["selector"], pod))
+        .collect();
+    let pdb = match covering.as_slice() {
+        [] => return Eviction::Free,
+        [one] => one,
+        _ => return Eviction::Ambiguous,
+    };
+    let name = pdb["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let status = &pdb["status"];
+    if status["observedGeneration"].as_i64().unwrap_or(0) < pdb["metadata"]["generation"].as_i64().unwrap_or(1) {
+        return Eviction::Refused(format!("the disruption budget {name} is still being processed by the server"));
+    }
+    let (current, desired) = (
+        status["currentHealthy"].as_i64().unwrap_or(0),
+        status["desiredHealthy"].as_i64().unwrap_or(0),
+    );
+    if !is_ready(pod) {
+        // An unhealthy pod counts for nothing: it may go when the policy says so, or while the
+        // budget is met without it.
+        if pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow" || (current >= desired && desired > 0) {
+            return Eviction::Free;
+        }
+    }
+    if status["disruptionsAllowed"].as_i64().unwrap_or(0) <= 0 {
+        return Eviction::Refused(format!(
+            "The disruption budget {name} needs {desired} healthy pods and has {current} currently"
+        ));
+    }
+    Eviction::Counted(name)
 }
 
 /// What a budget's numbers come to.
@@ -101,12 +160,40 @@ impl Reconciler<NsName> for DisruptionController {
         let pdb = (*entry.object).clone();
         let (all, _) = ctx.cache.list(kind("pods"), Some(&ns));
         let selector = &pdb["spec"]["selector"];
-        let pods: Vec<&Value> = all
+        let covered: Vec<&Value> = all
             .iter()
             .map(|e| e.object.as_ref())
             .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
             .filter(|p| selector.is_object() && workload_selects(selector, p))
             .collect();
+        // Pods the eviction subresource let go count until they are gone, but not as healthy.
+        let t = super::util::now();
+        let mut disrupted = serde_json::Map::new();
+        let mut expires: Option<i64> = None;
+        for (pod, at) in pdb["status"]["disruptedPods"].as_object().into_iter().flatten() {
+            let Some(since) = super::util::seconds(at) else { continue };
+            let live = covered.iter().any(|p| p["metadata"]["name"] == pod.as_str() && !is_terminating(p));
+            if live && since + DISRUPTION_TIMEOUT > t {
+                disrupted.insert(pod.clone(), at.clone());
+                expires = Some(expires.map_or(since + DISRUPTION_TIMEOUT, |e: i64| e.min(since + DISRUPTION_TIMEOUT)));
+            }
+        }
+        let healthy_view: Vec<Value>;
+        let pods: Vec<&Value> = if disrupted.is_empty() {
+            covered
+        } else {
+            healthy_view = covered
+                .iter()
+                .map(|p| {
+                    let mut p = (*p).clone();
+                    if disrupted.contains_key(p["metadata"]["name"].as_str().unwrap_or_default()) {
+                        p["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+                    }
+                    p
+                })
+                .collect();
+            healthy_view.iter().collect()
+        };
         // The replicas the pods' controllers want, each controller once.
         let mut seen = std::collections::BTreeSet::new();
         let mut scale = Some(0i64);
@@ -130,7 +217,7 @@ impl Reconciler<NsName> for DisruptionController {
             json!([{"type": "DisruptionAllowed", "status": if allowed { "True" } else { "False" }, "reason": reason, "message": message,
                 "observedGeneration": pdb["metadata"]["generation"], "lastTransitionTime": now}])
         };
-        let status = match budget(&pdb, &pods, scale) {
+        let mut status = match budget(&pdb, &pods, scale) {
             Ok(b) => json!({
                 "observedGeneration": pdb["metadata"]["generation"],
                 "expectedPods": b.expected,
@@ -149,6 +236,9 @@ impl Reconciler<NsName> for DisruptionController {
                 "conditions": condition(false, "SyncFailed", &why),
             }),
         };
+        if !disrupted.is_empty() {
+            status["disruptedPods"] = Value::Object(disrupted);
+        }
         // A condition keeps its transition time while it holds.
         let same = |a: &Value, b: &Value| {
             let strip = |v: &Value| {
@@ -168,7 +258,10 @@ impl Reconciler<NsName> for DisruptionController {
                 })
                 .await?;
         }
-        Ok(Action::AwaitChange)
+        Ok(match expires {
+            Some(e) => Action::Requeue(std::time::Duration::from_secs((e - t).max(1) as u64)),
+            None => Action::AwaitChange,
+        })
     }
 }
 
@@ -206,5 +299,30 @@ mod tests {
         let b = budget(&max1, &refs, Some(5)).unwrap();
         assert_eq!((b.desired_healthy, b.disruptions_allowed), (4, 0));
         assert!(budget(&max1, &refs, None).unwrap_err().contains("found no controllers"));
+    }
+
+    #[test]
+    fn evictions_take_what_the_budget_allows() {
+        let pod = |ready: bool| {
+            json!({"metadata": {"name": "web-1", "labels": {"app": "web"}}, "status": {"phase": "Running",
+                   "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+        };
+        let pdb = |name: &str, allowed: i64, current: i64| {
+            json!({"metadata": {"name": name, "generation": 1}, "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
+                   "status": {"observedGeneration": 1, "disruptionsAllowed": allowed, "currentHealthy": current, "desiredHealthy": 2}})
+        };
+        let (open, shut) = (pdb("web", 1, 3), pdb("web", 0, 2));
+        assert_eq!(eviction(&pod(true), &[&open]), Eviction::Counted("web".into()));
+        assert_eq!(
+            eviction(&pod(true), &[&shut]),
+            Eviction::Refused("The disruption budget web needs 2 healthy pods and has 2 currently".into())
+        );
+        // An unready pod may go while the budget is met without it.
+        assert_eq!(eviction(&pod(false), &[&shut]), Eviction::Free);
+        assert_eq!(eviction(&pod(true), &[]), Eviction::Free);
+        assert_eq!(eviction(&pod(true), &[&open, &pdb("other", 1, 3)]), Eviction::Ambiguous);
+        let mut stale = open.clone();
+        stale["metadata"]["generation"] = json!(2);
+        assert!(matches!(eviction(&pod(true), &[&stale]), Eviction::Refused(m) if m.contains("still being processed")));
     }
 }

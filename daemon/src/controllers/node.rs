@@ -4,7 +4,7 @@
 //! toleration of that taint runs out (default: the eviction timeout), so that their ReplicaSets
 //! replace them elsewhere. Until then its pods are marked not Ready, so that Services stop
 //! sending to them (the agent, once back, says Ready again). A node that renews its Lease again
-//! loses the taints. A node that is removed takes its pods' objects with it.
+//! loses the taints.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -139,15 +139,6 @@ impl Reconciler<String> for NodeLifecycle {
         ctx.caught_up().await;
         let nodes = kind("nodes");
         let Some(node) = ctx.cache.get(nodes, "", &name) else {
-            // The node left the cluster: its pods will never be stopped or reported by an agent
-            // (Kubernetes' pod garbage collector removes them the same way).
-            let (all, _) = ctx.cache.list(kind("pods"), None);
-            for p in all.iter().filter(|p| p.object["spec"]["nodeName"] == name.as_str()) {
-                match ctx.objects.delete(kind("pods"), &p.namespace, &p.name, None).await {
-                    Ok(_) | Err(ObjectError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
             return Ok(Action::AwaitChange);
         };
         let node = (*node.object).clone();
