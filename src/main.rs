@@ -76,6 +76,10 @@ enum Command {
         /// Seconds an Event is kept after it was last seen (kube-apiserver's --event-ttl).
         #[arg(long, default_value_t = 3600)]
         event_ttl: u64,
+        /// Seconds between an autoscaler's looks at its metrics (kube-controller-manager's
+        /// --horizontal-pod-autoscaler-sync-period).
+        #[arg(long, default_value_t = 15)]
+        horizontal_pod_autoscaler_sync_period: u64,
         /// The kustomize that builds kustomize roots (a `kustomize` or `kubectl` binary);
         /// default: `kustomize` on the PATH, else `kubectl kustomize`.
         #[arg(long)]
@@ -183,6 +187,7 @@ fn main() -> ExitCode {
             node_grace_period,
             pod_eviction_timeout,
             event_ttl,
+            horizontal_pod_autoscaler_sync_period,
             kustomize,
             revert_failed_rollouts,
         } => commands::daemon::run(commands::daemon::Args {
@@ -197,6 +202,7 @@ fn main() -> ExitCode {
             node_grace_period,
             pod_eviction_timeout,
             event_ttl,
+            horizontal_pod_autoscaler_sync_period,
             kustomize,
             revert_failed_rollouts,
         }),

@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, DockerRun, NodeAgent, build_images, docker_available, run_ok};
+use common::{Cluster, DockerRun, NodeAgent, build_images, docker_available, http_get, run_ok};
 use serde_json::Value;
 
 fn eventually<T>(what: &str, c: &Cluster, agent: &NodeAgent, mut f: impl FnMut() -> Option<T>) -> T {
@@ -43,18 +43,6 @@ fn condition(p: &Value, ty: &str) -> String {
         .and_then(|c| c["status"].as_str())
         .unwrap_or("")
         .to_owned()
-}
-
-/// GET from a pod's address (our own container on the node's bridge).
-fn http_get(ip: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect_timeout(&format!("{ip}:8080").parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((code, body))
 }
 
 const SHOP: &str = r#"

@@ -6,13 +6,15 @@
 //! two at once under Forbid when a run is slow, exactly one catch-up run after the daemon was
 //! down across several scheduled times, and `kubectl create job --from=cronjob/x`.
 //! PodDisruptionBudgets: `capstan drain` and `kubectl drain` move a Deployment's pods to the other
-//! node one eviction at a time and never leave fewer ready than `minAvailable`.
+//! node one eviction at a time and never leave fewer ready than `minAvailable`. Autoscaling: a
+//! Deployment under CPU load scales up, a commit that changes only its image keeps the
+//! autoscaled count, and it scales back down once the load stops.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, DockerRun, build_images, docker_available, path_str};
+use common::{Cluster, DockerRun, build_images, docker_available, http_get, path_str};
 use serde_json::Value;
 
 const JOBS: &str = r#"
@@ -446,4 +448,90 @@ fn draining_a_node_keeps_the_disruption_budget() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+fn scaled(version: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: busy}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: busy}}}}
+  template:
+    metadata: {{labels: {{app: busy}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: app
+        image: "capstan.local/testapp:latest"
+        imagePullPolicy: Never
+        env: [{{name: VERSION, value: "{version}"}}]
+        resources: {{requests: {{cpu: 100m}}}}
+        readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: busy}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: busy}}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}
+  behavior:
+    scaleDown:
+      stabilizationWindowSeconds: 5
+      policies: [{{type: Percent, value: 100, periodSeconds: 5}}]
+"#
+    )
+}
+
+fn replicas(c: &Cluster) -> i64 {
+    json(c, &["get", "deployment", "busy"])["spec"]["replicas"].as_i64().unwrap_or(0)
+}
+
+#[test]
+fn an_autoscaler_follows_the_load_and_a_commit_keeps_its_count() {
+    if !docker_available("an_autoscaler_follows_the_load_and_a_commit_keeps_its_count") {
+        return;
+    }
+    build_images();
+    let run = DockerRun::new("autoscale");
+    let c = Cluster::start_with(
+        &[("busy.yaml", &scaled("1"))],
+        &["--cluster-cidr", "10.215.0.0/16", "--horizontal-pod-autoscaler-sync-period", "2"],
+    );
+    let _agent = c.node(&format!("hpa-{}", std::process::id()), &run, &[]);
+    wait_for(&c, "the pod ready and the autoscaler measuring it", 90, || {
+        let hpa = json(&c, &["get", "hpa", "busy"]);
+        hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"].is_i64()
+    });
+    let table = c.kubectl_ok(&["get", "hpa", "busy"]);
+    assert!(table.contains("Deployment/busy") && table.contains("/50%"), "{table}");
+    // Load: one pod keeps a core busy, ten times its request.
+    let pod = json(&c, &["get", "pods", "-l", "app=busy"])["items"][0].clone();
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_owned();
+    assert_eq!(http_get(&ip, "/control/burn?seconds=60").map(|r| r.0), Some(200));
+    wait_for(&c, "the Deployment scaled up to its maximum", 60, || replicas(&c) == 3);
+    let hpa = json(&c, &["get", "hpa", "busy"]);
+    let limited = hpa["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "ScalingLimited" && c["status"] == "True");
+    assert!(limited, "{hpa}");
+    let events = c.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=busy"]);
+    assert!(events.contains("SuccessfulRescale") && events.contains("New size: 3"), "{events}");
+
+    // A commit that changes only the pods' environment keeps the autoscaled count.
+    c.commit(&[("busy.yaml", &scaled("2"))], &[], "version 2");
+    wait_for(&c, "the new template applied", 30, || {
+        json(&c, &["get", "deployment", "busy"])["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] == "2"
+    });
+    assert_eq!(replicas(&c), 3, "the commit did not reset the autoscaled replicas");
+
+    // The new pods do not burn: the load is gone and it scales back down.
+    wait_for(&c, "the Deployment back at its minimum", 120, || replicas(&c) == 1);
 }

@@ -65,6 +65,11 @@ pub fn apply(kind: &KindInfo, object: &mut Value) {
                 }
             }
         }
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            if let Some(spec) = object.get_mut("spec").filter(|s| s.is_object()) {
+                set(spec, "minReplicas", json!(1));
+            }
+        }
         ("scheduling.k8s.io", "PriorityClass") => set(object, "preemptionPolicy", json!("PreemptLowerPriority")),
         _ => {}
     }

@@ -3,7 +3,7 @@
 //!
 //! The manifest loader, the API server (discovery, routing) and the CLI all read this one table.
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, policy, scheduling};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, policy, scheduling};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
@@ -188,6 +188,8 @@ pub static REGISTRY: &[KindInfo] = &[
     k8s_kind!(batch::v1::Job, singular: "job", short: [], categories: ["all"],
         origin: Git, status: true, namespaced: true),
     k8s_kind!(batch::v1::CronJob, singular: "cronjob", short: ["cj"], categories: ["all"],
+        origin: Git, status: true, namespaced: true),
+    k8s_kind!(autoscaling::v2::HorizontalPodAutoscaler, singular: "horizontalpodautoscaler", short: ["hpa"], categories: ["all"],
         origin: Git, status: true, namespaced: true),
     k8s_kind!(policy::v1::PodDisruptionBudget, singular: "poddisruptionbudget", short: ["pdb"], categories: [],
         origin: Git, status: true, namespaced: true),

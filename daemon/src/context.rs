@@ -26,6 +26,8 @@ pub struct Settings {
     pub root_ca: String,
     /// How long an Event lives after it was last seen.
     pub event_ttl: Duration,
+    /// How often an autoscaler looks at its metrics.
+    pub autoscaler_period: Duration,
 }
 
 impl Default for Settings {
@@ -38,6 +40,7 @@ impl Default for Settings {
             api_endpoint: (Ipv4Addr::LOCALHOST, 6443),
             root_ca: String::new(),
             event_ttl: Duration::from_secs(3600),
+            autoscaler_period: Duration::from_secs(15),
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct Context {
     /// Held across a quota check and the create it admits, so that two creates cannot both
     /// fit under the same last unit of quota.
     pub admission: Arc<tokio::sync::Mutex<()>>,
+    /// The node agents' usage summaries (for the autoscaler), where agents can be asked.
+    pub metrics: Option<Arc<dyn crate::api::metrics::SummarySource>>,
 }
 
 impl Context {
@@ -80,7 +85,14 @@ impl Context {
             cache,
             settings,
             admission: Arc::new(tokio::sync::Mutex::new(())),
+            metrics: None,
         }
+    }
+
+    /// The same, with the node agents' usage summaries to read.
+    pub fn with_metrics(mut self, metrics: Arc<dyn crate::api::metrics::SummarySource>) -> Context {
+        self.metrics = Some(metrics);
+        self
     }
 }
 

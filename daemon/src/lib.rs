@@ -62,6 +62,8 @@ pub struct DaemonConfig {
     pub eviction_timeout: Duration,
     /// How long an Event lives after it was last seen (kube-apiserver's --event-ttl).
     pub event_ttl: Duration,
+    /// How often an autoscaler looks at its metrics.
+    pub autoscaler_period: Duration,
     /// The pod range, split into a /24 per node.
     pub pod_cidr: capstan_api::cidr::Cidr,
     /// How often the status branch and notes are written (at most one commit per interval).
@@ -88,6 +90,7 @@ impl DaemonConfig {
             node_grace: Duration::from_secs(40),
             eviction_timeout: Duration::from_secs(300),
             event_ttl: context::Settings::default().event_ttl,
+            autoscaler_period: context::Settings::default().autoscaler_period,
             pod_cidr: context::Settings::default().pod_cidr,
             status_interval: Duration::from_secs(3),
             revert_failed_rollouts: false,
@@ -286,6 +289,7 @@ impl Daemon {
         )));
 
         let kubelets = kubelet::KubeletClient::new(&ca, cache.clone())?;
+        let usage: Arc<dyn api::metrics::SummarySource> = Arc::new(kubelets.clone());
         let state = Arc::new(api::ApiState {
             objects: objects.clone(),
             cache: cache.clone(),
@@ -302,7 +306,7 @@ impl Daemon {
                 ca: ca.clone(),
             })),
             logs: Some(Arc::new(nodelogs::NodeLogs::new(kubelets.clone()))),
-            metrics: Some(Arc::new(kubelets)),
+            metrics: Some(usage.clone()),
             tokens: Some(signer.clone()),
             sync: Some(sync_status.clone()),
             extra: config.webhook_secret.clone().map(|secret| webhook::routes(secret, trigger.clone())),
@@ -318,12 +322,13 @@ impl Daemon {
             node_grace: config.node_grace,
             eviction_timeout: config.eviction_timeout,
             event_ttl: config.event_ttl,
+            autoscaler_period: config.autoscaler_period,
             api_endpoint: (api_ip, api_addr.port()),
             pod_cidr: config.pod_cidr,
             root_ca: ca.cert_pem.clone(),
             ..context::Settings::default()
         };
-        let ctx = context::Context::new(objects.clone(), cache.clone(), settings);
+        let ctx = context::Context::new(objects.clone(), cache.clone(), settings).with_metrics(usage);
         tasks.extend(controllers::start(ctx.clone(), shutdown.clone()));
         tasks.push(tokio::spawn(scheduling::run(
             ctx,

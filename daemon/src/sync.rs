@@ -421,6 +421,18 @@ pub fn merge_live(kind: &KindInfo, live: &Value, previous: Option<&Value>, desir
                 }
             }
         }
+        "Deployment" | "ReplicaSet" => {
+            // An autoscaler owns the replicas: Git's count was the starting point, and a commit
+            // that leaves `replicas` as it was keeps the autoscaled count.
+            let autoscaled = live["metadata"]["annotations"][crate::controllers::autoscaler::AUTOSCALED_BY].is_string();
+            let unchanged = previous.is_some_and(|p| p["spec"]["replicas"] == desired["spec"]["replicas"]);
+            if autoscaled
+                && unchanged
+                && let Some(r) = live["spec"].get("replicas")
+            {
+                next["spec"]["replicas"] = r.clone();
+            }
+        }
         "Job" => {
             // The selector and pod labels the API server made from the Job's uid stay.
             if next["spec"].get("selector").is_none()
@@ -560,6 +572,23 @@ fn mass_prune(prunes: usize, applied: usize, limit_percent: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_autoscaled_count_is_kept_until_a_commit_changes_replicas() {
+        let kind = capstan_api::kinds::by_name("deployments").unwrap();
+        let live = json!({"metadata": {"name": "web", "annotations": {"capstan.dev/autoscaled-by": "web"}}, "spec": {"replicas": 7, "template": {"x": 1}}});
+        let previous = json!({"metadata": {"name": "web"}, "spec": {"replicas": 2, "template": {"x": 1}}});
+        let image_only = json!({"metadata": {"name": "web"}, "spec": {"replicas": 2, "template": {"x": 2}}});
+        let next = merge_live(kind, &live, Some(&previous), &image_only);
+        assert_eq!(next["spec"]["replicas"], 7);
+        assert_eq!(next["spec"]["template"]["x"], 2);
+        let rescaled = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3, "template": {"x": 1}}});
+        assert_eq!(
+            merge_live(kind, &live, Some(&previous), &rescaled)["spec"]["replicas"],
+            3,
+            "Git changed replicas: its value wins"
+        );
+    }
 
     #[test]
     fn a_three_way_merge_keeps_what_the_cluster_added() {

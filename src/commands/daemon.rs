@@ -21,6 +21,7 @@ pub struct Args {
     pub node_grace_period: u64,
     pub pod_eviction_timeout: u64,
     pub event_ttl: u64,
+    pub horizontal_pod_autoscaler_sync_period: u64,
     pub kustomize: Option<PathBuf>,
     pub revert_failed_rollouts: bool,
 }
@@ -57,6 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.node_grace = std::time::Duration::from_secs(args.node_grace_period.max(1));
     config.eviction_timeout = std::time::Duration::from_secs(args.pod_eviction_timeout);
     config.event_ttl = std::time::Duration::from_secs(args.event_ttl.max(1));
+    config.autoscaler_period = std::time::Duration::from_secs(args.horizontal_pod_autoscaler_sync_period.max(1));
     config.revert_failed_rollouts = args.revert_failed_rollouts;
     config.kustomize = args.kustomize;
     let rt = tokio::runtime::Runtime::new()?;

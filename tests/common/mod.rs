@@ -393,3 +393,18 @@ impl Drop for NodeAgent {
         }
     }
 }
+
+/// GET from a pod's address on port 8080 (our own container on the node's bridge): the status
+/// code and body.
+pub fn http_get(ip: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = format!("{ip}:8080").parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((code, body))
+}

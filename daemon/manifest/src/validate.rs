@@ -50,6 +50,7 @@ pub fn check(kind: &str, object: &Value) -> Vec<Finding> {
         "Deployment" | "ReplicaSet" | "DaemonSet" => check_workload(&mut f, kind, &spec, &object["spec"]),
         "Job" => check_job(&mut f, &spec, &object["spec"]),
         "CronJob" => check_cron_job(&mut f, &spec, &object["spec"]),
+        "HorizontalPodAutoscaler" => check_autoscaler(&mut f, &spec, &object["spec"]),
         "PodDisruptionBudget" => check_pdb(&mut f, &spec, &object["spec"]),
         "Service" => check_service(&mut f, &spec, &object["spec"]),
         "ConfigMap" => {
@@ -370,6 +371,71 @@ fn check_cron_job(f: &mut Findings, path: &FieldPath, spec: &Value) {
         check_labels(f, &template.key("metadata").key("labels"), labels);
     }
     check_job(f, &template.key("spec"), &spec["jobTemplate"]["spec"]);
+}
+
+/// The kinds an autoscaler can scale (those with a `scale` subresource Capstan serves).
+pub const SCALABLE: [&str; 3] = ["Deployment", "ReplicaSet", "StatefulSet"];
+
+/// A HorizontalPodAutoscaler: a scalable target, sane bounds, and metrics Capstan can read
+/// (resource metrics from the node agents; there is no custom or external metrics API).
+fn check_autoscaler(f: &mut Findings, path: &FieldPath, spec: &Value) {
+    let target = path.key("scaleTargetRef");
+    match spec["scaleTargetRef"]["kind"].as_str() {
+        Some(k) if SCALABLE.contains(&k) => {}
+        Some(k) => f.invalid(
+            target.key("kind"),
+            format!("{k} cannot be scaled: an autoscaler scales a Deployment, ReplicaSet or StatefulSet"),
+        ),
+        None => f.missing(target.key("kind"), "the kind of the workload to scale is required"),
+    }
+    if spec["scaleTargetRef"]["name"].as_str().is_none_or(str::is_empty) {
+        f.missing(target.key("name"), "the name of the workload to scale is required");
+    }
+    at_least(f, path, spec, "minReplicas", 1);
+    match (spec["minReplicas"].as_i64().unwrap_or(1), spec["maxReplicas"].as_i64()) {
+        (_, None) => f.missing(path.key("maxReplicas"), "maxReplicas is required"),
+        (min, Some(max)) if max < min => f.invalid(
+            path.key("maxReplicas"),
+            format!("must be greater than or equal to `minReplicas` ({min})"),
+        ),
+        _ => {}
+    }
+    for (i, m) in spec["metrics"].as_array().into_iter().flatten().enumerate() {
+        let mp = path.key("metrics").index(i);
+        match m["type"].as_str() {
+            Some("Resource") => {
+                let name = m["resource"]["name"].as_str().unwrap_or_default();
+                if !matches!(name, "cpu" | "memory") {
+                    f.invalid(
+                        mp.key("resource").key("name"),
+                        format!("unsupported resource {name:?}: cpu or memory"),
+                    );
+                }
+                let t = &m["resource"]["target"];
+                match t["type"].as_str() {
+                    Some("Utilization") if t["averageUtilization"].as_i64().is_some_and(|u| u > 0) => {}
+                    Some("Utilization") => f.invalid(
+                        mp.key("resource").key("target").key("averageUtilization"),
+                        "must be greater than 0 for a Utilization target",
+                    ),
+                    Some("AverageValue") if !t["averageValue"].is_null() => {}
+                    Some("AverageValue") => f.missing(
+                        mp.key("resource").key("target").key("averageValue"),
+                        "an AverageValue target needs averageValue",
+                    ),
+                    other => f.invalid(
+                        mp.key("resource").key("target").key("type"),
+                        format!("unsupported target type {other:?} for a resource metric: \"Utilization\" or \"AverageValue\""),
+                    ),
+                }
+            }
+            Some(t @ ("Pods" | "Object" | "External" | "ContainerResource")) => f.invalid(
+                mp.key("type"),
+                format!("{t} metrics are not served: Capstan's autoscaler reads resource metrics (cpu, memory) from the node agents"),
+            ),
+            other => f.invalid(mp.key("type"), format!("unsupported metric type {other:?}")),
+        }
+    }
 }
 
 fn check_pod_spec(f: &mut Findings, path: &FieldPath, spec: &Value, required_restart: Option<&str>) {
@@ -696,6 +762,25 @@ mod tests {
         assert_eq!(
             messages("CronJob", no_restart),
             ["spec.jobTemplate.spec.template.spec.restartPolicy: unsupported value \"Always\": supported values: \"OnFailure\", \"Never\""]
+        );
+    }
+
+    #[test]
+    fn autoscalers_scale_what_can_be_scaled_on_metrics_that_exist() {
+        let hpa = |kind: &str, metric: Value| {
+            json!({"metadata": {"name": "web"}, "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": "web"},
+                "minReplicas": 2, "maxReplicas": 5, "metrics": [metric]}})
+        };
+        let cpu = json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}});
+        assert!(messages("HorizontalPodAutoscaler", hpa("Deployment", cpu.clone())).is_empty());
+        assert_eq!(
+            messages("HorizontalPodAutoscaler", hpa("DaemonSet", cpu)),
+            ["spec.scaleTargetRef.kind: DaemonSet cannot be scaled: an autoscaler scales a Deployment, ReplicaSet or StatefulSet"]
+        );
+        let custom = json!({"type": "Pods", "pods": {"metric": {"name": "rps"}, "target": {"type": "AverageValue", "averageValue": "10"}}});
+        assert!(
+            messages("HorizontalPodAutoscaler", hpa("Deployment", custom))[0]
+                .starts_with("spec.metrics[0].type: Pods metrics are not served")
         );
     }
 

@@ -214,6 +214,7 @@ mod tests {
         let apps = resource_list("apps", "v1").unwrap();
         assert!(apps["resources"].as_array().unwrap().iter().any(|r| r["name"] == "deployments"));
         assert!(resource_list("batch", "v1").is_some_and(|b| b["resources"].as_array().unwrap().iter().any(|r| r["name"] == "jobs")));
-        assert!(resource_list("autoscaling", "v2").is_none());
+        assert!(resource_list("autoscaling", "v2").is_some());
+        assert!(resource_list("autoscaling", "v1").is_none(), "served as v2 only");
     }
 }

@@ -202,6 +202,15 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
             ("Selector", 1),
         ],
         "ControllerRevision" => &[("Name", 0), ("Controller", 0), ("Revision", 0), ("Age", 0)],
+        "HorizontalPodAutoscaler" => &[
+            ("Name", 0),
+            ("Reference", 0),
+            ("Targets", 0),
+            ("MinPods", 0),
+            ("MaxPods", 0),
+            ("Replicas", 0),
+            ("Age", 0),
+        ],
         "CronJob" => &[
             ("Name", 0),
             ("Schedule", 0),
@@ -377,6 +386,39 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 c,
                 i,
                 or_none(selector_text(&o["spec"]["jobTemplate"]["spec"]["selector"])),
+            ]
+        }
+        "HorizontalPodAutoscaler" => {
+            let current = list(&o["status"]["currentMetrics"]);
+            let targets: Vec<String> = list(&o["spec"]["metrics"])
+                .iter()
+                .map(|m| {
+                    let resource = s(&m["resource"]["name"]);
+                    let now = current.iter().find(|c| c["resource"]["name"] == m["resource"]["name"]);
+                    let t = &m["resource"]["target"];
+                    if t["type"] == "Utilization" {
+                        let cur = now
+                            .and_then(|c| c["resource"]["current"]["averageUtilization"].as_i64())
+                            .map_or("<unknown>".to_owned(), |u| format!("{u}%"));
+                        format!("{resource}: {cur}/{}%", int(&t["averageUtilization"]))
+                    } else {
+                        let cur = now.map_or("<unknown>".to_owned(), |c| s(&c["resource"]["current"]["averageValue"]));
+                        format!("{resource}: {cur}/{}", s(&t["averageValue"]))
+                    }
+                })
+                .collect();
+            vec![
+                name,
+                format!(
+                    "{}/{}",
+                    s(&o["spec"]["scaleTargetRef"]["kind"]),
+                    s(&o["spec"]["scaleTargetRef"]["name"])
+                ),
+                or_none(targets.join(", ")),
+                o["spec"]["minReplicas"].as_i64().unwrap_or(1).to_string(),
+                int(&o["spec"]["maxReplicas"]).to_string(),
+                int(&o["status"]["currentReplicas"]).to_string(),
+                created,
             ]
         }
         "ControllerRevision" => {

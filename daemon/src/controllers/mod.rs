@@ -2,6 +2,7 @@
 //! shared runtime (work queue, back-off, error classes), fed by the watch cache through the
 //! triggers each controller declares beside its reconcile. Started by the daemon.
 
+pub mod autoscaler;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -144,6 +145,7 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     tasks.extend(job::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(daemonset::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(cronjob::controller(&ctx).spawn(&ctx, &shutdown));
+    tasks.extend(autoscaler::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(disruption::controller(&ctx).spawn(&ctx, &shutdown));
     // The built-in objects: system namespaces, the `kubernetes` and `kube-dns` Services.
     let builtin_ctx = ctx.clone();

@@ -3,7 +3,8 @@
 //!
 //! - `serve` (default): an HTTP server with probe endpoints that can be switched off, an
 //!   environment and file dump, the client's address as seen (`/whoami`), and a configurable
-//!   exit, for node-agent and proxy tests (`TRICKLE=1`: every answer written one byte at a time);
+//!   exit, for node-agent and proxy tests (`TRICKLE=1`: every answer written one byte at a time),
+//!   and `/control/burn?seconds=N` to keep a core busy (load for the autoscaler);
 //! - `guestbook`: the example's frontend, keeping entries in redis;
 //! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf;
 //! - `loop URL SECONDS [MILLIS]`: a client loop, one GET every MILLIS (default 100) for SECONDS,
@@ -164,6 +165,20 @@ fn serve() {
             "/control/ready" => {
                 state.ready.store(req.query("v").as_deref() != Some("0"), Ordering::SeqCst);
                 (200, "ok\n".into())
+            }
+            "/control/burn" => {
+                // Keeps one core busy for the seconds asked (load for the autoscaler).
+                let secs: f64 = req.query("seconds").and_then(|c| c.parse().ok()).unwrap_or(10.0);
+                std::thread::spawn(move || {
+                    let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
+                    let mut x = 0u64;
+                    while std::time::Instant::now() < until {
+                        for i in 0..100_000u64 {
+                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                        }
+                    }
+                });
+                (200, format!("burning for {secs}s\n"))
             }
             "/control/exit" => {
                 let code: i32 = req.query("code").and_then(|c| c.parse().ok()).unwrap_or(1);
