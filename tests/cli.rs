@@ -91,6 +91,11 @@ fn plan_shows_what_a_branch_changes() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra, namespace: guestbook}\n",
     )
     .unwrap();
+    std::fs::write(
+        repo.join("hpa.yaml"),
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: frontend, namespace: guestbook}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: frontend}\n  maxReplicas: 5\n  metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 60}}}]\n",
+    )
+    .unwrap();
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "-q", "-m", "bump"]);
 
@@ -108,12 +113,17 @@ fn plan_shows_what_a_branch_changes() {
         ),
         "{out}"
     );
+    // The autoscaler owns the replicas from now on; the plan says so.
+    assert!(
+        out.contains("        = spec.replicas: owned by HorizontalPodAutoscaler frontend (Git's value is its starting point)"),
+        "{out}"
+    );
     assert!(
         out.contains("  - prune   clustersettings.capstan.dev/cluster  (was in settings.yaml)"),
         "{out}"
     );
     assert!(
-        out.contains("1 to create, 1 to update, 1 to prune, 0 broken, 5 unchanged; 0 problems"),
+        out.contains("2 to create, 1 to update, 1 to prune, 0 broken, 5 unchanged; 0 problems"),
         "{out}"
     );
 

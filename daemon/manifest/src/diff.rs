@@ -12,9 +12,25 @@ use serde_json::Value;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum FieldChange {
-    Added { path: String, value: String },
-    Removed { path: String, value: String },
-    Changed { path: String, from: String, to: String },
+    Added {
+        path: String,
+        value: String,
+    },
+    Removed {
+        path: String,
+        value: String,
+    },
+    Changed {
+        path: String,
+        from: String,
+        to: String,
+    },
+    /// A field another owner sets in the cluster (an autoscaler's `spec.replicas`): the
+    /// commit's value is a starting point, kept only when the commit changes it.
+    Owned {
+        path: String,
+        by: String,
+    },
 }
 
 impl fmt::Display for FieldChange {
@@ -23,6 +39,7 @@ impl fmt::Display for FieldChange {
             FieldChange::Added { path, value } => write!(f, "+ {path}: {value}"),
             FieldChange::Removed { path, value } => write!(f, "- {path}: {value}"),
             FieldChange::Changed { path, from, to } => write!(f, "~ {path}: {from} → {to}"),
+            FieldChange::Owned { path, by } => write!(f, "= {path}: owned by {by} (Git's value is its starting point)"),
         }
     }
 }

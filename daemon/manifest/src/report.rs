@@ -66,6 +66,23 @@ fn source_of(object: Option<&Applied>) -> String {
 impl Report {
     /// Builds the report of `plan`, which was computed from `applied`.
     pub fn new(base: &str, head: &str, applied: &AppliedSet, plan: &Plan) -> Report {
+        // Workloads whose replicas an autoscaler of HEAD owns: (namespace, kind, name) -> it.
+        let autoscaled: std::collections::BTreeMap<(String, String, String), String> = plan
+            .next
+            .iter()
+            .filter(|(k, _)| k.group == "autoscaling" && k.kind == "HorizontalPodAutoscaler")
+            .filter_map(|(k, a)| {
+                let target = &a.object["spec"]["scaleTargetRef"];
+                Some((
+                    (
+                        k.namespace.clone(),
+                        target["kind"].as_str()?.to_owned(),
+                        target["name"].as_str()?.to_owned(),
+                    ),
+                    format!("HorizontalPodAutoscaler {}", k.name),
+                ))
+            })
+            .collect();
         let mut entries = Vec::new();
         for key in &plan.create {
             entries.push(Entry::Create {
@@ -79,7 +96,22 @@ impl Report {
             entries.push(Entry::Update {
                 object: key.clone(),
                 file: source_of(Some(new)),
-                changes: diff(&old.object, &new.object, redact),
+                changes: {
+                    let mut changes = diff(&old.object, &new.object, redact);
+                    if let Some(by) = autoscaled.get(&(key.namespace.clone(), key.kind.clone(), key.name.clone())) {
+                        let path = "spec.replicas";
+                        if !changes
+                            .iter()
+                            .any(|c| matches!(c, FieldChange::Changed { path: p, .. } if p == path))
+                        {
+                            changes.push(FieldChange::Owned {
+                                path: path.into(),
+                                by: by.clone(),
+                            });
+                        }
+                    }
+                    changes
+                },
             });
         }
         for key in &plan.prune {
