@@ -229,13 +229,15 @@ impl Scheduler {
         if !pod.preempts {
             return None;
         }
-        let mut best: Option<(i64, usize, String, Vec<(String, String)>)> = None;
+        let budgets = snapshot.budgets();
+        let mut best: Option<(usize, i64, usize, String, Vec<(String, String)>)> = None;
         for node in snapshot.nodes() {
             let mut lower: Vec<&std::sync::Arc<PodInfo>> = node.pods.iter().filter(|p| p.priority < pod.priority).collect();
             if lower.is_empty() {
                 continue;
             }
-            lower.sort_by_key(|p| p.priority);
+            // Lowest priority first; among equals, pods whose budget is spent last.
+            lower.sort_by_key(|p| (p.priority, model::violations(budgets, [p.as_ref()]) > 0));
             let mut trial = node.clone();
             let mut victims = Vec::new();
             let mut fits = false;
@@ -253,15 +255,21 @@ impl Scheduler {
             }
             let top = victims.iter().map(|v| v.priority).max().unwrap_or(i64::MIN);
             let candidate = (
+                model::violations(budgets, victims.iter().map(|v| v.as_ref())),
                 top,
                 victims.len(),
                 node.name.clone(),
                 victims.iter().map(|v| (v.namespace.clone(), v.name.clone())).collect(),
             );
-            if best.as_ref().is_none_or(|b| (candidate.0, candidate.1) < (b.0, b.1)) {
+            // Fewest evictions beyond a disruption budget, then the least important victims,
+            // then the fewest.
+            if best
+                .as_ref()
+                .is_none_or(|b| (candidate.0, candidate.1, candidate.2) < (b.0, b.1, b.2))
+            {
                 best = Some(candidate);
             }
         }
-        best.map(|(_, _, node, victims)| (node, victims))
+        best.map(|(_, _, _, node, victims)| (node, victims))
     }
 }

@@ -102,6 +102,37 @@ impl NodeTerm {
     }
 }
 
+/// A PodDisruptionBudget as preemption weighs it: the pods it covers and how many of them may
+/// go now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub namespace: String,
+    pub selector: Selector,
+    pub allowed: i64,
+}
+
+impl Budget {
+    pub fn covers(&self, pod: &PodInfo) -> bool {
+        pod.namespace == self.namespace && self.selector.matches(&pod.labels)
+    }
+}
+
+/// How many of `victims` would be evicted beyond their budgets (Kubernetes counts these
+/// "PDB violations" and prefers the preemption with fewest).
+pub fn violations<'a>(budgets: &[Budget], victims: impl IntoIterator<Item = &'a PodInfo>) -> usize {
+    let mut left: Vec<i64> = budgets.iter().map(|b| b.allowed).collect();
+    let mut over = 0;
+    for v in victims {
+        if let Some(i) = budgets.iter().position(|b| b.covers(v)) {
+            left[i] -= 1;
+            if left[i] < 0 {
+                over += 1;
+            }
+        }
+    }
+    over
+}
+
 /// A pod affinity or anti-affinity term: pods matching `selector` in `namespaces` (empty: the
 /// pod's own), within the same `topology_key` domain.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -75,6 +75,8 @@ pub struct Snapshot {
     /// Matching pods per domain, by (namespace, selector signature, key), with the selector, kept
     /// current as pods are assumed.
     spread_cache: Mutex<HashMap<(String, String, String), (Selector, Arc<SpreadCounts>)>>,
+    /// The cluster's disruption budgets, for preemption to keep where it can.
+    budgets: Vec<crate::model::Budget>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -94,6 +96,15 @@ impl Snapshot {
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    /// The disruption budgets preemption weighs.
+    pub fn budgets(&self) -> &[crate::model::Budget] {
+        &self.budgets
+    }
+
+    pub fn set_budgets(&mut self, budgets: Vec<crate::model::Budget>) {
+        self.budgets = budgets;
     }
 
     /// Where node `name` is in [`Snapshot::nodes`].

@@ -256,6 +256,34 @@ fn topology_spread_and_host_ports() {
 }
 
 #[test]
+fn preemption_prefers_victims_whose_disruption_budget_allows_it() {
+    // Two full nodes of equal low-priority pods; the pods on `a` are covered by a spent budget.
+    let mut s = snapshot(vec![
+        node("a", "1", "4Gi", json!({}), json!([])),
+        node("b", "1", "4Gi", json!({}), json!([])),
+    ]);
+    for (n, app) in [("a", "guarded"), ("b", "free")] {
+        let p = pod(&format!("{app}-1"), "1", json!({"labels": {"app": app}}));
+        assert!(s.assume(p, n));
+    }
+    s.set_budgets(vec![capstan_scheduler::model::Budget {
+        namespace: "ns".into(),
+        selector: capstan_scheduler::model::Selector::from_json(&json!({"matchLabels": {"app": "guarded"}})),
+        allowed: 0,
+    }]);
+    let mut urgent = pod("urgent", "1", json!({}));
+    urgent.priority = 1000;
+    urgent.preempts = true;
+    match scheduler().schedule(&s, &urgent) {
+        Decision::Preempt { node, victims } => {
+            assert_eq!(node, "b");
+            assert_eq!(victims, [("ns".to_owned(), "free-1".to_owned())]);
+        }
+        other => panic!("expected a preemption, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_high_priority_pod_preempts_the_lowest_priority_pods() {
     let mut s = snapshot(vec![
         node("n1", "2", "4Gi", json!({}), json!([])),
