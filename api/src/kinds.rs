@@ -215,6 +215,51 @@ pub static REGISTRY: &[KindInfo] = &[
     },
 ];
 
+/// A kind read from Git in an older version and kept in the version served: the manifest is
+/// checked against the version it was written in, then upgraded.
+pub struct OlderVersion {
+    /// The kind as written (its schema and type check the manifest).
+    pub written: KindInfo,
+    /// The `apiVersion` it is served as.
+    pub served_as: &'static str,
+    /// Rewrites an object of the written version into the served one.
+    pub upgrade: fn(&mut serde_json::Value),
+}
+
+impl OlderVersion {
+    pub fn served(&self) -> &'static KindInfo {
+        by_api_version(self.served_as, self.written.kind).expect("older versions upgrade to served kinds")
+    }
+}
+
+/// `autoscaling/v1`'s one CPU target becomes v2's metric list.
+fn autoscaling_v1_to_v2(object: &mut serde_json::Value) {
+    object["apiVersion"] = serde_json::json!("autoscaling/v2");
+    if let Some(spec) = object.get_mut("spec").and_then(serde_json::Value::as_object_mut) {
+        let pct = spec.remove("targetCPUUtilizationPercentage").and_then(|v| v.as_i64()).unwrap_or(80);
+        spec.insert(
+            "metrics".into(),
+            serde_json::json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": pct}}}]),
+        );
+    }
+}
+
+/// The older versions Capstan reads (and serves only in their newer form).
+pub static OLDER: &[OlderVersion] = &[OlderVersion {
+    written: k8s_kind!(autoscaling::v1::HorizontalPodAutoscaler, singular: "horizontalpodautoscaler", short: ["hpa"], categories: ["all"],
+        origin: Git, status: true, namespaced: true),
+    served_as: "autoscaling/v2",
+    upgrade: autoscaling_v1_to_v2,
+}];
+
+/// An older version of a kind, as written in a manifest.
+pub fn older(api_version: &str, kind: &str) -> Option<&'static OlderVersion> {
+    let (group, version) = split_api_version(api_version);
+    OLDER
+        .iter()
+        .find(|o| o.written.group == group && o.written.version == version && o.written.kind == kind)
+}
+
 /// Looks a kind up by `apiVersion` and `kind`, as written in a manifest.
 /// Whether objects of `group`/`kind` hold secret values; see [`KindInfo::is_secret`].
 pub fn is_secret(group: &str, kind: &str) -> bool {

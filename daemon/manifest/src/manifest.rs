@@ -208,7 +208,9 @@ impl FileLoad {
         let Some((api_version, kind_name)) = self.type_meta(node) else {
             return;
         };
-        let Some(kind) = kinds::by_api_version(&api_version, &kind_name) else {
+        // An older version is checked as written, then upgraded to the version served.
+        let older = kinds::older(&api_version, &kind_name);
+        let Some(kind) = kinds::by_api_version(&api_version, &kind_name).or(older.map(|o| &o.written)) else {
             let msg = match kinds::by_kind(&kind_name) {
                 Some(k) => format!("{kind_name} is served as apiVersion {}, not {api_version}", k.api_version()),
                 None if !not_a_manifest(node).is_empty() => {
@@ -306,6 +308,9 @@ impl FileLoad {
         }
         if let Some(data) = strings_aside {
             object["data"] = data;
+        }
+        if let Some(o) = older {
+            (o.upgrade)(&mut object);
         }
         for finding in validate::check(kind.kind, &object) {
             if troubled.iter().any(|t| related(t, &finding.path)) {
@@ -559,6 +564,24 @@ mod tests {
         assert_eq!(load.manifests[1].pos.line, 9);
         assert_eq!(load.manifests[0].object["metadata"]["annotations"]["capstan.dev/source"], "cm.yaml");
         assert_eq!(load.manifests[0].object["metadata"]["namespace"], "default");
+    }
+
+    #[test]
+    fn an_autoscaling_v1_autoscaler_is_read_as_v2() {
+        let text = "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {name: web}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  maxReplicas: 4\n  targetCPUUtilizationPercentage: 70\n";
+        let load = load_file("hpa.yaml", text.as_bytes());
+        assert!(load.problems.is_empty(), "{:?}", lines(&load));
+        let hpa = &load.manifests[0].object;
+        assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+        assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 70);
+        assert!(hpa["spec"].get("targetCPUUtilizationPercentage").is_none());
+        // Checked as written: a v2 field in a v1 manifest is unknown there.
+        let mixed = text.replace("  targetCPUUtilizationPercentage: 70\n", "  metrics: []\n");
+        let load = load_file("hpa.yaml", mixed.as_bytes());
+        assert_eq!(
+            lines(&load),
+            ["hpa.yaml:7:3: spec.metrics: unknown field \"metrics\" [horizontalpodautoscaler.autoscaling/web -n default]"]
+        );
     }
 
     #[test]

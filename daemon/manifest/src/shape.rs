@@ -58,21 +58,20 @@ pub struct Issue {
     pub message: String,
 }
 
-/// The compiled shape of every registry kind, built once.
+/// The compiled shape of every registry kind (and older version read from Git), built once.
 pub fn shape_of(kind: &KindInfo) -> &'static KindShape {
     static SHAPES: OnceLock<Vec<KindShape>> = OnceLock::new();
+    let all = || REGISTRY.iter().chain(capstan_api::kinds::OLDER.iter().map(|o| &o.written));
     let shapes = SHAPES.get_or_init(|| {
-        REGISTRY
-            .iter()
+        all()
             .map(|k| KindShape {
                 redact: k.is_secret(),
                 ..KindShape::compile(&kind_schema(k))
             })
             .collect()
     });
-    let index = REGISTRY
-        .iter()
-        .position(|k| k.group == kind.group && k.kind == kind.kind)
+    let index = all()
+        .position(|k| k.group == kind.group && k.version == kind.version && k.kind == kind.kind)
         .expect("kinds come from the registry");
     &shapes[index]
 }
