@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, DockerRun, build_images, docker_available, run_ok};
+use common::{Cluster, DockerRun, build_images, docker_available, docker_cluster, pod_ready, run_ok};
 use serde_json::Value;
 
 const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
@@ -68,11 +68,7 @@ fn ready_pods(c: &Cluster) -> Vec<(String, String, String)> {
         .into_iter()
         .flatten()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| {
-            p["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-        })
+        .filter(|p| pod_ready(p))
         .map(|p| {
             (
                 p["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
@@ -86,16 +82,6 @@ fn ready_pods(c: &Cluster) -> Vec<(String, String, String)> {
         .collect();
     pods.sort();
     pods
-}
-
-/// The test's Docker label and a daemon on `files` with `daemon_args`; `None` (locally, with a
-/// loud message) when there is no Docker Engine.
-fn docker_cluster(test: &str, label: &str, files: &[(&str, &str)], daemon_args: &[&str]) -> Option<(DockerRun, Cluster)> {
-    if !docker_available(test) {
-        return None;
-    }
-    build_images();
-    Some((DockerRun::new(label), Cluster::start_with(files, daemon_args)))
 }
 
 /// A node's Ready condition: True, False or Unknown.

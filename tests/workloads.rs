@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, DockerRun, build_images, docker_available, http_get, path_str};
+use common::{Cluster, docker_cluster, http_get, path_str, pod_ready};
 use serde_json::Value;
 
 const JOBS: &str = r#"
@@ -60,12 +60,14 @@ fn json(c: &Cluster, args: &[&str]) -> Value {
 
 #[test]
 fn jobs_run_to_completion_by_index_and_stop_at_their_backoff_limit() {
-    if !docker_available("jobs_run_to_completion_by_index_and_stop_at_their_backoff_limit") {
+    let Some((run, c)) = docker_cluster(
+        "jobs_run_to_completion_by_index_and_stop_at_their_backoff_limit",
+        "jobs",
+        &[("jobs.yaml", JOBS)],
+        &["--cluster-cidr", "10.203.0.0/16"],
+    ) else {
         return;
-    }
-    build_images();
-    let run = DockerRun::new("jobs");
-    let c = Cluster::start_with(&[("jobs.yaml", JOBS)], &["--cluster-cidr", "10.203.0.0/16"]);
+    };
     let _agent = c.node(&format!("jobs-{}", std::process::id()), &run, &[]);
 
     // kubectl waits for the condition as it would on Kubernetes.
@@ -151,9 +153,7 @@ fn agents(c: &Cluster) -> Vec<(String, String, bool)> {
         .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
-            let ready = p["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            let ready = pod_ready(p);
             (
                 p["spec"]["nodeName"].as_str().unwrap_or("-").to_owned(),
                 p["spec"]["containers"][0]["env"][0]["value"]
@@ -168,32 +168,24 @@ fn agents(c: &Cluster) -> Vec<(String, String, bool)> {
     v
 }
 
-fn wait_for(c: &Cluster, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", c.log());
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 #[test]
 fn a_daemon_set_runs_on_every_matching_node_agent_and_rolls_out() {
-    if !docker_available("a_daemon_set_runs_on_every_matching_node_agent_and_rolls_out") {
+    let Some((run, c)) = docker_cluster(
+        "a_daemon_set_runs_on_every_matching_node_agent_and_rolls_out",
+        "daemonsets",
+        &[("ds.yaml", &daemon_set("1"))],
+        &["--cluster-cidr", "10.210.0.0/16"],
+    ) else {
         return;
-    }
-    build_images();
-    let run = DockerRun::new("daemonsets");
-    let c = Cluster::start_with(&[("ds.yaml", &daemon_set("1"))], &["--cluster-cidr", "10.210.0.0/16"]);
+    };
     let id = std::process::id();
     let (w1, db, w2) = (format!("ds-w1-{id}"), format!("ds-db-{id}"), format!("ds-w2-{id}"));
     let _a = c.node(&w1, &run, &["--node-labels", "role=worker"]);
     let _b = c.node(&db, &run, &["--node-labels", "role=db"]);
-    wait_for(&c, "a ready pod on the worker", 90, || {
-        agents(&c) == [(w1.clone(), "1".into(), true)]
-    });
+    c.wait_until_within("a ready pod on the worker", 90, || agents(&c) == [(w1.clone(), "1".into(), true)]);
     // A worker joining gets its pod within seconds; the db node still has none.
     let _c = c.node(&w2, &run, &["--node-labels", "role=worker"]);
-    wait_for(&c, "a ready pod on each worker", 60, || {
+    c.wait_until_within("a ready pod on each worker", 60, || {
         agents(&c) == [(w1.clone(), "1".into(), true), (w2.clone(), "1".into(), true)]
     });
     let table = c.kubectl_ok(&["get", "ds", "agent"]);
@@ -208,7 +200,7 @@ fn a_daemon_set_runs_on_every_matching_node_agent_and_rolls_out() {
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), c.log());
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("successfully rolled out"), "{said}");
-    wait_for(&c, "both workers on version 2", 30, || {
+    c.wait_until_within("both workers on version 2", 30, || {
         agents(&c) == [(w1.clone(), "2".into(), true), (w2.clone(), "2".into(), true)]
     });
     let history = c.kubectl_ok(&["rollout", "history", "ds/agent"]);
@@ -273,20 +265,19 @@ fn runs(c: &Cluster, owner: &str) -> Vec<(String, i64, Option<i64>, Option<i64>)
 
 #[test]
 fn cron_jobs_run_on_schedule_never_overlap_under_forbid_and_catch_up_once() {
-    if !docker_available("cron_jobs_run_on_schedule_never_overlap_under_forbid_and_catch_up_once") {
-        return;
-    }
-    build_images();
-    let run = DockerRun::new("cronjobs");
     // A fixed address, so that the node agent finds the restarted daemon.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
-    let mut c = Cluster::start_with(
+    let Some((run, mut c)) = docker_cluster(
+        "cron_jobs_run_on_schedule_never_overlap_under_forbid_and_catch_up_once",
+        "cronjobs",
         &[("cron.yaml", CRON_JOBS)],
         &["--cluster-cidr", "10.213.0.0/16", "--listen", &listen],
-    );
+    ) else {
+        return;
+    };
     let _agent = c.node(&format!("cron-{}", std::process::id()), &run, &[]);
-    wait_for(&c, "three finished runs of the slow CronJob", 120, || {
+    c.wait_until_within("three finished runs of the slow CronJob", 120, || {
         runs(&c, "slow").iter().filter(|r| r.3.is_some()).count() >= 3
     });
     // Under Forbid a run starts only after the one before it finished.
@@ -305,7 +296,7 @@ fn cron_jobs_run_on_schedule_never_overlap_under_forbid_and_catch_up_once() {
     let down_at = jiff::Timestamp::now().as_second();
     c.kill9_and_restart_daemon_after(Duration::from_secs(16));
     let up_at = jiff::Timestamp::now().as_second();
-    wait_for(&c, "the catch-up run", 30, || runs(&c, "quick").len() > before);
+    c.wait_until_within("the catch-up run", 30, || runs(&c, "quick").len() > before);
     std::thread::sleep(Duration::from_secs(2));
     let missed: Vec<_> = runs(&c, "quick")
         .into_iter()
@@ -352,11 +343,7 @@ fn ready_web(c: &Cluster) -> Vec<String> {
         .unwrap()
         .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| {
-            p["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-        })
+        .filter(|p| pod_ready(p))
         .map(|p| p["spec"]["nodeName"].as_str().unwrap_or("-").to_owned())
         .collect();
     v.sort();
@@ -383,20 +370,22 @@ fn drain_watched(c: &Cluster, drain: &mut std::process::Command) -> (std::proces
 
 #[test]
 fn draining_a_node_keeps_the_disruption_budget() {
-    if !docker_available("draining_a_node_keeps_the_disruption_budget") {
+    let Some((run, c)) = docker_cluster(
+        "draining_a_node_keeps_the_disruption_budget",
+        "drain",
+        &[("web.yaml", GUARDED)],
+        &["--cluster-cidr", "10.214.0.0/16"],
+    ) else {
         return;
-    }
-    build_images();
-    let run = DockerRun::new("drain");
-    let c = Cluster::start_with(&[("web.yaml", GUARDED)], &["--cluster-cidr", "10.214.0.0/16"]);
+    };
     let id = std::process::id();
     let (a, b) = (format!("drain-a-{id}"), format!("drain-b-{id}"));
     let _a = c.node(&a, &run, &[]);
-    wait_for(&c, "three ready pods on the first node", 90, || {
+    c.wait_until_within("three ready pods on the first node", 90, || {
         ready_web(&c) == [a.clone(), a.clone(), a.clone()]
     });
     let _b = c.node(&b, &run, &[]);
-    wait_for(&c, "the second node ready", 60, || {
+    c.wait_until_within("the second node ready", 60, || {
         c.kubectl_ok(&[
             "get",
             "node",
@@ -405,7 +394,7 @@ fn draining_a_node_keeps_the_disruption_budget() {
             "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
         ]) == "True"
     });
-    wait_for(&c, "the budget to allow one disruption", 30, || {
+    c.wait_until_within("the budget to allow one disruption", 30, || {
         json(&c, &["get", "pdb", "web"])["status"]["disruptionsAllowed"] == 1
     });
 
@@ -424,7 +413,7 @@ fn draining_a_node_keeps_the_disruption_budget() {
 
     // And back, with kubectl itself.
     c.kubectl_ok(&["uncordon", &a]);
-    wait_for(&c, "the budget to allow one disruption again", 30, || {
+    c.wait_until_within("the budget to allow one disruption again", 30, || {
         json(&c, &["get", "pdb", "web"])["status"]["disruptionsAllowed"] == 1
     });
     let (out, fewest) = drain_watched(
@@ -494,17 +483,16 @@ fn replicas(c: &Cluster) -> i64 {
 
 #[test]
 fn an_autoscaler_follows_the_load_and_a_commit_keeps_its_count() {
-    if !docker_available("an_autoscaler_follows_the_load_and_a_commit_keeps_its_count") {
-        return;
-    }
-    build_images();
-    let run = DockerRun::new("autoscale");
-    let c = Cluster::start_with(
+    let Some((run, c)) = docker_cluster(
+        "an_autoscaler_follows_the_load_and_a_commit_keeps_its_count",
+        "autoscale",
         &[("busy.yaml", &scaled("1"))],
         &["--cluster-cidr", "10.215.0.0/16", "--horizontal-pod-autoscaler-sync-period", "2"],
-    );
+    ) else {
+        return;
+    };
     let _agent = c.node(&format!("hpa-{}", std::process::id()), &run, &[]);
-    wait_for(&c, "the pod ready and the autoscaler measuring it", 90, || {
+    c.wait_until_within("the pod ready and the autoscaler measuring it", 90, || {
         let hpa = json(&c, &["get", "hpa", "busy"]);
         hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"].is_i64()
     });
@@ -514,7 +502,7 @@ fn an_autoscaler_follows_the_load_and_a_commit_keeps_its_count() {
     let pod = json(&c, &["get", "pods", "-l", "app=busy"])["items"][0].clone();
     let ip = pod["status"]["podIP"].as_str().unwrap().to_owned();
     assert_eq!(http_get(&ip, "/control/burn?seconds=60").map(|r| r.0), Some(200));
-    wait_for(&c, "the Deployment scaled up to its maximum", 60, || replicas(&c) == 3);
+    c.wait_until_within("the Deployment scaled up to its maximum", 60, || replicas(&c) == 3);
     let hpa = json(&c, &["get", "hpa", "busy"]);
     let limited = hpa["status"]["conditions"]
         .as_array()
@@ -527,11 +515,11 @@ fn an_autoscaler_follows_the_load_and_a_commit_keeps_its_count() {
 
     // A commit that changes only the pods' environment keeps the autoscaled count.
     c.commit(&[("busy.yaml", &scaled("2"))], &[], "version 2");
-    wait_for(&c, "the new template applied", 30, || {
+    c.wait_until_within("the new template applied", 30, || {
         json(&c, &["get", "deployment", "busy"])["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] == "2"
     });
     assert_eq!(replicas(&c), 3, "the commit did not reset the autoscaled replicas");
 
     // The new pods do not burn: the load is gone and it scales back down.
-    wait_for(&c, "the Deployment back at its minimum", 120, || replicas(&c) == 1);
+    c.wait_until_within("the Deployment back at its minimum", 120, || replicas(&c) == 1);
 }

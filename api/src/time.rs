@@ -9,6 +9,11 @@ pub fn format(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// Unix seconds as `metav1.Time` writes them.
+pub fn format_seconds(secs: i64) -> String {
+    format(Timestamp::from_second(secs).unwrap_or_default())
+}
+
 /// A time as `metav1.MicroTime` writes it: `2026-12-02T04:30:00.123456Z`.
 pub fn format_micro(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()

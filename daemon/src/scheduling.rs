@@ -217,19 +217,6 @@ impl Loop {
         self.backoff.values().map(|(_, t)| *t).min()
     }
 
-    /// The disruption budgets as their status stands, for preemption to weigh.
-    fn budgets(&self) -> Vec<capstan_scheduler::model::Budget> {
-        let (all, _) = self.ctx.cache.list(kind("poddisruptionbudgets"), None);
-        all.iter()
-            .filter(|b| b.object["spec"]["selector"].is_object())
-            .map(|b| capstan_scheduler::model::Budget {
-                namespace: b.namespace.clone(),
-                selector: capstan_api::selector::Selector::from_json(&b.object["spec"]["selector"]),
-                allowed: b.object["status"]["disruptionsAllowed"].as_i64().unwrap_or(0),
-            })
-            .collect()
-    }
-
     async fn schedule_one(&mut self, key: Key) -> Result<(), ObjectError> {
         let Some(entry) = self.ctx.cache.get(kind("pods"), &key.0, &key.1) else {
             return Ok(());
@@ -263,9 +250,6 @@ impl Loop {
             if is_pending(&p.object) && other.priority >= info.priority && self.snapshot.assume(other, node) {
                 reserved.push((k.clone(), node.clone()));
             }
-        }
-        if info.preempts {
-            self.snapshot.set_budgets(self.budgets());
         }
         let decision = self.scheduler.schedule(&self.snapshot, &info);
         for (k, node) in reserved {
@@ -396,14 +380,30 @@ impl Loop {
     }
 }
 
+/// The disruption budgets as their status stands, for preemption to weigh.
+fn budgets(cache: &crate::cache::Cache) -> Vec<capstan_scheduler::model::Budget> {
+    let (all, _) = cache.list(kind("poddisruptionbudgets"), None);
+    all.iter()
+        .filter(|b| b.object["spec"]["selector"].is_object())
+        .map(|b| capstan_scheduler::model::Budget {
+            namespace: b.namespace.clone(),
+            selector: capstan_api::selector::Selector::from_json(&b.object["spec"]["selector"]),
+            allowed: b.object["status"]["disruptionsAllowed"].as_i64().unwrap_or(0),
+        })
+        .collect()
+}
+
 /// Runs the scheduling loop until `shutdown`.
 pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) {
     let events = Recorder::new(ctx.objects.clone(), SCHEDULER_NAME, None);
+    let mut snapshot = Snapshot::new();
+    let cache = ctx.cache.clone();
+    snapshot.read_budgets_with(std::sync::Arc::new(move || budgets(&cache)));
     let (bound_tx, mut bound_rx) = tokio::sync::mpsc::unbounded_channel::<(Key, String, bool)>();
     let mut l = Loop {
         ctx: ctx.clone(),
         scheduler: Scheduler::new(config),
-        snapshot: Snapshot::new(),
+        snapshot,
         placed: HashMap::new(),
         active: BTreeMap::new(),
         backoff: HashMap::new(),

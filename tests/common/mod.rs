@@ -301,8 +301,13 @@ impl Cluster {
         git(&self.repo, &["rev-parse", "HEAD"])
     }
 
-    pub fn wait_until(&self, what: &str, mut f: impl FnMut() -> bool) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    pub fn wait_until(&self, what: &str, f: impl FnMut() -> bool) {
+        self.wait_until_within(what, 30, f);
+    }
+
+    /// Waits up to `secs` for `f`, failing with the daemon's log when it never holds.
+    pub fn wait_until_within(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         while !f() {
             if std::time::Instant::now() > deadline {
                 panic!("timed out waiting for {what}\n--- daemon log ---\n{}", self.log());
@@ -407,4 +412,21 @@ pub fn http_get(ip: &str, path: &str) -> Option<(u16, String)> {
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Some((code, body))
+}
+
+/// A daemon on a repository of `files` with a run label for the Docker Engine, once the test
+/// images are built; None (the test returns) where the Engine is missing outside CI.
+pub fn docker_cluster(test: &str, label: &str, files: &[(&str, &str)], daemon_args: &[&str]) -> Option<(DockerRun, Cluster)> {
+    if !docker_available(test) {
+        return None;
+    }
+    build_images();
+    Some((DockerRun::new(label), Cluster::start_with(files, daemon_args)))
+}
+
+/// Whether a pod (as kubectl prints it in JSON) says it is Ready.
+pub fn pod_ready(pod: &serde_json::Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }

@@ -229,7 +229,7 @@ impl Scheduler {
         if !pod.preempts {
             return None;
         }
-        let budgets = snapshot.budgets();
+        let budgets = &snapshot.budgets();
         let mut best: Option<(usize, i64, usize, String, Vec<(String, String)>)> = None;
         for node in snapshot.nodes() {
             let mut lower: Vec<&std::sync::Arc<PodInfo>> = node.pods.iter().filter(|p| p.priority < pod.priority).collect();

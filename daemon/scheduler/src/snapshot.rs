@@ -75,9 +75,13 @@ pub struct Snapshot {
     /// Matching pods per domain, by (namespace, selector signature, key), with the selector, kept
     /// current as pods are assumed.
     spread_cache: Mutex<HashMap<(String, String, String), (Selector, Arc<SpreadCounts>)>>,
-    /// The cluster's disruption budgets, for preemption to keep where it can.
-    budgets: Vec<crate::model::Budget>,
+    /// Where the cluster's disruption budgets are read, when preemption weighs them (only
+    /// then: most pods never need it).
+    budgets: Option<BudgetSource>,
 }
+
+/// Reads the disruption budgets as they stand.
+pub type BudgetSource = std::sync::Arc<dyn Fn() -> Vec<crate::model::Budget> + Send + Sync>;
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,13 +102,14 @@ impl Snapshot {
         self.index.get(name).map(|i| &self.nodes[*i])
     }
 
-    /// The disruption budgets preemption weighs.
-    pub fn budgets(&self) -> &[crate::model::Budget] {
-        &self.budgets
+    /// The disruption budgets preemption weighs, read now.
+    pub fn budgets(&self) -> Vec<crate::model::Budget> {
+        self.budgets.as_ref().map(|read| read()).unwrap_or_default()
     }
 
-    pub fn set_budgets(&mut self, budgets: Vec<crate::model::Budget>) {
-        self.budgets = budgets;
+    /// Where to read the disruption budgets from.
+    pub fn read_budgets_with(&mut self, source: BudgetSource) {
+        self.budgets = Some(source);
     }
 
     /// Where node `name` is in [`Snapshot::nodes`].

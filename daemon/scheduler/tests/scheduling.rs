@@ -266,11 +266,13 @@ fn preemption_prefers_victims_whose_disruption_budget_allows_it() {
         let p = pod(&format!("{app}-1"), "1", json!({"labels": {"app": app}}));
         assert!(s.assume(p, n));
     }
-    s.set_budgets(vec![capstan_scheduler::model::Budget {
-        namespace: "ns".into(),
-        selector: capstan_scheduler::model::Selector::from_json(&json!({"matchLabels": {"app": "guarded"}})),
-        allowed: 0,
-    }]);
+    s.read_budgets_with(std::sync::Arc::new(|| {
+        vec![capstan_scheduler::model::Budget {
+            namespace: "ns".into(),
+            selector: capstan_scheduler::model::Selector::from_json(&json!({"matchLabels": {"app": "guarded"}})),
+            allowed: 0,
+        }]
+    }));
     let mut urgent = pod("urgent", "1", json!({}));
     urgent.priority = 1000;
     urgent.preempts = true;

@@ -138,7 +138,7 @@ fn source(state: &super::ApiState) -> Result<&dyn SummarySource, ApiError> {
 }
 
 /// The summaries of `nodes`, asked for all at once; nodes that do not answer are left out.
-async fn summaries(source: &dyn SummarySource, nodes: BTreeSet<String>) -> Vec<(String, Value)> {
+pub async fn summaries(source: &dyn SummarySource, nodes: BTreeSet<String>) -> Vec<(String, Value)> {
     let asks = nodes.into_iter().map(|n| {
         let f = source.summary(n.clone());
         async move {

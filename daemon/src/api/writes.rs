@@ -115,7 +115,8 @@ pub(super) async fn write(
     };
     let status_write = subresource.as_deref() == Some("status");
     let ns = Some(namespace.as_str()).filter(|n| !n.is_empty());
-    let body = if verb == Verb::Create && is_job(kind) && is_protobuf(headers) {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let body = if verb == Verb::Create && is_job(kind) && ct.starts_with(super::protobuf::MEDIA_TYPE) {
         manual_run_from_protobuf(state, &namespace, &body).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -169,7 +170,6 @@ pub(super) async fn write(
             objects.update(kind, obj, status_write).await?
         }
         _ => {
-            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             if !(ct.starts_with("application/merge-patch+json") || ct.starts_with("application/strategic-merge-patch+json")) {
                 return Err(ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -226,13 +226,6 @@ fn only_unschedulable_changed(before: &Value, after: &Value) -> bool {
 
 fn is_job(kind: &KindInfo) -> bool {
     kind.group == "batch" && kind.kind == "Job"
-}
-
-fn is_protobuf(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with(super::protobuf::MEDIA_TYPE))
 }
 
 /// The JSON of a Job that `kubectl create job --from=cronjob/x` sent as protobuf: its metadata

@@ -328,8 +328,7 @@ impl Autoscaler {
                 )
             })
             .collect();
-        let summaries = futures::future::join_all(nodes.into_iter().map(|n| source.summary(n))).await;
-        for s in summaries.into_iter().flatten() {
+        for (_, s) in crate::api::metrics::summaries(source.as_ref(), nodes).await {
             for p in s["pods"].as_array().into_iter().flatten() {
                 let Some(name) = uids.get(p["podRef"]["uid"].as_str().unwrap_or_default()) else {
                     continue;

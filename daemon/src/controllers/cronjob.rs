@@ -102,7 +102,7 @@ pub fn decide(cj: &Value, jobs: &[&Value], schedule: &Schedule, tz: &TimeZone, n
     if let Some(last) = succeeded.iter().filter_map(|j| seconds(&j["status"]["completionTime"])).max()
         && seconds(&status["lastSuccessfulTime"]).is_none_or(|t| t < last)
     {
-        status["lastSuccessfulTime"] = json!(stamp(last));
+        status["lastSuccessfulTime"] = json!(capstan_api::time::format_seconds(last));
     }
     for (list, field, default) in [
         (&mut succeeded, "successfulJobsHistoryLimit", 3),
@@ -135,7 +135,7 @@ pub fn decide(cj: &Value, jobs: &[&Value], schedule: &Schedule, tz: &TimeZone, n
             let policy = spec["concurrencyPolicy"].as_str().unwrap_or("Allow");
             if exists {
                 // Already made (the status was not written before a restart).
-                status["lastScheduleTime"] = json!(stamp(t));
+                status["lastScheduleTime"] = json!(capstan_api::time::format_seconds(t));
             } else if policy == "Forbid" && !active.is_empty() {
                 d.events.push((
                     false,
@@ -148,7 +148,7 @@ pub fn decide(cj: &Value, jobs: &[&Value], schedule: &Schedule, tz: &TimeZone, n
                     active.clear();
                 }
                 d.run_at = Some(t);
-                status["lastScheduleTime"] = json!(stamp(t));
+                status["lastScheduleTime"] = json!(capstan_api::time::format_seconds(t));
             }
         }
     }
@@ -170,10 +170,6 @@ pub fn decide(cj: &Value, jobs: &[&Value], schedule: &Schedule, tz: &TimeZone, n
 
 fn job_ref_name(j: &Value) -> String {
     j["metadata"]["name"].as_str().unwrap_or_default().to_owned()
-}
-
-fn stamp(t: i64) -> String {
-    capstan_api::time::format(jiff::Timestamp::from_second(t).unwrap_or_default())
 }
 
 /// The Job a CronJob runs at scheduled time `t`: its template, named for the minute, owned by

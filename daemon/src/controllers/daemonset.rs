@@ -211,25 +211,25 @@ pub fn decide(ds: &Value, nodes: &[&Value], pods: &[&Value], hash: &str, now: i6
         }
     }
 
-    let surge_allowed;
-    let (max_surge, max_unavailable, desired) = {
-        let desired = nodes
-            .iter()
-            .filter(|n| should_run(&template_pod, &NodeInfo::from_json(n)).0)
-            .count() as i64;
-        let r = &spec["updateStrategy"]["rollingUpdate"];
-        let surge = if rolling { resolve(&r["maxSurge"], desired, true, 0) } else { 0 };
-        let mut unavailable = if rolling {
-            resolve(&r["maxUnavailable"], desired, true, 0)
-        } else {
-            0
-        };
-        if rolling && surge == 0 && unavailable == 0 {
-            unavailable = 1;
-        }
-        surge_allowed = surge > 0;
-        (surge, unavailable, desired)
+    // Each node's verdict, once: (name, should run, may keep running).
+    let verdicts: Vec<(&str, bool, bool)> = nodes
+        .iter()
+        .map(|n| {
+            let (run, keep) = should_run(&template_pod, &NodeInfo::from_json(n));
+            (n["metadata"]["name"].as_str().unwrap_or_default(), run, keep)
+        })
+        .collect();
+    let desired = verdicts.iter().filter(|v| v.1).count() as i64;
+    let r = &spec["updateStrategy"]["rollingUpdate"];
+    let max_surge = if rolling { resolve(&r["maxSurge"], desired, true, 0) } else { 0 };
+    let mut max_unavailable = if rolling {
+        resolve(&r["maxUnavailable"], desired, true, 0)
+    } else {
+        0
     };
+    if rolling && max_surge == 0 && max_unavailable == 0 {
+        max_unavailable = 1;
+    }
 
     // Manage: every node that should run a pod has one; the others have none.
     let mut status = BTreeMap::from([
@@ -242,10 +242,7 @@ pub fn decide(ds: &Value, nodes: &[&Value], pods: &[&Value], hash: &str, now: i6
     ]);
     // Per node, for the rolling update: (node, the old pod, the new pod), live pods only.
     let mut update_view: Vec<(&str, Option<&Value>, Option<&Value>)> = Vec::new();
-    for n in nodes {
-        let info = NodeInfo::from_json(n);
-        let node = n["metadata"]["name"].as_str().unwrap_or_default();
-        let (run, keep) = should_run(&template_pod, &info);
+    for &(node, run, keep) in &verdicts {
         let here: &[&Value] = by_node.get(node).map(Vec::as_slice).unwrap_or_default();
         if run {
             if let Some(first) = here.first() {
@@ -287,7 +284,7 @@ pub fn decide(ds: &Value, nodes: &[&Value], pods: &[&Value], hash: &str, now: i6
             }
             continue;
         }
-        if !surge_allowed {
+        if max_surge == 0 {
             // One pod per node: the oldest stays.
             d.delete.extend(running[1..].iter().map(|p| name_of(p)));
             let pod = running[0];
@@ -498,13 +495,7 @@ impl Reconciler<NsName> for DaemonSetController {
         }
         let deletes = d.delete.iter().map(|p| (p, false)).chain(d.gone.iter().map(|p| (p, true)));
         for (pod, at_once) in deletes {
-            match ctx.objects.delete_pod(&ns, pod, at_once).await {
-                Ok(_) | Err(ObjectError::NotFound { .. }) => {
-                    self.events
-                        .record(&ds, EventType::Normal, "SuccessfulDelete", format!("Deleted pod: {pod}"));
-                }
-                Err(e) => return Err(e),
-            }
+            super::podcontrol::delete_for(ctx, &self.events, &ds, &ns, pod, at_once).await?;
         }
         let mut failed = false;
         if !d.create.is_empty() && super::namespace::is_active(ctx, &ns) {
@@ -513,26 +504,10 @@ impl Reconciler<NsName> for DaemonSetController {
             while pos < d.create.len() && !failed {
                 let end = (pos + batch).min(d.create.len());
                 let pods: Vec<Value> = d.create[pos..end].iter().map(|n| new_pod(&ds, n, &hash)).collect();
-                for r in super::quota::create_pods(ctx, &ns, pods).await {
-                    match r {
-                        Ok(Ok(p)) => self.events.record(
-                            &ds,
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            format!("Created pod: {}", p["metadata"]["name"].as_str().unwrap_or_default()),
-                        ),
-                        Ok(Err(why)) => {
-                            self.events
-                                .record(&ds, EventType::Warning, "FailedCreate", format!("Error creating: {why}"));
-                            failed = true;
-                        }
-                        Err(e) => {
-                            self.events
-                                .record(&ds, EventType::Warning, "FailedCreate", format!("Error creating: {e}"));
-                            return Err(e);
-                        }
-                    }
-                }
+                failed = super::podcontrol::create_for(ctx, &self.events, &ds, &ns, pods)
+                    .await?
+                    .refused
+                    .is_some();
                 pos = end;
                 batch *= 2;
             }

@@ -117,10 +117,15 @@ fn scaled(bound: &Value, total: i64) -> Option<i64> {
 }
 
 /// The numbers of `pdb`, given its pods and the replicas their controllers want (`scale`: the
-/// sum over the distinct controllers, `None` when some pod has none a budget can count).
-pub fn budget(pdb: &Value, pods: &[&Value], scale: Option<i64>) -> Result<Budget, String> {
+/// sum over the distinct controllers, `None` when some pod has none a budget can count). Pods
+/// named in `disrupted` (let go by the eviction subresource) are not healthy.
+pub fn budget(pdb: &Value, pods: &[&Value], scale: Option<i64>, disrupted: &serde_json::Map<String, Value>) -> Result<Budget, String> {
     let spec = &pdb["spec"];
-    let healthy = pods.iter().filter(|p| is_ready(p) && !is_terminating(p)).count() as i64;
+    let healthy = pods
+        .iter()
+        .filter(|p| is_ready(p) && !is_terminating(p))
+        .filter(|p| !disrupted.contains_key(p["metadata"]["name"].as_str().unwrap_or_default()))
+        .count() as i64;
     let (min, max) = (&spec["minAvailable"], &spec["maxUnavailable"]);
     let (expected, desired) = match (min, max) {
         (Value::Number(_), Value::Null) => {
@@ -160,7 +165,7 @@ impl Reconciler<NsName> for DisruptionController {
         let pdb = (*entry.object).clone();
         let (all, _) = ctx.cache.list(kind("pods"), Some(&ns));
         let selector = &pdb["spec"]["selector"];
-        let covered: Vec<&Value> = all
+        let pods: Vec<&Value> = all
             .iter()
             .map(|e| e.object.as_ref())
             .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
@@ -172,28 +177,12 @@ impl Reconciler<NsName> for DisruptionController {
         let mut expires: Option<i64> = None;
         for (pod, at) in pdb["status"]["disruptedPods"].as_object().into_iter().flatten() {
             let Some(since) = super::util::seconds(at) else { continue };
-            let live = covered.iter().any(|p| p["metadata"]["name"] == pod.as_str() && !is_terminating(p));
+            let live = pods.iter().any(|p| p["metadata"]["name"] == pod.as_str() && !is_terminating(p));
             if live && since + DISRUPTION_TIMEOUT > t {
                 disrupted.insert(pod.clone(), at.clone());
                 expires = Some(expires.map_or(since + DISRUPTION_TIMEOUT, |e: i64| e.min(since + DISRUPTION_TIMEOUT)));
             }
         }
-        let healthy_view: Vec<Value>;
-        let pods: Vec<&Value> = if disrupted.is_empty() {
-            covered
-        } else {
-            healthy_view = covered
-                .iter()
-                .map(|p| {
-                    let mut p = (*p).clone();
-                    if disrupted.contains_key(p["metadata"]["name"].as_str().unwrap_or_default()) {
-                        p["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
-                    }
-                    p
-                })
-                .collect();
-            healthy_view.iter().collect()
-        };
         // The replicas the pods' controllers want, each controller once.
         let mut seen = std::collections::BTreeSet::new();
         let mut scale = Some(0i64);
@@ -217,7 +206,7 @@ impl Reconciler<NsName> for DisruptionController {
             json!([{"type": "DisruptionAllowed", "status": if allowed { "True" } else { "False" }, "reason": reason, "message": message,
                 "observedGeneration": pdb["metadata"]["generation"], "lastTransitionTime": now}])
         };
-        let mut status = match budget(&pdb, &pods, scale) {
+        let mut status = match budget(&pdb, &pods, scale, &disrupted) {
             Ok(b) => json!({
                 "observedGeneration": pdb["metadata"]["generation"],
                 "expectedPods": b.expected,
@@ -282,9 +271,10 @@ mod tests {
     fn budgets_count_healthy_pods_against_their_bound() {
         let p = pods(3, 1);
         let refs: Vec<&Value> = p.iter().collect();
+        let none = serde_json::Map::new();
         let min2 = json!({"spec": {"minAvailable": 2}});
         assert_eq!(
-            budget(&min2, &refs, None),
+            budget(&min2, &refs, None, &none),
             Ok(Budget {
                 expected: 4,
                 current_healthy: 3,
@@ -294,11 +284,11 @@ mod tests {
         );
         // Percentages and maxUnavailable count against what the controllers want (5 here).
         let half = json!({"spec": {"minAvailable": "50%"}});
-        assert_eq!(budget(&half, &refs, Some(5)).unwrap().desired_healthy, 3, "rounded up");
+        assert_eq!(budget(&half, &refs, Some(5), &none).unwrap().desired_healthy, 3, "rounded up");
         let max1 = json!({"spec": {"maxUnavailable": 1}});
-        let b = budget(&max1, &refs, Some(5)).unwrap();
+        let b = budget(&max1, &refs, Some(5), &none).unwrap();
         assert_eq!((b.desired_healthy, b.disruptions_allowed), (4, 0));
-        assert!(budget(&max1, &refs, None).unwrap_err().contains("found no controllers"));
+        assert!(budget(&max1, &refs, None, &none).unwrap_err().contains("found no controllers"));
     }
 
     #[test]

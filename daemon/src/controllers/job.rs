@@ -198,7 +198,7 @@ fn condition(ty: &str, reason: &str, message: &str, at: &str) -> Value {
 pub fn decide(job: &Value, pods: &[&Value], now: i64) -> Decision {
     let mut d = Decision::default();
     let spec = &job["spec"];
-    let stamp = capstan_api::time::format(jiff::Timestamp::from_second(now).unwrap_or_default());
+    let stamp = capstan_api::time::format_seconds(now);
     let mut status = job["status"].as_object().cloned().map(Value::Object).unwrap_or_else(|| json!({}));
     let finished = holds(job, "Complete") || holds(job, "Failed");
     let active: Vec<&&Value> = pods.iter().filter(|p| standing(p) == Standing::Active).collect();
@@ -457,37 +457,13 @@ impl Reconciler<NsName> for JobController {
             };
         }
         for pod in &d.delete {
-            match ctx.objects.delete_pod(&ns, pod, false).await {
-                Ok(_) | Err(ObjectError::NotFound { .. }) => {
-                    self.events
-                        .record(&job, EventType::Normal, "SuccessfulDelete", format!("Deleted pod: {pod}"));
-                }
-                Err(e) => return Err(e),
-            }
+            super::podcontrol::delete_for(ctx, &self.events, &job, &ns, pod, false).await?;
         }
         let mut quota_refused = false;
         if !d.create.is_empty() && super::namespace::is_active(ctx, &ns) {
             let pods: Vec<Value> = d.create.iter().map(|i| Self::new_pod(&job, *i)).collect();
-            for r in super::quota::create_pods(ctx, &ns, pods).await {
-                match r {
-                    Ok(Ok(p)) => self.events.record(
-                        &job,
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        format!("Created pod: {}", p["metadata"]["name"].as_str().unwrap_or_default()),
-                    ),
-                    Ok(Err(why)) => {
-                        self.events
-                            .record(&job, EventType::Warning, "FailedCreate", format!("Error creating: {why}"));
-                        quota_refused = true;
-                    }
-                    Err(e) => {
-                        self.events
-                            .record(&job, EventType::Warning, "FailedCreate", format!("Error creating: {e}"));
-                        return Err(e);
-                    }
-                }
-            }
+            let outcome = super::podcontrol::create_for(ctx, &self.events, &job, &ns, pods).await?;
+            quota_refused = outcome.refused.is_some();
         }
         for (warning, reason, message) in &d.events {
             let ty = if *warning { EventType::Warning } else { EventType::Normal };
@@ -530,7 +506,7 @@ mod tests {
             p["metadata"]["annotations"][INDEX_ANNOTATION] = json!(i.to_string());
         }
         if let Some(code) = exit {
-            let at = capstan_api::time::format(jiff::Timestamp::from_second(NOW - 5).unwrap());
+            let at = capstan_api::time::format_seconds(NOW - 5);
             p["status"]["containerStatuses"] = json!([{"name": "c", "state": {"terminated": {"exitCode": code, "finishedAt": at}}}]);
         }
         p
@@ -655,7 +631,7 @@ mod tests {
     #[test]
     fn deadlines_suspension_and_the_time_to_live() {
         let mut j = job(json!({"completions": 1, "activeDeadlineSeconds": 30, "ttlSecondsAfterFinished": 60}));
-        j["status"]["startTime"] = json!(capstan_api::time::format(jiff::Timestamp::from_second(NOW - 31).unwrap()));
+        j["status"]["startTime"] = json!(capstan_api::time::format_seconds(NOW - 31));
         let running = pod("r", "Running", None, None);
         let d = decide(&j, &[&running], NOW);
         assert_eq!(types(&d)[1], ("Failed".into(), "DeadlineExceeded".into()));

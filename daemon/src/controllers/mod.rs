@@ -13,6 +13,7 @@ pub mod gc;
 pub mod job;
 pub mod namespace;
 pub mod node;
+pub mod podcontrol;
 pub mod quota;
 pub mod replicaset;
 pub mod service;

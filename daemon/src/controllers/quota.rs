@@ -83,34 +83,6 @@ pub async fn create_pod(ctx: &Context, ns: &str, pod: Value) -> Result<Result<Va
     created.map(Ok)
 }
 
-/// What became of each pod a controller asked to create: made, refused by a quota (why), or
-/// an error of the store.
-pub type Created = Result<Result<Value, String>, ObjectError>;
-
-/// Creates `pods` in namespace `ns` for a controller: all at once where no quota limits the
-/// namespace (the store's group commit makes them one write), else one at a time, each counted
-/// against the quota, stopping at the first refusal.
-pub async fn create_pods(ctx: &Context, ns: &str, pods: Vec<Value>) -> Vec<Created> {
-    if ctx.cache.list(kind("resourcequotas"), Some(ns)).0.is_empty() {
-        let pods_kind = kind("pods");
-        return futures::future::join_all(pods.into_iter().map(|p| ctx.objects.create(pods_kind, p)))
-            .await
-            .into_iter()
-            .map(|r| r.map(Ok))
-            .collect();
-    }
-    let mut out = Vec::new();
-    for pod in pods {
-        let r = create_pod(ctx, ns, pod).await;
-        let refused = matches!(r, Ok(Err(_)));
-        out.push(r);
-        if refused {
-            break;
-        }
-    }
-    out
-}
-
 pub fn admit(ctx: &Context, ns: &str, pod: &Value) -> Result<(), String> {
     let (quotas, _) = ctx.cache.list(kind("resourcequotas"), Some(ns));
     if quotas.is_empty() {

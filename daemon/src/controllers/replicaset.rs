@@ -9,13 +9,13 @@ use std::time::Duration;
 use capstan_runtime::{Action, Reconciler};
 use serde_json::{Value, json};
 
-use super::quota;
+use super::podcontrol;
 use super::util::{
     NsName, controller_ref, is_active, is_available, is_controlled_by, is_ready, is_terminating, now, owner_ref, random_suffix,
 };
 use super::{Controller, watches};
 use crate::context::{Context, kind};
-use crate::events::{EventType, Recorder};
+use crate::events::Recorder;
 use crate::objects::ObjectError;
 use capstan_api::selector::workload_selects;
 
@@ -122,45 +122,15 @@ impl Reconciler<NsName> for ReplicaSetController {
         let mut failure: Option<String> = None;
         if active.len() < desired && super::namespace::is_active(ctx, &ns) {
             let pods: Vec<Value> = (active.len()..desired).map(|_| self.new_pod(&rs)).collect();
-            let mut error = None;
-            for r in quota::create_pods(ctx, &ns, pods).await {
-                match r {
-                    Ok(Ok(created)) => {
-                        self.events.record(
-                            &rs,
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            format!("Created pod: {}", created["metadata"]["name"].as_str().unwrap_or_default()),
-                        );
-                        active.push(created);
-                    }
-                    Ok(Err(message)) => {
-                        self.events
-                            .record(&rs, EventType::Warning, "FailedCreate", format!("Error creating: {message}"));
-                        failure = Some(message);
-                    }
-                    Err(e) => {
-                        self.events
-                            .record(&rs, EventType::Warning, "FailedCreate", format!("Error creating: {e}"));
-                        error = Some(e);
-                    }
-                }
-            }
-            if let Some(e) = error {
-                return Err(e);
-            }
+            let outcome = podcontrol::create_for(ctx, &self.events, &rs, &ns, pods).await?;
+            active.extend(outcome.created);
+            failure = outcome.refused;
         } else if active.len() > desired {
             active.sort_by_key(deletion_rank);
             let excess = active.len() - desired;
             for pod in active.drain(..excess) {
-                let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-                match ctx.objects.delete_pod(&ns, &pod_name, false).await.map(drop) {
-                    Ok(()) | Err(ObjectError::NotFound { .. }) => {
-                        self.events
-                            .record(&rs, EventType::Normal, "SuccessfulDelete", format!("Deleted pod: {pod_name}"));
-                    }
-                    Err(e) => return Err(e),
-                }
+                let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default();
+                podcontrol::delete_for(ctx, &self.events, &rs, &ns, pod_name, false).await?;
             }
         }
         // Status, from the pods as they are now.
