@@ -3,7 +3,7 @@
 //!
 //! The manifest loader, the API server (discovery, routing) and the CLI all read this one table.
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, policy, scheduling};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, policy, scheduling, storage};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
@@ -175,6 +175,10 @@ pub static REGISTRY: &[KindInfo] = &[
         origin: Git, status: false, namespaced: true),
     k8s_kind!(core::v1::ResourceQuota, singular: "resourcequota", short: ["quota"], categories: [],
         origin: Git, status: true, namespaced: true),
+    k8s_kind!(core::v1::PersistentVolumeClaim, singular: "persistentvolumeclaim", short: ["pvc"], categories: [],
+        origin: Git, status: true, namespaced: true),
+    k8s_kind!(core::v1::PersistentVolume, singular: "persistentvolume", short: ["pv"], categories: [],
+        origin: Git, status: true, namespaced: false),
     k8s_kind!(core::v1::Event, singular: "event", short: ["ev"], categories: [],
         origin: Cluster, status: false, namespaced: true),
     k8s_kind!(apps::v1::Deployment, singular: "deployment", short: ["deploy"], categories: ["all"],
@@ -182,6 +186,8 @@ pub static REGISTRY: &[KindInfo] = &[
     k8s_kind!(apps::v1::ReplicaSet, singular: "replicaset", short: ["rs"], categories: ["all"],
         origin: Git, status: true, namespaced: true),
     k8s_kind!(apps::v1::DaemonSet, singular: "daemonset", short: ["ds"], categories: ["all"],
+        origin: Git, status: true, namespaced: true),
+    k8s_kind!(apps::v1::StatefulSet, singular: "statefulset", short: ["sts"], categories: ["all"],
         origin: Git, status: true, namespaced: true),
     k8s_kind!(apps::v1::ControllerRevision, singular: "controllerrevision", short: [], categories: [],
         origin: Cluster, status: false, namespaced: true),
@@ -197,6 +203,8 @@ pub static REGISTRY: &[KindInfo] = &[
         origin: Cluster, status: false, namespaced: true),
     k8s_kind!(coordination::v1::Lease, singular: "lease", short: [], categories: [],
         origin: Cluster, status: false, namespaced: true),
+    k8s_kind!(storage::v1::StorageClass, singular: "storageclass", short: ["sc"], categories: [],
+        origin: Git, status: false, namespaced: false),
     k8s_kind!(scheduling::v1::PriorityClass, singular: "priorityclass", short: ["pc"], categories: [],
         origin: Git, status: false, namespaced: false),
     KindInfo {

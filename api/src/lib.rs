@@ -15,6 +15,7 @@ pub mod names;
 pub mod quantity;
 pub mod schema;
 pub mod selector;
+pub mod storage;
 pub mod text;
 pub mod time;
 

@@ -75,6 +75,11 @@ pub fn decode(kind: &KindInfo, kv: &KeyValue) -> Option<Value> {
     Some(v)
 }
 
+/// Whether others must act before the object may go (`metadata.finalizers`).
+pub fn has_finalizers(v: &Value) -> bool {
+    v["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty())
+}
+
 pub fn name_of(v: &Value) -> &str {
     v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
 }
@@ -336,14 +341,15 @@ impl Objects {
         if object == *current {
             return Ok(object);
         }
-        let r = self
-            .store
-            .txn(
-                Txn::default()
-                    .when(Compare::ModRevision(key.to_owned(), at))
-                    .put(key.to_owned(), encode(&object)),
-            )
-            .await?;
+        // The last finalizer of an object being deleted is gone: the delete completes.
+        let completes = has_finalizers(current) && !has_finalizers(&object) && !current["metadata"]["deletionTimestamp"].is_null();
+        let txn = Txn::default().when(Compare::ModRevision(key.to_owned(), at));
+        let txn = if completes {
+            txn.delete(key.to_owned())
+        } else {
+            txn.put(key.to_owned(), encode(&object))
+        };
+        let r = self.store.txn(txn).await?;
         if !r.succeeded {
             return Err(ObjectError::Conflict {
                 plural: kind.plural.into(),
@@ -438,16 +444,26 @@ impl Objects {
             name: name.into(),
         };
         let current_kv = self.store.get(&key)?.ok_or_else(not_found)?;
-        if kind.group.is_empty() && kind.kind == "Namespace" {
-            let current = decode(kind, &current_kv).ok_or_else(not_found)?;
-            if current["metadata"]["deletionTimestamp"].is_null() {
-                let mut next = current.clone();
-                next["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-                next["status"] = json!({"phase": "Terminating"});
-                return self
-                    .write_over(kind, &key, current_kv.mod_revision, &current, next, Part::All)
-                    .await;
+        let current = decode(kind, &current_kv).ok_or_else(not_found)?;
+        if kind.group.is_empty() && kind.kind == "Namespace" && current["metadata"]["deletionTimestamp"].is_null() {
+            let mut next = current.clone();
+            next["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            next["status"] = json!({"phase": "Terminating"});
+            return self
+                .write_over(kind, &key, current_kv.mod_revision, &current, next, Part::All)
+                .await;
+        }
+        // Finalizers hold the object until those who set them have done their part
+        // (Kubernetes' graceful deletion of pods is handled by delete_pod, not here).
+        if has_finalizers(&current) && kind.kind != "Pod" {
+            if !current["metadata"]["deletionTimestamp"].is_null() {
+                return Ok(current);
             }
+            let mut next = current.clone();
+            next["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            return self
+                .write_over(kind, &key, current_kv.mod_revision, &current, next, Part::All)
+                .await;
         }
         let rev = expected.unwrap_or(current_kv.mod_revision);
         let r = self
@@ -460,6 +476,6 @@ impl Objects {
                 name: name.into(),
             });
         }
-        decode(kind, &current_kv).ok_or_else(not_found)
+        Ok(current)
     }
 }

@@ -236,6 +236,7 @@ impl Loop {
         let mut info = PodInfo::from_json(&pod);
         info.priority = resolved.value;
         info.preempts = resolved.preempts;
+        info.volumes = crate::controllers::volume::needs(&self.ctx.cache, &pod);
         // Room made by preemption is kept for the pod it was made for: pods nominated to a node,
         // of this pod's priority or higher, count as placed there while this one is scheduled.
         let mut reserved = Vec::new();
@@ -265,8 +266,13 @@ impl Loop {
                 let objects = self.ctx.objects.clone();
                 let results = self.bound_tx.clone();
                 let events = self.events.clone();
+                let claims = crate::controllers::volume::to_select(&self.ctx.cache, &pod, &node);
                 tokio::spawn(async move {
-                    let outcome = bind(&objects, &key, &node, resolved).await;
+                    // Claims waiting for their first consumer learn its node before it is bound.
+                    let outcome = match crate::controllers::volume::select_node(&objects, &claims, &node).await {
+                        Ok(()) => bind(&objects, &key, &node, resolved).await,
+                        Err(e) => Err(e),
+                    };
                     if let Ok(true) = outcome {
                         events.record(
                             &pod,

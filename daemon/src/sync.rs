@@ -398,6 +398,19 @@ pub fn merge_live(kind: &KindInfo, live: &Value, previous: Option<&Value>, desir
             next["metadata"][field] = v.clone();
         }
     }
+    // What the volume binder wrote: the class it defaulted to, the volume it bound.
+    let kept: &[&str] = match kind.kind {
+        "PersistentVolumeClaim" => &["volumeName", "storageClassName"],
+        "PersistentVolume" => &["claimRef"],
+        _ => &[],
+    };
+    for field in kept {
+        if next["spec"].get(*field).is_none()
+            && let Some(v) = live["spec"].get(*field)
+        {
+            next["spec"][*field] = v.clone();
+        }
+    }
     match kind.kind {
         "Service" => {
             for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {

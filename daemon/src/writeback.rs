@@ -116,6 +116,7 @@ pub fn note(status: &SyncStatus, cache: &Cache, applied_at: &str) -> Option<Note
         rollouts,
         outcome,
         prune_held: status.prune_held.clone(),
+        held: status.held.iter().filter_map(|k| serde_json::to_value(k).ok()).collect(),
         superseded_by: None,
         revert: Revert::default(),
     })

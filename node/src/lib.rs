@@ -14,6 +14,7 @@ pub mod server;
 pub mod spec;
 pub mod stats;
 pub mod status;
+pub mod storage;
 pub mod volumes;
 pub mod worker;
 
@@ -50,6 +51,8 @@ pub struct NodeConfig {
     pub max_pods: u32,
     pub backoff: Backoff,
     pub allow_host_path: bool,
+    /// Where provisioned persistent volumes live; `None`: `data_dir/volumes`.
+    pub volume_dir: Option<PathBuf>,
     pub pause_image: String,
     /// Labels added to every container and network the agent makes.
     pub runtime_labels: Vec<(String, String)>,
@@ -92,6 +95,7 @@ impl NodeConfig {
             max_pods: 110,
             backoff: Backoff::default(),
             allow_host_path: false,
+            volume_dir: None,
             pause_image: "capstan.local/pause:3".into(),
             runtime_labels: Vec::new(),
             cluster_dns: "10.96.0.10".into(),
@@ -168,6 +172,7 @@ impl Agent {
             path: pods_dir.display().to_string(),
             source,
         })?;
+        let volume_dir = storage::prepare_root(config.volume_dir.clone().unwrap_or_else(|| config.data_dir.join("volumes")))?;
         let runtime: Arc<dyn Runtime> = Arc::new(Docker::connect_to(config.docker_host.as_deref()).await?);
         let runtime_version = runtime.version().await?;
         let creds = join::join(
@@ -198,6 +203,7 @@ impl Agent {
             max_pods: config.max_pods,
             runtime_version,
             data_dir: config.data_dir.clone(),
+            volume_dir: volume_dir.clone(),
         };
         let host = register::HostFacts::read(&config.data_dir);
         register::register(&api, &registration, &host)
@@ -206,7 +212,7 @@ impl Agent {
                 node: config.name.clone(),
                 message: e.to_string(),
             })?;
-        tracing::info!(node = %config.name, ip = %ip, endpoint = %endpoint, "node registered");
+        tracing::info!(node = %config.name, ip = %ip, endpoint = %endpoint, volumes = %volume_dir.display(), "node registered");
 
         let mesh = match ip {
             IpAddr::V4(v4) => {
@@ -240,6 +246,12 @@ impl Agent {
             config.name.clone(),
             config.data_dir.clone(),
             config.lease_interval,
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(storage::clean_released(
+            api.clone(),
+            config.name.clone(),
+            volume_dir,
             shutdown.clone(),
         )));
         if let Some(p) = &proxy {

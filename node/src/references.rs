@@ -106,6 +106,25 @@ pub async fn fetch(api: &ApiClient, pod: &Value) -> Result<References, ApiError>
             Err(e) => return Err(e),
         }
     }
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() else {
+            continue;
+        };
+        let Some(c) = api.get(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")).await? else {
+            continue;
+        };
+        let Some(volume) = c["spec"]["volumeName"].as_str().filter(|_| c["status"]["phase"] == "Bound") else {
+            continue;
+        };
+        if let Some(path) = api
+            .get(&format!("/api/v1/persistentvolumes/{volume}"))
+            .await?
+            .as_ref()
+            .and_then(crate::storage::volume_path)
+        {
+            refs.claims.insert(claim.to_owned(), path);
+        }
+    }
     let links = pod["spec"]["enableServiceLinks"] != false;
     if links {
         let list = api.get(&format!("/api/v1/namespaces/{ns}/services")).await?.unwrap_or_default();

@@ -81,6 +81,8 @@ pub struct Registration {
     pub runtime_version: String,
     /// Where the agent keeps its files (disk pressure is measured there).
     pub data_dir: std::path::PathBuf,
+    /// Where provisioned volumes live (published on the Node for the provisioner).
+    pub volume_dir: std::path::PathBuf,
 }
 
 /// The Node object as first registered.
@@ -102,7 +104,8 @@ pub fn node_object(r: &Registration, host: &HostFacts) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": r.name, "labels": labels},
+        "metadata": {"name": r.name, "labels": labels,
+            "annotations": {capstan_api::storage::NODE_VOLUME_DIR_ANNOTATION: r.volume_dir.display().to_string()}},
         "spec": if r.taints.is_empty() { json!({}) } else { json!({"taints": r.taints}) },
         "status": {
             "capacity": capacity,
@@ -133,9 +136,12 @@ pub async fn register(api: &ApiClient, r: &Registration, host: &HostFacts) -> Re
             Err(e) => return Err(e),
         },
     };
-    if current["metadata"]["labels"] != node["metadata"]["labels"] {
-        api.merge_patch(&at, &json!({"metadata": {"labels": node["metadata"]["labels"]}}))
-            .await?;
+    let dir = capstan_api::storage::NODE_VOLUME_DIR_ANNOTATION;
+    if current["metadata"]["labels"] != node["metadata"]["labels"]
+        || current["metadata"]["annotations"][dir] != node["metadata"]["annotations"][dir]
+    {
+        let patch = json!({"metadata": {"labels": node["metadata"]["labels"], "annotations": {dir: node["metadata"]["annotations"][dir]}}});
+        api.merge_patch(&at, &patch).await?;
     }
     let mut status = node["status"].clone();
     status["conditions"] = Value::Array(conditions(&current["status"], &Pressure::read(&r.data_dir), &now()));
@@ -336,6 +342,7 @@ mod tests {
             max_pods: 110,
             runtime_version: "20.10".into(),
             data_dir: "/".into(),
+            volume_dir: "/var/lib/volumes".into(),
         };
         let n = node_object(&r, &host);
         assert_eq!(n["status"]["capacity"]["cpu"], "4");

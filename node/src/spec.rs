@@ -51,6 +51,8 @@ pub struct References {
     pub services: Vec<(String, String, Vec<(String, i64, String)>)>,
     /// A token for the pod's service account, for projected serviceAccountToken volumes.
     pub service_account_token: Option<String>,
+    /// The claims the pod mounts that are bound, by name: where their volume is on this node.
+    pub claims: HashMap<String, std::path::PathBuf>,
 }
 
 /// Why a container cannot be created yet (Kubernetes' CreateContainerConfigError).
@@ -534,7 +536,7 @@ mod tests {
                 "10.96.0.12".to_owned(),
                 vec![("redis".to_owned(), 6379, "TCP".to_owned())],
             )],
-            service_account_token: None,
+            ..References::default()
         };
         let c = json!({"name": "web", "envFrom": [{"configMapRef": {"name": "cfg"}}],
             "env": [{"name": "PORT", "value": "8080"}, {"name": "URL", "value": "http://$(REDIS_MAIN_SERVICE_HOST):$(PORT)"},

@@ -72,6 +72,24 @@ fn downward_value(pod: &Value, item: &Value) -> String {
     }
 }
 
+/// Makes a claim's directory on first use, owned by the pod's `fsGroup` (group-writable, new
+/// files inheriting the group), so that a container running as another user can write there.
+fn claim_directory(path: &Path, fs_group: &Value) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path).map_err(|e| ConfigError(format!("creating the volume directory {}: {e}", path.display())))?;
+    let mode = match fs_group.as_u64().and_then(|g| u32::try_from(g).ok()) {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| ConfigError(format!("chown {}: {e}", path.display())))?;
+            0o2775
+        }
+        None => 0o777,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| ConfigError(format!("chmod {}: {e}", path.display())))
+}
+
 /// Materialises the pod's volumes under `dir` (one directory per volume); returns where each
 /// volume is on the host.
 pub fn prepare(pod: &Value, dir: &Path, refs: &References, allow_host_path: bool) -> Result<HashMap<String, PathBuf>, ConfigError> {
@@ -87,6 +105,15 @@ pub fn prepare(pod: &Value, dir: &Path, refs: &References, allow_host_path: bool
                 )));
             }
             out.insert(name, PathBuf::from(host));
+            continue;
+        }
+        if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
+            let path = refs
+                .claims
+                .get(claim)
+                .ok_or_else(|| ConfigError(format!("persistentvolumeclaim {claim:?} is not bound to a volume yet")))?;
+            claim_directory(path, &pod["spec"]["securityContext"]["fsGroup"])?;
+            out.insert(name, path.clone());
             continue;
         }
         std::fs::create_dir_all(&target).map_err(|e| ConfigError(format!("creating {}: {e}", target.display())))?;

@@ -60,6 +60,9 @@ pub struct Args {
     /// Allow hostPath volumes on this node.
     #[arg(long)]
     pub allow_host_path: bool,
+    /// Where provisioned persistent volumes live (default: DATA_DIR/volumes).
+    #[arg(long)]
+    pub volume_dir: Option<PathBuf>,
     /// The image of pod sandboxes.
     #[arg(long, default_value = "capstan.local/pause:3")]
     pub pause_image: String,
@@ -214,6 +217,7 @@ pub fn config(args: Args) -> anyhow::Result<NodeConfig> {
     c.memory = args.memory;
     c.max_pods = args.max_pods;
     c.allow_host_path = args.allow_host_path;
+    c.volume_dir = args.volume_dir;
     c.pause_image = args.pause_image;
     c.backoff.initial = duration("restart-backoff", &args.restart_backoff)?;
     c.backoff.max = duration("restart-backoff-max", &args.restart_backoff_max)?;

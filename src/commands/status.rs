@@ -93,6 +93,19 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
                 printable(p["message"].as_str().unwrap_or_default())
             );
         }
+        for o in &n.held {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            let why = if capstan_api::storage::holds_data(kind) {
+                " (its data is kept: bring it back with capstan.dev/prune-data: \"true\" and remove it again to delete it)"
+            } else {
+                ""
+            };
+            outln!(
+                "held            {kind} {}/{}{why}",
+                o["namespace"].as_str().unwrap_or_default(),
+                o["name"].as_str().unwrap_or_default()
+            );
+        }
         if let Some(why) = &n.prune_held {
             outln!("prunes held     {}", printable(why));
         }

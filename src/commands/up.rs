@@ -53,6 +53,9 @@ pub struct Args {
     /// The node's HTTPS endpoint (logs, stats).
     #[arg(long, default_value = "0.0.0.0:10250")]
     pub node_listen: String,
+    /// Where provisioned persistent volumes live (default: DATA_DIR/nodes/NAME/volumes).
+    #[arg(long)]
+    pub volume_dir: Option<PathBuf>,
     /// How often a remote repository is fetched, in seconds.
     #[arg(long, default_value_t = 15)]
     pub poll_interval: u64,
@@ -176,6 +179,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<_>>()?;
     node.pod_network = args.pod_network;
     node.node_ip = args.node_ip;
+    node.volume_dir = args.volume_dir.clone();
     node.docker_host = args.docker_host.clone();
     node.cluster_cidr = proxy.pod_cidr;
     node.proxy = Some(proxy);

@@ -111,6 +111,10 @@ pub struct Note {
     /// Why prunes were held back (the mass-prune guard).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_held: Option<String>,
+    /// Objects gone from the tree but kept (pruning off, an unreadable file, or data a claim
+    /// or volume holds), as object keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<String>,
     #[serde(flatten)]

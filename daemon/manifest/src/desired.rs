@@ -435,7 +435,8 @@ pub struct Plan {
     /// Objects with problems in this commit; `kept` says whether a last good version runs on.
     pub quarantined: Vec<Quarantined>,
     /// Objects that are gone from the tree but not pruned, because the file they came from
-    /// cannot be read, or because pruning is off.
+    /// cannot be read, because pruning is off, or because they hold data (claims and volumes
+    /// without `capstan.dev/prune-data: "true"`).
     pub held: Vec<ObjectKey>,
     /// Every problem of the commit.
     pub problems: Vec<Problem>,
@@ -469,6 +470,14 @@ pub fn source_of(applied: &Applied) -> Option<&str> {
         .get(ANNOTATION_KUSTOMIZATION)
         .or_else(|| annotations.get(ANNOTATION_SOURCE))
         .and_then(Value::as_str)
+}
+
+/// Whether an object gone from Git is held because deleting it would delete data: a claim or
+/// volume, unless its last applied version said `capstan.dev/prune-data: "true"`.
+fn keeps_data(key: &ObjectKey, applied: &Applied) -> bool {
+    key.group.is_empty()
+        && capstan_api::storage::holds_data(&key.kind)
+        && applied.object["metadata"]["annotations"][capstan_api::storage::PRUNE_DATA_ANNOTATION] != "true"
 }
 
 /// Computes the plan from the objects currently applied to `desired`, for commit `commit`,
@@ -552,7 +561,7 @@ fn plan_keys<'a>(
             // Keeps its last good version, if it has one: nothing to do.
         } else if let Some(old) = old {
             let from_broken_file = source_of(old).is_some_and(|s| desired.broken_files.contains(s));
-            if from_broken_file || !prune {
+            if from_broken_file || !prune || keeps_data(key, old) {
                 plan.held.push(key.clone());
             } else {
                 plan.prune.push(key.clone());
@@ -614,6 +623,19 @@ mod tests {
         assert_eq!(&*p3.next.values().next().unwrap().commit, "c2");
         let obj = p3.next.values().next().unwrap().to_object();
         assert_eq!(Applied::from_object(obj), p3.next.values().next().unwrap().clone());
+    }
+
+    #[test]
+    fn claims_removed_from_git_are_held_unless_their_data_may_go() {
+        const CLAIM: &str = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n";
+        const DISPOSABLE: &str = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: scratch, annotations: {capstan.dev/prune-data: 'true'}}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n";
+        let s1 = Snapshot::load(files(&[("a.yaml", CLAIM), ("b.yaml", DISPOSABLE)]));
+        let p1 = plan(&AppliedSet::new(), &s1.desired(), "c1", true);
+        assert_eq!(p1.create.len(), 2, "{:?}", p1.problems);
+        let s2 = s1.with_changes(vec![FileChange::Remove("a.yaml".into()), FileChange::Remove("b.yaml".into())]);
+        let p2 = plan(&p1.next, &s2.desired(), "c2", true);
+        assert_eq!(names(&p2.held), ["data"]);
+        assert_eq!(names(&p2.prune), ["scratch"]);
     }
 
     #[test]

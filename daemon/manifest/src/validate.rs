@@ -47,7 +47,10 @@ pub fn check(kind: &str, object: &Value) -> Vec<Finding> {
     let spec = root.key("spec");
     match kind {
         "Pod" => check_pod_spec(&mut f, &spec, &object["spec"], None),
-        "Deployment" | "ReplicaSet" | "DaemonSet" => check_workload(&mut f, kind, &spec, &object["spec"]),
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" => check_workload(&mut f, kind, &spec, &object["spec"]),
+        "PersistentVolumeClaim" => check_claim_spec(&mut f, &spec, &object["spec"]),
+        "PersistentVolume" => check_volume(&mut f, &spec, &object["spec"]),
+        "StorageClass" => check_storage_class(&mut f, &root, object),
         "Job" => check_job(&mut f, &spec, &object["spec"]),
         "CronJob" => check_cron_job(&mut f, &spec, &object["spec"]),
         "HorizontalPodAutoscaler" => check_autoscaler(&mut f, &spec, &object["spec"]),
@@ -230,6 +233,9 @@ fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Va
             }
         }
     }
+    if kind == "StatefulSet" {
+        check_stateful_set(f, spec_path, spec);
+    }
     let selector = &spec["selector"];
     let has_selector = selector["matchLabels"].as_object().is_some_and(|m| !m.is_empty())
         || selector["matchExpressions"].as_array().is_some_and(|m| !m.is_empty());
@@ -259,7 +265,179 @@ fn check_workload(f: &mut Findings, kind: &str, spec_path: &FieldPath, spec: &Va
             format!("unsupported value {t:?}: supported values: \"Recreate\", \"RollingUpdate\""),
         );
     }
-    check_pod_spec(f, &template_path.key("spec"), &spec["template"]["spec"], Some("Always"));
+    // A StatefulSet's claim templates are volumes of its pods.
+    let mut pod_spec = spec["template"]["spec"].clone();
+    let mut volumes = pod_spec["volumes"].as_array().cloned().unwrap_or_default();
+    for name in spec["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["metadata"]["name"].as_str())
+    {
+        volumes.push(serde_json::json!({"name": name, "persistentVolumeClaim": {"claimName": name}}));
+    }
+    if !volumes.is_empty() && pod_spec.is_object() {
+        pod_spec["volumes"] = Value::Array(volumes);
+    }
+    check_pod_spec(f, &template_path.key("spec"), &pod_spec, Some("Always"));
+}
+
+const ACCESS_MODES: [&str; 4] = ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"];
+
+fn one_of(f: &mut Findings, path: FieldPath, value: &Value, allowed: &[&str]) {
+    if let Some(v) = value.as_str()
+        && !allowed.contains(&v)
+    {
+        let list: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+        f.invalid(path, format!("unsupported value {v:?}: supported values: {}", list.join(", ")));
+    }
+}
+
+fn check_access_modes(f: &mut Findings, path: &FieldPath, spec: &Value) {
+    let modes = spec["accessModes"].as_array();
+    if modes.is_none_or(|m| m.is_empty()) {
+        f.missing(path.key("accessModes"), "at least 1 access mode is required");
+    }
+    for (i, m) in modes.into_iter().flatten().enumerate() {
+        one_of(f, path.key("accessModes").index(i), m, &ACCESS_MODES);
+    }
+}
+
+fn check_storage_quantity(f: &mut Findings, path: FieldPath, value: &Value, what: &str) {
+    match capstan_api::quantity::Quantity::from_json(value) {
+        None if value.is_null() => f.missing(path, format!("{what} must be specified")),
+        Some(q) if q.milli_value() > 0 => {}
+        _ => f.invalid(path, format!("{what} must be a quantity greater than zero (e.g. 1Gi)")),
+    }
+}
+
+/// A claim (also a StatefulSet's claim template): access modes and a storage request.
+fn check_claim_spec(f: &mut Findings, path: &FieldPath, spec: &Value) {
+    check_access_modes(f, path, spec);
+    check_storage_quantity(
+        f,
+        path.key("resources").key("requests").key("storage"),
+        &spec["resources"]["requests"]["storage"],
+        "a storage request",
+    );
+    one_of(f, path.key("volumeMode"), &spec["volumeMode"], &["Filesystem", "Block"]);
+}
+
+/// A PersistentVolume: capacity, access modes, a reclaim policy, and exactly one source that a
+/// node can mount (hostPath or local).
+fn check_volume(f: &mut Findings, path: &FieldPath, spec: &Value) {
+    check_access_modes(f, path, spec);
+    check_storage_quantity(f, path.key("capacity").key("storage"), &spec["capacity"]["storage"], "capacity");
+    one_of(
+        f,
+        path.key("persistentVolumeReclaimPolicy"),
+        &spec["persistentVolumeReclaimPolicy"],
+        &["Retain", "Delete", "Recycle"],
+    );
+    let sources: Vec<&str> = ["hostPath", "local"].into_iter().filter(|k| spec.get(*k).is_some()).collect();
+    match sources.as_slice() {
+        [] => f.missing(
+            path.clone(),
+            "a volume source is required: Capstan's nodes mount hostPath and local volumes",
+        ),
+        [one] => {
+            let p = &spec[*one]["path"];
+            if !p.as_str().is_some_and(|p| p.starts_with('/')) {
+                f.invalid(path.key(one).key("path"), "must be an absolute path");
+            }
+            if *one == "local" && spec["nodeAffinity"]["required"].is_null() {
+                f.missing(path.key("nodeAffinity"), "a local volume needs nodeAffinity.required");
+            }
+        }
+        _ => f.invalid(path.key(sources[1]), "may not specify more than 1 volume type"),
+    }
+}
+
+fn check_storage_class(f: &mut Findings, root: &FieldPath, class: &Value) {
+    if class["provisioner"].as_str().is_none_or(str::is_empty) {
+        f.missing(root.key("provisioner"), "a provisioner is required");
+    }
+    one_of(f, root.key("reclaimPolicy"), &class["reclaimPolicy"], &["Delete", "Retain"]);
+    one_of(
+        f,
+        root.key("volumeBindingMode"),
+        &class["volumeBindingMode"],
+        &["Immediate", "WaitForFirstConsumer"],
+    );
+}
+
+/// A StatefulSet's own fields: policies, the update's partition and budget, and claim
+/// templates whose names are their own (a template volume of the same name would be replaced
+/// without a word in Kubernetes; here it is an error).
+fn check_stateful_set(f: &mut Findings, path: &FieldPath, spec: &Value) {
+    at_least(f, path, spec, "revisionHistoryLimit", 0);
+    one_of(
+        f,
+        path.key("podManagementPolicy"),
+        &spec["podManagementPolicy"],
+        &["OrderedReady", "Parallel"],
+    );
+    let strategy = path.key("updateStrategy");
+    one_of(
+        f,
+        strategy.key("type"),
+        &spec["updateStrategy"]["type"],
+        &["OnDelete", "RollingUpdate"],
+    );
+    let rolling = &spec["updateStrategy"]["rollingUpdate"];
+    if rolling.is_object() {
+        let rp = strategy.key("rollingUpdate");
+        at_least(f, &rp, rolling, "partition", 0);
+        if !rolling["maxUnavailable"].is_null() && int_or_percent(f, rp.key("maxUnavailable"), &rolling["maxUnavailable"], true) {
+            f.invalid(rp.key("maxUnavailable"), "must be greater than 0");
+        }
+    }
+    let policy = path.key("persistentVolumeClaimRetentionPolicy");
+    for field in ["whenDeleted", "whenScaled"] {
+        one_of(
+            f,
+            policy.key(field),
+            &spec["persistentVolumeClaimRetentionPolicy"][field],
+            &["Retain", "Delete"],
+        );
+    }
+    if let Some(start) = spec["ordinals"]["start"].as_i64()
+        && start < 0
+    {
+        f.invalid(
+            path.key("ordinals").key("start"),
+            format!("must be greater than or equal to 0 (got {start})"),
+        );
+    }
+    let volumes: Vec<&str> = spec["template"]["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    let templates = path.key("volumeClaimTemplates");
+    let mut seen = HashSet::new();
+    for (i, t) in spec["volumeClaimTemplates"].as_array().into_iter().flatten().enumerate() {
+        let tp = templates.index(i);
+        match t["metadata"]["name"].as_str() {
+            None => f.missing(tp.key("metadata").key("name"), "a claim template needs a name"),
+            Some(n) => {
+                if let Some(e) = names::dns1123_label(n) {
+                    f.invalid(tp.key("metadata").key("name"), e);
+                }
+                if !seen.insert(n) {
+                    f.invalid(tp.key("metadata").key("name"), format!("Duplicate value: {n:?}"));
+                }
+                if volumes.contains(&n) {
+                    f.invalid(
+                        tp.key("metadata").key("name"),
+                        format!("the template's volume {n:?} has the same name: rename one (the claim would replace the volume)"),
+                    );
+                }
+            }
+        }
+        check_claim_spec(f, &tp.key("spec"), &t["spec"]);
+    }
 }
 
 /// A PodDisruptionBudget: one of minAvailable and maxUnavailable (a count or a percentage), and

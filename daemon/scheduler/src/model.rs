@@ -192,6 +192,19 @@ pub struct PodInfo {
     pub tolerations: Vec<Toleration>,
     pub spread: Vec<SpreadConstraint>,
     pub host_ports: Vec<(String, i64)>,
+    /// What the pod's volumes ask of a node (filled in by the caller, which knows the claims).
+    pub volumes: VolumeNeeds,
+}
+
+/// What a pod's persistent volumes ask of the node it goes to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VolumeNeeds {
+    /// Why no node can take the pod yet (a claim that is missing, being deleted, or waiting to
+    /// be bound), in Kubernetes' words.
+    pub blocked: Option<String>,
+    /// The node affinity of each volume the pod's claims are bound to: the node must match one
+    /// term of every entry.
+    pub node_terms: Vec<Vec<NodeTerm>>,
 }
 
 /// A node and what is placed on it.
@@ -410,6 +423,7 @@ impl PodInfo {
                 })
                 .collect(),
             host_ports,
+            volumes: VolumeNeeds::default(),
         }
     }
 }

@@ -50,6 +50,29 @@ fn no(reason: impl Into<String>) -> Status {
     Status::Unschedulable(reason.into())
 }
 
+/// Persistent volumes: a pod whose claims cannot be used yet fits nowhere; one whose claims are
+/// bound to volumes of some nodes (local volumes) fits only there.
+struct VolumeBinding;
+
+/// Kubernetes' reason for a node a pod's bound volume cannot reach.
+pub const VOLUME_CONFLICT: &str = "node(s) had volume node affinity conflict";
+
+impl FilterPlugin for VolumeBinding {
+    fn name(&self) -> &'static str {
+        "VolumeBinding"
+    }
+    fn skip(&self, _: &CycleState, pod: &PodInfo) -> bool {
+        pod.volumes == crate::model::VolumeNeeds::default()
+    }
+    fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        if let Some(why) = &pod.volumes.blocked {
+            return no(why.clone());
+        }
+        let reachable = pod.volumes.node_terms.iter().all(|terms| terms.iter().any(|t| t.matches(node)));
+        if reachable { Status::Success } else { no(VOLUME_CONFLICT) }
+    }
+}
+
 /// `spec.nodeName` set by the pod: only that node.
 struct NodeName;
 
@@ -362,6 +385,7 @@ pub fn default_filters() -> Vec<Box<dyn FilterPlugin>> {
             scoring: ResourceScoring::LeastAllocated,
         }),
         Box::new(NodePorts),
+        Box::new(VolumeBinding),
         Box::new(InterPodAffinity),
         Box::new(PodTopologySpread),
     ]

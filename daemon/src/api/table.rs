@@ -274,6 +274,39 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
             ("Name", 1),
         ],
         "Lease" => &[("Name", 0), ("Holder", 0), ("Age", 0)],
+        "StatefulSet" => &[("Name", 0), ("Ready", 0), ("Age", 0), ("Containers", 1), ("Images", 1)],
+        "PersistentVolumeClaim" => &[
+            ("Name", 0),
+            ("Status", 0),
+            ("Volume", 0),
+            ("Capacity", 0),
+            ("Access Modes", 0),
+            ("StorageClass", 0),
+            ("VolumeAttributesClass", 0),
+            ("Age", 0),
+            ("VolumeMode", 1),
+        ],
+        "PersistentVolume" => &[
+            ("Name", 0),
+            ("Capacity", 0),
+            ("Access Modes", 0),
+            ("Reclaim Policy", 0),
+            ("Status", 0),
+            ("Claim", 0),
+            ("StorageClass", 0),
+            ("VolumeAttributesClass", 0),
+            ("Reason", 0),
+            ("Age", 0),
+            ("VolumeMode", 1),
+        ],
+        "StorageClass" => &[
+            ("Name", 0),
+            ("Provisioner", 0),
+            ("ReclaimPolicy", 0),
+            ("VolumeBindingMode", 0),
+            ("AllowVolumeExpansion", 0),
+            ("Age", 0),
+        ],
         "PriorityClass" => &[
             ("Name", 0),
             ("Value", 0),
@@ -642,6 +675,61 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
             ]
         }
         "Lease" => vec![name, or_none(s(&o["spec"]["holderIdentity"])), created],
+        "StatefulSet" => {
+            let (c, i) = containers_images(&o["spec"]["template"]["spec"]);
+            let ready = format!(
+                "{}/{}",
+                int(&o["status"]["readyReplicas"]),
+                o["spec"]["replicas"].as_i64().unwrap_or(1)
+            );
+            vec![name, ready, created, c, i]
+        }
+        "PersistentVolumeClaim" => {
+            let class = o["spec"]["storageClassName"].as_str().unwrap_or_default();
+            vec![
+                name,
+                or_default(s(&o["status"]["phase"]), "Pending"),
+                s(&o["spec"]["volumeName"]),
+                s(&o["status"]["capacity"]["storage"]),
+                access_modes(&o["status"]["accessModes"]),
+                class.to_owned(),
+                "<unset>".into(),
+                created,
+                or_default(s(&o["spec"]["volumeMode"]), "Filesystem"),
+            ]
+        }
+        "PersistentVolume" => {
+            let claim = &o["spec"]["claimRef"];
+            let claim = if claim.is_null() {
+                String::new()
+            } else {
+                format!("{}/{}", s(&claim["namespace"]), s(&claim["name"]))
+            };
+            vec![
+                name,
+                s(&o["spec"]["capacity"]["storage"]),
+                access_modes(&o["spec"]["accessModes"]),
+                or_default(s(&o["spec"]["persistentVolumeReclaimPolicy"]), "Retain"),
+                or_default(s(&o["status"]["phase"]), "Pending"),
+                claim,
+                s(&o["spec"]["storageClassName"]),
+                "<unset>".into(),
+                s(&o["status"]["reason"]),
+                created,
+                or_default(s(&o["spec"]["volumeMode"]), "Filesystem"),
+            ]
+        }
+        "StorageClass" => {
+            let default = o["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true";
+            vec![
+                if default { format!("{name} (default)") } else { name },
+                s(&o["provisioner"]),
+                or_default(s(&o["reclaimPolicy"]), "Delete"),
+                or_default(s(&o["volumeBindingMode"]), "Immediate"),
+                (o["allowVolumeExpansion"] == true).to_string(),
+                created,
+            ]
+        }
         "PriorityClass" => vec![
             name,
             o["value"].as_i64().unwrap_or(0).to_string(),
@@ -652,6 +740,28 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
         _ => vec![name, created],
     };
     cells.into_iter().map(Value::String).collect()
+}
+
+/// kubectl's short access modes: `RWO,ROX`.
+fn access_modes(modes: &Value) -> String {
+    modes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn or_default(text: String, default: &str) -> String {
+    if text.is_empty() { default.to_owned() } else { text }
 }
 
 /// The status kubectl shows for a pod (`Running`, `ContainerCreating`, `CrashLoopBackOff`,

@@ -142,7 +142,11 @@ pub(super) async fn write(
     let written = match verb {
         Verb::Delete => {
             if kind.kind == "Pod" {
-                request_pod_deletion(state, &namespace, &name, matches!(id, Identity::Node(_))).await?
+                // `kubectl delete --force --grace-period=0`: the object goes now, whether or not
+                // its node has stopped it (how an administrator releases a StatefulSet's pod
+                // from a node that stopped answering).
+                let force = serde_json::from_slice::<Value>(&body).is_ok_and(|o| o["gracePeriodSeconds"] == 0);
+                request_pod_deletion(state, &namespace, &name, force || matches!(id, Identity::Node(_))).await?
             } else {
                 objects.delete(kind, &namespace, &name, None).await?
             }
@@ -270,12 +274,12 @@ fn is_manual_run(state: &ApiState, kind: &KindInfo, namespace: &str, body: &[u8]
 }
 
 /// Deleting a pod is graceful: a pod that runs on a node is marked (deletionTimestamp) and its
-/// node agent stops it and then removes the object; a pod on no node, or the agent's own
-/// final delete, removes the object at once.
-async fn request_pod_deletion(state: &ApiState, namespace: &str, name: &str, by_node: bool) -> Result<Value, ApiError> {
+/// node agent stops it and then removes the object; a pod on no node, the agent's own final
+/// delete, or a forced delete removes the object at once.
+async fn request_pod_deletion(state: &ApiState, namespace: &str, name: &str, at_once: bool) -> Result<Value, ApiError> {
     state
         .objects
-        .delete_pod(namespace, name, by_node)
+        .delete_pod(namespace, name, at_once)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("pods {name:?} not found")))
 }

@@ -92,6 +92,10 @@ impl<'a> Attributes<'a> {
 pub trait Facts {
     fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Value>>;
     fn pods(&self, namespace: &str) -> Vec<Arc<Value>>;
+    /// A PersistentVolume (a node releases the provisioned volumes of its own).
+    fn volume(&self, _name: &str) -> Option<Arc<Value>> {
+        None
+    }
 }
 
 /// Why a request is refused.
@@ -164,9 +168,15 @@ fn write(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Den
     let status = a.subresource == Some("status");
     let allowed = match (id, kind.origin) {
         // Desired state changes only through Git, whoever asks...
-        (Identity::Node(node), Origin::Git) => {
-            kind.kind == "Pod" && (status || verb == Verb::Delete) && pod().is_some_and(|p| p["spec"]["nodeName"] == node.as_str())
-        }
+        (Identity::Node(node), Origin::Git) => match kind.kind {
+            "Pod" => (status || verb == Verb::Delete) && pod().is_some_and(|p| p["spec"]["nodeName"] == node.as_str()),
+            // Dropping the finalizer of a deleted volume whose directory it removed.
+            "PersistentVolume" => {
+                matches!(verb, Verb::Patch | Verb::Update)
+                    && facts.volume(name).is_some_and(|v| capstan_api::storage::awaits_removal(&v, node))
+            }
+            _ => false,
+        },
         // ...except that an administrator may delete a pod a controller made (to restart it),
         // evict a pod (as its disruption budget allows), and run a CronJob's Job by hand.
         (Identity::Admin, Origin::Git) => {

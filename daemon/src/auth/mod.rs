@@ -185,6 +185,11 @@ impl Facts for crate::cache::Cache {
         let (pods, _) = self.list(crate::context::kind("pods"), Some(namespace));
         pods.into_iter().map(|e| e.object.clone()).collect()
     }
+
+    fn volume(&self, name: &str) -> Option<Arc<serde_json::Value>> {
+        self.get(crate::context::kind("persistentvolumes"), "", name)
+            .map(|e| e.object.clone())
+    }
 }
 
 /// Accepts the service-account tokens `signer` issued while what they are bound to exists: the

@@ -13,14 +13,12 @@ use capstan_scheduler::model::{NodeInfo, PodInfo};
 use serde_json::{Value, json};
 
 use super::deployment::resolve;
-use super::util::{NsName, is_available, is_ready, is_terminating, owner_ref, random_suffix, template_hash};
+use super::revisions::REVISION_HASH_LABEL;
+use super::util::{NsName, is_available, is_ready, is_terminating, owner_ref, random_suffix};
 use super::{Controller, watches};
 use crate::context::{Context, kind};
 use crate::events::{EventType, Recorder};
 use crate::objects::ObjectError;
-
-/// The label naming the ControllerRevision a pod was made from.
-pub const REVISION_HASH_LABEL: &str = "controller-revision-hash";
 /// The DaemonSet generation a pod was made from (kept for older tools).
 const TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
 
@@ -370,92 +368,6 @@ pub fn decide(ds: &Value, nodes: &[&Value], pods: &[&Value], hash: &str, now: i6
     d
 }
 
-impl DaemonSetController {
-    /// The ControllerRevision of the current template: found, created, or (a template seen
-    /// before) made the newest again. None after a hash collision (recorded in the status).
-    async fn current_revision(&self, ds: &Value, revisions: &[Value]) -> Result<Option<String>, ObjectError> {
-        let ctx = &self.ctx;
-        let (ns, name) = super::util::key_of(ds);
-        let template = &ds["spec"]["template"];
-        let collisions = ds["status"]["collisionCount"].as_i64().unwrap_or(0);
-        let hash = template_hash(template, collisions);
-        let rev_kind = kind("controllerrevisions");
-        let newest = revisions.iter().filter_map(|r| r["revision"].as_i64()).max().unwrap_or(0);
-        let same = |r: &Value| {
-            let mut t = r["data"]["spec"]["template"].clone();
-            if let Some(m) = t.as_object_mut() {
-                m.remove("$patch");
-            }
-            t == *template
-        };
-        let rev_name = format!("{name}-{hash}");
-        match revisions.iter().find(|r| r["metadata"]["name"] == rev_name.as_str()) {
-            Some(r) if same(r) => {
-                if r["revision"].as_i64().unwrap_or(0) < newest {
-                    ctx.objects
-                        .modify(rev_kind, &ns, &rev_name, false, |r| {
-                            r["revision"] = json!(newest + 1);
-                            true
-                        })
-                        .await?;
-                }
-                Ok(Some(hash))
-            }
-            Some(_) => {
-                ctx.objects
-                    .modify(kind("daemonsets"), &ns, &name, true, |d| {
-                        d["status"]["collisionCount"] = json!(collisions + 1);
-                        true
-                    })
-                    .await?;
-                Ok(None)
-            }
-            None => {
-                let mut labels = template["metadata"]["labels"].as_object().cloned().unwrap_or_default();
-                labels.insert(REVISION_HASH_LABEL.into(), json!(hash));
-                let mut data = template.clone();
-                data["$patch"] = json!("replace");
-                let revision = json!({
-                    "metadata": {"name": rev_name, "namespace": ns, "labels": labels, "ownerReferences": [owner_ref(ds)]},
-                    "data": {"spec": {"template": data}},
-                    "revision": newest + 1,
-                });
-                match ctx.objects.create(rev_kind, revision).await {
-                    Ok(_) | Err(ObjectError::AlreadyExists { .. }) => Ok(Some(hash)),
-                    Err(e) => Err(e),
-                }
-            }
-        }
-    }
-
-    /// Removes the oldest revisions no pod runs beyond `revisionHistoryLimit`.
-    async fn clean_history(&self, ds: &Value, revisions: &[Value], pods: &[&Value], hash: &str) -> Result<(), ObjectError> {
-        let limit = ds["spec"]["revisionHistoryLimit"].as_i64().unwrap_or(10).max(0) as usize;
-        let in_use: std::collections::HashSet<&str> = pods
-            .iter()
-            .filter_map(|p| p["metadata"]["labels"][REVISION_HASH_LABEL].as_str())
-            .chain([hash])
-            .collect();
-        let mut old: Vec<&Value> = revisions
-            .iter()
-            .filter(|r| !in_use.contains(r["metadata"]["labels"][REVISION_HASH_LABEL].as_str().unwrap_or_default()))
-            .collect();
-        if old.len() <= limit {
-            return Ok(());
-        }
-        old.sort_by_key(|r| r["revision"].as_i64().unwrap_or(0));
-        let ns = ds["metadata"]["namespace"].as_str().unwrap_or_default();
-        for r in &old[..old.len() - limit] {
-            let name = r["metadata"]["name"].as_str().unwrap_or_default();
-            match self.ctx.objects.delete(kind("controllerrevisions"), ns, name, None).await {
-                Ok(_) | Err(ObjectError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Pods a look creates in one batch at first; each batch that succeeds doubles the next
 /// (Kubernetes' slow start: a template every create of which fails fails once, not a
 /// thousand times).
@@ -481,7 +393,7 @@ impl Reconciler<NsName> for DaemonSetController {
             .iter()
             .map(|e| (*e.object).clone())
             .collect();
-        let Some(hash) = self.current_revision(&ds, &revisions).await? else {
+        let Some(hash) = super::revisions::current(ctx, kind("daemonsets"), &ds, &revisions).await? else {
             return Ok(Action::Requeue(Duration::ZERO));
         };
         let owned = ctx.cache.controlled_by(kind("pods"), &uid);
@@ -512,7 +424,7 @@ impl Reconciler<NsName> for DaemonSetController {
                 batch *= 2;
             }
         }
-        self.clean_history(&ds, &revisions, &pods, &hash).await?;
+        super::revisions::clean_history(ctx, &ds, &revisions, &pods, &hash).await?;
         let mut status = ds["status"].as_object().cloned().map(Value::Object).unwrap_or_else(|| json!({}));
         for (k, v) in d.status.as_object().into_iter().flatten() {
             status[k] = v.clone();

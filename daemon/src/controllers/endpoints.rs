@@ -135,12 +135,21 @@ impl Reconciler<NsName> for EndpointsController {
                 })
                 .collect();
             let terminating = is_terminating(pod);
-            let ready = is_ready(pod) && !terminating;
-            let address = json!({
+            // A Service may publish pods before they are ready (a StatefulSet's peers finding
+            // each other while they start).
+            let ready = (is_ready(pod) || svc["spec"]["publishNotReadyAddresses"] == true) && !terminating;
+            let mut address = json!({
                 "ip": ip,
                 "nodeName": pod["spec"]["nodeName"],
                 "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"], "namespace": ns, "uid": pod["metadata"]["uid"]},
             });
+            // A pod whose subdomain is this Service is named under it in DNS by its hostname.
+            let hostname = pod["spec"]["hostname"]
+                .as_str()
+                .filter(|h| !h.is_empty() && pod["spec"]["subdomain"] == name.as_str());
+            if let Some(h) = hostname {
+                address["hostname"] = json!(h);
+            }
             let entry = subsets
                 .entry(serde_json::to_string(&ports).unwrap_or_default())
                 .or_insert_with(|| (ports.clone(), Vec::new(), Vec::new()));
@@ -150,12 +159,16 @@ impl Reconciler<NsName> for EndpointsController {
                 entry.2.push(address)
             }
             slice_ports.get_or_insert(ports);
-            slice_endpoints.push(json!({
+            let mut endpoint = json!({
                 "addresses": [ip],
                 "conditions": {"ready": ready, "serving": is_ready(pod), "terminating": terminating},
                 "nodeName": pod["spec"]["nodeName"],
                 "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"], "namespace": ns, "uid": pod["metadata"]["uid"]},
-            }));
+            });
+            if let Some(h) = hostname {
+                endpoint["hostname"] = json!(h);
+            }
+            slice_endpoints.push(endpoint);
         }
         let subsets: Vec<Value> = subsets
             .into_values()
@@ -222,12 +235,16 @@ async fn mirror(ctx: &Context, svc: &Value) -> Result<(), ObjectError> {
         .enumerate()
     {
         let endpoint = |a: &Value, ready: bool| {
-            json!({
+            let mut e = json!({
                 "addresses": [a["ip"]],
                 "conditions": {"ready": ready, "serving": ready, "terminating": false},
                 "nodeName": a["nodeName"],
                 "targetRef": a["targetRef"],
-            })
+            });
+            if let Some(h) = a.get("hostname") {
+                e["hostname"] = h.clone();
+            }
+            e
         };
         let mut list: Vec<Value> = subset["addresses"]
             .as_array()

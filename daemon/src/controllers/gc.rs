@@ -27,6 +27,7 @@ pub fn key_for(obj: &Value) -> Vec<Key> {
         Some("EndpointSlice") => "endpointslices",
         Some("ControllerRevision") => "controllerrevisions",
         Some("Job") => "jobs",
+        Some("PersistentVolumeClaim") => "persistentvolumeclaims",
         _ => return Vec::new(),
     };
     let has_owners = obj["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty());
@@ -49,10 +50,17 @@ fn owner_kind(owner: &Value) -> Option<&'static KindInfo> {
 }
 
 /// The kinds whose objects have owners to outlive.
-const DEPENDENTS: [&str; 5] = ["pods", "replicasets", "endpointslices", "controllerrevisions", "jobs"];
+const DEPENDENTS: [&str; 6] = [
+    "pods",
+    "replicasets",
+    "endpointslices",
+    "controllerrevisions",
+    "jobs",
+    "persistentvolumeclaims",
+];
 
-/// Watches dependents (pods, ReplicaSets, EndpointSlices, ControllerRevisions, Jobs) and owners
-/// (ReplicaSets, Deployments, Services, Jobs, DaemonSets, CronJobs):
+/// Watches dependents (pods, ReplicaSets, EndpointSlices, ControllerRevisions, Jobs, claims) and
+/// owners (ReplicaSets, Deployments, Services, Jobs, DaemonSets, StatefulSets):
 /// an owner's deletion is a reason to look at each of its dependents.
 pub fn controller(ctx: &Context) -> Controller<Key, GarbageCollector> {
     let with_dependents = |cache: Arc<crate::cache::Cache>| {
@@ -72,13 +80,14 @@ pub fn controller(ctx: &Context) -> Controller<Key, GarbageCollector> {
             keys
         }
     };
-    let owners =
-        ["replicasets", "deployments", "services", "jobs", "daemonsets"].map(|plural| watches(plural, with_dependents(ctx.cache.clone())));
+    let owners = ["replicasets", "deployments", "services", "jobs", "daemonsets", "statefulsets"]
+        .map(|plural| watches(plural, with_dependents(ctx.cache.clone())));
     let mut triggers = vec![
         watches("pods", key_for),
         watches("endpointslices", key_for),
         watches("controllerrevisions", key_for),
         watches("jobs", key_for),
+        watches("persistentvolumeclaims", key_for),
     ];
     triggers.extend(owners);
     Controller {

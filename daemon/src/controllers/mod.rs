@@ -16,9 +16,12 @@ pub mod node;
 pub mod podcontrol;
 pub mod quota;
 pub mod replicaset;
+pub mod revisions;
 pub mod service;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod util;
+pub mod volume;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,6 +148,8 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     tasks.extend(eventttl::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(job::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(daemonset::controller(&ctx).spawn(&ctx, &shutdown));
+    tasks.extend(statefulset::controller(&ctx).spawn(&ctx, &shutdown));
+    tasks.extend(volume::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(cronjob::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(autoscaler::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(disruption::controller(&ctx).spawn(&ctx, &shutdown));

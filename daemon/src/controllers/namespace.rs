@@ -135,6 +135,18 @@ pub async fn ensure_builtins(ctx: &Context) -> Result<(), ObjectError> {
             }
         }
     }
+    // The default StorageClass (a class of the same name in Git replaces it).
+    let class = super::volume::builtin_class();
+    if ctx
+        .objects
+        .get(kind("storageclasses"), "", capstan_api::storage::DEFAULT_CLASS)?
+        .is_none()
+    {
+        match ctx.objects.create(kind("storageclasses"), class).await {
+            Ok(_) | Err(ObjectError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     // The API server's own endpoints, as Endpoints and as the EndpointSlice the proxies read
     // (written here, so the Endpoints are not mirrored).
     let endpoints = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},

@@ -242,8 +242,12 @@ impl Reconciler<String> for NodeLifecycle {
                         "TaintManagerEviction",
                         format!("Marking for deletion Pod {}/{}", p.namespace, p.name),
                     );
-                    // The node is gone: nobody will stop the containers, so the object goes now.
-                    match ctx.objects.delete(kind("pods"), &p.namespace, &p.name, None).await {
+                    // Nobody will stop the containers, so the object goes now; except a
+                    // StatefulSet's pod, which is only marked: it may still run there, and two
+                    // pods of one identity must never run at once. It goes when the node comes
+                    // back, is deleted, or an administrator forces it.
+                    let at_once = super::util::controller_ref(&p.object).is_none_or(|r| r["kind"] != "StatefulSet");
+                    match ctx.objects.delete_pod(&p.namespace, &p.name, at_once).await {
                         Ok(_) | Err(ObjectError::NotFound { .. }) => {}
                         Err(e) => return Err(e),
                     }

@@ -49,29 +49,41 @@ pub fn records<'a>(
         let Some(spec) = &svc.spec else { continue };
         let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
         let Some(name) = svc.metadata.name.as_deref() else { continue };
+        let fqdn = format!("{name}.{ns}.svc.{domain}").to_lowercase();
         let mut ips: Vec<Ipv4Addr> = match spec.cluster_ip.as_deref() {
-            Some("None") => slices
-                .clone()
-                .into_iter()
-                .filter(|s| {
-                    s.metadata.namespace.as_deref() == Some(ns)
-                        && s.metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                            .map(String::as_str)
-                            == Some(name)
-                })
-                .flat_map(|s| s.endpoints.iter())
-                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-                .flat_map(|e| e.addresses.iter().filter_map(|a| a.parse().ok()))
-                .collect(),
+            Some("None") => {
+                let ready = slices
+                    .clone()
+                    .into_iter()
+                    .filter(|s| {
+                        s.metadata.namespace.as_deref() == Some(ns)
+                            && s.metadata
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                                .map(String::as_str)
+                                == Some(name)
+                    })
+                    .flat_map(|s| s.endpoints.iter())
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true));
+                let mut ips = Vec::new();
+                for e in ready {
+                    let addresses: Vec<Ipv4Addr> = e.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+                    // A pod with a hostname under this Service (a StatefulSet's) has a name of
+                    // its own: `<hostname>.<service>.<namespace>.svc.<domain>`.
+                    if let Some(h) = e.hostname.as_deref().filter(|h| !h.is_empty()) {
+                        let own: &mut Vec<Ipv4Addr> = names.entry(format!("{h}.{fqdn}").to_lowercase()).or_default();
+                        own.extend(&addresses);
+                    }
+                    ips.extend(addresses);
+                }
+                ips
+            }
             Some(ip) => ip.parse().into_iter().collect(),
             None => continue,
         };
         ips.sort();
         ips.dedup();
-        let fqdn = format!("{name}.{ns}.svc.{domain}").to_lowercase();
         for port in spec.ports.iter().flatten() {
             let Some(port_name) = port.name.as_deref().filter(|n| !n.is_empty()) else {
                 continue;
@@ -388,6 +400,22 @@ mod tests {
                 RData::A(A("10.244.0.9".parse().unwrap()))
             ]
         );
+    }
+
+    #[test]
+    fn pods_with_a_hostname_under_a_headless_service_have_names() {
+        let headless: Service = serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "db"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}))
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "web-x", "namespace": "db",
+                "labels": {SERVICE_NAME_LABEL: "web"}}, "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.5"], "hostname": "web-0"}, {"addresses": ["10.244.0.6"], "hostname": "web-1"}]}))
+        .unwrap();
+        let r = records("cluster.local", [&headless], [&slice]);
+        let web1 = ask("web-1.web.db.svc.cluster.local.", RecordType::A, &r);
+        let ips: Vec<_> = web1.answers.iter().map(|a| a.data.clone()).collect();
+        assert_eq!(ips, vec![RData::A(A("10.244.0.6".parse().unwrap()))]);
+        assert_eq!(ask("web.db.svc.cluster.local.", RecordType::A, &r).answers.len(), 2);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! - `serve` (default): an HTTP server with probe endpoints that can be switched off, an
 //!   environment and file dump, the client's address as seen (`/whoami`), and a configurable
 //!   exit, for node-agent and proxy tests (`TRICKLE=1`: every answer written one byte at a time),
-//!   and `/control/burn?seconds=N` to keep a core busy (load for the autoscaler);
+//!   and `/control/burn?seconds=N` to keep a core busy (load for the autoscaler); with
+//!   `RECORD=PATH` it appends its host name to PATH as it starts (what a volume keeps);
+//!   `/resolve?name=N` answers the address N resolves to in the pod;
 //! - `guestbook`: the example's frontend, keeping entries in redis;
 //! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf;
 //! - `loop URL SECONDS [MILLIS]`: a client loop, one GET every MILLIS (default 100) for SECONDS,
@@ -113,6 +115,18 @@ fn serve() {
             s.ready.store(true, Ordering::SeqCst);
         });
     }
+    // RECORD=PATH: append the host name to PATH at every start (what a volume kept).
+    if let Ok(path) = std::env::var("RECORD") {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{}", host.trim()));
+        if let Err(e) = written {
+            eprintln!("RECORD {path}: {e}");
+        }
+    }
     if let Some(after) = env_secs("EXIT_AFTER") {
         let code: i32 = env_or("EXIT_CODE", "1").parse().unwrap_or(1);
         std::thread::spawn(move || {
@@ -153,6 +167,11 @@ fn serve() {
                 vars.sort();
                 (200, vars.join("\n") + "\n")
             }
+            "/resolve" => match req.query("name").map(|n| dns::resolve(&n)) {
+                Some(Ok(ip)) => (200, format!("{ip}\n")),
+                Some(Err(e)) => (404, format!("{e}\n")),
+                None => (400, "name= is required\n".into()),
+            },
             "/file" => match req.query("path").map(std::fs::read_to_string) {
                 Some(Ok(text)) => (200, text),
                 Some(Err(e)) => (404, format!("{e}\n")),
