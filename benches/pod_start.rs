@@ -3,6 +3,10 @@
 //! create-and-start time of a container of the same image on the same bridge network, measured in
 //! the same run (the physical limit; a pod is two containers, its sandbox and its program).
 //!
+//! StatefulSets: ten replicas all Ready under OrderedReady beside the floor of ordered creation
+//! (the sum of ten single pod starts, each created unbound and waited for until Ready, in the
+//! same run), and under Parallel beside a ten-replica Deployment.
+//!
 //! `cargo bench --bench pod_start` (`-- --quick`: 10 pods instead of 50). Needs the Docker Engine
 //! and the images from examples-repo/images/build.sh.
 
@@ -124,6 +128,67 @@ async fn main() {
         burst.push(w.await.unwrap() - t);
     }
 
+    // StatefulSets: pods go through the scheduler, and count once Ready.
+    let ready_pods = |prefix: String| {
+        let cache = d.cache.clone();
+        move || {
+            cache
+                .list(pods, Some("bench"))
+                .0
+                .iter()
+                .filter(|p| p.name.starts_with(&prefix) && p.object["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| {
+                    p.object["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                })
+                .count()
+        }
+    };
+    let until = |count: Box<dyn Fn() -> usize>, wanted: usize| async move {
+        while count() < wanted {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Instant::now()
+    };
+    const SET: usize = 10;
+    let mut floor = Duration::ZERO;
+    for i in 0..SET {
+        let mut p = pod(200 + i, &node);
+        p["spec"].as_object_mut().unwrap().remove("nodeName");
+        p["metadata"]["name"] = json!(format!("single-{i}"));
+        let t = Instant::now();
+        d.objects.create(pods, p).await.unwrap();
+        floor += until(Box::new(ready_pods(format!("single-{i}"))), 1).await - t;
+    }
+    let template = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"terminationGracePeriodSeconds": 0,
+        "containers": [{"name": "app", "image": IMAGE, "args": ["sleep", "3600"]}]}});
+    let workload = |kind_name: &str, name: &str, policy: &str| {
+        let mut t = template.clone();
+        t["metadata"]["labels"]["app"] = json!(name);
+        let mut o = json!({"metadata": {"name": name, "namespace": "bench"},
+            "spec": {"replicas": SET, "selector": {"matchLabels": {"app": name}}, "template": t}});
+        if kind_name == "statefulsets" {
+            o["spec"]["serviceName"] = json!(name);
+            o["spec"]["podManagementPolicy"] = json!(policy);
+        }
+        o
+    };
+    let mut timed = Vec::new();
+    for (plural, name, policy) in [
+        ("statefulsets", "ordered", "OrderedReady"),
+        ("statefulsets", "parallel", "Parallel"),
+        ("deployments", "deploy", ""),
+    ] {
+        let t = Instant::now();
+        d.objects.create(kind(plural), workload(plural, name, policy)).await.unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(600), until(Box::new(ready_pods(format!("{name}-"))), SET))
+            .await
+            .expect("the workload's pods become ready");
+        timed.push(done - t);
+    }
+    let (ordered, parallel, deploy) = (timed[0], timed[1], timed[2]);
+
     let (r50, r99) = (percentile(&mut raw, 0.5), percentile(&mut raw, 0.99));
     let (o50, o99) = (percentile(&mut one, 0.5), percentile(&mut one, 0.99));
     let (b50, b99) = (percentile(&mut burst, 0.5), percentile(&mut burst, 0.99));
@@ -148,7 +213,30 @@ async fn main() {
         ms(b99)
     );
 
-    // Clean up: the agent stops and removes the pods' containers when they are deleted.
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    println!(
+        "  StatefulSet of {SET}, OrderedReady, all Ready               {:>8}   floor (sum of {SET} single starts) {:>8}   ({:.2}x; target <= 1.2x)",
+        secs(ordered),
+        secs(floor),
+        ordered.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "  StatefulSet of {SET}, Parallel, all Ready                   {:>8}   Deployment of {SET} {:>8}   ({:.2}x; target <= 1.1x)",
+        secs(parallel),
+        secs(deploy),
+        parallel.as_secs_f64() / deploy.as_secs_f64()
+    );
+
+    // Clean up: the workloads first (their pods would come back), then the pods; the agent
+    // stops and removes the pods' containers when they are deleted.
+    for (plural, name) in [("statefulsets", "ordered"), ("statefulsets", "parallel"), ("deployments", "deploy")] {
+        let _ = d.objects.delete(kind(plural), "bench", name, None).await;
+    }
+    for plural in ["replicasets", "controllerrevisions"] {
+        for o in d.cache.list(kind(plural), Some("bench")).0.iter() {
+            let _ = d.objects.delete(kind(plural), "bench", &o.name, None).await;
+        }
+    }
     let (all, _) = d.cache.list(pods, Some("bench"));
     for p in all.iter() {
         let _ = d.objects.delete(pods, "bench", &p.name, None).await;

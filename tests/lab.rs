@@ -8,7 +8,9 @@
 //! follow a host leaving and joining, and host-gw passes the same test. Failures across hosts:
 //! the control plane cut off from a host (its pods keep running), a host cut off at the switch
 //! and one killed (their pods replaced on the others, the Service answering throughout), a
-//! spread Deployment rolling under a client loop.
+//! spread Deployment rolling under a client loop. A StatefulSet's pod has its own DNS name on
+//! every host, and on a lost host it is never replaced while it may still run there, until an
+//! administrator forces its deletion.
 
 mod common;
 
@@ -434,6 +436,42 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 "#;
 
+/// A StatefulSet of one, preferring host 2, under a headless Service: its pod has a DNS name
+/// of its own, and it must never run twice.
+const DB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{port: 8080}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            preference: {matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [h2]}]}
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 15}
+      containers:
+      - name: app
+        image: capstan.local/testapp:latest
+        imagePullPolicy: Never
+        readinessProbe: {httpGet: {path: /readyz, port: 8080}, periodSeconds: 1}
+---
+"#;
+
 /// A client on host 1 and a pod on host 3 that tolerates a lost node for the eviction timeout
 /// (300 s).
 fn failover_pods() -> String {
@@ -488,6 +526,30 @@ impl Setup {
             "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
         ]);
         stdout(&out) == "True"
+    }
+
+    /// A pod's node, address, whether it is marked for deletion, and whether it is ready
+    /// (empty and false when there is none).
+    fn pod_row(&self, name: &str) -> (String, String, bool, bool) {
+        let out = self.cluster.kubectl(&[
+            "get",
+            "pod",
+            name,
+            "-o",
+            "jsonpath={.spec.nodeName} {.status.podIP} {.metadata.deletionTimestamp} {.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        let text = stdout(&out);
+        let f: Vec<&str> = text.split(' ').collect();
+        match f.as_slice() {
+            [node, ip, deleted, ready] => (node.to_string(), ip.to_string(), !deleted.is_empty(), *ready == "True"),
+            _ => (String::new(), String::new(), false, false),
+        }
+    }
+
+    /// A pod's node, address, and whether it is marked for deletion.
+    fn pod_on(&self, name: &str) -> (String, String, bool) {
+        let (node, ip, marked, _) = self.pod_row(name);
+        (node, ip, marked)
     }
 
     /// Three Ready web pods, none on `avoid`.
@@ -568,8 +630,8 @@ fn hosts_cut_off_partitioned_or_killed_are_handled_as_kubernetes_users_expect() 
     // The Deployment comes once the hosts are there, so that the scheduler can spread it.
     let pods = failover_pods();
     let Some(s) = setup("vxlan", &pods, 2) else { return };
-    s.cluster.commit(&[("workloads.yaml", &(pods.clone() + WEB))], &[], "web");
-    wait("five Ready pods", 60, || s.context(), || ready_count(&s.cluster, "pods") == 5);
+    s.cluster.commit(&[("workloads.yaml", &(pods.clone() + DB + WEB))], &[], "web");
+    wait("six Ready pods", 60, || s.context(), || ready_count(&s.cluster, "pods") == 6);
     wait(
         "web spread over the three hosts",
         30,
@@ -580,6 +642,16 @@ fn hosts_cut_off_partitioned_or_killed_are_handled_as_kubernetes_users_expect() 
             nodes == ["h1", "h2", "h3"]
         },
     );
+    // The StatefulSet's pod is named in every host's DNS: `db-0.db.default.svc.cluster.local`.
+    let db = s.pod_on("db-0");
+    assert_eq!(db.0, "h2", "db-0 prefers h2\n{}", s.context());
+    let resolves_to = |ip: &str| {
+        let o = s
+            .lab
+            .in_pod(1, "client-a", "app", &["resolve", "db-0.db.default.svc.cluster.local"]);
+        stdout(&o).trim() == ip
+    };
+    wait("db-0's DNS name from host 1", 30, || s.context(), || resolves_to(&db.1));
 
     // 1. The control plane cannot reach host 3 for longer than the grace period (6 s) but less
     // than the pods' tolerations: its pods keep running and serving a client on host 3, and
@@ -603,7 +675,7 @@ fn hosts_cut_off_partitioned_or_killed_are_handled_as_kubernetes_users_expect() 
         "h3 Ready again, its pods Ready",
         30,
         || s.context(),
-        || s.node_ready("h3") && ready_count(&s.cluster, "pods") == 5,
+        || s.node_ready("h3") && ready_count(&s.cluster, "pods") == 6,
     );
     assert_eq!(s.containers_on(3), before, "no container on h3 restarted or replaced");
     assert_eq!(s.web_on("h3").map(|p| p.name), Some(web_c.name), "h3's web pod kept");
@@ -630,6 +702,30 @@ fn hosts_cut_off_partitioned_or_killed_are_handled_as_kubernetes_users_expect() 
     loop_result(&s, "partition", client);
     let gone = s.cluster.kubectl(&["get", "pod", &web_b.name]);
     assert!(!gone.status.success(), "the evicted pod {} is gone from the API", web_b.name);
+    // At most one: the StatefulSet's pod on the lost host is only marked for deletion, and no
+    // db-0 starts elsewhere while it may still run there...
+    wait("db-0 marked for deletion", 20, || s.context(), || s.pod_on("db-0").2);
+    std::thread::sleep(Duration::from_secs(5));
+    let marked = s.pod_on("db-0");
+    assert_eq!(
+        (marked.0.as_str(), marked.2),
+        ("h2", true),
+        "db-0 stays on h2, marked, while h2 is lost"
+    );
+    // ...until an administrator who knows the host is down releases it.
+    let forced = s.cluster.kubectl(&["delete", "pod", "db-0", "--force", "--grace-period=0"]);
+    assert!(forced.status.success(), "{forced:?}");
+    wait(
+        "db-0 started on another host",
+        60,
+        || s.context(),
+        || {
+            let (node, _, marked, ready) = s.pod_row("db-0");
+            !node.is_empty() && node != "h2" && !marked && ready
+        },
+    );
+    let moved = s.pod_on("db-0");
+    wait("db-0's DNS name following it", 30, || s.context(), || resolves_to(&moved.1));
     // The cable back: h2 is Ready again and stops the pod that was replaced; no pod runs twice.
     s.lab.host("plug", 2);
     wait("h2 Ready again", 30, || s.context(), || s.node_ready("h2"));
@@ -645,7 +741,7 @@ fn hosts_cut_off_partitioned_or_killed_are_handled_as_kubernetes_users_expect() 
         .web()
         .into_iter()
         .map(|p| p.name)
-        .chain(["client-a".into(), "keeper-c".into()])
+        .chain(["client-a".into(), "keeper-c".into(), "db-0".into()])
         .collect();
     expected.sort();
     assert_eq!(running, expected, "every pod runs once, on one host");
@@ -654,7 +750,10 @@ fn hosts_cut_off_partitioned_or_killed_are_handled_as_kubernetes_users_expect() 
     // request, and the new pods spread over the three hosts again.
     let client = s.client_loop(30);
     s.cluster.commit(
-        &[("workloads.yaml", &(pods.clone() + &WEB.replace(r#"value: "1""#, r#"value: "2""#)))],
+        &[(
+            "workloads.yaml",
+            &(pods.clone() + DB + &WEB.replace(r#"value: "1""#, r#"value: "2""#)),
+        )],
         &[],
         "web: version 2",
     );

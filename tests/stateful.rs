@@ -128,7 +128,9 @@ fn a_stateful_set_keeps_identity_order_and_data() {
     ) else {
         return;
     };
-    let agent = c.node(&format!("sts-{}", std::process::id()), &run, &[]);
+    // Two agents: a pod whose volume is on one node must come back to that node.
+    let agent = c.node(&format!("sts-a-{}", std::process::id()), &run, &[]);
+    let _other = c.node(&format!("sts-b-{}", std::process::id()), &run, &[]);
     let status = c.kubectl(&["rollout", "status", "statefulset/web", "--timeout=180s"]);
     assert!(status.status.success(), "{}\n{}", String::from_utf8_lossy(&status.stderr), c.log());
     assert_eq!(ready_names(&c), ["web-0", "web-1", "web-2"]);
@@ -186,12 +188,24 @@ fn a_stateful_set_keeps_identity_order_and_data() {
         named == wanted
     });
 
-    // A deleted pod comes back under its name, on its claim, with its data.
+    // Each pod runs on the node of its volume.
+    let volume_node = |i: usize| {
+        let claim = json(&c, &["get", "pvc", &format!("data-web-{i}")]);
+        let pv = json(&c, &["get", "pv", claim["spec"]["volumeName"].as_str().unwrap()]);
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0].clone()
+    };
+    for (i, p) in pods.iter().enumerate() {
+        assert_eq!(p["spec"]["nodeName"], volume_node(i), "web-{i} runs where its volume is");
+    }
+
+    // A deleted pod comes back under its name, on its claim and its node, with its data.
     c.kubectl_ok(&["delete", "pod", "web-1", "--wait=false"]);
     c.wait_until_within("web-1 back with its data", 120, || {
         pod(&c, "web-1").is_some_and(|p| pod_ready(&p) && p["metadata"]["deletionTimestamp"].is_null())
             && starts(&c, "web-1") == "web-1\nweb-1\n"
     });
+
+    assert_eq!(pod(&c, "web-1").unwrap()["spec"]["nodeName"], volume_node(1));
 
     // Scale to 1: web-2 goes, then web-1; their claims stay.
     c.commit(&[("web.yaml", &web(1, 0, "1"))], &[], "scale to one");
@@ -222,6 +236,11 @@ fn a_stateful_set_keeps_identity_order_and_data() {
     let scratch = json(&c, &["get", "pvc", "scratch"]);
     let volume = scratch["spec"]["volumeName"].as_str().unwrap().to_owned();
     let pv = json(&c, &["get", "pv", &volume]);
+    assert_eq!(
+        pod(&c, "user").unwrap()["spec"]["nodeName"],
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
+        "the volume was made on the pod's node"
+    );
     let dir = std::path::PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap());
     assert!(dir.join("starts").exists(), "{}", dir.display());
     // Removing its file holds it (and its data); the pod goes.

@@ -403,6 +403,28 @@ impl Objects {
         }
     }
 
+    /// Writes `fields` into the status of `current` (as read), keeping the status's other
+    /// fields; nothing is written when they are there already.
+    pub async fn merge_status(&self, kind: &KindInfo, current: &Value, fields: &Value) -> Result<(), ObjectError> {
+        let mut status = current["status"]
+            .as_object()
+            .cloned()
+            .map(Value::Object)
+            .unwrap_or_else(|| json!({}));
+        for (k, v) in fields.as_object().into_iter().flatten() {
+            status[k] = v.clone();
+        }
+        if current["status"] == status {
+            return Ok(());
+        }
+        self.modify(kind, namespace_of(current), name_of(current), true, |o| {
+            o["status"] = status.clone();
+            true
+        })
+        .await
+        .map(drop)
+    }
+
     /// Deletes a pod as the API server does: a pod bound to a node is marked (deletionTimestamp
     /// and its grace period) and its node agent stops it and then removes the object; a pod on
     /// no node, or with `at_once` (the agent's own final delete), goes at once. Returns the pod

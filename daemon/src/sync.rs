@@ -434,7 +434,7 @@ pub fn merge_live(kind: &KindInfo, live: &Value, previous: Option<&Value>, desir
                 }
             }
         }
-        "Deployment" | "ReplicaSet" => {
+        "Deployment" | "ReplicaSet" | "StatefulSet" => {
             // An autoscaler owns the replicas: Git's count was the starting point, and a commit
             // that leaves `replicas` as it was keeps the autoscaled count.
             let autoscaled = live["metadata"]["annotations"][crate::controllers::autoscaler::AUTOSCALED_BY].is_string();

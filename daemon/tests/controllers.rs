@@ -1,7 +1,8 @@
 //! The controllers and the scheduling loop against the real store, in a real daemon tracking a
 //! git repository: rollouts (and the rolling-update bounds at every moment), revert re-using the
 //! old ReplicaSet, services and endpoints, quota, garbage collection, namespace drain, node loss
-//! and eviction, and two schedulers racing without double-binding. Nodes are registered and pods
+//! and eviction, two schedulers racing without double-binding, and claims bound to volumes (or
+//! the reason they are not). Nodes are registered and pods
 //! marked ready by a stand-in for the node agent (the real one is tested on Docker elsewhere).
 
 use std::collections::HashMap;
@@ -1227,4 +1228,150 @@ async fn evictions_keep_the_disruption_budget() {
                 .is_some_and(|b| b["status"]["disruptionsAllowed"] == 1)
     })
     .await;
+}
+
+const VOLUMES: &str = r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: manual}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: Immediate
+reclaimPolicy: Retain
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: big}
+spec: {capacity: {storage: 10Gi}, accessModes: [ReadWriteOnce], storageClassName: manual, hostPath: {path: /srv/big}, persistentVolumeReclaimPolicy: Retain}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: small}
+spec: {capacity: {storage: 2Gi}, accessModes: [ReadWriteOnce], storageClassName: manual, hostPath: {path: /srv/small}, persistentVolumeReclaimPolicy: Retain}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: logs, namespace: shop, annotations: {capstan.dev/prune-data: "true"}}
+spec: {storageClassName: manual, accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: typo, namespace: shop}
+spec: {storageClassName: fsat, accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: shared, namespace: shop}
+spec: {accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sharer, namespace: shop}
+spec:
+  containers: [{name: c, image: i}]
+  volumes: [{name: s, persistentVolumeClaim: {claimName: shared}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: orphan, namespace: shop}
+spec:
+  containers: [{name: c, image: i}]
+  volumes: [{name: s, persistentVolumeClaim: {claimName: nowhere}}]
+"#;
+
+fn event_texts(h: &Harness, name: &str) -> Vec<String> {
+    h.list("events", Some("shop"))
+        .iter()
+        .filter(|e| e["involvedObject"]["name"] == name)
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["reason"].as_str().unwrap_or_default(),
+                e["message"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_bind_to_the_smallest_fit_or_say_why_not_and_retained_volumes_are_released() {
+    let h = Harness::start(&[("ns.yaml", NS), ("volumes.yaml", VOLUMES)], |_| {}).await;
+    let node = json!({
+        "metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}, "annotations": {"capstan.dev/volume-dir": "/var/lib/volumes"}},
+        "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}
+    });
+    h.d.objects.create(kind("nodes"), node).await.unwrap();
+    h.renew_lease("n1").await;
+
+    // An Immediate claim binds at once, to the smallest volume that fits; both say so.
+    h.eventually("logs bound", |h| {
+        h.get("persistentvolumeclaims", "shop", "logs")
+            .is_some_and(|c| c["status"]["phase"] == "Bound")
+    })
+    .await;
+    let logs = h.get("persistentvolumeclaims", "shop", "logs").unwrap();
+    assert_eq!(logs["spec"]["volumeName"], "small");
+    assert_eq!(logs["status"]["capacity"]["storage"], "2Gi");
+    assert_eq!(logs["metadata"]["finalizers"], json!(["kubernetes.io/pvc-protection"]));
+    let small = h.get("persistentvolumes", "", "small").unwrap();
+    assert_eq!(small["spec"]["claimRef"]["name"], "logs");
+    h.eventually("big available", |h| {
+        h.get("persistentvolumes", "", "big")
+            .is_some_and(|v| v["status"]["phase"] == "Available")
+    })
+    .await;
+
+    // A class that does not exist, and an access mode local-path cannot give: events, no volume.
+    h.eventually("the unknown class reported", |h| {
+        event_texts(h, "typo")
+            .iter()
+            .any(|e| e == "ProvisioningFailed: storageclass.storage.k8s.io \"fsat\" not found")
+    })
+    .await;
+    h.eventually("the shared claim's pod scheduled and the mode refused", |h| {
+        h.get("pods", "shop", "sharer").is_some_and(|p| p["spec"]["nodeName"] == "n1")
+            && event_texts(h, "shared")
+                .iter()
+                .any(|e| e.contains("access mode ReadWriteMany is not supported"))
+    })
+    .await;
+    let shared = h.get("persistentvolumeclaims", "shop", "shared").unwrap();
+    assert_eq!(
+        shared["spec"]["storageClassName"], "local-path",
+        "the default class is written down"
+    );
+    assert_eq!(shared["metadata"]["annotations"]["volume.kubernetes.io/selected-node"], "n1");
+    assert_eq!(shared["status"]["phase"], "Pending");
+
+    // A pod whose claim does not exist waits, saying so.
+    h.eventually("the orphan pod unschedulable", |h| {
+        h.get("pods", "shop", "orphan").is_some_and(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "PodScheduled"
+                        && c["status"] == "False"
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("persistentvolumeclaim \"nowhere\" not found"))
+                })
+            })
+        })
+    })
+    .await;
+
+    // The claim removed from Git (it allows its data to go): its Retain volume is Released and
+    // stays, with its claim reference.
+    h.commit(
+        &[(
+            "volumes.yaml",
+            &VOLUMES.replace("metadata: {name: logs", "metadata: {name: logs-gone"),
+        )],
+        &[],
+    );
+    h.eventually("small released", |h| {
+        h.get("persistentvolumes", "", "small")
+            .is_some_and(|v| v["status"]["phase"] == "Released")
+    })
+    .await;
+    assert!(h.get("persistentvolumeclaims", "shop", "logs").is_none());
 }

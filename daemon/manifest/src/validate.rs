@@ -869,6 +869,63 @@ mod tests {
     }
 
     #[test]
+    fn stateful_sets_claims_volumes_and_classes_are_checked_as_kubernetes_does() {
+        let sts = |extra: Value| {
+            let mut v = json!({"metadata": {"name": "web"}, "spec": {
+                "serviceName": "web", "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                    {"name": "c", "image": "i", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}});
+            for (k, x) in extra.as_object().into_iter().flatten() {
+                v["spec"][k] = x.clone();
+            }
+            v
+        };
+        assert!(
+            messages("StatefulSet", sts(json!({}))).is_empty(),
+            "a claim template is a volume the containers may mount"
+        );
+        assert_eq!(
+            messages(
+                "StatefulSet",
+                sts(json!({"podManagementPolicy": "Random", "updateStrategy": {"rollingUpdate": {"partition": -1}}}))
+            ),
+            [
+                "spec.podManagementPolicy: unsupported value \"Random\": supported values: \"OrderedReady\", \"Parallel\"",
+                "spec.updateStrategy.rollingUpdate.partition: must be greater than or equal to 0 (got -1)"
+            ]
+        );
+        let mut clash = sts(json!({}));
+        clash["spec"]["template"]["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+        assert!(
+            messages("StatefulSet", clash)
+                .iter()
+                .any(|m| m.starts_with("spec.volumeClaimTemplates[0].metadata.name: the template's volume \"data\"")),
+        );
+        let claim =
+            json!({"metadata": {"name": "c"}, "spec": {"accessModes": ["ReadWriteMost"], "resources": {"requests": {"storage": "0"}}}});
+        assert_eq!(
+            messages("PersistentVolumeClaim", claim),
+            [
+                "spec.accessModes[0]: unsupported value \"ReadWriteMost\": supported values: \"ReadWriteOnce\", \"ReadOnlyMany\", \"ReadWriteMany\", \"ReadWriteOncePod\"",
+                "spec.resources.requests.storage: a storage request must be a quantity greater than zero (e.g. 1Gi)"
+            ]
+        );
+        let local = json!({"metadata": {"name": "v"}, "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "5Gi"}, "local": {"path": "/mnt/disk"}}});
+        assert_eq!(
+            messages("PersistentVolume", local),
+            ["spec.nodeAffinity: a local volume needs nodeAffinity.required"]
+        );
+        let nfs = json!({"metadata": {"name": "v"}, "spec": {"accessModes": ["ReadWriteMany"], "capacity": {"storage": "5Gi"}, "nfs": {"server": "x", "path": "/"}}});
+        assert!(messages("PersistentVolume", nfs)[0].contains("Capstan's nodes mount hostPath and local volumes"));
+        let class = json!({"metadata": {"name": "fast"}, "provisioner": "x", "volumeBindingMode": "Later"});
+        assert_eq!(
+            messages("StorageClass", class),
+            ["volumeBindingMode: unsupported value \"Later\": supported values: \"Immediate\", \"WaitForFirstConsumer\""]
+        );
+    }
+
+    #[test]
     fn config_maps_and_secrets_hold_at_most_a_mebibyte() {
         let half = "x".repeat(MAX_DATA_BYTES / 2);
         let fits = json!({"metadata": {"name": "c"}, "data": {"a": half, "b": half}});

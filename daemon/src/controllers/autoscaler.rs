@@ -367,6 +367,7 @@ impl Reconciler<NsName> for Autoscaler {
         let plural = match target_kind {
             "Deployment" => Some("deployments"),
             "ReplicaSet" => Some("replicasets"),
+            "StatefulSet" => Some("statefulsets"),
             _ => None,
         };
         let target_kind_info = plural.map(kind);

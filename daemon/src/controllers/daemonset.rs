@@ -387,12 +387,7 @@ impl Reconciler<NsName> for DaemonSetController {
             return Ok(Action::AwaitChange);
         }
         let uid = super::util::uid(&ds).to_owned();
-        let revisions: Vec<Value> = ctx
-            .cache
-            .controlled_by(kind("controllerrevisions"), &uid)
-            .iter()
-            .map(|e| (*e.object).clone())
-            .collect();
+        let revisions = super::revisions::of(ctx, &uid);
         let Some(hash) = super::revisions::current(ctx, kind("daemonsets"), &ds, &revisions).await? else {
             return Ok(Action::Requeue(Duration::ZERO));
         };
@@ -425,18 +420,7 @@ impl Reconciler<NsName> for DaemonSetController {
             }
         }
         super::revisions::clean_history(ctx, &ds, &revisions, &pods, &hash).await?;
-        let mut status = ds["status"].as_object().cloned().map(Value::Object).unwrap_or_else(|| json!({}));
-        for (k, v) in d.status.as_object().into_iter().flatten() {
-            status[k] = v.clone();
-        }
-        if ds["status"] != status {
-            ctx.objects
-                .modify(kind("daemonsets"), &ns, &name, true, |o| {
-                    o["status"] = status.clone();
-                    true
-                })
-                .await?;
-        }
+        ctx.objects.merge_status(kind("daemonsets"), &ds, &d.status).await?;
         if failed {
             return Ok(Action::Requeue(Duration::from_secs(5)));
         }

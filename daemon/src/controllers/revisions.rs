@@ -14,6 +14,15 @@ use crate::objects::ObjectError;
 /// The label naming the ControllerRevision a pod was made from.
 pub const REVISION_HASH_LABEL: &str = "controller-revision-hash";
 
+/// The revisions of the owner with uid `owner`.
+pub fn of(ctx: &Context, owner: &str) -> Vec<Value> {
+    ctx.cache
+        .controlled_by(kind("controllerrevisions"), owner)
+        .iter()
+        .map(|e| (*e.object).clone())
+        .collect()
+}
+
 /// The revision of `owner`'s current template (its hash): found, created, or (a template seen
 /// before) made the newest again. None after a hash collision, which is counted in the owner's
 /// status (`owner_kind` is where to write it) so that the next look hashes differently.

@@ -371,12 +371,7 @@ impl Reconciler<NsName> for StatefulSetController {
             return Ok(Action::AwaitChange);
         }
         let uid = super::util::uid(&sts).to_owned();
-        let revisions: Vec<Value> = ctx
-            .cache
-            .controlled_by(kind("controllerrevisions"), &uid)
-            .iter()
-            .map(|e| (*e.object).clone())
-            .collect();
+        let revisions = super::revisions::of(ctx, &uid);
         let Some(hash) = super::revisions::current(ctx, kind("statefulsets"), &sts, &revisions).await? else {
             return Ok(Action::Requeue(Duration::ZERO));
         };
@@ -433,18 +428,7 @@ impl Reconciler<NsName> for StatefulSetController {
                 .is_some();
         }
         super::revisions::clean_history(ctx, &sts, &revisions, &pods, &update_name).await?;
-        let mut status = sts["status"].as_object().cloned().map(Value::Object).unwrap_or_else(|| json!({}));
-        for (k, v) in d.status.as_object().into_iter().flatten() {
-            status[k] = v.clone();
-        }
-        if sts["status"] != status {
-            ctx.objects
-                .modify(kind("statefulsets"), &ns, &name, true, |o| {
-                    o["status"] = status.clone();
-                    true
-                })
-                .await?;
-        }
+        ctx.objects.merge_status(kind("statefulsets"), &sts, &d.status).await?;
         if refused {
             return Ok(Action::Requeue(Duration::from_secs(5)));
         }

@@ -288,20 +288,17 @@ fn without_finalizer(o: &mut Value, f: &str) {
 }
 
 impl VolumeController {
-    async fn set_claim_status(&self, claim: &Value, phase: &str, pv: Option<&Value>) -> Result<(), ObjectError> {
-        let mut status = json!({"phase": phase});
-        if let Some(pv) = pv {
-            status["capacity"] = pv["spec"]["capacity"].clone();
-            status["accessModes"] = pv["spec"]["accessModes"].clone();
-        }
-        if claim["status"] == status {
+    /// Sets the status of a claim or volume `o` of `kind` to `status` (the whole of it); one
+    /// that is gone meanwhile is no error.
+    async fn set_status(&self, kind: &'static capstan_api::KindInfo, o: &Value, status: Value) -> Result<(), ObjectError> {
+        if o["status"] == status {
             return Ok(());
         }
-        let (ns, name) = super::util::key_of(claim);
+        let (ns, name) = super::util::key_of(o);
         let r = self
             .ctx
             .objects
-            .modify(kind("persistentvolumeclaims"), &ns, &name, true, |c| {
+            .modify(kind, &ns, &name, true, |c| {
                 c["status"] = status.clone();
                 true
             })
@@ -312,26 +309,21 @@ impl VolumeController {
         }
     }
 
+    async fn set_claim_status(&self, claim: &Value, phase: &str, pv: Option<&Value>) -> Result<(), ObjectError> {
+        let mut status = json!({"phase": phase});
+        if let Some(pv) = pv {
+            status["capacity"] = pv["spec"]["capacity"].clone();
+            status["accessModes"] = pv["spec"]["accessModes"].clone();
+        }
+        self.set_status(kind("persistentvolumeclaims"), claim, status).await
+    }
+
     async fn set_volume_phase(&self, pv: &Value, phase: &str, message: Option<&str>) -> Result<(), ObjectError> {
         let mut status = json!({"phase": phase});
         if let Some(m) = message {
             status["message"] = json!(m);
         }
-        if pv["status"] == status {
-            return Ok(());
-        }
-        let r = self
-            .ctx
-            .objects
-            .modify(kind("persistentvolumes"), "", name_of(pv), true, |v| {
-                v["status"] = status.clone();
-                true
-            })
-            .await;
-        match r {
-            Ok(_) | Err(ObjectError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.set_status(kind("persistentvolumes"), pv, status).await
     }
 
     /// Binds `claim` to `pv`: the volume first (so that no other claim takes it), then the claim.

@@ -6,9 +6,9 @@
 //!   exit, for node-agent and proxy tests (`TRICKLE=1`: every answer written one byte at a time),
 //!   and `/control/burn?seconds=N` to keep a core busy (load for the autoscaler); with
 //!   `RECORD=PATH` it appends its host name to PATH as it starts (what a volume keeps);
-//!   `/resolve?name=N` answers the address N resolves to in the pod;
 //! - `guestbook`: the example's frontend, keeping entries in redis;
-//! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf;
+//! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf; `resolve NAME`
+//!   prints the address a name resolves to;
 //! - `loop URL SECONDS [MILLIS]`: a client loop, one GET every MILLIS (default 100) for SECONDS,
 //!   each failure printed, and how many failed (the exit code says whether any did);
 //! - `connect ADDRESS:PORT`: whether a TCP connection is accepted (the API from a pod);
@@ -46,6 +46,17 @@ fn main() {
         "serve" => serve(),
         "guestbook" => guestbook(),
         "get" => get(&args[1..]),
+        "resolve" => match args.get(1).map(|n| dns::resolve(n)) {
+            Some(Ok(ip)) => println!("{ip}"),
+            Some(Err(e)) => {
+                eprintln!("{e}");
+                exit(1);
+            }
+            None => {
+                eprintln!("usage: resolve NAME");
+                exit(2);
+            }
+        },
         "loop" => client_loop(&args[1..]),
         "connect" => connect(&args[1..]),
         "pause" => pause(),
@@ -167,11 +178,6 @@ fn serve() {
                 vars.sort();
                 (200, vars.join("\n") + "\n")
             }
-            "/resolve" => match req.query("name").map(|n| dns::resolve(&n)) {
-                Some(Ok(ip)) => (200, format!("{ip}\n")),
-                Some(Err(e)) => (404, format!("{e}\n")),
-                None => (400, "name= is required\n".into()),
-            },
             "/file" => match req.query("path").map(std::fs::read_to_string) {
                 Some(Ok(text)) => (200, text),
                 Some(Err(e)) => (404, format!("{e}\n")),
