@@ -212,10 +212,21 @@ fn a_stateful_set_keeps_identity_order_and_data() {
     c.wait_until_within("one pod left", 120, || ready_names(&c) == ["web-0"] && pod(&c, "web-1").is_none());
     let claims = c.kubectl_ok(&["get", "pvc", "-o", "name"]);
     assert!(claims.contains("data-web-1") && claims.contains("data-web-2"), "{claims}");
-    // Back to 3: the data is there.
+    // An administrator gives up web-1's data: the set's claim is the cluster's to delete (a
+    // claim from Git is not).
+    let web1_volume = json(&c, &["get", "pvc", "data-web-1"])["spec"]["volumeName"].as_str().unwrap().to_owned();
+    c.kubectl_ok(&["delete", "pvc", "data-web-1"]);
+    c.wait_until_within("web-1's claim and volume gone", 60, || {
+        !c.kubectl(&["get", "pvc", "data-web-1"]).status.success() && !c.kubectl(&["get", "pv", &web1_volume]).status.success()
+    });
+    let refused = c.kubectl(&["delete", "pvc", "scratch"]);
+    assert!(!refused.status.success(), "a claim from Git is deleted in Git");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("claim.yaml"), "{}", String::from_utf8_lossy(&refused.stderr));
+    // Back to 3: web-2's data is there, web-1 starts afresh.
     c.commit(&[("web.yaml", &web(3, 0, "1"))], &[], "scale to three");
     c.wait_until_within("three pods again", 180, || ready_names(&c).len() == 3);
     assert_eq!(starts(&c, "web-2"), "web-2\nweb-2\n");
+    assert_eq!(starts(&c, "web-1"), "web-1\n");
 
     // A rolling update with partition 1 replaces web-2, then web-1, and leaves web-0.
     c.commit(&[("web.yaml", &web(3, 1, "2"))], &[], "version 2 above the partition");

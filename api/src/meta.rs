@@ -17,6 +17,13 @@ pub const ANNOTATION_DOCUMENT: &str = "capstan.dev/document";
 /// plain files have none).
 pub const ANNOTATION_KUSTOMIZATION: &str = "capstan.dev/kustomization";
 
+/// Whether `object` came from the repository (it names the file or kustomization that made
+/// it), rather than from a controller.
+pub fn from_git(object: &serde_json::Value) -> bool {
+    let a = &object["metadata"]["annotations"];
+    a.get(ANNOTATION_SOURCE).is_some() || a.get(ANNOTATION_KUSTOMIZATION).is_some()
+}
+
 /// Container labels (see DESIGN.md): the pod's UID, name and namespace, the container's name,
 /// the node running it, the hash of its spec, and the commit the pod came from.
 pub const LABEL_POD_UID: &str = "capstan.dev/pod-uid";

@@ -96,6 +96,10 @@ pub trait Facts {
     fn volume(&self, _name: &str) -> Option<Arc<Value>> {
         None
     }
+    /// A PersistentVolumeClaim (an administrator deletes the claims controllers made).
+    fn claim(&self, _namespace: &str, _name: &str) -> Option<Arc<Value>> {
+        None
+    }
 }
 
 /// Why a request is refused.
@@ -185,6 +189,11 @@ fn write(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Den
                 && pod().is_some_and(|p| p["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty())))
                 || (kind.kind == "Pod" && verb == Verb::Create && a.subresource == Some("eviction"))
                 || (kind.kind == "Job" && verb == Verb::Create && a.manual_run)
+                // A StatefulSet's claim is the cluster's, not Git's: deleting it (once no pod
+                // uses it) is how its data is given up.
+                || (kind.kind == "PersistentVolumeClaim"
+                    && verb == Verb::Delete
+                    && facts.claim(namespace, name).is_some_and(|c| !capstan_api::meta::from_git(&c)))
         }
         (Identity::Node(node), Origin::Cluster) => match kind.kind {
             "Node" => name == node,

@@ -186,6 +186,10 @@ impl Facts for crate::cache::Cache {
         pods.into_iter().map(|e| e.object.clone()).collect()
     }
 
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<serde_json::Value>> {
+        self.get(crate::context::kind("persistentvolumeclaims"), namespace, name).map(|e| e.object.clone())
+    }
+
     fn volume(&self, name: &str) -> Option<Arc<serde_json::Value>> {
         self.get(crate::context::kind("persistentvolumes"), "", name)
             .map(|e| e.object.clone())
