@@ -214,14 +214,21 @@ fn a_stateful_set_keeps_identity_order_and_data() {
     assert!(claims.contains("data-web-1") && claims.contains("data-web-2"), "{claims}");
     // An administrator gives up web-1's data: the set's claim is the cluster's to delete (a
     // claim from Git is not).
-    let web1_volume = json(&c, &["get", "pvc", "data-web-1"])["spec"]["volumeName"].as_str().unwrap().to_owned();
+    let web1_volume = json(&c, &["get", "pvc", "data-web-1"])["spec"]["volumeName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     c.kubectl_ok(&["delete", "pvc", "data-web-1"]);
     c.wait_until_within("web-1's claim and volume gone", 60, || {
         !c.kubectl(&["get", "pvc", "data-web-1"]).status.success() && !c.kubectl(&["get", "pv", &web1_volume]).status.success()
     });
     let refused = c.kubectl(&["delete", "pvc", "scratch"]);
     assert!(!refused.status.success(), "a claim from Git is deleted in Git");
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("claim.yaml"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("claim.yaml"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     // Back to 3: web-2's data is there, web-1 starts afresh.
     c.commit(&[("web.yaml", &web(3, 0, "1"))], &[], "scale to three");
     c.wait_until_within("three pods again", 180, || ready_names(&c).len() == 3);

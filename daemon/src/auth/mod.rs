@@ -187,7 +187,8 @@ impl Facts for crate::cache::Cache {
     }
 
     fn claim(&self, namespace: &str, name: &str) -> Option<Arc<serde_json::Value>> {
-        self.get(crate::context::kind("persistentvolumeclaims"), namespace, name).map(|e| e.object.clone())
+        self.get(crate::context::kind("persistentvolumeclaims"), namespace, name)
+            .map(|e| e.object.clone())
     }
 
     fn volume(&self, name: &str) -> Option<Arc<serde_json::Value>> {
