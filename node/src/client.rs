@@ -140,7 +140,18 @@ impl ApiClient {
 
     /// Watches every Node (the pod network follows them).
     pub fn watch_nodes(&self) -> impl Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + use<> {
-        let resource = ApiResource::erase::<k8s_openapi::api::core::v1::Node>(&());
+        self.watch_all::<k8s_openapi::api::core::v1::Node>()
+    }
+
+    /// Watches every PersistentVolume (the agent removes the directories of its node's).
+    pub fn watch_volumes(&self) -> impl Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + use<> {
+        self.watch_all::<k8s_openapi::api::core::v1::PersistentVolume>()
+    }
+
+    fn watch_all<K: kube::Resource<DynamicType = ()>>(
+        &self,
+    ) -> impl Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + use<K> {
+        let resource = ApiResource::erase::<K>(&());
         let api: kube::Api<DynamicObject> = kube::Api::all_with(self.client.clone(), &resource);
         watcher::watcher(api, watcher::Config::default())
     }

@@ -3,18 +3,22 @@
 //! claim a pod mounts, and the removal of directories whose volumes were deleted (reclaim
 //! Delete), after which the volume's finalizer is dropped so that it goes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use capstan_api::storage::{LOCAL_VOLUME_FINALIZER, awaits_removal};
+use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::NodeError;
 use crate::client::ApiClient;
 
-/// How often the agent looks for volumes of its node to remove.
-const CLEAN_INTERVAL: Duration = Duration::from_secs(5);
+/// How soon a volume whose removal failed is tried again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Makes the volume root and checks that the agent can write there; returns its absolute path.
 pub fn prepare_root(dir: PathBuf) -> Result<PathBuf, NodeError> {
@@ -50,52 +54,64 @@ fn remove_inside(root: &Path, path: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Removes the directories of this node's deleted volumes, then lets each volume go.
-pub async fn clean_released(api: ApiClient, node: String, root: PathBuf, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(CLEAN_INTERVAL) => {}
+/// Removes the directory of `pv` (a deleted volume of this node), then drops its finalizer so
+/// that it goes. False when either step failed (it is tried again later).
+async fn release(api: &ApiClient, root: &Path, pv: &Value) -> bool {
+    let name = pv["metadata"]["name"].as_str().unwrap_or_default();
+    match volume_path(pv).map(|p| remove_inside(root, &p)) {
+        Some(Ok(false)) => {
+            tracing::warn!(volume = %name, root = %root.display(), "the volume's path is outside the volume root: its data is left in place");
         }
-        let list = match api.get("/api/v1/persistentvolumes").await {
-            Ok(l) => l.unwrap_or_default(),
-            Err(e) => {
-                tracing::debug!(error = %e, "listing volumes");
-                continue;
-            }
-        };
-        for pv in list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|pv| awaits_removal(pv, &node))
-        {
-            let name = pv["metadata"]["name"].as_str().unwrap_or_default();
-            let removed = match volume_path(pv) {
-                Some(path) => remove_inside(&root, &path),
-                None => Ok(true),
-            };
-            match removed {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(volume = %name, root = %root.display(), "the volume's path is outside the volume root: its data is left in place");
-                }
-                Err(e) => {
-                    tracing::warn!(volume = %name, error = %e, "removing the volume's directory");
+        Some(Err(e)) => {
+            tracing::warn!(volume = %name, error = %e, "removing the volume's directory");
+            return false;
+        }
+        Some(Ok(true)) | None => {}
+    }
+    let finalizers: Vec<Value> = pv["metadata"]["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| *f != LOCAL_VOLUME_FINALIZER)
+        .cloned()
+        .collect();
+    let patch = json!({"metadata": {"finalizers": finalizers}});
+    match api.merge_patch(&format!("/api/v1/persistentvolumes/{name}"), &patch).await {
+        Ok(_) => {
+            tracing::info!(volume = %name, "volume removed from the node");
+            true
+        }
+        Err(e) if e.code == 404 => true,
+        Err(e) => {
+            tracing::warn!(volume = %name, error = %e, "releasing the volume");
+            false
+        }
+    }
+}
+
+/// Follows the volumes: each deleted volume of this node has its directory removed and is let
+/// go; one that failed is tried again on a tick.
+pub async fn clean_released(api: ApiClient, node: String, root: PathBuf, shutdown: CancellationToken) {
+    let mut watch = api.watch_volumes().default_backoff().boxed();
+    let mut failed: BTreeMap<String, Value> = BTreeMap::new();
+    let mut retry = tokio::time::interval(RETRY_INTERVAL);
+    loop {
+        let due: Vec<Value> = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = retry.tick() => std::mem::take(&mut failed).into_values().collect(),
+            e = watch.next() => match e {
+                Some(Ok(Event::Apply(v) | Event::InitApply(v))) => vec![serde_json::to_value(&v).unwrap_or_default()],
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "the volume watch failed; it resumes");
                     continue;
                 }
-            }
-            let finalizers: Vec<Value> = pv["metadata"]["finalizers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|f| *f != LOCAL_VOLUME_FINALIZER)
-                .cloned()
-                .collect();
-            let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": pv["metadata"]["resourceVersion"]}});
-            match api.merge_patch(&format!("/api/v1/persistentvolumes/{name}"), &patch).await {
-                Ok(_) => tracing::info!(volume = %name, "volume removed from the node"),
-                Err(e) => tracing::warn!(volume = %name, error = %e, "releasing the volume"),
+                None => return,
+            },
+        };
+        for pv in due.into_iter().filter(|pv| awaits_removal(pv, &node)) {
+            if !release(&api, &root, &pv).await {
+                failed.insert(pv["metadata"]["name"].as_str().unwrap_or_default().to_owned(), pv);
             }
         }
     }

@@ -19,7 +19,7 @@ use super::util::{NsName, is_available, is_ready, is_terminating, owner_ref};
 use super::{Controller, watches};
 use crate::context::{Context, kind};
 use crate::events::{EventType, Recorder};
-use crate::objects::ObjectError;
+use crate::objects::{ObjectError, name_of};
 
 /// The label naming a StatefulSet pod (a Service may select one pod by it).
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -70,10 +70,6 @@ pub struct Decision {
     pub warnings: Vec<(&'static str, String)>,
     /// When to look again, if nothing else changes before (seconds).
     pub requeue: Option<i64>,
-}
-
-fn name_of(v: &Value) -> &str {
-    v["metadata"]["name"].as_str().unwrap_or_default()
 }
 
 /// The ordinal of `pod` of set `set`, from its name.

@@ -23,7 +23,7 @@ use super::{Controller, watches};
 use crate::cache::Cache;
 use crate::context::{Context, kind};
 use crate::events::{EventType, Recorder};
-use crate::objects::{ObjectError, Part};
+use crate::objects::{ObjectError, Part, name_of};
 
 /// What the controller looks at: a claim, or a volume.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -35,10 +35,6 @@ pub enum Key {
 pub struct VolumeController {
     pub ctx: Context,
     pub events: Recorder,
-}
-
-fn name_of(v: &Value) -> &str {
-    v["metadata"]["name"].as_str().unwrap_or_default()
 }
 
 /// The claims a pod's volumes name.
