@@ -13,6 +13,7 @@ pub mod kinds;
 pub mod meta;
 pub mod names;
 pub mod quantity;
+pub mod remotecommand;
 pub mod schema;
 pub mod selector;
 pub mod storage;

@@ -306,6 +306,7 @@ impl Daemon {
                 ca: ca.clone(),
             })),
             logs: Some(Arc::new(nodelogs::NodeLogs::new(kubelets.clone()))),
+            kubelets: Some(kubelets.clone()),
             metrics: Some(usage.clone()),
             tokens: Some(signer.clone()),
             sync: Some(sync_status.clone()),

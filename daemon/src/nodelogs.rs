@@ -12,6 +12,9 @@ use crate::api::LogSource;
 use crate::api::status::ApiError;
 use crate::kubelet::KubeletClient;
 
+/// The annotation naming the container kubectl picks when none is named.
+const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+
 /// The query parameters the node endpoint understands.
 const PASSED: [&str; 6] = ["follow", "previous", "tailLines", "timestamps", "sinceSeconds", "limitBytes"];
 
@@ -25,15 +28,19 @@ impl NodeLogs {
     }
 }
 
-/// The container to read: the one named, or the pod's only one.
-fn pick_container(pod: &Value, asked: Option<&str>) -> Result<String, ApiError> {
+/// The container to read or run in: the one named, the pod's default-container annotation
+/// (as kubectl honours it), or its only one.
+pub(crate) fn pick_container(pod: &Value, asked: Option<&str>) -> Result<String, ApiError> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    let names: Vec<&str> = ["containers", "initContainers"]
+    let names: Vec<&str> = ["containers", "initContainers", "ephemeralContainers"]
         .iter()
         .flat_map(|l| pod["spec"][l].as_array().into_iter().flatten())
         .filter_map(|c| c["name"].as_str())
         .collect();
-    match asked {
+    let default = pod["metadata"]["annotations"][DEFAULT_CONTAINER]
+        .as_str()
+        .filter(|c| names.contains(c));
+    match asked.or(default) {
         Some(c) if names.contains(&c) => Ok(c.to_owned()),
         Some(c) => Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
         None => {

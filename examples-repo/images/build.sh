@@ -3,7 +3,8 @@
 # no registry to pull from, so every image is made here from files this project produces:
 #
 #   capstan.local/guestbook:1, :2   the guestbook frontend: Capstan's static test program
-#   capstan.local/testapp:latest    the same program, for tests (probe server, HTTP client)
+#   capstan.local/testapp:latest    the same program, for tests (probe server, HTTP client), with
+#                                   Debian's static busybox as /bin/sh, tar, cat ... (exec and cp)
 #   capstan.local/pause:3           the same program as the pod sandbox (`pause` mode)
 #   capstan.local/redis:7           redis-server from Debian's redis-tools package, with the
 #                                   shared libraries it needs, on an empty base
@@ -21,7 +22,9 @@ trap 'rm -rf "$work"' EXIT
 
 have() { [[ $force == false ]] && docker image inspect "$1" >/dev/null 2>&1; }
 # The test program's images carry the hash of its source: a changed program is built again.
-app_source=$(cat "$src/tests/app/Cargo.toml" "$src"/tests/app/src/*.rs | sha256sum | cut -c1-16)
+# (and of the way the images are put together: bump the tools line to rebuild them).
+tools="busybox-static /tmp"
+app_source=$( (echo "$tools"; cat "$src/tests/app/Cargo.toml" "$src"/tests/app/src/*.rs) | sha256sum | cut -c1-16)
 have_app() {
     [[ $force == false ]] &&
         [[ "$(docker image inspect -f '{{index .Config.Labels "dev.capstan.source"}}' "$1" 2>/dev/null)" == "$app_source" ]]
@@ -39,14 +42,25 @@ if ! (have_app capstan.local/guestbook:1 && have_app capstan.local/guestbook:2 &
     (cd "$src" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
         --target x86_64-unknown-linux-gnu -p capstan-testapp)
     bin="$target_dir/x86_64-unknown-linux-gnu/release/capstan-testapp"
-    mkdir -p "$work/app"
+    mkdir -p "$work/app/tools/bin" "$work/app/tools/tmp" "$work/tools"
+    chmod 1777 "$work/app/tools/tmp"
     cp "$bin" "$work/app/capstan-testapp"
+    # A shell and the tools kubectl exec and cp use: busybox, linked under the applets' names.
+    (cd "$work/tools" && apt-get download -qq busybox-static 2>/dev/null)
+    dpkg -x "$work"/tools/busybox-static_*.deb "$work/tools/root"
+    cp "$work/tools/root/bin/busybox" "$work/app/tools/bin/busybox"
+    for applet in $("$work/app/tools/bin/busybox" --list); do
+        [[ $applet == busybox ]] || ln -s busybox "$work/app/tools/bin/$applet"
+    done
     for spec in "guestbook:1 1 guestbook" "guestbook:2 2 guestbook" "testapp:latest test serve" "pause:3 pause pause"; do
         read -r tag version mode <<<"$spec"
         have_app "capstan.local/$tag" && continue
+        with_tools=""
+        [[ $tag == testapp:latest ]] && with_tools="COPY tools/ /"
         cat >"$work/app/Dockerfile" <<DOCKERFILE
 FROM scratch
 COPY capstan-testapp /capstan-testapp
+$with_tools
 LABEL dev.capstan.version="$version" dev.capstan.source="$app_source"
 ENTRYPOINT ["/capstan-testapp"]
 CMD ["$mode"]

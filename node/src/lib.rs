@@ -15,6 +15,7 @@ pub mod spec;
 pub mod stats;
 pub mod status;
 pub mod storage;
+mod streams;
 pub mod volumes;
 pub mod worker;
 

@@ -26,8 +26,8 @@ use crate::stats::Sampler;
 /// How often the node's and its containers' usage is sampled, as the kubelet's housekeeping does.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
-struct Shared {
-    runtime: Arc<dyn Runtime>,
+pub(crate) struct Shared {
+    pub(crate) runtime: Arc<dyn Runtime>,
     node: String,
     sampler: Sampler,
     /// The newest sample, with the window its rates span.
@@ -88,12 +88,14 @@ pub async fn start(
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(logs))
         .route("/stats/summary", get(summary))
+        .route("/exec/{namespace}/{pod}/{container}", get(crate::streams::exec))
+        .route("/attach/{namespace}/{pod}/{container}", get(crate::streams::attach))
         .with_state(shared);
     let task = tokio::spawn(capstan_runtime::https::serve(listener, tls, router, stop));
     Ok((addr, task))
 }
 
-fn error(code: StatusCode, message: String) -> Response {
+pub(crate) fn error(code: StatusCode, message: String) -> Response {
     (code, [(header::CONTENT_TYPE, "text/plain")], message).into_response()
 }
 
@@ -126,26 +128,10 @@ async fn logs(
             _ => {}
         }
     }
-    let labels = [
-        (LABEL_NODE, s.node.as_str()),
-        (LABEL_NAMESPACE, namespace.as_str()),
-        (LABEL_POD, pod.as_str()),
-        (LABEL_CONTAINER, container.as_str()),
-    ];
-    let mut found = match s.runtime.list(&labels).await {
-        Ok(f) => f,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the container runtime did not answer: {e}"),
-            );
-        }
+    let found = match pod_containers(&s, &namespace, &pod, &container, uid.as_deref()).await {
+        Ok(found) => found,
+        Err(response) => return response,
     };
-    if let Some(uid) = &uid {
-        found.retain(|c| c.labels.get(LABEL_POD_UID) == Some(uid));
-    }
-    let attempt = |c: &capstan_containers::ContainerInfo| c.labels.get(LABEL_ATTEMPT).and_then(|a| a.parse::<u32>().ok()).unwrap_or(0);
-    found.sort_by_key(|c| std::cmp::Reverse((c.started_at.clone(), attempt(c))));
     let chosen = if previous { found.get(1) } else { found.first() };
     let Some(chosen) = chosen else {
         let what = if previous { "previous terminated container" } else { "container" };
@@ -155,6 +141,35 @@ async fn logs(
     let id = chosen.id.clone();
     let stream = async_stream(runtime, id, options, limit);
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], Body::from_stream(stream)).into_response()
+}
+
+/// The containers (all attempts, newest first) of a pod's container; a runtime that does not
+/// answer is a 503.
+pub(crate) async fn pod_containers(
+    s: &Shared,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+    uid: Option<&str>,
+) -> Result<Vec<capstan_containers::ContainerInfo>, Response> {
+    let labels = [
+        (LABEL_NODE, s.node.as_str()),
+        (LABEL_NAMESPACE, namespace),
+        (LABEL_POD, pod),
+        (LABEL_CONTAINER, container),
+    ];
+    let mut found = s.runtime.list(&labels).await.map_err(|e| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the container runtime did not answer: {e}"),
+        )
+    })?;
+    if let Some(uid) = uid {
+        found.retain(|c| c.labels.get(LABEL_POD_UID).map(String::as_str) == Some(uid));
+    }
+    let attempt = |c: &capstan_containers::ContainerInfo| c.labels.get(LABEL_ATTEMPT).and_then(|a| a.parse::<u32>().ok()).unwrap_or(0);
+    found.sort_by_key(|c| std::cmp::Reverse((c.started_at.clone(), attempt(c))));
+    Ok(found)
 }
 
 /// The log stream, cut at `limit` bytes.

@@ -479,6 +479,8 @@ pub fn container(
         cpu_shares: cpu_request.map(|s| s.max(2)),
         user: c["securityContext"]["runAsUser"].as_i64().map(|u| u.to_string()),
         tty: c["tty"] == true,
+        open_stdin: c["stdin"] == true,
+        stdin_once: c["stdinOnce"] == true,
         privileged: c["securityContext"]["privileged"] == true,
         ..ContainerConfig::default()
     })

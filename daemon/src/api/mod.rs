@@ -13,6 +13,7 @@ mod protobuf;
 mod reads;
 pub mod selectors;
 pub mod status;
+mod streams;
 pub mod table;
 mod tokens;
 mod watch;
@@ -64,6 +65,8 @@ pub struct ApiState {
     pub server_address: String,
     pub join: Option<Arc<dyn JoinHandler>>,
     pub logs: Option<Arc<dyn LogSource>>,
+    /// The node agents, for exec and attach.
+    pub kubelets: Option<crate::kubelet::KubeletClient>,
     /// The node agents' usage, for the resource metrics API.
     pub metrics: Option<Arc<dyn metrics::SummarySource>>,
     /// Signs service-account tokens (TokenRequest).
@@ -189,6 +192,20 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
+    if let Target::Object {
+        kind,
+        namespace,
+        name,
+        subresource: Some(sub),
+    } = &target
+        && kind.kind == "Pod"
+        && streams::SUBRESOURCES.contains(&sub.as_str())
+        && matches!(method, Method::GET | Method::POST)
+    {
+        return streams::serve(state.clone(), &id, req, kind, namespace.as_deref(), name, sub)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
     let result = match (&method, &target) {
         (&Method::GET, Target::GroupVersion { group, version }) => match discovery::resource_list(group, version) {
             Some(v) => Ok(json_response(StatusCode::OK, &v)),

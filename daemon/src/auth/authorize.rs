@@ -116,6 +116,9 @@ pub fn authorize(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result
     if a.kind.plural == "serviceaccounts" && a.subresource == Some("token") {
         return token_request(id, a, facts);
     }
+    if a.kind.kind == "Pod" && matches!(a.subresource, Some("exec" | "attach" | "portforward")) {
+        return pod_stream(id, a);
+    }
     if a.verb.reads() {
         return read(id, a, facts);
     }
@@ -223,6 +226,27 @@ fn write(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Den
         verb.as_str(),
         kind.resource()
     ))
+}
+
+/// Exec, attach and port-forward run things inside a pod: administrators only. They need
+/// `create` on the subresource (KEP-4006: the WebSocket upgrade is a GET, and `get` alone must
+/// not let a viewer in); a node never may, as in Kubernetes.
+fn pod_stream(id: &Identity, a: &Attributes<'_>) -> Result<(), Denial> {
+    let sub = a.subresource.unwrap_or_default();
+    let place = a.namespace.unwrap_or("default");
+    match id {
+        Identity::Admin if a.verb == Verb::Create => Ok(()),
+        Identity::ReadOnly => forbidden(format!(
+            "{} may not create pods/{sub} in namespace {place:?}: the read-only credential has Kubernetes' view rights, which do not run commands in pods",
+            id.user_name()
+        )),
+        Identity::Node(node) => forbidden(format!("node {node:?} may not create pods/{sub}: nodes never run commands in pods")),
+        other => forbidden(format!(
+            "{} may not {} pods/{sub} in namespace {place:?}",
+            other.user_name(),
+            a.verb.as_str()
+        )),
+    }
 }
 
 /// TokenRequest: administrators may ask for any token; a node only for one bound to a pod on
@@ -361,6 +385,37 @@ mod tests {
             (&app_sa, at(List, "configmaps", None, ""), "forbidden", "in namespace \"app\""),
             (&app_sa, at(Get, "nodes", None, "n1"), "forbidden", "in namespace \"app\""),
             (&app_sa, at(Get, "secrets", Some("app"), "db"), "forbidden", "not secrets"),
+            // Running things in pods: administrators, with `create` (not a GET's `get`).
+            (
+                &admin,
+                at(Create, "pods", Some("app"), "web-1").subresource(Some("exec")),
+                "allowed",
+                "",
+            ),
+            (
+                &admin,
+                at(Get, "pods", Some("app"), "web-1").subresource(Some("exec")),
+                "forbidden",
+                "may not get pods/exec",
+            ),
+            (
+                &viewer,
+                at(Create, "pods", Some("app"), "web-1").subresource(Some("exec")),
+                "forbidden",
+                "view rights",
+            ),
+            (
+                &n1,
+                at(Create, "pods", Some("app"), "web-1").subresource(Some("attach")),
+                "forbidden",
+                "nodes never",
+            ),
+            (
+                &app_sa,
+                at(Create, "pods", Some("app"), "web-1").subresource(Some("portforward")),
+                "forbidden",
+                "may not create pods/portforward",
+            ),
             // Writes to desired state go to Git...
             (&admin, at(Patch, "deployments", Some("app"), "web"), "in-git", ""),
             (&viewer, at(Create, "configmaps", Some("app"), "c"), "in-git", ""),

@@ -15,8 +15,8 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use crate::{
-    ContainerConfig, ContainerInfo, Event, ExecResult, LogOptions, NetworkMode, NetworkSpec, PullPolicy, Runtime, RuntimeError, State,
-    Usage,
+    ContainerConfig, ContainerInfo, Event, ExecResult, ExecState, LogOptions, NetworkMode, NetworkSpec, Output, PullPolicy, Runtime,
+    RuntimeError, Session, State, StreamSpec, Usage,
 };
 
 /// The Docker Engine, through bollard.
@@ -69,6 +69,25 @@ fn container_err(id: &str) -> impl Fn(bollard::errors::Error) -> RuntimeError + 
         container: id.to_owned(),
         message: e.to_string(),
     }
+}
+
+/// The Engine's output frames as stdout and stderr (a terminal's output is stdout).
+fn session_output(
+    output: std::pin::Pin<Box<dyn futures::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>>,
+    id: String,
+) -> BoxStream<'static, Result<Output, RuntimeError>> {
+    use bollard::container::LogOutput;
+    output
+        .filter_map(move |chunk| {
+            let item = match chunk {
+                Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => Some(Ok(Output::Stdout(message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(container_err(&id)(e))),
+            };
+            futures::future::ready(item)
+        })
+        .boxed()
 }
 
 impl Docker {
@@ -280,6 +299,9 @@ impl Runtime for Docker {
                 stop_signal: c.stop_signal.clone(),
                 user: c.user.clone(),
                 tty: c.tty.then_some(true),
+                open_stdin: c.open_stdin.then_some(true),
+                stdin_once: c.stdin_once.then_some(true),
+                attach_stdin: c.open_stdin.then_some(true),
                 host_config: Some(host),
                 networking_config: networking,
                 ..Default::default()
@@ -397,6 +419,88 @@ impl Runtime for Docker {
                     message: format!("command timed out after {timeout:?}"),
                 }),
             }
+        }
+        .boxed()
+    }
+
+    fn exec_session<'a>(&'a self, id: &'a str, spec: &'a StreamSpec) -> BoxFuture<'a, Result<Session, RuntimeError>> {
+        async move {
+            let config = bollard::exec::CreateExecOptions {
+                cmd: Some(spec.command.clone()),
+                attach_stdin: Some(spec.stdin),
+                attach_stdout: Some(spec.stdout),
+                attach_stderr: Some(spec.stderr),
+                tty: Some(spec.tty),
+                ..Default::default()
+            };
+            let exec = self.client.create_exec(id, config).await.map_err(container_err(id))?;
+            let start = bollard::exec::StartExecOptions {
+                detach: false,
+                tty: spec.tty,
+                // Output passes in the chunks it comes in, not split into lines.
+                output_capacity: Some(64 << 10),
+            };
+            match self.client.start_exec(&exec.id, Some(start)).await.map_err(container_err(id))? {
+                bollard::exec::StartExecResults::Attached { output, input } => Ok(Session {
+                    exec: Some(exec.id),
+                    output: session_output(output, id.to_owned()),
+                    input,
+                }),
+                bollard::exec::StartExecResults::Detached => Err(RuntimeError::Container {
+                    container: id.to_owned(),
+                    message: "the Engine started the command detached".into(),
+                }),
+            }
+        }
+        .boxed()
+    }
+
+    fn attach<'a>(&'a self, id: &'a str, spec: &'a StreamSpec) -> BoxFuture<'a, Result<Session, RuntimeError>> {
+        async move {
+            let options = bollard::query_parameters::AttachContainerOptionsBuilder::default()
+                .stream(true)
+                .stdin(spec.stdin)
+                .stdout(spec.stdout)
+                .stderr(spec.stderr)
+                .build();
+            let attached = self.client.attach_container(id, Some(options)).await.map_err(container_err(id))?;
+            Ok(Session {
+                exec: None,
+                output: session_output(attached.output, id.to_owned()),
+                input: attached.input,
+            })
+        }
+        .boxed()
+    }
+
+    fn resize<'a>(&'a self, id: &'a str, exec: Option<&'a str>, width: u16, height: u16) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        async move {
+            match exec {
+                Some(exec) => self
+                    .client
+                    .resize_exec(exec, bollard::exec::ResizeExecOptions { height, width })
+                    .await
+                    .map_err(container_err(id)),
+                None => {
+                    let options = bollard::query_parameters::ResizeContainerTTYOptionsBuilder::default()
+                        .h(i32::from(height))
+                        .w(i32::from(width))
+                        .build();
+                    self.client.resize_container_tty(id, options).await.map_err(container_err(id))
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn exec_state<'a>(&'a self, exec: &'a str) -> BoxFuture<'a, Result<ExecState, RuntimeError>> {
+        async move {
+            let inspected = self.client.inspect_exec(exec).await.map_err(container_err(exec))?;
+            Ok(ExecState {
+                running: inspected.running.unwrap_or(false),
+                exit_code: inspected.exit_code,
+                pid: inspected.pid.and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0),
+            })
         }
         .boxed()
     }

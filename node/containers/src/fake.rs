@@ -10,7 +10,10 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
 
-use crate::{ContainerConfig, ContainerInfo, Event, ExecResult, LogOptions, NetworkSpec, PullPolicy, Runtime, RuntimeError, State, Usage};
+use crate::{
+    ContainerConfig, ContainerInfo, Event, ExecResult, ExecState, LogOptions, NetworkSpec, PullPolicy, Runtime, RuntimeError, Session,
+    State, StreamSpec, Usage,
+};
 
 /// What a container of an image does once started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +145,14 @@ impl FakeRuntime {
             .find(|r| r.info.id == id || r.info.name == id)
             .ok_or_else(|| no_such(id))?;
         Ok(f(r))
+    }
+}
+
+/// The fake runs no processes, so it has no streams to connect.
+fn no_streams(id: &str) -> RuntimeError {
+    RuntimeError::Container {
+        container: id.to_owned(),
+        message: "the fake runtime runs no processes".into(),
     }
 }
 
@@ -305,6 +316,22 @@ impl Runtime for FakeRuntime {
             }
         });
         ready(result)
+    }
+
+    fn exec_session<'a>(&'a self, id: &'a str, _spec: &'a StreamSpec) -> BoxFuture<'a, Result<Session, RuntimeError>> {
+        ready(Err(no_streams(id)))
+    }
+
+    fn attach<'a>(&'a self, id: &'a str, _spec: &'a StreamSpec) -> BoxFuture<'a, Result<Session, RuntimeError>> {
+        ready(Err(no_streams(id)))
+    }
+
+    fn resize<'a>(&'a self, id: &'a str, _exec: Option<&'a str>, _w: u16, _h: u16) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        ready(Err(no_streams(id)))
+    }
+
+    fn exec_state<'a>(&'a self, exec: &'a str) -> BoxFuture<'a, Result<ExecState, RuntimeError>> {
+        ready(Err(no_streams(exec)))
     }
 
     fn logs<'a>(&'a self, _id: &'a str, _options: LogOptions) -> BoxStream<'a, Result<bytes::Bytes, RuntimeError>> {

@@ -94,6 +94,10 @@ pub struct ContainerConfig {
     pub stop_signal: Option<String>,
     pub user: Option<String>,
     pub tty: bool,
+    /// Keeps stdin open for `kubectl attach` (Kubernetes' `stdin`); `stdin_once` closes it when
+    /// the first attached client leaves.
+    pub open_stdin: bool,
+    pub stdin_once: bool,
     pub privileged: bool,
 }
 
@@ -138,6 +142,49 @@ pub struct Usage {
 pub struct ExecResult {
     pub exit_code: i64,
     pub output: String,
+}
+
+/// A process to run in a container (exec), or the container's own process to join (attach),
+/// and which of its streams to connect.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// The command of an exec; empty for an attach.
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// Output of a process: with a terminal everything comes as stdout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Stdout(bytes::Bytes),
+    Stderr(bytes::Bytes),
+}
+
+/// A process with its streams connected.
+pub struct Session {
+    /// The exec's id; None for an attach (the container is the process).
+    pub exec: Option<String>,
+    pub output: BoxStream<'static, Result<Output, RuntimeError>>,
+    /// The process's stdin; shutting it down is end of input.
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({:?})", self.exec)
+    }
+}
+
+/// An exec's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecState {
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    /// Its process on the host, while it runs.
+    pub pid: Option<u32>,
 }
 
 /// Options for reading logs.
@@ -199,6 +246,19 @@ pub trait Runtime: Send + Sync + 'static {
         cmd: &'a [String],
         timeout: Duration,
     ) -> futures::future::BoxFuture<'a, Result<ExecResult, RuntimeError>>;
+    /// Starts `spec.command` in container `id` with the streams `spec` asks for.
+    fn exec_session<'a>(&'a self, id: &'a str, spec: &'a StreamSpec) -> futures::future::BoxFuture<'a, Result<Session, RuntimeError>>;
+    /// Connects to the streams of container `id`'s own process.
+    fn attach<'a>(&'a self, id: &'a str, spec: &'a StreamSpec) -> futures::future::BoxFuture<'a, Result<Session, RuntimeError>>;
+    /// Resizes the terminal of an exec, or of container `id` when `exec` is None.
+    fn resize<'a>(
+        &'a self,
+        id: &'a str,
+        exec: Option<&'a str>,
+        width: u16,
+        height: u16,
+    ) -> futures::future::BoxFuture<'a, Result<(), RuntimeError>>;
+    fn exec_state<'a>(&'a self, exec: &'a str) -> futures::future::BoxFuture<'a, Result<ExecState, RuntimeError>>;
     fn logs<'a>(&'a self, id: &'a str, options: LogOptions) -> BoxStream<'a, Result<bytes::Bytes, RuntimeError>>;
     /// Container events for containers carrying all these labels, from now on.
     fn events<'a>(&'a self, labels: &'a [(&'a str, &'a str)]) -> BoxStream<'a, Result<Event, RuntimeError>>;

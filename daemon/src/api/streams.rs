@@ -1,0 +1,245 @@
+//! Exec and attach (`pods/exec`, `pods/attach`): kubectl's WebSocket (`v5.channel.k8s.io`, or v4)
+//! is authorised (`create` on the subresource, as KEP-4006 requires of an upgrade that is a GET),
+//! audited, and relayed to the pod's node agent, which runs the process on the Engine. Running a
+//! command changes no desired state, so Git has no say in it.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::extract::Request;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use capstan_api::KindInfo;
+use capstan_api::remotecommand::{self as rc, CLOSE, PROTOCOL_V4, PROTOCOL_V5};
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as AgentMessage;
+
+use super::status::ApiError;
+use super::{ApiState, authorize};
+use crate::auth::{Attributes, Identity, Verb};
+use crate::events::{EventType, Recorder};
+use crate::kubelet::AgentSocket;
+
+/// The pod subresources that are streams rather than objects.
+pub(super) const SUBRESOURCES: [&str; 3] = ["exec", "attach", "portforward"];
+
+/// What kubectl asked for.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Asked {
+    command: Vec<String>,
+    container: Option<String>,
+    /// The stream flags, as given (`stdin=true` ...).
+    flags: Vec<(String, String)>,
+}
+
+fn parse(query: &str) -> Asked {
+    let mut asked = Asked::default();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "command" => asked.command.push(v.into_owned()),
+            "container" if !v.is_empty() => asked.container = Some(v.into_owned()),
+            k if rc::STREAM_FLAGS.contains(&k) => asked.flags.push((k.to_owned(), v.into_owned())),
+            _ => {}
+        }
+    }
+    asked
+}
+
+/// The subprotocol to speak: the newest the client offers.
+fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    [PROTOCOL_V5, PROTOCOL_V4].into_iter().find(|p| offered.contains(p))
+}
+
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Serves `GET|POST .../pods/{name}/{exec,attach,portforward}`. Both methods give the same
+/// answer to a request that cannot be served, because kubectl retries a refused WebSocket with
+/// SPDY and shows the error of that second attempt.
+pub(super) async fn serve(
+    state: Arc<ApiState>,
+    id: &Identity,
+    req: Request,
+    kind: &'static KindInfo,
+    namespace: Option<&str>,
+    name: &str,
+    sub: &str,
+) -> Result<Response, ApiError> {
+    let ns = namespace.unwrap_or("default");
+    authorize(
+        &state,
+        id,
+        &Attributes::new(Verb::Create, kind, Some(ns), name).subresource(Some(sub)),
+    )?;
+    if sub == "portforward" {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            format!(
+                "port-forward is not served yet (it needs SPDY/3.1 framing): reach pod {ns}/{name} through a Service's NodePort, or with kubectl exec"
+            ),
+        ));
+    }
+    let asked = parse(req.uri().query().unwrap_or(""));
+    if sub == "exec" && asked.command.is_empty() {
+        return Err(ApiError::bad_request("you must specify at least one command for the container"));
+    }
+    let pod = state
+        .cache
+        .get(kind, ns, name)
+        .ok_or_else(|| ApiError::not_found(format!("pods {name:?} not found")))?;
+    let pod = pod.object.clone();
+    let container = crate::nodelogs::pick_container(&pod, asked.container.as_deref())?;
+    let phase = pod["status"]["phase"].as_str().unwrap_or_default();
+    if matches!(phase, "Succeeded" | "Failed") {
+        return Err(ApiError::bad_request(format!(
+            "cannot {sub} into a container in a completed pod; current phase is {phase}"
+        )));
+    }
+    let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+    };
+    if !is_websocket(req.headers()) {
+        return Err(ApiError::bad_request(format!(
+            "Capstan serves pods/{sub} over WebSocket only ({PROTOCOL_V5}, as kubectl 1.30 and newer speak by default); SPDY is not served: do not set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false"
+        )));
+    }
+    let Some(protocol) = choose_protocol(req.headers()) else {
+        return Err(ApiError::bad_request(format!(
+            "the client offers none of the stream protocols served: {PROTOCOL_V5}, {PROTOCOL_V4}"
+        )));
+    };
+    let (mut parts, _) = req.into_parts();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|e| ApiError::bad_request(format!("the WebSocket upgrade is malformed: {e}")))?;
+    let Some(kubelets) = &state.kubelets else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "no node agent serves streams",
+        ));
+    };
+    let path = {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for c in &asked.command {
+            q.append_pair("command", c);
+        }
+        for (k, v) in &asked.flags {
+            q.append_pair(k, v);
+        }
+        q.append_pair("podUID", pod["metadata"]["uid"].as_str().unwrap_or_default());
+        let seg = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        format!("/{sub}/{}/{}/{}?{}", seg(ns), seg(name), seg(&container), q.finish())
+    };
+    let agent = kubelets.websocket(node, &path, PROTOCOL_V5).await?;
+    record(&state, id, &pod, sub, &container, &asked.command);
+    let v4 = protocol == PROTOCOL_V4;
+    Ok(upgrade.protocols([protocol]).on_upgrade(move |client| relay(client, agent, v4)))
+}
+
+/// The audit line and the pod's Event: who ran what where.
+fn record(state: &ApiState, id: &Identity, pod: &serde_json::Value, sub: &str, container: &str, command: &[String]) {
+    let (ns, name) = (
+        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+        pod["metadata"]["name"].as_str().unwrap_or_default(),
+    );
+    let user = id.user_name();
+    tracing::info!(target: "capstan::audit", user = %user, verb = "create", resource = %format!("pods/{sub}"), namespace = ns, pod = name, container, command = ?command, "audit");
+    let (reason, message) = match sub {
+        "exec" => ("Exec", format!("{user} ran {command:?} in container {container:?}")),
+        _ => ("Attach", format!("{user} attached to container {container:?}")),
+    };
+    Recorder::new(state.objects.clone(), "kube-apiserver", None).record(pod, EventType::Normal, reason, message);
+}
+
+/// Relays messages both ways until either side ends. A v4 client gets no stream-close signals
+/// (its protocol has none).
+async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
+    let (mut client_tx, mut client_rx) = client.split();
+    let (mut agent_tx, mut agent_rx) = agent.split();
+    let up = async {
+        while let Some(Ok(message)) = client_rx.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if agent_tx.send(AgentMessage::Binary(data)).await.is_err() {
+                break;
+            }
+        }
+        let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = agent_tx.send(AgentMessage::Close(Some(normal))).await;
+    };
+    let down = async {
+        while let Some(Ok(message)) = agent_rx.next().await {
+            let data = match message {
+                AgentMessage::Binary(data) => data,
+                AgentMessage::Close(_) => break,
+                _ => continue,
+            };
+            if v4 && data.first() == Some(&CLOSE) {
+                continue;
+            }
+            if client_tx.send(Message::Binary(data)).await.is_err() {
+                break;
+            }
+        }
+        // A normal close: kubectl takes any other as a broken stream.
+        let normal = axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: "".into(),
+        };
+        let _ = client_tx.send(Message::Close(Some(normal))).await;
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_gives_command_container_and_flags() {
+        let a = parse("command=tar&command=cf&command=-&command=%2Fetc%2Fhosts&container=app&stdout=true&stderr=true&pretty=1");
+        assert_eq!(a.command, ["tar", "cf", "-", "/etc/hosts"]);
+        assert_eq!(a.container.as_deref(), Some("app"));
+        assert_eq!(
+            a.flags,
+            [("stdout".to_owned(), "true".to_owned()), ("stderr".to_owned(), "true".to_owned())]
+        );
+    }
+
+    #[test]
+    fn the_newest_offered_protocol_is_spoken() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "v4.channel.k8s.io, v5.channel.k8s.io".parse().unwrap(),
+        );
+        assert_eq!(choose_protocol(&h), Some(PROTOCOL_V5));
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, "v4.channel.k8s.io".parse().unwrap());
+        assert_eq!(choose_protocol(&h), Some(PROTOCOL_V4));
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, "channel.k8s.io".parse().unwrap());
+        assert_eq!(choose_protocol(&h), None);
+    }
+}

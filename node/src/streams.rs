@@ -1,0 +1,254 @@
+//! Exec and attach for the API server: a WebSocket speaking Kubernetes' remote-command protocol
+//! (`v5.channel.k8s.io`) joined to a process the Engine runs in the pod's container. A client
+//! that leaves takes its exec'd process with it, so nothing it started outlives the session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use capstan_api::remotecommand::{self as rc, CLOSE, ERROR, PROTOCOL_V5, RESIZE, STDERR, STDIN, STDOUT};
+use capstan_containers::{Output, Runtime, Session, StreamSpec};
+use futures::stream::SplitStream;
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+
+use crate::server::{Shared, error, pod_containers};
+
+/// How long an ended exec may take to report its exit code.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// What a stream request asks for.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Request {
+    spec: StreamSpec,
+    uid: Option<String>,
+}
+
+fn parse(query: &str) -> Request {
+    let mut r = Request::default();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "command" => r.spec.command.push(v.into_owned()),
+            "stdin" => r.spec.stdin = rc::flag(&v),
+            "stdout" => r.spec.stdout = rc::flag(&v),
+            "stderr" => r.spec.stderr = rc::flag(&v),
+            "tty" => r.spec.tty = rc::flag(&v),
+            "podUID" => r.uid = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    // A terminal merges stderr into its one stream.
+    r.spec.stderr &= !r.spec.tty;
+    r
+}
+
+/// `GET /exec/{namespace}/{pod}/{container}?command=...&stdin=&stdout=&stderr=&tty=`.
+pub(crate) async fn exec(
+    State(s): State<Arc<Shared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let request = parse(query.as_deref().unwrap_or(""));
+    if request.spec.command.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least one command for the container".into(),
+        );
+    }
+    open(s, (namespace, pod, container), request, ws, true).await
+}
+
+/// `GET /attach/{namespace}/{pod}/{container}?stdin=&stdout=&stderr=&tty=`.
+pub(crate) async fn attach(
+    State(s): State<Arc<Shared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let mut request = parse(query.as_deref().unwrap_or(""));
+    request.spec.command.clear();
+    open(s, (namespace, pod, container), request, ws, false).await
+}
+
+/// Finds the running container, connects the process's streams, then takes the WebSocket: a
+/// failure before that is an HTTP error the API server relays.
+async fn open(
+    s: Arc<Shared>,
+    (namespace, pod, container): (String, String, String),
+    request: Request,
+    ws: WebSocketUpgrade,
+    exec: bool,
+) -> Response {
+    let found = match pod_containers(&s, &namespace, &pod, &container, request.uid.as_deref()).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    if found.is_empty() {
+        return error(StatusCode::NOT_FOUND, format!("container {container:?} in pod {pod:?} not found"));
+    }
+    let Some(running) = found.into_iter().find(|c| c.state == capstan_containers::State::Running) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("container {container:?} in pod {pod:?} is not running"),
+        );
+    };
+    let session = if exec {
+        s.runtime.exec_session(&running.id, &request.spec).await
+    } else {
+        s.runtime.attach(&running.id, &request.spec).await
+    };
+    let session = match session {
+        Ok(session) => session,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot connect to container {container:?}: {e}"),
+            );
+        }
+    };
+    let runtime = s.runtime.clone();
+    let command = request.spec.command;
+    ws.protocols([PROTOCOL_V5])
+        .on_upgrade(move |socket| relay(socket, runtime, running.id, session, command))
+}
+
+/// Runs the session: output to the client, the client's input, resizes and end of input to the
+/// process, and the command's Status when it ends.
+async fn relay(socket: WebSocket, runtime: Arc<dyn Runtime>, container: String, session: Session, command: Vec<String>) {
+    let Session { exec, mut output, input } = session;
+    let (mut sink, incoming) = socket.split();
+    // Input runs on its own, so that a process blocked writing output never stalls its input.
+    let mut feeding = tokio::spawn(feed(incoming, input, runtime.clone(), container.clone(), exec.clone()));
+    let mut failure = None;
+    let client_left = loop {
+        tokio::select! {
+            chunk = output.next() => {
+                let message = match chunk {
+                    Some(Ok(Output::Stdout(b))) => rc::frame(STDOUT, &b),
+                    Some(Ok(Output::Stderr(b))) => rc::frame(STDERR, &b),
+                    Some(Err(e)) => {
+                        failure = Some(e.to_string());
+                        break false;
+                    }
+                    None => break false,
+                };
+                if sink.send(Message::Binary(message.into())).await.is_err() {
+                    break true;
+                }
+            }
+            _ = &mut feeding => break true,
+        }
+    };
+    if client_left {
+        if let Some(exec) = &exec {
+            end_process(runtime.as_ref(), exec).await;
+        }
+        feeding.abort();
+        return;
+    }
+    let status = match (failure, &exec) {
+        (Some(message), _) => rc::failure_status(&message),
+        (None, Some(exec)) => match exit_code(runtime.as_ref(), exec).await {
+            Some(code) => rc::exit_status(&command, code),
+            None => rc::failure_status("the command's exit code is unknown"),
+        },
+        (None, None) => rc::exit_status(&command, 0),
+    };
+    let _ = sink
+        .send(Message::Binary(rc::frame(ERROR, status.to_string().as_bytes()).into()))
+        .await;
+    // A normal close: kubectl takes any other as a broken stream.
+    let _ = sink.send(Message::Close(Some(normal_close()))).await;
+    feeding.abort();
+}
+
+fn normal_close() -> axum::extract::ws::CloseFrame {
+    axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    }
+}
+
+/// The client's messages: stdin, resizes, and v5's end of stdin. Returns when the client leaves.
+async fn feed(
+    mut incoming: SplitStream<WebSocket>,
+    mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    runtime: Arc<dyn Runtime>,
+    container: String,
+    exec: Option<String>,
+) {
+    let mut open = true;
+    while let Some(Ok(message)) = incoming.next().await {
+        let data = match message {
+            Message::Binary(data) => data,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        match data.split_first() {
+            // A process that closed its stdin takes no more; the rest is dropped.
+            Some((&STDIN, rest)) if open => open = input.write_all(rest).await.is_ok(),
+            Some((&RESIZE, rest)) => {
+                if let Some((width, height)) = rc::parse_resize(rest)
+                    && let Err(e) = runtime.resize(&container, exec.as_deref(), width, height).await
+                {
+                    tracing::debug!(error = %e, "cannot resize the terminal");
+                }
+            }
+            Some((&CLOSE, [STDIN])) if open => {
+                let _ = input.shutdown().await;
+                open = false;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The exit code of an exec whose output ended (the Engine may take a moment to record it).
+async fn exit_code(runtime: &dyn Runtime, exec: &str) -> Option<i64> {
+    let deadline = tokio::time::Instant::now() + EXIT_WAIT;
+    loop {
+        match runtime.exec_state(exec).await {
+            Ok(state) if !state.running => return state.exit_code,
+            Ok(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ => return None,
+        }
+    }
+}
+
+/// Kills an exec'd process whose client left: the Engine has no call for it, so it is
+/// signalled by its host pid.
+async fn end_process(runtime: &dyn Runtime, exec: &str) {
+    let Ok(state) = runtime.exec_state(exec).await else {
+        return;
+    };
+    let pid = state.pid.and_then(|p| rustix::process::Pid::from_raw(p as i32));
+    if let (true, Some(pid)) = (state.running, pid) {
+        match rustix::process::kill_process(pid, rustix::process::Signal::KILL) {
+            Ok(()) => tracing::info!(
+                exec,
+                pid = pid.as_raw_nonzero().get(),
+                "the client left: its exec'd process was killed"
+            ),
+            Err(e) => tracing::warn!(exec, error = %e, "the client left, and its exec'd process could not be killed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_names_the_command_and_streams() {
+        let r = parse("command=sh&command=-c&command=echo+a%2Fb&stdin=true&stdout=true&stderr=true&tty=false&podUID=u1");
+        assert_eq!(r.spec.command, ["sh", "-c", "echo a/b"]);
+        assert!(r.spec.stdin && r.spec.stdout && r.spec.stderr && !r.spec.tty);
+        assert_eq!(r.uid.as_deref(), Some("u1"));
+        let tty = parse("command=sh&stdout=true&stderr=true&tty=true");
+        assert!(tty.spec.tty && !tty.spec.stderr, "a terminal has one output stream");
+    }
+}
