@@ -3,8 +3,12 @@
 //! (the floor: both are a CLI starting and the Engine running the process; kubectl adds the API
 //! server's and the agent's TLS hops and the relay). Target: at most 1.5× the floor plus 20 ms.
 //!
-//! `cargo bench --bench streams` (`-- --quick`: 20 runs each instead of 100). Needs the Docker
-//! Engine, kubectl and the images from examples-repo/images/build.sh.
+//! And port-forward's throughput: 100 MB sent through `kubectl port-forward` to a sink in the pod
+//! (until the sink has read it all and closed), beside the same sent straight to the pod's address
+//! (the floor). Target: at least 0.5× the floor.
+//!
+//! `cargo bench --bench streams` (`-- --quick`: 20 exec runs each instead of 100, 2 transfers each
+//! instead of 5). Needs the Docker Engine, kubectl and the images from examples-repo/images/build.sh.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,6 +41,33 @@ fn timed(n: usize, mut cmd: impl FnMut() -> Command) -> Vec<Duration> {
         .collect()
 }
 
+/// User and system CPU time of process `pid` so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start at the state, field 3.
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime, fields 14 and 15, in clock ticks (100 a second on Linux).
+    (ticks(14) + ticks(15)) / 100.0
+}
+
+/// Sends 100 MB to the sink at `addr`, then waits for it to close: MB/s.
+fn send(addr: &str) -> f64 {
+    use std::io::{Read, Write};
+    const TOTAL: usize = 100 << 20;
+    let chunk = vec![0x5au8; 128 << 10];
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).expect("the sink answers");
+    let mut sent = 0;
+    while sent < TOTAL {
+        s.write_all(&chunk).expect("the sink takes the data");
+        sent += chunk.len();
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = s.read_to_end(&mut Vec::new());
+    (TOTAL as f64 / 1e6) / t.elapsed().as_secs_f64()
+}
+
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
@@ -64,7 +95,7 @@ async fn main() {
     let pods = kind("pods");
     let pod = json!({"metadata": {"name": "shell", "namespace": "bench"},
         "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
-                 "containers": [{"name": "app", "image": "capstan.local/testapp:latest", "args": ["sleep", "3600"]}]}});
+                 "containers": [{"name": "app", "image": "capstan.local/testapp:latest", "args": ["sink", "9000"]}]}});
     while d.objects.create(pods, pod.clone()).await.is_err() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -99,17 +130,26 @@ async fn main() {
             c.args(["exec", &container, "true"]);
             c
         };
+        // kubectl's own part: starting, reading its kubeconfig, one request over TLS.
+        let kubectl_get = || {
+            let mut c = Command::new("kubectl");
+            c.arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["get", "pod", "-n", "bench", "shell", "-o", "name"]);
+            c
+        };
         // Warm both paths (kubectl's discovery cache, the Engine's exec), then interleave.
         timed(2, kubectl);
         timed(2, docker_exec);
-        let (mut k, mut f) = (Vec::new(), Vec::new());
+        let (mut k, mut f, mut g) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..n {
             k.extend(timed(1, kubectl));
             f.extend(timed(1, docker_exec));
+            g.extend(timed(1, kubectl_get));
         }
-        (k, f)
+        (k, f, g)
     });
-    let (mut k, mut f) = measure.await.unwrap();
+    let (mut k, mut f, mut g) = measure.await.unwrap();
     let (k50, k99, f50, f99) = (
         percentile(&mut k, 0.5),
         percentile(&mut k, 0.99),
@@ -125,6 +165,15 @@ async fn main() {
         ms(f99)
     );
     println!(
+        "  kubectl get pod        p50 {}  p99 {}   (kubectl's own start and one request, for reference)",
+        ms(percentile(&mut g, 0.5)),
+        ms(percentile(&mut g, 0.99))
+    );
+    println!(
+        "  Capstan's share        p50 {}        (kubectl exec p50 minus kubectl get p50: the upgrade, both hops, the Engine's exec)",
+        ms(k50.saturating_sub(percentile(&mut g, 0.5)))
+    );
+    println!(
         "  ratio p50 {:.2}x, p99 {:.2}x; target <= 1.5x + 20 ms: p50 {} ({} allowed), p99 {} ({} allowed)",
         k50.as_secs_f64() / f50.as_secs_f64(),
         k99.as_secs_f64() / f99.as_secs_f64(),
@@ -133,6 +182,62 @@ async fn main() {
         if k99 <= target(f99) { "met" } else { "missed" },
         ms(target(f99)),
     );
+
+    // Port-forward throughput.
+    let ip = d.cache.get(pods, "bench", "shell").unwrap().object["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kubeconfig = dir.path().join("data/kubeconfig");
+    let transfers = if quick { 2 } else { 5 };
+    let (direct, forwarded, kubectl_cpu, capstan_cpu) = tokio::task::spawn_blocking(move || {
+        let direct: Vec<f64> = (0..transfers).map(|_| send(&format!("{ip}:9000"))).collect();
+        let mut forward = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["port-forward", "-n", "bench", "pod/shell", ":9000"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(forward.stdout.take().unwrap());
+        while !line.starts_with("Forwarding from 127.0.0.1:") {
+            line.clear();
+            assert!(
+                std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+                "kubectl port-forward ended"
+            );
+        }
+        let port = line
+            .trim_start_matches("Forwarding from 127.0.0.1:")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        // Where the time goes: the CPU kubectl and Capstan (this process runs the API server and
+        // the agent) spend on the forwarded transfers.
+        let (k0, c0) = (cpu_seconds(forward.id()), cpu_seconds(std::process::id()));
+        let forwarded: Vec<f64> = (0..transfers).map(|_| send(&format!("127.0.0.1:{port}"))).collect();
+        let (k1, c1) = (cpu_seconds(forward.id()), cpu_seconds(std::process::id()));
+        let _ = forward.kill();
+        let _ = forward.wait();
+        let per_100mb = |a: f64, b: f64| (b - a) / transfers as f64 * 1000.0;
+        (direct, forwarded, per_100mb(k0, k1), per_100mb(c0, c1))
+    })
+    .await
+    .unwrap();
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (direct, forwarded) = (best(&direct), best(&forwarded));
+    println!("port-forward, 100 MB to a sink in the pod, best of {transfers}:");
+    println!("  kubectl port-forward   {forwarded:.0} MB/s");
+    println!("  pod address directly  {direct:.0} MB/s   (floor)");
+    println!(
+        "  ratio {:.2}x; target >= 0.5x: {}",
+        forwarded / direct,
+        if forwarded >= 0.5 * direct { "met" } else { "missed" }
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("  CPU per 100 MB forwarded: kubectl {kubectl_cpu:.0} ms, Capstan's API server and agent {capstan_cpu:.0} ms ({cores} cores)");
 
     let _ = d.objects.delete(pods, "bench", "shell", None).await;
     let node_labels = [(capstan_api::meta::LABEL_NODE, node.as_str())];

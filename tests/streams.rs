@@ -1,9 +1,11 @@
-//! kubectl exec, attach and cp on the real kubectl, daemon, node agent and Docker Engine: exit
-//! codes and stderr kept apart, piped stdin ending cleanly, a terminal under `script` with its
-//! size, `-c` and the default-container annotation, a missing command, a 20 MB binary file
-//! copied in and out unchanged, a client that leaves taking its process with it, output of an
-//! attached container; the read-only credential and a service account are refused, and every
-//! exec is audited in the log and as an Event on the pod.
+//! kubectl exec, attach, cp and port-forward on the real kubectl, daemon, node agent and Docker
+//! Engine: exit codes and stderr kept apart, piped stdin ending cleanly, a terminal under
+//! `script` with its size, `-c` and the default-container annotation, a missing command, a 20 MB
+//! binary file copied in and out unchanged, a client that leaves taking its process with it,
+//! output of an attached container; port-forward to a pod and to a Service with concurrent
+//! connections, to a listener on the pod's loopback only, and to a port nothing listens on; the
+//! read-only credential and a service account are refused, and every session is audited in the
+//! log and as an Event on the pod.
 
 mod common;
 
@@ -14,6 +16,13 @@ use common::{Cluster, docker_cluster, pod_ready};
 use serde_json::Value;
 
 const BOX: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: box}
+spec:
+  selector: {app: box}
+  ports: [{port: 80, targetPort: 8080}]
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: box}
@@ -30,7 +39,8 @@ spec:
         image: capstan.local/testapp:latest
         imagePullPolicy: Never
         env: [{name: WHO, value: side}]
-        command: [sh, -c, "while true; do echo tick; sleep 1; done"]
+        # A web server on the pod's loopback only, for port-forward to reach.
+        command: [sh, -c, "mkdir -p /tmp/www && echo loopback-only > /tmp/www/index.html && httpd -p 127.0.0.1:9090 -h /tmp/www && while true; do echo tick; sleep 1; done"]
       - name: app
         image: capstan.local/testapp:latest
         imagePullPolicy: Never
@@ -182,6 +192,33 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     );
     assert!(text(&o.stdout).contains("tick"), "{}", explain(&o));
 
+    // port-forward: concurrent connections through one tunnel, to a pod and to a Service.
+    let (mut forward, port) = port_forward(&c, &[&format!("pod/{pod}"), ":8080", ":9090"]);
+    let fetches: Vec<_> = (0..8)
+        .map(|i| {
+            let port = port[i % 2];
+            std::thread::spawn(move || local_get(port, "/"))
+        })
+        .collect();
+    for (i, f) in fetches.into_iter().enumerate() {
+        let body = f.join().unwrap().unwrap_or_else(|e| panic!("fetch {i} through the tunnel: {e}"));
+        if i % 2 == 1 {
+            // The web server that listens on the pod's loopback only.
+            assert!(body.contains("loopback-only"), "{body}");
+        }
+    }
+    forward.kill().unwrap();
+    forward.wait().unwrap();
+    let (mut forward, port) = port_forward(&c, &["svc/box", ":80"]);
+    assert!(local_get(port[0], "/").is_ok());
+    forward.kill().unwrap();
+    forward.wait().unwrap();
+    // A port nothing listens on: the refusal comes back on that connection's error stream.
+    let (forward, port) = port_forward(&c, &[&format!("pod/{pod}"), ":9999"]);
+    assert!(local_get(port[0], "/").is_err());
+    let out = finish(forward);
+    assert!(text(&out.stderr).contains("connection refused"), "{}", explain(&out));
+
     // Authorised: the read-only credential and a service account may not run commands.
     let ro = c.data.join("kubeconfig-readonly");
     let o = common::run(
@@ -193,6 +230,14 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("view rights"), "{}", explain(&o));
     let token = c.kubectl_ok(&["create", "token", "default"]);
+    let o = common::run(
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&ro)
+            .args(["port-forward", &pod, ":8080"]),
+    );
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("pods/portforward"), "{}", explain(&o));
     let o = c.kubectl(&["--token", token.trim(), "exec", &pod, "--", "true"]);
     assert!(!o.status.success());
     assert!(
@@ -210,8 +255,61 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     );
     c.wait_until_within("the pod's Exec event", 30, || {
         let events = c.kubectl_ok(&["get", "events", "--field-selector", &format!("involvedObject.name={pod}")]);
-        events.contains("Exec") && events.contains("Attach")
+        events.contains("Exec") && events.contains("Attach") && events.contains("PortForward")
     });
+}
+
+/// Starts `kubectl port-forward ARGS` and returns it with the local ports it listens on, in the
+/// order given.
+fn port_forward(c: &Cluster, args: &[&str]) -> (std::process::Child, Vec<u16>) {
+    use std::io::BufRead;
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .arg("port-forward")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ports = Vec::new();
+    // "Forwarding from 127.0.0.1:43567 -> 8080", and again for [::1].
+    while ports.len() < args.len() - 1 {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                    ports.push(rest.split_whitespace().next().unwrap().parse().unwrap());
+                }
+            }
+            _ => panic!("kubectl port-forward ended: {}", explain(&finish(child))),
+        }
+    }
+    // Keep draining its output so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, ports)
+}
+
+/// Stops a port-forward (if it still runs) and returns what it printed on stderr.
+fn finish(mut child: std::process::Child) -> Output {
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
+}
+
+/// GET `path` from 127.0.0.1:`port`: the body, or why not.
+fn local_get(port: u16, path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    if answer.starts_with("HTTP/1.") {
+        Ok(answer)
+    } else {
+        Err(format!("no HTTP answer: {answer:?}"))
+    }
 }
 
 fn write_temp(data: &[u8]) -> std::path::PathBuf {

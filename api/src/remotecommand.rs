@@ -1,12 +1,14 @@
 //! Kubernetes' remote-command stream protocol (`v5.channel.k8s.io`), spoken by kubectl to the API
 //! server for exec and attach and by the API server to the node agents: every WebSocket binary
-//! message is one channel byte and its payload.
+//! message is one channel byte and its payload. Port-forward's subprotocol is named here too.
 
 use serde_json::{Value, json};
 
 /// The subprotocols served, newest first. v4 lacks the stream-close signal.
 pub const PROTOCOL_V5: &str = "v5.channel.k8s.io";
 pub const PROTOCOL_V4: &str = "v4.channel.k8s.io";
+/// Port-forward's subprotocol: SPDY/3.1 frames carried in binary messages (kubectl 1.31+).
+pub const PROTOCOL_PORT_FORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;

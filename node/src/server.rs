@@ -90,6 +90,7 @@ pub async fn start(
         .route("/stats/summary", get(summary))
         .route("/exec/{namespace}/{pod}/{container}", get(crate::streams::exec))
         .route("/attach/{namespace}/{pod}/{container}", get(crate::streams::attach))
+        .route("/portforward/{namespace}/{pod}", get(crate::portforward::portforward))
         .with_state(shared);
     let task = tokio::spawn(capstan_runtime::https::serve(listener, tls, router, stop));
     Ok((addr, task))

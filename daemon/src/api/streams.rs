@@ -1,7 +1,8 @@
-//! Exec and attach (`pods/exec`, `pods/attach`): kubectl's WebSocket (`v5.channel.k8s.io`, or v4)
-//! is authorised (`create` on the subresource, as KEP-4006 requires of an upgrade that is a GET),
-//! audited, and relayed to the pod's node agent, which runs the process on the Engine. Running a
-//! command changes no desired state, so Git has no say in it.
+//! Exec, attach and port-forward (`pods/exec`, `pods/attach`, `pods/portforward`): kubectl's
+//! WebSocket (`v5.channel.k8s.io` or v4; `SPDY/3.1+portforward.k8s.io`) is authorised (`create`
+//! on the subresource, as KEP-4006 requires of an upgrade that is a GET), audited, and relayed
+//! message for message to the pod's node agent, which runs the process on the Engine or opens the
+//! connections in the pod. Running things changes no desired state, so Git has no say in them.
 
 use std::sync::Arc;
 
@@ -11,8 +12,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use capstan_api::KindInfo;
-use capstan_api::remotecommand::{self as rc, CLOSE, PROTOCOL_V4, PROTOCOL_V5};
-use futures::{SinkExt, StreamExt};
+use capstan_api::remotecommand::{self as rc, CLOSE, PROTOCOL_PORT_FORWARD, PROTOCOL_V4, PROTOCOL_V5};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as AgentMessage;
 
 use super::status::ApiError;
@@ -46,8 +47,8 @@ fn parse(query: &str) -> Asked {
     asked
 }
 
-/// The subprotocol to speak: the newest the client offers.
-fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
+/// The subprotocol to speak: the newest the client offers of those `served`.
+fn choose_protocol(headers: &HeaderMap, served: &[&'static str]) -> Option<&'static str> {
     let offered: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -55,7 +56,7 @@ fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
-    [PROTOCOL_V5, PROTOCOL_V4].into_iter().find(|p| offered.contains(p))
+    served.iter().copied().find(|p| offered.contains(p))
 }
 
 fn is_websocket(headers: &HeaderMap) -> bool {
@@ -83,15 +84,7 @@ pub(super) async fn serve(
         id,
         &Attributes::new(Verb::Create, kind, Some(ns), name).subresource(Some(sub)),
     )?;
-    if sub == "portforward" {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "NotImplemented",
-            format!(
-                "port-forward is not served yet (it needs SPDY/3.1 framing): reach pod {ns}/{name} through a Service's NodePort, or with kubectl exec"
-            ),
-        ));
-    }
+    let forward = sub == "portforward";
     let asked = parse(req.uri().query().unwrap_or(""));
     if sub == "exec" && asked.command.is_empty() {
         return Err(ApiError::bad_request("you must specify at least one command for the container"));
@@ -101,7 +94,11 @@ pub(super) async fn serve(
         .get(kind, ns, name)
         .ok_or_else(|| ApiError::not_found(format!("pods {name:?} not found")))?;
     let pod = pod.object.clone();
-    let container = crate::nodelogs::pick_container(&pod, asked.container.as_deref())?;
+    let container = if forward {
+        String::new()
+    } else {
+        crate::nodelogs::pick_container(&pod, asked.container.as_deref())?
+    };
     let phase = pod["status"]["phase"].as_str().unwrap_or_default();
     if matches!(phase, "Succeeded" | "Failed") {
         return Err(ApiError::bad_request(format!(
@@ -111,14 +108,21 @@ pub(super) async fn serve(
     let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
         return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
     };
+    let (served, switch): (&[&'static str], _) = if forward {
+        (&[PROTOCOL_PORT_FORWARD], "KUBECTL_PORT_FORWARD_WEBSOCKETS")
+    } else {
+        (&[PROTOCOL_V5, PROTOCOL_V4], "KUBECTL_REMOTE_COMMAND_WEBSOCKETS")
+    };
     if !is_websocket(req.headers()) {
         return Err(ApiError::bad_request(format!(
-            "Capstan serves pods/{sub} over WebSocket only ({PROTOCOL_V5}, as kubectl 1.30 and newer speak by default); SPDY is not served: do not set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false"
+            "Capstan serves pods/{sub} over WebSocket only ({}, as kubectl speaks by default since 1.31); plain SPDY is not served: do not set {switch}=false",
+            served.join(", ")
         )));
     }
-    let Some(protocol) = choose_protocol(req.headers()) else {
+    let Some(protocol) = choose_protocol(req.headers(), served) else {
         return Err(ApiError::bad_request(format!(
-            "the client offers none of the stream protocols served: {PROTOCOL_V5}, {PROTOCOL_V4}"
+            "the client offers none of the stream protocols served for pods/{sub}: {}",
+            served.join(", ")
         )));
     };
     let (mut parts, _) = req.into_parts();
@@ -132,7 +136,11 @@ pub(super) async fn serve(
             "no node agent serves streams",
         ));
     };
-    let path = {
+    let seg = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let path = if forward {
+        format!("/portforward/{}/{}?podUID={}", seg(ns), seg(name), seg(uid))
+    } else {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
         for c in &asked.command {
             q.append_pair("command", c);
@@ -140,11 +148,12 @@ pub(super) async fn serve(
         for (k, v) in &asked.flags {
             q.append_pair(k, v);
         }
-        q.append_pair("podUID", pod["metadata"]["uid"].as_str().unwrap_or_default());
-        let seg = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        q.append_pair("podUID", uid);
         format!("/{sub}/{}/{}/{}?{}", seg(ns), seg(name), seg(&container), q.finish())
     };
-    let agent = kubelets.websocket(node, &path, PROTOCOL_V5).await?;
+    let agent = kubelets
+        .websocket(node, &path, if forward { PROTOCOL_PORT_FORWARD } else { PROTOCOL_V5 })
+        .await?;
     record(&state, id, &pod, sub, &container, &asked.command);
     let v4 = protocol == PROTOCOL_V4;
     Ok(upgrade.protocols([protocol]).on_upgrade(move |client| relay(client, agent, v4)))
@@ -160,24 +169,35 @@ fn record(state: &ApiState, id: &Identity, pod: &serde_json::Value, sub: &str, c
     tracing::info!(target: "capstan::audit", user = %user, verb = "create", resource = %format!("pods/{sub}"), namespace = ns, pod = name, container, command = ?command, "audit");
     let (reason, message) = match sub {
         "exec" => ("Exec", format!("{user} ran {command:?} in container {container:?}")),
+        "portforward" => ("PortForward", format!("{user} forwarded connections to the pod's ports")),
         _ => ("Attach", format!("{user} attached to container {container:?}")),
     };
     Recorder::new(state.objects.clone(), "kube-apiserver", None).record(pod, EventType::Normal, reason, message);
 }
 
 /// Relays messages both ways until either side ends. A v4 client gets no stream-close signals
-/// (its protocol has none).
+/// (its protocol has none); port-forward's messages are bytes of SPDY frames, passed as they are.
 async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
     let (mut client_tx, mut client_rx) = client.split();
     let (mut agent_tx, mut agent_rx) = agent.split();
     let up = async {
-        while let Some(Ok(message)) = client_rx.next().await {
-            let data = match message {
-                Message::Binary(data) => data,
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            if agent_tx.send(AgentMessage::Binary(data)).await.is_err() {
+        'session: while let Some(Ok(first)) = client_rx.next().await {
+            // Everything already waiting goes out before one flush: kubectl writes each SPDY
+            // frame as two messages, and a flush each would cost a TLS record and a write each.
+            let mut next = Some(first);
+            while let Some(message) = next {
+                match message {
+                    Message::Binary(data) => {
+                        if agent_tx.feed(AgentMessage::Binary(data)).await.is_err() {
+                            break 'session;
+                        }
+                    }
+                    Message::Close(_) => break 'session,
+                    _ => {}
+                }
+                next = waiting(&mut client_rx);
+            }
+            if agent_tx.flush().await.is_err() {
                 break;
             }
         }
@@ -188,16 +208,22 @@ async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
         let _ = agent_tx.send(AgentMessage::Close(Some(normal))).await;
     };
     let down = async {
-        while let Some(Ok(message)) = agent_rx.next().await {
-            let data = match message {
-                AgentMessage::Binary(data) => data,
-                AgentMessage::Close(_) => break,
-                _ => continue,
-            };
-            if v4 && data.first() == Some(&CLOSE) {
-                continue;
+        'session: while let Some(Ok(first)) = agent_rx.next().await {
+            let mut next = Some(first);
+            while let Some(message) = next {
+                match message {
+                    AgentMessage::Binary(data) if v4 && data.first() == Some(&CLOSE) => {}
+                    AgentMessage::Binary(data) => {
+                        if client_tx.feed(Message::Binary(data)).await.is_err() {
+                            break 'session;
+                        }
+                    }
+                    AgentMessage::Close(_) => break 'session,
+                    _ => {}
+                }
+                next = waiting(&mut agent_rx);
             }
-            if client_tx.send(Message::Binary(data)).await.is_err() {
+            if client_tx.flush().await.is_err() {
                 break;
             }
         }
@@ -212,6 +238,14 @@ async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
         _ = up => {}
         _ = down => {}
     }
+}
+
+/// The next message if one is already here (a bounded burst: at most what the socket holds).
+fn waiting<S, M, E>(stream: &mut S) -> Option<M>
+where
+    S: futures::Stream<Item = Result<M, E>> + Unpin,
+{
+    stream.next().now_or_never().flatten().and_then(Result::ok)
 }
 
 #[cfg(test)]
@@ -236,10 +270,13 @@ mod tests {
             header::SEC_WEBSOCKET_PROTOCOL,
             "v4.channel.k8s.io, v5.channel.k8s.io".parse().unwrap(),
         );
-        assert_eq!(choose_protocol(&h), Some(PROTOCOL_V5));
+        let exec = [PROTOCOL_V5, PROTOCOL_V4];
+        assert_eq!(choose_protocol(&h, &exec), Some(PROTOCOL_V5));
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, "v4.channel.k8s.io".parse().unwrap());
-        assert_eq!(choose_protocol(&h), Some(PROTOCOL_V4));
+        assert_eq!(choose_protocol(&h, &exec), Some(PROTOCOL_V4));
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, "channel.k8s.io".parse().unwrap());
-        assert_eq!(choose_protocol(&h), None);
+        assert_eq!(choose_protocol(&h, &exec), None);
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, PROTOCOL_PORT_FORWARD.parse().unwrap());
+        assert_eq!(choose_protocol(&h, &[PROTOCOL_PORT_FORWARD]), Some(PROTOCOL_PORT_FORWARD));
     }
 }
