@@ -186,16 +186,15 @@ async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
             // frame as two messages, and a flush each would cost a TLS record and a write each.
             let mut next = Some(first);
             while let Some(message) = next {
-                match message {
-                    Message::Binary(data) => {
-                        if agent_tx.feed(AgentMessage::Binary(data)).await.is_err() {
-                            break 'session;
-                        }
-                    }
-                    Message::Close(_) => break 'session,
-                    _ => {}
-                }
                 next = waiting(&mut client_rx);
+                let data = match message {
+                    Message::Binary(data) => data,
+                    Message::Close(_) => break 'session,
+                    _ => continue,
+                };
+                if agent_tx.feed(AgentMessage::Binary(data)).await.is_err() {
+                    break 'session;
+                }
             }
             if agent_tx.flush().await.is_err() {
                 break;
@@ -211,17 +210,15 @@ async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
         'session: while let Some(Ok(first)) = agent_rx.next().await {
             let mut next = Some(first);
             while let Some(message) = next {
-                match message {
-                    AgentMessage::Binary(data) if v4 && data.first() == Some(&CLOSE) => {}
-                    AgentMessage::Binary(data) => {
-                        if client_tx.feed(Message::Binary(data)).await.is_err() {
-                            break 'session;
-                        }
-                    }
-                    AgentMessage::Close(_) => break 'session,
-                    _ => {}
-                }
                 next = waiting(&mut agent_rx);
+                let data = match message {
+                    AgentMessage::Binary(data) if !(v4 && data.first() == Some(&CLOSE)) => data,
+                    AgentMessage::Close(_) => break 'session,
+                    _ => continue,
+                };
+                if client_tx.feed(Message::Binary(data)).await.is_err() {
+                    break 'session;
+                }
             }
             if client_tx.flush().await.is_err() {
                 break;
