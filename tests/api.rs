@@ -222,6 +222,35 @@ fn writes_to_desired_state_are_refused_with_the_git_file() {
     );
     assert_eq!(err.matches("Warning: deployments.apps").count(), 1, "said once: {err}");
 
+    // kubectl diff: a dry run shows what committing the changed file would make, and writes
+    // nothing; the unchanged file shows no difference.
+    let o = c.kubectl(&["diff", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        has_line(&shown, &["-", "replicas:", "2"]) && has_line(&shown, &["+", "replicas:", "5"]),
+        "{shown}"
+    );
+    assert!(!shown.contains("last-applied-configuration"), "{shown}");
+    let same = c.dir.path().join("same.yaml");
+    std::fs::write(&same, WEB).unwrap();
+    let o = c.kubectl(&["diff", "-f", same.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    let image = c.dir.path().join("image.yaml");
+    std::fs::write(&image, WEB.replace("testapp:latest", "testapp:v2")).unwrap();
+    let o = c.kubectl(&["diff", "-f", image.to_str().unwrap()]);
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(has_line(&shown, &["+", "-", "image:", "capstan.local/testapp:v2"]), "{shown}");
+    // The container's other fields (defaults the store filled in) are untouched by the patch.
+    assert!(
+        !shown.lines().any(|l| (l.starts_with('+') || l.starts_with('-')) && l.contains("imagePullPolicy")),
+        "{shown}"
+    );
+    let o = c.kubectl(&["apply", "--dry-run=server", "-f", manifest.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(server dry run)"), "{}", stderr(&o));
+    let replicas = c.kubectl_ok(&["get", "deploy", "web", "-n", "shop", "-o", "jsonpath={.spec.replicas}"]);
+    assert_eq!(replicas, "2", "a dry run wrote");
+
     let o = c.kubectl(&["delete", "svc", "web", "-n", "shop"]);
     assert!(
         stderr(&o).contains("services \"web\" is managed in Git: to delete it, change apps/web.yaml"),

@@ -96,7 +96,8 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     ) else {
         return;
     };
-    let _agent = c.node(&format!("streams-{}", std::process::id()), &run, &[]);
+    let node = format!("streams-{}", std::process::id());
+    let _agent = c.node(&node, &run, &[]);
     let status = c.kubectl(&["rollout", "status", "deployment/box", "--timeout=120s"]);
     assert!(status.status.success(), "{}\n{}", explain(&status), c.log());
     c.wait_until_within("the pod to be ready", 60, || {
@@ -257,6 +258,49 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
         let events = c.kubectl_ok(&["get", "events", "--field-selector", &format!("involvedObject.name={pod}")]);
         events.contains("Exec") && events.contains("Attach") && events.contains("PortForward")
     });
+
+    // Day-two actions that change no desired state. Nodes are observed state: an administrator
+    // labels and annotates them.
+    c.kubectl_ok(&["label", "node", &node, "team=blue"]);
+    c.kubectl_ok(&["annotate", "node", &node, "note=rack 4"]);
+    assert_eq!(
+        c.kubectl_ok(&["get", "nodes", "-l", "team=blue", "-o", "name"]).trim(),
+        format!("node/{node}")
+    );
+
+    // rollout restart: the pods are replaced, Git's template stays as it is, and a later commit
+    // changing something else neither undoes the restart nor restarts again.
+    c.kubectl_ok(&["rollout", "restart", "deployment/box"]);
+    c.wait_until_within("the restart to replace the pod", 120, || {
+        let pods: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pods", "-l", "app=box", "-o", "json"])).unwrap();
+        let items = pods["items"].as_array().unwrap();
+        items.len() == 1 && items[0]["metadata"]["name"] != pod.as_str() && pod_ready(&items[0])
+    });
+    let restarted = the_pod(&c);
+    let replica_sets = || c.kubectl_ok(&["get", "rs", "-l", "app=box", "-o", "name"]).lines().count();
+    assert_eq!(replica_sets(), 2);
+    c.commit(
+        &[(
+            "other.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {a: b}\n",
+        )],
+        &[],
+        "something else",
+    );
+    c.wait_until_within("the other commit to apply", 60, || {
+        c.kubectl(&["get", "configmap", "other"]).status.success()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(the_pod(&c), restarted, "the pod was restarted again");
+    assert_eq!(replica_sets(), 2);
+    let deployment: Value = serde_json::from_str(&c.kubectl_ok(&["get", "deployment", "box", "-o", "json"])).unwrap();
+    assert!(
+        deployment["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string(),
+        "{deployment}"
+    );
+    // Any other change to a workload is still Git's to make.
+    let o = c.kubectl(&["scale", "deployment/box", "--replicas=3"]);
+    assert!(!o.status.success() && text(&o.stderr).contains("box.yaml"), "{}", explain(&o));
 }
 
 /// Starts `kubectl port-forward ARGS` and returns it with the local ports it listens on, in the

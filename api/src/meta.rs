@@ -17,6 +17,23 @@ pub const ANNOTATION_DOCUMENT: &str = "capstan.dev/document";
 /// plain files have none).
 pub const ANNOTATION_KUSTOMIZATION: &str = "capstan.dev/kustomization";
 
+/// Pod-template annotation `kubectl rollout restart` sets: a restart an administrator asked for,
+/// which is the cluster's, not Git's (a commit keeps it unless it sets the annotation itself).
+pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+
+/// Whether `patch` (a merge patch) sets only the restart annotation of a pod template, as
+/// `kubectl rollout restart` does.
+pub fn is_restart_patch(patch: &serde_json::Value) -> bool {
+    let only = |v: &serde_json::Value, key: &str| v.as_object().is_some_and(|m| m.len() == 1 && m.contains_key(key));
+    let template = &patch["spec"]["template"];
+    only(patch, "spec")
+        && only(&patch["spec"], "template")
+        && only(template, "metadata")
+        && only(&template["metadata"], "annotations")
+        && only(&template["metadata"]["annotations"], ANNOTATION_RESTARTED_AT)
+        && template["metadata"]["annotations"][ANNOTATION_RESTARTED_AT].is_string()
+}
+
 /// Whether `object` came from the repository (it names the file or kustomization that made
 /// it), rather than from a controller.
 pub fn from_git(object: &serde_json::Value) -> bool {
@@ -36,6 +53,25 @@ pub const LABEL_COMMIT: &str = "capstan.dev/commit";
 
 /// The namespace that namespaced objects without one land in.
 pub const DEFAULT_NAMESPACE: &str = "default";
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_the_restart_annotation_makes_a_restart() {
+        let at = |v: serde_json::Value| json!({"spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTARTED_AT: v}}}}});
+        assert!(is_restart_patch(&at(json!("2026-12-06T03:00:00Z"))));
+        assert!(!is_restart_patch(&at(json!(null))));
+        let mut more = at(json!("now"));
+        more["spec"]["replicas"] = json!(3);
+        assert!(!is_restart_patch(&more));
+        let mut image = at(json!("now"));
+        image["spec"]["template"]["spec"] = json!({"containers": [{"name": "a", "image": "b"}]});
+        assert!(!is_restart_patch(&image));
+    }
+}
 
 /// Identity of an object: group, kind, namespace (empty for cluster-scoped kinds) and name.
 /// The version is not part of identity, as in Kubernetes.

@@ -434,7 +434,16 @@ pub fn merge_live(kind: &KindInfo, live: &Value, previous: Option<&Value>, desir
                 }
             }
         }
-        "Deployment" | "ReplicaSet" | "StatefulSet" => {
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+            // A restart an administrator asked for (`kubectl rollout restart`) stays: undoing it
+            // would restart the pods again. A commit that sets the annotation itself wins.
+            let restarted = &live["spec"]["template"]["metadata"]["annotations"][capstan_api::meta::ANNOTATION_RESTARTED_AT];
+            if restarted.is_string()
+                && next["spec"]["template"].is_object()
+                && next["spec"]["template"]["metadata"]["annotations"][capstan_api::meta::ANNOTATION_RESTARTED_AT].is_null()
+            {
+                next["spec"]["template"]["metadata"]["annotations"][capstan_api::meta::ANNOTATION_RESTARTED_AT] = restarted.clone();
+            }
             // An autoscaler owns the replicas: Git's count was the starting point, and a commit
             // that leaves `replicas` as it was keeps the autoscaled count.
             let autoscaled = live["metadata"]["annotations"][crate::controllers::autoscaler::AUTOSCALED_BY].is_string();
@@ -600,6 +609,23 @@ mod tests {
             merge_live(kind, &live, Some(&previous), &rescaled)["spec"]["replicas"],
             3,
             "Git changed replicas: its value wins"
+        );
+    }
+
+    #[test]
+    fn a_restart_survives_commits_that_do_not_set_it() {
+        let kind = capstan_api::kinds::by_name("deployments").unwrap();
+        let at = capstan_api::meta::ANNOTATION_RESTARTED_AT;
+        let live = json!({"metadata": {"name": "web"}, "spec": {"template": {"metadata": {"annotations": {at: "t1"}}, "spec": {"x": 1}}}});
+        let previous = json!({"metadata": {"name": "web"}, "spec": {"template": {"spec": {"x": 1}}}});
+        let image = json!({"metadata": {"name": "web"}, "spec": {"template": {"spec": {"x": 2}}}});
+        let next = merge_live(kind, &live, Some(&previous), &image);
+        assert_eq!(next["spec"]["template"]["metadata"]["annotations"][at], "t1");
+        assert_eq!(next["spec"]["template"]["spec"]["x"], 2);
+        let set = json!({"metadata": {"name": "web"}, "spec": {"template": {"metadata": {"annotations": {at: "t0"}}, "spec": {"x": 1}}}});
+        assert_eq!(
+            merge_live(kind, &live, Some(&previous), &set)["spec"]["template"]["metadata"]["annotations"][at],
+            "t0"
         );
     }
 

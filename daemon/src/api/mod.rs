@@ -8,6 +8,7 @@ mod eviction;
 pub mod metrics;
 mod nodes;
 mod openapi;
+mod patch;
 mod paths;
 mod protobuf;
 mod reads;
@@ -266,7 +267,7 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
                     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
                     tokens::token_request(&state, &id, namespace.as_deref().unwrap_or("default"), name, content_type, &body)
                 }
-                _ => writes::write(&state, &id, &method, &target, &headers, body).await,
+                _ => writes::write(&state, &id, &method, &target, &headers, &query, body).await,
             }
         }
     };

@@ -1,5 +1,6 @@
-//! Writes: the few changes the API accepts (node agents' observed state, pod deletion) and
-//! the refusals that send changes to desired state to Git.
+//! Writes: the few changes the API accepts (node agents' observed state, pod deletion, restarts,
+//! dry runs that show what a change would make) and the refusals that send changes to desired
+//! state to Git.
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -55,35 +56,13 @@ pub(super) fn managed_in_git(state: &ApiState, kind: &KindInfo, namespace: &str,
         .warned()
 }
 
-/// JSON merge patch (RFC 7386); strategic merge patches are applied the same way.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = json!({});
-            }
-            let t = target.as_object_mut().expect("made an object");
-            for (k, v) in p {
-                if k.starts_with("$") {
-                    continue; // strategic-merge directives
-                }
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
-}
-
 pub(super) async fn write(
     state: &ApiState,
     id: &Identity,
     method: &Method,
     target: &Target,
     headers: &HeaderMap,
+    query: &str,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (kind, namespace, name, subresource) = match target {
@@ -127,13 +106,20 @@ pub(super) async fn write(
     } else {
         body
     };
+    if url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "dryRun" && v == "All") {
+        return dry_run(state, id, verb, kind, &namespace, &name, ct, &body);
+    }
     let manual_run = verb == Verb::Create && is_manual_run(state, kind, &namespace, &body);
+    let restart = verb == Verb::Patch
+        && subresource.is_none()
+        && serde_json::from_slice::<Value>(&body).is_ok_and(|p| capstan_api::meta::is_restart_patch(&p));
     authorize(
         state,
         id,
         &Attributes::new(verb, kind, ns, &name)
             .subresource(subresource.as_deref())
-            .manual_run(manual_run),
+            .manual_run(manual_run)
+            .restart(restart),
     )?;
     if kind.kind == "Pod" && subresource.as_deref() == Some("eviction") {
         return super::eviction::evict(state, &namespace, &name).await;
@@ -174,27 +160,21 @@ pub(super) async fn write(
             objects.update(kind, obj, status_write).await?
         }
         _ => {
-            if !(ct.starts_with("application/merge-patch+json") || ct.starts_with("application/strategic-merge-patch+json")) {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "UnsupportedMediaType",
-                    format!("patch type {ct:?} is not supported; use a merge patch"),
-                ));
-            }
             let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-            let cordon_only = kind.kind == "Node" && !matches!(id, Identity::Node(_));
-            let mut beyond_cordon = false;
+            let apply = patcher(ct)?;
+            let operator_only = kind.kind == "Node" && !matches!(id, Identity::Node(_));
+            let mut beyond_operator = false;
             let written = objects
                 .modify(kind, &namespace, &name, status_write, |current| {
                     let before = current.clone();
-                    merge_patch(current, &patch);
-                    beyond_cordon = cordon_only && !only_unschedulable_changed(&before, current);
-                    !beyond_cordon && *current != before
+                    apply(current, &patch);
+                    beyond_operator = operator_only && !only_operator_fields_changed(&before, current);
+                    !beyond_operator && *current != before
                 })
                 .await?;
-            if beyond_cordon {
+            if beyond_operator {
                 return Err(ApiError::forbidden(format!(
-                    "nodes {name:?}: a node is observed state, written by its agent; only cordoning (spec.unschedulable, as kubectl cordon and drain do) may be changed through the API"
+                    "nodes {name:?}: a node is observed state, written by its agent; only cordoning (spec.unschedulable, as kubectl cordon and drain do), labels and annotations may be changed through the API"
                 )));
             }
             written
@@ -210,16 +190,112 @@ pub(super) async fn write(
     ))
 }
 
-/// Whether `after` differs from `before` at most in `spec.unschedulable` (and the metadata the
-/// store keeps).
-fn only_unschedulable_changed(before: &Value, after: &Value) -> bool {
+/// How a patch of content type `ct` applies.
+fn patcher(ct: &str) -> Result<fn(&mut Value, &Value), ApiError> {
+    if ct.starts_with("application/merge-patch+json") {
+        Ok(super::patch::merge_patch)
+    } else if ct.starts_with("application/strategic-merge-patch+json") || ct.starts_with("application/apply-patch") {
+        // A server-side apply's object merges into the live one as a strategic patch would
+        // (fields it names are set; Capstan keeps no field managers).
+        Ok(super::patch::strategic_merge)
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("patch type {ct:?} is not supported; use a merge or strategic merge patch"),
+        ))
+    }
+}
+
+/// The annotation client-side `kubectl apply` keeps; Capstan's sync is the applier, so objects
+/// do not carry it, and a dry run does not add it (it would show as a change in every diff).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A dry run (`kubectl diff`, `kubectl apply --dry-run=server`): the object as the write would
+/// make it, defaults filled in, and nothing written. Whoever may read the object may ask, since
+/// nothing changes; the answer does not say Git would accept the change, only what it would be.
+#[allow(clippy::too_many_arguments)]
+fn dry_run(
+    state: &ApiState,
+    id: &Identity,
+    verb: Verb,
+    kind: &'static KindInfo,
+    namespace: &str,
+    name: &str,
+    ct: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let ns = Some(namespace).filter(|n| !n.is_empty());
+    authorize(state, id, &Attributes::new(Verb::Get, kind, ns, name))?;
+    let live = state.cache.get(kind, namespace, name).map(|e| (*e.object).clone());
+    let not_found = || ApiError::not_found(format!("{} {name:?} not found", kind.resource()));
+    let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")));
+    let (code, mut object) = match verb {
+        Verb::Delete => return Ok(json_response(StatusCode::OK, &live.ok_or_else(not_found)?)),
+        Verb::Create => {
+            let mut obj = parse(body)?;
+            if kind.namespaced {
+                obj["metadata"]["namespace"] = json!(namespace);
+            }
+            obj["metadata"]["creationTimestamp"] = json!(capstan_api::time::now_rfc3339());
+            (StatusCode::CREATED, obj)
+        }
+        Verb::Update => (StatusCode::OK, parse(body)?),
+        _ => {
+            let mut obj = live.clone().ok_or_else(not_found)?;
+            patcher(ct)?(&mut obj, &parse(body)?);
+            (StatusCode::OK, obj)
+        }
+    };
+    if let Some(live) = &live {
+        for field in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp", "generation"] {
+            match live["metadata"].get(field) {
+                Some(v) => object["metadata"][field] = v.clone(),
+                None => {
+                    if let Some(m) = object["metadata"].as_object_mut() {
+                        m.remove(field);
+                    }
+                }
+            }
+        }
+        if live["metadata"]["annotations"].get(LAST_APPLIED).is_none()
+            && let Some(a) = object["metadata"]["annotations"].as_object_mut()
+        {
+            a.remove(LAST_APPLIED);
+            if a.is_empty() {
+                object["metadata"].as_object_mut().map(|m| m.remove("annotations"));
+            }
+        }
+    }
+    if let Some(m) = object["metadata"].as_object_mut() {
+        m.remove("managedFields");
+    }
+    capstan_api::defaults::apply(kind, &mut object);
+    if let Some(live) = &live
+        && live.get("status").is_some()
+    {
+        // Status is the cluster's; a write of the object does not change it.
+        object["status"] = live["status"].clone();
+    }
+    if let Some(live) = &live
+        && object["spec"] != live["spec"]
+        && let Some(generation) = live["metadata"]["generation"].as_i64()
+    {
+        object["metadata"]["generation"] = json!(generation + 1);
+    }
+    Ok(json_response(code, &object))
+}
+
+/// Whether `after` differs from `before` at most in what an operator sets on a node:
+/// `spec.unschedulable`, labels and annotations (and the metadata the store keeps).
+fn only_operator_fields_changed(before: &Value, after: &Value) -> bool {
     let plain = |v: &Value| {
         let mut v = v.clone();
         if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) {
             spec.remove("unschedulable");
         }
         if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            for kept in ["resourceVersion", "managedFields", "generation"] {
+            for kept in ["resourceVersion", "managedFields", "generation", "labels", "annotations"] {
                 meta.remove(kept);
             }
         }
@@ -282,16 +358,4 @@ async fn request_pod_deletion(state: &ApiState, namespace: &str, name: &str, at_
         .delete_pod(namespace, name, at_once)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("pods {name:?} not found")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merge_patches() {
-        let mut t = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": [1, 2]}});
-        merge_patch(&mut t, &json!({"metadata": {"labels": {"a": null, "c": "3"}}, "spec": {"x": [3]}}));
-        assert_eq!(t, json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "spec": {"x": [3]}}));
-    }
 }

@@ -57,6 +57,8 @@ pub struct Attributes<'a> {
     /// The object created is a run of something in Git, not desired state: a Job made by hand
     /// from a CronJob (`kubectl create job --from=cronjob/x`).
     pub manual_run: bool,
+    /// The patch only restarts a workload's pods (`kubectl rollout restart`).
+    pub restart: bool,
 }
 
 impl<'a> Attributes<'a> {
@@ -69,6 +71,7 @@ impl<'a> Attributes<'a> {
             name,
             bound_pod: None,
             manual_run: false,
+            restart: false,
         }
     }
 
@@ -84,6 +87,11 @@ impl<'a> Attributes<'a> {
 
     pub fn manual_run(mut self, manual: bool) -> Attributes<'a> {
         self.manual_run = manual;
+        self
+    }
+
+    pub fn restart(mut self, restart: bool) -> Attributes<'a> {
+        self.restart = restart;
         self
     }
 }
@@ -185,13 +193,15 @@ fn write(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Den
             _ => false,
         },
         // ...except that an administrator may delete a pod a controller made (to restart it),
-        // evict a pod (as its disruption budget allows), and run a CronJob's Job by hand.
+        // evict a pod (as its disruption budget allows), run a CronJob's Job by hand, and
+        // restart a workload's pods (which changes nothing Git declares).
         (Identity::Admin, Origin::Git) => {
             (kind.kind == "Pod"
                 && verb == Verb::Delete
                 && pod().is_some_and(|p| p["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty())))
                 || (kind.kind == "Pod" && verb == Verb::Create && a.subresource == Some("eviction"))
                 || (kind.kind == "Job" && verb == Verb::Create && a.manual_run)
+                || (matches!(kind.kind, "Deployment" | "StatefulSet" | "DaemonSet") && verb == Verb::Patch && a.restart)
                 // A StatefulSet's claim is the cluster's, not Git's: deleting it (once no pod
                 // uses it) is how its data is given up.
                 || (kind.kind == "PersistentVolumeClaim"
@@ -422,6 +432,10 @@ mod tests {
             // A run of a CronJob by hand is not desired state; another Job is.
             (&admin, at(Create, "jobs", Some("app"), "by-hand").manual_run(true), "allowed", ""),
             (&admin, at(Create, "jobs", Some("app"), "other"), "in-git", ""),
+            // A restart is not desired state; another patch of the workload is.
+            (&admin, at(Patch, "deployments", Some("app"), "web").restart(true), "allowed", ""),
+            (&viewer, at(Patch, "deployments", Some("app"), "web").restart(true), "in-git", ""),
+            (&admin, at(Patch, "replicasets", Some("app"), "web-1").restart(true), "in-git", ""),
             (
                 &admin,
                 at(Create, "pods", Some("app"), "web-1").subresource(Some("eviction")),
