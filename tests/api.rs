@@ -243,7 +243,9 @@ fn writes_to_desired_state_are_refused_with_the_git_file() {
     assert!(has_line(&shown, &["+", "-", "image:", "capstan.local/testapp:v2"]), "{shown}");
     // The container's other fields (defaults the store filled in) are untouched by the patch.
     assert!(
-        !shown.lines().any(|l| (l.starts_with('+') || l.starts_with('-')) && l.contains("imagePullPolicy")),
+        !shown
+            .lines()
+            .any(|l| (l.starts_with('+') || l.starts_with('-')) && l.contains("imagePullPolicy")),
         "{shown}"
     );
     let o = c.kubectl(&["apply", "--dry-run=server", "-f", manifest.to_str().unwrap()]);

@@ -97,7 +97,7 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
         return;
     };
     let node = format!("streams-{}", std::process::id());
-    let _agent = c.node(&node, &run, &[]);
+    let mut agent = c.node(&node, &run, &[]);
     let status = c.kubectl(&["rollout", "status", "deployment/box", "--timeout=120s"]);
     assert!(status.status.success(), "{}\n{}", explain(&status), c.log());
     c.wait_until_within("the pod to be ready", 60, || {
@@ -301,6 +301,23 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     // Any other change to a workload is still Git's to make.
     let o = c.kubectl(&["scale", "deployment/box", "--replicas=3"]);
     assert!(!o.status.success() && text(&o.stderr).contains("box.yaml"), "{}", explain(&o));
+
+    // Bad input: a container the pod does not have, and a node agent that does not answer (the
+    // error names the node, also after kubectl's fallback to SPDY).
+    let o = c.kubectl(&["exec", &restarted, "-c", "nosuch", "--", "true"]);
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("container nosuch is not valid"),
+        "{}",
+        explain(&o)
+    );
+    agent.kill9();
+    let o = c.kubectl(&["exec", &restarted, "--", "true"]);
+    assert!(!o.status.success(), "{}", explain(&o));
+    assert!(
+        text(&o.stderr).contains(&format!("the node agent of {node}")) && text(&o.stderr).contains("did not answer"),
+        "{}",
+        explain(&o)
+    );
 }
 
 /// Starts `kubectl port-forward ARGS` and returns it with the local ports it listens on, in the

@@ -14,7 +14,7 @@ mod protobuf;
 mod reads;
 pub mod selectors;
 pub mod status;
-mod streams;
+pub mod streams;
 pub mod table;
 mod tokens;
 mod watch;
@@ -66,8 +66,10 @@ pub struct ApiState {
     pub server_address: String,
     pub join: Option<Arc<dyn JoinHandler>>,
     pub logs: Option<Arc<dyn LogSource>>,
-    /// The node agents, for exec and attach.
+    /// The node agents, for exec, attach and port-forward.
     pub kubelets: Option<crate::kubelet::KubeletClient>,
+    /// Stream upgrades that failed at a node agent, for kubectl's fallback request.
+    pub stream_failures: streams::RecentFailures,
     /// The node agents' usage, for the resource metrics API.
     pub metrics: Option<Arc<dyn metrics::SummarySource>>,
     /// Signs service-account tokens (TokenRequest).

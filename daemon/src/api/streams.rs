@@ -4,7 +4,9 @@
 //! message for message to the pod's node agent, which runs the process on the Engine or opens the
 //! connections in the pod. Running things changes no desired state, so Git has no say in them.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::extract::Request;
@@ -24,6 +26,29 @@ use crate::kubelet::AgentSocket;
 
 /// The pod subresources that are streams rather than objects.
 pub(super) const SUBRESOURCES: [&str; 3] = ["exec", "attach", "portforward"];
+
+/// How long a failed upgrade is remembered for the fallback request that follows it.
+const REMEMBERED: Duration = Duration::from_secs(10);
+
+/// Upgrades that failed at the node agent, by user and path: kubectl retries a failed WebSocket
+/// with plain SPDY and shows the error of that second request, so the second request is answered
+/// with the first one's error (the agent that did not answer, the container it could not find)
+/// rather than with "SPDY is not served", which would hide it.
+#[derive(Debug, Default)]
+pub struct RecentFailures(Mutex<HashMap<(String, String), (Instant, ApiError)>>);
+
+impl RecentFailures {
+    fn remember(&self, key: (String, String), error: &ApiError) {
+        let mut failures = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        failures.retain(|_, (at, _)| at.elapsed() < REMEMBERED);
+        failures.insert(key, (Instant::now(), error.clone()));
+    }
+
+    fn take(&self, key: &(String, String)) -> Option<ApiError> {
+        let mut failures = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        failures.remove(key).filter(|(at, _)| at.elapsed() < REMEMBERED).map(|(_, e)| e)
+    }
+}
 
 /// What kubectl asked for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -113,7 +138,11 @@ pub(super) async fn serve(
     } else {
         (&[PROTOCOL_V5, PROTOCOL_V4], "KUBECTL_REMOTE_COMMAND_WEBSOCKETS")
     };
+    let attempt = (id.user_name(), req.uri().path().to_owned());
     if !is_websocket(req.headers()) {
+        if let Some(failed) = state.stream_failures.take(&attempt) {
+            return Err(failed);
+        }
         return Err(ApiError::bad_request(format!(
             "Capstan serves pods/{sub} over WebSocket only ({}, as kubectl speaks by default since 1.31); plain SPDY is not served: do not set {switch}=false",
             served.join(", ")
@@ -151,9 +180,16 @@ pub(super) async fn serve(
         q.append_pair("podUID", uid);
         format!("/{sub}/{}/{}/{}?{}", seg(ns), seg(name), seg(&container), q.finish())
     };
-    let agent = kubelets
+    let agent = match kubelets
         .websocket(node, &path, if forward { PROTOCOL_PORT_FORWARD } else { PROTOCOL_V5 })
-        .await?;
+        .await
+    {
+        Ok(agent) => agent,
+        Err(e) => {
+            state.stream_failures.remember(attempt, &e);
+            return Err(e);
+        }
+    };
     record(&state, id, &pod, sub, &container, &asked.command);
     let v4 = protocol == PROTOCOL_V4;
     Ok(upgrade.protocols([protocol]).on_upgrade(move |client| relay(client, agent, v4)))
