@@ -15,21 +15,12 @@ use std::time::{Duration, Instant};
 
 use capstan_containers::{ContainerConfig, Docker, NetworkMode, Runtime};
 use capstan_daemon::context::kind;
-use capstan_daemon::{Daemon, DaemonConfig};
-use capstan_node::{Agent, NodeConfig};
 use serde_json::json;
 
+mod common;
+use common::{OneNode, ms, percentile};
+
 const IMAGE: &str = "capstan.local/testapp:latest";
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1;
-    samples[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-}
 
 fn pod(i: usize, node: &str) -> serde_json::Value {
     json!({"metadata": {"name": format!("p-{i:03}"), "namespace": "bench"},
@@ -41,27 +32,8 @@ fn pod(i: usize, node: &str) -> serde_json::Value {
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
     let n = if quick { 10 } else { 50 };
-    let images = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples-repo/images/build.sh")).status();
-    assert!(images.is_ok_and(|s| s.success()), "building the test images failed");
-
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n").unwrap();
-    for args in [&["init", "-q"][..], &["add", "-A"], &["commit", "-q", "-m", "bench"]] {
-        capstan_git::fixture::git(&repo, args);
-    }
-    let mut config = DaemonConfig::new(repo.to_str().unwrap(), dir.path().join("data"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.pod_cidr = "10.209.0.0/16".parse().unwrap();
-    let d = Daemon::start(config).await.unwrap();
-    let run_label = ("capstan.test".to_owned(), format!("bench-{}", std::process::id()));
-    let node = format!("bench-{}", std::process::id());
-    let mut nc = NodeConfig::new(d.url(), d.node_token.clone(), node.clone(), dir.path().join("node"));
-    nc.listen = "127.0.0.1:0".parse().unwrap();
-    nc.node_ip = Some("127.0.0.1".parse().unwrap());
-    nc.runtime_labels = vec![run_label.clone()];
-    let agent = Agent::start(nc).await.unwrap();
+    let machine = OneNode::start("10.209.0.0/16", "bench").await;
+    let (d, node, run_label) = (&machine.daemon, machine.node.clone(), machine.run_label.clone());
     let pods = kind("pods");
     let network = capstan_node::pods::network_name(&node);
     let docker = Docker::connect().await.unwrap();
@@ -237,21 +209,5 @@ async fn main() {
             let _ = d.objects.delete(kind(plural), "bench", &o.name, None).await;
         }
     }
-    let (all, _) = d.cache.list(pods, Some("bench"));
-    for p in all.iter() {
-        let _ = d.objects.delete(pods, "bench", &p.name, None).await;
-    }
-    let labels = [(capstan_api::meta::LABEL_NODE, node.as_str())];
-    for _ in 0..600 {
-        if docker.list(&labels).await.map(|l| l.is_empty()).unwrap_or(true) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    agent.shutdown().await;
-    for c in docker.list(&labels).await.unwrap_or_default() {
-        let _ = docker.remove(&c.id).await;
-    }
-    let _ = docker.remove_network(&network).await;
-    d.shutdown().await;
+    machine.stop().await;
 }

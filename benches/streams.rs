@@ -15,19 +15,10 @@ use std::time::{Duration, Instant};
 
 use capstan_containers::{Docker, Runtime};
 use capstan_daemon::context::kind;
-use capstan_daemon::{Daemon, DaemonConfig};
-use capstan_node::{Agent, NodeConfig};
 use serde_json::json;
 
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1;
-    samples[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
+mod common;
+use common::{OneNode, ms, percentile};
 
 /// Runs `cmd` `n` times, each a success; the wall time of each.
 fn timed(n: usize, mut cmd: impl FnMut() -> Command) -> Vec<Duration> {
@@ -72,26 +63,8 @@ fn send(addr: &str) -> f64 {
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
     let n = if quick { 20 } else { 100 };
-    let images = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples-repo/images/build.sh")).status();
-    assert!(images.is_ok_and(|s| s.success()), "building the test images failed");
-
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n").unwrap();
-    for args in [&["init", "-q"][..], &["add", "-A"], &["commit", "-q", "-m", "bench"]] {
-        capstan_git::fixture::git(&repo, args);
-    }
-    let mut config = DaemonConfig::new(repo.to_str().unwrap(), dir.path().join("data"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.pod_cidr = "10.218.0.0/16".parse().unwrap();
-    let d = Daemon::start(config).await.unwrap();
-    let node = format!("bench-exec-{}", std::process::id());
-    let mut nc = NodeConfig::new(d.url(), d.node_token.clone(), node.clone(), dir.path().join("node"));
-    nc.listen = "127.0.0.1:0".parse().unwrap();
-    nc.node_ip = Some("127.0.0.1".parse().unwrap());
-    nc.runtime_labels = vec![("capstan.test".to_owned(), format!("bench-{}", std::process::id()))];
-    let agent = Agent::start(nc).await.unwrap();
+    let one = OneNode::start("10.218.0.0/16", "bench-exec").await;
+    let (d, node) = (&one.daemon, one.node.clone());
     let pods = kind("pods");
     let pod = json!({"metadata": {"name": "shell", "namespace": "bench"},
         "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
@@ -115,7 +88,7 @@ async fn main() {
         (capstan_api::meta::LABEL_CONTAINER, "app"),
     ];
     let container = docker.list(&labels).await.unwrap().remove(0).id;
-    let kubeconfig = dir.path().join("data/kubeconfig");
+    let kubeconfig = one.kubeconfig();
 
     let measure = tokio::task::spawn_blocking(move || {
         let kubectl = || {
@@ -188,7 +161,7 @@ async fn main() {
         .as_str()
         .unwrap()
         .to_owned();
-    let kubeconfig = dir.path().join("data/kubeconfig");
+    let kubeconfig = one.kubeconfig();
     let transfers = if quick { 2 } else { 5 };
     let (direct, forwarded, kubectl_cpu, capstan_cpu) = tokio::task::spawn_blocking(move || {
         let direct: Vec<f64> = (0..transfers).map(|_| send(&format!("{ip}:9000"))).collect();
@@ -239,18 +212,5 @@ async fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("  CPU per 100 MB forwarded: kubectl {kubectl_cpu:.0} ms, Capstan's API server and agent {capstan_cpu:.0} ms ({cores} cores)");
 
-    let _ = d.objects.delete(pods, "bench", "shell", None).await;
-    let node_labels = [(capstan_api::meta::LABEL_NODE, node.as_str())];
-    for _ in 0..300 {
-        if docker.list(&node_labels).await.map(|l| l.is_empty()).unwrap_or(true) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    agent.shutdown().await;
-    for c in docker.list(&node_labels).await.unwrap_or_default() {
-        let _ = docker.remove(&c.id).await;
-    }
-    let _ = docker.remove_network(&capstan_node::pods::network_name(&node)).await;
-    d.shutdown().await;
+    one.stop().await;
 }

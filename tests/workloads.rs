@@ -429,8 +429,10 @@ fn draining_a_node_keeps_the_disruption_budget() {
     assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
     assert!(fewest >= 2, "only {fewest} ready pods during kubectl drain\n{said}");
     assert_eq!(ready_web(&c), [a.clone(), a.clone(), a.clone()]);
-    // A node is observed state: anything but cordoning is refused.
-    let refused = c.kubectl(&["label", "node", &a, "team=web"]);
+    // A node is observed state: an administrator cordons, labels and annotates it; anything
+    // else (here a taint) is its agent's.
+    c.kubectl_ok(&["label", "node", &a, "team=web"]);
+    let refused = c.kubectl(&["taint", "node", &a, "team=web:NoSchedule"]);
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("only cordoning"),
