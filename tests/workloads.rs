@@ -8,7 +8,8 @@
 //! PodDisruptionBudgets: `capstan drain` and `kubectl drain` move a Deployment's pods to the other
 //! node one eviction at a time and never leave fewer ready than `minAvailable`. Autoscaling: a
 //! Deployment under CPU load scales up, a commit that changes only its image keeps the
-//! autoscaled count, and it scales back down once the load stops.
+//! autoscaled count, and it scales back down once the load stops; a StatefulSet below its
+//! autoscaler's minimum is scaled up to it, and a commit keeps that count too.
 
 mod common;
 
@@ -475,6 +476,35 @@ spec:
     scaleDown:
       stabilizationWindowSeconds: 5
       policies: [{{type: Percent, value: 100, periodSeconds: 5}}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: calm}}
+spec:
+  serviceName: calm
+  replicas: 1
+  selector: {{matchLabels: {{app: calm}}}}
+  template:
+    metadata: {{labels: {{app: calm}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: app
+        image: "capstan.local/testapp:latest"
+        imagePullPolicy: Never
+        env: [{{name: VERSION, value: "{version}"}}]
+        resources: {{requests: {{cpu: 100m}}}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: calm}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: StatefulSet, name: calm}}
+  minReplicas: 2
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}
 "#
     )
 }
@@ -524,4 +554,17 @@ fn an_autoscaler_follows_the_load_and_a_commit_keeps_its_count() {
 
     // The new pods do not burn: the load is gone and it scales back down.
     c.wait_until_within("the Deployment back at its minimum", 120, || replicas(&c) == 1);
+
+    // A StatefulSet is scaled the same way: Git's one replica is below the autoscaler's
+    // minimum, so it runs two, and the commit above (which changed its template) kept them.
+    let table = c.kubectl_ok(&["get", "hpa", "calm"]);
+    assert!(table.contains("StatefulSet/calm"), "{table}");
+    c.wait_until_within("the StatefulSet at the autoscaler's minimum", 60, || {
+        json(&c, &["get", "statefulset", "calm"])["spec"]["replicas"] == 2
+            && json(&c, &["get", "pods", "-l", "app=calm"])["items"]
+                .as_array()
+                .is_some_and(|p| p.len() == 2)
+    });
+    let version = &json(&c, &["get", "statefulset", "calm"])["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"];
+    assert_eq!(version, "2");
 }
