@@ -2,7 +2,7 @@
 //! Engine: exit codes and stderr kept apart, piped stdin ending cleanly, a terminal under
 //! `script` with its size, `-c` and the default-container annotation, a missing command, a 20 MB
 //! binary file copied in and out unchanged, a client that leaves taking its process with it,
-//! output of an attached container; port-forward to a pod and to a Service with concurrent
+//! output of an attached container and input to one (`attach -i`, `stdinOnce`); port-forward to a pod and to a Service with concurrent
 //! connections, to a listener on the pod's loopback only, and to a port nothing listens on; the
 //! read-only credential and a service account are refused, and every session is audited in the
 //! log and as an Event on the pod.
@@ -45,6 +45,13 @@ spec:
         image: capstan.local/testapp:latest
         imagePullPolicy: Never
         env: [{name: WHO, value: app}]
+      # Reads what an attached client types; its stdin closes when that client's input ends.
+      - name: echo
+        image: capstan.local/testapp:latest
+        imagePullPolicy: Never
+        command: [cat]
+        stdin: true
+        stdinOnce: true
 "#;
 
 fn text(b: &[u8]) -> String {
@@ -301,6 +308,10 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     // Any other change to a workload is still Git's to make.
     let o = c.kubectl(&["scale", "deployment/box", "--replicas=3"]);
     assert!(!o.status.success() && text(&o.stderr).contains("box.yaml"), "{}", explain(&o));
+
+    // attach -i: what the client sends reaches the container's own stdin.
+    let o = kubectl_with_input(&c, &["attach", "-i", &restarted, "-c", "echo"], b"hello through attach\n");
+    assert!(text(&o.stdout).contains("hello through attach"), "{}", explain(&o));
 
     // Bad input: a container the pod does not have, and a node agent that does not answer (the
     // error names the node, also after kubectl's fallback to SPDY).
