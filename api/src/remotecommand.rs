@@ -58,7 +58,7 @@ pub fn parse_resize(payload: &[u8]) -> Option<(u16, u16)> {
     Some((dim("Width")?, dim("Height")?))
 }
 
-/// The boolean query flags Kubernetes accepts (`true`, `1`).
+/// The boolean query flags Kubernetes accepts (`true`, `1`), here and in `pods/log`.
 pub fn flag(value: &str) -> bool {
     matches!(value, "true" | "1" | "True")
 }

@@ -31,6 +31,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CHUNK: usize = 64 << 10;
 /// Frames written to the client in one message, at most (about).
 const BATCH: usize = 256 << 10;
+/// Streams a session may hold: half-made pairs, and connections (each a socket in the pod).
+/// A stream beyond them is reset; kubectl makes one pair per local connection.
+const MAX_PENDING: usize = 64;
+const MAX_CONNECTIONS: usize = 1024;
 
 /// `GET /portforward/{namespace}/{pod}?podUID=`.
 pub(crate) async fn portforward(
@@ -124,8 +128,16 @@ async fn session(socket: WebSocket, netns: PathBuf, pod: String) {
             match frame {
                 Frame::SynStream { stream, headers, .. } => {
                     let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-                    let _ = out_tx.send(Out::Reply(stream)).await;
                     let request = header("requestid").unwrap_or_default();
+                    // Finished connections are forgotten here, where a new one may come, not per frame.
+                    tasks.retain(|_, t| !t.is_finished());
+                    let full = tasks.len() >= MAX_CONNECTIONS || (!pairs.contains_key(&request) && pairs.len() >= MAX_PENDING);
+                    if full {
+                        tracing::warn!(pod, stream, "port-forward: too many streams in one session; this one is reset");
+                        let _ = out_tx.send(Out::Reset(stream)).await;
+                        continue;
+                    }
+                    let _ = out_tx.send(Out::Reply(stream)).await;
                     let pair = pairs.entry(request.clone()).or_default();
                     pair.port = header("port").and_then(|p| p.parse().ok()).or(pair.port);
                     match header("streamtype").as_deref() {
@@ -172,7 +184,6 @@ async fn session(socket: WebSocket, netns: PathBuf, pod: String) {
                 Frame::GoAway => break 'session,
                 Frame::Headers { .. } | Frame::Ignored => {}
             }
-            tasks.retain(|_, t| !t.is_finished());
         }
     }
     for (_, task) in tasks {

@@ -116,16 +116,16 @@ async fn logs(
 ) -> Response {
     let mut options = LogOptions::default();
     let (mut previous, mut limit, mut uid) = (false, None::<usize>, None::<String>);
-    for (k, v) in url_pairs(query.as_deref().unwrap_or("")) {
-        let on = v == "true" || v == "1";
-        match k.as_str() {
+    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        let on = capstan_api::remotecommand::flag(&v);
+        match k.as_ref() {
             "follow" => options.follow = on,
             "previous" => previous = on,
             "timestamps" => options.timestamps = on,
             "tailLines" => options.tail = v.parse().ok(),
             "sinceSeconds" => options.since_seconds = v.parse().ok(),
             "limitBytes" => limit = v.parse().ok(),
-            "podUID" => uid = Some(v),
+            "podUID" => uid = Some(v.into_owned()),
             _ => {}
         }
     }
@@ -204,15 +204,4 @@ fn async_stream(
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-fn url_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k.to_owned(), v.replace('+', " "))
-        })
-        .collect()
 }

@@ -217,25 +217,12 @@ async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
     let (mut client_tx, mut client_rx) = client.split();
     let (mut agent_tx, mut agent_rx) = agent.split();
     let up = async {
-        'session: while let Some(Ok(first)) = client_rx.next().await {
-            // Everything already waiting goes out before one flush: kubectl writes each SPDY
-            // frame as two messages, and a flush each would cost a TLS record and a write each.
-            let mut next = Some(first);
-            while let Some(message) = next {
-                next = waiting(&mut client_rx);
-                let data = match message {
-                    Message::Binary(data) => data,
-                    Message::Close(_) => break 'session,
-                    _ => continue,
-                };
-                if agent_tx.feed(AgentMessage::Binary(data)).await.is_err() {
-                    break 'session;
-                }
-            }
-            if agent_tx.flush().await.is_err() {
-                break;
-            }
-        }
+        let read = |m: Message| match m {
+            Message::Binary(data) => Relayed::Data(data),
+            Message::Close(_) => Relayed::Close,
+            _ => Relayed::Skip,
+        };
+        pump(&mut client_rx, &mut agent_tx, read, AgentMessage::Binary).await;
         let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
             code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
             reason: "".into(),
@@ -243,23 +230,12 @@ async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
         let _ = agent_tx.send(AgentMessage::Close(Some(normal))).await;
     };
     let down = async {
-        'session: while let Some(Ok(first)) = agent_rx.next().await {
-            let mut next = Some(first);
-            while let Some(message) = next {
-                next = waiting(&mut agent_rx);
-                let data = match message {
-                    AgentMessage::Binary(data) if !(v4 && data.first() == Some(&CLOSE)) => data,
-                    AgentMessage::Close(_) => break 'session,
-                    _ => continue,
-                };
-                if client_tx.feed(Message::Binary(data)).await.is_err() {
-                    break 'session;
-                }
-            }
-            if client_tx.flush().await.is_err() {
-                break;
-            }
-        }
+        let read = |m: AgentMessage| match m {
+            AgentMessage::Binary(data) if !(v4 && data.first() == Some(&CLOSE)) => Relayed::Data(data),
+            AgentMessage::Close(_) => Relayed::Close,
+            _ => Relayed::Skip,
+        };
+        pump(&mut agent_rx, &mut client_tx, read, Message::Binary).await;
         // A normal close: kubectl takes any other as a broken stream.
         let normal = axum::extract::ws::CloseFrame {
             code: axum::extract::ws::close_code::NORMAL,
@@ -270,6 +246,43 @@ async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
     tokio::select! {
         _ = up => {}
         _ = down => {}
+    }
+}
+
+/// What a message read on one side is to the other.
+enum Relayed {
+    Data(bytes::Bytes),
+    Close,
+    Skip,
+}
+
+/// Forwards `rx` to `tx` until either ends or `rx` closes. Everything already waiting goes out
+/// before one flush: kubectl writes each SPDY frame as two messages, and a flush each would cost
+/// a TLS record and a write each.
+async fn pump<M, E, N, W>(
+    rx: &mut (impl futures::Stream<Item = Result<M, E>> + Unpin),
+    tx: &mut W,
+    read: impl Fn(M) -> Relayed,
+    write: impl Fn(bytes::Bytes) -> N,
+) where
+    W: futures::Sink<N> + Unpin,
+{
+    'session: while let Some(Ok(first)) = rx.next().await {
+        let mut next = Some(first);
+        while let Some(message) = next {
+            next = waiting(rx);
+            let data = match read(message) {
+                Relayed::Data(data) => data,
+                Relayed::Close => break 'session,
+                Relayed::Skip => continue,
+            };
+            if tx.feed(write(data)).await.is_err() {
+                break 'session;
+            }
+        }
+        if tx.flush().await.is_err() {
+            break;
+        }
     }
 }
 
