@@ -2,10 +2,12 @@
 //! Engine: exit codes and stderr kept apart, piped stdin ending cleanly, a terminal under
 //! `script` with its size, `-c` and the default-container annotation, a missing command, a 20 MB
 //! binary file copied in and out unchanged, a client that leaves taking its process with it,
-//! output of an attached container and input to one (`attach -i`, `stdinOnce`); port-forward to a pod and to a Service with concurrent
-//! connections, to a listener on the pod's loopback only, and to a port nothing listens on; the
-//! read-only credential and a service account are refused, and every session is audited in the
-//! log and as an Event on the pod.
+//! output of an attached container and input to one (`attach -i`, `stdinOnce`); port-forward to
+//! a pod and to a Service with concurrent connections, to a listener on the pod's loopback only,
+//! and to a port nothing listens on; the read-only credential and a service account are refused,
+//! and every session is audited in the log and as an Event on the pod; then the day-two actions
+//! (node labels, rollout restart kept across a commit) and bad input (a missing container, an
+//! agent that does not answer).
 
 mod common;
 
