@@ -33,6 +33,9 @@ enum Command {
     /// Take a node out of service: cordon it and evict its pods (but the DaemonSets') as their
     /// PodDisruptionBudgets allow, waiting until they are gone.
     Drain(commands::drain::Args),
+    /// People's credentials: client certificates whose rights RBAC in Git decides.
+    #[command(subcommand)]
+    User(commands::user::Command),
     /// Put a cordoned node back into service.
     Uncordon {
         node: String,
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
         Command::Up(args) => commands::up::run(*args),
         Command::Down(args) => commands::down::run(args),
         Command::Drain(args) => commands::drain::drain(args),
+        Command::User(command) => commands::user::run(command),
         Command::Uncordon { node, kubeconfig } => commands::drain::uncordon(&node, kubeconfig),
         Command::Daemon {
             repo,

@@ -62,6 +62,17 @@ kind: Secret
 metadata: {name: db, namespace: shop}
 stringData: {password: hunter2}
 ---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader, namespace: shop}
+rules: [{apiGroups: [""], resources: [pods], verbs: [get, list, watch]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: default-reads-pods, namespace: shop}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
+subjects: [{kind: ServiceAccount, name: default}]
+---
 apiVersion: v1
 kind: Service
 metadata: {name: redis, namespace: shop}
@@ -227,7 +238,8 @@ fn a_pod_runs_with_its_environment_volumes_probes_and_logs() {
     assert!(out.contains("serving on :8080"), "{out}");
 
     // The service-account volume: a token bound to this pod, the cluster CA and the namespace at
-    // the standard path; the token reads the pod's namespace through the API and nothing else.
+    // the standard path; the token reads what its RoleBinding grants (pods in its namespace) and
+    // nothing else.
     let sa_file = |f: &str| http_get(&ip, &format!("/file?path=/var/run/secrets/kubernetes.io/serviceaccount/{f}"));
     // (The program exited above and is being restarted.)
     let (code, token) = eventually("the restarted program to answer", &c, &agent, || sa_file("token"));

@@ -238,7 +238,11 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
             .args(["exec", &pod, "--", "true"]),
     );
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("view rights"), "{}", explain(&o));
+    assert!(
+        text(&o.stderr).contains(r#"User "capstan:viewer" cannot create resource "pods/exec""#),
+        "{}",
+        explain(&o)
+    );
     let token = c.kubectl_ok(&["create", "token", "default"]);
     let o = common::run(
         Command::new("kubectl")
@@ -251,7 +255,7 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     let o = c.kubectl(&["--token", token.trim(), "exec", &pod, "--", "true"]);
     assert!(!o.status.success());
     assert!(
-        text(&o.stderr).contains("system:serviceaccount:default:default may not create pods/exec"),
+        text(&o.stderr).contains(r#"User "system:serviceaccount:default:default" cannot"#),
         "{}",
         explain(&o)
     );
@@ -263,6 +267,25 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
             .any(|l| l.contains("capstan::audit") && l.contains(&pod) && l.contains("capstan:admin") && l.contains("sha256sum")),
         "no audit line for the exec in the daemon's log"
     );
+    // ...and audit.k8s.io/v1 Events in DATA_DIR/audit.log: the exec, and the refused one.
+    let audit: Vec<Value> = std::fs::read_to_string(c.data.join("audit.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let exec_by = |user: &str, decision: &str| {
+        audit.iter().any(|e| {
+            e["apiVersion"] == "audit.k8s.io/v1"
+                && e["kind"] == "Event"
+                && e["level"] == "Metadata"
+                && e["objectRef"]["subresource"] == "exec"
+                && e["objectRef"]["name"] == pod.as_str()
+                && e["user"]["username"] == user
+                && e["annotations"]["authorization.k8s.io/decision"] == decision
+        })
+    };
+    assert!(exec_by("capstan:admin", "allow"), "no audit event of the exec");
+    assert!(exec_by("capstan:viewer", "forbid"), "no audit event of the refused exec");
     c.wait_until_within("the pod's Exec event", 30, || {
         let events = c.kubectl_ok(&["get", "events", "--field-selector", &format!("involvedObject.name={pod}")]);
         events.contains("Exec") && events.contains("Attach") && events.contains("PortForward")

@@ -3,7 +3,7 @@
 //!
 //! The manifest loader, the API server (discovery, routing) and the CLI all read this one table.
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, policy, scheduling, storage};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, policy, rbac, scheduling, storage};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
@@ -207,6 +207,14 @@ pub static REGISTRY: &[KindInfo] = &[
         origin: Git, status: false, namespaced: false),
     k8s_kind!(scheduling::v1::PriorityClass, singular: "priorityclass", short: ["pc"], categories: [],
         origin: Git, status: false, namespaced: false),
+    k8s_kind!(rbac::v1::ClusterRole, singular: "clusterrole", short: [], categories: [],
+        origin: Git, status: false, namespaced: false),
+    k8s_kind!(rbac::v1::ClusterRoleBinding, singular: "clusterrolebinding", short: [], categories: [],
+        origin: Git, status: false, namespaced: false),
+    k8s_kind!(rbac::v1::Role, singular: "role", short: [], categories: [],
+        origin: Git, status: false, namespaced: true),
+    k8s_kind!(rbac::v1::RoleBinding, singular: "rolebinding", short: [], categories: [],
+        origin: Git, status: false, namespaced: true),
     KindInfo {
         group: crate::capstan::GROUP,
         version: "v1alpha1",

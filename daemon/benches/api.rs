@@ -1,7 +1,8 @@
 //! API server and store benchmark. Prints:
 //! - store write throughput (durable, group commit) with 1 and 64 concurrent writers;
 //! - GET of one pod over HTTPS, 64 concurrent clients: p50 and p99, also with 2,000 idle
-//!   connections held open beside them;
+//!   connections held open beside them, and as a person whose access RBAC decides among 1,000
+//!   Roles and 1,000 RoleBindings (beside the administrator, whom RBAC does not restrict);
 //! - LIST of 10,000 pods as JSON and as a Table: p50 and p99;
 //! - watch fan-out: delay from a write to its arrival at each of 100 watchers.
 //!
@@ -39,7 +40,11 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn client(d: &Daemon) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&d.kubeconfig).unwrap();
+    client_of(&d.kubeconfig).await
+}
+
+async fn client_of(path: &std::path::Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
     kube::Client::try_from(config).unwrap()
 }
@@ -74,9 +79,14 @@ async fn store_throughput(dir: &std::path::Path, writers: usize, per_writer: usi
 
 /// GET latencies of 64 concurrent clients, each on its own (warmed-up) connection.
 async fn get_latencies(d: &Daemon, rounds: usize) -> Vec<Duration> {
+    get_latencies_as(&d.kubeconfig, rounds).await
+}
+
+/// The same, with the credential of `kubeconfig`.
+async fn get_latencies_as(kubeconfig: &std::path::Path, rounds: usize) -> Vec<Duration> {
     let mut tasks = Vec::new();
     for _ in 0..64 {
-        let c = client(d).await;
+        let c = client_of(kubeconfig).await;
         // One request first, so that the TLS handshake is not counted as GET latency.
         fetch(&c, "/api/v1/namespaces/ns-0/pods/pod-00000", "application/json").await;
         tasks.push(tokio::spawn(async move {
@@ -192,6 +202,62 @@ async fn main() {
         "  the same with 2,000 idle connections               p99 {:>9}   {:.2}x without   target <= 1.1x",
         ms(with[1]),
         with[1].as_secs_f64() / without[1].as_secs_f64()
+    );
+
+    // RBAC: 1,000 Roles and 1,000 RoleBindings over the 20 namespaces, for other subjects and
+    // for the group `readers` (view in each namespace), whose member reads pods through a certificate (authenticated once
+    // per connection, as the admin token is a hash lookup: the difference is authorisation).
+    let roles = capstan_api::kinds::by_plural("rbac.authorization.k8s.io", "roles").unwrap();
+    let bindings = capstan_api::kinds::by_plural("rbac.authorization.k8s.io", "rolebindings").unwrap();
+    for i in 0..1000 {
+        let ns = format!("ns-{}", i % 20);
+        let rules = json!([{"apiGroups": ["", "apps"], "resources": [format!("things-{i}"), "configmaps", "pods/log"], "verbs": ["get", "list", "watch"]},
+                           {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"], "resourceNames": [format!("pod-{i:05}")]}]);
+        d.objects
+            .create(
+                roles,
+                json!({"metadata": {"name": format!("role-{i}"), "namespace": ns}, "rules": rules}),
+            )
+            .await
+            .unwrap();
+        let subject = if i < 20 {
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "readers"})
+        } else {
+            json!({"kind": "ServiceAccount", "name": format!("sa-{i}"), "namespace": ns})
+        };
+        let role_ref = if i < 20 {
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"})
+        } else {
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("role-{i}")})
+        };
+        d.objects
+            .create(
+                bindings,
+                json!({"metadata": {"name": format!("binding-{i}"), "namespace": ns}, "roleRef": role_ref, "subjects": [subject]}),
+            )
+            .await
+            .unwrap();
+    }
+    d.cache.wait_for(d.store.revision()).await;
+    // The policy follows the cache at once; give it a moment to have compiled the last change.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ca = capstan_daemon::pki::Ca::load_or_create(&dir.path().join("data/pki")).unwrap();
+    let cert = ca.issue_user("reader", &["readers".to_owned()], 3600).unwrap();
+    let reader = dir.path().join("reader.kubeconfig");
+    capstan_daemon::kubeconfig::write_certificate(&reader, &d.url(), &ca.cert_pem, "reader", &cert.cert_pem, &cert.key_pem).unwrap();
+    get_latencies_as(&reader, rounds).await;
+    let (mut admin, mut rbac) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        admin.push(pct(&get_latencies(&d, rounds).await, 0.99));
+        rbac.push(pct(&get_latencies_as(&reader, rounds).await, 0.99));
+    }
+    admin.sort();
+    rbac.sort();
+    println!(
+        "  GET one pod as a person, RBAC with 1,000 roles + 1,000 bindings   p99 {:>9}   admin p99 {:>9}   {:.2}x   target <= 1.1x",
+        ms(rbac[1]),
+        ms(admin[1]),
+        rbac[1].as_secs_f64() / admin[1].as_secs_f64()
     );
 
     for (label, accept) in [

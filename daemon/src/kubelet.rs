@@ -36,7 +36,7 @@ impl std::fmt::Debug for KubeletClient {
 impl KubeletClient {
     /// Issues the API server's client certificate and trusts only the cluster CA.
     pub fn new(ca: &Ca, cache: Arc<Cache>) -> Result<KubeletClient, PkiError> {
-        let client = ca.issue("kube-apiserver-kubelet-client", Some("system:masters"), &[], &[], false, true)?;
+        let client = ca.issue(capstan_runtime::tls::KUBELET_CLIENT, Some("system:masters"), &[], &[], false, true)?;
         let tls = capstan_runtime::tls::client(&ca.cert_pem, &client.cert_pem, &client.key_pem).map_err(|e| PkiError::Tls(e.0))?;
         Ok(KubeletClient { cache, tls })
     }

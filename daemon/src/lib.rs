@@ -3,6 +3,7 @@
 //! [`DaemonConfig`] (validated first), runs it in the background, and `shutdown` stops it.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod context;
@@ -221,7 +222,7 @@ impl Daemon {
             ip => ip,
         });
         let serving = ca.apiserver_cert(advertise, IpAddr::from([10, 96, 0, 1]))?;
-        let tls = pki::server_config(&serving)?;
+        let tls = pki::server_config(&serving, &ca.cert_pem)?;
         let server_url = format!("https://{}:{}", advertise, api_addr.port());
 
         let kubeconfig = data.join("kubeconfig");
@@ -288,12 +289,15 @@ impl Daemon {
             shutdown.clone(),
         )));
 
+        let rbac = auth::Rbac::new(&cache);
+        tasks.push(tokio::spawn(rbac.clone().follow(cache.clone(), shutdown.clone())));
         let kubelets = kubelet::KubeletClient::new(&ca, cache.clone())?;
         let usage: Arc<dyn api::metrics::SummarySource> = Arc::new(kubelets.clone());
         let state = Arc::new(api::ApiState {
             objects: objects.clone(),
             cache: cache.clone(),
             auth: auth.clone(),
+            rbac,
             ca: ca.clone(),
             git: api::GitInfo {
                 repo: location.describe(),
@@ -312,6 +316,7 @@ impl Daemon {
             tokens: Some(signer.clone()),
             sync: Some(sync_status.clone()),
             extra: config.webhook_secret.clone().map(|secret| webhook::routes(secret, trigger.clone())),
+            audit: Some(Arc::new(audit::AuditLog::new(&data.join("audit.log")))),
         });
         let router = api::router(state);
         tasks.push(tokio::spawn(capstan_runtime::https::serve(listener, tls, router, shutdown.clone())));

@@ -22,6 +22,8 @@ pub enum PkiError {
     Pem { path: String },
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Names(String),
 }
 
 /// A certificate and its private key, PEM-encoded.
@@ -180,6 +182,11 @@ impl Ca {
         }
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+        self.sign(&params)
+    }
+
+    /// A new key and its certificate of `params`, signed by the CA.
+    fn sign(&self, params: &CertificateParams) -> Result<CertKey, PkiError> {
         let key = KeyPair::generate()?;
         let issuer = Issuer::new(ca_params(), &self.key);
         let cert = params.signed_by(&key, &issuer)?;
@@ -187,6 +194,35 @@ impl Ca {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// A person's client certificate (`capstan user add`): CN = the user, O = the groups (at
+    /// most two: rcgen writes one Organization attribute of each of its two forms), valid from
+    /// now for `lifetime_seconds`.
+    pub fn issue_user(&self, user: &str, groups: &[String], lifetime_seconds: i64) -> Result<CertKey, PkiError> {
+        if groups.len() > 2 {
+            return Err(PkiError::Names(format!(
+                "a certificate carries at most two groups, not {}: bind the others through RBAC groups you already give",
+                groups.len()
+            )));
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, user);
+        if let Some(g) = groups.first() {
+            dn.push(DnType::OrganizationName, g.as_str());
+        }
+        if let Some(g) = groups.get(1) {
+            dn.push(DnType::CustomDnType(vec![2, 5, 4, 10]), g.as_str());
+        }
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        let now = jiff::Timestamp::now().as_second();
+        let at = |s: i64| time::OffsetDateTime::from_unix_timestamp(s).map_err(|e| PkiError::Names(e.to_string()));
+        params.not_before = at(now)?;
+        params.not_after = at(now + lifetime_seconds.max(1))?;
+        self.sign(&params)
     }
 
     /// The API server's serving certificate, reissued when its names change.
@@ -225,9 +261,11 @@ impl Ca {
     }
 }
 
-/// A rustls server configuration from a certificate and key.
-pub fn server_config(ck: &CertKey) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-    capstan_runtime::tls::server(&ck.cert_pem, &ck.key_pem, None).map_err(|e| PkiError::Tls(e.0))
+/// The API server's rustls configuration: its certificate and key; clients may present a
+/// certificate `client_ca` signed (people's, from `capstan user add`).
+pub fn server_config(ck: &CertKey, client_ca: &str) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    capstan_runtime::tls::server(&ck.cert_pem, &ck.key_pem, capstan_runtime::tls::Clients::Optional(client_ca))
+        .map_err(|e| PkiError::Tls(e.0))
 }
 
 #[cfg(test)]
@@ -245,11 +283,30 @@ mod tests {
             .apiserver_cert("10.0.0.5".parse().unwrap(), "10.96.0.1".parse().unwrap())
             .unwrap();
         assert!(ck.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
-        server_config(&ck).unwrap();
+        server_config(&ck, &ca.cert_pem).unwrap();
         // Same names: the certificate on disk is reused.
         let same = ca
             .apiserver_cert("10.0.0.5".parse().unwrap(), "10.96.0.1".parse().unwrap())
             .unwrap();
         assert_eq!(same.cert_pem, ck.cert_pem);
+    }
+
+    #[test]
+    fn a_persons_certificate_names_the_user_and_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let groups = ["dev".to_owned(), "ops".to_owned()];
+        let ck = ca.issue_user("alice", &groups, 3600).unwrap();
+        let der = rustls_pemfile_der(&ck.cert_pem);
+        let subject = capstan_runtime::tls::cert_subject(&der).unwrap();
+        assert_eq!(subject.common_name, "alice");
+        assert_eq!(subject.organizations, groups);
+        assert!(subject.not_after - subject.not_before == 3600);
+        assert!(ca.issue_user("bob", &["a".into(), "b".into(), "c".into()], 60).is_err());
+    }
+
+    fn rustls_pemfile_der(pem: &str) -> Vec<u8> {
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap()
     }
 }

@@ -177,7 +177,8 @@ impl GitSync {
         // admitted under the ClusterSettings of its commit.
         let rank = |kind: &str| match kind {
             "ClusterSettings" | "Namespace" => 0,
-            "PriorityClass" => 1,
+            "PriorityClass" | "ClusterRole" | "Role" => 1,
+            "ClusterRoleBinding" | "RoleBinding" => 2,
             "ResourceQuota" | "ServiceAccount" | "ConfigMap" | "Secret" => 2,
             "Service" => 3,
             _ => 4,

@@ -61,7 +61,12 @@ async fn sample_loop(shared: Arc<Shared>, stop: CancellationToken) {
 
 /// The TLS configuration: the node's serving certificate; client certificates from the CA required.
 fn tls(creds: &Credentials) -> Result<Arc<rustls::ServerConfig>, NodeError> {
-    capstan_runtime::tls::server(&creds.serving_cert, &creds.serving_key, Some(&creds.ca_pem)).map_err(|e| NodeError::Tls(e.0))
+    capstan_runtime::tls::server(
+        &creds.serving_cert,
+        &creds.serving_key,
+        capstan_runtime::tls::Clients::Required(&creds.ca_pem),
+    )
+    .map_err(|e| NodeError::Tls(e.0))
 }
 
 /// Binds `listen` and serves until `stop`; returns the bound address.
@@ -91,9 +96,26 @@ pub async fn start(
         .route("/exec/{namespace}/{pod}/{container}", get(crate::streams::exec))
         .route("/attach/{namespace}/{pod}/{container}", get(crate::streams::attach))
         .route("/portforward/{namespace}/{pod}", get(crate::portforward::portforward))
+        .layer(axum::middleware::from_fn(only_the_api_server))
         .with_state(shared);
     let task = tokio::spawn(capstan_runtime::https::serve(listener, tls, router, stop));
     Ok((addr, task))
+}
+
+/// Every client certificate the cluster CA signed passes the handshake, people's included; only
+/// the API server's may use the endpoint (it has authorised the request already).
+async fn only_the_api_server(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = req.extensions().get::<Arc<capstan_runtime::https::Peer>>();
+    match peer.and_then(|p| p.subject()) {
+        Some(s) if s.common_name == capstan_runtime::tls::KUBELET_CLIENT => next.run(req).await,
+        other => error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "only the API server may call the node agent, not {:?}",
+                other.map(|s| s.common_name.as_str()).unwrap_or_default()
+            ),
+        ),
+    }
 }
 
 pub(crate) fn error(code: StatusCode, message: String) -> Response {

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod schemas;
 pub mod status;
 pub mod up;
+pub mod user;
 pub mod validate;
 
 /// A client of the API server with an administrator's kubeconfig (default: the one the daemon

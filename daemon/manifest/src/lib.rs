@@ -9,6 +9,7 @@ pub mod files;
 pub mod hostile;
 pub mod manifest;
 pub mod problem;
+pub mod rbac;
 pub mod report;
 pub mod shape;
 pub mod validate;

@@ -133,17 +133,58 @@ impl Report {
                 file: source_of(applied.get(key)),
             });
         }
+        let mut warnings = plan.warnings.clone();
+        warnings.extend(rbac_notes(plan));
         Report {
             base: base.to_owned(),
             head: head.to_owned(),
             entries,
             unchanged: plan.unchanged,
             problems: plan.problems.clone(),
-            warnings: plan.warnings.clone(),
+            warnings,
         }
     }
 
     pub fn count(&self, f: impl Fn(&Entry) -> bool) -> usize {
         self.entries.iter().filter(|e| f(e)).count()
     }
+}
+
+/// Notes for the reviewer on the RBAC objects a plan creates or changes (`crate::rbac`).
+fn rbac_notes(plan: &Plan) -> Vec<Problem> {
+    let cluster_role = |name: &str| -> Option<Vec<Value>> {
+        let declared = plan
+            .next
+            .iter()
+            .find(|(k, _)| k.kind == "ClusterRole" && k.name == name)
+            .map(|(_, a)| a.object["rules"].as_array().cloned().unwrap_or_default());
+        // The built-in roles that grant much: everything, or (admin, edit) Secrets.
+        declared.or_else(|| match name {
+            "cluster-admin" => Some(vec![serde_json::json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]})]),
+            "admin" | "edit" => Some(vec![
+                serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}),
+            ]),
+            _ => None,
+        })
+    };
+    plan.create
+        .iter()
+        .chain(&plan.update)
+        .filter(|k| k.group == "rbac.authorization.k8s.io")
+        .filter_map(|k| {
+            let object = &plan.next.get(k)?.object;
+            let exists = |kind: &str, ns: &str, name: &str| plan.next.keys().any(|o| o.kind == kind && o.namespace == ns && o.name == name);
+            let note = crate::rbac::review_note(object, &cluster_role).or_else(|| crate::rbac::missing_role_note(object, &exists))?;
+            let file = source_of(plan.next.get(k));
+            Some(
+                Problem::new(
+                    &file,
+                    crate::yaml::Pos { line: 1, column: 1 },
+                    crate::problem::ProblemCode::InvalidValue,
+                    format!("review: {note}"),
+                )
+                .object(Some(k)),
+            )
+        })
+        .collect()
 }

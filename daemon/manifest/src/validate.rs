@@ -19,10 +19,10 @@ pub struct Finding {
 }
 
 #[derive(Default)]
-struct Findings(Vec<Finding>);
+pub(crate) struct Findings(Vec<Finding>);
 
 impl Findings {
-    fn invalid(&mut self, path: FieldPath, message: impl Into<String>) {
+    pub(crate) fn invalid(&mut self, path: FieldPath, message: impl Into<String>) {
         self.0.push(Finding {
             path,
             code: ProblemCode::InvalidValue,
@@ -30,7 +30,7 @@ impl Findings {
         });
     }
 
-    fn missing(&mut self, path: FieldPath, message: impl Into<String>) {
+    pub(crate) fn missing(&mut self, path: FieldPath, message: impl Into<String>) {
         self.0.push(Finding {
             path,
             code: ProblemCode::MissingField,
@@ -56,6 +56,8 @@ pub fn check(kind: &str, object: &Value) -> Vec<Finding> {
         "HorizontalPodAutoscaler" => check_autoscaler(&mut f, &spec, &object["spec"]),
         "PodDisruptionBudget" => check_pdb(&mut f, &spec, &object["spec"]),
         "Service" => check_service(&mut f, &spec, &object["spec"]),
+        "Role" | "ClusterRole" => crate::rbac::check_role(&mut f, &root, object, kind == "ClusterRole"),
+        "RoleBinding" | "ClusterRoleBinding" => crate::rbac::check_binding(&mut f, &root, object, kind == "ClusterRoleBinding"),
         "ConfigMap" => {
             check_config_keys(&mut f, &root.key("data"), &object["data"]);
             check_config_keys(&mut f, &root.key("binaryData"), &object["binaryData"]);

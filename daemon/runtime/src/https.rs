@@ -116,18 +116,8 @@ pub async fn serve_with(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let activity = Arc::new(Activity::new());
-        let service = tower::ServiceBuilder::new()
-            .layer(tower::layer::layer_fn({
-                let activity = activity.clone();
-                let in_flight = in_flight.clone();
-                move |inner| Tracked {
-                    inner,
-                    activity: activity.clone(),
-                    in_flight: in_flight.clone(),
-                }
-            }))
-            .service(router.clone());
-        let service = TowerToHyperService::new(service);
+        let in_flight = in_flight.clone();
+        let router = router.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -142,6 +132,28 @@ pub async fn serve_with(
                     return;
                 }
             };
+            let client = Arc::new(Peer {
+                address: peer,
+                certificate: tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref().to_vec()),
+                subject: std::sync::OnceLock::new(),
+            });
+            let service = tower::ServiceBuilder::new()
+                .layer(tower::layer::layer_fn({
+                    let activity = activity.clone();
+                    move |inner| Tracked {
+                        inner,
+                        activity: activity.clone(),
+                        in_flight: in_flight.clone(),
+                        peer: client.clone(),
+                    }
+                }))
+                .service(router);
+            let service = TowerToHyperService::new(service);
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -220,6 +232,27 @@ struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
     in_flight: Arc<Semaphore>,
+    peer: Arc<Peer>,
+}
+
+/// The other end of a connection, as each of its requests carries it (an extension): its
+/// address, and the certificate it presented, verified against the listener's client CA.
+#[derive(Debug)]
+pub struct Peer {
+    pub address: std::net::SocketAddr,
+    /// DER of the leaf certificate, when the client presented one.
+    pub certificate: Option<Vec<u8>>,
+    /// Its subject, read once for all the connection's requests.
+    subject: std::sync::OnceLock<Option<crate::tls::CertSubject>>,
+}
+
+impl Peer {
+    /// Who the client certificate names, if there is one.
+    pub fn subject(&self) -> Option<&crate::tls::CertSubject> {
+        self.subject
+            .get_or_init(|| self.certificate.as_deref().and_then(crate::tls::cert_subject))
+            .as_ref()
+    }
 }
 
 /// Requests that stay open by design: watches, log follows, upgrades (exec, port-forward).
@@ -243,7 +276,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.peer.clone());
         let guard = InFlight::enter(self.activity.clone());
         let permit = if long_running(&req) {
             None

@@ -98,28 +98,54 @@ fn aggregated(core: bool) -> Value {
         .collect();
     let mut items = items;
     if !core {
-        items.push(metrics_group_aggregated());
+        items.extend(virtual_groups().iter().map(virtual_aggregated));
     }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 
-/// The resource metrics group (served from the node agents, not stored), aggregated form.
-fn metrics_group_aggregated() -> Value {
-    let resources: Vec<Value> = metrics::RESOURCES
+/// A group served by handlers of its own rather than from the store: the resource metrics
+/// (from the node agents) and the access reviews.
+struct Virtual {
+    group: &'static str,
+    version: &'static str,
+    /// (plural, kind, namespaced, verbs)
+    resources: Vec<(&'static str, &'static str, bool, &'static [&'static str])>,
+}
+
+fn virtual_groups() -> Vec<Virtual> {
+    let mut out = vec![Virtual {
+        group: metrics::GROUP,
+        version: metrics::VERSION,
+        resources: metrics::RESOURCES
+            .iter()
+            .map(|(p, k, ns)| (*p, *k, *ns, &["get", "list"][..]))
+            .collect(),
+    }];
+    out.extend(super::reviews::GROUPS.iter().map(|(group, version, resources)| Virtual {
+        group,
+        version,
+        resources: resources.iter().map(|(p, k)| (*p, *k, false, &["create"][..])).collect(),
+    }));
+    out
+}
+
+fn virtual_aggregated(v: &Virtual) -> Value {
+    let resources: Vec<Value> = v
+        .resources
         .iter()
-        .map(|(plural, kind, namespaced)| {
+        .map(|(plural, kind, namespaced, verbs)| {
             json!({
                 "resource": plural,
-                "responseKind": {"group": metrics::GROUP, "version": metrics::VERSION, "kind": kind},
+                "responseKind": {"group": v.group, "version": v.version, "kind": kind},
                 "scope": if *namespaced { "Namespaced" } else { "Cluster" },
                 "singularResource": "",
-                "verbs": ["get", "list"],
+                "verbs": verbs,
             })
         })
         .collect();
     json!({
-        "metadata": {"name": metrics::GROUP},
-        "versions": [{"version": metrics::VERSION, "freshness": "Current", "resources": resources}]
+        "metadata": {"name": v.group},
+        "versions": [{"version": v.version, "freshness": "Current", "resources": resources}]
     })
 }
 
@@ -145,13 +171,25 @@ pub fn apis(aggregated_form: bool) -> Value {
         })
         .collect();
     let mut groups = groups;
-    let gv = json!({"groupVersion": format!("{}/{}", metrics::GROUP, metrics::VERSION), "version": metrics::VERSION});
-    groups.push(json!({"name": metrics::GROUP, "versions": [gv.clone()], "preferredVersion": gv}));
+    for v in virtual_groups() {
+        let gv = json!({"groupVersion": format!("{}/{}", v.group, v.version), "version": v.version});
+        groups.push(json!({"name": v.group, "versions": [gv.clone()], "preferredVersion": gv}));
+    }
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `GET /api/v1` or `GET /apis/{group}/{version}`; None for a group-version not served.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if let Some(v) = virtual_groups().into_iter().find(|v| v.group == group && v.version == version) {
+        let resources: Vec<Value> = v
+            .resources
+            .iter()
+            .map(|(plural, kind, namespaced, verbs)| json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": verbs}))
+            .collect();
+        return Some(
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{group}/{version}"), "resources": resources}),
+        );
+    }
     let (_, _, kinds) = groups().into_iter().find(|(g, v, _)| *g == group && *v == version)?;
     let mut resources = Vec::new();
     for k in kinds {

@@ -30,15 +30,6 @@ pub trait SummarySource: Send + Sync {
 /// The resources of the group: (plural, kind, namespaced).
 pub const RESOURCES: [(&str, &str, bool); 2] = [("nodes", "NodeMetrics", false), ("pods", "PodMetrics", true)];
 
-/// `GET /apis/metrics.k8s.io/v1beta1`.
-pub fn resource_list() -> Value {
-    let resources: Vec<Value> = RESOURCES
-        .iter()
-        .map(|(plural, kind, namespaced)| json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": ["get", "list"]}))
-        .collect();
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/{VERSION}"), "resources": resources})
-}
-
 /// CPU as Kubernetes quantities print it from nano-cores.
 fn cpu(nano_cores: u64) -> String {
     format!("{nano_cores}n")
@@ -163,7 +154,7 @@ async fn nodes(state: &super::ApiState, id: &Identity, name: Option<String>, que
     authorize(
         state,
         id,
-        &Attributes::new(verb, kind("nodes"), None, name.as_deref().unwrap_or_default()),
+        &Attributes::new(verb, kind("nodes"), None, name.as_deref().unwrap_or_default()).in_group(GROUP),
     )?;
     let source = source(state)?;
     let (labels, fields) = selectors(query)?;
@@ -210,7 +201,7 @@ async fn pods(
     authorize(
         state,
         id,
-        &Attributes::new(verb, kind("pods"), namespace.as_deref(), name.as_deref().unwrap_or_default()),
+        &Attributes::new(verb, kind("pods"), namespace.as_deref(), name.as_deref().unwrap_or_default()).in_group(GROUP),
     )?;
     let source = source(state)?;
     let (labels, fields) = selectors(query)?;
@@ -251,7 +242,7 @@ pub fn routes() -> Router<Shared> {
     Router::new()
         .route(
             "/apis/metrics.k8s.io/v1beta1",
-            get(|| async { json_response(StatusCode::OK, &resource_list()) }),
+            get(|| async { json_response(StatusCode::OK, &super::discovery::resource_list(GROUP, VERSION).unwrap_or_default()) }),
         )
         .route(
             "/apis/metrics.k8s.io/v1beta1/nodes",

@@ -12,6 +12,7 @@ mod patch;
 mod paths;
 mod protobuf;
 mod reads;
+mod reviews;
 pub mod selectors;
 pub mod status;
 pub mod streams;
@@ -61,6 +62,8 @@ pub struct ApiState {
     pub objects: Objects,
     pub cache: Arc<Cache>,
     pub auth: Arc<Authenticator>,
+    /// The RBAC policy in force.
+    pub rbac: Arc<auth::Rbac>,
     pub ca: Arc<Ca>,
     pub git: GitInfo,
     pub server_address: String,
@@ -78,6 +81,8 @@ pub struct ApiState {
     pub sync: Option<tokio::sync::watch::Receiver<crate::sync::SyncStatus>>,
     /// Extra routes (webhooks, Capstan's own endpoints) merged in by the daemon.
     pub extra: Option<Router<Shared>>,
+    /// The audit trail (`DATA_DIR/audit.log`).
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -97,7 +102,12 @@ pub fn router(state: Shared) -> Router {
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*path}", get(openapi_gv))
         .merge(metrics::routes())
+        .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", post(reviews::access))
+        .route("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", post(reviews::rules))
+        .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", post(reviews::whoami))
+        .route("/metrics", get(server_metrics))
         .route("/capstan/v1/nodes/{name}", axum::routing::delete(nodes::forget_node))
+        .route("/capstan/v1/users/{name}/revoke", post(revoke_user))
         .fallback(resource)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let mut open = Router::new()
@@ -130,13 +140,100 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The caller: a bearer token (admin, viewer, node, service account) or a client certificate
+/// from the cluster CA (a person).
+fn identify(state: &ApiState, req: &Request) -> Result<Identity, ApiError> {
+    if let Some(token) = bearer(req.headers()) {
+        return state.auth.authenticate(token).ok_or_else(ApiError::unauthorized);
+    }
+    let peer = req.extensions().get::<Arc<capstan_runtime::https::Peer>>();
+    match peer.and_then(|p| p.subject()) {
+        Some(subject) => state
+            .auth
+            .authenticate_certificate(subject)
+            .map_err(|refusal| ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", format!("Unauthorized: {refusal}"))),
+        None => Err(ApiError::unauthorized()),
+    }
+}
+
+/// Authenticates, authorises the paths that name no resource (discovery, `/metrics`; resources
+/// are authorised by their handlers), and writes the audit event of every refused request and
+/// every request that is not a read.
 async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
-    match bearer(req.headers()).and_then(|t| state.auth.authenticate(t)) {
-        Some(id) => {
-            req.extensions_mut().insert(id);
+    // Cheap to keep (shared bytes): the audit event is only built for the requests it records.
+    let received = jiff::Timestamp::now();
+    let uri = req.uri().clone();
+    let agent = req.headers().get(header::USER_AGENT).cloned();
+    let source = req.extensions().get::<Arc<capstan_runtime::https::Peer>>().map(|p| p.address.ip());
+    let info = paths::request_info(req.method(), uri.path(), uri.query().unwrap_or(""));
+    let identity = identify(&state, &req);
+    let response = match &identity {
+        Err(e) => e.clone().into_response(),
+        Ok(id) if !info.resource_request => match auth::authorize_path(id, info.verb, uri.path(), &state.rbac.policy()) {
+            Ok(()) => {
+                req.extensions_mut().insert(id.clone());
+                next.run(req).await
+            }
+            Err(Denial::Forbidden(m)) => ApiError::forbidden(m).into_response(),
+            Err(Denial::InGit) => ApiError::forbidden("").into_response(),
+        },
+        Ok(id) => {
+            req.extensions_mut().insert(id.clone());
             next.run(req).await
         }
-        None => ApiError::unauthorized().into_response(),
+    };
+    let code = response.status().as_u16();
+    if let Some(log) = &state.audit
+        && (matches!(code, 401 | 403) || !crate::audit::is_read(info.verb))
+    {
+        let request = crate::audit::Request {
+            user: identity.ok().map(|id| id.user_info()),
+            verb: info.verb.to_owned(),
+            uri: uri.to_string(),
+            source: source.map(|ip| ip.to_string()),
+            user_agent: agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned(),
+            object: info.object_ref(),
+            received: capstan_api::time::format_micro(received),
+        };
+        let refusal = response.extensions().get::<status::Refusal>().map(|r| r.0.as_str());
+        log.write(&crate::audit::AuditLog::event(&request, code, refusal));
+    }
+    response
+}
+
+/// `GET /metrics`: the API server's own figures in Prometheus' text format (who may read them
+/// is RBAC's `nonResourceURLs`).
+async fn server_metrics(State(state): State<Shared>) -> Response {
+    let mut text =
+        String::from("# HELP apiserver_storage_objects Number of stored objects by resource.\n# TYPE apiserver_storage_objects gauge\n");
+    for kind in capstan_api::REGISTRY {
+        let (items, _) = state.cache.list(kind, None);
+        text.push_str(&format!(
+            "apiserver_storage_objects{{resource=\"{}\"}} {}\n",
+            kind.resource(),
+            items.len()
+        ));
+    }
+    text.push_str(&format!(
+        "# HELP capstan_store_revision The store's current revision.\n# TYPE capstan_store_revision gauge\ncapstan_store_revision {}\n",
+        state.cache.revision()
+    ));
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `POST /capstan/v1/users/NAME/revoke` (`capstan user revoke`): the user's certificates issued
+/// until now stop working. Only `system:masters` may.
+async fn revoke_user(
+    State(state): State<Shared>,
+    axum::Extension(id): axum::Extension<Identity>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    if !id.user_info().is_master() {
+        return ApiError::forbidden(format!("{} may not revoke users: only system:masters may", id.user_name())).into_response();
+    }
+    match state.auth.revoke_user(&name).await {
+        Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"revoked": name})),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
 }
 
@@ -278,7 +375,7 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
 
 /// Asks the authorisation table; a refused change to desired state says where in Git to make it.
 fn authorize(state: &ApiState, id: &Identity, a: &Attributes<'_>) -> Result<(), ApiError> {
-    auth::authorize(id, a, state.cache.as_ref()).map_err(|denial| match denial {
+    auth::authorize(id, a, state.cache.as_ref(), &state.rbac.policy()).map_err(|denial| match denial {
         Denial::InGit => writes::managed_in_git(state, a.kind, a.namespace.unwrap_or_default(), a.name, a.verb.as_str()),
         Denial::Forbidden(message) => ApiError::forbidden(message),
     })

@@ -91,6 +91,107 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
     }
 }
 
+/// What a request asks, as Kubernetes' request-info resolver reads any path (served kinds or
+/// not): for the audit trail and for non-resource authorisation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestInfo<'a> {
+    /// False for discovery, `/version`, `/metrics` and the like.
+    pub resource_request: bool,
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`; for
+    /// a non-resource request the method in lower case.
+    pub verb: &'static str,
+    pub group: &'a str,
+    pub version: &'a str,
+    pub namespace: &'a str,
+    pub resource: &'a str,
+    pub subresource: &'a str,
+    pub name: &'a str,
+}
+
+impl RequestInfo<'_> {
+    /// The audit event's `objectRef`.
+    pub fn object_ref(&self) -> Option<serde_json::Value> {
+        if !self.resource_request {
+            return None;
+        }
+        let mut o = serde_json::json!({"resource": self.resource, "apiGroup": self.group, "apiVersion": self.version});
+        for (key, value) in [
+            ("namespace", self.namespace),
+            ("name", self.name),
+            ("subresource", self.subresource),
+        ] {
+            if !value.is_empty() {
+                o[key] = serde_json::json!(value);
+            }
+        }
+        Some(o)
+    }
+}
+
+fn lower_method(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "get",
+        http::Method::POST => "post",
+        http::Method::PUT => "put",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        http::Method::HEAD => "head",
+        http::Method::OPTIONS => "options",
+        _ => "other",
+    }
+}
+
+pub fn request_info<'a>(method: &http::Method, path: &'a str, query: &str) -> RequestInfo<'a> {
+    let mut segs = path.split('/').filter(|s| !s.is_empty());
+    let (group, version) = match (segs.next(), segs.next()) {
+        (Some("api"), Some(version)) => ("", version),
+        (Some("apis"), Some(group)) => match segs.next() {
+            Some(version) => (group, version),
+            None => ("", ""),
+        },
+        _ => ("", ""),
+    };
+    let rest: Vec<&'a str> = segs.collect();
+    if version.is_empty() || rest.is_empty() {
+        return RequestInfo {
+            verb: lower_method(method),
+            ..RequestInfo::default()
+        };
+    }
+    let (namespace, rest) = match rest.as_slice() {
+        ["namespaces", ns, tail @ ..] if !matches!(tail, [] | ["status" | "finalize"]) => (*ns, tail),
+        _ => ("", rest.as_slice()),
+    };
+    let (resource, name, subresource) = (
+        rest[0],
+        rest.get(1).copied().unwrap_or_default(),
+        rest.get(2).copied().unwrap_or_default(),
+    );
+    let watching = query.split('&').any(|p| p == "watch=true" || p == "watch=1");
+    let verb = match (method.as_str(), name.is_empty()) {
+        ("GET", _) if matches!(subresource, "exec" | "attach" | "portforward") => "create",
+        ("GET", true) if watching => "watch",
+        ("GET", true) => "list",
+        ("GET", false) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "deletecollection",
+        ("DELETE", false) => "delete",
+        _ => lower_method(method),
+    };
+    RequestInfo {
+        resource_request: true,
+        verb,
+        group,
+        version,
+        namespace,
+        resource,
+        subresource,
+        name,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +230,28 @@ mod tests {
         assert!(parse("/apis/apps/v2/deployments").is_err());
         assert!(parse("/api/v1/widgets").is_err());
         assert!(parse("/api/v1/namespaces/shop/nodes").is_err());
+    }
+
+    #[test]
+    fn request_info_reads_any_path() {
+        use http::Method;
+        let i = request_info(&Method::GET, "/api/v1/namespaces/shop/pods/web/exec", "command=sh");
+        assert_eq!((i.verb, i.resource, i.subresource), ("create", "pods", "exec"));
+        assert_eq!((i.namespace, i.name), ("shop", "web"));
+        let i = request_info(&Method::GET, "/apis/apps/v1/deployments", "watch=true");
+        assert_eq!((i.verb, i.group, i.namespace), ("watch", "apps", ""));
+        let i = request_info(&Method::DELETE, "/api/v1/namespaces/shop/pods", "");
+        assert_eq!(i.verb, "deletecollection");
+        let i = request_info(&Method::GET, "/api/v1/namespaces/shop", "");
+        assert_eq!((i.resource, i.name, i.verb), ("namespaces", "shop", "get"));
+        let i = request_info(&Method::PUT, "/api/v1/namespaces/shop/finalize", "");
+        assert_eq!((i.resource, i.name, i.subresource), ("namespaces", "shop", "finalize"));
+        let i = request_info(&Method::POST, "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", "");
+        assert_eq!((i.verb, i.resource), ("create", "selfsubjectaccessreviews"));
+        for path in ["/api", "/apis/apps/v1", "/metrics", "/version"] {
+            let i = request_info(&Method::GET, path, "");
+            assert!(!i.resource_request, "{path}");
+            assert_eq!(i.verb, "get");
+        }
     }
 }

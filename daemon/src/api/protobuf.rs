@@ -100,6 +100,40 @@ pub fn token_request(body: &[u8]) -> Option<Value> {
     Some(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}))
 }
 
+/// A SelfSubjectAccessReview (spec = 2: resourceAttributes = 1 {namespace = 1, verb = 2,
+/// group = 3, version = 4, resource = 5, subresource = 6, name = 7}, nonResourceAttributes = 2
+/// {path = 1, verb = 2}) or SelfSubjectRulesReview (spec = 2: namespace = 1) in the envelope, as
+/// JSON; None when it is not one.
+pub fn self_review(body: &[u8]) -> Option<Value> {
+    let envelope = fields(body.strip_prefix(MAGIC)?)?;
+    let type_meta = fields(bytes(&envelope, 1)?)?;
+    let kind = text(&type_meta, 2).unwrap_or_default();
+    let review = fields(bytes(&envelope, 2)?)?;
+    let spec = fields(bytes(&review, 2).unwrap_or_default())?;
+    let spec = match kind.as_str() {
+        "SelfSubjectRulesReview" => json!({"namespace": text(&spec, 1).unwrap_or_default()}),
+        _ => {
+            let mut out = json!({});
+            if let Some(r) = bytes(&spec, 1) {
+                let r = fields(r)?;
+                let keys = ["namespace", "verb", "group", "version", "resource", "subresource", "name"];
+                let attrs: serde_json::Map<String, Value> = keys
+                    .iter()
+                    .zip(1..)
+                    .map(|(k, n)| ((*k).to_owned(), json!(text(&r, n).unwrap_or_default())))
+                    .collect();
+                out["resourceAttributes"] = Value::Object(attrs);
+            }
+            if let Some(r) = bytes(&spec, 2) {
+                let r = fields(r)?;
+                out["nonResourceAttributes"] = json!({"path": text(&r, 1).unwrap_or_default(), "verb": text(&r, 2).unwrap_or_default()});
+            }
+            out
+        }
+    };
+    Some(json!({"apiVersion": text(&type_meta, 1), "kind": kind, "spec": spec}))
+}
+
 fn string_map(fs: &[(u64, Field<'_>)], number: u64) -> Option<Value> {
     let mut map = serde_json::Map::new();
     for (n, f) in fs {

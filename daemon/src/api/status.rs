@@ -94,9 +94,20 @@ impl IntoResponse for ApiError {
         if self.warn {
             add_warning(&mut resp, &self.message);
         }
+        // The audit trail records why a request was refused.
+        if matches!(
+            self.code,
+            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED | StatusCode::METHOD_NOT_ALLOWED
+        ) {
+            resp.extensions_mut().insert(Refusal(self.message));
+        }
         resp
     }
 }
+
+/// Why a response refuses its request, for the audit trail.
+#[derive(Clone, Debug)]
+pub struct Refusal(pub String);
 
 /// Adds a `Warning: 299 - "text"` header (RFC 7234, as kube-apiserver sends them); kubectl
 /// prints each distinct warning once. Text that cannot be a header value is left out.

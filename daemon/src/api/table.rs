@@ -307,6 +307,15 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
             ("AllowVolumeExpansion", 0),
             ("Age", 0),
         ],
+        "Role" | "ClusterRole" => &[("Name", 0), ("Created At", 0)],
+        "RoleBinding" | "ClusterRoleBinding" => &[
+            ("Name", 0),
+            ("Role", 0),
+            ("Age", 0),
+            ("Users", 1),
+            ("Groups", 1),
+            ("ServiceAccounts", 1),
+        ],
         "PriorityClass" => &[
             ("Name", 0),
             ("Value", 0),
@@ -728,6 +737,29 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 or_default(s(&o["volumeBindingMode"]), "Immediate"),
                 (o["allowVolumeExpansion"] == true).to_string(),
                 created,
+            ]
+        }
+        "Role" | "ClusterRole" => vec![name, s(&o["metadata"]["creationTimestamp"])],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = |kind: &str| {
+                list(&o["subjects"])
+                    .iter()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| match (kind, x["namespace"].as_str()) {
+                        ("ServiceAccount", Some(ns)) => format!("{ns}/{}", s(&x["name"])),
+                        ("ServiceAccount", None) => format!("/{}", s(&x["name"])),
+                        _ => s(&x["name"]),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name,
+                format!("{}/{}", s(&o["roleRef"]["kind"]), s(&o["roleRef"]["name"])),
+                created,
+                subjects("User"),
+                subjects("Group"),
+                subjects("ServiceAccount"),
             ]
         }
         "PriorityClass" => vec![

@@ -1,6 +1,7 @@
-//! What each identity may do: every authorisation rule of the API in one table, decided from the
-//! request's attributes (verb, resource, namespace, name) and the few facts about pods the node
-//! rules need. RBAC will plug in here; the rule that Git writes desired state stays above it.
+//! What each identity may do: the rules of the API in one place, decided from the request's
+//! attributes (verb, resource, namespace, name) and the few facts about pods the node rules
+//! need. Nodes have a fixed authoriser (like Kubernetes' Node authoriser); everyone else is
+//! decided by RBAC (`rbac`), under the rule above it that Git writes desired state.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use capstan_api::kinds::Origin;
 use serde_json::Value;
 
 use super::Identity;
+use super::rbac::{Policy, Request, UserInfo};
 
 /// The verbs of Kubernetes' authoriser that Capstan serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +38,20 @@ impl Verb {
         }
     }
 
+    pub fn parse(verb: &str) -> Option<Verb> {
+        [
+            Verb::Get,
+            Verb::List,
+            Verb::Watch,
+            Verb::Create,
+            Verb::Update,
+            Verb::Patch,
+            Verb::Delete,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == verb)
+    }
+
     fn reads(self) -> bool {
         matches!(self, Verb::Get | Verb::List | Verb::Watch)
     }
@@ -46,6 +62,8 @@ impl Verb {
 pub struct Attributes<'a> {
     pub verb: Verb,
     pub kind: &'static KindInfo,
+    /// The API group asked for when it is not the kind's own (`metrics.k8s.io` pods).
+    pub group: Option<&'static str>,
     /// `status`, `log`, `token`, or none.
     pub subresource: Option<&'a str>,
     /// None for cluster-scoped kinds and for requests across all namespaces.
@@ -66,6 +84,7 @@ impl<'a> Attributes<'a> {
         Attributes {
             verb,
             kind,
+            group: None,
             subresource: None,
             namespace: namespace.filter(|n| !n.is_empty()),
             name,
@@ -77,6 +96,11 @@ impl<'a> Attributes<'a> {
 
     pub fn subresource(mut self, sub: Option<&'a str>) -> Attributes<'a> {
         self.subresource = sub;
+        self
+    }
+
+    pub fn in_group(mut self, group: &'static str) -> Attributes<'a> {
+        self.group = Some(group);
         self
     }
 
@@ -93,6 +117,26 @@ impl<'a> Attributes<'a> {
     pub fn restart(mut self, restart: bool) -> Attributes<'a> {
         self.restart = restart;
         self
+    }
+
+    /// The request in RBAC's terms.
+    pub fn request(&self) -> Request<'a> {
+        Request::Resource {
+            verb: self.verb.as_str(),
+            group: self.group.unwrap_or(self.kind.group),
+            resource: self.kind.plural,
+            subresource: self.subresource,
+            namespace: self.namespace,
+            name: self.name,
+        }
+    }
+
+    /// `pods/exec` or `deployments`, as RBAC rules name it.
+    fn resource(&self) -> String {
+        match self.subresource {
+            Some(s) => format!("{}/{s}", self.kind.plural),
+            None => self.kind.plural.to_owned(),
+        }
     }
 }
 
@@ -120,71 +164,146 @@ pub enum Denial {
 }
 
 /// May `id` do what `a` describes?
-pub fn authorize(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Denial> {
-    if a.kind.plural == "serviceaccounts" && a.subresource == Some("token") {
-        return token_request(id, a, facts);
+pub fn authorize(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts, policy: &Policy) -> Result<(), Denial> {
+    let token = a.kind.plural == "serviceaccounts" && a.subresource == Some("token");
+    let stream = a.kind.kind == "Pod" && matches!(a.subresource, Some("exec" | "attach" | "portforward"));
+    if let Identity::Node(node) = id {
+        return if token {
+            node_token_request(node, a, facts)
+        } else if stream {
+            forbidden(format!(
+                "node {node:?} may not create pods/{}: nodes never run commands in pods",
+                a.resource().trim_start_matches("pods/")
+            ))
+        } else if a.verb.reads() {
+            node_read(node, a, facts)
+        } else {
+            node_write(node, a, facts)
+        };
     }
-    if a.kind.kind == "Pod" && matches!(a.subresource, Some("exec" | "attach" | "portforward")) {
-        return pod_stream(id, a);
+    // Git writes desired state, whatever RBAC says; what remains are actions on running things.
+    if !a.verb.reads() && !token && !stream {
+        match a.kind.origin {
+            Origin::Git if !is_action(a, facts) => return Err(Denial::InGit),
+            Origin::Cluster if !is_operator_action(a) => {
+                return forbidden(format!(
+                    "{} may not {} {} {:?}: it is observed state, written only by Capstan's own components",
+                    id.user_name(),
+                    a.verb.as_str(),
+                    a.resource(),
+                    a.name
+                ));
+            }
+            _ => {}
+        }
     }
-    if a.verb.reads() {
-        return read(id, a, facts);
+    let user = id.user_info();
+    if !policy.allows(&user, &a.request()) {
+        return forbidden(rbac_denial(&user, a));
     }
-    write(id, a, facts)
+    // A token acts as its service account: asking for one must not gain a right.
+    if token {
+        let ns = a.namespace.unwrap_or_default();
+        let target = Identity::ServiceAccount {
+            namespace: ns.to_owned(),
+            name: a.name.to_owned(),
+        };
+        if let Some(missing) = policy.escalation(&user, &target.user_info(), ns) {
+            return forbidden(format!(
+                "{} may not ask for a token of service account {ns}/{}: it may {missing}, which {} may not",
+                user.name, a.name, user.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Kubernetes' wording of an RBAC refusal.
+pub fn rbac_denial(user: &UserInfo, a: &Attributes<'_>) -> String {
+    let group = a.group.unwrap_or(a.kind.group);
+    let what = if a.name.is_empty() {
+        a.resource()
+    } else {
+        format!("{} {:?}", a.resource(), a.name)
+    };
+    let place = match a.namespace {
+        Some(ns) => format!("in the namespace {ns:?}"),
+        None => "at the cluster scope".to_owned(),
+    };
+    format!(
+        "{what} is forbidden: User {:?} cannot {} resource {:?} in API group {group:?} {place}",
+        user.name,
+        a.verb.as_str(),
+        a.resource()
+    )
+}
+
+/// A non-resource request (`/metrics`, discovery): RBAC's `nonResourceURLs`.
+pub fn authorize_path(id: &Identity, verb: &str, path: &str, policy: &Policy) -> Result<(), Denial> {
+    let user = id.user_info();
+    if policy.allows(&user, &Request::NonResource { verb, path }) {
+        return Ok(());
+    }
+    forbidden(format!("forbidden: User {:?} cannot {verb} path {path:?}", user.name))
 }
 
 fn forbidden(message: String) -> Result<(), Denial> {
     Err(Denial::Forbidden(message))
 }
 
-fn read(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Denial> {
-    let secret = a.kind.is_secret();
-    match id {
-        Identity::Admin => Ok(()),
-        // Kubernetes' `view`: everything but Secrets (their values would let a viewer act as
-        // the workloads that use them).
-        Identity::ReadOnly if secret => forbidden(format!(
-            "{} may not read secrets: the read-only credential has Kubernetes' view rights, which exclude Secrets",
-            id.user_name()
-        )),
-        Identity::ReadOnly => Ok(()),
-        Identity::Node(_) if !secret => Ok(()),
-        // Like the Kubernetes node authoriser: only secrets of pods bound to this node.
-        Identity::Node(node) => match (a.namespace, a.name, a.verb) {
-            (Some(ns), name, Verb::Get) if !name.is_empty() => {
-                let used = facts
-                    .pods(ns)
-                    .iter()
-                    .any(|p| p["spec"]["nodeName"] == node.as_str() && pod_uses_secret(p, name));
-                if used {
-                    Ok(())
-                } else {
-                    forbidden(format!("node {node:?} may not read secret {ns}/{name}: no pod on the node uses it"))
-                }
-            }
-            _ => forbidden(format!("node {node:?} may not list secrets")),
-        },
-        Identity::ServiceAccount { namespace: own, name: sa } => {
-            if a.kind.namespaced && a.namespace == Some(own.as_str()) && !secret {
+/// Changes that touch no desired state although their kind is Git's: deleting a pod a controller
+/// made (to restart it), evicting a pod (as its disruption budget allows), running a CronJob's Job
+/// by hand, restarting a workload's pods, and giving up a StatefulSet's claim (the cluster's, not
+/// Git's). RBAC decides who may.
+fn is_action(a: &Attributes<'_>, facts: &dyn Facts) -> bool {
+    let (kind, verb) = (a.kind.kind, a.verb);
+    let namespace = a.namespace.unwrap_or_default();
+    let owned = |p: &Value| p["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty());
+    (kind == "Pod" && verb == Verb::Delete && a.subresource.is_none() && facts.pod(namespace, a.name).is_some_and(|p| owned(&p)))
+        || (kind == "Pod" && verb == Verb::Create && a.subresource == Some("eviction"))
+        || (kind == "Job" && verb == Verb::Create && a.manual_run)
+        || (matches!(kind, "Deployment" | "StatefulSet" | "DaemonSet") && verb == Verb::Patch && a.restart)
+        || (kind == "PersistentVolumeClaim"
+            && verb == Verb::Delete
+            && facts.claim(namespace, a.name).is_some_and(|c| !capstan_api::meta::from_git(&c)))
+}
+
+/// Observed state an operator acts on: removing a node (and forgetting it), and cordoning or
+/// labelling it (the write checks that only those fields change).
+fn is_operator_action(a: &Attributes<'_>) -> bool {
+    a.kind.kind == "Node" && matches!(a.verb, Verb::Delete | Verb::Patch) && a.subresource.is_none()
+}
+
+/// Nodes read everything but Secrets; like the Kubernetes node authoriser, only the secrets of
+/// pods bound to the node.
+fn node_read(node: &str, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Denial> {
+    if !a.kind.is_secret() {
+        return Ok(());
+    }
+    match (a.namespace, a.name, a.verb) {
+        (Some(ns), name, Verb::Get) if !name.is_empty() => {
+            let used = facts
+                .pods(ns)
+                .iter()
+                .any(|p| p["spec"]["nodeName"] == node && pod_uses_secret(p, name));
+            if used {
                 Ok(())
             } else {
-                forbidden(format!(
-                    "service account {own}/{sa} may only read objects (not secrets) in namespace {own:?}"
-                ))
+                forbidden(format!("node {node:?} may not read secret {ns}/{name}: no pod on the node uses it"))
             }
         }
+        _ => forbidden(format!("node {node:?} may not list secrets")),
     }
 }
 
-fn write(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Denial> {
+/// A node reports on and removes the pods bound to it, writes its own Node and Lease, and Events.
+fn node_write(node: &str, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Denial> {
     let (kind, verb, name) = (a.kind, a.verb, a.name);
     let namespace = a.namespace.unwrap_or_default();
-    let pod = || facts.pod(namespace, name);
     let status = a.subresource == Some("status");
-    let allowed = match (id, kind.origin) {
-        // Desired state changes only through Git, whoever asks...
-        (Identity::Node(node), Origin::Git) => match kind.kind {
-            "Pod" => (status || verb == Verb::Delete) && pod().is_some_and(|p| p["spec"]["nodeName"] == node.as_str()),
+    let allowed = match kind.origin {
+        Origin::Git => match kind.kind {
+            "Pod" => (status || verb == Verb::Delete) && facts.pod(namespace, name).is_some_and(|p| p["spec"]["nodeName"] == node),
             // Dropping the finalizer of a deleted volume whose directory it removed.
             "PersistentVolume" => {
                 matches!(verb, Verb::Patch | Verb::Update)
@@ -192,38 +311,15 @@ fn write(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Den
             }
             _ => false,
         },
-        // ...except that an administrator may delete a pod a controller made (to restart it),
-        // evict a pod (as its disruption budget allows), run a CronJob's Job by hand, and
-        // restart a workload's pods (which changes nothing Git declares).
-        (Identity::Admin, Origin::Git) => {
-            (kind.kind == "Pod"
-                && verb == Verb::Delete
-                && pod().is_some_and(|p| p["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty())))
-                || (kind.kind == "Pod" && verb == Verb::Create && a.subresource == Some("eviction"))
-                || (kind.kind == "Job" && verb == Verb::Create && a.manual_run)
-                || (matches!(kind.kind, "Deployment" | "StatefulSet" | "DaemonSet") && verb == Verb::Patch && a.restart)
-                // A StatefulSet's claim is the cluster's, not Git's: deleting it (once no pod
-                // uses it) is how its data is given up.
-                || (kind.kind == "PersistentVolumeClaim"
-                    && verb == Verb::Delete
-                    && facts.claim(namespace, name).is_some_and(|c| !capstan_api::meta::from_git(&c)))
-        }
-        (Identity::Node(node), Origin::Cluster) => match kind.kind {
+        Origin::Cluster => match kind.kind {
             "Node" => name == node,
             "Lease" => name == node && namespace == "kube-node-lease",
             "Event" => matches!(verb, Verb::Create | Verb::Patch | Verb::Update),
             _ => false,
         },
-        // Observed state an administrator acts on: removing a node (and forgetting it), and
-        // cordoning it (the write checks that only `spec.unschedulable` changes).
-        (Identity::Admin, Origin::Cluster) => kind.kind == "Node" && matches!(verb, Verb::Delete | Verb::Patch) && !status,
-        _ => false,
     };
     if allowed {
         return Ok(());
-    }
-    if kind.origin == Origin::Git && !matches!(id, Identity::Node(_)) {
-        return Err(Denial::InGit);
     }
     let place = if namespace.is_empty() {
         String::new()
@@ -231,51 +327,23 @@ fn write(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Den
         format!(" in namespace {namespace:?}")
     };
     forbidden(format!(
-        "{} may not {} {} {name:?}{place}",
-        id.user_name(),
+        "system:node:{node} may not {} {} {name:?}{place}",
         verb.as_str(),
         kind.resource()
     ))
 }
 
-/// Exec, attach and port-forward run things inside a pod: administrators only. They need
-/// `create` on the subresource (KEP-4006: the WebSocket upgrade is a GET, and `get` alone must
-/// not let a viewer in); a node never may, as in Kubernetes.
-fn pod_stream(id: &Identity, a: &Attributes<'_>) -> Result<(), Denial> {
-    let sub = a.subresource.unwrap_or_default();
-    let place = a.namespace.unwrap_or("default");
-    match id {
-        Identity::Admin if a.verb == Verb::Create => Ok(()),
-        Identity::ReadOnly => forbidden(format!(
-            "{} may not create pods/{sub} in namespace {place:?}: the read-only credential has Kubernetes' view rights, which do not run commands in pods",
-            id.user_name()
-        )),
-        Identity::Node(node) => forbidden(format!("node {node:?} may not create pods/{sub}: nodes never run commands in pods")),
-        other => forbidden(format!(
-            "{} may not {} pods/{sub} in namespace {place:?}",
-            other.user_name(),
-            a.verb.as_str()
-        )),
-    }
-}
-
-/// TokenRequest: administrators may ask for any token; a node only for one bound to a pod on
-/// the node (as Kubernetes' node authoriser allows); nobody else.
-fn token_request(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Denial> {
-    match id {
-        Identity::Admin => Ok(()),
-        Identity::Node(node) => {
-            let on_node = a
-                .bound_pod
-                .and_then(|p| facts.pod(a.namespace.unwrap_or_default(), p))
-                .is_some_and(|p| p["spec"]["nodeName"] == node.as_str());
-            if on_node {
-                Ok(())
-            } else {
-                forbidden(format!("node {node:?} may only ask for tokens bound to pods on the node"))
-            }
-        }
-        other => forbidden(format!("{} may not create service-account tokens", other.user_name())),
+/// TokenRequest by a node: only for a token bound to a pod on the node (as Kubernetes' node
+/// authoriser allows).
+fn node_token_request(node: &str, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Denial> {
+    let on_node = a
+        .bound_pod
+        .and_then(|p| facts.pod(a.namespace.unwrap_or_default(), p))
+        .is_some_and(|p| p["spec"]["nodeName"] == node);
+    if on_node {
+        Ok(())
+    } else {
+        forbidden(format!("node {node:?} may only ask for tokens bound to pods on the node"))
     }
 }
 
@@ -347,9 +415,33 @@ mod tests {
         }
     }
 
+    /// The built-in defaults, and in `app`: reads of config and pods for the default service
+    /// account, and token requests (and config reads) for `bot`.
+    fn policy() -> Policy {
+        let mut roles = super::super::bootstrap::cluster_roles();
+        roles.push(json!({"metadata": {"name": "reader", "namespace": "app"}, "rules": [
+            {"apiGroups": [""], "resources": ["configmaps", "pods", "pods/log"], "verbs": ["get", "list", "watch"]}]}));
+        roles.push(json!({"metadata": {"name": "tokens", "namespace": "app"}, "rules": [
+            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]}));
+        let bind = |name: &str, sa: &str| {
+            json!({"metadata": {"name": name, "namespace": "app"}, "roleRef": {"kind": "Role", "name": name},
+                   "subjects": [{"kind": "ServiceAccount", "name": sa}]})
+        };
+        let bindings = [bind("reader", "default"), bind("tokens", "bot")];
+        let cluster_bindings = super::super::bootstrap::cluster_role_bindings();
+        let (cluster_roles, roles): (Vec<&Value>, Vec<&Value>) = roles.iter().partition(|r| r["metadata"]["namespace"].is_null());
+        Policy::build(&super::super::rbac::Objects {
+            cluster_roles,
+            roles,
+            cluster_role_bindings: cluster_bindings.iter().collect(),
+            role_bindings: bindings.iter().collect(),
+        })
+    }
+
     /// The outcome in a word, for the table: allowed, in-git, or forbidden.
     fn outcome(id: &Identity, a: Attributes<'_>) -> (&'static str, String) {
-        match authorize(id, &a, &facts()) {
+        match authorize(id, &a, &facts(), &policy()) {
             Ok(()) => ("allowed", String::new()),
             Err(Denial::InGit) => ("in-git", String::new()),
             Err(Denial::Forbidden(m)) => ("forbidden", m),
@@ -363,12 +455,22 @@ mod tests {
         let viewer = Identity::ReadOnly;
         let n1 = Identity::Node("n1".into());
         let app_sa = sa("app");
+        let bot = Identity::ServiceAccount {
+            namespace: "app".into(),
+            name: "bot".into(),
+        };
         let at = |verb, plural, ns: Option<&'static str>, name: &'static str| Attributes::new(verb, kind(plural), ns, name);
         let cases: Vec<(&Identity, Attributes<'_>, &str, &str)> = vec![
             // Reads.
             (&admin, at(List, "secrets", None, ""), "allowed", ""),
             (&viewer, at(List, "deployments", None, ""), "allowed", ""),
-            (&viewer, at(Get, "secrets", Some("app"), "db"), "forbidden", "exclude Secrets"),
+            (
+                &viewer,
+                at(Get, "secrets", Some("app"), "db"),
+                "forbidden",
+                "cannot get resource \"secrets\"",
+            ),
+            (&viewer, at(List, "nodes", None, ""), "allowed", ""),
             (&n1, at(Watch, "pods", None, ""), "allowed", ""),
             (&n1, at(Get, "secrets", Some("app"), "db"), "allowed", ""),
             (
@@ -390,11 +492,16 @@ mod tests {
                 &app_sa,
                 at(List, "configmaps", Some("other"), ""),
                 "forbidden",
-                "in namespace \"app\"",
+                "in the namespace \"other\"",
             ),
-            (&app_sa, at(List, "configmaps", None, ""), "forbidden", "in namespace \"app\""),
-            (&app_sa, at(Get, "nodes", None, "n1"), "forbidden", "in namespace \"app\""),
-            (&app_sa, at(Get, "secrets", Some("app"), "db"), "forbidden", "not secrets"),
+            (&app_sa, at(List, "configmaps", None, ""), "forbidden", "at the cluster scope"),
+            (&app_sa, at(Get, "nodes", None, "n1"), "forbidden", "cannot get resource \"nodes\""),
+            (
+                &app_sa,
+                at(Get, "secrets", Some("app"), "db"),
+                "forbidden",
+                "cannot get resource \"secrets\"",
+            ),
             // Running things in pods: administrators, with `create` (not a GET's `get`).
             (
                 &admin,
@@ -405,14 +512,14 @@ mod tests {
             (
                 &admin,
                 at(Get, "pods", Some("app"), "web-1").subresource(Some("exec")),
-                "forbidden",
-                "may not get pods/exec",
+                "allowed",
+                "",
             ),
             (
                 &viewer,
                 at(Create, "pods", Some("app"), "web-1").subresource(Some("exec")),
                 "forbidden",
-                "view rights",
+                "cannot create resource \"pods/exec\"",
             ),
             (
                 &n1,
@@ -424,7 +531,7 @@ mod tests {
                 &app_sa,
                 at(Create, "pods", Some("app"), "web-1").subresource(Some("portforward")),
                 "forbidden",
-                "may not create pods/portforward",
+                "cannot create resource \"pods/portforward\"",
             ),
             // Writes to desired state go to Git...
             (&admin, at(Patch, "deployments", Some("app"), "web"), "in-git", ""),
@@ -434,7 +541,12 @@ mod tests {
             (&admin, at(Create, "jobs", Some("app"), "other"), "in-git", ""),
             // A restart is not desired state; another patch of the workload is.
             (&admin, at(Patch, "deployments", Some("app"), "web").restart(true), "allowed", ""),
-            (&viewer, at(Patch, "deployments", Some("app"), "web").restart(true), "in-git", ""),
+            (
+                &viewer,
+                at(Patch, "deployments", Some("app"), "web").restart(true),
+                "forbidden",
+                "cannot patch resource \"deployments\" in API group \"apps\"",
+            ),
             (&admin, at(Patch, "replicasets", Some("app"), "web-1").restart(true), "in-git", ""),
             (
                 &admin,
@@ -445,8 +557,8 @@ mod tests {
             (
                 &viewer,
                 at(Create, "pods", Some("app"), "web-1").subresource(Some("eviction")),
-                "in-git",
-                "",
+                "forbidden",
+                "cannot create resource \"pods/eviction\"",
             ),
             (&admin, at(Patch, "nodes", None, "n1"), "allowed", ""),
             (
@@ -455,7 +567,12 @@ mod tests {
                 "forbidden",
                 "may not patch",
             ),
-            (&viewer, at(Create, "jobs", Some("app"), "by-hand").manual_run(true), "in-git", ""),
+            (
+                &viewer,
+                at(Create, "jobs", Some("app"), "by-hand").manual_run(true),
+                "forbidden",
+                "cannot create resource \"jobs\"",
+            ),
             (&app_sa, at(Delete, "services", Some("app"), "s"), "in-git", ""),
             (&admin, at(Delete, "pods", Some("app"), "bare"), "in-git", ""),
             // ...but an administrator restarts a controller's pod by deleting it,
@@ -510,7 +627,7 @@ mod tests {
                 &viewer,
                 at(Delete, "nodes", None, "n2"),
                 "forbidden",
-                "capstan:viewer may not delete nodes",
+                "User \"capstan:viewer\" cannot delete resource \"nodes\"",
             ),
             (&app_sa, at(Create, "events", Some("app"), ""), "forbidden", "may not create events"),
             // Token requests.
@@ -546,13 +663,26 @@ mod tests {
                 &app_sa,
                 at(Create, "serviceaccounts", Some("app"), "default").subresource(Some("token")),
                 "forbidden",
-                "may not create service-account tokens",
+                "cannot create resource \"serviceaccounts/token\"",
             ),
             (
                 &viewer,
                 at(Create, "serviceaccounts", Some("app"), "default").subresource(Some("token")),
                 "forbidden",
-                "may not create service-account tokens",
+                "cannot create resource \"serviceaccounts/token\"",
+            ),
+            // A token may not hold more than its asker: bot may not read pods, default may.
+            (
+                &bot,
+                at(Create, "serviceaccounts", Some("app"), "default").subresource(Some("token")),
+                "forbidden",
+                "may not ask for a token of service account app/default: it may get pods in namespace \"app\"",
+            ),
+            (
+                &bot,
+                at(Create, "serviceaccounts", Some("app"), "bot").subresource(Some("token")),
+                "allowed",
+                "",
             ),
         ];
         for (id, a, want, reason) in cases {

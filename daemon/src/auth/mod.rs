@@ -3,8 +3,13 @@
 //! node joins (see `join`) and kept, hashed, in the store so that they survive restarts.
 
 mod authorize;
+pub mod bootstrap;
+mod live;
+pub mod rbac;
 
-pub use authorize::{Attributes, Denial, Facts, Verb, authorize};
+pub use authorize::{Attributes, Denial, Facts, Verb, authorize, authorize_path, rbac_denial};
+pub use live::Rbac;
+pub use rbac::{Policy, UserInfo};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,17 +24,36 @@ use crate::pki::{PkiError, write_private};
 /// Store prefix of node credentials: `/capstan/node-tokens/<node>` holds the token's hash.
 const NODE_TOKEN_PREFIX: &str = "/capstan/node-tokens/";
 
+/// Store prefix of revoked people: `/capstan/revoked-users/<user>` holds the second of the
+/// revocation; certificates of the user that became valid then or earlier are refused.
+const REVOKED_PREFIX: &str = "/capstan/revoked-users/";
+
+/// Why a client certificate is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateRefusal {
+    #[error("the certificate names the reserved user {0:?}: system: and capstan: names belong to Capstan's own identities")]
+    ReservedUser(String),
+    #[error("the certificate names the reserved group {0:?}: system: groups are given by Capstan, not by certificates")]
+    ReservedGroup(String),
+    #[error("the certificates of user {0:?} issued before its revocation are refused: issue a new one with capstan user add")]
+    Revoked(String),
+}
+
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identity {
-    /// Full read access; writes to desired state are still refused (they go through Git).
+    /// In `system:masters` (RBAC never restricts it); writes to desired state are still
+    /// refused (they go through Git).
     Admin,
-    /// Reads only.
+    /// In `capstan:viewers`, bound to `view` and `capstan:cluster-view`: reads, not Secrets.
     ReadOnly,
     /// A node agent: reads, and writes its own Node, Lease, pods' status and events.
     Node(String),
-    /// A pod's service account: reads in its own namespace.
+    /// A pod's service account: what RBAC grants it.
     ServiceAccount { namespace: String, name: String },
+    /// A person, from a client certificate (`capstan user add`): what RBAC grants the name and
+    /// groups.
+    User { name: String, groups: Vec<String> },
 }
 
 impl Identity {
@@ -42,6 +66,25 @@ impl Identity {
             Identity::ServiceAccount { namespace, name } => {
                 format!("system:serviceaccount:{namespace}:{name}")
             }
+            Identity::User { name, .. } => name.clone(),
+        }
+    }
+
+    /// The user and groups RBAC sees, `system:authenticated` included.
+    pub fn user_info(&self) -> UserInfo {
+        let mut groups: Vec<String> = match self {
+            Identity::Admin => vec![rbac::MASTERS.into()],
+            Identity::ReadOnly => vec![bootstrap::VIEWERS.into()],
+            Identity::Node(_) => vec!["system:nodes".into()],
+            Identity::ServiceAccount { namespace, .. } => {
+                vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{namespace}")]
+            }
+            Identity::User { groups, .. } => groups.clone(),
+        };
+        groups.push("system:authenticated".into());
+        UserInfo {
+            name: self.user_name(),
+            groups,
         }
     }
 }
@@ -67,6 +110,8 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     /// Verifies service-account tokens (set once the token controller runs).
     service_accounts: RwLock<Option<TokenVerifier>>,
+    /// Revoked people: user → second of revocation.
+    revoked: RwLock<HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -114,12 +159,48 @@ impl Authenticator {
             let node = kv.key.trim_start_matches(NODE_TOKEN_PREFIX).to_owned();
             tokens.insert(String::from_utf8_lossy(&kv.value).into_owned(), Identity::Node(node));
         }
+        let mut revoked = HashMap::new();
+        for kv in store.range(REVOKED_PREFIX, None, 0)?.kvs {
+            let user = kv.key.trim_start_matches(REVOKED_PREFIX).to_owned();
+            revoked.insert(user, String::from_utf8_lossy(&kv.value).parse().unwrap_or(i64::MAX));
+        }
         Ok(Authenticator {
             tokens: RwLock::new(tokens),
             join_secret_hash: hash(&local.join_secret),
             store,
             service_accounts: RwLock::new(None),
+            revoked: RwLock::new(revoked),
         })
+    }
+
+    /// The person a verified client certificate names (CN = user, O = groups), as Kubernetes
+    /// reads it; reserved names and revoked certificates are refused.
+    pub fn authenticate_certificate(&self, subject: &capstan_runtime::tls::CertSubject) -> Result<Identity, CertificateRefusal> {
+        let name = &subject.common_name;
+        if name.starts_with("system:") || name.starts_with("capstan:") || name == capstan_runtime::tls::KUBELET_CLIENT {
+            return Err(CertificateRefusal::ReservedUser(name.clone()));
+        }
+        if let Some(g) = subject.organizations.iter().find(|g| g.starts_with("system:")) {
+            return Err(CertificateRefusal::ReservedGroup(g.clone()));
+        }
+        let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner()).get(name).copied();
+        if revoked.is_some_and(|at| subject.not_before <= at) {
+            return Err(CertificateRefusal::Revoked(name.clone()));
+        }
+        Ok(Identity::User {
+            name: name.clone(),
+            groups: subject.organizations.clone(),
+        })
+    }
+
+    /// Refuses every certificate of `user` issued until now (`capstan user revoke`).
+    pub async fn revoke_user(&self, user: &str) -> Result<(), capstan_store::StoreError> {
+        let now = jiff::Timestamp::now().as_second();
+        self.store
+            .txn(Txn::default().put(format!("{REVOKED_PREFIX}{user}"), now.to_string()))
+            .await?;
+        self.revoked.write().unwrap_or_else(|p| p.into_inner()).insert(user.to_owned(), now);
+        Ok(())
     }
 
     /// The identity a bearer token stands for.

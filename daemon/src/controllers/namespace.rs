@@ -147,6 +147,24 @@ pub async fn ensure_builtins(ctx: &Context) -> Result<(), ObjectError> {
             Err(e) => return Err(e),
         }
     }
+    // The default RBAC objects, kept as this version defines them (one of the same name from
+    // Git replaces it, as for the StorageClass).
+    let defaults = [
+        ("clusterroles", crate::auth::bootstrap::cluster_roles()),
+        ("clusterrolebindings", crate::auth::bootstrap::cluster_role_bindings()),
+    ];
+    for (plural, objects) in defaults {
+        let rbac = capstan_api::kinds::by_plural("rbac.authorization.k8s.io", plural).expect("served kind");
+        for object in objects {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            upsert(ctx, rbac, "", &name, object, |cur, new| {
+                capstan_api::meta::from_git(cur)
+                    || ["rules", "aggregationRule", "roleRef", "subjects"].iter().all(|f| cur[f] == new[f])
+                        && cur["metadata"]["labels"] == new["metadata"]["labels"]
+            })
+            .await?;
+        }
+    }
     // The API server's own endpoints, as Endpoints and as the EndpointSlice the proxies read
     // (written here, so the Endpoints are not mirrored).
     let endpoints = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
