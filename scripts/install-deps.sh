@@ -11,6 +11,8 @@ command -v nft >/dev/null || need+=(nftables)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ip >/dev/null || need+=(iproute2)
 command -v curl >/dev/null || need+=(curl) # the webhook test posts with it
+# The RBAC test reads the API with the official Python client, as in-cluster tools do.
+/usr/bin/python3 -c 'import kubernetes' 2>/dev/null || need+=(python3-kubernetes)
 # The IPVS tests boot Debian's kernel under qemu (the host kernel has no IPVS); the harness
 # unpacks the kernel and busybox with dpkg and xz.
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)

@@ -1,7 +1,7 @@
-//! Access control from Git, end to end with the real kubectl and the kube client: a service
-//! account gets exactly what its Role, ClusterRole (aggregated, by resource name, by
-//! non-resource URL) and bindings grant, changes follow commits, token requests cannot
-//! escalate; people authenticate with client certificates from `capstan user add` (refused when
+//! Access control from Git, end to end with the real kubectl, the kube client and the official
+//! Python client: a service account gets exactly what its Role, ClusterRole (aggregated, by
+//! resource name, by non-resource URL) and bindings grant, changes follow commits, token requests
+//! cannot escalate; people authenticate with client certificates from `capstan user add` (refused when
 //! expired, revoked, reserved or from another CA); `kubectl auth can-i` and `whoami` answer; the
 //! audit log holds the refusals as audit.k8s.io/v1 Events; `capstan plan` flags sweeping grants.
 
@@ -93,6 +93,13 @@ rules: [{apiGroups: [""], resources: [nodes], verbs: [get, list, watch]}]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
+metadata:
+  name: lease-viewer
+  labels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}
+rules: [{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, list, watch]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
 metadata: {name: metrics-scraper}
 rules: [{nonResourceURLs: [/metrics], verbs: [get]}]
 ---
@@ -119,6 +126,24 @@ kind: RoleBinding
 metadata: {name: dev-view, namespace: dev}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: dev}]
+"#;
+
+/// Lists pods in `app` and tries a secret and another namespace, as service account `argv[3]`.
+const PYTHON: &str = r#"
+import sys
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+cfg = client.Configuration()
+cfg.host, cfg.ssl_ca_cert = sys.argv[1], sys.argv[2]
+cfg.api_key = {"authorization": "Bearer " + sys.argv[3]}
+api = client.CoreV1Api(client.ApiClient(cfg))
+print("pods", len(api.list_namespaced_pod("app").items))
+for what, call in [("secret", lambda: api.read_namespaced_secret("db", "app")), ("other", lambda: api.list_namespaced_pod("other"))]:
+    try:
+        call()
+        print(what, "read")
+    except ApiException as e:
+        print(what, e.status)
 "#;
 
 fn text(b: &[u8]) -> String {
@@ -226,6 +251,16 @@ fn service_accounts_and_people_get_what_git_grants() {
         }
     });
 
+    // And so does the official Python client (Debian's python3-kubernetes).
+    let python = common::run(Command::new("/usr/bin/python3").args([
+        "-c",
+        PYTHON,
+        &c.server(),
+        c.data.join("pki/ca.crt").to_str().unwrap(),
+        token.trim(),
+    ]));
+    assert_eq!(text(&python.stdout).trim(), "pods 0\nsecret 403\nother 403", "{}", explain(&python));
+
     // kubectl auth can-i and whoami.
     assert_eq!(text(&bot(&["auth", "can-i", "list", "pods", "-n", "app"]).stdout).trim(), "yes");
     assert_eq!(text(&bot(&["auth", "can-i", "get", "secrets", "-n", "app"]).stdout).trim(), "no");
@@ -293,6 +328,19 @@ fn service_accounts_and_people_get_what_git_grants() {
         whoami["status"]["userInfo"]["groups"],
         serde_json::json!(["dev", "system:authenticated"])
     );
+    // A role of Git's labelled aggregate-to-view adds to the built-in `view`, whose stored
+    // rules show what it aggregates.
+    assert!(kubectl_as(&alice, &["get", "leases", "-n", "dev"]).status.success());
+    c.wait_until("view to show the aggregated rules", || {
+        let view: Value = serde_json::from_str(&c.kubectl_ok(&["get", "clusterrole", "view", "-o", "json"])).unwrap();
+        let rules = view["rules"].as_array().cloned().unwrap_or_default();
+        let grants = |resource: &str| {
+            rules
+                .iter()
+                .any(|r| r["resources"].as_array().is_some_and(|l| l.iter().any(|x| x == resource)))
+        };
+        grants("pods") && grants("leases") && !grants("secrets")
+    });
     let list = text(&kubectl_as(&alice, &["auth", "can-i", "--list", "-n", "dev"]).stdout);
     assert!(
         list.lines().any(|l| l.starts_with("configmaps ") && l.contains("[get list watch]")),

@@ -290,7 +290,7 @@ impl Daemon {
         )));
 
         let rbac = auth::Rbac::new(&cache);
-        tasks.push(tokio::spawn(rbac.clone().follow(cache.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(rbac.clone().follow(cache.clone(), objects.clone(), shutdown.clone())));
         let kubelets = kubelet::KubeletClient::new(&ca, cache.clone())?;
         let usage: Arc<dyn api::metrics::SummarySource> = Arc::new(kubelets.clone());
         let state = Arc::new(api::ApiState {

@@ -222,6 +222,38 @@ mod tests {
     }
 
     #[test]
+    fn self_reviews_read_as_json() {
+        let envelope = |kind: &str, review: Vec<u8>| {
+            let type_meta = [field(1, b"authorization.k8s.io/v1"), field(2, kind.as_bytes())].concat();
+            [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &review)].concat()
+        };
+        // `kubectl auth can-i list pods -n app`: spec = 2 { resourceAttributes = 1 }.
+        let attrs = [field(1, b"app"), field(2, b"list"), field(5, b"pods"), field(6, b"log")].concat();
+        let body = envelope("SelfSubjectAccessReview", field(2, &field(1, &attrs)));
+        let r = self_review(&body).unwrap();
+        assert_eq!(r["kind"], "SelfSubjectAccessReview");
+        let a = &r["spec"]["resourceAttributes"];
+        assert_eq!(
+            (a["namespace"].as_str(), a["verb"].as_str(), a["resource"].as_str()),
+            (Some("app"), Some("list"), Some("pods"))
+        );
+        assert_eq!((a["subresource"].as_str(), a["group"].as_str()), (Some("log"), Some("")));
+        // `kubectl auth can-i get /metrics`: nonResourceAttributes = 2 {path = 1, verb = 2}.
+        let body = envelope(
+            "SelfSubjectAccessReview",
+            field(2, &field(2, &[field(1, b"/metrics"), field(2, b"get")].concat())),
+        );
+        assert_eq!(
+            self_review(&body).unwrap()["spec"]["nonResourceAttributes"],
+            json!({"path": "/metrics", "verb": "get"})
+        );
+        // `kubectl auth can-i --list -n dev`: spec = 2 { namespace = 1 }.
+        let body = envelope("SelfSubjectRulesReview", field(2, &field(1, b"dev")));
+        assert_eq!(self_review(&body).unwrap()["spec"], json!({"namespace": "dev"}));
+        assert!(self_review(b"{}").is_none());
+    }
+
+    #[test]
     fn the_metadata_of_a_job_kubectl_made_from_a_cron_job() {
         let entry = [field(1, b"cronjob.kubernetes.io/instantiate"), field(2, b"manual")].concat();
         let owner = [

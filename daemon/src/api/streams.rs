@@ -27,6 +27,11 @@ use crate::kubelet::AgentSocket;
 /// The pod subresources that are streams rather than objects.
 pub(super) const SUBRESOURCES: [&str; 3] = ["exec", "attach", "portforward"];
 
+/// A session with no message either way for this long is closed (the kubelet's
+/// `--streaming-connection-idle-timeout` default), so forgotten port-forwards do not hold
+/// connections to node agents for ever.
+const IDLE: Duration = Duration::from_secs(4 * 3600);
+
 /// How long a failed upgrade is remembered for the fallback request that follows it.
 const REMEMBERED: Duration = Duration::from_secs(10);
 
@@ -216,13 +221,14 @@ fn record(state: &ApiState, id: &Identity, pod: &serde_json::Value, sub: &str, c
 async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
     let (mut client_tx, mut client_rx) = client.split();
     let (mut agent_tx, mut agent_rx) = agent.split();
+    let seen = Seen::new();
     let up = async {
         let read = |m: Message| match m {
             Message::Binary(data) => Relayed::Data(data),
             Message::Close(_) => Relayed::Close,
             _ => Relayed::Skip,
         };
-        pump(&mut client_rx, &mut agent_tx, read, AgentMessage::Binary).await;
+        pump(&mut client_rx, &mut agent_tx, read, AgentMessage::Binary, &seen).await;
         let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
             code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
             reason: "".into(),
@@ -235,7 +241,7 @@ async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
             AgentMessage::Close(_) => Relayed::Close,
             _ => Relayed::Skip,
         };
-        pump(&mut agent_rx, &mut client_tx, read, Message::Binary).await;
+        pump(&mut agent_rx, &mut client_tx, read, Message::Binary, &seen).await;
         // A normal close: kubectl takes any other as a broken stream.
         let normal = axum::extract::ws::CloseFrame {
             code: axum::extract::ws::close_code::NORMAL,
@@ -246,6 +252,39 @@ async fn relay(client: WebSocket, agent: AgentSocket, v4: bool) {
     tokio::select! {
         _ = up => {}
         _ = down => {}
+        _ = seen.idle_for(IDLE) => tracing::info!("closing a stream idle for {} h", IDLE.as_secs() / 3600),
+    }
+}
+
+/// When a session last carried a message, either way.
+struct Seen {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start`.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            start: tokio::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ends once nothing has been seen for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed));
+            if last.elapsed() >= limit {
+                return;
+            }
+            tokio::time::sleep_until(last + limit).await;
+        }
     }
 }
 
@@ -264,10 +303,12 @@ async fn pump<M, E, N, W>(
     tx: &mut W,
     read: impl Fn(M) -> Relayed,
     write: impl Fn(bytes::Bytes) -> N,
+    seen: &Seen,
 ) where
     W: futures::Sink<N> + Unpin,
 {
     'session: while let Some(Ok(first)) = rx.next().await {
+        seen.touch();
         let mut next = Some(first);
         while let Some(message) = next {
             next = waiting(rx);
@@ -297,6 +338,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_is_idle_only_when_nothing_passes_either_way() {
+        let seen = Seen::new();
+        let limit = Duration::from_secs(60);
+        let idle = seen.idle_for(limit);
+        tokio::pin!(idle);
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(50)).await;
+            seen.touch();
+            assert!(futures::poll!(idle.as_mut()).is_pending(), "traffic keeps it open");
+        }
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(futures::poll!(idle.as_mut()).is_ready());
+    }
 
     #[test]
     fn the_query_gives_command_container_and_flags() {

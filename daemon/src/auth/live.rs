@@ -1,5 +1,7 @@
 //! The RBAC policy in force: compiled from the cache's Roles, ClusterRoles and bindings (and the
-//! built-in defaults), and compiled again whenever one of them changes.
+//! built-in defaults), and compiled again whenever one of them changes; the built-in aggregated
+//! roles (`admin`, `edit`, `view`) are written with the rules they aggregate, as Kubernetes'
+//! aggregation controller does, so that `kubectl describe clusterrole view` shows them.
 
 use std::sync::{Arc, RwLock};
 
@@ -8,8 +10,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::bootstrap;
-use super::rbac::{Objects, Policy};
+use super::rbac::{self, Policy};
 use crate::cache::Cache;
+use crate::objects::Objects;
 
 const KINDS: [&str; 4] = ["clusterroles", "roles", "clusterrolebindings", "rolebindings"];
 
@@ -48,10 +51,11 @@ impl Rbac {
     }
 
     /// Recompiles on every change of an RBAC object until `stop`.
-    pub async fn follow(self: Arc<Self>, cache: Arc<Cache>, stop: CancellationToken) {
+    pub async fn follow(self: Arc<Self>, cache: Arc<Cache>, objects: Objects, stop: CancellationToken) {
         loop {
             let from = cache.revision();
             self.replace(compile(&cache));
+            write_aggregated(&cache, &objects, &self.policy()).await;
             let watches: Result<Vec<_>, _> = KINDS.iter().map(|k| cache.watch(kind(k), None, from)).collect();
             let Ok(mut watches) = watches else {
                 continue;
@@ -61,6 +65,34 @@ impl Rbac {
                 _ = stop.cancelled() => return,
                 _ = changed => {}
             }
+        }
+    }
+}
+
+/// Writes the resolved rules into the stored aggregated ClusterRoles that are not Git's (a
+/// Git-declared one is Git's to say, and the sync would undo the write).
+async fn write_aggregated(cache: &Cache, objects: &Objects, policy: &Policy) {
+    let roles = kind("clusterroles");
+    for entry in cache.list(roles, None).0 {
+        let stored = &entry.object;
+        if stored.get("aggregationRule").is_none_or(Value::is_null) || capstan_api::meta::from_git(stored) {
+            continue;
+        }
+        let Some(rules) = policy.cluster_role(&entry.name) else { continue };
+        // Compared as rules, not as JSON, so that a stored form never makes this write again.
+        let have: Vec<rbac::Rule> = stored["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(rbac::Rule::from_json)
+            .collect();
+        if have == rules {
+            continue;
+        }
+        let mut next = (**stored).clone();
+        next["rules"] = Value::Array(rules.iter().map(|r| r.to_json()).collect());
+        if let Err(e) = objects.update(roles, next, false).await {
+            tracing::debug!(role = %entry.name, error = %e, "writing an aggregated role's rules; the next change retries");
         }
     }
 }
@@ -80,7 +112,7 @@ fn compile(cache: &Cache) -> Policy {
     let cluster_role_bindings = with_defaults(list("clusterrolebindings"), bootstrap::cluster_role_bindings());
     let roles = list("roles");
     let role_bindings = list("rolebindings");
-    Policy::build(&Objects {
+    Policy::build(&rbac::Objects {
         cluster_roles: refs(&cluster_roles),
         roles: refs(&roles),
         cluster_role_bindings: refs(&cluster_role_bindings),

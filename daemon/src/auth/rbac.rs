@@ -164,6 +164,8 @@ pub struct Dangling {
 pub struct Policy {
     users: HashMap<String, Grants>,
     groups: HashMap<String, Grants>,
+    /// Every ClusterRole's rules, aggregation resolved.
+    cluster_roles: HashMap<String, Arc<[Rule]>>,
     pub dangling: Vec<Dangling>,
 }
 
@@ -309,7 +311,14 @@ impl Policy {
             }
         }
         policy.dangling.sort_by(|a, b| a.binding.cmp(&b.binding));
+        policy.cluster_roles = cluster_rules;
         policy
+    }
+
+    /// A ClusterRole's rules with aggregation resolved (what Kubernetes' aggregation
+    /// controller writes into an aggregated role).
+    pub fn cluster_role(&self, name: &str) -> Option<&[Rule]> {
+        self.cluster_roles.get(name).map(|r| &r[..])
     }
 
     /// The rule sets that apply to `user` in `namespace` (None: only the cluster-wide ones),

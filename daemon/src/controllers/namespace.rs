@@ -158,8 +158,11 @@ pub async fn ensure_builtins(ctx: &Context) -> Result<(), ObjectError> {
         for object in objects {
             let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
             upsert(ctx, rbac, "", &name, object, |cur, new| {
+                // An aggregated role's rules are the aggregation's (`auth::live`), not these.
+                let rules = !new["aggregationRule"].is_null() || cur["rules"] == new["rules"];
                 capstan_api::meta::from_git(cur)
-                    || ["rules", "aggregationRule", "roleRef", "subjects"].iter().all(|f| cur[f] == new[f])
+                    || rules
+                        && ["aggregationRule", "roleRef", "subjects"].iter().all(|f| cur[f] == new[f])
                         && cur["metadata"]["labels"] == new["metadata"]["labels"]
             })
             .await?;
