@@ -43,6 +43,24 @@ pub enum Request<'a> {
     },
 }
 
+impl<'a> Request<'a> {
+    /// A resource request, its resource written as rules write it (`pods` or `pods/log`).
+    pub fn resource(verb: &'a str, group: &'a str, resource: &'a str, namespace: Option<&'a str>, name: &'a str) -> Request<'a> {
+        let (resource, subresource) = match resource.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (resource, None),
+        };
+        Request::Resource {
+            verb,
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+        }
+    }
+}
+
 /// One `PolicyRule`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
@@ -412,32 +430,16 @@ fn uncovered(policy: &Policy, requester: &UserInfo, rule: &Rule, ns: Option<&str
         }
         for group in &rule.api_groups {
             for resource in &rule.resources {
-                let (resource, subresource) = match resource.split_once('/') {
-                    Some((r, s)) => (r, Some(s)),
-                    None => (resource.as_str(), None),
-                };
                 let names: Vec<&str> = if rule.resource_names.is_empty() {
                     vec![""]
                 } else {
                     rule.resource_names.iter().map(String::as_str).collect()
                 };
                 for name in names {
-                    let r = Request::Resource {
-                        verb,
-                        group,
-                        resource,
-                        subresource,
-                        namespace: ns,
-                        name,
-                    };
-                    if !policy.allows(requester, &r) {
-                        let what = match subresource {
-                            Some(s) => format!("{resource}/{s}"),
-                            None => resource.to_owned(),
-                        };
+                    if !policy.allows(requester, &Request::resource(verb, group, resource, ns, name)) {
                         let group = if group.is_empty() { String::new() } else { format!(".{group}") };
                         let place = ns.map(|n| format!(" in namespace {n:?}")).unwrap_or_else(|| " cluster-wide".into());
-                        return Some(format!("{verb} {what}{group}{place}"));
+                        return Some(format!("{verb} {resource}{group}{place}"));
                     }
                 }
             }
@@ -458,18 +460,7 @@ mod tests {
     }
 
     fn res<'a>(verb: &'a str, group: &'a str, resource: &'a str, ns: Option<&'a str>, name: &'a str) -> Request<'a> {
-        let (resource, subresource) = match resource.split_once('/') {
-            Some((r, s)) => (r, Some(s)),
-            None => (resource, None),
-        };
-        Request::Resource {
-            verb,
-            group,
-            resource,
-            subresource,
-            namespace: ns,
-            name,
-        }
+        Request::resource(verb, group, resource, ns, name)
     }
 
     fn objects() -> Vec<Value> {
