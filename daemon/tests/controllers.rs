@@ -1178,7 +1178,9 @@ async fn evictions_keep_the_disruption_budget() {
     let pdb = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web, namespace: shop}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: web}}\n";
     let h = Harness::start(&[("ns.yaml", NS), ("web.yaml", &deployment("web:1", 3)), ("pdb.yaml", pdb)], |_| {}).await;
     h.add_node("n1", "8").await;
-    let _k = h.kubelet(&["n1"], Duration::from_millis(300));
+    // Replacements become ready after 2 s: longer than the evictions below take, so the budget
+    // cannot recover between them.
+    let _k = h.kubelet(&["n1"], Duration::from_secs(2));
     h.eventually("three ready and one disruption allowed", |h| {
         deployment_done(h, "web:1", 3)
             && h.get("poddisruptionbudgets", "shop", "web")
@@ -1191,8 +1193,10 @@ async fn evictions_keep_the_disruption_budget() {
         .iter()
         .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
         .collect();
+    // All at once: the budget is spent atomically, by one of them.
     let outcomes = tokio::task::spawn_blocking(move || {
-        pods.iter()
+        let runs: Vec<_> = pods
+            .iter()
             .map(|p| {
                 let path = format!("/api/v1/namespaces/shop/pods/{p}/eviction");
                 let body = format!(
@@ -1200,13 +1204,20 @@ async fn evictions_keep_the_disruption_budget() {
                 );
                 let file = std::env::temp_dir().join(format!("eviction-{p}.json"));
                 std::fs::write(&file, body).unwrap();
-                let out = Command::new("kubectl")
+                Command::new("kubectl")
                     .arg("--kubeconfig")
                     .arg(&kubeconfig)
                     .args(["create", "--raw", &path, "-f"])
                     .arg(&file)
-                    .output()
-                    .unwrap();
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| {
+                let out = run.wait_with_output().unwrap();
                 (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
             })
             .collect::<Vec<_>>()
