@@ -174,8 +174,7 @@ async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next)
                 req.extensions_mut().insert(id.clone());
                 next.run(req).await
             }
-            Err(Denial::Forbidden(m)) => ApiError::forbidden(m).into_response(),
-            Err(Denial::InGit) => ApiError::forbidden("").into_response(),
+            Err(denial) => ApiError::forbidden(denial.message()).into_response(),
         },
         Ok(id) => {
             req.extensions_mut().insert(id.clone());
@@ -377,6 +376,6 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
 fn authorize(state: &ApiState, id: &Identity, a: &Attributes<'_>) -> Result<(), ApiError> {
     auth::authorize(id, a, state.cache.as_ref(), &state.rbac.policy()).map_err(|denial| match denial {
         Denial::InGit => writes::managed_in_git(state, a.kind, a.namespace.unwrap_or_default(), a.name, a.verb.as_str()),
-        Denial::Forbidden(message) => ApiError::forbidden(message),
+        other => ApiError::forbidden(other.message()),
     })
 }

@@ -75,8 +75,7 @@ fn decide(state: &Shared, id: &Identity, spec: &Value) -> (bool, String) {
         let path = nr["path"].as_str().unwrap_or_default();
         return match auth::authorize_path(id, verb, path, &policy) {
             Ok(()) => (true, String::new()),
-            Err(Denial::Forbidden(m)) => (false, m),
-            Err(Denial::InGit) => (false, String::new()),
+            Err(_) => (false, String::new()),
         };
     }
     let r = &spec["resourceAttributes"];
@@ -101,7 +100,7 @@ fn decide(state: &Shared, id: &Identity, spec: &Value) -> (bool, String) {
                     format!("{} {} is desired state: changes to it are made in Git", verb, kind.resource()),
                 ),
                 // RBAC has no reason to give, as in Kubernetes; Capstan's own rules do.
-                Err(Denial::Forbidden(m)) if m == auth::rbac_denial(&user, &a) => (false, String::new()),
+                Err(Denial::NotGranted(_)) => (false, String::new()),
                 Err(Denial::Forbidden(m)) => (false, m),
             }
         }

@@ -159,8 +159,20 @@ pub trait Facts {
 pub enum Denial {
     /// A change to desired state: it is made in Git (the caller is told where).
     InGit,
-    /// Not this identity's to do.
+    /// Not this identity's to do, by one of Capstan's fixed rules (the reason says which).
     Forbidden(String),
+    /// No RBAC rule grants it (Kubernetes' wording; RBAC itself gives no reason).
+    NotGranted(String),
+}
+
+impl Denial {
+    /// The message a 403 carries.
+    pub fn message(self) -> String {
+        match self {
+            Denial::InGit => String::new(),
+            Denial::Forbidden(m) | Denial::NotGranted(m) => m,
+        }
+    }
 }
 
 /// May `id` do what `a` describes?
@@ -199,7 +211,7 @@ pub fn authorize(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts, policy: &
     }
     let user = id.user_info();
     if !policy.allows(&user, &a.request()) {
-        return forbidden(rbac_denial(&user, a));
+        return Err(Denial::NotGranted(rbac_denial(&user, a)));
     }
     // A token acts as its service account: asking for one must not gain a right.
     if token {
@@ -219,7 +231,7 @@ pub fn authorize(id: &Identity, a: &Attributes<'_>, facts: &dyn Facts, policy: &
 }
 
 /// Kubernetes' wording of an RBAC refusal.
-pub fn rbac_denial(user: &UserInfo, a: &Attributes<'_>) -> String {
+fn rbac_denial(user: &UserInfo, a: &Attributes<'_>) -> String {
     let group = a.group.unwrap_or(a.kind.group);
     let what = if a.name.is_empty() {
         a.resource()
@@ -244,7 +256,10 @@ pub fn authorize_path(id: &Identity, verb: &str, path: &str, policy: &Policy) ->
     if policy.allows(&user, &Request::NonResource { verb, path }) {
         return Ok(());
     }
-    forbidden(format!("forbidden: User {:?} cannot {verb} path {path:?}", user.name))
+    Err(Denial::NotGranted(format!(
+        "forbidden: User {:?} cannot {verb} path {path:?}",
+        user.name
+    )))
 }
 
 fn forbidden(message: String) -> Result<(), Denial> {
@@ -444,7 +459,7 @@ mod tests {
         match authorize(id, &a, &facts(), &policy()) {
             Ok(()) => ("allowed", String::new()),
             Err(Denial::InGit) => ("in-git", String::new()),
-            Err(Denial::Forbidden(m)) => ("forbidden", m),
+            Err(Denial::Forbidden(m) | Denial::NotGranted(m)) => ("forbidden", m),
         }
     }
 

@@ -7,7 +7,7 @@ pub mod bootstrap;
 mod live;
 pub mod rbac;
 
-pub use authorize::{Attributes, Denial, Facts, Verb, authorize, authorize_path, rbac_denial};
+pub use authorize::{Attributes, Denial, Facts, Verb, authorize, authorize_path};
 pub use live::Rbac;
 pub use rbac::{Policy, UserInfo};
 
