@@ -311,6 +311,23 @@ fn service_accounts_and_people_get_what_git_grants() {
     c.wait_until("the removed binding to revoke bot's reads", || {
         !bot(&["get", "pods", "-n", "app"]).status.success()
     });
+    // A binding to a role that does not exist is allowed, grants nothing, and `capstan status`
+    // says so (from the status branch).
+    c.commit(
+        &[(
+            "rbac/ghost.yaml",
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: ghost, namespace: app}\n\
+             roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: not-there}\n\
+             subjects: [{kind: ServiceAccount, name: bot, namespace: app}]\n",
+        )],
+        &[],
+        "bind a role that is not there",
+    );
+    c.wait_until("capstan status to report the binding to a missing role", || {
+        let out = common::run(Command::new(env!("CARGO_BIN_EXE_capstan")).arg("status").current_dir(&c.repo));
+        text(&out.stdout).contains("problem         RoleBinding app/ghost: binds Role app/not-there, which does not exist")
+    });
+    assert!(!bot(&["get", "pods", "-n", "app"]).status.success());
 
     // People: a certificate from the cluster CA; the `dev` group is bound to `view` in dev.
     let alice = c.dir.path().join("alice.kubeconfig");

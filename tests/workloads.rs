@@ -420,6 +420,31 @@ fn draining_a_node_keeps_the_disruption_budget() {
     assert_eq!(ready_web(&c), [b.clone(), b.clone(), b.clone()]);
     let node = json(&c, &["get", "node", &a]);
     assert_eq!(node["spec"]["unschedulable"], true, "cordoned");
+    // The drain is audited: the cordon and each eviction, as audit.k8s.io/v1 Events.
+    let audit: Vec<serde_json::Value> = std::fs::read_to_string(c.data.join("audit.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let audited = |verb: &str, resource: &str, subresource: Option<&str>| {
+        audit
+            .iter()
+            .filter(|e| {
+                e["kind"] == "Event"
+                    && e["verb"] == verb
+                    && e["objectRef"]["resource"] == resource
+                    && e["objectRef"]["subresource"].as_str() == subresource
+                    && e["annotations"]["authorization.k8s.io/decision"] == "allow"
+            })
+            .filter_map(|e| e["objectRef"]["name"].as_str())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        audited("patch", "nodes", None).contains(&a.as_str()),
+        "no audit event of the cordon"
+    );
+    let evicted = audited("create", "pods", Some("eviction"));
+    assert!(evicted.len() >= 3, "audit events of the evictions: {evicted:?}");
 
     // And back, with kubectl itself.
     c.kubectl_ok(&["uncordon", &a]);

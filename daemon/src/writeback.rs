@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Entry};
 use crate::context::kind;
 use crate::sync::SyncStatus;
 
@@ -144,19 +144,49 @@ pub fn status_files(cache: &Cache) -> BTreeMap<String, String> {
                     }
                 }
             }
-            let doc = json!({
-                "apiVersion": o.object["apiVersion"],
-                "kind": o.object["kind"],
-                "metadata": {"name": o.name, "namespace": o.object["metadata"]["namespace"],
-                             "source": o.object["metadata"]["annotations"]["capstan.dev/source"]},
-                "status": status,
-            });
-            let path = if o.namespace.is_empty() {
-                format!("{plural}/{}.json", o.name)
-            } else {
-                format!("{plural}/{}/{}.json", o.namespace, o.name)
+            files.insert(status_path(plural, o), status_file(o, status));
+        }
+    }
+    files.extend(dangling_bindings(cache));
+    files
+}
+
+/// Where an object's status file goes: `<plural>/<namespace>/<name>.json`, or
+/// `<plural>/<name>.json` for cluster-scoped kinds.
+fn status_path(plural: &str, o: &Entry) -> String {
+    match o.namespace.as_str() {
+        "" => format!("{plural}/{}.json", o.name),
+        ns => format!("{plural}/{ns}/{}.json", o.name),
+    }
+}
+
+/// A status file: the object's identity, its source file and `status`.
+fn status_file(o: &Entry, status: Value) -> String {
+    let doc = json!({
+        "apiVersion": o.object["apiVersion"],
+        "kind": o.object["kind"],
+        "metadata": {"name": o.name, "namespace": o.object["metadata"]["namespace"],
+                     "source": o.object["metadata"]["annotations"]["capstan.dev/source"]},
+        "status": status,
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+}
+
+/// Bindings whose role does not exist (allowed, as in Kubernetes, but they grant nothing): one
+/// file each, its status the problem in the words `capstan plan` uses, for `capstan status`.
+fn dangling_bindings(cache: &Cache) -> BTreeMap<String, String> {
+    let exists = |k: &str, namespace: &str, name: &str| {
+        let plural = if k == "Role" { "roles" } else { "clusterroles" };
+        cache.get(kind(plural), namespace, name).is_some()
+    };
+    let mut files = BTreeMap::new();
+    for plural in ["rolebindings", "clusterrolebindings"] {
+        let (objects, _) = cache.list(kind(plural), None);
+        for o in objects.iter() {
+            let Some(problem) = capstan_manifest::rbac::missing_role_note(&o.object, &exists) else {
+                continue;
             };
-            files.insert(path, serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n");
+            files.insert(status_path(plural, o), status_file(o, json!({"problem": problem})));
         }
     }
     files

@@ -110,6 +110,15 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
             outln!("prunes held     {}", printable(why));
         }
     }
+    for o in objects.iter().filter(|o| o["status"]["problem"].is_string()) {
+        let namespace = o["metadata"]["namespace"].as_str().map(|n| format!("{n}/")).unwrap_or_default();
+        outln!(
+            "problem         {} {namespace}{}: {}",
+            o["kind"].as_str().unwrap_or_default(),
+            o["metadata"]["name"].as_str().unwrap_or_default(),
+            printable(o["status"]["problem"].as_str().unwrap_or_default())
+        );
+    }
     outln!("status as of    {written}");
     outln!();
     let mut table = comfy_table::Table::new();
