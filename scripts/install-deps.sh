@@ -18,6 +18,9 @@ command -v curl >/dev/null || need+=(curl) # the webhook test posts with it
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v zstd >/dev/null || need+=(zstd)
+# The ingress benchmark: wrk drives the load; nginx, configured by the benchmark, is the peer.
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null && [ -x /usr/sbin/nginx ] || need+=(nginx)
 
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
@@ -37,7 +40,19 @@ if ((${#need[@]})); then
         target=(-t "$codename-backports")
         need+=(qemu-utils)
     fi
+    # Packaged servers (nginx) must not start on install: they would hold ports the tests and
+    # `capstan up` use (the benchmark starts its own nginx).
+    policy=/usr/sbin/policy-rc.d
+    made_policy=false
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee "$policy" >/dev/null
+        "${sudo_cmd[@]}" chmod +x "$policy"
+        made_policy=true
+    fi
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${target[@]}" "${need[@]}"
+    if $made_policy; then
+        "${sudo_cmd[@]}" rm -f "$policy"
+    fi
 else
     echo "all system packages present"
 fi

@@ -3,7 +3,7 @@
 //!
 //! The manifest loader, the API server (discovery, routing) and the CLI all read this one table.
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, policy, rbac, scheduling, storage};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, policy, rbac, scheduling, storage};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
@@ -199,6 +199,10 @@ pub static REGISTRY: &[KindInfo] = &[
         origin: Git, status: true, namespaced: true),
     k8s_kind!(policy::v1::PodDisruptionBudget, singular: "poddisruptionbudget", short: ["pdb"], categories: [],
         origin: Git, status: true, namespaced: true),
+    k8s_kind!(networking::v1::Ingress, singular: "ingress", short: ["ing"], categories: [],
+        origin: Git, status: true, namespaced: true),
+    k8s_kind!(networking::v1::IngressClass, singular: "ingressclass", short: [], categories: [],
+        origin: Git, status: false, namespaced: false),
     k8s_kind!(discovery::v1::EndpointSlice, singular: "endpointslice", short: [], categories: [],
         origin: Cluster, status: false, namespaced: true),
     k8s_kind!(coordination::v1::Lease, singular: "lease", short: [], categories: [],

@@ -177,7 +177,7 @@ impl GitSync {
         // admitted under the ClusterSettings of its commit.
         let rank = |kind: &str| match kind {
             "ClusterSettings" | "Namespace" => 0,
-            "PriorityClass" | "ClusterRole" | "Role" => 1,
+            "PriorityClass" | "IngressClass" | "ClusterRole" | "Role" => 1,
             "ClusterRoleBinding" | "RoleBinding" => 2,
             "ResourceQuota" | "ServiceAccount" | "ConfigMap" | "Secret" => 2,
             "Service" => 3,

@@ -75,6 +75,9 @@ pub struct NodeConfig {
     /// address is unset, the cluster DNS listens on the node's address, port 53 (unless that is
     /// a loopback address, which pods cannot be pointed at).
     pub proxy: Option<capstan_proxy::ProxyConfig>,
+    /// The ingress this agent runs (Ingress routes on the node's HTTP and HTTPS ports); `None`:
+    /// off.
+    pub ingress: Option<capstan_ingress::IngressConfig>,
 }
 
 impl NodeConfig {
@@ -109,6 +112,7 @@ impl NodeConfig {
             cluster_cidr: capstan_api::cidr::POD_RANGE,
             docker_host: None,
             proxy: None,
+            ingress: None,
         }
     }
 }
@@ -153,6 +157,7 @@ pub struct Agent {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     proxy: Option<capstan_proxy::Proxy>,
+    ingress: Option<capstan_ingress::Ingress>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -238,8 +243,12 @@ impl Agent {
                 }
                 p.cluster_domain = config.cluster_domain.clone();
                 p.node_name = Some(config.name.clone());
-                Some(capstan_proxy::Proxy::start(kube, p).await?)
+                Some(capstan_proxy::Proxy::start(kube.clone(), p).await?)
             }
+            None => None,
+        };
+        let ingress = match config.ingress.clone() {
+            Some(i) => Some(capstan_ingress::Ingress::start(kube.clone(), i).await),
             None => None,
         };
         let mut tasks = vec![server_task];
@@ -304,6 +313,7 @@ impl Agent {
             shutdown,
             tasks,
             proxy,
+            ingress,
         })
     }
 
@@ -315,6 +325,9 @@ impl Agent {
         }
         if let Some(p) = self.proxy {
             p.shutdown().await;
+        }
+        if let Some(i) = self.ingress {
+            i.shutdown().await;
         }
     }
 }

@@ -102,6 +102,41 @@ pub struct Args {
     /// Extra labels on every container and network the agent makes (`key=value`).
     #[arg(long, hide = true)]
     pub runtime_label: Vec<String>,
+    #[command(flatten)]
+    pub ingress: IngressArgs,
+}
+
+/// Where the node's ingress (Ingress routes over HTTP and HTTPS) listens.
+#[derive(clap::Args, Debug)]
+pub struct IngressArgs {
+    /// The ingress's HTTP listener (HTTP/1.1 and h2c), `ADDRESS:PORT`, or `off`.
+    #[arg(long, default_value = "0.0.0.0:80")]
+    pub ingress_http: String,
+    /// The ingress's HTTPS listener (certificates from the Ingresses' TLS Secrets, by SNI),
+    /// `ADDRESS:PORT`, or `off`.
+    #[arg(long, default_value = "0.0.0.0:443")]
+    pub ingress_https: String,
+}
+
+impl IngressArgs {
+    /// The ingress's settings; `None` when both listeners are off.
+    pub fn config(&self) -> anyhow::Result<Option<capstan_ingress::IngressConfig>> {
+        let listener = |flag: &str, text: &str| -> anyhow::Result<Option<SocketAddr>> {
+            if text == "off" {
+                return Ok(None);
+            }
+            text.parse()
+                .map(Some)
+                .with_context(|| format!("--{flag} {text:?}: expected ADDRESS:PORT or off"))
+        };
+        let http = listener("ingress-http", &self.ingress_http)?;
+        let https = listener("ingress-https", &self.ingress_https)?;
+        Ok((http.is_some() || https.is_some()).then(|| capstan_ingress::IngressConfig {
+            http,
+            https,
+            ..Default::default()
+        }))
+    }
 }
 
 /// What `capstan node` does besides running an agent.
@@ -230,6 +265,7 @@ pub fn config(args: Args) -> anyhow::Result<NodeConfig> {
         .iter()
         .map(|l| pair("runtime-label", l))
         .collect::<anyhow::Result<_>>()?;
+    c.ingress = args.ingress.config()?;
     c.proxy = (!args.no_proxy)
         .then(|| proxy_config(&args.proxy_mode, &args.service_cidr, &args.cluster_cidr))
         .transpose()?

@@ -82,6 +82,8 @@ pub struct Args {
     /// Extra labels on every container and network the node makes (`key=value`; tests).
     #[arg(long, hide = true)]
     pub runtime_label: Vec<String>,
+    #[command(flatten)]
+    pub ingress: super::node::IngressArgs,
 }
 
 /// Creates `dir` as a git repository holding the example, committed on `main`.
@@ -183,6 +185,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     node.docker_host = args.docker_host.clone();
     node.cluster_cidr = proxy.pod_cidr;
     node.proxy = Some(proxy);
+    node.ingress = args.ingress.config()?;
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     // So that `capstan down` can stop this process.
     let pid_file = data_dir.join(super::down::PID_FILE);

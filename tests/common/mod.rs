@@ -361,6 +361,12 @@ impl NodeAgent {
                 &self.label,
             ])
             .args(["--restart-backoff", "1s", "--restart-backoff-max", "4s", "--lease-interval", "2s"])
+            // Many agents share the host: the ingress only where a test asks for it.
+            .args(if self.extra.iter().any(|a| a.starts_with("--ingress")) {
+                &[][..]
+            } else {
+                &["--ingress-http", "off", "--ingress-https", "off"][..]
+            })
             .args(&self.extra)
             .env("CAPSTAN_LOG", "info,capstan_node=debug")
             .stdout(log.try_clone().unwrap())

@@ -7,6 +7,7 @@ pub mod desired;
 pub mod diff;
 pub mod files;
 pub mod hostile;
+pub mod ingress;
 pub mod manifest;
 pub mod problem;
 pub mod rbac;

@@ -115,7 +115,7 @@ const SUBRESOURCES: &[&str] = &[
 ];
 
 /// The nearest of `known` to `word` when it is a typo of one (one or two edits away).
-fn typo_of<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn typo_of<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     if word == "*" {
         return None;
     }

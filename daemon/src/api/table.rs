@@ -181,6 +181,8 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
             ("Images", 1),
             ("Selector", 1),
         ],
+        "Ingress" => &[("Name", 0), ("Class", 0), ("Hosts", 0), ("Address", 0), ("Ports", 0), ("Age", 0)],
+        "IngressClass" => &[("Name", 0), ("Controller", 0), ("Parameters", 0), ("Age", 0)],
         "PodDisruptionBudget" => &[
             ("Name", 0),
             ("Min Available", 0),
@@ -475,6 +477,51 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 })
                 .unwrap_or_default();
             vec![name, or_none(controller), int(&o["revision"]).to_string(), created]
+        }
+        "Ingress" => {
+            let spec = &o["spec"];
+            let class = spec["ingressClassName"]
+                .as_str()
+                .or(o["metadata"]["annotations"]["kubernetes.io/ingress.class"].as_str())
+                .unwrap_or("<none>");
+            let hosts: Vec<&str> = spec["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r["host"].as_str().unwrap_or("*"))
+                .collect();
+            let addresses: Vec<&str> = o["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                .collect();
+            let ports = if spec["tls"].as_array().is_some_and(|t| !t.is_empty()) {
+                "80, 443"
+            } else {
+                "80"
+            };
+            vec![
+                name,
+                class.to_owned(),
+                if hosts.is_empty() { "*".to_owned() } else { hosts.join(",") },
+                addresses.join(","),
+                ports.to_owned(),
+                created,
+            ]
+        }
+        "IngressClass" => {
+            let p = &o["spec"]["parameters"];
+            let parameters = match p["name"].as_str() {
+                Some(n) => format!("{}/{n}", p["kind"].as_str().unwrap_or_default()),
+                None => "<none>".to_owned(),
+            };
+            vec![
+                name,
+                or_none(o["spec"]["controller"].as_str().unwrap_or_default().to_owned()),
+                parameters,
+                created,
+            ]
         }
         "PodDisruptionBudget" => {
             let bound = |v: &Value| match v {

@@ -152,6 +152,10 @@ pub trait Facts {
     fn claim(&self, _namespace: &str, _name: &str) -> Option<Arc<Value>> {
         None
     }
+    /// The Ingresses of a namespace (every node's ingress terminates their TLS).
+    fn ingresses(&self, _namespace: &str) -> Vec<Arc<Value>> {
+        Vec::new()
+    }
 }
 
 /// Why a request is refused.
@@ -290,7 +294,8 @@ fn is_operator_action(a: &Attributes<'_>) -> bool {
 }
 
 /// Nodes read everything but Secrets; like the Kubernetes node authoriser, only the secrets of
-/// pods bound to the node.
+/// pods bound to the node — and the TLS Secrets Ingresses name, which every node's ingress
+/// serves.
 fn node_read(node: &str, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Denial> {
     if !a.kind.is_secret() {
         return Ok(());
@@ -301,10 +306,19 @@ fn node_read(node: &str, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), De
                 .pods(ns)
                 .iter()
                 .any(|p| p["spec"]["nodeName"] == node && pod_uses_secret(p, name));
-            if used {
+            let terminated = || {
+                facts.ingresses(ns).iter().any(|i| {
+                    i["spec"]["tls"]
+                        .as_array()
+                        .is_some_and(|tls| tls.iter().any(|t| t["secretName"] == name))
+                })
+            };
+            if used || terminated() {
                 Ok(())
             } else {
-                forbidden(format!("node {node:?} may not read secret {ns}/{name}: no pod on the node uses it"))
+                forbidden(format!(
+                    "node {node:?} may not read secret {ns}/{name}: no pod on the node and no Ingress uses it"
+                ))
             }
         }
         _ => forbidden(format!("node {node:?} may not list secrets")),
@@ -492,7 +506,7 @@ mod tests {
                 &n1,
                 at(Get, "secrets", Some("app"), "other"),
                 "forbidden",
-                "no pod on the node uses it",
+                "no pod on the node and no Ingress uses it",
             ),
             (&n1, at(List, "secrets", Some("app"), ""), "forbidden", "may not list secrets"),
             (&n1, at(Watch, "secrets", Some("app"), "db"), "forbidden", "may not list secrets"),

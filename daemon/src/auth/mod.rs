@@ -267,6 +267,11 @@ impl Facts for crate::cache::Cache {
         pods.into_iter().map(|e| e.object.clone()).collect()
     }
 
+    fn ingresses(&self, namespace: &str) -> Vec<Arc<serde_json::Value>> {
+        let (ingresses, _) = self.list(crate::context::kind("ingresses"), Some(namespace));
+        ingresses.into_iter().map(|e| e.object.clone()).collect()
+    }
+
     fn claim(&self, namespace: &str, name: &str) -> Option<Arc<serde_json::Value>> {
         self.get(crate::context::kind("persistentvolumeclaims"), namespace, name)
             .map(|e| e.object.clone())

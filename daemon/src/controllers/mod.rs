@@ -10,6 +10,7 @@ pub mod disruption;
 pub mod endpoints;
 pub mod eventttl;
 pub mod gc;
+pub mod ingress;
 pub mod job;
 pub mod namespace;
 pub mod node;
@@ -153,6 +154,7 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     tasks.extend(cronjob::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(autoscaler::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(disruption::controller(&ctx).spawn(&ctx, &shutdown));
+    tasks.extend(ingress::controller(&ctx).spawn(&ctx, &shutdown));
     // The built-in objects: system namespaces, the `kubernetes` and `kube-dns` Services.
     let builtin_ctx = ctx.clone();
     tasks.push(tokio::spawn(async move {

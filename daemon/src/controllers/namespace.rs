@@ -147,6 +147,22 @@ pub async fn ensure_builtins(ctx: &Context) -> Result<(), ObjectError> {
             Err(e) => return Err(e),
         }
     }
+    // The default IngressClass, served by every node's ingress (one of the same name in Git
+    // replaces it).
+    let ingress_classes = kind("ingressclasses");
+    if ctx
+        .objects
+        .get(ingress_classes, "", capstan_ingress::routes::DEFAULT_CLASS)?
+        .is_none()
+    {
+        let class = json!({"metadata": {"name": capstan_ingress::routes::DEFAULT_CLASS,
+                                        "annotations": {capstan_ingress::routes::DEFAULT_CLASS_ANNOTATION: "true"}},
+                           "spec": {"controller": capstan_ingress::routes::CONTROLLER}});
+        match ctx.objects.create(ingress_classes, class).await {
+            Ok(_) | Err(ObjectError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     // The default RBAC objects, kept as this version defines them (one of the same name from
     // Git replaces it, as for the StorageClass).
     let defaults = [

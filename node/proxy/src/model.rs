@@ -117,17 +117,7 @@ pub fn desired<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node: Option<&str>,
 ) -> Vec<VirtualService> {
-    // Slices by (namespace, service name).
-    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in slices {
-        if s.address_type != "IPv4" {
-            continue;
-        }
-        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-        if let Some(name) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-            by_service.entry((ns, name.as_str())).or_default().push(s);
-        }
-    }
+    let by_service = by_service(slices);
     let mut out = Vec::new();
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
@@ -205,6 +195,27 @@ pub fn with_local_dns(mut services: Vec<VirtualService>, dns: std::net::SocketAd
         }
     }
     services
+}
+
+/// The IPv4 EndpointSlices by the (namespace, name) of their Service.
+pub fn by_service<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
+    let mut out: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        if s.address_type != "IPv4" {
+            continue;
+        }
+        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+        if let Some(name) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+            out.entry((ns, name.as_str())).or_default().push(s);
+        }
+    }
+    out
+}
+
+/// The endpoints (anywhere in the cluster) that TCP traffic to the Service port named
+/// `port_name` may use, for proxies that choose the endpoint themselves (the ingress).
+pub fn tcp_backends(slices: &[&EndpointSlice], port_name: Option<&str>) -> Vec<Backend> {
+    usable(&port_endpoints(slices, port_name, Protocol::Tcp), |_| true)
 }
 
 /// One address of an endpoint, with what the proxy needs to choose it.

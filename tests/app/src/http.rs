@@ -13,6 +13,8 @@ pub struct Request {
     body: String,
     /// The client's address as this server sees it.
     pub peer: String,
+    /// The request's headers as sent (`Name: value` lines).
+    pub headers: Vec<String>,
 }
 
 fn decode(s: &str) -> String {
@@ -69,11 +71,13 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
     let method = parts.next()?.to_owned();
     let target = parts.next()?.to_owned();
     let mut length = 0usize;
+    let mut headers = Vec::new();
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).ok()? == 0 || header == "\r\n" || header == "\n" {
             break;
         }
+        headers.push(header.trim_end().to_owned());
         if let Some((k, v)) = header.split_once(':')
             && k.eq_ignore_ascii_case("content-length")
         {
@@ -92,6 +96,7 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
         query,
         body: String::from_utf8_lossy(&body).into_owned(),
         peer: stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+        headers,
     })
 }
 

@@ -172,6 +172,8 @@ fn serve() {
             "/healthz" => flag(state.healthy.load(Ordering::SeqCst)),
             // Who is asking, as this server sees it (no NAT between pods).
             "/whoami" => (200, format!("{}\n", req.peer)),
+            // The request's headers, one per line (what a proxy in front added).
+            "/headers" => (200, req.headers.join("\n") + "\n"),
             "/readyz" => flag(state.ready.load(Ordering::SeqCst)),
             "/env" => {
                 let mut vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
@@ -213,7 +215,7 @@ fn serve() {
                 });
                 (200, format!("exiting with {code}\n"))
             }
-            _ => (404, "not found\n".into()),
+            _ => (404, format!("not found: {} on {host}\n", req.path)),
         }
     });
 }

@@ -1,0 +1,123 @@
+//! Capstan's ingress: Ingress routes served by an HTTP(S) proxy on every node, straight to the
+//! ready endpoints of their Services (on any node, through the pod network).
+//!
+//! [`routes`] is the pure core (objects in, a routing table out); [`serve`] the listeners and the
+//! relay; [`tls`] the key pairs; [`watch`] the loop that keeps the table in line with the API.
+
+pub mod routes;
+pub mod serve;
+pub mod tls;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch as channel;
+use tokio_util::sync::CancellationToken;
+
+pub use serve::Limits;
+
+/// Where the ingress listens and what it allows.
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    /// The plain HTTP listener (HTTP/1.1 and h2c); `None`: off.
+    pub http: Option<SocketAddr>,
+    /// The HTTPS listener; `None`: off.
+    pub https: Option<SocketAddr>,
+    pub limits: Limits,
+}
+
+impl Default for IngressConfig {
+    fn default() -> IngressConfig {
+        IngressConfig {
+            http: Some(SocketAddr::from(([0, 0, 0, 0], 80))),
+            https: Some(SocketAddr::from(([0, 0, 0, 0], 443))),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A running ingress.
+pub struct Ingress {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    applied: channel::Receiver<u64>,
+    /// The addresses bound (the port chosen when 0 was asked for).
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    /// Listeners that could not be bound (a port another process holds): said, not fatal — the
+    /// other listener and the node go on.
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress")
+            .field("http", &self.http)
+            .field("https", &self.https)
+            .finish()
+    }
+}
+
+/// Binds `address`, or says why not.
+async fn bind(what: &str, address: Option<SocketAddr>, problems: &mut Vec<String>) -> Option<TcpListener> {
+    let address = address?;
+    match TcpListener::bind(address).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            let problem = format!("the ingress's {what} listener cannot bind {address}: {e}");
+            tracing::error!("{problem}");
+            problems.push(problem);
+            None
+        }
+    }
+}
+
+impl Ingress {
+    /// Binds the listeners and starts following the API.
+    pub async fn start(client: kube::Client, config: IngressConfig) -> Ingress {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let shared = serve::Shared::new(config.limits, Some(Arc::new(tls::default_certificate())));
+        let stop = CancellationToken::new();
+        let mut problems = Vec::new();
+        let http = bind("HTTP", config.http, &mut problems).await;
+        let https = bind("HTTPS", config.https, &mut problems).await;
+        let (applied_tx, applied) = channel::channel(0);
+        let mut ingress = Ingress {
+            stop: stop.clone(),
+            tasks: Vec::new(),
+            applied,
+            http: http.as_ref().and_then(|l| l.local_addr().ok()),
+            https: https.as_ref().and_then(|l| l.local_addr().ok()),
+            problems,
+        };
+        if let Some(l) = http {
+            ingress
+                .tasks
+                .push(tokio::spawn(serve::serve(l, None, shared.clone(), stop.clone())));
+        }
+        if let Some(l) = https {
+            let tls = serve::tls_config(&shared);
+            ingress
+                .tasks
+                .push(tokio::spawn(serve::serve(l, Some(tls), shared.clone(), stop.clone())));
+        }
+        ingress.tasks.push(tokio::spawn(watch::follow(client, shared, applied_tx, stop)));
+        tracing::info!(http = ?ingress.http, https = ?ingress.https, "ingress listening");
+        ingress
+    }
+
+    /// Counts the routing tables swapped in; changes each time one is.
+    pub fn applied(&self) -> channel::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// Stops accepting; open connections finish on their own.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The ingress's HTTP edge: a listener for HTTP and one for HTTPS (the certificate chosen by SNI,
+//! HTTP/2 over ALPN, h2c and HTTP/1.1 on the plain port); each request routed by the current
+//! table straight to a ready endpoint over a pooled connection, with the headers a backend
+//! expects behind a proxy, upgrades (WebSocket) relayed, and connection failures of idempotent
+//! requests retried on the next endpoint.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::routes::{SecretRef, Table};
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Limits on what clients may send and how long they may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The most a request's head may take (HTTP/1); larger gets 431.
+    pub header_bytes: usize,
+    /// The largest request body accepted (by its Content-Length); larger gets 413.
+    pub body_bytes: u64,
+    /// How long a client may take to send a request's head.
+    pub header_timeout: Duration,
+    /// How long a backend may take to start its answer; then 504.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_bytes: 64 * 1024,
+            body_bytes: 100 * 1024 * 1024,
+            header_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How long an endpoint that refused a connection is tried last.
+const FAILED_FOR: Duration = Duration::from_secs(5);
+
+/// What every connection reads: the table (replaced whole on every change, so open connections
+/// keep going), the certificates, and the endpoints that failed a moment ago.
+#[derive(Debug)]
+pub struct Shared {
+    table: RwLock<Arc<Table>>,
+    certificates: RwLock<Arc<HashMap<SecretRef, Arc<rustls::sign::CertifiedKey>>>>,
+    default_certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+    failed: Mutex<HashMap<SocketAddrV4, Instant>>,
+    client: Client<HttpConnector, ProxyBody>,
+    limits: Limits,
+}
+
+impl Shared {
+    pub fn new(limits: Limits, default_certificate: Option<Arc<rustls::sign::CertifiedKey>>) -> Arc<Shared> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Arc::new(Shared {
+            table: RwLock::new(Arc::new(Table::default())),
+            certificates: RwLock::new(Arc::new(HashMap::new())),
+            default_certificate,
+            failed: Mutex::new(HashMap::new()),
+            client,
+            limits,
+        })
+    }
+
+    pub fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_table(&self, table: Table) {
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+
+    pub fn set_certificates(&self, certificates: HashMap<SecretRef, Arc<rustls::sign::CertifiedKey>>) {
+        *self.certificates.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certificates);
+    }
+
+    fn recently_failed(&self, endpoint: &SocketAddrV4) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.get(endpoint).is_some_and(|at| at.elapsed() < FAILED_FOR)
+    }
+
+    fn mark_failed(&self, endpoint: SocketAddrV4) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.retain(|_, at| at.elapsed() < FAILED_FOR);
+        failed.insert(endpoint, Instant::now());
+    }
+}
+
+/// Chooses the certificate by the client's server name: the Ingress's for that host, else the
+/// default.
+#[derive(Debug)]
+struct Certificates(Arc<Shared>);
+
+impl rustls::server::ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let shared = &self.0;
+        let named = hello.server_name().and_then(|name| {
+            let table = shared.table();
+            let secret = table.certificate(name)?;
+            shared.certificates.read().unwrap_or_else(|p| p.into_inner()).get(secret).cloned()
+        });
+        named.or_else(|| shared.default_certificate.clone())
+    }
+}
+
+/// The TLS settings of the HTTPS listener.
+pub fn tls_config(shared: &Arc<Shared>) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Certificates(shared.clone())));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Accepts connections on `listener` until `stop` (then stops accepting; open connections
+/// finish on their own), with TLS when `tls` is given.
+pub async fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, shared: Arc<Shared>, stop: CancellationToken) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ingress: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => connection(TokioIo::new(stream), peer, "http", shared).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => connection(TokioIo::new(tls), peer, "https", shared).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "ingress: TLS handshake failed"),
+                },
+            }
+        });
+    }
+}
+
+/// Serves one client connection (HTTP/1.1 or HTTP/2, upgrades allowed).
+async fn connection<I>(io: TokioIo<I>, peer: SocketAddr, scheme: &'static str, shared: Arc<Shared>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_timeout)
+        .max_buf_size(shared.limits.header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(shared.limits.header_bytes).unwrap_or(u32::MAX));
+    let service = hyper::service::service_fn(move |req| handle(shared.clone(), peer, scheme, req));
+    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+        tracing::debug!(%peer, error = %e, "ingress: connection ended");
+    }
+}
+
+/// A short plain-text answer from the proxy itself.
+fn answer(status: StatusCode, text: String) -> Response<ProxyBody> {
+    let mut r = Response::new(Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Headers that describe one connection, not the message: never relayed (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Also every header the Connection header names.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && *n == header::UPGRADE))
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    scheme: &'static str,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default();
+    let table = shared.table();
+    let Some(route) = table.route(&host, req.uri().path()) else {
+        return Ok(answer(
+            StatusCode::NOT_FOUND,
+            format!("no Ingress routes {host}{}\n", req.uri().path()),
+        ));
+    };
+    let target = route.target.clone();
+    match &target.endpoints {
+        Err(why) => {
+            return Ok(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no backend: {why} (Ingress {})\n", route.ingress),
+            ));
+        }
+        Ok(e) if e.is_empty() => {
+            return Ok(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no backend: service {} has no ready endpoints (Ingress {})\n",
+                    target.name, route.ingress
+                ),
+            ));
+        }
+        Ok(_) => {}
+    }
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if length.is_some_and(|l| l > shared.limits.body_bytes) || req.body().size_hint().lower() > shared.limits.body_bytes {
+        return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n".into()));
+    }
+
+    let upgrade = req.headers().contains_key(header::UPGRADE) && req.version() == Version::HTTP_11;
+    let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers, upgrade);
+    if !headers.contains_key(header::HOST)
+        && let Ok(h) = HeaderValue::from_str(&host)
+    {
+        headers.insert(header::HOST, h);
+    }
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set(&mut headers, "x-forwarded-for", &forwarded_for);
+    set(&mut headers, "x-forwarded-proto", scheme);
+    set(&mut headers, "x-forwarded-host", &host);
+    set(&mut headers, "x-real-ip", &peer.ip().to_string());
+
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+    // Without a body, a request whose connection failed can be sent again to the next endpoint.
+    let replayable = body.is_end_stream()
+        && matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
+        );
+    let mut body = Some(body.boxed());
+    let mut last_error = String::new();
+    for endpoint in target.order(|e| shared.recently_failed(e)) {
+        let body = match body.take() {
+            Some(b) => b,
+            None if replayable => Empty::new().map_err(|never| match never {}).boxed(),
+            None => break,
+        };
+        let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
+            return Ok(answer(StatusCode::BAD_REQUEST, "bad request path\n".into()));
+        };
+        let mut up = Request::new(body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = headers.clone();
+        match tokio::time::timeout(shared.limits.request_timeout, shared.client.request(up)).await {
+            Ok(Ok(response)) => return Ok(respond(response, client_side)),
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::debug!(%endpoint, backend = %target.name, error = %e, "ingress: endpoint refused the connection");
+                shared.mark_failed(endpoint);
+                last_error = format!("{endpoint}: {e}");
+            }
+            Ok(Err(e)) => {
+                return Ok(answer(
+                    StatusCode::BAD_GATEWAY,
+                    format!("backend {} ({endpoint}) failed: {e}\n", target.name),
+                ));
+            }
+            Err(_) => {
+                return Ok(answer(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "backend {} ({endpoint}) did not answer in {:?}\n",
+                        target.name, shared.limits.request_timeout
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(answer(
+        StatusCode::BAD_GATEWAY,
+        format!("no endpoint of {} accepted the connection (last: {last_error})\n", target.name),
+    ))
+}
+
+/// The backend's answer for the client; a switch of protocols joins the two upgraded streams.
+fn respond(mut response: Response<Incoming>, client_side: Option<hyper::upgrade::OnUpgrade>) -> Response<ProxyBody> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && let Some(client_side) = client_side {
+        let backend_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, backend_side) {
+                Ok((client, backend)) => {
+                    let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "ingress: upgrade failed"),
+            }
+        });
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, switching);
+    Response::from_parts(parts, body.boxed())
+}

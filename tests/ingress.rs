@@ -1,0 +1,324 @@
+//! Ingress on the real node agent, Docker Engine, daemon, kubectl and curl: host and path routing
+//! over HTTP and HTTPS (two hosts, two certificates chosen by SNI), Exact before Prefix and the
+//! longest prefix first, HTTP/2 over ALPN and h2c, the X-Forwarded headers a pod sees, a missing
+//! backend answered with a 503 naming it and reported in an Event, a path two Ingresses claim
+//! (the older holds it), a missing TLS Secret reported, the addresses in the Ingress's status,
+//! malformed and oversized requests refused, and a rolling update of the backend under load
+//! through the ingress with no failed request.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Cluster, docker_cluster, pod_ready};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use serde_json::Value;
+
+fn deployment(name: &str, version: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  replicas: 2
+  strategy: {{rollingUpdate: {{maxUnavailable: 0, maxSurge: 1}}}}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: app
+        image: "capstan.local/testapp:latest"
+        imagePullPolicy: Never
+        env: [{{name: VERSION, value: "{version}"}}, {{name: TERM_DELAY, value: "2"}}]
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{httpGet: {{path: /readyz, port: http}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#
+    )
+}
+
+const INGRESSES: &str = r#"apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: shop}
+spec:
+  tls: [{hosts: [shop.example], secretName: shop-tls}]
+  rules:
+  - host: shop.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
+      - {path: /api, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+      - {path: /api/exact, pathType: Exact, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: blog, namespace: shop}
+spec:
+  ingressClassName: nginx
+  tls:
+  - {hosts: [blog.example], secretName: blog-tls}
+  - {hosts: [old.blog.example], secretName: absent}
+  rules:
+  - host: blog.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+      - {path: /missing, pathType: Prefix, backend: {service: {name: gone, port: {number: 80}}}}
+"#;
+
+const LATE: &str = r#"apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: late, namespace: shop}
+spec:
+  rules:
+  - host: shop.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+"#;
+
+/// A CA and, for each host, a TLS Secret signed by it; the CA's PEM.
+fn certificates(hosts: &[(&str, &str)]) -> (String, String) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "ingress test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let mut secrets = String::new();
+    for (secret, host) in hosts {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![host.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, *host);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let indent = |pem: String| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
+        secrets.push_str(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {secret}, namespace: shop}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n",
+            indent(cert.pem()),
+            indent(key.serialize_pem())
+        ));
+    }
+    (secrets, ca.pem())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// curl through the ingress: the status, the HTTP version and the body.
+fn curl(scheme: &str, host: &str, port: u16, path: &str, extra: &[&str]) -> (u16, String, String) {
+    let out = common::run(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--resolve", &format!("{host}:{port}:127.0.0.1")])
+            .args(["-w", "\n%{http_code} %{http_version}"])
+            .args(extra)
+            .arg(format!("{scheme}://{host}:{port}{path}")),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut tail = tail.split(' ');
+    let code = tail.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let version = tail.next().unwrap_or_default().to_owned();
+    (code, version, format!("{body}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A raw request on a new connection: the answer's first line.
+fn raw(port: u16, request: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(request);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+}
+
+fn ready_pods(c: &Cluster, app: &str) -> Vec<(String, String)> {
+    let pods: Value =
+        serde_json::from_str(&c.kubectl_ok(&["get", "pods", "-n", "shop", "-l", &format!("app={app}"), "-o", "json"])).unwrap();
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| pod_ready(p) && p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let version = p["spec"]["containers"][0]["env"][0]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (p["metadata"]["name"].as_str().unwrap_or_default().to_owned(), version)
+        })
+        .collect()
+}
+
+fn events(c: &Cluster, name: &str) -> String {
+    c.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        "shop",
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+    ])
+}
+
+#[test]
+fn ingress_routes_hosts_and_paths_over_http_and_https_and_rolls_without_errors() {
+    let (secrets, ca) = certificates(&[("shop-tls", "shop.example"), ("blog-tls", "blog.example")]);
+    let web = deployment("web", "v1");
+    let api = deployment("api", "v1");
+    let Some((run, c)) = docker_cluster(
+        "ingress_routes_hosts_and_paths_over_http_and_https_and_rolls_without_errors",
+        "ingress",
+        &[
+            ("shop.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"),
+            ("web.yaml", &web),
+            ("api.yaml", &api),
+            ("tls.yaml", &secrets),
+            ("ingress.yaml", INGRESSES),
+        ],
+        &["--cluster-cidr", "10.219.0.0/16"],
+    ) else {
+        return;
+    };
+    let ca_file = c.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let ca_file = ca_file.to_str().unwrap().to_owned();
+    let (http, https) = (free_port(), free_port());
+    let node = format!("ingress-{}", std::process::id());
+    let agent = c.node(
+        &node,
+        &run,
+        &[
+            "--ingress-http",
+            &format!("127.0.0.1:{http}"),
+            "--ingress-https",
+            &format!("127.0.0.1:{https}"),
+        ],
+    );
+    c.wait_until_within("two ready pods of web and of api", 120, || {
+        ready_pods(&c, "web").len() == 2 && ready_pods(&c, "api").len() == 2
+    });
+    c.wait_until_within("the ingress to route shop.example", 30, || {
+        let (code, _, body) = curl("http", "shop.example", http, "/", &[]);
+        code == 200 && body.starts_with("hello from web-")
+    });
+
+    // Paths: the longest prefix wins, on whole elements; Exact beats Prefix.
+    let backend = |path: &str| {
+        let (_, _, body) = curl("http", "shop.example", http, path, &[]);
+        body
+    };
+    assert!(backend("/cart").contains("on web-"), "{}", backend("/cart"));
+    assert!(backend("/api").contains("on api-"), "{}", backend("/api"));
+    assert!(backend("/api/orders").contains("on api-"), "{}", backend("/api/orders"));
+    assert!(backend("/apis").contains("on web-"), "{}", backend("/apis"));
+    assert!(backend("/api/exact").contains("on web-"), "{}", backend("/api/exact"));
+    assert!(backend("/api/exact/more").contains("on api-"), "{}", backend("/api/exact/more"));
+    // A class nobody declares (`nginx`) is served: manifests written for it work unchanged.
+    let (code, _, body) = curl("http", "blog.example", http, "/", &[]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("hello from api-"), "{body}");
+    // A missing backend: 503 naming it; an unknown host: 404.
+    let (code, _, body) = curl("http", "blog.example", http, "/missing/x", &[]);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("service shop/gone does not exist"), "{body}");
+    let (code, _, body) = curl("http", "nobody.example", http, "/", &[]);
+    assert_eq!(code, 404, "{body}");
+
+    // HTTPS: each host gets its own certificate by SNI (curl checks the name against it).
+    for (host, app) in [("shop.example", "web"), ("blog.example", "api")] {
+        let (code, version, body) = curl("https", host, https, "/", &["--cacert", &ca_file, "--http2"]);
+        assert_eq!(code, 200, "{host}: {body}\n{}", agent.log());
+        assert_eq!(version, "2", "{host}: HTTP/2 over ALPN");
+        assert!(body.starts_with(&format!("hello from {app}-")), "{host}: {body}");
+    }
+    let (code, version, body) = curl("http", "shop.example", http, "/", &["--http2-prior-knowledge"]);
+    assert_eq!((code, version.as_str()), (200, "2"), "h2c: {body}");
+    // What the pod sees: the client's address and scheme, and the host asked for.
+    let (_, _, headers) = curl("https", "shop.example", https, "/headers", &["--cacert", &ca_file]);
+    let headers = headers.to_ascii_lowercase();
+    assert!(headers.contains("x-forwarded-for: 127.0.0.1"), "{headers}");
+    assert!(headers.contains("x-forwarded-proto: https"), "{headers}");
+    assert!(headers.contains(&format!("x-forwarded-host: shop.example:{https}")), "{headers}");
+
+    // Status and Events.
+    c.wait_until_within("the Ingress's address in its status", 30, || {
+        c.kubectl_ok(&[
+            "get",
+            "ingress",
+            "shop",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[*].ip}",
+        ]) == "127.0.0.1"
+    });
+    let table = c.kubectl_ok(&["get", "ingress", "-n", "shop"]);
+    assert!(table.contains("shop.example") && table.contains("80, 443"), "{table}");
+    c.wait_until_within("Events for the missing backend and TLS Secret", 30, || {
+        let e = events(&c, "blog");
+        e.contains("BackendNotFound") && e.contains("TLS secret shop/absent does not exist")
+    });
+    assert!(c.kubectl_ok(&["get", "ingressclass"]).contains("capstan.dev/ingress-controller"));
+
+    // Bad requests: malformed, and a head larger than the limit.
+    assert!(raw(http, b"NOT HTTP AT ALL\r\n\r\n").contains("400"), "malformed");
+    let big = format!("GET / HTTP/1.1\r\nHost: shop.example\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    assert!(raw(http, big.as_bytes()).contains("431"), "oversized head");
+
+    // A later Ingress claiming the same host and path: the older keeps it, the later is told.
+    c.commit(&[("late.yaml", LATE)], &[], "a second Ingress claims shop.example/");
+    c.wait_until_within("the conflict reported on the later Ingress", 30, || {
+        events(&c, "late").contains("is held by Ingress shop/shop")
+    });
+    assert!(backend("/").contains("hello from web-"));
+
+    // A rolling update of web under load through the ingress: no failed request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let first = raw(http, b"GET / HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n");
+                if first.contains(" 200 ") {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    errors.push(first);
+                }
+            }
+            errors
+        })
+    };
+    c.commit(&[("web.yaml", &deployment("web", "v2"))], &[], "web v2");
+    c.wait_until_within("web rolled to v2", 180, || {
+        let pods = ready_pods(&c, "web");
+        pods.len() == 2 && pods.iter().all(|(_, v)| v == "v2") && {
+            let all = c.kubectl_ok(&["get", "pods", "-n", "shop", "-l", "app=web", "-o", "name"]);
+            all.lines().count() == 2
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    let errors = load.join().unwrap();
+    assert!(
+        ok.load(Ordering::SeqCst) > 50,
+        "too few requests went through: {}",
+        ok.load(Ordering::SeqCst)
+    );
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "failed requests during the rollout: {errors:?}");
+}
