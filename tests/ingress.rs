@@ -1,6 +1,7 @@
 //! Ingress on the real node agent, Docker Engine, daemon, kubectl and curl: host and path routing
 //! over HTTP and HTTPS (two hosts, two certificates chosen by SNI), Exact before Prefix and the
-//! longest prefix first, HTTP/2 over ALPN and h2c, the X-Forwarded headers a pod sees, a missing
+//! longest prefix first, HTTP/2 over ALPN and h2c, a WebSocket echo, the X-Forwarded headers a pod
+//! sees, a missing
 //! backend answered with a 503 naming it and reported in an Event, a path two Ingresses claim
 //! (the older holds it), a missing TLS Secret reported, the addresses in the Ingress's status,
 //! malformed and oversized requests refused, and a rolling update of the backend under load
@@ -87,6 +88,15 @@ spec:
     http:
       paths:
       - {path: /, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+"#;
+
+/// A WebSocket client: connects to argv[1] with Host argv[2], sends a message, prints the echo.
+const WEBSOCKET: &str = r#"
+import ssl, sys, websocket
+ws = websocket.create_connection(sys.argv[1], host=sys.argv[2], sslopt={"cert_reqs": ssl.CERT_NONE}, timeout=10)
+ws.send("hello through the ingress")
+print("echo:", ws.recv())
+ws.close()
 "#;
 
 /// A CA and, for each host, a TLS Secret signed by it; the CA's PEM.
@@ -252,6 +262,23 @@ fn ingress_routes_hosts_and_paths_over_http_and_https_and_rolls_without_errors()
     assert!(headers.contains("x-forwarded-for: 127.0.0.1"), "{headers}");
     assert!(headers.contains("x-forwarded-proto: https"), "{headers}");
     assert!(headers.contains(&format!("x-forwarded-host: shop.example:{https}")), "{headers}");
+
+    // A WebSocket through the ingress (websocket-client, which Debian's python3-kubernetes
+    // brings), over HTTP and HTTPS.
+    for (scheme, port) in [("ws", http), ("wss", https)] {
+        let echo = common::run(Command::new("/usr/bin/python3").args([
+            "-c",
+            WEBSOCKET,
+            &format!("{scheme}://127.0.0.1:{port}/ws"),
+            &format!("shop.example:{port}"),
+        ]));
+        assert_eq!(
+            String::from_utf8_lossy(&echo.stdout).trim(),
+            "echo: hello through the ingress",
+            "{scheme}: {}",
+            String::from_utf8_lossy(&echo.stderr)
+        );
+    }
 
     // Status and Events.
     c.wait_until_within("the Ingress's address in its status", 30, || {

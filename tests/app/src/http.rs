@@ -63,8 +63,8 @@ pub fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn read_request(stream: &TcpStream) -> Option<Request> {
-    let mut reader = BufReader::new(stream);
+fn read_request(reader: &mut BufReader<&TcpStream>) -> Option<Request> {
+    let stream = *reader.get_ref();
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
     let mut parts = line.split_whitespace();
@@ -100,7 +100,22 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
     })
 }
 
-/// Serves forever on all addresses at `port`.
+/// The value of a request header.
+fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers.iter().find_map(|h| {
+        let (k, v) = h.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+/// Whether the request asks to close the connection after the answer.
+fn closes(req: &Request) -> bool {
+    header(req, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+}
+
+/// Serves forever on all addresses at `port`. Each connection answers one request and closes,
+/// unless KEEP_ALIVE is set (for benchmarks): then it answers requests until the client closes
+/// or asks to.
 pub fn serve(port: u16, handler: impl Fn(&Request) -> (u16, String) + Send + Sync + 'static) {
     let listener = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| {
         eprintln!("cannot listen on :{port}: {e}");
@@ -110,8 +125,16 @@ pub fn serve(port: u16, handler: impl Fn(&Request) -> (u16, String) + Send + Syn
     for stream in listener.incoming().flatten() {
         let handler = handler.clone();
         std::thread::spawn(move || {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            if let Some(req) = read_request(&stream) {
+            let keep_alive = std::env::var_os("KEEP_ALIVE").is_some();
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(if keep_alive { 300 } else { 10 })));
+            let _ = stream.set_nodelay(keep_alive);
+            let mut reader = BufReader::new(&stream);
+            while let Some(req) = read_request(&mut reader) {
+                if let Some(key) = header(&req, "sec-websocket-key") {
+                    crate::ws::echo(&stream, &key);
+                    break;
+                }
+                let again = keep_alive && !closes(&req);
                 let (status, body) = handler(&req);
                 let reason = match status {
                     200 => "OK",
@@ -121,8 +144,9 @@ pub fn serve(port: u16, handler: impl Fn(&Request) -> (u16, String) + Send + Syn
                     _ => "Status",
                 };
                 let kind = if body.starts_with("<!doctype") { "text/html" } else { "text/plain" };
+                let connection = if again { "keep-alive" } else { "close" };
                 let answer = format!(
-                    "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
                     body.len()
                 );
                 let mut s = &stream;
@@ -137,8 +161,11 @@ pub fn serve(port: u16, handler: impl Fn(&Request) -> (u16, String) + Send + Syn
                         let _ = s.flush();
                         std::thread::sleep(Duration::from_micros(200));
                     }
-                } else {
-                    let _ = s.write_all(answer.as_bytes());
+                } else if s.write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+                if !again {
+                    break;
                 }
             }
         });

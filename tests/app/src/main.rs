@@ -5,7 +5,9 @@
 //!   environment and file dump, the client's address as seen (`/whoami`), and a configurable
 //!   exit, for node-agent and proxy tests (`TRICKLE=1`: every answer written one byte at a time),
 //!   and `/control/burn?seconds=N` to keep a core busy (load for the autoscaler); with
-//!   `RECORD=PATH` it appends its host name to PATH as it starts (what a volume keeps);
+//!   `RECORD=PATH` it appends its host name to PATH as it starts (what a volume keeps); the
+//!   request's headers (`/headers`), a WebSocket echo on any path, and `KEEP_ALIVE=1` to answer
+//!   many requests per connection (benchmarks);
 //! - `guestbook`: the example's frontend, keeping entries in redis;
 //! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf; `resolve NAME`
 //!   prints the address a name resolves to;
@@ -22,6 +24,7 @@
 mod dns;
 mod http;
 mod redis;
+mod ws;
 
 use std::io::Write;
 use std::process::exit;
