@@ -19,13 +19,14 @@ use common::{Cluster, docker_cluster, pod_ready};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use serde_json::Value;
 
-fn deployment(name: &str, version: &str) -> String {
+/// A Deployment of `replicas` test apps with VERSION `version`, and its Service (port 80).
+fn deployment(name: &str, version: &str, replicas: u32) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: {name}, namespace: shop}}
 spec:
-  replicas: 2
+  replicas: {replicas}
   strategy: {{rollingUpdate: {{maxUnavailable: 0, maxSurge: 1}}}}
   selector: {{matchLabels: {{app: {name}}}}}
   template:
@@ -186,8 +187,8 @@ fn events(c: &Cluster, name: &str) -> String {
 #[test]
 fn ingress_routes_hosts_and_paths_over_http_and_https_and_rolls_without_errors() {
     let (secrets, ca) = certificates(&[("shop-tls", "shop.example"), ("blog-tls", "blog.example")]);
-    let web = deployment("web", "v1");
-    let api = deployment("api", "v1");
+    let web = deployment("web", "v1", 2);
+    let api = deployment("api", "v1", 2);
     let Some((run, c)) = docker_cluster(
         "ingress_routes_hosts_and_paths_over_http_and_https_and_rolls_without_errors",
         "ingress",
@@ -331,7 +332,7 @@ fn ingress_routes_hosts_and_paths_over_http_and_https_and_rolls_without_errors()
             errors
         })
     };
-    c.commit(&[("web.yaml", &deployment("web", "v2"))], &[], "web v2");
+    c.commit(&[("web.yaml", &deployment("web", "v2", 2))], &[], "web v2");
     c.wait_until_within("web rolled to v2", 180, || {
         let pods = ready_pods(&c, "web");
         pods.len() == 2 && pods.iter().all(|(_, v)| v == "v2") && {
@@ -348,4 +349,207 @@ fn ingress_routes_hosts_and_paths_over_http_and_https_and_rolls_without_errors()
         ok.load(Ordering::SeqCst)
     );
     assert_eq!(failed.load(Ordering::SeqCst), 0, "failed requests during the rollout: {errors:?}");
+}
+
+fn gateway(http: u16, https: u16) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: shop}}
+spec:
+  gatewayClassName: capstan
+  listeners:
+  - {{name: http, port: {http}, protocol: HTTP, hostname: "*.gw.example"}}
+  - name: https
+    port: {https}
+    protocol: HTTPS
+    hostname: app.gw.example
+    tls: {{certificateRefs: [{{name: gw-tls}}]}}
+"#
+    )
+}
+
+fn canary(v1: u32, v2: u32) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: canary, namespace: shop}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: [app.gw.example]
+  rules:
+  - matches: [{{headers: [{{name: X-Canary, value: always}}]}}]
+    backendRefs: [{{name: app-v2, port: 80}}]
+  - matches: [{{path: {{type: Exact, value: /old}}}}]
+    filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplaceFullPath, replaceFullPath: /new}}, statusCode: 301}}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /v1api}}}}]
+    filters:
+    - {{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}
+    - {{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: X-Route, value: canary}}]}}}}
+    backendRefs: [{{name: app-v1, port: 80}}]
+  - backendRefs:
+    - {{name: app-v1, port: 80, weight: {v1}}}
+    - {{name: app-v2, port: 80, weight: {v2}}}
+"#
+    )
+}
+
+const BROKEN_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, namespace: shop}
+spec:
+  parentRefs: [{name: web, sectionName: http}]
+  hostnames: [broken.gw.example]
+  rules: [{backendRefs: [{name: gone, port: 80}]}]
+"#;
+
+/// One GET on a new connection to 127.0.0.1:`port`: the status, the headers and the body.
+fn get(port: u16, host: &str, path: &str, extra: &str) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, head.to_owned(), body.to_owned())
+}
+
+/// A condition's status and reason in an object's JSON status (at `conditions`).
+fn condition(conditions: &Value, kind: &str) -> (String, String) {
+    conditions
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_errors() {
+    let (secrets, ca) = certificates(&[("gw-tls", "app.gw.example")]);
+    let (http, https, ingress) = (free_port(), free_port(), free_port());
+    let Some((run, c)) = docker_cluster(
+        "gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_errors",
+        "gateway",
+        &[
+            ("shop.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"),
+            ("v1.yaml", &deployment("app-v1", "v1", 1)),
+            ("v2.yaml", &deployment("app-v2", "v2", 1)),
+            ("tls.yaml", &secrets),
+            ("gateway.yaml", &gateway(http, https)),
+            ("route.yaml", &canary(90, 10)),
+            ("broken.yaml", BROKEN_ROUTE),
+        ],
+        &["--cluster-cidr", "10.221.0.0/16"],
+    ) else {
+        return;
+    };
+    let ca_file = c.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let ca_file = ca_file.to_str().unwrap().to_owned();
+    let node = format!("gateway-{}", std::process::id());
+    let agent = c.node(
+        &node,
+        &run,
+        &["--ingress-http", &format!("127.0.0.1:{ingress}"), "--ingress-https", "off"],
+    );
+    c.wait_until_within("a ready pod of each release", 120, || {
+        ready_pods(&c, "app-v1").len() == 1 && ready_pods(&c, "app-v2").len() == 1
+    });
+    let release_of = |body: &str| {
+        if body.starts_with("hello from app-v1-") {
+            "v1"
+        } else if body.starts_with("hello from app-v2-") {
+            "v2"
+        } else {
+            "?"
+        }
+    };
+    c.wait_until_within("the Gateway's listener to route app.gw.example", 30, || {
+        get(http, "app.gw.example", "/", "").0 == 200
+    });
+
+    // Status: the class, the Gateway and its listeners, the routes under it.
+    let json_of = |args: &[&str]| -> Value { serde_json::from_str(&c.kubectl_ok(args)).unwrap() };
+    c.wait_until_within("the status of the Gateway and its routes", 30, || {
+        let gw = json_of(&["get", "gateway", "web", "-n", "shop", "-o", "json"]);
+        let route = json_of(&["get", "httproute", "canary", "-n", "shop", "-o", "json"]);
+        condition(&gw["status"]["conditions"], "Programmed").0 == "True"
+            && gw["status"]["listeners"][0]["attachedRoutes"] == 2
+            && gw["status"]["addresses"][0]["value"] == "127.0.0.1"
+            && condition(&route["status"]["parents"][0]["conditions"], "Accepted") == ("True".into(), "Accepted".into())
+    });
+    let class = json_of(&["get", "gatewayclass", "capstan", "-o", "json"]);
+    assert_eq!(condition(&class["status"]["conditions"], "Accepted").0, "True");
+    let broken = json_of(&["get", "httproute", "broken", "-n", "shop", "-o", "json"]);
+    assert_eq!(
+        condition(&broken["status"]["parents"][0]["conditions"], "ResolvedRefs"),
+        ("False".into(), "BackendNotFound".into()),
+        "{broken}"
+    );
+    let (code, _, body) = get(http, "broken.gw.example", "/", "");
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("service shop/gone does not exist"), "{body}");
+
+    // 90/10 over 2,000 requests, within ±3 points.
+    let mut v2 = 0;
+    for _ in 0..2000 {
+        let (code, _, body) = get(http, "app.gw.example", "/", "");
+        assert_eq!(code, 200, "{body}");
+        if release_of(&body) == "v2" {
+            v2 += 1;
+        }
+    }
+    assert!(
+        (170..=230).contains(&v2),
+        "{v2} of 2000 went to v2 (10% ± 3 points is 140..260; interleaved should be ~200)"
+    );
+    // Header match, redirect, rewrite with a header set.
+    let (_, _, body) = get(http, "app.gw.example", "/", "X-Canary: always\r\n");
+    assert_eq!(release_of(&body), "v2", "{body}");
+    let (code, head, _) = get(http, "app.gw.example", "/old", "");
+    assert_eq!(code, 301, "{head}");
+    assert!(head.contains(&format!("location: http://app.gw.example:{http}/new")), "{head}");
+    let (code, _, body) = get(http, "app.gw.example", "/v1api/headers", "");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.to_ascii_lowercase().contains("x-route: canary"),
+        "rewritten to /headers with the header set: {body}"
+    );
+    // The HTTPS listener's certificate, by SNI.
+    let (code, _, body) = curl("https", "app.gw.example", https, "/", &["--cacert", &ca_file]);
+    assert_eq!(code, 200, "{body}\n{}", agent.log());
+    // The listener's hostname bounds the route: another host under it has no route.
+    assert_eq!(get(http, "other.gw.example", "/", "").0, 404);
+
+    // The release: a commit to 0/100 under load moves all traffic, with no failed request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut count = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let (code, _, body) = get(http, "app.gw.example", "/", "");
+                count += 1;
+                if code != 200 {
+                    failures.push(format!("{code} {body}"));
+                }
+            }
+            (count, failures)
+        })
+    };
+    c.commit(&[("route.yaml", &canary(0, 100))], &[], "release v2: all traffic");
+    c.wait_until_within("all traffic on v2", 30, || {
+        (0..20).all(|_| release_of(&get(http, "app.gw.example", "/", "").2) == "v2")
+    });
+    stop.store(true, Ordering::SeqCst);
+    let (count, failures) = load.join().unwrap();
+    assert!(count > 20, "the load ran: {count}");
+    assert!(failures.is_empty(), "failed requests during the release: {failures:?}");
 }

@@ -155,6 +155,26 @@ macro_rules! k8s_kind {
     };
 }
 
+/// Builds a registry entry for a Gateway API kind (our kube-derive types).
+macro_rules! gateway_kind {
+    ($ty:ident, $version:literal, $plural:literal, $singular:literal, [$($short:literal),*], namespaced: $ns:literal, status: $status:literal) => {
+        KindInfo {
+            group: crate::gateway::GROUP,
+            version: $version,
+            kind: stringify!($ty),
+            plural: $plural,
+            singular: $singular,
+            namespaced: $ns,
+            short_names: &[$($short),*],
+            categories: &["gateway-api"],
+            origin: Origin::Git,
+            has_status: $status,
+            schema: own_schema_of::<crate::gateway::$ty>,
+            check: check_as::<crate::gateway::$ty>,
+        }
+    };
+}
+
 /// Every kind Capstan serves, in the order discovery lists them.
 pub static REGISTRY: &[KindInfo] = &[
     k8s_kind!(core::v1::Namespace, singular: "namespace", short: ["ns"], categories: [],
@@ -219,6 +239,10 @@ pub static REGISTRY: &[KindInfo] = &[
         origin: Git, status: false, namespaced: true),
     k8s_kind!(rbac::v1::RoleBinding, singular: "rolebinding", short: [], categories: [],
         origin: Git, status: false, namespaced: true),
+    gateway_kind!(GatewayClass, "v1", "gatewayclasses", "gatewayclass", ["gc"], namespaced: false, status: true),
+    gateway_kind!(Gateway, "v1", "gateways", "gateway", ["gtw"], namespaced: true, status: true),
+    gateway_kind!(HTTPRoute, "v1", "httproutes", "httproute", [], namespaced: true, status: true),
+    gateway_kind!(ReferenceGrant, "v1beta1", "referencegrants", "referencegrant", ["refgrant"], namespaced: true, status: false),
     KindInfo {
         group: crate::capstan::GROUP,
         version: "v1alpha1",

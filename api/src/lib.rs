@@ -9,6 +9,7 @@ pub mod cidr;
 pub mod cron;
 pub mod defaults;
 pub mod event;
+pub mod gateway;
 pub mod kinds;
 pub mod meta;
 pub mod names;

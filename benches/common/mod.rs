@@ -24,6 +24,11 @@ pub struct OneNode {
 impl OneNode {
     /// Builds the images, then starts a daemon (pods from `pod_cidr`) and agent `NAME-PID`.
     pub async fn start(pod_cidr: &str, name: &str) -> OneNode {
+        OneNode::start_with(pod_cidr, name, |_| {}).await
+    }
+
+    /// As `start`, with the agent's configuration adjusted by `tune`.
+    pub async fn start_with(pod_cidr: &str, name: &str, tune: impl FnOnce(&mut NodeConfig)) -> OneNode {
         let images = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples-repo/images/build.sh")).status();
         assert!(images.is_ok_and(|s| s.success()), "building the test images failed");
         let dir = tempfile::tempdir().unwrap();
@@ -43,6 +48,7 @@ impl OneNode {
         nc.listen = "127.0.0.1:0".parse().unwrap();
         nc.node_ip = Some("127.0.0.1".parse().unwrap());
         nc.runtime_labels = vec![run_label.clone()];
+        tune(&mut nc);
         let agent = Agent::start(nc).await.unwrap();
         OneNode {
             dir,

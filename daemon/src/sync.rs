@@ -177,9 +177,9 @@ impl GitSync {
         // admitted under the ClusterSettings of its commit.
         let rank = |kind: &str| match kind {
             "ClusterSettings" | "Namespace" => 0,
-            "PriorityClass" | "IngressClass" | "ClusterRole" | "Role" => 1,
+            "PriorityClass" | "IngressClass" | "GatewayClass" | "ClusterRole" | "Role" => 1,
             "ClusterRoleBinding" | "RoleBinding" => 2,
-            "ResourceQuota" | "ServiceAccount" | "ConfigMap" | "Secret" => 2,
+            "ResourceQuota" | "ServiceAccount" | "ConfigMap" | "Secret" | "ReferenceGrant" => 2,
             "Service" => 3,
             _ => 4,
         };

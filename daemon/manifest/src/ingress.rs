@@ -1,6 +1,8 @@
-//! The value checks Kubernetes makes on Ingresses and IngressClasses: hostnames (DNS names, a
+//! The value checks Kubernetes makes on Ingresses and IngressClasses — hostnames (DNS names, a
 //! `*.` wildcard as the first label only, never an IP address or a port), path types and paths,
-//! one backend kind with one port form, TLS hosts and Secret names, and a class's controller.
+//! one backend kind with one port form, TLS hosts and Secret names, a class's controller — and
+//! those of the Gateway API's CRDs on Gateways (listeners) and HTTPRoutes (matches, filters,
+//! weights).
 
 use capstan_api::names;
 use serde_json::Value;
@@ -149,6 +151,129 @@ fn check_backend(f: &mut Findings, at: &FieldPath, b: &Value) {
     }
 }
 
+/// A Gateway: listeners with unique names, known protocols, valid ports and hostnames, and
+/// certificates for HTTPS.
+pub(crate) fn check_gateway(f: &mut Findings, path: &FieldPath, spec: &Value) {
+    let listeners = spec["listeners"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if listeners.is_empty() {
+        f.missing(path.key("listeners"), "a Gateway needs at least one listener");
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, l) in listeners.iter().enumerate() {
+        let at = path.key("listeners").index(i);
+        let name = l["name"].as_str().unwrap_or_default();
+        if !names.insert(name) {
+            f.invalid(at.key("name"), format!("listener name {name:?} is used twice"));
+        }
+        if let Some(e) = names::dns1123_label(name) {
+            f.invalid(at.key("name"), e);
+        }
+        let port = l["port"].as_i64().unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            f.invalid(at.key("port"), format!("{port}: must be between 1 and 65535"));
+        }
+        let protocol = l["protocol"].as_str().unwrap_or_default();
+        const PROTOCOLS: [&str; 5] = ["HTTP", "HTTPS", "TLS", "TCP", "UDP"];
+        if !PROTOCOLS.contains(&protocol) && !protocol.contains('/') {
+            let hint = crate::rbac::typo_of(protocol, PROTOCOLS)
+                .map(|t| format!(" (did you mean {t:?}?)"))
+                .unwrap_or_default();
+            f.invalid(at.key("protocol"), format!("unknown protocol {protocol:?}{hint}"));
+        }
+        if let Some(host) = l["hostname"].as_str() {
+            check_host(f, at.key("hostname"), host);
+        }
+        let refs = l["tls"]["certificateRefs"].as_array().map_or(0, Vec::len);
+        if protocol == "HTTPS" && l["tls"]["mode"].as_str().unwrap_or("Terminate") == "Terminate" && refs == 0 {
+            f.missing(
+                at.key("tls").key("certificateRefs"),
+                "an HTTPS listener that terminates TLS needs a certificate",
+            );
+        }
+    }
+}
+
+const FILTERS: [(&str, &str); 6] = [
+    ("RequestHeaderModifier", "requestHeaderModifier"),
+    ("ResponseHeaderModifier", "responseHeaderModifier"),
+    ("RequestRedirect", "requestRedirect"),
+    ("URLRewrite", "urlRewrite"),
+    ("RequestMirror", "requestMirror"),
+    ("ExtensionRef", "extensionRef"),
+];
+
+fn check_filters(f: &mut Findings, at: &FieldPath, filters: &Value) {
+    for (i, filter) in filters.as_array().into_iter().flatten().enumerate() {
+        let fp = at.index(i);
+        let t = filter["type"].as_str().unwrap_or_default();
+        match FILTERS.iter().find(|(name, _)| *name == t) {
+            Some((_, field)) if filter[*field].is_null() => f.missing(fp.key(field), format!("a {t} filter needs {field}")),
+            Some(_) => {}
+            None => {
+                let hint = crate::rbac::typo_of(t, FILTERS.iter().map(|(n, _)| *n))
+                    .map(|k| format!(" (did you mean {k:?}?)"))
+                    .unwrap_or_default();
+                f.invalid(fp.key("type"), format!("unknown filter type {t:?}{hint}"));
+            }
+        }
+        if let Some(code) = filter["requestRedirect"]["statusCode"].as_i64()
+            && ![301, 302, 303, 307, 308].contains(&code)
+        {
+            f.invalid(
+                fp.key("requestRedirect").key("statusCode"),
+                format!("{code}: a redirect is 301, 302, 303, 307 or 308"),
+            );
+        }
+    }
+}
+
+/// An HTTPRoute: hostnames, path matches, filters and backend weights.
+pub(crate) fn check_http_route(f: &mut Findings, path: &FieldPath, spec: &Value) {
+    for (i, host) in spec["hostnames"].as_array().into_iter().flatten().enumerate() {
+        if let Some(host) = host.as_str() {
+            check_host(f, path.key("hostnames").index(i), host);
+        }
+    }
+    for (i, rule) in spec["rules"].as_array().into_iter().flatten().enumerate() {
+        let at = path.key("rules").index(i);
+        for (j, m) in rule["matches"].as_array().into_iter().flatten().enumerate() {
+            let mp = at.key("matches").index(j).key("path");
+            let t = m["path"]["type"].as_str().unwrap_or("PathPrefix");
+            const TYPES: [&str; 3] = ["Exact", "PathPrefix", "RegularExpression"];
+            if !TYPES.contains(&t) {
+                // Ingress's name for it is the usual slip.
+                let likely = if t == "Prefix" {
+                    Some("PathPrefix")
+                } else {
+                    crate::rbac::typo_of(t, TYPES)
+                };
+                let hint = likely.map(|k| format!(" (did you mean {k:?}?)")).unwrap_or_default();
+                f.invalid(mp.key("type"), format!("unknown path match type {t:?}{hint}"));
+            }
+            if let Some(v) = m["path"]["value"].as_str()
+                && t != "RegularExpression"
+                && !v.starts_with('/')
+            {
+                f.invalid(mp.key("value"), format!("{v:?}: must be an absolute path (starting with /)"));
+            }
+        }
+        check_filters(f, &at.key("filters"), &rule["filters"]);
+        for (j, b) in rule["backendRefs"].as_array().into_iter().flatten().enumerate() {
+            let bp = at.key("backendRefs").index(j);
+            if let Some(w) = b["weight"].as_i64()
+                && !(0..=1_000_000).contains(&w)
+            {
+                f.invalid(bp.key("weight"), format!("{w}: a weight is between 0 and 1000000"));
+            }
+            let service = b["kind"].as_str().unwrap_or("Service") == "Service" && b["group"].as_str().unwrap_or("").is_empty();
+            if service && b["port"].is_null() {
+                f.missing(bp.key("port"), "a Service backend needs its port");
+            }
+            check_filters(f, &bp.key("filters"), &b["filters"]);
+        }
+    }
+}
+
 /// An IngressClass: its controller is a domain-prefixed path (`example.com/ingress`).
 pub(crate) fn check_ingress_class(f: &mut Findings, path: &FieldPath, spec: &Value) {
     match spec["controller"].as_str() {
@@ -217,6 +342,38 @@ mod tests {
         let wild = ingress(json!({"host": "shop.*.example"}));
         assert!(messages("Ingress", wild)[0].contains("whole first label"));
         assert!(messages("Ingress", json!({"metadata": {"name": "x"}, "spec": {}}))[0].contains("either `defaultBackend` or `rules`"));
+    }
+
+    #[test]
+    fn gateways_and_routes_are_checked() {
+        let gw = json!({"metadata": {"name": "g"}, "spec": {"gatewayClassName": "capstan", "listeners": [
+            {"name": "web", "port": 80, "protocol": "HTTPS"},
+            {"name": "web", "port": 70000, "protocol": "HTTTP", "hostname": "1.2.3.4"}]}});
+        let m = messages("Gateway", gw);
+        for want in [
+            "needs a certificate",
+            "used twice",
+            "between 1 and 65535",
+            "did you mean \"HTTP\"",
+            "not an IP address",
+        ] {
+            assert!(m.iter().any(|m| m.contains(want)), "{want}: {m:?}");
+        }
+        let route = json!({"metadata": {"name": "r"}, "spec": {"hostnames": ["*.a.example"], "rules": [{
+            "matches": [{"path": {"type": "Prefix", "value": "api"}}],
+            "filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 404}}, {"type": "URLRewrit"}],
+            "backendRefs": [{"name": "v1", "weight": -1}]}]}});
+        let m = messages("HTTPRoute", route);
+        for want in [
+            "did you mean \"PathPrefix\"",
+            "absolute path",
+            "301, 302",
+            "did you mean \"URLRewrite\"",
+            "between 0 and 1000000",
+            "needs its port",
+        ] {
+            assert!(m.iter().any(|m| m.contains(want)), "{want}: {m:?}");
+        }
     }
 
     #[test]

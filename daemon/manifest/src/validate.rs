@@ -58,6 +58,8 @@ pub fn check(kind: &str, object: &Value) -> Vec<Finding> {
         "Service" => check_service(&mut f, &spec, &object["spec"]),
         "Ingress" => crate::ingress::check_ingress(&mut f, &spec, &object["spec"]),
         "IngressClass" => crate::ingress::check_ingress_class(&mut f, &spec, &object["spec"]),
+        "Gateway" => crate::ingress::check_gateway(&mut f, &spec, &object["spec"]),
+        "HTTPRoute" => crate::ingress::check_http_route(&mut f, &spec, &object["spec"]),
         "Role" | "ClusterRole" => crate::rbac::check_role(&mut f, &root, object, kind == "ClusterRole"),
         "RoleBinding" | "ClusterRoleBinding" => crate::rbac::check_binding(&mut f, &root, object, kind == "ClusterRoleBinding"),
         "ConfigMap" => {

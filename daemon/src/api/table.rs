@@ -183,6 +183,9 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
         ],
         "Ingress" => &[("Name", 0), ("Class", 0), ("Hosts", 0), ("Address", 0), ("Ports", 0), ("Age", 0)],
         "IngressClass" => &[("Name", 0), ("Controller", 0), ("Parameters", 0), ("Age", 0)],
+        "GatewayClass" => &[("Name", 0), ("Controller", 0), ("Accepted", 0), ("Age", 0)],
+        "Gateway" => &[("Name", 0), ("Class", 0), ("Address", 0), ("Programmed", 0), ("Age", 0)],
+        "HTTPRoute" => &[("Name", 0), ("Hostnames", 0), ("Age", 0)],
         "PodDisruptionBudget" => &[
             ("Name", 0),
             ("Min Available", 0),
@@ -509,6 +512,42 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 ports.to_owned(),
                 created,
             ]
+        }
+        "GatewayClass" | "Gateway" => {
+            let condition = |t: &str| {
+                o["status"]["conditions"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+                    .and_then(|c| c["status"].as_str())
+                    .unwrap_or("Unknown")
+                    .to_owned()
+            };
+            if kind.kind == "GatewayClass" {
+                vec![
+                    name,
+                    or_none(o["spec"]["controllerName"].as_str().unwrap_or_default().to_owned()),
+                    condition("Accepted"),
+                    created,
+                ]
+            } else {
+                let address = o["status"]["addresses"][0]["value"].as_str().unwrap_or_default().to_owned();
+                vec![
+                    name,
+                    o["spec"]["gatewayClassName"].as_str().unwrap_or_default().to_owned(),
+                    address,
+                    condition("Programmed"),
+                    created,
+                ]
+            }
+        }
+        "HTTPRoute" => {
+            let hosts: Vec<&str> = o["spec"]["hostnames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.as_str())
+                .collect();
+            vec![name, if hosts.is_empty() { "*".to_owned() } else { hosts.join(",") }, created]
         }
         "IngressClass" => {
             let p = &o["spec"]["parameters"];

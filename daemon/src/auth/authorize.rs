@@ -156,6 +156,10 @@ pub trait Facts {
     fn ingresses(&self, _namespace: &str) -> Vec<Arc<Value>> {
         Vec::new()
     }
+    /// Every Gateway (every node serves their listeners, with the certificates they name).
+    fn gateways(&self) -> Vec<Arc<Value>> {
+        Vec::new()
+    }
 }
 
 /// Why a request is refused.
@@ -294,8 +298,8 @@ fn is_operator_action(a: &Attributes<'_>) -> bool {
 }
 
 /// Nodes read everything but Secrets; like the Kubernetes node authoriser, only the secrets of
-/// pods bound to the node — and the TLS Secrets Ingresses name, which every node's ingress
-/// serves.
+/// pods bound to the node — and the TLS Secrets Ingresses and Gateways name, which every node's
+/// ingress serves.
 fn node_read(node: &str, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Denial> {
     if !a.kind.is_secret() {
         return Ok(());
@@ -311,6 +315,15 @@ fn node_read(node: &str, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), De
                     i["spec"]["tls"]
                         .as_array()
                         .is_some_and(|tls| tls.iter().any(|t| t["secretName"] == name))
+                }) || facts.gateways().iter().any(|g| {
+                    let gateway_ns = g["metadata"]["namespace"].as_str().unwrap_or_default();
+                    g["spec"]["listeners"].as_array().into_iter().flatten().any(|l| {
+                        l["tls"]["certificateRefs"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|r| r["name"] == name && r["namespace"].as_str().unwrap_or(gateway_ns) == ns)
+                    })
                 })
             };
             if used || terminated() {

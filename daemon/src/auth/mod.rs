@@ -272,6 +272,11 @@ impl Facts for crate::cache::Cache {
         ingresses.into_iter().map(|e| e.object.clone()).collect()
     }
 
+    fn gateways(&self) -> Vec<Arc<serde_json::Value>> {
+        let (gateways, _) = self.list(crate::context::kind("gateways"), None);
+        gateways.into_iter().map(|e| e.object.clone()).collect()
+    }
+
     fn claim(&self, namespace: &str, name: &str) -> Option<Arc<serde_json::Value>> {
         self.get(crate::context::kind("persistentvolumeclaims"), namespace, name)
             .map(|e| e.object.clone())

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use capstan_ingress::routes;
+use capstan_ingress::backends::Backends;
+use capstan_ingress::ingresses;
+use capstan_ingress::table::Tables;
 use capstan_runtime::{Action, Reconciler};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -84,7 +86,7 @@ pub fn node_addresses(nodes: &[Arc<Value>]) -> Vec<String> {
 }
 
 /// What is wrong with the TLS Secret `name` in `namespace`, if anything.
-fn tls_problem(cache: &Cache, namespace: &str, name: &str) -> Option<String> {
+pub fn tls_problem(cache: &Cache, namespace: &str, name: &str) -> Option<String> {
     let Some(secret) = cache.get(kind("secrets"), namespace, name) else {
         return Some(format!("TLS secret {namespace}/{name} does not exist"));
     };
@@ -110,16 +112,21 @@ impl Reconciler<NsName> for IngressController {
         let ingresses: Vec<Ingress> = typed(&ctx.cache, "ingresses", None);
         let classes: Vec<IngressClass> = typed(&ctx.cache, "ingressclasses", None);
         let services: Vec<Service> = typed(&ctx.cache, "services", None);
-        let table = routes::table(&ingresses, &classes, &services, []);
+        let mut backends = Backends::new(&services, []);
+        let ports = ingresses::IngressPorts {
+            http: Some(80),
+            https: Some(443),
+        };
+        let report = ingresses::add(&mut Tables::default(), ports, &ingresses, &classes, &mut backends);
         let id = format!("{ns}/{name}");
-        if !table.served.contains(&id) {
+        if !report.served.contains(&id) {
             return Ok(Action::AwaitChange);
         }
         let object = &entry.object;
-        for m in table.missing.iter().filter(|m| m.ingress == id) {
+        for m in report.missing.iter().filter(|m| m.ingress == id) {
             self.events.record(object, EventType::Warning, "BackendNotFound", &m.message);
         }
-        for c in table.conflicts.iter().filter(|c| c.ingress == id) {
+        for c in report.conflicts.iter().filter(|c| c.ingress == id) {
             self.events.record(
                 object,
                 EventType::Warning,

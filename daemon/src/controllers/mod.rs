@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod eventttl;
+pub mod gateway;
 pub mod gc;
 pub mod ingress;
 pub mod job;
@@ -155,6 +156,7 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     tasks.extend(autoscaler::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(disruption::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(ingress::controller(&ctx).spawn(&ctx, &shutdown));
+    tasks.extend(gateway::controller(&ctx).spawn(&ctx, &shutdown));
     // The built-in objects: system namespaces, the `kubernetes` and `kube-dns` Services.
     let builtin_ctx = ctx.clone();
     tasks.push(tokio::spawn(async move {

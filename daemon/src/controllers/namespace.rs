@@ -152,13 +152,29 @@ pub async fn ensure_builtins(ctx: &Context) -> Result<(), ObjectError> {
     let ingress_classes = kind("ingressclasses");
     if ctx
         .objects
-        .get(ingress_classes, "", capstan_ingress::routes::DEFAULT_CLASS)?
+        .get(ingress_classes, "", capstan_ingress::ingresses::DEFAULT_CLASS)?
         .is_none()
     {
-        let class = json!({"metadata": {"name": capstan_ingress::routes::DEFAULT_CLASS,
-                                        "annotations": {capstan_ingress::routes::DEFAULT_CLASS_ANNOTATION: "true"}},
-                           "spec": {"controller": capstan_ingress::routes::CONTROLLER}});
+        let class = json!({"metadata": {"name": capstan_ingress::ingresses::DEFAULT_CLASS,
+                                        "annotations": {capstan_ingress::ingresses::DEFAULT_CLASS_ANNOTATION: "true"}},
+                           "spec": {"controller": capstan_ingress::ingresses::CONTROLLER}});
         match ctx.objects.create(ingress_classes, class).await {
+            Ok(_) | Err(ObjectError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // The default GatewayClass (likewise).
+    let gateway_classes = kind("gatewayclasses");
+    if ctx
+        .objects
+        .get(gateway_classes, "", capstan_ingress::ingresses::DEFAULT_CLASS)?
+        .is_none()
+    {
+        let class = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                           "metadata": {"name": capstan_ingress::ingresses::DEFAULT_CLASS},
+                           "spec": {"controllerName": capstan_ingress::gateway::CONTROLLER,
+                                    "description": "Every node's built-in HTTP(S) proxy"}});
+        match ctx.objects.create(gateway_classes, class).await {
             Ok(_) | Err(ObjectError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }

@@ -1,15 +1,20 @@
 //! Capstan's ingress: Ingress routes served by an HTTP(S) proxy on every node, straight to the
 //! ready endpoints of their Services (on any node, through the pod network).
 //!
-//! [`routes`] is the pure core (objects in, a routing table out); [`serve`] the listeners and the
-//! relay; [`tls`] the key pairs; [`watch`] the loop that keeps the table in line with the API.
+//! The pure core: [`table`] (the rules every listener reads), [`ingresses`] and [`gateway`]
+//! (Ingresses and the Gateway API objects into rules, with what to report), [`backends`] (Service
+//! ports to endpoints); the edges: [`serve`] (the listeners and the relay), [`tls`] (key pairs)
+//! and [`watch`] (the loop that keeps the tables in line with the API).
 
-pub mod routes;
+pub mod backends;
+pub mod gateway;
+pub mod ingresses;
 pub mod serve;
+pub mod table;
 pub mod tls;
 pub mod watch;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -92,18 +97,27 @@ impl Ingress {
             https: https.as_ref().and_then(|l| l.local_addr().ok()),
             problems,
         };
-        if let Some(l) = http {
+        let port = |a: Option<SocketAddr>| a.map(|a| a.port());
+        if let (Some(l), Some(p)) = (http, port(ingress.http)) {
             ingress
                 .tasks
-                .push(tokio::spawn(serve::serve(l, None, shared.clone(), stop.clone())));
+                .push(tokio::spawn(serve::serve(l, p, false, shared.clone(), stop.clone())));
         }
-        if let Some(l) = https {
-            let tls = serve::tls_config(&shared);
+        if let (Some(l), Some(p)) = (https, port(ingress.https)) {
             ingress
                 .tasks
-                .push(tokio::spawn(serve::serve(l, Some(tls), shared.clone(), stop.clone())));
+                .push(tokio::spawn(serve::serve(l, p, true, shared.clone(), stop.clone())));
         }
-        ingress.tasks.push(tokio::spawn(watch::follow(client, shared, applied_tx, stop)));
+        let listening = watch::Listening {
+            ingress: ingresses::IngressPorts {
+                http: port(ingress.http),
+                https: port(ingress.https),
+            },
+            address: config.http.or(config.https).map(|a| a.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        };
+        ingress
+            .tasks
+            .push(tokio::spawn(watch::follow(client, shared, listening, applied_tx, stop)));
         tracing::info!(http = ?ingress.http, https = ?ingress.https, "ingress listening");
         ingress
     }

@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::routes::{SecretRef, Table};
+use crate::table::{self, SecretRef, Tables};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -57,7 +57,7 @@ const FAILED_FOR: Duration = Duration::from_secs(5);
 /// keep going), the certificates, and the endpoints that failed a moment ago.
 #[derive(Debug)]
 pub struct Shared {
-    table: RwLock<Arc<Table>>,
+    tables: RwLock<Arc<Tables>>,
     certificates: RwLock<Arc<HashMap<SecretRef, Arc<rustls::sign::CertifiedKey>>>>,
     default_certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     failed: Mutex<HashMap<SocketAddrV4, Instant>>,
@@ -75,7 +75,7 @@ impl Shared {
             .pool_timer(TokioTimer::new())
             .build(connector);
         Arc::new(Shared {
-            table: RwLock::new(Arc::new(Table::default())),
+            tables: RwLock::new(Arc::new(Tables::default())),
             certificates: RwLock::new(Arc::new(HashMap::new())),
             default_certificate,
             failed: Mutex::new(HashMap::new()),
@@ -84,12 +84,12 @@ impl Shared {
         })
     }
 
-    pub fn table(&self) -> Arc<Table> {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    pub fn tables(&self) -> Arc<Tables> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn set_table(&self, table: Table) {
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    pub fn set_tables(&self, tables: Tables) {
+        *self.tables.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tables);
     }
 
     pub fn set_certificates(&self, certificates: HashMap<SecretRef, Arc<rustls::sign::CertifiedKey>>) {
@@ -108,38 +108,43 @@ impl Shared {
     }
 }
 
-/// Chooses the certificate by the client's server name: the Ingress's for that host, else the
-/// default.
+/// Chooses the certificate of a port by the client's server name: the one its Ingresses or
+/// listeners name for that host, else the default.
 #[derive(Debug)]
-struct Certificates(Arc<Shared>);
+struct Certificates {
+    shared: Arc<Shared>,
+    port: u16,
+}
 
 impl rustls::server::ResolvesServerCert for Certificates {
     fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        let shared = &self.0;
-        let named = hello.server_name().and_then(|name| {
-            let table = shared.table();
-            let secret = table.certificate(name)?;
-            shared.certificates.read().unwrap_or_else(|p| p.into_inner()).get(secret).cloned()
-        });
+        let shared = &self.shared;
+        let tables = shared.tables();
+        let table = tables.ports.get(&self.port).map(|p| &p.table);
+        let secret = table.and_then(|t| t.certificate(hello.server_name().unwrap_or_default()));
+        let named = secret.and_then(|s| shared.certificates.read().unwrap_or_else(|p| p.into_inner()).get(s).cloned());
         named.or_else(|| shared.default_certificate.clone())
     }
 }
 
-/// The TLS settings of the HTTPS listener.
-pub fn tls_config(shared: &Arc<Shared>) -> Arc<rustls::ServerConfig> {
+/// The TLS settings of an HTTPS listener on `port`.
+pub fn tls_config(shared: &Arc<Shared>, port: u16) -> Arc<rustls::ServerConfig> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Certificates(shared.clone())));
+        .with_cert_resolver(Arc::new(Certificates {
+            shared: shared.clone(),
+            port,
+        }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
 
 /// Accepts connections on `listener` until `stop` (then stops accepting; open connections
-/// finish on their own), with TLS when `tls` is given.
-pub async fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, shared: Arc<Shared>, stop: CancellationToken) {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+/// finish on their own), with TLS when `tls`; requests are routed by the table of `port`.
+pub async fn serve(listener: TcpListener, port: u16, tls: bool, shared: Arc<Shared>, stop: CancellationToken) {
+    let acceptor = tls.then(|| tokio_rustls::TlsAcceptor::from(tls_config(&shared, port)));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -157,9 +162,9 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => connection(TokioIo::new(stream), peer, "http", shared).await,
+                None => connection(TokioIo::new(stream), peer, port, "http", shared).await,
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => connection(TokioIo::new(tls), peer, "https", shared).await,
+                    Ok(tls) => connection(TokioIo::new(tls), peer, port, "https", shared).await,
                     Err(e) => tracing::debug!(%peer, error = %e, "ingress: TLS handshake failed"),
                 },
             }
@@ -168,7 +173,7 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>
 }
 
 /// Serves one client connection (HTTP/1.1 or HTTP/2, upgrades allowed).
-async fn connection<I>(io: TokioIo<I>, peer: SocketAddr, scheme: &'static str, shared: Arc<Shared>)
+async fn connection<I>(io: TokioIo<I>, peer: SocketAddr, port: u16, scheme: &'static str, shared: Arc<Shared>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -182,7 +187,7 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(shared.limits.header_bytes).unwrap_or(u32::MAX));
-    let service = hyper::service::service_fn(move |req| handle(shared.clone(), peer, scheme, req));
+    let service = hyper::service::service_fn(move |req| handle(shared.clone(), peer, port, scheme, req));
     if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
         tracing::debug!(%peer, error = %e, "ingress: connection ended");
     }
@@ -227,9 +232,50 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Where a redirect sends the client: the request's URL with the redirect's parts replaced. The
+/// port, unless given, is the new scheme's well-known one, or else the listener's (`listener`),
+/// as the Gateway API says; a well-known port is left out.
+fn location(
+    r: &table::Redirect,
+    scheme: &str,
+    host: &str,
+    listener: u16,
+    path: &str,
+    query: Option<&str>,
+    matched: &table::PathMatch,
+) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let name = match host.rsplit_once(':') {
+        Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !n.ends_with(']') => n,
+        _ => host,
+    };
+    let name = r.hostname.as_deref().unwrap_or(name);
+    let port = match (r.port, r.scheme.is_some()) {
+        (Some(p), _) => Some(p),
+        (None, true) => None,
+        (None, false) => Some(listener),
+    };
+    let port = port
+        .filter(|p| !matches!((scheme, p), ("http", 80) | ("https", 443)))
+        .map(|p| p.to_string());
+    let path = r.path.as_ref().map(|c| c.apply(path, matched)).unwrap_or_else(|| path.to_owned());
+    let mut url = format!("{scheme}://{name}");
+    if let Some(p) = port {
+        url.push(':');
+        url.push_str(&p);
+    }
+    url.push_str(&path);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
 async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    port: u16,
     scheme: &'static str,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
@@ -239,28 +285,50 @@ async fn handle(
         .map(|a| a.as_str().to_owned())
         .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
         .unwrap_or_default();
-    let table = shared.table();
-    let Some(route) = table.route(&host, req.uri().path()) else {
+    let tables = shared.tables();
+    let (path, query) = (req.uri().path().to_owned(), req.uri().query().map(str::to_owned));
+    let rule = tables.ports.get(&port).and_then(|p| {
+        p.table.route(&table::Request {
+            host: &host,
+            path: &path,
+            query: query.as_deref().unwrap_or_default(),
+            method: req.method().as_str(),
+            headers: req.headers(),
+        })
+    });
+    let Some(rule) = rule else {
+        return Ok(answer(StatusCode::NOT_FOUND, format!("no route for {host}{path}\n")));
+    };
+    let action = &rule.action;
+    if let Some(redirect) = &action.redirect {
+        let to = location(redirect, scheme, &host, port, &path, query.as_deref(), &rule.matcher.path);
+        let mut r = answer(StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND), String::new());
+        if let Ok(v) = HeaderValue::from_str(&to) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return Ok(r);
+    }
+    // The Gateway API answers 500 for a rule with no usable backend; Ingress controllers 503.
+    let unavailable = if rule.source.starts_with("HTTPRoute") {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let Some(backend) = action.pick() else {
         return Ok(answer(
-            StatusCode::NOT_FOUND,
-            format!("no Ingress routes {host}{}\n", req.uri().path()),
+            unavailable,
+            format!("no backend: {} has no backend with a weight\n", rule.source),
         ));
     };
-    let target = route.target.clone();
+    let target = backend.target.clone();
     match &target.endpoints {
         Err(why) => {
-            return Ok(answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("no backend: {why} (Ingress {})\n", route.ingress),
-            ));
+            return Ok(answer(unavailable, format!("no backend: {why} ({})\n", rule.source)));
         }
         Ok(e) if e.is_empty() => {
             return Ok(answer(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "no backend: service {} has no ready endpoints (Ingress {})\n",
-                    target.name, route.ingress
-                ),
+                format!("no backend: service {} has no ready endpoints ({})\n", target.name, rule.source),
             ));
         }
         Ok(_) => {}
@@ -296,8 +364,21 @@ async fn handle(
     set(&mut headers, "x-forwarded-proto", scheme);
     set(&mut headers, "x-forwarded-host", &host);
     set(&mut headers, "x-real-ip", &peer.ip().to_string());
+    action.request_headers.apply(&mut headers);
+    backend.request_headers.apply(&mut headers);
+    let mut path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+    if let Some(rewrite) = &action.rewrite {
+        if let Some(h) = rewrite.hostname.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert(header::HOST, h);
+        }
+        if let Some(change) = &rewrite.path {
+            path_and_query = change.apply(&path, &rule.matcher.path);
+            if let Some(q) = &query {
+                path_and_query = format!("{path_and_query}?{q}");
+            }
+        }
+    }
 
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
     // Without a body, a request whose connection failed can be sent again to the next endpoint.
     let replayable = body.is_end_stream()
         && matches!(
@@ -312,7 +393,7 @@ async fn handle(
             None if replayable => Empty::new().map_err(|never| match never {}).boxed(),
             None => break,
         };
-        let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
+        let Ok(uri) = format!("http://{endpoint}{path_and_query}").parse::<Uri>() else {
             return Ok(answer(StatusCode::BAD_REQUEST, "bad request path\n".into()));
         };
         let mut up = Request::new(body);
@@ -320,7 +401,12 @@ async fn handle(
         *up.uri_mut() = uri;
         *up.headers_mut() = headers.clone();
         match tokio::time::timeout(shared.limits.request_timeout, shared.client.request(up)).await {
-            Ok(Ok(response)) => return Ok(respond(response, client_side)),
+            Ok(Ok(response)) => {
+                let mut response = respond(response, client_side);
+                action.response_headers.apply(response.headers_mut());
+                backend.response_headers.apply(response.headers_mut());
+                return Ok(response);
+            }
             Ok(Err(e)) if e.is_connect() => {
                 tracing::debug!(%endpoint, backend = %target.name, error = %e, "ingress: endpoint refused the connection");
                 shared.mark_failed(endpoint);

@@ -1,25 +1,31 @@
-//! The ingress's loop: reflect Ingresses, IngressClasses, Services and EndpointSlices through the
-//! API, and after each burst of changes swap in a table built from all of them (open connections
-//! keep the one they started with); read the TLS Secrets the table names (a node may get those,
-//! not list Secrets), again every minute so a renewed certificate is picked up.
+//! The ingress's loop: reflect Ingresses and IngressClasses, the Gateway API objects, Services,
+//! EndpointSlices and Namespaces through the API, and after each burst of changes swap in tables
+//! built from all of them (open connections keep the one they started with), bind and release the
+//! Gateways' listener ports, and read the TLS Secrets the tables name (a node may get those, not
+//! list Secrets), again every minute so a renewed certificate is picked up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use capstan_api::gateway::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::routes::{self, SecretRef};
-use crate::serve::Shared;
-use crate::tls;
+use crate::backends::Backends;
+use crate::ingresses::{self, IngressPorts};
+use crate::serve::{self, Shared};
+use crate::table::{SecretRef, Tables};
+use crate::{gateway, tls};
 
 /// How long a burst of changes is gathered before the table is rebuilt.
 const SETTLE: Duration = Duration::from_millis(5);
@@ -27,6 +33,11 @@ const SETTLE: Duration = Duration::from_millis(5);
 const CERTIFICATE_REFRESH: Duration = Duration::from_secs(60);
 /// How soon a Secret that could not be used is read again when the table changes.
 const RETRY: Duration = Duration::from_secs(5);
+
+/// The objects of a store's state, owned.
+fn owned<K: Clone>(state: Vec<Arc<K>>) -> Vec<K> {
+    state.iter().map(|o| (**o).clone()).collect()
+}
 
 /// Reflects `K` into a store, poking `changed` on every event, until `stop`.
 fn reflect<K>(api: Api<K>, changed: Arc<Notify>, stop: CancellationToken) -> (Store<K>, tokio::task::JoinHandle<()>)
@@ -52,21 +63,82 @@ where
     (reader, task)
 }
 
-/// Keeps `shared`'s table and certificates in line with the API until `stop`. `applied` counts
-/// the tables swapped in (tests and benchmarks wait on it).
-pub async fn follow(client: kube::Client, shared: Arc<Shared>, applied: watch::Sender<u64>, stop: CancellationToken) {
+/// Where the listeners of Gateways bind, beside the node's Ingress ports.
+#[derive(Clone, Copy, Debug)]
+pub struct Listening {
+    pub ingress: IngressPorts,
+    /// The address Gateway listeners bind on (with their own ports).
+    pub address: IpAddr,
+}
+
+/// The Gateway listeners running: each port's stop token.
+#[derive(Default)]
+struct Listeners {
+    running: HashMap<u16, CancellationToken>,
+    failed: HashMap<u16, String>,
+}
+
+impl Listeners {
+    /// Binds the ports `wanted` asks for that the Ingress listeners do not serve, and stops those
+    /// no longer wanted; a port that cannot be bound is said once and tried at the next change.
+    async fn reconcile(&mut self, wanted: &BTreeMap<u16, bool>, listening: Listening, shared: &Arc<Shared>, stop: &CancellationToken) {
+        let ingress = [listening.ingress.http, listening.ingress.https];
+        self.running.retain(|port, token| {
+            let keep = wanted.contains_key(port);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for (&port, &tls) in wanted {
+            if ingress.contains(&Some(port)) || self.running.contains_key(&port) {
+                continue;
+            }
+            match TcpListener::bind(SocketAddr::new(listening.address, port)).await {
+                Ok(l) => {
+                    let token = stop.child_token();
+                    tokio::spawn(serve::serve(l, port, tls, shared.clone(), token.clone()));
+                    self.running.insert(port, token);
+                    self.failed.remove(&port);
+                    tracing::info!(port, tls, "gateway listener bound");
+                }
+                Err(e) => {
+                    let problem = format!("the gateway listener cannot bind {}:{port}: {e}", listening.address);
+                    if self.failed.insert(port, problem.clone()).is_none() {
+                        tracing::error!("{problem}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps `shared`'s tables, certificates and Gateway listeners in line with the API until
+/// `stop`. `applied` counts the tables swapped in (tests and benchmarks wait on it).
+pub async fn follow(client: kube::Client, shared: Arc<Shared>, listening: Listening, applied: watch::Sender<u64>, stop: CancellationToken) {
     let changed = Arc::new(Notify::new());
-    let (ingresses, a) = reflect(Api::<Ingress>::all(client.clone()), changed.clone(), stop.clone());
-    let (classes, b) = reflect(Api::<IngressClass>::all(client.clone()), changed.clone(), stop.clone());
-    let (services, c) = reflect(Api::<Service>::all(client.clone()), changed.clone(), stop.clone());
-    let (slices, d) = reflect(Api::<EndpointSlice>::all(client.clone()), changed.clone(), stop.clone());
-    let tasks = [a, b, c, d];
+    let api = || client.clone();
+    let (ingresses, t1) = reflect(Api::<Ingress>::all(api()), changed.clone(), stop.clone());
+    let (ingress_classes, t2) = reflect(Api::<IngressClass>::all(api()), changed.clone(), stop.clone());
+    let (services, t3) = reflect(Api::<Service>::all(api()), changed.clone(), stop.clone());
+    let (slices, t4) = reflect(Api::<EndpointSlice>::all(api()), changed.clone(), stop.clone());
+    let (gateway_classes, t5) = reflect(Api::<GatewayClass>::all(api()), changed.clone(), stop.clone());
+    let (gateways, t6) = reflect(Api::<Gateway>::all(api()), changed.clone(), stop.clone());
+    let (routes, t7) = reflect(Api::<HTTPRoute>::all(api()), changed.clone(), stop.clone());
+    let (grants, t8) = reflect(Api::<ReferenceGrant>::all(api()), changed.clone(), stop.clone());
+    let (namespaces, t9) = reflect(Api::<Namespace>::all(api()), changed.clone(), stop.clone());
+    let tasks = [t1, t2, t3, t4, t5, t6, t7, t8, t9];
     let ready = async {
         let _ = tokio::join!(
             ingresses.wait_until_ready(),
-            classes.wait_until_ready(),
+            ingress_classes.wait_until_ready(),
             services.wait_until_ready(),
-            slices.wait_until_ready()
+            slices.wait_until_ready(),
+            gateway_classes.wait_until_ready(),
+            gateways.wait_until_ready(),
+            routes.wait_until_ready(),
+            grants.wait_until_ready(),
+            namespaces.wait_until_ready(),
         );
     };
     tokio::select! {
@@ -74,23 +146,36 @@ pub async fn follow(client: kube::Client, shared: Arc<Shared>, applied: watch::S
         _ = ready => {}
     }
     let mut loaded = Loaded::default();
+    let mut listeners = Listeners::default();
     let mut refresh = tokio::time::interval(CERTIFICATE_REFRESH);
     refresh.tick().await;
     let mut rebuild = true;
     loop {
         if rebuild {
             tokio::time::sleep(SETTLE).await;
-            let classes: Vec<IngressClass> = classes.state().iter().map(|c| (**c).clone()).collect();
-            let ingresses = ingresses.state();
-            let services = services.state();
-            let slices = slices.state();
-            let table = routes::table(
-                ingresses.iter().map(|i| &**i),
-                &classes,
-                services.iter().map(|s| &**s),
-                slices.iter().map(|s| &**s),
+            let (services, slices) = (services.state(), slices.state());
+            let mut backends = Backends::new(services.iter().map(|s| &**s), slices.iter().map(|s| &**s));
+            let mut tables = Tables::default();
+            let ingress_classes: Vec<IngressClass> = owned(ingress_classes.state());
+            ingresses::add(
+                &mut tables,
+                listening.ingress,
+                ingresses.state().iter().map(|i| &**i),
+                &ingress_classes,
+                &mut backends,
             );
-            let wanted: Vec<SecretRef> = table.certificates.values().cloned().collect();
+            let report = gateway::add(
+                &mut tables,
+                &owned(gateway_classes.state()),
+                &owned(gateways.state()),
+                &owned(routes.state()),
+                &owned(grants.state()),
+                &owned(namespaces.state()),
+                &mut backends,
+            );
+            tables.finish();
+            listeners.reconcile(&report.ports, listening, &shared, &stop).await;
+            let wanted = tables.secrets();
             let before = loaded.pairs.len();
             loaded.pairs.retain(|k, _| wanted.contains(k));
             loaded.failed.retain(|k, _| wanted.contains(k));
@@ -103,7 +188,7 @@ pub async fn follow(client: kube::Client, shared: Arc<Shared>, applied: watch::S
                 shared.set_certificates(loaded.certificates());
             }
             // The certificates first: a new host's first HTTPS client gets its certificate.
-            shared.set_table(table);
+            shared.set_tables(tables);
             applied.send_modify(|n| *n += 1);
         }
         rebuild = tokio::select! {
