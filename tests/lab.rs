@@ -1,7 +1,8 @@
 //! The pod network across hosts, on a lab of three real hosts (network namespaces with their own
 //! Docker Engines, on one switch; `scripts/lab.sh`) and a control plane on the machine: pods
 //! reach pods on other hosts by their own address without NAT, Services whose endpoints are on
-//! another host answer by ClusterIP, by name and by NodePort, the Local traffic policies keep
+//! another host answer by ClusterIP, by name, by NodePort and through every host's ingress, the
+//! Local traffic policies keep
 //! to a host's own endpoints (a Local node port keeping the client's address), every host's pods
 //! reach the API;
 //! the kernel holds the device, routes, neighbour and forwarding entries the backend needs, they
@@ -25,6 +26,15 @@ fn workloads() -> String {
 }
 
 const SERVICES: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: lab}
+spec:
+  rules:
+  - host: lab.example
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: svc-c, port: {number: 80}}}}]
+---
 apiVersion: v1
 kind: Service
 metadata: {name: svc-c}
@@ -200,6 +210,19 @@ fn curl(url: &str) -> (String, Option<i32>) {
 
 /// Kubernetes' traffic policies across hosts, with server-b's only endpoint on h2.
 fn check_traffic_policies(s: &Setup, backend: &str) {
+    // Every host's ingress (port 80) serves the Ingress, whose only endpoint is on h3.
+    for n in 1..=3 {
+        let url = format!("http://{}/", host_ip(n));
+        wait(
+            &format!("{backend}: h{n}'s ingress to route lab.example to server-c on h3"),
+            30,
+            || s.context(),
+            || {
+                let o = run(std::process::Command::new("curl").args(["-s", "-m", "3", "-H", "Host: lab.example", &url]));
+                stdout(&o).contains("hello from server-c")
+            },
+        );
+    }
     // externalTrafficPolicy Cluster: any host's node port answers, the client masqueraded.
     let (seen, _) = curl(&format!("http://{}:30080/whoami", host_ip(1)));
     assert!(

@@ -251,6 +251,10 @@ impl Agent {
             Some(i) => Some(capstan_ingress::Ingress::start(kube.clone(), i).await),
             None => None,
         };
+        // A listener port another process holds: said on the Node, the rest goes on.
+        for problem in ingress.iter().flat_map(|i| &i.problems) {
+            register::node_event(&api, &config.name, "IngressListenFailed", problem).await;
+        }
         let mut tasks = vec![server_task];
         tasks.push(tokio::spawn(register::heartbeat(
             api.clone(),

@@ -17,7 +17,9 @@ pub mod watch;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use crate::serve::Shared;
+
+use tokio::net::TcpSocket;
 use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 
@@ -65,16 +67,57 @@ impl std::fmt::Debug for Ingress {
     }
 }
 
-/// Binds `address`, or says why not.
-async fn bind(what: &str, address: Option<SocketAddr>, problems: &mut Vec<String>) -> Option<TcpListener> {
+/// A listener's sockets: one per worker thread, all on one address (SO_REUSEPORT: the kernel
+/// spreads the connections), or why the address cannot be bound.
+fn bind(what: &str, address: Option<SocketAddr>, workers: usize, problems: &mut Vec<String>) -> Option<(SocketAddr, Vec<TcpSocket>)> {
     let address = address?;
-    match TcpListener::bind(address).await {
-        Ok(l) => Some(l),
+    let socket = |at: SocketAddr| -> std::io::Result<TcpSocket> {
+        let s = if at.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        s.set_reuseaddr(true)?;
+        s.set_reuseport(true)?;
+        s.bind(at)?;
+        Ok(s)
+    };
+    let bound = socket(address).and_then(|first| {
+        let at = first.local_addr()?;
+        let mut all = vec![first];
+        for _ in 1..workers {
+            all.push(socket(at)?);
+        }
+        Ok((at, all))
+    });
+    match bound {
+        Ok(b) => Some(b),
         Err(e) => {
             let problem = format!("the ingress's {what} listener cannot bind {address}: {e}");
             tracing::error!("{problem}");
             problems.push(problem);
             None
+        }
+    }
+}
+
+/// Serves a listener on `workers` threads, each with a runtime of its own (as nginx runs a
+/// worker per core): a connection, its requests and its pooled backend connections stay on one
+/// thread, with no hand-offs between threads.
+fn spawn_workers(sockets: Vec<TcpSocket>, port: u16, tls: bool, shared: &Arc<Shared>, stop: &CancellationToken) {
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        let name = format!("ingress-{port}-{i}");
+        let started = std::thread::Builder::new().name(name).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match runtime {
+                Ok(rt) => rt.block_on(async move {
+                    match socket.listen(1024) {
+                        Ok(l) => serve::serve(l, port, tls, shared, stop).await,
+                        Err(e) => tracing::error!(port, error = %e, "ingress: listen failed"),
+                    }
+                }),
+                Err(e) => tracing::error!(error = %e, "ingress: cannot start a worker runtime"),
+            }
+        });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "ingress: cannot start a worker thread");
         }
     }
 }
@@ -86,27 +129,24 @@ impl Ingress {
         let shared = serve::Shared::new(config.limits, Some(Arc::new(tls::default_certificate())));
         let stop = CancellationToken::new();
         let mut problems = Vec::new();
-        let http = bind("HTTP", config.http, &mut problems).await;
-        let https = bind("HTTPS", config.https, &mut problems).await;
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let http = bind("HTTP", config.http, workers, &mut problems);
+        let https = bind("HTTPS", config.https, workers, &mut problems);
         let (applied_tx, applied) = channel::channel(0);
         let mut ingress = Ingress {
             stop: stop.clone(),
             tasks: Vec::new(),
             applied,
-            http: http.as_ref().and_then(|l| l.local_addr().ok()),
-            https: https.as_ref().and_then(|l| l.local_addr().ok()),
+            http: http.as_ref().map(|(a, _)| *a),
+            https: https.as_ref().map(|(a, _)| *a),
             problems,
         };
         let port = |a: Option<SocketAddr>| a.map(|a| a.port());
-        if let (Some(l), Some(p)) = (http, port(ingress.http)) {
-            ingress
-                .tasks
-                .push(tokio::spawn(serve::serve(l, p, false, shared.clone(), stop.clone())));
+        if let Some((at, sockets)) = http {
+            spawn_workers(sockets, at.port(), false, &shared, &stop);
         }
-        if let (Some(l), Some(p)) = (https, port(ingress.https)) {
-            ingress
-                .tasks
-                .push(tokio::spawn(serve::serve(l, p, true, shared.clone(), stop.clone())));
+        if let Some((at, sockets)) = https {
+            spawn_workers(sockets, at.port(), true, &shared, &stop);
         }
         let listening = watch::Listening {
             ingress: ingresses::IngressPorts {

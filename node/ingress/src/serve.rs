@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -61,25 +62,36 @@ pub struct Shared {
     certificates: RwLock<Arc<HashMap<SecretRef, Arc<rustls::sign::CertifiedKey>>>>,
     default_certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     failed: Mutex<HashMap<SocketAddrV4, Instant>>,
-    client: Client<HttpConnector, ProxyBody>,
+    /// When the last endpoint failed (ms since `started`; 0: never), so that requests skip the
+    /// lock while none has failed lately.
+    last_failure: AtomicU64,
+    started: Instant,
     limits: Limits,
+}
+
+/// The pooled client to the endpoints: one per listener task, so that a connection to a backend
+/// is driven on the thread that uses it.
+type Upstream = Client<HttpConnector, ProxyBody>;
+
+fn upstream() -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(3)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 impl Shared {
     pub fn new(limits: Limits, default_certificate: Option<Arc<rustls::sign::CertifiedKey>>) -> Arc<Shared> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Arc::new(Shared {
             tables: RwLock::new(Arc::new(Tables::default())),
             certificates: RwLock::new(Arc::new(HashMap::new())),
             default_certificate,
             failed: Mutex::new(HashMap::new()),
-            client,
+            last_failure: AtomicU64::new(0),
+            started: Instant::now(),
             limits,
         })
     }
@@ -97,6 +109,10 @@ impl Shared {
     }
 
     fn recently_failed(&self, endpoint: &SocketAddrV4) -> bool {
+        let last = self.last_failure.load(Ordering::Relaxed);
+        if last == 0 || self.started.elapsed().as_millis() as u64 > last + FAILED_FOR.as_millis() as u64 {
+            return false;
+        }
         let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         failed.get(endpoint).is_some_and(|at| at.elapsed() < FAILED_FOR)
     }
@@ -105,6 +121,8 @@ impl Shared {
         let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         failed.retain(|_, at| at.elapsed() < FAILED_FOR);
         failed.insert(endpoint, Instant::now());
+        self.last_failure
+            .store((self.started.elapsed().as_millis() as u64).max(1), Ordering::Relaxed);
     }
 }
 
@@ -145,6 +163,7 @@ pub fn tls_config(shared: &Arc<Shared>, port: u16) -> Arc<rustls::ServerConfig> 
 /// finish on their own), with TLS when `tls`; requests are routed by the table of `port`.
 pub async fn serve(listener: TcpListener, port: u16, tls: bool, shared: Arc<Shared>, stop: CancellationToken) {
     let acceptor = tls.then(|| tokio_rustls::TlsAcceptor::from(tls_config(&shared, port)));
+    let client = upstream();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -158,13 +177,18 @@ pub async fn serve(listener: TcpListener, port: u16, tls: bool, shared: Arc<Shar
             },
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let relay = Relay {
+            shared: shared.clone(),
+            client: client.clone(),
+            peer,
+            port,
+        };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => connection(TokioIo::new(stream), peer, port, "http", shared).await,
+                None => connection(TokioIo::new(stream), "http", relay).await,
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => connection(TokioIo::new(tls), peer, port, "https", shared).await,
+                    Ok(tls) => connection(TokioIo::new(tls), "https", relay).await,
                     Err(e) => tracing::debug!(%peer, error = %e, "ingress: TLS handshake failed"),
                 },
             }
@@ -172,11 +196,22 @@ pub async fn serve(listener: TcpListener, port: u16, tls: bool, shared: Arc<Shar
     }
 }
 
+/// What a client connection's requests are relayed with.
+#[derive(Clone)]
+struct Relay {
+    shared: Arc<Shared>,
+    client: Upstream,
+    peer: SocketAddr,
+    /// The listener's port: its table routes the requests.
+    port: u16,
+}
+
 /// Serves one client connection (HTTP/1.1 or HTTP/2, upgrades allowed).
-async fn connection<I>(io: TokioIo<I>, peer: SocketAddr, port: u16, scheme: &'static str, shared: Arc<Shared>)
+async fn connection<I>(io: TokioIo<I>, scheme: &'static str, relay: Relay)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (shared, peer) = (relay.shared.clone(), relay.peer);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -187,7 +222,7 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(shared.limits.header_bytes).unwrap_or(u32::MAX));
-    let service = hyper::service::service_fn(move |req| handle(shared.clone(), peer, port, scheme, req));
+    let service = hyper::service::service_fn(move |req| handle(relay.clone(), scheme, req));
     if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
         tracing::debug!(%peer, error = %e, "ingress: connection ended");
     }
@@ -272,13 +307,13 @@ fn location(
     url
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    port: u16,
-    scheme: &'static str,
-    mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let Relay {
+        shared,
+        client,
+        peer,
+        port,
+    } = relay;
     let host = req
         .uri()
         .authority()
@@ -400,7 +435,7 @@ async fn handle(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = headers.clone();
-        match tokio::time::timeout(shared.limits.request_timeout, shared.client.request(up)).await {
+        match tokio::time::timeout(shared.limits.request_timeout, client.request(up)).await {
             Ok(Ok(response)) => {
                 let mut response = respond(response, client_side);
                 action.response_headers.apply(response.headers_mut());
