@@ -164,6 +164,7 @@ impl Nginx {
         let t = Instant::now();
         let reload = Command::new("nginx")
             .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-s", "reload"])
+            .stderr(std::process::Stdio::null())
             .status()
             .unwrap();
         assert!(reload.success(), "nginx -s reload: {}", self.log());

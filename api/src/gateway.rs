@@ -456,3 +456,44 @@ pub struct ReferenceGrantSpec {
     pub from: Vec<ReferenceGrantFrom>,
     pub to: Vec<ReferenceGrantTo>,
 }
+
+/// A Gateway API duration (GEP-2257: `1h`, `30s`, `500ms`, `1m30s`).
+pub fn duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("duration {text:?}: expected a number and h, m, s or ms, such as 30s or 1m30s");
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(1), 2)
+        } else {
+            match rest.bytes().next() {
+                Some(b'h') => (std::time::Duration::from_secs(3600), 1),
+                Some(b'm') => (std::time::Duration::from_secs(60), 1),
+                Some(b's') => (std::time::Duration::from_secs(1), 1),
+                _ => return Err(bad()),
+            }
+        };
+        total += unit * u32::try_from(n).map_err(|_| bad())?;
+        rest = &rest[len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_the_gateway_api_writes_them() {
+        assert_eq!(duration("1m30s"), Ok(std::time::Duration::from_secs(90)));
+        assert_eq!(duration("500ms"), Ok(std::time::Duration::from_millis(500)));
+        assert_eq!(duration("0s"), Ok(std::time::Duration::ZERO));
+        assert!(duration("10").is_err() && duration("").is_err() && duration("1d").is_err());
+    }
+}

@@ -315,6 +315,26 @@ pub async fn heartbeat(
     }
 }
 
+/// Posts a Warning Event about the node itself (best effort).
+pub async fn node_event(api: &ApiClient, node: &str, reason: &str, message: &str) {
+    let involved = json!({"kind": "Node", "apiVersion": "v1", "metadata": {"name": node, "uid": node}});
+    let source = capstan_api::event::Source {
+        component: "kubelet".into(),
+        host: Some(node.to_owned()),
+    };
+    let report = capstan_api::event::Report {
+        involved: &involved,
+        field_path: None,
+        kind: capstan_api::event::EventType::Warning,
+        reason,
+        message,
+    };
+    let event = source.event(&report, &capstan_api::time::now_rfc3339());
+    if let Err(e) = api.create("/api/v1/namespaces/default/events", &event).await {
+        tracing::warn!(node, error = %e, "posting an event about the node failed");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,25 +400,5 @@ mod tests {
             (Some("False"), Some("KubeletNotReady"), Some("t3"))
         );
         assert!(ready["message"].as_str().unwrap().starts_with("container runtime is down"));
-    }
-}
-
-/// Posts a Warning Event about the node itself (best effort).
-pub async fn node_event(api: &ApiClient, node: &str, reason: &str, message: &str) {
-    let involved = json!({"kind": "Node", "apiVersion": "v1", "metadata": {"name": node, "uid": node}});
-    let source = capstan_api::event::Source {
-        component: "kubelet".into(),
-        host: Some(node.to_owned()),
-    };
-    let report = capstan_api::event::Report {
-        involved: &involved,
-        field_path: None,
-        kind: capstan_api::event::EventType::Warning,
-        reason,
-        message,
-    };
-    let event = source.event(&report, &capstan_api::time::now_rfc3339());
-    if let Err(e) = api.create("/api/v1/namespaces/default/events", &event).await {
-        tracing::warn!(node, error = %e, "posting an event about the node failed");
     }
 }

@@ -258,6 +258,13 @@ pub(crate) fn check_http_route(f: &mut Findings, path: &FieldPath, spec: &Value)
             }
         }
         check_filters(f, &at.key("filters"), &rule["filters"]);
+        for field in ["request", "backendRequest"] {
+            if let Some(t) = rule["timeouts"][field].as_str()
+                && let Err(e) = capstan_api::gateway::duration(t)
+            {
+                f.invalid(at.key("timeouts").key(field), e);
+            }
+        }
         for (j, b) in rule["backendRefs"].as_array().into_iter().flatten().enumerate() {
             let bp = at.key("backendRefs").index(j);
             if let Some(w) = b["weight"].as_i64()

@@ -417,6 +417,13 @@ pub fn add(
             .map(|rule| {
                 let mut action = Action::default();
                 apply_filters(rule.filters.as_deref().unwrap_or_default(), &mut action)?;
+                // Each attempt is bounded by the backend timeout, else the request's.
+                let timeouts = rule.timeouts.clone().unwrap_or_default();
+                action.timeout = timeouts
+                    .backend_request
+                    .or(timeouts.request)
+                    .map(|t| capstan_api::gateway::duration(&t))
+                    .transpose()?;
                 for b in rule.backend_refs.iter().flatten() {
                     let bns = b.namespace.clone().unwrap_or_else(|| rns.clone());
                     let kind = (b.group.as_deref().unwrap_or(""), b.kind.as_deref().unwrap_or("Service"));

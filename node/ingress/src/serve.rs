@@ -435,7 +435,14 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = headers.clone();
-        match tokio::time::timeout(shared.limits.request_timeout, client.request(up)).await {
+        let answered = client.request(up);
+        let limit = action.timeout.unwrap_or(shared.limits.request_timeout);
+        let outcome = if limit.is_zero() {
+            Ok(answered.await)
+        } else {
+            tokio::time::timeout(limit, answered).await
+        };
+        match outcome {
             Ok(Ok(response)) => {
                 let mut response = respond(response, client_side);
                 action.response_headers.apply(response.headers_mut());
@@ -456,10 +463,7 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
             Err(_) => {
                 return Ok(answer(
                     StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "backend {} ({endpoint}) did not answer in {:?}\n",
-                        target.name, shared.limits.request_timeout
-                    ),
+                    format!("backend {} ({endpoint}) did not answer in {limit:?}\n", target.name),
                 ));
             }
         }

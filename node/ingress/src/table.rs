@@ -234,6 +234,9 @@ pub struct Action {
     pub response_headers: HeaderEdit,
     pub redirect: Option<Redirect>,
     pub rewrite: Option<Rewrite>,
+    /// How long a backend may take to answer (HTTPRoute `timeouts`; `None`: the listener's
+    /// limit; zero: none).
+    pub timeout: Option<std::time::Duration>,
     /// Smooth weighted round robin (nginx's): each backend's current weight.
     current: Mutex<Vec<i64>>,
 }
