@@ -1,11 +1,12 @@
-//! Ingress on the real node agent, Docker Engine, daemon, kubectl and curl: host and path routing
-//! over HTTP and HTTPS (two hosts, two certificates chosen by SNI), Exact before Prefix and the
-//! longest prefix first, HTTP/2 over ALPN and h2c, a WebSocket echo, the X-Forwarded headers a pod
-//! sees, a missing
-//! backend answered with a 503 naming it and reported in an Event, a path two Ingresses claim
-//! (the older holds it), a missing TLS Secret reported, the addresses in the Ingress's status,
-//! malformed and oversized requests refused, and a rolling update of the backend under load
-//! through the ingress with no failed request.
+//! Ingress and the Gateway API on the real node agent, Docker Engine, daemon, kubectl, curl, wrk
+//! and Python's websocket-client. Ingress: host and path routing over HTTP and HTTPS (two hosts,
+//! two certificates chosen by SNI), Exact before Prefix and the longest prefix first, HTTP/2 over
+//! ALPN and h2c, a WebSocket echo, the X-Forwarded headers a pod sees, a missing backend answered
+//! with a 503 naming it and reported in an Event, a path two Ingresses claim (the older holds it),
+//! a missing TLS Secret reported, the addresses in the Ingress's status, malformed requests and
+//! oversized heads and bodies refused, and a rolling update of the backend under wrk through the
+//! ingress with no failed request. Gateway API: conditions, weighted split, header match,
+//! redirect, rewrite, an HTTPS listener, a held port reported, and a commit moving all traffic.
 
 mod common;
 
@@ -305,6 +306,8 @@ fn ingress_routes_hosts_and_paths_over_http_and_https_and_rolls_without_errors()
     assert!(raw(http, b"NOT HTTP AT ALL\r\n\r\n").contains("400"), "malformed");
     let big = format!("GET / HTTP/1.1\r\nHost: shop.example\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
     assert!(raw(http, big.as_bytes()).contains("431"), "oversized head");
+    let huge = b"POST / HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 209715200\r\n\r\n";
+    assert!(raw(http, huge).contains("413"), "a body over the limit");
 
     // A later Ingress claiming the same host and path: the older keeps it, the later is told.
     c.commit(&[("late.yaml", LATE)], &[], "a second Ingress claims shop.example/");

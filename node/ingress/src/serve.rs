@@ -181,6 +181,7 @@ pub async fn serve(listener: TcpListener, port: u16, tls: bool, shared: Arc<Shar
             shared: shared.clone(),
             client: client.clone(),
             peer,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("")),
             port,
         };
         let acceptor = acceptor.clone();
@@ -202,6 +203,8 @@ struct Relay {
     shared: Arc<Shared>,
     client: Upstream,
     peer: SocketAddr,
+    /// The client's address as a header value (X-Forwarded-For, X-Real-IP).
+    peer_ip: HeaderValue,
     /// The listener's port: its table routes the requests.
     port: u16,
 }
@@ -312,6 +315,7 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
         shared,
         client,
         peer,
+        peer_ip,
         port,
     } = relay;
     let host = req
@@ -387,18 +391,15 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
         headers.insert(header::HOST, h);
     }
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {}", peer.ip())).unwrap_or_else(|_| peer_ip.clone()),
+        None => peer_ip.clone(),
     };
-    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    };
-    set(&mut headers, "x-forwarded-for", &forwarded_for);
-    set(&mut headers, "x-forwarded-proto", scheme);
-    set(&mut headers, "x-forwarded-host", &host);
-    set(&mut headers, "x-real-ip", &peer.ip().to_string());
+    headers.insert(HeaderName::from_static("x-forwarded-for"), forwarded_for);
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(scheme));
+    if let Ok(h) = HeaderValue::from_str(&host) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), h);
+    }
+    headers.insert(HeaderName::from_static("x-real-ip"), peer_ip);
     action.request_headers.apply(&mut headers);
     backend.request_headers.apply(&mut headers);
     let mut path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
@@ -422,7 +423,10 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
         );
     let mut body = Some(body.boxed());
     let mut last_error = String::new();
-    for endpoint in target.order(|e| shared.recently_failed(e)) {
+    let order = target.order(|e| shared.recently_failed(e));
+    let attempts = if replayable { order.len() } else { 1 };
+    let mut headers = Some(headers);
+    for (attempt, endpoint) in order.into_iter().enumerate() {
         let body = match body.take() {
             Some(b) => b,
             None if replayable => Empty::new().map_err(|never| match never {}).boxed(),
@@ -434,7 +438,9 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
         let mut up = Request::new(body);
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
-        *up.headers_mut() = headers.clone();
+        // A copy only while another attempt may need the headers.
+        let this = if attempt + 1 < attempts { headers.clone() } else { headers.take() };
+        *up.headers_mut() = this.unwrap_or_default();
         let answered = client.request(up);
         let limit = action.timeout.unwrap_or(shared.limits.request_timeout);
         let outcome = if limit.is_zero() {

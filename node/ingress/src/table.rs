@@ -367,10 +367,18 @@ impl Table {
     /// The rule for a request: the rules of the most specific host entry that matches, the first
     /// of them that matches the rest.
     pub fn route(&self, r: &Request<'_>) -> Option<&Rule> {
-        let host = normal_host(r.host);
+        // Most Host headers are normal already: no allocation for those.
+        let bare = r.host.split(':').next().unwrap_or_default();
+        let host: std::borrow::Cow<'_, str> =
+            if r.host.starts_with('[') || bare.ends_with('.') || bare.bytes().any(|b| b.is_ascii_uppercase()) {
+                normal_host(r.host).into()
+            } else {
+                bare.into()
+            };
+        let host = host.as_ref();
         let rules = self
             .hosts
-            .get(&host)
+            .get(host)
             .or_else(|| {
                 self.wildcards.iter().find_map(|(suffix, kind, rules)| {
                     let label = host.strip_suffix(suffix.as_str())?.strip_suffix('.')?;
