@@ -302,15 +302,8 @@ pub(crate) fn check_ingress_class(f: &mut Findings, path: &FieldPath, spec: &Val
 
 #[cfg(test)]
 mod tests {
-    use crate::validate::check;
+    use crate::validate::tests::messages;
     use serde_json::{Value, json};
-
-    fn messages(kind: &str, object: Value) -> Vec<String> {
-        check(kind, &object)
-            .into_iter()
-            .map(|f| format!("{}: {}", f.path, f.message))
-            .collect()
-    }
 
     fn ingress(rule: Value) -> Value {
         json!({"metadata": {"name": "web"}, "spec": {"rules": [rule]}})

@@ -363,15 +363,8 @@ pub fn missing_role_note(binding: &Value, exists: &dyn Fn(&str, &str, &str) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::check;
+    use crate::validate::tests::messages;
     use serde_json::json;
-
-    fn messages(kind: &str, object: Value) -> Vec<String> {
-        check(kind, &object)
-            .into_iter()
-            .map(|f| format!("{}: {}", f.path, f.message))
-            .collect()
-    }
 
     #[test]
     fn typos_in_rules_are_named_with_the_likely_word() {

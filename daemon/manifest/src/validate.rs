@@ -866,11 +866,12 @@ fn check_service(f: &mut Findings, path: &FieldPath, spec: &Value) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn messages(kind: &str, v: Value) -> Vec<String> {
+    /// What `check` says of an object, as `path: message` lines (for the checks' tests).
+    pub(crate) fn messages(kind: &str, v: Value) -> Vec<String> {
         check(kind, &v).into_iter().map(|f| format!("{}: {}", f.path, f.message)).collect()
     }
 

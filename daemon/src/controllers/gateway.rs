@@ -12,11 +12,10 @@ use capstan_ingress::gateway::{self, Cond};
 use capstan_ingress::table::Tables;
 use capstan_runtime::{Action, Reconciler};
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::ingress::typed;
 use super::{Controller, watches};
-use crate::cache::Cache;
 use crate::context::{Context, kind};
 use crate::objects::ObjectError;
 
@@ -45,14 +44,6 @@ pub fn controller(ctx: &Context) -> Controller<(), GatewayController> {
         .map(all)
         .collect(),
     }
-}
-
-fn typed<T: DeserializeOwned>(cache: &Cache, plural: &str) -> Vec<T> {
-    let (entries, _) = cache.list(kind(plural), None);
-    entries
-        .iter()
-        .filter_map(|e| serde_json::from_value((*e.object).clone()).ok())
-        .collect()
 }
 
 /// Conditions as the API writes them: a transition time kept while the status stays the same.

@@ -16,7 +16,6 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::util::NsName;
 use super::{Controller, watches};
 use crate::cache::Cache;
 use crate::context::{Context, kind};
@@ -28,18 +27,10 @@ pub struct IngressController {
     events: Recorder,
 }
 
-/// Every Ingress: whether one is served, and how, depends on the others (claims), Services,
-/// classes and nodes.
-fn all_ingresses(cache: &Arc<Cache>) -> Vec<NsName> {
-    let (ingresses, _) = cache.list(kind("ingresses"), None);
-    ingresses.iter().map(|e| (e.namespace.clone(), e.name.clone())).collect()
-}
-
-pub fn controller(ctx: &Context) -> Controller<NsName, IngressController> {
-    let trigger = |plural: &str| {
-        let cache = ctx.cache.clone();
-        watches(plural, move |_: &Value| all_ingresses(&cache))
-    };
+/// One key for all: whether an Ingress is served, and how, depends on the others (claims),
+/// Services, classes, Secrets and nodes; one reconcile builds the report once per burst.
+pub fn controller(ctx: &Context) -> Controller<(), IngressController> {
+    let all = |plural: &str| watches(plural, |_: &Value| vec![()]);
     Controller {
         name: "ingress",
         reconciler: IngressController {
@@ -47,18 +38,16 @@ pub fn controller(ctx: &Context) -> Controller<NsName, IngressController> {
             events: Recorder::new(ctx.objects.clone(), "ingress-controller", None),
         },
         workers: 1,
-        triggers: vec![
-            trigger("ingresses"),
-            trigger("ingressclasses"),
-            trigger("services"),
-            trigger("nodes"),
-            trigger("secrets"),
-        ],
+        triggers: ["ingresses", "ingressclasses", "services", "nodes", "secrets"]
+            .into_iter()
+            .map(all)
+            .collect(),
     }
 }
 
-fn typed<T: DeserializeOwned>(cache: &Cache, plural: &str, namespace: Option<&str>) -> Vec<T> {
-    let (entries, _) = cache.list(kind(plural), namespace);
+/// Every object of `plural` as the typed `T` (those that do not decode are left out).
+pub fn typed<T: DeserializeOwned>(cache: &Cache, plural: &str) -> Vec<T> {
+    let (entries, _) = cache.list(kind(plural), None);
     entries
         .iter()
         .filter_map(|e| serde_json::from_value((*e.object).clone()).ok())
@@ -100,59 +89,58 @@ pub fn tls_problem(cache: &Cache, namespace: &str, name: &str) -> Option<String>
         .map(|e| format!("TLS secret {namespace}/{name} cannot be served: {e}"))
 }
 
-impl Reconciler<NsName> for IngressController {
+impl Reconciler<()> for IngressController {
     type Error = ObjectError;
 
-    async fn reconcile(&self, (ns, name): NsName) -> Result<Action, ObjectError> {
+    async fn reconcile(&self, _: ()) -> Result<Action, ObjectError> {
         let ctx = &self.ctx;
         ctx.caught_up().await;
-        let Some(entry) = ctx.cache.get(kind("ingresses"), &ns, &name) else {
-            return Ok(Action::AwaitChange);
-        };
-        let ingresses: Vec<Ingress> = typed(&ctx.cache, "ingresses", None);
-        let classes: Vec<IngressClass> = typed(&ctx.cache, "ingressclasses", None);
-        let services: Vec<Service> = typed(&ctx.cache, "services", None);
+        let ingresses: Vec<Ingress> = typed(&ctx.cache, "ingresses");
+        let classes: Vec<IngressClass> = typed(&ctx.cache, "ingressclasses");
+        let services: Vec<Service> = typed(&ctx.cache, "services");
         let mut backends = Backends::new(&services, []);
         let ports = ingresses::IngressPorts {
             http: Some(80),
             https: Some(443),
         };
         let report = ingresses::add(&mut Tables::default(), ports, &ingresses, &classes, &mut backends);
-        let id = format!("{ns}/{name}");
-        if !report.served.contains(&id) {
-            return Ok(Action::AwaitChange);
-        }
-        let object = &entry.object;
-        for m in report.missing.iter().filter(|m| m.ingress == id) {
-            self.events.record(object, EventType::Warning, "BackendNotFound", &m.message);
-        }
-        for c in report.conflicts.iter().filter(|c| c.ingress == id) {
-            self.events.record(
-                object,
-                EventType::Warning,
-                "HostPathConflict",
-                format!(
-                    "host {:?} path {} is held by Ingress {} (the older claim wins)",
-                    c.host, c.path, c.holder
-                ),
-            );
-        }
-        let secrets = object["spec"]["tls"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t["secretName"].as_str());
-        for secret in secrets {
-            if let Some(problem) = tls_problem(&ctx.cache, &ns, secret) {
-                self.events.record(object, EventType::Warning, "InvalidTLSSecret", problem);
-            }
-        }
         let (nodes, _) = ctx.cache.list(kind("nodes"), None);
         let nodes: Vec<Arc<Value>> = nodes.iter().map(|e| e.object.clone()).collect();
         let addresses: Vec<Value> = node_addresses(&nodes).into_iter().map(|ip| json!({"ip": ip})).collect();
-        ctx.objects
-            .merge_status(kind("ingresses"), object, &json!({"loadBalancer": {"ingress": addresses}}))
-            .await?;
+        for id in &report.served {
+            let (ns, name) = id.split_once('/').unwrap_or_default();
+            let Some(entry) = ctx.cache.get(kind("ingresses"), ns, name) else {
+                continue;
+            };
+            let object = &entry.object;
+            for m in report.missing.iter().filter(|m| m.ingress == *id) {
+                self.events.record(object, EventType::Warning, "BackendNotFound", &m.message);
+            }
+            for c in report.conflicts.iter().filter(|c| c.ingress == *id) {
+                self.events.record(
+                    object,
+                    EventType::Warning,
+                    "HostPathConflict",
+                    format!(
+                        "host {:?} path {} is held by Ingress {} (the older claim wins)",
+                        c.host, c.path, c.holder
+                    ),
+                );
+            }
+            let secrets = object["spec"]["tls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["secretName"].as_str());
+            for secret in secrets {
+                if let Some(problem) = tls_problem(&ctx.cache, ns, secret) {
+                    self.events.record(object, EventType::Warning, "InvalidTLSSecret", problem);
+                }
+            }
+            ctx.objects
+                .merge_status(kind("ingresses"), object, &json!({"loadBalancer": {"ingress": addresses}}))
+                .await?;
+        }
         Ok(Action::AwaitChange)
     }
 }

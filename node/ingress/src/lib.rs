@@ -17,8 +17,6 @@ pub mod watch;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::serve::Shared;
-
 use tokio::net::TcpSocket;
 use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
@@ -67,57 +65,16 @@ impl std::fmt::Debug for Ingress {
     }
 }
 
-/// A listener's sockets: one per worker thread, all on one address (SO_REUSEPORT: the kernel
-/// spreads the connections), or why the address cannot be bound.
-fn bind(what: &str, address: Option<SocketAddr>, workers: usize, problems: &mut Vec<String>) -> Option<(SocketAddr, Vec<TcpSocket>)> {
+/// Binds `address` for every worker thread, or says why not.
+fn bind(what: &str, address: Option<SocketAddr>, problems: &mut Vec<String>) -> Option<(SocketAddr, Vec<TcpSocket>)> {
     let address = address?;
-    let socket = |at: SocketAddr| -> std::io::Result<TcpSocket> {
-        let s = if at.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        s.set_reuseaddr(true)?;
-        s.set_reuseport(true)?;
-        s.bind(at)?;
-        Ok(s)
-    };
-    let bound = socket(address).and_then(|first| {
-        let at = first.local_addr()?;
-        let mut all = vec![first];
-        for _ in 1..workers {
-            all.push(socket(at)?);
-        }
-        Ok((at, all))
-    });
-    match bound {
+    match serve::bind(address) {
         Ok(b) => Some(b),
         Err(e) => {
             let problem = format!("the ingress's {what} listener cannot bind {address}: {e}");
             tracing::error!("{problem}");
             problems.push(problem);
             None
-        }
-    }
-}
-
-/// Serves a listener on `workers` threads, each with a runtime of its own (as nginx runs a
-/// worker per core): a connection, its requests and its pooled backend connections stay on one
-/// thread, with no hand-offs between threads.
-fn spawn_workers(sockets: Vec<TcpSocket>, port: u16, tls: bool, shared: &Arc<Shared>, stop: &CancellationToken) {
-    for (i, socket) in sockets.into_iter().enumerate() {
-        let (shared, stop) = (shared.clone(), stop.clone());
-        let name = format!("ingress-{port}-{i}");
-        let started = std::thread::Builder::new().name(name).spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            match runtime {
-                Ok(rt) => rt.block_on(async move {
-                    match socket.listen(1024) {
-                        Ok(l) => serve::serve(l, port, tls, shared, stop).await,
-                        Err(e) => tracing::error!(port, error = %e, "ingress: listen failed"),
-                    }
-                }),
-                Err(e) => tracing::error!(error = %e, "ingress: cannot start a worker runtime"),
-            }
-        });
-        if let Err(e) = started {
-            tracing::error!(error = %e, "ingress: cannot start a worker thread");
         }
     }
 }
@@ -129,9 +86,8 @@ impl Ingress {
         let shared = serve::Shared::new(config.limits, Some(Arc::new(tls::default_certificate())));
         let stop = CancellationToken::new();
         let mut problems = Vec::new();
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let http = bind("HTTP", config.http, workers, &mut problems);
-        let https = bind("HTTPS", config.https, workers, &mut problems);
+        let http = bind("HTTP", config.http, &mut problems);
+        let https = bind("HTTPS", config.https, &mut problems);
         let (applied_tx, applied) = channel::channel(0);
         let mut ingress = Ingress {
             stop: stop.clone(),
@@ -143,10 +99,10 @@ impl Ingress {
         };
         let port = |a: Option<SocketAddr>| a.map(|a| a.port());
         if let Some((at, sockets)) = http {
-            spawn_workers(sockets, at.port(), false, &shared, &stop);
+            serve::spawn_workers(sockets, at.port(), false, &shared, &stop);
         }
         if let Some((at, sockets)) = https {
-            spawn_workers(sockets, at.port(), true, &shared, &stop);
+            serve::spawn_workers(sockets, at.port(), true, &shared, &stop);
         }
         let listening = watch::Listening {
             ingress: ingresses::IngressPorts {

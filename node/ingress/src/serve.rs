@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,8 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::table::{self, SecretRef, Tables};
@@ -34,10 +35,13 @@ pub struct Limits {
     pub header_bytes: usize,
     /// The largest request body accepted (by its Content-Length); larger gets 413.
     pub body_bytes: u64,
-    /// How long a client may take to send a request's head.
+    /// How long a client may take for its TLS handshake, its first request, and each request's
+    /// head (idle keep-alive connections are closed after it too).
     pub header_timeout: Duration,
     /// How long a backend may take to start its answer; then 504.
     pub request_timeout: Duration,
+    /// Client connections one listener serves at once; more wait in the kernel's backlog.
+    pub connections: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +51,7 @@ impl Default for Limits {
             body_bytes: 100 * 1024 * 1024,
             header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
+            connections: 4096,
         }
     }
 }
@@ -159,12 +164,68 @@ pub fn tls_config(shared: &Arc<Shared>, port: u16) -> Arc<rustls::ServerConfig> 
     Arc::new(config)
 }
 
-/// Accepts connections on `listener` until `stop` (then stops accepting; open connections
-/// finish on their own), with TLS when `tls`; requests are routed by the table of `port`.
-pub async fn serve(listener: TcpListener, port: u16, tls: bool, shared: Arc<Shared>, stop: CancellationToken) {
+/// The listener threads: one per core.
+fn workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Binds `address` once per worker thread (SO_REUSEPORT: the kernel spreads the connections);
+/// the address bound (the port chosen when 0 was asked for) and the sockets.
+pub fn bind(address: SocketAddr) -> std::io::Result<(SocketAddr, Vec<TcpSocket>)> {
+    let socket = |at: SocketAddr| -> std::io::Result<TcpSocket> {
+        let s = if at.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        s.set_reuseaddr(true)?;
+        s.set_reuseport(true)?;
+        s.bind(at)?;
+        Ok(s)
+    };
+    let first = socket(address)?;
+    let at = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..workers() {
+        all.push(socket(at)?);
+    }
+    Ok((at, all))
+}
+
+/// Serves a listener's sockets, each on a thread with a runtime of its own (as nginx runs a
+/// worker per core): a connection, its requests and its pooled backend connections stay on one
+/// thread, with no hand-offs between threads. They stop with `stop`.
+pub fn spawn_workers(sockets: Vec<TcpSocket>, port: u16, tls: bool, shared: &Arc<Shared>, stop: &CancellationToken) {
+    let count = sockets.len();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        let name = format!("ingress-{port}-{i}");
+        let started = std::thread::Builder::new().name(name).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match runtime {
+                Ok(rt) => rt.block_on(async move {
+                    match socket.listen(1024) {
+                        Ok(l) => serve(l, port, tls, (shared.limits.connections / count).max(1), shared, stop).await,
+                        Err(e) => tracing::error!(port, error = %e, "ingress: listen failed"),
+                    }
+                }),
+                Err(e) => tracing::error!(error = %e, "ingress: cannot start a worker runtime"),
+            }
+        });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "ingress: cannot start a worker thread");
+        }
+    }
+}
+
+/// Accepts up to `connections` at once on `listener` until `stop` (then stops accepting; open
+/// connections finish on their own), with TLS when `tls`; requests are routed by the table of
+/// `port`.
+async fn serve(listener: TcpListener, port: u16, tls: bool, connections: usize, shared: Arc<Shared>, stop: CancellationToken) {
     let acceptor = tls.then(|| tokio_rustls::TlsAcceptor::from(tls_config(&shared, port)));
     let client = upstream();
+    let slots = Arc::new(Semaphore::new(connections));
     loop {
+        let slot = tokio::select! {
+            _ = stop.cancelled() => return,
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+        };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -185,12 +246,15 @@ pub async fn serve(listener: TcpListener, port: u16, tls: bool, shared: Arc<Shar
             port,
         };
         let acceptor = acceptor.clone();
+        let deadline = shared.limits.header_timeout;
         tokio::spawn(async move {
+            let _slot = slot;
             match acceptor {
                 None => connection(TokioIo::new(stream), "http", relay).await,
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => connection(TokioIo::new(tls), "https", relay).await,
-                    Err(e) => tracing::debug!(%peer, error = %e, "ingress: TLS handshake failed"),
+                Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => connection(TokioIo::new(tls), "https", relay).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "ingress: TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "ingress: TLS handshake timed out"),
                 },
             }
         });
@@ -225,8 +289,29 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(shared.limits.header_bytes).unwrap_or(u32::MAX));
-    let service = hyper::service::service_fn(move |req| handle(relay.clone(), scheme, req));
-    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+    // A connection must bring its first request in time (hyper's head timer starts only once
+    // the protocol is known, which takes the client's first bytes).
+    let asked = Arc::new(AtomicBool::new(false));
+    let first = asked.clone();
+    let service = hyper::service::service_fn(move |req| {
+        first.store(true, Ordering::Relaxed);
+        handle(relay.clone(), scheme, req)
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => Some(ended),
+        _ = tokio::time::sleep(shared.limits.header_timeout) => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None if !asked.load(Ordering::Relaxed) => {
+            tracing::debug!(%peer, "ingress: no request in time; closing");
+            return;
+        }
+        None => conn.await,
+    };
+    if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "ingress: connection ended");
     }
 }

@@ -17,7 +17,6 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -81,7 +80,7 @@ struct Listeners {
 impl Listeners {
     /// Binds the ports `wanted` asks for that the Ingress listeners do not serve, and stops those
     /// no longer wanted; a port that cannot be bound is said once and tried at the next change.
-    async fn reconcile(&mut self, wanted: &BTreeMap<u16, bool>, listening: Listening, shared: &Arc<Shared>, stop: &CancellationToken) {
+    fn reconcile(&mut self, wanted: &BTreeMap<u16, bool>, listening: Listening, shared: &Arc<Shared>, stop: &CancellationToken) {
         let ingress = [listening.ingress.http, listening.ingress.https];
         self.running.retain(|port, token| {
             let keep = wanted.contains_key(port);
@@ -94,10 +93,10 @@ impl Listeners {
             if ingress.contains(&Some(port)) || self.running.contains_key(&port) {
                 continue;
             }
-            match TcpListener::bind(SocketAddr::new(listening.address, port)).await {
-                Ok(l) => {
+            match serve::bind(SocketAddr::new(listening.address, port)) {
+                Ok((_, sockets)) => {
                     let token = stop.child_token();
-                    tokio::spawn(serve::serve(l, port, tls, shared.clone(), token.clone()));
+                    serve::spawn_workers(sockets, port, tls, shared, &token);
                     self.running.insert(port, token);
                     self.failed.remove(&port);
                     tracing::info!(port, tls, "gateway listener bound");
@@ -174,7 +173,7 @@ pub async fn follow(client: kube::Client, shared: Arc<Shared>, listening: Listen
                 &mut backends,
             );
             tables.finish();
-            listeners.reconcile(&report.ports, listening, &shared, &stop).await;
+            listeners.reconcile(&report.ports, listening, &shared, &stop);
             let wanted = tables.secrets();
             let before = loaded.pairs.len();
             loaded.pairs.retain(|k, _| wanted.contains(k));
