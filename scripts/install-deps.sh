@@ -21,6 +21,13 @@ command -v zstd >/dev/null || need+=(zstd)
 # The ingress benchmark: wrk drives the load; nginx, configured by the benchmark, is the peer.
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null && [ -x /usr/sbin/nginx ] || need+=(nginx)
+# The etcd store backend: the etcd client crate builds its gRPC stubs with protoc; the store
+# and high-availability tests start real etcd members (etcdctl checks them).
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+# ...and the well-known types its protos import (google/protobuf/descriptor.proto).
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
 
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
@@ -40,7 +47,7 @@ if ((${#need[@]})); then
         target=(-t "$codename-backports")
         need+=(qemu-utils)
     fi
-    # Packaged servers (nginx) must not start on install: they would hold ports the tests and
+    # Packaged servers (nginx, etcd) must not start on install: they would hold ports the tests and
     # `capstan up` use (the benchmark starts its own nginx).
     policy=/usr/sbin/policy-rc.d
     made_policy=false

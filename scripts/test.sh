@@ -45,7 +45,7 @@ fi
 
 step "benchmarks (quick mode)"
 cargo bench --locked -p capstan-git --bench loader -- --quick
-cargo bench --locked -p capstan-daemon --bench api -- --quick
+cargo bench --locked -p capstan-daemon --bench api -- --quick --store etcd
 cargo bench --locked -p capstan-scheduler --bench scheduler -- --quick
 cargo bench --locked -p capstan-daemon --bench controllers -- --quick
 cargo bench --locked --bench pod_start -- --quick

@@ -91,6 +91,8 @@ enum Command {
         /// that commit by a commit of Capstan's own on the branch (pushed, for a remote).
         #[arg(long)]
         revert_failed_rollouts: bool,
+        #[command(flatten)]
+        store: Box<commands::store::StoreArgs>,
     },
     /// A node agent (and the proxy) joining a running daemon.
     Node(Box<commands::node::Args>),
@@ -194,6 +196,7 @@ fn main() -> ExitCode {
             horizontal_pod_autoscaler_sync_period,
             kustomize,
             revert_failed_rollouts,
+            store,
         } => commands::daemon::run(commands::daemon::Args {
             repo,
             branch,
@@ -209,6 +212,7 @@ fn main() -> ExitCode {
             horizontal_pod_autoscaler_sync_period,
             kustomize,
             revert_failed_rollouts,
+            store: *store,
         }),
         Command::Node(args) => commands::node::run(*args),
         Command::Status { repo, output } => commands::status::run(&repo, output),

@@ -236,14 +236,38 @@ const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, name
 
 #[test]
 fn a_daemon_killed_mid_rollout_converges_without_duplicates() {
+    daemon_killed_mid_rollout(
+        "a_daemon_killed_mid_rollout_converges_without_duplicates",
+        "gitops-daemon-kill",
+        "10.208.0.0/16",
+        &[],
+    );
+}
+
+/// The same with the cluster's store on etcd: what the daemon knows after the restart comes
+/// from etcd alone.
+#[test]
+fn a_daemon_on_etcd_killed_mid_rollout_converges_without_duplicates() {
+    let (_etcd_dir, etcd) = common::etcd(1);
+    daemon_killed_mid_rollout(
+        "a_daemon_on_etcd_killed_mid_rollout_converges_without_duplicates",
+        "gitops-etcd-kill",
+        "10.222.0.0/16",
+        &["--store", &etcd.url()],
+    );
+}
+
+fn daemon_killed_mid_rollout(test: &str, label: &str, cidr: &str, extra: &[&str]) {
     // A fixed address, so that the node agent finds the restarted daemon.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["--cluster-cidr", cidr, "--listen", &listen];
+    args.extend_from_slice(extra);
     let Some((run, mut c)) = docker_cluster(
-        "a_daemon_killed_mid_rollout_converges_without_duplicates",
-        "gitops-daemon-kill",
+        test,
+        label,
         &[("ns.yaml", NAMESPACE), ("web.yaml", &web("4", "blue")), ("svc.yaml", SERVICE)],
-        &["--cluster-cidr", "10.208.0.0/16", "--listen", &listen],
+        &args,
     ) else {
         return;
     };

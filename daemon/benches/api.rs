@@ -6,13 +6,20 @@
 //! - LIST of 10,000 pods as JSON and as a Table: p50 and p99;
 //! - watch fan-out: delay from a write to its arrival at each of 100 watchers.
 //!
-//! `cargo bench -p capstan-daemon --bench api` (add `-- --quick` for the small run CI does).
+//! With `--store etcd` it starts a one-member etcd on loopback and measures, in the same run:
+//! raw etcd puts (the etcd client alone: the physical limit) and Capstan's store writes on etcd
+//! with 1 and 64 writers, then creates, GET, LIST and watch fan-out again with the daemon's
+//! store on etcd, beside the redb figures.
+//!
+//! `cargo bench -p capstan-daemon --bench api [-- --store etcd]` (add `--quick` for the small
+//! run CI does).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capstan_daemon::{Daemon, DaemonConfig};
-use capstan_store::{RedbStore, Store, Txn};
+use capstan_daemon::{Daemon, DaemonConfig, StoreChoice};
+use capstan_store::local_etcd::LocalEtcd;
+use capstan_store::{EtcdConfig, EtcdStore, RedbStore, Store, Txn};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::json;
@@ -59,8 +66,8 @@ async fn fetch(c: &kube::Client, path: &str, accept: &str) -> usize {
     resp.into_body().collect().await.unwrap().to_bytes().len()
 }
 
-async fn store_throughput(dir: &std::path::Path, writers: usize, per_writer: usize) -> f64 {
-    let store = Arc::new(RedbStore::open(&dir.join(format!("w{writers}.redb"))).unwrap());
+/// Durable writes per second of `writers` concurrent writers, each writing 1 KiB values.
+async fn store_throughput(store: Arc<dyn Store>, writers: usize, per_writer: usize) -> f64 {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
@@ -68,6 +75,25 @@ async fn store_throughput(dir: &std::path::Path, writers: usize, per_writer: usi
         tasks.push(tokio::spawn(async move {
             for i in 0..per_writer {
                 s.txn(Txn::default().put(format!("/k/{w}/{i}"), vec![b'x'; 1024])).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (writers * per_writer) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The same with the etcd client alone: plain puts, what etcd itself can take here.
+async fn raw_etcd_puts(etcd: &LocalEtcd, writers: usize, per_writer: usize) -> f64 {
+    let client = etcd_client::Client::connect(etcd.endpoints(), None).await.unwrap();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut kv = client.kv_client();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                kv.put(format!("/raw/{w}/{i}"), vec![b'x'; 1024], None).await.unwrap();
             }
         }));
     }
@@ -115,6 +141,8 @@ async fn get_latencies_as(kubeconfig: &std::path::Path, rounds: usize) -> Vec<Du
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
+    let args: Vec<String> = std::env::args().collect();
+    let on_etcd = args.windows(2).any(|w| w[0] == "--store" && w[1] == "etcd") || args.iter().any(|a| a == "--store=etcd");
     let pods = if quick { 1_000 } else { 10_000 };
     let rounds = if quick { 5 } else { 20 };
     let dir = tempfile::tempdir().unwrap();
@@ -122,21 +150,52 @@ async fn main() {
         "API benchmark{}: {pods} pods, HTTPS on loopback",
         if quick { " (quick)" } else { "" }
     );
-
-    let one = store_throughput(dir.path(), 1, if quick { 100 } else { 500 }).await;
-    let many = store_throughput(dir.path(), 64, if quick { 20 } else { 100 }).await;
+    let (one_n, many_n) = if quick { (100, 20) } else { (500, 100) };
+    let redb = |name: &str| -> Arc<dyn Store> { Arc::new(RedbStore::open(&dir.path().join(name)).unwrap()) };
+    let one = store_throughput(redb("w1.redb"), 1, one_n).await;
+    let many = store_throughput(redb("w64.redb"), 64, many_n).await;
     println!("  store writes (durable), 1 writer              {one:>9.0} /s");
     println!("  store writes (durable), 64 writers            {many:>9.0} /s   (group commit)");
+    let etcd = if on_etcd {
+        let etcd = LocalEtcd::start(&dir.path().join("etcd"), 1).await.unwrap();
+        let config = EtcdConfig::parse(&etcd.url()).unwrap();
+        for (writers, per) in [(1, one_n), (64, many_n)] {
+            let raw = raw_etcd_puts(&etcd, writers, per).await;
+            let mut c = config.clone();
+            c.prefix = format!("/bench{writers}");
+            let ours = store_throughput(Arc::new(EtcdStore::open(c).await.unwrap()), writers, per).await;
+            println!(
+                "  etcd: store writes, {writers:>2} writer{}            {ours:>9.0} /s   raw etcd puts {raw:>6.0} /s   {:.2}x   target >= 0.8x",
+                if writers == 1 { " " } else { "s" },
+                ours / raw
+            );
+        }
+        Some((etcd, config))
+    } else {
+        None
+    };
 
-    let repo = dir.path().join("repo");
+    daemon_figures(dir.path(), "redb", StoreChoice::Redb, pods, rounds, true).await;
+    if let Some((_etcd, config)) = etcd {
+        daemon_figures(dir.path(), "etcd", StoreChoice::Etcd(config), pods, rounds, false).await;
+    }
+}
+
+/// Creates, GET, LIST and watch fan-out with the daemon's store on `store`; with `all`, also
+/// the figures the store does not change (idle connections, RBAC).
+async fn daemon_figures(base: &std::path::Path, label: &str, store: StoreChoice, pods: usize, rounds: usize, all: bool) {
+    println!("  -- daemon on {label}");
+    let dir = base.join(label);
+    let repo = dir.join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     let git = |args: &[&str]| {
         capstan_git::fixture::git(&repo, args);
     };
     git(&["init", "-q"]);
     git(&["commit", "-q", "--allow-empty", "-m", "empty"]);
-    let mut config = DaemonConfig::new(repo.to_str().unwrap(), dir.path().join("data"));
+    let mut config = DaemonConfig::new(repo.to_str().unwrap(), dir.join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
+    config.store = store;
     let d = Daemon::start(config).await.unwrap();
     let kind = capstan_api::kinds::by_name("pods").unwrap();
     // Pods are admitted only into namespaces that exist.
@@ -169,17 +228,37 @@ async fn main() {
     );
     d.cache.wait_for(d.store.revision()).await;
 
-    let c = client(&d).await;
+    if !all {
+        let lat = get_latencies(&d, rounds).await;
+        let mut p99 = Vec::new();
+        for _ in 0..3 {
+            p99.push(pct(&get_latencies(&d, rounds).await, 0.99));
+        }
+        p99.sort();
+        println!(
+            "  GET one pod, 64 concurrent clients   p50 {:>9}  p99 {:>9}   target p99 < 10 ms",
+            ms(pct(&lat, 0.5)),
+            ms(p99[1])
+        );
+    } else {
+        server_figures(&d, &dir, rounds).await;
+    }
+    list_and_watch(&d, pods, rounds).await;
+    d.shutdown().await;
+}
+
+/// GET with and without 2,000 idle connections, and as a person whom RBAC restricts.
+async fn server_figures(d: &Daemon, dir: &std::path::Path, rounds: usize) {
     // GET: 64 concurrent clients, each on its own connection; then again with 2,000 idle
     // connections held open (clients that connect and send nothing).
     // A first round warms the server up (allocator, caches), so that both figures are warm.
     // Then rounds without and with the idle connections, alternately (the machine's noise hits
     // both alike), each with fresh idle connections (the server closes them after 10 s).
-    get_latencies(&d, rounds).await;
+    get_latencies(d, rounds).await;
     let (mut without, mut with) = (Vec::new(), Vec::new());
     let mut last = Vec::new();
     for _ in 0..3 {
-        let lat = get_latencies(&d, rounds).await;
+        let lat = get_latencies(d, rounds).await;
         without.push(pct(&lat, 0.99));
         last = lat;
         let mut idle = Vec::with_capacity(2000);
@@ -188,7 +267,7 @@ async fn main() {
         }
         // Connected in the kernel is not yet accepted by the server: let it take them all first.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        with.push(pct(&get_latencies(&d, rounds).await, 0.99));
+        with.push(pct(&get_latencies(d, rounds).await, 0.99));
         drop(idle);
     }
     without.sort();
@@ -241,14 +320,14 @@ async fn main() {
     d.cache.wait_for(d.store.revision()).await;
     // The policy follows the cache at once; give it a moment to have compiled the last change.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ca = capstan_daemon::pki::Ca::load_or_create(&dir.path().join("data/pki")).unwrap();
+    let ca = capstan_daemon::pki::Ca::load_or_create(&dir.join("data/pki")).unwrap();
     let cert = ca.issue_user("reader", &["readers".to_owned()], 3600).unwrap();
-    let reader = dir.path().join("reader.kubeconfig");
+    let reader = dir.join("reader.kubeconfig");
     capstan_daemon::kubeconfig::write_certificate(&reader, &d.url(), &ca.cert_pem, "reader", &cert.cert_pem, &cert.key_pem).unwrap();
     get_latencies_as(&reader, rounds).await;
     let (mut admin, mut rbac) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        admin.push(pct(&get_latencies(&d, rounds).await, 0.99));
+        admin.push(pct(&get_latencies(d, rounds).await, 0.99));
         rbac.push(pct(&get_latencies_as(&reader, rounds).await, 0.99));
     }
     admin.sort();
@@ -259,6 +338,12 @@ async fn main() {
         ms(admin[1]),
         rbac[1].as_secs_f64() / admin[1].as_secs_f64()
     );
+}
+
+/// LIST of every pod (JSON and Table), and watch fan-out to 100 watchers.
+async fn list_and_watch(d: &Daemon, pods: usize, rounds: usize) {
+    let c = client(d).await;
+    let kind = capstan_api::kinds::by_name("pods").unwrap();
 
     for (label, accept) in [
         ("JSON", "application/json"),
@@ -285,7 +370,7 @@ async fn main() {
     let rev = d.store.revision();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String, Instant)>();
     for w in 0..watchers {
-        let c = client(&d).await;
+        let c = client(d).await;
         let tx = tx.clone();
         tokio::spawn(async move {
             let req = http::Request::get(format!("/api/v1/namespaces/fanout/pods?watch=1&resourceVersion={rev}"))
@@ -334,5 +419,4 @@ async fn main() {
         ms(pct(&delays, 0.99)),
         ms(*delays.last().unwrap())
     );
-    d.shutdown().await;
 }

@@ -75,6 +75,19 @@ pub struct DaemonConfig {
     pub webhook_secret: Option<Vec<u8>>,
     /// `--kustomize`: the kustomize that builds the tree's roots; `None`: the one found.
     pub kustomize: Option<PathBuf>,
+    /// Where the cluster's objects are kept.
+    pub store: StoreChoice,
+}
+
+/// Where the cluster's objects are kept (`--store`).
+#[derive(Clone, Debug, Default)]
+pub enum StoreChoice {
+    /// The embedded store in `DATA_DIR/store.redb`: one machine.
+    #[default]
+    Redb,
+    /// An etcd cluster, which several control-plane replicas may share.
+    #[cfg(feature = "etcd")]
+    Etcd(capstan_store::EtcdConfig),
 }
 
 impl DaemonConfig {
@@ -97,6 +110,7 @@ impl DaemonConfig {
             revert_failed_rollouts: false,
             webhook_secret: None,
             kustomize: None,
+            store: StoreChoice::Redb,
         }
     }
 }
@@ -129,11 +143,15 @@ fn sealed_prefixes() -> Vec<String> {
     vec![secrets.clone(), format!("{}{secrets}", sync::APPLIED_PREFIX)]
 }
 
-/// Opens the embedded store with Secrets encrypted at rest (a keyring is made on first start);
-/// values not sealed with the keyring's first key (written before, or with an older key) are
-/// sealed again now.
-async fn open_store(data: &std::path::Path) -> Result<Arc<dyn Store>, DaemonError> {
-    let raw: Arc<dyn Store> = Arc::new(RedbStore::open(&data.join("store.redb"))?);
+/// Opens the store with Secrets encrypted at rest (a keyring is made on first start); values
+/// not sealed with the keyring's first key (written before, or with an older key) are sealed
+/// again now.
+async fn open_store(data: &std::path::Path, choice: &StoreChoice) -> Result<Arc<dyn Store>, DaemonError> {
+    let raw: Arc<dyn Store> = match choice {
+        StoreChoice::Redb => Arc::new(RedbStore::open(&data.join("store.redb"))?),
+        #[cfg(feature = "etcd")]
+        StoreChoice::Etcd(config) => Arc::new(capstan_store::EtcdStore::open(config.clone()).await?),
+    };
     let path = data.join(ENCRYPTION_KEYS);
     if !path.exists() {
         pki::write_private(&path, &capstan_store::Keyring::generate("key1"))?;
@@ -196,7 +214,7 @@ impl Daemon {
                 source,
             })?;
         }
-        let store = open_store(data).await?;
+        let store = open_store(data, &config.store).await?;
         let ca = Arc::new(Ca::load_or_create(&data.join("pki"))?);
         let tokens = LocalTokens::load_or_create(data)?;
         let auth = Arc::new(Authenticator::new(&tokens, store.clone())?);

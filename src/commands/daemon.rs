@@ -24,6 +24,7 @@ pub struct Args {
     pub horizontal_pod_autoscaler_sync_period: u64,
     pub kustomize: Option<PathBuf>,
     pub revert_failed_rollouts: bool,
+    pub store: super::store::StoreArgs,
 }
 
 /// `~/.capstan`, where commands keep their state unless told otherwise.
@@ -61,6 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.autoscaler_period = std::time::Duration::from_secs(args.horizontal_pod_autoscaler_sync_period.max(1));
     config.revert_failed_rollouts = args.revert_failed_rollouts;
     config.kustomize = args.kustomize;
+    config.store = args.store.choice()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let daemon = Daemon::start(config).await?;

@@ -8,6 +8,7 @@ pub mod node;
 pub mod plan;
 pub mod schemas;
 pub mod status;
+pub mod store;
 pub mod up;
 pub mod user;
 pub mod validate;

@@ -84,6 +84,8 @@ pub struct Args {
     pub runtime_label: Vec<String>,
     #[command(flatten)]
     pub ingress: super::node::IngressArgs,
+    #[command(flatten)]
+    pub store: super::store::StoreArgs,
 }
 
 /// Creates `dir` as a git repository holding the example, committed on `main`.
@@ -160,6 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--listen {:?}: expected ADDRESS:PORT", args.listen))?;
     daemon_config.poll_interval = std::time::Duration::from_secs(args.poll_interval.max(1));
     daemon_config.revert_failed_rollouts = args.revert_failed_rollouts;
+    daemon_config.store = args.store.choice()?;
     let mut proxy = super::node::proxy_config(&args.proxy_mode, "10.96.0.0/16", &args.cluster_cidr)?;
     proxy.table = args.proxy_table;
     daemon_config.pod_cidr = proxy.pod_cidr;

@@ -112,6 +112,17 @@ pub fn path_str(p: &Path) -> &str {
 
 pub use capstan_git::fixture::git;
 
+/// Real etcd members on loopback for a daemon's `--store` (their data in the directory
+/// returned); declare them before the cluster, so that they outlive its daemon.
+pub fn etcd(members: usize) -> (tempfile::TempDir, capstan_store::local_etcd::LocalEtcd) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let etcd = rt
+        .block_on(capstan_store::local_etcd::LocalEtcd::start(dir.path(), members))
+        .expect("etcd members on loopback");
+    (dir, etcd)
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

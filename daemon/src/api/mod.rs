@@ -116,13 +116,26 @@ pub fn router(state: Shared) -> Router {
         .route("/version/", get(|| async { json_response(StatusCode::OK, &discovery::version()) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/capstan/v1/ca", get(ca_cert))
         .route("/capstan/v1/join", post(nodes::join));
     if let Some(extra) = extra {
         open = open.merge(extra);
     }
     open.merge(authed).with_state(state)
+}
+
+/// Ready while the store takes writes (kube-apiserver's `etcd` readiness check): a replica that
+/// lost etcd says so, and why.
+async fn readyz(State(state): State<Shared>) -> Response {
+    match state.objects.store().trouble() {
+        None => "ok".into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("[-]etcd failed: {why}\nreadyz check failed\n"),
+        )
+            .into_response(),
+    }
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {

@@ -126,6 +126,11 @@ impl From<ObjectError> for ApiError {
             ObjectError::AlreadyExists { .. } => ApiError::new(StatusCode::CONFLICT, "AlreadyExists", msg),
             ObjectError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "Conflict", msg),
             ObjectError::Invalid { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", msg),
+            // Nothing was written; the client may try again (kube-apiserver answers a lost
+            // etcd the same way).
+            ObjectError::Store(capstan_store::StoreError::Unavailable(_)) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", msg)
+            }
             ObjectError::Store(_) => ApiError::internal(msg),
         }
     }

@@ -241,6 +241,10 @@ impl Store for EncryptedStore {
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>> {
         self.inner.compact(revision)
     }
+
+    fn trouble(&self) -> Option<String> {
+        self.inner.trouble()
+    }
 }
 
 #[cfg(test)]

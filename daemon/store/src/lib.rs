@@ -2,11 +2,16 @@
 //! revision, compare-and-swap transactions, range reads, watches from any retained revision,
 //! and compaction with a clear "too old" answer.
 //!
-//! [`Store`] is the contract; [`RedbStore`] is the embedded default (durable, group commit). An
-//! etcd backend can implement the same trait without changing callers.
+//! [`Store`] is the contract; [`RedbStore`] is the embedded default (durable, group commit);
+//! [`EtcdStore`] (feature `etcd`) keeps the same contract on an etcd cluster, for several
+//! control-plane replicas.
 
 mod codec;
 pub mod encrypted;
+#[cfg(feature = "etcd")]
+mod etcd_store;
+#[cfg(feature = "etcd")]
+pub mod local_etcd;
 mod redb_store;
 
 use std::future::Future;
@@ -14,6 +19,8 @@ use std::pin::Pin;
 
 pub use bytes::Bytes;
 pub use encrypted::{EncryptedStore, Keyring};
+#[cfg(feature = "etcd")]
+pub use etcd_store::{DEFAULT_PREFIX as ETCD_DEFAULT_PREFIX, EtcdConfig, EtcdStore, EtcdTls};
 pub use redb_store::RedbStore;
 use tokio::sync::mpsc;
 
@@ -128,6 +135,10 @@ pub enum StoreError {
     Compacted { requested: Revision, compacted: Revision },
     #[error("the store is shut down")]
     Closed,
+    /// The store cannot be reached now (etcd lost its quorum or the connection): nothing was
+    /// written; trying again later may succeed.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -154,6 +165,10 @@ pub trait Store: Send + Sync + 'static {
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream>;
     /// Forgets history before `revision`: watches may then only start at or after it.
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>>;
+    /// Why the store cannot serve writes now, when it cannot (for readiness and status).
+    fn trouble(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The smallest key greater than every key with `prefix`, for range ends.

@@ -1,0 +1,200 @@
+//! Real etcd members on loopback, started from the `etcd` binary (Debian's etcd-server), for
+//! the tests, the benchmarks and a quick local try of `--store etcd://…`. Each member has its
+//! own data directory under the directory given, its own client and peer ports, and its log
+//! beside its data; members can be killed and started again to prove fault handling.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// One member's ports and process.
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+/// A running etcd cluster of one or more members. Dropping it kills every member.
+#[derive(Debug)]
+pub struct LocalEtcd {
+    dir: PathBuf,
+    token: String,
+    members: Vec<Member>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalEtcdError {
+    #[error("etcd is not installed (scripts/install-deps.sh installs Debian's etcd-server): {0}")]
+    Missing(std::io::Error),
+    #[error("starting etcd member {name}: {source}")]
+    Spawn { name: String, source: std::io::Error },
+    #[error("etcd at {endpoints} did not become healthy within {secs} s (logs in {dir})")]
+    NotHealthy { endpoints: String, secs: u64, dir: String },
+}
+
+/// A free port on loopback (the kernel's choice; the listener is closed right away).
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalEtcd {
+    /// Starts `members` members with data under `dir` and waits until the cluster answers.
+    pub async fn start(dir: &Path, members: usize) -> Result<LocalEtcd, LocalEtcdError> {
+        Command::new("etcd")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .map_err(LocalEtcdError::Missing)?;
+        let mut list = Vec::new();
+        for i in 0..members.max(1) {
+            list.push(Member {
+                name: format!("m{i}"),
+                client: free_port().map_err(|source| LocalEtcdError::Spawn {
+                    name: format!("m{i}"),
+                    source,
+                })?,
+                peer: free_port().map_err(|source| LocalEtcdError::Spawn {
+                    name: format!("m{i}"),
+                    source,
+                })?,
+                child: None,
+            });
+        }
+        let token = format!("capstan-{}-{}", std::process::id(), list[0].client);
+        let mut etcd = LocalEtcd {
+            dir: dir.to_owned(),
+            token,
+            members: list,
+        };
+        for i in 0..etcd.members.len() {
+            etcd.spawn(i, "new")?;
+        }
+        etcd.wait_healthy(Duration::from_secs(30)).await?;
+        Ok(etcd)
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) -> Result<(), LocalEtcdError> {
+        let cluster = self.initial_cluster();
+        let m = &self.members[i];
+        let data = self.dir.join(&m.name);
+        let spawn_err = |source| LocalEtcdError::Spawn {
+            name: m.name.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&data).map_err(spawn_err)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", m.name)))
+            .map_err(spawn_err)?;
+        let client = format!("http://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let child = Command::new("etcd")
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(data.join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &cluster, "--initial-cluster-state", state])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--log-level", "warn", "--logger", "zap"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(spawn_err)?)
+            .stderr(log)
+            .spawn()
+            .map_err(spawn_err)?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until every running member reports itself healthy.
+    async fn wait_healthy(&self, within: Duration) -> Result<(), LocalEtcdError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut all = true;
+            for m in self.members.iter().filter(|m| m.child.is_some()) {
+                all &= health(m.client).await;
+            }
+            if all {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(LocalEtcdError::NotHealthy {
+                    endpoints: self.endpoints().join(","),
+                    secs: within.as_secs(),
+                    dir: self.dir.display().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `127.0.0.1:port` of every member, running or not.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| format!("127.0.0.1:{}", m.client)).collect()
+    }
+
+    /// The `--store` value that names this cluster.
+    pub fn url(&self) -> String {
+        format!("etcd://{}", self.endpoints().join(","))
+    }
+
+    /// The members' process ids (None for a stopped member).
+    pub fn pids(&self) -> Vec<Option<u32>> {
+        self.members.iter().map(|m| m.child.as_ref().map(Child::id)).collect()
+    }
+
+    /// Kills member `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data and waits until it is healthy.
+    pub async fn restart(&mut self, i: usize) -> Result<(), LocalEtcdError> {
+        self.kill(i);
+        self.spawn(i, "existing")?;
+        self.wait_healthy(Duration::from_secs(30)).await
+    }
+}
+
+/// Whether the member at `port` answers `/health` with `"health":"true"`.
+async fn health(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(format!("GET /health HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        Some(body.contains("\"health\":\"true\""))
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

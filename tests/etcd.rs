@@ -1,0 +1,100 @@
+//! The control plane with its store on etcd (`capstan daemon --store etcd://…`), on real etcd
+//! members: the objects a commit makes live in etcd under the cluster's prefix, Secrets sealed;
+//! while etcd is lost the daemon stays up, reads still answer, writes fail with 503 naming etcd
+//! and /readyz says why; once etcd is back everything works again without a restart. (The daemon
+//! killed mid-rollout on etcd is in tests/gitops.rs.)
+
+mod common;
+
+use std::process::Command;
+
+use common::{Cluster, run};
+
+const FILES: &[(&str, &str)] = &[
+    ("ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"),
+    (
+        "secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: db, namespace: shop}\nstringData: {password: hunter2-plain}\n",
+    ),
+    (
+        "web.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: app, image: capstan-test-app:1}]
+",
+    ),
+];
+
+fn etcdctl(endpoints: &str, args: &[&str]) -> String {
+    let out = run(Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoints)
+        .args(args));
+    assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_cluster_on_etcd_keeps_its_objects_there_and_rides_out_losing_it() {
+    let (_etcd_dir, mut etcd) = common::etcd(1);
+    let endpoints = etcd.endpoints().join(",");
+    let mut c = Cluster::start_with(FILES, &["--store", &etcd.url(), "--cluster-cidr", "10.223.0.0/16"]);
+    c.wait_until("the deployment's two pods exist (pending: there is no node)", || {
+        c.kubectl(&["get", "pods", "-n", "shop", "-o", "name"])
+            .stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+            == 2
+    });
+
+    // The objects are in etcd, under the cluster's prefix; the Secret is sealed there.
+    let keys = etcdctl(&endpoints, &["get", "--prefix", "/capstan/registry/", "--keys-only"]);
+    assert!(keys.contains("/capstan/registry/apps/deployments/shop/web"), "{keys}");
+    assert!(keys.contains("/capstan/registry/core/secrets/shop/db"), "{keys}");
+    let sealed = etcdctl(&endpoints, &["get", "/capstan/registry/core/secrets/shop/db", "--print-value-only"]);
+    assert!(!sealed.is_empty() && !sealed.contains("hunter2-plain") && !sealed.contains("aHVudGVyMi1wbGFpbg"));
+
+    // etcd lost: reads answer, a write is refused as unavailable and names etcd, readiness
+    // says why, and the daemon stays up.
+    etcd.kill(0);
+    let refused = c.kubectl(&["rollout", "restart", "deployment/web", "-n", "shop"]);
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success());
+    assert!(said.contains("unavailable") && said.contains(&endpoints), "{said}");
+    assert!(c.kubectl(&["get", "deployment", "web", "-n", "shop"]).status.success());
+    c.wait_until("/readyz to report the lost store", || {
+        !c.kubectl(&["get", "--raw", "/readyz"]).status.success()
+    });
+
+    // etcd back: the same write goes through and the controllers act on it.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(etcd.restart(0)).unwrap();
+    c.wait_until("/readyz to be ready again", || {
+        c.kubectl(&["get", "--raw", "/readyz"]).status.success()
+    });
+    c.wait_until("the restart to be accepted", || {
+        c.kubectl(&["rollout", "restart", "deployment/web", "-n", "shop"]).status.success()
+    });
+    c.wait_until("new pods of the restarted template", || {
+        let out = c.kubectl_ok(&[
+            "get",
+            "pods",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.items[*].metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}",
+        ]);
+        !out.trim().is_empty()
+    });
+    let exited = c.child.try_wait().unwrap();
+    assert!(exited.is_none(), "the daemon exited: {exited:?}\n{}", c.log());
+}
