@@ -322,6 +322,199 @@ fn daemon_killed_mid_rollout(test: &str, label: &str, cidr: &str, extra: &[&str]
     assert_eq!(names, expected, "running app containers, by pod");
 }
 
+/// Another control-plane replica of the cluster in `c`: its own data directory holding the
+/// first replica's identity (CA, service-account key, encryption keys, tokens), as an operator
+/// copies it, and its own API address. Killed on drop.
+struct Replica {
+    data: std::path::PathBuf,
+    log: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Replica {
+    fn start(c: &Cluster, i: usize, args: &[&str]) -> Replica {
+        let data = c.dir.path().join(format!("data-{i}"));
+        std::fs::create_dir_all(data.join("pki")).unwrap();
+        for file in [
+            "pki/ca.crt",
+            "pki/ca.key",
+            "pki/sa.key",
+            "pki/encryption-keys",
+            "admin-token",
+            "readonly-token",
+            "join-secret",
+        ] {
+            std::fs::copy(c.data.join(file), data.join(file)).unwrap();
+        }
+        let log = c.dir.path().join(format!("daemon-{i}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["daemon", "--repo", c.repo.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+            .args(args)
+            .env("CAPSTAN_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Replica { data, log, child }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three control-plane replicas on a three-member etcd, one node agent joined through the second:
+/// the leader killed with SIGKILL in the middle of a rollout → another replica takes over, the
+/// rollout completes, no pod or ReplicaSet is made twice, the ClusterIP stays, each commit has
+/// its note. Then the new leader paused (SIGSTOP) past its lease → the third replica leads; the
+/// paused one, resumed, finds its writes refused by the fence and steps down.
+#[test]
+fn replicas_on_etcd_take_over_from_a_killed_leader_and_fence_a_paused_one() {
+    let (_etcd_dir, etcd) = common::etcd(3);
+    let url = etcd.url();
+    let endpoints = etcd.endpoints().join(",");
+    let ports: Vec<u16> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+        .collect();
+    let listen: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let leader = || {
+        let out = run_ok(Command::new("etcdctl").args(["--endpoints", &endpoints, "get", "/capstan/capstan/leader", "--print-value-only"]));
+        out.trim().to_owned()
+    };
+    let args = |i: usize| -> Vec<&str> { vec!["--cluster-cidr", "10.224.0.0/16", "--store", &url, "--listen", &listen[i]] };
+    let Some((run, mut c)) = docker_cluster(
+        "replicas_on_etcd_take_over_from_a_killed_leader_and_fence_a_paused_one",
+        "gitops-ha",
+        &[("ns.yaml", NAMESPACE), ("web.yaml", &web("4", "blue")), ("svc.yaml", SERVICE)],
+        &args(0),
+    ) else {
+        return;
+    };
+    wait("the first replica to lead", &c, || {
+        (leader() == format!("https://{}", listen[0])).then_some(())
+    });
+    let others: Vec<Replica> = (1..3).map(|i| Replica::start(&c, i, &args(i))).collect();
+    // From here kubectl and the node agent go through the second replica.
+    c.data = others[0].data.clone();
+    wait("the second replica to answer", &c, || {
+        c.kubectl(&["get", "--raw", "/readyz"]).status.success().then_some(())
+    });
+    let _agent = c.node(&format!("ha-{}", std::process::id()), &run, &[]);
+    wait("four blue pods ready", &c, || {
+        let pods = ready_pods(&c);
+        (pods.len() == 4 && pods.iter().all(|(_, colour, _)| colour == "blue")).then_some(())
+    });
+    let cluster_ip = c.kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "jsonpath={.spec.clusterIP}"]);
+    let first_commit = run_ok(Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&c.repo))
+        .trim()
+        .to_owned();
+
+    // A slow rollout, and the leader killed once it has begun.
+    let slow = web("4", "red").replace(
+        "env: [{name: COLOUR, value: red}]",
+        "env: [{name: COLOUR, value: red}, {name: READY_AFTER, value: \"3\"}]",
+    );
+    let red_commit = c.commit(&[("web.yaml", &slow)], &[], "red, slowly");
+    wait("the rollout to begin", &c, || {
+        pods_field(&c, "spec.containers[0].env[0].value").contains("red").then_some(())
+    });
+    let _ = c.child.kill();
+    let _ = c.child.wait();
+    let next = wait("another replica to lead", &c, || {
+        let l = leader();
+        (!l.is_empty() && l != format!("https://{}", listen[0])).then_some(l)
+    });
+
+    wait("four red pods ready and no blue one", &c, || {
+        let pods = ready_pods(&c);
+        let all = pods_field(&c, "spec.containers[0].env[0].value");
+        (pods.len() == 4 && pods.iter().all(|(_, colour, _)| colour == "red") && !all.contains("blue")).then_some(())
+    });
+    wait("the deployment to report 4 updated, 4 available, 4 in all", &c, || {
+        let status = web_deployment(&c, "{.status.updatedReplicas} {.status.availableReplicas} {.status.replicas}");
+        (status == "4 4 4").then_some(())
+    });
+    assert_eq!(
+        c.kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "jsonpath={.spec.clusterIP}"]),
+        cluster_ip,
+        "the ClusterIP survived the change of leader"
+    );
+    // One ReplicaSet per template, and one running app container per pod.
+    let sets = c.kubectl_ok(&["get", "rs", "-n", "shop", "-o", "jsonpath={.items[*].metadata.name}"]);
+    assert_eq!(sets.split_whitespace().count(), 2, "ReplicaSets: {sets}");
+    let pods = ready_pods(&c);
+    let listed = run_ok(Command::new("docker").args([
+        "ps",
+        "--filter",
+        &format!("label={}", run.label()),
+        "--filter",
+        "label=capstan.dev/container=app",
+        "--format",
+        "{{.Label \"capstan.dev/pod\"}}",
+    ]));
+    let mut names: Vec<&str> = listed.lines().collect();
+    names.sort();
+    let expected: Vec<&str> = pods.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(names, expected, "running app containers, by pod");
+    // Each commit has its note (git keeps one per commit); the red one ends complete.
+    for commit in [&first_commit, &red_commit] {
+        let note: Value = wait("the commit's note", &c, || {
+            let out = Command::new("git")
+                .args(["notes", "--ref=capstan", "show", commit])
+                .current_dir(&c.repo)
+                .output()
+                .ok()?;
+            serde_json::from_slice::<Value>(&out.stdout).ok()
+        });
+        assert!(note["outcome"].is_string(), "{note}");
+    }
+    wait("the red commit's note to say complete", &c, || {
+        let out = Command::new("git")
+            .args(["notes", "--ref=capstan", "show", &red_commit])
+            .current_dir(&c.repo)
+            .output()
+            .ok()?;
+        let note: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (note["outcome"] == "complete").then_some(())
+    });
+
+    // The new leader paused past its lease: the third replica takes over; the paused one,
+    // resumed, has its writes refused by the fence and steps down.
+    let (paused, other) = if next == format!("https://{}", listen[1]) {
+        (&others[0], &others[1])
+    } else {
+        (&others[1], &others[0])
+    };
+    let pid = paused.child.id().to_string();
+    run_ok(Command::new("kill").args(["-STOP", &pid]));
+    let third = wait("the third replica to lead", &c, || {
+        let l = leader();
+        (!l.is_empty() && l != next).then_some(l)
+    });
+    run_ok(Command::new("kill").args(["-CONT", &pid]));
+    wait("the resumed replica to find its term over", &c, || {
+        let log = paused.log();
+        (log.contains("refused by the fence") && log.contains("campaigning again")).then_some(())
+    });
+    assert_eq!(leader(), third, "the resumed replica did not take the leadership back");
+    assert!(other.log().contains("leading the control plane"), "{}", other.log());
+    // The cluster still converges under the third leader: a pod deleted is replaced.
+    let victim = ready_pods(&c)[0].0.clone();
+    c.kubectl_ok(&["delete", "pod", &victim, "-n", "shop", "--wait=false"]);
+    wait("the deleted pod to be replaced", &c, || {
+        let pods = ready_pods(&c);
+        (pods.len() == 4 && pods.iter().all(|(name, _, _)| *name != victim)).then_some(())
+    });
+}
+
 /// With `--revert-failed-rollouts`, a commit whose rollout misses its progress deadline is
 /// reverted by a commit Capstan pushes to the remote: the note on the failed commit says why
 /// and names the revert, and the cluster returns to the last good version.

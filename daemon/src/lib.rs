@@ -12,6 +12,7 @@ pub mod events;
 pub mod join;
 pub mod kubeconfig;
 pub mod kubelet;
+pub mod leader;
 pub mod nodelogs;
 pub mod objects;
 pub mod pki;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_git::repo::Location;
-use capstan_git::source::{GitSource, SourceConfig, SourceEvent, SourceTrigger};
+use capstan_git::source::SourceConfig;
 use capstan_store::{RedbStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -38,7 +39,7 @@ use crate::auth::{Authenticator, LocalTokens};
 use crate::cache::Cache;
 use crate::objects::Objects;
 use crate::pki::Ca;
-use crate::sync::{GitSync, SyncStatus};
+use crate::sync::SyncStatus;
 
 /// How the daemon is set up.
 #[derive(Clone, Debug)]
@@ -77,6 +78,10 @@ pub struct DaemonConfig {
     pub kustomize: Option<PathBuf>,
     /// Where the cluster's objects are kept.
     pub store: StoreChoice,
+    /// With several replicas (on etcd): how long a leader that stopped renewing keeps its
+    /// leadership, and how often the leader renews it.
+    pub leader_lease: Duration,
+    pub leader_renew: Duration,
 }
 
 /// Where the cluster's objects are kept (`--store`).
@@ -111,6 +116,8 @@ impl DaemonConfig {
             webhook_secret: None,
             kustomize: None,
             store: StoreChoice::Redb,
+            leader_lease: Duration::from_secs(2),
+            leader_renew: Duration::from_millis(500),
         }
     }
 }
@@ -131,6 +138,54 @@ pub enum DaemonError {
     Write { path: String, source: std::io::Error },
     #[error("the encryption keys in {path}: {message}")]
     Keyring { path: String, message: String },
+    #[error("this replica does not belong to the cluster in the store: {0}")]
+    Replica(String),
+}
+
+/// What the replicas of one cluster must agree on, recorded in the store by the first.
+const CLUSTER_KEY: &str = "/capstan/cluster";
+
+/// Records this replica's cluster identity and repository in the store, or, when another
+/// replica did, checks that they agree: a replica with another CA would issue credentials the
+/// others refuse, and one tracking another repository would fight over desired state.
+async fn check_replica(store: &Arc<dyn Store>, ca_hash: &str, config: &DaemonConfig) -> Result<(), DaemonError> {
+    use capstan_store::{Compare, Txn};
+    let mine = serde_json::json!({
+        "caHash": ca_hash,
+        "repo": config.repo,
+        "branch": config.branch,
+        "path": config.path,
+    });
+    let first = store
+        .txn(
+            Txn::default()
+                .when(Compare::Missing(CLUSTER_KEY.into()))
+                .put(CLUSTER_KEY, mine.to_string()),
+        )
+        .await?;
+    if first.succeeded {
+        return Ok(());
+    }
+    let theirs: serde_json::Value = store
+        .get(CLUSTER_KEY)?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+        .unwrap_or_default();
+    if theirs["caHash"] != mine["caHash"] {
+        return Err(DaemonError::Replica(format!(
+            "its cluster CA ({}/pki/ca.crt, {ca_hash}) is not the cluster's ({}): copy pki/, admin-token, readonly-token and join-secret from a running replica's data directory before the first start",
+            config.data_dir.display(),
+            theirs["caHash"].as_str().unwrap_or("?")
+        )));
+    }
+    for (field, flag) in [("repo", "--repo"), ("branch", "--branch"), ("path", "--path")] {
+        if theirs[field] != mine[field] {
+            return Err(DaemonError::Replica(format!(
+                "{flag} is {} here but {} for the cluster's other replicas",
+                mine[field], theirs[field]
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Where the keys that encrypt Secrets at rest are kept (see [`capstan_store::Keyring`]).
@@ -146,11 +201,14 @@ fn sealed_prefixes() -> Vec<String> {
 /// Opens the store with Secrets encrypted at rest (a keyring is made on first start); values
 /// not sealed with the keyring's first key (written before, or with an older key) are sealed
 /// again now.
-async fn open_store(data: &std::path::Path, choice: &StoreChoice) -> Result<Arc<dyn Store>, DaemonError> {
-    let raw: Arc<dyn Store> = match choice {
-        StoreChoice::Redb => Arc::new(RedbStore::open(&data.join("store.redb"))?),
+async fn open_store(data: &std::path::Path, choice: &StoreChoice) -> Result<(Arc<dyn Store>, Option<EtcdHandle>), DaemonError> {
+    let (raw, etcd): (Arc<dyn Store>, Option<EtcdHandle>) = match choice {
+        StoreChoice::Redb => (Arc::new(RedbStore::open(&data.join("store.redb"))?), None),
         #[cfg(feature = "etcd")]
-        StoreChoice::Etcd(config) => Arc::new(capstan_store::EtcdStore::open(config.clone()).await?),
+        StoreChoice::Etcd(config) => {
+            let etcd = capstan_store::EtcdStore::open(config.clone()).await?;
+            (Arc::new(etcd.clone()), Some(etcd))
+        }
     };
     let path = data.join(ENCRYPTION_KEYS);
     if !path.exists() {
@@ -170,8 +228,14 @@ async fn open_store(data: &std::path::Path, choice: &StoreChoice) -> Result<Arc<
     if resealed > 0 {
         tracing::info!(key = %primary, values = resealed, "encrypted Secrets at rest with the keyring's first key");
     }
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), etcd))
 }
+
+/// The etcd store itself, for the election (the daemon's store wraps it).
+#[cfg(feature = "etcd")]
+type EtcdHandle = capstan_store::EtcdStore;
+#[cfg(not(feature = "etcd"))]
+type EtcdHandle = std::convert::Infallible;
 
 /// A running control plane.
 pub struct Daemon {
@@ -186,10 +250,10 @@ pub struct Daemon {
     pub kubeconfig: PathBuf,
     pub node_token: PathBuf,
     pub sync_status: watch::Receiver<SyncStatus>,
-    pub source: Option<SourceTrigger>,
+    /// The running term's Git source, while this replica leads.
+    pub source: webhook::TriggerSlot,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-    _source: Option<GitSource>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -214,8 +278,11 @@ impl Daemon {
                 source,
             })?;
         }
-        let store = open_store(data, &config.store).await?;
+        let (store, etcd) = open_store(data, &config.store).await?;
         let ca = Arc::new(Ca::load_or_create(&data.join("pki"))?);
+        if etcd.is_some() {
+            check_replica(&store, &ca.hash(), &config).await?;
+        }
         let tokens = LocalTokens::load_or_create(data)?;
         let auth = Arc::new(Authenticator::new(&tokens, store.clone())?);
         let objects = Objects::new(store.clone());
@@ -256,8 +323,13 @@ impl Daemon {
         pki::write_private(&node_token, &format!("{}::{}\n", ca.hash(), tokens.join_secret))?;
 
         let location = Location::parse(&config.repo);
-        let mut sync = GitSync::new(objects.clone())?;
-        let sync_status = sync.status();
+        // The sync status the API and `up` read, whichever term of leadership feeds it.
+        let initial_status = store
+            .get(sync::STATUS_KEY)?
+            .and_then(|kv| serde_json::from_slice::<SyncStatus>(&kv.value).ok())
+            .unwrap_or_default();
+        let (sync_feed, sync_status) = watch::channel(initial_status);
+        let trigger: webhook::TriggerSlot = Arc::default();
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -266,28 +338,6 @@ impl Daemon {
         source_config.subpath = config.path.clone();
         source_config.poll_interval = config.poll_interval;
         source_config.kustomize = config.kustomize.clone();
-        let (source, mut events) = GitSource::spawn(source_config);
-        let trigger = source.trigger_handle();
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            // Writes that failed (a namespace that does not exist yet, a conflict) are retried
-            // by re-applying the last commit in full, as Flux re-reconciles on an interval.
-            let mut retry = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = retry.tick() => sync.retry().await,
-                    event = events.recv() => match event {
-                        Some(SourceEvent::Commit(update)) => {
-                            sync.apply(&update).await;
-                        }
-                        Some(SourceEvent::Failed(e)) => sync.source_failed(e).await,
-                        None => return,
-                    }
-                }
-            }
-        }));
-
         let target = match &location {
             Location::Local(path) => writeback::Target {
                 path: path.clone(),
@@ -298,15 +348,8 @@ impl Daemon {
                 push_to: Some(url.clone()),
             },
         };
-        tasks.push(tokio::spawn(writeback::run(
-            target,
-            sync_status.clone(),
-            cache.clone(),
-            config.status_interval,
-            config.revert_failed_rollouts,
-            shutdown.clone(),
-        )));
 
+        tasks.push(tokio::spawn(auth.clone().follow_credentials(shutdown.clone())));
         let rbac = auth::Rbac::new(&cache);
         tasks.push(tokio::spawn(rbac.clone().follow(cache.clone(), objects.clone(), shutdown.clone())));
         let kubelets = kubelet::KubeletClient::new(&ca, cache.clone())?;
@@ -353,33 +396,34 @@ impl Daemon {
             root_ca: ca.cert_pem.clone(),
             ..context::Settings::default()
         };
-        let ctx = context::Context::new(objects.clone(), cache.clone(), settings).with_metrics(usage);
-        tasks.extend(controllers::start(ctx.clone(), shutdown.clone()));
-        tasks.push(tokio::spawn(scheduling::run(
-            ctx,
-            capstan_scheduler::Config::default(),
-            shutdown.clone(),
-        )));
-
-        // Compaction: keep a window of history for watches, as kube-apiserver asks etcd to.
-        let compact_store = store.clone();
-        let keep = config.history_revisions;
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {
-                        let rev = compact_store.revision();
-                        if rev > keep && compact_store.compacted_revision() < rev - keep
-                            && let Err(e) = compact_store.compact(rev - keep).await {
-                                tracing::warn!(error = %e, "compaction failed");
-                            }
-                    }
-                }
-            }
-        }));
+        let singletons = leader::Singletons {
+            objects: objects.clone(),
+            cache: cache.clone(),
+            source: source_config,
+            target,
+            status_interval: config.status_interval,
+            revert_failed_rollouts: config.revert_failed_rollouts,
+            settings,
+            metrics: usage,
+            history_revisions: config.history_revisions,
+            sync_status: sync_feed,
+            trigger: trigger.clone(),
+        };
+        let election = match etcd {
+            None => leader::Election::Sole,
+            #[cfg(feature = "etcd")]
+            Some(etcd) => leader::Election::Etcd(
+                etcd,
+                capstan_store::election::ElectionConfig {
+                    identity: server_url.clone(),
+                    lease: config.leader_lease,
+                    renew: config.leader_renew,
+                },
+            ),
+            #[cfg(not(feature = "etcd"))]
+            Some(never) => match never {},
+        };
+        tasks.push(tokio::spawn(leader::run(singletons, election, shutdown.clone())));
         tracing::info!(api = %server_url, kubeconfig = %kubeconfig.display(), repo = %location.describe(), "capstan daemon started");
         Ok(Daemon {
             store,
@@ -392,10 +436,9 @@ impl Daemon {
             kubeconfig,
             node_token,
             sync_status,
-            source: Some(trigger),
+            source: trigger,
             shutdown,
             tasks,
-            _source: Some(source),
         })
     }
 

@@ -163,6 +163,15 @@ impl Objects {
         }
     }
 
+    /// The same objects written through another view of the store (a leader's fenced one);
+    /// the pod admission settings are shared.
+    pub fn with_store(&self, store: Arc<dyn Store>) -> Objects {
+        Objects {
+            store,
+            eviction: self.eviction.clone(),
+        }
+    }
+
     /// Pods created from now on tolerate not-ready and unreachable nodes for what `seconds`
     /// says at their creation. The first call counts.
     pub fn admit_pods_with(&self, seconds: EvictionSeconds) {

@@ -24,6 +24,11 @@ pub const APPLIED_PREFIX: &str = "/capstan/applied";
 /// Store key of the sync status.
 pub const STATUS_KEY: &str = "/capstan/sync/status";
 
+/// Commits applied whose note is not yet final in Git: `/capstan/sync/unnoted/<commit>` holds
+/// `{"branch", "appliedAt"}`. The write-back removes each once its note is final, so a leader
+/// that takes over notes what its predecessor applied but had not noted.
+pub const UNNOTED_PREFIX: &str = "/capstan/sync/unnoted/";
+
 /// The cluster-wide sync state, as `capstan status` shows it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -309,7 +314,14 @@ impl GitSync {
 
     async fn publish(&self, status: SyncStatus) {
         let bytes = serde_json::to_vec(&status).unwrap_or_default();
-        if let Err(e) = self.objects.store().txn(Txn::default().put(STATUS_KEY, bytes)).await {
+        let mut txn = Txn::default().put(STATUS_KEY, bytes);
+        if let Some(commit) = &status.applied_commit
+            && self.status.borrow().applied_commit.as_ref() != Some(commit)
+        {
+            let record = serde_json::json!({"branch": status.branch, "appliedAt": jiff::Timestamp::now().to_string()});
+            txn = txn.put(format!("{UNNOTED_PREFIX}{commit}"), record.to_string());
+        }
+        if let Err(e) = self.objects.store().txn(txn).await {
             tracing::warn!(error = %e, "cannot record the sync status");
         }
         self.status.send_replace(status);
@@ -566,7 +578,12 @@ pub fn job_runs_anew(kind: &KindInfo, live: &Value, desired: &Value) -> bool {
 /// Drops every applied record and sync status (for tests that reuse a store).
 pub async fn reset(store: &Arc<dyn Store>) -> Result<(), capstan_store::StoreError> {
     let mut txn = Txn::default().delete(STATUS_KEY);
-    for kv in store.range(APPLIED_PREFIX, None, 0)?.kvs {
+    for kv in store
+        .range(APPLIED_PREFIX, None, 0)?
+        .kvs
+        .into_iter()
+        .chain(store.range(UNNOTED_PREFIX, None, 0)?.kvs)
+    {
         txn = txn.delete(kv.key);
     }
     store.txn(txn).await.map(|_| ())

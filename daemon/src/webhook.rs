@@ -122,15 +122,19 @@ fn delivery_keys(headers: &HeaderMap, body: &[u8]) -> Vec<String> {
     keys
 }
 
+/// The Git source of the term running on this replica, if it leads (on a replica that does
+/// not, a push is seen at the leader's next poll).
+pub type TriggerSlot = Arc<std::sync::RwLock<Option<SourceTrigger>>>;
+
 struct Hook {
     secret: Vec<u8>,
-    trigger: SourceTrigger,
+    trigger: TriggerSlot,
     seen: Mutex<Seen>,
     refused: Mutex<RateLimitedLog>,
 }
 
 /// The route, to merge into the API server's unauthenticated routes.
-pub fn routes<S: Clone + Send + Sync + 'static>(secret: Vec<u8>, trigger: SourceTrigger) -> Router<S> {
+pub fn routes<S: Clone + Send + Sync + 'static>(secret: Vec<u8>, trigger: TriggerSlot) -> Router<S> {
     let hook = Arc::new(Hook {
         secret,
         trigger,
@@ -162,7 +166,9 @@ async fn handle(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) 
                 );
             }
             tracing::info!(?forge, "webhook: fetching now");
-            hook.trigger.trigger();
+            if let Some(source) = hook.trigger.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                source.trigger();
+            }
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({"status": "accepted", "forge": format!("{forge:?}")})),

@@ -211,6 +211,7 @@ pub async fn run(
     target: Target,
     mut sync: watch::Receiver<SyncStatus>,
     cache: Arc<Cache>,
+    fence: Arc<dyn capstan_store::Store>,
     interval: Duration,
     revert: bool,
     cancel: CancellationToken,
@@ -279,6 +280,38 @@ pub async fn run(
             last = Some((commit.clone(), n.clone()));
             notes.push((commit.clone(), n));
         }
+        // Commits applied (by this replica or a leader before it) whose note is not final yet:
+        // those overtaken get theirs now.
+        let unnoted = unnoted(fence.as_ref());
+        for (i, (pending, record)) in unnoted.iter().enumerate() {
+            if *pending == commit || notes.iter().any(|(c, _)| c == pending) {
+                continue;
+            }
+            let next = unnoted.get(i + 1).map_or(commit.clone(), |(c, _)| c.clone());
+            notes.push((
+                pending.clone(),
+                Note {
+                    commit: pending.clone(),
+                    branch: record["branch"].as_str().unwrap_or_default().to_owned(),
+                    applied_at: record["appliedAt"].as_str().unwrap_or_default().to_owned(),
+                    outcome: Outcome::Superseded,
+                    superseded_by: Some(next),
+                    ..Note::default()
+                },
+            ));
+        }
+        // Only the leader writes to Git: a write-back whose term ended (its store is fenced to
+        // the term) writes nothing, so two replicas never push notes or reverts for one commit.
+        if let Err(capstan_store::StoreError::Fenced(why)) = fence.txn(capstan_store::Txn::default()).await {
+            tracing::warn!(%why, "not writing notes or the status branch: this replica no longer leads");
+            return;
+        }
+        let settled: Vec<String> = notes
+            .iter()
+            .filter(|(_, n)| n.outcome != Outcome::Progressing)
+            .map(|(c, _)| c.clone())
+            .filter(|c| unnoted.iter().any(|(u, _)| u == c))
+            .collect();
         seen = vec![status];
         let files = status_files(&cache);
         let target = target.clone();
@@ -342,6 +375,14 @@ pub async fn run(
                     reverted.insert(failed, outcome);
                 }
                 fetched = true;
+                if !settled.is_empty() {
+                    let done = settled.iter().fold(capstan_store::Txn::default(), |txn, c| {
+                        txn.delete(format!("{}{c}", crate::sync::UNNOTED_PREFIX))
+                    });
+                    if let Err(e) = fence.txn(done).await {
+                        tracing::warn!(error = %e, "recording the notes written");
+                    }
+                }
                 if noted || committed {
                     tracing::debug!(noted, committed, "status written to git");
                 }
@@ -354,6 +395,23 @@ pub async fn run(
             Err(e) => tracing::warn!("writing status to git: {e}"),
         }
     }
+}
+
+/// The commits awaiting a final note, in the order they were applied, with their records.
+fn unnoted(store: &dyn capstan_store::Store) -> Vec<(String, Value)> {
+    let Ok(page) = store.range(crate::sync::UNNOTED_PREFIX, None, 0) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, String, Value)> = page
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            let commit = kv.key.trim_start_matches(crate::sync::UNNOTED_PREFIX).to_owned();
+            (kv.mod_revision, commit, serde_json::from_slice(&kv.value).unwrap_or_default())
+        })
+        .collect();
+    out.sort_by_key(|(rev, _, _)| *rev);
+    out.into_iter().map(|(_, c, v)| (c, v)).collect()
 }
 
 /// Adds a status to the commits seen since the last write (replacing the status of the same

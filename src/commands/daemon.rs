@@ -63,6 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.revert_failed_rollouts = args.revert_failed_rollouts;
     config.kustomize = args.kustomize;
     config.store = args.store.choice()?;
+    (config.leader_lease, config.leader_renew) = args.store.election()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let daemon = Daemon::start(config).await?;

@@ -26,9 +26,34 @@ pub struct StoreArgs {
     /// The client certificate's key.
     #[arg(long, requires = "etcd_certfile")]
     pub etcd_keyfile: Option<PathBuf>,
+    /// With several replicas on etcd: seconds a leader that stopped renewing (crashed, cut off)
+    /// keeps leading before another takes over (whole seconds, at least 2: etcd's minimum lease).
+    #[arg(long, default_value_t = 2)]
+    pub leader_elect_lease_duration: u64,
+    /// Milliseconds between the leader's renewals of its lease.
+    #[arg(long, default_value_t = 500)]
+    pub leader_elect_renew_interval: u64,
 }
 
 impl StoreArgs {
+    /// The leader election's lease and renewal period.
+    pub fn election(&self) -> anyhow::Result<(std::time::Duration, std::time::Duration)> {
+        let lease = std::time::Duration::from_secs(self.leader_elect_lease_duration);
+        let renew = std::time::Duration::from_millis(self.leader_elect_renew_interval);
+        anyhow::ensure!(
+            lease.as_secs() >= 2,
+            "--leader-elect-lease-duration {}: at least 2 seconds (etcd's shortest lease)",
+            lease.as_secs()
+        );
+        anyhow::ensure!(
+            !renew.is_zero() && renew * 2 <= lease,
+            "--leader-elect-renew-interval {} ms: renew at least twice per lease ({} s)",
+            renew.as_millis(),
+            lease.as_secs()
+        );
+        Ok((lease, renew))
+    }
+
     /// The store the flags name.
     pub fn choice(&self) -> anyhow::Result<StoreChoice> {
         if self.store == "redb" {

@@ -163,6 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     daemon_config.poll_interval = std::time::Duration::from_secs(args.poll_interval.max(1));
     daemon_config.revert_failed_rollouts = args.revert_failed_rollouts;
     daemon_config.store = args.store.choice()?;
+    (daemon_config.leader_lease, daemon_config.leader_renew) = args.store.election()?;
     let mut proxy = super::node::proxy_config(&args.proxy_mode, "10.96.0.0/16", &args.cluster_cidr)?;
     proxy.table = args.proxy_table;
     daemon_config.pod_cidr = proxy.pod_cidr;

@@ -257,12 +257,17 @@ impl Cluster {
     /// Starts a node agent `name` joined to this cluster, labelling what it makes with `run`'s
     /// label, with a short crash-loop back-off and heartbeat for tests.
     pub fn node(&self, name: &str, run: &DockerRun, extra: &[&str]) -> NodeAgent {
+        self.node_via(name, run, extra, &self.server())
+    }
+
+    /// As `node`, joined through the API server at `server` (another control-plane replica).
+    pub fn node_via(&self, name: &str, run: &DockerRun, extra: &[&str], server: &str) -> NodeAgent {
         let data = self.dir.path().join(format!("node-{name}"));
         let agent = NodeAgent {
             name: name.to_owned(),
             data,
             log: self.dir.path().join(format!("node-{name}.log")),
-            server: self.server(),
+            server: server.to_owned(),
             token: self.data.join("node-token"),
             label: run.label(),
             extra: extra.iter().map(|s| s.to_string()).collect(),

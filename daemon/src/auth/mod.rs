@@ -24,6 +24,9 @@ use crate::pki::{PkiError, write_private};
 /// Store prefix of node credentials: `/capstan/node-tokens/<node>` holds the token's hash.
 const NODE_TOKEN_PREFIX: &str = "/capstan/node-tokens/";
 
+/// Where both kinds of credentials below live, for one watch over them.
+const CREDENTIALS_PREFIX: &str = "/capstan/";
+
 /// Store prefix of revoked people: `/capstan/revoked-users/<user>` holds the second of the
 /// revocation; certificates of the user that became valid then or earlier are refused.
 const REVOKED_PREFIX: &str = "/capstan/revoked-users/";
@@ -110,6 +113,8 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     /// Verifies service-account tokens (set once the token controller runs).
     service_accounts: RwLock<Option<TokenVerifier>>,
+    /// The store revision the credentials were last read at.
+    credentials_seen: std::sync::atomic::AtomicU64,
     /// Revoked people: user → second of revocation.
     revoked: RwLock<HashMap<String, i64>>,
 }
@@ -155,22 +160,70 @@ impl Authenticator {
         let mut tokens = HashMap::new();
         tokens.insert(hash(&local.admin), Identity::Admin);
         tokens.insert(hash(&local.read_only), Identity::ReadOnly);
-        for kv in store.range(NODE_TOKEN_PREFIX, None, 0)?.kvs {
-            let node = kv.key.trim_start_matches(NODE_TOKEN_PREFIX).to_owned();
-            tokens.insert(String::from_utf8_lossy(&kv.value).into_owned(), Identity::Node(node));
-        }
-        let mut revoked = HashMap::new();
-        for kv in store.range(REVOKED_PREFIX, None, 0)?.kvs {
-            let user = kv.key.trim_start_matches(REVOKED_PREFIX).to_owned();
-            revoked.insert(user, String::from_utf8_lossy(&kv.value).parse().unwrap_or(i64::MAX));
-        }
-        Ok(Authenticator {
+        let auth = Authenticator {
             tokens: RwLock::new(tokens),
             join_secret_hash: hash(&local.join_secret),
             store,
             service_accounts: RwLock::new(None),
-            revoked: RwLock::new(revoked),
-        })
+            revoked: RwLock::new(HashMap::new()),
+            credentials_seen: std::sync::atomic::AtomicU64::new(0),
+        };
+        auth.reload_credentials()?;
+        Ok(auth)
+    }
+
+    /// Reads the nodes' credentials and the revoked people from the store again. Another
+    /// control-plane replica may have issued or revoked them.
+    fn reload_credentials(&self) -> Result<(), capstan_store::StoreError> {
+        let nodes = self.store.range(NODE_TOKEN_PREFIX, None, 0)?;
+        let people = self.store.range(REVOKED_PREFIX, None, 0)?;
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        tokens.retain(|_, id| !matches!(id, Identity::Node(_)));
+        for kv in nodes.kvs {
+            let node = kv.key.trim_start_matches(NODE_TOKEN_PREFIX).to_owned();
+            tokens.insert(String::from_utf8_lossy(&kv.value).into_owned(), Identity::Node(node));
+        }
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        revoked.clear();
+        for kv in people.kvs {
+            let user = kv.key.trim_start_matches(REVOKED_PREFIX).to_owned();
+            revoked.insert(user, String::from_utf8_lossy(&kv.value).parse().unwrap_or(i64::MAX));
+        }
+        self.credentials_seen
+            .store(nodes.revision.min(people.revision), std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Follows credentials issued and revoked through any replica, until `stop`.
+    pub async fn follow_credentials(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            let from = self.credentials_seen.load(std::sync::atomic::Ordering::SeqCst);
+            let mut watch = match self.store.watch(CREDENTIALS_PREFIX, from) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "following credentials");
+                    None
+                }
+            };
+            loop {
+                let changed = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    // Read everything again now and then, and when the watch broke.
+                    _ = tick.tick() => true,
+                    event = async { match &mut watch { Some(w) => w.recv().await, None => std::future::pending().await } } => match event {
+                        Some(Ok(e)) => e.kv.key.starts_with(NODE_TOKEN_PREFIX) || e.kv.key.starts_with(REVOKED_PREFIX),
+                        _ => { watch = None; true }
+                    },
+                };
+                if changed && let Err(e) = self.reload_credentials() {
+                    tracing::warn!(error = %e, "reading credentials");
+                }
+                if watch.is_none() {
+                    break;
+                }
+            }
+        }
     }
 
     /// The person a verified client certificate names (CN = user, O = groups), as Kubernetes

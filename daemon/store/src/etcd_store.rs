@@ -317,6 +317,20 @@ impl EtcdStore {
     pub fn config(&self) -> &EtcdConfig {
         &self.inner.config
     }
+
+    pub(crate) fn client(&self) -> &etcd::Client {
+        &self.inner.client
+    }
+
+    /// The etcd key of a store key.
+    pub(crate) fn etcd_key(&self, key: &str) -> String {
+        self.inner.config.key(key)
+    }
+
+    /// Runs one etcd request with the store's deadline.
+    pub(crate) async fn bounded<T>(&self, what: &str, f: impl Future<Output = Result<T, etcd::Error>>) -> Result<T> {
+        bounded(&self.inner.config, what, f).await
+    }
 }
 
 impl Inner {
@@ -510,25 +524,24 @@ impl Store for EtcdStore {
             let mut compares = Vec::new();
             let mut current = Vec::new();
             for c in &txn.compares {
-                let key = match c {
-                    Compare::Exists(k) => {
-                        compares.push(etcd::Compare::create_revision(config.key(k), etcd::CompareOp::Greater, 0));
-                        k
+                let key = config.key(c.key());
+                let exists = || etcd::Compare::create_revision(key.clone(), etcd::CompareOp::Greater, 0);
+                match c {
+                    Compare::Exists(_) => compares.push(exists()),
+                    Compare::Missing(_) => compares.push(etcd::Compare::create_revision(key.clone(), etcd::CompareOp::Equal, 0)),
+                    // etcd reads a missing key's revisions as 0; here, as on redb, the key
+                    // must exist.
+                    Compare::ModRevision(_, rev) => {
+                        compares.push(exists());
+                        compares.push(etcd::Compare::mod_revision(key.clone(), etcd::CompareOp::Equal, *rev as i64));
                     }
-                    Compare::Missing(k) => {
-                        compares.push(etcd::Compare::create_revision(config.key(k), etcd::CompareOp::Equal, 0));
-                        k
+                    Compare::CreateRevision(_, rev) => {
+                        compares.push(exists());
+                        compares.push(etcd::Compare::create_revision(key.clone(), etcd::CompareOp::Equal, *rev as i64));
                     }
-                    Compare::ModRevision(k, rev) => {
-                        // etcd reads a missing key's revisions as 0; here, as on redb, the key
-                        // must exist.
-                        compares.push(etcd::Compare::create_revision(config.key(k), etcd::CompareOp::Greater, 0));
-                        compares.push(etcd::Compare::mod_revision(config.key(k), etcd::CompareOp::Equal, *rev as i64));
-                        k
-                    }
-                };
+                }
                 // When the transaction fails, these reads tell which compare did not hold.
-                current.push(etcd::TxnOp::get(config.key(key), None));
+                current.push(etcd::TxnOp::get(key, None));
             }
             let ops: Vec<etcd::TxnOp> = txn
                 .ops
@@ -562,11 +575,7 @@ impl Store for EtcdStore {
                         _ => None,
                     })
                     .collect();
-                let failed = txn.compares.iter().zip(&found).position(|(c, now)| match c {
-                    Compare::Exists(_) => now.is_none(),
-                    Compare::Missing(_) => now.is_some(),
-                    Compare::ModRevision(_, rev) => now.as_ref().is_none_or(|kv| kv.mod_revision != *rev),
-                });
+                let failed = txn.compares.iter().zip(&found).position(|(c, now)| !c.holds(now.as_ref()));
                 return Ok(TxnResult {
                     succeeded: false,
                     revision,

@@ -7,9 +7,12 @@
 //! control-plane replicas.
 
 mod codec;
+#[cfg(feature = "etcd")]
+pub mod election;
 pub mod encrypted;
 #[cfg(feature = "etcd")]
 mod etcd_store;
+pub mod fenced;
 #[cfg(feature = "etcd")]
 pub mod local_etcd;
 mod redb_store;
@@ -21,6 +24,7 @@ pub use bytes::Bytes;
 pub use encrypted::{EncryptedStore, Keyring};
 #[cfg(feature = "etcd")]
 pub use etcd_store::{DEFAULT_PREFIX as ETCD_DEFAULT_PREFIX, EtcdConfig, EtcdStore, EtcdTls};
+pub use fenced::FencedStore;
 pub use redb_store::RedbStore;
 use tokio::sync::mpsc;
 
@@ -65,6 +69,28 @@ pub enum Compare {
     Missing(String),
     /// The key was last modified at exactly this revision (optimistic concurrency).
     ModRevision(String, Revision),
+    /// The key exists and was created at exactly this revision (a leader's fence: the leader
+    /// key of its term).
+    CreateRevision(String, Revision),
+}
+
+impl Compare {
+    /// The key it checks.
+    pub fn key(&self) -> &str {
+        match self {
+            Compare::Exists(k) | Compare::Missing(k) | Compare::ModRevision(k, _) | Compare::CreateRevision(k, _) => k,
+        }
+    }
+
+    /// Whether it holds for the key's current value.
+    pub fn holds(&self, current: Option<&KeyValue>) -> bool {
+        match self {
+            Compare::Exists(_) => current.is_some(),
+            Compare::Missing(_) => current.is_none(),
+            Compare::ModRevision(_, rev) => current.is_some_and(|kv| kv.mod_revision == *rev),
+            Compare::CreateRevision(_, rev) => current.is_some_and(|kv| kv.create_revision == *rev),
+        }
+    }
 }
 
 /// A write inside a transaction.
@@ -139,6 +165,9 @@ pub enum StoreError {
     /// written; trying again later may succeed.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// A leader's write refused by its fence: another replica leads now.
+    #[error("refused by the fence: {0}")]
+    Fenced(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -13,8 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::codec::{decode_events, decode_value, encode_events, encode_value};
 use crate::{
-    BoxFuture, Compare, Event, EventKind, KeyValue, Op, RangeResult, Result, Revision, Store, StoreError, Txn, TxnResult, WatchStream,
-    prefix_end,
+    BoxFuture, Event, EventKind, KeyValue, Op, RangeResult, Result, Revision, Store, StoreError, Txn, TxnResult, WatchStream, prefix_end,
 };
 
 const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
@@ -351,12 +350,7 @@ fn apply_txn(
         Ok(kv.get(key).map_err(write_err)?.and_then(|v| decode_value(key, v.value())))
     };
     for (i, c) in txn.compares.iter().enumerate() {
-        let holds = match c {
-            Compare::Exists(k) => current(kv, k)?.is_some(),
-            Compare::Missing(k) => current(kv, k)?.is_none(),
-            Compare::ModRevision(k, rev) => current(kv, k)?.is_some_and(|v| v.mod_revision == *rev),
-        };
-        if !holds {
+        if !c.holds(current(kv, c.key())?.as_ref()) {
             return Ok(TxnResult {
                 succeeded: false,
                 revision: *revision,
