@@ -53,6 +53,7 @@ cargo bench --locked --bench commit_to_ready -- --quick
 cargo bench --locked --bench pod_network -- --quick
 cargo bench --locked --bench streams -- --quick
 cargo bench --locked --bench ingress -- --quick
+cargo bench --locked --bench failover -- --quick
 cargo bench --locked -p capstan-proxy --bench sync -- --quick
 
 step "all tests passed"

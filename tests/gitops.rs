@@ -486,6 +486,26 @@ fn replicas_on_etcd_take_over_from_a_killed_leader_and_fence_a_paused_one() {
         (note["outcome"] == "complete").then_some(())
     });
 
+    // Readiness and `capstan status` name the leader; status lists the replicas running.
+    let ready = c.kubectl_ok(&["get", "--raw", "/readyz?verbose"]);
+    assert!(
+        ready.contains("[+]store ok") && ready.contains(&format!("[+]leader {next}")),
+        "{ready}"
+    );
+    wait("capstan status to name the new leader and two replicas", &c, || {
+        let out = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .arg("status")
+            .current_dir(&c.repo)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let replicas = text.lines().find(|l| l.starts_with("replicas"))?.matches("https://").count();
+        (text.contains(&format!("leader          {next}"))
+            && text.contains(&format!("store           etcd://{endpoints}"))
+            && replicas == 2)
+            .then_some(())
+    });
+
     // The new leader paused past its lease: the third replica takes over; the paused one,
     // resumed, has its writes refused by the fence and steps down.
     let (paused, other) = if next == format!("https://{}", listen[1]) {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use capstan_daemon::{Daemon, DaemonConfig, StoreChoice};
 use capstan_store::local_etcd::LocalEtcd;
-use capstan_store::{EtcdConfig, EtcdStore, RedbStore, Store, Txn};
+use capstan_store::{Compare, EtcdConfig, EtcdStore, RedbStore, Store, Txn};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::json;
@@ -66,15 +66,23 @@ async fn fetch(c: &kube::Client, path: &str, accept: &str) -> usize {
     resp.into_body().collect().await.unwrap().to_bytes().len()
 }
 
-/// Durable writes per second of `writers` concurrent writers, each writing 1 KiB values.
-async fn store_throughput(store: Arc<dyn Store>, writers: usize, per_writer: usize) -> f64 {
+/// Durable writes per second of `writers` concurrent writers, each writing 1 KiB values;
+/// with `create`, each a compare-and-swap that the key does not exist (as object creates are).
+async fn store_throughput(store: Arc<dyn Store>, writers: usize, per_writer: usize, create: bool) -> f64 {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..per_writer {
-                s.txn(Txn::default().put(format!("/k/{w}/{i}"), vec![b'x'; 1024])).await.unwrap();
+                let key = format!("/k/{w}/{i}");
+                let txn = if create {
+                    Txn::default().when(Compare::Missing(key.clone()))
+                } else {
+                    Txn::default()
+                };
+                let r = s.txn(txn.put(key, vec![b'x'; 1024])).await.unwrap();
+                assert!(r.succeeded);
             }
         }));
     }
@@ -84,8 +92,9 @@ async fn store_throughput(store: Arc<dyn Store>, writers: usize, per_writer: usi
     (writers * per_writer) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// The same with the etcd client alone: plain puts, what etcd itself can take here.
-async fn raw_etcd_puts(etcd: &LocalEtcd, writers: usize, per_writer: usize) -> f64 {
+/// The same with the etcd client alone, what etcd itself can take here: plain puts, or with
+/// `create` transactions that compare the key's creation revision with 0.
+async fn raw_etcd(etcd: &LocalEtcd, writers: usize, per_writer: usize, create: bool) -> f64 {
     let client = etcd_client::Client::connect(etcd.endpoints(), None).await.unwrap();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -93,7 +102,15 @@ async fn raw_etcd_puts(etcd: &LocalEtcd, writers: usize, per_writer: usize) -> f
         let mut kv = client.kv_client();
         tasks.push(tokio::spawn(async move {
             for i in 0..per_writer {
-                kv.put(format!("/raw/{w}/{i}"), vec![b'x'; 1024], None).await.unwrap();
+                let key = format!("/raw{}/{w}/{i}", u8::from(create));
+                if create {
+                    let txn = etcd_client::Txn::new()
+                        .when([etcd_client::Compare::create_revision(key.clone(), etcd_client::CompareOp::Equal, 0)])
+                        .and_then([etcd_client::TxnOp::put(key, vec![b'x'; 1024], None)]);
+                    assert!(kv.txn(txn).await.unwrap().succeeded());
+                } else {
+                    kv.put(key, vec![b'x'; 1024], None).await.unwrap();
+                }
             }
         }));
     }
@@ -152,20 +169,25 @@ async fn main() {
     );
     let (one_n, many_n) = if quick { (100, 20) } else { (500, 100) };
     let redb = |name: &str| -> Arc<dyn Store> { Arc::new(RedbStore::open(&dir.path().join(name)).unwrap()) };
-    let one = store_throughput(redb("w1.redb"), 1, one_n).await;
-    let many = store_throughput(redb("w64.redb"), 64, many_n).await;
+    let one = store_throughput(redb("w1.redb"), 1, one_n, false).await;
+    let many = store_throughput(redb("w64.redb"), 64, many_n, false).await;
     println!("  store writes (durable), 1 writer              {one:>9.0} /s");
     println!("  store writes (durable), 64 writers            {many:>9.0} /s   (group commit)");
     let etcd = if on_etcd {
         let etcd = LocalEtcd::start(&dir.path().join("etcd"), 1).await.unwrap();
         let config = EtcdConfig::parse(&etcd.url()).unwrap();
-        for (writers, per) in [(1, one_n), (64, many_n)] {
-            let raw = raw_etcd_puts(&etcd, writers, per).await;
+        for (create, writers, per) in [(false, 1, one_n), (false, 64, many_n), (true, 64, many_n)] {
+            let raw = raw_etcd(&etcd, writers, per, create).await;
             let mut c = config.clone();
-            c.prefix = format!("/bench{writers}");
-            let ours = store_throughput(Arc::new(EtcdStore::open(c).await.unwrap()), writers, per).await;
+            c.prefix = format!("/bench{writers}{create}");
+            let ours = store_throughput(Arc::new(EtcdStore::open(c).await.unwrap()), writers, per, create).await;
+            let (what, peer) = if create {
+                ("creates (CAS)", "raw etcd txns")
+            } else {
+                ("writes       ", "raw etcd puts")
+            };
             println!(
-                "  etcd: store writes, {writers:>2} writer{}            {ours:>9.0} /s   raw etcd puts {raw:>6.0} /s   {:.2}x   target >= 0.8x",
+                "  etcd: store {what}, {writers:>2} writer{}  {ours:>9.0} /s   {peer} {raw:>6.0} /s   {:.2}x   target >= 0.8x",
                 if writers == 1 { " " } else { "s" },
                 ours / raw
             );

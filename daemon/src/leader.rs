@@ -37,6 +37,8 @@ pub struct Singletons {
     pub sync_status: watch::Sender<SyncStatus>,
     /// Where the webhook finds the running term's Git source.
     pub trigger: TriggerSlot,
+    /// The store, as `capstan status` names it (`redb`, `etcd://…`).
+    pub store_name: String,
 }
 
 /// How this replica comes to lead.
@@ -172,6 +174,7 @@ fn start_term(s: &Singletons, objects: Objects, over: CancellationToken) -> Resu
         term_status,
         s.cache.clone(),
         objects.store().clone(),
+        s.store_name.clone(),
         s.status_interval,
         s.revert_failed_rollouts,
         over.clone(),

@@ -408,7 +408,26 @@ impl Daemon {
             history_revisions: config.history_revisions,
             sync_status: sync_feed,
             trigger: trigger.clone(),
+            store_name: match &config.store {
+                StoreChoice::Redb => "redb".to_owned(),
+                #[cfg(feature = "etcd")]
+                StoreChoice::Etcd(c) => format!("etcd://{}", c.describe()),
+            },
         };
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = &etcd {
+            // Every replica shows itself while it runs (`capstan status` lists them).
+            let presence = serde_json::json!({"api": server_url, "since": jiff::Timestamp::now().to_string()});
+            let (etcd, key, stop) = (
+                etcd.clone(),
+                format!("{}{server_url}", capstan_store::REPLICAS_PREFIX),
+                shutdown.clone(),
+            );
+            let (ttl, renew) = (config.leader_lease, config.leader_renew);
+            tasks.push(tokio::spawn(async move {
+                etcd.announce(&key, presence.to_string(), ttl, renew, stop).await
+            }));
+        }
         let election = match etcd {
             None => leader::Election::Sole,
             #[cfg(feature = "etcd")]

@@ -212,6 +212,7 @@ pub async fn run(
     mut sync: watch::Receiver<SyncStatus>,
     cache: Arc<Cache>,
     fence: Arc<dyn capstan_store::Store>,
+    store_name: String,
     interval: Duration,
     revert: bool,
     cancel: CancellationToken,
@@ -313,7 +314,8 @@ pub async fn run(
             .filter(|c| unnoted.iter().any(|(u, _)| u == c))
             .collect();
         seen = vec![status];
-        let files = status_files(&cache);
+        let mut files = status_files(&cache);
+        files.insert("control-plane.json".into(), control_plane_file(fence.as_ref(), &store_name));
         let target = target.clone();
         let retry_push = push_pending;
         let must_fetch = target.push_to.is_some() && !fetched;
@@ -395,6 +397,30 @@ pub async fn run(
             Err(e) => tracing::warn!("writing status to git: {e}"),
         }
     }
+}
+
+/// The control plane as `capstan status` shows it: where the store is and whether it takes
+/// writes, which replica leads, and the replicas running (on etcd).
+fn control_plane_file(store: &dyn capstan_store::Store, store_name: &str) -> String {
+    let leader = store
+        .get(capstan_store::LEADER_KEY)
+        .ok()
+        .flatten()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+    let replicas: Vec<Value> = store
+        .range(capstan_store::REPLICAS_PREFIX, None, 0)
+        .map(|r| r.kvs)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect();
+    let doc = json!({
+        "apiVersion": "capstan.dev/v1",
+        "kind": "ControlPlane",
+        "metadata": {"name": "control-plane"},
+        "status": {"store": store_name, "storeProblem": store.trouble(), "leader": leader, "replicas": replicas},
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
 }
 
 /// The commits awaiting a final note, in the order they were applied, with their records.

@@ -119,6 +119,25 @@ pub fn run(repo: &Path, format: Format) -> anyhow::Result<ExitCode> {
             printable(o["status"]["problem"].as_str().unwrap_or_default())
         );
     }
+    if let Some(cp) = objects.iter().find(|o| o["kind"] == "ControlPlane") {
+        let s = &cp["status"];
+        outln!("store           {}", s["store"].as_str().unwrap_or_default());
+        if let Some(problem) = s["storeProblem"].as_str() {
+            outln!("store problem   {}", printable(problem));
+        }
+        if let Some(leader) = s["leader"].as_str() {
+            outln!("leader          {leader}");
+        }
+        let replicas: Vec<&str> = s["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["api"].as_str())
+            .collect();
+        if !replicas.is_empty() {
+            outln!("replicas        {}", replicas.join(", "));
+        }
+    }
     outln!("status as of    {written}");
     outln!();
     let mut table = comfy_table::Table::new();

@@ -126,16 +126,34 @@ pub fn router(state: Shared) -> Router {
 }
 
 /// Ready while the store takes writes (kube-apiserver's `etcd` readiness check): a replica that
-/// lost etcd says so, and why.
-async fn readyz(State(state): State<Shared>) -> Response {
-    match state.objects.store().trouble() {
-        None => "ok".into_response(),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("[-]etcd failed: {why}\nreadyz check failed\n"),
-        )
-            .into_response(),
+/// lost etcd says so, and why. `?verbose` lists the checks, and which replica leads.
+async fn readyz(State(state): State<Shared>, uri: axum::http::Uri) -> Response {
+    let store = state.objects.store();
+    let trouble = store.trouble();
+    let verbose = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    let code = if trouble.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    if !verbose && trouble.is_none() {
+        return "ok".into_response();
     }
+    let mut text = match &trouble {
+        None => "[+]store ok\n".to_owned(),
+        Some(why) => format!("[-]store failed: {why}\n"),
+    };
+    if let Some(leader) = store.get(capstan_store::LEADER_KEY).ok().flatten() {
+        text.push_str(&format!("[+]leader {}\n", String::from_utf8_lossy(&leader.value)));
+    }
+    text.push_str(if trouble.is_some() {
+        "readyz check failed\n"
+    } else {
+        "readyz check passed\n"
+    });
+    (code, text).into_response()
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {

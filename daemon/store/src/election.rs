@@ -14,8 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{EtcdStore, Revision, Store};
 
-/// The store key the leader holds; its value names the leader.
-pub const LEADER_KEY: &str = "/capstan/leader";
+pub use crate::LEADER_KEY;
 
 /// How a replica campaigns and keeps leadership.
 #[derive(Clone, Debug)]
@@ -161,6 +160,44 @@ impl EtcdStore {
             .ok()
             .flatten()
             .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+    }
+}
+
+impl EtcdStore {
+    /// Holds `key` = `value` while this replica runs (under a lease renewed every `renew`, so
+    /// it goes within `ttl` of a crash), putting it back whenever it was lost; until `stop`.
+    pub async fn announce(&self, key: &str, value: String, ttl: Duration, renew: Duration, stop: CancellationToken) {
+        let key = self.etcd_key(key);
+        let mut leases = self.client().lease_client();
+        let mut kv = self.client().kv_client();
+        loop {
+            let held = async {
+                let grant = self
+                    .bounded("a lease grant", leases.grant(ttl.as_secs().max(1) as i64, None))
+                    .await
+                    .ok()?;
+                let id = grant.id();
+                let put = kv.put(key.clone(), value.clone(), Some(etcd::PutOptions::new().with_lease(id)));
+                self.bounded("a put", put).await.ok()?;
+                let (mut keeper, mut stream) = leases.keep_alive(id).await.ok()?;
+                loop {
+                    tokio::time::sleep(renew).await;
+                    keeper.keep_alive().await.ok()?;
+                    match tokio::time::timeout(renew, stream.message()).await {
+                        Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                        _ => return Some(()),
+                    }
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = held => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(renew) => {}
+            }
+        }
     }
 }
 

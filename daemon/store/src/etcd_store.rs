@@ -344,6 +344,26 @@ impl Inner {
         *self.trouble.write().unwrap_or_else(|p| p.into_inner()) = trouble;
     }
 
+    /// Passes a result on, noting a lost etcd for readiness.
+    fn noting_trouble<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(StoreError::Unavailable(why)) = &result {
+            self.set_trouble(Some(why.clone()));
+        }
+        result
+    }
+
+    /// Read-your-writes: waits until the mirror's watch has delivered `revision`, this
+    /// replica's own write.
+    async fn read_own_write(&self, revision: Revision) {
+        let mut seen = self.seen.subscribe();
+        if tokio::time::timeout(REQUEST_TIMEOUT, seen.wait_for(|r| *r >= revision))
+            .await
+            .is_err()
+        {
+            tracing::warn!(etcd = %self.config.describe(), revision, "the store's mirror has not seen its own write yet");
+        }
+    }
+
     fn mirror_get(&self, key: &str) -> Option<KeyValue> {
         self.mirror.read().unwrap_or_else(|p| p.into_inner()).kvs.get(key).cloned()
     }
@@ -357,10 +377,9 @@ async fn follow(inner: std::sync::Weak<Inner>, mut revision: Revision, mut stop:
     loop {
         let Some(store) = inner.upgrade() else { return };
         let root = store.config.root();
-        let options = etcd::WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision as i64 + 1)
-            .with_prev_key();
+        // No previous values: the mirror needs only the keys of deletes (etcd would read the
+        // previous version of every key for each event).
+        let options = etcd::WatchOptions::new().with_prefix().with_start_revision(revision as i64 + 1);
         let mut client = store.client.watch_client();
         let opened = tokio::time::timeout(REQUEST_TIMEOUT, client.watch(root.clone(), Some(options))).await;
         let mut stream = match opened {
@@ -521,6 +540,24 @@ impl Store for EtcdStore {
         Box::pin(async move {
             let inner = &self.inner;
             let config = &inner.config;
+            let root_len = config.root().len();
+            // A lone unconditional put needs no etcd transaction: the same write, on etcd's
+            // cheaper put path (about a third more writes per second here).
+            if txn.compares.is_empty()
+                && let [Op::Put { key, value }] = txn.ops.as_slice()
+            {
+                let mut kv = inner.client.kv_client();
+                let put = kv.put(config.key(key), value.to_vec(), Some(etcd::PutOptions::new().with_prev_key()));
+                let response = inner.noting_trouble(bounded(config, "a put", put).await)?;
+                let revision = response.header().map_or(0, |h| h.revision()).max(0) as Revision;
+                inner.read_own_write(revision).await;
+                return Ok(TxnResult {
+                    succeeded: true,
+                    revision,
+                    failed_compare: None,
+                    prev: vec![response.prev_key().and_then(|kv| from_etcd(root_len, kv))],
+                });
+            }
             let mut compares = Vec::new();
             let mut current = Vec::new();
             for c in &txn.compares {
@@ -555,17 +592,8 @@ impl Store for EtcdStore {
                 .collect();
             let request = etcd::Txn::new().when(compares).and_then(ops).or_else(current);
             let mut kv = inner.client.kv_client();
-            let response = match bounded(config, "a transaction", kv.txn(request)).await {
-                Ok(r) => r,
-                Err(e) => {
-                    if let StoreError::Unavailable(why) = &e {
-                        inner.set_trouble(Some(why.clone()));
-                    }
-                    return Err(e);
-                }
-            };
+            let response = inner.noting_trouble(bounded(config, "a transaction", kv.txn(request)).await)?;
             let revision = response.header().map_or(0, |h| h.revision()).max(0) as Revision;
-            let root_len = config.root().len();
             if !response.succeeded() {
                 let found: Vec<Option<KeyValue>> = response
                     .op_responses()
@@ -598,14 +626,7 @@ impl Store for EtcdStore {
                 .zip(&prev)
                 .any(|(op, prev)| matches!(op, Op::Put { .. }) || prev.is_some());
             if changed {
-                // Read-your-writes: the mirror's watch delivers this very revision.
-                let mut seen = inner.seen.subscribe();
-                if tokio::time::timeout(REQUEST_TIMEOUT, seen.wait_for(|r| *r >= revision))
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(etcd = %config.describe(), revision, "the store's mirror has not seen its own write yet");
-                }
+                inner.read_own_write(revision).await;
             }
             Ok(TxnResult {
                 succeeded: true,

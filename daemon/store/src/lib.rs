@@ -200,6 +200,13 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// The store key the leader of several control-plane replicas holds; its value names the
+/// leader's API address.
+pub const LEADER_KEY: &str = "/capstan/leader";
+
+/// Each control-plane replica on etcd holds `REPLICAS_PREFIX<its API address>` while it runs.
+pub const REPLICAS_PREFIX: &str = "/capstan/replicas/";
+
 /// The smallest key greater than every key with `prefix`, for range ends.
 pub fn prefix_end(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")
