@@ -169,14 +169,17 @@ fn start_term(s: &Singletons, objects: Objects, over: CancellationToken) -> Resu
             }
         }
     }));
+    let writeback = writeback::Settings {
+        target: s.target.clone(),
+        interval: s.status_interval,
+        revert: s.revert_failed_rollouts,
+        store_name: s.store_name.clone(),
+    };
     tasks.push(tokio::spawn(writeback::run(
-        s.target.clone(),
+        writeback,
         term_status,
         s.cache.clone(),
         objects.store().clone(),
-        s.store_name.clone(),
-        s.status_interval,
-        s.revert_failed_rollouts,
         over.clone(),
     )));
     let ctx = context::Context::new(objects.clone(), s.cache.clone(), s.settings.clone()).with_metrics(s.metrics.clone());

@@ -202,21 +202,36 @@ pub struct Target {
     pub push_to: Option<String>,
 }
 
-/// Writes notes and the status branch into the target every `interval` until cancelled. Every
+/// How the write-back writes.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub target: Target,
+    /// At most one write per interval.
+    pub interval: Duration,
+    /// A failed rollout of the branch's tip is reverted by a commit (see
+    /// [`capstan_git::revert`]).
+    pub revert: bool,
+    /// The store, as the control plane's status names it.
+    pub store_name: String,
+}
+
+/// Writes notes and the status branch into the target every interval until cancelled. Every
 /// applied commit gets its note, also one that the next commit replaced within the same
-/// interval.
-/// `revert`: a failed rollout of the branch's tip is reverted by a commit (see
-/// [`capstan_git::revert`]).
+/// interval, or that a leader before this one applied. `fence` is the store as this term of
+/// leadership writes it.
 pub async fn run(
-    target: Target,
+    settings: Settings,
     mut sync: watch::Receiver<SyncStatus>,
     cache: Arc<Cache>,
     fence: Arc<dyn capstan_store::Store>,
-    store_name: String,
-    interval: Duration,
-    revert: bool,
     cancel: CancellationToken,
 ) {
+    let Settings {
+        target,
+        interval,
+        revert,
+        store_name,
+    } = settings;
     let mut push_pending = false;
     // The failed commits reverted (or tried): what their note says about it.
     let mut reverted: BTreeMap<String, Revert> = BTreeMap::new();
