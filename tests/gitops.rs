@@ -402,12 +402,14 @@ fn replicas_on_etcd_take_over_from_a_killed_leader_and_fence_a_paused_one() {
         (leader() == format!("https://{}", listen[0])).then_some(())
     });
     let others: Vec<Replica> = (1..3).map(|i| Replica::start(&c, i, &args(i))).collect();
-    // From here kubectl and the node agent go through the second replica.
+    // From here kubectl goes through the second replica; the node agent knows all three and
+    // starts with the first, the leader (when it is killed, the agent moves on).
     c.data = others[0].data.clone();
     wait("the second replica to answer", &c, || {
         c.kubectl(&["get", "--raw", "/readyz"]).status.success().then_some(())
     });
-    let _agent = c.node(&format!("ha-{}", std::process::id()), &run, &[]);
+    let servers: Vec<String> = listen.iter().map(|l| format!("https://{l}")).collect();
+    let agent = c.node_via(&format!("ha-{}", std::process::id()), &run, &[], &servers.join(","));
     wait("four blue pods ready", &c, || {
         let pods = ready_pods(&c);
         (pods.len() == 4 && pods.iter().all(|(_, colour, _)| colour == "blue")).then_some(())
@@ -484,6 +486,19 @@ fn replicas_on_etcd_take_over_from_a_killed_leader_and_fence_a_paused_one() {
             .ok()?;
         let note: Value = serde_json::from_slice(&out.stdout).ok()?;
         (note["outcome"] == "complete").then_some(())
+    });
+
+    // The node agent moved to a live replica: its heartbeats go on.
+    let agent_log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+    assert!(agent_log.contains("trying the next"), "{agent_log}");
+    wait("the node to stay Ready", &c, || {
+        let ready = c.kubectl_ok(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[0].status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        (ready == "True").then_some(())
     });
 
     // Readiness and `capstan status` name the leader; status lists the replicas running.

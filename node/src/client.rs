@@ -36,8 +36,31 @@ pub fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
     capstan_runtime::tls::certs(pem).into_iter().map(|c| c.to_vec()).collect()
 }
 
-/// A client for `server` trusting `ca_pem` and sending `token`.
+/// The API servers a `--server` value names: one URL, or several replicas' separated by commas.
+pub fn servers(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Backend = tower::util::BoxCloneSyncService<http::Request<kube::client::Body>, http::Response<hyper::body::Incoming>, BoxError>;
+
+/// A client for `server` (one URL, or several control-plane replicas' separated by commas)
+/// trusting `ca_pem` and sending `token`.
 pub fn kube_client(server: &str, ca_pem: Option<&str>, token: Option<&str>) -> Result<kube::Client, String> {
+    let backends = servers(server).map(|s| backend(s, ca_pem, token)).collect::<Result<Vec<_>, _>>()?;
+    if backends.is_empty() {
+        return Err(format!("invalid server URL {server:?}: no URL"));
+    }
+    let failover = Failover {
+        servers: servers(server).map(str::to_owned).collect(),
+        backends: backends.into(),
+        current: Default::default(),
+    };
+    Ok(kube::Client::new(failover, "default"))
+}
+
+/// The HTTPS stack to one API server.
+fn backend(server: &str, ca_pem: Option<&str>, token: Option<&str>) -> Result<Backend, String> {
     let uri: http::Uri = server.parse().map_err(|e| format!("invalid server URL {server:?}: {e}"))?;
     let mut config = kube::Config::new(uri);
     match ca_pem {
@@ -62,10 +85,55 @@ pub fn kube_client(server: &str, ca_pem: Option<&str>, token: Option<&str>) -> R
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer().map_err(|e| e.to_string())?)
-        .service(tower::ServiceExt::map_err(http, |e| -> Box<dyn std::error::Error + Send + Sync> {
-            Box::new(e)
-        }));
-    Ok(kube::Client::new(service, "default"))
+        .service(tower::ServiceExt::map_err(http, |e| -> BoxError { Box::new(e) }));
+    Ok(tower::util::BoxCloneSyncService::new(service))
+}
+
+/// Requests go to the server in use; one that cannot be connected to moves the agent on to
+/// the next server, so that its next request (the callers retry) reaches a live replica.
+#[derive(Clone)]
+struct Failover {
+    servers: std::sync::Arc<[String]>,
+    backends: std::sync::Arc<[Backend]>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Whether the request failed before reaching the server (nothing was sent).
+fn is_connect_error(e: &BoxError) -> bool {
+    e.downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(|e| e.is_connect())
+}
+
+impl tower::Service<http::Request<kube::client::Body>> for Failover {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        // Each request takes its own clone of a backend, readied there.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+        use std::sync::atomic::Ordering;
+        let n = self.backends.len();
+        let i = self.current.load(Ordering::Relaxed) % n;
+        let backend = self.backends[i].clone();
+        let (servers, current) = (self.servers.clone(), self.current.clone());
+        Box::pin(async move {
+            let result = tower::ServiceExt::oneshot(backend, req).await;
+            if n > 1
+                && let Err(e) = &result
+                && is_connect_error(e)
+                && current
+                    .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(from = %servers[i], to = %servers[(i + 1) % n], "the API server cannot be reached: trying the next");
+            }
+            result
+        })
+    }
 }
 
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

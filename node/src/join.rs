@@ -54,8 +54,8 @@ fn credential_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("credential")
 }
 
-/// Joins `server` as `node`, retrying while the server cannot be reached (it may be starting)
-/// for up to `patience`. A node that joined before presents its own credential (kept in
+/// Joins `server` (one URL, or several control-plane replicas' separated by commas) as
+/// `node`, retrying while no server can be reached (it may be starting) for up to `patience`. A node that joined before presents its own credential (kept in
 /// `data_dir`, 0600); the join secret is for the first time, or after `capstan node forget`.
 pub async fn join(server: &str, token_file: &Path, node: &str, data_dir: &Path, patience: Duration) -> Result<Credentials, NodeError> {
     let (pinned, secret) = read_token(token_file)?;
@@ -65,9 +65,15 @@ pub async fn join(server: &str, token_file: &Path, node: &str, data_dir: &Path, 
         .filter(|t| !t.is_empty());
     let deadline = tokio::time::Instant::now() + patience;
     let mut own = saved;
+    // Several control-plane replicas: an unreachable one sends the agent to the next.
+    let servers: Vec<&str> = crate::client::servers(server).collect();
+    let mut attempt = 0;
     loop {
         let presented = own.as_deref().unwrap_or(&secret);
+        let server = servers[attempt % servers.len()];
+        attempt += 1;
         match try_join(server, &pinned, presented, node).await {
+            Err(NodeError::Unreachable { .. }) if attempt % servers.len() != 0 => {}
             Err(NodeError::Unreachable { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await
             }

@@ -37,7 +37,7 @@ use crate::client::ApiClient;
 /// How the agent is set up.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// The API server, `https://HOST:PORT`.
+    /// The API server, `https://HOST:PORT`, or several replicas' separated by commas.
     pub server: String,
     pub token_file: PathBuf,
     pub name: String,

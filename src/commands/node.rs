@@ -15,7 +15,8 @@ use serde_json::json;
 pub struct Args {
     #[command(subcommand)]
     pub action: Option<Action>,
-    /// The API server, e.g. https://127.0.0.1:6443.
+    /// The API server, e.g. https://127.0.0.1:6443; with several control-plane replicas, each
+    /// one's URL separated by commas (the agent moves to the next when one cannot be reached).
     #[arg(long, required_unless_present = "cleanup_proxy")]
     pub server: Option<String>,
     /// The daemon's DATA_DIR/node-token (`<sha256 of the CA>::<secret>`).

@@ -194,6 +194,28 @@ impl Authenticator {
         Ok(())
     }
 
+    /// Takes one change of a credential from the store's watch.
+    fn apply_credential(&self, e: &capstan_store::Event) {
+        let value = String::from_utf8_lossy(&e.kv.value).into_owned();
+        let put = e.kind == capstan_store::EventKind::Put;
+        if let Some(node) = e.kv.key.strip_prefix(NODE_TOKEN_PREFIX) {
+            let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+            // The node's previous credential, and on a delete the last one, stop working.
+            tokens.retain(|_, id| *id != Identity::Node(node.to_owned()));
+            if put {
+                tokens.insert(value, Identity::Node(node.to_owned()));
+            }
+        } else if let Some(user) = e.kv.key.strip_prefix(REVOKED_PREFIX) {
+            let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+            if put {
+                revoked.insert(user.to_owned(), value.parse().unwrap_or(i64::MAX));
+            } else {
+                revoked.remove(user);
+            }
+        }
+        self.credentials_seen.fetch_max(e.revision(), std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Follows credentials issued and revoked through any replica, until `stop`.
     pub async fn follow_credentials(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
@@ -212,7 +234,8 @@ impl Authenticator {
                     // Read everything again now and then, and when the watch broke.
                     _ = tick.tick() => true,
                     event = async { match &mut watch { Some(w) => w.recv().await, None => std::future::pending().await } } => match event {
-                        Some(Ok(e)) => e.kv.key.starts_with(NODE_TOKEN_PREFIX) || e.kv.key.starts_with(REVOKED_PREFIX),
+                        // The event itself, not a read: the store's reads may not have it yet.
+                        Some(Ok(e)) => { self.apply_credential(&e); false }
                         _ => { watch = None; true }
                     },
                 };
