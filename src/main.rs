@@ -124,6 +124,10 @@ enum Command {
         #[arg(long, short, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// The control plane's store: `capstan store migrate` moves a cluster from the embedded
+    /// store to etcd.
+    #[command(subcommand)]
+    Store(commands::store::Command),
     /// The sync state: applied commit and per-object health.
     Status {
         /// The tracked repository (Capstan writes the status branch and notes into it).
@@ -215,6 +219,7 @@ fn main() -> ExitCode {
             store: *store,
         }),
         Command::Node(args) => commands::node::run(*args),
+        Command::Store(command) => commands::store::run(command),
         Command::Status { repo, output } => commands::status::run(&repo, output),
         Command::History {
             repo,

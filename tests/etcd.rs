@@ -1,8 +1,9 @@
 //! The control plane with its store on etcd (`capstan daemon --store etcd://…`), on real etcd
 //! members: the objects a commit makes live in etcd under the cluster's prefix, Secrets sealed;
 //! while etcd is lost the daemon stays up, reads still answer, writes fail with 503 naming etcd
-//! and /readyz says why; once etcd is back everything works again without a restart. (The daemon
-//! killed mid-rollout on etcd is in tests/gitops.rs.)
+//! and /readyz says why; once etcd is back everything works again without a restart. A cluster
+//! on the embedded store moves to etcd with `capstan store migrate` and keeps every object.
+//! (The daemon killed mid-rollout on etcd, and several replicas, are in tests/gitops.rs.)
 
 mod common;
 
@@ -97,4 +98,48 @@ fn a_cluster_on_etcd_keeps_its_objects_there_and_rides_out_losing_it() {
     });
     let exited = c.child.try_wait().unwrap();
     assert!(exited.is_none(), "the daemon exited: {exited:?}\n{}", c.log());
+}
+
+#[test]
+fn a_cluster_moves_from_the_embedded_store_to_etcd_and_keeps_every_object() {
+    let (_etcd_dir, etcd) = common::etcd(1);
+    let mut c = Cluster::start_with(FILES, &["--cluster-cidr", "10.225.0.0/16"]);
+    let pods = |c: &Cluster| c.kubectl_ok(&["get", "pods", "-n", "shop", "-o", "jsonpath={.items[*].metadata.name}"]);
+    c.wait_until("the deployment's two pods exist", || pods(&c).split_whitespace().count() == 2);
+    let identity = |c: &Cluster| {
+        (
+            c.kubectl_ok(&["get", "deployment", "web", "-n", "shop", "-o", "jsonpath={.metadata.uid}"]),
+            pods(c),
+            c.kubectl_ok(&["get", "secret", "db", "-n", "shop", "-o", "jsonpath={.data.password}"]),
+        )
+    };
+    let before = identity(&c);
+    let _ = c.child.kill();
+    let _ = c.child.wait();
+
+    let migrate = |extra: &[&str]| {
+        run(Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["store", "migrate", "--data-dir", c.data.to_str().unwrap(), "--store", &etcd.url()])
+            .args(extra))
+    };
+    let out = migrate(&[]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success() && said.contains("copied"), "{said}");
+    // Never over another cluster's keys.
+    let again = migrate(&[]);
+    let said = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(
+        !again.status.success() && said.contains("already holds a cluster under /capstan"),
+        "{said}"
+    );
+
+    c.restart_daemon_with(&["--store", &etcd.url()]);
+    assert!(c.log().contains("store on etcd"), "{}", c.log());
+    c.wait_until("the same objects, served from etcd", || identity(&c) == before);
+    // The Secret is sealed in etcd as it was in the embedded store.
+    let sealed = etcdctl(
+        &etcd.endpoints().join(","),
+        &["get", "/capstan/registry/core/secrets/shop/db", "--print-value-only"],
+    );
+    assert!(!sealed.contains("hunter2-plain"));
 }

@@ -102,3 +102,79 @@ impl StoreArgs {
         )
     }
 }
+
+/// `capstan store …`
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Copy a stopped cluster's objects from its embedded store (DATA_DIR/store.redb) to etcd,
+    /// then start its daemon with the same --data-dir and --store etcd://…. Secrets stay sealed
+    /// with the keys in DATA_DIR. Resource versions start anew on etcd: clients re-list.
+    Migrate {
+        /// The stopped daemon's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The etcd to copy to (`etcd://HOST:PORT[,…]`), with its prefix and TLS flags.
+        #[command(flatten)]
+        to: StoreArgs,
+    },
+}
+
+pub fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        Command::Migrate { data_dir, to } => migrate(&data_dir, &to),
+    }
+}
+
+/// Keys per etcd transaction (etcd's default limit is 128 operations).
+const BATCH: usize = 100;
+
+#[cfg(feature = "etcd")]
+fn migrate(data_dir: &std::path::Path, to: &StoreArgs) -> anyhow::Result<std::process::ExitCode> {
+    use capstan_store::{Store, Txn};
+    let StoreChoice::Etcd(config) = to.choice()? else {
+        anyhow::bail!("--store: name the etcd to migrate to (etcd://HOST:PORT[,…])");
+    };
+    let path = data_dir.join("store.redb");
+    anyhow::ensure!(path.exists(), "{} holds no embedded store", path.display());
+    // redb locks its file: a running daemon makes this fail, rather than copy a moving store.
+    let from = capstan_store::RedbStore::open(&path).with_context(|| format!("opening {} (stop its daemon first)", path.display()))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let prefix = config.prefix.clone();
+        let to = capstan_store::EtcdStore::open(config).await?;
+        let there = to.range("/", None, 1)?;
+        anyhow::ensure!(
+            there.kvs.is_empty(),
+            "etcd already holds a cluster under {prefix}: choose another --etcd-prefix, or remove it there first"
+        );
+        let all = from.range("/", None, 0)?;
+        for chunk in all.kvs.chunks(BATCH) {
+            let txn = chunk
+                .iter()
+                .fold(Txn::default(), |txn, kv| txn.put(kv.key.clone(), kv.value.clone()));
+            to.txn(txn).await?;
+        }
+        let copied = to.range("/", None, 0)?;
+        let same = copied.kvs.len() == all.kvs.len() && copied.kvs.iter().zip(&all.kvs).all(|(a, b)| a.key == b.key && a.value == b.value);
+        anyhow::ensure!(same, "the copy in etcd differs from the embedded store: not using it");
+        eprintln!(
+            "copied {} keys from {} to etcd://{} under {prefix}; start the daemon with --data-dir {} --store {}",
+            all.kvs.len(),
+            path.display(),
+            to.config().describe(),
+            data_dir.display(),
+            to_url(to.config()),
+        );
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(feature = "etcd")]
+fn to_url(config: &capstan_store::EtcdConfig) -> String {
+    format!("etcd://{}", config.describe())
+}
+
+#[cfg(not(feature = "etcd"))]
+fn migrate(_: &std::path::Path, to: &StoreArgs) -> anyhow::Result<std::process::ExitCode> {
+    to.choice().map(|_| std::process::ExitCode::FAILURE)
+}

@@ -247,6 +247,17 @@ impl Cluster {
         });
     }
 
+    /// Stops the daemon and starts it again on the same data with `extra` flags added.
+    pub fn restart_daemon_with(&mut self, extra: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+        self.child = Cluster::spawn_daemon(self.dir.path(), &self.args);
+        self.wait_until("the restarted API server answers", || {
+            self.kubectl(&["get", "--raw", "/readyz"]).status.success()
+        });
+    }
+
     /// The API server's URL, from the kubeconfig the daemon wrote.
     pub fn server(&self) -> String {
         let text = std::fs::read_to_string(self.kubeconfig()).unwrap();
