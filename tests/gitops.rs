@@ -4,7 +4,8 @@
 //! `capstan status` and in the commit's git note; the fixing commit then rolls out. A node agent
 //! killed with SIGKILL: its node goes NotReady and its pods are replaced on a second agent. The
 //! daemon killed with SIGKILL in the middle of a rollout: it converges, no container is
-//! duplicated, no ClusterIP changes.
+//! duplicated, no ClusterIP changes. The broken file and the daemon killed also with the store on
+//! etcd; and three replicas on etcd, the leader killed mid-rollout and the next one paused.
 
 mod common;
 
@@ -107,15 +108,34 @@ fn pods_field(c: &Cluster, field: &str) -> String {
 
 #[test]
 fn a_broken_file_keeps_its_objects_running_names_file_and_line_and_the_fix_rolls_out() {
-    let Some((run, c)) = docker_cluster(
+    broken_file_then_fix(
         "a_broken_file_keeps_its_objects_running_names_file_and_line_and_the_fix_rolls_out",
         "gitops-broken",
+        &["--cluster-cidr", "10.204.0.0/16"],
+    );
+}
+
+/// The same with the cluster's store on etcd.
+#[test]
+fn on_etcd_a_broken_file_keeps_its_objects_running_and_the_fix_rolls_out() {
+    let (_etcd_dir, etcd) = common::etcd(1);
+    broken_file_then_fix(
+        "on_etcd_a_broken_file_keeps_its_objects_running_and_the_fix_rolls_out",
+        "gitops-broken-etcd",
+        &["--cluster-cidr", "10.226.0.0/16", "--store", &etcd.url()],
+    );
+}
+
+fn broken_file_then_fix(test: &str, label: &str, args: &[&str]) {
+    let Some((run, c)) = docker_cluster(
+        test,
+        label,
         &[
             ("ns.yaml", NAMESPACE),
             ("web.yaml", &web("2", "blue")),
             ("settings.yaml", &settings("blue")),
         ],
-        &["--cluster-cidr", "10.204.0.0/16"],
+        args,
     ) else {
         return;
     };
