@@ -111,18 +111,7 @@ async fn main() {
     }
     for i in 1..3 {
         let data = dir.path().join(format!("r{i}"));
-        std::fs::create_dir_all(data.join("pki")).unwrap();
-        for file in [
-            "pki/ca.crt",
-            "pki/ca.key",
-            "pki/sa.key",
-            "pki/encryption-keys",
-            "admin-token",
-            "readonly-token",
-            "join-secret",
-        ] {
-            std::fs::copy(first.join(file), data.join(file)).unwrap();
-        }
+        capstan_daemon::copy_replica_identity(&first, &data).unwrap();
         let child = Replica::spawn(&data, &args);
         replicas.push(Replica {
             data,

@@ -85,6 +85,24 @@ fn ready_pods(c: &Cluster) -> Vec<(String, String, String)> {
     pods
 }
 
+/// One running app container per Ready pod of the shop, no more.
+fn assert_one_container_per_pod(c: &Cluster, run: &DockerRun) {
+    let pods = ready_pods(c);
+    let listed = run_ok(Command::new("docker").args([
+        "ps",
+        "--filter",
+        &format!("label={}", run.label()),
+        "--filter",
+        "label=capstan.dev/container=app",
+        "--format",
+        "{{.Label \"capstan.dev/pod\"}}",
+    ]));
+    let mut names: Vec<&str> = listed.lines().collect();
+    names.sort();
+    let expected: Vec<&str> = pods.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(names, expected, "running app containers, by pod");
+}
+
 /// A node's Ready condition: True, False or Unknown.
 fn node_ready(c: &Cluster, node: &str) -> String {
     c.kubectl_ok(&[
@@ -326,20 +344,7 @@ fn daemon_killed_mid_rollout(test: &str, label: &str, cidr: &str, extra: &[&str]
         "the ClusterIP survived the restart"
     );
     // One running app container per pod, no more.
-    let pods = ready_pods(&c);
-    let listed = run_ok(Command::new("docker").args([
-        "ps",
-        "--filter",
-        &format!("label={}", run.label()),
-        "--filter",
-        "label=capstan.dev/container=app",
-        "--format",
-        "{{.Label \"capstan.dev/pod\"}}",
-    ]));
-    let mut names: Vec<&str> = listed.lines().collect();
-    names.sort();
-    let expected: Vec<&str> = pods.iter().map(|(name, _, _)| name.as_str()).collect();
-    assert_eq!(names, expected, "running app containers, by pod");
+    assert_one_container_per_pod(&c, &run);
 }
 
 /// Another control-plane replica of the cluster in `c`: its own data directory holding the
@@ -354,18 +359,7 @@ struct Replica {
 impl Replica {
     fn start(c: &Cluster, i: usize, args: &[&str]) -> Replica {
         let data = c.dir.path().join(format!("data-{i}"));
-        std::fs::create_dir_all(data.join("pki")).unwrap();
-        for file in [
-            "pki/ca.crt",
-            "pki/ca.key",
-            "pki/sa.key",
-            "pki/encryption-keys",
-            "admin-token",
-            "readonly-token",
-            "join-secret",
-        ] {
-            std::fs::copy(c.data.join(file), data.join(file)).unwrap();
-        }
+        capstan_daemon::copy_replica_identity(&c.data, &data).unwrap();
         let log = c.dir.path().join(format!("daemon-{i}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
@@ -472,20 +466,7 @@ fn replicas_on_etcd_take_over_from_a_killed_leader_and_fence_a_paused_one() {
     // One ReplicaSet per template, and one running app container per pod.
     let sets = c.kubectl_ok(&["get", "rs", "-n", "shop", "-o", "jsonpath={.items[*].metadata.name}"]);
     assert_eq!(sets.split_whitespace().count(), 2, "ReplicaSets: {sets}");
-    let pods = ready_pods(&c);
-    let listed = run_ok(Command::new("docker").args([
-        "ps",
-        "--filter",
-        &format!("label={}", run.label()),
-        "--filter",
-        "label=capstan.dev/container=app",
-        "--format",
-        "{{.Label \"capstan.dev/pod\"}}",
-    ]));
-    let mut names: Vec<&str> = listed.lines().collect();
-    names.sort();
-    let expected: Vec<&str> = pods.iter().map(|(name, _, _)| name.as_str()).collect();
-    assert_eq!(names, expected, "running app containers, by pod");
+    assert_one_container_per_pod(&c, &run);
     // Each commit has its note (git keeps one per commit); the red one ends complete.
     for commit in [&first_commit, &red_commit] {
         let note: Value = wait("the commit's note", &c, || {

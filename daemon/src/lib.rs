@@ -142,6 +142,31 @@ pub enum DaemonError {
     Replica(String),
 }
 
+/// The files in a data directory that every control-plane replica of one cluster shares: the
+/// cluster CA, the service-account signing key, the keys that seal Secrets, and the tokens.
+pub const REPLICA_IDENTITY: [&str; 7] = [
+    "pki/ca.crt",
+    "pki/ca.key",
+    "pki/sa.key",
+    ENCRYPTION_KEYS,
+    "admin-token",
+    "readonly-token",
+    "join-secret",
+];
+
+/// Copies a replica's identity ([`REPLICA_IDENTITY`]) into another's data directory, before
+/// that one's first start.
+pub fn copy_replica_identity(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    for file in REPLICA_IDENTITY {
+        let target = to.join(file);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(from.join(file), target)?;
+    }
+    Ok(())
+}
+
 /// What the replicas of one cluster must agree on, recorded in the store by the first.
 const CLUSTER_KEY: &str = "/capstan/cluster";
 
@@ -172,9 +197,10 @@ async fn check_replica(store: &Arc<dyn Store>, ca_hash: &str, config: &DaemonCon
         .unwrap_or_default();
     if theirs["caHash"] != mine["caHash"] {
         return Err(DaemonError::Replica(format!(
-            "its cluster CA ({}/pki/ca.crt, {ca_hash}) is not the cluster's ({}): copy pki/, admin-token, readonly-token and join-secret from a running replica's data directory before the first start",
+            "its cluster CA ({}/pki/ca.crt, {ca_hash}) is not the cluster's ({}): copy {} from a running replica's data directory before the first start",
             config.data_dir.display(),
-            theirs["caHash"].as_str().unwrap_or("?")
+            theirs["caHash"].as_str().unwrap_or("?"),
+            REPLICA_IDENTITY.join(", ")
         )));
     }
     for (field, flag) in [("repo", "--repo"), ("branch", "--branch"), ("path", "--path")] {

@@ -638,13 +638,7 @@ impl Store for EtcdStore {
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
-        let compacted = self.compacted_revision();
-        if after < compacted {
-            return Err(StoreError::Compacted {
-                requested: after,
-                compacted,
-            });
-        }
+        crate::retained(after, self.compacted_revision())?;
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(relay(self.inner.clone(), prefix.to_owned(), after, tx));
         Ok(rx)

@@ -207,6 +207,17 @@ pub const LEADER_KEY: &str = "/capstan/leader";
 /// Each control-plane replica on etcd holds `REPLICAS_PREFIX<its API address>` while it runs.
 pub const REPLICAS_PREFIX: &str = "/capstan/replicas/";
 
+/// Whether a watch may start after `after` when history before `compacted` is gone.
+pub(crate) fn retained(after: Revision, compacted: Revision) -> Result<()> {
+    if after < compacted {
+        return Err(StoreError::Compacted {
+            requested: after,
+            compacted,
+        });
+    }
+    Ok(())
+}
+
 /// The smallest key greater than every key with `prefix`, for range ends.
 pub fn prefix_end(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")

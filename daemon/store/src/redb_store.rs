@@ -195,13 +195,7 @@ impl Store for RedbStore {
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
-        let compacted = self.compacted_revision();
-        if after < compacted {
-            return Err(StoreError::Compacted {
-                requested: after,
-                compacted,
-            });
-        }
+        crate::retained(after, self.compacted_revision())?;
         // Subscribe before reading the revision, so that nothing falls between replay and live.
         let mut live = self.shared.events.subscribe();
         let upto = self.revision();
