@@ -85,6 +85,34 @@ fn ready_pods(c: &Cluster) -> Vec<(String, String, String)> {
     pods
 }
 
+/// Commits four red pods that turn ready 3 s after they start, and waits until the rollout
+/// has begun; returns the commit.
+fn begin_slow_red_rollout(c: &Cluster) -> String {
+    let slow = web("4", "red").replace(
+        "env: [{name: COLOUR, value: red}]",
+        "env: [{name: COLOUR, value: red}, {name: READY_AFTER, value: \"3\"}]",
+    );
+    let commit = c.commit(&[("web.yaml", &slow)], &[], "red, slowly");
+    wait("the rollout to begin", c, || {
+        pods_field(c, "spec.containers[0].env[0].value").contains("red").then_some(())
+    });
+    commit
+}
+
+/// Waits for four red pods ready and no blue one, and for the Deployment's status to follow
+/// (a moment later).
+fn wait_red_rolled_out(c: &Cluster) {
+    wait("four red pods ready and no blue one", c, || {
+        let pods = ready_pods(c);
+        let all = pods_field(c, "spec.containers[0].env[0].value");
+        (pods.len() == 4 && pods.iter().all(|(_, colour, _)| colour == "red") && !all.contains("blue")).then_some(())
+    });
+    wait("the deployment to report 4 updated, 4 available, 4 in all", c, || {
+        let status = web_deployment(c, "{.status.updatedReplicas} {.status.availableReplicas} {.status.replicas}");
+        (status == "4 4 4").then_some(())
+    });
+}
+
 /// One running app container per Ready pod of the shop, no more.
 fn assert_one_container_per_pod(c: &Cluster, run: &DockerRun) {
     let pods = ready_pods(c);
@@ -316,28 +344,10 @@ fn daemon_killed_mid_rollout(test: &str, label: &str, cidr: &str, extra: &[&str]
     });
     let cluster_ip = c.kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "jsonpath={.spec.clusterIP}"]);
 
-    // A slow rollout (new pods turn ready after 3 s), interrupted once it has begun.
-    let slow = web("4", "red").replace(
-        "env: [{name: COLOUR, value: red}]",
-        "env: [{name: COLOUR, value: red}, {name: READY_AFTER, value: \"3\"}]",
-    );
-    c.commit(&[("web.yaml", &slow)], &[], "red, slowly");
-    wait("the rollout to begin", &c, || {
-        let out = pods_field(&c, "spec.containers[0].env[0].value");
-        out.contains("red").then_some(())
-    });
+    // A slow rollout, interrupted once it has begun.
+    begin_slow_red_rollout(&c);
     c.kill9_and_restart_daemon();
-
-    wait("four red pods ready and no blue one", &c, || {
-        let pods = ready_pods(&c);
-        let all = pods_field(&c, "spec.containers[0].env[0].value");
-        (pods.len() == 4 && pods.iter().all(|(_, colour, _)| colour == "red") && !all.contains("blue")).then_some(())
-    });
-    // The Deployment's status follows its pods (a moment later).
-    wait("the deployment to report 4 updated, 4 available, 4 in all", &c, || {
-        let status = web_deployment(&c, "{.status.updatedReplicas} {.status.availableReplicas} {.status.replicas}");
-        (status == "4 4 4").then_some(())
-    });
+    wait_red_rolled_out(&c);
     assert_eq!(
         c.kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "jsonpath={.spec.clusterIP}"]),
         cluster_ip,
@@ -434,14 +444,7 @@ fn replicas_on_etcd_take_over_from_a_killed_leader_and_fence_a_paused_one() {
         .to_owned();
 
     // A slow rollout, and the leader killed once it has begun.
-    let slow = web("4", "red").replace(
-        "env: [{name: COLOUR, value: red}]",
-        "env: [{name: COLOUR, value: red}, {name: READY_AFTER, value: \"3\"}]",
-    );
-    let red_commit = c.commit(&[("web.yaml", &slow)], &[], "red, slowly");
-    wait("the rollout to begin", &c, || {
-        pods_field(&c, "spec.containers[0].env[0].value").contains("red").then_some(())
-    });
+    let red_commit = begin_slow_red_rollout(&c);
     let _ = c.child.kill();
     let _ = c.child.wait();
     let next = wait("another replica to lead", &c, || {
@@ -449,15 +452,7 @@ fn replicas_on_etcd_take_over_from_a_killed_leader_and_fence_a_paused_one() {
         (!l.is_empty() && l != format!("https://{}", listen[0])).then_some(l)
     });
 
-    wait("four red pods ready and no blue one", &c, || {
-        let pods = ready_pods(&c);
-        let all = pods_field(&c, "spec.containers[0].env[0].value");
-        (pods.len() == 4 && pods.iter().all(|(_, colour, _)| colour == "red") && !all.contains("blue")).then_some(())
-    });
-    wait("the deployment to report 4 updated, 4 available, 4 in all", &c, || {
-        let status = web_deployment(&c, "{.status.updatedReplicas} {.status.availableReplicas} {.status.replicas}");
-        (status == "4 4 4").then_some(())
-    });
+    wait_red_rolled_out(&c);
     assert_eq!(
         c.kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "jsonpath={.spec.clusterIP}"]),
         cluster_ip,
