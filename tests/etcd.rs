@@ -2,7 +2,8 @@
 //! members: the objects a commit makes live in etcd under the cluster's prefix, Secrets sealed;
 //! while etcd is lost the daemon stays up, reads still answer, writes fail with 503 naming etcd
 //! and /readyz says why; once etcd is back everything works again without a restart. A cluster
-//! on the embedded store moves to etcd with `capstan store migrate` and keeps every object.
+//! on the embedded store moves to etcd with `capstan store migrate` and keeps every object. etcd
+//! over TLS with client certificates: the daemon's gets in, a connection without one is refused.
 //! (The daemon killed mid-rollout on etcd, and several replicas, are in tests/gitops.rs.)
 
 mod common;
@@ -142,4 +143,73 @@ fn a_cluster_moves_from_the_embedded_store_to_etcd_and_keeps_every_object() {
         &["get", "/capstan/registry/core/secrets/shop/db", "--print-value-only"],
     );
     assert!(!sealed.contains("hunter2-plain"));
+}
+
+#[test]
+fn a_daemon_reaches_etcd_over_tls_with_its_client_certificate_and_none_other_gets_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = capstan_daemon::pki::Ca::load_or_create(&dir.path().join("etcd-pki")).unwrap();
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let server = ca.issue("etcd", None, &["localhost".into()], &[localhost], true, true).unwrap();
+    let client = ca.issue("capstan", None, &[], &[], false, true).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_file = file("ca.crt", &ca.cert_pem);
+    let tls = capstan_store::local_etcd::ServerTls {
+        cert: file("server.crt", &server.cert_pem),
+        key: file("server.key", &server.key_pem),
+        client_ca: ca_file.clone(),
+    };
+    let (client_cert, client_key) = (file("client.crt", &client.cert_pem), file("client.key", &client.key_pem));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let etcd = rt
+        .block_on(capstan_store::local_etcd::LocalEtcd::start_with(
+            &dir.path().join("etcd"),
+            1,
+            Some(tls),
+        ))
+        .unwrap();
+
+    // Without a client certificate etcd refuses the connection: a clear error naming it.
+    let mut config = capstan_store::EtcdConfig::parse(&etcd.url()).unwrap();
+    config.connect_for = std::time::Duration::from_secs(1);
+    config.tls = Some(capstan_store::EtcdTls {
+        ca_pem: ca.cert_pem.as_bytes().to_vec(),
+        client: None,
+    });
+    let refused = rt.block_on(capstan_store::EtcdStore::open(config)).unwrap_err().to_string();
+    assert!(
+        refused.contains(&etcd.endpoints()[0]) && refused.contains("not reachable"),
+        "{refused}"
+    );
+
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (ca_arg, cert_arg, key_arg) = (path(&ca_file), path(&client_cert), path(&client_key));
+    let c = Cluster::start_with(
+        FILES,
+        &[
+            "--store",
+            &etcd.url(),
+            "--etcd-cafile",
+            &ca_arg,
+            "--etcd-certfile",
+            &cert_arg,
+            "--etcd-keyfile",
+            &key_arg,
+            "--cluster-cidr",
+            "10.227.0.0/16",
+        ],
+    );
+    c.wait_until("the deployment in the API", || {
+        c.kubectl(&["get", "deployment", "web", "-n", "shop"]).status.success()
+    });
+    let keys = run(Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &format!("https://{}", etcd.endpoints()[0])])
+        .args(["--cacert", &ca_arg, "--cert", &cert_arg, "--key", &key_arg])
+        .args(["get", "--prefix", "/capstan/registry/apps/deployments/", "--keys-only"]));
+    assert!(String::from_utf8_lossy(&keys.stdout).contains("/capstan/registry/apps/deployments/shop/web"));
 }

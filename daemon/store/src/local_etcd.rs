@@ -23,6 +23,16 @@ pub struct LocalEtcd {
     dir: PathBuf,
     token: String,
     members: Vec<Member>,
+    tls: Option<ServerTls>,
+}
+
+/// TLS on the members' client port (PEM files): their certificate (valid for 127.0.0.1) and
+/// key, and the CA whose client certificates they require.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +53,11 @@ fn free_port() -> std::io::Result<u16> {
 impl LocalEtcd {
     /// Starts `members` members with data under `dir` and waits until the cluster answers.
     pub async fn start(dir: &Path, members: usize) -> Result<LocalEtcd, LocalEtcdError> {
+        LocalEtcd::start_with(dir, members, None).await
+    }
+
+    /// As `start`, with TLS and client certificates on the client port when `tls` says so.
+    pub async fn start_with(dir: &Path, members: usize, tls: Option<ServerTls>) -> Result<LocalEtcd, LocalEtcdError> {
         Command::new("etcd")
             .arg("--version")
             .stdout(Stdio::null())
@@ -68,6 +83,7 @@ impl LocalEtcd {
             dir: dir.to_owned(),
             token,
             members: list,
+            tls,
         };
         for i in 0..etcd.members.len() {
             etcd.spawn(i, "new")?;
@@ -98,9 +114,21 @@ impl LocalEtcd {
             .append(true)
             .open(self.dir.join(format!("{}.log", m.name)))
             .map_err(spawn_err)?;
-        let client = format!("http://127.0.0.1:{}", m.client);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -125,7 +153,10 @@ impl LocalEtcd {
         loop {
             let mut all = true;
             for m in self.members.iter().filter(|m| m.child.is_some()) {
-                all &= health(m.client).await;
+                all &= match &self.tls {
+                    None => health(m.client).await,
+                    Some(tls) => tls_health(m.client, tls),
+                };
             }
             if all {
                 return Ok(());
@@ -189,6 +220,25 @@ async fn health(port: u16) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+/// The same over TLS, asked with etcdctl (the member's certificate as the client's).
+fn tls_health(port: u16, tls: &ServerTls) -> bool {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(format!("https://127.0.0.1:{port}"))
+        .arg("--cacert")
+        .arg(&tls.client_ca)
+        .arg("--cert")
+        .arg(&tls.cert)
+        .arg("--key")
+        .arg(&tls.key)
+        .args(["--command-timeout", "2s", "endpoint", "health"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 impl Drop for LocalEtcd {
