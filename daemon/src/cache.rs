@@ -187,6 +187,8 @@ pub struct Cache {
     inner: RwLock<Inner>,
     live: broadcast::Sender<Arc<CacheEvent>>,
     revision: watch::Sender<Revision>,
+    /// Counts resyncs: each one ends every running watch with `TooOld` (its watcher lists again).
+    resets: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -236,26 +238,78 @@ impl Cache {
             }),
             live,
             revision,
+            resets: watch::channel(0).0,
         });
         // Every key, not only objects: the cache's revision must follow the store's, so that
         // a read can wait for "the cache has seen everything up to now".
         let mut events = store.watch("/", initial.revision)?;
         let feeder = Arc::downgrade(&cache);
         tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
+            loop {
+                while let Some(event) = events.recv().await {
+                    let Some(cache) = feeder.upgrade() else {
+                        return;
+                    };
+                    match event {
+                        Ok(e) => cache.apply(e),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the store watch behind the cache failed: reading everything again");
+                            break;
+                        }
+                    }
+                }
+                // The history this cache followed is gone (it was cut off from the store for
+                // long): read the store again and go on from there.
+                let resumed = loop {
+                    if feeder.strong_count() == 0 {
+                        return;
+                    }
+                    let again = store.range(REGISTRY_PREFIX, None, 0).and_then(|list| {
+                        let watch = store.watch("/", list.revision)?;
+                        Ok((list, watch))
+                    });
+                    match again {
+                        Ok(resumed) => break resumed,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading the store again for the cache");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                };
                 let Some(cache) = feeder.upgrade() else {
                     return;
                 };
-                match event {
-                    Ok(e) => cache.apply(e),
-                    Err(e) => {
-                        tracing::error!(error = %e, "the store watch behind the cache failed");
-                        return;
-                    }
-                }
+                cache.resync(&resumed.0);
+                events = resumed.1;
             }
         });
         Ok(cache)
+    }
+
+    /// Brings the cache to `list` (every object, read at one revision) and ends every running
+    /// watch with `TooOld`, as kube-apiserver's watch cache does when it is re-initialised:
+    /// watchers list again, and watches resuming from before get 410.
+    fn resync(&self, list: &capstan_store::RangeResult) {
+        let mut kinds: Vec<KindIndex> = REGISTRY.iter().map(|_| KindIndex::default()).collect();
+        for kv in &list.kvs {
+            let Some(i) = kind_index(&kv.key) else {
+                continue;
+            };
+            if let Some(obj) = decode(&REGISTRY[i], kv) {
+                kinds[i].insert(Arc::new(Entry::new(obj, kv.mod_revision)));
+            }
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        inner.kinds = kinds;
+        inner.history.clear();
+        inner.history_bytes = 0;
+        inner.history_from = list.revision;
+        inner.revision = inner.revision.max(list.revision);
+        let rev = inner.revision;
+        drop(inner);
+        self.resets.send_modify(|n| *n += 1);
+        self.revision.send_replace(rev);
+        tracing::info!(revision = list.revision, "the cache follows the store again");
     }
 
     fn apply(&self, e: capstan_store::Event) {
@@ -372,6 +426,8 @@ impl Cache {
             });
         }
         let live = self.live.subscribe();
+        let mut resets = self.resets.subscribe();
+        resets.mark_unchanged();
         let namespace = namespace.filter(|_| kind.namespaced).map(str::to_owned);
         let filter = Filter { kind, namespace };
         let backlog: VecDeque<Arc<CacheEvent>> = inner
@@ -383,6 +439,7 @@ impl Cache {
         Ok(CacheWatch {
             backlog,
             live,
+            resets,
             filter,
             last: after,
         })
@@ -408,6 +465,7 @@ impl Filter {
 pub struct CacheWatch {
     backlog: VecDeque<Arc<CacheEvent>>,
     live: broadcast::Receiver<Arc<CacheEvent>>,
+    resets: watch::Receiver<u64>,
     filter: Filter,
     last: Revision,
 }
@@ -420,7 +478,21 @@ impl CacheWatch {
             return Ok(e);
         }
         loop {
-            match self.live.recv().await {
+            let next = tokio::select! {
+                biased;
+                changed = self.resets.changed() => {
+                    if changed.is_err() {
+                        // The cache is gone (shutting down), as a closed broadcast below.
+                        std::future::pending::<()>().await;
+                    }
+                    return Err(CacheError::TooOld {
+                        requested: self.last,
+                        oldest: self.last + 1,
+                    });
+                }
+                next = self.live.recv() => next,
+            };
+            match next {
                 Ok(e) if e.revision() > self.last && self.filter.accepts(&e) => {
                     self.last = e.revision();
                     return Ok(e);
@@ -435,5 +507,108 @@ impl CacheWatch {
                 Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use capstan_store::{BoxFuture, KeyValue, RangeResult, RedbStore, Txn, TxnResult, WatchStream};
+    use serde_json::json;
+
+    use super::*;
+    use crate::context::kind;
+    use crate::objects::key_of;
+
+    /// A store whose first watch is the test's to end (as a store whose history was compacted
+    /// under a watcher cut off for long); the rest are the store's own.
+    struct Cut {
+        store: RedbStore,
+        first: Mutex<Option<WatchStream>>,
+    }
+
+    impl Store for Cut {
+        fn revision(&self) -> Revision {
+            self.store.revision()
+        }
+        fn compacted_revision(&self) -> Revision {
+            self.store.compacted_revision()
+        }
+        fn get(&self, key: &str) -> capstan_store::Result<Option<KeyValue>> {
+            self.store.get(key)
+        }
+        fn range(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> capstan_store::Result<RangeResult> {
+            self.store.range(prefix, start_after, limit)
+        }
+        fn txn(&self, txn: Txn) -> BoxFuture<'_, capstan_store::Result<TxnResult>> {
+            self.store.txn(txn)
+        }
+        fn watch(&self, prefix: &str, after: Revision) -> capstan_store::Result<WatchStream> {
+            match self.first.lock().unwrap().take() {
+                Some(w) => Ok(w),
+                None => self.store.watch(prefix, after),
+            }
+        }
+        fn compact(&self, revision: Revision) -> BoxFuture<'_, capstan_store::Result<()>> {
+            self.store.compact(revision)
+        }
+    }
+
+    fn config_map(name: &str, value: &str) -> (String, Vec<u8>) {
+        let v = json!({"metadata": {"name": name, "namespace": "default", "uid": name}, "data": {"v": value}});
+        (key_of(kind("configmaps"), "default", name), serde_json::to_vec(&v).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_cache_cut_off_past_compaction_reads_the_store_again_and_its_watchers_list_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let (a, b) = (config_map("a", "1"), config_map("b", "1"));
+        store.txn(Txn::default().put(a.0.clone(), a.1).put(b.0.clone(), b.1)).await.unwrap();
+        let (cut, first) = tokio::sync::mpsc::channel(1);
+        let cache = Cache::start(Arc::new(Cut {
+            store: store.clone(),
+            first: Mutex::new(Some(first)),
+        }))
+        .await
+        .unwrap();
+        let before = cache.revision();
+        let mut watcher = cache.watch(kind("configmaps"), None, before).unwrap();
+        // While the cache hears nothing: a changed, b deleted, c created.
+        let (a2, c) = (config_map("a", "2"), config_map("c", "1"));
+        store.txn(Txn::default().put(a2.0, a2.1).delete(b.0).put(c.0, c.1)).await.unwrap();
+        assert_eq!(
+            cache.get(kind("configmaps"), "default", "b").map(|e| e.name.clone()),
+            Some("b".into())
+        );
+        // The store says the cache's history is gone.
+        cut.send(Err(StoreError::Compacted {
+            requested: before,
+            compacted: store.revision(),
+        }))
+        .await
+        .unwrap();
+        // Its watchers are told to list again, and what they list is the store's state.
+        let ended = tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.unwrap();
+        assert!(matches!(ended, Err(CacheError::TooOld { .. })));
+        let value = |name: &str| {
+            cache
+                .get(kind("configmaps"), "default", name)
+                .map(|e| e.object["data"]["v"].clone())
+        };
+        assert_eq!(value("a"), Some(json!("2")));
+        assert_eq!(value("b"), None);
+        assert_eq!(value("c"), Some(json!("1")));
+        assert!(
+            cache.watch(kind("configmaps"), None, before).is_err(),
+            "a watch from before the resync resumes"
+        );
+        // And it follows the store again.
+        let mut watcher = cache.watch(kind("configmaps"), None, cache.revision()).unwrap();
+        let d = config_map("d", "1");
+        store.txn(Txn::default().put(d.0, d.1)).await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.unwrap().unwrap();
+        assert_eq!((e.change, e.entry.name.as_str()), (Change::Added, "d"));
     }
 }
