@@ -41,12 +41,24 @@ pub enum LocalEtcdError {
     Missing(std::io::Error),
     #[error("starting etcd member {name}: {source}")]
     Spawn { name: String, source: std::io::Error },
+    #[error("etcd member {name} exited ({status}); its log: {log}")]
+    Exited { name: String, status: String, log: String },
     #[error("etcd at {endpoints} did not become healthy within {secs} s (logs in {dir})")]
     NotHealthy { endpoints: String, secs: u64, dir: String },
 }
 
-/// A free port on loopback (the kernel's choice; the listener is closed right away).
+/// A free port on loopback, below the kernel's ephemeral range (32768 and up by default), so
+/// that no connection's source port takes it between this check and etcd's bind.
 fn free_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -63,33 +75,47 @@ impl LocalEtcd {
             .stdout(Stdio::null())
             .status()
             .map_err(LocalEtcdError::Missing)?;
-        let mut list = Vec::new();
-        for i in 0..members.max(1) {
-            list.push(Member {
-                name: format!("m{i}"),
-                client: free_port().map_err(|source| LocalEtcdError::Spawn {
-                    name: format!("m{i}"),
-                    source,
-                })?,
-                peer: free_port().map_err(|source| LocalEtcdError::Spawn {
-                    name: format!("m{i}"),
-                    source,
-                })?,
-                child: None,
-            });
+        // A member that cannot bind its port (taken between the check and etcd's bind) exits:
+        // the cluster starts again on other ports, in a fresh directory.
+        let mut attempt = 0;
+        loop {
+            let home = if attempt == 0 {
+                dir.to_owned()
+            } else {
+                dir.join(format!("retry-{attempt}"))
+            };
+            let mut list = Vec::new();
+            for i in 0..members.max(1) {
+                let name = format!("m{i}");
+                let port = || {
+                    free_port().map_err(|source| LocalEtcdError::Spawn {
+                        name: name.clone(),
+                        source,
+                    })
+                };
+                list.push(Member {
+                    client: port()?,
+                    peer: port()?,
+                    name,
+                    child: None,
+                });
+            }
+            let token = format!("capstan-{}-{}", std::process::id(), list[0].client);
+            let mut etcd = LocalEtcd {
+                dir: home,
+                token,
+                members: list,
+                tls: tls.clone(),
+            };
+            for i in 0..etcd.members.len() {
+                etcd.spawn(i, "new")?;
+            }
+            match etcd.wait_healthy(Duration::from_secs(30)).await {
+                Ok(()) => return Ok(etcd),
+                Err(LocalEtcdError::Exited { .. }) if attempt < 3 => attempt += 1,
+                Err(e) => return Err(e),
+            }
         }
-        let token = format!("capstan-{}-{}", std::process::id(), list[0].client);
-        let mut etcd = LocalEtcd {
-            dir: dir.to_owned(),
-            token,
-            members: list,
-            tls,
-        };
-        for i in 0..etcd.members.len() {
-            etcd.spawn(i, "new")?;
-        }
-        etcd.wait_healthy(Duration::from_secs(30)).await?;
-        Ok(etcd)
     }
 
     fn initial_cluster(&self) -> String {
@@ -148,9 +174,21 @@ impl LocalEtcd {
     }
 
     /// Waits until every running member reports itself healthy.
-    async fn wait_healthy(&self, within: Duration) -> Result<(), LocalEtcdError> {
+    async fn wait_healthy(&mut self, within: Duration) -> Result<(), LocalEtcdError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
+            for m in &mut self.members {
+                if let Some(child) = &mut m.child
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    m.child = None;
+                    return Err(LocalEtcdError::Exited {
+                        name: m.name.clone(),
+                        status: status.to_string(),
+                        log: self.dir.join(format!("{}.log", m.name)).display().to_string(),
+                    });
+                }
+            }
             let mut all = true;
             for m in self.members.iter().filter(|m| m.child.is_some()) {
                 all &= match &self.tls {
