@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use capstan_store::local_etcd::LocalEtcd;
 
-const LEASE_SECS: u64 = 2;
-
 struct Replica {
     data: PathBuf,
     args: Vec<String>,
@@ -69,6 +67,7 @@ fn secs(d: Duration) -> String {
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("CAPSTAN_BENCH_QUICK").is_some();
     let rounds = if quick { 3 } else { 5 };
+    let lease_secs = capstan_daemon::DEFAULT_LEADER_LEASE.as_secs();
     let dir = tempfile::tempdir().unwrap();
     let etcd = LocalEtcd::start(&dir.path().join("etcd"), 3).await.unwrap();
     let repo = dir.path().join("repo");
@@ -85,7 +84,7 @@ async fn main() {
         "--listen",
         "127.0.0.1:0",
         "--leader-elect-lease-duration",
-        &LEASE_SECS.to_string(),
+        &lease_secs.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -123,7 +122,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "Leader fail-over: 3 replicas on a 3-member etcd, lease {LEASE_SECS} s, {rounds} rounds{}",
+        "Leader fail-over: 3 replicas on a 3-member etcd, lease {lease_secs} s, {rounds} rounds{}",
         if quick { " (quick)" } else { "" }
     );
     let (mut to_leader, mut to_reconcile) = (Vec::new(), Vec::new());
@@ -170,7 +169,7 @@ async fn main() {
         secs(*to_leader.last().unwrap())
     );
     println!(
-        "  kill -9 to its first reconcile   p50 {:>8}  max {:>8}   target p50 < 3 s; floor: the lease, {LEASE_SECS} s; client-go's default lease: 15 s",
+        "  kill -9 to its first reconcile   p50 {:>8}  max {:>8}   target p50 < 3 s; floor: the lease, {lease_secs} s; client-go's default lease: 15 s",
         secs(pct(&to_reconcile, 0.5)),
         secs(*to_reconcile.last().unwrap())
     );

@@ -213,19 +213,25 @@ fn index_of(kind: &KindInfo) -> usize {
         .expect("kinds come from the registry")
 }
 
+/// The objects of a listing, indexed by kind.
+fn index(list: &capstan_store::RangeResult) -> Vec<KindIndex> {
+    let mut kinds: Vec<KindIndex> = REGISTRY.iter().map(|_| KindIndex::default()).collect();
+    for kv in &list.kvs {
+        let Some(i) = kind_index(&kv.key) else {
+            continue;
+        };
+        if let Some(obj) = decode(&REGISTRY[i], kv) {
+            kinds[i].insert(Arc::new(Entry::new(obj, kv.mod_revision)));
+        }
+    }
+    kinds
+}
+
 impl Cache {
     /// Loads every object and follows the store from there.
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Cache>, CacheError> {
         let initial = store.range(REGISTRY_PREFIX, None, 0)?;
-        let mut kinds: Vec<KindIndex> = REGISTRY.iter().map(|_| KindIndex::default()).collect();
-        for kv in &initial.kvs {
-            let Some(i) = kind_index(&kv.key) else {
-                continue;
-            };
-            if let Some(obj) = decode(&REGISTRY[i], kv) {
-                kinds[i].insert(Arc::new(Entry::new(obj, kv.mod_revision)));
-            }
-        }
+        let kinds = index(&initial);
         let (live, _) = broadcast::channel(65_536);
         let (revision, _) = watch::channel(initial.revision);
         let cache = Arc::new(Cache {
@@ -290,15 +296,7 @@ impl Cache {
     /// watch with `TooOld`, as kube-apiserver's watch cache does when it is re-initialised:
     /// watchers list again, and watches resuming from before get 410.
     fn resync(&self, list: &capstan_store::RangeResult) {
-        let mut kinds: Vec<KindIndex> = REGISTRY.iter().map(|_| KindIndex::default()).collect();
-        for kv in &list.kvs {
-            let Some(i) = kind_index(&kv.key) else {
-                continue;
-            };
-            if let Some(obj) = decode(&REGISTRY[i], kv) {
-                kinds[i].insert(Arc::new(Entry::new(obj, kv.mod_revision)));
-            }
-        }
+        let kinds = index(list);
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         inner.kinds = kinds;
         inner.history.clear();

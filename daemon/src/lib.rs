@@ -84,6 +84,12 @@ pub struct DaemonConfig {
     pub leader_renew: Duration,
 }
 
+/// The leader's lease by default: etcd's shortest with its default election timeout, so a
+/// crashed leader is replaced within about 2.5 s.
+pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(2);
+/// How often the leader renews its lease by default (four times per lease).
+pub const DEFAULT_LEADER_RENEW: Duration = Duration::from_millis(500);
+
 /// Where the cluster's objects are kept (`--store`).
 #[derive(Clone, Debug, Default)]
 pub enum StoreChoice {
@@ -116,8 +122,8 @@ impl DaemonConfig {
             webhook_secret: None,
             kustomize: None,
             store: StoreChoice::Redb,
-            leader_lease: Duration::from_secs(2),
-            leader_renew: Duration::from_millis(500),
+            leader_lease: DEFAULT_LEADER_LEASE,
+            leader_renew: DEFAULT_LEADER_RENEW,
         }
     }
 }
@@ -350,11 +356,7 @@ impl Daemon {
 
         let location = Location::parse(&config.repo);
         // The sync status the API and `up` read, whichever term of leadership feeds it.
-        let initial_status = store
-            .get(sync::STATUS_KEY)?
-            .and_then(|kv| serde_json::from_slice::<SyncStatus>(&kv.value).ok())
-            .unwrap_or_default();
-        let (sync_feed, sync_status) = watch::channel(initial_status);
+        let (sync_feed, sync_status) = watch::channel(sync::stored_status(store.as_ref())?);
         let trigger: webhook::TriggerSlot = Arc::default();
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();

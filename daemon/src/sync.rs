@@ -105,11 +105,7 @@ impl GitSync {
                 },
             );
         }
-        let status = objects
-            .store()
-            .get(STATUS_KEY)?
-            .and_then(|kv| serde_json::from_slice::<SyncStatus>(&kv.value).ok())
-            .unwrap_or_default();
+        let status = stored_status(objects.store().as_ref())?;
         Ok(GitSync {
             objects,
             applied,
@@ -573,6 +569,14 @@ pub fn job_runs_anew(kind: &KindInfo, live: &Value, desired: &Value) -> bool {
         spec
     };
     fixed(&live["spec"]) != fixed(&desired["spec"])
+}
+
+/// The sync status last recorded in the store (by this replica or a leader before it).
+pub fn stored_status(store: &dyn Store) -> Result<SyncStatus, capstan_store::StoreError> {
+    Ok(store
+        .get(STATUS_KEY)?
+        .and_then(|kv| serde_json::from_slice::<SyncStatus>(&kv.value).ok())
+        .unwrap_or_default())
 }
 
 /// Drops every applied record and sync status (for tests that reuse a store).

@@ -28,10 +28,10 @@ pub struct StoreArgs {
     pub etcd_keyfile: Option<PathBuf>,
     /// With several replicas on etcd: seconds a leader that stopped renewing (crashed, cut off)
     /// keeps leading before another takes over (whole seconds, at least 2: etcd's minimum lease).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = capstan_daemon::DEFAULT_LEADER_LEASE.as_secs())]
     pub leader_elect_lease_duration: u64,
     /// Milliseconds between the leader's renewals of its lease.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = capstan_daemon::DEFAULT_LEADER_RENEW.as_millis() as u64)]
     pub leader_elect_renew_interval: u64,
 }
 

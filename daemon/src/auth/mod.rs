@@ -24,9 +24,6 @@ use crate::pki::{PkiError, write_private};
 /// Store prefix of node credentials: `/capstan/node-tokens/<node>` holds the token's hash.
 const NODE_TOKEN_PREFIX: &str = "/capstan/node-tokens/";
 
-/// Where both kinds of credentials below live, for one watch over them.
-const CREDENTIALS_PREFIX: &str = "/capstan/";
-
 /// Store prefix of revoked people: `/capstan/revoked-users/<user>` holds the second of the
 /// revocation; certificates of the user that became valid then or earlier are refused.
 const REVOKED_PREFIX: &str = "/capstan/revoked-users/";
@@ -218,34 +215,41 @@ impl Authenticator {
 
     /// Follows credentials issued and revoked through any replica, until `stop`.
     pub async fn follow_credentials(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        // Read everything again now and then, and whenever a watch broke.
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
         loop {
             let from = self.credentials_seen.load(std::sync::atomic::Ordering::SeqCst);
-            let mut watch = match self.store.watch(CREDENTIALS_PREFIX, from) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!(error = %e, "following credentials");
-                    None
-                }
-            };
-            loop {
-                let changed = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    // Read everything again now and then, and when the watch broke.
-                    _ = tick.tick() => true,
-                    event = async { match &mut watch { Some(w) => w.recv().await, None => std::future::pending().await } } => match event {
+            let watches = self
+                .store
+                .watch(NODE_TOKEN_PREFIX, from)
+                .and_then(|n| Ok((n, self.store.watch(REVOKED_PREFIX, from)?)));
+            if let Ok((mut nodes, mut people)) = watches {
+                loop {
+                    let event = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => None,
+                        e = nodes.recv() => Some(e),
+                        e = people.recv() => Some(e),
+                    };
+                    match event {
                         // The event itself, not a read: the store's reads may not have it yet.
-                        Some(Ok(e)) => { self.apply_credential(&e); false }
-                        _ => { watch = None; true }
-                    },
-                };
-                if changed && let Err(e) = self.reload_credentials() {
-                    tracing::warn!(error = %e, "reading credentials");
-                }
-                if watch.is_none() {
-                    break;
+                        Some(Some(Ok(e))) => self.apply_credential(&e),
+                        None => self.reload_or_warn(),
+                        Some(_) => break,
+                    }
                 }
             }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.reload_or_warn();
+        }
+    }
+
+    fn reload_or_warn(&self) {
+        if let Err(e) = self.reload_credentials() {
+            tracing::warn!(error = %e, "reading credentials");
         }
     }
 

@@ -12,7 +12,7 @@ use etcd_client as etcd;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{EtcdStore, Revision, Store};
+use crate::{EtcdStore, Revision};
 
 pub use crate::LEADER_KEY;
 
@@ -26,16 +26,6 @@ pub struct ElectionConfig {
     pub lease: Duration,
     /// How often the leader renews the lease.
     pub renew: Duration,
-}
-
-impl Default for ElectionConfig {
-    fn default() -> ElectionConfig {
-        ElectionConfig {
-            identity: String::new(),
-            lease: Duration::from_secs(2),
-            renew: Duration::from_millis(500),
-        }
-    }
 }
 
 /// One term of leadership.
@@ -94,8 +84,9 @@ impl EtcdStore {
         let mut leases = self.client().lease_client();
         // The lease runs on etcd from when it grants it, which is after now.
         let granted_after = Instant::now();
-        let ttl = election.lease.as_secs().max(1) as i64;
-        let grant = self.bounded("a lease grant", leases.grant(ttl, None)).await?;
+        let grant = self
+            .bounded("a lease grant", leases.grant(lease_seconds(election.lease), None))
+            .await?;
         let id = grant.id();
         let txn = etcd::Txn::new()
             .when([etcd::Compare::create_revision(key.clone(), etcd::CompareOp::Equal, 0)])
@@ -154,16 +145,6 @@ impl EtcdStore {
         tracing::info!(term = term.revision, "resigned the leadership");
     }
 
-    /// Who leads now, as the leader key says.
-    pub fn leader(&self) -> Option<String> {
-        self.get(LEADER_KEY)
-            .ok()
-            .flatten()
-            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
-    }
-}
-
-impl EtcdStore {
     /// Holds `key` = `value` while this replica runs (under a lease renewed every `renew`, so
     /// it goes within `ttl` of a crash), putting it back whenever it was lost; until `stop`.
     pub async fn announce(&self, key: &str, value: String, ttl: Duration, renew: Duration, stop: CancellationToken) {
@@ -172,20 +153,15 @@ impl EtcdStore {
         let mut kv = self.client().kv_client();
         loop {
             let held = async {
-                let grant = self
-                    .bounded("a lease grant", leases.grant(ttl.as_secs().max(1) as i64, None))
-                    .await
-                    .ok()?;
+                let grant = self.bounded("a lease grant", leases.grant(lease_seconds(ttl), None)).await.ok()?;
                 let id = grant.id();
                 let put = kv.put(key.clone(), value.clone(), Some(etcd::PutOptions::new().with_lease(id)));
                 self.bounded("a put", put).await.ok()?;
                 let (mut keeper, mut stream) = leases.keep_alive(id).await.ok()?;
                 loop {
                     tokio::time::sleep(renew).await;
-                    keeper.keep_alive().await.ok()?;
-                    match tokio::time::timeout(renew, stream.message()).await {
-                        Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-                        _ => return Some(()),
+                    if renew_once(&mut keeper, &mut stream, renew).await.is_none_or(|ttl| ttl <= 0) {
+                        return Some(());
                     }
                 }
             };
@@ -199,6 +175,23 @@ impl EtcdStore {
             }
         }
     }
+}
+
+/// Renews a lease once: the time to live etcd answers with (0: the lease is gone), or None when
+/// no answer came within `within`.
+async fn renew_once(keeper: &mut etcd::LeaseKeeper, stream: &mut etcd::LeaseKeepAliveStream, within: Duration) -> Option<i64> {
+    tokio::time::timeout(within, async {
+        keeper.keep_alive().await.ok()?;
+        stream.message().await.ok().flatten().map(|r| r.ttl())
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A lease's time to live in etcd's whole seconds (at least 1).
+fn lease_seconds(d: Duration) -> i64 {
+    d.as_secs().max(1) as i64
 }
 
 /// Renews the term's lease until it ends; ends it when a renewal did not come back within the
@@ -220,15 +213,8 @@ async fn keep(store: EtcdStore, id: i64, election: ElectionConfig, granted_after
         }
         if let Some((keeper, stream)) = &mut channel {
             let sent = Instant::now();
-            let answer = tokio::time::timeout(election.renew, async {
-                keeper.keep_alive().await.ok()?;
-                stream.message().await.ok().flatten()
-            })
-            .await
-            .ok()
-            .flatten();
-            match answer {
-                Some(r) if r.ttl() > 0 => renewed_at = sent,
+            match renew_once(keeper, stream, election.renew).await {
+                Some(ttl) if ttl > 0 => renewed_at = sent,
                 Some(_) => {
                     tracing::warn!(term = %id, "the leadership lease expired: stepping down");
                     lost.cancel();

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -102,6 +102,11 @@ impl EtcdConfig {
     fn root(&self) -> String {
         format!("{}/", self.prefix)
     }
+
+    /// The length of `root()`, what the store's keys lose of the etcd keys.
+    fn root_len(&self) -> usize {
+        self.prefix.len() + 1
+    }
 }
 
 /// The smallest byte string greater than every string starting with `prefix` (etcd's range end).
@@ -130,7 +135,6 @@ struct Inner {
     compacted: AtomicU64,
     /// Why etcd cannot be used now, when it cannot.
     trouble: RwLock<Option<String>>,
-    reachable: AtomicBool,
     /// Dropped with the last clone of the store: the mirror's watch stops.
     _stop: watch::Sender<()>,
 }
@@ -299,18 +303,12 @@ impl EtcdStore {
             seen,
             compacted: AtomicU64::new(0),
             trouble: RwLock::new(None),
-            reachable: AtomicBool::new(true),
             _stop: stop,
         });
         tokio::spawn(follow(Arc::downgrade(&inner), revision, stopped.clone()));
         tokio::spawn(learn_compacted(Arc::downgrade(&inner), stopped));
         tracing::info!(etcd = %inner.config.describe(), prefix = %inner.config.prefix, revision, "store on etcd");
         Ok(EtcdStore { inner })
-    }
-
-    /// Why etcd cannot be used now (`None` while it can).
-    pub fn trouble(&self) -> Option<String> {
-        self.inner.trouble.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The configuration it was opened with.
@@ -335,13 +333,17 @@ impl EtcdStore {
 
 impl Inner {
     fn set_trouble(&self, trouble: Option<String>) {
-        let was = self.reachable.swap(trouble.is_none(), Ordering::SeqCst);
-        match (&trouble, was) {
-            (Some(t), true) => tracing::warn!(etcd = %self.config.describe(), problem = %t, "the store lost etcd"),
-            (None, false) => tracing::info!(etcd = %self.config.describe(), "the store reaches etcd again"),
+        // Most calls (each watch response) say "still fine": a read lock answers those.
+        if trouble.is_none() && self.trouble.read().unwrap_or_else(|p| p.into_inner()).is_none() {
+            return;
+        }
+        let mut current = self.trouble.write().unwrap_or_else(|p| p.into_inner());
+        match (current.as_ref(), &trouble) {
+            (None, Some(t)) => tracing::warn!(etcd = %self.config.describe(), problem = %t, "the store lost etcd"),
+            (Some(_), None) => tracing::info!(etcd = %self.config.describe(), "the store reaches etcd again"),
             _ => {}
         }
-        *self.trouble.write().unwrap_or_else(|p| p.into_inner()) = trouble;
+        *current = trouble;
     }
 
     /// Passes a result on, noting a lost etcd for readiness.
@@ -540,7 +542,7 @@ impl Store for EtcdStore {
         Box::pin(async move {
             let inner = &self.inner;
             let config = &inner.config;
-            let root_len = config.root().len();
+            let root_len = config.root_len();
             // A lone unconditional put needs no etcd transaction: the same write, on etcd's
             // cheaper put path (about a third more writes per second here).
             if txn.compares.is_empty()
@@ -669,7 +671,7 @@ impl Store for EtcdStore {
     }
 
     fn trouble(&self) -> Option<String> {
-        EtcdStore::trouble(self)
+        self.inner.trouble.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -677,7 +679,7 @@ impl Store for EtcdStore {
 /// connection breaks, ended with `Compacted` when etcd no longer has the revisions it needs.
 async fn relay(inner: Arc<Inner>, prefix: String, after: Revision, tx: mpsc::Sender<Result<Event>>) {
     let config = inner.config.clone();
-    let root_len = config.root().len();
+    let root_len = config.root_len();
     let weak = Arc::downgrade(&inner);
     let client = inner.client.clone();
     drop(inner);

@@ -220,11 +220,6 @@ impl LocalEtcd {
         format!("etcd://{}", self.endpoints().join(","))
     }
 
-    /// The members' process ids (None for a stopped member).
-    pub fn pids(&self) -> Vec<Option<u32>> {
-        self.members.iter().map(|m| m.child.as_ref().map(Child::id)).collect()
-    }
-
     /// Kills member `i` with SIGKILL.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
