@@ -2,7 +2,8 @@
 //! Engine: exit codes and stderr kept apart, piped stdin ending cleanly, a terminal under
 //! `script` with its size, `-c` and the default-container annotation, a missing command, a 20 MB
 //! binary file copied in and out unchanged, a client that leaves taking its process with it,
-//! output of an attached container and input to one (`attach -i`, `stdinOnce`); port-forward to
+//! output of an attached container and input to one (`attach -i`, `stdinOnce`); `kubectl debug`
+//! with an ephemeral container beside a target, piped and under a terminal; port-forward to
 //! a pod and to a Service with concurrent connections, to a listener on the pod's loopback only,
 //! and to a port nothing listens on; the read-only credential and a service account are refused,
 //! and every session is audited in the log and as an Event on the pod; then the day-two actions
@@ -106,7 +107,8 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
         return;
     };
     let node = format!("streams-{}", std::process::id());
-    let mut agent = c.node(&node, &run, &[]);
+    // hostPath volumes allowed: `kubectl debug node/…` mounts the node's root.
+    let mut agent = c.node(&node, &run, &["--allow-host-path"]);
     let status = c.kubectl(&["rollout", "status", "deployment/box", "--timeout=120s"]);
     assert!(status.status.success(), "{}\n{}", explain(&status), c.log());
     c.wait_until_within("the pod to be ready", 60, || {
@@ -202,6 +204,96 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     );
     assert!(text(&o.stdout).contains("tick"), "{}", explain(&o));
 
+    // kubectl debug: an ephemeral container in the pod, seeing the target container's processes
+    // (its PID 1 is the app's), reading piped input; it runs once and leaves the pod Running.
+    let debug = |name: &str| {
+        [
+            "debug".to_owned(),
+            pod.clone(),
+            "--image=capstan.local/testapp:latest".to_owned(),
+            "--image-pull-policy=Never".to_owned(),
+            "--target=app".to_owned(),
+            format!("--container={name}"),
+        ]
+    };
+    let mut args = debug("debugger").to_vec();
+    args.extend(["-i", "--", "sh", "-c", "read go; echo got-$go; cat /proc/1/cmdline; echo; ps"].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = kubectl_with_input(&c, &args, b"on\n");
+    assert!(o.status.success(), "{}\n{}", explain(&o), c.log());
+    assert!(
+        text(&o.stdout).contains("got-on\n/capstan-testapp"),
+        "{}\nlogs: {}\n{}\n{}",
+        explain(&o),
+        explain(&c.kubectl(&["logs", &pod, "-c", "debugger"])),
+        c.kubectl_ok(&["get", "pod", &pod, "-o", "yaml"]),
+        c.log()
+    );
+    c.wait_until_within("the debugger's exit to be reported", 30, || {
+        let p: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pod", &pod, "-o", "json"])).unwrap();
+        p["status"]["ephemeralContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    });
+    assert!(c.kubectl_ok(&["logs", &pod, "-c", "debugger"]).contains("got-on"));
+    let p: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pod", &pod, "-o", "json"])).unwrap();
+    assert!(pod_ready(&p), "the pod stays as it was: {p}");
+    assert_eq!(p["status"]["containerStatuses"].as_array().unwrap().len(), 3, "{p}");
+    // Under a terminal, as `kubectl debug -it` is mostly used.
+    let inner = format!(
+        "kubectl --kubeconfig {} {} -it -- sh -c 'sleep 1; tty; cat /proc/1/cmdline'",
+        c.kubeconfig().display(),
+        debug("shell").join(" ")
+    );
+    let o = common::run(Command::new("script").args(["-qec", &inner, "/dev/null"]));
+    assert!(o.status.success(), "{}", explain(&o));
+    assert!(text(&o.stdout).contains("/dev/pts/"), "{}", explain(&o));
+    assert!(text(&o.stdout).contains("/capstan-testapp"), "{}", explain(&o));
+    // A name in use, and a target the pod does not have, are refused with Kubernetes' words.
+    let o = c.kubectl(&["debug", &pod, "--image=busybox", "-c", "debugger", "--", "true"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains(r#"name: Duplicate value: "debugger""#), "{}", explain(&o));
+    let o = c.kubectl(&["debug", &pod, "--image=busybox", "--target=nosuch", "--", "true"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains(r#"targetContainerName: Not found: "nosuch""#),
+        "{}",
+        explain(&o)
+    );
+
+    // kubectl debug node/NAME: a pod on the node's network, processes and IPC, with the node's
+    // root at /host; made and removed by hand (it is no desired state).
+    let o = kubectl_with_input(
+        &c,
+        &[
+            "debug",
+            &format!("node/{node}"),
+            "--image=capstan.local/testapp:latest",
+            "--image-pull-policy=Never",
+            "-i",
+            "--",
+            "sh",
+            "-c",
+            "read go; echo root=$(cat /host/etc/hostname); echo daemons=$(ps -o args | grep -c '[c]apstan daemon')",
+        ],
+        b"go\n",
+    );
+    assert!(o.status.success(), "{}\n{}", explain(&o), c.log());
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap();
+    let shown = text(&o.stdout);
+    assert!(
+        shown.contains(&format!("root={}", hostname.trim())),
+        "the node's root at /host: {}",
+        explain(&o)
+    );
+    assert!(!shown.contains("daemons=0"), "the node's processes: {}", explain(&o));
+    let debugger = shown
+        .split_whitespace()
+        .find(|w| w.starts_with("node-debugger-"))
+        .unwrap_or_else(|| panic!("kubectl names the pod it made: {}", explain(&o)))
+        .to_owned();
+    let p: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pod", &debugger, "-o", "json"])).unwrap();
+    assert_eq!(p["status"]["podIP"], p["status"]["hostIP"], "on the node's network: {p}");
+    c.kubectl_ok(&["delete", "pod", &debugger, "--wait=true"]);
+
     // port-forward: concurrent connections through one tunnel, to a pod and to a Service.
     let (mut forward, port) = port_forward(&c, &[&format!("pod/{pod}"), ":8080", ":9090"]);
     let fetches: Vec<_> = (0..8)
@@ -252,6 +344,18 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     );
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("pods/portforward"), "{}", explain(&o));
+    let o = common::run(
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&ro)
+            .args(["debug", &pod, "--image=busybox", "--", "true"]),
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains(r#"cannot patch resource "pods/ephemeralcontainers""#),
+        "{}",
+        explain(&o)
+    );
     let o = c.kubectl(&["--token", token.trim(), "exec", &pod, "--", "true"]);
     assert!(!o.status.success());
     assert!(

@@ -30,6 +30,8 @@ pub enum PodNetError {
     Full(String),
     #[error("the sandbox is not running (no process to find its network namespace by)")]
     NotRunning,
+    #[error("the pod asks for the host's network, but the node's address {0:?} is not an IPv4 address")]
+    HostAddress(String),
     #[error("{step}: {source}{}", if source.raw_os_error() == Some(libc::EPERM) { " (the node agent needs CAP_NET_ADMIN)" } else { "" })]
     Kernel {
         step: String,

@@ -102,8 +102,31 @@ pub fn container_name(pod: &Value, container: &str, attempt: u32) -> String {
     )
 }
 
+/// Whether the pod runs in the node's network namespace (`hostNetwork`): its address is the
+/// node's and the agent wires nothing.
+pub fn host_network(pod: &Value) -> bool {
+    pod["spec"]["hostNetwork"] == true
+}
+
+/// The host namespaces the pod asks for (`hostNetwork`, `hostPID`, `hostIPC`), which a node
+/// allows only as it allows hostPath volumes.
+pub fn host_namespaces_asked(pod: &Value) -> Vec<&'static str> {
+    ["hostNetwork", "hostPID", "hostIPC"]
+        .into_iter()
+        .filter(|f| pod["spec"][*f] == true)
+        .collect()
+}
+
+/// Docker's PID and IPC modes for the pod's containers: the host's when the pod asks for them
+/// (`hostPID`, `hostIPC`, as `kubectl debug node/NAME` does).
+fn host_namespaces(pod: &Value) -> (Option<String>, Option<String>) {
+    let host = |field: &str| (pod["spec"][field] == true).then(|| "host".to_owned());
+    (host("hostPID"), host("hostIPC"))
+}
+
 /// The sandbox container: it holds the pod's network namespace (made without a network: the
-/// agent connects it with address `ip`), hostname, hosts file and DNS settings.
+/// agent connects it with address `ip`), hostname, hosts file and DNS settings; for a pod on the
+/// host's network, only the host's namespaces.
 pub fn sandbox(pod: &Value, ctx: &NodeContext, ip: std::net::Ipv4Addr) -> ContainerConfig {
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
@@ -122,6 +145,20 @@ pub fn sandbox(pod: &Value, ctx: &NodeContext, ip: std::net::Ipv4Addr) -> Contai
         )
     };
     let hostname: String = pod["spec"]["hostname"].as_str().unwrap_or(name).chars().take(63).collect();
+    let (pid_mode, ipc_mode) = host_namespaces(pod);
+    if host_network(pod) {
+        // The node's own name, hosts file and resolver, as the kubelet gives such a pod.
+        return ContainerConfig {
+            name: container_name(pod, SANDBOX, 0),
+            image: ctx.pause_image.clone(),
+            cmd: Some(vec!["pause".into()]),
+            labels,
+            network: Some(NetworkMode::Host),
+            pid_mode,
+            ipc_mode,
+            ..ContainerConfig::default()
+        };
+    }
     ContainerConfig {
         name: container_name(pod, SANDBOX, 0),
         image: ctx.pause_image.clone(),
@@ -147,6 +184,8 @@ pub fn sandbox(pod: &Value, ctx: &NodeContext, ip: std::net::Ipv4Addr) -> Contai
             // As the kubelet's hosts file: the pod's own name resolves to its address.
             .chain([format!("{hostname}:{ip}")])
             .collect(),
+        pid_mode,
+        ipc_mode,
         ..ContainerConfig::default()
     }
 }
@@ -464,6 +503,7 @@ pub fn container(
     let cpu_request = Quantity::from_json(&requests["cpu"])
         .or_else(|| Quantity::from_json(&limits["cpu"]))
         .map(|q| q.milli_value().saturating_mul(1024) / 1000);
+    let (pid_mode, ipc_mode) = host_namespaces(pod);
     Ok(ContainerConfig {
         name: container_name(pod, name, attempt),
         image: c["image"].as_str().unwrap_or_default().to_owned(),
@@ -482,6 +522,8 @@ pub fn container(
         open_stdin: c["stdin"] == true,
         stdin_once: c["stdinOnce"] == true,
         privileged: c["securityContext"]["privileged"] == true,
+        pid_mode,
+        ipc_mode,
         ..ContainerConfig::default()
     })
 }
@@ -610,5 +652,19 @@ mod tests {
         assert_eq!(sb.network, Some(NetworkMode::Isolated));
         assert_eq!(sb.extra_hosts, ["web-1:10.244.0.7"]);
         assert_eq!(sb.labels[LABEL_POD_IP], "10.244.0.7");
+        assert_eq!((sb.pid_mode, cfg.pid_mode, cfg.ipc_mode), (None, None, None));
+
+        // `kubectl debug node/n1`: the host's network, processes and IPC.
+        let mut host = pod();
+        for field in ["hostNetwork", "hostPID", "hostIPC"] {
+            host["spec"][field] = json!(true);
+        }
+        let sb = sandbox(&host, &ctx, std::net::Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(sb.network, Some(NetworkMode::Host));
+        assert_eq!((sb.hostname, sb.dns.len(), sb.extra_hosts.len()), (None, 0, 0));
+        assert_eq!(sb.labels[LABEL_POD_IP], "127.0.0.1");
+        let cfg = container(&host, &c, "sandbox-id", &ctx, &References::default(), vec![], 0).unwrap();
+        assert_eq!((cfg.pid_mode.as_deref(), cfg.ipc_mode.as_deref()), (Some("host"), Some("host")));
+        assert_eq!(resolv_conf(&host, &ctx), None, "the node's resolver");
     }
 }

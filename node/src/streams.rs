@@ -119,10 +119,16 @@ async fn open(
 /// Runs the session: output to the client, the client's input, resizes and end of input to the
 /// process, and the command's Status when it ends.
 async fn relay(socket: WebSocket, runtime: Arc<dyn Runtime>, container: String, session: Session, command: Vec<String>) {
-    let Session { exec, mut output, input } = session;
+    let Session {
+        exec,
+        mut output,
+        input,
+        end_of_input,
+    } = session;
     let (mut sink, incoming) = socket.split();
     // Input runs on its own, so that a process blocked writing output never stalls its input.
-    let mut feeding = tokio::spawn(feed(incoming, input, runtime.clone(), container.clone(), exec.clone()));
+    let feed = feed(incoming, input, end_of_input, runtime.clone(), container.clone(), exec.clone());
+    let mut feeding = tokio::spawn(feed);
     let mut failure = None;
     let client_left = loop {
         tokio::select! {
@@ -173,10 +179,12 @@ fn normal_close() -> axum::extract::ws::CloseFrame {
     }
 }
 
-/// The client's messages: stdin, resizes, and v5's end of stdin. Returns when the client leaves.
+/// The client's messages: stdin, resizes, and v5's end of stdin (passed on when `end_of_input`
+/// says so). Returns when the client leaves.
 async fn feed(
     mut incoming: SplitStream<WebSocket>,
     mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    end_of_input: bool,
     runtime: Arc<dyn Runtime>,
     container: String,
     exec: Option<String>,
@@ -199,7 +207,9 @@ async fn feed(
                 }
             }
             Some((&CLOSE, [STDIN])) if open => {
-                let _ = input.shutdown().await;
+                if end_of_input {
+                    let _ = input.shutdown().await;
+                }
                 open = false;
             }
             _ => {}

@@ -58,7 +58,8 @@ pub struct Args {
     pub memory: Option<String>,
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
-    /// Allow hostPath volumes on this node.
+    /// Allow hostPath volumes and the host's namespaces (hostNetwork, hostPID, hostIPC) on this
+    /// node.
     #[arg(long)]
     pub allow_host_path: bool,
     /// Where provisioned persistent volumes live (default: DATA_DIR/volumes).

@@ -56,6 +56,10 @@ pub struct Args {
     /// Where provisioned persistent volumes live (default: DATA_DIR/nodes/NAME/volumes).
     #[arg(long)]
     pub volume_dir: Option<PathBuf>,
+    /// Allow hostPath volumes and the host's namespaces (hostNetwork, hostPID, hostIPC) on the
+    /// node, as `kubectl debug node/NAME` needs.
+    #[arg(long)]
+    pub allow_host_path: bool,
     /// How often a remote repository is fetched, in seconds.
     #[arg(long, default_value_t = 15)]
     pub poll_interval: u64,
@@ -186,6 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     node.pod_network = args.pod_network;
     node.node_ip = args.node_ip;
     node.volume_dir = args.volume_dir.clone();
+    node.allow_host_path = args.allow_host_path;
     node.docker_host = args.docker_host.clone();
     node.cluster_cidr = proxy.pod_cidr;
     node.proxy = Some(proxy);

@@ -61,6 +61,7 @@ fn aggregated_resource(k: &KindInfo) -> Value {
     if k.kind == "Pod" {
         subresources.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "v1", "kind": "Pod"}, "verbs": ["get"]}));
         subresources.push(json!({"subresource": "eviction", "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"}, "verbs": ["create"]}));
+        subresources.push(json!({"subresource": "ephemeralcontainers", "responseKind": gvk, "verbs": ["get", "patch", "update"]}));
     }
     let mut r = json!({
         "resource": k.plural,
@@ -213,6 +214,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         if k.kind == "Pod" {
             resources.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
             resources.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
+            resources.push(json!({"name": "pods/ephemeralcontainers", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get", "patch", "update"]}));
         }
     }
     let gv = if group.is_empty() {

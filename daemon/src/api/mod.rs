@@ -4,6 +4,7 @@
 //! Git) or token requests.
 
 mod discovery;
+mod ephemeral;
 mod eviction;
 pub mod metrics;
 mod nodes;
@@ -356,6 +357,9 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
             },
         ) => match subresource.as_deref() {
             Some("log") if kind.kind == "Pod" => reads::pod_logs(&state, &id, namespace, name, &query).await,
+            Some("ephemeralcontainers") if kind.kind == "Pod" => {
+                reads::read_object(&state, &id, kind, namespace, name, &headers, &query).await
+            }
             None | Some("status") => {
                 let read = reads::read_object(&state, &id, kind, namespace, name, &headers, &query).await;
                 // `kubectl apply` reads the object before it patches: the refusal it is about to

@@ -181,9 +181,214 @@ pub fn object_meta(body: &[u8]) -> Option<Value> {
     }))
 }
 
+/// How one field of a message reads into JSON (field numbers of core/v1's generated.proto).
+enum Shape {
+    Str,
+    Bool,
+    Int,
+    Strs,
+    StrMap,
+    Msg(&'static [Spec]),
+    Msgs(&'static [Spec]),
+    /// An embedded message whose fields belong to the enclosing object (a Volume's source).
+    Inline(&'static [Spec]),
+}
+
+/// One field: its number, its JSON name and its shape.
+type Spec = (u64, &'static str, Shape);
+
+use Shape::*;
+
+const POD_SPEC: &[Spec] = &[
+    (1, "volumes", Msgs(VOLUME)),
+    (2, "containers", Msgs(CONTAINER)),
+    (3, "restartPolicy", Str),
+    (4, "terminationGracePeriodSeconds", Int),
+    (5, "activeDeadlineSeconds", Int),
+    (6, "dnsPolicy", Str),
+    (7, "nodeSelector", StrMap),
+    (8, "serviceAccountName", Str),
+    (9, "serviceAccount", Str),
+    (10, "nodeName", Str),
+    (11, "hostNetwork", Bool),
+    (12, "hostPID", Bool),
+    (13, "hostIPC", Bool),
+    (16, "hostname", Str),
+    (17, "subdomain", Str),
+    (19, "schedulerName", Str),
+    (20, "initContainers", Msgs(CONTAINER)),
+    (21, "automountServiceAccountToken", Bool),
+    (22, "tolerations", Msgs(TOLERATION)),
+    (24, "priorityClassName", Str),
+    (30, "enableServiceLinks", Bool),
+];
+const CONTAINER: &[Spec] = &[
+    (1, "name", Str),
+    (2, "image", Str),
+    (3, "command", Strs),
+    (4, "args", Strs),
+    (5, "workingDir", Str),
+    (7, "env", Msgs(ENV)),
+    (9, "volumeMounts", Msgs(MOUNT)),
+    (13, "terminationMessagePath", Str),
+    (14, "imagePullPolicy", Str),
+    (15, "securityContext", Msg(SECURITY)),
+    (16, "stdin", Bool),
+    (17, "stdinOnce", Bool),
+    (18, "tty", Bool),
+    (20, "terminationMessagePolicy", Str),
+];
+const ENV: &[Spec] = &[(1, "name", Str), (2, "value", Str)];
+const MOUNT: &[Spec] = &[
+    (1, "name", Str),
+    (2, "readOnly", Bool),
+    (3, "mountPath", Str),
+    (4, "subPath", Str),
+    (5, "mountPropagation", Str),
+];
+const SECURITY: &[Spec] = &[
+    (1, "capabilities", Msg(&[(1, "add", Strs), (2, "drop", Strs)])),
+    (2, "privileged", Bool),
+    (4, "runAsUser", Int),
+    (8, "runAsGroup", Int),
+    (5, "runAsNonRoot", Bool),
+    (6, "readOnlyRootFilesystem", Bool),
+    (7, "allowPrivilegeEscalation", Bool),
+];
+const VOLUME: &[Spec] = &[(1, "name", Str), (2, "", Inline(VOLUME_SOURCE))];
+const VOLUME_SOURCE: &[Spec] = &[
+    (1, "hostPath", Msg(&[(1, "path", Str), (2, "type", Str)])),
+    (2, "emptyDir", Msg(&[(1, "medium", Str)])),
+];
+const TOLERATION: &[Spec] = &[
+    (1, "key", Str),
+    (2, "operator", Str),
+    (3, "value", Str),
+    (4, "effect", Str),
+    (5, "tolerationSeconds", Int),
+];
+
+/// Whether a field carries nothing: Go's protobuf writes every non-pointer field, so an unset
+/// string, number or struct arrives as an empty or zero field.
+fn is_zero(f: &Field<'_>) -> bool {
+    match f {
+        Field::Varint(v) => *v == 0,
+        Field::Bytes(b) => b.is_empty() || fields(b).is_some_and(|fs| fs.iter().all(|(_, f)| is_zero(f))),
+    }
+}
+
+/// Reads a message by its table into `out`; a field the table does not know that carries
+/// something is an error naming where it is.
+fn read_message(buf: &[u8], specs: &[Spec], at: &str, out: &mut serde_json::Map<String, Value>) -> Result<(), String> {
+    let fs = fields(buf).ok_or_else(|| format!("{at}: not a well-formed protobuf message"))?;
+    for (n, f) in &fs {
+        let Some((_, name, shape)) = specs.iter().find(|s| s.0 == *n) else {
+            if is_zero(f) {
+                continue;
+            }
+            return Err(format!("{at}: field {n} of the protobuf body is not one Capstan reads"));
+        };
+        let here = format!("{at}.{name}");
+        let (value, repeated) = match (shape, f) {
+            (Str, Field::Bytes([])) => continue,
+            (Str | Strs, Field::Bytes(b)) => (json!(String::from_utf8_lossy(b)), matches!(shape, Strs)),
+            (Bool, Field::Varint(v)) => (json!(*v != 0), false),
+            (Int, Field::Varint(v)) => (json!(*v as i64), false),
+            (StrMap, Field::Bytes(b)) => {
+                let e = fields(b).ok_or_else(|| format!("{here}: not a well-formed map entry"))?;
+                let entry = out.entry(name.to_owned()).or_insert_with(|| json!({}));
+                entry[text(&e, 1).unwrap_or_default()] = json!(text(&e, 2).unwrap_or_default());
+                continue;
+            }
+            (Inline(inner), Field::Bytes(b)) => {
+                read_message(b, inner, at, out)?;
+                continue;
+            }
+            (Msg(inner) | Msgs(inner), Field::Bytes(b)) => {
+                let index = out.get(*name).and_then(Value::as_array).map_or(0, Vec::len);
+                let place = if matches!(shape, Msgs(_)) {
+                    format!("{here}[{index}]")
+                } else {
+                    here.clone()
+                };
+                let mut m = serde_json::Map::new();
+                read_message(b, inner, &place, &mut m)?;
+                (Value::Object(m), matches!(shape, Msgs(_)))
+            }
+            _ => return Err(format!("{here}: a protobuf field of the wrong wire type")),
+        };
+        if repeated {
+            let list = out.entry(name.to_owned()).or_insert_with(|| json!([]));
+            if let Some(items) = list.as_array_mut() {
+                items.push(value);
+            }
+        } else {
+            out.insert((*name).to_owned(), value);
+        }
+    }
+    Ok(())
+}
+
+/// A Pod in the protobuf envelope as JSON: its metadata (as [`object_meta`] reads it) and the
+/// fields of its spec that a pod made by a tool carries (`kubectl debug node/NAME`: containers
+/// with their command, environment, mounts and security context, volumes of the node or empty
+/// ones, host namespaces, the node it is bound to, tolerations). A field beyond those is refused
+/// with where it is, rather than dropped.
+pub fn pod(body: &[u8]) -> Result<Value, String> {
+    let mut pod = object_meta(body).ok_or("not a Kubernetes protobuf object")?;
+    let envelope = fields(body.strip_prefix(MAGIC).unwrap_or_default()).unwrap_or_default();
+    let object = fields(bytes(&envelope, 2).unwrap_or_default()).unwrap_or_default();
+    let mut spec = serde_json::Map::new();
+    read_message(bytes(&object, 2).unwrap_or_default(), POD_SPEC, "spec", &mut spec)?;
+    pod["spec"] = Value::Object(spec);
+    Ok(pod)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pod_of_kubectl_debug_node_reads_as_json() {
+        // What `kubectl debug node/vm --image=… --image-pull-policy=Never -i -- sh -c '…'` (1.33)
+        // sent: every non-pointer field of the Go types is there, empty.
+        let sent = hex::decode(concat!(
+            "6b3873000a090a0276311203506f641284020a260a166e6f64652d64656275676765722d766d2d716c66386d",
+            "12001a0022002a0032003800420012c4010a120a09686f73742d726f6f7412050a030a012f127a0a08646562",
+            "7567676572121c6361707374616e2e6c6f63616c2f746573746170703a6c61746573741a0273681a022d631a",
+            "117265616420676f3b20686f73746e616d652a0042004a180a09686f73742d726f6f7410001a052f686f7374",
+            "220032006a0072054e65766572800101880100900100a2010446696c651a054e65766572320042004a005202",
+            "766d5801600168018201008a01009a0100b2010e0a0012064578697374731a002200c201001a130a001a0022",
+            "002a0032004a005a0072008801001a002200"
+        ))
+        .unwrap();
+        let p = pod(&sent).unwrap();
+        assert_eq!(p["metadata"]["name"], "node-debugger-vm-qlf8m");
+        assert_eq!(
+            p["spec"],
+            json!({
+                "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
+                "containers": [{"name": "debugger", "image": "capstan.local/testapp:latest",
+                                "command": ["sh", "-c", "read go; hostname"],
+                                "volumeMounts": [{"name": "host-root", "readOnly": false, "mountPath": "/host"}],
+                                "imagePullPolicy": "Never", "stdin": true, "stdinOnce": false, "tty": false,
+                                "terminationMessagePolicy": "File"}],
+                "restartPolicy": "Never", "nodeName": "vm", "hostNetwork": true, "hostPID": true, "hostIPC": true,
+                "tolerations": [{"operator": "Exists"}],
+            })
+        );
+        // A field Capstan does not read is refused with where it is, not dropped: a container's
+        // `ports` (field 6) here.
+        let port = b"\x32\x03\x10\x90\x03".as_slice();
+        let container = [b"\x0a\x01a\x12\x01b".as_slice(), port].concat();
+        let spec = [&[0x12, container.len() as u8][..], &container].concat();
+        let object = [&[0x0a, 0x00, 0x12, spec.len() as u8][..], &spec].concat();
+        let body = [MAGIC, b"\x0a\x09\x0a\x02v1\x12\x03Pod\x12", &[object.len() as u8], &object].concat();
+        assert_eq!(
+            pod(&body).unwrap_err(),
+            "spec.containers[0]: field 6 of the protobuf body is not one Capstan reads"
+        );
+    }
 
     #[test]
     fn kubectl_create_token_reads_as_json() {

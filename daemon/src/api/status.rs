@@ -69,6 +69,28 @@ impl ApiError {
         self
     }
 
+    /// Adds a cause (`field: message`, as Kubernetes' field errors read) to the details, which
+    /// kubectl lists under "is invalid".
+    pub fn with_cause(mut self, error: &str) -> ApiError {
+        let (field, message) = error.split_once(": ").unwrap_or(("", error));
+        let reason = [
+            ("Forbidden", "FieldValueForbidden"),
+            ("Required value", "FieldValueRequired"),
+            ("Duplicate value", "FieldValueDuplicate"),
+            ("Not found", "FieldValueNotFound"),
+        ]
+        .iter()
+        .find(|(prefix, _)| message.starts_with(prefix))
+        .map_or("FieldValueInvalid", |(_, reason)| reason);
+        let details = self.details.get_or_insert_with(|| json!({}));
+        let cause = json!({"reason": reason, "message": message, "field": field});
+        match details["causes"].as_array_mut() {
+            Some(causes) => causes.push(cause),
+            None => details["causes"] = json!([cause]),
+        }
+        self
+    }
+
     /// The `Status` object.
     pub fn to_status(&self) -> Value {
         let mut s = json!({

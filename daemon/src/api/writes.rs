@@ -95,14 +95,15 @@ pub(super) async fn write(
     let status_write = subresource.as_deref() == Some("status");
     let ns = Some(namespace.as_str()).filter(|n| !n.is_empty());
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let body = if verb == Verb::Create && is_job(kind) && ct.starts_with(super::protobuf::MEDIA_TYPE) {
+    let unsupported = |message: String| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", message);
+    let protobuf = verb == Verb::Create && ct.starts_with(super::protobuf::MEDIA_TYPE);
+    let body = if protobuf && is_job(kind) {
         manual_run_from_protobuf(state, &namespace, &body).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UnsupportedMediaType",
-                "a Job is created through the API only as a run of a CronJob (kubectl create job NAME --from=cronjob/CRONJOB); other Jobs are declared in Git".to_owned(),
-            )
+            unsupported("a Job is created through the API only as a run of a CronJob (kubectl create job NAME --from=cronjob/CRONJOB); other Jobs are declared in Git".to_owned())
         })?
+    } else if protobuf && kind.kind == "Pod" {
+        let pod = super::protobuf::pod(&body).map_err(|why| unsupported(format!("reading the pod: {why}")))?;
+        Bytes::from(serde_json::to_vec(&pod).unwrap_or_default())
     } else {
         body
     };
@@ -123,6 +124,9 @@ pub(super) async fn write(
     )?;
     if kind.kind == "Pod" && subresource.as_deref() == Some("eviction") {
         return super::eviction::evict(state, &namespace, &name).await;
+    }
+    if kind.kind == "Pod" && subresource.as_deref() == Some("ephemeralcontainers") && verb != Verb::Delete {
+        return super::ephemeral::write(state, verb, &namespace, &name, ct, &body).await;
     }
     let objects = &state.objects;
     let written = match verb {
@@ -191,7 +195,7 @@ pub(super) async fn write(
 }
 
 /// How a patch of content type `ct` applies.
-fn patcher(ct: &str) -> Result<fn(&mut Value, &Value), ApiError> {
+pub(super) fn patcher(ct: &str) -> Result<fn(&mut Value, &Value), ApiError> {
     if ct.starts_with("application/merge-patch+json") {
         Ok(super::patch::merge_patch)
     } else if ct.starts_with("application/strategic-merge-patch+json") || ct.starts_with("application/apply-patch") {
@@ -325,15 +329,19 @@ fn manual_run_from_protobuf(state: &ApiState, namespace: &str, body: &[u8]) -> O
     serde_json::to_vec(&job).ok().map(Bytes::from)
 }
 
-/// Whether `body` is a Job that `kubectl create job --from=cronjob/x` made: marked as a manual
-/// run and controlled by a CronJob that exists. Such a Job is a run, not desired state.
+/// Whether `body` is a run made by hand, not desired state: a Job that `kubectl create job
+/// --from=cronjob/x` made (marked as a manual run and controlled by a CronJob that exists), or a
+/// node debugger (see [`is_node_debugger`]).
 fn is_manual_run(state: &ApiState, kind: &KindInfo, namespace: &str, body: &[u8]) -> bool {
-    if !is_job(kind) {
-        return false;
-    }
     let Ok(job) = serde_json::from_slice::<Value>(body) else {
         return false;
     };
+    if kind.kind == "Pod" && kind.group.is_empty() {
+        return is_node_debugger(&job);
+    }
+    if !is_job(kind) {
+        return false;
+    }
     let manual = job["metadata"]["annotations"][crate::controllers::cronjob::MANUAL_ANNOTATION] == "manual";
     let owner = job["metadata"]["ownerReferences"]
         .as_array()
@@ -347,6 +355,17 @@ fn is_manual_run(state: &ApiState, kind: &KindInfo, namespace: &str, body: &[u8]
                 .get(crate::context::kind("cronjobs"), namespace, r["name"].as_str().unwrap_or_default())
                 .is_some_and(|c| c.object["metadata"]["uid"] == r["uid"])
         })
+}
+
+/// Whether `pod` is what `kubectl debug node/NAME` makes: bound by hand to a node, run once,
+/// owned by nothing and not claiming to come from Git. Deleting it is allowed too, as for any
+/// pod Git does not declare.
+fn is_node_debugger(pod: &Value) -> bool {
+    let owned = pod["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty());
+    pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
+        && pod["spec"]["restartPolicy"] == "Never"
+        && !owned
+        && !capstan_api::meta::from_git(pod)
 }
 
 /// Deleting a pod is graceful: a pod that runs on a node is marked (deletionTimestamp) and its

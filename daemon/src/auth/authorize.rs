@@ -72,8 +72,8 @@ pub struct Attributes<'a> {
     pub name: &'a str,
     /// The pod a requested service-account token is to be bound to.
     pub bound_pod: Option<&'a str>,
-    /// The object created is a run of something in Git, not desired state: a Job made by hand
-    /// from a CronJob (`kubectl create job --from=cronjob/x`).
+    /// The object created is a run made by hand, not desired state: a Job from a CronJob
+    /// (`kubectl create job --from=cronjob/x`), a node debugger pod (`kubectl debug node/x`).
     pub manual_run: bool,
     /// The patch only restarts a workload's pods (`kubectl rollout restart`).
     pub restart: bool,
@@ -274,17 +274,20 @@ fn forbidden(message: String) -> Result<(), Denial> {
     Err(Denial::Forbidden(message))
 }
 
-/// Changes that touch no desired state although their kind is Git's: deleting a pod a controller
-/// made (to restart it), evicting a pod (as its disruption budget allows), running a CronJob's Job
-/// by hand, restarting a workload's pods, and giving up a StatefulSet's claim (the cluster's, not
-/// Git's). RBAC decides who may.
+/// Changes that touch no desired state although their kind is Git's: deleting a pod Git does not
+/// declare (a controller's, to restart it), evicting a pod (as its disruption budget allows),
+/// adding a debugging container to a pod (`kubectl debug`), runs made by hand (a CronJob's Job,
+/// a node debugger pod), restarting a workload's pods, and giving up a StatefulSet's claim (the
+/// cluster's, not Git's). RBAC decides who may.
 fn is_action(a: &Attributes<'_>, facts: &dyn Facts) -> bool {
     let (kind, verb) = (a.kind.kind, a.verb);
     let namespace = a.namespace.unwrap_or_default();
-    let owned = |p: &Value| p["metadata"]["ownerReferences"].as_array().is_some_and(|o| !o.is_empty());
-    (kind == "Pod" && verb == Verb::Delete && a.subresource.is_none() && facts.pod(namespace, a.name).is_some_and(|p| owned(&p)))
+    // Every pod but the ones Git declares: a controller's, or one made by hand.
+    let not_declared = |p: &Value| !capstan_api::meta::from_git(p);
+    (kind == "Pod" && verb == Verb::Delete && a.subresource.is_none() && facts.pod(namespace, a.name).is_some_and(|p| not_declared(&p)))
         || (kind == "Pod" && verb == Verb::Create && a.subresource == Some("eviction"))
-        || (kind == "Job" && verb == Verb::Create && a.manual_run)
+        || (kind == "Pod" && matches!(verb, Verb::Patch | Verb::Update) && a.subresource == Some("ephemeralcontainers"))
+        || (matches!(kind, "Job" | "Pod") && verb == Verb::Create && a.subresource.is_none() && a.manual_run)
         || (matches!(kind, "Deployment" | "StatefulSet" | "DaemonSet") && verb == Verb::Patch && a.restart)
         || (kind == "PersistentVolumeClaim"
             && verb == Verb::Delete
@@ -432,18 +435,25 @@ mod tests {
 
     fn facts() -> Pods {
         let pod = |name: &str, node: &str, owned: bool, secret: &str| {
-            let owners = if owned {
-                json!([{"kind": "ReplicaSet", "name": "rs"}])
+            // Not a controller's: declared in Git.
+            let (owners, annotations) = if owned {
+                (json!([{"kind": "ReplicaSet", "name": "rs"}]), json!({}))
             } else {
-                json!([])
+                (json!([]), json!({capstan_api::meta::ANNOTATION_SOURCE: "bare.yaml"}))
             };
             let p = json!({
-                "metadata": {"name": name, "namespace": "app", "ownerReferences": owners},
+                "metadata": {"name": name, "namespace": "app", "ownerReferences": owners, "annotations": annotations},
                 "spec": {"nodeName": node, "containers": [{"name": "c", "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": secret, "key": "k"}}}]}]},
             });
             (("app".to_owned(), name.to_owned()), Arc::new(p))
         };
-        Pods(HashMap::from([pod("web-1", "n1", true, "db"), pod("bare", "n2", false, "other")]))
+        let debugger = json!({"metadata": {"name": "node-debugger-n2-x", "namespace": "app"},
+                              "spec": {"nodeName": "n2", "restartPolicy": "Never", "containers": [{"name": "debugger"}]}});
+        Pods(HashMap::from([
+            pod("web-1", "n1", true, "db"),
+            pod("bare", "n2", false, "other"),
+            (("app".to_owned(), "node-debugger-n2-x".to_owned()), Arc::new(debugger)),
+        ]))
     }
 
     fn kind(plural: &str) -> &'static KindInfo {
@@ -602,6 +612,26 @@ mod tests {
                 "forbidden",
                 "cannot create resource \"pods/eviction\"",
             ),
+            // `kubectl debug`: adding an ephemeral container is an action; the pod's spec stays Git's.
+            (
+                &admin,
+                at(Patch, "pods", Some("app"), "web-1").subresource(Some("ephemeralcontainers")),
+                "allowed",
+                "",
+            ),
+            (
+                &viewer,
+                at(Patch, "pods", Some("app"), "web-1").subresource(Some("ephemeralcontainers")),
+                "forbidden",
+                "cannot patch resource \"pods/ephemeralcontainers\"",
+            ),
+            (
+                &n1,
+                at(Patch, "pods", Some("app"), "web-1").subresource(Some("ephemeralcontainers")),
+                "forbidden",
+                "",
+            ),
+            (&admin, at(Patch, "pods", Some("app"), "web-1"), "in-git", ""),
             (&admin, at(Patch, "nodes", None, "n1"), "allowed", ""),
             (
                 &admin,
@@ -617,6 +647,21 @@ mod tests {
             ),
             (&app_sa, at(Delete, "services", Some("app"), "s"), "in-git", ""),
             (&admin, at(Delete, "pods", Some("app"), "bare"), "in-git", ""),
+            // `kubectl debug node/n2`: a pod made by hand is made and removed by hand.
+            (
+                &admin,
+                at(Create, "pods", Some("app"), "node-debugger-n2-x").manual_run(true),
+                "allowed",
+                "",
+            ),
+            (&admin, at(Create, "pods", Some("app"), "web-2"), "in-git", ""),
+            (
+                &viewer,
+                at(Create, "pods", Some("app"), "node-debugger-n2-x").manual_run(true),
+                "forbidden",
+                "cannot create resource \"pods\"",
+            ),
+            (&admin, at(Delete, "pods", Some("app"), "node-debugger-n2-x"), "allowed", ""),
             // ...but an administrator restarts a controller's pod by deleting it,
             (&admin, at(Delete, "pods", Some("app"), "web-1"), "allowed", ""),
             // and a node reports on and removes the pods bound to it, and only those.

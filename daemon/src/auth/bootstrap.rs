@@ -125,6 +125,7 @@ pub fn cluster_roles() -> Vec<Value> {
                     &[
                         "pods",
                         "pods/attach",
+                        "pods/ephemeralcontainers",
                         "pods/exec",
                         "pods/portforward",
                         "pods/proxy",

@@ -271,6 +271,7 @@ impl Runtime for Docker {
                 ),
                 Some(NetworkMode::Container(id)) => (Some(format!("container:{id}")), None),
                 Some(NetworkMode::Isolated) => (Some("none".to_owned()), None),
+                Some(NetworkMode::Host) => (Some("host".to_owned()), None),
                 None => (None, None),
             };
             let joins_other = matches!(c.network, Some(NetworkMode::Container(_)));
@@ -286,6 +287,8 @@ impl Runtime for Docker {
                 dns_options: (!c.dns_options.is_empty() && !joins_other).then(|| c.dns_options.clone()),
                 extra_hosts: (!c.extra_hosts.is_empty() && !joins_other).then(|| c.extra_hosts.clone()),
                 privileged: c.privileged.then_some(true),
+                pid_mode: c.pid_mode.clone(),
+                ipc_mode: c.ipc_mode.clone(),
                 ..Default::default()
             };
             let body = ContainerCreateBody {
@@ -445,6 +448,7 @@ impl Runtime for Docker {
                     exec: Some(exec.id),
                     output: session_output(output, id.to_owned()),
                     input,
+                    end_of_input: true,
                 }),
                 bollard::exec::StartExecResults::Detached => Err(RuntimeError::Container {
                     container: id.to_owned(),
@@ -463,11 +467,14 @@ impl Runtime for Docker {
                 .stdout(spec.stdout)
                 .stderr(spec.stderr)
                 .build();
+            let inspected = self.client.inspect_container(id, None).await.map_err(container_err(id))?;
+            let stdin_once = inspected.config.and_then(|c| c.stdin_once).unwrap_or(false);
             let attached = self.client.attach_container(id, Some(options)).await.map_err(container_err(id))?;
             Ok(Session {
                 exec: None,
                 output: session_output(attached.output, id.to_owned()),
                 input: attached.input,
+                end_of_input: stdin_once,
             })
         }
         .boxed()

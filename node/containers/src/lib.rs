@@ -66,6 +66,8 @@ pub enum NetworkMode {
     Container(String),
     /// In a namespace of its own with only loopback, for the caller to connect (Docker's `none`).
     Isolated,
+    /// In the host's network namespace (a pod with `hostNetwork`).
+    Host,
 }
 
 /// Everything needed to create one container.
@@ -99,6 +101,11 @@ pub struct ContainerConfig {
     pub open_stdin: bool,
     pub stdin_once: bool,
     pub privileged: bool,
+    /// Docker's PID mode: `container:ID` to see another container's processes (an ephemeral
+    /// container's `targetContainerName`), `host` for a pod with `hostPID`.
+    pub pid_mode: Option<String>,
+    /// Docker's IPC mode: `host` for a pod with `hostIPC`.
+    pub ipc_mode: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,6 +177,10 @@ pub struct Session {
     pub output: BoxStream<'static, Result<Output, RuntimeError>>,
     /// The process's stdin; shutting it down is end of input.
     pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    /// Whether the client's end of input is passed on: for an exec, and for a container with
+    /// `stdinOnce`. Otherwise Kubernetes keeps the container's stdin open for the next client
+    /// and its output flowing, where the Engine would end the attach's output.
+    pub end_of_input: bool,
 }
 
 impl std::fmt::Debug for Session {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::Worker;
 use super::sandbox::create_replacing;
-use super::slot::{AfterExit, Wake, human};
+use super::slot::{AfterExit, RestartPolicy, Wake, human};
 use crate::spec::{self, References};
 use crate::{references, volumes};
 
@@ -20,7 +20,11 @@ const RETRY: Duration = Duration::from_secs(2);
 impl Worker {
     /// Converges one container.
     pub(super) async fn step(&mut self, i: usize, now: Instant) -> Wake {
-        let policy = self.restart_policy();
+        let policy = if self.slots[i].ephemeral {
+            RestartPolicy::Never
+        } else {
+            self.restart_policy()
+        };
         let current_state = self.slots[i].current.as_ref().map(|c| c.state);
         match current_state {
             Some(State::Running) => {
@@ -64,6 +68,11 @@ impl Worker {
                 Wake::NONE
             }
             None if self.slots[i].done => Wake::NONE,
+            // An ephemeral container runs once: gone (with its sandbox) is done.
+            None if self.slots[i].ephemeral && self.slots[i].made => {
+                self.slots[i].done = true;
+                Wake::NONE
+            }
             None => self.create(i, now).await,
         }
     }
@@ -175,6 +184,14 @@ impl Worker {
         }
         pod["status"]["hostIP"] = json!(self.env.ctx.host_ip);
         let mut config = spec::container(&pod, &slot.spec, sandbox, &self.env.ctx, refs, binds, attempt).map_err(|e| e.0)?;
+        if let Some(target) = slot.spec["targetContainerName"].as_str().filter(|_| slot.ephemeral) {
+            // Sees the target's processes, as `kubectl debug --target` promises.
+            let running = self.slots.iter().find(|s| s.name == target && !s.ephemeral).filter(|s| s.running());
+            let Some(c) = running.and_then(|s| s.current.as_ref()) else {
+                return Err(format!("target container {target:?} is not running"));
+            };
+            config.pid_mode = Some(format!("container:{}", c.id));
+        }
         config.labels.extend(self.env.extra_labels.iter().cloned());
         Ok(config)
     }

@@ -110,6 +110,7 @@ impl Worker {
             .map(|c| Slot::new(c, true))
             .collect();
         slots.extend(spec["containers"].as_array().into_iter().flatten().map(|c| Slot::new(c, false)));
+        slots.extend(spec["ephemeralContainers"].as_array().into_iter().flatten().map(Slot::ephemeral));
         let start_time = pod["status"]["startTime"].as_str().map_or_else(now_rfc3339, str::to_owned);
         let mut w = Worker {
             env,
@@ -155,7 +156,7 @@ impl Worker {
                 if self.sandbox.is_none() {
                     self.sandbox_attempt = attempt(&c);
                     self.pod_ip = spec::sandbox_ip(&c).cloned();
-                    if let Some(ip) = &self.pod_ip {
+                    if let Some(ip) = self.pod_ip.as_ref().filter(|_| !spec::host_network(&self.pod)) {
                         self.env.net.reserve(&self.uid, ip);
                     }
                     self.sandbox = Some(c);
@@ -290,6 +291,12 @@ impl Worker {
                 s.spec = new.clone();
             }
         }
+        // Ephemeral containers are only ever added (the API refuses changes and removals).
+        for c in pod["spec"]["ephemeralContainers"].as_array().into_iter().flatten() {
+            if !self.slots.iter().any(|s| c["name"] == s.name.as_str()) {
+                self.slots.push(Slot::ephemeral(c));
+            }
+        }
         // Someone else changed the pod's readiness (the node controller marks the pods of a node
         // it lost touch with not Ready): say again what this agent sees.
         let ready = |s: &Value| {
@@ -334,6 +341,12 @@ impl Worker {
                 }
             }
         }
+        // Ephemeral containers start as soon as the sandbox runs, even while init containers
+        // have not finished: that is when one is most often needed.
+        let first_ephemeral = self.slots.iter().position(|s| s.ephemeral).unwrap_or(self.slots.len());
+        for i in first_ephemeral..self.slots.len() {
+            wake = wake.min(self.step(i, now).await);
+        }
         // Init containers, one at a time, in order.
         let first_regular = self.slots.iter().position(|s| !s.init).unwrap_or(self.slots.len());
         for i in 0..first_regular {
@@ -345,10 +358,13 @@ impl Worker {
                 return wake;
             }
         }
-        for i in first_regular..self.slots.len() {
+        for i in first_regular..first_ephemeral {
             wake = wake.min(self.step(i, now).await);
         }
-        let view_containers: Vec<ContainerStatus> = self.slots[first_regular..].iter().map(|s| self.container_status(s)).collect();
+        let view_containers: Vec<ContainerStatus> = self.slots[first_regular..first_ephemeral]
+            .iter()
+            .map(|s| self.container_status(s))
+            .collect();
         let phase = status::phase(&self.view(&[], &view_containers));
         if (phase == "Succeeded" || phase == "Failed") && self.restart_policy() != RestartPolicy::Always {
             // Done for good: release the pod's address; the containers stay for their logs.

@@ -26,7 +26,7 @@ impl Worker {
                     reason: reason.clone(),
                     message: message.clone(),
                 },
-                None if !s.init && !self.initialized() => ContainerState::Waiting {
+                None if !s.init && !s.ephemeral && !self.initialized() => ContainerState::Waiting {
                     reason: "PodInitializing".into(),
                     message: String::new(),
                 },
@@ -82,8 +82,22 @@ impl Worker {
             return;
         }
         let init: Vec<ContainerStatus> = self.slots.iter().filter(|s| s.init).map(|s| self.container_status(s)).collect();
-        let containers: Vec<ContainerStatus> = self.slots.iter().filter(|s| !s.init).map(|s| self.container_status(s)).collect();
-        let status = status::pod_status(&self.view(&init, &containers));
+        let containers: Vec<ContainerStatus> = self
+            .slots
+            .iter()
+            .filter(|s| !s.init && !s.ephemeral)
+            .map(|s| self.container_status(s))
+            .collect();
+        let mut status = status::pod_status(&self.view(&init, &containers));
+        let ephemeral: Vec<_> = self
+            .slots
+            .iter()
+            .filter(|s| s.ephemeral)
+            .map(|s| self.container_status(s).to_json())
+            .collect();
+        if !ephemeral.is_empty() {
+            status["ephemeralContainerStatuses"] = json!(ephemeral);
+        }
         if self.sent.as_ref() == Some(&status) {
             return;
         }

@@ -55,6 +55,18 @@ impl Worker {
                 }
             }
         }
+        let host = spec::host_namespaces_asked(&self.pod);
+        if !host.is_empty() && !self.env.allow_host_path {
+            let message = format!(
+                "the pod asks for the host's namespaces ({}), which this node does not allow (start it with --allow-host-path)",
+                host.join(", ")
+            );
+            if self.blocked.as_ref().is_none_or(|b| b.1 != message) {
+                self.event(EventType::Warning, "FailedCreatePodSandBox", message.clone(), None);
+            }
+            self.blocked = Some(("ContainerCreating".into(), message));
+            return (false, Wake::NONE);
+        }
         if self.volumes.is_none()
             && let Err(message) = self.prepare_volumes().await
         {
@@ -65,8 +77,15 @@ impl Worker {
             return (false, Wake::NONE);
         }
         let env = self.env.clone();
+        let host_network = spec::host_network(&self.pod);
         let made = async {
-            let ip = env.net.assign(&self.uid).map_err(SandboxError::Network)?;
+            let ip = if host_network {
+                let host = &env.ctx.host_ip;
+                host.parse()
+                    .map_err(|_| SandboxError::Network(PodNetError::HostAddress(host.clone())))?
+            } else {
+                env.net.assign(&self.uid).map_err(SandboxError::Network)?
+            };
             env.runtime.ensure_image(&env.ctx.pause_image, PullPolicy::IfNotPresent).await?;
             let mut config = spec::sandbox(&self.pod, &env.ctx, ip);
             config.name = spec::container_name(&self.pod, SANDBOX, self.sandbox_attempt);
@@ -86,7 +105,9 @@ impl Worker {
                     started?;
                     let mut info = env.runtime.inspect(&id).await?;
                     let pid = info.pid.ok_or(SandboxError::Network(PodNetError::NotRunning))?;
-                    env.net.attach(pid, &id, ip).await.map_err(SandboxError::Network)?;
+                    if !host_network {
+                        env.net.attach(pid, &id, ip).await.map_err(SandboxError::Network)?;
+                    }
                     info.ip = Some(ip.to_string());
                     Ok(info)
                 };
@@ -130,7 +151,7 @@ impl Worker {
             return wake;
         }
         for i in 0..self.slots.len() {
-            if self.slots[i].current.is_some() || self.slots[i].done {
+            if self.slots[i].current.is_some() || self.slots[i].done || self.slots[i].ephemeral {
                 continue;
             }
             let config = match self.prepare(i, sandbox, now).await {

@@ -83,11 +83,14 @@ pub enum AfterExit {
 /// A waiting container's reason and message, as its status shows them.
 pub type Waiting = (String, String);
 
-/// One container of the pod (or init container).
+/// One container of the pod (or init container, or ephemeral container).
 #[derive(Debug)]
 pub struct Slot {
     pub name: String,
     pub init: bool,
+    /// An ephemeral container (`kubectl debug`): run once, never restarted, outside the pod's
+    /// phase and readiness.
+    pub ephemeral: bool,
     pub spec: Value,
     /// Containers made so far beyond the first: Kubernetes' restartCount.
     pub restarts: u32,
@@ -119,6 +122,7 @@ impl Slot {
         Slot {
             name: spec["name"].as_str().unwrap_or_default().to_owned(),
             init,
+            ephemeral: false,
             spec: spec.clone(),
             restarts: 0,
             made: false,
@@ -140,13 +144,25 @@ impl Slot {
         }
     }
 
+    pub fn ephemeral(spec: &Value) -> Slot {
+        Slot {
+            ephemeral: true,
+            ..Slot::new(spec, false)
+        }
+    }
+
     pub fn running(&self) -> bool {
         self.current.as_ref().is_some_and(|c| c.state == State::Running)
     }
 
-    /// `spec.containers{name}` (or initContainers), the field events name.
+    /// `spec.containers{name}` (or initContainers, ephemeralContainers), the field events name.
     pub fn field(&self) -> String {
-        format!("spec.{}{{{}}}", if self.init { "initContainers" } else { "containers" }, self.name)
+        let list = match (self.init, self.ephemeral) {
+            (true, _) => "initContainers",
+            (_, true) => "ephemeralContainers",
+            _ => "containers",
+        };
+        format!("spec.{list}{{{}}}", self.name)
     }
 
     pub fn image(&self) -> &str {

@@ -109,6 +109,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_host_access(false)
+    }
+
+    /// A node started with `--allow-host-path` or without.
+    fn with_host_access(allow_host_path: bool) -> Harness {
         let runtime = Arc::new(FakeRuntime::new(LABEL_CONTAINER));
         runtime.image(PAUSE, Behaviour::Serve);
         let api: Api = Arc::default();
@@ -132,7 +137,7 @@ impl Harness {
             },
             net,
             backoff: Backoff::default(),
-            allow_host_path: false,
+            allow_host_path,
             extra_labels: Vec::new(),
             pods_dir: dir.path().join("pods"),
         });
@@ -416,4 +421,79 @@ async fn readiness_changed_by_someone_else_is_said_again() {
     assert_eq!(ready(&h.last_status()), "True");
     run.abort();
     events.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ephemeral_container_runs_once_beside_the_target_and_leaves_the_pod_as_it_was() {
+    let h = Harness::new();
+    h.runtime.image("serve", Behaviour::Serve);
+    h.runtime.image("debug", Behaviour::Exit(3));
+    let pod = h.pod("Always", json!([]), json!([container("app", "serve")]));
+    let worker = Worker::new(h.env.clone(), pod, Vec::new());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let run = tokio::spawn(worker.run(rx));
+    let poke = tx.clone();
+    let runtime = h.runtime.clone();
+    let events = tokio::spawn(async move {
+        let mut events = runtime.events(&[]);
+        while events.next().await.is_some() {
+            let _ = poke.send(Input::Poke);
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // `kubectl debug --target=app` added a container that exits 3.
+    let mut debugged = h.api.lock().unwrap().objects[POD].clone();
+    let mut debugger = container("debugger-x", "debug");
+    debugger["targetContainerName"] = json!("app");
+    debugged["spec"]["ephemeralContainers"] = json!([debugger]);
+    tx.send(Input::Pod(Box::new(debugged))).unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(h.runtime.starts("debugger-x").len(), 1, "never restarted");
+    let records = h.runtime.containers();
+    let app = records.iter().find(|r| r.info.labels[LABEL_CONTAINER] == "app").unwrap();
+    let debug = records.iter().find(|r| r.info.labels[LABEL_CONTAINER] == "debugger-x").unwrap();
+    assert_eq!(debug.config.pid_mode, Some(format!("container:{}", app.info.id)));
+    let status = h.last_status();
+    let e = &status["ephemeralContainerStatuses"][0];
+    assert_eq!(e["name"], "debugger-x", "{status}");
+    assert_eq!(e["state"]["terminated"]["exitCode"], 3, "{status}");
+    assert_eq!(status["phase"], "Running", "{status}");
+    assert_eq!(status["containerStatuses"].as_array().unwrap().len(), 1, "{status}");
+    assert!(h.events().iter().any(|e| e == "Started"));
+    run.abort();
+    events.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_on_the_hosts_namespaces_runs_only_where_the_node_allows_host_access() {
+    let host_pod = |h: &Harness| {
+        h.runtime.image("serve", Behaviour::Serve);
+        let mut pod = h.pod("Always", json!([]), json!([container("app", "serve")]));
+        for field in ["hostNetwork", "hostPID"] {
+            pod["spec"][field] = json!(true);
+        }
+        h.api.lock().unwrap().objects.insert(POD.into(), pod.clone());
+        pod
+    };
+    let h = Harness::new();
+    h.run(host_pod(&h), Duration::from_secs(5)).await;
+    let status = h.last_status();
+    let waiting = &status["containerStatuses"][0]["state"]["waiting"];
+    assert_eq!(
+        waiting["message"],
+        "the pod asks for the host's namespaces (hostNetwork, hostPID), which this node does not allow (start it with --allow-host-path)",
+        "{status}"
+    );
+    assert!(h.runtime.containers().is_empty());
+
+    let h = Harness::with_host_access(true);
+    h.run(host_pod(&h), Duration::from_secs(5)).await;
+    let status = h.last_status();
+    assert_eq!(status["podIP"], "10.0.0.1", "the node's address: {status}");
+    assert_eq!(status["phase"], "Running", "{status}");
+    let records = h.runtime.containers();
+    let sandbox = records.iter().find(|r| r.config.image == PAUSE).unwrap();
+    assert_eq!(sandbox.config.network, Some(capstan_containers::NetworkMode::Host));
+    let app = records.iter().find(|r| r.info.labels[LABEL_CONTAINER] == "app").unwrap();
+    assert_eq!(app.config.pid_mode.as_deref(), Some("host"));
 }
