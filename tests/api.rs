@@ -267,6 +267,21 @@ fn writes_to_desired_state_are_refused_with_the_git_file() {
             .any(|l| (l.starts_with('+') || l.starts_with('-')) && l.contains("imagePullPolicy")),
         "{shown}"
     );
+    // The OpenAPI documents carry the kinds' schemas: kubectl explain reads them (v3), and the
+    // Swagger document of every kind is there for older clients (v2).
+    let explained = c.kubectl_ok(&["explain", "deployment.spec.template.spec.containers.ports"]);
+    assert!(explained.contains("FIELD: ports <[]ContainerPort>"), "{explained}");
+    assert!(explained.contains("containerPort\t<integer> -required-"), "{explained}");
+    for kind in ["httproute", "gatewayclass", "clustersettings", "ingress", "cronjob"] {
+        let o = c.kubectl(&["explain", kind, "--recursive"]);
+        assert!(o.status.success(), "kubectl explain {kind}: {}", stderr(&o));
+    }
+    let v2: serde_json::Value = serde_json::from_str(&c.kubectl_ok(&["get", "--raw", "/openapi/v2"])).unwrap();
+    assert_eq!(v2["swagger"], "2.0");
+    assert_eq!(
+        v2["definitions"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]["x-kubernetes-patch-merge-key"],
+        "name"
+    );
     let o = c.kubectl(&["apply", "--dry-run=server", "-f", manifest.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("(server dry run)"), "{}", stderr(&o));
     let replicas = c.kubectl_ok(&["get", "deploy", "web", "-n", "shop", "-o", "jsonpath={.spec.replicas}"]);

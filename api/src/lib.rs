@@ -11,6 +11,7 @@ pub mod defaults;
 pub mod event;
 pub mod gateway;
 pub mod kinds;
+pub mod merge;
 pub mod meta;
 pub mod names;
 pub mod quantity;

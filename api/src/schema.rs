@@ -76,6 +76,134 @@ pub fn all_files() -> Vec<(String, Value)> {
     files
 }
 
+/// The OpenAPI definitions of `kinds`, by Kubernetes' names: each kind's schema, marked with
+/// `x-kubernetes-group-version-kind` (as `kubectl explain` and kubectl's patch computation find
+/// it), and every type it uses, its lists carrying the merge keys and strategies kubectl builds
+/// strategic merge patches from; `$ref`s point under `prefix` (`#/definitions/` in OpenAPI v2,
+/// `#/components/schemas/` in v3). Objects stay open, as Kubernetes' documents are: the API
+/// server's strict field validation finds unknown fields.
+pub fn openapi_definitions<'a>(kinds: impl IntoIterator<Item = &'a KindInfo>, prefix: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    for kind in kinds {
+        let generator = SchemaSettings::draft07().into_generator();
+        let mut schema = kind.schema(generator).to_value();
+        let Some(root) = schema.as_object_mut() else { continue };
+        root.remove("$schema");
+        let definitions = root.remove("definitions");
+        let name = match root.remove("title") {
+            Some(Value::String(t)) if t.contains('.') => t,
+            _ => {
+                let domain: Vec<&str> = kind.group.split('.').rev().collect();
+                format!("{}.{}.{}", domain.join("."), kind.version, kind.kind)
+            }
+        };
+        root.insert(
+            "x-kubernetes-group-version-kind".into(),
+            json!([{"group": kind.group, "kind": kind.kind, "version": kind.version}]),
+        );
+        out.insert(name, schema);
+        if let Some(Value::Object(defs)) = definitions {
+            for (n, d) in defs {
+                out.entry(n).or_insert(d);
+            }
+        }
+    }
+    for (name, definition) in out.iter_mut() {
+        mark_list_merges(name, definition);
+        retarget_refs(definition, prefix);
+        openapi_3_0(definition);
+    }
+    out
+}
+
+/// What OpenAPI 3.0 (and kubectl) can read: an optional value as `type: X, nullable: true` where
+/// JSON Schema (as schemars writes `Option`) says `type: [X, "null"]` or `anyOf: [S, {type:
+/// null}]`, since kubectl reads `type` as one string; and items of any shape as Kubernetes marks
+/// them (`x-kubernetes-preserve-unknown-fields`) rather than the schema `true`.
+fn openapi_3_0(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.get("items") == Some(&Value::Bool(true)) {
+                map.insert("items".into(), json!({"x-kubernetes-preserve-unknown-fields": true}));
+            }
+            if let Some(Value::Array(types)) = map.get("type") {
+                let kept: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
+                let nullable = kept.len() < types.len();
+                match kept.as_slice() {
+                    [one] => {
+                        map.insert("type".into(), one.clone());
+                    }
+                    _ => {
+                        map.remove("type");
+                    }
+                }
+                if nullable {
+                    map.insert("nullable".into(), Value::Bool(true));
+                }
+            }
+            for key in ["anyOf", "oneOf"] {
+                let Some(Value::Array(branches)) = map.get_mut(key) else { continue };
+                let before = branches.len();
+                branches.retain(|b| b.get("type") != Some(&json!("null")));
+                if branches.len() < before {
+                    if let [one] = branches.as_slice() {
+                        let one = one.clone();
+                        map.remove(key);
+                        map.insert("allOf".into(), json!([one]));
+                    }
+                    map.insert("nullable".into(), Value::Bool(true));
+                }
+            }
+            map.values_mut().for_each(openapi_3_0);
+        }
+        Value::Array(items) => items.iter_mut().for_each(openapi_3_0),
+        _ => {}
+    }
+}
+
+/// Adds `x-kubernetes-patch-merge-key` and `-strategy` to the list properties of definition
+/// `name` that merge (see [`crate::merge`]).
+fn mark_list_merges(name: &str, definition: &mut Value) {
+    let containers = name.ends_with(".Container") || name.ends_with(".EphemeralContainer");
+    let Some(properties) = definition.get_mut("properties").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (field, property) in properties.iter_mut() {
+        if property.get("type") != Some(&json!("array")) {
+            continue;
+        }
+        let key = match crate::merge::list_merge(field, containers) {
+            crate::merge::ListMerge::Replace => continue,
+            crate::merge::ListMerge::Primitives => None,
+            crate::merge::ListMerge::Key(key) => Some(key),
+        };
+        if let Some(key) = key {
+            property["x-kubernetes-patch-merge-key"] = json!(key);
+        }
+        property["x-kubernetes-patch-strategy"] = json!(crate::merge::patch_strategy(field));
+    }
+}
+
+/// Points every `#/definitions/…` reference under `prefix`.
+fn retarget_refs(schema: &mut Value, prefix: &str) {
+    match schema {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match (key.as_str(), child) {
+                    ("$ref", Value::String(r)) => {
+                        if let Some(name) = r.strip_prefix("#/definitions/") {
+                            *r = format!("{prefix}{name}");
+                        }
+                    }
+                    (_, child) => retarget_refs(child, prefix),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| retarget_refs(i, prefix)),
+        _ => {}
+    }
+}
+
 /// Renders a schema as the committed file holds it: pretty JSON with a final newline.
 pub fn render(schema: &Value) -> String {
     let mut out = serde_json::to_string_pretty(schema).expect("a JSON value always serialises");
@@ -159,6 +287,45 @@ mod tests {
         assert_eq!(file_name(by_name("pod").unwrap()), "pod-v1.json");
         assert_eq!(file_name(by_name("lease").unwrap()), "lease-coordination-v1.json");
         assert_eq!(file_name(by_name("settings").unwrap()), "clustersettings-capstan-v1alpha1.json");
+    }
+
+    #[test]
+    fn openapi_definitions_carry_kinds_and_merge_keys_with_kubernetes_names() {
+        let defs = openapi_definitions([by_name("deploy").unwrap(), by_name("gateway").unwrap()], "#/components/schemas/");
+        let deployment = &defs["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deployment["x-kubernetes-group-version-kind"],
+            json!([{"group": "apps", "kind": "Deployment", "version": "v1"}])
+        );
+        assert_eq!(
+            deployment["properties"]["spec"]["allOf"][0]["$ref"],
+            "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"
+        );
+        let pod_spec = &defs["io.k8s.api.core.v1.PodSpec"]["properties"];
+        assert_eq!(pod_spec["containers"]["x-kubernetes-patch-merge-key"], "name");
+        assert_eq!(pod_spec["volumes"]["x-kubernetes-patch-strategy"], "merge,retainKeys");
+        assert_eq!(pod_spec["nodeSelector"].get("x-kubernetes-patch-strategy"), None);
+        let container = &defs["io.k8s.api.core.v1.Container"]["properties"];
+        assert_eq!(container["ports"]["x-kubernetes-patch-merge-key"], "containerPort");
+        assert_eq!(container["args"].get("x-kubernetes-patch-merge-key"), None, "args replace");
+        assert_eq!(
+            defs["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]["finalizers"]["x-kubernetes-patch-strategy"],
+            "merge"
+        );
+        assert!(
+            defs.contains_key("io.k8s.networking.gateway.v1.Gateway"),
+            "{:?}",
+            defs.keys().collect::<Vec<_>>()
+        );
+        let text = serde_json::to_string(&defs).unwrap();
+        assert!(!text.contains("#/definitions/"));
+        assert!(
+            !text.contains(r#""type":["#) && !text.contains(r#""type":"null""#),
+            "one type per schema, nullable instead of null"
+        );
+        let features =
+            &openapi_definitions([by_name("gatewayclass").unwrap()], "")["GatewayClassStatus"]["properties"]["supportedFeatures"];
+        assert_eq!(features["items"]["x-kubernetes-preserve-unknown-fields"], true, "{features}");
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub fn router(state: Shared) -> Router {
     let authed = Router::new()
         .route("/api", get(api_root))
         .route("/apis", get(apis_root))
+        .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*path}", get(openapi_gv))
         .merge(metrics::routes())
@@ -301,15 +302,23 @@ fn discovery_response(aggregated: bool, v: Value) -> Response {
         .into_response()
 }
 
+fn json_bytes(body: axum::body::Bytes) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 async fn openapi_index() -> Response {
-    json_response(StatusCode::OK, &openapi::index())
+    json_bytes(openapi::index())
 }
 
 async fn openapi_gv(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
-    match openapi::group_version(&path) {
-        Some(v) => json_response(StatusCode::OK, &v),
+    match openapi::group(&path) {
+        Some(body) => json_bytes(body),
         None => ApiError::not_found(format!("no OpenAPI document for {path}")).into_response(),
     }
+}
+
+async fn openapi_v2() -> Response {
+    json_bytes(openapi::v2())
 }
 
 /// Every path under `/api` and `/apis` that names resources.

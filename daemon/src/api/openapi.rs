@@ -1,9 +1,16 @@
-//! The OpenAPI v3 documents kubectl fetches before a write: just enough (a `patch` operation per
-//! kind with a `fieldValidation` parameter) that `kubectl apply` and `create` send their request
-//! and the user sees why it is refused, instead of a client-side "failed to download openapi".
+//! The OpenAPI documents: `/openapi/v3` (an index of group-versions, each a document with every
+//! kind's schema and the types it uses, as `kubectl explain`, kubectl's patch computation and
+//! validators read them) and `/openapi/v2` (one Swagger document of all kinds). Built once, from
+//! the kinds' schemas; each v3 document's hash (in the index's URL) changes with its content, so
+//! kubectl's cache of an older document is not used.
 
-use capstan_api::REGISTRY;
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use axum::body::Bytes;
+use capstan_api::{KindInfo, REGISTRY};
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -13,22 +20,52 @@ fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
-/// `GET /openapi/v3`: one entry per group-version.
-pub fn index() -> Value {
-    let mut paths = Map::new();
-    for k in REGISTRY {
-        let p = gv_path(k.group, k.version);
-        paths
-            .entry(p.clone())
-            .or_insert_with(|| json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=capstan")}));
-    }
-    json!({"paths": paths})
+fn info() -> Value {
+    json!({"title": "Capstan", "version": format!("v{}.{}", capstan_api::KUBERNETES_MAJOR, capstan_api::KUBERNETES_MINOR)})
 }
 
-/// `GET /openapi/v3/{api/v1 | apis/group/version}`.
-pub fn group_version(path: &str) -> Option<Value> {
+/// Every document, rendered.
+struct Documents {
+    index: Bytes,
+    /// By group-version path (`api/v1`, `apis/apps/v1`).
+    groups: BTreeMap<String, Bytes>,
+    v2: Bytes,
+}
+
+static DOCUMENTS: LazyLock<Documents> = LazyLock::new(|| {
+    let mut by_path: BTreeMap<String, Vec<&'static KindInfo>> = BTreeMap::new();
+    for k in REGISTRY {
+        by_path.entry(gv_path(k.group, k.version)).or_default().push(k);
+    }
+    let mut groups = BTreeMap::new();
+    let mut index = Map::new();
+    for (path, kinds) in &by_path {
+        let body = Bytes::from(serde_json::to_vec(&group_version(path, kinds)).expect("JSON"));
+        let hash = hex::encode_upper(&Sha256::digest(&body)[..16]);
+        index.insert(
+            path.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+        );
+        groups.insert(path.clone(), body);
+    }
+    let v2 = json!({
+        "swagger": "2.0",
+        "info": info(),
+        "paths": {},
+        "definitions": capstan_api::schema::openapi_definitions(REGISTRY, "#/definitions/"),
+    });
+    Documents {
+        index: Bytes::from(serde_json::to_vec(&json!({"paths": index})).expect("JSON")),
+        groups,
+        v2: Bytes::from(serde_json::to_vec(&v2).expect("JSON")),
+    }
+});
+
+/// One group-version's document: its kinds' schemas, and a `patch` operation per kind whose
+/// `fieldValidation` parameter tells kubectl the server validates fields itself.
+fn group_version(path: &str, kinds: &[&'static KindInfo]) -> Value {
     let mut paths = Map::new();
-    for k in REGISTRY.iter().filter(|k| gv_path(k.group, k.version) == path) {
+    for k in kinds {
         let object_path = if k.namespaced {
             format!("/{path}/namespaces/{{namespace}}/{}/{{name}}", k.plural)
         } else {
@@ -42,13 +79,46 @@ pub fn group_version(path: &str) -> Option<Value> {
         });
         paths.insert(object_path, json!({"patch": op}));
     }
-    if paths.is_empty() {
-        return None;
-    }
-    Some(json!({
+    let schemas = capstan_api::schema::openapi_definitions(kinds.iter().copied(), "#/components/schemas/");
+    json!({
         "openapi": "3.0.0",
-        "info": {"title": "Capstan", "version": format!("v{}.{}", capstan_api::KUBERNETES_MAJOR, capstan_api::KUBERNETES_MINOR)},
-        "components": {"schemas": {}},
+        "info": info(),
+        "components": {"schemas": schemas},
         "paths": paths
-    }))
+    })
+}
+
+/// `GET /openapi/v3`: one entry per group-version.
+pub fn index() -> Bytes {
+    DOCUMENTS.index.clone()
+}
+
+/// `GET /openapi/v3/{api/v1 | apis/group/version}`.
+pub fn group(path: &str) -> Option<Bytes> {
+    DOCUMENTS.groups.get(path).cloned()
+}
+
+/// `GET /openapi/v2`.
+pub fn v2() -> Bytes {
+    DOCUMENTS.v2.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_names_every_group_version_with_a_hash_of_its_document() {
+        let index: Value = serde_json::from_slice(&index()).unwrap();
+        let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap();
+        let hash = url.split("hash=").nth(1).unwrap();
+        assert_eq!(hash.len(), 32);
+        let apps: Value = serde_json::from_slice(&group("apis/apps/v1").unwrap()).unwrap();
+        assert!(apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
+        assert!(apps["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"].is_object());
+        assert!(apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"].is_object());
+        assert!(group("apis/nothing/v1").is_none());
+        let v2: Value = serde_json::from_slice(&v2()).unwrap();
+        assert!(v2["definitions"]["io.k8s.api.core.v1.Pod"]["x-kubernetes-group-version-kind"].is_array());
+    }
 }

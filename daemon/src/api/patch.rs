@@ -3,6 +3,7 @@
 //! element on their key instead of being replaced, with its directives (`$patch`,
 //! `$setElementOrder`, `$retainKeys`, `$deleteFromPrimitiveList`).
 
+use capstan_api::merge::ListMerge;
 use serde_json::{Map, Value, json};
 
 /// JSON merge patch (RFC 7386).
@@ -25,37 +26,9 @@ pub(super) fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// How a list field merges: on the key of its elements, as a set of values, or not at all.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ListMerge {
-    Key(&'static str),
-    Primitives,
-    Replace,
-}
-
-/// The merge strategy of the lists of the built-in kinds (their `patchMergeKey`s), by field
-/// name; `elements` tells a container's ports from a Service's.
+/// The merge of a list field, its elements telling a container's ports from a Service's.
 fn list_merge(field: &str, elements: &[Value]) -> ListMerge {
-    match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "volumes"
-        | "imagePullSecrets"
-        | "env"
-        | "resourceClaims"
-        | "schedulingGates" => ListMerge::Key("name"),
-        "ports" if elements.iter().any(|e| e.get("containerPort").is_some()) => ListMerge::Key("containerPort"),
-        "ports" => ListMerge::Key("port"),
-        "volumeMounts" => ListMerge::Key("mountPath"),
-        "volumeDevices" => ListMerge::Key("devicePath"),
-        "hostAliases" => ListMerge::Key("ip"),
-        "topologySpreadConstraints" => ListMerge::Key("topologyKey"),
-        "ownerReferences" => ListMerge::Key("uid"),
-        "conditions" => ListMerge::Key("type"),
-        "finalizers" => ListMerge::Primitives,
-        _ => ListMerge::Replace,
-    }
+    capstan_api::merge::list_merge(field, elements.iter().any(|e| e.get("containerPort").is_some()))
 }
 
 /// Applies a strategic merge patch to `target`.
