@@ -1,6 +1,7 @@
 //! kubectl exec, attach, cp and port-forward on the real kubectl, daemon, node agent and Docker
 //! Engine: exit codes and stderr kept apart, piped stdin ending cleanly, a terminal under
-//! `script` with its size, `-c` and the default-container annotation, a missing command, a 20 MB
+//! `script` with its size, `-c` and the default-container annotation, the same over plain SPDY,
+//! a missing command, a 20 MB
 //! binary file copied in and out unchanged, a client that leaves taking its process with it,
 //! output of an attached container and input to one (`attach -i`, `stdinOnce`); `kubectl debug`
 //! with an ephemeral container beside a target, piped and under a terminal; port-forward to
@@ -72,7 +73,20 @@ fn explain(o: &Output) -> String {
 
 /// kubectl with `input` on its stdin.
 fn kubectl_with_input(c: &Cluster, args: &[&str], input: &[u8]) -> Output {
+    kubectl_with(c, args, input, &[])
+}
+
+/// What makes kubectl speak plain SPDY for exec, attach, cp and port-forward, as kubectl before
+/// 1.30 (exec) and 1.31 (port-forward) and client-go's SPDY executor do.
+const PLAIN_SPDY: [(&str, &str); 2] = [
+    ("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false"),
+    ("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false"),
+];
+
+/// kubectl with `input` on its stdin and `envs` in its environment.
+fn kubectl_with(c: &Cluster, args: &[&str], input: &[u8], envs: &[(&str, &str)]) -> Output {
     let mut child = Command::new("kubectl")
+        .envs(envs.iter().copied())
         .arg("--kubeconfig")
         .arg(c.kubeconfig())
         .args(args)
@@ -165,6 +179,36 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
         "{}",
         explain(&o)
     );
+
+    // Plain SPDY: the exit code, stderr apart, piped input ending cleanly, a terminal with its
+    // size, and port-forward to a pod's loopback.
+    let o = kubectl_with(
+        &c,
+        &["exec", &pod, "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        b"",
+        &PLAIN_SPDY,
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", explain(&o));
+    assert_eq!(text(&o.stdout), "out\n", "{}", explain(&o));
+    assert!(text(&o.stderr).contains("err\n"), "{}", explain(&o));
+    let o = kubectl_with(&c, &["exec", "-i", &pod, "--", "sha256sum"], &paste, &PLAIN_SPDY);
+    assert_eq!(
+        text(&o.stdout).split_whitespace().next(),
+        expected.split_whitespace().next(),
+        "{}",
+        explain(&o)
+    );
+    let inner = format!(
+        "stty rows 33 cols 77; KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false kubectl --kubeconfig {} exec -it {pod} -- sh -c 'sleep 1; stty size'",
+        c.kubeconfig().display()
+    );
+    let o = common::run(Command::new("script").args(["-qec", &inner, "/dev/null"]));
+    assert!(text(&o.stdout).contains("33 77"), "{}", explain(&o));
+    let (mut forward, port) = port_forward_with(&c, &[&format!("pod/{pod}"), ":9090"], &PLAIN_SPDY);
+    let body = local_get(port[0], "/").unwrap_or_else(|e| panic!("through a plain SPDY tunnel: {e}"));
+    assert!(body.contains("loopback-only"), "{body}");
+    forward.kill().unwrap();
+    forward.wait().unwrap();
 
     // cp both ways: 20 MB of random bytes, unchanged.
     let dir = tempfile::tempdir().unwrap();
@@ -463,8 +507,14 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
 /// Starts `kubectl port-forward ARGS` and returns it with the local ports it listens on, in the
 /// order given.
 fn port_forward(c: &Cluster, args: &[&str]) -> (std::process::Child, Vec<u16>) {
+    port_forward_with(c, args, &[])
+}
+
+/// As `port_forward`, with `envs` in kubectl's environment.
+fn port_forward_with(c: &Cluster, args: &[&str], envs: &[(&str, &str)]) -> (std::process::Child, Vec<u16>) {
     use std::io::BufRead;
     let mut child = Command::new("kubectl")
+        .envs(envs.iter().copied())
         .arg("--kubeconfig")
         .arg(c.kubeconfig())
         .arg("port-forward")

@@ -9,6 +9,15 @@ pub const PROTOCOL_V5: &str = "v5.channel.k8s.io";
 pub const PROTOCOL_V4: &str = "v4.channel.k8s.io";
 /// Port-forward's subprotocol: SPDY/3.1 frames carried in binary messages (kubectl 1.31+).
 pub const PROTOCOL_PORT_FORWARD: &str = "SPDY/3.1+portforward.k8s.io";
+/// Exec and attach as plain SPDY clients speak them (`v4.channel.k8s.io` over a SPDY/3.1
+/// connection: a stream per channel), carried from the API server to the node agent the same
+/// way: SPDY/3.1 frames in binary messages.
+pub const PROTOCOL_SPDY_V4: &str = "SPDY/3.1+v4.channel.k8s.io";
+/// The HTTP upgrade of a plain SPDY client, and the header naming its stream protocols.
+pub const SPDY_UPGRADE: &str = "SPDY/3.1";
+pub const STREAM_PROTOCOL_HEADER: &str = "X-Stream-Protocol-Version";
+/// The stream protocol of plain SPDY port-forward.
+pub const PORT_FORWARD_V1: &str = "portforward.k8s.io";
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;

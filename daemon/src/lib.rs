@@ -400,7 +400,6 @@ impl Daemon {
             })),
             logs: Some(Arc::new(nodelogs::NodeLogs::new(kubelets.clone()))),
             kubelets: Some(kubelets.clone()),
-            stream_failures: Default::default(),
             metrics: Some(usage.clone()),
             tokens: Some(signer.clone()),
             sync: Some(sync_status.clone()),

@@ -13,6 +13,7 @@ pub mod references;
 pub mod register;
 pub mod server;
 mod spdy;
+mod spdy_exec;
 pub mod spec;
 pub mod stats;
 pub mod status;

@@ -1,5 +1,5 @@
-//! SPDY/3.1 framing, the part a port-forward server needs (kubectl still speaks SPDY for
-//! port-forward, carried in WebSocket binary messages): frames parsed from a byte stream and
+//! SPDY/3.1 framing, the part a stream server needs (port-forward's SPDY, and exec and attach
+//! of plain SPDY clients, carried in WebSocket binary messages): frames parsed from a byte stream and
 //! written to one, and header blocks compressed with zlib and the protocol's dictionary. Flow
 //! control is not kept: kubectl's SPDY library (spdystream) keeps none either.
 

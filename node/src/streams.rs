@@ -1,5 +1,6 @@
 //! Exec and attach for the API server: a WebSocket speaking Kubernetes' remote-command protocol
-//! (`v5.channel.k8s.io`) joined to a process the Engine runs in the pod's container. A client
+//! (`v5.channel.k8s.io`, or a plain SPDY client's frames: see `spdy_exec`) joined to a process
+//! the Engine runs in the pod's container. A client
 //! that leaves takes its exec'd process with it, so nothing it started outlives the session.
 
 use std::sync::Arc;
@@ -111,9 +112,15 @@ async fn open(
         }
     };
     let runtime = s.runtime.clone();
-    let command = request.spec.command;
-    ws.protocols([PROTOCOL_V5])
-        .on_upgrade(move |socket| relay(socket, runtime, running.id, session, command))
+    let spec = request.spec;
+    ws.protocols([PROTOCOL_V5, rc::PROTOCOL_SPDY_V4])
+        .on_upgrade(move |socket| async move {
+            if socket.protocol().is_some_and(|p| p == rc::PROTOCOL_SPDY_V4) {
+                crate::spdy_exec::session(socket, runtime, running.id, session, spec).await;
+            } else {
+                relay(socket, runtime, running.id, session, spec.command).await;
+            }
+        })
 }
 
 /// Runs the session: output to the client, the client's input, resizes and end of input to the
@@ -218,7 +225,7 @@ async fn feed(
 }
 
 /// The exit code of an exec whose output ended (the Engine may take a moment to record it).
-async fn exit_code(runtime: &dyn Runtime, exec: &str) -> Option<i64> {
+pub(crate) async fn exit_code(runtime: &dyn Runtime, exec: &str) -> Option<i64> {
     let deadline = tokio::time::Instant::now() + EXIT_WAIT;
     loop {
         match runtime.exec_state(exec).await {
@@ -231,7 +238,7 @@ async fn exit_code(runtime: &dyn Runtime, exec: &str) -> Option<i64> {
 
 /// Kills an exec'd process whose client left: the Engine has no call for it, so it is
 /// signalled by its host pid.
-async fn end_process(runtime: &dyn Runtime, exec: &str) {
+pub(crate) async fn end_process(runtime: &dyn Runtime, exec: &str) {
     let Ok(state) = runtime.exec_state(exec).await else {
         return;
     };

@@ -72,8 +72,6 @@ pub struct ApiState {
     pub logs: Option<Arc<dyn LogSource>>,
     /// The node agents, for exec, attach and port-forward.
     pub kubelets: Option<crate::kubelet::KubeletClient>,
-    /// Stream upgrades that failed at a node agent, for kubectl's fallback request.
-    pub stream_failures: streams::RecentFailures,
     /// The node agents' usage, for the resource metrics API.
     pub metrics: Option<Arc<dyn metrics::SummarySource>>,
     /// Signs service-account tokens (TokenRequest).

@@ -1,12 +1,13 @@
 //! Exec, attach and port-forward (`pods/exec`, `pods/attach`, `pods/portforward`): kubectl's
-//! WebSocket (`v5.channel.k8s.io` or v4; `SPDY/3.1+portforward.k8s.io`) is authorised (`create`
-//! on the subresource, as KEP-4006 requires of an upgrade that is a GET), audited, and relayed
-//! message for message to the pod's node agent, which runs the process on the Engine or opens the
-//! connections in the pod. Running things changes no desired state, so Git has no say in them.
+//! WebSocket (`v5.channel.k8s.io` or v4; `SPDY/3.1+portforward.k8s.io`) or a plain SPDY/3.1
+//! upgrade (older clients, client-go's SPDY executor) is authorised (`create` on the
+//! subresource, as KEP-4006 requires of an upgrade that is a GET), audited, and relayed to the
+//! pod's node agent — message for message, or a SPDY connection's bytes in binary messages —
+//! which runs the process on the Engine or opens the connections in the pod. Running things
+//! changes no desired state, so Git has no say in them.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::extract::Request;
@@ -31,29 +32,6 @@ pub(super) const SUBRESOURCES: [&str; 3] = ["exec", "attach", "portforward"];
 /// `--streaming-connection-idle-timeout` default), so forgotten port-forwards do not hold
 /// connections to node agents for ever.
 const IDLE: Duration = Duration::from_secs(4 * 3600);
-
-/// How long a failed upgrade is remembered for the fallback request that follows it.
-const REMEMBERED: Duration = Duration::from_secs(10);
-
-/// Upgrades that failed at the node agent, by user and path: kubectl retries a failed WebSocket
-/// with plain SPDY and shows the error of that second request, so the second request is answered
-/// with the first one's error (the agent that did not answer, the container it could not find)
-/// rather than with "SPDY is not served", which would hide it.
-#[derive(Debug, Default)]
-pub struct RecentFailures(Mutex<HashMap<(String, String), (Instant, ApiError)>>);
-
-impl RecentFailures {
-    fn remember(&self, key: (String, String), error: &ApiError) {
-        let mut failures = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        failures.retain(|_, (at, _)| at.elapsed() < REMEMBERED);
-        failures.insert(key, (Instant::now(), error.clone()));
-    }
-
-    fn take(&self, key: &(String, String)) -> Option<ApiError> {
-        let mut failures = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        failures.remove(key).filter(|(at, _)| at.elapsed() < REMEMBERED).map(|(_, e)| e)
-    }
-}
 
 /// What kubectl asked for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -89,16 +67,28 @@ fn choose_protocol(headers: &HeaderMap, served: &[&'static str]) -> Option<&'sta
     served.iter().copied().find(|p| offered.contains(p))
 }
 
-fn is_websocket(headers: &HeaderMap) -> bool {
+fn upgrade_to(headers: &HeaderMap, protocol: &str) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        .is_some_and(|v| v.eq_ignore_ascii_case(protocol))
 }
 
-/// Serves `GET|POST .../pods/{name}/{exec,attach,portforward}`. Both methods give the same
-/// answer to a request that cannot be served, because kubectl retries a refused WebSocket with
-/// SPDY and shows the error of that second attempt.
+/// The stream protocol a plain SPDY client gets: port-forward's, or v4 of the remote-command
+/// protocol (the newest whose SPDY form the agent speaks).
+fn choose_spdy_protocol(headers: &HeaderMap, forward: bool) -> Option<&'static str> {
+    let wanted = if forward { rc::PORT_FORWARD_V1 } else { PROTOCOL_V4 };
+    headers
+        .get_all(rc::STREAM_PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == wanted)
+        .then_some(wanted)
+}
+
+/// Serves `GET|POST .../pods/{name}/{exec,attach,portforward}`, as a WebSocket or a plain SPDY
+/// upgrade.
 pub(super) async fn serve(
     state: Arc<ApiState>,
     id: &Identity,
@@ -138,31 +128,43 @@ pub(super) async fn serve(
     let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
         return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
     };
-    let (served, switch): (&[&'static str], _) = if forward {
-        (&[PROTOCOL_PORT_FORWARD], "KUBECTL_PORT_FORWARD_WEBSOCKETS")
+    let served: &[&'static str] = if forward {
+        &[PROTOCOL_PORT_FORWARD]
     } else {
-        (&[PROTOCOL_V5, PROTOCOL_V4], "KUBECTL_REMOTE_COMMAND_WEBSOCKETS")
+        &[PROTOCOL_V5, PROTOCOL_V4]
     };
-    let attempt = (id.user_name(), req.uri().path().to_owned());
-    if !is_websocket(req.headers()) {
-        if let Some(failed) = state.stream_failures.take(&attempt) {
-            return Err(failed);
-        }
+    let spdy = upgrade_to(req.headers(), rc::SPDY_UPGRADE);
+    let upgrade = if spdy {
+        let Some(protocol) = choose_spdy_protocol(req.headers(), forward) else {
+            let wanted = if forward { rc::PORT_FORWARD_V1 } else { PROTOCOL_V4 };
+            return Err(ApiError::bad_request(format!(
+                "the SPDY client offers no stream protocol served for pods/{sub} ({} {wanted} is)",
+                rc::STREAM_PROTOCOL_HEADER
+            )));
+        };
+        let mut req = req;
+        let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+            return Err(ApiError::bad_request("this connection cannot be upgraded"));
+        };
+        Upgrade::Spdy { protocol, on_upgrade }
+    } else if upgrade_to(req.headers(), "websocket") {
+        let Some(protocol) = choose_protocol(req.headers(), served) else {
+            return Err(ApiError::bad_request(format!(
+                "the client offers none of the stream protocols served for pods/{sub}: {}",
+                served.join(", ")
+            )));
+        };
+        let (mut parts, _) = req.into_parts();
+        let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| ApiError::bad_request(format!("the WebSocket upgrade is malformed: {e}")))?;
+        Upgrade::WebSocket { protocol, upgrade }
+    } else {
         return Err(ApiError::bad_request(format!(
-            "Capstan serves pods/{sub} over WebSocket only ({}, as kubectl speaks by default since 1.31); plain SPDY is not served: do not set {switch}=false",
+            "pods/{sub} is a stream: upgrade the connection to WebSocket ({}) or SPDY/3.1",
             served.join(", ")
         )));
-    }
-    let Some(protocol) = choose_protocol(req.headers(), served) else {
-        return Err(ApiError::bad_request(format!(
-            "the client offers none of the stream protocols served for pods/{sub}: {}",
-            served.join(", ")
-        )));
     };
-    let (mut parts, _) = req.into_parts();
-    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
-        .await
-        .map_err(|e| ApiError::bad_request(format!("the WebSocket upgrade is malformed: {e}")))?;
     let Some(kubelets) = &state.kubelets else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -185,19 +187,89 @@ pub(super) async fn serve(
         q.append_pair("podUID", uid);
         format!("/{sub}/{}/{}/{}?{}", seg(ns), seg(name), seg(&container), q.finish())
     };
-    let agent = match kubelets
-        .websocket(node, &path, if forward { PROTOCOL_PORT_FORWARD } else { PROTOCOL_V5 })
-        .await
-    {
-        Ok(agent) => agent,
-        Err(e) => {
-            state.stream_failures.remember(attempt, &e);
-            return Err(e);
-        }
+    let agent_protocol = match (forward, spdy) {
+        (true, _) => PROTOCOL_PORT_FORWARD,
+        (false, true) => rc::PROTOCOL_SPDY_V4,
+        (false, false) => PROTOCOL_V5,
     };
+    let agent = kubelets.websocket(node, &path, agent_protocol).await?;
     record(&state, id, &pod, sub, &container, &asked.command);
-    let v4 = protocol == PROTOCOL_V4;
-    Ok(upgrade.protocols([protocol]).on_upgrade(move |client| relay(client, agent, v4)))
+    match upgrade {
+        Upgrade::WebSocket { protocol, upgrade } => {
+            let v4 = protocol == PROTOCOL_V4;
+            Ok(upgrade.protocols([protocol]).on_upgrade(move |client| relay(client, agent, v4)))
+        }
+        Upgrade::Spdy { protocol, on_upgrade } => {
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(client) => relay_spdy(hyper_util::rt::TokioIo::new(client), agent).await,
+                    Err(e) => tracing::debug!(error = %e, "a SPDY upgrade did not complete"),
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::CONNECTION, "Upgrade")
+                .header(header::UPGRADE, rc::SPDY_UPGRADE)
+                .header(rc::STREAM_PROTOCOL_HEADER, protocol)
+                .body(axum::body::Body::empty())
+                .map_err(|e| ApiError::internal(e.to_string()))
+        }
+    }
+}
+
+/// How the client's connection becomes a stream.
+enum Upgrade {
+    WebSocket {
+        protocol: &'static str,
+        upgrade: WebSocketUpgrade,
+    },
+    Spdy {
+        protocol: &'static str,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+    },
+}
+
+/// Relays a plain SPDY connection's bytes to the agent as binary messages and back, until
+/// either side ends; the agent speaks SPDY itself.
+async fn relay_spdy(client: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin, agent: AgentSocket) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut agent_tx, mut agent_rx) = agent.split();
+    let seen = Seen::new();
+    let up = async {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match client_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            seen.touch();
+            let data = bytes::Bytes::copy_from_slice(&buf[..n]);
+            if agent_tx.send(AgentMessage::Binary(data)).await.is_err() {
+                break;
+            }
+        }
+        let _ = agent_tx.send(AgentMessage::Close(None)).await;
+    };
+    let down = async {
+        while let Some(Ok(message)) = agent_rx.next().await {
+            seen.touch();
+            let data = match message {
+                AgentMessage::Binary(data) => data,
+                AgentMessage::Close(_) => break,
+                _ => continue,
+            };
+            if client_tx.write_all(&data).await.is_err() || client_tx.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = client_tx.shutdown().await;
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = seen.idle_for(IDLE) => tracing::info!("closing a stream idle for {} h", IDLE.as_secs() / 3600),
+    }
 }
 
 /// The audit line and the pod's Event: who ran what where.

@@ -1,0 +1,264 @@
+//! Exec and attach for plain SPDY clients (client-go's SPDY executor, kubectl with WebSockets
+//! off), their SPDY/3.1 frames carried in WebSocket binary messages from the API server: a
+//! stream per channel, named by its `streamtype` header (error, stdin, stdout, stderr, resize).
+//! The process's output goes out on its streams, the client's input and terminal sizes come in
+//! on theirs, and the end is a Status on the error stream, as remote-command v4 has it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
+use capstan_api::remotecommand as rc;
+use capstan_containers::{Output, Runtime, Session, StreamSpec};
+use futures::stream::SplitStream;
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::spdy::{Decoder, Encoder, Frame};
+
+/// How long the client may take to open the streams the output goes to (the kubelet's stream
+/// creation timeout).
+const STREAMS_WAIT: Duration = Duration::from_secs(30);
+
+/// The streams the client opened, by type.
+#[derive(Clone, Debug, Default)]
+struct Streams {
+    error: Option<u32>,
+    stdin: Option<u32>,
+    stdout: Option<u32>,
+    stderr: Option<u32>,
+    resize: Option<u32>,
+}
+
+/// What the session writes: frames to encode in order (replies share one compression stream).
+enum Out {
+    Reply(u32),
+    Data { stream: u32, fin: bool, data: Bytes },
+    Reset(u32),
+    Ping(u32),
+}
+
+/// Runs the session: the client's streams joined to `session`, the process of `command` (empty
+/// for an attach) in `container`; ends when the process ends or the client leaves.
+pub(crate) async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, container: String, session: Session, spec: StreamSpec) {
+    let Session {
+        exec,
+        mut output,
+        input,
+        end_of_input,
+    } = session;
+    let (mut sink, incoming) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(256);
+    let writer = tokio::spawn(async move {
+        let mut encoder = Encoder::default();
+        while let Some(first) = out_rx.recv().await {
+            let mut bytes = Vec::new();
+            let mut next = Some(first);
+            while let Some(out) = next {
+                bytes.extend(match out {
+                    Out::Reply(stream) => encoder.syn_reply(stream),
+                    Out::Data { stream, fin, data } => Encoder::data(stream, fin, &data),
+                    Out::Reset(stream) => Encoder::rst_stream(stream, crate::spdy::CANCEL),
+                    Out::Ping(id) => Encoder::ping(id),
+                });
+                next = out_rx.try_recv().ok();
+            }
+            if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let (streams_tx, mut streams_rx) = watch::channel(Streams::default());
+    let client = Client {
+        input,
+        end_of_input,
+        runtime: runtime.clone(),
+        container,
+        exec: exec.clone(),
+        out: out_tx.clone(),
+        streams: streams_tx,
+    };
+    let mut reading = tokio::spawn(client.read(incoming));
+    let stderr_wanted = spec.stderr && !spec.tty;
+    let wanted = |s: &Streams| s.error.is_some() && (!spec.stdout || s.stdout.is_some()) && (!stderr_wanted || s.stderr.is_some());
+    let streams = match tokio::time::timeout(STREAMS_WAIT, streams_rx.wait_for(wanted)).await {
+        Ok(Ok(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let streams = match streams {
+        Some(s) => s,
+        None => {
+            tracing::info!("a SPDY exec client did not open its streams; the session ends");
+            reading.abort();
+            end(runtime.as_ref(), exec.as_deref()).await;
+            drop(out_tx);
+            let _ = writer.await;
+            return;
+        }
+    };
+    let (error_stream, stdout, stderr) = (streams.error.unwrap_or_default(), streams.stdout, streams.stderr);
+    let mut failure = None;
+    let client_left = loop {
+        tokio::select! {
+            chunk = output.next() => {
+                let (stream, data) = match chunk {
+                    Some(Ok(Output::Stdout(b))) => (stdout, b),
+                    Some(Ok(Output::Stderr(b))) => (stderr.or(stdout), b),
+                    Some(Err(e)) => {
+                        failure = Some(e.to_string());
+                        break false;
+                    }
+                    None => break false,
+                };
+                if let Some(stream) = stream
+                    && out_tx.send(Out::Data { stream, fin: false, data }).await.is_err()
+                {
+                    break true;
+                }
+            }
+            _ = &mut reading => break true,
+        }
+    };
+    if client_left {
+        end(runtime.as_ref(), exec.as_deref()).await;
+    } else {
+        let status = match (failure, &exec) {
+            (Some(message), _) => rc::failure_status(&message),
+            (None, Some(exec)) => match crate::streams::exit_code(runtime.as_ref(), exec).await {
+                Some(code) => rc::exit_status(&spec.command, code),
+                None => rc::failure_status("the command's exit code is unknown"),
+            },
+            (None, None) => rc::exit_status(&spec.command, 0),
+        };
+        let data = Bytes::from(status.to_string());
+        let _ = out_tx
+            .send(Out::Data {
+                stream: error_stream,
+                fin: true,
+                data,
+            })
+            .await;
+        for stream in [stdout, stderr].into_iter().flatten() {
+            let _ = out_tx
+                .send(Out::Data {
+                    stream,
+                    fin: true,
+                    data: Bytes::new(),
+                })
+                .await;
+        }
+    }
+    reading.abort();
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// An exec'd process whose client left is killed (an attach leaves the container running).
+async fn end(runtime: &dyn Runtime, exec: Option<&str>) {
+    if let Some(exec) = exec {
+        crate::streams::end_process(runtime, exec).await;
+    }
+}
+
+/// The client's side: its streams, input and terminal sizes.
+struct Client {
+    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    end_of_input: bool,
+    runtime: Arc<dyn Runtime>,
+    container: String,
+    exec: Option<String>,
+    out: mpsc::Sender<Out>,
+    streams: watch::Sender<Streams>,
+}
+
+impl Client {
+    /// Reads the client's frames until it leaves.
+    async fn read(mut self, mut incoming: SplitStream<WebSocket>) {
+        let mut decoder = Decoder::default();
+        let mut open = true;
+        while let Some(Ok(message)) = incoming.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Close(_) => return,
+                _ => continue,
+            };
+            decoder.push(&data);
+            loop {
+                let frame = match decoder.next_frame() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "exec: the client's SPDY stream is malformed; the session ends");
+                        return;
+                    }
+                };
+                let streams = self.streams.borrow().clone();
+                match frame {
+                    Frame::SynStream { stream, headers, .. } => {
+                        let kind = headers.iter().find(|(k, _)| k == "streamtype").map(|(_, v)| v.as_str());
+                        let known = self.streams.send_if_modified(|s| {
+                            let slot = match kind {
+                                Some("error") => &mut s.error,
+                                Some("stdin") => &mut s.stdin,
+                                Some("stdout") => &mut s.stdout,
+                                Some("stderr") => &mut s.stderr,
+                                Some("resize") => &mut s.resize,
+                                _ => return false,
+                            };
+                            *slot = Some(stream);
+                            true
+                        });
+                        let reply = if known { Out::Reply(stream) } else { Out::Reset(stream) };
+                        let _ = self.out.send(reply).await;
+                    }
+                    Frame::Data { stream, fin, data } if Some(stream) == streams.stdin => {
+                        if open && !data.is_empty() {
+                            open = self.input.write_all(&data).await.is_ok();
+                        }
+                        if fin {
+                            self.stdin_ended(&mut open).await;
+                        }
+                    }
+                    Frame::Data { stream, data, .. } if Some(stream) == streams.resize => {
+                        resize(self.runtime.as_ref(), &self.container, self.exec.as_deref(), &data).await;
+                    }
+                    Frame::Headers { stream, fin: true } | Frame::RstStream { stream, .. } if Some(stream) == streams.stdin => {
+                        self.stdin_ended(&mut open).await;
+                    }
+                    Frame::Ping { id } => {
+                        let _ = self.out.send(Out::Ping(id)).await;
+                    }
+                    Frame::GoAway => return,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The client's input ended: passed on where the session says so (see [`Session`]).
+    async fn stdin_ended(&mut self, open: &mut bool) {
+        if *open && self.end_of_input {
+            let _ = self.input.shutdown().await;
+        }
+        *open = false;
+    }
+}
+
+/// Terminal sizes, as client-go writes them: JSON objects `{"Width":…,"Height":…}`.
+async fn resize(runtime: &dyn Runtime, container: &str, exec: Option<&str>, data: &[u8]) {
+    let sizes: Vec<String> = serde_json::Deserializer::from_slice(data)
+        .into_iter::<serde_json::Value>()
+        .map_while(Result::ok)
+        .map(|v| v.to_string())
+        .collect();
+    for size in sizes {
+        if let Some((width, height)) = rc::parse_resize(size.as_bytes())
+            && let Err(e) = runtime.resize(container, exec, width, height).await
+        {
+            tracing::debug!(error = %e, "cannot resize the terminal");
+        }
+    }
+}
