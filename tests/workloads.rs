@@ -320,6 +320,57 @@ fn cron_jobs_run_on_schedule_never_overlap_under_forbid_and_catch_up_once() {
     assert!(waited.status.success(), "{}", String::from_utf8_lossy(&waited.stderr));
 }
 
+/// A real five-field schedule, every minute, whose run takes longer than a minute.
+const MINUTELY: &str = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: minutely}
+spec:
+  schedule: "*/1 * * * *"
+  concurrencyPolicy: Forbid
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never, args: ["exit", "0", "65"]}]
+"#;
+
+#[test]
+fn a_minute_schedule_runs_on_the_minute_named_by_it_and_never_two_at_once() {
+    let Some((run, c)) = docker_cluster(
+        "a_minute_schedule_runs_on_the_minute_named_by_it_and_never_two_at_once",
+        "minutely",
+        &[("cron.yaml", MINUTELY)],
+        &["--cluster-cidr", "10.228.0.0/16"],
+    ) else {
+        return;
+    };
+    let _agent = c.node(&format!("minutely-{}", std::process::id()), &run, &[]);
+    // The first run comes at the next minute and lasts 65 s, over the minute after it.
+    c.wait_until_within("two runs, the first finished", 240, || {
+        let r = runs(&c, "minutely");
+        r.len() >= 2 && r[0].3.is_some() && r[1].2.is_some()
+    });
+    let r = runs(&c, "minutely");
+    for (name, scheduled, started, _) in &r {
+        assert_eq!(scheduled % 60, 0, "{name} is scheduled on a whole minute: {r:?}");
+        // Kubernetes names a CronJob's Jobs by the scheduled time in minutes.
+        assert_eq!(*name, format!("minutely-{}", scheduled / 60), "{r:?}");
+        assert!(started.is_some_and(|s| s >= *scheduled), "{r:?}");
+    }
+    assert!(r[0].2.is_some_and(|s| s - r[0].1 < 20), "the first run starts on its minute: {r:?}");
+    assert_eq!(r[1].1 - r[0].1, 60, "the next minute's run: {r:?}");
+    // Forbid: the minute that came while the first run went starts only once it has finished.
+    let (ended, started) = (r[0].3.unwrap(), r[1].2.unwrap());
+    assert!(
+        started >= ended,
+        "the second run started at {started}, before the first ended at {ended}: {r:?}"
+    );
+    let table = c.kubectl_ok(&["get", "cronjob", "minutely"]);
+    assert!(table.contains("*/1 * * * *"), "{table}");
+}
+
 const GUARDED: &str = r#"
 apiVersion: apps/v1
 kind: Deployment

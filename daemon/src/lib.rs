@@ -41,6 +41,16 @@ use crate::objects::Objects;
 use crate::pki::Ca;
 use crate::sync::SyncStatus;
 
+/// A source of the nodes' usage summaries other than the node agents.
+#[derive(Clone)]
+pub struct UsageSource(pub Arc<dyn api::metrics::SummarySource>);
+
+impl std::fmt::Debug for UsageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UsageSource")
+    }
+}
+
 /// How the daemon is set up.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
@@ -66,6 +76,8 @@ pub struct DaemonConfig {
     pub event_ttl: Duration,
     /// How often an autoscaler looks at its metrics.
     pub autoscaler_period: Duration,
+    /// Where pods' resource usage comes from: the node agents when None (a test gives its own).
+    pub usage: Option<UsageSource>,
     /// The pod range, split into a /24 per node.
     pub pod_cidr: capstan_api::cidr::Cidr,
     /// How often the status branch and notes are written (at most one commit per interval).
@@ -116,6 +128,7 @@ impl DaemonConfig {
             eviction_timeout: Duration::from_secs(300),
             event_ttl: context::Settings::default().event_ttl,
             autoscaler_period: context::Settings::default().autoscaler_period,
+            usage: None,
             pod_cidr: context::Settings::default().pod_cidr,
             status_interval: Duration::from_secs(3),
             revert_failed_rollouts: false,
@@ -381,7 +394,10 @@ impl Daemon {
         let rbac = auth::Rbac::new(&cache);
         tasks.push(tokio::spawn(rbac.clone().follow(cache.clone(), objects.clone(), shutdown.clone())));
         let kubelets = kubelet::KubeletClient::new(&ca, cache.clone())?;
-        let usage: Arc<dyn api::metrics::SummarySource> = Arc::new(kubelets.clone());
+        let usage: Arc<dyn api::metrics::SummarySource> = match &config.usage {
+            Some(source) => source.0.clone(),
+            None => Arc::new(kubelets.clone()),
+        };
         let state = Arc::new(api::ApiState {
             objects: objects.clone(),
             cache: cache.clone(),

@@ -1386,3 +1386,96 @@ async fn claims_bind_to_the_smallest_fit_or_say_why_not_and_retained_volumes_are
     .await;
     assert!(h.get("persistentvolumeclaims", "shop", "logs").is_none());
 }
+
+/// Usage as the node agents would report it: every pod of the StatefulSet `db` busy at 200m.
+struct BusyDb(Arc<std::sync::OnceLock<Arc<capstan_daemon::cache::Cache>>>);
+
+impl capstan_daemon::api::metrics::SummarySource for BusyDb {
+    fn summary(&self, node: String) -> futures::future::BoxFuture<'static, Result<Value, capstan_daemon::api::status::ApiError>> {
+        let pods: Vec<Value> = self
+            .0
+            .get()
+            .map(|cache| cache.list(kind("pods"), Some("shop")).0)
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p.object["spec"]["nodeName"] == node.as_str() && p.name.starts_with("db-"))
+            .map(|p| {
+                json!({"podRef": {"name": p.name, "namespace": "shop", "uid": p.object["metadata"]["uid"]},
+                       "containers": [{"name": "db", "cpu": {"usageNanoCores": 200_000_000u64}, "memory": {"workingSetBytes": 1u64 << 20}}]})
+            })
+            .collect();
+        Box::pin(async move { Ok(json!({"node": {"nodeName": node}, "pods": pods})) })
+    }
+}
+
+fn stateful_db(image: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: shop}}
+spec: {{clusterIP: None, selector: {{app: db}}, ports: [{{port: 5432}}]}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db, namespace: shop}}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec:
+      containers:
+      - name: db
+        image: {image}
+        resources: {{requests: {{cpu: 100m}}}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: db, namespace: shop}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: StatefulSet, name: db}}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaler_scales_a_stateful_set_and_a_commit_keeps_its_count() {
+    let cache = Arc::new(std::sync::OnceLock::new());
+    let source = capstan_daemon::UsageSource(Arc::new(BusyDb(cache.clone())));
+    let h = Harness::start(&[("ns.yaml", NS), ("db.yaml", &stateful_db("postgres:16"))], |c| {
+        c.autoscaler_period = Duration::from_millis(500);
+        c.usage = Some(source);
+    })
+    .await;
+    let _ = cache.set(h.d.cache.clone());
+    h.add_node("n1", "4").await;
+    let _kubelet = h.kubelet(&["n1"], Duration::ZERO);
+    // 200 % of the request against a 50 % target: four replicas wanted, three allowed.
+    h.eventually("the StatefulSet scaled to its maximum", |h| {
+        h.get("statefulsets", "shop", "db").is_some_and(|s| s["spec"]["replicas"] == 3)
+            && h.list("pods", Some("shop"))
+                .iter()
+                .filter(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("db-")))
+                .count()
+                == 3
+    })
+    .await;
+    let hpa = h.get("horizontalpodautoscalers", "shop", "db").unwrap();
+    assert_eq!(hpa["status"]["desiredReplicas"], 3, "{hpa}");
+    let set = h.get("statefulsets", "shop", "db").unwrap();
+    assert_eq!(set["metadata"]["annotations"]["capstan.dev/autoscaled-by"], "db", "{set}");
+    // A commit that changes only the image keeps the autoscaled count.
+    h.commit(&[("db.yaml", &stateful_db("postgres:17"))], &[]);
+    h.eventually("the new image applied", |h| {
+        h.get("statefulsets", "shop", "db")
+            .is_some_and(|s| s["spec"]["template"]["spec"]["containers"][0]["image"] == "postgres:17")
+    })
+    .await;
+    assert_eq!(h.get("statefulsets", "shop", "db").unwrap()["spec"]["replicas"], 3);
+}

@@ -11,18 +11,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
 use capstan_api::remotecommand::PROTOCOL_PORT_FORWARD;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::server::{Shared, error, pod_containers};
-use crate::spdy::{Decoder, Encoder, Frame};
+use crate::spdy::{Frame, Out};
 use crate::spec::SANDBOX;
 
 /// How long a connection to the pod's port may take.
@@ -63,14 +63,6 @@ pub(crate) async fn portforward(
         .on_upgrade(move |socket| session(socket, netns, pod))
 }
 
-/// What the session writes: frames to encode in order (replies share one compression stream).
-enum Out {
-    Reply(u32),
-    Data { stream: u32, fin: bool, data: Bytes },
-    Reset(u32),
-    Ping(u32),
-}
-
 /// The streams of one connection, as they arrive.
 #[derive(Default)]
 struct Pair {
@@ -81,109 +73,80 @@ struct Pair {
 
 /// Runs the session until the client leaves.
 async fn session(socket: WebSocket, netns: PathBuf, pod: String) {
-    let (mut sink, mut incoming) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(256);
-    let writer = tokio::spawn(async move {
-        let mut encoder = Encoder::default();
-        while let Some(first) = out_rx.recv().await {
-            // Frames already waiting share one message: SPDY rides the WebSocket as a byte stream.
-            let mut bytes = Vec::new();
-            let mut next = Some(first);
-            while let Some(out) = next {
-                bytes.extend(match out {
-                    Out::Reply(stream) => encoder.syn_reply(stream),
-                    Out::Data { stream, fin, data } => Encoder::data(stream, fin, &data),
-                    Out::Reset(stream) => Encoder::rst_stream(stream, crate::spdy::CANCEL),
-                    Out::Ping(id) => Encoder::ping(id),
-                });
-                next = if bytes.len() < BATCH { out_rx.try_recv().ok() } else { None };
-            }
-            if sink.send(Message::Binary(bytes.into())).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    let mut decoder = Decoder::default();
+    let (sink, incoming) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel::<Out>(256);
+    let writer = tokio::spawn(crate::spdy::write_frames(out_rx, sink, BATCH));
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     // Input for the pod, by data stream; dropped at the client's end of stream.
     let mut inputs: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
     let mut tasks: HashMap<u32, tokio::task::JoinHandle<()>> = HashMap::new();
-    'session: while let Some(Ok(message)) = incoming.next().await {
-        let data = match message {
-            Message::Binary(data) => data,
-            Message::Close(_) => break,
-            _ => continue,
+    let mut frames = crate::spdy::Frames::new(incoming);
+    while let Some(frame) = frames.next().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!(pod, error = %e, "port-forward: the client's SPDY stream is malformed; the session ends");
+                break;
+            }
         };
-        decoder.push(&data);
-        loop {
-            let frame = match decoder.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(pod, error = %e, "port-forward: the client's SPDY stream is malformed; the session ends");
-                    break 'session;
+        match frame {
+            Frame::SynStream { stream, headers, .. } => {
+                let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+                let request = header("requestid").unwrap_or_default();
+                // Finished connections are forgotten here, where a new one may come, not per frame.
+                tasks.retain(|_, t| !t.is_finished());
+                let full = tasks.len() >= MAX_CONNECTIONS || (!pairs.contains_key(&request) && pairs.len() >= MAX_PENDING);
+                if full {
+                    tracing::warn!(pod, stream, "port-forward: too many streams in one session; this one is reset");
+                    let _ = out_tx.send(Out::Reset(stream)).await;
+                    continue;
                 }
-            };
-            match frame {
-                Frame::SynStream { stream, headers, .. } => {
-                    let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-                    let request = header("requestid").unwrap_or_default();
-                    // Finished connections are forgotten here, where a new one may come, not per frame.
-                    tasks.retain(|_, t| !t.is_finished());
-                    let full = tasks.len() >= MAX_CONNECTIONS || (!pairs.contains_key(&request) && pairs.len() >= MAX_PENDING);
-                    if full {
-                        tracing::warn!(pod, stream, "port-forward: too many streams in one session; this one is reset");
+                let _ = out_tx.send(Out::Reply(stream)).await;
+                let pair = pairs.entry(request.clone()).or_default();
+                pair.port = header("port").and_then(|p| p.parse().ok()).or(pair.port);
+                match header("streamtype").as_deref() {
+                    Some("error") => pair.error = Some(stream),
+                    Some("data") => pair.data = Some(stream),
+                    _ => {
                         let _ = out_tx.send(Out::Reset(stream)).await;
                         continue;
                     }
-                    let _ = out_tx.send(Out::Reply(stream)).await;
-                    let pair = pairs.entry(request.clone()).or_default();
-                    pair.port = header("port").and_then(|p| p.parse().ok()).or(pair.port);
-                    match header("streamtype").as_deref() {
-                        Some("error") => pair.error = Some(stream),
-                        Some("data") => pair.data = Some(stream),
-                        _ => {
-                            let _ = out_tx.send(Out::Reset(stream)).await;
-                            continue;
-                        }
-                    }
-                    if let (Some(error_stream), Some(data_stream)) = (pair.error, pair.data) {
-                        let port = pair.port;
-                        pairs.remove(&request);
-                        let (tx, rx) = mpsc::channel(64);
-                        inputs.insert(data_stream, tx);
-                        let task = tokio::spawn(forward(netns.clone(), port, error_stream, data_stream, rx, out_tx.clone()));
-                        tasks.insert(data_stream, task);
-                    }
                 }
-                Frame::Data { stream, fin, data } => {
-                    if let Some(input) = inputs.get(&stream)
-                        && !data.is_empty()
-                        && input.send(data).await.is_err()
-                    {
-                        inputs.remove(&stream);
-                    }
-                    if fin {
-                        inputs.remove(&stream);
-                    }
+                if let (Some(error_stream), Some(data_stream)) = (pair.error, pair.data) {
+                    let port = pair.port;
+                    pairs.remove(&request);
+                    let (tx, rx) = mpsc::channel(64);
+                    inputs.insert(data_stream, tx);
+                    let task = tokio::spawn(forward(netns.clone(), port, error_stream, data_stream, rx, out_tx.clone()));
+                    tasks.insert(data_stream, task);
                 }
-                Frame::RstStream { stream, .. } => {
-                    inputs.remove(&stream);
-                    // The client gave up the connection (the forward ends both streams as it goes).
-                    if let Some(task) = tasks.remove(&stream) {
-                        task.abort();
-                    }
-                }
-                Frame::Headers { stream, fin: true } => {
-                    inputs.remove(&stream);
-                }
-                Frame::Ping { id } => {
-                    let _ = out_tx.send(Out::Ping(id)).await;
-                }
-                Frame::GoAway => break 'session,
-                Frame::Headers { .. } | Frame::Ignored => {}
             }
+            Frame::Data { stream, fin, data } => {
+                if let Some(input) = inputs.get(&stream)
+                    && !data.is_empty()
+                    && input.send(data).await.is_err()
+                {
+                    inputs.remove(&stream);
+                }
+                if fin {
+                    inputs.remove(&stream);
+                }
+            }
+            Frame::RstStream { stream, .. } => {
+                inputs.remove(&stream);
+                // The client gave up the connection (the forward ends both streams as it goes).
+                if let Some(task) = tasks.remove(&stream) {
+                    task.abort();
+                }
+            }
+            Frame::Headers { stream, fin: true } => {
+                inputs.remove(&stream);
+            }
+            Frame::Ping { id } => {
+                let _ = out_tx.send(Out::Ping(id)).await;
+            }
+            Frame::GoAway => break,
+            Frame::Headers { .. } | Frame::Ignored => {}
         }
     }
     for (_, task) in tasks {

@@ -285,6 +285,78 @@ impl Encoder {
     }
 }
 
+/// The session's reading half: the frames of the client's binary messages, in order.
+pub struct Frames<S> {
+    incoming: S,
+    decoder: Decoder,
+}
+
+impl<S, E> Frames<S>
+where
+    S: futures::Stream<Item = Result<axum::extract::ws::Message, E>> + Unpin,
+{
+    pub fn new(incoming: S) -> Frames<S> {
+        Frames {
+            incoming,
+            decoder: Decoder::default(),
+        }
+    }
+
+    /// The next frame; None once the client closed or left.
+    pub async fn next(&mut self) -> Option<Result<Frame, SpdyError>> {
+        use futures::StreamExt;
+        loop {
+            if let Some(frame) = self.decoder.next_frame().transpose() {
+                return Some(frame);
+            }
+            match self.incoming.next().await? {
+                Ok(axum::extract::ws::Message::Binary(data)) => self.decoder.push(&data),
+                Ok(axum::extract::ws::Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// A frame the server sends.
+#[derive(Debug)]
+pub enum Out {
+    Reply(u32),
+    Data { stream: u32, fin: bool, data: Bytes },
+    Reset(u32),
+    Ping(u32),
+}
+
+/// The session's writing half: encodes the frames `out` carries, in order (replies share one
+/// compression stream), into binary messages on `sink` — frames already waiting share one
+/// message, up to about `batch` bytes, since SPDY rides the WebSocket as a byte stream — until
+/// `out` closes; then closes the sink.
+pub async fn write_frames(
+    mut out: tokio::sync::mpsc::Receiver<Out>,
+    mut sink: impl futures::Sink<axum::extract::ws::Message> + Unpin,
+    batch: usize,
+) {
+    use futures::SinkExt;
+    let mut encoder = Encoder::default();
+    while let Some(first) = out.recv().await {
+        let mut bytes = Vec::new();
+        let mut next = Some(first);
+        while let Some(frame) = next {
+            bytes.extend(match frame {
+                Out::Reply(stream) => encoder.syn_reply(stream),
+                Out::Data { stream, fin, data } => Encoder::data(stream, fin, &data),
+                Out::Reset(stream) => Encoder::rst_stream(stream, CANCEL),
+                Out::Ping(id) => Encoder::ping(id),
+            });
+            next = if bytes.len() < batch { out.try_recv().ok() } else { None };
+        }
+        if sink.send(axum::extract::ws::Message::Binary(bytes.into())).await.is_err() {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
 /// The header-compression dictionary of SPDY/3 (draft 3.1, section 2.6.10.1): the listed words,
 /// each with its length as four big-endian bytes, then the status lines, dates and media types
 /// run together.

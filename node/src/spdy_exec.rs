@@ -7,20 +7,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::WebSocket;
 use bytes::Bytes;
 use capstan_api::remotecommand as rc;
 use capstan_containers::{Output, Runtime, Session, StreamSpec};
+use futures::StreamExt;
 use futures::stream::SplitStream;
-use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::spdy::{Decoder, Encoder, Frame};
+use crate::spdy::{Frame, Out};
 
 /// How long the client may take to open the streams the output goes to (the kubelet's stream
 /// creation timeout).
 const STREAMS_WAIT: Duration = Duration::from_secs(30);
+/// Output written to the client in one message, at most (about).
+const BATCH: usize = 256 << 10;
 
 /// The streams the client opened, by type.
 #[derive(Clone, Debug, Default)]
@@ -32,14 +34,6 @@ struct Streams {
     resize: Option<u32>,
 }
 
-/// What the session writes: frames to encode in order (replies share one compression stream).
-enum Out {
-    Reply(u32),
-    Data { stream: u32, fin: bool, data: Bytes },
-    Reset(u32),
-    Ping(u32),
-}
-
 /// Runs the session: the client's streams joined to `session`, the process of `command` (empty
 /// for an attach) in `container`; ends when the process ends or the client leaves.
 pub(crate) async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, container: String, session: Session, spec: StreamSpec) {
@@ -49,28 +43,9 @@ pub(crate) async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, contai
         input,
         end_of_input,
     } = session;
-    let (mut sink, incoming) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(256);
-    let writer = tokio::spawn(async move {
-        let mut encoder = Encoder::default();
-        while let Some(first) = out_rx.recv().await {
-            let mut bytes = Vec::new();
-            let mut next = Some(first);
-            while let Some(out) = next {
-                bytes.extend(match out {
-                    Out::Reply(stream) => encoder.syn_reply(stream),
-                    Out::Data { stream, fin, data } => Encoder::data(stream, fin, &data),
-                    Out::Reset(stream) => Encoder::rst_stream(stream, crate::spdy::CANCEL),
-                    Out::Ping(id) => Encoder::ping(id),
-                });
-                next = out_rx.try_recv().ok();
-            }
-            if sink.send(Message::Binary(bytes.into())).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, incoming) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel::<Out>(256);
+    let writer = tokio::spawn(crate::spdy::write_frames(out_rx, sink, BATCH));
     let (streams_tx, mut streams_rx) = watch::channel(Streams::default());
     let client = Client {
         input,
@@ -176,64 +151,55 @@ struct Client {
 
 impl Client {
     /// Reads the client's frames until it leaves.
-    async fn read(mut self, mut incoming: SplitStream<WebSocket>) {
-        let mut decoder = Decoder::default();
+    async fn read(mut self, incoming: SplitStream<WebSocket>) {
         let mut open = true;
-        while let Some(Ok(message)) = incoming.next().await {
-            let data = match message {
-                Message::Binary(data) => data,
-                Message::Close(_) => return,
-                _ => continue,
+        let mut frames = crate::spdy::Frames::new(incoming);
+        while let Some(frame) = frames.next().await {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(e) => {
+                    tracing::warn!(error = %e, "exec: the client's SPDY stream is malformed; the session ends");
+                    return;
+                }
             };
-            decoder.push(&data);
-            loop {
-                let frame = match decoder.next_frame() {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "exec: the client's SPDY stream is malformed; the session ends");
-                        return;
+            let streams = self.streams.borrow().clone();
+            match frame {
+                Frame::SynStream { stream, headers, .. } => {
+                    let kind = headers.iter().find(|(k, _)| k == "streamtype").map(|(_, v)| v.as_str());
+                    let known = self.streams.send_if_modified(|s| {
+                        let slot = match kind {
+                            Some("error") => &mut s.error,
+                            Some("stdin") => &mut s.stdin,
+                            Some("stdout") => &mut s.stdout,
+                            Some("stderr") => &mut s.stderr,
+                            Some("resize") => &mut s.resize,
+                            _ => return false,
+                        };
+                        *slot = Some(stream);
+                        true
+                    });
+                    let reply = if known { Out::Reply(stream) } else { Out::Reset(stream) };
+                    let _ = self.out.send(reply).await;
+                }
+                Frame::Data { stream, fin, data } if Some(stream) == streams.stdin => {
+                    if open && !data.is_empty() {
+                        open = self.input.write_all(&data).await.is_ok();
                     }
-                };
-                let streams = self.streams.borrow().clone();
-                match frame {
-                    Frame::SynStream { stream, headers, .. } => {
-                        let kind = headers.iter().find(|(k, _)| k == "streamtype").map(|(_, v)| v.as_str());
-                        let known = self.streams.send_if_modified(|s| {
-                            let slot = match kind {
-                                Some("error") => &mut s.error,
-                                Some("stdin") => &mut s.stdin,
-                                Some("stdout") => &mut s.stdout,
-                                Some("stderr") => &mut s.stderr,
-                                Some("resize") => &mut s.resize,
-                                _ => return false,
-                            };
-                            *slot = Some(stream);
-                            true
-                        });
-                        let reply = if known { Out::Reply(stream) } else { Out::Reset(stream) };
-                        let _ = self.out.send(reply).await;
-                    }
-                    Frame::Data { stream, fin, data } if Some(stream) == streams.stdin => {
-                        if open && !data.is_empty() {
-                            open = self.input.write_all(&data).await.is_ok();
-                        }
-                        if fin {
-                            self.stdin_ended(&mut open).await;
-                        }
-                    }
-                    Frame::Data { stream, data, .. } if Some(stream) == streams.resize => {
-                        resize(self.runtime.as_ref(), &self.container, self.exec.as_deref(), &data).await;
-                    }
-                    Frame::Headers { stream, fin: true } | Frame::RstStream { stream, .. } if Some(stream) == streams.stdin => {
+                    if fin {
                         self.stdin_ended(&mut open).await;
                     }
-                    Frame::Ping { id } => {
-                        let _ = self.out.send(Out::Ping(id)).await;
-                    }
-                    Frame::GoAway => return,
-                    _ => {}
                 }
+                Frame::Data { stream, data, .. } if Some(stream) == streams.resize => {
+                    resize(self.runtime.as_ref(), &self.container, self.exec.as_deref(), &data).await;
+                }
+                Frame::Headers { stream, fin: true } | Frame::RstStream { stream, .. } if Some(stream) == streams.stdin => {
+                    self.stdin_ended(&mut open).await;
+                }
+                Frame::Ping { id } => {
+                    let _ = self.out.send(Out::Ping(id)).await;
+                }
+                Frame::GoAway => return,
+                _ => {}
             }
         }
     }

@@ -165,6 +165,25 @@ impl Harness {
     /// event as the agent does; returns its input for more.
     async fn run(&self, pod: Value, time: Duration) -> mpsc::UnboundedSender<Input> {
         let adopted = self.runtime.list(&[(LABEL_POD_UID, "0123456789abcdef")]).await.unwrap();
+        let (tx, working) = self.worker(pod, adopted);
+        let _ = tokio::time::timeout(time, working).await;
+        tx
+    }
+
+    /// Runs a worker for `pod` in the background; returns its input and the task, to abort when
+    /// done.
+    fn spawn(&self, pod: Value) -> (mpsc::UnboundedSender<Input>, tokio::task::JoinHandle<()>) {
+        let (tx, working) = self.worker(pod, Vec::new());
+        (tx, tokio::spawn(working))
+    }
+
+    /// A worker for `pod` poked on every container event, as the agent does: its input, and the
+    /// future that runs it.
+    fn worker(
+        &self,
+        pod: Value,
+        adopted: Vec<capstan_containers::ContainerInfo>,
+    ) -> (mpsc::UnboundedSender<Input>, impl Future<Output = ()> + use<>) {
         let worker = Worker::new(self.env.clone(), pod, adopted);
         let (tx, rx) = mpsc::unbounded_channel();
         let poke = tx.clone();
@@ -175,8 +194,9 @@ impl Harness {
                 let _ = poke.send(Input::Poke);
             }
         };
-        let _ = tokio::time::timeout(time, futures::future::join(worker.run(rx), events)).await;
-        tx
+        (tx, async move {
+            futures::future::join(worker.run(rx), events).await;
+        })
     }
 
     fn last_status(&self) -> Value {
@@ -392,17 +412,7 @@ async fn readiness_changed_by_someone_else_is_said_again() {
     let h = Harness::new();
     h.runtime.image("serve", Behaviour::Serve);
     let pod = h.pod("Always", json!([]), json!([container("app", "serve")]));
-    let worker = Worker::new(h.env.clone(), pod, Vec::new());
-    let (tx, rx) = mpsc::unbounded_channel();
-    let run = tokio::spawn(worker.run(rx));
-    let poke = tx.clone();
-    let runtime = h.runtime.clone();
-    let events = tokio::spawn(async move {
-        let mut events = runtime.events(&[]);
-        while events.next().await.is_some() {
-            let _ = poke.send(Input::Poke);
-        }
-    });
+    let (tx, running) = h.spawn(pod);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let ready = |s: &Value| s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["status"].clone();
     assert_eq!(ready(&h.last_status()), "True", "{}", h.last_status());
@@ -419,8 +429,7 @@ async fn readiness_changed_by_someone_else_is_said_again() {
     let statuses = h.api.lock().unwrap().statuses.clone();
     assert_eq!(statuses.len(), written + 1, "one write saying Ready again: {statuses:?}");
     assert_eq!(ready(&h.last_status()), "True");
-    run.abort();
-    events.abort();
+    running.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -429,17 +438,7 @@ async fn an_ephemeral_container_runs_once_beside_the_target_and_leaves_the_pod_a
     h.runtime.image("serve", Behaviour::Serve);
     h.runtime.image("debug", Behaviour::Exit(3));
     let pod = h.pod("Always", json!([]), json!([container("app", "serve")]));
-    let worker = Worker::new(h.env.clone(), pod, Vec::new());
-    let (tx, rx) = mpsc::unbounded_channel();
-    let run = tokio::spawn(worker.run(rx));
-    let poke = tx.clone();
-    let runtime = h.runtime.clone();
-    let events = tokio::spawn(async move {
-        let mut events = runtime.events(&[]);
-        while events.next().await.is_some() {
-            let _ = poke.send(Input::Poke);
-        }
-    });
+    let (tx, running) = h.spawn(pod);
     tokio::time::sleep(Duration::from_secs(5)).await;
     // `kubectl debug --target=app` added a container that exits 3.
     let mut debugged = h.api.lock().unwrap().objects[POD].clone();
@@ -460,8 +459,7 @@ async fn an_ephemeral_container_runs_once_beside_the_target_and_leaves_the_pod_a
     assert_eq!(status["phase"], "Running", "{status}");
     assert_eq!(status["containerStatuses"].as_array().unwrap().len(), 1, "{status}");
     assert!(h.events().iter().any(|e| e == "Started"));
-    run.abort();
-    events.abort();
+    running.abort();
 }
 
 #[tokio::test(start_paused = true)]
