@@ -12,6 +12,7 @@ use capstan_git::source::{GitSource, SourceConfig, SourceEvent};
 use capstan_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
@@ -31,8 +32,8 @@ pub struct Singletons {
     pub revert_failed_rollouts: bool,
     pub settings: context::Settings,
     pub metrics: Arc<dyn crate::api::metrics::SummarySource>,
-    /// Revisions of history kept for watches.
-    pub history_revisions: u64,
+    /// The history kept for watches.
+    pub history: HistoryWindow,
     /// The daemon-wide sync status, fed by each term's sync.
     pub sync_status: watch::Sender<SyncStatus>,
     /// Where the webhook finds the running term's Git source.
@@ -189,23 +190,88 @@ fn start_term(s: &Singletons, objects: Objects, over: CancellationToken) -> Resu
         capstan_scheduler::Config::default(),
         over.clone(),
     )));
-    tasks.push(tokio::spawn(compact(objects.store().clone(), s.history_revisions, over)));
+    tasks.push(tokio::spawn(compact(objects.store().clone(), s.history, over)));
     Ok(tasks)
 }
 
-/// Keeps a window of history for watches, as kube-apiserver asks etcd to.
-async fn compact(store: Arc<dyn Store>, keep: u64, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+/// How much history compaction keeps for watches: everything newer than `window`, as
+/// kube-apiserver has etcd keep it (every 5 minutes it compacts to the revision it saw 5 minutes
+/// before), but no more than `cap` revisions, so a burst of writes does not grow the history
+/// without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryWindow {
+    pub window: Duration,
+    pub cap: u64,
+}
+
+impl Default for HistoryWindow {
+    fn default() -> HistoryWindow {
+        HistoryWindow {
+            window: Duration::from_secs(300),
+            cap: 100_000,
+        }
+    }
+}
+
+/// The revision to compact to at `now`, when the store is at `rev`, given the revisions `seen`
+/// at earlier looks (oldest first; those no longer needed are dropped): the newest one seen at
+/// least a window ago, or `rev - cap` when that is newer.
+fn compaction_target(seen: &mut std::collections::VecDeque<(Instant, u64)>, now: Instant, rev: u64, h: HistoryWindow) -> u64 {
+    while seen.len() >= 2 && now.duration_since(seen[1].0) >= h.window {
+        seen.pop_front();
+    }
+    let aged = seen
+        .front()
+        .filter(|(at, _)| now.duration_since(*at) >= h.window)
+        .map_or(0, |(_, r)| *r);
+    aged.max(rev.saturating_sub(h.cap))
+}
+
+/// Compacts the store's history as `history` says, looking every minute (or window, if shorter).
+async fn compact(store: Arc<dyn Store>, history: HistoryWindow, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(history.window.min(Duration::from_secs(60)));
+    let mut seen = std::collections::VecDeque::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
-                let rev = store.revision();
-                if rev > keep && store.compacted_revision() < rev - keep
-                    && let Err(e) = store.compact(rev - keep).await {
+                let (now, rev) = (Instant::now(), store.revision());
+                let target = compaction_target(&mut seen, now, rev, history);
+                seen.push_back((now, rev));
+                if target > store.compacted_revision()
+                    && let Err(e) = store.compact(target).await {
                         tracing::warn!(error = %e, "compaction failed");
                     }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_keeps_a_window_of_history_and_at_most_its_cap() {
+        let h = HistoryWindow {
+            window: Duration::from_secs(300),
+            cap: 1_000,
+        };
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut seen = std::collections::VecDeque::new();
+        // Looks every minute while 100 revisions come per minute: nothing is a window old yet.
+        for minute in 0..5u64 {
+            assert_eq!(compaction_target(&mut seen, at(minute * 60), minute * 100, h), 0);
+            seen.push_back((at(minute * 60), minute * 100));
+        }
+        // At 5 minutes the revision seen at 0 is a window old; at 6 the one seen at 1.
+        assert_eq!(compaction_target(&mut seen, at(300), 500, h), 0);
+        seen.push_back((at(300), 500));
+        assert_eq!(compaction_target(&mut seen, at(360), 600, h), 100);
+        seen.push_back((at(360), 600));
+        assert!(seen.len() <= 6, "looks older than needed are dropped: {seen:?}");
+        // A burst: more than the cap within the window compacts to the cap.
+        assert_eq!(compaction_target(&mut seen, at(420), 5_000, h), 4_000);
     }
 }

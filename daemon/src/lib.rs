@@ -66,8 +66,8 @@ pub struct DaemonConfig {
     pub advertise: Option<IpAddr>,
     /// How often a remote repository is fetched.
     pub poll_interval: Duration,
-    /// Revisions of history kept for watches; older ones are compacted away.
-    pub history_revisions: u64,
+    /// The history kept for watches; older revisions are compacted away.
+    pub history: leader::HistoryWindow,
     /// A node whose Lease is older than this is NotReady.
     pub node_grace: Duration,
     /// Pods on a NotReady node are evicted after this, unless they tolerate longer.
@@ -123,7 +123,7 @@ impl DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
             advertise: None,
             poll_interval: Duration::from_secs(15),
-            history_revisions: 10_000,
+            history: leader::HistoryWindow::default(),
             node_grace: Duration::from_secs(40),
             eviction_timeout: Duration::from_secs(300),
             event_ttl: context::Settings::default().event_ttl,
@@ -448,7 +448,7 @@ impl Daemon {
             revert_failed_rollouts: config.revert_failed_rollouts,
             settings,
             metrics: usage,
-            history_revisions: config.history_revisions,
+            history: config.history,
             sync_status: sync_feed,
             trigger: trigger.clone(),
             store_name: match &config.store {

@@ -64,6 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.kustomize = args.kustomize;
     config.store = args.store.choice()?;
     (config.leader_lease, config.leader_renew) = args.store.election()?;
+    config.history = args.store.history()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let daemon = Daemon::start(config).await?;

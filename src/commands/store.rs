@@ -33,6 +33,10 @@ pub struct StoreArgs {
     /// Milliseconds between the leader's renewals of its lease.
     #[arg(long, default_value_t = capstan_daemon::DEFAULT_LEADER_RENEW.as_millis() as u64)]
     pub leader_elect_renew_interval: u64,
+    /// Seconds of history kept for watches that resume (kube-apiserver's
+    /// --etcd-compaction-interval): older revisions are compacted away, on either store.
+    #[arg(long, default_value_t = capstan_daemon::leader::HistoryWindow::default().window.as_secs())]
+    pub compaction_interval: u64,
 }
 
 impl StoreArgs {
@@ -52,6 +56,15 @@ impl StoreArgs {
             lease.as_secs()
         );
         Ok((lease, renew))
+    }
+
+    /// The history kept for watches.
+    pub fn history(&self) -> anyhow::Result<capstan_daemon::leader::HistoryWindow> {
+        anyhow::ensure!(self.compaction_interval >= 1, "--compaction-interval 0: at least 1 second");
+        Ok(capstan_daemon::leader::HistoryWindow {
+            window: std::time::Duration::from_secs(self.compaction_interval),
+            ..Default::default()
+        })
     }
 
     /// The store the flags name.

@@ -168,6 +168,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     daemon_config.revert_failed_rollouts = args.revert_failed_rollouts;
     daemon_config.store = args.store.choice()?;
     (daemon_config.leader_lease, daemon_config.leader_renew) = args.store.election()?;
+    daemon_config.history = args.store.history()?;
     let mut proxy = super::node::proxy_config(&args.proxy_mode, "10.96.0.0/16", &args.cluster_cidr)?;
     proxy.table = args.proxy_table;
     daemon_config.pod_cidr = proxy.pod_cidr;
