@@ -213,3 +213,62 @@ fn a_daemon_reaches_etcd_over_tls_with_its_client_certificate_and_none_other_get
         .args(["get", "--prefix", "/capstan/registry/apps/deployments/", "--keys-only"]));
     assert!(String::from_utf8_lossy(&keys.stdout).contains("/capstan/registry/apps/deployments/shop/web"));
 }
+
+/// A forge may call any replica: one that does not lead tells the leader through etcd, and the
+/// push is applied at once although the replicas poll only hourly.
+#[test]
+fn a_webhook_call_to_a_replica_that_does_not_lead_makes_the_leader_fetch() {
+    let (_etcd_dir, etcd) = common::etcd(1);
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "s3cret\n").unwrap();
+    let secret_path = secret.path().to_str().unwrap().to_owned();
+    let common_args = [
+        "--store",
+        &etcd.url(),
+        "--poll-interval",
+        "3600",
+        "--webhook-secret-file",
+        &secret_path,
+    ];
+    let settings = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {colour: blue}\n";
+    let c = Cluster::start_remote(&[("settings.yaml", settings)], &common_args);
+    let colour = || c.kubectl_ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.colour}"]);
+    c.wait_until("the first commit applied", || {
+        c.kubectl(&["get", "configmap", "settings"]).status.success()
+    });
+
+    // A second replica, sharing the first one's identity and etcd.
+    let data = c.dir.path().join("data-1");
+    capstan_daemon::copy_replica_identity(&c.data, &data).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let remote = format!("file://{}", c.dir.path().join("remote.git").display());
+    let log = std::fs::File::create(c.dir.path().join("daemon-1.log")).unwrap();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["daemon", "--repo", &remote, "--data-dir", data.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(common_args)
+        .env("CAPSTAN_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    c.commit(&[("settings.yaml", &settings.replace("blue", "green"))], &[], "green");
+    c.push();
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    let signature = hex::encode(capstan_daemon::webhook::hmac_sha256(b"s3cret", body.as_bytes()));
+    let call = || {
+        let out = run(Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", body])
+            .args(["-H", &format!("X-Hub-Signature-256: sha256={signature}")])
+            .arg(format!("https://127.0.0.1:{port}/hooks/git")));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    c.wait_until("the second replica to take the call", || call() == "202");
+    c.wait_until("the pushed commit applied by the leader", || colour() == "green");
+    let said = std::fs::read_to_string(c.dir.path().join("daemon-1.log")).unwrap_or_default();
+    assert!(said.contains("the leading replica is told to fetch"), "{said}");
+    assert!(c.log().contains("another replica was called; fetching now"), "{}", c.log());
+    let _ = second.kill();
+    let _ = second.wait();
+}

@@ -131,6 +131,9 @@ fn start_term(s: &Singletons, objects: Objects, over: CancellationToken) -> Resu
     let mut sync = GitSync::new(objects.clone())?;
     let (source, mut events) = GitSource::spawn(s.source.clone());
     *s.trigger.write().unwrap_or_else(|p| p.into_inner()) = Some(source.trigger_handle());
+    // Webhook calls that reached another replica.
+    let requests = crate::webhook::follow_fetch_requests(objects.store().clone(), source.trigger_handle(), over.clone());
+    tasks.push(tokio::spawn(requests));
     let term_status = sync.status();
     let stop = over.clone();
     tasks.push(tokio::spawn(async move {

@@ -419,7 +419,10 @@ impl Daemon {
             metrics: Some(usage.clone()),
             tokens: Some(signer.clone()),
             sync: Some(sync_status.clone()),
-            extra: config.webhook_secret.clone().map(|secret| webhook::routes(secret, trigger.clone())),
+            extra: config
+                .webhook_secret
+                .clone()
+                .map(|secret| webhook::routes(secret, trigger.clone(), store.clone())),
             audit: Some(Arc::new(audit::AuditLog::new(&data.join("audit.log")))),
         });
         let router = api::router(state);

@@ -1,7 +1,8 @@
 //! The Git webhook, `POST /hooks/git`: outside bearer auth, so a forge can call it, but accepted
 //! only with the forge's own proof of the shared secret (GitHub `X-Hub-Signature-256`, Gitea
 //! `X-Gitea-Signature`: HMAC-SHA256 of the body; GitLab `X-Gitlab-Token`: the secret itself). An
-//! accepted call makes the Git source fetch at once instead of at its next poll.
+//! accepted call makes the Git source fetch at once instead of at its next poll: on the leading
+//! replica directly, on any other through the store (a key the leader's term watches).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use capstan_git::source::SourceTrigger;
 use capstan_runtime::ratelog::RateLimitedLog;
+use capstan_store::{Store, Txn};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -122,22 +124,54 @@ fn delivery_keys(headers: &HeaderMap, body: &[u8]) -> Vec<String> {
     keys
 }
 
-/// The Git source of the term running on this replica, if it leads (on a replica that does
-/// not, a push is seen at the leader's next poll).
+/// The Git source of the term running on this replica, if it leads.
 pub type TriggerSlot = Arc<std::sync::RwLock<Option<SourceTrigger>>>;
+
+/// Written by a replica that does not lead when a webhook call reaches it; the leader's term
+/// watches it and fetches (see [`follow_fetch_requests`]).
+pub const FETCH_KEY: &str = "/capstan/sync/fetch";
+
+/// Makes `source` fetch whenever another replica writes [`FETCH_KEY`], until `stop`.
+pub async fn follow_fetch_requests(store: Arc<dyn Store>, source: SourceTrigger, stop: tokio_util::sync::CancellationToken) {
+    let mut requests = match store.watch(FETCH_KEY, store.revision()) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook calls reaching other replicas will not be followed");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            request = requests.recv() => match request {
+                Some(Ok(_)) => {
+                    tracing::info!("webhook: another replica was called; fetching now");
+                    source.trigger();
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the watch of webhook calls ended");
+                    return;
+                }
+                None => return,
+            },
+        }
+    }
+}
 
 struct Hook {
     secret: Vec<u8>,
     trigger: TriggerSlot,
+    store: Arc<dyn Store>,
     seen: Mutex<Seen>,
     refused: Mutex<RateLimitedLog>,
 }
 
 /// The route, to merge into the API server's unauthenticated routes.
-pub fn routes<S: Clone + Send + Sync + 'static>(secret: Vec<u8>, trigger: TriggerSlot) -> Router<S> {
+pub fn routes<S: Clone + Send + Sync + 'static>(secret: Vec<u8>, trigger: TriggerSlot, store: Arc<dyn Store>) -> Router<S> {
     let hook = Arc::new(Hook {
         secret,
         trigger,
+        store,
         seen: Mutex::new(Seen::default()),
         refused: Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
     });
@@ -165,9 +199,23 @@ async fn handle(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) 
                     "this delivery was received before: replays are refused".into(),
                 );
             }
-            tracing::info!(?forge, "webhook: fetching now");
-            if let Some(source) = hook.trigger.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                source.trigger();
+            let leading = hook.trigger.read().unwrap_or_else(|p| p.into_inner()).clone();
+            match leading {
+                Some(source) => {
+                    tracing::info!(?forge, "webhook: fetching now");
+                    source.trigger();
+                }
+                None => {
+                    let at = capstan_api::time::now_rfc3339();
+                    if let Err(e) = hook.store.txn(Txn::default().put(FETCH_KEY, at)).await {
+                        return failure(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "ServiceUnavailable",
+                            format!("this replica does not lead and cannot tell the leader to fetch: {e}"),
+                        );
+                    }
+                    tracing::info!(?forge, "webhook: the leading replica is told to fetch");
+                }
             }
             (
                 StatusCode::ACCEPTED,
