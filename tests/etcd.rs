@@ -2,7 +2,7 @@
 //! members: the objects a commit makes live in etcd under the cluster's prefix, Secrets sealed;
 //! while etcd is lost the daemon stays up, reads still answer, writes fail with 503 naming etcd
 //! and /readyz says why; once etcd is back everything works again without a restart. A cluster
-//! on the embedded store moves to etcd with `capstan store migrate` and keeps every object. etcd
+//! on the embedded store moves to etcd with `capstan store migrate` and back, keeping every object. etcd
 //! over TLS with client certificates: the daemon's gets in, a connection without one is refused.
 //! (The daemon killed mid-rollout on etcd, and several replicas, are in tests/gitops.rs.)
 
@@ -118,9 +118,10 @@ fn a_cluster_moves_from_the_embedded_store_to_etcd_and_keeps_every_object() {
     let _ = c.child.kill();
     let _ = c.child.wait();
 
+    let data = c.data.clone();
     let migrate = |extra: &[&str]| {
         run(Command::new(env!("CARGO_BIN_EXE_capstan"))
-            .args(["store", "migrate", "--data-dir", c.data.to_str().unwrap(), "--store", &etcd.url()])
+            .args(["store", "migrate", "--data-dir", data.to_str().unwrap(), "--store", &etcd.url()])
             .args(extra))
     };
     let out = migrate(&[]);
@@ -143,6 +144,26 @@ fn a_cluster_moves_from_the_embedded_store_to_etcd_and_keeps_every_object() {
         &["get", "/capstan/registry/core/secrets/shop/db", "--print-value-only"],
     );
     assert!(!sealed.contains("hunter2-plain"));
+
+    // And back to the embedded store: refused while a replica leads, or over a store that holds
+    // a cluster; then the same objects again.
+    let _ = c.child.kill();
+    let _ = c.child.wait();
+    let out = migrate(&["--to", "redb"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && (said.contains("a replica still leads") || said.contains("already holds a cluster")),
+        "{said}"
+    );
+    std::fs::rename(c.data.join("store.redb"), c.data.join("store.redb.before-etcd")).unwrap();
+    c.wait_until("the killed replica's lease to run out and the copy back", || {
+        let out = migrate(&["--to", "redb"]);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success() || said.contains("a replica still leads"), "{said}");
+        out.status.success()
+    });
+    c.restart_daemon_without("--store");
+    c.wait_until("the same objects, served from the embedded store again", || identity(&c) == before);
 }
 
 #[test]

@@ -120,21 +120,28 @@ impl StoreArgs {
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Copy a stopped cluster's objects from its embedded store (DATA_DIR/store.redb) to etcd,
-    /// then start its daemon with the same --data-dir and --store etcd://…. Secrets stay sealed
-    /// with the keys in DATA_DIR. Resource versions start anew on etcd: clients re-list.
+    /// then start its daemon with the same --data-dir and --store etcd://…; or, with `--to redb`,
+    /// back from etcd (every replica stopped) into DATA_DIR/store.redb of a replica's data
+    /// directory. Secrets stay sealed with the keys in DATA_DIR. Resource versions start anew:
+    /// clients re-list.
     Migrate {
         /// The stopped daemon's data directory.
         #[arg(long)]
         data_dir: PathBuf,
-        /// The etcd to copy to (`etcd://HOST:PORT[,…]`), with its prefix and TLS flags.
+        /// Which way: `etcd` (from DATA_DIR/store.redb to the etcd --store names) or `redb`
+        /// (from that etcd to DATA_DIR/store.redb).
+        #[arg(long, default_value = "etcd", value_parser = ["etcd", "redb"])]
+        to: String,
+        /// The etcd (`etcd://HOST:PORT[,…]`), with its prefix and TLS flags.
         #[command(flatten)]
-        to: StoreArgs,
+        etcd: StoreArgs,
     },
 }
 
 pub fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     match command {
-        Command::Migrate { data_dir, to } => migrate(&data_dir, &to),
+        Command::Migrate { data_dir, to, etcd } if to == "redb" => migrate_back(&data_dir, &etcd),
+        Command::Migrate { data_dir, etcd, .. } => migrate(&data_dir, &etcd),
     }
 }
 
@@ -180,6 +187,69 @@ fn migrate(data_dir: &std::path::Path, to: &StoreArgs) -> anyhow::Result<std::pr
         );
         Ok(std::process::ExitCode::SUCCESS)
     })
+}
+
+/// Copies a stopped cluster from etcd into DATA_DIR/store.redb (which must hold nothing yet).
+#[cfg(feature = "etcd")]
+fn migrate_back(data_dir: &std::path::Path, from: &StoreArgs) -> anyhow::Result<std::process::ExitCode> {
+    use capstan_store::{Store, Txn};
+    let StoreChoice::Etcd(config) = from.choice()? else {
+        anyhow::bail!("--store: name the etcd to migrate from (etcd://HOST:PORT[,…])");
+    };
+    anyhow::ensure!(
+        data_dir.join("pki").is_dir(),
+        "{} is not a replica's data directory: its pki/ holds the keys the cluster's Secrets are sealed with",
+        data_dir.display()
+    );
+    let path = data_dir.join("store.redb");
+    let to = capstan_store::RedbStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    anyhow::ensure!(
+        to.range("/", None, 1)?.kvs.is_empty(),
+        "{} already holds a cluster: move it away first",
+        path.display()
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let prefix = config.prefix.clone();
+        let from = capstan_store::EtcdStore::open(config).await?;
+        // A replica that still runs would keep writing to etcd after the copy.
+        if let Some(leader) = from.get(capstan_store::LEADER_KEY)? {
+            anyhow::bail!(
+                "a replica still leads ({}): stop every replica first (a killed one's lease runs out within seconds)",
+                String::from_utf8_lossy(&leader.value)
+            );
+        }
+        let all = from.range("/", None, 0)?;
+        anyhow::ensure!(!all.kvs.is_empty(), "etcd holds no cluster under {prefix}");
+        // The replicas' bookkeeping in etcd is no part of a cluster on one machine.
+        let kept: Vec<_> = all
+            .kvs
+            .iter()
+            .filter(|kv| !kv.key.starts_with(capstan_store::REPLICAS_PREFIX))
+            .collect();
+        for chunk in kept.chunks(BATCH) {
+            let txn = chunk
+                .iter()
+                .fold(Txn::default(), |txn, kv| txn.put(kv.key.clone(), kv.value.clone()));
+            to.txn(txn).await?;
+        }
+        let copied = to.range("/", None, 0)?;
+        let same = copied.kvs.len() == kept.len() && copied.kvs.iter().zip(&kept).all(|(a, b)| a.key == b.key && a.value == b.value);
+        anyhow::ensure!(same, "the copy in {} differs from etcd: not using it", path.display());
+        eprintln!(
+            "copied {} keys from etcd://{} under {prefix} to {}; start the daemon with --data-dir {} (the embedded store)",
+            kept.len(),
+            from.config().describe(),
+            path.display(),
+            data_dir.display(),
+        );
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(not(feature = "etcd"))]
+fn migrate_back(_: &std::path::Path, from: &StoreArgs) -> anyhow::Result<std::process::ExitCode> {
+    from.choice().map(|_| std::process::ExitCode::FAILURE)
 }
 
 #[cfg(feature = "etcd")]

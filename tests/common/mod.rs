@@ -248,6 +248,15 @@ impl Cluster {
     }
 
     /// Stops the daemon and starts it again on the same data with `extra` flags added.
+    /// Restarts the daemon without the flag `flag` and its value (a later `restart_daemon_with`
+    /// added).
+    pub fn restart_daemon_without(&mut self, flag: &str) {
+        if let Some(i) = self.args.iter().position(|a| a == flag) {
+            self.args.drain(i..(i + 2).min(self.args.len()));
+        }
+        self.restart_daemon_with(&[]);
+    }
+
     pub fn restart_daemon_with(&mut self, extra: &[&str]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
