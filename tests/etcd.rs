@@ -293,3 +293,47 @@ fn a_webhook_call_to_a_replica_that_does_not_lead_makes_the_leader_fetch() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+/// Pods reach the API through the `kubernetes` Service: its endpoints are every replica that
+/// runs, followed as one comes and goes.
+#[test]
+fn the_kubernetes_service_lists_every_running_replica() {
+    let (_etcd_dir, etcd) = common::etcd(1);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let first = format!("127.0.0.1:{port}");
+    let c = Cluster::start_with(
+        FILES,
+        &["--store", &etcd.url(), "--listen", &first, "--cluster-cidr", "10.229.0.0/16"],
+    );
+    let published = || {
+        let o = c.kubectl(&["get", "endpointslice", "kubernetes", "-o", "jsonpath={.endpoints[*].addresses[0]}"]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    c.wait_until("the first replica published", || published() == "127.0.0.1");
+    // A second replica on another loopback address, on the same port.
+    let data = c.dir.path().join("data-1");
+    capstan_daemon::copy_replica_identity(&c.data, &data).unwrap();
+    let log = std::fs::File::create(c.dir.path().join("daemon-1.log")).unwrap();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["daemon", "--repo", c.repo.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+        .args([
+            "--store",
+            &etcd.url(),
+            "--listen",
+            &format!("127.0.0.2:{port}"),
+            "--cluster-cidr",
+            "10.229.0.0/16",
+        ])
+        .env("CAPSTAN_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    c.wait_until("both replicas published", || published() == "127.0.0.1 127.0.0.2");
+    let endpoints = c.kubectl_ok(&["get", "endpoints", "kubernetes", "-o", "jsonpath={.subsets[0].addresses[*].ip}"]);
+    assert_eq!(endpoints, "127.0.0.1 127.0.0.2");
+    // Killed: gone from the Service once its lease runs out.
+    second.kill().unwrap();
+    second.wait().unwrap();
+    c.wait_until("the killed replica unpublished", || published() == "127.0.0.1");
+}

@@ -2,6 +2,7 @@
 //! shared runtime (work queue, back-off, error classes), fed by the watch cache through the
 //! triggers each controller declares beside its reconcile. Started by the daemon.
 
+pub mod apiserver;
 pub mod autoscaler;
 pub mod cronjob;
 pub mod daemonset;
@@ -157,6 +158,7 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     tasks.extend(disruption::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(ingress::controller(&ctx).spawn(&ctx, &shutdown));
     tasks.extend(gateway::controller(&ctx).spawn(&ctx, &shutdown));
+    tasks.push(tokio::spawn(apiserver::run(ctx.clone(), shutdown.clone())));
     // The built-in objects: system namespaces, the `kubernetes` and `kube-dns` Services.
     let builtin_ctx = ctx.clone();
     tasks.push(tokio::spawn(async move {

@@ -115,7 +115,7 @@ pub async fn ensure_builtins(ctx: &Context) -> Result<(), ObjectError> {
         }
     }
     let svc = kind("services");
-    let (api_ip, api_port) = ctx.settings.api_endpoint;
+    let api_port = ctx.settings.api_endpoint.1;
     let builtins = [
         json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
                "spec": {"type": "ClusterIP", "clusterIP": KUBERNETES_IP.to_string(), "clusterIPs": [KUBERNETES_IP.to_string()], "ports": [{"name": "https", "port": 443, "targetPort": api_port, "protocol": "TCP"}]}}),
@@ -200,21 +200,5 @@ pub async fn ensure_builtins(ctx: &Context) -> Result<(), ObjectError> {
             .await?;
         }
     }
-    // The API server's own endpoints, as Endpoints and as the EndpointSlice the proxies read
-    // (written here, so the Endpoints are not mirrored).
-    let endpoints = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": api_ip.to_string()}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}]});
-    upsert(ctx, kind("endpoints"), "default", "kubernetes", endpoints, |cur, new| {
-        cur["subsets"] == new["subsets"] && cur["metadata"]["labels"] == new["metadata"]["labels"]
-    })
-    .await?;
-    let slice = json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [api_ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}],
-        "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]});
-    upsert(ctx, kind("endpointslices"), "default", "kubernetes", slice, |cur, new| {
-        cur["endpoints"] == new["endpoints"] && cur["ports"] == new["ports"]
-    })
-    .await?;
     Ok(())
 }
