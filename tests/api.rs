@@ -272,7 +272,14 @@ fn writes_to_desired_state_are_refused_with_the_git_file() {
     let explained = c.kubectl_ok(&["explain", "deployment.spec.template.spec.containers.ports"]);
     assert!(explained.contains("FIELD: ports <[]ContainerPort>"), "{explained}");
     assert!(explained.contains("containerPort\t<integer> -required-"), "{explained}");
-    for kind in ["httproute", "gatewayclass", "clustersettings", "ingress", "cronjob"] {
+    for kind in [
+        "httproute",
+        "gatewayclass",
+        "clustersettings",
+        "ingress",
+        "cronjob",
+        "selfsubjectaccessreview",
+    ] {
         let o = c.kubectl(&["explain", kind, "--recursive"]);
         assert!(o.status.success(), "kubectl explain {kind}: {}", stderr(&o));
     }

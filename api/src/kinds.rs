@@ -88,6 +88,11 @@ impl KindInfo {
         (self.schema)(generator)
     }
 
+    /// The function that makes [`Self::schema`].
+    pub fn schema_fn(&self) -> fn(SchemaGenerator) -> Schema {
+        self.schema
+    }
+
     /// Decodes `object` into the kind's Rust type; the error names the field that failed.
     pub fn check(&self, object: &serde_json::Value) -> Result<(), TypeError> {
         (self.check)(object)

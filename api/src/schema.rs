@@ -76,17 +76,64 @@ pub fn all_files() -> Vec<(String, Value)> {
     files
 }
 
+/// A kind as the OpenAPI documents describe it.
+#[derive(Clone, Copy)]
+pub struct OpenApiKind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    schema: fn(schemars::SchemaGenerator) -> schemars::Schema,
+}
+
+impl From<&'static KindInfo> for OpenApiKind {
+    fn from(k: &'static KindInfo) -> OpenApiKind {
+        OpenApiKind {
+            group: k.group,
+            version: k.version,
+            kind: k.kind,
+            schema: k.schema_fn(),
+        }
+    }
+}
+
+fn root_schema<T: schemars::JsonSchema>(generator: schemars::SchemaGenerator) -> schemars::Schema {
+    generator.into_root_schema_for::<T>()
+}
+
+/// Kinds the API serves that are no objects in the registry (each request is answered, nothing
+/// is stored) but that clients describe with `kubectl explain` all the same.
+pub const REVIEWS: [OpenApiKind; 3] = [
+    OpenApiKind {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectAccessReview",
+        schema: root_schema::<k8s_openapi::api::authorization::v1::SelfSubjectAccessReview>,
+    },
+    OpenApiKind {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectRulesReview",
+        schema: root_schema::<k8s_openapi::api::authorization::v1::SelfSubjectRulesReview>,
+    },
+    OpenApiKind {
+        group: "authentication.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectReview",
+        schema: root_schema::<k8s_openapi::api::authentication::v1::SelfSubjectReview>,
+    },
+];
+
 /// The OpenAPI definitions of `kinds`, by Kubernetes' names: each kind's schema, marked with
 /// `x-kubernetes-group-version-kind` (as `kubectl explain` and kubectl's patch computation find
 /// it), and every type it uses, its lists carrying the merge keys and strategies kubectl builds
 /// strategic merge patches from; `$ref`s point under `prefix` (`#/definitions/` in OpenAPI v2,
 /// `#/components/schemas/` in v3). Objects stay open, as Kubernetes' documents are: the API
 /// server's strict field validation finds unknown fields.
-pub fn openapi_definitions<'a>(kinds: impl IntoIterator<Item = &'a KindInfo>, prefix: &str) -> Map<String, Value> {
+pub fn openapi_definitions<'a>(kinds: impl IntoIterator<Item = &'a OpenApiKind>, prefix: &str) -> Map<String, Value> {
     let mut out = Map::new();
     for kind in kinds {
         let generator = SchemaSettings::draft07().into_generator();
-        let mut schema = kind.schema(generator).to_value();
+        let mut schema = (kind.schema)(generator).to_value();
         let Some(root) = schema.as_object_mut() else { continue };
         root.remove("$schema");
         let definitions = root.remove("definitions");
@@ -291,7 +338,9 @@ mod tests {
 
     #[test]
     fn openapi_definitions_carry_kinds_and_merge_keys_with_kubernetes_names() {
-        let defs = openapi_definitions([by_name("deploy").unwrap(), by_name("gateway").unwrap()], "#/components/schemas/");
+        let kinds = [by_name("deploy").unwrap().into(), by_name("gateway").unwrap().into(), REVIEWS[0]];
+        let defs = openapi_definitions(&kinds, "#/components/schemas/");
+        assert!(defs["io.k8s.api.authorization.v1.SelfSubjectAccessReview"]["x-kubernetes-group-version-kind"].is_array());
         let deployment = &defs["io.k8s.api.apps.v1.Deployment"];
         assert_eq!(
             deployment["x-kubernetes-group-version-kind"],
@@ -324,7 +373,7 @@ mod tests {
             "one type per schema, nullable instead of null"
         );
         let features =
-            &openapi_definitions([by_name("gatewayclass").unwrap()], "")["GatewayClassStatus"]["properties"]["supportedFeatures"];
+            &openapi_definitions(&[by_name("gatewayclass").unwrap().into()], "")["GatewayClassStatus"]["properties"]["supportedFeatures"];
         assert_eq!(features["items"]["x-kubernetes-preserve-unknown-fields"], true, "{features}");
     }
 

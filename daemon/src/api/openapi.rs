@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use axum::body::Bytes;
+use capstan_api::schema::{OpenApiKind, REVIEWS};
 use capstan_api::{KindInfo, REGISTRY};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -33,14 +34,16 @@ struct Documents {
 }
 
 static DOCUMENTS: LazyLock<Documents> = LazyLock::new(|| {
-    let mut by_path: BTreeMap<String, Vec<&'static KindInfo>> = BTreeMap::new();
-    for k in REGISTRY {
-        by_path.entry(gv_path(k.group, k.version)).or_default().push(k);
+    let all: Vec<OpenApiKind> = REGISTRY.iter().map(OpenApiKind::from).chain(REVIEWS).collect();
+    let mut by_path: BTreeMap<String, Vec<OpenApiKind>> = BTreeMap::new();
+    for k in &all {
+        by_path.entry(gv_path(k.group, k.version)).or_default().push(*k);
     }
     let mut groups = BTreeMap::new();
     let mut index = Map::new();
     for (path, kinds) in &by_path {
-        let body = Bytes::from(serde_json::to_vec(&group_version(path, kinds)).expect("JSON"));
+        let served: Vec<&'static KindInfo> = REGISTRY.iter().filter(|k| gv_path(k.group, k.version) == *path).collect();
+        let body = Bytes::from(serde_json::to_vec(&group_version(path, &served, kinds)).expect("JSON"));
         let hash = hex::encode_upper(&Sha256::digest(&body)[..16]);
         index.insert(
             path.clone(),
@@ -52,7 +55,7 @@ static DOCUMENTS: LazyLock<Documents> = LazyLock::new(|| {
         "swagger": "2.0",
         "info": info(),
         "paths": {},
-        "definitions": capstan_api::schema::openapi_definitions(REGISTRY, "#/definitions/"),
+        "definitions": capstan_api::schema::openapi_definitions(&all, "#/definitions/"),
     });
     Documents {
         index: Bytes::from(serde_json::to_vec(&json!({"paths": index})).expect("JSON")),
@@ -61,11 +64,11 @@ static DOCUMENTS: LazyLock<Documents> = LazyLock::new(|| {
     }
 });
 
-/// One group-version's document: its kinds' schemas, and a `patch` operation per kind whose
-/// `fieldValidation` parameter tells kubectl the server validates fields itself.
-fn group_version(path: &str, kinds: &[&'static KindInfo]) -> Value {
+/// One group-version's document: its kinds' schemas, and a `patch` operation per stored kind
+/// (`served`) whose `fieldValidation` parameter tells kubectl the server validates fields itself.
+fn group_version(path: &str, served: &[&'static KindInfo], kinds: &[OpenApiKind]) -> Value {
     let mut paths = Map::new();
-    for k in kinds {
+    for k in served {
         let object_path = if k.namespaced {
             format!("/{path}/namespaces/{{namespace}}/{}/{{name}}", k.plural)
         } else {
@@ -79,7 +82,16 @@ fn group_version(path: &str, kinds: &[&'static KindInfo]) -> Value {
         });
         paths.insert(object_path, json!({"patch": op}));
     }
-    let schemas = capstan_api::schema::openapi_definitions(kinds.iter().copied(), "#/components/schemas/");
+    // A review is a `create` on its collection (kubectl explain finds a kind by its path).
+    for k in kinds.iter().filter(|k| REVIEWS.iter().any(|r| r.kind == k.kind)) {
+        let op = json!({
+            "x-kubernetes-group-version-kind": {"group": k.group, "version": k.version, "kind": k.kind},
+            "x-kubernetes-action": "post",
+            "responses": {"201": {"description": "Created"}}
+        });
+        paths.insert(format!("/{path}/{}s", k.kind.to_ascii_lowercase()), json!({"post": op}));
+    }
+    let schemas = capstan_api::schema::openapi_definitions(kinds, "#/components/schemas/");
     json!({
         "openapi": "3.0.0",
         "info": info(),
@@ -118,6 +130,8 @@ mod tests {
         assert!(apps["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"].is_object());
         assert!(apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"].is_object());
         assert!(group("apis/nothing/v1").is_none());
+        let reviews: Value = serde_json::from_slice(&group("apis/authorization.k8s.io/v1").unwrap()).unwrap();
+        assert!(reviews["components"]["schemas"]["io.k8s.api.authorization.v1.SelfSubjectAccessReview"].is_object());
         let v2: Value = serde_json::from_slice(&v2()).unwrap();
         assert!(v2["definitions"]["io.k8s.api.core.v1.Pod"]["x-kubernetes-group-version-kind"].is_array());
     }
