@@ -68,7 +68,7 @@ pub(crate) async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, contai
         None => {
             tracing::info!("a SPDY exec client did not open its streams; the session ends");
             reading.abort();
-            end(runtime.as_ref(), exec.as_deref()).await;
+            crate::streams::end_process(runtime.as_ref(), exec.as_deref()).await;
             drop(out_tx);
             let _ = writer.await;
             return;
@@ -98,16 +98,9 @@ pub(crate) async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, contai
         }
     };
     if client_left {
-        end(runtime.as_ref(), exec.as_deref()).await;
+        crate::streams::end_process(runtime.as_ref(), exec.as_deref()).await;
     } else {
-        let status = match (failure, &exec) {
-            (Some(message), _) => rc::failure_status(&message),
-            (None, Some(exec)) => match crate::streams::exit_code(runtime.as_ref(), exec).await {
-                Some(code) => rc::exit_status(&spec.command, code),
-                None => rc::failure_status("the command's exit code is unknown"),
-            },
-            (None, None) => rc::exit_status(&spec.command, 0),
-        };
+        let status = crate::streams::final_status(runtime.as_ref(), exec.as_deref(), failure, &spec.command).await;
         let data = Bytes::from(status.to_string());
         let _ = out_tx
             .send(Out::Data {
@@ -129,13 +122,6 @@ pub(crate) async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, contai
     reading.abort();
     drop(out_tx);
     let _ = writer.await;
-}
-
-/// An exec'd process whose client left is killed (an attach leaves the container running).
-async fn end(runtime: &dyn Runtime, exec: Option<&str>) {
-    if let Some(exec) = exec {
-        crate::streams::end_process(runtime, exec).await;
-    }
 }
 
 /// The client's side: its streams, input and terminal sizes.

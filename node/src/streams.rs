@@ -157,20 +157,11 @@ async fn relay(socket: WebSocket, runtime: Arc<dyn Runtime>, container: String, 
         }
     };
     if client_left {
-        if let Some(exec) = &exec {
-            end_process(runtime.as_ref(), exec).await;
-        }
+        end_process(runtime.as_ref(), exec.as_deref()).await;
         feeding.abort();
         return;
     }
-    let status = match (failure, &exec) {
-        (Some(message), _) => rc::failure_status(&message),
-        (None, Some(exec)) => match exit_code(runtime.as_ref(), exec).await {
-            Some(code) => rc::exit_status(&command, code),
-            None => rc::failure_status("the command's exit code is unknown"),
-        },
-        (None, None) => rc::exit_status(&command, 0),
-    };
+    let status = final_status(runtime.as_ref(), exec.as_deref(), failure, &command).await;
     let _ = sink
         .send(Message::Binary(rc::frame(ERROR, status.to_string().as_bytes()).into()))
         .await;
@@ -224,8 +215,26 @@ async fn feed(
     }
 }
 
+/// The Status that ends a session whose output ended: the stream's failure, else the exec's
+/// exit code (an attach ends as a success).
+pub(crate) async fn final_status(
+    runtime: &dyn Runtime,
+    exec: Option<&str>,
+    failure: Option<String>,
+    command: &[String],
+) -> serde_json::Value {
+    match (failure, exec) {
+        (Some(message), _) => rc::failure_status(&message),
+        (None, Some(exec)) => match exit_code(runtime, exec).await {
+            Some(code) => rc::exit_status(command, code),
+            None => rc::failure_status("the command's exit code is unknown"),
+        },
+        (None, None) => rc::exit_status(command, 0),
+    }
+}
+
 /// The exit code of an exec whose output ended (the Engine may take a moment to record it).
-pub(crate) async fn exit_code(runtime: &dyn Runtime, exec: &str) -> Option<i64> {
+async fn exit_code(runtime: &dyn Runtime, exec: &str) -> Option<i64> {
     let deadline = tokio::time::Instant::now() + EXIT_WAIT;
     loop {
         match runtime.exec_state(exec).await {
@@ -237,8 +246,9 @@ pub(crate) async fn exit_code(runtime: &dyn Runtime, exec: &str) -> Option<i64> 
 }
 
 /// Kills an exec'd process whose client left: the Engine has no call for it, so it is
-/// signalled by its host pid.
-pub(crate) async fn end_process(runtime: &dyn Runtime, exec: &str) {
+/// signalled by its host pid. An attach (no exec) leaves the container running.
+pub(crate) async fn end_process(runtime: &dyn Runtime, exec: Option<&str>) {
+    let Some(exec) = exec else { return };
     let Ok(state) = runtime.exec_state(exec).await else {
         return;
     };
