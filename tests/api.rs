@@ -279,10 +279,13 @@ fn writes_to_desired_state_are_refused_with_the_git_file() {
         "ingress",
         "cronjob",
         "selfsubjectaccessreview",
+        "nodemetrics",
     ] {
         let o = c.kubectl(&["explain", kind, "--recursive"]);
         assert!(o.status.success(), "kubectl explain {kind}: {}", stderr(&o));
     }
+    let explained = c.kubectl_ok(&["explain", "podmetrics.containers"]);
+    assert!(explained.contains("usage\t<map[string]Quantity>"), "{explained}");
     let v2: serde_json::Value = serde_json::from_str(&c.kubectl_ok(&["get", "--raw", "/openapi/v2"])).unwrap();
     assert_eq!(v2["swagger"], "2.0");
     assert_eq!(

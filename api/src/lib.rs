@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod kinds;
 pub mod merge;
 pub mod meta;
+pub mod metrics;
 pub mod names;
 pub mod quantity;
 pub mod remotecommand;

@@ -123,6 +123,22 @@ pub const REVIEWS: [OpenApiKind; 3] = [
     },
 ];
 
+/// The resource metrics kinds, served by handlers of the API's own (nothing is stored).
+pub const METRICS: [OpenApiKind; 2] = [
+    OpenApiKind {
+        group: crate::metrics::GROUP,
+        version: crate::metrics::VERSION,
+        kind: "NodeMetrics",
+        schema: root_schema::<crate::metrics::NodeMetrics>,
+    },
+    OpenApiKind {
+        group: crate::metrics::GROUP,
+        version: crate::metrics::VERSION,
+        kind: "PodMetrics",
+        schema: root_schema::<crate::metrics::PodMetrics>,
+    },
+];
+
 /// The OpenAPI definitions of `kinds`, by Kubernetes' names: each kind's schema, marked with
 /// `x-kubernetes-group-version-kind` (as `kubectl explain` and kubectl's patch computation find
 /// it), and every type it uses, its lists carrying the merge keys and strategies kubectl builds

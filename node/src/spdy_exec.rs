@@ -13,10 +13,10 @@ use capstan_api::remotecommand as rc;
 use capstan_containers::{Output, Runtime, Session, StreamSpec};
 use futures::StreamExt;
 use futures::stream::SplitStream;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::spdy::{Frame, Out};
+use crate::streams::{Input, pump};
 
 /// How long the client may take to open the streams the output goes to (the kubelet's stream
 /// creation timeout).
@@ -47,12 +47,9 @@ pub(crate) async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, contai
     let (out_tx, out_rx) = mpsc::channel::<Out>(256);
     let writer = tokio::spawn(crate::spdy::write_frames(out_rx, sink, BATCH));
     let (streams_tx, mut streams_rx) = watch::channel(Streams::default());
+    let (inputs_tx, inputs) = mpsc::channel(crate::streams::INPUTS);
     let client = Client {
-        input,
-        end_of_input,
-        runtime: runtime.clone(),
-        container,
-        exec: exec.clone(),
+        inputs: inputs_tx,
         out: out_tx.clone(),
         streams: streams_tx,
     };
@@ -63,18 +60,16 @@ pub(crate) async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, contai
         Ok(Ok(s)) => Some(s.clone()),
         _ => None,
     };
-    let streams = match streams {
-        Some(s) => s,
-        None => {
-            tracing::info!("a SPDY exec client did not open its streams; the session ends");
-            reading.abort();
-            crate::streams::end_process(runtime.as_ref(), exec.as_deref()).await;
-            drop(out_tx);
-            let _ = writer.await;
-            return;
-        }
+    let Some(streams) = streams else {
+        tracing::info!("a SPDY exec client did not open its streams; the session ends");
+        reading.abort();
+        crate::streams::end_process(runtime.as_ref(), exec.as_deref()).await;
+        drop(out_tx);
+        let _ = writer.await;
+        return;
     };
     let (error_stream, stdout, stderr) = (streams.error.unwrap_or_default(), streams.stdout, streams.stderr);
+    let pumping = tokio::spawn(pump(inputs, runtime.clone(), container, exec.clone(), input, end_of_input));
     let mut failure = None;
     let client_left = loop {
         tokio::select! {
@@ -101,12 +96,11 @@ pub(crate) async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, contai
         crate::streams::end_process(runtime.as_ref(), exec.as_deref()).await;
     } else {
         let status = crate::streams::final_status(runtime.as_ref(), exec.as_deref(), failure, &spec.command).await;
-        let data = Bytes::from(status.to_string());
         let _ = out_tx
             .send(Out::Data {
                 stream: error_stream,
                 fin: true,
-                data,
+                data: Bytes::from(status.to_string()),
             })
             .await;
         for stream in [stdout, stderr].into_iter().flatten() {
@@ -120,25 +114,21 @@ pub(crate) async fn session(socket: WebSocket, runtime: Arc<dyn Runtime>, contai
         }
     }
     reading.abort();
+    pumping.abort();
     drop(out_tx);
     let _ = writer.await;
 }
 
-/// The client's side: its streams, input and terminal sizes.
+/// The client's side: its streams, and its input and terminal sizes passed on as [`Input`]s.
 struct Client {
-    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-    end_of_input: bool,
-    runtime: Arc<dyn Runtime>,
-    container: String,
-    exec: Option<String>,
+    inputs: mpsc::Sender<Input>,
     out: mpsc::Sender<Out>,
     streams: watch::Sender<Streams>,
 }
 
 impl Client {
     /// Reads the client's frames until it leaves.
-    async fn read(mut self, incoming: SplitStream<WebSocket>) {
-        let mut open = true;
+    async fn read(self, incoming: SplitStream<WebSocket>) {
         let mut frames = crate::spdy::Frames::new(incoming);
         while let Some(frame) = frames.next().await {
             let frame = match frame {
@@ -149,7 +139,7 @@ impl Client {
                 }
             };
             let streams = self.streams.borrow().clone();
-            match frame {
+            let inputs = match frame {
                 Frame::SynStream { stream, headers, .. } => {
                     let kind = headers.iter().find(|(k, _)| k == "streamtype").map(|(_, v)| v.as_str());
                     let known = self.streams.send_if_modified(|s| {
@@ -166,51 +156,54 @@ impl Client {
                     });
                     let reply = if known { Out::Reply(stream) } else { Out::Reset(stream) };
                     let _ = self.out.send(reply).await;
+                    vec![]
                 }
                 Frame::Data { stream, fin, data } if Some(stream) == streams.stdin => {
-                    if open && !data.is_empty() {
-                        open = self.input.write_all(&data).await.is_ok();
-                    }
+                    let mut inputs = vec![Input::Stdin(data)];
                     if fin {
-                        self.stdin_ended(&mut open).await;
+                        inputs.push(Input::EndOfStdin);
                     }
+                    inputs
                 }
-                Frame::Data { stream, data, .. } if Some(stream) == streams.resize => {
-                    resize(self.runtime.as_ref(), &self.container, self.exec.as_deref(), &data).await;
-                }
+                Frame::Data { stream, data, .. } if Some(stream) == streams.resize => sizes(&data),
                 Frame::Headers { stream, fin: true } | Frame::RstStream { stream, .. } if Some(stream) == streams.stdin => {
-                    self.stdin_ended(&mut open).await;
+                    vec![Input::EndOfStdin]
                 }
                 Frame::Ping { id } => {
                     let _ = self.out.send(Out::Ping(id)).await;
+                    vec![]
                 }
                 Frame::GoAway => return,
-                _ => {}
+                _ => vec![],
+            };
+            for input in inputs {
+                if self.inputs.send(input).await.is_err() {
+                    return;
+                }
             }
         }
     }
-
-    /// The client's input ended: passed on where the session says so (see [`Session`]).
-    async fn stdin_ended(&mut self, open: &mut bool) {
-        if *open && self.end_of_input {
-            let _ = self.input.shutdown().await;
-        }
-        *open = false;
-    }
 }
 
-/// Terminal sizes, as client-go writes them: JSON objects `{"Width":…,"Height":…}`.
-async fn resize(runtime: &dyn Runtime, container: &str, exec: Option<&str>, data: &[u8]) {
-    let sizes: Vec<String> = serde_json::Deserializer::from_slice(data)
+/// Terminal sizes, as client-go writes them: JSON objects `{"Width":…,"Height":…}`, one
+/// after another.
+fn sizes(data: &[u8]) -> Vec<Input> {
+    serde_json::Deserializer::from_slice(data)
         .into_iter::<serde_json::Value>()
         .map_while(Result::ok)
-        .map(|v| v.to_string())
-        .collect();
-    for size in sizes {
-        if let Some((width, height)) = rc::parse_resize(size.as_bytes())
-            && let Err(e) = runtime.resize(container, exec, width, height).await
-        {
-            tracing::debug!(error = %e, "cannot resize the terminal");
-        }
+        .filter_map(|v| rc::parse_resize(v.to_string().as_bytes()))
+        .map(|(width, height)| Input::Resize(width, height))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_go_writes_sizes_one_after_another() {
+        let data = br#"{"Width":80,"Height":24}{"Width":120,"Height":40}"#;
+        assert_eq!(sizes(data), [Input::Resize(80, 24), Input::Resize(120, 40)]);
+        assert_eq!(sizes(b"{oops"), []);
     }
 }

@@ -10,16 +10,20 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use bytes::Bytes;
 use capstan_api::remotecommand::{self as rc, CLOSE, ERROR, PROTOCOL_V5, RESIZE, STDERR, STDIN, STDOUT};
 use capstan_containers::{Output, Runtime, Session, StreamSpec};
 use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 
 use crate::server::{Shared, error, pod_containers};
 
 /// How long an ended exec may take to report its exit code.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
+/// Client messages queued for a process that is not reading its input.
+pub(crate) const INPUTS: usize = 16;
 
 /// What a stream request asks for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -118,14 +122,53 @@ async fn open(
             if socket.protocol().is_some_and(|p| p == rc::PROTOCOL_SPDY_V4) {
                 crate::spdy_exec::session(socket, runtime, running.id, session, spec).await;
             } else {
-                relay(socket, runtime, running.id, session, spec.command).await;
+                relay(socket, runtime, running.id, session, spec).await;
             }
         })
 }
 
+/// What the client sends the process, whichever protocol carried it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Input {
+    Stdin(Bytes),
+    EndOfStdin,
+    /// A terminal's size: width, height.
+    Resize(u16, u16),
+}
+
+/// Passes the client's inputs to the process until the client leaves: stdin (dropped once the
+/// process closed its own), end of input where the session passes it on, terminal sizes.
+pub(crate) async fn pump(
+    mut inputs: mpsc::Receiver<Input>,
+    runtime: Arc<dyn Runtime>,
+    container: String,
+    exec: Option<String>,
+    mut stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    end_of_input: bool,
+) {
+    let mut open = true;
+    while let Some(input) = inputs.recv().await {
+        match input {
+            Input::Stdin(data) if open && !data.is_empty() => open = stdin.write_all(&data).await.is_ok(),
+            Input::EndOfStdin if open => {
+                if end_of_input {
+                    let _ = stdin.shutdown().await;
+                }
+                open = false;
+            }
+            Input::Resize(width, height) => {
+                if let Err(e) = runtime.resize(&container, exec.as_deref(), width, height).await {
+                    tracing::debug!(error = %e, "cannot resize the terminal");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Runs the session: output to the client, the client's input, resizes and end of input to the
 /// process, and the command's Status when it ends.
-async fn relay(socket: WebSocket, runtime: Arc<dyn Runtime>, container: String, session: Session, command: Vec<String>) {
+async fn relay(socket: WebSocket, runtime: Arc<dyn Runtime>, container: String, session: Session, spec: StreamSpec) {
     let Session {
         exec,
         mut output,
@@ -133,9 +176,10 @@ async fn relay(socket: WebSocket, runtime: Arc<dyn Runtime>, container: String, 
         end_of_input,
     } = session;
     let (mut sink, incoming) = socket.split();
+    let (inputs_tx, inputs) = mpsc::channel(INPUTS);
     // Input runs on its own, so that a process blocked writing output never stalls its input.
-    let feed = feed(incoming, input, end_of_input, runtime.clone(), container.clone(), exec.clone());
-    let mut feeding = tokio::spawn(feed);
+    let mut reading = tokio::spawn(read(incoming, inputs_tx));
+    let pumping = tokio::spawn(pump(inputs, runtime.clone(), container, exec.clone(), input, end_of_input));
     let mut failure = None;
     let client_left = loop {
         tokio::select! {
@@ -153,21 +197,21 @@ async fn relay(socket: WebSocket, runtime: Arc<dyn Runtime>, container: String, 
                     break true;
                 }
             }
-            _ = &mut feeding => break true,
+            _ = &mut reading => break true,
         }
     };
     if client_left {
         end_process(runtime.as_ref(), exec.as_deref()).await;
-        feeding.abort();
-        return;
+    } else {
+        let status = final_status(runtime.as_ref(), exec.as_deref(), failure, &spec.command).await;
+        let _ = sink
+            .send(Message::Binary(rc::frame(ERROR, status.to_string().as_bytes()).into()))
+            .await;
+        // A normal close: kubectl takes any other as a broken stream.
+        let _ = sink.send(Message::Close(Some(normal_close()))).await;
     }
-    let status = final_status(runtime.as_ref(), exec.as_deref(), failure, &command).await;
-    let _ = sink
-        .send(Message::Binary(rc::frame(ERROR, status.to_string().as_bytes()).into()))
-        .await;
-    // A normal close: kubectl takes any other as a broken stream.
-    let _ = sink.send(Message::Close(Some(normal_close()))).await;
-    feeding.abort();
+    reading.abort();
+    pumping.abort();
 }
 
 fn normal_close() -> axum::extract::ws::CloseFrame {
@@ -177,40 +221,26 @@ fn normal_close() -> axum::extract::ws::CloseFrame {
     }
 }
 
-/// The client's messages: stdin, resizes, and v5's end of stdin (passed on when `end_of_input`
-/// says so). Returns when the client leaves.
-async fn feed(
-    mut incoming: SplitStream<WebSocket>,
-    mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-    end_of_input: bool,
-    runtime: Arc<dyn Runtime>,
-    container: String,
-    exec: Option<String>,
-) {
-    let mut open = true;
+/// The client's messages as inputs: stdin, resizes, and v5's end of stdin. Returns when the
+/// client leaves.
+async fn read(mut incoming: SplitStream<WebSocket>, inputs: mpsc::Sender<Input>) {
     while let Some(Ok(message)) = incoming.next().await {
         let data = match message {
             Message::Binary(data) => data,
             Message::Close(_) => break,
             _ => continue,
         };
-        match data.split_first() {
-            // A process that closed its stdin takes no more; the rest is dropped.
-            Some((&STDIN, rest)) if open => open = input.write_all(rest).await.is_ok(),
-            Some((&RESIZE, rest)) => {
-                if let Some((width, height)) = rc::parse_resize(rest)
-                    && let Err(e) = runtime.resize(&container, exec.as_deref(), width, height).await
-                {
-                    tracing::debug!(error = %e, "cannot resize the terminal");
-                }
-            }
-            Some((&CLOSE, [STDIN])) if open => {
-                if end_of_input {
-                    let _ = input.shutdown().await;
-                }
-                open = false;
-            }
-            _ => {}
+        let input = match data.split_first() {
+            Some((&STDIN, _)) => Input::Stdin(data.slice(1..)),
+            Some((&RESIZE, rest)) => match rc::parse_resize(rest) {
+                Some((width, height)) => Input::Resize(width, height),
+                None => continue,
+            },
+            Some((&CLOSE, [STDIN])) => Input::EndOfStdin,
+            _ => continue,
+        };
+        if inputs.send(input).await.is_err() {
+            break;
         }
     }
 }

@@ -10,6 +10,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
+use capstan_api::k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use capstan_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use capstan_api::metrics::{ContainerMetrics, NodeMetrics, PodMetrics, Usage};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
@@ -19,8 +22,7 @@ use super::{Shared, authorize, json_response};
 use crate::auth::Identity;
 use crate::auth::{Attributes, Verb};
 
-pub const GROUP: &str = "metrics.k8s.io";
-pub const VERSION: &str = "v1beta1";
+pub use capstan_api::metrics::{GROUP, VERSION};
 
 /// Reads a node agent's usage summary (the kubelet's Summary API shape).
 pub trait SummarySource: Send + Sync {
@@ -30,14 +32,14 @@ pub trait SummarySource: Send + Sync {
 /// The resources of the group: (plural, kind, namespaced).
 pub const RESOURCES: [(&str, &str, bool); 2] = [("nodes", "NodeMetrics", false), ("pods", "PodMetrics", true)];
 
-/// CPU as Kubernetes quantities print it from nano-cores.
-fn cpu(nano_cores: u64) -> String {
-    format!("{nano_cores}n")
-}
-
-/// Memory in KiB, as metrics-server reports it.
-fn memory(bytes: u64) -> String {
-    format!("{}Ki", bytes / 1024)
+/// CPU and memory as metrics-server reports them: nano-cores, and the working set in KiB.
+fn usage(of: &Value) -> Usage {
+    let cpu = of["cpu"]["usageNanoCores"].as_u64().unwrap_or(0);
+    let memory = of["memory"]["workingSetBytes"].as_u64().unwrap_or(0);
+    Usage::from([
+        ("cpu".to_owned(), Quantity(format!("{cpu}n"))),
+        ("memory".to_owned(), Quantity(format!("{}Ki", memory / 1024))),
+    ])
 }
 
 fn window(summary: &Value) -> String {
@@ -45,24 +47,34 @@ fn window(summary: &Value) -> String {
     format!("{}s", secs.round().max(1.0) as u64)
 }
 
-fn stamp(v: &Value) -> Value {
-    v["cpu"]["time"].clone()
+/// When a usage was measured: its CPU sample's time (now, where the summary has none).
+fn stamp(v: &Value) -> Time {
+    Time(
+        v["cpu"]["time"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(jiff::Timestamp::now),
+    )
+}
+
+fn labels(object: &Value) -> Option<BTreeMap<String, String>> {
+    serde_json::from_value(object["metadata"]["labels"].clone()).ok()
+}
+
+fn to_value(metrics: impl serde::Serialize) -> Value {
+    serde_json::to_value(metrics).expect("metrics serialise")
 }
 
 /// NodeMetrics of `node` from its agent's summary.
 pub fn node_metrics(node: &Value, summary: &Value) -> Value {
     let n = &summary["node"];
-    json!({
-        "kind": "NodeMetrics",
-        "apiVersion": format!("{GROUP}/{VERSION}"),
-        "metadata": {"name": node["metadata"]["name"], "labels": node["metadata"]["labels"].clone(), "creationTimestamp": stamp(n)},
-        "timestamp": stamp(n),
-        "window": window(summary),
-        "usage": {
-            "cpu": cpu(n["cpu"]["usageNanoCores"].as_u64().unwrap_or(0)),
-            "memory": memory(n["memory"]["workingSetBytes"].as_u64().unwrap_or(0)),
-        }
-    })
+    let metadata = ObjectMeta {
+        name: node["metadata"]["name"].as_str().map(str::to_owned),
+        labels: labels(node),
+        creation_timestamp: Some(stamp(n)),
+        ..Default::default()
+    };
+    to_value(NodeMetrics::new(metadata, stamp(n), window(summary), usage(n)))
 }
 
 /// PodMetrics of the pods of `summary` that `pods` (namespace, name) -> pod object keeps; the
@@ -78,25 +90,23 @@ pub fn pod_metrics(summary: &Value, pods: &BTreeMap<(String, String), Value>) ->
         let Some(pod) = pods.get(&key).filter(|pod| pod["metadata"]["uid"] == r["uid"]) else {
             continue;
         };
-        let containers: Vec<Value> = p["containers"]
+        let containers = p["containers"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|c| {
-                json!({"name": c["name"], "usage": {
-                    "cpu": cpu(c["cpu"]["usageNanoCores"].as_u64().unwrap_or(0)),
-                    "memory": memory(c["memory"]["workingSetBytes"].as_u64().unwrap_or(0)),
-                }})
+            .map(|c| ContainerMetrics {
+                name: c["name"].as_str().unwrap_or_default().to_owned(),
+                usage: usage(c),
             })
             .collect();
-        out.push(json!({
-            "kind": "PodMetrics",
-            "apiVersion": format!("{GROUP}/{VERSION}"),
-            "metadata": {"name": key.1, "namespace": key.0, "labels": pod["metadata"]["labels"].clone(), "creationTimestamp": stamp(p)},
-            "timestamp": stamp(p),
-            "window": window(summary),
-            "containers": containers,
-        }));
+        let metadata = ObjectMeta {
+            name: Some(key.1),
+            namespace: Some(key.0),
+            labels: labels(pod),
+            creation_timestamp: Some(stamp(p)),
+            ..Default::default()
+        };
+        out.push(to_value(PodMetrics::new(metadata, stamp(p), window(summary), containers)));
     }
     out
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use axum::body::Bytes;
-use capstan_api::schema::{OpenApiKind, REVIEWS};
+use capstan_api::schema::{METRICS, OpenApiKind, REVIEWS};
 use capstan_api::{KindInfo, REGISTRY};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -34,7 +34,7 @@ struct Documents {
 }
 
 static DOCUMENTS: LazyLock<Documents> = LazyLock::new(|| {
-    let all: Vec<OpenApiKind> = REGISTRY.iter().map(OpenApiKind::from).chain(REVIEWS).collect();
+    let all: Vec<OpenApiKind> = REGISTRY.iter().map(OpenApiKind::from).chain(REVIEWS).chain(METRICS).collect();
     let mut by_path: BTreeMap<String, Vec<OpenApiKind>> = BTreeMap::new();
     for k in &all {
         by_path.entry(gv_path(k.group, k.version)).or_default().push(*k);
@@ -91,6 +91,23 @@ fn group_version(path: &str, served: &[&'static KindInfo], kinds: &[OpenApiKind]
         });
         paths.insert(format!("/{path}/{}s", k.kind.to_ascii_lowercase()), json!({"post": op}));
     }
+    // A metrics kind is read from its collection.
+    for (plural, kind, namespaced) in super::metrics::RESOURCES
+        .iter()
+        .filter(|(_, kind, _)| kinds.iter().any(|k| k.kind == *kind))
+    {
+        let op = json!({
+            "x-kubernetes-group-version-kind": {"group": super::metrics::GROUP, "version": super::metrics::VERSION, "kind": kind},
+            "x-kubernetes-action": "list",
+            "responses": {"200": {"description": "OK"}}
+        });
+        let collection = if *namespaced {
+            format!("/{path}/namespaces/{{namespace}}/{plural}")
+        } else {
+            format!("/{path}/{plural}")
+        };
+        paths.insert(collection, json!({"get": op}));
+    }
     let schemas = capstan_api::schema::openapi_definitions(kinds, "#/components/schemas/");
     json!({
         "openapi": "3.0.0",
@@ -132,6 +149,11 @@ mod tests {
         assert!(group("apis/nothing/v1").is_none());
         let reviews: Value = serde_json::from_slice(&group("apis/authorization.k8s.io/v1").unwrap()).unwrap();
         assert!(reviews["components"]["schemas"]["io.k8s.api.authorization.v1.SelfSubjectAccessReview"].is_object());
+        let metrics: Value = serde_json::from_slice(&group("apis/metrics.k8s.io/v1beta1").unwrap()).unwrap();
+        let pod_metrics = &metrics["components"]["schemas"]["io.k8s.metrics.pkg.apis.metrics.v1beta1.PodMetrics"];
+        assert_eq!(pod_metrics["x-kubernetes-group-version-kind"][0]["kind"], "PodMetrics");
+        assert!(metrics["components"]["schemas"]["io.k8s.metrics.pkg.apis.metrics.v1beta1.ContainerMetrics"].is_object());
+        assert!(metrics["paths"]["/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods"]["get"].is_object());
         let v2: Value = serde_json::from_slice(&v2()).unwrap();
         assert!(v2["definitions"]["io.k8s.api.core.v1.Pod"]["x-kubernetes-group-version-kind"].is_array());
     }
