@@ -24,10 +24,13 @@ use futures::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::json;
 
+/// A running pod as a node agent reports it. Its owner is of a kind the cluster does not serve
+/// (a custom controller's), which the garbage collector leaves alone: an owner of a served kind
+/// that does not exist would have the collector delete all the pods while they are measured.
 fn pod(i: usize) -> serde_json::Value {
     json!({
         "metadata": {"name": format!("pod-{i:05}"), "namespace": format!("ns-{}", i % 20), "labels": {"app": format!("app-{}", i % 100), "tier": "web"},
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("app-{}-5d8f7c9b4", i % 100), "uid": "0f3c1e2a-7d1b-4c8e-9a55-3b1f2d4e6a7c", "controller": true}]},
+                     "ownerReferences": [{"apiVersion": "example.com/v1", "kind": "Rollout", "name": format!("app-{}-5d8f7c9b4", i % 100), "uid": "0f3c1e2a-7d1b-4c8e-9a55-3b1f2d4e6a7c", "controller": true}]},
         "spec": {"nodeName": format!("node-{}", i % 5), "containers": [{"name": "web", "image": "capstan.local/testapp:latest", "ports": [{"containerPort": 8080, "name": "http"}],
                  "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}},
                  "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2}}], "restartPolicy": "Always"},
