@@ -24,6 +24,13 @@ use crate::{
 
 /// Longest wait for one etcd request; past it the store is unavailable (the API answers 503).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the connections to etcd are pinged (etcd's `--grpc-keepalive-min-time` is 5 s),
+/// and how long a ping may go unanswered before the connection is taken for dead.
+const KEEP_ALIVE: Duration = Duration::from_secs(6);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often each member's address is probed, and how long a probe may take.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Keys one page of the initial load reads.
 const PAGE: i64 = 2_000;
 /// Longest pause between attempts to reach etcd again.
@@ -86,6 +93,12 @@ impl EtcdConfig {
             tls: None,
             connect_for: Duration::from_secs(60),
         })
+    }
+
+    /// A member's URL as the etcd client's balancer knows it.
+    fn member_url(&self, endpoint: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{endpoint}")
     }
 
     /// The members, as messages name them.
@@ -264,7 +277,11 @@ impl EtcdStore {
         };
         let mut options = etcd::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_keep_alive(Duration::from_secs(30), Duration::from_secs(10))
+            // A member whose machine died sends no reset: its connection looks alive, and the
+            // requests and the mirror's watch on it hang until a ping goes unanswered. Pings
+            // every 6 s (etcd refuses them more often than every 5 s) with 3 s to answer find
+            // it within 9 s, and the client moves to the other members.
+            .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE_TIMEOUT)
             .with_keep_alive_while_idle(true)
             // A member cut off from its quorum answers at once rather than after etcd's own
             // request timeout: the API says "unavailable" while another member may still lead.
@@ -306,7 +323,8 @@ impl EtcdStore {
             _stop: stop,
         });
         tokio::spawn(follow(Arc::downgrade(&inner), revision, stopped.clone()));
-        tokio::spawn(learn_compacted(Arc::downgrade(&inner), stopped));
+        tokio::spawn(learn_compacted(Arc::downgrade(&inner), stopped.clone()));
+        tokio::spawn(keep_members(Arc::downgrade(&inner), stopped));
         tracing::info!(etcd = %inner.config.describe(), prefix = %inner.config.prefix, revision, "store on etcd");
         Ok(EtcdStore { inner })
     }
@@ -675,13 +693,72 @@ impl Store for EtcdStore {
     }
 }
 
+/// Keeps the etcd client's balancer to the members whose address answers. The balancer goes on
+/// sending requests to a member whose machine died, each failing only after the connect
+/// timeout, so a share of all requests would fail for as long as it is away: a member that
+/// accepts no connection leaves the balancer until it does again (never the last one).
+async fn keep_members(inner: std::sync::Weak<Inner>, mut stop: watch::Receiver<()>) {
+    let mut away = std::collections::BTreeSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+        let Some(store) = inner.upgrade() else { return };
+        let (config, client) = (store.config.clone(), store.client.clone());
+        drop(store);
+        if config.endpoints.len() < 2 {
+            return;
+        }
+        let mut probes = Vec::new();
+        for endpoint in &config.endpoints {
+            let connect = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(endpoint.as_str())).await;
+            probes.push((endpoint.clone(), matches!(connect, Ok(Ok(_)))));
+        }
+        for (endpoint, back) in member_changes(&probes, &away) {
+            let url = config.member_url(&endpoint);
+            if back {
+                if client.add_endpoint(&url).await.is_ok() {
+                    tracing::info!(member = %endpoint, "an etcd member answers again");
+                    away.remove(&endpoint);
+                }
+            } else if client.remove_endpoint(&url).await.is_ok() {
+                tracing::warn!(member = %endpoint, "an etcd member does not answer; requests go to the others");
+                away.insert(endpoint);
+            }
+        }
+    }
+}
+
+/// Which members leave the client (false) or come back to it (true), given whether each one's
+/// address answered and which ones are away: a silent member leaves while another answers (the
+/// client never ends up with none), an away one that answers comes back.
+fn member_changes(probes: &[(String, bool)], away: &std::collections::BTreeSet<String>) -> Vec<(String, bool)> {
+    let answering = probes.iter().any(|(_, ok)| *ok);
+    probes
+        .iter()
+        .filter(|(endpoint, ok)| {
+            if *ok {
+                away.contains(endpoint)
+            } else {
+                answering && !away.contains(endpoint)
+            }
+        })
+        .map(|(endpoint, ok)| (endpoint.clone(), *ok))
+        .collect()
+}
+
 /// One watcher's etcd watch, relayed as store events; reopened where it stopped when the
 /// connection breaks, ended with `Compacted` when etcd no longer has the revisions it needs.
+/// An event goes out once the store's mirror has its revision: a watcher acting on it reads
+/// (`get`, `range`) at least what it was told, never an older world (a controller seeing a
+/// namespace appear must find it when it creates something in it).
 async fn relay(inner: Arc<Inner>, prefix: String, after: Revision, tx: mpsc::Sender<Result<Event>>) {
     let config = inner.config.clone();
     let root_len = config.root_len();
     let weak = Arc::downgrade(&inner);
     let client = inner.client.clone();
+    let mut mirrored = inner.seen.subscribe();
     drop(inner);
     let mut last = after;
     let mut pause = Duration::from_millis(100);
@@ -716,6 +793,13 @@ async fn relay(inner: Arc<Inner>, prefix: String, after: Revision, tx: mpsc::Sen
                     }
                     Ok(Some(resp)) => {
                         pause = Duration::from_millis(100);
+                        let newest = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
+                        if let Some(newest) = newest {
+                            tokio::select! {
+                                _ = tx.closed() => return,
+                                _ = mirrored.wait_for(|r| *r >= newest.max(0) as Revision) => {}
+                            }
+                        }
                         for e in resp.events() {
                             let fallback = |key: &str| weak.upgrade().and_then(|i| i.mirror_get(key));
                             let Some(event) = event_from_etcd(root_len, e, fallback) else {
@@ -736,5 +820,38 @@ async fn relay(inner: Arc<Inner>, prefix: String, after: Revision, tx: mpsc::Sen
             _ = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_members_leave_the_client_and_come_back_when_they_answer() {
+        let probes =
+            |oks: [bool; 3]| -> Vec<(String, bool)> { oks.iter().enumerate().map(|(i, ok)| (format!("m{i}:2379"), *ok)).collect() };
+        let away = |names: &[&str]| names.iter().map(|n| format!("{n}:2379")).collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(member_changes(&probes([true, true, true]), &away(&[])), []);
+        assert_eq!(
+            member_changes(&probes([false, true, true]), &away(&[])),
+            [("m0:2379".to_owned(), false)]
+        );
+        // Already away: nothing more to do until it answers, then it comes back.
+        assert_eq!(member_changes(&probes([false, true, true]), &away(&["m0"])), []);
+        assert_eq!(
+            member_changes(&probes([true, true, true]), &away(&["m0"])),
+            [("m0:2379".to_owned(), true)]
+        );
+        // None answers: the client keeps what it has rather than being left with nothing.
+        assert_eq!(member_changes(&probes([false, false, false]), &away(&[])), []);
+        assert_eq!(
+            member_changes(&probes([true, false, false]), &away(&["m0"])),
+            [
+                ("m0:2379".to_owned(), true),
+                ("m1:2379".to_owned(), false),
+                ("m2:2379".to_owned(), false)
+            ]
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The etcd backend beyond the common contract (tests/store.rs): two stores on one etcd see each
 //! other's writes and conflict as replicas do, clusters under different prefixes do not see each
 //! other, a lost member or quorum makes writes fail as "unavailable" (never applied in part) and
-//! everything recovers by itself, and an unreachable etcd at start is a clear error naming it.
+//! everything recovers by itself, a lost member leaves the client (no write fails on its address), and an unreachable etcd at start is a clear error naming it.
 //! Real etcd members on loopback.
 
 use std::sync::Arc;
@@ -142,6 +142,34 @@ async fn three_members_survive_one_lost_and_report_a_lost_quorum() {
     let (c, c2) = (s.get("/c").unwrap(), s.get("/c2").unwrap());
     assert_eq!(c.is_some(), c2.is_some(), "a transaction applied in part");
     assert!(s.get("/a").unwrap().is_some() && s.get("/b").unwrap().is_some() && s.get("/d").unwrap().is_some());
+}
+
+/// A member that is gone leaves the store's etcd client within seconds: every write after that
+/// succeeds (the client's balancer would otherwise go on sending a share of them to its dead
+/// address, to fail there); when it is back and another is lost, the same.
+#[tokio::test]
+async fn a_lost_member_leaves_the_client_so_no_write_fails_on_its_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = LocalEtcd::start(dir.path(), 3).await.unwrap();
+    let s = open(&etcd, "/capstan").await;
+    etcd.kill(0);
+    write_eventually(&s, "/settle").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for i in 0..100 {
+        if let Err(e) = s.txn(Txn::default().put(format!("/k{i}"), "v")).await {
+            panic!("write {i} with one member of three gone: {e}");
+        }
+    }
+    // Back, and another one lost: the client goes on with the two that answer.
+    etcd.restart(0).await.unwrap();
+    etcd.kill(1);
+    write_eventually(&s, "/settle-again").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for i in 0..100 {
+        if let Err(e) = s.txn(Txn::default().put(format!("/j{i}"), "v")).await {
+            panic!("write {i} with the first member back and the second gone: {e}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -77,6 +77,7 @@ on_every_backend!(
     many_watchers_and_many_writers_see_the_same_order,
     compaction_answers_too_old,
     a_reopened_store_keeps_everything,
+    what_a_watch_delivers_can_be_read,
 );
 
 /// The next event of a watch, within a few seconds.
@@ -240,6 +241,34 @@ async fn many_watchers_and_many_writers_see_the_same_order(f: Fixture) {
         }
         assert_eq!(revs, (b + 1..=b + 400).collect::<Vec<_>>());
     }
+}
+
+/// A watcher acting on an event reads at least what it was told, also when another replica
+/// (a second store on the same etcd) made the change: a controller that sees a namespace appear
+/// finds it when it creates something in it.
+async fn what_a_watch_delivers_can_be_read(f: Fixture) {
+    let s = f.open().await;
+    let writer = match f.backend {
+        Backend::Redb => s.clone(),
+        Backend::Etcd(_) => f.open().await,
+    };
+    let mut w = s.watch("/", s.revision()).unwrap();
+    let writing = tokio::spawn(async move {
+        for i in 0..200 {
+            writer.txn(Txn::default().put(format!("/seen/{i}"), "v")).await.unwrap();
+        }
+    });
+    for _ in 0..200 {
+        let event = next(&mut w).await.unwrap();
+        let read = s.get(&event.kv.key).unwrap();
+        assert!(
+            read.is_some_and(|kv| kv.mod_revision >= event.kv.mod_revision),
+            "{} was delivered at revision {} before it could be read",
+            event.kv.key,
+            event.kv.mod_revision
+        );
+    }
+    writing.await.unwrap();
 }
 
 async fn compaction_answers_too_old(f: Fixture) {
