@@ -11,7 +11,8 @@
 //! and one killed (their pods replaced on the others, the Service answering throughout), a
 //! spread Deployment rolling under a client loop. A StatefulSet's pod has its own DNS name on
 //! every host, and on a lost host it is never replaced while it may still run there, until an
-//! administrator forces its deletion.
+//! administrator forces its deletion. The control plane spread over the hosts (etcd and a
+//! replica on each) outlives the host its leader runs on.
 
 mod common;
 
@@ -799,4 +800,150 @@ fn hosts_cut_off_partitioned_or_killed_are_handled_as_kubernetes_users_expect() 
         .lab
         .in_pod(1, "client-a", "app", &["get", "http://web.default.svc.cluster.local/readyz", "20"]);
     assert!(o.status.success(), "the Service after h2 died: {o:?}\n{}", s.context());
+}
+
+/// The control plane spread over the hosts: an etcd member and a Capstan replica on each, every
+/// node agent given the three replicas' URLs. The host the leader runs on dies — its replica,
+/// etcd member, agent and pods with it: another replica leads, the agents on the living hosts
+/// move to a live replica and stay Ready, the dead host's pod is replaced, a commit made
+/// afterwards is rolled out and noted by the new leader, and the Service answers from a living
+/// host.
+#[test]
+fn the_control_plane_outlives_the_host_its_leader_runs_on() {
+    if !lab_available("lab-ha") {
+        return;
+    }
+    let lab = Lab::up(3);
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let (_members, store) = lab.etcd(etcd_dir.path());
+    let listen = |n: usize| format!("{}:6443", host_ip(n));
+    let url = |n: usize| format!("https://{}", listen(n));
+    let args = |n: usize| -> Vec<String> {
+        ["--store", &store, "--listen", &listen(n), "--node-grace-period", "6"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let endpoints = store.trim_start_matches("etcd://").to_owned();
+    let leader = || {
+        let out = run(std::process::Command::new("etcdctl").args([
+            "--endpoints",
+            &endpoints,
+            "--command-timeout",
+            "2s",
+            "get",
+            "/capstan/capstan/leader",
+            "--print-value-only",
+        ]));
+        stdout(&out).trim().to_owned()
+    };
+    let pods = pinned_pod("client-b", "client", 2);
+    let first: Vec<String> = args(1);
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let wrapper = lab.on_host(1);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let cluster = Cluster::start_under(&wrapper, &[("workloads.yaml", &pods)], &first);
+    let mut s = Setup {
+        lab,
+        cluster,
+        nodes: Vec::new(),
+    };
+    wait("the replica on h1 to lead", 30, || s.context(), || leader() == url(1));
+    let replicas: Vec<LabNode> = (2..=3)
+        .map(|n| {
+            let a = args(n);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            s.lab.replica(&s.cluster, n, &a)
+        })
+        .collect();
+    let replica_logs = || {
+        replicas
+            .iter()
+            .map(|r| format!("--- {} ---\n{}", r.name, tail(&r.log(), 25)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let servers = (1..=3).map(url).collect::<Vec<_>>().join(",");
+    s.nodes = (1..=3)
+        .map(|n| s.lab.node_via(&s.cluster, n, &["--pod-network", "vxlan"], &servers))
+        .collect();
+    wait("three Ready nodes", 60, || s.context(), || ready_count(&s.cluster, "nodes") == 3);
+    s.cluster.commit(&[("workloads.yaml", &(pods.clone() + WEB))], &[], "web");
+    wait(
+        "web spread over the three hosts, and the client",
+        90,
+        || s.context(),
+        || {
+            let mut nodes: Vec<String> = s.web().into_iter().filter(|p| p.ready).map(|p| p.node).collect();
+            nodes.sort();
+            nodes == ["h1", "h2", "h3"] && ready_count(&s.cluster, "pods") == 4
+        },
+    );
+    let cluster_ip = stdout(&s.cluster.kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]));
+    // kubectl goes through the replica on h2 from here on.
+    s.cluster.data = s.cluster.dir.path().join("data-replica-h2");
+    wait(
+        "the replica on h2 to answer",
+        30,
+        || s.context(),
+        || s.cluster.kubectl(&["get", "--raw", "/readyz"]).status.success(),
+    );
+
+    // Host 1 dies with the leader, an etcd member, an agent and a web pod.
+    s.lab.host("kill", 1);
+    let context = || format!("{}\n{}", s.context(), replica_logs());
+    wait("another replica to lead", 30, context, || {
+        let l = leader();
+        l == url(2) || l == url(3)
+    });
+    wait("h1 NotReady", 30, context, || !s.node_ready("h1"));
+    wait("the dead host's web pod replaced", 60, context, || s.web_replaced("h1"));
+    for h in ["h2", "h3"] {
+        assert!(s.node_ready(h), "{h} stays Ready through the change of replica\n{}", context());
+    }
+    assert!(
+        s.nodes[1].log().contains("trying the next") || s.nodes[2].log().contains("trying the next"),
+        "an agent moved off the dead replica\n{}",
+        context()
+    );
+
+    // A commit after the loss: the new leader rolls it out and notes it.
+    let commit = s.cluster.commit(
+        &[("workloads.yaml", &(pods.clone() + &WEB.replace(r#"value: "1""#, r#"value: "2""#)))],
+        &[],
+        "web: version 2",
+    );
+    let rollout = s.cluster.kubectl(&["rollout", "status", "deployment/web", "--timeout", "90s"]);
+    assert!(rollout.status.success(), "{rollout:?}\n{}", context());
+    wait("the commit's note to say complete", 60, context, || {
+        let out = run(std::process::Command::new("git")
+            .args(["notes", "--ref=capstan", "show", commit.trim()])
+            .current_dir(&s.cluster.repo));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|n| n["outcome"] == "complete")
+    });
+    assert_eq!(
+        stdout(&s.cluster.kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])),
+        cluster_ip,
+        "the ClusterIP survived the change of leader"
+    );
+    let o = s
+        .lab
+        .in_pod(2, "client-b", "app", &["get", "http://web.default.svc.cluster.local/readyz", "20"]);
+    assert!(o.status.success(), "the Service after h1 died: {o:?}\n{}", context());
+    // Readiness names the new leader, and holds: the dead member left the replicas' etcd
+    // clients (otherwise a share of their requests would go on failing on its address).
+    let ready = || {
+        let out = s.cluster.kubectl(&["get", "--raw", "/readyz?verbose"]);
+        let text = stdout(&out);
+        (text.contains("[+]store ok") && text.contains(&format!("[+]leader {}", leader())))
+            .then_some(())
+            .ok_or(text)
+    };
+    wait("readiness to name the new leader", 20, context, || ready().is_ok());
+    for _ in 0..20 {
+        if let Err(text) = ready() {
+            panic!("readiness failed after the take-over: {text}\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

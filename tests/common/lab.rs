@@ -126,33 +126,122 @@ impl Lab {
 
     /// Starts a node agent on host `n`, joined to `cluster` (which listens on [`MACHINE`]).
     pub fn node(&self, cluster: &Cluster, n: usize, extra: &[&str]) -> LabNode {
+        self.node_via(cluster, n, extra, &cluster.server())
+    }
+
+    /// As `node`, given the API servers' URLs (comma-separated: control-plane replicas).
+    pub fn node_via(&self, cluster: &Cluster, n: usize, extra: &[&str], servers: &str) -> LabNode {
         let name = host_name(n);
         let data = cluster.dir.path().join(format!("lab-{name}"));
-        let log = cluster.dir.path().join(format!("lab-{name}.log"));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let listen = format!("{}:10250", host_ip(n));
+        let mut args: Vec<&str> = vec![env!("CARGO_BIN_EXE_capstan"), "node"];
+        let token = cluster.data.join("node-token");
+        args.extend(["--server", servers, "--token-file", path_str(&token)]);
+        args.extend(["--name", &name, "--data-dir", path_str(&data), "--listen", &listen]);
+        args.extend(["--restart-backoff", "1s", "--restart-backoff-max", "4s"]);
+        let lease = format!("{LEASE_INTERVAL_SECS}s");
+        args.extend(["--lease-interval", &lease]);
+        args.extend(extra);
+        let log = cluster.dir.path().join(format!("lab-{name}.log"));
+        self.spawn(n, &name, &args, log, "info,capstan_node=debug")
+    }
+
+    /// The command that runs the rest of a command line on host `n`.
+    pub fn on_host(&self, n: usize) -> Vec<String> {
+        vec![path_str(&script()).to_owned(), "exec".into(), n.to_string()]
+    }
+
+    /// Runs `args` on host `n` as a process named `name`, its output appended to `log`.
+    pub fn spawn(&self, n: usize, name: &str, args: &[&str], log: std::path::PathBuf, capstan_log: &str) -> LabNode {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(script())
-            .args(["exec", &n.to_string(), env!("CARGO_BIN_EXE_capstan"), "node"])
-            .args([
-                "--server",
-                &cluster.server(),
-                "--token-file",
-                path_str(&cluster.data.join("node-token")),
-            ])
-            .args(["--name", &name, "--data-dir", path_str(&data), "--listen", &listen])
-            .args(["--restart-backoff", "1s", "--restart-backoff-max", "4s"])
-            .args(["--lease-interval", &format!("{LEASE_INTERVAL_SECS}s")])
-            .args(extra)
-            .env("CAPSTAN_LOG", "info,capstan_node=debug")
+            .args(["exec", &n.to_string()])
+            .args(args)
+            .env("CAPSTAN_LOG", capstan_log)
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .unwrap();
         LabNode {
-            name,
+            name: name.to_owned(),
             log,
             child: Some(child),
         }
+    }
+
+    /// An etcd member on each host (client port 2379 and peer port 2380 on the host's address),
+    /// their data and logs under `dir`; returns them once the cluster answers, and its
+    /// `--store` URL.
+    pub fn etcd(&self, dir: &std::path::Path) -> (Vec<LabNode>, String) {
+        let peers: Vec<String> = (1..=self.hosts).map(|n| format!("e{n}=http://{}:2380", host_ip(n))).collect();
+        let initial = peers.join(",");
+        let members: Vec<LabNode> = (1..=self.hosts)
+            .map(|n| {
+                let (name, ip) = (format!("e{n}"), host_ip(n));
+                let (client, peer) = (format!("http://{ip}:2379"), format!("http://{ip}:2380"));
+                let data = dir.join(&name);
+                let args = [
+                    "etcd",
+                    "--name",
+                    &name,
+                    "--data-dir",
+                    path_str(&data),
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "capstan-lab",
+                    "--log-level",
+                    "warn",
+                    "--logger",
+                    "zap",
+                ];
+                self.spawn(n, &name, &args, dir.join(format!("{name}.log")), "info")
+            })
+            .collect();
+        let endpoints: Vec<String> = (1..=self.hosts).map(|n| format!("{}:2379", host_ip(n))).collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let health = run(Command::new("etcdctl").args(["--endpoints", &endpoints.join(","), "endpoint", "health"]));
+            if health.status.success() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lab's etcd did not become healthy: {}{}",
+                String::from_utf8_lossy(&health.stdout),
+                String::from_utf8_lossy(&health.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        (members, format!("etcd://{}", endpoints.join(",")))
+    }
+
+    /// A further control-plane replica of `cluster` on host `n`, sharing its identity (CA,
+    /// keys, join secret), started with `args` (its store and `--listen`).
+    pub fn replica(&self, cluster: &Cluster, n: usize, args: &[&str]) -> LabNode {
+        let name = format!("replica-{}", host_name(n));
+        let data = cluster.dir.path().join(format!("data-{name}"));
+        capstan_daemon::copy_replica_identity(&cluster.data, &data).unwrap();
+        let mut full = vec![
+            env!("CARGO_BIN_EXE_capstan"),
+            "daemon",
+            "--repo",
+            path_str(&cluster.repo),
+            "--data-dir",
+            path_str(&data),
+        ];
+        full.extend(args);
+        self.spawn(n, &name, &full, cluster.dir.path().join(format!("{name}.log")), "info")
     }
 
     /// The agents' logs and the hosts' kernel state, for a failure message.
@@ -192,7 +281,8 @@ impl Drop for Lab {
     }
 }
 
-/// A `capstan node` on a lab host, killed on drop.
+/// A process on a lab host (a `capstan node`, a control-plane replica, an etcd member), killed
+/// on drop.
 pub struct LabNode {
     pub name: String,
     pub log: std::path::PathBuf,

@@ -160,6 +160,8 @@ pub struct Cluster {
     pub child: std::process::Child,
     /// The daemon's command line, for restarts.
     args: Vec<String>,
+    /// A command the daemon runs under (a lab host's `scripts/lab.sh exec N`), or none.
+    wrapper: Vec<String>,
 }
 
 impl Cluster {
@@ -191,7 +193,20 @@ impl Cluster {
         git(&self.repo, &["push", "-q", "origin", "HEAD"]);
     }
 
+    /// As `start_with`, the daemon run under `wrapper` (a command that runs the rest of its
+    /// command line, such as `scripts/lab.sh exec 1` for a lab host).
+    pub fn start_under(wrapper: &[&str], files: &[(&str, &str)], daemon_args: &[&str]) -> Cluster {
+        let (dir, repo) = init_repo(files);
+        let tracked = path_str(&repo).to_owned();
+        let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        Cluster::launch_under(dir, repo, &tracked, daemon_args, wrapper)
+    }
+
     fn launch(dir: tempfile::TempDir, repo: PathBuf, tracked: &str, daemon_args: &[&str]) -> Cluster {
+        Cluster::launch_under(dir, repo, tracked, daemon_args, Vec::new())
+    }
+
+    fn launch_under(dir: tempfile::TempDir, repo: PathBuf, tracked: &str, daemon_args: &[&str], wrapper: Vec<String>) -> Cluster {
         let data = dir.path().join("data");
         let mut args: Vec<String> = ["daemon", "--repo", tracked, "--data-dir", path_str(&data)]
             .iter()
@@ -201,13 +216,14 @@ impl Cluster {
             args.extend(["--listen".into(), "127.0.0.1:0".into()]);
         }
         args.extend(daemon_args.iter().map(|s| s.to_string()));
-        let child = Cluster::spawn_daemon(dir.path(), &args);
+        let child = Cluster::spawn_daemon(dir.path(), &wrapper, &args);
         let cluster = Cluster {
             dir,
             repo,
             data,
             child,
             args,
+            wrapper,
         };
         cluster.wait_until("the API server answers", || {
             cluster.kubectl(&["get", "--raw", "/readyz"]).status.success()
@@ -215,13 +231,21 @@ impl Cluster {
         cluster
     }
 
-    fn spawn_daemon(dir: &Path, args: &[String]) -> std::process::Child {
+    fn spawn_daemon(dir: &Path, wrapper: &[String], args: &[String]) -> std::process::Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("daemon.log"))
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_capstan"))
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_capstan"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_capstan")),
+        };
+        command
             .args(args)
             .env("CAPSTAN_LOG", "info")
             .stdout(log.try_clone().unwrap())
@@ -241,7 +265,7 @@ impl Cluster {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down);
-        self.child = Cluster::spawn_daemon(self.dir.path(), &self.args);
+        self.child = Cluster::spawn_daemon(self.dir.path(), &self.wrapper, &self.args);
         self.wait_until("the restarted API server answers", || {
             self.kubectl(&["get", "--raw", "/readyz"]).status.success()
         });
@@ -261,7 +285,7 @@ impl Cluster {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.args.extend(extra.iter().map(|s| s.to_string()));
-        self.child = Cluster::spawn_daemon(self.dir.path(), &self.args);
+        self.child = Cluster::spawn_daemon(self.dir.path(), &self.wrapper, &self.args);
         self.wait_until("the restarted API server answers", || {
             self.kubectl(&["get", "--raw", "/readyz"]).status.success()
         });
