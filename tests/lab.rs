@@ -930,6 +930,29 @@ fn the_control_plane_outlives_the_host_its_leader_runs_on() {
         .lab
         .in_pod(2, "client-b", "app", &["get", "http://web.default.svc.cluster.local/readyz", "20"]);
     assert!(o.status.success(), "the Service after h1 died: {o:?}\n{}", context());
+    // kubectl on a host reaches a live replica through the `kubernetes` Service's address,
+    // whose endpoints are the replicas running (the dead one leaves with its lease).
+    let kubeconfig = s.cluster.kubeconfig();
+    wait("kubectl on h2 through https://10.96.0.1", 30, context, || {
+        let o = s.lab.exec(
+            2,
+            &[
+                "kubectl",
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "--server",
+                "https://10.96.0.1",
+                "--request-timeout",
+                "5s",
+                "get",
+                "deployment",
+                "web",
+                "-o",
+                "name",
+            ],
+        );
+        stdout(&o).trim() == "deployment.apps/web"
+    });
     // Readiness names the new leader, and holds: the dead member left the replicas' etcd
     // clients (otherwise a share of their requests would go on failing on its address).
     let ready = || {
