@@ -58,6 +58,10 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long)]
         listen: Option<String>,
+        /// Another name or address clients reach the API server at (a load balancer or DNS
+        /// name in front of the replicas), for its certificate; may be repeated.
+        #[arg(long = "tls-san")]
+        tls_san: Vec<String>,
         /// The pod range, split into a /24 per node.
         #[arg(long)]
         cluster_cidr: Option<String>,
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
             path,
             data_dir,
             listen,
+            tls_san,
             cluster_cidr,
             webhook_secret_file,
             poll_interval,
@@ -207,6 +212,7 @@ fn main() -> ExitCode {
             path,
             data_dir,
             listen,
+            tls_san,
             cluster_cidr,
             webhook_secret_file,
             poll_interval,

@@ -649,7 +649,14 @@ fn a_restarted_daemon_keeps_objects_and_versions() {
     assert_eq!(event["type"], "ERROR");
     assert_eq!(event["object"]["code"], 410);
     assert_eq!(event["object"]["reason"], "Expired");
-    let _ = &mut c;
+
+    // A name clients reach the API server by (a load balancer's) goes into its certificate with
+    // --tls-san: kubectl checking that name is refused before, and served after.
+    let by_name = ["--tls-server-name", "api.capstan.test", "get", "ns", "shop", "-o", "name"];
+    let o = c.kubectl(&by_name);
+    assert!(!o.status.success() && stderr(&o).contains("x509"), "{}", stderr(&o));
+    c.restart_daemon_with(&["--tls-san", "api.capstan.test"]);
+    assert_eq!(c.kubectl_ok(&by_name).trim(), "namespace/shop");
 }
 
 const SETTINGS: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\ndata:\n  colour: blue\n";

@@ -64,6 +64,8 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     /// The address nodes and pods reach the API server at (in its certificate).
     pub advertise: Option<IpAddr>,
+    /// More names and addresses for the API server's certificate (`--tls-san`).
+    pub tls_sans: Vec<String>,
     /// How often a remote repository is fetched.
     pub poll_interval: Duration,
     /// The history kept for watches; older revisions are compacted away.
@@ -122,6 +124,7 @@ impl DaemonConfig {
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
             advertise: None,
+            tls_sans: Vec::new(),
             poll_interval: Duration::from_secs(15),
             history: leader::HistoryWindow::default(),
             node_grace: Duration::from_secs(40),
@@ -351,7 +354,7 @@ impl Daemon {
             ip if ip.is_unspecified() => capstan_runtime::https::default_ip(),
             ip => ip,
         });
-        let serving = ca.apiserver_cert(advertise, IpAddr::from([10, 96, 0, 1]))?;
+        let serving = ca.apiserver_cert(advertise, IpAddr::from([10, 96, 0, 1]), &config.tls_sans)?;
         let tls = pki::server_config(&serving, &ca.cert_pem)?;
         let server_url = format!("https://{}:{}", advertise, api_addr.port());
 

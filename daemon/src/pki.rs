@@ -225,9 +225,10 @@ impl Ca {
         self.sign(&params)
     }
 
-    /// The API server's serving certificate, reissued when its names change.
-    pub fn apiserver_cert(&self, advertise: IpAddr, cluster_ip: IpAddr) -> Result<CertKey, PkiError> {
-        let dns: Vec<String> = [
+    /// The API server's serving certificate, reissued when its names change; `extra` are more
+    /// names or addresses clients reach it at (a load balancer in front of the replicas).
+    pub fn apiserver_cert(&self, advertise: IpAddr, cluster_ip: IpAddr, extra: &[String]) -> Result<CertKey, PkiError> {
+        let mut dns: Vec<String> = [
             "kubernetes",
             "kubernetes.default",
             "kubernetes.default.svc",
@@ -240,6 +241,17 @@ impl Ca {
         let mut ips = vec![IpAddr::from([127, 0, 0, 1]), cluster_ip];
         if !ips.contains(&advertise) {
             ips.push(advertise);
+        }
+        for name in extra {
+            match name.parse::<IpAddr>() {
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) if !is_dns_name(name) => {
+                    return Err(PkiError::Names(format!("--tls-san {name:?}: neither an IP address nor a DNS name")));
+                }
+                Err(_) if !dns.contains(name) => dns.push(name.clone()),
+                Err(_) => {}
+            }
         }
         let (cert_path, key_path, names_path) = (
             self.dir.join("apiserver.crt"),
@@ -261,6 +273,20 @@ impl Ca {
     }
 }
 
+/// A DNS name a certificate may carry: dot-separated labels of letters, digits and inner
+/// hyphens (the first may be `*`), 253 characters at most.
+fn is_dns_name(name: &str) -> bool {
+    let label = |(i, l): (usize, &str)| {
+        (i == 0 && l == "*")
+            || (!l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').enumerate().all(label)
+}
+
 /// The API server's rustls configuration: its certificate and key; clients may present a
 /// certificate `client_ca` signed (people's, from `capstan user add`).
 pub fn server_config(ck: &CertKey, client_ca: &str) -> Result<Arc<rustls::ServerConfig>, PkiError> {
@@ -280,15 +306,27 @@ mod tests {
         assert_eq!(ca.hash(), again.hash());
         assert_eq!(cert_hash(&ca.cert_pem).unwrap(), ca.hash());
         let ck = again
-            .apiserver_cert("10.0.0.5".parse().unwrap(), "10.96.0.1".parse().unwrap())
+            .apiserver_cert("10.0.0.5".parse().unwrap(), "10.96.0.1".parse().unwrap(), &[])
             .unwrap();
         assert!(ck.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         server_config(&ck, &ca.cert_pem).unwrap();
         // Same names: the certificate on disk is reused.
         let same = ca
-            .apiserver_cert("10.0.0.5".parse().unwrap(), "10.96.0.1".parse().unwrap())
+            .apiserver_cert("10.0.0.5".parse().unwrap(), "10.96.0.1".parse().unwrap(), &[])
             .unwrap();
         assert_eq!(same.cert_pem, ck.cert_pem);
+        // Another name (a load balancer's): a new certificate.
+        let more = ca
+            .apiserver_cert(
+                "10.0.0.5".parse().unwrap(),
+                "10.96.0.1".parse().unwrap(),
+                &["api.example".into(), "192.0.2.7".into()],
+            )
+            .unwrap();
+        assert_ne!(more.cert_pem, ck.cert_pem);
+        let bad = ca.apiserver_cert("10.0.0.5".parse().unwrap(), "10.96.0.1".parse().unwrap(), &["api example".into()]);
+        assert!(bad.is_err_and(|e| e.to_string().contains(r#"--tls-san "api example""#)));
+        assert!(is_dns_name("*.api.example") && !is_dns_name("-a.example") && !is_dns_name("a..b"));
     }
 
     #[test]

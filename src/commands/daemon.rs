@@ -14,6 +14,7 @@ pub struct Args {
     pub path: Option<String>,
     pub data_dir: PathBuf,
     pub listen: Option<String>,
+    pub tls_san: Vec<String>,
     /// The pod range split into a /24 per node (kube-controller-manager's --cluster-cidr).
     pub cluster_cidr: Option<String>,
     pub webhook_secret_file: Option<PathBuf>,
@@ -42,6 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .parse::<SocketAddr>()
             .with_context(|| format!("--listen {l:?}: expected ADDRESS:PORT"))?;
     }
+    config.tls_sans = args.tls_san;
     if let Some(c) = args.cluster_cidr {
         config.pod_cidr = c
             .parse::<capstan_api::cidr::Cidr>()

@@ -44,6 +44,10 @@ pub struct Args {
     /// through the `kubernetes` Service at the host's address (TLS and tokens guard it).
     #[arg(long, default_value = "0.0.0.0:6443")]
     pub listen: String,
+    /// Another name or address clients reach the API server at, for its certificate; may be
+    /// repeated.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
     /// The pod range, split into a /24 per node.
     #[arg(long, default_value = "10.244.0.0/16")]
     pub cluster_cidr: String,
@@ -164,6 +168,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .listen
         .parse()
         .with_context(|| format!("--listen {:?}: expected ADDRESS:PORT", args.listen))?;
+    daemon_config.tls_sans = args.tls_san.clone();
     daemon_config.poll_interval = std::time::Duration::from_secs(args.poll_interval.max(1));
     daemon_config.revert_failed_rollouts = args.revert_failed_rollouts;
     daemon_config.store = args.store.choice()?;
