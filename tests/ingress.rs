@@ -386,6 +386,11 @@ spec:
     backendRefs: [{{name: app-v2, port: 80}}]
   - matches: [{{path: {{type: Exact, value: /old}}}}]
     filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplaceFullPath, replaceFullPath: /new}}, statusCode: 301}}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /mirrored}}}}]
+    filters:
+    - {{type: URLRewrite, urlRewrite: {{path: {{type: ReplaceFullPath, replaceFullPath: /}}}}}}
+    - {{type: RequestMirror, requestMirror: {{backendRef: {{name: app-v2, port: 80}}, percent: 50}}}}
+    backendRefs: [{{name: app-v1, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /v1api}}}}]
     filters:
     - {{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}
@@ -443,7 +448,14 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
         &[
             ("shop.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"),
             ("v1.yaml", &deployment("app-v1", "v1", 1)),
-            ("v2.yaml", &deployment("app-v2", "v2", 1)),
+            // v2 prints each request it gets: what the mirror received.
+            (
+                "v2.yaml",
+                &deployment("app-v2", "v2", 1).replace(
+                    r#"{name: TERM_DELAY, value: "2"}"#,
+                    r#"{name: TERM_DELAY, value: "2"}, {name: LOG_REQUESTS, value: "1"}"#,
+                ),
+            ),
             ("tls.yaml", &secrets),
             ("gateway.yaml", &gateway(http, https)),
             ("route.yaml", &canary(90, 10)),
@@ -533,6 +545,20 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
         body.to_ascii_lowercase().contains("x-route: canary"),
         "rewritten to /headers with the header set: {body}"
     );
+    // RequestMirror at 50 %: v1 answers all ten requests (rewritten to /), and v2 gets a copy
+    // of every second.
+    let mirrored = || {
+        let logs = c.kubectl_ok(&["logs", "-n", "shop", "deploy/app-v2"]);
+        logs.lines().filter(|l| *l == "request GET /").count()
+    };
+    let before = mirrored();
+    for i in 0..10 {
+        let (code, _, body) = get(http, "app.gw.example", &format!("/mirrored/{i}"), "");
+        assert_eq!((code, release_of(&body)), (200, "v1"), "{body}");
+    }
+    c.wait_until("five mirrored requests at v2", || mirrored() >= before + 5);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(mirrored(), before + 5, "v2 got a copy of every second request");
     // The HTTPS listener's certificate, by SNI.
     let (code, _, body) = curl("https", "app.gw.example", https, "/", &["--cacert", &ca_file]);
     assert_eq!(code, 200, "{body}\n{}", agent.log());

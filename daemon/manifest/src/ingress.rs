@@ -216,6 +216,14 @@ fn check_filters(f: &mut Findings, at: &FieldPath, filters: &Value) {
                 f.invalid(fp.key("type"), format!("unknown filter type {t:?}{hint}"));
             }
         }
+        if let Some(percent) = filter["requestMirror"]["percent"].as_i64()
+            && !(0..=100).contains(&percent)
+        {
+            f.invalid(
+                fp.key("requestMirror").key("percent"),
+                format!("{percent}: a share of requests, 0 to 100"),
+            );
+        }
         if let Some(code) = filter["requestRedirect"]["statusCode"].as_i64()
             && ![301, 302, 303, 307, 308].contains(&code)
         {
@@ -361,7 +369,8 @@ mod tests {
         }
         let route = json!({"metadata": {"name": "r"}, "spec": {"hostnames": ["*.a.example"], "rules": [{
             "matches": [{"path": {"type": "Prefix", "value": "api"}}],
-            "filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 404}}, {"type": "URLRewrit"}],
+            "filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 404}}, {"type": "URLRewrit"},
+                        {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m", "port": 80}, "percent": 150}}],
             "backendRefs": [{"name": "v1", "weight": -1}]}]}});
         let m = messages("HTTPRoute", route);
         for want in [
@@ -371,6 +380,7 @@ mod tests {
             "did you mean \"URLRewrite\"",
             "between 0 and 1000000",
             "needs its port",
+            "150: a share of requests, 0 to 100",
         ] {
             assert!(m.iter().any(|m| m.contains(want)), "{want}: {m:?}");
         }

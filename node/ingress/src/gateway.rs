@@ -8,15 +8,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use capstan_api::gateway::{
-    Gateway, GatewayClass, HTTPRoute, HttpPathModifier, HttpRouteFilter, HttpRouteRule, Listener, ParentReference, ReferenceGrant,
+    BackendObjectReference, Gateway, GatewayClass, HTTPRoute, HttpPathModifier, HttpRouteFilter, HttpRouteRule, Listener, ParentReference,
+    ReferenceGrant,
 };
 use capstan_api::selector::Selector;
 use k8s_openapi::api::core::v1::Namespace;
 
 use crate::backends::{Backends, PortRef};
 use crate::table::{
-    Action, HeaderEdit, Matcher, PathChange, PathMatch, Redirect, Rewrite, Rule, SecretRef, Tables, ValueMatch, Weighted, Wildcard,
-    normal_host,
+    Action, HeaderEdit, Matcher, Mirror, PathChange, PathMatch, Redirect, Rewrite, Rule, SecretRef, Tables, Target, ValueMatch, Weighted,
+    Wildcard, normal_host,
 };
 
 /// The `controllerName` of GatewayClasses Capstan serves.
@@ -171,8 +172,10 @@ fn path_change(p: Option<&HttpPathModifier>) -> Result<Option<PathChange>, Strin
     }
 }
 
-/// The filters of a rule into the action's edits, or why one is not supported.
-fn apply_filters(filters: &[HttpRouteFilter], action: &mut Action) -> Result<(), String> {
+/// The filters of a rule into the action's edits, or why one is not supported; the backends
+/// requests are mirrored to (with the percentage) are returned, to be resolved as backends are.
+fn apply_filters(filters: &[HttpRouteFilter], action: &mut Action) -> Result<Vec<(BackendObjectReference, u32)>, String> {
+    let mut mirrors = Vec::new();
     for f in filters {
         match f.type_.as_str() {
             "RequestHeaderModifier" => action.request_headers = header_edit(f.request_header_modifier.as_ref()),
@@ -194,10 +197,44 @@ fn apply_filters(filters: &[HttpRouteFilter], action: &mut Action) -> Result<(),
                     path: path_change(r.path.as_ref())?,
                 });
             }
+            "RequestMirror" => {
+                let m = f.request_mirror.clone().ok_or("filter RequestMirror without requestMirror")?;
+                let percent = u32::try_from(m.percent.unwrap_or(100).clamp(0, 100)).unwrap_or(100);
+                mirrors.push((m.backend_ref, percent));
+            }
             other => return Err(format!("filter {other} is not supported by Capstan's gateway")),
         }
     }
-    Ok(())
+    Ok(mirrors)
+}
+
+/// A backend reference of a route in namespace `rns`, resolved to its Service port's
+/// endpoints; when it cannot be, a target that says why, and the ResolvedRefs reason.
+fn resolve(
+    backends: &mut Backends<'_>,
+    grants: &[ReferenceGrant],
+    rns: &str,
+    b: &BackendObjectReference,
+) -> (Arc<Target>, Option<(&'static str, String)>) {
+    let bns = b.namespace.clone().unwrap_or_else(|| rns.to_owned());
+    let kind = (b.group.as_deref().unwrap_or(""), b.kind.as_deref().unwrap_or("Service"));
+    let label = format!("{bns}/{}", b.name);
+    if kind != ("", "Service") {
+        let why = format!("backend kind {}/{} is not supported", kind.0, kind.1);
+        let condition = ("InvalidKind", format!("backend {label}: only Services are supported"));
+        return (backends.broken(label, why), Some(condition));
+    }
+    if bns != rns && !granted(grants, "HTTPRoute", rns, "", "Service", &bns, &b.name) {
+        let why = format!("no ReferenceGrant in {bns} lets HTTPRoutes of {rns} use Service {}", b.name);
+        return (backends.broken(label, why.clone()), Some(("RefNotPermitted", why)));
+    }
+    let Some(port) = b.port else {
+        let why = format!("backend {label}: a Service backend needs its port");
+        return (backends.broken(label, why.clone()), Some(("BackendNotFound", why)));
+    };
+    let target = backends.service(&bns, &b.name, &PortRef::Number(port));
+    let condition = target.endpoints.as_ref().err().map(|why| ("BackendNotFound", why.clone()));
+    (target, condition)
 }
 
 /// A rule's matches (the default: every path).
@@ -416,7 +453,7 @@ pub fn add(
             .flatten()
             .map(|rule| {
                 let mut action = Action::default();
-                apply_filters(rule.filters.as_deref().unwrap_or_default(), &mut action)?;
+                let mirrors = apply_filters(rule.filters.as_deref().unwrap_or_default(), &mut action)?;
                 // Each attempt is bounded by the backend timeout, else the request's.
                 let timeouts = rule.timeouts.clone().unwrap_or_default();
                 action.timeout = timeouts
@@ -424,35 +461,30 @@ pub fn add(
                     .or(timeouts.request)
                     .map(|t| capstan_api::gateway::duration(&t))
                     .transpose()?;
+                let mut resolving = |b: &BackendObjectReference| {
+                    let (target, problem) = resolve(backends, grants, &rns, b);
+                    if let Some((reason, why)) = problem {
+                        resolved = cond("ResolvedRefs", false, reason, why);
+                    }
+                    target
+                };
+                for (b, percent) in &mirrors {
+                    action.mirrors.push(Mirror::new(resolving(b), *percent));
+                }
                 for b in rule.backend_refs.iter().flatten() {
-                    let bns = b.namespace.clone().unwrap_or_else(|| rns.clone());
-                    let kind = (b.group.as_deref().unwrap_or(""), b.kind.as_deref().unwrap_or("Service"));
-                    let label = format!("{bns}/{}", b.name);
-                    let target = if kind != ("", "Service") {
-                        resolved = cond(
-                            "ResolvedRefs",
-                            false,
-                            "InvalidKind",
-                            format!("backend {label}: only Services are supported"),
-                        );
-                        backends.broken(label, format!("backend kind {}/{} is not supported", kind.0, kind.1))
-                    } else if bns != rns && !granted(grants, "HTTPRoute", &rns, "", "Service", &bns, &b.name) {
-                        let why = format!("no ReferenceGrant in {bns} lets HTTPRoutes of {rns} use Service {}", b.name);
-                        resolved = cond("ResolvedRefs", false, "RefNotPermitted", why.clone());
-                        backends.broken(label, why)
-                    } else if let Some(port) = b.port {
-                        let t = backends.service(&bns, &b.name, &PortRef::Number(port));
-                        if let Err(why) = &t.endpoints {
-                            resolved = cond("ResolvedRefs", false, "BackendNotFound", why.clone());
-                        }
-                        t
-                    } else {
-                        let why = format!("backend {label}: a Service backend needs its port");
-                        resolved = cond("ResolvedRefs", false, "BackendNotFound", why.clone());
-                        backends.broken(label, why)
+                    let reference = BackendObjectReference {
+                        group: b.group.clone(),
+                        kind: b.kind.clone(),
+                        name: b.name.clone(),
+                        namespace: b.namespace.clone(),
+                        port: b.port,
                     };
+                    let target = resolving(&reference);
                     let mut edits = Action::default();
-                    apply_filters(b.filters.as_deref().unwrap_or_default(), &mut edits)?;
+                    // A backend's own filters: header edits (a mirror there copies its requests).
+                    for (m, percent) in apply_filters(b.filters.as_deref().unwrap_or_default(), &mut edits)? {
+                        action.mirrors.push(Mirror::new(resolving(&m), percent));
+                    }
                     action.backends.push(Weighted {
                         target,
                         weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),

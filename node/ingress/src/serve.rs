@@ -506,7 +506,11 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
             parts.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
         );
-    let mut body = Some(body.boxed());
+    let mut body = body.boxed();
+    if !action.mirrors.is_empty() && !upgrade {
+        body = mirror(&client, action, &parts.method, &path_and_query, &headers, body, length).await;
+    }
+    let mut body = Some(body);
     let mut last_error = String::new();
     let order = target.order(|e| shared.recently_failed(e));
     let attempts = if replayable { order.len() } else { 1 };
@@ -563,6 +567,63 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
         StatusCode::BAD_GATEWAY,
         format!("no endpoint of {} accepted the connection (last: {last_error})\n", target.name),
     ))
+}
+
+/// The largest request body copied to a mirror (read whole first; a larger one, or one of
+/// unknown length, is not copied).
+const MIRRORED_BODY: u64 = 64 << 10;
+/// How long a mirror may take to answer a copy.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends a copy of the request to each of the rule's mirrors that wants this one, and leaves
+/// it: the answers are read and dropped, a failure only logged. Returns the body for the real
+/// request (read whole when it was copied).
+async fn mirror(
+    client: &Upstream,
+    action: &table::Action,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: ProxyBody,
+    length: Option<u64>,
+) -> ProxyBody {
+    let wanted: Vec<&table::Mirror> = action.mirrors.iter().filter(|m| m.wanted()).collect();
+    let bytes = if body.is_end_stream() {
+        Bytes::new()
+    } else if length.is_some_and(|l| l <= MIRRORED_BODY) && !wanted.is_empty() {
+        match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                tracing::debug!(error = %e, "ingress: the request body could not be read for a mirror");
+                return Full::new(Bytes::new()).map_err(|never| match never {}).boxed();
+            }
+        }
+    } else {
+        return body;
+    };
+    for m in wanted {
+        let Some(endpoint) = m.target.order(|_| false).into_iter().next() else {
+            continue;
+        };
+        let Ok(uri) = format!("http://{endpoint}{path_and_query}").parse::<Uri>() else {
+            continue;
+        };
+        let mut copy = Request::new(Full::new(bytes.clone()).map_err(|never| match never {}).boxed());
+        *copy.method_mut() = method.clone();
+        *copy.uri_mut() = uri;
+        *copy.headers_mut() = headers.clone();
+        let (client, name) = (client.clone(), m.target.name.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(MIRROR_TIMEOUT, client.request(copy)).await {
+                Ok(Ok(answer)) => {
+                    let _ = answer.into_body().collect().await;
+                }
+                Ok(Err(e)) => tracing::debug!(mirror = %name, error = %e, "ingress: a mirrored request failed"),
+                Err(_) => tracing::debug!(mirror = %name, "ingress: a mirror did not answer in time"),
+            }
+        });
+    }
+    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 /// The backend's answer for the client; a switch of protocols joins the two upgraded streams.

@@ -226,10 +226,38 @@ pub struct Weighted {
     pub response_headers: HeaderEdit,
 }
 
+/// A copy of a rule's requests sent to another backend as well, its answer ignored (the
+/// Gateway API's RequestMirror): all of them, or `percent` of every hundred.
+#[derive(Debug)]
+pub struct Mirror {
+    pub target: Arc<Target>,
+    pub percent: u32,
+    seen: AtomicUsize,
+}
+
+impl Mirror {
+    pub fn new(target: Arc<Target>, percent: u32) -> Mirror {
+        Mirror {
+            target,
+            percent: percent.min(100),
+            seen: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether this request is copied: `percent` of every hundred, spread evenly (the n-th is
+    /// copied when it brings the count copied, n × percent / 100 rounded down, one higher).
+    pub fn wanted(&self) -> bool {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) % 100;
+        let p = self.percent as usize;
+        (n + 1) * p / 100 > n * p / 100
+    }
+}
+
 /// What a matched rule does.
 #[derive(Debug, Default)]
 pub struct Action {
     pub backends: Vec<Weighted>,
+    pub mirrors: Vec<Mirror>,
     pub request_headers: HeaderEdit,
     pub response_headers: HeaderEdit,
     pub redirect: Option<Redirect>,
@@ -440,6 +468,19 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mirror_copies_its_percentage_spread_evenly() {
+        let copied = |percent: u32, requests: usize| {
+            let m = Mirror::new(Arc::new(Target::new("m".into(), Ok(vec![]))), percent);
+            (0..requests).map(|_| m.wanted()).collect::<Vec<bool>>()
+        };
+        assert_eq!(copied(50, 4), [false, true, false, true]);
+        assert!(copied(100, 7).iter().all(|c| *c));
+        assert!(copied(0, 7).iter().all(|c| !*c));
+        assert_eq!(copied(10, 100).iter().filter(|c| **c).count(), 10);
+        assert_eq!(copied(33, 200).iter().filter(|c| **c).count(), 66);
+    }
 
     #[test]
     fn weights_are_kept_and_interleaved() {

@@ -6,8 +6,9 @@
 //!   exit, for node-agent and proxy tests (`TRICKLE=1`: every answer written one byte at a time),
 //!   and `/control/burn?seconds=N` to keep a core busy (load for the autoscaler); with
 //!   `RECORD=PATH` it appends its host name to PATH as it starts (what a volume keeps); the
-//!   request's headers (`/headers`), a WebSocket echo on any path, and `KEEP_ALIVE=1` to answer
-//!   many requests per connection (benchmarks);
+//!   request's headers (`/headers`), a WebSocket echo on any path, `KEEP_ALIVE=1` to answer
+//!   many requests per connection (benchmarks), and `LOG_REQUESTS=1` to print each request's
+//!   method and path (what a mirror received);
 //! - `guestbook`: the example's frontend, keeping entries in redis;
 //! - `get URL`: an HTTP client that resolves names through the pod's resolv.conf; `resolve NAME`
 //!   prints the address a name resolves to;
@@ -162,7 +163,12 @@ fn serve() {
     let host = env_or("HOSTNAME", "unknown");
     println!("serving on :{port} as {host}");
     let _ = std::io::stdout().flush();
+    let log_requests = std::env::var("LOG_REQUESTS").is_ok_and(|v| v == "1");
     http::serve(port, move |req| {
+        if log_requests {
+            println!("request {} {}", req.method, req.path);
+            let _ = std::io::stdout().flush();
+        }
         let flag = |b: bool| {
             if b {
                 (200, "ok\n".to_string())
