@@ -480,16 +480,18 @@ pub fn add(
                         port: b.port,
                     };
                     let target = resolving(&reference);
+                    // A backend's own filters: header edits, and mirrors of the requests it gets.
                     let mut edits = Action::default();
-                    // A backend's own filters: header edits (a mirror there copies its requests).
-                    for (m, percent) in apply_filters(b.filters.as_deref().unwrap_or_default(), &mut edits)? {
-                        action.mirrors.push(Mirror::new(resolving(&m), percent));
-                    }
+                    let mirrors = apply_filters(b.filters.as_deref().unwrap_or_default(), &mut edits)?
+                        .iter()
+                        .map(|(m, percent)| Mirror::new(resolving(m), *percent))
+                        .collect();
                     action.backends.push(Weighted {
                         target,
                         weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
                         request_headers: edits.request_headers,
                         response_headers: edits.response_headers,
+                        mirrors,
                     });
                 }
                 Ok((matchers(rule)?, Arc::new(action)))

@@ -145,6 +145,7 @@ pub fn add<'a>(
                 weight: 1,
                 request_headers: Default::default(),
                 response_headers: Default::default(),
+                mirrors: Vec::new(),
             }]))
         };
         let mut rules: Vec<(String, Rule)> = Vec::new();

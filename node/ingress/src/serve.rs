@@ -507,8 +507,9 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
             Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
         );
     let mut body = body.boxed();
-    if !action.mirrors.is_empty() && !upgrade {
-        body = mirror(&client, action, &parts.method, &path_and_query, &headers, body, length).await;
+    let mirrors: Vec<&table::Mirror> = action.mirrors.iter().chain(&backend.mirrors).filter(|m| m.wanted()).collect();
+    if !mirrors.is_empty() && !upgrade {
+        body = mirror(&client, &mirrors, &parts.method, &path_and_query, &headers, body, length).await;
     }
     let mut body = Some(body);
     let mut last_error = String::new();
@@ -575,22 +576,21 @@ const MIRRORED_BODY: u64 = 64 << 10;
 /// How long a mirror may take to answer a copy.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends a copy of the request to each of the rule's mirrors that wants this one, and leaves
-/// it: the answers are read and dropped, a failure only logged. Returns the body for the real
-/// request (read whole when it was copied).
+/// Sends a copy of the request to each mirror, and leaves it: the answers are read and dropped,
+/// a failure only logged. Returns the body for the real request (read whole when it was
+/// copied).
 async fn mirror(
     client: &Upstream,
-    action: &table::Action,
+    mirrors: &[&table::Mirror],
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
     body: ProxyBody,
     length: Option<u64>,
 ) -> ProxyBody {
-    let wanted: Vec<&table::Mirror> = action.mirrors.iter().filter(|m| m.wanted()).collect();
     let bytes = if body.is_end_stream() {
         Bytes::new()
-    } else if length.is_some_and(|l| l <= MIRRORED_BODY) && !wanted.is_empty() {
+    } else if length.is_some_and(|l| l <= MIRRORED_BODY) {
         match body.collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
@@ -601,7 +601,7 @@ async fn mirror(
     } else {
         return body;
     };
-    for m in wanted {
+    for m in mirrors {
         let Some(endpoint) = m.target.order(|_| false).into_iter().next() else {
             continue;
         };

@@ -224,6 +224,8 @@ pub struct Weighted {
     pub weight: u32,
     pub request_headers: HeaderEdit,
     pub response_headers: HeaderEdit,
+    /// Mirrors of the requests sent to this backend (its own RequestMirror filters).
+    pub mirrors: Vec<Mirror>,
 }
 
 /// A copy of a rule's requests sent to another backend as well, its answer ignored (the
@@ -490,6 +492,7 @@ mod tests {
             weight,
             request_headers: HeaderEdit::default(),
             response_headers: HeaderEdit::default(),
+            mirrors: Vec::new(),
         };
         let a = Action::forward(vec![w("a", 90), w("b", 10)]);
         let picks: Vec<String> = (0..1000).map(|_| a.pick().unwrap().target.name.clone()).collect();
