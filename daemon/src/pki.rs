@@ -273,18 +273,9 @@ impl Ca {
     }
 }
 
-/// A DNS name a certificate may carry: dot-separated labels of letters, digits and inner
-/// hyphens (the first may be `*`), 253 characters at most.
+/// A DNS name a certificate may carry: an RFC 1123 subdomain, its first label possibly `*`.
 fn is_dns_name(name: &str) -> bool {
-    let label = |(i, l): (usize, &str)| {
-        (i == 0 && l == "*")
-            || (!l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-    };
-    !name.is_empty() && name.len() <= 253 && name.split('.').enumerate().all(label)
+    capstan_api::names::dns1123_subdomain(name.strip_prefix("*.").unwrap_or(name)).is_none()
 }
 
 /// The API server's rustls configuration: its certificate and key; clients may present a

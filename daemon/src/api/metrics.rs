@@ -68,13 +68,14 @@ fn to_value(metrics: impl serde::Serialize) -> Value {
 /// NodeMetrics of `node` from its agent's summary.
 pub fn node_metrics(node: &Value, summary: &Value) -> Value {
     let n = &summary["node"];
+    let at = stamp(n);
     let metadata = ObjectMeta {
         name: node["metadata"]["name"].as_str().map(str::to_owned),
         labels: labels(node),
-        creation_timestamp: Some(stamp(n)),
+        creation_timestamp: Some(at.clone()),
         ..Default::default()
     };
-    to_value(NodeMetrics::new(metadata, stamp(n), window(summary), usage(n)))
+    to_value(NodeMetrics::new(metadata, at, window(summary), usage(n)))
 }
 
 /// PodMetrics of the pods of `summary` that `pods` (namespace, name) -> pod object keeps; the
@@ -99,14 +100,15 @@ pub fn pod_metrics(summary: &Value, pods: &BTreeMap<(String, String), Value>) ->
                 usage: usage(c),
             })
             .collect();
+        let at = stamp(p);
         let metadata = ObjectMeta {
             name: Some(key.1),
             namespace: Some(key.0),
             labels: labels(pod),
-            creation_timestamp: Some(stamp(p)),
+            creation_timestamp: Some(at.clone()),
             ..Default::default()
         };
-        out.push(to_value(PodMetrics::new(metadata, stamp(p), window(summary), containers)));
+        out.push(to_value(PodMetrics::new(metadata, at, window(summary), containers)));
     }
     out
 }
