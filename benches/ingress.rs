@@ -14,6 +14,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -131,8 +132,11 @@ impl Nginx {
                include {d}/extra.conf;\n}}\n"
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        // A process group of its own: the master and its workers go together (killing the master
+        // alone leaves the workers serving, and holding their ports, after the bench).
         let child = Command::new("nginx")
             .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"])
+            .process_group(0)
             .spawn()
             .expect("nginx runs (Debian's nginx package)");
         let n = Nginx { dir, child, http, https };
@@ -174,6 +178,8 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -3,8 +3,9 @@
 //!
 //! The pure core: [`table`] (the rules every listener reads), [`ingresses`] and [`gateway`]
 //! (Ingresses and the Gateway API objects into rules, with what to report), [`backends`] (Service
-//! ports to endpoints); the edges: [`serve`] (the listeners and the relay), [`tls`] (key pairs)
-//! and [`watch`] (the loop that keeps the tables in line with the API).
+//! ports to endpoints); the edges: [`serve`] (the listeners and the relay), [`upstream`] (the
+//! connections to the backends), [`tls`] (key pairs) and [`watch`] (the loop that keeps the
+//! tables in line with the API).
 
 pub mod backends;
 pub mod gateway;
@@ -12,6 +13,7 @@ pub mod ingresses;
 pub mod serve;
 pub mod table;
 pub mod tls;
+pub mod upstream;
 pub mod watch;
 
 use std::net::{IpAddr, SocketAddr};

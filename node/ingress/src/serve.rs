@@ -12,21 +12,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::table::{self, SecretRef, Tables};
-
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+use crate::upstream::{Failure, ProxyBody, Upstream};
 
 /// Limits on what clients may send and how long they may take.
 #[derive(Clone, Copy, Debug)]
@@ -72,20 +68,6 @@ pub struct Shared {
     last_failure: AtomicU64,
     started: Instant,
     limits: Limits,
-}
-
-/// The pooled client to the endpoints: one per listener task, so that a connection to a backend
-/// is driven on the thread that uses it.
-type Upstream = Client<HttpConnector, ProxyBody>;
-
-fn upstream() -> Upstream {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(3)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .build(connector)
 }
 
 impl Shared {
@@ -219,7 +201,23 @@ pub fn spawn_workers(sockets: Vec<TcpSocket>, port: u16, tls: bool, shared: &Arc
 /// `port`.
 async fn serve(listener: TcpListener, port: u16, tls: bool, connections: usize, shared: Arc<Shared>, stop: CancellationToken) {
     let acceptor = tls.then(|| tokio_rustls::TlsAcceptor::from(tls_config(&shared, port)));
-    let client = upstream();
+    // The backend connections are this thread's: made, used and pooled here.
+    let client = Upstream::default();
+    let mirroring = Mirroring {
+        client: client.clone(),
+        room: Arc::new(Semaphore::new(MIRRORS_IN_FLIGHT)),
+    };
+    let sweeping = client.clone();
+    let swept = stop.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = swept.cancelled() => return,
+                _ = every.tick() => sweeping.sweep(),
+            }
+        }
+    });
     let slots = Arc::new(Semaphore::new(connections));
     loop {
         let slot = tokio::select! {
@@ -241,6 +239,7 @@ async fn serve(listener: TcpListener, port: u16, tls: bool, connections: usize, 
         let relay = Relay {
             shared: shared.clone(),
             client: client.clone(),
+            mirroring: mirroring.clone(),
             peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("")),
             port,
@@ -266,11 +265,20 @@ async fn serve(listener: TcpListener, port: u16, tls: bool, connections: usize, 
 struct Relay {
     shared: Arc<Shared>,
     client: Upstream,
+    mirroring: Mirroring,
     peer: SocketAddr,
     /// The client's address as a header value (X-Forwarded-For, X-Real-IP).
     peer_ip: HeaderValue,
     /// The listener's port: its table routes the requests.
     port: u16,
+}
+
+/// Where mirrored copies go out, and the room for them in flight (none left: a copy is not
+/// made).
+#[derive(Clone)]
+struct Mirroring {
+    client: Upstream,
+    room: Arc<Semaphore>,
 }
 
 /// Serves one client connection (HTTP/1.1 or HTTP/2, upgrades allowed).
@@ -282,6 +290,7 @@ where
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(shared.limits.header_timeout)
         .max_buf_size(shared.limits.header_bytes.max(8192));
@@ -399,6 +408,7 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
     let Relay {
         shared,
         client,
+        mirroring,
         peer,
         peer_ip,
         port,
@@ -509,29 +519,29 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
     let mut body = body.boxed();
     let mirrors: Vec<&table::Mirror> = action.mirrors.iter().chain(&backend.mirrors).filter(|m| m.wanted()).collect();
     if !mirrors.is_empty() && !upgrade {
-        body = mirror(&client, &mirrors, &parts.method, &path_and_query, &headers, body, length).await;
+        body = mirror(&mirroring, &mirrors, &parts.method, &path_and_query, &headers, body, length).await;
     }
     let mut body = Some(body);
     let mut last_error = String::new();
     let order = target.order(|e| shared.recently_failed(e));
     let attempts = if replayable { order.len() } else { 1 };
     let mut headers = Some(headers);
+    let Ok(uri) = path_and_query.parse::<Uri>() else {
+        return Ok(answer(StatusCode::BAD_REQUEST, "bad request path\n".into()));
+    };
     for (attempt, endpoint) in order.into_iter().enumerate() {
         let body = match body.take() {
             Some(b) => b,
             None if replayable => Empty::new().map_err(|never| match never {}).boxed(),
             None => break,
         };
-        let Ok(uri) = format!("http://{endpoint}{path_and_query}").parse::<Uri>() else {
-            return Ok(answer(StatusCode::BAD_REQUEST, "bad request path\n".into()));
-        };
         let mut up = Request::new(body);
         *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
+        *up.uri_mut() = uri.clone();
         // A copy only while another attempt may need the headers.
         let this = if attempt + 1 < attempts { headers.clone() } else { headers.take() };
         *up.headers_mut() = this.unwrap_or_default();
-        let answered = client.request(up);
+        let answered = client.send(endpoint, up);
         let limit = action.timeout.unwrap_or(shared.limits.request_timeout);
         let outcome = if limit.is_zero() {
             Ok(answered.await)
@@ -545,7 +555,7 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
                 backend.response_headers.apply(response.headers_mut());
                 return Ok(response);
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(e @ Failure::Connect(_))) => {
                 tracing::debug!(%endpoint, backend = %target.name, error = %e, "ingress: endpoint refused the connection");
                 shared.mark_failed(endpoint);
                 last_error = format!("{endpoint}: {e}");
@@ -575,12 +585,15 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
 const MIRRORED_BODY: u64 = 64 << 10;
 /// How long a mirror may take to answer a copy.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most mirrored copies one listener thread has in flight: a slow mirror must not hold
+/// ever more memory and connections (beyond it copies are not made; mirroring is best effort).
+const MIRRORS_IN_FLIGHT: usize = 256;
 
 /// Sends a copy of the request to each mirror, and leaves it: the answers are read and dropped,
 /// a failure only logged. Returns the body for the real request (read whole when it was
 /// copied).
 async fn mirror(
-    client: &Upstream,
+    mirroring: &Mirroring,
     mirrors: &[&table::Mirror],
     method: &Method,
     path_and_query: &str,
@@ -601,23 +614,31 @@ async fn mirror(
     } else {
         return body;
     };
+    let Ok(uri) = path_and_query.parse::<Uri>() else {
+        return Full::new(bytes).map_err(|never| match never {}).boxed();
+    };
     for m in mirrors {
         let Some(endpoint) = m.target.order(|_| false).into_iter().next() else {
             continue;
         };
-        let Ok(uri) = format!("http://{endpoint}{path_and_query}").parse::<Uri>() else {
+        let Ok(slot) = mirroring.room.clone().try_acquire_owned() else {
+            tracing::debug!(mirror = %m.target.name, "ingress: too many mirrored requests in flight; not copied");
             continue;
         };
         let mut copy = Request::new(Full::new(bytes.clone()).map_err(|never| match never {}).boxed());
         *copy.method_mut() = method.clone();
-        *copy.uri_mut() = uri;
+        *copy.uri_mut() = uri.clone();
         *copy.headers_mut() = headers.clone();
-        let (client, name) = (client.clone(), m.target.name.clone());
+        let (client, name) = (mirroring.client.clone(), m.target.name.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(MIRROR_TIMEOUT, client.request(copy)).await {
-                Ok(Ok(answer)) => {
-                    let _ = answer.into_body().collect().await;
-                }
+            let _slot = slot;
+            let sent = async {
+                let answer = client.send(endpoint, copy).await?;
+                let _ = answer.into_body().collect().await;
+                Ok::<(), Failure>(())
+            };
+            match tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(mirror = %name, error = %e, "ingress: a mirrored request failed"),
                 Err(_) => tracing::debug!(mirror = %name, "ingress: a mirror did not answer in time"),
             }
@@ -627,7 +648,7 @@ async fn mirror(
 }
 
 /// The backend's answer for the client; a switch of protocols joins the two upgraded streams.
-fn respond(mut response: Response<Incoming>, client_side: Option<hyper::upgrade::OnUpgrade>) -> Response<ProxyBody> {
+fn respond(mut response: Response<ProxyBody>, client_side: Option<hyper::upgrade::OnUpgrade>) -> Response<ProxyBody> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(client_side) = client_side {
         let backend_side = hyper::upgrade::on(&mut response);
@@ -643,5 +664,5 @@ fn respond(mut response: Response<Incoming>, client_side: Option<hyper::upgrade:
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching);
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body)
 }
