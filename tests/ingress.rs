@@ -217,6 +217,8 @@ fn ingress_routes_hosts_and_paths_over_http_and_https_and_rolls_without_errors()
             &format!("127.0.0.1:{http}"),
             "--ingress-https",
             &format!("127.0.0.1:{https}"),
+            "--ingress-header-timeout",
+            "3",
         ],
     );
     c.wait_until_within("two ready pods of web and of api", 120, || {
@@ -308,6 +310,18 @@ fn ingress_routes_hosts_and_paths_over_http_and_https_and_rolls_without_errors()
     assert!(raw(http, big.as_bytes()).contains("431"), "oversized head");
     let huge = b"POST / HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 209715200\r\n\r\n";
     assert!(raw(http, huge).contains("413"), "a body over the limit");
+    // Slow clients (--ingress-header-timeout 3): one that never finishes its request head and
+    // one that sends nothing are closed, not held open.
+    for (what, sent) in [
+        ("a head never finished", &b"GET / HTTP/1.1\r\nHost: shop.example\r\n"[..]),
+        ("nothing", b""),
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(sent).unwrap();
+        let closed = s.read_to_end(&mut Vec::new());
+        assert!(closed.is_ok(), "a client that sent {what} was not closed: {closed:?}");
+    }
 
     // A later Ingress claiming the same host and path: the older keeps it, the later is told.
     c.commit(&[("late.yaml", LATE)], &[], "a second Ingress claims shop.example/");

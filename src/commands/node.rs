@@ -118,6 +118,17 @@ pub struct IngressArgs {
     /// `ADDRESS:PORT`, or `off`.
     #[arg(long, default_value = "0.0.0.0:443")]
     pub ingress_https: String,
+    /// Seconds a client may take for its TLS handshake, its first request and each request's
+    /// head; an idle keep-alive connection is closed after it too.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ingress_header_timeout: u64,
+    /// Seconds a backend may take to start its answer (then 504), unless a route sets its
+    /// own timeout.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub ingress_request_timeout: u64,
+    /// The largest request body accepted, in MiB (larger: 413).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub ingress_max_body_mib: u64,
 }
 
 impl IngressArgs {
@@ -133,11 +144,13 @@ impl IngressArgs {
         };
         let http = listener("ingress-http", &self.ingress_http)?;
         let https = listener("ingress-https", &self.ingress_https)?;
-        Ok((http.is_some() || https.is_some()).then(|| capstan_ingress::IngressConfig {
-            http,
-            https,
+        let limits = capstan_ingress::Limits {
+            header_timeout: Duration::from_secs(self.ingress_header_timeout),
+            request_timeout: Duration::from_secs(self.ingress_request_timeout),
+            body_bytes: self.ingress_max_body_mib << 20,
             ..Default::default()
-        }))
+        };
+        Ok((http.is_some() || https.is_some()).then_some(capstan_ingress::IngressConfig { http, https, limits }))
     }
 }
 
