@@ -21,7 +21,12 @@ pub const MAX_OUTPUT_BYTES: usize = 64 << 20;
 /// The kustomize Capstan builds with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Kustomizer {
+    /// As named (`kubectl`, or `--kustomize`'s path), for messages.
     program: PathBuf,
+    /// Where it is: a build runs this path, so that the process is spawned rather than forked
+    /// (a bare name with the environment's PATH set makes the standard library fork, which
+    /// copies the daemon's page tables: most of a build's cost on the daemon's side).
+    path: PathBuf,
     /// `kubectl kustomize DIR` or `kustomize build DIR`.
     subcommand: &'static str,
     /// What it says its version is (`v5.5.0`).
@@ -54,7 +59,8 @@ impl Kustomizer {
         } else {
             &["version", "--client"]
         };
-        let out = Command::new(&program).args(args).stderr(Stdio::null()).output().ok()?;
+        let path = on_path(&program)?;
+        let out = Command::new(&path).args(args).stderr(Stdio::null()).output().ok()?;
         if !out.status.success() {
             return None;
         }
@@ -68,6 +74,7 @@ impl Kustomizer {
             .to_owned();
         Some(Kustomizer {
             program,
+            path,
             subcommand,
             version,
             timeout: BUILD_TIMEOUT,
@@ -111,7 +118,7 @@ impl Kustomizer {
         let root = if k.dir.is_empty() { top.clone() } else { top.join(&k.dir) };
         std::fs::create_dir_all(&root).map_err(|e| format!("writing the build's files: {e}"))?;
         let plugins = dir.path().join("no-plugins");
-        let mut child = Command::new(&self.program)
+        let mut child = Command::new(&self.path)
             .arg(self.subcommand)
             .arg(&root)
             .arg("--load-restrictor=LoadRestrictionsNone")
@@ -167,6 +174,20 @@ impl Kustomizer {
             Some(_) => Err(kustomize_message(&scrub(&String::from_utf8_lossy(&err)))),
         }
     }
+}
+
+/// `program` itself when it names a path, else the first executable of that name on the PATH.
+fn on_path(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return Some(program.to_path_buf());
+    }
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
 }
 
 /// Where builds put their files: `TMPDIR` when it is set, else memory (`/dev/shm`) where there
@@ -240,6 +261,14 @@ fn with_origin_annotations(k: &Kustomization, bytes: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_name_is_found_on_the_path_and_a_path_kept() {
+        let sh = on_path(Path::new("sh")).expect("sh is on the PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        assert_eq!(on_path(Path::new("./bin/kustomize")), Some(PathBuf::from("./bin/kustomize")));
+        assert_eq!(on_path(Path::new("no-such-program-anywhere")), None);
+    }
 
     fn k(origin: bool, build_metadata: bool) -> Kustomization {
         Kustomization {
