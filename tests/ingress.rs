@@ -4,9 +4,11 @@
 //! ALPN and h2c, a WebSocket echo, the X-Forwarded headers a pod sees, a missing backend answered
 //! with a 503 naming it and reported in an Event, a path two Ingresses claim (the older holds it),
 //! a missing TLS Secret reported, the addresses in the Ingress's status, malformed requests and
-//! oversized heads and bodies refused, and a rolling update of the backend under wrk through the
-//! ingress with no failed request. Gateway API: conditions, weighted split, header match,
-//! redirect, rewrite, an HTTPS listener, a held port reported, and a commit moving all traffic.
+//! oversized heads and bodies refused, slow clients closed, and a rolling update of the backend
+//! under wrk through the ingress with no failed request. Gateway API: conditions, weighted split,
+//! header match, redirect, rewrite, mirroring, an HTTPS listener, a held port reported, a commit
+//! moving all traffic, a backend in another namespace refused until a ReferenceGrant allows it,
+//! and a renewed certificate served (a bad renewal reported, the last good one kept).
 
 mod common;
 
@@ -618,4 +620,66 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
     let (count, failures) = load.join().unwrap();
     assert!(count > 20, "the load ran: {count}");
     assert!(failures.is_empty(), "failed requests during the release: {failures:?}");
+
+    // A backend in another namespace: refused until that namespace grants it.
+    let other = deployment("app-x", "x", 1).replace("namespace: shop", "namespace: other");
+    c.commit(
+        &[
+            (
+                "other.yaml",
+                &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: other}}\n---\n{other}"),
+            ),
+            ("cross.yaml", CROSS_ROUTE),
+        ],
+        &[],
+        "a route to a Service of another namespace",
+    );
+    c.wait_until_within("the cross-namespace reference refused", 60, || {
+        let route = json_of(&["get", "httproute", "cross", "-n", "shop", "-o", "json"]);
+        condition(&route["status"]["parents"][0]["conditions"], "ResolvedRefs") == ("False".into(), "RefNotPermitted".into())
+    });
+    assert_eq!(get(http, "cross.gw.example", "/", "").0, 500);
+    c.commit(&[("grant.yaml", GRANT)], &[], "other lets shop's routes reach its Services");
+    c.wait_until_within("the granted backend answering", 120, || {
+        get(http, "cross.gw.example", "/", "").2.starts_with("hello from app-x-")
+    });
+
+    // The listener's certificate replaced by a commit: served from then on, no restart.
+    let (renewed, renewed_ca) = certificates(&[("gw-tls", "app.gw.example")]);
+    let renewed_ca_file = c.dir.path().join("renewed-ca.pem");
+    std::fs::write(&renewed_ca_file, renewed_ca).unwrap();
+    let renewed_ca_file = renewed_ca_file.to_str().unwrap().to_owned();
+    c.commit(&[("tls.yaml", &renewed)], &[], "renew the Gateway's certificate");
+    c.wait_until_within("the renewed certificate served (Secrets are read every 10 s)", 40, || {
+        curl("https", "app.gw.example", https, "/", &["--cacert", &renewed_ca_file]).0 == 200
+    });
+    let (code, _, said) = curl("https", "app.gw.example", https, "/", &["--cacert", &ca_file]);
+    assert_eq!(code, 0, "the old certificate is no longer served: {said}");
+    // A renewal whose key is not the certificate's: reported, the last good pair kept.
+    let (other_pair, _) = certificates(&[("gw-tls", "app.gw.example")]);
+    let key_of = |secret: &str| secret[secret.find("  tls.key:").unwrap()..].to_owned();
+    let mismatched = renewed.replace(&key_of(&renewed), &key_of(&other_pair));
+    c.commit(&[("tls.yaml", &mismatched)], &[], "a certificate with the wrong key");
+    c.wait_until_within("the bad renewal reported by the node", 40, || {
+        agent.log().contains("holds no usable key pair")
+    });
+    let (code, _, said) = curl("https", "app.gw.example", https, "/", &["--cacert", &renewed_ca_file]);
+    assert_eq!(code, 200, "the last good certificate is still served: {said}");
 }
+
+const CROSS_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cross, namespace: shop}
+spec:
+  parentRefs: [{name: web, sectionName: http}]
+  hostnames: [cross.gw.example]
+  rules: [{backendRefs: [{name: app-x, namespace: other, port: 80}]}]
+"#;
+
+const GRANT: &str = r#"apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: shop-routes, namespace: other}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]
+  to: [{group: "", kind: Service}]
+"#;
