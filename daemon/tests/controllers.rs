@@ -1024,7 +1024,11 @@ async fn a_commit_that_would_prune_most_of_the_cluster_is_held_until_the_limit_i
     );
     h.eventually("the ConfigMaps pruned", |h| h.get("configmaps", "shop", "c0").is_none())
         .await;
-    assert!(h.d.sync_status.borrow().prune_held.is_none());
+    // The status is sent once the whole commit is applied, a moment after its deletes.
+    h.eventually("the hold lifted in the sync status", |h| {
+        h.d.sync_status.borrow().prune_held.is_none()
+    })
+    .await;
 }
 
 fn daemon_set(image: &str) -> String {
