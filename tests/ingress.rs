@@ -650,7 +650,7 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
     std::fs::write(&renewed_ca_file, renewed_ca).unwrap();
     let renewed_ca_file = renewed_ca_file.to_str().unwrap().to_owned();
     c.commit(&[("tls.yaml", &renewed)], &[], "renew the Gateway's certificate");
-    c.wait_until_within("the renewed certificate served (Secrets are read every 10 s)", 40, || {
+    c.wait_until_within("the renewed certificate served (the node watches the Secret)", 10, || {
         curl("https", "app.gw.example", https, "/", &["--cacert", &renewed_ca_file]).0 == 200
     });
     let (code, _, said) = curl("https", "app.gw.example", https, "/", &["--cacert", &ca_file]);
@@ -660,7 +660,7 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
     let key_of = |secret: &str| secret[secret.find("  tls.key:").unwrap()..].to_owned();
     let mismatched = renewed.replace(&key_of(&renewed), &key_of(&other_pair));
     c.commit(&[("tls.yaml", &mismatched)], &[], "a certificate with the wrong key");
-    c.wait_until_within("the bad renewal reported by the node", 40, || {
+    c.wait_until_within("the bad renewal reported by the node", 10, || {
         agent.log().contains("holds no usable key pair")
     });
     let (code, _, said) = curl("https", "app.gw.example", https, "/", &["--cacert", &renewed_ca_file]);

@@ -87,7 +87,10 @@ pub(super) async fn read_collection(
 ) -> Result<Response, ApiError> {
     let p = parse_query(query)?;
     let verb = if p.watch { Verb::Watch } else { Verb::List };
-    authorize(state, id, &Attributes::new(verb, kind, namespace, ""))?;
+    // A collection narrowed to one name by its field selector is authorised as that object, as
+    // Kubernetes does: a node may watch the one Secret it may get.
+    let name = p.fields.required("metadata.name").unwrap_or_default();
+    authorize(state, id, &Attributes::new(verb, kind, namespace, name))?;
     if p.watch {
         return Ok(super::watch::watch(state, kind, namespace, p, wants_table(headers)).await);
     }

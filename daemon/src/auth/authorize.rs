@@ -302,13 +302,13 @@ fn is_operator_action(a: &Attributes<'_>) -> bool {
 
 /// Nodes read everything but Secrets; like the Kubernetes node authoriser, only the secrets of
 /// pods bound to the node — and the TLS Secrets Ingresses and Gateways name, which every node's
-/// ingress serves.
+/// ingress serves — each by its name (a get, or a list or watch narrowed to it).
 fn node_read(node: &str, a: &Attributes<'_>, facts: &dyn Facts) -> Result<(), Denial> {
     if !a.kind.is_secret() {
         return Ok(());
     }
     match (a.namespace, a.name, a.verb) {
-        (Some(ns), name, Verb::Get) if !name.is_empty() => {
+        (Some(ns), name, Verb::Get | Verb::List | Verb::Watch) if !name.is_empty() => {
             let used = facts
                 .pods(ns)
                 .iter()
@@ -532,7 +532,14 @@ mod tests {
                 "no pod on the node and no Ingress uses it",
             ),
             (&n1, at(List, "secrets", Some("app"), ""), "forbidden", "may not list secrets"),
-            (&n1, at(Watch, "secrets", Some("app"), "db"), "forbidden", "may not list secrets"),
+            // A watch narrowed to one Secret's name is authorised as a get of it.
+            (&n1, at(Watch, "secrets", Some("app"), "db"), "allowed", ""),
+            (
+                &n1,
+                at(Watch, "secrets", Some("app"), "other"),
+                "forbidden",
+                "no pod on the node and no Ingress uses it",
+            ),
             (&app_sa, at(List, "configmaps", Some("app"), ""), "allowed", ""),
             (
                 &app_sa,

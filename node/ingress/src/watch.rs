@@ -1,8 +1,8 @@
 //! The ingress's loop: reflect Ingresses and IngressClasses, the Gateway API objects, Services,
 //! EndpointSlices and Namespaces through the API, and after each burst of changes swap in tables
 //! built from all of them (open connections keep the one they started with), bind and release the
-//! Gateways' listener ports, and read the TLS Secrets the tables name (a node may get those, not
-//! list Secrets), again every 10 s so a renewed certificate is picked up.
+//! Gateways' listener ports, and read the TLS Secrets the tables name, each watched by its name
+//! (a node may get and watch those, not list Secrets) so a renewed certificate is served at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -28,9 +28,10 @@ use crate::{gateway, tls};
 
 /// How long a burst of changes is gathered before the table is rebuilt.
 const SETTLE: Duration = Duration::from_millis(5);
-/// How often the TLS Secrets are read again: a renewed certificate is served this soon (a GET of
-/// each Secret in use, unchanged ones cost no parsing: their resourceVersion is compared).
-const CERTIFICATE_REFRESH: Duration = Duration::from_secs(10);
+/// How often the TLS Secrets are read again besides their watches (a watch the API refuses, or
+/// one that stalls, still sees a renewal this soon; unchanged ones cost no parsing: their
+/// resourceVersion is compared).
+const CERTIFICATE_REFRESH: Duration = Duration::from_secs(60);
 /// How soon a Secret that could not be used is read again when the table changes.
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -61,6 +62,53 @@ where
         }
     });
     (reader, task)
+}
+
+/// A watch of each TLS Secret in use, narrowed to its name, saying which one changed.
+struct SecretWatches {
+    running: HashMap<SecretRef, CancellationToken>,
+    changed: tokio::sync::mpsc::UnboundedSender<SecretRef>,
+}
+
+impl SecretWatches {
+    /// Watches the Secrets in `wanted` not watched yet and stops those no longer wanted.
+    fn reconcile(&mut self, client: &kube::Client, wanted: &[SecretRef], stop: &CancellationToken) {
+        self.running.retain(|r, token| {
+            let keep = wanted.contains(r);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for r in wanted {
+            if self.running.contains_key(r) {
+                continue;
+            }
+            let token = stop.child_token();
+            let api: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
+            let config = watcher::Config::default().fields(&format!("metadata.name={}", r.name));
+            let mut events = watcher(api, config).default_backoff().boxed();
+            let (r2, changed, stopped) = (r.clone(), self.changed.clone(), token.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stopped.cancelled() => return,
+                        event = events.next() => match event {
+                            // The first list and every change: read again (a version compare
+                            // when nothing changed).
+                            Some(Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {
+                                let _ = changed.send(r2.clone());
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => tracing::debug!(secret = %format!("{}/{}", r2.namespace, r2.name), "ingress: watching a TLS secret: {e}"),
+                            None => return,
+                        },
+                    }
+                }
+            });
+            self.running.insert(r.clone(), token);
+        }
+    }
 }
 
 /// Where the listeners of Gateways bind, beside the node's Ingress ports.
@@ -147,6 +195,11 @@ pub async fn follow(client: kube::Client, shared: Arc<Shared>, listening: Listen
     }
     let mut loaded = Loaded::default();
     let mut listeners = Listeners::default();
+    let (secret_changed, mut secret_changes) = tokio::sync::mpsc::unbounded_channel();
+    let mut secret_watches = SecretWatches {
+        running: HashMap::new(),
+        changed: secret_changed,
+    };
     let mut refresh = tokio::time::interval(CERTIFICATE_REFRESH);
     refresh.tick().await;
     let mut rebuild = true;
@@ -176,6 +229,7 @@ pub async fn follow(client: kube::Client, shared: Arc<Shared>, listening: Listen
             tables.finish();
             listeners.reconcile(&report.ports, listening, &shared, &stop);
             let wanted = tables.secrets();
+            secret_watches.reconcile(&client, &wanted, &stop);
             let before = loaded.pairs.len();
             loaded.pairs.retain(|k, _| wanted.contains(k));
             loaded.failed.retain(|k, _| wanted.contains(k));
@@ -194,6 +248,11 @@ pub async fn follow(client: kube::Client, shared: Arc<Shared>, listening: Listen
         rebuild = tokio::select! {
             _ = stop.cancelled() => break,
             _ = changed.notified() => true,
+            Some(r) = secret_changes.recv() => {
+                loaded.load(&client, vec![r]).await;
+                shared.set_certificates(loaded.certificates());
+                false
+            }
             _ = refresh.tick() => {
                 let all: Vec<SecretRef> = loaded.pairs.keys().chain(loaded.failed.keys()).cloned().collect();
                 loaded.load(&client, all).await;
