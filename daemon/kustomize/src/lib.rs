@@ -125,7 +125,9 @@ pub fn build_roots(kustomizer: Result<&Kustomizer, &str>, graph: &Graph, dirs: &
             },
         }
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(dirs.len());
+    // One more build at a time than there are cores: while one's process starts or its output is
+    // read and checked here, the cores still have kustomize work.
+    let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) + 1).min(dirs.len());
     if threads <= 1 {
         return dirs.iter().map(one).collect();
     }
