@@ -419,6 +419,15 @@ spec:
     )
 }
 
+const ELSEWHERE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: elsewhere, namespace: shop}
+spec:
+  gatewayClassName: capstan
+  addresses: [{type: IPAddress, value: 192.0.2.7}]
+  listeners: [{name: http, port: PORT, protocol: HTTP, hostname: elsewhere.example}]
+"#;
+
 const BROKEN_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: broken, namespace: shop}
@@ -476,6 +485,7 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
             ("gateway.yaml", &gateway(http, https)),
             ("route.yaml", &canary(90, 10)),
             ("broken.yaml", BROKEN_ROUTE),
+            ("elsewhere.yaml", &ELSEWHERE.replace("PORT", &free_port().to_string())),
         ],
         &["--cluster-cidr", "10.221.0.0/16"],
     ) else {
@@ -523,6 +533,11 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
             && gw["status"]["listeners"][0]["attachedRoutes"] == 2
             && gw["status"]["addresses"][0]["value"] == "127.0.0.1"
             && condition(&route["status"]["parents"][0]["conditions"], "Accepted") == ("True".into(), "Accepted".into())
+    });
+    // An address no node has cannot be given.
+    c.wait_until_within("the Gateway asking for another address refused", 30, || {
+        let gw = json_of(&["get", "gateway", "elsewhere", "-n", "shop", "-o", "json"]);
+        condition(&gw["status"]["conditions"], "Programmed") == ("False".into(), "AddressNotAssigned".into())
     });
     let class = json_of(&["get", "gatewayclass", "capstan", "-o", "json"]);
     assert_eq!(condition(&class["status"]["conditions"], "Accepted").0, "True");

@@ -110,6 +110,13 @@ impl Reconciler<()> for GatewayController {
             .into_iter()
             .map(|ip| json!({"type": "IPAddress", "value": ip}))
             .collect();
+        // Every node's address, ready or not: an address asked for is one of them or none.
+        let all_node_ips: Vec<String> = nodes
+            .iter()
+            .flat_map(|n| n["status"]["addresses"].as_array().cloned().unwrap_or_default())
+            .filter(|a| a["type"] == "InternalIP")
+            .filter_map(|a| a["address"].as_str().map(str::to_owned))
+            .collect();
         for g in &gateways {
             let (ns, name) = (
                 g.metadata.namespace.clone().unwrap_or_default(),
@@ -143,6 +150,26 @@ impl Reconciler<()> for GatewayController {
                     };
                 }
             }
+            // Addresses asked for: only the nodes' own can be given.
+            let mut shown = addresses.clone();
+            if let Some(wanted) = g.spec.addresses.as_deref().filter(|w| !w.is_empty()) {
+                match requested_addresses(wanted, &all_node_ips) {
+                    Ok(given) => shown = given.into_iter().map(|ip| json!({"type": "IPAddress", "value": ip})).collect(),
+                    Err(refused) => {
+                        shown.clear();
+                        state.conditions.retain(|c| c.type_ != refused.type_ && c.type_ != "Programmed");
+                        if refused.type_ == "Accepted" {
+                            state.conditions.push(Cond {
+                                type_: "Programmed",
+                                status: false,
+                                reason: "Invalid",
+                                message: "the Gateway is not accepted".into(),
+                            });
+                        }
+                        state.conditions.push(refused);
+                    }
+                }
+            }
             let current = &e.object["status"];
             let generation = &e.object["metadata"]["generation"];
             let listeners: Vec<Value> = state
@@ -160,7 +187,7 @@ impl Reconciler<()> for GatewayController {
                 })
                 .collect();
             let status = json!({
-                "addresses": addresses,
+                "addresses": shown,
                 "conditions": conditions(&state.conditions, &current["conditions"], generation),
                 "listeners": listeners,
             });
@@ -197,5 +224,70 @@ impl Reconciler<()> for GatewayController {
                 .await?;
         }
         Ok(Action::AwaitChange)
+    }
+}
+
+/// A Gateway's `spec.addresses` against the nodes' addresses (every node serves every Gateway on
+/// its own address, so those are all that can be given): the addresses to report, or the
+/// condition saying why not — Accepted false for a type other than `IPAddress`, Programmed false
+/// for an address no node has (the Gateway API's reasons).
+fn requested_addresses(wanted: &[capstan_api::gateway::GatewayAddress], node_ips: &[String]) -> Result<Vec<String>, Cond> {
+    if let Some(t) = wanted.iter().filter_map(|a| a.type_.as_deref()).find(|t| *t != "IPAddress") {
+        return Err(Cond {
+            type_: "Accepted",
+            status: false,
+            reason: "UnsupportedAddress",
+            message: format!("address type {t:?} is not supported: only IPAddress, one of the nodes' addresses"),
+        });
+    }
+    let missing: Vec<&str> = wanted
+        .iter()
+        .map(|a| a.value.as_str())
+        .filter(|v| !node_ips.iter().any(|ip| ip == v))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Cond {
+            type_: "Programmed",
+            status: false,
+            reason: "AddressNotAssigned",
+            message: format!(
+                "{} is not the address of any node: a Gateway is served on the nodes' own addresses ({})",
+                missing.join(", "),
+                node_ips.join(", ")
+            ),
+        });
+    }
+    Ok(wanted.iter().map(|a| a.value.clone()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use capstan_api::gateway::GatewayAddress;
+
+    use super::*;
+
+    fn at(type_: Option<&str>, value: &str) -> GatewayAddress {
+        GatewayAddress {
+            type_: type_.map(str::to_owned),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn only_the_nodes_own_addresses_can_be_asked_for() {
+        let nodes = ["10.0.0.1".to_owned(), "10.0.0.2".to_owned()];
+        assert_eq!(requested_addresses(&[at(None, "10.0.0.2")], &nodes).unwrap(), ["10.0.0.2"]);
+        let refused = requested_addresses(&[at(Some("IPAddress"), "10.0.0.1"), at(None, "192.0.2.7")], &nodes).unwrap_err();
+        assert_eq!(
+            (refused.type_, refused.status, refused.reason),
+            ("Programmed", false, "AddressNotAssigned")
+        );
+        assert!(
+            refused.message.starts_with("192.0.2.7 is not the address of any node"),
+            "{}",
+            refused.message
+        );
+        let refused = requested_addresses(&[at(Some("Hostname"), "gw.example")], &nodes).unwrap_err();
+        assert_eq!((refused.type_, refused.reason), ("Accepted", "UnsupportedAddress"));
     }
 }
