@@ -428,14 +428,19 @@ spec:
   listeners: [{name: http, port: PORT, protocol: HTTP, hostname: elsewhere.example}]
 "#;
 
-const BROKEN_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+/// An HTTPRoute `name` of shop on web's HTTP listener, for `host`, to one backend.
+fn http_route(name: &str, host: &str, backend: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {name: broken, namespace: shop}
+metadata: {{name: {name}, namespace: shop}}
 spec:
-  parentRefs: [{name: web, sectionName: http}]
-  hostnames: [broken.gw.example]
-  rules: [{backendRefs: [{name: gone, port: 80}]}]
-"#;
+  parentRefs: [{{name: web, sectionName: http}}]
+  hostnames: [{host}]
+  rules: [{{backendRefs: [{backend}]}}]
+"#
+    )
+}
 
 /// One GET on a new connection to 127.0.0.1:`port`: the status, the headers and the body.
 fn get(port: u16, host: &str, path: &str, extra: &str) -> (u16, String, String) {
@@ -484,7 +489,7 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
             ("tls.yaml", &secrets),
             ("gateway.yaml", &gateway(http, https)),
             ("route.yaml", &canary(90, 10)),
-            ("broken.yaml", BROKEN_ROUTE),
+            ("broken.yaml", &http_route("broken", "broken.gw.example", "{name: gone, port: 80}")),
             ("elsewhere.yaml", &ELSEWHERE.replace("PORT", &free_port().to_string())),
         ],
         &["--cluster-cidr", "10.221.0.0/16"],
@@ -644,7 +649,10 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
                 "other.yaml",
                 &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: other}}\n---\n{other}"),
             ),
-            ("cross.yaml", CROSS_ROUTE),
+            (
+                "cross.yaml",
+                &http_route("cross", "cross.gw.example", "{name: app-x, namespace: other, port: 80}"),
+            ),
         ],
         &[],
         "a route to a Service of another namespace",
@@ -681,15 +689,6 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
     let (code, _, said) = curl("https", "app.gw.example", https, "/", &["--cacert", &renewed_ca_file]);
     assert_eq!(code, 200, "the last good certificate is still served: {said}");
 }
-
-const CROSS_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: cross, namespace: shop}
-spec:
-  parentRefs: [{name: web, sectionName: http}]
-  hostnames: [cross.gw.example]
-  rules: [{backendRefs: [{name: app-x, namespace: other, port: 80}]}]
-"#;
 
 const GRANT: &str = r#"apiVersion: gateway.networking.k8s.io/v1beta1
 kind: ReferenceGrant
