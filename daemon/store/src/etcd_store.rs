@@ -6,7 +6,7 @@
 //! answers "too old" exactly where etcd does. Every key sits under a prefix, so several
 //! clusters may share one etcd.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,6 +99,19 @@ impl EtcdConfig {
     fn member_url(&self, endpoint: &str) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{endpoint}")
+    }
+
+    /// How a client reaches the members: the cluster's TLS, if any, and `connect_timeout`.
+    fn connect_options(&self, connect_timeout: Duration) -> etcd::ConnectOptions {
+        let mut options = etcd::ConnectOptions::new().with_connect_timeout(connect_timeout);
+        if let Some(tls) = &self.tls {
+            let mut t = etcd::TlsOptions::new().ca_certificate(etcd::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.client {
+                t = t.identity(etcd::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(t);
+        }
+        options
     }
 
     /// The members, as messages name them.
@@ -275,8 +288,8 @@ impl EtcdStore {
             path: format!("etcd://{}", config.describe()),
             message,
         };
-        let mut options = etcd::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
+        let options = config
+            .connect_options(Duration::from_secs(2))
             // A member whose machine died sends no reset: its connection looks alive, and the
             // requests and the mirror's watch on it hang until a ping goes unanswered. Pings
             // every 6 s (etcd refuses them more often than every 5 s) with 3 s to answer find
@@ -286,13 +299,6 @@ impl EtcdStore {
             // A member cut off from its quorum answers at once rather than after etcd's own
             // request timeout: the API says "unavailable" while another member may still lead.
             .with_require_leader(true);
-        if let Some(tls) = &config.tls {
-            let mut t = etcd::TlsOptions::new().ca_certificate(etcd::Certificate::from_pem(&tls.ca_pem));
-            if let Some((cert, key)) = &tls.client {
-                t = t.identity(etcd::Identity::from_pem(cert, key));
-            }
-            options = options.with_tls(t);
-        }
         let client = etcd::Client::connect(&config.endpoints, Some(options))
             .await
             .map_err(|e| open_err(e.to_string()))?;
@@ -693,12 +699,15 @@ impl Store for EtcdStore {
     }
 }
 
-/// Keeps the etcd client's balancer to the members whose address answers. The balancer goes on
-/// sending requests to a member whose machine died, each failing only after the connect
-/// timeout, so a share of all requests would fail for as long as it is away: a member that
-/// accepts no connection leaves the balancer until it does again (never the last one).
+/// Keeps the etcd client's balancer to the members that answer. The balancer goes on sending
+/// requests to a member whose machine died, each failing only after the connect timeout, so a
+/// share of all requests would fail for as long as it is away: a member that does not answer a
+/// status request leaves the balancer until it does again (never the last one). Each member is
+/// asked over a connection of its own, a real request (TLS and all), so that the probes leave
+/// no "rejected connection" in etcd's log as bare TCP connects to a TLS port would.
 async fn keep_members(inner: std::sync::Weak<Inner>, mut stop: watch::Receiver<()>) {
     let mut away = std::collections::BTreeSet::new();
+    let mut probes_to: HashMap<String, etcd::Client> = HashMap::new();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -712,8 +721,7 @@ async fn keep_members(inner: std::sync::Weak<Inner>, mut stop: watch::Receiver<(
         }
         let mut probes = Vec::new();
         for endpoint in &config.endpoints {
-            let connect = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(endpoint.as_str())).await;
-            probes.push((endpoint.clone(), matches!(connect, Ok(Ok(_)))));
+            probes.push((endpoint.clone(), answers(&mut probes_to, &config, endpoint).await));
         }
         for (endpoint, back) in member_changes(&probes, &away) {
             let url = config.member_url(&endpoint);
@@ -728,6 +736,25 @@ async fn keep_members(inner: std::sync::Weak<Inner>, mut stop: watch::Receiver<(
             }
         }
     }
+}
+
+/// Whether the member at `endpoint` answers a status request within the probe's time, over its
+/// own connection in `clients` (made on first use; dropped after a failure, so the next probe
+/// connects afresh).
+async fn answers(clients: &mut HashMap<String, etcd::Client>, config: &EtcdConfig, endpoint: &str) -> bool {
+    let ask = async {
+        if !clients.contains_key(endpoint) {
+            let options = config.connect_options(PROBE_TIMEOUT);
+            let client = etcd::Client::connect([config.member_url(endpoint)], Some(options)).await.ok()?;
+            clients.insert(endpoint.to_owned(), client);
+        }
+        clients.get_mut(endpoint)?.status().await.ok()
+    };
+    let answered = matches!(tokio::time::timeout(PROBE_TIMEOUT, ask).await, Ok(Some(_)));
+    if !answered {
+        clients.remove(endpoint);
+    }
+    answered
 }
 
 /// Which members leave the client (false) or come back to it (true), given whether each one's
