@@ -106,17 +106,9 @@ impl Reconciler<()> for GatewayController {
 
         let (nodes, _) = cache.list(kind("nodes"), None);
         let nodes: Vec<Arc<Value>> = nodes.iter().map(|e| e.object.clone()).collect();
-        let addresses: Vec<Value> = super::ingress::node_addresses(&nodes)
-            .into_iter()
-            .map(|ip| json!({"type": "IPAddress", "value": ip}))
-            .collect();
+        let addresses = super::ingress::node_addresses(&nodes);
         // Every node's address, ready or not: an address asked for is one of them or none.
-        let all_node_ips: Vec<String> = nodes
-            .iter()
-            .flat_map(|n| n["status"]["addresses"].as_array().cloned().unwrap_or_default())
-            .filter(|a| a["type"] == "InternalIP")
-            .filter_map(|a| a["address"].as_str().map(str::to_owned))
-            .collect();
+        let all_node_ips: Vec<String> = nodes.iter().filter_map(|n| super::ingress::internal_ip(n)).collect();
         for g in &gateways {
             let (ns, name) = (
                 g.metadata.namespace.clone().unwrap_or_default(),
@@ -154,7 +146,7 @@ impl Reconciler<()> for GatewayController {
             let mut shown = addresses.clone();
             if let Some(wanted) = g.spec.addresses.as_deref().filter(|w| !w.is_empty()) {
                 match requested_addresses(wanted, &all_node_ips) {
-                    Ok(given) => shown = given.into_iter().map(|ip| json!({"type": "IPAddress", "value": ip})).collect(),
+                    Ok(given) => shown = given,
                     Err(refused) => {
                         shown.clear();
                         state.conditions.retain(|c| c.type_ != refused.type_ && c.type_ != "Programmed");
@@ -186,6 +178,7 @@ impl Reconciler<()> for GatewayController {
                            "conditions": conditions(&l.conditions, &before, generation)})
                 })
                 .collect();
+            let shown: Vec<Value> = shown.into_iter().map(|ip| json!({"type": "IPAddress", "value": ip})).collect();
             let status = json!({
                 "addresses": shown,
                 "conditions": conditions(&state.conditions, &current["conditions"], generation),

@@ -54,6 +54,13 @@ pub fn typed<T: DeserializeOwned>(cache: &Cache, plural: &str) -> Vec<T> {
         .collect()
 }
 
+/// A node's InternalIP.
+pub fn internal_ip(node: &Value) -> Option<String> {
+    node["status"]["addresses"].as_array()?.iter().find(|a| a["type"] == "InternalIP")?["address"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// The InternalIP of every ready node, sorted.
 pub fn node_addresses(nodes: &[Arc<Value>]) -> Vec<String> {
     let mut out: Vec<String> = nodes
@@ -63,11 +70,7 @@ pub fn node_addresses(nodes: &[Arc<Value>]) -> Vec<String> {
                 .as_array()
                 .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
         })
-        .filter_map(|n| {
-            n["status"]["addresses"].as_array()?.iter().find(|a| a["type"] == "InternalIP")?["address"]
-                .as_str()
-                .map(str::to_owned)
-        })
+        .filter_map(|n| internal_ip(n))
         .collect();
     out.sort();
     out.dedup();

@@ -516,19 +516,19 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
             parts.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::PUT
         );
+    let Ok(uri) = path_and_query.parse::<Uri>() else {
+        return Ok(answer(StatusCode::BAD_REQUEST, "bad request path\n".into()));
+    };
     let mut body = body.boxed();
     let mirrors: Vec<&table::Mirror> = action.mirrors.iter().chain(&backend.mirrors).filter(|m| m.wanted()).collect();
     if !mirrors.is_empty() && !upgrade {
-        body = mirror(&mirroring, &mirrors, &parts.method, &path_and_query, &headers, body, length).await;
+        body = mirror(&mirroring, &mirrors, &parts.method, &uri, &headers, body, length).await;
     }
     let mut body = Some(body);
     let mut last_error = String::new();
     let order = target.order(|e| shared.recently_failed(e));
     let attempts = if replayable { order.len() } else { 1 };
     let mut headers = Some(headers);
-    let Ok(uri) = path_and_query.parse::<Uri>() else {
-        return Ok(answer(StatusCode::BAD_REQUEST, "bad request path\n".into()));
-    };
     for (attempt, endpoint) in order.into_iter().enumerate() {
         let body = match body.take() {
             Some(b) => b,
@@ -596,7 +596,7 @@ async fn mirror(
     mirroring: &Mirroring,
     mirrors: &[&table::Mirror],
     method: &Method,
-    path_and_query: &str,
+    uri: &Uri,
     headers: &HeaderMap,
     body: ProxyBody,
     length: Option<u64>,
@@ -613,9 +613,6 @@ async fn mirror(
         }
     } else {
         return body;
-    };
-    let Ok(uri) = path_and_query.parse::<Uri>() else {
-        return Full::new(bytes).map_err(|never| match never {}).boxed();
     };
     for m in mirrors {
         let Some(endpoint) = m.target.order(|_| false).into_iter().next() else {

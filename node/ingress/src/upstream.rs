@@ -137,8 +137,8 @@ impl Upstream {
     fn give_back(&self, endpoint: SocketAddrV4, leg: Leg) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(endpoint).or_default();
-        // The oldest are the first to go stale: dropped first when the list is full.
-        list.retain(|i| i.since.elapsed() < IDLE_FOR);
+        // The oldest are the first to go stale: dropped first when the list is full (stale ones
+        // are skipped by `take` and closed by `sweep`, not looked for on every request).
         if list.len() >= IDLE_PER_ENDPOINT {
             list.remove(0);
         }
