@@ -263,13 +263,20 @@ pub(crate) async fn final_status(
     }
 }
 
-/// The exit code of an exec whose output ended (the Engine may take a moment to record it).
+/// The exit code of an exec whose output ended. The Engine records the exit a moment after the
+/// output closes (its exit event is handled apart from the streams), usually within a few
+/// milliseconds: asked again after 1 ms, then twice as long each time, so that the common case
+/// does not wait out a fixed interval on every `kubectl exec`.
 async fn exit_code(runtime: &dyn Runtime, exec: &str) -> Option<i64> {
     let deadline = tokio::time::Instant::now() + EXIT_WAIT;
+    let mut pause = Duration::from_millis(1);
     loop {
         match runtime.exec_state(exec).await {
             Ok(state) if !state.running => return state.exit_code,
-            Ok(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
             _ => return None,
         }
     }
