@@ -11,6 +11,12 @@ use serde::Serialize;
 pub const GROUP: &str = "metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";
 
+pub const NODE_METRICS: &str = "NodeMetrics";
+pub const POD_METRICS: &str = "PodMetrics";
+
+/// The group's resources: (plural, kind, namespaced).
+pub const RESOURCES: [(&str, &str, bool); 2] = [("nodes", NODE_METRICS, false), ("pods", POD_METRICS, true)];
+
 /// Resources a usage names: `cpu` (cores) and `memory` (working set bytes).
 pub type Usage = BTreeMap<String, Quantity>;
 
@@ -66,7 +72,7 @@ impl NodeMetrics {
     pub fn new(metadata: ObjectMeta, timestamp: Time, window: String, usage: Usage) -> NodeMetrics {
         NodeMetrics {
             api_version: format!("{GROUP}/{VERSION}"),
-            kind: "NodeMetrics".into(),
+            kind: NODE_METRICS.into(),
             metadata,
             timestamp,
             window,
@@ -79,7 +85,7 @@ impl PodMetrics {
     pub fn new(metadata: ObjectMeta, timestamp: Time, window: String, containers: Vec<ContainerMetrics>) -> PodMetrics {
         PodMetrics {
             api_version: format!("{GROUP}/{VERSION}"),
-            kind: "PodMetrics".into(),
+            kind: POD_METRICS.into(),
             metadata,
             timestamp,
             window,

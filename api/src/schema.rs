@@ -128,13 +128,13 @@ pub const METRICS: [OpenApiKind; 2] = [
     OpenApiKind {
         group: crate::metrics::GROUP,
         version: crate::metrics::VERSION,
-        kind: "NodeMetrics",
+        kind: crate::metrics::NODE_METRICS,
         schema: root_schema::<crate::metrics::NodeMetrics>,
     },
     OpenApiKind {
         group: crate::metrics::GROUP,
         version: crate::metrics::VERSION,
-        kind: "PodMetrics",
+        kind: crate::metrics::POD_METRICS,
         schema: root_schema::<crate::metrics::PodMetrics>,
     },
 ];

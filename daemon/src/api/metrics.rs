@@ -22,15 +22,12 @@ use super::{Shared, authorize, json_response};
 use crate::auth::Identity;
 use crate::auth::{Attributes, Verb};
 
-pub use capstan_api::metrics::{GROUP, VERSION};
+pub use capstan_api::metrics::{GROUP, RESOURCES, VERSION};
 
 /// Reads a node agent's usage summary (the kubelet's Summary API shape).
 pub trait SummarySource: Send + Sync {
     fn summary(&self, node: String) -> BoxFuture<'static, Result<Value, ApiError>>;
 }
-
-/// The resources of the group: (plural, kind, namespaced).
-pub const RESOURCES: [(&str, &str, bool); 2] = [("nodes", "NodeMetrics", false), ("pods", "PodMetrics", true)];
 
 /// CPU and memory as metrics-server reports them: nano-cores, and the working set in KiB.
 fn usage(of: &Value) -> Usage {
@@ -188,7 +185,7 @@ async fn nodes(state: &super::ApiState, id: &Identity, name: Option<String>, que
     };
     let got = summaries(source, wanted.keys().cloned().collect()).await;
     let items: Vec<Value> = got.iter().map(|(n, s)| node_metrics(&wanted[n], s)).collect();
-    answer("NodeMetrics", name, items)
+    answer(capstan_api::metrics::NODE_METRICS, name, items)
 }
 
 /// The one object asked for by name, or the list.
@@ -238,7 +235,7 @@ async fn pods(
         let key = |v: &Value| (v["metadata"]["namespace"].to_string(), v["metadata"]["name"].to_string());
         key(a).cmp(&key(b))
     });
-    answer("PodMetrics", name, items)
+    answer(capstan_api::metrics::POD_METRICS, name, items)
 }
 
 fn identity(req_id: Option<axum::Extension<Identity>>) -> Identity {
