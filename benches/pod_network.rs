@@ -6,8 +6,9 @@
 //! within 1.2× of a direct pod-IP connection, a joining host reachable in < 2 s. Last, a host cut
 //! off at the switch: how long until its Node is NotReady and its pod is Ready on another host,
 //! with the lab's short settings (grace period, eviction timeout) beside their sum, the floor.
-//! Beside the ratios, the kernel's own: two bare namespaces on a veth pair, plain and through a
-//! VXLAN device on it (no bridge, no pod, no firewall), measured in the same run.
+//! Beside the ratios, the kernel's own floors in the same run: bare namespaces as two hosts on a
+//! veth pair, plain and through VXLAN, and pods on them wired on a bridge (as Capstan does) and
+//! routed on their own veths (no Engine, no firewall, no agent).
 //!
 //! `cargo bench --bench pod_network` (`-- --quick`: 1 s per throughput run and 200 connections
 //! instead of 5 s and 1,000). Needs root and the Docker Engine; builds the test images.
@@ -267,17 +268,24 @@ fn main() {
     let replaced = cut.elapsed();
     b.lab.host("plug", host);
 
-    let (bare, bare_vxlan) = bare_vxlan(&b.seconds);
+    let floors = kernel_floors(&b.seconds);
     println!(
         "\n  cross-host pod throughput / host→host   vxlan {:.2}×, host-gw {:.2}×   (target ≥ 0.8×)",
         vxlan.0 / floor.0,
         host_gw.0 / floor.0
     );
     println!(
-        "  the kernel's own VXLAN, two bare namespaces: {} plain, {} through VXLAN = {:.2}×   (the floor of encapsulation on this machine)",
-        gbit(bare),
-        gbit(bare_vxlan),
-        bare_vxlan / bare
+        "  the kernel alone, bare namespaces: host→host {} plain, {} through VXLAN = {:.2}×   (the floor of encapsulation on this machine)",
+        gbit(floors.plain),
+        gbit(floors.vxlan),
+        floors.vxlan / floors.plain
+    );
+    println!(
+        "    pod→pod across them: on a bridge {} = {:.2}×, routed on its own veth {} = {:.2}×   (the pod path's own floor, and without the bridge)",
+        gbit(floors.bridged),
+        floors.bridged / floors.plain,
+        gbit(floors.routed),
+        floors.routed / floors.plain
     );
     println!(
         "  ClusterIP set-up / direct pod-IP set-up  {:.2}×   (target ≤ 1.2×)",
@@ -295,12 +303,24 @@ fn main() {
     );
 }
 
-/// Throughput between two bare network namespaces of the bench's own on a veth pair, plain and
-/// through a VXLAN device over it (VNI and port as the pod network's, MTU underlay − 50): what
-/// the kernel itself makes of encapsulation on this machine, with nothing else in the path.
-fn bare_vxlan(seconds: &str) -> (f64, f64) {
+/// The kernel's own floors, measured on namespaces of the bench's own with nothing else in the
+/// path (no Engine, no firewall, no agent): two "hosts" on a veth pair, a VXLAN device on each
+/// (VNI and port as the pod network's, MTU underlay − 50, static FDB and neighbour entries), and
+/// on each host two "pods": one on a bridge holding the gateway address (as Capstan wires pods)
+/// and one routed on its own veth (a /32 route, no bridge). Bytes/s host→host plain, host→host
+/// through VXLAN, bridged pod → bridged pod and routed pod → routed pod, the mean of two runs
+/// each, taken in turn.
+struct Floors {
+    plain: f64,
+    vxlan: f64,
+    bridged: f64,
+    routed: f64,
+}
+
+fn kernel_floors(seconds: &str) -> Floors {
     let sh = |script: &str| {
         let o = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+        assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).trim().to_owned()
     };
     // The test program, out of its image (no registry, no build here).
@@ -308,37 +328,93 @@ fn bare_vxlan(seconds: &str) -> (f64, f64) {
     sh(&format!(
         "id=$(docker create {IMAGE}) && docker cp $id:/capstan-testapp {program} && docker rm $id >/dev/null"
     ));
-    let (a, b) = ("capstan-bench-va", "capstan-bench-vb");
-    let cleanup = format!("ip netns del {a} 2>/dev/null; ip netns del {b} 2>/dev/null; true");
+    let spaces = ["cbf-ha", "cbf-hb", "cbf-pa1", "cbf-pa2", "cbf-pb1", "cbf-pb2"];
+    let cleanup = spaces.map(|n| format!("ip netns del {n} 2>/dev/null;")).concat() + " true";
     sh(&cleanup);
+    // Host n (1 = a, 2 = b): underlay 10.253.0.n, VXLAN address 10.254.n.0, pods in 10.254.n.0/24:
+    // bridged .2 behind the bridge's .1, routed .130 via the host's .1 (answered by the bridge's
+    // address: any local address answers ARP on any interface).
+    let mut script = String::from("set -e\n");
+    for n in spaces {
+        script += &format!("ip netns add {n}; ip -n {n} link set lo up\n");
+    }
+    script += "ip link add cbf-u1 type veth peer name cbf-u2
+        ip link set cbf-u1 netns cbf-ha; ip link set cbf-u2 netns cbf-hb\n";
+    for (n, h, other) in [(1, "cbf-ha", 2), (2, "cbf-hb", 1)] {
+        let x = if n == 1 { "a" } else { "b" };
+        script += &format!(
+            "ip -n {h} addr add 10.253.0.{n}/24 dev cbf-u{n}; ip -n {h} link set cbf-u{n} up
+            ip netns exec {h} sysctl -qw net.ipv4.ip_forward=1
+            ip -n {h} link add vx type vxlan id 1 local 10.253.0.{n} dstport 8472 dev cbf-u{n} nolearning
+            ip -n {h} link set vx mtu 1450 up; ip -n {h} addr add 10.254.{n}.0/32 dev vx
+            ip -n {h} link add br0 type bridge; ip -n {h} addr add 10.254.{n}.1/24 dev br0; ip -n {h} link set br0 up
+            ip link add cbf-b{x} type veth peer name eth0 netns cbf-p{x}1; ip link set cbf-b{x} netns {h}
+            ip -n {h} link set cbf-b{x} mtu 1450 master br0 up
+            ip -n cbf-p{x}1 link set eth0 mtu 1450 up; ip -n cbf-p{x}1 addr add 10.254.{n}.2/24 dev eth0
+            ip -n cbf-p{x}1 route add default via 10.254.{n}.1
+            ip link add cbf-r{x} type veth peer name eth0 netns cbf-p{x}2; ip link set cbf-r{x} netns {h}
+            ip -n {h} link set cbf-r{x} mtu 1450 up; ip -n {h} route add 10.254.{n}.130/32 dev cbf-r{x} scope link
+            ip -n cbf-p{x}2 link set eth0 mtu 1450 up; ip -n cbf-p{x}2 addr add 10.254.{n}.130/32 dev eth0
+            ip -n cbf-p{x}2 route add 10.254.{n}.1/32 dev eth0 scope link
+            ip -n cbf-p{x}2 route add default via 10.254.{n}.1 dev eth0
+            ip -n {h} route add 10.254.{other}.0/24 via 10.254.{other}.0 dev vx onlink
+"
+        );
+    }
+    sh(&script);
+    let mac = |h: &str| {
+        sh(&format!(
+            "ip -n {h} -o link show vx | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2"
+        ))
+    };
+    let (mac_a, mac_b) = (mac("cbf-ha"), mac("cbf-hb"));
     sh(&format!(
         "set -e
-        ip netns add {a}; ip netns add {b}
-        ip link add cb-va type veth peer name cb-vb
-        ip link set cb-va netns {a}; ip link set cb-vb netns {b}
-        ip -n {a} addr add 10.253.0.1/24 dev cb-va; ip -n {b} addr add 10.253.0.2/24 dev cb-vb
-        for n in {a} {b}; do ip -n $n link set lo up; done
-        ip -n {a} link set cb-va up; ip -n {b} link set cb-vb up
-        ip -n {a} link add vx type vxlan id 1 local 10.253.0.1 remote 10.253.0.2 dstport 8472 dev cb-va
-        ip -n {b} link add vx type vxlan id 1 local 10.253.0.2 remote 10.253.0.1 dstport 8472 dev cb-vb
-        ip -n {a} addr add 10.254.0.1/24 dev vx; ip -n {b} addr add 10.254.0.2/24 dev vx
-        ip -n {a} link set vx mtu 1450 up; ip -n {b} link set vx mtu 1450 up"
+        ip -n cbf-ha neigh add 10.254.2.0 lladdr {mac_b} dev vx nud permanent
+        ip -n cbf-hb neigh add 10.254.1.0 lladdr {mac_a} dev vx nud permanent
+        ip netns exec cbf-ha bridge fdb append {mac_b} dev vx dst 10.253.0.2
+        ip netns exec cbf-hb bridge fdb append {mac_a} dev vx dst 10.253.0.1"
     ));
-    let mut sink = std::process::Command::new("ip")
-        .args(["netns", "exec", b, program, "sink", "9300"])
-        .spawn()
-        .unwrap();
+    let sinks: Vec<std::process::Child> = ["cbf-hb", "cbf-pb1", "cbf-pb2"]
+        .iter()
+        .map(|n| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", n, program, "sink", "9300"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let blast = |to: &str| -> f64 {
-        sh(&format!("ip netns exec {a} {program} blast {to}:9300 {seconds}"))
-            .parse()
-            .unwrap_or(f64::NAN)
+    let blast = |from: &str, to: &str| -> f64 {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", from, program, "blast", &format!("{to}:9300"), seconds])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(f64::NAN)
     };
-    let plain = blast("10.253.0.2");
-    let vxlan = blast("10.254.0.2");
-    let _ = sink.kill();
-    let _ = sink.wait();
+    let paths = [
+        ("cbf-ha", "10.253.0.2"),
+        ("cbf-ha", "10.254.2.0"),
+        ("cbf-pa1", "10.254.2.2"),
+        ("cbf-pa2", "10.254.2.130"),
+    ];
+    let mut runs = [[0.0; 2]; 4];
+    for round in 0..2 {
+        for (i, (from, to)) in paths.iter().enumerate() {
+            runs[i][round] = blast(from, to);
+        }
+    }
+    let mean = |r: [f64; 2]| (r[0] + r[1]) / 2.0;
+    for mut sink in sinks {
+        let _ = sink.kill();
+        let _ = sink.wait();
+    }
     sh(&cleanup);
     let _ = std::fs::remove_file(program);
-    (plain, vxlan)
+    Floors {
+        plain: mean(runs[0]),
+        vxlan: mean(runs[1]),
+        bridged: mean(runs[2]),
+        routed: mean(runs[3]),
+    }
 }
