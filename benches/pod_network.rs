@@ -398,13 +398,14 @@ fn kernel_floors(seconds: &str) -> Floors {
         ("cbf-pa1", "10.254.2.2"),
         ("cbf-pa2", "10.254.2.130"),
     ];
-    let mut runs = [[0.0; 2]; 4];
-    for round in 0..2 {
-        for (i, (from, to)) in paths.iter().enumerate() {
-            runs[i][round] = blast(from, to);
+    // Two rounds, each path in turn, summed per path.
+    let mut sums = [0.0; 4];
+    for _ in 0..2 {
+        for (sum, (from, to)) in sums.iter_mut().zip(paths) {
+            *sum += blast(from, to);
         }
     }
-    let mean = |r: [f64; 2]| (r[0] + r[1]) / 2.0;
+    let mean = |i: usize| sums[i] / 2.0;
     for mut sink in sinks {
         let _ = sink.kill();
         let _ = sink.wait();
@@ -412,9 +413,9 @@ fn kernel_floors(seconds: &str) -> Floors {
     sh(&cleanup);
     let _ = std::fs::remove_file(program);
     Floors {
-        plain: mean(runs[0]),
-        vxlan: mean(runs[1]),
-        bridged: mean(runs[2]),
-        routed: mean(runs[3]),
+        plain: mean(0),
+        vxlan: mean(1),
+        bridged: mean(2),
+        routed: mean(3),
     }
 }
