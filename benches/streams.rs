@@ -34,7 +34,7 @@ fn timed(n: usize, mut cmd: impl FnMut() -> Command) -> Vec<Duration> {
 
 /// The kubectl binary itself. Google Cloud's `kubectl` is a dispatcher that starts a second
 /// kubectl to learn the server's version and then executes `kubectl.MAJOR.MINOR` beside it: two
-/// more Go programs starting on every call (about 50 ms here), which is the wrapper's cost, not
+/// more Go programs starting on every call (about 75 ms here), which is the wrapper's cost, not
 /// kubectl's. The versioned binary it would run is used when there is one; the dispatcher's own
 /// figure is printed beside it.
 fn kubectl_itself(server_version: &str) -> Option<std::path::PathBuf> {
@@ -114,27 +114,20 @@ async fn main() {
     let dispatched = itself.is_some();
 
     let measure = tokio::task::spawn_blocking(move || {
-        let exec_with = |program: &std::path::Path| {
+        let kubectl_with = |program: &std::path::Path, args: &[&str]| {
             let mut c = Command::new(program);
-            c.arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .args(["exec", "-n", "bench", "shell", "--", "true"]);
+            c.arg("--kubeconfig").arg(&kubeconfig).args(args);
             c
         };
-        let kubectl = || exec_with(&program);
+        const EXEC: [&str; 6] = ["exec", "-n", "bench", "shell", "--", "true"];
+        let kubectl = || kubectl_with(&program, &EXEC);
         let docker_exec = || {
             let mut c = Command::new("docker");
             c.args(["exec", &container, "true"]);
             c
         };
         // kubectl's own part: starting, reading its kubeconfig, one request over TLS.
-        let kubectl_get = || {
-            let mut c = Command::new(&program);
-            c.arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .args(["get", "pod", "-n", "bench", "shell", "-o", "name"]);
-            c
-        };
+        let kubectl_get = || kubectl_with(&program, &["get", "pod", "-n", "bench", "shell", "-o", "name"]);
         // Warm both paths (kubectl's discovery cache, the Engine's exec), then interleave.
         timed(2, kubectl);
         timed(2, docker_exec);
@@ -144,7 +137,7 @@ async fn main() {
             f.extend(timed(1, docker_exec));
             g.extend(timed(1, kubectl_get));
             if dispatched {
-                w.extend(timed(1, || exec_with(std::path::Path::new("kubectl"))));
+                w.extend(timed(1, || kubectl_with("kubectl".as_ref(), &EXEC)));
             }
         }
         (k, f, g, w)
