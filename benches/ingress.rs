@@ -25,7 +25,7 @@ use capstan_daemon::context::kind;
 use serde_json::{Value, json};
 
 mod common;
-use common::{OneNode, ms, percentile};
+use common::{OneNode, ms, percentile, proc_cpu};
 
 const HOST: &str = "bench.example";
 
@@ -56,61 +56,65 @@ struct Load {
     p50: Duration,
     p99: Duration,
     errors: u64,
-    /// The proxy's CPU time per request, in user space and in the kernel (µs).
-    cpu: (f64, f64),
+    /// The proxy's CPU time per request, in user space and in the kernel (µs), where measured.
+    cpu: Option<(f64, f64)>,
 }
 
-/// The unit of /proc's CPU times: Linux's USER_HZ, 100 on every architecture it runs these
-/// benchmarks on (`getconf CLK_TCK`).
-const USER_HZ: f64 = 100.0;
-
-/// CPU time in clock ticks, user and kernel, from a `/proc/.../stat` line.
-fn ticks(stat: &str) -> Option<(u64, u64, i64)> {
-    // After the command name in parentheses (which may hold anything): state, ppid, pgrp, ...
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
-    Some((
-        fields.get(11)?.parse().ok()?,
-        fields.get(12)?.parse().ok()?,
-        fields.get(2)?.parse().ok()?,
-    ))
-}
-
-/// The CPU time so far (user, kernel ticks) of this process's threads named `ingress-PORT-*`.
-fn ingress_cpu(port: u16) -> (u64, u64) {
+/// The CPU time so far (user, kernel seconds) of this process's threads named `ingress-PORT-*`.
+fn ingress_cpu(port: u16) -> (f64, f64) {
     let prefix = format!("ingress-{port}-");
-    let mut sum = (0, 0);
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.starts_with(&prefix)
-            && let Some((u, k, _)) = ticks(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default())
-        {
-            sum = (sum.0 + u, sum.1 + k);
-        }
-    }
-    sum
+    let threads = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.starts_with(&prefix)));
+    threads
+        .filter_map(|task| proc_cpu(task.path().join("stat")))
+        .fold((0.0, 0.0), |sum, c| (sum.0 + c.user, sum.1 + c.kernel))
 }
 
-/// The CPU time so far (user, kernel ticks) of the processes of process group `group`.
-fn group_cpu(group: u32) -> (u64, u64) {
-    let mut sum = (0, 0);
-    for process in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Some((u, k, g)) = ticks(&std::fs::read_to_string(process.path().join("stat")).unwrap_or_default())
-            && g == i64::from(group)
-        {
-            sum = (sum.0 + u, sum.1 + k);
-        }
-    }
-    sum
+/// The CPU time so far (user, kernel seconds) of the processes of process group `group`.
+fn group_cpu(group: u32) -> (f64, f64) {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|process| proc_cpu(process.path().join("stat")))
+        .filter(|c| c.group == i64::from(group))
+        .fold((0.0, 0.0), |sum, c| (sum.0 + c.user, sum.1 + c.kernel))
 }
 
 /// `wrk` against `url` with the CPU the proxy (`cpu`) spent meanwhile.
-fn measured(url: &str, seconds: u64, cpu: impl Fn() -> (u64, u64)) -> Load {
+fn measured(url: &str, seconds: u64, cpu: impl Fn() -> (f64, f64)) -> Load {
     let before = cpu();
     let mut load = wrk(url, seconds);
     let after = cpu();
-    let per_request = |ticks: u64| ticks as f64 / USER_HZ * 1e6 / load.requests.max(1) as f64;
-    load.cpu = (per_request(after.0 - before.0), per_request(after.1 - before.1));
+    let per_request = |spent: f64| spent * 1e6 / load.requests.max(1) as f64;
+    load.cpu = Some((per_request(after.0 - before.0), per_request(after.1 - before.1)));
     load
+}
+
+/// One proxy over its turns: mean requests/s, the median of the p99s, mean CPU per request.
+struct Side {
+    rps: f64,
+    p99: Duration,
+    cpu: (f64, f64),
+}
+
+impl Side {
+    fn of<'a>(turns: impl ExactSizeIterator<Item = &'a Load>) -> Side {
+        let n = turns.len() as f64;
+        let (mut rps, mut p99s, mut cpu) = (0.0, Vec::new(), (0.0, 0.0));
+        for l in turns {
+            rps += l.rps;
+            p99s.push(l.p99);
+            let (user, kernel) = l.cpu.unwrap_or_default();
+            cpu = (cpu.0 + user, cpu.1 + kernel);
+        }
+        Side {
+            rps: rps / n,
+            p99: percentile(&mut p99s, 0.5),
+            cpu: (cpu.0 / n, cpu.1 / n),
+        }
+    }
 }
 
 fn duration(text: &str) -> Duration {
@@ -157,7 +161,7 @@ fn wrk(url: &str, seconds: u64) -> Load {
     Load {
         rps: field("Requests/sec:").parse().unwrap_or(0.0),
         requests,
-        cpu: (0.0, 0.0),
+        cpu: None,
         p50: duration(&field("50%")),
         p99: duration(&field("99%")),
         errors: socket_errors + field("Non-2xx or 3xx responses:").parse::<u64>().unwrap_or(0),
@@ -393,11 +397,10 @@ async fn main() {
         "ingress under wrk -t2 -c32 with keep-alive, two backend pods (KEEP_ALIVE test app); {turns} turns of {seconds} s each for Capstan and nginx, in alternating order:"
     );
     let line = |name: &str, l: &Load| {
-        let cpu = if l.cpu == (0.0, 0.0) {
-            String::new()
-        } else {
-            format!("  CPU per request {:.1} µs user + {:.1} µs kernel", l.cpu.0, l.cpu.1)
-        };
+        let cpu = l
+            .cpu
+            .map(|(user, kernel)| format!("  CPU per request {user:.1} µs user + {kernel:.1} µs kernel"))
+            .unwrap_or_default();
         println!(
             "  {name:<24} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  errors {}{cpu}",
             l.rps,
@@ -414,30 +417,20 @@ async fn main() {
         }
     }
     for (scheme, turns) in &pairs {
-        let requests = |pick: fn(&(Load, Load)) -> &Load| turns.iter().map(|t| pick(t).rps).sum::<f64>() / turns.len() as f64;
-        let (c_rps, n_rps) = (requests(|t| &t.0), requests(|t| &t.1));
-        let p99 = |pick: fn(&(Load, Load)) -> &Load| {
-            let mut all: Vec<Duration> = turns.iter().map(|t| pick(t).p99).collect();
-            percentile(&mut all, 0.5)
-        };
-        let (c_p99, n_p99) = (p99(|t| &t.0), p99(|t| &t.1));
-        let cpu = |pick: fn(&(Load, Load)) -> &Load| {
-            let n = turns.len() as f64;
-            let sum = turns.iter().fold((0.0, 0.0), |a, t| (a.0 + pick(t).cpu.0, a.1 + pick(t).cpu.1));
-            (sum.0 / n, sum.1 / n)
-        };
-        let (c_cpu, n_cpu) = (cpu(|t| &t.0), cpu(|t| &t.1));
+        let (c, n) = (Side::of(turns.iter().map(|t| &t.0)), Side::of(turns.iter().map(|t| &t.1)));
         println!(
             "  {scheme}: the proxy's CPU per request, user + kernel: Capstan {:.1} + {:.1} µs, nginx {:.1} + {:.1} µs",
-            c_cpu.0, c_cpu.1, n_cpu.0, n_cpu.1
+            c.cpu.0, c.cpu.1, n.cpu.0, n.cpu.1
         );
         println!(
-            "  {scheme}: Capstan {c_rps:.0} vs nginx {n_rps:.0} req/s = {:.2}x (target >= 1.0x: {}), p99 (median of the turns) {} vs {} (target <= nginx: {})",
-            c_rps / n_rps,
-            if c_rps >= n_rps { "met" } else { "missed" },
-            ms(c_p99),
-            ms(n_p99),
-            if c_p99 <= n_p99 { "met" } else { "missed" },
+            "  {scheme}: Capstan {:.0} vs nginx {:.0} req/s = {:.2}x (target >= 1.0x: {}), p99 (median of the turns) {} vs {} (target <= nginx: {})",
+            c.rps,
+            n.rps,
+            c.rps / n.rps,
+            if c.rps >= n.rps { "met" } else { "missed" },
+            ms(c.p99),
+            ms(n.p99),
+            if c.p99 <= n.p99 { "met" } else { "missed" },
         );
     }
     let (c50, cmax) = (percentile(&mut capstan_reloads, 0.5), percentile(&mut capstan_reloads, 1.0));

@@ -52,12 +52,7 @@ fn kubectl_itself(server_version: &str) -> Option<std::path::PathBuf> {
 
 /// User and system CPU time of process `pid` so far, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which may hold spaces) start at the state, field 3.
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime, fields 14 and 15, in clock ticks (100 a second on Linux).
-    (ticks(14) + ticks(15)) / 100.0
+    common::proc_cpu(format!("/proc/{pid}/stat")).map_or(0.0, |c| c.user + c.kernel)
 }
 
 /// Sends 100 MB to the sink at `addr`, then waits for it to close: MB/s.

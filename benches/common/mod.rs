@@ -99,3 +99,28 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
+
+/// What a `/proc/PID/stat` or `/proc/PID/task/TID/stat` file says of CPU time.
+pub struct ProcCpu {
+    /// User and kernel time so far, in seconds.
+    pub user: f64,
+    pub kernel: f64,
+    /// The process group.
+    pub group: i64,
+}
+
+/// The CPU time in the stat file at `path` (None when it is gone or unreadable).
+pub fn proc_cpu(path: impl AsRef<std::path::Path>) -> Option<ProcCpu> {
+    // /proc's clock ticks: Linux's USER_HZ, 100 on every architecture these benchmarks run on.
+    const USER_HZ: f64 = 100.0;
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The fields after the command name in parentheses (which may hold anything) start at the
+    // state, field 3: the process group is field 5, utime and stime fields 14 and 15.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).copied();
+    Some(ProcCpu {
+        user: field(14)?.parse::<f64>().ok()? / USER_HZ,
+        kernel: field(15)?.parse::<f64>().ok()? / USER_HZ,
+        group: field(5)?.parse().ok()?,
+    })
+}

@@ -23,6 +23,7 @@ use crate::auth::Identity;
 use crate::auth::{Attributes, Verb};
 
 pub use capstan_api::metrics::{GROUP, RESOURCES, VERSION};
+use capstan_api::metrics::{NODE_METRICS, POD_METRICS};
 
 /// Reads a node agent's usage summary (the kubelet's Summary API shape).
 pub trait SummarySource: Send + Sync {
@@ -185,7 +186,7 @@ async fn nodes(state: &super::ApiState, id: &Identity, name: Option<String>, que
     };
     let got = summaries(source, wanted.keys().cloned().collect()).await;
     let items: Vec<Value> = got.iter().map(|(n, s)| node_metrics(&wanted[n], s)).collect();
-    answer(capstan_api::metrics::NODE_METRICS, name, items)
+    answer(NODE_METRICS, name, items)
 }
 
 /// The one object asked for by name, or the list.
@@ -235,7 +236,7 @@ async fn pods(
         let key = |v: &Value| (v["metadata"]["namespace"].to_string(), v["metadata"]["name"].to_string());
         key(a).cmp(&key(b))
     });
-    answer(capstan_api::metrics::POD_METRICS, name, items)
+    answer(POD_METRICS, name, items)
 }
 
 fn identity(req_id: Option<axum::Extension<Identity>>) -> Identity {
