@@ -3,11 +3,14 @@
 //!
 //! The pure core: [`table`] (the rules every listener reads), [`ingresses`] and [`gateway`]
 //! (Ingresses and the Gateway API objects into rules, with what to report), [`backends`] (Service
-//! ports to endpoints); the edges: [`serve`] (the listeners and the relay), [`upstream`] (the
+//! ports to endpoints), [`framing`] (HTTP/1.1 heads and bodies for the fast path); the edges:
+//! [`serve`] (the listeners and hyper's relay), [`fast`] (the HTTP/1.1 fast path), [`upstream`] (the
 //! connections to the backends), [`tls`] (key pairs) and [`watch`] (the loop that keeps the
 //! tables in line with the API).
 
 pub mod backends;
+pub mod fast;
+pub mod framing;
 pub mod gateway;
 pub mod ingresses;
 pub mod serve;

@@ -2,7 +2,8 @@
 //! HTTP/2 over ALPN, h2c and HTTP/1.1 on the plain port); each request routed by the current
 //! table straight to a ready endpoint over a pooled connection, with the headers a backend
 //! expects behind a proxy, upgrades (WebSocket) relayed, and connection failures of idempotent
-//! requests retried on the next endpoint.
+//! requests retried on the next endpoint. HTTP/1.1 connections start on the [`fast`] path; this
+//! module's hyper path serves HTTP/2 and whatever the fast path hands over.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,8 +22,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::fast;
+use crate::framing::{FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, HOP_BY_HOP, REAL_IP};
 use crate::table::{self, SecretRef, Tables};
-use crate::upstream::{Failure, ProxyBody, Upstream};
+use crate::upstream::{Failure, Pool, ProxyBody, Upstream};
 
 /// Limits on what clients may send and how long they may take.
 #[derive(Clone, Copy, Debug)]
@@ -67,7 +70,7 @@ pub struct Shared {
     /// lock while none has failed lately.
     last_failure: AtomicU64,
     started: Instant,
-    limits: Limits,
+    pub(crate) limits: Limits,
 }
 
 impl Shared {
@@ -95,7 +98,7 @@ impl Shared {
         *self.certificates.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certificates);
     }
 
-    fn recently_failed(&self, endpoint: &SocketAddrV4) -> bool {
+    pub(crate) fn recently_failed(&self, endpoint: &SocketAddrV4) -> bool {
         let last = self.last_failure.load(Ordering::Relaxed);
         if last == 0 || self.started.elapsed().as_millis() as u64 > last + FAILED_FOR.as_millis() as u64 {
             return false;
@@ -104,7 +107,7 @@ impl Shared {
         failed.get(endpoint).is_some_and(|at| at.elapsed() < FAILED_FOR)
     }
 
-    fn mark_failed(&self, endpoint: SocketAddrV4) {
+    pub(crate) fn mark_failed(&self, endpoint: SocketAddrV4) {
         let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         failed.retain(|_, at| at.elapsed() < FAILED_FOR);
         failed.insert(endpoint, Instant::now());
@@ -203,18 +206,22 @@ async fn serve(listener: TcpListener, port: u16, tls: bool, connections: usize, 
     let acceptor = tls.then(|| tokio_rustls::TlsAcceptor::from(tls_config(&shared, port)));
     // The backend connections are this thread's: made, used and pooled here.
     let client = Upstream::default();
+    let backends = Pool::default();
     let mirroring = Mirroring {
         client: client.clone(),
         room: Arc::new(Semaphore::new(MIRRORS_IN_FLIGHT)),
     };
-    let sweeping = client.clone();
+    let (sweeping, sweeping_raw) = (client.clone(), backends.clone());
     let swept = stop.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(30));
         loop {
             tokio::select! {
                 _ = swept.cancelled() => return,
-                _ = every.tick() => sweeping.sweep(),
+                _ = every.tick() => {
+                    sweeping.sweep();
+                    sweeping_raw.sweep();
+                }
             }
         }
     });
@@ -239,6 +246,7 @@ async fn serve(listener: TcpListener, port: u16, tls: bool, connections: usize, 
         let relay = Relay {
             shared: shared.clone(),
             client: client.clone(),
+            backends: backends.clone(),
             mirroring: mirroring.clone(),
             peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("")),
@@ -249,9 +257,12 @@ async fn serve(listener: TcpListener, port: u16, tls: bool, connections: usize, 
         tokio::spawn(async move {
             let _slot = slot;
             match acceptor {
-                None => connection(TokioIo::new(stream), "http", relay).await,
+                None => fast::connection(stream, "http", relay).await,
                 Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => connection(TokioIo::new(tls), "https", relay).await,
+                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(&b"h2"[..]) => {
+                        connection(TokioIo::new(tls), "https", relay).await
+                    }
+                    Ok(Ok(tls)) => fast::connection(tls, "https", relay).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "ingress: TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "ingress: TLS handshake timed out"),
                 },
@@ -262,15 +273,17 @@ async fn serve(listener: TcpListener, port: u16, tls: bool, connections: usize, 
 
 /// What a client connection's requests are relayed with.
 #[derive(Clone)]
-struct Relay {
-    shared: Arc<Shared>,
+pub(crate) struct Relay {
+    pub(crate) shared: Arc<Shared>,
     client: Upstream,
+    /// The fast path's backend connections.
+    pub(crate) backends: Pool<fast::Backend>,
     mirroring: Mirroring,
-    peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// The client's address as a header value (X-Forwarded-For, X-Real-IP).
-    peer_ip: HeaderValue,
+    pub(crate) peer_ip: HeaderValue,
     /// The listener's port: its table routes the requests.
-    port: u16,
+    pub(crate) port: u16,
 }
 
 /// Where mirrored copies go out, and the room for them in flight (none left: a copy is not
@@ -282,7 +295,7 @@ struct Mirroring {
 }
 
 /// Serves one client connection (HTTP/1.1 or HTTP/2, upgrades allowed).
-async fn connection<I>(io: TokioIo<I>, scheme: &'static str, relay: Relay)
+pub(crate) async fn connection<I>(io: TokioIo<I>, scheme: &'static str, relay: Relay)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -334,15 +347,40 @@ fn answer(status: StatusCode, text: String) -> Response<ProxyBody> {
     r
 }
 
-/// Headers that describe one connection, not the message: never relayed (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+/// Why a backend gave no answer, as the proxy tells the client instead.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Missed {
+    /// The request failed on its way, or its answer could not be read.
+    #[error("backend {backend} ({endpoint}) failed: {error}")]
+    Failed {
+        backend: String,
+        endpoint: SocketAddrV4,
+        error: String,
+    },
+    /// No answer began in time.
+    #[error("backend {backend} ({endpoint}) did not answer in {limit:?}")]
+    Late {
+        backend: String,
+        endpoint: SocketAddrV4,
+        limit: Duration,
+    },
+    /// No endpoint accepted a connection.
+    #[error("no endpoint of {backend} accepted the connection (last: {last})")]
+    Refused { backend: String, last: String },
+}
+
+impl Missed {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Missed::Late { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Missed::Failed { .. } | Missed::Refused { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn answer(&self) -> Response<ProxyBody> {
+        answer(self.status(), format!("{self}\n"))
+    }
+}
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Also every header the Connection header names.
@@ -354,7 +392,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .filter(|n| !(upgrade && *n == header::UPGRADE))
         .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    for name in &named {
         headers.remove(name);
     }
     if upgrade {
@@ -408,6 +449,7 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
     let Relay {
         shared,
         client,
+        backends: _,
         mirroring,
         peer,
         peer_ip,
@@ -485,16 +527,16 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
     {
         headers.insert(header::HOST, h);
     }
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {}", peer.ip())).unwrap_or_else(|_| peer_ip.clone()),
         None => peer_ip.clone(),
     };
-    headers.insert(HeaderName::from_static("x-forwarded-for"), forwarded_for);
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(scheme));
+    headers.insert(HeaderName::from_static(FORWARDED_FOR), forwarded_for);
+    headers.insert(HeaderName::from_static(FORWARDED_PROTO), HeaderValue::from_static(scheme));
     if let Ok(h) = HeaderValue::from_str(&host) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), h);
+        headers.insert(HeaderName::from_static(FORWARDED_HOST), h);
     }
-    headers.insert(HeaderName::from_static("x-real-ip"), peer_ip);
+    headers.insert(HeaderName::from_static(REAL_IP), peer_ip);
     action.request_headers.apply(&mut headers);
     backend.request_headers.apply(&mut headers);
     let mut path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
@@ -561,23 +603,22 @@ async fn handle(relay: Relay, scheme: &'static str, mut req: Request<Incoming>) 
                 last_error = format!("{endpoint}: {e}");
             }
             Ok(Err(e)) => {
-                return Ok(answer(
-                    StatusCode::BAD_GATEWAY,
-                    format!("backend {} ({endpoint}) failed: {e}\n", target.name),
-                ));
+                let backend = target.name.clone();
+                return Ok(Missed::Failed {
+                    backend,
+                    endpoint,
+                    error: e.to_string(),
+                }
+                .answer());
             }
             Err(_) => {
-                return Ok(answer(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("backend {} ({endpoint}) did not answer in {limit:?}\n", target.name),
-                ));
+                let backend = target.name.clone();
+                return Ok(Missed::Late { backend, endpoint, limit }.answer());
             }
         }
     }
-    Ok(answer(
-        StatusCode::BAD_GATEWAY,
-        format!("no endpoint of {} accepted the connection (last: {last_error})\n", target.name),
-    ))
+    let backend = target.name.clone();
+    Ok(Missed::Refused { backend, last: last_error }.answer())
 }
 
 /// The largest request body copied to a mirror (read whole first; a larger one, or one of

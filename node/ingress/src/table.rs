@@ -123,13 +123,31 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub query: &'a str,
     pub method: &'a str,
-    pub headers: &'a hyper::HeaderMap,
+    pub headers: &'a dyn Headers,
+}
+
+impl std::fmt::Debug for dyn Headers + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Headers")
+    }
+}
+
+/// A request's headers as the matchers read them, whether hyper parsed them or the fast path.
+pub trait Headers {
+    /// The values of the header `name` (any case), joined by commas; `None` when absent.
+    fn joined(&self, name: &str) -> Option<String>;
+}
+
+impl Headers for hyper::HeaderMap {
+    fn joined(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        (!values.is_empty()).then(|| values.join(","))
+    }
 }
 
 impl Request<'_> {
     fn header(&self, name: &str) -> Option<String> {
-        let values: Vec<&str> = self.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        (!values.is_empty()).then(|| values.join(","))
+        self.headers.joined(name)
     }
 
     fn query_param(&self, name: &str) -> Option<String> {
@@ -277,6 +295,21 @@ impl Action {
             backends,
             ..Action::default()
         }
+    }
+
+    /// Whether requests go to the backends as they came: no redirect, rewrite, mirror or header
+    /// edit (the fast path relays only those).
+    pub fn is_plain(&self) -> bool {
+        let edits = |e: &HeaderEdit| e.is_empty();
+        self.redirect.is_none()
+            && self.rewrite.is_none()
+            && self.mirrors.is_empty()
+            && edits(&self.request_headers)
+            && edits(&self.response_headers)
+            && self
+                .backends
+                .iter()
+                .all(|b| b.mirrors.is_empty() && edits(&b.request_headers) && edits(&b.response_headers))
     }
 
     /// The backend for the next request: each in proportion to its weight, interleaved; `None`

@@ -1,7 +1,8 @@
 //! Connections to the backends: HTTP/1.1 keep-alive connections kept idle per endpoint, each
 //! driven by the request that uses it (its response and then its response body poll it) instead
 //! of a task of its own, so a relayed request costs no hand-off between tasks. One pool per
-//! listener thread: a connection is used on the thread that made it.
+//! listener thread: a connection is used on the thread that made it (the [`Pool`] the fast path
+//! keeps its raw connections in too).
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -50,15 +51,64 @@ struct Leg {
     conn: Conn,
 }
 
-struct Idle {
-    leg: Leg,
-    since: Instant,
+/// Idle connections of one listener thread by endpoint, the most recently used taken first.
+pub struct Pool<T> {
+    idle: Arc<Mutex<HashMap<SocketAddrV4, Vec<(T, Instant)>>>>,
 }
 
-/// The idle connections of one listener thread, by endpoint.
+impl<T> Clone for Pool<T> {
+    fn clone(&self) -> Pool<T> {
+        Pool { idle: self.idle.clone() }
+    }
+}
+
+impl<T> Default for Pool<T> {
+    fn default() -> Pool<T> {
+        Pool {
+            idle: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+impl<T> Pool<T> {
+    /// The most recently used idle connection to `endpoint` still young enough.
+    pub fn take(&self, endpoint: SocketAddrV4) -> Option<T> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&endpoint)?;
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < IDLE_FOR {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    pub fn give_back(&self, endpoint: SocketAddrV4, conn: T) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(endpoint).or_default();
+        // The oldest are the first to go stale: dropped first when the list is full (stale ones
+        // are skipped by `take` and closed by `sweep`, not looked for on every request).
+        if list.len() >= IDLE_PER_ENDPOINT {
+            list.remove(0);
+        }
+        list.push((conn, Instant::now()));
+    }
+
+    /// Closes the connections unused for too long, and forgets endpoints with none left
+    /// (endpoints come and go with pods).
+    pub fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|(_, since)| since.elapsed() < IDLE_FOR);
+            !list.is_empty()
+        });
+    }
+}
+
+/// The hyper connections of one listener thread, pooled.
 #[derive(Clone, Default)]
 pub struct Upstream {
-    idle: Arc<Mutex<HashMap<SocketAddrV4, Vec<Idle>>>>,
+    idle: Pool<Leg>,
 }
 
 impl Upstream {
@@ -77,7 +127,7 @@ impl Upstream {
             return Ok(response.map(BodyExt::boxed));
         }
         loop {
-            let (mut leg, reused) = match self.take(endpoint) {
+            let (mut leg, reused) = match self.idle.take(endpoint) {
                 Some(leg) => (leg, true),
                 None => {
                     let (sender, conn) = connect(endpoint).await?;
@@ -122,55 +172,29 @@ impl Upstream {
         }
     }
 
-    /// The most recently used idle connection to `endpoint` still young enough.
-    fn take(&self, endpoint: SocketAddrV4) -> Option<Leg> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&endpoint)?;
-        while let Some(i) = list.pop() {
-            if i.since.elapsed() < IDLE_FOR {
-                return Some(i.leg);
-            }
-        }
-        None
-    }
-
-    fn give_back(&self, endpoint: SocketAddrV4, leg: Leg) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(endpoint).or_default();
-        // The oldest are the first to go stale: dropped first when the list is full (stale ones
-        // are skipped by `take` and closed by `sweep`, not looked for on every request).
-        if list.len() >= IDLE_PER_ENDPOINT {
-            list.remove(0);
-        }
-        list.push(Idle {
-            leg,
-            since: Instant::now(),
-        });
-    }
-
-    /// Closes the connections unused for too long, and forgets endpoints with none left
-    /// (endpoints come and go with pods).
+    /// Closes the connections unused for too long.
     pub fn sweep(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|_, list| {
-            list.retain(|i| i.since.elapsed() < IDLE_FOR);
-            !list.is_empty()
-        });
+        self.idle.sweep();
     }
 }
 
-async fn connect(endpoint: SocketAddrV4) -> Result<(SendRequest<ProxyBody>, Conn), Failure> {
+/// A TCP connection to `endpoint`, made in time, without Nagle's delay.
+pub async fn connect_tcp(endpoint: SocketAddrV4) -> Result<TcpStream, std::io::Error> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Failure::Connect(e)),
+        Ok(connected) => connected?,
         Err(_) => {
-            return Err(Failure::Connect(std::io::Error::new(
+            return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no connection in {CONNECT_TIMEOUT:?}"),
-            )));
+            ));
         }
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn connect(endpoint: SocketAddrV4) -> Result<(SendRequest<ProxyBody>, Conn), Failure> {
+    let stream = connect_tcp(endpoint).await.map_err(Failure::Connect)?;
     Ok(http1::Builder::new().writev(false).handshake(TokioIo::new(stream)).await?)
 }
 
@@ -228,9 +252,33 @@ impl Drop for Driven {
         if (self.ended || self.body.is_end_stream())
             && let Some(leg) = self.leg.take()
         {
-            self.upstream.give_back(self.endpoint, leg);
+            self.upstream.idle.give_back(self.endpoint, leg);
         }
     }
+}
+
+/// A server on loopback for tests: each connection it accepts served by `serve`; its address
+/// and the count of connections accepted.
+#[cfg(test)]
+pub(crate) async fn loopback<F, S>(serve: F) -> (SocketAddrV4, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(TcpStream) -> S + Send + 'static,
+    S: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let std::net::SocketAddr::V4(at) = listener.local_addr().unwrap() else {
+        unreachable!()
+    };
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(serve(s));
+        }
+    });
+    (at, accepted)
 }
 
 #[cfg(test)]
@@ -239,44 +287,31 @@ mod tests {
 
     use http_body_util::Empty;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
     use super::*;
 
     /// A backend on loopback answering every request with `answer`, closing the connection
     /// after it when `close`; counts the connections it accepted.
     async fn backend(answer: &'static str, close: bool) -> (SocketAddrV4, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let std::net::SocketAddr::V4(at) = listener.local_addr().unwrap() else {
-            unreachable!()
-        };
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
+        loopback(move |mut s| async move {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
             loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    loop {
-                        let Ok(n) = s.read(&mut buf).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        seen.extend_from_slice(&buf[..n]);
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            s.write_all(answer.as_bytes()).await.unwrap();
-                            if close {
-                                return;
-                            }
-                        }
+                let Ok(n) = s.read(&mut buf).await else { return };
+                if n == 0 {
+                    return;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    seen.drain(..end + 4);
+                    s.write_all(answer.as_bytes()).await.unwrap();
+                    if close {
+                        return;
                     }
-                });
+                }
             }
-        });
-        (at, accepted)
+        })
+        .await
     }
 
     async fn get(upstream: &Upstream, at: SocketAddrV4) -> Bytes {
@@ -320,7 +355,7 @@ mod tests {
         let mut request = Request::new(Empty::new().map_err(|never| match never {}).boxed());
         *request.uri_mut() = "/".parse().unwrap();
         drop(upstream.send(at, request).await.unwrap());
-        assert!(upstream.take(at).is_none());
+        assert!(upstream.idle.take(at).is_none());
         let refused = Upstream::default()
             .send(
                 SocketAddrV4::new([127, 0, 0, 1].into(), 1),
