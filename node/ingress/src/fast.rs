@@ -465,6 +465,12 @@ mod tests {
 
     /// The ingress on loopback with one rule for any host: `/` to `endpoints` (1 s to answer).
     async fn start_ingress(endpoints: Vec<SocketAddrV4>) -> (SocketAddr, CancellationToken) {
+        let (at, stop, _) = start_spread(endpoints).await;
+        (at, stop)
+    }
+
+    /// As [`start_ingress`], with the counts of the worker threads' connections.
+    async fn start_spread(endpoints: Vec<SocketAddrV4>) -> (SocketAddr, CancellationToken, Arc<serve::Spread>) {
         let limits = Limits {
             header_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(1),
@@ -490,8 +496,8 @@ mod tests {
         tables.finish();
         shared.set_tables(tables);
         let stop = CancellationToken::new();
-        serve::spawn_workers(sockets, at.port(), false, &shared, &stop);
-        (at, stop)
+        let spread = serve::spawn_workers(sockets, at.port(), false, &shared, &stop);
+        (at, stop, spread)
     }
 
     /// A connection to the ingress, once its worker threads listen.
@@ -635,6 +641,24 @@ mod tests {
         let (head, body) = exchange(&mut s, &mut BytesMut::new(), &get("/echo")).await;
         assert!(head.starts_with("HTTP/1.1 502"), "{head}");
         assert!(body.contains("no endpoint of shop/app:80 accepted the connection"), "{body}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_are_spread_evenly_over_the_worker_threads() {
+        let (at, _) = backend().await;
+        let (ingress, stop, spread) = start_spread(vec![at]).await;
+        let mut clients = Vec::new();
+        for _ in 0..11 {
+            let mut s = connect(ingress).await;
+            let (head, _) = exchange(&mut s, &mut BytesMut::new(), &get("/echo")).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            clients.push(s);
+        }
+        let open = spread.open();
+        assert_eq!(open.iter().sum::<usize>(), 11, "{open:?}");
+        assert!(open.iter().max().unwrap() - open.iter().min().unwrap() <= 1, "{open:?}");
+        drop(clients);
         stop.cancel();
     }
 }

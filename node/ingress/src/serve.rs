@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,8 @@ use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::fast;
@@ -173,20 +173,88 @@ pub fn bind(address: SocketAddr) -> std::io::Result<(SocketAddr, Vec<TcpSocket>)
     Ok((at, all))
 }
 
+/// The open connections of a listener's worker threads, kept even: the kernel spreads
+/// connections over the SO_REUSEPORT sockets by a hash of their addresses, which among a few
+/// dozen keep-alive connections can leave one thread with half as many again as another (and its
+/// clients waiting longer), so a thread that accepts a connection while another holds fewer
+/// passes it there (as Envoy's exact connection balance does).
+#[derive(Debug)]
+pub struct Spread {
+    open: Vec<AtomicUsize>,
+}
+
+impl Spread {
+    fn new(threads: usize) -> Spread {
+        Spread {
+            open: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// The thread that serves a connection thread `me` accepted: the one with the fewest open,
+    /// `me` among equals; counted at once.
+    fn choose(&self, me: usize) -> usize {
+        let count = |i: usize| self.open[i].load(Ordering::Relaxed);
+        let least = (0..self.open.len()).min_by_key(|&i| (count(i), i != me)).unwrap_or(me);
+        self.open[least].fetch_add(1, Ordering::Relaxed);
+        least
+    }
+
+    /// Each thread's open connections.
+    pub fn open(&self) -> Vec<usize> {
+        self.open.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+    }
+}
+
+/// A connection counted on its thread until it ends.
+struct Counted {
+    spread: Arc<Spread>,
+    thread: usize,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.spread.open[self.thread].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection passed from the thread that accepted it to the one that serves it.
+type Passed = (std::net::TcpStream, SocketAddr);
+
+/// A worker thread's place among its listener's: its number, the counts, and the other threads'
+/// inboxes for connections.
+struct Worker {
+    me: usize,
+    spread: Arc<Spread>,
+    inboxes: Arc<Vec<mpsc::UnboundedSender<Passed>>>,
+    inbox: mpsc::UnboundedReceiver<Passed>,
+}
+
 /// Serves a listener's sockets, each on a thread with a runtime of its own (as nginx runs a
 /// worker per core): a connection, its requests and its pooled backend connections stay on one
-/// thread, with no hand-offs between threads. They stop with `stop`.
-pub fn spawn_workers(sockets: Vec<TcpSocket>, port: u16, tls: bool, shared: &Arc<Shared>, stop: &CancellationToken) {
+/// thread (a new connection may be passed once, see [`Spread`]). They stop with `stop`.
+pub fn spawn_workers(sockets: Vec<TcpSocket>, port: u16, tls: bool, shared: &Arc<Shared>, stop: &CancellationToken) -> Arc<Spread> {
     let count = sockets.len();
-    for (i, socket) in sockets.into_iter().enumerate() {
+    let spread = Arc::new(Spread::new(count));
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+    let inboxes = Arc::new(senders);
+    for ((i, socket), inbox) in sockets.into_iter().enumerate().zip(receivers) {
         let (shared, stop) = (shared.clone(), stop.clone());
+        let worker = Worker {
+            me: i,
+            spread: spread.clone(),
+            inboxes: inboxes.clone(),
+            inbox,
+        };
         let name = format!("ingress-{port}-{i}");
         let started = std::thread::Builder::new().name(name).spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             match runtime {
                 Ok(rt) => rt.block_on(async move {
                     match socket.listen(1024) {
-                        Ok(l) => serve(l, port, tls, (shared.limits.connections / count).max(1), shared, stop).await,
+                        Ok(l) => {
+                            let connections = (shared.limits.connections / count).max(1);
+                            serve(l, port, tls, connections, worker, shared, stop).await
+                        }
                         Err(e) => tracing::error!(port, error = %e, "ingress: listen failed"),
                     }
                 }),
@@ -197,12 +265,21 @@ pub fn spawn_workers(sockets: Vec<TcpSocket>, port: u16, tls: bool, shared: &Arc
             tracing::error!(error = %e, "ingress: cannot start a worker thread");
         }
     }
+    spread
 }
 
-/// Accepts up to `connections` at once on `listener` until `stop` (then stops accepting; open
-/// connections finish on their own), with TLS when `tls`; requests are routed by the table of
-/// `port`.
-async fn serve(listener: TcpListener, port: u16, tls: bool, connections: usize, shared: Arc<Shared>, stop: CancellationToken) {
+/// Accepts up to `connections` at once on `listener`, and those other threads pass, until `stop`
+/// (then stops accepting; open connections finish on their own), with TLS when `tls`; requests
+/// are routed by the table of `port`.
+async fn serve(
+    listener: TcpListener,
+    port: u16,
+    tls: bool,
+    connections: usize,
+    mut worker: Worker,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
     let acceptor = tls.then(|| tokio_rustls::TlsAcceptor::from(tls_config(&shared, port)));
     // The backend connections are this thread's: made, used and pooled here.
     let client = Upstream::default();
@@ -231,10 +308,44 @@ async fn serve(listener: TcpListener, port: u16, tls: bool, connections: usize, 
             _ = stop.cancelled() => return,
             slot = slots.clone().acquire_owned() => slot.expect("never closed"),
         };
-        let (stream, peer) = tokio::select! {
+        let me = worker.me;
+        let counted = |thread| Counted {
+            spread: worker.spread.clone(),
+            thread,
+        };
+        let (stream, peer, counted) = tokio::select! {
             _ = stop.cancelled() => return,
+            Some((passed, peer)) = worker.inbox.recv() => {
+                let counted = counted(me);
+                match TcpStream::from_std(passed) {
+                    Ok(s) => (s, peer, counted),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "ingress: a connection passed from another thread is lost");
+                        continue;
+                    }
+                }
+            },
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok((stream, peer)) => {
+                    // Counted on the thread chosen from now: there it ends with the connection.
+                    let to = worker.spread.choose(me);
+                    if to == me {
+                        (stream, peer, counted(me))
+                    } else {
+                        match stream.into_std().map(|s| worker.inboxes[to].send((s, peer))) {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => {
+                                drop(counted(to));
+                                tracing::warn!(%peer, "ingress: a connection passed to a stopped thread is lost");
+                            }
+                            Err(e) => {
+                                drop(counted(to));
+                                tracing::warn!(%peer, error = %e, "ingress: a connection could not be passed on");
+                            }
+                        }
+                        continue;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "ingress: accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -255,7 +366,7 @@ async fn serve(listener: TcpListener, port: u16, tls: bool, connections: usize, 
         let acceptor = acceptor.clone();
         let deadline = shared.limits.header_timeout;
         tokio::spawn(async move {
-            let _slot = slot;
+            let _held = (slot, counted);
             match acceptor {
                 None => fast::connection(stream, "http", relay).await,
                 Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
@@ -703,4 +814,26 @@ fn respond(mut response: Response<ProxyBody>, client_side: Option<hyper::upgrade
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching);
     Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_goes_to_the_thread_with_the_fewest_open_the_accepting_one_among_equals() {
+        let spread = Spread::new(3);
+        assert_eq!(spread.choose(1), 1);
+        assert_eq!(spread.choose(1), 0);
+        assert_eq!(spread.choose(1), 2);
+        assert_eq!(spread.choose(2), 2);
+        assert_eq!(spread.open(), [1, 1, 2]);
+        let spread = Arc::new(spread);
+        drop(Counted {
+            spread: spread.clone(),
+            thread: 2,
+        });
+        assert_eq!(spread.open(), [1, 1, 1]);
+        assert_eq!(spread.choose(0), 0);
+    }
 }
