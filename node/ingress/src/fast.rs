@@ -251,68 +251,46 @@ async fn fill(conn: &mut Backend) -> Result<(), Broken> {
 }
 
 /// Relays the answer whose head is in `reply` and whose body follows in `conn`: the head with
-/// the body's first bytes in one write, the rest as it comes.
+/// the body's first bytes in one write, the rest as it comes, up to where its framing ends it.
 async fn relay_body<I>(io: &mut I, conn: &mut Backend, answer: &Answer, reply: &mut Vec<u8>) -> Result<(), Broken>
 where
     I: AsyncWrite + Unpin,
 {
-    match answer.framing {
-        Framing::Empty => io.write_all(reply.as_slice()).await?,
-        Framing::Length(n) => {
-            let mut left = n;
-            let mut first = true;
-            loop {
-                let now = left.min(conn.buf.len() as u64) as usize;
-                if first {
-                    reply.extend_from_slice(&conn.buf[..now]);
-                    io.write_all(reply.as_slice()).await?;
-                    first = false;
-                } else {
-                    io.write_all(&conn.buf[..now]).await?;
-                }
-                conn.buf.advance(now);
-                left -= now as u64;
-                if left == 0 {
-                    break;
-                }
-                fill(conn).await?;
+    let (mut left, mut chunked) = (0, Chunked::default());
+    if let Framing::Length(n) = answer.framing {
+        left = n;
+    }
+    let mut head = Some(reply);
+    loop {
+        // How much of what is read belongs to the body, and whether the body ends there.
+        let (now, end) = match answer.framing {
+            Framing::Empty => (0, true),
+            Framing::Length(_) => {
+                let now = left.min(conn.buf.len() as u64);
+                left -= now;
+                (now as usize, left == 0)
             }
+            Framing::Chunked => match chunked.scan(&conn.buf)? {
+                Scan::More(n) => (n, false),
+                Scan::End(n) => (n, true),
+            },
+            Framing::UntilClose => (conn.buf.len(), false),
+        };
+        match head.take() {
+            Some(head) => {
+                head.extend_from_slice(&conn.buf[..now]);
+                io.write_all(head.as_slice()).await?;
+            }
+            None if now > 0 => io.write_all(&conn.buf[..now]).await?,
+            None => {}
         }
-        Framing::Chunked => {
-            let mut chunked = Chunked::default();
-            let mut first = true;
-            loop {
-                let (now, end) = match chunked.scan(&conn.buf)? {
-                    Scan::More(n) => (n, false),
-                    Scan::End(n) => (n, true),
-                };
-                if first {
-                    reply.extend_from_slice(&conn.buf[..now]);
-                    io.write_all(reply.as_slice()).await?;
-                    first = false;
-                } else if now > 0 {
-                    io.write_all(&conn.buf[..now]).await?;
-                }
-                conn.buf.advance(now);
-                if end {
-                    break;
-                }
-                fill(conn).await?;
-            }
+        conn.buf.advance(now);
+        if end {
+            break;
         }
-        Framing::UntilClose => {
-            reply.extend_from_slice(&conn.buf);
-            conn.buf.clear();
-            io.write_all(reply.as_slice()).await?;
-            loop {
-                match fill(conn).await {
-                    Ok(()) => {}
-                    Err(Broken::Closed) => break,
-                    Err(e) => return Err(e),
-                }
-                io.write_all(&conn.buf).await?;
-                conn.buf.clear();
-            }
+        match fill(conn).await {
+            Err(Broken::Closed) if answer.framing == Framing::UntilClose => break,
+            filled => filled?,
         }
     }
     io.flush().await?;

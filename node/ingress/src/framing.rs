@@ -86,7 +86,7 @@ pub fn parse_request<'h, 'b>(buf: &'b [u8], headers: &'h mut [httparse::Header<'
                 return Parsed::Other;
             }
         } else if name.eq_ignore_ascii_case("connection") {
-            for option in h.value.split(|b| *b == b',').map(|o| o.trim_ascii()) {
+            for option in list(h.value) {
                 if option.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if !option.eq_ignore_ascii_case(b"keep-alive") && !option.is_empty() {
@@ -144,6 +144,11 @@ pub fn request_head(out: &mut Vec<u8>, head: &Head<'_, '_>, peer: &str, scheme: 
     field(out, FORWARDED_HOST, head.host.as_bytes());
     field(out, REAL_IP, peer.as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// The members of a comma-separated header value (Connection, Transfer-Encoding), trimmed.
+fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -226,7 +231,7 @@ pub fn parse_answer(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u
     let (mut content_length, mut chunked, mut encoded) = (None, false, false);
     for h in headers {
         if h.name.eq_ignore_ascii_case("connection") {
-            for option in h.value.split(|b| *b == b',').map(|o| o.trim_ascii()) {
+            for option in list(h.value) {
                 if option.eq_ignore_ascii_case(b"close") {
                     reusable = false;
                 } else if option.eq_ignore_ascii_case(b"keep-alive") {
@@ -248,7 +253,7 @@ pub fn parse_answer(buf: &[u8], head_request: bool, close: bool, out: &mut Vec<u
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             encoded = true;
             // Only the last coding says how the body ends.
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
+            let last = list(h.value).next_back().unwrap_or_default();
             chunked = last.eq_ignore_ascii_case(b"chunked");
         }
     }
