@@ -10,8 +10,11 @@
 //! veth pair, plain and through VXLAN, and pods on them wired on a bridge (as Capstan does) and
 //! routed on their own veths (no Engine, no firewall, no agent).
 //!
-//! `cargo bench --bench pod_network` (`-- --quick`: 1 s per throughput run and 200 connections
-//! instead of 5 s and 1,000). Needs root and the Docker Engine; builds the test images.
+//! Each cross-host ratio is the median of several turns, each a pod→pod run beside a host→host
+//! run in alternating order: single runs on this machine vary by ±20 %.
+//!
+//! `cargo bench --bench pod_network` (4 turns of 3 s runs, 1,000 connections; `-- --quick`: 2
+//! turns of 1 s, 200 connections). Needs root and the Docker Engine; builds the test images.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -66,6 +69,42 @@ struct Bench {
     nodes: Vec<LabNode>,
     seconds: String,
     dials: String,
+    /// How many turns each throughput ratio is measured in.
+    turns: usize,
+}
+
+/// Throughput measured in alternating turns beside the host→host floor (bytes/s per turn).
+struct Turns {
+    floor: Vec<f64>,
+    path: Vec<f64>,
+}
+
+impl Turns {
+    /// Each turn's path ÷ floor, sorted.
+    fn ratios(&self) -> Vec<f64> {
+        let mut r: Vec<f64> = self.path.iter().zip(&self.floor).map(|(p, f)| p / f).collect();
+        r.sort_by(f64::total_cmp);
+        r
+    }
+
+    fn median_ratio(&self) -> f64 {
+        let r = self.ratios();
+        let mid = r.len() / 2;
+        if r.len().is_multiple_of(2) {
+            (r[mid - 1] + r[mid]) / 2.0
+        } else {
+            r[mid]
+        }
+    }
+
+    fn spread(&self) -> String {
+        let r = self.ratios();
+        format!("turns {:.2}–{:.2}×", r[0], r[r.len() - 1])
+    }
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
 }
 
 fn out(o: &std::process::Output, what: &str) -> String {
@@ -109,24 +148,45 @@ impl Bench {
         self.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
     }
 
-    /// (bytes/s, median connection set-up µs) from the client pod to `target`.
-    fn client_to(&self, target: &str) -> (f64, f64) {
-        let bps = out(&self.lab.in_pod(1, "client", "app", &["blast", target, &self.seconds]), "blast");
-        let us = out(&self.lab.in_pod(1, "client", "app", &["dial", target, &self.dials]), "dial");
-        (bps.parse().unwrap(), us.parse().unwrap())
+    /// The test program's `blast` (bytes/s) or `dial` (median set-up µs) from the client pod.
+    fn pod_run(&self, what: &str, target: &str) -> f64 {
+        let amount = if what == "blast" { &self.seconds } else { &self.dials };
+        out(&self.lab.in_pod(1, "client", "app", &[what, target, amount]), what)
+            .parse()
+            .unwrap()
     }
 
     /// The same between the hosts themselves: host 1 to a sink on host 2's own network.
-    fn host_to_host(&self) -> (f64, f64) {
+    fn host_to_host(&self, what: &str) -> f64 {
         let target = format!("{}:9100", host_ip(2));
-        let run = |extra: &[&str]| {
-            let mut args = vec!["docker", "run", "--rm", "--network", "host", IMAGE];
-            args.extend(extra);
-            out(&self.lab.exec(1, &args), "host run")
+        let amount = if what == "blast" { &self.seconds } else { &self.dials };
+        let args = ["docker", "run", "--rm", "--network", "host", IMAGE, what, &target, amount];
+        out(&self.lab.exec(1, &args), "host run").parse().unwrap()
+    }
+
+    /// (bytes/s, median set-up µs) from the client pod to `target`.
+    fn client_to(&self, target: &str) -> (f64, f64) {
+        (self.pod_run("blast", target), self.pod_run("dial", target))
+    }
+
+    /// Throughput to `target` and host→host in alternating turns, the order reversed each
+    /// turn, so that the machine's drift over a run (its single runs vary by ±20 %) favours
+    /// neither side of the ratio.
+    fn against_floor(&self, target: &str) -> Turns {
+        let mut turns = Turns {
+            floor: Vec::new(),
+            path: Vec::new(),
         };
-        let bps = run(&["blast", &target, &self.seconds]);
-        let us = run(&["dial", &target, &self.dials]);
-        (bps.parse().unwrap(), us.parse().unwrap())
+        for turn in 0..self.turns {
+            if turn.is_multiple_of(2) {
+                turns.floor.push(self.host_to_host("blast"));
+                turns.path.push(self.pod_run("blast", target));
+            } else {
+                turns.path.push(self.pod_run("blast", target));
+                turns.floor.push(self.host_to_host("blast"));
+            }
+        }
+        turns
     }
 
     fn start_sinks(&self) {
@@ -173,8 +233,9 @@ fn main() {
         lab,
         cluster,
         nodes: Vec::new(),
-        seconds: if quick { "1" } else { "5" }.into(),
+        seconds: if quick { "1" } else { "3" }.into(),
         dials: if quick { "200" } else { "1000" }.into(),
+        turns: if quick { 2 } else { 4 },
     };
     // The floor: a sink on host 2's own network.
     out(
@@ -191,12 +252,13 @@ fn main() {
     b.start_nodes("vxlan");
     b.wait("five Ready pods", 120, || common::lab::ready_count(&b.cluster, "pods") == 5);
     b.start_sinks();
-    let floor = b.host_to_host();
-    row("host → host (the switch; the floor)", floor);
+    let remote = format!("{}:9000", b.pod_ip("remote"));
+    let vxlan = b.against_floor(&remote);
+    let floor_setup = b.host_to_host("dial");
+    let vxlan_setup = b.pod_run("dial", &remote);
     let local = b.client_to(&format!("{}:9000", b.pod_ip("local")));
     row("pod → pod, one host", local);
-    let vxlan = b.client_to(&format!("{}:9000", b.pod_ip("remote")));
-    row("pod → pod across hosts, vxlan", vxlan);
+    row("pod → pod across hosts, vxlan", (mean(&vxlan.path), vxlan_setup));
     let cluster_ip = b.kubectl(&["get", "service", "remote", "-o", "jsonpath={.spec.clusterIP}"]);
     let service = b.client_to(&format!("{cluster_ip}:9000"));
     row("pod → ClusterIP → remote pod, vxlan", service);
@@ -226,8 +288,11 @@ fn main() {
         let routes = out(&b.lab.exec(1, &["ip", "route"]), "ip route");
         routes.contains("via 10.250.0.12 dev eth0")
     });
-    let host_gw = b.client_to(&format!("{}:9000", b.pod_ip("remote")));
-    row("pod → pod across hosts, host-gw", host_gw);
+    let remote = format!("{}:9000", b.pod_ip("remote"));
+    let host_gw = b.against_floor(&remote);
+    row("pod → pod across hosts, host-gw", (mean(&host_gw.path), b.pod_run("dial", &remote)));
+    let host_runs: Vec<f64> = vxlan.floor.iter().chain(&host_gw.floor).copied().collect();
+    row("host → host (the floor, mean of its turns)", (mean(&host_runs), floor_setup));
 
     // A host cut off at the switch: until its Node is NotReady, and until its pod is Ready elsewhere.
     let moving = || {
@@ -270,9 +335,12 @@ fn main() {
 
     let floors = kernel_floors(&b.seconds);
     println!(
-        "\n  cross-host pod throughput / host→host   vxlan {:.2}×, host-gw {:.2}×   (target ≥ 0.8×)",
-        vxlan.0 / floor.0,
-        host_gw.0 / floor.0
+        "\n  cross-host pod throughput / host→host   vxlan {:.2}× ({}), host-gw {:.2}× ({})   (target ≥ 0.8×; the median of {} turns, each beside its own host→host run)",
+        vxlan.median_ratio(),
+        vxlan.spread(),
+        host_gw.median_ratio(),
+        host_gw.spread(),
+        b.turns
     );
     println!(
         "  the kernel alone, bare namespaces: host→host {} plain, {} through VXLAN = {:.2}×   (the floor of encapsulation on this machine)",
@@ -289,7 +357,7 @@ fn main() {
     );
     println!(
         "  ClusterIP set-up / direct pod-IP set-up  {:.2}×   (target ≤ 1.2×)",
-        service.1 / vxlan.1
+        service.1 / vxlan_setup
     );
     println!(
         "  host joining → its pod reachable from h1 {:.2} s   (agent start to answer: registration, VXLAN endpoint, peers' routes; target < 2 s)",
