@@ -10,10 +10,12 @@
 //! veth pair, plain and through VXLAN, and pods on them wired on a bridge (as Capstan does) and
 //! routed on their own veths (no Engine, no firewall, no agent).
 //!
-//! Each cross-host ratio is the median of several turns, each a pod→pod run beside a host→host
-//! run in alternating order: single runs on this machine vary by ±20 %.
+//! Each cross-host ratio is measured in turns, each a pod→pod run beside a host→host run in
+//! alternating order, and compares the best run of each side: single runs on this machine vary
+//! by up to a third, always downwards (another process on the core), so one run per side gave
+//! anything from 0.6× to 1.0× for the same code.
 //!
-//! `cargo bench --bench pod_network` (4 turns of 3 s runs, 1,000 connections; `-- --quick`: 2
+//! `cargo bench --bench pod_network` (4 turns of 3 s runs, 1,000 connections; `-- --quick`: 3
 //! turns of 1 s, 200 connections). Needs root and the Docker Engine; builds the test images.
 
 #[path = "../tests/common/mod.rs"]
@@ -80,31 +82,22 @@ struct Turns {
 }
 
 impl Turns {
-    /// Each turn's path ÷ floor, sorted.
-    fn ratios(&self) -> Vec<f64> {
+    /// The best path run ÷ the best host→host run: what each can do when the machine lets it
+    /// (interference only ever slows a run down, by up to a third here).
+    fn ratio(&self) -> f64 {
+        best(&self.path) / best(&self.floor)
+    }
+
+    /// The range of the turns' own ratios.
+    fn spread(&self) -> String {
         let mut r: Vec<f64> = self.path.iter().zip(&self.floor).map(|(p, f)| p / f).collect();
         r.sort_by(f64::total_cmp);
-        r
-    }
-
-    fn median_ratio(&self) -> f64 {
-        let r = self.ratios();
-        let mid = r.len() / 2;
-        if r.len().is_multiple_of(2) {
-            (r[mid - 1] + r[mid]) / 2.0
-        } else {
-            r[mid]
-        }
-    }
-
-    fn spread(&self) -> String {
-        let r = self.ratios();
         format!("turns {:.2}–{:.2}×", r[0], r[r.len() - 1])
     }
 }
 
-fn mean(values: &[f64]) -> f64 {
-    values.iter().sum::<f64>() / values.len() as f64
+fn best(values: &[f64]) -> f64 {
+    values.iter().copied().fold(0.0, f64::max)
 }
 
 fn out(o: &std::process::Output, what: &str) -> String {
@@ -235,7 +228,7 @@ fn main() {
         nodes: Vec::new(),
         seconds: if quick { "1" } else { "3" }.into(),
         dials: if quick { "200" } else { "1000" }.into(),
-        turns: if quick { 2 } else { 4 },
+        turns: if quick { 3 } else { 4 },
     };
     // The floor: a sink on host 2's own network.
     out(
@@ -255,12 +248,23 @@ fn main() {
     let remote = format!("{}:9000", b.pod_ip("remote"));
     let vxlan = b.against_floor(&remote);
     let floor_setup = b.host_to_host("dial");
-    let vxlan_setup = b.pod_run("dial", &remote);
     let local = b.client_to(&format!("{}:9000", b.pod_ip("local")));
     row("pod → pod, one host", local);
-    row("pod → pod across hosts, vxlan", (mean(&vxlan.path), vxlan_setup));
     let cluster_ip = b.kubectl(&["get", "service", "remote", "-o", "jsonpath={.spec.clusterIP}"]);
-    let service = b.client_to(&format!("{cluster_ip}:9000"));
+    let service = format!("{cluster_ip}:9000");
+    // Set-up times in alternating turns too, the lowest median of each side.
+    let (mut vxlan_setup, mut service_setup) = (f64::MAX, f64::MAX);
+    for turn in 0..b.turns {
+        let mut pair = [(&mut vxlan_setup, &remote), (&mut service_setup, &service)];
+        if !turn.is_multiple_of(2) {
+            pair.reverse();
+        }
+        for (lowest, target) in pair {
+            *lowest = lowest.min(b.pod_run("dial", target));
+        }
+    }
+    row("pod → pod across hosts, vxlan (best run)", (best(&vxlan.path), vxlan_setup));
+    let service = (b.pod_run("blast", &service), service_setup);
     row("pod → ClusterIP → remote pod, vxlan", service);
 
     // A host joining: from its agent's start until its pod answers from host 1.
@@ -290,9 +294,12 @@ fn main() {
     });
     let remote = format!("{}:9000", b.pod_ip("remote"));
     let host_gw = b.against_floor(&remote);
-    row("pod → pod across hosts, host-gw", (mean(&host_gw.path), b.pod_run("dial", &remote)));
+    row(
+        "pod → pod across hosts, host-gw (best run)",
+        (best(&host_gw.path), b.pod_run("dial", &remote)),
+    );
     let host_runs: Vec<f64> = vxlan.floor.iter().chain(&host_gw.floor).copied().collect();
-    row("host → host (the floor, mean of its turns)", (mean(&host_runs), floor_setup));
+    row("host → host (the floor; best run)", (best(&host_runs), floor_setup));
 
     // A host cut off at the switch: until its Node is NotReady, and until its pod is Ready elsewhere.
     let moving = || {
@@ -335,10 +342,10 @@ fn main() {
 
     let floors = kernel_floors(&b.seconds);
     println!(
-        "\n  cross-host pod throughput / host→host   vxlan {:.2}× ({}), host-gw {:.2}× ({})   (target ≥ 0.8×; the median of {} turns, each beside its own host→host run)",
-        vxlan.median_ratio(),
+        "\n  cross-host pod throughput / host→host   vxlan {:.2}× ({}), host-gw {:.2}× ({})   (target ≥ 0.8×; the best of {} alternating runs of each side)",
+        vxlan.ratio(),
         vxlan.spread(),
-        host_gw.median_ratio(),
+        host_gw.ratio(),
         host_gw.spread(),
         b.turns
     );
@@ -357,7 +364,7 @@ fn main() {
     );
     println!(
         "  ClusterIP set-up / direct pod-IP set-up  {:.2}×   (target ≤ 1.2×)",
-        service.1 / vxlan_setup
+        service_setup / vxlan_setup
     );
     println!(
         "  host joining → its pod reachable from h1 {:.2} s   (agent start to answer: registration, VXLAN endpoint, peers' routes; target < 2 s)",
@@ -376,7 +383,7 @@ fn main() {
 /// (VNI and port as the pod network's, MTU underlay − 50, static FDB and neighbour entries), and
 /// on each host two "pods": one on a bridge holding the gateway address (as Capstan wires pods)
 /// and one routed on its own veth (a /32 route, no bridge). Bytes/s host→host plain, host→host
-/// through VXLAN, bridged pod → bridged pod and routed pod → routed pod, the mean of two runs
+/// through VXLAN, bridged pod → bridged pod and routed pod → routed pod, the best of three runs
 /// each, taken in turn.
 struct Floors {
     plain: f64,
@@ -466,14 +473,13 @@ fn kernel_floors(seconds: &str) -> Floors {
         ("cbf-pa1", "10.254.2.2"),
         ("cbf-pa2", "10.254.2.130"),
     ];
-    // Two rounds, each path in turn, summed per path.
-    let mut sums = [0.0; 4];
-    for _ in 0..2 {
-        for (sum, (from, to)) in sums.iter_mut().zip(paths) {
-            *sum += blast(from, to);
+    // Three rounds, each path in turn, the best run per path.
+    let mut bests = [0.0_f64; 4];
+    for _ in 0..3 {
+        for (most, (from, to)) in bests.iter_mut().zip(paths) {
+            *most = most.max(blast(from, to));
         }
     }
-    let mean = |i: usize| sums[i] / 2.0;
     for mut sink in sinks {
         let _ = sink.kill();
         let _ = sink.wait();
@@ -481,9 +487,9 @@ fn kernel_floors(seconds: &str) -> Floors {
     sh(&cleanup);
     let _ = std::fs::remove_file(program);
     Floors {
-        plain: mean(0),
-        vxlan: mean(1),
-        bridged: mean(2),
-        routed: mean(3),
+        plain: bests[0],
+        vxlan: bests[1],
+        bridged: bests[2],
+        routed: bests[3],
     }
 }
