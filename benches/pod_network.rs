@@ -141,19 +141,31 @@ impl Bench {
         self.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
     }
 
+    /// How long a `blast` runs (seconds) or how many connections a `dial` makes.
+    fn amount(&self, what: &str) -> &str {
+        if what == "blast" { &self.seconds } else { &self.dials }
+    }
+
     /// The test program's `blast` (bytes/s) or `dial` (median set-up µs) from the client pod.
     fn pod_run(&self, what: &str, target: &str) -> f64 {
-        let amount = if what == "blast" { &self.seconds } else { &self.dials };
-        out(&self.lab.in_pod(1, "client", "app", &[what, target, amount]), what)
-            .parse()
-            .unwrap()
+        let args = [what, target, self.amount(what)];
+        out(&self.lab.in_pod(1, "client", "app", &args), what).parse().unwrap()
     }
 
     /// The same between the hosts themselves: host 1 to a sink on host 2's own network.
     fn host_to_host(&self, what: &str) -> f64 {
         let target = format!("{}:9100", host_ip(2));
-        let amount = if what == "blast" { &self.seconds } else { &self.dials };
-        let args = ["docker", "run", "--rm", "--network", "host", IMAGE, what, &target, amount];
+        let args = [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            IMAGE,
+            what,
+            &target,
+            self.amount(what),
+        ];
         out(&self.lab.exec(1, &args), "host run").parse().unwrap()
     }
 
@@ -162,24 +174,26 @@ impl Bench {
         (self.pod_run("blast", target), self.pod_run("dial", target))
     }
 
-    /// Throughput to `target` and host→host in alternating turns, the order reversed each
-    /// turn, so that the machine's drift over a run (its single runs vary by ±20 %) favours
-    /// neither side of the ratio.
-    fn against_floor(&self, target: &str) -> Turns {
-        let mut turns = Turns {
-            floor: Vec::new(),
-            path: Vec::new(),
-        };
+    /// `self.turns` runs of `a` and of `b`, the order reversed each turn so that the machine's
+    /// drift over a run favours neither.
+    fn alternate(&self, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (Vec<f64>, Vec<f64>) {
+        let (mut first, mut second) = (Vec::new(), Vec::new());
         for turn in 0..self.turns {
             if turn.is_multiple_of(2) {
-                turns.floor.push(self.host_to_host("blast"));
-                turns.path.push(self.pod_run("blast", target));
+                first.push(a());
+                second.push(b());
             } else {
-                turns.path.push(self.pod_run("blast", target));
-                turns.floor.push(self.host_to_host("blast"));
+                second.push(b());
+                first.push(a());
             }
         }
-        turns
+        (first, second)
+    }
+
+    /// Throughput to `target` from the client pod beside host→host, in alternating turns.
+    fn against_floor(&self, target: &str) -> Turns {
+        let (floor, path) = self.alternate(|| self.host_to_host("blast"), || self.pod_run("blast", target));
+        Turns { floor, path }
     }
 
     fn start_sinks(&self) {
@@ -253,16 +267,9 @@ fn main() {
     let cluster_ip = b.kubectl(&["get", "service", "remote", "-o", "jsonpath={.spec.clusterIP}"]);
     let service = format!("{cluster_ip}:9000");
     // Set-up times in alternating turns too, the lowest median of each side.
-    let (mut vxlan_setup, mut service_setup) = (f64::MAX, f64::MAX);
-    for turn in 0..b.turns {
-        let mut pair = [(&mut vxlan_setup, &remote), (&mut service_setup, &service)];
-        if !turn.is_multiple_of(2) {
-            pair.reverse();
-        }
-        for (lowest, target) in pair {
-            *lowest = lowest.min(b.pod_run("dial", target));
-        }
-    }
+    let (direct, via_service) = b.alternate(|| b.pod_run("dial", &remote), || b.pod_run("dial", &service));
+    let lowest = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+    let (vxlan_setup, service_setup) = (lowest(&direct), lowest(&via_service));
     row("pod → pod across hosts, vxlan (best run)", (best(&vxlan.path), vxlan_setup));
     let service = (b.pod_run("blast", &service), service_setup);
     row("pod → ClusterIP → remote pod, vxlan", service);

@@ -217,8 +217,9 @@ impl Drop for Counted {
     }
 }
 
-/// A connection passed from the thread that accepted it to the one that serves it.
-type Passed = (std::net::TcpStream, SocketAddr);
+/// A connection passed from the thread that accepted it to the one that serves it, already
+/// counted there (the count goes with it, also when it is lost on the way).
+type Passed = (std::net::TcpStream, SocketAddr, Counted);
 
 /// A worker thread's place among its listener's: its number, the counts, and the other threads'
 /// inboxes for connections.
@@ -309,39 +310,33 @@ async fn serve(
             slot = slots.clone().acquire_owned() => slot.expect("never closed"),
         };
         let me = worker.me;
-        let counted = |thread| Counted {
-            spread: worker.spread.clone(),
-            thread,
-        };
         let (stream, peer, counted) = tokio::select! {
             _ = stop.cancelled() => return,
-            Some((passed, peer)) = worker.inbox.recv() => {
-                let counted = counted(me);
-                match TcpStream::from_std(passed) {
-                    Ok(s) => (s, peer, counted),
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "ingress: a connection passed from another thread is lost");
-                        continue;
-                    }
+            Some((passed, peer, counted)) = worker.inbox.recv() => match TcpStream::from_std(passed) {
+                Ok(s) => (s, peer, counted),
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "ingress: a connection passed from another thread is lost");
+                    continue;
                 }
             },
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // Counted on the thread chosen from now: there it ends with the connection.
                     let to = worker.spread.choose(me);
+                    let counted = Counted {
+                        spread: worker.spread.clone(),
+                        thread: to,
+                    };
                     if to == me {
-                        (stream, peer, counted(me))
+                        (stream, peer, counted)
                     } else {
-                        match stream.into_std().map(|s| worker.inboxes[to].send((s, peer))) {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => {
-                                drop(counted(to));
-                                tracing::warn!(%peer, "ingress: a connection passed to a stopped thread is lost");
+                        match stream.into_std() {
+                            Ok(s) => {
+                                if worker.inboxes[to].send((s, peer, counted)).is_err() {
+                                    tracing::warn!(%peer, "ingress: a connection passed to a stopped thread is lost");
+                                }
                             }
-                            Err(e) => {
-                                drop(counted(to));
-                                tracing::warn!(%peer, error = %e, "ingress: a connection could not be passed on");
-                            }
+                            Err(e) => tracing::warn!(%peer, error = %e, "ingress: a connection could not be passed on"),
                         }
                         continue;
                     }
