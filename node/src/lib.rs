@@ -282,10 +282,10 @@ impl Agent {
         let env = Arc::new(worker::Env {
             runtime,
             api,
-            net: podnet::PodNet::new(
+            net: Arc::new(podnet::PodNet::new(
                 capstan_containers::bridge_name(&pods::network_name(&config.name)),
                 mesh.as_ref().map(mesh::MeshConfig::pod_mtu),
-            ),
+            )),
             ctx: spec::NodeContext {
                 node: config.name.clone(),
                 network: pods::network_name(&config.name),
@@ -307,7 +307,7 @@ impl Agent {
             let masquerade = !mesh.as_ref().is_some_and(mesh::MeshConfig::active);
             if let Some(cidr) = pods::prepare_network(&env, &extra, masquerade, &stop).await {
                 if let (Some(m), Ok(range)) = (mesh, cidr.parse()) {
-                    tokio::spawn(mesh::run(mesh_api, m, range, stop.clone()));
+                    tokio::spawn(mesh::run(mesh_api, m, range, env.net.clone(), stop.clone()));
                 }
                 pods::run(env, stop).await;
             }

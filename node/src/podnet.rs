@@ -10,9 +10,12 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use capstan_netlink::rtnl::Rtnl;
+
+use crate::mesh::fastpath::FastPath;
+use crate::mesh::plan::Mac;
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge};
@@ -129,6 +132,11 @@ pub struct PodNet {
     /// The pods' MTU (the underlay's, less what the overlay adds); `None`: the kernel's default.
     mtu: Option<u32>,
     ipam: Mutex<Option<Ipam>>,
+    /// The sandboxes this agent connected: host-end interface name → the pod's address and MAC
+    /// (what the fast path needs to deliver to it).
+    wired: Mutex<HashMap<String, (Ipv4Addr, Mac)>>,
+    /// The VXLAN fast path, once the pod network across hosts has loaded it.
+    fast: Mutex<Option<Arc<FastPath>>>,
 }
 
 impl PodNet {
@@ -137,6 +145,8 @@ impl PodNet {
             bridge: Some(bridge),
             mtu,
             ipam: Mutex::new(None),
+            wired: Mutex::default(),
+            fast: Mutex::default(),
         }
     }
 
@@ -152,17 +162,19 @@ impl PodNet {
             bridge: None,
             mtu: None,
             ipam: Mutex::new(None),
+            wired: Mutex::default(),
+            fast: Mutex::default(),
         }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Ipam) -> T) -> Option<T> {
-        self.ipam.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(f)
+        lock(&self.ipam).as_mut().map(f)
     }
 
     /// Sets the node's range (once it is known, or when it changed: the old addresses went with
     /// the old network).
     pub fn set_range(&self, cidr: &str) {
-        let mut ipam = self.ipam.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ipam = lock(&self.ipam);
         if ipam.as_ref().is_none_or(|i| Some(i.range) != cidr.parse().ok()) {
             *ipam = Ipam::new(cidr);
         }
@@ -197,9 +209,51 @@ impl PodNet {
             gateway,
             mtu: self.mtu,
         };
-        tokio::task::spawn_blocking(move || link.attach())
+        let host = link.host.clone();
+        let (index, mac) = tokio::task::spawn_blocking(move || link.attach())
             .await
-            .unwrap_or_else(|e| Err(kernel("the attaching thread")(io::Error::other(e.to_string()))))
+            .unwrap_or_else(|e| Err(kernel("the attaching thread")(io::Error::other(e.to_string()))))?;
+        // Recorded before the fast path is looked at: a fast path set meanwhile finds the pod
+        // here, or the pod finds the fast path.
+        lock(&self.wired).insert(host.clone(), (ip, mac));
+        if let Some(fast) = self.fast_path() {
+            let on = tokio::task::spawn_blocking(move || {
+                let mut rtnl = Rtnl::open().map_err(|e| e.to_string())?;
+                fast.attach_pod(&mut rtnl, index, Some((ip, mac))).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(e) = on {
+                tracing::warn!(interface = %host, error = %e, "the pod takes the kernel's path: the fast path failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn fast_path(&self) -> Option<Arc<FastPath>> {
+        lock(&self.fast).clone()
+    }
+
+    /// Takes the VXLAN fast path into use: on every interface of the node's bridge (sandboxes
+    /// an earlier agent connected get the egress side only: their MAC is not known here, so
+    /// what comes for them takes the kernel's path), and on every sandbox connected from now on.
+    pub async fn set_fast_path(&self, fast: Arc<FastPath>) {
+        *lock(&self.fast) = Some(fast.clone());
+        let Some(bridge) = self.bridge.clone() else { return };
+        let wired = lock(&self.wired).clone();
+        let done = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut rtnl = Rtnl::open()?;
+            for (name, index) in bridge_ports(&mut rtnl, &bridge)? {
+                if let Err(e) = fast.attach_pod(&mut rtnl, index, wired.get(&name).copied()) {
+                    tracing::warn!(interface = %name, error = %e, "the pod takes the kernel's path: the fast path failed");
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "listing the bridge's interfaces for the fast path failed");
+        }
     }
 
     /// Removes a sandbox's veth pair (both ends go together). The Engine may keep a stopped
@@ -210,11 +264,43 @@ impl PodNet {
             return;
         }
         let name = host_interface(sandbox_id);
+        if let Some((ip, _)) = lock(&self.wired).remove(&name)
+            && let Some(fast) = self.fast_path()
+        {
+            fast.forget_pod(ip);
+        }
         let removed = tokio::task::spawn_blocking(move || delete_link(&mut Rtnl::open()?, &name)).await;
         if let Ok(Err(e)) = removed {
             tracing::warn!(sandbox = sandbox_id, error = %e, "removing the sandbox's interface failed");
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The sandboxes' interfaces on bridge `bridge`: (name, index).
+fn bridge_ports(rtnl: &mut Rtnl, bridge: &str) -> io::Result<Vec<(String, u32)>> {
+    let Some(master) = rtnl.index_of(bridge)? else {
+        return Ok(Vec::new());
+    };
+    let answers = rtnl.request(
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        netlink_packet_core::NLM_F_DUMP,
+    )?;
+    Ok(answers
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) if l.attributes.contains(&LinkAttribute::Controller(master)) => {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) if n.starts_with(HOST_PREFIX) => Some((n.clone(), l.header.index)),
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+        .collect())
 }
 
 /// Deletes interface `name` if there is one.
@@ -254,8 +340,10 @@ fn index_of(rtnl: &mut Rtnl, name: &str, what: &str) -> Result<u32, PodNetError>
 
 /// The host end of a sandbox's veth pair: unique per sandbox, at most 15 characters.
 pub fn host_interface(sandbox_id: &str) -> String {
-    format!("cap{}", &sandbox_id[..sandbox_id.len().min(12)])
+    format!("{HOST_PREFIX}{}", &sandbox_id[..sandbox_id.len().min(12)])
 }
+
+const HOST_PREFIX: &str = "cap";
 
 /// One sandbox's connection, made with blocking netlink calls.
 struct Link {
@@ -269,7 +357,8 @@ struct Link {
 }
 
 impl Link {
-    fn attach(&self) -> Result<(), PodNetError> {
+    /// Connects the sandbox; the host end's interface index and the pod's MAC.
+    fn attach(&self) -> Result<(u32, Mac), PodNetError> {
         let mut host = Rtnl::open().map_err(kernel("opening a route netlink socket"))?;
         let bridge = index_of(&mut host, &self.bridge, &format!("bridge {}", self.bridge))?;
         // A leftover of an attempt that failed half-way.
@@ -299,10 +388,12 @@ impl Link {
         if let Err(e) = set_hairpin(&mut host, &self.host) {
             tracing::warn!(interface = %self.host, error = %e, "setting hairpin mode failed");
         }
+        let host_index = index_of(&mut host, &self.host, &format!("the sandbox's interface {}", self.host))?;
 
         let netns = PathBuf::from(format!("/proc/{}/ns/net", self.pid));
         let mut pod = Rtnl::open_in(&netns).map_err(kernel("entering the sandbox's network namespace"))?;
         let eth0 = index_of(&mut pod, POD_INTERFACE, "eth0 in the sandbox")?;
+        let mac = mac_of(&mut pod, eth0).map_err(kernel("reading eth0's MAC in the sandbox"))?;
         let mut address = AddressMessage::default();
         address.header.family = AddressFamily::Inet;
         address.header.prefix_len = self.prefix;
@@ -329,8 +420,25 @@ impl Link {
         route.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(self.gateway)), RouteAttribute::Oif(eth0)];
         pod.request(RouteNetlinkMessage::NewRoute(route), NLM_F_CREATE | NLM_F_EXCL)
             .map_err(kernel(format!("adding the sandbox's default route via {}", self.gateway)))?;
-        Ok(())
+        Ok((host_index, mac))
     }
+}
+
+/// The hardware address of interface `index`.
+fn mac_of(rtnl: &mut Rtnl, index: u32) -> io::Result<Mac> {
+    let mut get = LinkMessage::default();
+    get.header.index = index;
+    let answers = rtnl.request(RouteNetlinkMessage::GetLink(get), 0)?;
+    answers
+        .into_iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::Address(a) => a.try_into().ok(),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODATA))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! traffic leaving the cluster and the guard of the VXLAN port): at every change of a Node, and in a full sync every
 //! [`RESYNC`] that repairs what anyone else changed.
 
+pub mod fastpath;
 pub mod kernel;
 pub mod nftables;
 pub mod plan;
@@ -22,9 +23,12 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::ApiClient;
+use crate::podnet::PodNet;
+use fastpath::FastPath;
 pub use kernel::Underlay;
 pub use plan::Backend;
 use plan::{Local, Mesh, Peer, Skipped};
+use std::sync::Arc;
 
 /// How often the kernel is compared with the plan even when no Node changed.
 pub const RESYNC: Duration = Duration::from_secs(10);
@@ -78,7 +82,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Sets up this node's side (the VXLAN device, the masquerade, the annotations), then keeps the
 /// routes to the other nodes in line until `stop`.
-pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, stop: CancellationToken) {
+pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, net: Arc<PodNet>, stop: CancellationToken) {
     let vtep = loop {
         match prepare(&api, &config, pod_cidr).await {
             Ok(v) => break v,
@@ -91,6 +95,13 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, stop: Cance
     };
     if !config.active() {
         return;
+    }
+    let fast = match vtep {
+        Some(index) => fast_path(index, plan::vtep_mac(config.underlay.address)).await,
+        None => None,
+    };
+    if let Some(f) = &fast {
+        net.set_fast_path(f.clone()).await;
     }
     let local = Local {
         underlay: config.underlay.address,
@@ -150,6 +161,12 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, stop: Cance
                 tracing::warn!(node = %config.node, error = %e, "letting the peers' VXLAN in failed; retrying");
             }
         }
+        if let Some(f) = &fast {
+            let remotes = fastpath_remotes(&desired);
+            if let Err(e) = f.set_remotes(&remotes) {
+                tracing::warn!(node = %config.node, error = %e, "updating the fast path's remote nodes failed; retrying");
+            }
+        }
         last_desired = Some(desired.clone());
         match sync(desired.clone(), vtep).await {
             Ok(changes) if !changes.is_empty() => {
@@ -164,6 +181,41 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, stop: Cance
             last_peers = routed;
         }
     }
+}
+
+/// Loads the fast path for the VXLAN device `index` and attaches its receiving side; None (and
+/// the kernel's path for everything) when this kernel or this process cannot.
+async fn fast_path(index: u32, mac: plan::Mac) -> Option<Arc<FastPath>> {
+    let loaded = blocking(move |rtnl| {
+        let fast = FastPath::load(fastpath::Vtep { index, mac }).map_err(|e| e.to_string());
+        Ok(fast.and_then(|f| f.attach_vtep(rtnl, index).map(|()| f).map_err(|e| e.to_string())))
+    })
+    .await;
+    match loaded {
+        Ok(Ok(f)) => {
+            tracing::info!(
+                "pod network fast path: established TCP connections between nodes' pods skip the hosts' forwarding (eBPF on tc)"
+            );
+            Some(Arc::new(f))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "pod network fast path not in use; every packet takes the kernel's forwarding path");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "pod network fast path not in use");
+            None
+        }
+    }
+}
+
+/// The remote pod ranges the fast path sends to, with their VTEP's MAC.
+fn fastpath_remotes(mesh: &Mesh) -> BTreeMap<Cidr, plan::Mac> {
+    mesh.routes
+        .iter()
+        .filter(|(_, r)| r.vxlan)
+        .filter_map(|(range, r)| mesh.neighbours.get(&r.gateway).map(|mac| (*range, *mac)))
+        .collect()
 }
 
 async fn remove_device_and_routes() -> Result<(), kernel::KernelError> {

@@ -40,7 +40,7 @@ pub struct Env {
     pub api: ApiClient,
     pub ctx: NodeContext,
     /// Pod addresses and the sandboxes' connection to the node's bridge.
-    pub net: PodNet,
+    pub net: Arc<PodNet>,
     pub backoff: Backoff,
     pub allow_host_path: bool,
     /// Labels added to every container (the tests' sweep label).

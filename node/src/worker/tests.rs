@@ -121,7 +121,7 @@ impl Harness {
         let service = tower::service_fn(move |req| answer(served.clone(), req));
         let client = ApiClient::new(kube::Client::new(service, "default"));
         let dir = tempfile::tempdir().unwrap();
-        let net = PodNet::addresses_only();
+        let net = std::sync::Arc::new(PodNet::addresses_only());
         net.set_range("10.244.0.0/24");
         let env = Arc::new(Env {
             runtime: runtime.clone(),
