@@ -1,7 +1,8 @@
 //! The pod network across hosts, measured on the lab (`scripts/lab.sh`: hosts in network
 //! namespaces with their own Engines on one switch): TCP throughput and connection set-up time
 //! host→host over the switch (the floor), pod→pod on one host, pod→pod across hosts for each
-//! backend, and pod→ClusterIP→remote pod; and the time from a host's agent starting until its pod
+//! backend (VXLAN with its eBPF fast path, and again with `--no-fast-path`), and
+//! pod→ClusterIP→remote pod; and the time from a host's agent starting until its pod
 //! answers from another host. Targets: cross-host throughput ≥ 0.8× host→host, ClusterIP set-up
 //! within 1.2× of a direct pod-IP connection, a joining host reachable in < 2 s. Last, a host cut
 //! off at the switch: how long until its Node is NotReady and its pod is Ready on another host,
@@ -128,13 +129,12 @@ impl Bench {
         }
     }
 
-    fn start_nodes(&mut self, backend: &str) {
+    /// Agents on every host, started anew with `args` (the pods stay and are adopted).
+    fn start_nodes(&mut self, args: &[&str]) {
         for n in &mut self.nodes {
             n.kill();
         }
-        self.nodes = (1..=self.lab.hosts)
-            .map(|n| self.lab.node(&self.cluster, n, &["--pod-network", backend]))
-            .collect();
+        self.nodes = (1..=self.lab.hosts).map(|n| self.lab.node(&self.cluster, n, args)).collect();
     }
 
     fn pod_ip(&self, pod: &str) -> String {
@@ -256,7 +256,7 @@ fn main() {
         "pod_network: 3 lab hosts, {} s per throughput run, median of {} connections",
         b.seconds, b.dials
     );
-    b.start_nodes("vxlan");
+    b.start_nodes(&["--pod-network", "vxlan"]);
     b.wait("five Ready pods", 120, || common::lab::ready_count(&b.cluster, "pods") == 5);
     b.start_sinks();
     let remote = format!("{}:9000", b.pod_ip("remote"));
@@ -294,7 +294,19 @@ fn main() {
     });
     let join = started.elapsed();
 
-    b.start_nodes("host-gw");
+    // VXLAN again without the fast path: every segment through both hosts' forwarding.
+    b.start_nodes(&["--pod-network", "vxlan", "--no-fast-path"]);
+    b.wait("the fast path off h1's tunnel", 60, || {
+        !out(&b.lab.exec(1, &["tc", "filter", "show", "dev", "capstan.1", "ingress"]), "tc").contains("capstan")
+    });
+    let remote = format!("{}:9000", b.pod_ip("remote"));
+    let kernel_path = b.against_floor(&remote);
+    row(
+        "pod → pod across hosts, vxlan, kernel path",
+        (best(&kernel_path.path), b.pod_run("dial", &remote)),
+    );
+
+    b.start_nodes(&["--pod-network", "host-gw"]);
     b.wait("host-gw routes on h1", 60, || {
         let routes = out(&b.lab.exec(1, &["ip", "route"]), "ip route");
         routes.contains("via 10.250.0.12 dev eth0")
@@ -305,7 +317,11 @@ fn main() {
         "pod → pod across hosts, host-gw (best run)",
         (best(&host_gw.path), b.pod_run("dial", &remote)),
     );
-    let host_runs: Vec<f64> = vxlan.floor.iter().chain(&host_gw.floor).copied().collect();
+    let host_runs: Vec<f64> = [&vxlan, &kernel_path, &host_gw]
+        .iter()
+        .flat_map(|t| t.floor.iter())
+        .copied()
+        .collect();
     row("host → host (the floor; best run)", (best(&host_runs), floor_setup));
 
     // A host cut off at the switch: until its Node is NotReady, and until its pod is Ready elsewhere.
@@ -349,9 +365,11 @@ fn main() {
 
     let floors = kernel_floors(&b.seconds);
     println!(
-        "\n  cross-host pod throughput / host→host   vxlan {:.2}× ({}), host-gw {:.2}× ({})   (target ≥ 0.8×; the best of {} alternating runs of each side)",
+        "\n  cross-host pod throughput / host→host   vxlan {:.2}× ({}; without the fast path {:.2}×, {}), host-gw {:.2}× ({})   (target ≥ 0.8×; the best of {} alternating runs of each side)",
         vxlan.ratio(),
         vxlan.spread(),
+        kernel_path.ratio(),
+        kernel_path.spread(),
         host_gw.ratio(),
         host_gw.spread(),
         b.turns

@@ -68,6 +68,8 @@ pub struct NodeConfig {
     pub join_patience: Duration,
     /// How pods reach the pods of other hosts.
     pub pod_network: mesh::Backend,
+    /// With `vxlan`: the eBPF fast path for established TCP connections between nodes' pods.
+    pub fast_path: bool,
     /// The whole pod range (pod-to-pod traffic is never masqueraded).
     pub cluster_cidr: capstan_api::cidr::Cidr,
     /// The Docker Engine (`unix:///path`, `tcp://host:port`); `None`: DOCKER_HOST or the local one.
@@ -110,6 +112,7 @@ impl NodeConfig {
             lease_interval: Duration::from_secs(10),
             join_patience: Duration::from_secs(30),
             pod_network: mesh::Backend::default(),
+            fast_path: true,
             cluster_cidr: capstan_api::cidr::POD_RANGE,
             docker_host: None,
             proxy: None,
@@ -229,6 +232,7 @@ impl Agent {
                 Some(mesh::MeshConfig {
                     node: config.name.clone(),
                     backend: config.pod_network,
+                    fast_path: config.fast_path,
                     underlay,
                     cluster_cidr: config.cluster_cidr,
                 })

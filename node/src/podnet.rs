@@ -132,9 +132,9 @@ pub struct PodNet {
     /// The pods' MTU (the underlay's, less what the overlay adds); `None`: the kernel's default.
     mtu: Option<u32>,
     ipam: Mutex<Option<Ipam>>,
-    /// The sandboxes this agent connected: host-end interface name → the pod's address and MAC
-    /// (what the fast path needs to deliver to it).
-    wired: Mutex<HashMap<String, (Ipv4Addr, Mac)>>,
+    /// The sandboxes this agent connected or adopted: host-end interface name → the pod's
+    /// address and MAC (what the fast path needs to deliver to it; None: not found).
+    wired: Mutex<HashMap<String, Option<(Ipv4Addr, Mac)>>>,
     /// The VXLAN fast path, once the pod network across hosts has loaded it.
     fast: Mutex<Option<Arc<FastPath>>>,
 }
@@ -213,30 +213,59 @@ impl PodNet {
         let (index, mac) = tokio::task::spawn_blocking(move || link.attach())
             .await
             .unwrap_or_else(|e| Err(kernel("the attaching thread")(io::Error::other(e.to_string()))))?;
-        // Recorded before the fast path is looked at: a fast path set meanwhile finds the pod
-        // here, or the pod finds the fast path.
-        lock(&self.wired).insert(host.clone(), (ip, mac));
-        if let Some(fast) = self.fast_path() {
-            let on = tokio::task::spawn_blocking(move || {
-                let mut rtnl = Rtnl::open().map_err(|e| e.to_string())?;
-                fast.attach_pod(&mut rtnl, index, Some((ip, mac))).map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            if let Err(e) = on {
-                tracing::warn!(interface = %host, error = %e, "the pod takes the kernel's path: the fast path failed");
+        self.wire(host, index, Some((ip, mac))).await;
+        Ok(())
+    }
+
+    /// A running sandbox an earlier agent connected: its interface and MAC are looked up once,
+    /// so that the fast path delivers to it too.
+    pub async fn adopt(&self, pid: u32, sandbox_id: &str, ip: Ipv4Addr) {
+        let host = host_interface(sandbox_id);
+        if self.bridge.is_none() || lock(&self.wired).contains_key(&host) {
+            return;
+        }
+        let name = host.clone();
+        let found = tokio::task::spawn_blocking(move || -> io::Result<(u32, Mac)> {
+            let missing = || io::Error::from_raw_os_error(libc::ENODEV);
+            let index = Rtnl::open()?.index_of(&name)?.ok_or_else(missing)?;
+            let mut pod = Rtnl::open_in(&PathBuf::from(format!("/proc/{pid}/ns/net")))?;
+            let eth0 = pod.index_of(POD_INTERFACE)?.ok_or_else(missing)?;
+            Ok((index, mac_of(&mut pod, eth0)?))
+        })
+        .await;
+        match found {
+            Ok(Ok((index, mac))) => self.wire(host, index, Some((ip, mac))).await,
+            other => {
+                tracing::debug!(interface = %host, result = ?other.map(|r| r.map(|_| ())), "an adopted sandbox's interface was not found");
+                lock(&self.wired).insert(host, None);
             }
         }
-        Ok(())
+    }
+
+    /// Records a connected sandbox and puts the fast path on it, if there is one yet.
+    async fn wire(&self, host: String, index: u32, pod: Option<(Ipv4Addr, Mac)>) {
+        // Recorded before the fast path is looked at: a fast path set meanwhile finds the pod
+        // here, or the pod finds the fast path.
+        lock(&self.wired).insert(host.clone(), pod);
+        let Some(fast) = self.fast_path() else { return };
+        let on = tokio::task::spawn_blocking(move || {
+            let mut rtnl = Rtnl::open().map_err(|e| e.to_string())?;
+            fast.attach_pod(&mut rtnl, index, pod).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = on {
+            tracing::warn!(interface = %host, error = %e, "the pod takes the kernel's path: the fast path failed");
+        }
     }
 
     fn fast_path(&self) -> Option<Arc<FastPath>> {
         lock(&self.fast).clone()
     }
 
-    /// Takes the VXLAN fast path into use: on every interface of the node's bridge (sandboxes
-    /// an earlier agent connected get the egress side only: their MAC is not known here, so
-    /// what comes for them takes the kernel's path), and on every sandbox connected from now on.
+    /// Takes the VXLAN fast path into use: on every interface of the node's bridge (a sandbox
+    /// not yet adopted gets the egress side only until it is: what comes for it takes the
+    /// kernel's path meanwhile), and on every sandbox connected from now on.
     pub async fn set_fast_path(&self, fast: Arc<FastPath>) {
         *lock(&self.fast) = Some(fast.clone());
         let Some(bridge) = self.bridge.clone() else { return };
@@ -244,7 +273,7 @@ impl PodNet {
         let done = tokio::task::spawn_blocking(move || -> io::Result<()> {
             let mut rtnl = Rtnl::open()?;
             for (name, index) in bridge_ports(&mut rtnl, &bridge)? {
-                if let Err(e) = fast.attach_pod(&mut rtnl, index, wired.get(&name).copied()) {
+                if let Err(e) = fast.attach_pod(&mut rtnl, index, wired.get(&name).copied().flatten()) {
                     tracing::warn!(interface = %name, error = %e, "the pod takes the kernel's path: the fast path failed");
                 }
             }
@@ -256,6 +285,24 @@ impl PodNet {
         }
     }
 
+    /// Takes the fast path's programs off every interface of the node's bridge (`--no-fast-path`
+    /// after an agent that had it).
+    pub async fn remove_fast_path(&self) {
+        *lock(&self.fast) = None;
+        let Some(bridge) = self.bridge.clone() else { return };
+        let done = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut rtnl = Rtnl::open()?;
+            for (_, index) in bridge_ports(&mut rtnl, &bridge)? {
+                capstan_bpf::tc::detach(&mut rtnl, index)?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "taking the fast path off the pods' interfaces failed");
+        }
+    }
+
     /// Removes a sandbox's veth pair (both ends go together). The Engine may keep a stopped
     /// sandbox's namespace (seen after it restarts), and with it an interface answering ARP for
     /// the pod's address, which a new sandbox of the pod takes.
@@ -264,7 +311,7 @@ impl PodNet {
             return;
         }
         let name = host_interface(sandbox_id);
-        if let Some((ip, _)) = lock(&self.wired).remove(&name)
+        if let Some(Some((ip, _))) = lock(&self.wired).remove(&name)
             && let Some(fast) = self.fast_path()
         {
             fast.forget_pod(ip);

@@ -41,6 +41,10 @@ pub struct Args {
     /// (routes via each node's address; the nodes share one L2 segment) or `none`.
     #[arg(long, default_value = "vxlan")]
     pub pod_network: capstan_node::mesh::Backend,
+    /// Keep every packet of the `vxlan` pod network on the kernel's forwarding path (no eBPF fast
+    /// path for established TCP connections between nodes' pods).
+    #[arg(long)]
+    pub no_fast_path: bool,
     /// The Docker Engine to run pods on (`unix:///path`, `tcp://host:port`).
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
@@ -255,6 +259,7 @@ pub fn config(args: Args) -> anyhow::Result<NodeConfig> {
         .with_context(|| format!("--listen {:?}: expected ADDRESS:PORT", args.listen))?;
     c.node_ip = args.node_ip;
     c.pod_network = args.pod_network;
+    c.fast_path = !args.no_fast_path;
     c.docker_host = args.docker_host;
     c.cluster_cidr = cidr("cluster-cidr", &args.cluster_cidr)?;
     c.labels = args

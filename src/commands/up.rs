@@ -75,6 +75,10 @@ pub struct Args {
     /// `host-gw` or `none`.
     #[arg(long, default_value = "vxlan")]
     pub pod_network: capstan_node::mesh::Backend,
+    /// Keep every packet of the `vxlan` pod network on the kernel's forwarding path (no eBPF fast
+    /// path for established TCP connections between nodes' pods).
+    #[arg(long)]
+    pub no_fast_path: bool,
     /// The address published in the Node; default: the host's address on its default route.
     #[arg(long)]
     pub node_ip: Option<std::net::IpAddr>,
@@ -194,6 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|l| super::node::pair("runtime-label", l))
         .collect::<anyhow::Result<_>>()?;
     node.pod_network = args.pod_network;
+    node.fast_path = !args.no_fast_path;
     node.node_ip = args.node_ip;
     node.volume_dir = args.volume_dir.clone();
     node.allow_host_path = args.allow_host_path;

@@ -38,6 +38,8 @@ pub const RESYNC: Duration = Duration::from_secs(10);
 pub struct MeshConfig {
     pub node: String,
     pub backend: Backend,
+    /// With VXLAN: load the eBPF fast path ([`fastpath`]).
+    pub fast_path: bool,
     pub underlay: Underlay,
     /// The whole pod range: traffic between its addresses is never masqueraded.
     pub cluster_cidr: Cidr,
@@ -97,8 +99,16 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, net: Arc<Po
         return;
     }
     let fast = match vtep {
-        Some(index) => fast_path(index, plan::vtep_mac(config.underlay.address)).await,
-        None => None,
+        Some(index) if config.fast_path => fast_path(index, plan::vtep_mac(config.underlay.address)).await,
+        _ => {
+            // Off, or another backend: what an earlier agent left on the tunnel and the pods'
+            // interfaces goes.
+            if let Some(index) = vtep {
+                let _ = blocking(move |rtnl| Ok(capstan_bpf::tc::detach(rtnl, index))).await;
+            }
+            net.remove_fast_path().await;
+            None
+        }
     };
     if let Some(f) = &fast {
         net.set_fast_path(f.clone()).await;

@@ -35,6 +35,10 @@ impl Worker {
                     if self.pod_ip.is_none() {
                         self.pod_ip = info.ip.clone();
                     }
+                    let ip = self.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
+                    if let (Some(pid), Some(ip), false) = (info.pid, ip, spec::host_network(&self.pod)) {
+                        self.env.net.adopt(pid, &info.id, ip).await;
+                    }
                     self.sandbox = Some(info);
                     return (true, Wake::NONE);
                 }
