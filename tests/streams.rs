@@ -439,6 +439,29 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
         events.contains("Exec") && events.contains("Attach") && events.contains("PortForward")
     });
 
+    // A restarted container is a new one: an exec reaches the new one (the agent tries the
+    // container it found last first, and looks again when that one refuses).
+    c.kubectl_ok(&["exec", &pod, "-c", "app", "--", "touch", "/tmp/before-the-restart"]);
+    let killed = std::process::Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("name=k8s_app_{pod}_default_")])
+        .output()
+        .unwrap();
+    let id = text(&killed.stdout).trim().to_owned();
+    assert!(!id.is_empty() && !id.contains('\n'), "the app container: {}", explain(&killed));
+    let o = std::process::Command::new("docker").args(["kill", &id]).output().unwrap();
+    assert!(o.status.success(), "{}", explain(&o));
+    c.wait_until_within("the app container restarted and the pod ready", 60, || {
+        let p: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pod", &pod, "-o", "json"])).unwrap();
+        let restarted = p["status"]["containerStatuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "app" && s["restartCount"].as_u64() >= Some(1));
+        restarted && pod_ready(&p)
+    });
+    let o = c.kubectl(&["exec", &pod, "-c", "app", "--", "test", "-e", "/tmp/before-the-restart"]);
+    assert_eq!(o.status.code(), Some(1), "the exec reached the old container: {}", explain(&o));
+
     // Day-two actions that change no desired state. Nodes are observed state: an administrator
     // labels and annotates them.
     c.kubectl_ok(&["label", "node", &node, "team=blue"]);

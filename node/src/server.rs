@@ -32,7 +32,14 @@ pub(crate) struct Shared {
     sampler: Sampler,
     /// The newest sample, with the window its rates span.
     latest: Mutex<Option<serde_json::Value>>,
+    /// The running container last found for a stream's (namespace, pod, container, pod uid):
+    /// tried first, so that an exec skips the Engine's container list (a stale one refuses the
+    /// exec, and the list is made then).
+    pub(crate) stream_targets: Mutex<std::collections::HashMap<StreamTarget, String>>,
 }
+
+/// What a stream request names: namespace, pod, container, pod uid.
+pub(crate) type StreamTarget = (String, String, String, Option<String>);
 
 impl Shared {
     async fn sample(&self, window: Duration) -> serde_json::Value {
@@ -87,6 +94,7 @@ pub async fn start(
         node,
         sampler: Sampler::default(),
         latest: Mutex::new(None),
+        stream_targets: Mutex::default(),
     });
     tokio::spawn(sample_loop(shared.clone(), stop.clone()));
     let router = Router::new()

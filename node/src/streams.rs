@@ -18,7 +18,9 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::server::{Shared, error, pod_containers};
+use std::collections::HashMap;
+
+use crate::server::{Shared, StreamTarget, error, pod_containers};
 
 /// How long an ended exec may take to report its exit code.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
@@ -79,8 +81,25 @@ pub(crate) async fn attach(
     open(s, (namespace, pod, container), request, ws, false).await
 }
 
-/// Finds the running container, connects the process's streams, then takes the WebSocket: a
-/// failure before that is an HTTP error the API server relays.
+/// Remembered stream targets at most (pods come and go; the map starts over when full).
+const TARGETS: usize = 1024;
+
+fn targets(s: &Shared) -> std::sync::MutexGuard<'_, HashMap<StreamTarget, String>> {
+    s.stream_targets.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The process's streams in container `id`.
+async fn session(s: &Shared, id: &str, request: &Request, exec: bool) -> Result<Session, capstan_containers::RuntimeError> {
+    if exec {
+        s.runtime.exec_session(id, &request.spec).await
+    } else {
+        s.runtime.attach(id, &request.spec).await
+    }
+}
+
+/// Finds the running container (the one found last time first), connects the process's
+/// streams, then takes the WebSocket: a failure before that is an HTTP error the API server
+/// relays.
 async fn open(
     s: Arc<Shared>,
     (namespace, pod, container): (String, String, String),
@@ -88,7 +107,19 @@ async fn open(
     ws: WebSocketUpgrade,
     exec: bool,
 ) -> Response {
-    let found = match pod_containers(&s, &namespace, &pod, &container, request.uid.as_deref()).await {
+    let target: StreamTarget = (namespace, pod, container, request.uid.clone());
+    let known = targets(&s).get(&target).cloned();
+    if let Some(id) = known {
+        match session(&s, &id, &request, exec).await {
+            Ok(session) => return upgrade(ws, s.runtime.clone(), id, session, request.spec),
+            // Stopped, restarted or gone since: look again.
+            Err(_) => {
+                targets(&s).remove(&target);
+            }
+        }
+    }
+    let (namespace, pod, container, _) = &target;
+    let found = match pod_containers(&s, namespace, pod, container, request.uid.as_deref()).await {
         Ok(found) => found,
         Err(response) => return response,
     };
@@ -101,12 +132,7 @@ async fn open(
             format!("container {container:?} in pod {pod:?} is not running"),
         );
     };
-    let session = if exec {
-        s.runtime.exec_session(&running.id, &request.spec).await
-    } else {
-        s.runtime.attach(&running.id, &request.spec).await
-    };
-    let session = match session {
+    let session = match session(&s, &running.id, &request, exec).await {
         Ok(session) => session,
         Err(e) => {
             return error(
@@ -115,14 +141,24 @@ async fn open(
             );
         }
     };
-    let runtime = s.runtime.clone();
-    let spec = request.spec;
+    {
+        let mut known = targets(&s);
+        if known.len() >= TARGETS {
+            known.clear();
+        }
+        known.insert(target.clone(), running.id.clone());
+    }
+    upgrade(ws, s.runtime.clone(), running.id, session, request.spec)
+}
+
+/// Takes the WebSocket and relays the session in the protocol the client chose.
+fn upgrade(ws: WebSocketUpgrade, runtime: Arc<dyn Runtime>, id: String, session: Session, spec: StreamSpec) -> Response {
     ws.protocols([PROTOCOL_V5, rc::PROTOCOL_SPDY_V4])
         .on_upgrade(move |socket| async move {
             if socket.protocol().is_some_and(|p| p == rc::PROTOCOL_SPDY_V4) {
-                crate::spdy_exec::session(socket, runtime, running.id, session, spec).await;
+                crate::spdy_exec::session(socket, runtime, id, session, spec).await;
             } else {
-                relay(socket, runtime, running.id, session, spec).await;
+                relay(socket, runtime, id, session, spec).await;
             }
         })
 }
