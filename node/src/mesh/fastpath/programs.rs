@@ -169,11 +169,12 @@ fn forget_and_pass(a: &mut Asm, flows: i32) {
         .exit();
 }
 
-/// To `refresh` when more than [`REFRESH_NS`] passed since the time at `at` of the record in
-/// `record`; leaves the time now in r0.
+/// To `refresh` when no segment took the kernel's path yet (the time at `at` of the record in
+/// `record` is 0) or more than [`REFRESH_NS`] ago; leaves the time now in r0.
 fn due(a: &mut Asm, record: capstan_bpf::insn::Reg, at: i16) {
     a.call(KTIME_GET_NS)
         .load(Size::DW, R4, record, at)
+        .jump_imm(Cond::Eq, R4, 0, "refresh")
         .alu(Op::Mov, R5, R0)
         .alu(Op::Sub, R5, R4)
         .load_imm64(R4, REFRESH_NS)

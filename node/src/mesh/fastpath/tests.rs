@@ -57,13 +57,18 @@ fn inward(local_port: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
     segment((REMOTE, 80), (LOCAL, local_port), flags, seq, ack)
 }
 
-fn flow(fp: &FastPath, local_port: u16) -> Option<Vec<u8>> {
+/// The fast path's key of the connection from LOCAL:`local_port` to REMOTE:80.
+fn flow_key(local_port: u16) -> Vec<u8> {
     let mut key = Vec::new();
     key.extend(LOCAL.octets());
     key.extend(REMOTE.octets());
     key.extend(local_port.to_be_bytes());
     key.extend(80u16.to_be_bytes());
-    fp.flows.lookup(&key).unwrap()
+    key
+}
+
+fn flow(fp: &FastPath, local_port: u16) -> Option<Vec<u8>> {
+    fp.flows.lookup(&flow_key(local_port)).unwrap()
 }
 
 fn egress(fp: &FastPath, p: &[u8]) -> (u32, Vec<u8>) {
@@ -96,6 +101,15 @@ fn a_client_connection_goes_fast_once_both_sides_are_confirmed_and_conntrack_saw
     let (verdict, packet) = ingress(&fp, &inward(40000, ACK, 5001, 1001));
     assert_eq!(verdict, REDIRECTED);
     assert_eq!(packet[..6], POD_MAC, "to the pod");
+    // A minute on (the last kernel's-path segment each way set long ago), one segment each way
+    // takes the kernel's path again, so that conntrack's entry stays.
+    let mut record = flow(&fp, 40000).unwrap();
+    record[8..24].copy_from_slice(&[[1, 0, 0, 0, 0, 0, 0, 0]; 2].concat());
+    fp.flows.update(&flow_key(40000), &record).unwrap();
+    assert_eq!(egress(&fp, &out(40000, ACK, 1001, 5001)).0, PASS);
+    assert_eq!(egress(&fp, &out(40000, ACK, 1001, 5001)).0, REDIRECTED);
+    assert_eq!(ingress(&fp, &inward(40000, ACK, 5001, 1001)).0, PASS);
+    assert_eq!(ingress(&fp, &inward(40000, ACK, 5001, 1001)).0, REDIRECTED);
     // A FIN either way takes the kernel's path and ends the fast path for the connection.
     assert_eq!(ingress(&fp, &inward(40000, FIN | ACK, 5001, 1001)).0, PASS);
     assert!(flow(&fp, 40000).is_none());
