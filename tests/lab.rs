@@ -251,14 +251,14 @@ fn transfer(s: &Setup, target: &str) -> (f64, f64, f64) {
     (sent, (h1_after.0 - h1.0) as f64, (h2_after.1 - h2.1) as f64)
 }
 
-/// The VXLAN fast path: its programs on the tunnel and on every pod interface of h1, and bulk
+/// The fast path: its programs on `device` (the tunnel, or with host-gw the underlay) and on every pod interface of h1, and bulk
 /// transfers from h1's pod to h2's, by pod IP and through a ClusterIP, that work and whose data
 /// passes the bridges of the hosts that need not see it (only the handshake, a first segment and
 /// the close take the kernel's path there, so that conntrack still sees each connection).
 /// Returns the direct target, for later transfers.
-fn check_fast_path(s: &Setup) -> String {
-    let tunnel = s.lab.exec_ok(1, &["tc", "filter", "show", "dev", "capstan.1", "ingress"]);
-    assert!(tunnel.contains("capstan_ingress"), "the tunnel's program on h1:\n{tunnel}");
+fn check_fast_path(s: &Setup, device: &str) -> String {
+    let on_device = s.lab.exec_ok(1, &["tc", "filter", "show", "dev", device, "ingress"]);
+    assert!(on_device.contains("capstan_ingress"), "{device}'s program on h1:\n{on_device}");
     let programs = pod_programs(s, 1);
     assert!(
         !programs.is_empty() && programs.iter().all(|p| p.contains("capstan_egress")),
@@ -382,7 +382,7 @@ fn setup(backend: &str, workloads: &str, pods: usize) -> Option<Setup> {
 fn vxlan_and_host_gw_connect_pods_across_hosts_and_follow_hosts_leaving_and_joining() {
     let Some(mut s) = setup("vxlan", &workloads(), 3) else { return };
     check_connectivity(&s, "vxlan");
-    let direct = check_fast_path(&s);
+    let direct = check_fast_path(&s, "capstan.1");
     // A restarted agent adopts its pods and delivers to them on the fast path again.
     s.nodes[1].kill();
     s.nodes[1] = s.lab.node(&s.cluster, 2, &["--pod-network", "vxlan"]);
@@ -496,13 +496,6 @@ fn vxlan_and_host_gw_connect_pods_across_hosts_and_follow_hosts_leaving_and_join
         || s.context(),
         || !s.lab.exec(1, &["ip", "link", "show", "capstan.1"]).status.success(),
     );
-    // And the fast path's programs with it, from the pods' interfaces too.
-    wait(
-        "the fast path off h1's pod interfaces",
-        30,
-        || s.context(),
-        || pod_programs(&s, 1).iter().all(|p| !p.contains("capstan")),
-    );
     wait(
         "host-gw routes on h1",
         30,
@@ -519,6 +512,30 @@ fn vxlan_and_host_gw_connect_pods_across_hosts_and_follow_hosts_leaving_and_join
         || ready_count(&s.cluster, "pods") == 3,
     );
     check_connectivity(&s, "host-gw");
+    check_fast_path(&s, "eth0");
+
+    // Without the fast path: the programs go from the underlay and the pods' interfaces, and
+    // the pods still reach each other.
+    for n in &mut s.nodes {
+        n.kill();
+    }
+    s.nodes = (1..=3)
+        .map(|n| s.lab.node(&s.cluster, n, &["--pod-network", "host-gw", "--no-fast-path"]))
+        .collect();
+    wait(
+        "the fast path off h1's underlay and pod interfaces",
+        30,
+        || s.context(),
+        || {
+            let on_device = s.lab.exec_ok(1, &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+            !on_device.contains("capstan") && pod_programs(&s, 1).iter().all(|p| !p.contains("capstan"))
+        },
+    );
+    let (sent, h1_saw, _) = transfer(&s, &direct);
+    assert!(
+        h1_saw > sent / 2.0,
+        "h1's bridge passed only {h1_saw} of {sent} bytes without the fast path"
+    );
 }
 
 /// A Deployment spread over the hosts (each revision by itself; a lost, tainted host not

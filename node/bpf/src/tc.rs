@@ -6,8 +6,8 @@
 use std::io;
 
 use capstan_netlink::rtnl::Rtnl;
-use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, Nla};
-use netlink_packet_route::tc::{TcAttribute, TcHandle, TcHeader, TcMessage, TcOption};
+use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::sys::Program;
@@ -74,6 +74,23 @@ pub fn detach(rtnl: &mut Rtnl, index: u32) -> io::Result<()> {
     }
 }
 
+/// Removes our filter from interface `index`'s ingress hook, if the program there is named
+/// with `prefix`: the hook itself and others' filters stay (an interface we share, like the
+/// host's own).
+pub fn detach_ours(rtnl: &mut Rtnl, index: u32, prefix: &str) -> io::Result<()> {
+    if !ingress_program(rtnl, index)?.is_some_and(|name| name.starts_with(prefix)) {
+        return Ok(());
+    }
+    let filter = TcMessage::from_parts(
+        header(index, HANDLE, INGRESS_PARENT, (PRIORITY << 16) | ALL_PROTOCOLS),
+        vec![TcAttribute::Kind("bpf".into())],
+    );
+    match rtnl.request(RouteNetlinkMessage::DelTrafficFilter(filter), 0) {
+        Err(e) if ![libc::ENOENT, libc::EINVAL, libc::ENODEV].contains(&e.raw_os_error().unwrap_or(0)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// The name of the program on interface `index`'s ingress hook, if any (for tests and checks).
 pub fn ingress_program(rtnl: &mut Rtnl, index: u32) -> io::Result<Option<String>> {
     let get = TcMessage::from_parts(header(index, 0, INGRESS_PARENT, 0), vec![]);
@@ -84,11 +101,7 @@ pub fn ingress_program(rtnl: &mut Rtnl, index: u32) -> io::Result<Option<String>
     Ok(answers.into_iter().find_map(|m| match m {
         RouteNetlinkMessage::NewTrafficFilter(f) => f.attributes.iter().find_map(|a| match a {
             TcAttribute::Options(o) => o.iter().find_map(|o| match o {
-                TcOption::Other(nla) if nla.kind() == TCA_BPF_NAME => {
-                    let mut v = vec![0; nla.value_len()];
-                    nla.emit_value(&mut v);
-                    Some(String::from_utf8_lossy(&v).trim_end_matches('\0').to_owned())
-                }
+                TcOption::Bpf(TcFilterBpfOption::ProgName(name)) => Some(name.clone()),
                 _ => None,
             }),
             _ => None,

@@ -49,6 +49,8 @@ pub struct Underlay {
     pub address: Ipv4Addr,
     /// The address's network.
     pub segment: Cidr,
+    /// Its hardware address (zero when it has none).
+    pub mac: Mac,
 }
 
 /// The interface holding `address`.
@@ -78,10 +80,12 @@ pub fn underlay(rtnl: &mut Rtnl, address: Ipv4Addr) -> Result<Underlay, KernelEr
         .ok_or_else(|| step(format!("reading interface {index}"))(io::Error::from_raw_os_error(libc::ENODEV)))?;
     let mut name = String::new();
     let mut mtu = 1500;
+    let mut mac = Mac::default();
     for a in &link.attributes {
         match a {
             LinkAttribute::IfName(n) => name = n.clone(),
             LinkAttribute::Mtu(m) => mtu = *m,
+            LinkAttribute::Address(a) => mac = a.as_slice().try_into().unwrap_or_default(),
             _ => {}
         }
     }
@@ -92,6 +96,7 @@ pub fn underlay(rtnl: &mut Rtnl, address: Ipv4Addr) -> Result<Underlay, KernelEr
         mtu,
         address,
         segment,
+        mac,
     })
 }
 

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::ApiClient;
 use crate::podnet::PodNet;
-use fastpath::FastPath;
+use fastpath::{Device, FastPath, Via};
 pub use kernel::Underlay;
 pub use plan::Backend;
 use plan::{Local, Mesh, Peer, Skipped};
@@ -98,18 +98,41 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, net: Arc<Po
     if !config.active() {
         return;
     }
-    let fast = match vtep {
-        Some(index) if config.fast_path => fast_path(index, plan::vtep_mac(config.underlay.address)).await,
-        _ => {
-            // Off, or another backend: what an earlier agent left on the tunnel and the pods'
-            // interfaces goes.
-            if let Some(index) = vtep {
-                let _ = blocking(move |rtnl| Ok(capstan_bpf::tc::detach(rtnl, index))).await;
-            }
-            net.remove_fast_path().await;
-            None
-        }
+    // The fast path's device: the tunnel, or with host-gw the underlay.
+    let device = match (config.backend, vtep) {
+        (Backend::Vxlan, Some(index)) => Some((
+            Device {
+                index,
+                mac: plan::vtep_mac(config.underlay.address),
+            },
+            Via::Tunnel,
+        )),
+        (Backend::HostGw, _) => Some((
+            Device {
+                index: config.underlay.index,
+                mac: config.underlay.mac,
+            },
+            Via::Neighbour,
+        )),
+        _ => None,
     };
+    let fast = match device {
+        Some((device, via)) if config.fast_path => fast_path(device, via).await,
+        _ => None,
+    };
+    if fast.is_none() {
+        // Off, or none loaded: what an earlier agent left on the tunnel (ours alone), the
+        // underlay (our filter only) and the pods' interfaces goes.
+        let underlay = config.underlay.index;
+        let _ = blocking(move |rtnl| {
+            if let Some(index) = vtep {
+                let _ = capstan_bpf::tc::detach(rtnl, index);
+            }
+            Ok(capstan_bpf::tc::detach_ours(rtnl, underlay, "capstan_"))
+        })
+        .await;
+        net.remove_fast_path().await;
+    }
     if let Some(f) = &fast {
         net.set_fast_path(f.clone()).await;
     }
@@ -172,7 +195,7 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, net: Arc<Po
             }
         }
         if let Some(f) = &fast {
-            let remotes = fastpath_remotes(&desired);
+            let remotes = fastpath_remotes(config.backend, &desired);
             if let Err(e) = f.set_remotes(&remotes) {
                 tracing::warn!(node = %config.node, error = %e, "updating the fast path's remote nodes failed; retrying");
             }
@@ -193,12 +216,12 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, net: Arc<Po
     }
 }
 
-/// Loads the fast path for the VXLAN device `index` and attaches its receiving side; None (and
-/// the kernel's path for everything) when this kernel or this process cannot.
-async fn fast_path(index: u32, mac: plan::Mac) -> Option<Arc<FastPath>> {
+/// Loads the fast path for `device` and attaches its receiving side there; None (and the
+/// kernel's path for everything) when this kernel or this process cannot.
+async fn fast_path(device: Device, via: Via) -> Option<Arc<FastPath>> {
     let loaded = blocking(move |rtnl| {
-        let fast = FastPath::load(fastpath::Vtep { index, mac }).map_err(|e| e.to_string());
-        Ok(fast.and_then(|f| f.attach_vtep(rtnl, index).map(|()| f).map_err(|e| e.to_string())))
+        let fast = FastPath::load(device, via).map_err(|e| e.to_string());
+        Ok(fast.and_then(|f| f.attach_device(rtnl, device.index).map(|()| f).map_err(|e| e.to_string())))
     })
     .await;
     match loaded {
@@ -219,12 +242,15 @@ async fn fast_path(index: u32, mac: plan::Mac) -> Option<Arc<FastPath>> {
     }
 }
 
-/// The remote pod ranges the fast path sends to, with their VTEP's MAC.
-fn fastpath_remotes(mesh: &Mesh) -> BTreeMap<Cidr, plan::Mac> {
+/// The remote pod ranges the fast path sends to: with VXLAN their VTEP's MAC, with host-gw
+/// their node's address.
+fn fastpath_remotes(backend: Backend, mesh: &Mesh) -> BTreeMap<Cidr, [u8; fastpath::REMOTE_VALUE]> {
     mesh.routes
         .iter()
-        .filter(|(_, r)| r.vxlan)
-        .filter_map(|(range, r)| mesh.neighbours.get(&r.gateway).map(|mac| (*range, *mac)))
+        .filter_map(|(range, r)| match backend {
+            Backend::Vxlan => mesh.neighbours.get(&r.gateway).map(|mac| (*range, fastpath::remote_value(mac))),
+            _ => Some((*range, fastpath::remote_value(&r.gateway.octets()))),
+        })
         .collect()
 }
 

@@ -1,6 +1,6 @@
-//! The VXLAN backend's fast path: eBPF programs on the tc hooks that move an established TCP
-//! connection's segments between a pod's veth and the VXLAN device directly, skipping both
-//! hosts' bridge, routing and netfilter for them (what a CNI's "host routing" does), while
+//! The pod network's fast path: eBPF programs on the tc hooks that move an established TCP
+//! connection's segments between a pod's veth and the node's device (the VXLAN device, or with
+//! host-gw the underlay) directly, skipping both hosts' bridge, routing and netfilter for them (what a CNI's "host routing" does), while
 //! connection tracking still sees every connection open, close, and every minute in between
 //! ([`programs`] says how). The agent owns the maps: the remote nodes' pod ranges (from the
 //! mesh's plan), the local pods (as they are wired) and the connections (written by the
@@ -21,8 +21,9 @@ use capstan_bpf::tc;
 use capstan_netlink::rtnl::Rtnl;
 
 use crate::mesh::plan::Mac;
-pub use programs::Vtep;
-use programs::{FLOW_KEY, FLOW_VALUE, MapFds, POD_KEY, POD_VALUE, REMOTE_KEY, REMOTE_VALUE};
+pub use programs::REMOTE_VALUE;
+pub use programs::{Device, Via};
+use programs::{FLOW_KEY, FLOW_VALUE, MapFds, POD_KEY, POD_VALUE, REMOTE_KEY};
 
 /// Connections remembered at once (least recently used go first: such a connection takes the
 /// kernel's path from then on).
@@ -76,6 +77,14 @@ fn map(kind: MapKind, name: &'static str, key: usize, value: usize, max: u32) ->
     Map::create(kind, name, key, value, max).map_err(|source| FastPathError::Map { name, source })
 }
 
+/// A remote range's value: what the egress program sends to (a MAC or an address), padded.
+pub fn remote_value(bytes: &[u8]) -> [u8; REMOTE_VALUE] {
+    let mut v = [0; REMOTE_VALUE];
+    let n = bytes.len().min(REMOTE_VALUE);
+    v[..n].copy_from_slice(&bytes[..n]);
+    v
+}
+
 /// A remote pod range's key in the longest-prefix-match map.
 fn remote_key(range: Cidr) -> [u8; REMOTE_KEY] {
     let mut k = [0; REMOTE_KEY];
@@ -85,8 +94,8 @@ fn remote_key(range: Cidr) -> [u8; REMOTE_KEY] {
 }
 
 impl FastPath {
-    /// Makes the maps and loads the programs for this node's VXLAN device.
-    pub fn load(vtep: Vtep) -> Result<FastPath, FastPathError> {
+    /// Makes the maps and loads the programs for this node's `device`, sending `via` it.
+    pub fn load(device: Device, via: Via) -> Result<FastPath, FastPathError> {
         let remotes = map(MapKind::LpmTrie, "capstan_remote", REMOTE_KEY, REMOTE_VALUE, REMOTES)?;
         let pods = map(MapKind::Hash, "capstan_pods", POD_KEY, POD_VALUE, PODS)?;
         let flows = map(MapKind::LruHash, "capstan_flows", FLOW_KEY, FLOW_VALUE, FLOWS)?;
@@ -95,8 +104,8 @@ impl FastPath {
             pods: pods.fd(),
             flows: flows.fd(),
         };
-        let egress = Program::classifier("capstan_egress", &programs::egress(fds, vtep)?)?;
-        let ingress = Program::classifier("capstan_ingress", &programs::ingress(fds, vtep)?)?;
+        let egress = Program::classifier("capstan_egress", &programs::egress(fds, device, via)?)?;
+        let ingress = Program::classifier("capstan_ingress", &programs::ingress(fds, device)?)?;
         if let Err(e) = std::fs::write(BE_LIBERAL, "1") {
             tracing::warn!(error = %e, path = BE_LIBERAL, "could not relax conntrack's TCP window checks");
         }
@@ -109,8 +118,8 @@ impl FastPath {
         })
     }
 
-    /// Puts the ingress program on the VXLAN device.
-    pub fn attach_vtep(&self, rtnl: &mut Rtnl, index: u32) -> Result<(), FastPathError> {
+    /// Puts the ingress program on the device (the VXLAN device, or the underlay).
+    pub fn attach_device(&self, rtnl: &mut Rtnl, index: u32) -> Result<(), FastPathError> {
         tc::attach_ingress(rtnl, index, &self.ingress).map_err(|source| FastPathError::Attach { index, source })
     }
 
@@ -136,20 +145,14 @@ impl FastPath {
         }
     }
 
-    /// Makes the map of remote pod ranges equal `remotes` (range → the remote VTEP's MAC).
-    pub fn set_remotes(&self, remotes: &BTreeMap<Cidr, Mac>) -> Result<(), FastPathError> {
+    /// Makes the map of remote pod ranges equal `remotes` (range → the remote VTEP's MAC, or the
+    /// remote node's address: see [`remote_value`]).
+    pub fn set_remotes(&self, remotes: &BTreeMap<Cidr, [u8; REMOTE_VALUE]>) -> Result<(), FastPathError> {
         let update = |source| FastPathError::Update {
             what: "remote nodes",
             source,
         };
-        let wanted: BTreeMap<[u8; REMOTE_KEY], [u8; REMOTE_VALUE]> = remotes
-            .iter()
-            .map(|(range, mac)| {
-                let mut v = [0; REMOTE_VALUE];
-                v[..6].copy_from_slice(mac);
-                (remote_key(*range), v)
-            })
-            .collect();
+        let wanted: BTreeMap<[u8; REMOTE_KEY], [u8; REMOTE_VALUE]> = remotes.iter().map(|(range, v)| (remote_key(*range), *v)).collect();
         for key in self.remotes.keys().map_err(update)? {
             if !wanted.keys().any(|k| k[..] == key[..]) {
                 self.remotes.delete(&key).map_err(update)?;

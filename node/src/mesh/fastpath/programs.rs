@@ -2,9 +2,11 @@
 //! this node's constants), and the layout of the maps they share with the agent.
 //!
 //! `egress` runs where a pod's packets enter the host (the host end of its veth): a TCP segment
-//! to another node's pod, of a connection both hosts have confirmed, gets the remote VTEP's MAC
-//! and goes straight to the VXLAN device. `ingress` runs on the VXLAN device: a segment for a
-//! local pod, of such a connection, goes straight into the pod's namespace (`bpf_redirect_peer`).
+//! to another node's pod, of a connection both hosts have confirmed, goes straight out of the
+//! node's device — with VXLAN into the tunnel, addressed to the remote VTEP's MAC; with host-gw
+//! out of the underlay to the remote node, its MAC found by the kernel (`bpf_redirect_neigh`).
+//! `ingress` runs on that device: a segment for a local pod, of such a connection, goes straight
+//! into the pod's namespace (`bpf_redirect_peer`).
 //! Everything else — other protocols, Service addresses, connections not confirmed — takes the
 //! kernel's own path, untouched.
 //!
@@ -27,7 +29,9 @@ const MAP_UPDATE: i32 = 2;
 const MAP_DELETE: i32 = 3;
 const KTIME_GET_NS: i32 = 5;
 const REDIRECT: i32 = 23;
+const REDIRECT_NEIGH: i32 = 152;
 const REDIRECT_PEER: i32 = 155;
+const AF_INET: i32 = 2;
 
 /// `struct __sk_buff` fields.
 const SKB_DATA: i16 = 76;
@@ -64,7 +68,8 @@ pub const REDIRECTED: u32 = 7;
 pub const REFRESH_NS: u64 = 60_000_000_000;
 
 /// The remote nodes' pod ranges: longest-prefix-match key (prefix length in host order, the
-/// address's bytes) → the remote VTEP's MAC (padded to 8).
+/// address's bytes) → with VXLAN the remote VTEP's MAC, with host-gw the remote node's address
+/// (padded to 8).
 pub const REMOTE_KEY: usize = 8;
 pub const REMOTE_VALUE: usize = 8;
 /// The local pods the fast path delivers to: address bytes → host-end interface index (host
@@ -86,6 +91,8 @@ const FLOW_INGRESS_AT: i16 = 16;
 const STACK_LOOKUP_KEY: i16 = -8;
 const STACK_FLOW_KEY: i16 = -24;
 const STACK_FLOW_VALUE: i16 = -48;
+/// `struct bpf_redir_neigh`: address family, IPv4 next hop, the IPv6 rest (20 bytes).
+const STACK_NEXT_HOP: i16 = -72;
 
 /// The map descriptors the programs name.
 #[derive(Clone, Copy, Debug)]
@@ -95,11 +102,21 @@ pub struct MapFds {
     pub flows: i32,
 }
 
-/// This node's side of the tunnel.
+/// The device fast segments leave and arrive by: the VXLAN device, or with host-gw the underlay.
 #[derive(Clone, Copy, Debug)]
-pub struct Vtep {
+pub struct Device {
     pub index: u32,
+    /// The source MAC of what the programs send on.
     pub mac: Mac,
+}
+
+/// How a fast segment reaches the remote node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Into the VXLAN device, to the remote VTEP's MAC.
+    Tunnel,
+    /// Out of the underlay, to the remote node's address through the neighbour table.
+    Neighbour,
 }
 
 /// A MAC's first four bytes and last two, as the little-endian immediates of two stores.
@@ -182,7 +199,7 @@ fn due(a: &mut Asm, record: capstan_bpf::insn::Reg, at: i16) {
 }
 
 /// The program on a pod's host-end interface.
-pub fn egress(maps: MapFds, vtep: Vtep) -> Result<Vec<Insn>, AsmError> {
+pub fn egress(maps: MapFds, device: Device, via: Via) -> Result<Vec<Insn>, AsmError> {
     let mut a = Asm::new();
     tcp_over_ipv4(&mut a);
     // Keys: the destination as a /32, and the connection (bytes 26..38 are in key order).
@@ -203,11 +220,30 @@ pub fn egress(maps: MapFds, vtep: Vtep) -> Result<Vec<Insn>, AsmError> {
         .load(Size::W, R4, R9, FLOW_CONFIRMED)
         .jump_imm(Cond::Eq, R4, 0, "pass");
     due(&mut a, R9, FLOW_EGRESS_AT);
-    readdress(&mut a, 0, &vtep.mac);
-    a.alu_imm(Op::Mov, R1, vtep.index as i32)
-        .alu_imm(Op::Mov, R2, 0)
-        .call(REDIRECT)
-        .exit();
+    match via {
+        Via::Tunnel => {
+            readdress(&mut a, 0, &device.mac);
+            a.alu_imm(Op::Mov, R1, device.index as i32)
+                .alu_imm(Op::Mov, R2, 0)
+                .call(REDIRECT)
+                .exit();
+        }
+        Via::Neighbour => {
+            a.store_imm(Size::W, FP, STACK_NEXT_HOP, AF_INET)
+                .load(Size::W, R4, R7, 0)
+                .store(Size::W, FP, STACK_NEXT_HOP + 4, R4);
+            for off in [8, 12, 16] {
+                a.store_imm(Size::W, FP, STACK_NEXT_HOP + off, 0);
+            }
+            a.alu_imm(Op::Mov, R1, device.index as i32)
+                .alu(Op::Mov, R2, FP)
+                .alu_imm(Op::Add, R2, i32::from(STACK_NEXT_HOP))
+                .alu_imm(Op::Mov, R3, 20)
+                .alu_imm(Op::Mov, R4, 0)
+                .call(REDIRECT_NEIGH)
+                .exit();
+        }
+    }
     a.label("refresh").store(Size::DW, R9, FLOW_EGRESS_AT, R0).goto("pass");
     // A handshake segment from the local pod: the connection starts over, unconfirmed.
     a.label("record")
@@ -227,8 +263,8 @@ pub fn egress(maps: MapFds, vtep: Vtep) -> Result<Vec<Insn>, AsmError> {
     a.finish()
 }
 
-/// The program on the VXLAN device.
-pub fn ingress(maps: MapFds, vtep: Vtep) -> Result<Vec<Insn>, AsmError> {
+/// The program on the device fast segments arrive by.
+pub fn ingress(maps: MapFds, device: Device) -> Result<Vec<Insn>, AsmError> {
     let mut a = Asm::new();
     tcp_over_ipv4(&mut a);
     // Keys: the local pod, and the connection from this host's side (the packet's fields swapped).
@@ -262,7 +298,7 @@ pub fn ingress(maps: MapFds, vtep: Vtep) -> Result<Vec<Insn>, AsmError> {
         .goto("pass");
     a.label("confirmed");
     due(&mut a, R8, FLOW_INGRESS_AT);
-    readdress(&mut a, 4, &vtep.mac);
+    readdress(&mut a, 4, &device.mac);
     a.load(Size::W, R1, R7, 0).alu_imm(Op::Mov, R2, 0).call(REDIRECT_PEER).exit();
     a.label("refresh").store(Size::DW, R8, FLOW_INGRESS_AT, R0).goto("pass");
     // The remote server's SYN-ACK confirms the local client's side when it acknowledges the

@@ -17,8 +17,13 @@ const ACK: u8 = 0x10;
 const FIN: u8 = 0x01;
 
 fn fast_path() -> FastPath {
-    let fp = FastPath::load(Vtep { index: 9, mac: VTEP_MAC }).expect("the fast path loads (needs root)");
-    fp.set_remotes(&BTreeMap::from([("10.244.2.0/24".parse().unwrap(), REMOTE_VTEP_MAC)]))
+    fast_path_via(Via::Tunnel, &REMOTE_VTEP_MAC)
+}
+
+/// A fast path sending `via` the device, to `remote` for the remote range 10.244.2.0/24.
+fn fast_path_via(via: Via, remote: &[u8]) -> FastPath {
+    let fp = FastPath::load(Device { index: 9, mac: VTEP_MAC }, via).expect("the fast path loads (needs root)");
+    fp.set_remotes(&BTreeMap::from([("10.244.2.0/24".parse().unwrap(), remote_value(remote))]))
         .unwrap();
     let mut value = [0u8; POD_VALUE];
     value[..4].copy_from_slice(&POD_INDEX.to_ne_bytes());
@@ -177,4 +182,16 @@ fn only_tcp_to_other_nodes_pods_is_considered() {
     fp.set_remotes(&BTreeMap::new()).unwrap();
     assert_eq!(egress(&fp, &out(40006, SYN, 1, 0)).0, PASS);
     assert!(flow(&fp, 40006).is_none());
+}
+
+#[test]
+fn with_host_gw_a_fast_segment_goes_to_the_remote_node_through_the_neighbour_table() {
+    let fp = fast_path_via(Via::Neighbour, &[10, 250, 0, 12]);
+    assert_eq!(egress(&fp, &out(40007, SYN, 1000, 0)).0, PASS);
+    assert_eq!(ingress(&fp, &inward(40007, SYN | ACK, 5000, 1001)).0, PASS);
+    assert_eq!(egress(&fp, &out(40007, ACK, 1001, 5001)).0, PASS);
+    let (verdict, packet) = egress(&fp, &out(40007, ACK, 1001, 5001));
+    assert_eq!(verdict, REDIRECTED);
+    // The kernel fills in both MACs on the way out; the program leaves the frame as it was.
+    assert_eq!(packet, out(40007, ACK, 1001, 5001));
 }
