@@ -6,8 +6,8 @@
 use std::io;
 
 use capstan_netlink::rtnl::Rtnl;
-use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
-use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::sys::Program;
@@ -17,10 +17,6 @@ const CLSACT_HANDLE: u32 = 0xffff_0000;
 const CLSACT_PARENT: u32 = 0xffff_fff1;
 /// The ingress side of clsact (`TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)`).
 const INGRESS_PARENT: u32 = 0xffff_fff2;
-const TCA_BPF_FD: u16 = 6;
-const TCA_BPF_NAME: u16 = 7;
-const TCA_BPF_FLAGS: u16 = 8;
-const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
 /// Our filter's priority and handle on the hook: one filter, always the same, so that a
 /// replacement finds it.
 const PRIORITY: u32 = 1;
@@ -51,13 +47,14 @@ pub fn attach_ingress(rtnl: &mut Rtnl, index: u32, program: &Program) -> io::Res
         Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
         _ => {}
     }
-    let mut name = program.name().as_bytes().to_vec();
-    name.push(0);
-    let options = vec![
-        TcOption::Other(DefaultNla::new(TCA_BPF_FD, (program.fd() as u32).to_ne_bytes().to_vec())),
-        TcOption::Other(DefaultNla::new(TCA_BPF_NAME, name)),
-        TcOption::Other(DefaultNla::new(TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT.to_ne_bytes().to_vec())),
-    ];
+    let options = [
+        TcFilterBpfOption::ProgFd(program.fd() as u32),
+        TcFilterBpfOption::ProgName(program.name().to_owned()),
+        TcFilterBpfOption::Flags(TcBpfFlags::DirectAction),
+    ]
+    .into_iter()
+    .map(TcOption::Bpf)
+    .collect();
     let filter = TcMessage::from_parts(
         header(index, HANDLE, INGRESS_PARENT, (PRIORITY << 16) | ALL_PROTOCOLS),
         vec![TcAttribute::Kind("bpf".into()), TcAttribute::Options(options)],

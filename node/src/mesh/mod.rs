@@ -12,6 +12,7 @@ pub mod plan;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_api::cidr::Cidr;
@@ -28,7 +29,6 @@ use fastpath::{Device, FastPath, Via};
 pub use kernel::Underlay;
 pub use plan::Backend;
 use plan::{Local, Mesh, Peer, Skipped};
-use std::sync::Arc;
 
 /// How often the kernel is compared with the plan even when no Node changed.
 pub const RESYNC: Duration = Duration::from_secs(10);
@@ -120,21 +120,21 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, net: Arc<Po
         Some((device, via)) if config.fast_path => fast_path(device, via).await,
         _ => None,
     };
-    if fast.is_none() {
-        // Off, or none loaded: what an earlier agent left on the tunnel (ours alone), the
-        // underlay (our filter only) and the pods' interfaces goes.
-        let underlay = config.underlay.index;
-        let _ = blocking(move |rtnl| {
-            if let Some(index) = vtep {
-                let _ = capstan_bpf::tc::detach(rtnl, index);
-            }
-            Ok(capstan_bpf::tc::detach_ours(rtnl, underlay, "capstan_"))
-        })
-        .await;
-        net.remove_fast_path().await;
-    }
-    if let Some(f) = &fast {
-        net.set_fast_path(f.clone()).await;
+    match &fast {
+        Some(f) => net.set_fast_path(f.clone()).await,
+        None => {
+            // Off, or none loaded: what an earlier agent left on the tunnel (ours alone), the
+            // underlay (our filter only) and the pods' interfaces goes.
+            let underlay = config.underlay.index;
+            let _ = blocking(move |rtnl| {
+                if let Some(index) = vtep {
+                    let _ = capstan_bpf::tc::detach(rtnl, index);
+                }
+                Ok(capstan_bpf::tc::detach_ours(rtnl, underlay, "capstan_"))
+            })
+            .await;
+            net.remove_fast_path().await;
+        }
     }
     let local = Local {
         underlay: config.underlay.address,
