@@ -84,14 +84,22 @@ spec:
 "#;
 
 /// Waits up to `secs` for `f`, failing with `context()` when it never holds.
-fn wait(what: &str, secs: u64, context: impl Fn() -> String, mut f: impl FnMut() -> bool) {
+fn wait(what: &str, secs: u64, context: impl Fn() -> String, f: impl FnMut() -> bool) {
+    if !holds_within(secs, f) {
+        panic!("timed out waiting for {what}\n{}", context());
+    }
+}
+
+/// Whether `f` holds within `secs` (checked every 200 ms).
+fn holds_within(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
         if Instant::now() > deadline {
-            panic!("timed out waiting for {what}\n{}", context());
+            return false;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    true
 }
 
 fn stdout(o: &std::process::Output) -> String {
@@ -108,10 +116,28 @@ impl Setup {
     fn context(&self) -> String {
         let refs: Vec<&LabNode> = self.nodes.iter().collect();
         format!(
-            "{}\n--- daemon log tail ---\n{}",
+            "--- nodes ---\n{}{}\n--- daemon log tail ---\n{}",
+            self.nodes_and_taints(),
             self.lab.diagnostics(&refs),
             tail(&self.cluster.log(), 30)
         )
+    }
+
+    /// Each Node's name, Ready status and taint keys, one per line.
+    fn nodes_and_taints(&self) -> String {
+        stdout(&self.cluster.kubectl(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status} {.spec.taints[*].key}{\"\\n\"}{end}",
+        ]))
+    }
+
+    /// Three Ready Nodes without taints: the scheduler counts every host.
+    fn all_hosts_schedulable(&self) -> bool {
+        let text = self.nodes_and_taints();
+        let rows: Vec<&str> = text.lines().collect();
+        rows.len() == 3 && rows.iter().all(|r| r.split(' ').collect::<Vec<_>>()[1..] == ["True", ""])
     }
 
     fn pod_ip(&self, pod: &str) -> String {
@@ -769,18 +795,36 @@ fn hosts_cut_off_partitioned_or_killed_are_handled_as_kubernetes_users_expect() 
     // The Deployment comes once the hosts are there, so that the scheduler can spread it.
     let pods = failover_pods();
     let Some(s) = setup("vxlan", &pods, 2) else { return };
+    wait("every host schedulable", 30, || s.context(), || s.all_hosts_schedulable());
     s.cluster.commit(&[("workloads.yaml", &(pods.clone() + DB + WEB))], &[], "web");
     wait("six Ready pods", 60, || s.context(), || ready_count(&s.cluster, "pods") == 6);
-    wait(
-        "web spread over the three hosts",
-        30,
-        || format!("{:?}\n{}", s.web(), s.context()),
-        || {
-            let mut nodes: Vec<String> = s.web().into_iter().map(|p| p.node).collect();
-            nodes.sort();
-            nodes == ["h1", "h2", "h3"]
-        },
-    );
+    let spread = || {
+        let mut nodes: Vec<String> = s.web().into_iter().map(|p| p.node).collect();
+        nodes.sort();
+        nodes == ["h1", "h2", "h3"]
+    };
+    if !holds_within(30, spread) {
+        // A host whose lease lapsed (a loaded machine) while the pods were placed carries the
+        // not-ready taint, and `nodeTaintsPolicy: Honor` leaves it out, as in Kubernetes, which
+        // does not rebalance later either. What an administrator does: delete one pod of the
+        // crowded host once every host is back; the spread must place its replacement on the
+        // empty one.
+        eprintln!("web not spread: {:?}\n{}", s.web(), s.context());
+        wait("every host schedulable", 30, || s.context(), || s.all_hosts_schedulable());
+        let web = s.web();
+        let crowded = web
+            .iter()
+            .find(|p| web.iter().filter(|q| q.node == p.node).count() > 1)
+            .expect("a host with two web pods");
+        let deleted = s.cluster.kubectl(&["delete", "pod", &crowded.name]);
+        assert!(deleted.status.success(), "{deleted:?}");
+        wait(
+            "web spread over the three hosts",
+            60,
+            || format!("{:?}\n{}", s.web(), s.context()),
+            || spread() && s.web().iter().all(|p| p.ready),
+        );
+    }
     // The StatefulSet's pod is named in every host's DNS: `db-0.db.default.svc.cluster.local`.
     let db = s.pod_on("db-0");
     assert_eq!(db.0, "h2", "db-0 prefers h2\n{}", s.context());
