@@ -67,7 +67,11 @@ impl Cond {
 pub enum Op {
     Add,
     Sub,
+    Or,
     And,
+    /// Logical shift right.
+    Rsh,
+    Xor,
     Mov,
 }
 
@@ -76,7 +80,10 @@ impl Op {
         match self {
             Op::Add => 0x00,
             Op::Sub => 0x10,
+            Op::Or => 0x40,
             Op::And => 0x50,
+            Op::Rsh => 0x70,
+            Op::Xor => 0xa0,
             Op::Mov => 0xb0,
         }
     }
@@ -176,6 +183,11 @@ impl Asm {
         self.push(ALU | END | TO_BE, dst, R0, 0, 32)
     }
 
+    /// The low 16 bits of `dst` between host and network order (zero-extended).
+    pub fn be16(&mut self, dst: Reg) -> &mut Asm {
+        self.push(ALU | END | TO_BE, dst, R0, 0, 16)
+    }
+
     /// `dst = *(size *)(src + off)`.
     pub fn load(&mut self, size: Size, dst: Reg, src: Reg, off: i16) -> &mut Asm {
         self.push(LDX | MEM | size.code(), dst, src, off, 0)
@@ -266,7 +278,11 @@ mod tests {
             .be32(R4)
             .load_map(R1, 5)
             .label("out")
-            .exit();
+            .exit()
+            .be16(R3)
+            .alu_imm(Op::Rsh, R0, 17)
+            .alu_imm(Op::Xor, R5, 0xffff)
+            .alu(Op::Or, R0, R4);
         let bytes: Vec<[u8; 8]> = a.finish().unwrap().iter().map(Insn::bytes).collect();
         assert_eq!(bytes[0], [0xb7, 0x00, 0, 0, 7, 0, 0, 0]);
         assert_eq!(bytes[1], [0x61, 0x12, 76, 0, 0, 0, 0, 0]);
@@ -277,6 +293,10 @@ mod tests {
         assert_eq!(bytes[5], [0x18, 0x11, 0, 0, 5, 0, 0, 0]);
         assert_eq!(bytes[6], [0; 8]);
         assert_eq!(bytes[7], [0x95, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes[8], [0xdc, 0x03, 0, 0, 16, 0, 0, 0]);
+        assert_eq!(bytes[9], [0x77, 0x00, 0, 0, 17, 0, 0, 0]);
+        assert_eq!(bytes[10], [0xa7, 0x05, 0, 0, 0xff, 0xff, 0, 0]);
+        assert_eq!(bytes[11], [0x4f, 0x40, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -105,7 +105,10 @@ pub async fn run(api: ApiClient, config: MeshConfig, pod_cidr: Cidr, net: Arc<Po
                 index,
                 mac: plan::vtep_mac(config.underlay.address),
             },
-            Via::Tunnel,
+            Via::Tunnel {
+                underlay: config.underlay.index,
+                local: config.underlay.address,
+            },
         )),
         (Backend::HostGw, _) => Some((
             Device {
@@ -242,14 +245,18 @@ async fn fast_path(device: Device, via: Via) -> Option<Arc<FastPath>> {
     }
 }
 
-/// The remote pod ranges the fast path sends to: with VXLAN their VTEP's MAC, with host-gw
-/// their node's address.
+/// The remote pod ranges the fast path sends to: their node's address, and with VXLAN their
+/// VTEP's MAC (the route's gateway is the remote VTEP; its MAC leads to the node's address).
 fn fastpath_remotes(backend: Backend, mesh: &Mesh) -> BTreeMap<Cidr, [u8; fastpath::REMOTE_VALUE]> {
     mesh.routes
         .iter()
         .filter_map(|(range, r)| match backend {
-            Backend::Vxlan => mesh.neighbours.get(&r.gateway).map(|mac| (*range, fastpath::remote_value(mac))),
-            _ => Some((*range, fastpath::remote_value(&r.gateway.octets()))),
+            Backend::Vxlan => {
+                let mac = mesh.neighbours.get(&r.gateway)?;
+                let node = mesh.fdb.get(mac)?;
+                Some((*range, fastpath::remote_value(*node, Some(mac))))
+            }
+            _ => Some((*range, fastpath::remote_value(r.gateway, None))),
         })
         .collect()
 }

@@ -1,11 +1,12 @@
 //! The pod network's fast path: eBPF programs on the tc hooks that move an established TCP
-//! connection's segments between a pod's veth and the node's device (the VXLAN device, or with
-//! host-gw the underlay) directly, skipping both hosts' bridge, routing and netfilter for them (what a CNI's "host routing" does), while
-//! connection tracking still sees every connection open, close, and every minute in between
-//! ([`programs`] says how). The agent owns the maps: the remote nodes' pod ranges (from the
-//! mesh's plan), the local pods (as they are wired) and the connections (written by the
-//! programs). A node whose kernel refuses the programs keeps the kernel's path: slower, the same
-//! behaviour.
+//! connection's segments from a pod's veth out of the underlay (encapsulated here with VXLAN)
+//! and from the node's device (the VXLAN device, or with host-gw the underlay) into the pod,
+//! skipping both hosts' bridge, routing and netfilter for them (what a CNI's "host routing"
+//! does), while connection tracking still sees every connection open, close, and every minute
+//! in between ([`programs`] says how). The agent owns the maps: the remote nodes' pod ranges
+//! (from the mesh's plan), the local pods (as they are wired) and the connections (written by
+//! the programs). A node whose kernel refuses the programs keeps the kernel's path: slower, the
+//! same behaviour.
 
 pub mod programs;
 #[cfg(test)]
@@ -23,7 +24,7 @@ use capstan_netlink::rtnl::Rtnl;
 use crate::mesh::plan::Mac;
 pub use programs::REMOTE_VALUE;
 pub use programs::{Device, Via};
-use programs::{FLOW_KEY, FLOW_VALUE, MapFds, POD_KEY, POD_VALUE, REMOTE_KEY};
+use programs::{FLOW_KEY, FLOW_VALUE, MapFds, POD_KEY, POD_VALUE, REMOTE_ADDRESS, REMOTE_KEY, REMOTE_MAC};
 
 /// Connections remembered at once (least recently used go first: such a connection takes the
 /// kernel's path from then on).
@@ -77,11 +78,13 @@ fn map(kind: MapKind, name: &'static str, key: usize, value: usize, max: u32) ->
     Map::create(kind, name, key, value, max).map_err(|source| FastPathError::Map { name, source })
 }
 
-/// A remote range's value: what the egress program sends to (a MAC or an address), padded.
-pub fn remote_value(bytes: &[u8]) -> [u8; REMOTE_VALUE] {
+/// A remote range's value: the remote node's address and, with VXLAN, its VTEP's MAC.
+pub fn remote_value(address: Ipv4Addr, vtep: Option<&Mac>) -> [u8; REMOTE_VALUE] {
     let mut v = [0; REMOTE_VALUE];
-    let n = bytes.len().min(REMOTE_VALUE);
-    v[..n].copy_from_slice(&bytes[..n]);
+    if let Some(mac) = vtep {
+        v[REMOTE_MAC..REMOTE_MAC + 6].copy_from_slice(mac);
+    }
+    v[REMOTE_ADDRESS..REMOTE_ADDRESS + 4].copy_from_slice(&address.octets());
     v
 }
 
@@ -145,8 +148,7 @@ impl FastPath {
         }
     }
 
-    /// Makes the map of remote pod ranges equal `remotes` (range → the remote VTEP's MAC, or the
-    /// remote node's address: see [`remote_value`]).
+    /// Makes the map of remote pod ranges equal `remotes` (see [`remote_value`]).
     pub fn set_remotes(&self, remotes: &BTreeMap<Cidr, [u8; REMOTE_VALUE]>) -> Result<(), FastPathError> {
         let update = |source| FastPathError::Update {
             what: "remote nodes",

@@ -3,10 +3,12 @@
 //!
 //! `egress` runs where a pod's packets enter the host (the host end of its veth): a TCP segment
 //! to another node's pod, of a connection both hosts have confirmed, goes straight out of the
-//! node's device — with VXLAN into the tunnel, addressed to the remote VTEP's MAC; with host-gw
-//! out of the underlay to the remote node, its MAC found by the kernel (`bpf_redirect_neigh`).
-//! `ingress` runs on that device: a segment for a local pod, of such a connection, goes straight
-//! into the pod's namespace (`bpf_redirect_peer`).
+//! underlay to the remote node, its MAC found by the kernel (`bpf_redirect_neigh`) — with VXLAN
+//! encapsulated here first, as the VXLAN device would (the pod network's VNI and port, addressed
+//! to the remote VTEP's MAC), so that neither the device nor the outer packet's netfilter hooks
+//! are passed on the way out. `ingress` runs where such segments arrive (the VXLAN device, which
+//! decapsulates them, or with host-gw the underlay): a segment for a local pod, of such a
+//! connection, goes straight into the pod's namespace (`bpf_redirect_peer`).
 //! Everything else — other protocols, Service addresses, connections not confirmed — takes the
 //! kernel's own path, untouched.
 //!
@@ -19,8 +21,11 @@
 //! the pod) never has a record here, and a stale record of an earlier connection with the same
 //! addresses and ports is not confirmed by a new one's handshake.
 
+use std::net::Ipv4Addr;
+
 use capstan_bpf::insn::{Asm, AsmError, Cond, FP, Insn, Op, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, Size};
 
+use crate::mesh::kernel::{PORT, VNI};
 use crate::mesh::plan::Mac;
 
 /// Helpers (`enum bpf_func_id`).
@@ -28,12 +33,16 @@ const MAP_LOOKUP: i32 = 1;
 const MAP_UPDATE: i32 = 2;
 const MAP_DELETE: i32 = 3;
 const KTIME_GET_NS: i32 = 5;
-const REDIRECT: i32 = 23;
+const GET_PRANDOM_U32: i32 = 7;
+const SKB_STORE_BYTES: i32 = 9;
+const GET_HASH_RECALC: i32 = 34;
+const SKB_ADJUST_ROOM: i32 = 50;
 const REDIRECT_NEIGH: i32 = 152;
 const REDIRECT_PEER: i32 = 155;
 const AF_INET: i32 = 2;
 
 /// `struct __sk_buff` fields.
+const SKB_LEN: i16 = 0;
 const SKB_DATA: i16 = 76;
 const SKB_DATA_END: i16 = 80;
 
@@ -60,6 +69,8 @@ const ACK: i32 = 0x10;
 
 /// The return code that lets the kernel go on with the packet (`TC_ACT_OK`).
 pub const PASS: u32 = 0;
+/// The return code that drops it (`TC_ACT_SHOT`).
+const DROP: i32 = 2;
 /// The return code of a redirect (`TC_ACT_REDIRECT`).
 pub const REDIRECTED: u32 = 7;
 
@@ -68,10 +79,12 @@ pub const REDIRECTED: u32 = 7;
 pub const REFRESH_NS: u64 = 60_000_000_000;
 
 /// The remote nodes' pod ranges: longest-prefix-match key (prefix length in host order, the
-/// address's bytes) → with VXLAN the remote VTEP's MAC, with host-gw the remote node's address
-/// (padded to 8).
+/// address's bytes) → with VXLAN the remote VTEP's MAC (bytes 0..6), and the remote node's
+/// address (bytes 8..12).
 pub const REMOTE_KEY: usize = 8;
-pub const REMOTE_VALUE: usize = 8;
+pub const REMOTE_VALUE: usize = 12;
+pub const REMOTE_MAC: usize = 0;
+pub const REMOTE_ADDRESS: usize = 8;
 /// The local pods the fast path delivers to: address bytes → host-end interface index (host
 /// order), the pod's MAC (padded to 12).
 pub const POD_KEY: usize = 4;
@@ -93,6 +106,26 @@ const STACK_FLOW_KEY: i16 = -24;
 const STACK_FLOW_VALUE: i16 = -48;
 /// `struct bpf_redir_neigh`: address family, IPv4 next hop, the IPv6 rest (20 bytes).
 const STACK_NEXT_HOP: i16 = -72;
+/// The headers VXLAN puts before a frame, built here and copied in ([`ENCAPSULATION`] bytes).
+const STACK_HEADERS: i16 = -128;
+
+/// What VXLAN adds: outer IPv4 (20), UDP (8), VXLAN (8), the inner frame's Ethernet header (14);
+/// the outer Ethernet header is the frame's own, its MACs filled in by the neighbour table.
+const ENCAPSULATION: usize = 50;
+/// Offsets in the headers VXLAN adds.
+const OUTER_LENGTH: i16 = 2;
+const OUTER_ID: i16 = 4;
+const OUTER_CHECKSUM: i16 = 10;
+const OUTER_DESTINATION: i16 = 16;
+const UDP_SOURCE_PORT: i16 = 20;
+const UDP_LENGTH: i16 = 24;
+const INNER_DESTINATION_MAC: i16 = 36;
+/// `bpf_skb_adjust_room`: room after the MAC header, for an IPv4/UDP tunnel carrying Ethernet
+/// (`BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | _ENCAP_L4_UDP | _ENCAP_L2_ETH`, the inner MAC header's
+/// length in the top byte), keeping the segment size (`_FIXED_GSO`: the pods' MTU already
+/// leaves room for the encapsulation).
+const ADJUST_ROOM_MAC: i32 = 1;
+const ADJUST_ROOM_FLAGS: u64 = (14 << 56) | (1 << 6) | (1 << 4) | (1 << 1) | 1;
 
 /// The map descriptors the programs name.
 #[derive(Clone, Copy, Debug)]
@@ -102,7 +135,8 @@ pub struct MapFds {
     pub flows: i32,
 }
 
-/// The device fast segments leave and arrive by: the VXLAN device, or with host-gw the underlay.
+/// The device fast segments arrive by (the VXLAN device, or with host-gw the underlay); with
+/// VXLAN its MAC is the inner source of what the egress program encapsulates.
 #[derive(Clone, Copy, Debug)]
 pub struct Device {
     pub index: u32,
@@ -113,8 +147,9 @@ pub struct Device {
 /// How a fast segment reaches the remote node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
-    /// Into the VXLAN device, to the remote VTEP's MAC.
-    Tunnel,
+    /// Encapsulated in VXLAN from `local` (this node's underlay address) to the remote VTEP's
+    /// MAC at the remote node's address, out of the `underlay` interface.
+    Tunnel { underlay: u32, local: Ipv4Addr },
     /// Out of the underlay, to the remote node's address through the neighbour table.
     Neighbour,
 }
@@ -163,6 +198,106 @@ fn readdress(a: &mut Asm, at: i16, source: &Mac) {
         .store(Size::H, R2, 4, R4)
         .store_imm(Size::W, R2, ETH_SOURCE, head)
         .store_imm(Size::H, R2, ETH_SOURCE + 4, tail);
+}
+
+/// The constant part of the headers VXLAN adds, from this node's underlay address `local` and
+/// VTEP MAC `source`: the length, identification, checksum, remote address, source port and
+/// inner destination MAC are left zero. Fragments allowed, as the VXLAN device sends by
+/// default (a routed path with a smaller MTU fragments rather than drops).
+fn vxlan_headers(local: Ipv4Addr, source: &Mac) -> [u8; ENCAPSULATION] {
+    let mut h = [0u8; ENCAPSULATION];
+    h[0] = 0x45;
+    h[8] = 64;
+    h[9] = 17;
+    h[12..16].copy_from_slice(&local.octets());
+    h[22..24].copy_from_slice(&PORT.to_be_bytes());
+    h[28] = 0x08; // a valid VNI follows
+    h[32..36].copy_from_slice(&(VNI << 8).to_be_bytes());
+    h[42..48].copy_from_slice(source);
+    h[48..50].copy_from_slice(&[0x08, 0x00]);
+    h
+}
+
+/// Encapsulates the frame in VXLAN (the remote node's entry in r7) and sends it out of
+/// `underlay` through the neighbour table; a frame the outer header's length cannot describe
+/// takes the kernel's path (the VXLAN device).
+fn encapsulate(a: &mut Asm, underlay: u32, local: Ipv4Addr, source: &Mac) {
+    let at = |off: i16| STACK_HEADERS + off;
+    // r8 = the outer IPv4 total length.
+    a.load(Size::W, R8, R6, SKB_LEN)
+        .alu_imm(Op::Add, R8, ENCAPSULATION as i32 - 14)
+        .jump_imm(Cond::Gt, R8, 0xffff, "pass");
+    let headers = vxlan_headers(local, source);
+    for (i, word) in headers.chunks(4).enumerate() {
+        let off = at(4 * i as i16);
+        match *word {
+            [a0, a1, a2, a3] => a.store_imm(Size::W, FP, off, i32::from_le_bytes([a0, a1, a2, a3])),
+            [a0, a1] => a.store_imm(Size::H, FP, off, i32::from(u16::from_le_bytes([a0, a1]))),
+            _ => unreachable!("the headers are 50 bytes"),
+        };
+    }
+    a.load(Size::W, R4, R7, REMOTE_ADDRESS as i16)
+        .store(Size::W, FP, at(OUTER_DESTINATION), R4)
+        .load(Size::W, R4, R7, REMOTE_MAC as i16)
+        .store(Size::W, FP, at(INNER_DESTINATION_MAC), R4)
+        .load(Size::H, R4, R7, REMOTE_MAC as i16 + 4)
+        .store(Size::H, FP, at(INNER_DESTINATION_MAC + 4), R4)
+        .alu(Op::Mov, R4, R8)
+        .be16(R4)
+        .store(Size::H, FP, at(OUTER_LENGTH), R4)
+        .alu(Op::Mov, R4, R8)
+        .alu_imm(Op::Sub, R4, 20)
+        .be16(R4)
+        .store(Size::H, FP, at(UDP_LENGTH), R4)
+        // A fresh identification, as the kernel picks one for each datagram that may be
+        // fragmented (segmentation numbers the segments on from it).
+        .call(GET_PRANDOM_U32)
+        .store(Size::H, FP, at(OUTER_ID), R0);
+    // The outer header's checksum: a one's complement sum of its ten 16-bit words, which comes
+    // out right whatever byte order they are read in, as long as it is stored in the same.
+    a.alu_imm(Op::Mov, R5, 0);
+    for i in 0..10 {
+        a.load(Size::H, R4, FP, at(2 * i)).alu(Op::Add, R5, R4);
+    }
+    for _ in 0..2 {
+        a.alu(Op::Mov, R4, R5)
+            .alu_imm(Op::Rsh, R4, 16)
+            .alu_imm(Op::And, R5, 0xffff)
+            .alu(Op::Add, R5, R4);
+    }
+    a.alu_imm(Op::Xor, R5, 0xffff).store(Size::H, FP, at(OUTER_CHECKSUM), R5);
+    // The source port from the connection's hash (32768–65535), as the VXLAN device spreads
+    // flows over the underlay's paths.
+    a.alu(Op::Mov, R1, R6)
+        .call(GET_HASH_RECALC)
+        .alu_imm(Op::Rsh, R0, 17)
+        .alu_imm(Op::Or, R0, 0x8000)
+        .be16(R0)
+        .store(Size::H, FP, at(UDP_SOURCE_PORT), R0);
+    a.alu(Op::Mov, R1, R6)
+        .alu_imm(Op::Mov, R2, ENCAPSULATION as i32)
+        .alu_imm(Op::Mov, R3, ADJUST_ROOM_MAC)
+        .load_imm64(R4, ADJUST_ROOM_FLAGS)
+        .call(SKB_ADJUST_ROOM)
+        .jump_imm(Cond::Ne, R0, 0, "pass")
+        .alu(Op::Mov, R1, R6)
+        .alu_imm(Op::Mov, R2, 14)
+        .alu(Op::Mov, R3, FP)
+        .alu_imm(Op::Add, R3, i32::from(STACK_HEADERS))
+        .alu_imm(Op::Mov, R4, ENCAPSULATION as i32)
+        .alu_imm(Op::Mov, R5, 0)
+        .call(SKB_STORE_BYTES)
+        // Room made but no headers in it: nothing sensible is left to send.
+        .jump_imm(Cond::Ne, R0, 0, "drop")
+        .alu_imm(Op::Mov, R1, underlay as i32)
+        .alu_imm(Op::Mov, R2, 0)
+        .alu_imm(Op::Mov, R3, 0)
+        .alu_imm(Op::Mov, R4, 0)
+        .call(REDIRECT_NEIGH)
+        .exit()
+        .label("drop")
+        .alu_imm(Op::Mov, R0, DROP)
+        .exit();
 }
 
 /// r0 = lookup of the key at `slot` in map `fd`; to `pass` when absent.
@@ -221,16 +356,10 @@ pub fn egress(maps: MapFds, device: Device, via: Via) -> Result<Vec<Insn>, AsmEr
         .jump_imm(Cond::Eq, R4, 0, "pass");
     due(&mut a, R9, FLOW_EGRESS_AT);
     match via {
-        Via::Tunnel => {
-            readdress(&mut a, 0, &device.mac);
-            a.alu_imm(Op::Mov, R1, device.index as i32)
-                .alu_imm(Op::Mov, R2, 0)
-                .call(REDIRECT)
-                .exit();
-        }
+        Via::Tunnel { underlay, local } => encapsulate(&mut a, underlay, local, &device.mac),
         Via::Neighbour => {
             a.store_imm(Size::W, FP, STACK_NEXT_HOP, AF_INET)
-                .load(Size::W, R4, R7, 0)
+                .load(Size::W, R4, R7, REMOTE_ADDRESS as i16)
                 .store(Size::W, FP, STACK_NEXT_HOP + 4, R4);
             for off in [8, 12, 16] {
                 a.store_imm(Size::W, FP, STACK_NEXT_HOP + off, 0);

@@ -12,18 +12,26 @@ const VTEP_MAC: Mac = [0x0e, 0xca, 1, 1, 1, 1];
 const REMOTE_VTEP_MAC: Mac = [0x0e, 0xca, 2, 2, 2, 2];
 const POD_MAC: Mac = [0x02, 0x42, 5, 5, 5, 5];
 const POD_INDEX: u32 = 77;
+const UNDERLAY: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 11);
+const REMOTE_NODE: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 12);
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const FIN: u8 = 0x01;
 
 fn fast_path() -> FastPath {
-    fast_path_via(Via::Tunnel, &REMOTE_VTEP_MAC)
+    let tunnel = Via::Tunnel {
+        underlay: 3,
+        local: UNDERLAY,
+    };
+    fast_path_via(tunnel, Some(&REMOTE_VTEP_MAC))
 }
 
-/// A fast path sending `via` the device, to `remote` for the remote range 10.244.2.0/24.
-fn fast_path_via(via: Via, remote: &[u8]) -> FastPath {
+/// A fast path sending `via` the device, to REMOTE_NODE (with VXLAN its VTEP `vtep`) for the
+/// remote range 10.244.2.0/24.
+fn fast_path_via(via: Via, vtep: Option<&Mac>) -> FastPath {
     let fp = FastPath::load(Device { index: 9, mac: VTEP_MAC }, via).expect("the fast path loads (needs root)");
-    fp.set_remotes(&BTreeMap::from([("10.244.2.0/24".parse().unwrap(), remote_value(remote))]))
+    let remote = remote_value(REMOTE_NODE, vtep);
+    fp.set_remotes(&BTreeMap::from([("10.244.2.0/24".parse().unwrap(), remote)]))
         .unwrap();
     let mut value = [0u8; POD_VALUE];
     value[..4].copy_from_slice(&POD_INDEX.to_ne_bytes());
@@ -84,6 +92,30 @@ fn ingress(fp: &FastPath, p: &[u8]) -> (u32, Vec<u8>) {
     fp.ingress.test_run(p).unwrap()
 }
 
+/// `packet` is `frame` in VXLAN as the kernel's VXLAN device sends it (RFC 7348): after the
+/// outer Ethernet header (the frame's own, its MACs for the neighbour table to fill in), IPv4
+/// from this node to the remote one, UDP to 8472, VNI 1, and the frame addressed from our VTEP
+/// to the remote one.
+fn assert_vxlan(packet: &[u8], frame: &[u8]) {
+    assert_eq!(packet.len(), frame.len() + 50, "{packet:02x?}");
+    assert_eq!(packet[..14], frame[..14]);
+    let (ip, udp, vxlan, inner) = (&packet[14..34], &packet[34..42], &packet[42..50], &packet[50..]);
+    let length = (frame.len() - 14 + 50) as u16;
+    assert_eq!(ip[..4], [0x45, 0, (length >> 8) as u8, length as u8], "version, length");
+    assert_eq!(ip[6..10], [0, 0, 64, 17], "fragments allowed, TTL, UDP");
+    assert_eq!(ip[12..16], UNDERLAY.octets());
+    assert_eq!(ip[16..20], REMOTE_NODE.octets());
+    let sum = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    assert_eq!((folded & 0xffff) + (folded >> 16), 0xffff, "the header checksum holds");
+    assert!(u16::from_be_bytes([udp[0], udp[1]]) >= 32768, "a source port from the flow's hash");
+    assert_eq!(udp[2..], [0x21, 0x18, ((length - 20) >> 8) as u8, (length - 20) as u8, 0, 0]);
+    assert_eq!(vxlan, [0x08, 0, 0, 0, 0, 0, 1, 0]);
+    assert_eq!(inner[..6], REMOTE_VTEP_MAC, "to the remote VTEP");
+    assert_eq!(inner[6..12], VTEP_MAC, "from ours");
+    assert_eq!(inner[12..], frame[12..], "the rest of the frame unchanged");
+}
+
 #[test]
 fn a_client_connection_goes_fast_once_both_sides_are_confirmed_and_conntrack_saw_it() {
     let fp = fast_path();
@@ -99,9 +131,7 @@ fn a_client_connection_goes_fast_once_both_sides_are_confirmed_and_conntrack_saw
     assert_eq!(egress(&fp, &out(40000, ACK, 1001, 5001)).0, PASS);
     let (verdict, packet) = egress(&fp, &out(40000, ACK, 1001, 5001));
     assert_eq!(verdict, REDIRECTED);
-    assert_eq!(packet[..6], REMOTE_VTEP_MAC, "to the remote VTEP");
-    assert_eq!(packet[6..12], VTEP_MAC, "from ours");
-    assert_eq!(packet[12..], out(40000, ACK, 1001, 5001)[12..], "nothing else changed");
+    assert_vxlan(&packet, &out(40000, ACK, 1001, 5001));
     assert_eq!(ingress(&fp, &inward(40000, ACK, 5001, 1001)).0, PASS);
     let (verdict, packet) = ingress(&fp, &inward(40000, ACK, 5001, 1001));
     assert_eq!(verdict, REDIRECTED);
@@ -186,7 +216,7 @@ fn only_tcp_to_other_nodes_pods_is_considered() {
 
 #[test]
 fn with_host_gw_a_fast_segment_goes_to_the_remote_node_through_the_neighbour_table() {
-    let fp = fast_path_via(Via::Neighbour, &[10, 250, 0, 12]);
+    let fp = fast_path_via(Via::Neighbour, None);
     assert_eq!(egress(&fp, &out(40007, SYN, 1000, 0)).0, PASS);
     assert_eq!(ingress(&fp, &inward(40007, SYN | ACK, 5000, 1001)).0, PASS);
     assert_eq!(egress(&fp, &out(40007, ACK, 1001, 5001)).0, PASS);
