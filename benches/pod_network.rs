@@ -11,10 +11,11 @@
 //! veth pair, plain and through VXLAN, and pods on them wired on a bridge (as Capstan does) and
 //! routed on their own veths (no Engine, no firewall, no agent).
 //!
-//! Each cross-host ratio is measured in turns, each a pod→pod run beside a host→host run in
-//! alternating order, and compares the best run of each side: single runs on this machine vary
-//! by up to a third, always downwards (another process on the core), so one run per side gave
-//! anything from 0.6× to 1.0× for the same code.
+//! Each ratio is measured in turns, each a pod→pod run beside a host→host run in alternating
+//! order, and compares the best run of each side: single runs on this machine vary by up to a
+//! third, always downwards (another process on the core), so one run per side gave anything
+//! from 0.6× to 1.0× for the same code. Pod→pod on one host is measured so too: the pods' own
+//! ends (a veth, a namespace, a container), which every cross-host path includes.
 //!
 //! `cargo bench --bench pod_network` (4 turns of 3 s runs, 1,000 connections; `-- --quick`: 3
 //! turns of 1 s, 200 connections). Needs root and the Docker Engine; builds the test images.
@@ -169,11 +170,6 @@ impl Bench {
         out(&self.lab.exec(1, &args), "host run").parse().unwrap()
     }
 
-    /// (bytes/s, median set-up µs) from the client pod to `target`.
-    fn client_to(&self, target: &str) -> (f64, f64) {
-        (self.pod_run("blast", target), self.pod_run("dial", target))
-    }
-
     /// `self.turns` runs of `a` and of `b`, the order reversed each turn so that the machine's
     /// drift over a run favours neither.
     fn alternate(&self, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (Vec<f64>, Vec<f64>) {
@@ -262,8 +258,10 @@ fn main() {
     let remote = format!("{}:9000", b.pod_ip("remote"));
     let vxlan = b.against_floor(&remote);
     let floor_setup = b.host_to_host("dial");
-    let local = b.client_to(&format!("{}:9000", b.pod_ip("local")));
-    row("pod → pod, one host", local);
+    // The pods' own ends: two pods on one host, beside host→host in turns as well.
+    let local = format!("{}:9000", b.pod_ip("local"));
+    let one_host = b.against_floor(&local);
+    row("pod → pod, one host (best run)", (best(&one_host.path), b.pod_run("dial", &local)));
     let cluster_ip = b.kubectl(&["get", "service", "remote", "-o", "jsonpath={.spec.clusterIP}"]);
     let service = format!("{cluster_ip}:9000");
     // Set-up times in alternating turns too, the lowest median of each side.
@@ -317,7 +315,7 @@ fn main() {
         "pod → pod across hosts, host-gw (best run)",
         (best(&host_gw.path), b.pod_run("dial", &remote)),
     );
-    let host_runs: Vec<f64> = [&vxlan, &kernel_path, &host_gw]
+    let host_runs: Vec<f64> = [&vxlan, &one_host, &kernel_path, &host_gw]
         .iter()
         .flat_map(|t| t.floor.iter())
         .copied()
@@ -373,6 +371,13 @@ fn main() {
         host_gw.ratio(),
         host_gw.spread(),
         b.turns
+    );
+    println!(
+        "  the pods' own ends: pod→pod on one host / host→host {:.2}× ({}); across hosts / on one host: vxlan {:.2}×, host-gw {:.2}×   (what the hosts between cost beyond the pods' own veths and namespaces)",
+        one_host.ratio(),
+        one_host.spread(),
+        best(&vxlan.path) / best(&one_host.path),
+        best(&host_gw.path) / best(&one_host.path)
     );
     println!(
         "  the kernel alone, bare namespaces: host→host {} plain, {} through VXLAN = {:.2}×   (the floor of encapsulation on this machine)",
