@@ -282,6 +282,19 @@ struct Transfer {
     h1_device: f64,
 }
 
+impl Transfer {
+    /// `bytes` that passed `place`: under a twentieth of what was sent (the kernel's path
+    /// took only the handshake, a first segment and the close).
+    fn passed_little(&self, bytes: f64, place: &str) {
+        assert!(bytes < self.sent / 20.0, "{place}: passed {bytes} of {} bytes", self.sent);
+    }
+
+    /// `bytes` that passed `place`: more than half of what was sent (the kernel's path).
+    fn passed_most(&self, bytes: f64, place: &str) {
+        assert!(bytes > self.sent / 2.0, "{place}: passed only {bytes} of {} bytes", self.sent);
+    }
+}
+
 /// One second of bulk transfer from h1's client to `target` (a sink in h2's server).
 fn transfer(s: &Setup, target: &str, device: &str) -> Transfer {
     let (h1, h2, dev) = (bridge_bytes(s, 1), bridge_bytes(s, 2), link_bytes(s, 1, device));
@@ -316,51 +329,21 @@ fn check_fast_path(s: &Setup, device: &str) -> String {
     assert!(o.status.success(), "{o:?}");
     let direct = format!("{}:9000", s.pod_ip("server-b"));
     let t = transfer(s, &direct, device);
-    assert!(
-        t.h1_bridge < t.sent / 20.0,
-        "h1's bridge passed {} of {} bytes to {direct}",
-        t.h1_bridge,
-        t.sent
-    );
-    assert!(
-        t.h2_bridge < t.sent / 20.0,
-        "h2's bridge passed {} of {} bytes to {direct}",
-        t.h2_bridge,
-        t.sent
-    );
+    t.passed_little(t.h1_bridge, &format!("h1's bridge, to {direct}"));
+    t.passed_little(t.h2_bridge, &format!("h2's bridge, to {direct}"));
     if device == "capstan.1" {
         // Encapsulated by the program, not by the VXLAN device.
-        assert!(
-            t.h1_device < t.sent / 20.0,
-            "h1's {device} sent {} of {} bytes to {direct}",
-            t.h1_device,
-            t.sent
-        );
+        t.passed_little(t.h1_device, &format!("h1's {device}, to {direct}"));
     }
     // Through the Service, h1 translates the address, so h1 keeps the kernel's path; h2's side
     // goes fast, and h1's conntrack still turns the replies' source back into the Service's.
     let service = stdout(&s.cluster.kubectl(&["get", "service", "sink-b", "-o", "jsonpath={.spec.clusterIP}"]));
     let service = format!("{}:9000", service.trim());
     let t = transfer(s, &service, device);
-    assert!(
-        t.h1_bridge > t.sent / 2.0,
-        "h1's bridge passed only {} of {} bytes to {service}",
-        t.h1_bridge,
-        t.sent
-    );
-    assert!(
-        t.h2_bridge < t.sent / 20.0,
-        "h2's bridge passed {} of {} bytes to {service}",
-        t.h2_bridge,
-        t.sent
-    );
+    t.passed_most(t.h1_bridge, &format!("h1's bridge, to {service}"));
+    t.passed_little(t.h2_bridge, &format!("h2's bridge, to {service}"));
     if device == "capstan.1" {
-        assert!(
-            t.h1_device > t.sent / 2.0,
-            "h1's {device} sent only {} of {} bytes to {service}",
-            t.h1_device,
-            t.sent
-        );
+        t.passed_most(t.h1_device, &format!("h1's {device}, to {service}"));
     }
     direct
 }
@@ -616,12 +599,7 @@ fn vxlan_and_host_gw_connect_pods_across_hosts_and_follow_hosts_leaving_and_join
         },
     );
     let t = transfer(&s, &direct, "eth0");
-    assert!(
-        t.h1_bridge > t.sent / 2.0,
-        "h1's bridge passed only {} of {} bytes without the fast path",
-        t.h1_bridge,
-        t.sent
-    );
+    t.passed_most(t.h1_bridge, "h1's bridge, without the fast path");
 }
 
 /// A Deployment spread over the hosts (each revision by itself; a lost, tainted host not
