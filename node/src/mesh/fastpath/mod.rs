@@ -24,7 +24,7 @@ use capstan_netlink::rtnl::Rtnl;
 use crate::mesh::plan::Mac;
 pub use programs::REMOTE_VALUE;
 pub use programs::{Device, Via};
-use programs::{FLOW_KEY, FLOW_VALUE, MapFds, POD_KEY, POD_VALUE, REMOTE_ADDRESS, REMOTE_KEY, REMOTE_MAC};
+use programs::{FLOW_KEY, FLOW_VALUE, MapFds, POD_INDEX, POD_KEY, POD_MAC, POD_VALUE, REMOTE_ADDRESS, REMOTE_KEY, REMOTE_MAC};
 
 /// Connections remembered at once (least recently used go first: such a connection takes the
 /// kernel's path from then on).
@@ -88,6 +88,14 @@ pub fn remote_value(address: Ipv4Addr, vtep: Option<&Mac>) -> [u8; REMOTE_VALUE]
     v
 }
 
+/// A local pod's value: its host-end interface and its MAC.
+fn pod_value(index: u32, mac: &Mac) -> [u8; POD_VALUE] {
+    let mut v = [0; POD_VALUE];
+    v[POD_INDEX..POD_INDEX + 4].copy_from_slice(&index.to_ne_bytes());
+    v[POD_MAC..POD_MAC + 6].copy_from_slice(mac);
+    v
+}
+
 /// A remote pod range's key in the longest-prefix-match map.
 fn remote_key(range: Cidr) -> [u8; REMOTE_KEY] {
     let mut k = [0; REMOTE_KEY];
@@ -131,11 +139,8 @@ impl FastPath {
     pub fn attach_pod(&self, rtnl: &mut Rtnl, index: u32, pod: Option<(Ipv4Addr, Mac)>) -> Result<(), FastPathError> {
         tc::attach_ingress(rtnl, index, &self.egress).map_err(|source| FastPathError::Attach { index, source })?;
         if let Some((ip, mac)) = pod {
-            let mut value = [0u8; POD_VALUE];
-            value[..4].copy_from_slice(&index.to_ne_bytes());
-            value[4..10].copy_from_slice(&mac);
             self.pods
-                .update(&ip.octets(), &value)
+                .update(&ip.octets(), &pod_value(index, &mac))
                 .map_err(|source| FastPathError::Update { what: "pods", source })?;
         }
         Ok(())

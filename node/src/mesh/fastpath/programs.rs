@@ -89,6 +89,8 @@ pub const REMOTE_ADDRESS: usize = 8;
 /// order), the pod's MAC (padded to 12).
 pub const POD_KEY: usize = 4;
 pub const POD_VALUE: usize = 12;
+pub const POD_INDEX: usize = 0;
+pub const POD_MAC: usize = 4;
 /// Connections, keyed from this host's side: local pod address, remote address, local port,
 /// remote port (as on the wire) → the local side's initial sequence number (host order), whether
 /// the remote side confirmed it (u32), and when a segment last took the kernel's path outwards
@@ -187,9 +189,10 @@ fn tcp_over_ipv4(a: &mut Asm) {
         .jump_imm(Cond::Ne, R4, 0, "pass");
 }
 
-/// Rewrites the frame's MACs: the destination from the map value in r7 at `at`, the source
-/// `source`. Reloads the packet pointers (a helper call dropped them).
-fn readdress(a: &mut Asm, at: i16, source: &Mac) {
+/// Addresses the frame to the pod whose map value is in r7, from `source`. Reloads the packet
+/// pointers (a helper call dropped them).
+fn to_pod(a: &mut Asm, source: &Mac) {
+    let at = POD_MAC as i16;
     packet(a, 14);
     let (head, tail) = mac_words(source);
     a.load(Size::W, R4, R7, at)
@@ -427,8 +430,11 @@ pub fn ingress(maps: MapFds, device: Device) -> Result<Vec<Insn>, AsmError> {
         .goto("pass");
     a.label("confirmed");
     due(&mut a, R8, FLOW_INGRESS_AT);
-    readdress(&mut a, 4, &device.mac);
-    a.load(Size::W, R1, R7, 0).alu_imm(Op::Mov, R2, 0).call(REDIRECT_PEER).exit();
+    to_pod(&mut a, &device.mac);
+    a.load(Size::W, R1, R7, POD_INDEX as i16)
+        .alu_imm(Op::Mov, R2, 0)
+        .call(REDIRECT_PEER)
+        .exit();
     a.label("refresh").store(Size::DW, R8, FLOW_INGRESS_AT, R0).goto("pass");
     // The remote server's SYN-ACK confirms the local client's side when it acknowledges the
     // local SYN; a record it does not match is an earlier connection's.

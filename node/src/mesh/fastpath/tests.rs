@@ -10,8 +10,8 @@ const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
 const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VTEP_MAC: Mac = [0x0e, 0xca, 1, 1, 1, 1];
 const REMOTE_VTEP_MAC: Mac = [0x0e, 0xca, 2, 2, 2, 2];
-const POD_MAC: Mac = [0x02, 0x42, 5, 5, 5, 5];
-const POD_INDEX: u32 = 77;
+const POD_HWADDR: Mac = [0x02, 0x42, 5, 5, 5, 5];
+const POD_IFINDEX: u32 = 77;
 const UNDERLAY: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 11);
 const REMOTE_NODE: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 12);
 const SYN: u8 = 0x02;
@@ -33,10 +33,7 @@ fn fast_path_via(via: Via, vtep: Option<&Mac>) -> FastPath {
     let remote = remote_value(REMOTE_NODE, vtep);
     fp.set_remotes(&BTreeMap::from([("10.244.2.0/24".parse().unwrap(), remote)]))
         .unwrap();
-    let mut value = [0u8; POD_VALUE];
-    value[..4].copy_from_slice(&POD_INDEX.to_ne_bytes());
-    value[4..10].copy_from_slice(&POD_MAC);
-    fp.pods.update(&LOCAL.octets(), &value).unwrap();
+    fp.pods.update(&LOCAL.octets(), &pod_value(POD_IFINDEX, &POD_HWADDR)).unwrap();
     fp
 }
 
@@ -135,7 +132,7 @@ fn a_client_connection_goes_fast_once_both_sides_are_confirmed_and_conntrack_saw
     assert_eq!(ingress(&fp, &inward(40000, ACK, 5001, 1001)).0, PASS);
     let (verdict, packet) = ingress(&fp, &inward(40000, ACK, 5001, 1001));
     assert_eq!(verdict, REDIRECTED);
-    assert_eq!(packet[..6], POD_MAC, "to the pod");
+    assert_eq!(packet[..6], POD_HWADDR, "to the pod");
     // A minute on (the last kernel's-path segment each way set long ago), one segment each way
     // takes the kernel's path again, so that conntrack's entry stays.
     let mut record = flow(&fp, 40000).unwrap();
