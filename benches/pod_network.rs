@@ -9,7 +9,9 @@
 //! with the lab's short settings (grace period, eviction timeout) beside their sum, the floor.
 //! Beside the ratios, the kernel's own floors in the same run: bare namespaces as two hosts on a
 //! veth pair, plain and through VXLAN, and pods on them wired on a bridge (as Capstan does) and
-//! routed on their own veths (no Engine, no firewall, no agent).
+//! routed on their own veths (no Engine, no firewall, no agent). And where each path's time
+//! goes: what the whole machine did during its runs (both cores' busy share, CPU time and context
+//! switches per GB sent, read from /proc/stat by the sending program).
 //!
 //! Each ratio is measured in turns, each a pod→pod run beside a host→host run in alternating
 //! order, and compares the best run of each side: single runs on this machine vary by up to a
@@ -77,10 +79,30 @@ struct Bench {
     turns: usize,
 }
 
-/// Throughput measured in alternating turns beside the host→host floor (bytes/s per turn).
+/// One `blast` run: bytes/s, and what the whole machine did meanwhile (the test program reads
+/// /proc/stat around its sending): the busy share of all cores, CPU ms and context switches per
+/// GB sent.
+#[derive(Clone, Copy)]
+struct Blast {
+    rate: f64,
+    machine: Option<[f64; 3]>,
+}
+
+impl Blast {
+    /// The program's line; a run that printed nothing has rate NaN.
+    fn parse(line: &str) -> Blast {
+        let values: Vec<f64> = line.split_whitespace().map(|v| v.parse().unwrap_or(f64::NAN)).collect();
+        Blast {
+            rate: values.first().copied().unwrap_or(f64::NAN),
+            machine: values.get(1..4).map(|m| [m[0], m[1], m[2]]),
+        }
+    }
+}
+
+/// Throughput measured in alternating turns beside the host→host floor.
 struct Turns {
-    floor: Vec<f64>,
-    path: Vec<f64>,
+    floor: Vec<Blast>,
+    path: Vec<Blast>,
 }
 
 impl Turns {
@@ -90,16 +112,41 @@ impl Turns {
         best(&self.path) / best(&self.floor)
     }
 
+    fn best(&self) -> f64 {
+        best(&self.path)
+    }
+
     /// The range of the turns' own ratios.
     fn spread(&self) -> String {
-        let mut r: Vec<f64> = self.path.iter().zip(&self.floor).map(|(p, f)| p / f).collect();
+        let mut r: Vec<f64> = self.path.iter().zip(&self.floor).map(|(p, f)| p.rate / f.rate).collect();
         r.sort_by(f64::total_cmp);
         format!("turns {:.2}–{:.2}×", r[0], r[r.len() - 1])
     }
 }
 
-fn best(values: &[f64]) -> f64 {
-    values.iter().copied().fold(0.0, f64::max)
+fn best(runs: &[Blast]) -> f64 {
+    runs.iter().map(|r| r.rate).fold(0.0, f64::max)
+}
+
+/// The median over `runs` of what the machine did (busy share, CPU ms and context switches
+/// per GB), as a table row; interference comes and goes, so no single run stands for a path.
+fn machine_row(what: &str, runs: &[Blast]) {
+    let mut columns: [Vec<f64>; 3] = Default::default();
+    for m in runs.iter().filter_map(|r| r.machine) {
+        for (column, value) in columns.iter_mut().zip(m) {
+            column.push(value);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let [busy, cpu, switches] = columns.map(|mut c| median(&mut c));
+    println!(
+        "    {what:<44} busy {:>3.0} %   {cpu:>5.0} CPU-ms/GB   {:>5.1}k switches/GB",
+        busy * 100.0,
+        switches / 1e3
+    );
 }
 
 fn out(o: &std::process::Output, what: &str) -> String {
@@ -147,14 +194,24 @@ impl Bench {
         if what == "blast" { &self.seconds } else { &self.dials }
     }
 
-    /// The test program's `blast` (bytes/s) or `dial` (median set-up µs) from the client pod.
-    fn pod_run(&self, what: &str, target: &str) -> f64 {
+    /// The test program's `blast` or `dial` from the client pod: its output.
+    fn pod_run(&self, what: &str, target: &str) -> String {
         let args = [what, target, self.amount(what)];
-        out(&self.lab.in_pod(1, "client", "app", &args), what).parse().unwrap()
+        out(&self.lab.in_pod(1, "client", "app", &args), what)
+    }
+
+    /// `dial` from the client pod: the median set-up time, µs.
+    fn pod_dial(&self, target: &str) -> f64 {
+        self.pod_run("dial", target).parse().unwrap()
+    }
+
+    /// `blast` from the client pod.
+    fn pod_blast(&self, target: &str) -> Blast {
+        Blast::parse(&self.pod_run("blast", target))
     }
 
     /// The same between the hosts themselves: host 1 to a sink on host 2's own network.
-    fn host_to_host(&self, what: &str) -> f64 {
+    fn host_to_host(&self, what: &str) -> String {
         let target = format!("{}:9100", host_ip(2));
         let args = [
             "docker",
@@ -167,12 +224,12 @@ impl Bench {
             &target,
             self.amount(what),
         ];
-        out(&self.lab.exec(1, &args), "host run").parse().unwrap()
+        out(&self.lab.exec(1, &args), "host run")
     }
 
     /// `self.turns` runs of `a` and of `b`, the order reversed each turn so that the machine's
     /// drift over a run favours neither.
-    fn alternate(&self, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (Vec<f64>, Vec<f64>) {
+    fn alternate<T>(&self, mut a: impl FnMut() -> T, mut b: impl FnMut() -> T) -> (Vec<T>, Vec<T>) {
         let (mut first, mut second) = (Vec::new(), Vec::new());
         for turn in 0..self.turns {
             if turn.is_multiple_of(2) {
@@ -188,7 +245,7 @@ impl Bench {
 
     /// Throughput to `target` from the client pod beside host→host, in alternating turns.
     fn against_floor(&self, target: &str) -> Turns {
-        let (floor, path) = self.alternate(|| self.host_to_host("blast"), || self.pod_run("blast", target));
+        let (floor, path) = self.alternate(|| Blast::parse(&self.host_to_host("blast")), || self.pod_blast(target));
         Turns { floor, path }
     }
 
@@ -257,19 +314,19 @@ fn main() {
     b.start_sinks();
     let remote = format!("{}:9000", b.pod_ip("remote"));
     let vxlan = b.against_floor(&remote);
-    let floor_setup = b.host_to_host("dial");
+    let floor_setup: f64 = b.host_to_host("dial").parse().unwrap();
     // The pods' own ends: two pods on one host, beside host→host in turns as well.
     let local = format!("{}:9000", b.pod_ip("local"));
     let one_host = b.against_floor(&local);
-    row("pod → pod, one host (best run)", (best(&one_host.path), b.pod_run("dial", &local)));
+    row("pod → pod, one host (best run)", (one_host.best(), b.pod_dial(&local)));
     let cluster_ip = b.kubectl(&["get", "service", "remote", "-o", "jsonpath={.spec.clusterIP}"]);
     let service = format!("{cluster_ip}:9000");
     // Set-up times in alternating turns too, the lowest median of each side.
-    let (direct, via_service) = b.alternate(|| b.pod_run("dial", &remote), || b.pod_run("dial", &service));
+    let (direct, via_service) = b.alternate(|| b.pod_dial(&remote), || b.pod_dial(&service));
     let lowest = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
     let (vxlan_setup, service_setup) = (lowest(&direct), lowest(&via_service));
-    row("pod → pod across hosts, vxlan (best run)", (best(&vxlan.path), vxlan_setup));
-    let service = (b.pod_run("blast", &service), service_setup);
+    row("pod → pod across hosts, vxlan (best run)", (vxlan.best(), vxlan_setup));
+    let service = (b.pod_blast(&service).rate, service_setup);
     row("pod → ClusterIP → remote pod, vxlan", service);
 
     // A host joining: from its agent's start until its pod answers from host 1.
@@ -301,7 +358,7 @@ fn main() {
     let kernel_path = b.against_floor(&remote);
     row(
         "pod → pod across hosts, vxlan, kernel path",
-        (best(&kernel_path.path), b.pod_run("dial", &remote)),
+        (kernel_path.best(), b.pod_dial(&remote)),
     );
 
     b.start_nodes(&["--pod-network", "host-gw"]);
@@ -311,11 +368,8 @@ fn main() {
     });
     let remote = format!("{}:9000", b.pod_ip("remote"));
     let host_gw = b.against_floor(&remote);
-    row(
-        "pod → pod across hosts, host-gw (best run)",
-        (best(&host_gw.path), b.pod_run("dial", &remote)),
-    );
-    let host_runs: Vec<f64> = [&vxlan, &one_host, &kernel_path, &host_gw]
+    row("pod → pod across hosts, host-gw (best run)", (host_gw.best(), b.pod_dial(&remote)));
+    let host_runs: Vec<Blast> = [&vxlan, &one_host, &kernel_path, &host_gw]
         .iter()
         .flat_map(|t| t.floor.iter())
         .copied()
@@ -376,9 +430,21 @@ fn main() {
         "  the pods' own ends: pod→pod on one host / host→host {:.2}× ({}); across hosts / on one host: vxlan {:.2}×, host-gw {:.2}×   (what the hosts between cost beyond the pods' own veths and namespaces)",
         one_host.ratio(),
         one_host.spread(),
-        best(&vxlan.path) / best(&one_host.path),
-        best(&host_gw.path) / best(&one_host.path)
+        vxlan.best() / one_host.best(),
+        host_gw.best() / one_host.best()
     );
+    println!(
+        "  where the time goes — the whole machine during each path's runs (median of its turns): both cores' busy share, CPU time and context switches per GB sent"
+    );
+    for (what, runs) in [
+        ("host → host", &host_runs),
+        ("pod → pod, one host", &one_host.path),
+        ("pod → pod across hosts, vxlan", &vxlan.path),
+        ("pod → pod across hosts, vxlan, kernel path", &kernel_path.path),
+        ("pod → pod across hosts, host-gw", &host_gw.path),
+    ] {
+        machine_row(what, runs);
+    }
     println!(
         "  the kernel alone, bare namespaces: host→host {} plain, {} through VXLAN = {:.2}×   (the floor of encapsulation on this machine)",
         gbit(floors.plain),
@@ -495,7 +561,7 @@ fn kernel_floors(seconds: &str) -> Floors {
             .args(["netns", "exec", from, program, "blast", &format!("{to}:9300"), seconds])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(f64::NAN)
+        Blast::parse(&String::from_utf8_lossy(&o.stdout)).rate
     };
     let paths = [
         ("cbf-ha", "10.253.0.2"),

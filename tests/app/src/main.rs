@@ -322,7 +322,23 @@ fn sink(args: &[String]) {
     }
 }
 
-/// Writes to a sink for SECONDS; prints the bytes per second.
+/// The whole machine's CPU time so far (all cores, in /proc/stat's ticks: busy, idle) and its
+/// context switches: /proc/stat is not namespaced, so a container reads the machine's.
+fn machine_cpu() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let value = |line: &str, n: usize| line.split_whitespace().nth(n).and_then(|v| v.parse::<u64>().ok());
+    let cpu = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal
+    let busy = [1, 2, 3, 6, 7, 8].iter().map(|&n| value(cpu, n)).sum::<Option<u64>>()?;
+    let idle = value(cpu, 4)? + value(cpu, 5)?;
+    let switches = value(stat.lines().find(|l| l.starts_with("ctxt "))?, 1)?;
+    Some((busy, idle, switches))
+}
+
+/// Writes to a sink for SECONDS; prints the bytes per second, then what the machine did
+/// meanwhile (for the benchmark's account of where the time goes): its busy share of all
+/// cores, and per GB sent its CPU time (ms) and context switches — or nothing more where
+/// /proc/stat cannot be read.
 fn blast(args: &[String]) {
     let addr = socket_arg(args, "blast ADDRESS:PORT SECONDS");
     let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
@@ -331,6 +347,7 @@ fn blast(args: &[String]) {
         exit(1)
     });
     let buf = vec![0x5au8; 128 * 1024];
+    let before = machine_cpu();
     let start = std::time::Instant::now();
     let mut sent = 0u64;
     while start.elapsed().as_secs_f64() < secs {
@@ -342,7 +359,16 @@ fn blast(args: &[String]) {
             }
         }
     }
-    println!("{:.0}", sent as f64 / start.elapsed().as_secs_f64());
+    let rate = sent as f64 / start.elapsed().as_secs_f64();
+    match before.zip(machine_cpu()) {
+        Some(((b0, i0, c0), (b1, i1, c1))) => {
+            // /proc/stat counts in USER_HZ ticks: 100 per second.
+            let (busy, idle, gb) = ((b1 - b0) as f64, (i1 - i0) as f64, sent as f64 / 1e9);
+            let share = busy / (busy + idle).max(1.0);
+            println!("{rate:.0} {share:.3} {:.0} {:.0}", busy * 10.0 / gb, (c1 - c0) as f64 / gb);
+        }
+        None => println!("{rate:.0}"),
+    }
 }
 
 /// Opens and closes COUNT connections one after another; prints the median set-up time (µs).
