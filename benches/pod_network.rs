@@ -91,7 +91,7 @@ struct Blast {
 impl Blast {
     /// The program's line; a run that printed nothing has rate NaN.
     fn parse(line: &str) -> Blast {
-        let values: Vec<f64> = line.split_whitespace().map(|v| v.parse().unwrap_or(f64::NAN)).collect();
+        let values = common::lab::blast_figures(line);
         Blast {
             rate: values.first().copied().unwrap_or(f64::NAN),
             machine: values.get(1..4).map(|m| [m[0], m[1], m[2]]),

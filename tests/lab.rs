@@ -18,7 +18,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{Lab, LabNode, MACHINE, host_ip, lab_available, pinned_pod, ready_count};
+use common::lab::{Lab, LabNode, MACHINE, blast_figures, host_ip, lab_available, pinned_pod, ready_count};
 use common::{Cluster, run};
 
 /// Pods on each host and Services in front of them.
@@ -299,7 +299,11 @@ impl Transfer {
 fn transfer(s: &Setup, target: &str, device: &str) -> Transfer {
     let (h1, h2, dev) = (bridge_bytes(s, 1), bridge_bytes(s, 2), link_bytes(s, 1, device));
     let o = s.lab.in_pod(1, "client-a", "app", &["blast", target, "1"]);
-    let sent: f64 = stdout(&o).trim().parse().unwrap_or_else(|_| panic!("blast to {target}: {o:?}"));
+    let sent = blast_figures(&stdout(&o))
+        .first()
+        .copied()
+        .filter(|b| b.is_finite())
+        .unwrap_or_else(|| panic!("blast to {target}: {o:?}"));
     let (h1_after, h2_after, dev_after) = (bridge_bytes(s, 1), bridge_bytes(s, 2), link_bytes(s, 1, device));
     assert!(sent > 50e6, "blast to {target} moved {sent} bytes in 1 s");
     Transfer {

@@ -29,6 +29,13 @@ pub fn host_name(n: usize) -> String {
     format!("h{n}")
 }
 
+/// The figures of the test program's `blast` line: bytes/s first, then (where it could read
+/// /proc/stat) the machine's busy share, CPU ms and context switches per GB sent; NaN for a
+/// figure that is not a number.
+pub fn blast_figures(line: &str) -> Vec<f64> {
+    line.split_whitespace().map(|v| v.parse().unwrap_or(f64::NAN)).collect()
+}
+
 fn script() -> std::path::PathBuf {
     repo_root().join("scripts/lab.sh")
 }
