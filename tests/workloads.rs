@@ -609,9 +609,12 @@ fn an_autoscaler_follows_the_load_and_a_commit_keeps_its_count() {
         return;
     };
     let _agent = c.node(&format!("hpa-{}", std::process::id()), &run, &[]);
+    // The autoscaler exists only once the daemon has applied the commit: until then, not found.
     c.wait_until_within("the pod ready and the autoscaler measuring it", 90, || {
-        let hpa = json(&c, &["get", "hpa", "busy"]);
-        hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"].is_i64()
+        let out = c.kubectl(&["get", "hpa", "busy", "-o", "json"]);
+        out.status.success()
+            && serde_json::from_slice::<Value>(&out.stdout)
+                .is_ok_and(|hpa| hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"].is_i64())
     });
     let table = c.kubectl_ok(&["get", "hpa", "busy"]);
     assert!(table.contains("Deployment/busy") && table.contains("/50%"), "{table}");
