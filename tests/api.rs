@@ -164,7 +164,7 @@ fn kubectl_reads_everything() {
 
     // Kubernetes' defaults are filled in on write, as kube-apiserver does: what users read is
     // what runs.
-    let d: serde_json::Value = serde_json::from_str(&c.kubectl_ok(&["get", "deploy", "web", "-n", "shop", "-o", "json"])).unwrap();
+    let d: serde_json::Value = c.json(&["get", "deploy", "web", "-n", "shop"]);
     assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%", "{d}");
     assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
     assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
@@ -172,7 +172,7 @@ fn kubectl_reads_everything() {
     assert_eq!(t["restartPolicy"], "Always");
     assert_eq!(t["terminationGracePeriodSeconds"], 30);
     assert_eq!(t["containers"][0]["imagePullPolicy"], "Always", "the tag is latest");
-    let svc: serde_json::Value = serde_json::from_str(&c.kubectl_ok(&["get", "svc", "web", "-n", "shop", "-o", "json"])).unwrap();
+    let svc: serde_json::Value = c.json(&["get", "svc", "web", "-n", "shop"]);
     assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP", "{svc}");
     assert_eq!(svc["spec"]["sessionAffinity"], "None");
     assert_eq!(svc["spec"]["type"], "ClusterIP");

@@ -159,8 +159,7 @@ fn raw(port: u16, request: &[u8]) -> String {
 }
 
 fn ready_pods(c: &Cluster, app: &str) -> Vec<(String, String)> {
-    let pods: Value =
-        serde_json::from_str(&c.kubectl_ok(&["get", "pods", "-n", "shop", "-l", &format!("app={app}"), "-o", "json"])).unwrap();
+    let pods: Value = c.json(&["get", "pods", "-n", "shop", "-l", &format!("app={app}")]);
     pods["items"]
         .as_array()
         .unwrap()
@@ -530,10 +529,9 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
     });
 
     // Status: the class, the Gateway and its listeners, the routes under it.
-    let json_of = |args: &[&str]| -> Value { serde_json::from_str(&c.kubectl_ok(args)).unwrap() };
     c.wait_until_within("the status of the Gateway and its routes", 30, || {
-        let gw = json_of(&["get", "gateway", "web", "-n", "shop", "-o", "json"]);
-        let route = json_of(&["get", "httproute", "canary", "-n", "shop", "-o", "json"]);
+        let gw = c.json(&["get", "gateway", "web", "-n", "shop"]);
+        let route = c.json(&["get", "httproute", "canary", "-n", "shop"]);
         condition(&gw["status"]["conditions"], "Programmed").0 == "True"
             && gw["status"]["listeners"][0]["attachedRoutes"] == 2
             && gw["status"]["addresses"][0]["value"] == "127.0.0.1"
@@ -541,12 +539,12 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
     });
     // An address no node has cannot be given.
     c.wait_until_within("the Gateway asking for another address refused", 30, || {
-        let gw = json_of(&["get", "gateway", "elsewhere", "-n", "shop", "-o", "json"]);
+        let gw = c.json(&["get", "gateway", "elsewhere", "-n", "shop"]);
         condition(&gw["status"]["conditions"], "Programmed") == ("False".into(), "AddressNotAssigned".into())
     });
-    let class = json_of(&["get", "gatewayclass", "capstan", "-o", "json"]);
+    let class = c.json(&["get", "gatewayclass", "capstan"]);
     assert_eq!(condition(&class["status"]["conditions"], "Accepted").0, "True");
-    let broken = json_of(&["get", "httproute", "broken", "-n", "shop", "-o", "json"]);
+    let broken = c.json(&["get", "httproute", "broken", "-n", "shop"]);
     assert_eq!(
         condition(&broken["status"]["parents"][0]["conditions"], "ResolvedRefs"),
         ("False".into(), "BackendNotFound".into()),
@@ -658,7 +656,7 @@ fn gateway_api_routes_split_traffic_by_weight_and_a_commit_moves_it_without_erro
         "a route to a Service of another namespace",
     );
     c.wait_until_within("the cross-namespace reference refused", 60, || {
-        let route = json_of(&["get", "httproute", "cross", "-n", "shop", "-o", "json"]);
+        let route = c.json(&["get", "httproute", "cross", "-n", "shop"]);
         condition(&route["status"]["parents"][0]["conditions"], "ResolvedRefs") == ("False".into(), "RefNotPermitted".into())
     });
     assert_eq!(get(http, "cross.gw.example", "/", "").0, 500);

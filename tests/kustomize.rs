@@ -9,7 +9,6 @@
 mod common;
 
 use common::{Cluster, path_str};
-use serde_json::Value;
 
 const NAMESPACES: &str =
     "apiVersion: v1\nkind: Namespace\nmetadata: {name: staging}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n";
@@ -95,12 +94,6 @@ fn files() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn json(c: &Cluster, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    serde_json::from_str(&c.kubectl_ok(&all)).unwrap()
-}
-
 #[test]
 fn overlays_are_built_applied_rolled_and_kept_when_broken() {
     let files = files();
@@ -111,7 +104,7 @@ fn overlays_are_built_applied_rolled_and_kept_when_broken() {
             && c.kubectl(&["get", "deployment", "-n", "staging", "staging-web"]).status.success()
     });
     // Each overlay's objects: names, namespace, image tag, patches, component, labels.
-    let prod = json(&c, &["get", "deployment", "-n", "prod", "prod-web"]);
+    let prod = c.json(&["get", "deployment", "-n", "prod", "prod-web"]);
     assert_eq!(
         prod["spec"]["template"]["spec"]["containers"][0]["image"],
         "capstan.local/testapp:3"
@@ -119,7 +112,7 @@ fn overlays_are_built_applied_rolled_and_kept_when_broken() {
     assert_eq!(prod["spec"]["replicas"], 3);
     assert_eq!(prod["metadata"]["labels"]["team"], "shop");
     assert_eq!(prod["metadata"]["annotations"]["monitoring"], "on");
-    let staging = json(&c, &["get", "deployment", "-n", "staging", "staging-web"]);
+    let staging = c.json(&["get", "deployment", "-n", "staging", "staging-web"]);
     assert_eq!(
         staging["spec"]["template"]["spec"]["containers"][0]["image"],
         "capstan.local/testapp:2"
@@ -134,7 +127,7 @@ fn overlays_are_built_applied_rolled_and_kept_when_broken() {
         config.starts_with("prod-web-config-") && config.len() > "prod-web-config-".len(),
         "{config}"
     );
-    let cm = json(&c, &["get", "configmap", "-n", "prod", &config]);
+    let cm = c.json(&["get", "configmap", "-n", "prod", &config]);
     assert_eq!(cm["data"]["COLOUR"], "blue");
     let secrets = c.kubectl_ok(&["get", "secrets", "-n", "prod", "-o", "name"]);
     assert!(secrets.contains("secret/prod-web-secret-"), "{secrets}");
@@ -171,7 +164,7 @@ fn overlays_are_built_applied_rolled_and_kept_when_broken() {
             "jsonpath={.spec.template.spec.containers[0].image}",
         ]) == "capstan.local/testapp:4"
     });
-    let staging_now = json(&c, &["get", "deployment", "-n", "staging", "staging-web"]);
+    let staging_now = c.json(&["get", "deployment", "-n", "staging", "staging-web"]);
     assert_eq!(staging_now["metadata"]["resourceVersion"], staging_version, "staging untouched");
     let plan = common::run_ok(std::process::Command::new(env!("CARGO_BIN_EXE_capstan")).args([
         "plan",

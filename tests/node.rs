@@ -541,7 +541,7 @@ fn a_restarted_agent_adopts_its_containers_and_deletion_is_graceful() {
     b.sort();
     a.sort();
     assert_eq!(a, b, "same pods, same containers");
-    let list: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pods", "-o", "json"])).unwrap();
+    let list: Value = c.json(&["get", "pods"]);
     for p in list["items"].as_array().unwrap() {
         assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0, "{}", p["metadata"]["name"]);
     }

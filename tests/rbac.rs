@@ -349,7 +349,7 @@ fn service_accounts_and_people_get_what_git_grants() {
     // rules show what it aggregates.
     assert!(kubectl_as(&alice, &["get", "leases", "-n", "dev"]).status.success());
     c.wait_until("view to show the aggregated rules", || {
-        let view: Value = serde_json::from_str(&c.kubectl_ok(&["get", "clusterrole", "view", "-o", "json"])).unwrap();
+        let view: Value = c.json(&["get", "clusterrole", "view"]);
         let rules = view["rules"].as_array().cloned().unwrap_or_default();
         let grants = |resource: &str| {
             rules

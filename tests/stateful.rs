@@ -73,12 +73,6 @@ spec:
   volumes: [{name: s, persistentVolumeClaim: {claimName: scratch}}]
 "#;
 
-fn json(c: &Cluster, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    serde_json::from_str(&c.kubectl_ok(&all)).unwrap()
-}
-
 fn pod(c: &Cluster, name: &str) -> Option<Value> {
     let out = c.kubectl(&["get", "pod", name, "-o", "json"]);
     out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
@@ -92,7 +86,7 @@ fn starts(c: &Cluster, name: &str) -> String {
 }
 
 fn ready_names(c: &Cluster) -> Vec<String> {
-    let pods = json(c, &["get", "pods", "-l", "app=web"]);
+    let pods = c.json(&["get", "pods", "-l", "app=web"]);
     let mut names: Vec<String> = pods["items"]
         .as_array()
         .unwrap()
@@ -162,7 +156,7 @@ fn a_stateful_set_keeps_identity_order_and_data() {
     // which every host's DNS answers `web-N.web.default.svc.cluster.local` (resolved from a pod
     // in the lab test, where the agents run their proxies).
     c.wait_until_within("the pods' hostnames in the Service's endpoints", 30, || {
-        let slices = json(&c, &["get", "endpointslices", "-l", "kubernetes.io/service-name=web"]);
+        let slices = c.json(&["get", "endpointslices", "-l", "kubernetes.io/service-name=web"]);
         let mut named: Vec<(String, String)> = slices["items"]
             .as_array()
             .unwrap()
@@ -190,8 +184,8 @@ fn a_stateful_set_keeps_identity_order_and_data() {
 
     // Each pod runs on the node of its volume.
     let volume_node = |i: usize| {
-        let claim = json(&c, &["get", "pvc", &format!("data-web-{i}")]);
-        let pv = json(&c, &["get", "pv", claim["spec"]["volumeName"].as_str().unwrap()]);
+        let claim = c.json(&["get", "pvc", &format!("data-web-{i}")]);
+        let pv = c.json(&["get", "pv", claim["spec"]["volumeName"].as_str().unwrap()]);
         pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0].clone()
     };
     for (i, p) in pods.iter().enumerate() {
@@ -214,7 +208,7 @@ fn a_stateful_set_keeps_identity_order_and_data() {
     assert!(claims.contains("data-web-1") && claims.contains("data-web-2"), "{claims}");
     // An administrator gives up web-1's data: the set's claim is the cluster's to delete (a
     // claim from Git is not).
-    let web1_volume = json(&c, &["get", "pvc", "data-web-1"])["spec"]["volumeName"]
+    let web1_volume = c.json(&["get", "pvc", "data-web-1"])["spec"]["volumeName"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -238,7 +232,7 @@ fn a_stateful_set_keeps_identity_order_and_data() {
     // A rolling update with partition 1 replaces web-2, then web-1, and leaves web-0.
     c.commit(&[("web.yaml", &web(3, 1, "2"))], &[], "version 2 above the partition");
     c.wait_until_within("web-1 and web-2 at version 2", 180, || {
-        let updated = json(&c, &["get", "sts", "web"])["status"]["updatedReplicas"] == 2;
+        let updated = c.json(&["get", "sts", "web"])["status"]["updatedReplicas"] == 2;
         updated && ready_names(&c).len() == 3
     });
     let version = |name: &str| pod(&c, name).unwrap()["spec"]["containers"][0]["env"][1]["value"].clone();
@@ -251,9 +245,9 @@ fn a_stateful_set_keeps_identity_order_and_data() {
 
     // A claim declared in Git binds when its pod is scheduled, on that pod's node.
     c.wait_until_within("the user pod ready", 90, || pod(&c, "user").is_some_and(|p| pod_ready(&p)));
-    let scratch = json(&c, &["get", "pvc", "scratch"]);
+    let scratch = c.json(&["get", "pvc", "scratch"]);
     let volume = scratch["spec"]["volumeName"].as_str().unwrap().to_owned();
-    let pv = json(&c, &["get", "pv", &volume]);
+    let pv = c.json(&["get", "pv", &volume]);
     assert_eq!(
         pod(&c, "user").unwrap()["spec"]["nodeName"],
         pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
@@ -291,7 +285,7 @@ fn a_stateful_set_keeps_identity_order_and_data() {
         "the claim's data may go",
     );
     c.wait_until_within("the annotation applied", 30, || {
-        json(&c, &["get", "pvc", "scratch"])["metadata"]["annotations"]["capstan.dev/prune-data"] == "true"
+        c.json(&["get", "pvc", "scratch"])["metadata"]["annotations"]["capstan.dev/prune-data"] == "true"
     });
     c.commit(&[], &["claim.yaml"], "drop it for good");
     let gone = |args: &[&str]| !c.kubectl(args).status.success();

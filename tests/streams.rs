@@ -106,7 +106,7 @@ fn kubectl_with(c: &Cluster, args: &[&str], input: &[u8], envs: &[(&str, &str)])
 }
 
 fn the_pod(c: &Cluster) -> String {
-    let pods: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pods", "-l", "app=box", "-o", "json"])).unwrap();
+    let pods: Value = c.json(&["get", "pods", "-l", "app=box"]);
     pods["items"][0]["metadata"]["name"].as_str().unwrap().to_owned()
 }
 
@@ -126,7 +126,7 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     let status = c.kubectl(&["rollout", "status", "deployment/box", "--timeout=120s"]);
     assert!(status.status.success(), "{}\n{}", explain(&status), c.log());
     c.wait_until_within("the pod to be ready", 60, || {
-        let pods: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pods", "-l", "app=box", "-o", "json"])).unwrap();
+        let pods: Value = c.json(&["get", "pods", "-l", "app=box"]);
         pods["items"].as_array().unwrap().iter().any(pod_ready)
     });
     let pod = the_pod(&c);
@@ -274,11 +274,11 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
         c.log()
     );
     c.wait_until_within("the debugger's exit to be reported", 30, || {
-        let p: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pod", &pod, "-o", "json"])).unwrap();
+        let p: Value = c.json(&["get", "pod", &pod]);
         p["status"]["ephemeralContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     });
     assert!(c.kubectl_ok(&["logs", &pod, "-c", "debugger"]).contains("got-on"));
-    let p: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pod", &pod, "-o", "json"])).unwrap();
+    let p: Value = c.json(&["get", "pod", &pod]);
     assert!(pod_ready(&p), "the pod stays as it was: {p}");
     assert_eq!(p["status"]["containerStatuses"].as_array().unwrap().len(), 3, "{p}");
     // Under a terminal, as `kubectl debug -it` is mostly used.
@@ -334,7 +334,7 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
         .find(|w| w.starts_with("node-debugger-"))
         .unwrap_or_else(|| panic!("kubectl names the pod it made: {}", explain(&o)))
         .to_owned();
-    let p: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pod", &debugger, "-o", "json"])).unwrap();
+    let p: Value = c.json(&["get", "pod", &debugger]);
     assert_eq!(p["status"]["podIP"], p["status"]["hostIP"], "on the node's network: {p}");
     c.kubectl_ok(&["delete", "pod", &debugger, "--wait=true"]);
 
@@ -451,7 +451,7 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     let o = std::process::Command::new("docker").args(["kill", &id]).output().unwrap();
     assert!(o.status.success(), "{}", explain(&o));
     c.wait_until_within("the app container restarted and the pod ready", 60, || {
-        let p: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pod", &pod, "-o", "json"])).unwrap();
+        let p: Value = c.json(&["get", "pod", &pod]);
         let restarted = p["status"]["containerStatuses"]
             .as_array()
             .unwrap()
@@ -475,7 +475,7 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     // changing something else neither undoes the restart nor restarts again.
     c.kubectl_ok(&["rollout", "restart", "deployment/box"]);
     c.wait_until_within("the restart to replace the pod", 120, || {
-        let pods: Value = serde_json::from_str(&c.kubectl_ok(&["get", "pods", "-l", "app=box", "-o", "json"])).unwrap();
+        let pods: Value = c.json(&["get", "pods", "-l", "app=box"]);
         let items = pods["items"].as_array().unwrap();
         items.len() == 1 && items[0]["metadata"]["name"] != pod.as_str() && pod_ready(&items[0])
     });
@@ -496,7 +496,7 @@ fn exec_attach_and_cp_reach_the_pods_containers() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(the_pod(&c), restarted, "the pod was restarted again");
     assert_eq!(replica_sets(), 2);
-    let deployment: Value = serde_json::from_str(&c.kubectl_ok(&["get", "deployment", "box", "-o", "json"])).unwrap();
+    let deployment: Value = c.json(&["get", "deployment", "box"]);
     assert!(
         deployment["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string(),
         "{deployment}"

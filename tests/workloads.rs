@@ -53,12 +53,6 @@ spec:
       containers: [{name: app, image: "capstan.local/testapp:latest", imagePullPolicy: Never, args: ["exit", "4"]}]
 "#;
 
-fn json(c: &Cluster, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    serde_json::from_str(&c.kubectl_ok(&all)).unwrap()
-}
-
 #[test]
 fn jobs_run_to_completion_by_index_and_stop_at_their_backoff_limit() {
     let Some((run, c)) = docker_cluster(
@@ -74,16 +68,16 @@ fn jobs_run_to_completion_by_index_and_stop_at_their_backoff_limit() {
     // kubectl waits for the condition as it would on Kubernetes.
     let waited = c.kubectl(&["wait", "--for=condition=complete", "job/count", "--timeout=120s"]);
     assert!(waited.status.success(), "{}\n{}", String::from_utf8_lossy(&waited.stderr), c.log());
-    let count = json(&c, &["get", "job", "count"]);
+    let count = c.json(&["get", "job", "count"]);
     assert_eq!(count["status"]["succeeded"], 5);
     let table = c.kubectl_ok(&["get", "job", "count"]);
     assert!(table.contains("Complete") && table.contains("5/5"), "{table}");
 
     let waited = c.kubectl(&["wait", "--for=condition=complete", "job/indexed", "--timeout=120s"]);
     assert!(waited.status.success(), "{}", String::from_utf8_lossy(&waited.stderr));
-    let indexed = json(&c, &["get", "job", "indexed"]);
+    let indexed = c.json(&["get", "job", "indexed"]);
     assert_eq!(indexed["status"]["completedIndexes"], "0-2");
-    let pods = json(&c, &["get", "pods", "-l", "batch.kubernetes.io/job-name=indexed"]);
+    let pods = c.json(&["get", "pods", "-l", "batch.kubernetes.io/job-name=indexed"]);
     let mut seen: Vec<String> = pods["items"]
         .as_array()
         .unwrap()
@@ -105,7 +99,7 @@ fn jobs_run_to_completion_by_index_and_stop_at_their_backoff_limit() {
     // Two failures with a limit of one (the second after the 10 s back-off): Failed.
     let deadline = Instant::now() + Duration::from_secs(90);
     let failed = loop {
-        let job = json(&c, &["get", "job", "failing"]);
+        let job = c.json(&["get", "job", "failing"]);
         let reason = job["status"]["conditions"]
             .as_array()
             .into_iter()
@@ -147,7 +141,7 @@ spec:
 
 /// The DaemonSet's pods: (node, VERSION, ready), sorted.
 fn agents(c: &Cluster) -> Vec<(String, String, bool)> {
-    let pods = json(c, &["get", "pods", "-l", "app=agent"]);
+    let pods = c.json(&["get", "pods", "-l", "app=agent"]);
     let mut v: Vec<(String, String, bool)> = pods["items"]
         .as_array()
         .unwrap()
@@ -191,7 +185,7 @@ fn a_daemon_set_runs_on_every_matching_node_agent_and_rolls_out() {
     });
     let table = c.kubectl_ok(&["get", "ds", "agent"]);
     assert!(table.contains("role=worker"), "{table}");
-    let ds = json(&c, &["get", "ds", "agent"]);
+    let ds = c.json(&["get", "ds", "agent"]);
     assert_eq!(ds["status"]["desiredNumberScheduled"], 2, "{ds}");
     assert_eq!(ds["status"]["numberReady"], 2, "{ds}");
 
@@ -244,7 +238,7 @@ spec:
 
 /// The Jobs of CronJob `owner`: (name, scheduled time, start, end) in Unix seconds.
 fn runs(c: &Cluster, owner: &str) -> Vec<(String, i64, Option<i64>, Option<i64>)> {
-    let jobs = json(c, &["get", "jobs"]);
+    let jobs = c.json(&["get", "jobs"]);
     let secs = |v: &Value| v.as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()).map(|t| t.as_second());
     let mut v: Vec<_> = jobs["items"]
         .as_array()
@@ -398,7 +392,7 @@ spec:
 
 /// The web pods that are ready and not being deleted, by node.
 fn ready_web(c: &Cluster) -> Vec<String> {
-    let pods = json(c, &["get", "pods", "-l", "app=web"]);
+    let pods = c.json(&["get", "pods", "-l", "app=web"]);
     let mut v: Vec<String> = pods["items"]
         .as_array()
         .unwrap()
@@ -456,7 +450,7 @@ fn draining_a_node_keeps_the_disruption_budget() {
         ]) == "True"
     });
     c.wait_until_within("the budget to allow one disruption", 30, || {
-        json(&c, &["get", "pdb", "web"])["status"]["disruptionsAllowed"] == 1
+        c.json(&["get", "pdb", "web"])["status"]["disruptionsAllowed"] == 1
     });
 
     let (out, fewest) = drain_watched(
@@ -469,7 +463,7 @@ fn draining_a_node_keeps_the_disruption_budget() {
     assert!(said.contains("will retry after 5s"), "the budget held some evictions back: {said}");
     assert!(fewest >= 2, "only {fewest} ready pods during the drain\n{said}");
     assert_eq!(ready_web(&c), [b.clone(), b.clone(), b.clone()]);
-    let node = json(&c, &["get", "node", &a]);
+    let node = c.json(&["get", "node", &a]);
     assert_eq!(node["spec"]["unschedulable"], true, "cordoned");
     // The drain is audited: the cordon and each eviction, as audit.k8s.io/v1 Events.
     let audit: Vec<serde_json::Value> = std::fs::read_to_string(c.data.join("audit.log"))
@@ -500,7 +494,7 @@ fn draining_a_node_keeps_the_disruption_budget() {
     // And back, with kubectl itself.
     c.kubectl_ok(&["uncordon", &a]);
     c.wait_until_within("the budget to allow one disruption again", 30, || {
-        json(&c, &["get", "pdb", "web"])["status"]["disruptionsAllowed"] == 1
+        c.json(&["get", "pdb", "web"])["status"]["disruptionsAllowed"] == 1
     });
     let (out, fewest) = drain_watched(
         &c,
@@ -595,7 +589,7 @@ spec:
 }
 
 fn replicas(c: &Cluster) -> i64 {
-    json(c, &["get", "deployment", "busy"])["spec"]["replicas"].as_i64().unwrap_or(0)
+    c.json(&["get", "deployment", "busy"])["spec"]["replicas"].as_i64().unwrap_or(0)
 }
 
 #[test]
@@ -619,11 +613,11 @@ fn an_autoscaler_follows_the_load_and_a_commit_keeps_its_count() {
     let table = c.kubectl_ok(&["get", "hpa", "busy"]);
     assert!(table.contains("Deployment/busy") && table.contains("/50%"), "{table}");
     // Load: one pod keeps a core busy, ten times its request.
-    let pod = json(&c, &["get", "pods", "-l", "app=busy"])["items"][0].clone();
+    let pod = c.json(&["get", "pods", "-l", "app=busy"])["items"][0].clone();
     let ip = pod["status"]["podIP"].as_str().unwrap().to_owned();
     assert_eq!(http_get(&ip, "/control/burn?seconds=60").map(|r| r.0), Some(200));
     c.wait_until_within("the Deployment scaled up to its maximum", 60, || replicas(&c) == 3);
-    let hpa = json(&c, &["get", "hpa", "busy"]);
+    let hpa = c.json(&["get", "hpa", "busy"]);
     let limited = hpa["status"]["conditions"]
         .as_array()
         .unwrap()
@@ -636,7 +630,7 @@ fn an_autoscaler_follows_the_load_and_a_commit_keeps_its_count() {
     // A commit that changes only the pods' environment keeps the autoscaled count.
     c.commit(&[("busy.yaml", &scaled("2"))], &[], "version 2");
     c.wait_until_within("the new template applied", 30, || {
-        json(&c, &["get", "deployment", "busy"])["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] == "2"
+        c.json(&["get", "deployment", "busy"])["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] == "2"
     });
     assert_eq!(replicas(&c), 3, "the commit did not reset the autoscaled replicas");
 
@@ -648,11 +642,11 @@ fn an_autoscaler_follows_the_load_and_a_commit_keeps_its_count() {
     let table = c.kubectl_ok(&["get", "hpa", "calm"]);
     assert!(table.contains("StatefulSet/calm"), "{table}");
     c.wait_until_within("the StatefulSet at the autoscaler's minimum", 60, || {
-        json(&c, &["get", "statefulset", "calm"])["spec"]["replicas"] == 2
-            && json(&c, &["get", "pods", "-l", "app=calm"])["items"]
+        c.json(&["get", "statefulset", "calm"])["spec"]["replicas"] == 2
+            && c.json(&["get", "pods", "-l", "app=calm"])["items"]
                 .as_array()
                 .is_some_and(|p| p.len() == 2)
     });
-    let version = &json(&c, &["get", "statefulset", "calm"])["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"];
+    let version = &c.json(&["get", "statefulset", "calm"])["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"];
     assert_eq!(version, "2");
 }

@@ -346,6 +346,13 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs kubectl with `-o json` and parses what it prints, failing the test if it fails.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl_ok(&all)).unwrap()
+    }
+
     /// Commits `files` (written) and `removed` (deleted) to the tracked repository.
     pub fn commit(&self, files: &[(&str, &str)], removed: &[&str], message: &str) -> String {
         for (path, text) in files {
