@@ -297,6 +297,43 @@ fn writes_to_desired_state_are_refused_with_the_git_file() {
     let replicas = c.kubectl_ok(&["get", "deploy", "web", "-n", "shop", "-o", "jsonpath={.spec.replicas}"]);
     assert_eq!(replicas, "2", "a dry run wrote");
 
+    // The scale subresource: the count read as a Scale (kubectl, and autoscalers of any kind of
+    // workload); scaling is a change of desired state, refused with the file.
+    c.wait_until("web's pods made", || {
+        c.json(&["get", "deploy", "web", "-n", "shop"])["status"]["replicas"] == 2
+    });
+    let scale = c.json(&["get", "deploy", "web", "-n", "shop", "--subresource=scale"]);
+    assert_eq!(
+        (scale["apiVersion"].as_str(), scale["kind"].as_str()),
+        (Some("autoscaling/v1"), Some("Scale")),
+        "{scale}"
+    );
+    assert_eq!(scale["spec"]["replicas"], 2, "{scale}");
+    assert_eq!(scale["status"], serde_json::json!({"replicas": 2, "selector": "app=web"}));
+    let table = c.kubectl_ok(&["get", "deploy", "web", "-n", "shop", "--subresource=scale"]);
+    assert!(
+        has_line(&table, &["NAME", "DESIRED", "AVAILABLE"]) && has_line(&table, &["web", "2", "2"]),
+        "{table}"
+    );
+    let o = c.kubectl(&["scale", "deploy/web", "-n", "shop", "--replicas=5"]);
+    assert!(
+        stderr(&o).contains("deployments.apps \"web\" is managed in Git: to scale it, change apps/web.yaml"),
+        "{}",
+        stderr(&o)
+    );
+    // kubectl finds the subresource in discovery, so an autoscaler made by hand is refused by
+    // the server, saying where it belongs.
+    let o = c.kubectl(&["autoscale", "deploy", "web", "-n", "shop", "--max=3"]);
+    assert!(
+        stderr(&o).contains("cannot be created through the API: desired state is read from Git; add it to a manifest in"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        c.kubectl_ok(&["get", "deploy", "web", "-n", "shop", "-o", "jsonpath={.spec.replicas}"]),
+        "2"
+    );
+
     let o = c.kubectl(&["delete", "svc", "web", "-n", "shop"]);
     assert!(
         stderr(&o).contains("services \"web\" is managed in Git: to delete it, change apps/web.yaml"),
@@ -417,6 +454,8 @@ async fn a_rust_client_lists_gets_and_watches() {
     assert_eq!(list.items.len(), 1);
     let web = deployments.get("web").await.unwrap();
     assert_eq!(web.spec.unwrap().replicas, Some(2));
+    let scale = deployments.get_scale("web").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(2));
     let pods: Api<Pod> = Api::all(client.clone());
     let by_label = pods.list(&ListParams::default().labels("app=debug")).await.unwrap();
     assert_eq!(by_label.items.len(), 1);

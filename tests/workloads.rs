@@ -649,4 +649,18 @@ fn an_autoscaler_follows_the_load_and_a_commit_keeps_its_count() {
     });
     let version = &c.json(&["get", "statefulset", "calm"])["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"];
     assert_eq!(version, "2");
+    // Its Scale reads the autoscaler's count; scaling it by hand is refused, naming the
+    // autoscaler and where its bounds are declared.
+    let scale = c.json(&["get", "statefulset", "calm", "--subresource=scale"]);
+    assert_eq!(
+        (scale["spec"]["replicas"].as_i64(), scale["status"]["replicas"].as_i64()),
+        (Some(2), Some(2)),
+        "{scale}"
+    );
+    let o = c.kubectl(&["scale", "statefulset/calm", "--replicas=5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("statefulsets.apps \"calm\" is scaled by HorizontalPodAutoscaler \"calm\": to change its count, change the autoscaler's minReplicas and maxReplicas in busy.yaml"),
+        "{err}"
+    );
 }

@@ -65,6 +65,11 @@ impl KindInfo {
         is_secret(self.group, self.kind)
     }
 
+    /// Whether the kind has a `/scale` subresource (an `autoscaling/v1` Scale).
+    pub fn has_scale(&self) -> bool {
+        self.group == "apps" && SCALABLE.contains(&self.kind)
+    }
+
     /// `deployments.apps` or `pods`: how Kubernetes names a resource in messages.
     pub fn resource(&self) -> String {
         if self.group.is_empty() {
@@ -309,12 +314,16 @@ pub fn older(api_version: &str, kind: &str) -> Option<&'static OlderVersion> {
         .find(|o| o.written.group == group && o.written.version == version && o.written.kind == kind)
 }
 
-/// Looks a kind up by `apiVersion` and `kind`, as written in a manifest.
+/// The kinds with a `scale` subresource, all in `apps`: what an autoscaler (or `kubectl scale`)
+/// can scale.
+pub const SCALABLE: [&str; 3] = ["Deployment", "ReplicaSet", "StatefulSet"];
+
 /// Whether objects of `group`/`kind` hold secret values; see [`KindInfo::is_secret`].
 pub fn is_secret(group: &str, kind: &str) -> bool {
     group.is_empty() && kind == "Secret"
 }
 
+/// Looks a kind up by `apiVersion` and `kind`, as written in a manifest.
 pub fn by_api_version(api_version: &str, kind: &str) -> Option<&'static KindInfo> {
     let (group, version) = split_api_version(api_version);
     REGISTRY.iter().find(|k| k.group == group && k.version == version && k.kind == kind)

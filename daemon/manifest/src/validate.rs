@@ -557,15 +557,12 @@ fn check_cron_job(f: &mut Findings, path: &FieldPath, spec: &Value) {
     check_job(f, &template.key("spec"), &spec["jobTemplate"]["spec"]);
 }
 
-/// The kinds an autoscaler can scale (those with a `scale` subresource Capstan serves).
-pub const SCALABLE: [&str; 3] = ["Deployment", "ReplicaSet", "StatefulSet"];
-
 /// A HorizontalPodAutoscaler: a scalable target, sane bounds, and metrics Capstan can read
 /// (resource metrics from the node agents; there is no custom or external metrics API).
 fn check_autoscaler(f: &mut Findings, path: &FieldPath, spec: &Value) {
     let target = path.key("scaleTargetRef");
     match spec["scaleTargetRef"]["kind"].as_str() {
-        Some(k) if SCALABLE.contains(&k) => {}
+        Some(k) if capstan_api::kinds::SCALABLE.contains(&k) => {}
         Some(k) => f.invalid(
             target.key("kind"),
             format!("{k} cannot be scaled: an autoscaler scales a Deployment, ReplicaSet or StatefulSet"),

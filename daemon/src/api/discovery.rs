@@ -5,7 +5,7 @@ use capstan_api::kinds::Origin;
 use capstan_api::{KUBERNETES_MAJOR, KUBERNETES_MINOR, KindInfo, REGISTRY};
 use serde_json::{Value, json};
 
-use super::metrics;
+use super::{metrics, scale};
 
 /// The media type of aggregated discovery v2; a response must carry exactly this.
 pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -57,6 +57,10 @@ fn aggregated_resource(k: &KindInfo) -> Value {
     let mut subresources = Vec::new();
     if k.has_status {
         subresources.push(json!({"subresource": "status", "responseKind": gvk, "verbs": ["get", "patch", "update"]}));
+    }
+    if k.has_scale() {
+        let scale = json!({"group": scale::GROUP, "version": scale::VERSION, "kind": scale::KIND});
+        subresources.push(json!({"subresource": "scale", "responseKind": scale, "verbs": ["get", "patch", "update"]}));
     }
     if k.kind == "Pod" {
         subresources.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "v1", "kind": "Pod"}, "verbs": ["get"]}));
@@ -210,6 +214,9 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         resources.push(r);
         if k.has_status {
             resources.push(json!({"name": format!("{}/status", k.plural), "singularName": "", "namespaced": k.namespaced, "kind": k.kind, "verbs": ["get", "patch", "update"]}));
+        }
+        if k.has_scale() {
+            resources.push(json!({"name": format!("{}/scale", k.plural), "singularName": "", "namespaced": k.namespaced, "group": scale::GROUP, "version": scale::VERSION, "kind": scale::KIND, "verbs": ["get", "patch", "update"]}));
         }
         if k.kind == "Pod" {
             resources.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));

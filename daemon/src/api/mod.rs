@@ -14,6 +14,7 @@ mod paths;
 mod protobuf;
 mod reads;
 mod reviews;
+mod scale;
 pub mod selectors;
 pub mod status;
 pub mod streams;
@@ -364,6 +365,7 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
             },
         ) => match subresource.as_deref() {
             Some("log") if kind.kind == "Pod" => reads::pod_logs(&state, &id, namespace, name, &query).await,
+            Some("scale") if kind.has_scale() => scale::read(&state, &id, kind, namespace, name, &headers, &query).await,
             Some("ephemeralcontainers") if kind.kind == "Pod" => {
                 reads::read_object(&state, &id, kind, namespace, name, &headers, &query).await
             }
@@ -417,7 +419,11 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
 /// Asks the authorisation table; a refused change to desired state says where in Git to make it.
 fn authorize(state: &ApiState, id: &Identity, a: &Attributes<'_>) -> Result<(), ApiError> {
     auth::authorize(id, a, state.cache.as_ref(), &state.rbac.policy()).map_err(|denial| match denial {
-        Denial::InGit => writes::managed_in_git(state, a.kind, a.namespace.unwrap_or_default(), a.name, a.verb.as_str()),
+        Denial::InGit => {
+            // Writing a Scale is scaling, whatever the method.
+            let verb = if a.subresource == Some("scale") { "scale" } else { a.verb.as_str() };
+            writes::managed_in_git(state, a.kind, a.namespace.unwrap_or_default(), a.name, verb)
+        }
         other => ApiError::forbidden(other.message()),
     })
 }

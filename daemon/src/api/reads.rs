@@ -182,7 +182,7 @@ pub(super) fn table_row(kind: &KindInfo, o: &Value, now: i64, include: Include) 
     row
 }
 
-fn table_response(v: &Value) -> Response {
+pub(super) fn table_response(v: &Value) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json;as=Table;v=v1;g=meta.k8s.io")],

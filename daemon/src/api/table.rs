@@ -89,6 +89,12 @@ fn col(name: &str, priority: u8) -> Value {
 
 /// A label selector (`matchLabels` and `matchExpressions`) as kubectl prints it.
 fn selector_text(sel: &Value) -> String {
+    or_none(selector_string(sel))
+}
+
+/// A label selector in the query syntax (`app=web,tier in (a,b)`; empty selects everything), as
+/// Kubernetes writes one into a string field.
+pub fn selector_string(sel: &Value) -> String {
     let mut parts: Vec<String> = sel["matchLabels"]
         .as_object()
         .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
@@ -102,7 +108,7 @@ fn selector_text(sel: &Value) -> String {
             _ => format!("!{}", s(&e["key"])),
         });
     }
-    or_none(parts.join(","))
+    parts.join(",")
 }
 
 fn list(v: &Value) -> &[Value] {
@@ -432,7 +438,7 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 created,
                 c,
                 i,
-                or_none(selector_text(&o["spec"]["jobTemplate"]["spec"]["selector"])),
+                selector_text(&o["spec"]["jobTemplate"]["spec"]["selector"]),
             ]
         }
         "HorizontalPodAutoscaler" => {
@@ -939,6 +945,20 @@ pub fn pod_status(o: &Value) -> String {
         };
     }
     reason
+}
+
+/// The columns of an `autoscaling/v1` Scale (`kubectl get --subresource=scale`), as Kubernetes
+/// prints them.
+pub fn scale_columns() -> Vec<Value> {
+    vec![col("Name", 0), col("Desired", 0), col("Available", 0)]
+}
+
+pub fn scale_cells(scale: &Value) -> Vec<Value> {
+    vec![
+        scale["metadata"]["name"].clone(),
+        json!(int(&scale["spec"]["replicas"])),
+        json!(int(&scale["status"]["replicas"])),
+    ]
 }
 
 /// A row's `object`: the whole object, or its metadata as a PartialObjectMetadata.

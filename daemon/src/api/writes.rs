@@ -13,6 +13,7 @@ use super::paths::Target;
 use super::status::ApiError;
 use super::{ApiState, authorize, json_response};
 use crate::auth::{Attributes, Identity, Verb};
+use crate::controllers::autoscaler::AUTOSCALED_BY;
 
 /// The message that sends a user to Git for a change to desired state.
 pub(super) fn managed_in_git(state: &ApiState, kind: &KindInfo, namespace: &str, name: &str, verb: &str) -> ApiError {
@@ -40,7 +41,21 @@ pub(super) fn managed_in_git(state: &ApiState, kind: &KindInfo, namespace: &str,
     } else {
         format!("{} {name:?}", kind.resource())
     };
+    // An autoscaled workload's count is its autoscaler's: that is the object to change.
+    let autoscaler = existing
+        .as_ref()
+        .filter(|_| verb == "scale")
+        .and_then(|e| e.object["metadata"]["annotations"][AUTOSCALED_BY].as_str().map(str::to_owned));
+    let hpa_file = |hpa: &str| {
+        let kind = capstan_api::kinds::by_name("horizontalpodautoscalers")?;
+        let o = state.cache.get(kind, namespace, hpa)?;
+        o.object["metadata"]["annotations"][ANNOTATION_SOURCE].as_str().map(str::to_owned)
+    };
     let message = match (&existing, source) {
+        (_, Some(file)) if let Some(hpa) = autoscaler => format!(
+            "{what} is scaled by HorizontalPodAutoscaler {hpa:?}: to change its count, change the autoscaler's minReplicas and maxReplicas in {} in {location} on branch {branch} and commit",
+            hpa_file(&hpa).unwrap_or(file)
+        ),
         (_, Some(file)) => format!(
             "{what} is managed in Git: to {verb} it, change {file} in {location} on branch {branch} and commit; Capstan applies the commit"
         ),
