@@ -92,9 +92,21 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}
 subjects: [{kind: ServiceAccount, name: default, namespace: shop}]
 ";
 
+/// The database takes connections from the web pods only (stored and served, not enforced).
+const POLICY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 5432}]
+";
+
 fn shop() -> Cluster {
     let c = Cluster::start(&[
         ("namespace.yaml", NAMESPACE),
+        ("policy.yaml", POLICY),
         ("rbac.yaml", READER),
         ("apps/web.yaml", WEB),
         ("apps/debug.yaml", DEBUG_POD),
@@ -156,6 +168,18 @@ fn kubectl_reads_everything() {
     assert!(yaml.contains("capstan.dev/source: apps/debug.yaml"), "{yaml}");
     assert!(yaml.contains("kind: Pod"), "{yaml}");
     assert!(yaml.contains("resourceVersion:"), "{yaml}");
+
+    // A NetworkPolicy reads as on Kubernetes, with its defaults filled in.
+    let policies = c.kubectl_ok(&["get", "netpol", "-n", "shop"]);
+    assert!(
+        has_line(&policies, &["NAME", "POD-SELECTOR", "AGE"]) && has_line(&policies, &["db", "app=db"]),
+        "{policies}"
+    );
+    let policy = c.json(&["get", "networkpolicy", "db", "-n", "shop"]);
+    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]), "{policy}");
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["protocol"], "TCP", "{policy}");
+    let described = c.kubectl_ok(&["describe", "networkpolicy", "db", "-n", "shop"]);
+    assert!(has_line(&described, &["PodSelector:", "app=db"]), "{described}");
 
     let described = c.kubectl_ok(&["describe", "pod", "debug", "-n", "shop"]);
     assert!(has_line(&described, &["Name:", "debug"]), "{described}");

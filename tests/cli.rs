@@ -35,6 +35,41 @@ fn validate_accepts_the_example_repository() {
 }
 
 #[test]
+fn a_network_policy_validates_with_the_warning_that_it_is_not_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("policy.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 5432}]\n",
+    )
+    .unwrap();
+    let o = capstan(&["validate", "."], d);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(
+        stdout(&o).lines().collect::<Vec<_>>(),
+        [
+            "warning: policy.yaml:2:7: kind: NetworkPolicy is stored and served but not enforced: Capstan's pod network does not restrict traffic by policy yet, so every pod still reaches every pod [networkpolicy.networking.k8s.io/db -n shop]",
+            "ok: 1 objects in 1 files",
+        ]
+    );
+    // A peer that is both an address block and a selector is an error, located.
+    std::fs::write(
+        d.join("policy.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db, namespace: shop}\nspec:\n  podSelector: {}\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]\n",
+    )
+    .unwrap();
+    let o = capstan(&["validate", "."], d);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains(
+            "policy.yaml:7:20: spec.egress[0].to[0].ipBlock: may not be specified together with podSelector or namespaceSelector"
+        ),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
 fn validate_prints_every_problem_with_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -77,7 +77,30 @@ pub fn apply(kind: &KindInfo, object: &mut Value) {
             }
         }
         ("scheduling.k8s.io", "PriorityClass") => set(object, "preemptionPolicy", json!("PreemptLowerPriority")),
+        ("networking.k8s.io", "NetworkPolicy") => {
+            if let Some(spec) = object.get_mut("spec").filter(|s| s.is_object()) {
+                network_policy(spec);
+            }
+        }
         _ => {}
+    }
+}
+
+/// A NetworkPolicy: every pod of the namespace when no selector is given, the directions it
+/// isolates (ingress always, egress when it has egress rules), TCP for each port.
+fn network_policy(spec: &mut Value) {
+    set(spec, "podSelector", json!({}));
+    let mut types = vec![json!("Ingress")];
+    if spec.get("egress").is_some_and(|e| !e.is_null()) {
+        types.push(json!("Egress"));
+    }
+    set(spec, "policyTypes", Value::Array(types));
+    for direction in ["ingress", "egress"] {
+        for rule in items(spec, direction) {
+            for port in items(rule, "ports") {
+                set(port, "protocol", json!("TCP"));
+            }
+        }
     }
 }
 
@@ -438,6 +461,27 @@ mod tests {
     fn defaulted(kind: &str, mut v: Value) -> Value {
         apply(by_name(kind).unwrap(), &mut v);
         v
+    }
+
+    #[test]
+    fn a_network_policy_selects_every_pod_isolates_as_its_rules_say_and_ports_are_tcp() {
+        let p = defaulted(
+            "networkpolicies",
+            json!({"spec": {"ingress": [{"ports": [{"port": 80}, {"port": 53, "protocol": "UDP"}]}]}}),
+        );
+        assert_eq!(p["spec"]["podSelector"], json!({}));
+        assert_eq!(p["spec"]["policyTypes"], json!(["Ingress"]));
+        assert_eq!(
+            p["spec"]["ingress"][0]["ports"],
+            json!([{"port": 80, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}])
+        );
+        let p = defaulted(
+            "networkpolicies",
+            json!({"spec": {"podSelector": {"matchLabels": {"app": "db"}}, "egress": []}}),
+        );
+        assert_eq!(p["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        let written = json!({"spec": {"podSelector": {}, "policyTypes": ["Egress"]}});
+        assert_eq!(defaulted("networkpolicies", written.clone()), written);
     }
 
     #[test]

@@ -233,6 +233,8 @@ pub static REGISTRY: &[KindInfo] = &[
         origin: Git, status: true, namespaced: true),
     k8s_kind!(networking::v1::IngressClass, singular: "ingressclass", short: [], categories: [],
         origin: Git, status: false, namespaced: false),
+    k8s_kind!(networking::v1::NetworkPolicy, singular: "networkpolicy", short: ["netpol"], categories: [],
+        origin: Git, status: false, namespaced: true),
     k8s_kind!(discovery::v1::EndpointSlice, singular: "endpointslice", short: [], categories: [],
         origin: Cluster, status: false, namespaced: true),
     k8s_kind!(coordination::v1::Lease, singular: "lease", short: [], categories: [],

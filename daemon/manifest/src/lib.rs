@@ -9,6 +9,7 @@ pub mod files;
 pub mod hostile;
 pub mod ingress;
 pub mod manifest;
+pub mod networkpolicy;
 pub mod problem;
 pub mod rbac;
 pub mod report;

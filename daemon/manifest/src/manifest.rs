@@ -338,6 +338,18 @@ impl FileLoad {
         if kind.is_secret() {
             merge_string_data(&mut object);
         }
+        if kind.kind == "NetworkPolicy" {
+            self.warnings.push(
+                Problem::new(
+                    &path,
+                    FieldPath::parse("kind").locate(node),
+                    ProblemCode::InvalidValue,
+                    NETWORK_POLICY_NOT_ENFORCED,
+                )
+                .field("kind")
+                .object(Some(&key)),
+            );
+        }
         annotate(&mut object, &path, document);
         self.manifests.push(Arc::new(Manifest {
             key,
@@ -403,6 +415,11 @@ impl FileLoad {
         Some(ObjectKey::new(kind, &namespace, &name))
     }
 }
+
+/// What every NetworkPolicy is told: it is kept and served (kubectl, charts and tools read it),
+/// and, as on Kubernetes with a network plugin that does not implement policies, it restricts
+/// nothing yet.
+pub const NETWORK_POLICY_NOT_ENFORCED: &str = "NetworkPolicy is stored and served but not enforced: Capstan's pod network does not restrict traffic by policy yet, so every pod still reaches every pod";
 
 /// Most errors the typed decode reports for one object (each is removed and decoding tried
 /// again, so that every one is reported, not only the first).
@@ -668,6 +685,21 @@ mod tests {
             [
                 "ns.yaml:3:35: metadata.namespace: Namespace objects are cluster-scoped: metadata.namespace \"x\" is ignored (remove it) [namespace/shop]"
             ]
+        );
+    }
+
+    #[test]
+    fn a_network_policy_is_kept_and_told_it_is_not_enforced() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: db}}\n";
+        let load = load_file("np.yaml", text.as_bytes());
+        assert!(load.problems.is_empty() && load.quarantined.is_empty(), "{:?}", lines(&load));
+        assert_eq!(load.manifests.len(), 1);
+        let w: Vec<String> = load.warnings.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            w,
+            [format!(
+                "np.yaml:2:7: kind: {NETWORK_POLICY_NOT_ENFORCED} [networkpolicy.networking.k8s.io/db -n shop]"
+            )]
         );
     }
 

@@ -60,9 +60,6 @@ const GROUPS: &[&str] = &[
 
 /// Resources of Kubernetes' groups that Capstan does not serve but rules name.
 const OTHER_RESOURCES: &[&str] = &[
-    "ingresses",
-    "ingressclasses",
-    "networkpolicies",
     "replicationcontrollers",
     "limitranges",
     "podtemplates",

@@ -58,6 +58,7 @@ pub fn check(kind: &str, object: &Value) -> Vec<Finding> {
         "Service" => check_service(&mut f, &spec, &object["spec"]),
         "Ingress" => crate::ingress::check_ingress(&mut f, &spec, &object["spec"]),
         "IngressClass" => crate::ingress::check_ingress_class(&mut f, &spec, &object["spec"]),
+        "NetworkPolicy" => crate::networkpolicy::check_network_policy(&mut f, &spec, &object["spec"]),
         "Gateway" => crate::ingress::check_gateway(&mut f, &spec, &object["spec"]),
         "HTTPRoute" => crate::ingress::check_http_route(&mut f, &spec, &object["spec"]),
         "Role" | "ClusterRole" => crate::rbac::check_role(&mut f, &root, object, kind == "ClusterRole"),
@@ -780,7 +781,7 @@ fn check_port_number(f: &mut Findings, path: FieldPath, v: &Value) {
     }
 }
 
-fn check_protocol(f: &mut Findings, path: FieldPath, v: &Value) {
+pub(crate) fn check_protocol(f: &mut Findings, path: FieldPath, v: &Value) {
     if let Some(p) = v.as_str()
         && !matches!(p, "TCP" | "UDP" | "SCTP")
     {
@@ -793,7 +794,7 @@ fn check_protocol(f: &mut Findings, path: FieldPath, v: &Value) {
 
 /// An IANA service name, as Kubernetes requires for named ports: at most 15 lower-case
 /// alphanumerics and '-', with at least one letter, no leading, trailing or double '-'.
-fn port_name(name: &str) -> Option<String> {
+pub(crate) fn port_name(name: &str) -> Option<String> {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')

@@ -189,6 +189,7 @@ pub fn columns(kind: &KindInfo) -> Vec<Value> {
         ],
         "Ingress" => &[("Name", 0), ("Class", 0), ("Hosts", 0), ("Address", 0), ("Ports", 0), ("Age", 0)],
         "IngressClass" => &[("Name", 0), ("Controller", 0), ("Parameters", 0), ("Age", 0)],
+        "NetworkPolicy" => &[("Name", 0), ("Pod-Selector", 0), ("Age", 0)],
         "GatewayClass" => &[("Name", 0), ("Controller", 0), ("Accepted", 0), ("Age", 0)],
         "Gateway" => &[("Name", 0), ("Class", 0), ("Address", 0), ("Programmed", 0), ("Age", 0)],
         "HTTPRoute" => &[("Name", 0), ("Hostnames", 0), ("Age", 0)],
@@ -568,6 +569,7 @@ pub fn cells(kind: &KindInfo, o: &Value, now: i64) -> Vec<Value> {
                 created,
             ]
         }
+        "NetworkPolicy" => vec![name, selector_text(&o["spec"]["podSelector"]), created],
         "PodDisruptionBudget" => {
             let bound = |v: &Value| match v {
                 Value::Null => "N/A".to_owned(),
