@@ -180,6 +180,13 @@ fn kubectl_reads_everything() {
     assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["protocol"], "TCP", "{policy}");
     let described = c.kubectl_ok(&["describe", "networkpolicy", "db", "-n", "shop"]);
     assert!(has_line(&described, &["PodSelector:", "app=db"]), "{described}");
+    // ...and the commit's note says it restricts nothing yet.
+    c.wait_until("the commit's note", || !c.note("HEAD").is_empty());
+    let note = c.note("HEAD");
+    assert!(
+        note.contains("\"warnings\"") && note.contains("NetworkPolicy is stored and served but not enforced"),
+        "{note}"
+    );
 
     let described = c.kubectl_ok(&["describe", "pod", "debug", "-n", "shop"]);
     assert!(has_line(&described, &["Name:", "debug"]), "{described}");

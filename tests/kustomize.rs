@@ -175,7 +175,7 @@ fn overlays_are_built_applied_rolled_and_kept_when_broken() {
     assert!(plan.contains("prod-web") && plan.contains("capstan.local/testapp:4"), "{plan}");
     assert!(!plan.contains("staging-web"), "{plan}");
     c.wait_until("the note of the bump naming prod's Deployment", || {
-        note(&c, &after).contains("prod-web")
+        c.note(&after).contains("prod-web")
     });
 
     // A broken overlay: its objects stay; the other overlay and plain files still apply.
@@ -223,8 +223,8 @@ fn overlays_are_built_applied_rolled_and_kept_when_broken() {
             events.contains("overlays/staging/kustomization.yaml:1:1: kustomize build failed:") && events.contains("missing.yaml")
         },
     );
-    c.wait_until("the note of the broken commit", || note(&c, &broken).contains("missing.yaml"));
-    let text = note(&c, &broken);
+    c.wait_until("the note of the broken commit", || c.note(&broken).contains("missing.yaml"));
+    let text = c.note(&broken);
     assert!(text.contains("overlays/staging/kustomization.yaml"), "{text}");
     let status = common::run_ok(
         std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
@@ -235,16 +235,6 @@ fn overlays_are_built_applied_rolled_and_kept_when_broken() {
         status.contains("overlays/staging/kustomization.yaml") && status.contains("missing.yaml"),
         "{status}"
     );
-}
-
-/// The git note Capstan wrote on `commit` (empty until there is one).
-fn note(c: &Cluster, commit: &str) -> String {
-    let out = std::process::Command::new("git")
-        .args(["notes", "--ref=capstan", "show", commit])
-        .current_dir(&c.repo)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `capstan validate DIR`, with builds under `tmp` when given.

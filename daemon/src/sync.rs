@@ -48,6 +48,9 @@ pub struct SyncStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_held: Option<String>,
     pub problems: Vec<Problem>,
+    /// What the commit applies, but not quite as written (or not with every effect it asks for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Problem>,
     /// Errors of the source or of writes, most recent last.
     pub errors: Vec<String>,
 }
@@ -245,6 +248,7 @@ impl GitSync {
             held: plan.held.clone(),
             prune_held,
             problems: plan.problems.clone(),
+            warnings: plan.warnings.clone(),
             errors,
         };
         self.publish(status).await;

@@ -90,17 +90,18 @@ pub fn note(status: &SyncStatus, cache: &Cache, applied_at: &str) -> Option<Note
         })
         .collect();
     // A problem's message may quote a value; a Secret's values stay out of Git.
-    let problems: Vec<Value> = status
-        .problems
-        .iter()
-        .map(|p| {
-            let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
-            if p.object.as_ref().is_some_and(|o| capstan_api::kinds::is_secret(&o.group, &o.kind)) {
-                v["message"] = json!("(not shown: the object is a Secret)");
-            }
-            v
-        })
-        .collect();
+    let shown = |problems: &[capstan_manifest::problem::Problem]| -> Vec<Value> {
+        problems
+            .iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+                if p.object.as_ref().is_some_and(|o| capstan_api::kinds::is_secret(&o.group, &o.kind)) {
+                    v["message"] = json!("(not shown: the object is a Secret)");
+                }
+                v
+            })
+            .collect()
+    };
     Some(Note {
         commit: commit.to_owned(),
         branch: status.branch.clone(),
@@ -112,7 +113,8 @@ pub fn note(status: &SyncStatus, cache: &Cache, applied_at: &str) -> Option<Note
             unchanged: status.unchanged,
         },
         quarantined,
-        problems,
+        problems: shown(&status.problems),
+        warnings: shown(&status.warnings),
         rollouts,
         outcome,
         prune_held: status.prune_held.clone(),

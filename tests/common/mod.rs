@@ -346,6 +346,14 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The git note Capstan wrote on `commit` of the tracked repository (empty until there is one).
+    pub fn note(&self, commit: &str) -> String {
+        let out = run(Command::new("git")
+            .args(["notes", "--ref=capstan", "show", commit])
+            .current_dir(&self.repo));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs kubectl with `-o json` and parses what it prints, failing the test if it fails.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();

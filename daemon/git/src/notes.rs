@@ -104,6 +104,9 @@ pub struct Note {
     /// The problems `validate` reports, as it reports them (file, line, message, object).
     #[serde(default)]
     pub problems: Vec<Value>,
+    /// What the commit applied but not quite as written, in the same form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Value>,
     #[serde(default)]
     pub rollouts: Vec<Rollout>,
     #[serde(default)]
