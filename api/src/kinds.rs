@@ -308,6 +308,13 @@ pub static OLDER: &[OlderVersion] = &[OlderVersion {
     upgrade: autoscaling_v1_to_v2,
 }];
 
+/// An older version of a kind by its group, version and plural, as an API path names it.
+pub fn older_by_plural(group: &str, version: &str, plural: &str) -> Option<&'static OlderVersion> {
+    OLDER
+        .iter()
+        .find(|o| o.written.group == group && o.written.version == version && o.written.plural == plural)
+}
+
 /// An older version of a kind, as written in a manifest.
 pub fn older(api_version: &str, kind: &str) -> Option<&'static OlderVersion> {
     let (group, version) = split_api_version(api_version);

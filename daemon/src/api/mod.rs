@@ -329,7 +329,7 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
     let headers = req.headers().clone();
     let target = match paths::parse(&path) {
         Ok(t) => t,
-        Err(e) => return e.into_response(),
+        Err(e) => return older_version_write(&state, &method, &path, &query).unwrap_or(e).into_response(),
     };
     if let Target::Object {
         kind,
@@ -414,6 +414,19 @@ async fn resource(State(state): State<Shared>, req: Request) -> Response {
         }
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A write to a version of a Git kind that is read from manifests but not served (an
+/// `autoscaling/v1` HorizontalPodAutoscaler): refused as a write to the served version is, with
+/// the Git file. A client that falls back to the older version when the newer refuses (`kubectl
+/// autoscale`) then ends with that refusal, not with "not found".
+fn older_version_write(state: &ApiState, method: &Method, path: &str, query: &str) -> Option<ApiError> {
+    if method == Method::GET {
+        return None;
+    }
+    let info = paths::request_info(method, path, query);
+    let older = capstan_api::kinds::older_by_plural(info.group, info.version, info.resource)?;
+    Some(writes::managed_in_git(state, older.served(), info.namespace, info.name, info.verb))
 }
 
 /// Asks the authorisation table; a refused change to desired state says where in Git to make it.
