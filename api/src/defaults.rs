@@ -87,11 +87,11 @@ pub fn apply(kind: &KindInfo, object: &mut Value) {
 }
 
 /// A NetworkPolicy: every pod of the namespace when no selector is given, the directions it
-/// isolates (ingress always, egress when it has egress rules), TCP for each port.
+/// isolates (ingress always, egress when it has an egress rule), TCP for each port.
 fn network_policy(spec: &mut Value) {
     set(spec, "podSelector", json!({}));
     let mut types = vec![json!("Ingress")];
-    if spec.get("egress").is_some_and(|e| !e.is_null()) {
+    if spec.get("egress").and_then(Value::as_array).is_some_and(|e| !e.is_empty()) {
         types.push(json!("Egress"));
     }
     set(spec, "policyTypes", Value::Array(types));
@@ -477,9 +477,12 @@ mod tests {
         );
         let p = defaulted(
             "networkpolicies",
-            json!({"spec": {"podSelector": {"matchLabels": {"app": "db"}}, "egress": []}}),
+            json!({"spec": {"podSelector": {"matchLabels": {"app": "db"}}, "egress": [{}]}}),
         );
         assert_eq!(p["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        // An empty list of egress rules is no egress rule, as Kubernetes counts them.
+        let p = defaulted("networkpolicies", json!({"spec": {"egress": []}}));
+        assert_eq!(p["spec"]["policyTypes"], json!(["Ingress"]));
         let written = json!({"spec": {"podSelector": {}, "policyTypes": ["Egress"]}});
         assert_eq!(defaulted("networkpolicies", written.clone()), written);
     }

@@ -1,6 +1,6 @@
-//! The value checks Kubernetes makes on NetworkPolicies: the directions named, each peer one of
-//! a pod/namespace selector pair or an address block (its exceptions strictly inside it), and
-//! ports by number or name with a range only from a number.
+//! The value checks Kubernetes makes on NetworkPolicies: at most the two directions, each peer
+//! one of a pod/namespace selector pair or an address block (its exceptions strictly inside it),
+//! and ports by number or name with a range only from a number.
 
 use std::net::IpAddr;
 
@@ -12,18 +12,19 @@ use crate::validate::{Findings, check_protocol, port_name};
 /// Checks a NetworkPolicy's spec.
 pub(crate) fn check_network_policy(f: &mut Findings, path: &FieldPath, spec: &Value) {
     let types = path.key("policyTypes");
-    let mut seen: Vec<&str> = Vec::new();
-    for (i, t) in spec["policyTypes"].as_array().into_iter().flatten().enumerate() {
-        let Some(t) = t.as_str() else { continue };
-        if !matches!(t, "Ingress" | "Egress") {
+    let listed = spec["policyTypes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if listed.len() > 2 {
+        f.invalid(types.clone(), "may not specify more than two policyTypes");
+    }
+    for (i, t) in listed.iter().enumerate() {
+        if let Some(t) = t.as_str()
+            && !matches!(t, "Ingress" | "Egress")
+        {
             f.invalid(
                 types.index(i),
                 format!("unsupported value {t:?}: supported values: \"Egress\", \"Ingress\""),
             );
-        } else if seen.contains(&t) {
-            f.invalid(types.index(i), format!("duplicate value {t:?}"));
         }
-        seen.push(t);
     }
     for (direction, peers) in [("ingress", "from"), ("egress", "to")] {
         for (i, rule) in spec[direction].as_array().into_iter().flatten().enumerate() {
@@ -170,8 +171,8 @@ mod tests {
         assert_eq!(
             messages(spec),
             [
+                "spec.policyTypes: may not specify more than two policyTypes",
                 "spec.policyTypes[1]: unsupported value \"Sideways\": supported values: \"Egress\", \"Ingress\"",
-                "spec.policyTypes[2]: duplicate value \"Ingress\"",
                 "spec.ingress[0].ports[0].port: must be between 1 and 65535, inclusive (got 0)",
                 "spec.ingress[0].ports[1].port: a port name must be at most 15 lower-case letters, digits and '-', with at least one letter, got \"Bad_Name\"",
                 "spec.ingress[0].ports[2].endPort: may not be specified when `port` is a name or is not specified",
