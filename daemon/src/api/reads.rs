@@ -191,6 +191,25 @@ pub(super) fn table_response(v: &Value) -> Response {
         .into_response()
 }
 
+/// The stored object a `get` names, once `id` may read it (or its `subresource`) and the cache has
+/// caught up with the store; 404 when there is none.
+pub(super) async fn get_entry(
+    state: &ApiState,
+    id: &Identity,
+    kind: &'static KindInfo,
+    namespace: &Option<String>,
+    name: &str,
+    subresource: Option<&str>,
+) -> Result<Arc<Entry>, ApiError> {
+    let attributes = Attributes::new(Verb::Get, kind, namespace.as_deref(), name).subresource(subresource);
+    authorize(state, id, &attributes)?;
+    state.cache.wait_for(state.objects.store().revision()).await;
+    state
+        .cache
+        .get(kind, namespace.as_deref().unwrap_or(""), name)
+        .ok_or_else(|| ApiError::not_found(format!("{} {name:?} not found", kind.resource())).with_details(name, kind.group, kind.plural))
+}
+
 pub(super) async fn read_object(
     state: &ApiState,
     id: &Identity,
@@ -200,12 +219,7 @@ pub(super) async fn read_object(
     headers: &HeaderMap,
     query: &str,
 ) -> Result<Response, ApiError> {
-    let ns = namespace.as_deref().unwrap_or("");
-    authorize(state, id, &Attributes::new(Verb::Get, kind, namespace.as_deref(), name))?;
-    state.cache.wait_for(state.objects.store().revision()).await;
-    let entry = state.cache.get(kind, ns, name).ok_or_else(|| {
-        ApiError::not_found(format!("{} {name:?} not found", kind.resource())).with_details(name, kind.group, kind.plural)
-    })?;
+    let entry = get_entry(state, id, kind, namespace, name, None).await?;
     if wants_table(headers) {
         let p = parse_query(query)?;
         let now = jiff::Timestamp::now().as_second();

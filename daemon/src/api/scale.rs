@@ -9,11 +9,11 @@ use axum::response::{IntoResponse, Response};
 use capstan_api::KindInfo;
 use serde_json::{Value, json};
 
-use super::reads::{parse_query, table_response, wants_table};
+use super::ApiState;
+use super::reads::{get_entry, parse_query, table_response, wants_table};
 use super::status::ApiError;
 use super::table::{self, Include};
-use super::{ApiState, authorize};
-use crate::auth::{Attributes, Identity, Verb};
+use crate::auth::Identity;
 
 /// The Scale's group, version and kind, as discovery names the subresource's answer.
 pub const GROUP: &str = "autoscaling";
@@ -52,16 +52,7 @@ pub(super) async fn read(
     headers: &HeaderMap,
     query: &str,
 ) -> Result<Response, ApiError> {
-    let ns = namespace.as_deref().unwrap_or("");
-    authorize(
-        state,
-        id,
-        &Attributes::new(Verb::Get, kind, namespace.as_deref(), name).subresource(Some("scale")),
-    )?;
-    state.cache.wait_for(state.objects.store().revision()).await;
-    let entry = state.cache.get(kind, ns, name).ok_or_else(|| {
-        ApiError::not_found(format!("{} {name:?} not found", kind.resource())).with_details(name, kind.group, kind.plural)
-    })?;
+    let entry = get_entry(state, id, kind, namespace, name, Some("scale")).await?;
     let scale = of(&entry.object, &entry.revision.to_string());
     if wants_table(headers) {
         let include = Include::parse(parse_query(query)?.include.as_deref());
